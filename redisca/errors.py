@@ -1,0 +1,101 @@
+"""One exception family.
+
+Every error redisca raises derives from :class:`RediscaError`; where a builtin
+describes the same kind of failure (a bad value, a missing key) the redisca
+error also derives from that builtin, so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RediscaError(Exception):
+    """Base class of every redisca error."""
+
+
+class MappingError(RediscaError, TypeError):
+    """A class or attribute cannot be mapped (raised at mapping time)."""
+
+
+class ValidationError(RediscaError, ValueError):
+    """A value breaks a field's rules; raised before anything reaches Redis."""
+
+    def __init__(self, message: str, *, field: str | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+class DecodeError(RediscaError, ValueError):
+    """A stored value cannot be read back by its field's codec."""
+
+    def __init__(self, message: str, *, key: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.field = field
+
+
+class NotFound(RediscaError, LookupError):
+    """The key an operation needs does not exist in Redis."""
+
+
+class InvalidRequestError(RediscaError):
+    """The session cannot do what was asked in its current state."""
+
+
+class DetachedInstanceError(InvalidRequestError, AttributeError):
+    """An unloaded attribute was read on an instance that has no session to load it."""
+
+
+class QueryError(RediscaError, ValueError):
+    """A query asks for something the indexes cannot answer."""
+
+
+class IntegrityError(RediscaError):
+    """A commit would break a key or uniqueness rule; nothing was written."""
+
+
+class UniqueViolation(IntegrityError):
+    """A unique value is already owned by another entity."""
+
+    def __init__(self, message: str, *, field: str, value: Any, owner: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.owner = owner
+        #: Alias of :attr:`owner`, for readers who think of it as an id.
+        self.owner_id = owner
+
+
+class ConflictError(RediscaError):
+    """A concurrent writer kept changing watched keys; nothing was written."""
+
+
+class StaleDataError(ConflictError):
+    """The entity changed (or vanished) in Redis since this session loaded it."""
+
+
+class OperationalError(RediscaError):
+    """Talking to Redis failed; the original exception is kept in :attr:`orig`."""
+
+    def __init__(self, message: str, orig: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.orig = orig
+
+
+__all__ = [
+    "ConflictError",
+    "DecodeError",
+    "DetachedInstanceError",
+    "IntegrityError",
+    "InvalidRequestError",
+    "MappingError",
+    "NotFound",
+    "OperationalError",
+    "QueryError",
+    "RediscaError",
+    "StaleDataError",
+    "UniqueViolation",
+    "ValidationError",
+]
