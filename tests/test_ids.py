@@ -72,8 +72,9 @@ def test_unique_across_threads() -> None:
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_unique_across_processes(method: str) -> None:
     context = multiprocessing.get_context(method)
-    with context.Pool(4) as pool:
-        batches = pool.map(_make_ids, [N] * 4)
+    # One fresh process per batch, so each batch has its own token.
+    with context.Pool(4, maxtasksperchild=1) as pool:
+        batches = pool.map(_make_ids, [N] * 4, chunksize=1)
     mine = _make_ids(N)
     everything = [v for batch in [*batches, mine] for v in batch]
     assert len(set(everything)) == 5 * N
