@@ -159,6 +159,7 @@ class EmbeddedServer:
             return self
         if self._tmp is None:
             self._tmp = tempfile.mkdtemp(prefix="redisca-srv-")
+        atexit.register(self.stop)  # also cleans up after a failed start
         # A port chosen once is kept, so restart() comes back where clients expect it.
         choose_port = not self.unix_socket_mode and not self._port
         attempts = 5 if choose_port else 1
@@ -172,7 +173,6 @@ class EmbeddedServer:
                 # Another process may grab the port between our check and the bind.
                 if "already in use" not in str(exc) or attempt == attempts - 1:
                     raise
-        atexit.register(self.stop)
         return self
 
     def stop(self) -> None:
