@@ -38,8 +38,8 @@ class Company:
 class User:
     email: str = Email(field="eml", index=True, unique=True)  # stored in hash field "eml"
     age: int | None = Integer(minval=0, maxval=200, index=True, default=None)  # range index
-    created: datetime = DateTime(new=lambda: datetime.now(UTC))  # noqa: RUF009
-    company: Company | None = Reference(Company, index=True, default=None)  # noqa: RUF009
+    created: datetime = DateTime(new=lambda: datetime.now(UTC))
+    company: Company | None = Reference(Company, index=True, default=None)
     nickname: str | None = None
     id: str | None = None
 

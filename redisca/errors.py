@@ -52,6 +52,10 @@ class QueryError(RediscaError, ValueError):
     """A query asks for something the indexes cannot answer."""
 
 
+class MultipleResultsFound(RediscaError, LookupError):
+    """``Query.one()`` or ``one_or_none()`` matched more than one entity."""
+
+
 class IntegrityError(RediscaError):
     """A commit would break a key or uniqueness rule; nothing was written."""
 
@@ -91,6 +95,7 @@ __all__ = [
     "IntegrityError",
     "InvalidRequestError",
     "MappingError",
+    "MultipleResultsFound",
     "NotFound",
     "OperationalError",
     "QueryError",

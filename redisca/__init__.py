@@ -1,0 +1,95 @@
+"""redisca 2: a unit-of-work object mapper for Redis.
+
+Map attrs classes with a :class:`Registry`, work with them through a
+:class:`Session`, and commit every change in one ``MULTI``/``EXEC``.
+"""
+
+from __future__ import annotations
+
+from . import conf
+from .errors import (
+    ConflictError,
+    DecodeError,
+    DetachedInstanceError,
+    IntegrityError,
+    InvalidRequestError,
+    MappingError,
+    MultipleResultsFound,
+    NotFound,
+    OperationalError,
+    QueryError,
+    RediscaError,
+    StaleDataError,
+    UniqueViolation,
+    ValidationError,
+)
+from .ids import hexid, intid
+from .inspection import inspect
+from .lowlevel import Hash, Key
+from .mapping import (
+    METADATA_KEY,
+    Boolean,
+    Codec,
+    Date,
+    DateTime,
+    Email,
+    Float,
+    Integer,
+    MappedField,
+    Mapper,
+    MD5Pass,
+    Password,
+    PasswordHash,
+    Reference,
+    Registry,
+    String,
+    register_codec,
+)
+from .session import CommandResult, InstanceState, Query, Session
+
+__version__ = "2.0.0.dev0"
+
+
+__all__ = [
+    "METADATA_KEY",
+    "Boolean",
+    "Codec",
+    "CommandResult",
+    "ConflictError",
+    "Date",
+    "DateTime",
+    "DecodeError",
+    "DetachedInstanceError",
+    "Email",
+    "Float",
+    "Hash",
+    "InstanceState",
+    "Integer",
+    "IntegrityError",
+    "InvalidRequestError",
+    "Key",
+    "MD5Pass",
+    "MappedField",
+    "Mapper",
+    "MappingError",
+    "MultipleResultsFound",
+    "NotFound",
+    "OperationalError",
+    "Password",
+    "PasswordHash",
+    "Query",
+    "QueryError",
+    "RediscaError",
+    "Reference",
+    "Registry",
+    "Session",
+    "StaleDataError",
+    "String",
+    "UniqueViolation",
+    "ValidationError",
+    "conf",
+    "hexid",
+    "inspect",
+    "intid",
+    "register_codec",
+]

@@ -1,0 +1,49 @@
+"""Mapping layer: registry, mappers, field helpers, codecs and the key layout.
+
+Nothing here imports the session layer or talks to Redis.
+"""
+
+from .codecs import Codec, codec_for, register_codec
+from .expressions import Condition, Ordering
+from .fields import (
+    METADATA_KEY,
+    Boolean,
+    Date,
+    DateTime,
+    Email,
+    FieldSpec,
+    Float,
+    Integer,
+    Reference,
+    String,
+)
+from .keys import KeyLayout
+from .mapper import MappedField, Mapper, mapper_of
+from .passwords import MD5Pass, Password, PasswordHash
+from .registry import Registry
+
+__all__ = [
+    "METADATA_KEY",
+    "Boolean",
+    "Codec",
+    "Condition",
+    "Date",
+    "DateTime",
+    "Email",
+    "FieldSpec",
+    "Float",
+    "Integer",
+    "KeyLayout",
+    "MD5Pass",
+    "MappedField",
+    "Mapper",
+    "Ordering",
+    "Password",
+    "PasswordHash",
+    "Reference",
+    "Registry",
+    "String",
+    "codec_for",
+    "mapper_of",
+    "register_codec",
+]

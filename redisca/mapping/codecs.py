@@ -1,0 +1,300 @@
+"""Codecs: how one Python type is checked, stored and indexed.
+
+A codec turns a value into the bytes kept in a hash field and back, and says
+how that stored form is indexed: equality indexes use :meth:`Codec.index_key`
+of the stored bytes, range indexes :meth:`Codec.score`. Both work from the
+stored bytes alone, because a commit computes index removals from what Redis
+holds *now*, not from Python objects.
+
+Codecs are looked up by type (:func:`codec_for`): an exact match first, then
+predicate factories (``Enum`` subclasses). ``X | None`` is unwrapped by
+:func:`unwrap_optional` before the lookup.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import types
+import typing
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar
+
+from ..errors import ValidationError
+
+#: Integers in a range index are sorted-set scores (doubles): beyond this they lose precision.
+MAX_SAFE_SCORE = 2**53
+
+
+class Codec:
+    """Base codec: subclasses set ``types`` and override what differs."""
+
+    types: ClassVar[tuple[type, ...]] = ()
+    name: ClassVar[str] = "value"
+    #: "range" codecs get a sorted-set index, the others an equality index.
+    index_kind: ClassVar[str] = "eq"
+
+    def coerce(self, value: Any) -> Any:
+        """Check the type (and normalise) a value assigned in Python."""
+        if not isinstance(value, self.types) or isinstance(value, bool) != (bool in self.types):
+            raise ValidationError(f"expected {self.name}, got {type(value).__name__}", value=value)
+        return value
+
+    def encode(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, raw: bytes) -> Any:
+        raise NotImplementedError
+
+    def index_key(self, raw: bytes) -> bytes:
+        """The part of an equality-index key that stands for this stored value."""
+        return raw
+
+    def score(self, raw: bytes) -> float:
+        """The sorted-set score of a stored value (range codecs only)."""
+        return float(raw)
+
+    def check_indexable(self, value: Any) -> None:
+        """Refuse values an index cannot hold exactly."""
+
+
+class StrCodec(Codec):
+    types = (str,)
+    name = "str"
+
+    def encode(self, value: str) -> bytes:
+        try:
+            return value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValidationError(f"string cannot be stored as UTF-8: {exc}", value=value) from None
+
+    def decode(self, raw: bytes) -> str:
+        return raw.decode()
+
+
+class EmailCodec(StrCodec):
+    name = "email address"
+
+    def index_key(self, raw: bytes) -> bytes:
+        # Addresses are stored as given; their index and uniqueness ignore case.
+        return raw.decode().lower().encode()
+
+
+class BytesCodec(Codec):
+    types = (bytes, bytearray, memoryview)
+    name = "bytes"
+
+    def coerce(self, value: Any) -> bytes:
+        return bytes(super().coerce(value))
+
+    def encode(self, value: bytes) -> bytes:
+        return value
+
+    def decode(self, raw: bytes) -> bytes:
+        return raw
+
+
+class IntCodec(Codec):
+    types = (int,)
+    name = "int"
+    index_kind = "range"
+
+    def encode(self, value: int) -> bytes:
+        return b"%d" % value
+
+    def decode(self, raw: bytes) -> int:
+        return int(raw)
+
+    def check_indexable(self, value: int) -> None:
+        if abs(value) > MAX_SAFE_SCORE:
+            raise ValidationError(f"indexed integers must lie within ±2**53, got {value}")
+
+
+class FloatCodec(Codec):
+    types = (float, int)
+    name = "float"
+    index_kind = "range"
+
+    def coerce(self, value: Any) -> float:
+        return float(super().coerce(value))
+
+    def encode(self, value: float) -> bytes:
+        return repr(value).encode()
+
+    def decode(self, raw: bytes) -> float:
+        return float(raw)
+
+    def check_indexable(self, value: float) -> None:
+        if math.isnan(value):
+            raise ValidationError("NaN cannot be stored in a range index")
+
+
+class BoolCodec(Codec):
+    types = (bool,)
+    name = "bool"
+
+    def encode(self, value: bool) -> bytes:
+        return b"1" if value else b"0"
+
+    def decode(self, raw: bytes) -> bool:
+        if raw == b"1":
+            return True
+        if raw == b"0":
+            return False
+        raise ValueError(f"not a stored bool: {raw!r}")
+
+
+class DateTimeCodec(Codec):
+    """Whole seconds since the epoch, UTC (redisca 1.x's format)."""
+
+    types = (datetime,)
+    name = "datetime"
+    index_kind = "range"
+
+    def coerce(self, value: Any) -> datetime:
+        moment: datetime = super().coerce(value)
+        # Naive means UTC; precision is what the stored integer keeps.
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).replace(microsecond=0)
+
+    def encode(self, value: datetime) -> bytes:
+        return b"%d" % int(value.timestamp())
+
+    def decode(self, raw: bytes) -> datetime:
+        return datetime.fromtimestamp(int(raw), UTC)
+
+
+class DateCodec(Codec):
+    types = (date,)
+    name = "date"
+    index_kind = "range"
+
+    def coerce(self, value: Any) -> date:
+        if isinstance(value, datetime):
+            raise ValidationError("expected date, got datetime", value=value)
+        return typing.cast(date, super().coerce(value))
+
+    def encode(self, value: date) -> bytes:
+        return value.isoformat().encode()
+
+    def decode(self, raw: bytes) -> date:
+        return date.fromisoformat(raw.decode())
+
+    def score(self, raw: bytes) -> float:
+        return float(date.fromisoformat(raw.decode()).toordinal())
+
+
+class DecimalCodec(Codec):
+    types = (Decimal,)
+    name = "Decimal"
+
+    def encode(self, value: Decimal) -> bytes:
+        return str(value).encode()
+
+    def decode(self, raw: bytes) -> Decimal:
+        try:
+            return Decimal(raw.decode())
+        except InvalidOperation:
+            raise ValueError(f"not a decimal: {raw!r}") from None
+
+
+class UUIDCodec(Codec):
+    types = (uuid.UUID,)
+    name = "UUID"
+
+    def encode(self, value: uuid.UUID) -> bytes:
+        return str(value).encode()
+
+    def decode(self, raw: bytes) -> uuid.UUID:
+        return uuid.UUID(raw.decode())
+
+
+class EnumCodec(Codec):
+    """Members are stored by name, which survives reordering and value changes."""
+
+    name = "enum member"
+
+    def __init__(self, enum_cls: type[enum.Enum]) -> None:
+        self.enum_cls = enum_cls
+        self.name = enum_cls.__name__  # type: ignore[misc]
+
+    def coerce(self, value: Any) -> enum.Enum:
+        if isinstance(value, self.enum_cls):
+            return value
+        raise ValidationError(f"expected a member of {self.name}, got {value!r}", value=value)
+
+    def encode(self, value: enum.Enum) -> bytes:
+        return value.name.encode()
+
+    def decode(self, raw: bytes) -> enum.Enum:
+        try:
+            return self.enum_cls[raw.decode()]
+        except KeyError:
+            raise ValueError(f"{raw!r} is not a member of {self.name}") from None
+
+
+_EXACT: dict[Any, Callable[[], Codec]] = {
+    str: StrCodec,
+    int: IntCodec,
+    float: FloatCodec,
+    bool: BoolCodec,
+    datetime: DateTimeCodec,
+    date: DateCodec,
+    Decimal: DecimalCodec,
+    uuid.UUID: UUIDCodec,
+    bytes: BytesCodec,
+}
+
+_PREDICATES: list[tuple[Callable[[Any], bool], Callable[[Any], Codec]]] = [
+    (lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), EnumCodec),
+]
+
+
+def codec_for(tp: Any) -> Codec | None:
+    """The codec of a (non-optional) type, or ``None`` if redisca cannot store it."""
+    factory = _EXACT.get(tp)
+    if factory is not None:
+        return factory()
+    for matches, make in _PREDICATES:
+        if matches(tp):
+            return make(tp)
+    return None
+
+
+def register_codec(tp: type, factory: Callable[[], Codec]) -> None:
+    """Teach redisca to store a type of your own (exact type match)."""
+    _EXACT[tp] = factory
+
+
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` → ``(X, True)``; any other type → ``(type, False)``."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+__all__ = [
+    "MAX_SAFE_SCORE",
+    "BoolCodec",
+    "BytesCodec",
+    "Codec",
+    "DateCodec",
+    "DateTimeCodec",
+    "DecimalCodec",
+    "EmailCodec",
+    "EnumCodec",
+    "FloatCodec",
+    "IntCodec",
+    "StrCodec",
+    "UUIDCodec",
+    "codec_for",
+    "register_codec",
+    "unwrap_optional",
+]

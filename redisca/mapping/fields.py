@@ -1,0 +1,207 @@
+"""Declarative field helpers.
+
+Each helper returns an ordinary ``attrs.field(...)`` whose metadata carries a
+:class:`FieldSpec` under the ``"redisca"`` key, so the class stays a plain attrs
+class: ``__init__``, ``repr``, ``eq`` and user validators are attrs' own. The
+mapper reads the spec when the class is mapped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..errors import ValidationError
+from .codecs import (
+    BoolCodec,
+    Codec,
+    DateCodec,
+    DateTimeCodec,
+    EmailCodec,
+    FloatCodec,
+    IntCodec,
+    StrCodec,
+)
+
+#: The key under ``attrs.field(metadata=...)`` where redisca keeps a field's spec.
+METADATA_KEY = "redisca"
+
+Check = Callable[[Any], None]
+
+
+@attrs.frozen
+class FieldSpec:
+    """What a helper says about one attribute; ``None`` members are inferred."""
+
+    codec: Codec | None = None
+    field: str | None = None
+    index: bool = False
+    unique: bool = False
+    checks: tuple[Check, ...] = ()
+    reference: type | str | None = None
+
+
+def spec_of(attribute: Any) -> FieldSpec | None:
+    """The spec of an ``attrs.Attribute`` (or of a helper's return value)."""
+    metadata = getattr(attribute, "metadata", None)
+    if metadata is None:
+        return None
+    spec = metadata.get(METADATA_KEY)
+    return spec if isinstance(spec, FieldSpec) else None
+
+
+def _default(default: Any, new: Any) -> Any:
+    if new is not attrs.NOTHING:
+        if default is not attrs.NOTHING:
+            raise TypeError("give default= or new= (its redisca 1.x name), not both")
+        default = new
+    if callable(default) and not isinstance(default, type):
+        return attrs.Factory(default)
+    return default
+
+
+def make_field(
+    spec: FieldSpec,
+    *,
+    default: Any = attrs.NOTHING,
+    new: Any = attrs.NOTHING,
+    **field_kwargs: Any,
+) -> Any:
+    """Wrap a spec in ``attrs.field``; extra keyword arguments go to attrs."""
+    metadata = dict(field_kwargs.pop("metadata", None) or {})
+    metadata[METADATA_KEY] = spec
+    return attrs.field(default=_default(default, new), metadata=metadata, **field_kwargs)
+
+
+def _bounds_check(what: str, low: Any, high: Any, measure: Callable[[Any], Any]) -> Check:
+    def check(value: Any) -> None:
+        size = measure(value)
+        if low is not None and size < low:
+            raise ValidationError(f"{what} {size!r} is below the minimum {low!r}", value=value)
+        if high is not None and size > high:
+            raise ValidationError(f"{what} {size!r} is above the maximum {high!r}", value=value)
+
+    return check
+
+
+def _checks(what: str, low: Any, high: Any, measure: Callable[[Any], Any]) -> tuple[Check, ...]:
+    if low is None and high is None:
+        return ()
+    return (_bounds_check(what, low, high, measure),)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def String(
+    *,
+    minlen: int | None = None,
+    maxlen: int | None = None,
+    field: str | None = None,
+    index: bool = False,
+    unique: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A text attribute; ``minlen``/``maxlen`` count characters."""
+    spec = FieldSpec(
+        StrCodec(), field, index or unique, unique, _checks("length", minlen, maxlen, len)
+    )
+    return make_field(spec, **kwargs)
+
+
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
+
+
+def _check_email(value: str) -> None:
+    if not _EMAIL_RE.fullmatch(value):
+        raise ValidationError(f"{value!r} is not an email address", value=value)
+
+
+def Email(
+    *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
+) -> Any:
+    """An email address, stored as given; its index and uniqueness ignore case."""
+    spec = FieldSpec(EmailCodec(), field, index or unique, unique, (_check_email,))
+    return make_field(spec, **kwargs)
+
+
+def Integer(
+    *,
+    minval: int | None = None,
+    maxval: int | None = None,
+    field: str | None = None,
+    index: bool = False,
+    unique: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """An int; indexed ints get a range index (a sorted set)."""
+    checks = _checks("value", minval, maxval, _identity)
+    return make_field(FieldSpec(IntCodec(), field, index or unique, unique, checks), **kwargs)
+
+
+def Float(
+    *,
+    minval: float | None = None,
+    maxval: float | None = None,
+    field: str | None = None,
+    index: bool = False,
+    unique: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A float (ints are accepted and stored as floats); range-indexed when indexed."""
+    checks = _checks("value", minval, maxval, _identity)
+    return make_field(FieldSpec(FloatCodec(), field, index or unique, unique, checks), **kwargs)
+
+
+def Boolean(
+    *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
+) -> Any:
+    """A bool, stored as ``1``/``0``."""
+    return make_field(FieldSpec(BoolCodec(), field, index or unique, unique), **kwargs)
+
+
+def DateTime(
+    *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
+) -> Any:
+    """An aware UTC datetime stored as whole seconds; naive values are taken as UTC."""
+    return make_field(FieldSpec(DateTimeCodec(), field, index or unique, unique), **kwargs)
+
+
+def Date(
+    *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
+) -> Any:
+    """A calendar date, stored as ISO text; range-indexed by its ordinal."""
+    return make_field(FieldSpec(DateCodec(), field, index or unique, unique), **kwargs)
+
+
+def Reference(
+    target: type | str,
+    *,
+    field: str | None = None,
+    index: bool = False,
+    unique: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Another mapped entity, stored as its id; ``target`` may be a class name."""
+    spec = FieldSpec(None, field, index or unique, unique, (), target)
+    return make_field(spec, **kwargs)
+
+
+__all__ = [
+    "METADATA_KEY",
+    "Boolean",
+    "Date",
+    "DateTime",
+    "Email",
+    "FieldSpec",
+    "Float",
+    "Integer",
+    "Reference",
+    "String",
+    "make_field",
+    "spec_of",
+]

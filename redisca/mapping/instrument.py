@@ -1,0 +1,151 @@
+"""Attribute instrumentation: the descriptors a mapper installs on a class.
+
+attrs keeps generating ``__init__``, ``repr`` and ``eq``; those all go through
+``object.__setattr__`` / ``getattr``, which find our data descriptor first. It
+wraps the slot (or the instance ``__dict__``) so that
+
+* reading the attribute on the class gives a query comparator (``User.age``),
+* assigning a value checks and normalises it (``ValidationError`` early),
+* reading an attribute that was never set asks the instance's state to load
+  it (lazy references from ``session.reference()``).
+
+States are found through a table keyed by ``id(obj)`` whose values are held
+weakly: sessions own the states, and a state owns its object, so an entry
+lives exactly as long as some session still tracks the object. Slotted attrs
+classes have no room for a back pointer, hence the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .expressions import Comparator
+
+
+class Loadable(Protocol):
+    """What the table holds: the session layer's instance state."""
+
+    obj: Any
+
+    def load_missing(self, name: str) -> None: ...
+
+
+_states: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def attach(obj: object, state: Loadable) -> None:
+    _states[id(obj)] = state
+
+
+def detach(obj: object) -> None:
+    _states.pop(id(obj), None)
+
+
+def state_of(obj: object) -> Any:
+    """The tracking state of an instance, or ``None`` when no session tracks it."""
+    state = _states.get(id(obj))
+    if state is not None and state.obj is obj:
+        return state
+    return None
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: Marks an attribute that holds no value yet (an unloaded reference).
+MISSING: Any = _Missing()
+
+
+class FieldAttribute(Comparator):
+    """The data descriptor of one mapped attribute."""
+
+    __slots__ = ("coerce", "inner", "mapper", "name", "owner")
+
+    def __init__(
+        self, owner: type, name: str, inner: Any, coerce: Callable[[Any], Any], mapper: Any
+    ) -> None:
+        self.owner = owner
+        self.name = name
+        self.inner = inner  # the slot's member descriptor, or None for __dict__ classes
+        self.coerce = coerce
+        self.mapper = mapper
+
+    def __repr__(self) -> str:
+        return f"{self.owner.__name__}.{self.name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = self.get_raw(obj)
+        if value is MISSING:
+            state = state_of(obj)
+            if state is None:
+                raise AttributeError(
+                    f"{type(obj).__name__!r} object has no attribute {self.name!r}"
+                )
+            state.load_missing(self.name)
+            value = self.get_raw(obj)
+            if value is MISSING:
+                raise AttributeError(self.name)
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.set_raw(obj, self.coerce(value))
+
+    def __delete__(self, obj: Any) -> None:
+        self.del_raw(obj)
+
+    def get_raw(self, obj: Any) -> Any:
+        """The stored Python value, or :data:`MISSING`; never loads."""
+        if self.inner is not None:
+            try:
+                return self.inner.__get__(obj, self.owner)
+            except AttributeError:
+                return MISSING
+        return obj.__dict__.get(self.name, MISSING)
+
+    def set_raw(self, obj: Any, value: Any) -> None:
+        """Set without checks: for values decoded from Redis."""
+        if self.inner is not None:
+            self.inner.__set__(obj, value)
+        else:
+            obj.__dict__[self.name] = value
+
+    def del_raw(self, obj: Any) -> None:
+        if self.inner is not None:
+            with contextlib.suppress(AttributeError):
+                self.inner.__delete__(obj)
+        else:
+            obj.__dict__.pop(self.name, None)
+
+
+def inner_descriptor(cls: type, name: str) -> Any:
+    """The slot descriptor behind ``name``, or ``None`` when values live in ``__dict__``."""
+    for klass in cls.__mro__:
+        found = klass.__dict__.get(name)
+        if found is None:
+            continue
+        if isinstance(found, FieldAttribute):
+            return found.inner
+        if isinstance(found, types.MemberDescriptorType):
+            return found
+    return None
+
+
+__all__ = [
+    "MISSING",
+    "FieldAttribute",
+    "Loadable",
+    "attach",
+    "detach",
+    "inner_descriptor",
+    "state_of",
+]

@@ -1,0 +1,213 @@
+"""The mapper: everything redisca knows about one mapped class.
+
+Built once at mapping time (fields, codecs, key layout, hash field names as
+bytes) so that encoding, diffing and hydration do no lookups on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MappingError, ValidationError
+from .codecs import Codec
+from .instrument import MISSING, FieldAttribute, inner_descriptor
+from .keys import KeyLayout
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+class MappedField:
+    """One mapped attribute (the identity attribute is not one)."""
+
+    __slots__ = (
+        "attribute",
+        "checks",
+        "codec",
+        "hash_field",
+        "index",
+        "mapper",
+        "name",
+        "nullable",
+        "target",
+        "unique",
+    )
+
+    def __init__(
+        self,
+        mapper: Mapper,
+        name: str,
+        hash_field: str,
+        codec: Codec | None,
+        *,
+        nullable: bool,
+        index: bool,
+        unique: bool,
+        checks: tuple[Any, ...] = (),
+        target: type | str | None = None,
+    ) -> None:
+        self.mapper = mapper
+        self.name = name
+        self.hash_field = hash_field.encode()
+        self.codec = codec
+        self.nullable = nullable
+        self.unique = unique
+        self.checks = checks
+        self.target = target
+        kind = "eq" if codec is None else codec.index_kind
+        #: "eq", "range" or None; unique fields of equality type need no set of their own.
+        self.index: str | None = (None if unique and kind == "eq" else kind) if index else None
+        self.attribute: FieldAttribute = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<MappedField {self.mapper.class_.__name__}.{self.name}>"
+
+    @property
+    def indexed(self) -> bool:
+        return self.index is not None or self.unique
+
+    @property
+    def is_reference(self) -> bool:
+        return self.codec is None
+
+    def target_mapper(self) -> Mapper:
+        return self.mapper.registry.resolve(self.target)  # type: ignore[arg-type]
+
+    def coerce(self, value: Any) -> Any:
+        """Check a value assigned in Python; raise ``ValidationError`` naming the field."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise self._invalid("cannot be None", None)
+        try:
+            if self.codec is None:
+                target = self.target_mapper().class_
+                if not isinstance(value, target):
+                    raise ValidationError(f"expected a {target.__name__}, got {value!r}")
+                return value
+            value = self.codec.coerce(value)
+            for check in self.checks:
+                check(value)
+            if self.index is not None:
+                self.codec.check_indexable(value)
+        except ValidationError as exc:
+            raise self._invalid(str(exc), value) from None
+        return value
+
+    def _invalid(self, message: str, value: Any) -> ValidationError:
+        owner = self.mapper.class_.__name__
+        return ValidationError(f"{owner}.{self.name}: {message}", field=self.name, value=value)
+
+    def encode(self, value: Any) -> bytes | None:
+        if value is None:
+            return None
+        if self.codec is None:
+            ident = self.target_mapper().identity(value)
+            if ident is None:
+                raise self._invalid("refers to an entity that has no id yet", value)
+            return ident.encode()
+        try:
+            return self.codec.encode(value)
+        except ValidationError as exc:
+            raise self._invalid(str(exc), value) from None
+
+    def decode(self, raw: bytes) -> Any:
+        """Stored bytes → Python value (a reference decodes to the target's id)."""
+        if self.codec is None:
+            return raw.decode()
+        return self.codec.decode(raw)
+
+    def index_key(self, raw: bytes) -> bytes:
+        return raw if self.codec is None else self.codec.index_key(raw)
+
+    def score(self, raw: bytes) -> float:
+        return self.codec.score(raw)  # type: ignore[union-attr]
+
+
+class Mapper:
+    """Fields, codecs and key layout of one mapped class."""
+
+    def __init__(
+        self, registry: Registry, cls: type, prefix: str, id_attr: str, versioned: bool
+    ) -> None:
+        self.registry = registry
+        self.class_: type[Any] = cls
+        self.prefix = prefix
+        self.layout = KeyLayout(prefix)
+        self.id_attr = id_attr
+        self.versioned = versioned
+        self.fields: tuple[MappedField, ...] = ()
+        self.by_name: dict[str, MappedField] = {}
+        self.indexed: tuple[MappedField, ...] = ()
+        self.references: tuple[MappedField, ...] = ()
+        self.id_attribute: FieldAttribute = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Mapper {self.class_.__name__} prefix={self.prefix!r}>"
+
+    def set_fields(self, fields: list[MappedField]) -> None:
+        self.fields = tuple(fields)
+        self.by_name = {f.name: f for f in fields}
+        self.indexed = tuple(f for f in fields if f.indexed)
+        self.references = tuple(f for f in fields if f.is_reference)
+
+    def instrument(self) -> None:
+        """Install a descriptor per mapped attribute (and on the identity attribute)."""
+        cls = self.class_
+        for field in self.fields:
+            inner = inner_descriptor(cls, field.name)
+            field.attribute = FieldAttribute(cls, field.name, inner, field.coerce, self)
+            setattr(cls, field.name, field.attribute)
+        inner = inner_descriptor(cls, self.id_attr)
+        self.id_attribute = FieldAttribute(cls, self.id_attr, inner, self._coerce_id, self)
+        setattr(cls, self.id_attr, self.id_attribute)
+        cls.__redisca_mapper__ = self
+
+    def _coerce_id(self, value: Any) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise ValidationError(
+            f"{self.class_.__name__}.{self.id_attr}: ids are str (or int), got {value!r}",
+            field=self.id_attr,
+            value=value,
+        )
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def identity(self, obj: Any) -> str | None:
+        ident = self.id_attribute.get_raw(obj)
+        return None if ident is MISSING else ident
+
+    def key(self, ident: str) -> bytes:
+        return self.layout.entity(ident)
+
+    def blank(self, ident: str) -> Any:
+        """An instance with only its id set, without running ``__init__``."""
+        obj = object.__new__(self.class_)
+        self.id_attribute.set_raw(obj, ident)
+        return obj
+
+    def encode_set_fields(self, obj: Any) -> dict[MappedField, bytes | None]:
+        """Encoded values of every attribute that holds a value (unset ones are skipped)."""
+        out: dict[MappedField, bytes | None] = {}
+        for field in self.fields:
+            value = field.attribute.get_raw(obj)
+            if value is not MISSING:
+                out[field] = field.encode(value)
+        return out
+
+
+def mapper_of(cls: type) -> Mapper:
+    """The mapper of a mapped class (not of its unmapped subclasses)."""
+    mapper = cls.__dict__.get("__redisca_mapper__") if isinstance(cls, type) else None
+    if mapper is None:
+        name = getattr(cls, "__name__", repr(cls))
+        raise MappingError(f"{name} is not mapped: decorate it with registry.mapped")
+    return mapper  # type: ignore[no-any-return]
+
+
+__all__ = ["MappedField", "Mapper", "mapper_of"]

@@ -1,0 +1,188 @@
+"""The registry: maps attrs classes, declaratively or imperatively.
+
+``@registry.mapped`` reads each attribute's :class:`~redisca.mapping.fields.FieldSpec`
+(from a field helper) or infers one from the annotation, then builds a
+:class:`~redisca.mapping.mapper.Mapper` and instruments the class.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from ..errors import MappingError
+from .codecs import codec_for, unwrap_optional
+from .fields import FieldSpec, spec_of
+from .keys import check_name
+from .mapper import MappedField, Mapper
+
+T = TypeVar("T", bound=type)
+
+
+class Registry:
+    """A namespace of mapped classes: prefixes are unique within it."""
+
+    def __init__(self) -> None:
+        self._mappers: dict[type, Mapper] = {}
+        self._by_prefix: dict[str, Mapper] = {}
+
+    def __iter__(self) -> Iterator[Mapper]:
+        return iter(list(self._mappers.values()))
+
+    def __len__(self) -> int:
+        return len(self._mappers)
+
+    @overload
+    def mapped(self, cls: T, /) -> T: ...
+
+    @overload
+    def mapped(
+        self, *, prefix: str | None = None, id: str = "id", versioned: bool = False
+    ) -> Callable[[T], T]: ...
+
+    def mapped(  # type: ignore[misc]
+        self,
+        cls: T | None = None,
+        /,
+        *,
+        prefix: str | None = None,
+        id: str = "id",
+        versioned: bool = False,
+    ) -> T | Callable[[T], T]:
+        """Class decorator (use it above ``@attrs.define``); returns the class unchanged."""
+
+        def decorate(klass: T) -> T:
+            self.map(klass, prefix=prefix, id=id, versioned=versioned)
+            return klass
+
+        return decorate(cls) if cls is not None else decorate
+
+    def map(
+        self,
+        cls: type,
+        *,
+        prefix: str | None = None,
+        id: str = "id",
+        versioned: bool = False,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Mapper:
+        """Map a class imperatively; ``fields`` gives helpers for attributes you can't edit."""
+        name = cls.__name__
+        if not attrs.has(cls):
+            raise MappingError(f"{name} is not an attrs class: decorate it with @attrs.define")
+        if "__redisca_mapper__" in cls.__dict__:
+            raise MappingError(f"{name} is already mapped")
+        prefix = check_name("prefix", prefix if prefix is not None else name.lower(), name)
+        if prefix in self._by_prefix:
+            other = self._by_prefix[prefix].class_.__name__
+            raise MappingError(f"{name}: prefix {prefix!r} is already used by {other}")
+        mapper = Mapper(self, cls, prefix, id, versioned)
+        mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
+        mapper.instrument()
+        self._mappers[cls] = mapper
+        self._by_prefix[prefix] = mapper
+        return mapper
+
+    def resolve(self, target: type | str) -> Mapper:
+        """The mapper of a class, or of a class named ``target`` in this registry."""
+        if isinstance(target, str):
+            for mapper in self._mappers.values():
+                if target in (mapper.class_.__name__, mapper.class_.__qualname__):
+                    return mapper
+            raise MappingError(f"no class named {target!r} is mapped in this registry")
+        try:
+            return self._mappers[target]
+        except KeyError:
+            raise MappingError(f"{target.__name__} is not mapped in this registry") from None
+
+    def _build_fields(self, mapper: Mapper, overrides: dict[str, Any]) -> list[MappedField]:
+        cls = mapper.class_
+        attributes = attrs.fields(cls)
+        names = {a.name for a in attributes}
+        if mapper.id_attr not in names:
+            raise MappingError(f"{cls.__name__} has no attribute {mapper.id_attr!r} for its id")
+        unknown = set(overrides) - names
+        if unknown:
+            raise MappingError(f"{cls.__name__} has no attributes {sorted(unknown)}")
+        fields: list[MappedField] = []
+        hash_fields: dict[str, str] = {}
+        for attribute in attributes:
+            if attribute.name == mapper.id_attr:
+                continue
+            field = self._build_field(mapper, attribute, overrides.get(attribute.name))
+            stored = field.hash_field.decode()
+            if stored in hash_fields:
+                raise MappingError(
+                    f"{cls.__name__}.{attribute.name}: hash field {stored!r} is already "
+                    f"used by {hash_fields[stored]}"
+                )
+            hash_fields[stored] = attribute.name
+            fields.append(field)
+        return fields
+
+    def _build_field(self, mapper: Mapper, attribute: Any, override: Any) -> MappedField:
+        cls, name = mapper.class_, attribute.name
+        spec = spec_of(override) if override is not None else spec_of(attribute)
+        if override is not None and spec is None:
+            raise MappingError(f"{cls.__name__}.{name}: fields= takes redisca field helpers")
+        annotation = _annotation(cls, attribute, self)
+        if isinstance(annotation, str):
+            inner, optional = None, "None" in annotation
+        else:
+            inner, optional = unwrap_optional(annotation)
+        if spec is None:
+            spec = self._infer(cls, name, annotation, inner)
+        hash_field = check_name("field name", spec.field or name, f"{cls.__name__}.{name}")
+        return MappedField(
+            mapper,
+            name,
+            hash_field,
+            spec.codec,
+            nullable=optional or attribute.default is None,
+            index=spec.index,
+            unique=spec.unique,
+            checks=spec.checks,
+            target=spec.reference,
+        )
+
+    def _infer(self, cls: type, name: str, annotation: Any, inner: Any) -> FieldSpec:
+        if annotation is None or isinstance(annotation, str):
+            raise MappingError(
+                f"{cls.__name__}.{name}: cannot map annotation {annotation!r}; "
+                "annotate it with a type or use a field helper"
+            )
+        codec = codec_for(inner)
+        if codec is not None:
+            return FieldSpec(codec)
+        if isinstance(inner, type) and inner in self._mappers:
+            return FieldSpec(reference=inner)
+        raise MappingError(
+            f"{cls.__name__}.{name}: cannot map annotation {annotation!r}; "
+            "use a field helper or register a codec"
+        )
+
+
+def _annotation(cls: type, attribute: Any, registry: Registry) -> Any:
+    """The attribute's type, resolving string annotations where possible."""
+    tp = attribute.type
+    if not isinstance(tp, str):
+        return tp
+    namespace: dict[str, Any] = {m.class_.__name__: m.class_ for m in registry}
+    module = sys.modules.get(cls.__module__)
+    if module is not None:
+        namespace.update(vars(module))
+    namespace[cls.__name__] = cls
+    try:
+        return eval(tp, namespace)  # annotations are code of the mapped class's own module
+    except Exception:
+        try:
+            return typing.get_type_hints(cls).get(attribute.name, tp)
+        except Exception:
+            return tp
+
+
+__all__ = ["Registry"]

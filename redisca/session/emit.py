@@ -1,0 +1,193 @@
+"""Emit: from a plan and what Redis holds now, the commands inside MULTI/EXEC.
+
+Index removals come from the values read after WATCH, never from the
+session's snapshot, so an index cannot drift when another client changed the
+entity meanwhile. Unique keys hold their owner's id: a claim succeeds when
+the key is free, already ours, or released by its owner in this same commit;
+a release deletes only a key this entity owns.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
+from ..mapping.keys import VERSION_FIELD
+from ..mapping.mapper import MappedField
+from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, unique_key
+
+#: Keeps a hash alive when an entity has no field set (Redis drops empty hashes).
+EXISTS_FIELD = b"#e"
+
+
+class NeedOwners(Exception):
+    """The emitter must know more unique-key owners (a second read round)."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        super().__init__(keys)
+        self.keys = keys
+
+
+@attrs.define
+class _Emitter:
+    observed: Observed
+    out: list[Command] = attrs.field(factory=list)
+    claims: dict[bytes, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
+    released: set[bytes] = attrs.field(factory=set)
+    unknown: list[bytes] = attrs.field(factory=list)
+
+    def index_add(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
+        layout, ident = change.mapper.layout, change.id
+        if field.index == "eq":
+            self.out.append(
+                (b"SADD", layout.eq_index(field.hash_field, field.index_key(raw)), ident)
+            )
+        elif field.index == "range":
+            score = repr(field.score(raw)).encode()
+            self.out.append((b"ZADD", layout.range_index(field.hash_field), score, ident))
+        if field.unique:
+            self.claim(change, field, raw)
+
+    def index_remove(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
+        layout, ident = change.mapper.layout, change.id
+        if field.index == "eq":
+            self.out.append(
+                (b"SREM", layout.eq_index(field.hash_field, field.index_key(raw)), ident)
+            )
+        elif field.index == "range":
+            self.out.append((b"ZREM", layout.range_index(field.hash_field), ident))
+        if field.unique:
+            self.release(change, unique_key(field, raw))
+
+    def claim(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
+        key = unique_key(field, raw)
+        earlier = self.claims.get(key)
+        if earlier is not None and earlier[0].id != change.id:
+            raise _violation(field, raw, earlier[0].id)
+        self.claims[key] = (change, field, raw)
+
+    def release(self, change: EntityChange, key: bytes) -> None:
+        if key not in self.observed.owners:
+            self.unknown.append(key)
+        elif self.observed.owners[key] == change.id:
+            self.out.append((b"DEL", key))
+            self.released.add(key)
+
+    def settle_claims(self) -> None:
+        # After every release: a DEL must precede the SET of a key changing hands.
+        for key, (change, field, raw) in self.claims.items():
+            owner = self.observed.owners.get(key)
+            if owner is not None and owner != change.id and key not in self.released:
+                raise _violation(field, raw, owner)
+            self.out.append((b"SET", key, change.id))
+
+
+def _violation(field: MappedField, raw: bytes, owner: str) -> UniqueViolation:
+    value = field.decode(raw)
+    name = f"{field.mapper.class_.__name__}.{field.name}"
+    return UniqueViolation(
+        f"{name} value {value!r} is already taken by id {owner!r}",
+        field=field.name,
+        value=value,
+        owner=owner,
+    )
+
+
+def _hset(key: bytes, pairs: list[tuple[bytes, bytes]]) -> Command:
+    return (b"HSET", key, *[part for pair in pairs for part in pair])
+
+
+def _check_current(change: EntityChange, observed: Observed) -> dict[bytes, bytes | None] | None:
+    """The entity's current indexed values; None if it no longer exists."""
+    key = change.key
+    if not observed.exists.get(key, False):
+        return None
+    current = observed.fields.get(key, {})
+    if change.mapper.versioned and change.was_loaded:
+        stored = current.get(VERSION_FIELD)
+        if (int(stored) if stored is not None else None) != change.expect_version:
+            raise StaleDataError(
+                f"{key.decode(errors='replace')} changed in Redis since it was loaded "
+                f"(version {change.expect_version}, now {stored!r})"
+            )
+    return current
+
+
+def _emit_insert(em: _Emitter, change: EntityChange) -> None:
+    key = change.key
+    if em.observed.exists.get(key, False):
+        raise IntegrityError(f"{key.decode(errors='replace')} already exists in Redis")
+    pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
+    if change.mapper.versioned:
+        pairs.append((VERSION_FIELD, b"1"))
+    if not pairs:
+        pairs.append((EXISTS_FIELD, b""))
+    em.out.append(_hset(key, pairs))
+    em.out.append((b"SADD", change.mapper.layout.all_ids, change.id))
+    for field, raw in change.values.items():
+        if raw is not None and field.indexed:
+            em.index_add(change, field, raw)
+
+
+def _emit_update(em: _Emitter, change: EntityChange) -> None:
+    key = change.key
+    current: dict[bytes, bytes | None] | None = {}
+    if change.needs_read:
+        current = _check_current(change, em.observed)
+        if current is None:
+            name = key.decode(errors="replace")
+            if change.was_loaded:
+                raise StaleDataError(f"{name} was deleted from Redis since it was loaded")
+            raise NotFound(f"{name} does not exist")
+    pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
+    removed = [f.hash_field for f, raw in change.values.items() if raw is None]
+    if change.empty_after:
+        pairs.append((EXISTS_FIELD, b""))
+    if pairs:
+        em.out.append(_hset(key, pairs))
+    if removed:
+        em.out.append((b"HDEL", key, *removed))
+    if change.mapper.versioned:
+        em.out.append((b"HINCRBY", key, VERSION_FIELD, 1))
+    for field, new in change.values.items():
+        if not field.indexed:
+            continue
+        old = current.get(field.hash_field) if current else None
+        if old == new:
+            continue
+        if old is not None:
+            em.index_remove(change, field, old)
+        if new is not None:
+            em.index_add(change, field, new)
+
+
+def _emit_delete(em: _Emitter, change: EntityChange) -> None:
+    current = _check_current(change, em.observed)
+    if current is None:
+        return  # already gone: nothing of it is left to remove
+    em.out.append((b"DEL", change.key))
+    em.out.append((b"SREM", change.mapper.layout.all_ids, change.id))
+    for field in change.mapper.indexed:
+        old = current.get(field.hash_field)
+        if old is not None:
+            em.index_remove(change, field, old)
+
+
+def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
+    """The transaction's commands; raises on conflicts, ``NeedOwners`` for more reads."""
+    em = _Emitter(observed)
+    for change in plan.changes:
+        if change.op == INSERT:
+            _emit_insert(em, change)
+        elif change.op == UPDATE:
+            _emit_update(em, change)
+        else:
+            _emit_delete(em, change)
+    if em.unknown:
+        raise NeedOwners(list(dict.fromkeys(em.unknown)))
+    em.settle_claims()
+    em.out.extend(plan.commands)
+    return em.out
+
+
+__all__ = ["EXISTS_FIELD", "NeedOwners", "emit"]

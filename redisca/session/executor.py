@@ -1,0 +1,170 @@
+"""The executor: the one module that sends commands to Redis.
+
+It talks to a pooled connection directly, so that ``WATCH`` and the reads
+that follow it go out in one write (redis-py's pipeline would send each read
+after ``WATCH`` on its own), and it reads replies undecoded, so clients made
+with ``decode_responses=True`` or ``False``, RESP2 or RESP3, look the same.
+
+A commit is at most three round trips: ``WATCH`` + reads, a second read of
+unique-key owners when the session's guess was stale, then
+``MULTI``/``EXEC``. With nothing to watch it is the last one alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+from ..errors import ConflictError, IntegrityError, OperationalError, RediscaError
+from .emit import NeedOwners, emit
+from .plan import Command, CommitPlan, Observed, Reads, collect_reads
+
+#: How often a commit whose watched keys changed is re-read and retried.
+DEFAULT_RETRIES = 5
+
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def _pool_wants_name(pool: Any) -> bool:
+    # redis-py before 5.3 requires a command name; later versions deprecate it.
+    param = inspect.signature(pool.get_connection).parameters.get("command_name")
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+@contextmanager
+def connection(client: redis.Redis) -> Iterator[Any]:
+    """A connection of the client's pool, returned clean (no WATCH left) afterwards."""
+    single = getattr(client, "connection", None)
+    if single is not None:
+        yield single
+        return
+    pool = client.connection_pool
+    conn = pool.get_connection("MULTI") if _pool_wants_name(pool) else pool.get_connection()
+    try:
+        yield conn
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]  # whatever state the server keeps for it goes with it
+        raise
+    finally:
+        pool.release(conn)
+
+
+def roundtrip(conn: Any, commands: Sequence[Command]) -> list[Any]:
+    """Send commands in one write, read every reply; error replies come back as values."""
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except _CONNECTION_ERRORS as exc:
+        conn.disconnect()
+        raise OperationalError(f"Redis connection failed: {exc}", exc) from exc
+
+
+def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+    """One round trip of independent commands (loads and queries)."""
+    if not commands:
+        return []
+    with connection(client) as conn:
+        return roundtrip(conn, commands)
+
+
+def transaction(conn: Any, commands: Sequence[Command]) -> list[Any] | None:
+    """MULTI … EXEC in one round trip; ``None`` when a watched key changed."""
+    replies = roundtrip(conn, [(b"MULTI",), *commands, (b"EXEC",)])
+    result = replies[-1]
+    if isinstance(result, ResponseError):
+        queued = next((r for r in replies[1:-1] if isinstance(r, ResponseError)), result)
+        raise OperationalError(f"Redis refused the transaction: {queued}", queued)
+    if result is None:
+        return None
+    failed = [r for r in result if isinstance(r, ResponseError)]
+    if failed:
+        raise OperationalError(
+            f"{len(failed)} command(s) of the transaction failed in Redis: {failed[0]}", failed[0]
+        )
+    return list(result)
+
+
+def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
+    commands: list[Command] = [(b"WATCH", *reads.keys())]
+    commands += [(b"EXISTS", key) for key in reads.exists]
+    commands += [(b"HMGET", key, *fields) for key, fields in reads.fields.items()]
+    commands += [(b"GET", key) for key in reads.owners]
+    replies = iter(roundtrip(conn, commands)[1:])
+    for key in reads.exists:
+        observed.exists[key] = bool(next(replies))
+    for key, fields in reads.fields.items():
+        values = _checked(next(replies), key)
+        observed.fields[key] = dict(zip(fields, values, strict=True))
+    for key in reads.owners:
+        owner = _checked(next(replies), key)
+        observed.owners[key] = None if owner is None else owner.decode()
+
+
+def _checked(reply: Any, key: bytes) -> Any:
+    if isinstance(reply, ResponseError):
+        raise IntegrityError(
+            f"{key.decode(errors='replace')} does not hold what redisca wrote: {reply}"
+        )
+    return reply
+
+
+def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> list[Any] | None:
+    observed = Observed()
+    watched = bool(reads)
+    try:
+        if watched:
+            _watch_and_read(conn, reads, observed)
+        try:
+            commands = emit(plan, observed)
+        except NeedOwners as need:
+            _watch_and_read(conn, Reads(owners=need.keys), observed)
+            watched = True
+            commands = emit(plan, observed)
+    except RediscaError:
+        if watched:
+            roundtrip(conn, [(b"UNWATCH",)])
+        raise
+    return transaction(conn, commands)
+
+
+def execute_commit(
+    client: redis.Redis, plan: CommitPlan, retries: int = DEFAULT_RETRIES
+) -> list[Any]:
+    """Run one plan on one server: WATCH, read, check, MULTI/EXEC, retry on conflict."""
+    reads = collect_reads(plan)
+    with connection(client) as conn:
+        for _ in range(retries + 1):
+            replies = _attempt(conn, plan, reads)
+            if replies is not None:
+                return replies
+    raise ConflictError(f"watched keys kept changing; gave up after {retries + 1} attempts")
+
+
+def hash_reply(reply: Any) -> dict[bytes, bytes]:
+    """HGETALL's reply as a dict, whether it came as a RESP2 list or a RESP3 map."""
+    if isinstance(reply, dict):
+        return reply
+    items = iter(reply)
+    return dict(zip(items, items, strict=True))
+
+
+__all__ = [
+    "DEFAULT_RETRIES",
+    "connection",
+    "execute_commit",
+    "hash_reply",
+    "roundtrip",
+    "run",
+    "transaction",
+]

@@ -1,0 +1,105 @@
+"""Loading: HGETALL replies into instances, without re-running validators.
+
+Values read from Redis were valid when written, so hydration sets them
+straight into the slots; a stored value its codec cannot read is a
+:class:`~redisca.DecodeError` naming the key and field.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DecodeError, NotFound
+from ..mapping.instrument import MISSING
+from ..mapping.keys import VERSION_FIELD
+from ..mapping.mapper import MappedField, Mapper
+from . import executor
+from .state import InstanceState
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+def decode_field(field: MappedField, raw: bytes, key: bytes) -> Any:
+    try:
+        return field.decode(raw)
+    except Exception as exc:
+        name = key.decode(errors="replace")
+        raise DecodeError(
+            f"{name}: field {field.hash_field.decode()!r} holds {raw[:60]!r}, which is not a "
+            f"valid {field.codec.name if field.codec else 'id'} ({exc})",
+            key=name,
+            field=field.name,
+        ) from None
+
+
+def python_value(session: Session, field: MappedField, raw: bytes | None, key: bytes) -> Any:
+    """A stored value as the attribute holds it (references become session instances)."""
+    if raw is None:
+        return None
+    value = decode_field(field, raw, key)
+    if field.is_reference:
+        return session.reference(field.target_mapper().class_, value)
+    return value
+
+
+def hydrate(
+    session: Session, state: InstanceState, raw: dict[bytes, bytes], *, overwrite: bool
+) -> None:
+    """Fill an instance from its hash; ``overwrite=False`` keeps values set in Python."""
+    obj, key = state.obj, state.mapper.key(state.id)  # type: ignore[arg-type]
+    snapshot: dict[MappedField, bytes | None] = {}
+    for field in state.mapper.fields:
+        enc = raw.get(field.hash_field)
+        snapshot[field] = enc
+        if overwrite or field.attribute.get_raw(obj) is MISSING:
+            field.attribute.set_raw(obj, python_value(session, field, enc, key))
+    version = raw.get(VERSION_FIELD)
+    state.snapshot = snapshot
+    state.version = int(version) if version is not None else None
+    state.loaded = True
+    state.persistent = True
+
+
+def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
+    if isinstance(reply, Exception):
+        name = key.decode(errors="replace")
+        raise DecodeError(f"{name} is not a hash: {reply}", key=name)
+    return executor.hash_reply(reply)
+
+
+def fetch(session: Session, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
+    """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
+    keys = [mapper.key(ident) for ident in ids]
+    replies = executor.run(session.bind_for(mapper), [(b"HGETALL", key) for key in keys])
+    return [_hash(reply, key) for reply, key in zip(replies, keys, strict=True)]
+
+
+def load_states(session: Session, states: Iterable[InstanceState]) -> list[bool]:
+    """Load unloaded states, one round trip per server; False where the key is missing."""
+    states = list(states)
+    by_client: dict[Any, list[int]] = defaultdict(list)
+    for n, state in enumerate(states):
+        by_client[id(session.bind_for(state.mapper))].append(n)
+    found = [False] * len(states)
+    for positions in by_client.values():
+        group = [states[n] for n in positions]
+        client = session.bind_for(group[0].mapper)
+        keys = [s.mapper.key(s.id) for s in group]  # type: ignore[arg-type]
+        replies = executor.run(client, [(b"HGETALL", key) for key in keys])
+        for n, state, reply, key in zip(positions, group, replies, keys, strict=True):
+            raw = _hash(reply, key)
+            if raw:
+                hydrate(session, state, raw, overwrite=False)
+                found[n] = True
+    return found
+
+
+def require(found: bool, state: InstanceState) -> None:
+    if not found:
+        raise NotFound(f"{state.key} does not exist in Redis")
+
+
+__all__ = ["decode_field", "fetch", "hydrate", "load_states", "python_value", "require"]

@@ -1,0 +1,137 @@
+"""The commit plan: pure data, built without I/O and testable without Redis.
+
+A plan lists entity changes (already validated and encoded) and the user's
+own commands. :func:`collect_reads` says which keys the executor must
+``WATCH`` and read before ``MULTI``; :mod:`redisca.session.emit` turns what
+was read into the commands of the transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..mapping.keys import VERSION_FIELD
+from ..mapping.mapper import MappedField, Mapper
+
+Command = tuple[Any, ...]
+
+INSERT = "insert"
+UPDATE = "update"
+DELETE = "delete"
+
+
+@attrs.define(eq=False)
+class EntityChange:
+    """One entity's part of a commit."""
+
+    mapper: Mapper
+    id: str
+    op: str
+    #: insert: every field's encoded value (None = absent); update: the changed fields.
+    values: dict[MappedField, bytes | None] = attrs.field(factory=dict)
+    #: Read the entity's current hash (and existence) before MULTI.
+    needs_read: bool = False
+    #: Whether the session had loaded the entity (decides StaleDataError vs NotFound).
+    was_loaded: bool = True
+    #: Version the session saw (versioned mappers only).
+    expect_version: int | None = None
+    #: The session's last known values of unique fields: which unique keys to read early.
+    guesses: dict[MappedField, bytes | None] = attrs.field(factory=dict)
+    #: The hash would hold no field afterwards (it needs a marker to keep existing).
+    empty_after: bool = False
+
+    @property
+    def key(self) -> bytes:
+        return self.mapper.key(self.id)
+
+    def read_fields(self) -> list[MappedField]:
+        """The indexed fields whose current values the commit must know."""
+        if self.op == DELETE:
+            return list(self.mapper.indexed)
+        return [f for f in self.values if f.indexed]
+
+
+@attrs.frozen
+class CommitPlan:
+    changes: tuple[EntityChange, ...] = ()
+    commands: tuple[Command, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changes or self.commands)
+
+
+@attrs.define
+class Reads:
+    """What to WATCH and read before MULTI."""
+
+    exists: list[bytes] = attrs.field(factory=list)
+    fields: dict[bytes, list[bytes]] = attrs.field(factory=dict)
+    owners: list[bytes] = attrs.field(factory=list)
+
+    def keys(self) -> list[bytes]:
+        return list(dict.fromkeys([*self.exists, *self.fields, *self.owners]))
+
+    def __bool__(self) -> bool:
+        return bool(self.exists or self.fields or self.owners)
+
+
+@attrs.define
+class Observed:
+    """What the reads returned: the state of Redis the transaction is built on."""
+
+    exists: dict[bytes, bool] = attrs.field(factory=dict)
+    fields: dict[bytes, dict[bytes, bytes | None]] = attrs.field(factory=dict)
+    owners: dict[bytes, str | None] = attrs.field(factory=dict)
+
+
+def unique_key(field: MappedField, raw: bytes) -> bytes:
+    return field.mapper.layout.unique(field.hash_field, field.index_key(raw))
+
+
+def collect_reads(plan: CommitPlan) -> Reads:
+    """Keys to WATCH and read: claimed unique keys, new keys, and entities to re-read."""
+    reads = Reads()
+    owners: dict[bytes, None] = {}
+    for change in plan.changes:
+        key = change.key
+        if change.op == INSERT:
+            reads.exists.append(key)
+            for field, raw in change.values.items():
+                if field.unique and raw is not None:
+                    owners[unique_key(field, raw)] = None
+            continue
+        if not change.needs_read:
+            continue
+        reads.exists.append(key)
+        hash_fields = [f.hash_field for f in change.read_fields()]
+        if change.mapper.versioned:
+            hash_fields.append(VERSION_FIELD)
+        if hash_fields:
+            reads.fields[key] = hash_fields
+        for field in change.read_fields():
+            if not field.unique:
+                continue
+            new = change.values.get(field)
+            if change.op == UPDATE and new is not None:
+                owners[unique_key(field, new)] = None
+            guess = change.guesses.get(field)
+            if guess is not None:
+                owners[unique_key(field, guess)] = None
+    reads.owners = list(owners)
+    return reads
+
+
+__all__ = [
+    "DELETE",
+    "INSERT",
+    "UPDATE",
+    "Command",
+    "CommitPlan",
+    "EntityChange",
+    "Observed",
+    "Reads",
+    "collect_reads",
+    "unique_key",
+]

@@ -1,0 +1,171 @@
+"""Queries over indexed fields: ``session.query(User).filter(...)``.
+
+Queries are generative (each method returns a new query), so a stored query
+can be reused and refined. They read what is committed in Redis; instances
+already in the session are returned as they are in the session.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import attrs
+
+from ..errors import MultipleResultsFound, NotFound, QueryError
+from ..mapping.expressions import Condition, Ordering
+from ..mapping.mapper import Mapper
+from . import executor
+from .querycompile import Filters, compile_ids, membership_checks, order_field, sort_filters
+
+if TYPE_CHECKING:
+    from .session import Session
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Query(Generic[T]):
+    session: Session
+    mapper: Mapper
+    conditions: tuple[Condition, ...] = ()
+    ordering: Ordering | None = None
+    offset_: int = 0
+    limit_: int | None = None
+    preloads: tuple[Any, ...] = ()
+
+    # -- building ------------------------------------------------------------
+
+    def filter(self, *conditions: Condition) -> Query[T]:
+        """AND the conditions (``User.age >= 18``, ``User.email == v``) to this query."""
+        for cond in conditions:
+            if not isinstance(cond, Condition):
+                raise QueryError(f"filter() takes conditions like User.age >= 18, got {cond!r}")
+        query = attrs.evolve(self, conditions=self.conditions + conditions)
+        sort_filters(self.mapper, query.conditions)  # fail now, naming the field
+        return query
+
+    def filter_by(self, **values: Any) -> Query[T]:
+        """Equality conditions by attribute name: ``filter_by(email=v)``."""
+        conditions = []
+        for name, value in values.items():
+            field = self.mapper.by_name.get(name)
+            if field is None:
+                raise QueryError(f"{self.mapper.class_.__name__} has no mapped attribute {name!r}")
+            conditions.append(field.attribute == value)
+        return self.filter(*conditions)
+
+    def order_by(self, ordering: Any) -> Query[T]:
+        """Order by a range-indexed attribute: ``order_by(User.age)`` or ``User.age.desc()``."""
+        if not isinstance(ordering, Ordering):
+            ordering = Ordering(ordering)
+        order_field(self.mapper, ordering)  # fail now, naming the field
+        return attrs.evolve(self, ordering=ordering)
+
+    def offset(self, n: int) -> Query[T]:
+        if n < 0:
+            raise QueryError("offset must be >= 0")
+        return attrs.evolve(self, offset_=n)
+
+    def limit(self, n: int | None) -> Query[T]:
+        if n is not None and n < 0:
+            raise QueryError("limit must be >= 0")
+        return attrs.evolve(self, limit_=n)
+
+    def preload(self, *attributes: Any) -> Query[T]:
+        """Load these references of all results in one more round trip (no N+1)."""
+        return attrs.evolve(self, preloads=self.preloads + attributes)
+
+    # -- running -------------------------------------------------------------
+
+    def ids(self) -> list[str]:
+        """Ids of the matching entities, in query order; nothing is loaded."""
+        filters = sort_filters(self.mapper, self.conditions)
+        if filters.unique:
+            return self._unique_ids(filters)
+        return self._decode(self._run_ids(filters, count=False))
+
+    def count(self) -> int:
+        filters = sort_filters(self.mapper, self.conditions)
+        if filters.unique:
+            return len(attrs.evolve(self, offset_=0, limit_=None)._unique_ids(filters))
+        total = int(self._run_ids(filters, count=True))
+        total = max(0, total - self.offset_)
+        return total if self.limit_ is None else min(total, self.limit_)
+
+    def all(self) -> list[T]:
+        ids = self.ids()
+        if not ids:
+            return []
+        found = self.session.get_many(self.mapper.class_, ids)
+        results = [typing.cast(T, obj) for obj in found if obj is not None]
+        if self.preloads:
+            self.session.preload(results, *self.preloads)
+        return results
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.all())
+
+    def first(self) -> T | None:
+        found = self.limit(1).all()
+        return found[0] if found else None
+
+    def one_or_none(self) -> T | None:
+        found = self.limit(2).all() if self.limit_ is None else self.all()
+        if len(found) > 1:
+            raise MultipleResultsFound(f"more than one {self.mapper.class_.__name__} matched")
+        return found[0] if found else None
+
+    def one(self) -> T:
+        found = self.one_or_none()
+        if found is None:
+            raise NotFound(f"no {self.mapper.class_.__name__} matched")
+        return found
+
+    # -- internals -----------------------------------------------------------
+
+    def _client(self) -> Any:
+        return self.session.bind_for(self.mapper)
+
+    def _run_ids(self, filters: Filters, *, count: bool) -> Any:
+        plan = compile_ids(
+            self.mapper, filters, self.ordering, self.offset_, self.limit_, count=count
+        )
+        if plan.transactional:
+            with executor.connection(self._client()) as conn:
+                replies = executor.transaction(conn, plan.commands)
+            assert replies is not None  # nothing is watched
+        else:
+            replies = executor.run(self._client(), plan.commands)
+        reply = replies[plan.reply]
+        if isinstance(reply, Exception):
+            raise QueryError(f"Redis could not run the query: {reply}")
+        if plan.sort_ids:
+            return self._slice(sorted(reply))
+        return reply
+
+    def _slice(self, ids: list[Any]) -> list[Any]:
+        end = None if self.limit_ is None else self.offset_ + self.limit_
+        return ids[self.offset_ : end]
+
+    def _unique_ids(self, filters: Filters) -> list[str]:
+        owners = executor.run(self._client(), [(b"GET", key) for key in filters.unique])
+        if any(o is None or isinstance(o, Exception) for o in owners) or len(set(owners)) != 1:
+            return []
+        ident = owners[0].decode()
+        commands, windows = membership_checks(self.mapper, filters, ident)
+        if commands:
+            replies = executor.run(self._client(), commands)
+            for reply, window in zip(replies, windows, strict=True):
+                if window is None and not reply:
+                    return []
+                if window is not None and (reply is None or not window.contains(float(reply))):
+                    return []
+        return self._slice([ident])
+
+    def _decode(self, ids: list[bytes]) -> list[str]:
+        return [i.decode() for i in ids]
+
+
+__all__ = ["Query"]

@@ -1,0 +1,343 @@
+"""The Session: identity map, change tracking and the one atomic commit.
+
+A session is meant for one thread and one unit of work (a request, a job,
+a script). It holds its instances strongly until ``expunge``/``close``, as
+redisca 1.x's registry did until ``free()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import attrs
+import redis
+
+from ..conf import default_client
+from ..errors import IntegrityError, InvalidRequestError
+from ..ids import hexid
+from ..mapping import instrument
+from ..mapping.instrument import MISSING
+from ..mapping.mapper import Mapper, mapper_of
+from . import executor, loading, unitofwork
+from .collections import IdentitySet
+from .plan import Command
+from .query import Query
+from .state import InstanceState
+
+T = TypeVar("T")
+
+
+@attrs.define(eq=False)
+class CommandResult:
+    """The reply to a command queued with :meth:`Session.add_command`, once committed."""
+
+    command: Command
+    value: Any = None
+    done: bool = False
+
+
+class Session:
+    """Identity map + unit of work over one or more Redis clients."""
+
+    def __init__(
+        self,
+        bind: redis.Redis | None = None,
+        *,
+        binds: dict[type, redis.Redis] | None = None,
+        retries: int = executor.DEFAULT_RETRIES,
+    ) -> None:
+        self.bind = bind
+        self.binds = dict(binds or {})
+        self.retries = retries
+        self._identity: dict[tuple[Mapper, str], InstanceState] = {}
+        self._new: dict[int, InstanceState] = {}
+        self._deleted: dict[int, InstanceState] = {}
+        self._commands: list[tuple[Any, Command, CommandResult]] = []
+
+    # -- context management -------------------------------------------------
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        """Commit at the end of the block, or roll back if it raises."""
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    def close(self) -> None:
+        self.expunge_all()
+        self._commands.clear()
+
+    # -- binds ---------------------------------------------------------------
+
+    def bind_for(self, mapper: Mapper | type) -> redis.Redis:
+        """The client for a class: ``binds`` (subclasses included), else the session's bind."""
+        cls = mapper.class_ if isinstance(mapper, Mapper) else mapper
+        for klass in cls.__mro__:
+            client = self.binds.get(klass)
+            if client is not None:
+                return client
+        if self.bind is None:
+            self.bind = default_client()
+        return self.bind
+
+    # -- tracking ------------------------------------------------------------
+
+    def state(self, obj: object) -> InstanceState:
+        state = instrument.state_of(obj)
+        if state is None or state.session is not self:
+            raise InvalidRequestError(f"{obj!r} is not in this session")
+        return state  # type: ignore[no-any-return]
+
+    def states(self) -> list[InstanceState]:
+        return list(self._identity.values())
+
+    def __contains__(self, obj: object) -> bool:
+        state = instrument.state_of(obj)
+        return state is not None and state.session is self
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([s.obj for s in self._identity.values()])
+
+    def _track(self, state: InstanceState) -> None:
+        self._identity[(state.mapper, state.id)] = state  # type: ignore[index]
+        state.session = self
+        instrument.attach(state.obj, state)
+
+    def forget(self, state: InstanceState) -> None:
+        """Stop tracking an instance (it keeps its values)."""
+        self._identity.pop((state.mapper, state.id), None)  # type: ignore[arg-type]
+        self._new.pop(id(state.obj), None)
+        self._deleted.pop(id(state.obj), None)
+        state.session = None
+        instrument.detach(state.obj)
+
+    def mark_clean(self, state: InstanceState) -> None:
+        self._new.pop(id(state.obj), None)
+
+    def queued_commands(self) -> list[tuple[Any, Command, CommandResult]]:
+        return list(self._commands)
+
+    @property
+    def new(self) -> IdentitySet:
+        return IdentitySet(s.obj for s in self._new.values())
+
+    @property
+    def deleted(self) -> IdentitySet:
+        return IdentitySet(s.obj for s in self._deleted.values())
+
+    @property
+    def dirty(self) -> IdentitySet:
+        """Persistent instances whose encoded values differ from what was loaded."""
+        return IdentitySet(
+            s.obj for s in self._identity.values() if s.persistent and not s.deleted and s.changes()
+        )
+
+    def is_modified(self, obj: object) -> bool:
+        state = self.state(obj)
+        return not state.persistent or state.deleted or bool(state.changes())
+
+    # -- adding and removing -------------------------------------------------
+
+    def add(self, obj: object) -> None:
+        """Track a new instance (it gets ``hexid()`` if its id is None) and its references."""
+        state = instrument.state_of(obj)
+        if state is not None:
+            if state.session is self:
+                if state.deleted:
+                    state.deleted = False
+                    self._deleted.pop(id(obj), None)
+                return
+            if state.session is not None:
+                raise InvalidRequestError(f"{obj!r} already belongs to another session")
+        mapper = mapper_of(type(obj))
+        ident = mapper.identity(obj)
+        if ident is None:
+            ident = hexid()
+            mapper.id_attribute.set_raw(obj, ident)
+        existing = self._identity.get((mapper, ident))
+        if existing is not None and existing.obj is not obj:
+            raise IntegrityError(
+                f"{mapper.key(ident).decode()} is already in this session as another object; "
+                "use session.merge() to copy values onto it"
+            )
+        state = InstanceState(obj, mapper, ident)
+        self._track(state)
+        self._new[id(obj)] = state
+        for field in mapper.references:  # save cascade
+            target = field.attribute.get_raw(obj)
+            if target is not MISSING and target is not None and target not in self:
+                self.add(target)
+
+    def add_all(self, objs: Iterable[object]) -> None:
+        for obj in objs:
+            self.add(obj)
+
+    def delete(self, obj: object) -> None:
+        """Mark a persistent instance for deletion (a pending one is simply dropped)."""
+        state = self.state(obj)
+        if not state.persistent:
+            self.forget(state)
+            return
+        state.deleted = True
+        self._deleted[id(obj)] = state
+
+    def expunge(self, obj: object) -> None:
+        """Stop tracking one instance (redisca 1.x's ``free()``)."""
+        self.forget(self.state(obj))
+
+    def expunge_all(self) -> None:
+        """Stop tracking every instance (redisca 1.x's ``free_all()``)."""
+        for state in list(self._identity.values()):
+            self.forget(state)
+
+    def merge(self, obj: T) -> T:
+        """Upsert: copy ``obj``'s values onto the session's instance of the same id."""
+        if obj in self:
+            return obj
+        mapper = mapper_of(type(obj))
+        ident = mapper.identity(obj)
+        target = self.get(type(obj), ident) if ident is not None else None
+        if target is None:
+            self.add(obj)
+            return obj
+        for field in mapper.fields:
+            value = field.attribute.get_raw(obj)
+            if value is MISSING:
+                continue
+            if field.is_reference and value is not None and value not in self:
+                value = self.merge(value)
+            setattr(target, field.name, value)
+        return target
+
+    # -- loading -------------------------------------------------------------
+
+    def reference(self, cls: type[T], id: str | int) -> T:
+        """An instance for a key without loading it; its first field read loads the hash."""
+        mapper = mapper_of(cls)
+        ident = mapper.id_attribute.coerce(id)
+        state = self._identity.get((mapper, ident))
+        if state is None:
+            state = InstanceState(mapper.blank(ident), mapper, ident)
+            state.persistent = True
+            self._track(state)
+        return state.obj  # type: ignore[no-any-return]
+
+    def get(self, cls: type[T], id: str | int) -> T | None:
+        """The instance with this id, loading it in one round trip unless already loaded."""
+        return self.get_many(cls, [id])[0]
+
+    def get_many(self, cls: type[T], ids: Sequence[str | int]) -> list[T | None]:
+        """Instances in the order of ``ids``; one round trip for all not yet loaded."""
+        mapper = mapper_of(cls)
+        idents = [mapper.id_attribute.coerce(i) for i in ids]
+        wanted = [i for i in dict.fromkeys(idents) if not self._is_loaded(mapper, i)]
+        if wanted:
+            self._load_ids(mapper, wanted)
+        return [self._visible(mapper, i) for i in idents]
+
+    def _is_loaded(self, mapper: Mapper, ident: str) -> bool:
+        state = self._identity.get((mapper, ident))
+        return state is not None and (state.loaded or not state.persistent)
+
+    def _visible(self, mapper: Mapper, ident: str) -> Any:
+        state = self._identity.get((mapper, ident))
+        if state is None or state.deleted or not (state.loaded or not state.persistent):
+            return None
+        return state.obj
+
+    def _load_ids(self, mapper: Mapper, idents: list[str]) -> None:
+        for ident, raw in zip(idents, loading.fetch(self, mapper, idents), strict=True):
+            if not raw:
+                continue
+            state = self._identity.get((mapper, ident))
+            if state is None:
+                state = InstanceState(mapper.blank(ident), mapper, ident)
+                self._track(state)
+            loading.hydrate(self, state, raw, overwrite=False)
+
+    def refresh(self, obj: object, *, only_missing: bool = False) -> None:
+        """Reload from Redis, discarding changes (``only_missing``: just fill unset fields)."""
+        state = self.state(obj)
+        raw = loading.fetch(self, state.mapper, [state.id])[0]  # type: ignore[list-item]
+        loading.require(bool(raw), state)
+        loading.hydrate(self, state, raw, overwrite=not only_missing)
+
+    def preload(self, objs: Iterable[object], *attributes: Any) -> None:
+        """Load the targets of reference attributes of many instances: no N+1.
+
+        One round trip per server for all targets, however many instances.
+        """
+        names = [getattr(a, "name", a) for a in attributes]
+        targets: dict[int, InstanceState] = {}
+        for obj in objs:
+            mapper = self.state(obj).mapper
+            for name in names or [f.name for f in mapper.fields if f.is_reference]:
+                target = mapper.by_name[name].attribute.get_raw(obj)
+                if target is MISSING or target is None:
+                    continue
+                state = instrument.state_of(target)
+                if state is not None and state.session is self and not state.loaded:
+                    targets[id(state)] = state
+        if targets:
+            loading.load_states(self, targets.values())
+
+    def query(self, cls: type[T]) -> Query[T]:
+        return Query(self, mapper_of(cls))
+
+    # -- committing ----------------------------------------------------------
+
+    def add_command(self, *args: Any, bind: type | None = None) -> CommandResult:
+        """Queue your own Redis command to run inside the next commit's MULTI/EXEC.
+
+        ``bind`` picks the server by mapped class (default: the session's bind).
+        The reply is in the returned object's ``value`` once the commit succeeded.
+        """
+        client = self.bind_for(bind) if bind is not None else self.bind_for(object)
+        result = CommandResult(tuple(args))
+        self._commands.append((client, result.command, result))
+        return result
+
+    def commit(self) -> None:
+        """Write every pending change: one MULTI/EXEC per server, all or nothing."""
+        groups = unitofwork.organize(self)
+        for group in groups:
+            plan = group.plan()
+            if not plan:
+                continue
+            replies = executor.execute_commit(group.client, plan, self.retries)
+            unitofwork.finalize(self, group, replies)
+            self._commands = [c for c in self._commands if c[2] not in group.results]
+
+    def rollback(self) -> None:
+        """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""
+        for state in list(self._new.values()):
+            self.forget(state)
+        for state in list(self._deleted.values()):
+            state.deleted = False
+        self._deleted.clear()
+        self._commands.clear()
+        for state in self._identity.values():
+            self._restore(state)
+
+    def _restore(self, state: InstanceState) -> None:
+        key = state.mapper.key(state.id)  # type: ignore[arg-type]
+        for field in state.mapper.fields:
+            if field in state.snapshot:
+                value = loading.python_value(self, field, state.snapshot[field], key)
+                field.attribute.set_raw(state.obj, value)
+            else:
+                field.attribute.del_raw(state.obj)
+
+
+__all__ = ["CommandResult", "Session"]

@@ -1,0 +1,114 @@
+"""Per-instance tracking state, kept by the session that owns the instance.
+
+Status is derived, never stored (as in SQLAlchemy): whether a session holds
+the state, whether Redis is known to hold the entity, and whether a delete
+is pending decide between transient, pending, persistent, deleted, detached.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DetachedInstanceError
+from ..mapping.mapper import MappedField, Mapper
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+class InstanceState:
+    """What a session knows about one instance: identity, snapshot, status."""
+
+    __slots__ = (
+        "__weakref__",
+        "_session",
+        "deleted",
+        "id",
+        "loaded",
+        "mapper",
+        "obj",
+        "persistent",
+        "snapshot",
+        "version",
+    )
+
+    def __init__(self, obj: Any, mapper: Mapper, id: str | None = None) -> None:
+        self.obj = obj
+        self.mapper = mapper
+        self.id = id
+        self._session: weakref.ref[Session] | None = None
+        #: Encoded values as last loaded from or written to Redis, per field.
+        self.snapshot: dict[MappedField, bytes | None] = {}
+        #: True once every field is known (loaded, inserted or refreshed).
+        self.loaded = False
+        #: True when Redis is known to hold this entity.
+        self.persistent = False
+        #: True while a delete is pending.
+        self.deleted = False
+        self.version: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<InstanceState {self.mapper.class_.__name__} id={self.id!r} {self.status}>"
+
+    @property
+    def session(self) -> Session | None:
+        return self._session() if self._session is not None else None
+
+    @session.setter
+    def session(self, session: Session | None) -> None:
+        self._session = weakref.ref(session) if session is not None else None
+
+    @property
+    def status(self) -> str:
+        if self.session is None:
+            return "detached" if self.persistent else "transient"
+        if self.deleted:
+            return "deleted"
+        return "persistent" if self.persistent else "pending"
+
+    transient = property(lambda self: self.status == "transient")
+    pending = property(lambda self: self.status == "pending")
+    detached = property(lambda self: self.status == "detached")
+
+    @property
+    def is_persistent(self) -> bool:
+        return self.status == "persistent"
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.status == "deleted"
+
+    @property
+    def key(self) -> str | None:
+        """The entity's Redis key (redisca 1.x's ``getkey()``)."""
+        ident = self.id if self.id is not None else self.mapper.identity(self.obj)
+        return None if ident is None else self.mapper.key(ident).decode()
+
+    @property
+    def identity(self) -> str | None:
+        return self.id
+
+    def load_missing(self, name: str) -> None:
+        """Called by the attribute descriptor when an unset attribute is read."""
+        session = self.session
+        if session is None:
+            raise DetachedInstanceError(
+                f"{self.mapper.class_.__name__}.{name} is not loaded and the instance "
+                "is not attached to a session"
+            )
+        if self.loaded:
+            raise AttributeError(name)
+        session.refresh(self.obj, only_missing=True)
+
+    def changes(self) -> dict[MappedField, bytes | None]:
+        """Encoded values that differ from the snapshot (set attributes only)."""
+        snapshot = self.snapshot
+        return {
+            field: value
+            for field, value in self.mapper.encode_set_fields(self.obj).items()
+            if field not in snapshot or snapshot[field] != value
+        }
+
+
+__all__ = ["InstanceState"]

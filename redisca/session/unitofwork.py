@@ -1,0 +1,159 @@
+"""The unit of work: organize a session's pending changes into plans, then finalize.
+
+Stages, as in SQLAlchemy's flush: *organize* (cascade references, validate and
+encode every change, so nothing reaches Redis if anything is invalid),
+*collect* and *emit* (:mod:`~redisca.session.plan`, :mod:`~redisca.session.emit`),
+execute (:mod:`~redisca.session.executor`), *finalize* (new snapshots).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..errors import InvalidRequestError
+from ..mapping.instrument import MISSING
+from ..mapping.mapper import MappedField
+from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
+from .state import InstanceState
+
+if TYPE_CHECKING:
+    from .session import CommandResult, Session
+
+
+@attrs.define(eq=False)
+class Group:
+    """Everything one commit sends to one server."""
+
+    client: Any
+    changes: list[EntityChange] = attrs.field(factory=list)
+    states: list[InstanceState] = attrs.field(factory=list)
+    commands: list[Command] = attrs.field(factory=list)
+    results: list[CommandResult] = attrs.field(factory=list)
+
+    def plan(self) -> CommitPlan:
+        return CommitPlan(tuple(self.changes), tuple(self.commands))
+
+
+def cascade(session: Session) -> None:
+    """Add the transient targets of references (save cascade), to a fixed point."""
+    seen: set[int] = set()
+    pending = [s for s in session.states() if not s.deleted]
+    while pending:
+        state = pending.pop()
+        if id(state) in seen:
+            continue
+        seen.add(id(state))
+        for field in state.mapper.references:
+            target = field.attribute.get_raw(state.obj)
+            if target is MISSING or target is None or target in session:
+                continue
+            session.add(target)
+            pending.append(session.state(target))
+
+
+def _check_identity(state: InstanceState) -> str:
+    ident = state.mapper.identity(state.obj)
+    if ident != state.id:
+        raise InvalidRequestError(
+            f"{state.key}: an entity's id cannot change ({state.id!r} -> {ident!r}); "
+            "delete it and add a new one"
+        )
+    return ident  # type: ignore[return-value]
+
+
+def _insert(state: InstanceState) -> EntityChange:
+    ident = _check_identity(state)
+    encoded = state.mapper.encode_set_fields(state.obj)
+    values = {field: encoded.get(field) for field in state.mapper.fields}
+    return EntityChange(state.mapper, ident, INSERT, values)
+
+
+def _unique_guesses(state: InstanceState, fields: Any) -> dict[MappedField, bytes | None]:
+    return {f: state.snapshot.get(f) for f in fields if f.unique}
+
+
+def _update(state: InstanceState) -> EntityChange | None:
+    ident = _check_identity(state)
+    values = state.changes()
+    if not values:
+        return None
+    mapper = state.mapper
+    after = {**state.snapshot, **values}
+    return EntityChange(
+        mapper,
+        ident,
+        UPDATE,
+        values,
+        needs_read=not state.loaded or mapper.versioned or any(f.indexed for f in values),
+        was_loaded=state.loaded,
+        expect_version=state.version,
+        guesses=_unique_guesses(state, values),
+        empty_after=state.loaded and all(v is None for v in after.values()),
+    )
+
+
+def _delete(state: InstanceState) -> EntityChange:
+    return EntityChange(
+        state.mapper,
+        state.id,  # type: ignore[arg-type]
+        DELETE,
+        needs_read=True,
+        was_loaded=state.loaded,
+        expect_version=state.version,
+        guesses=_unique_guesses(state, state.mapper.indexed),
+    )
+
+
+def organize(session: Session) -> list[Group]:
+    """Validate and encode every pending change, grouped by server; no I/O."""
+    cascade(session)
+    groups: dict[int, Group] = {}
+
+    def group_for(client: Any) -> Group:
+        return groups.setdefault(id(client), Group(client))
+
+    for state in session.states():
+        if state.deleted:
+            change = _delete(state)
+        elif not state.persistent:
+            change = _insert(state)
+        else:
+            found = _update(state)
+            if found is None:
+                continue
+            change = found
+        group = group_for(session.bind_for(state.mapper))
+        group.changes.append(change)
+        group.states.append(state)
+    for client, command, result in session.queued_commands():
+        group = group_for(client)
+        group.commands.append(command)
+        group.results.append(result)
+    return list(groups.values())
+
+
+def finalize(session: Session, group: Group, replies: list[Any]) -> None:
+    """After EXEC: snapshots become what Redis now holds."""
+    for change, state in zip(group.changes, group.states, strict=True):
+        if change.op == DELETE:
+            session.forget(state)
+            state.persistent = False
+            state.deleted = False
+            continue
+        state.snapshot.update(change.values)
+        if change.op == INSERT:
+            state.loaded = True
+            state.persistent = True
+            state.version = 1 if state.mapper.versioned else None
+        elif state.mapper.versioned:
+            state.version = (state.version or 0) + 1
+        session.mark_clean(state)
+    tail = replies[len(replies) - len(group.results) :] if group.results else []
+    for result, reply in zip(group.results, tail, strict=True):
+        result.value = reply
+        result.done = True
+
+
+__all__ = ["Group", "cascade", "finalize", "organize"]
