@@ -8,7 +8,7 @@ import pytest
 import redis
 from helpers import Counted, as_str, decodes
 
-from redisca.conf import conf
+from redisca import conf
 from redisca.lowlevel import Hash, Key
 
 

@@ -96,11 +96,12 @@ def transaction(conn: Any, commands: Sequence[Command]) -> list[Any] | None:
 
 
 def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
-    commands: list[Command] = [(b"WATCH", *reads.keys())]
+    watched = reads.keys()
+    commands: list[Command] = [(b"WATCH", *watched)] if watched else []
     commands += [(b"EXISTS", key) for key in reads.exists]
     commands += [(b"HMGET", key, *fields) for key, fields in reads.fields.items()]
     commands += [(b"GET", key) for key in reads.owners]
-    replies = iter(roundtrip(conn, commands)[1:])
+    replies = iter(roundtrip(conn, commands)[1 if watched else 0 :])
     for key in reads.exists:
         observed.exists[key] = bool(next(replies))
     for key, fields in reads.fields.items():
@@ -121,15 +122,14 @@ def _checked(reply: Any, key: bytes) -> Any:
 
 def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> list[Any] | None:
     observed = Observed()
-    watched = bool(reads)
+    watched = bool(reads.keys())
     try:
-        if watched:
+        if reads:
             _watch_and_read(conn, reads, observed)
         try:
             commands = emit(plan, observed)
         except NeedOwners as need:
             _watch_and_read(conn, Reads(owners=need.keys), observed)
-            watched = True
             commands = emit(plan, observed)
     except RediscaError:
         if watched:

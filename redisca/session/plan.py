@@ -39,6 +39,9 @@ class EntityChange:
     expect_version: int | None = None
     #: The session's last known values of unique fields: which unique keys to read early.
     guesses: dict[MappedField, bytes | None] = attrs.field(factory=dict)
+    #: Check (under WATCH) that the key is free; ids from ``hexid()`` are unique by
+    #: construction and skip it.
+    check_exists: bool = True
     #: The hash would hold no field afterwards (it needs a marker to keep existing).
     empty_after: bool = False
 
@@ -64,14 +67,22 @@ class CommitPlan:
 
 @attrs.define
 class Reads:
-    """What to WATCH and read before MULTI."""
+    """What to WATCH and read before MULTI.
+
+    Unique keys being claimed are watched; unique keys only read to release
+    them are not: a key an entity owns changes only when that entity does,
+    and its hash is watched. Fewer watched keys matter: Redis 7.0's WATCH
+    costs time quadratic in the number of keys one connection watches.
+    """
 
     exists: list[bytes] = attrs.field(factory=list)
     fields: dict[bytes, list[bytes]] = attrs.field(factory=dict)
     owners: list[bytes] = attrs.field(factory=list)
+    claims: set[bytes] = attrs.field(factory=set)
 
     def keys(self) -> list[bytes]:
-        return list(dict.fromkeys([*self.exists, *self.fields, *self.owners]))
+        claimed = [key for key in self.owners if key in self.claims]
+        return list(dict.fromkeys([*self.exists, *self.fields, *claimed]))
 
     def __bool__(self) -> bool:
         return bool(self.exists or self.fields or self.owners)
@@ -97,10 +108,12 @@ def collect_reads(plan: CommitPlan) -> Reads:
     for change in plan.changes:
         key = change.key
         if change.op == INSERT:
-            reads.exists.append(key)
+            if change.check_exists:
+                reads.exists.append(key)
             for field, raw in change.values.items():
                 if field.unique and raw is not None:
                     owners[unique_key(field, raw)] = None
+                    reads.claims.add(unique_key(field, raw))
             continue
         if not change.needs_read:
             continue
@@ -116,6 +129,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
             new = change.values.get(field)
             if change.op == UPDATE and new is not None:
                 owners[unique_key(field, new)] = None
+                reads.claims.add(unique_key(field, new))
             guess = change.guesses.get(field)
             if guess is not None:
                 owners[unique_key(field, guess)] = None

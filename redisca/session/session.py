@@ -162,6 +162,7 @@ class Session:
                 raise InvalidRequestError(f"{obj!r} already belongs to another session")
         mapper = mapper_of(type(obj))
         ident = mapper.identity(obj)
+        generated = ident is None
         if ident is None:
             ident = hexid()
             mapper.id_attribute.set_raw(obj, ident)
@@ -172,6 +173,7 @@ class Session:
                 "use session.merge() to copy values onto it"
             )
         state = InstanceState(obj, mapper, ident)
+        state.generated_id = generated
         self._track(state)
         self._new[id(obj)] = state
         for field in mapper.references:  # save cascade

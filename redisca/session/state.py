@@ -24,6 +24,7 @@ class InstanceState:
         "__weakref__",
         "_session",
         "deleted",
+        "generated_id",
         "id",
         "loaded",
         "mapper",
@@ -47,6 +48,8 @@ class InstanceState:
         #: True while a delete is pending.
         self.deleted = False
         self.version: int | None = None
+        #: The id came from ``hexid()`` on add: unique by construction.
+        self.generated_id = False
 
     def __repr__(self) -> str:
         return f"<InstanceState {self.mapper.class_.__name__} id={self.id!r} {self.status}>"

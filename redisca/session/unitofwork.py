@@ -67,7 +67,9 @@ def _insert(state: InstanceState) -> EntityChange:
     ident = _check_identity(state)
     encoded = state.mapper.encode_set_fields(state.obj)
     values = {field: encoded.get(field) for field in state.mapper.fields}
-    return EntityChange(state.mapper, ident, INSERT, values)
+    change = EntityChange(state.mapper, ident, INSERT, values)
+    change.check_exists = not state.generated_id
+    return change
 
 
 def _unique_guesses(state: InstanceState, fields: Any) -> dict[MappedField, bytes | None]:
