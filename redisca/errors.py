@@ -81,7 +81,7 @@ class StaleDataError(ConflictError):
 
 
 class OperationalError(RediscaError):
-    """Talking to Redis failed; the original exception is kept in :attr:`orig`."""
+    """Talking to Redis failed; the original exception is kept in ``.orig``."""
 
     def __init__(self, message: str, orig: BaseException | None = None) -> None:
         super().__init__(message)
