@@ -37,25 +37,19 @@ class _Emitter:
     unknown: list[bytes] = attrs.field(factory=list)
 
     def index_add(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
-        layout, ident = change.mapper.layout, change.id
         if field.index == "eq":
-            self.out.append(
-                (b"SADD", layout.eq_index(field.hash_field, field.index_key(raw)), ident)
-            )
+            self.out.append((b"SADD", _eq_key(field, raw), change.id))
         elif field.index == "range":
             score = repr(field.score(raw)).encode()
-            self.out.append((b"ZADD", layout.range_index(field.hash_field), score, ident))
+            self.out.append((b"ZADD", _range_key(field), score, change.id))
         if field.unique:
             self.claim(change, field, raw)
 
     def index_remove(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
-        layout, ident = change.mapper.layout, change.id
         if field.index == "eq":
-            self.out.append(
-                (b"SREM", layout.eq_index(field.hash_field, field.index_key(raw)), ident)
-            )
+            self.out.append((b"SREM", _eq_key(field, raw), change.id))
         elif field.index == "range":
-            self.out.append((b"ZREM", layout.range_index(field.hash_field), ident))
+            self.out.append((b"ZREM", _range_key(field), change.id))
         if field.unique:
             self.release(change, unique_key(field, raw))
 
@@ -80,6 +74,14 @@ class _Emitter:
             if owner is not None and owner != change.id and key not in self.released:
                 raise _violation(field, raw, owner)
             self.out.append((b"SET", key, change.id))
+
+
+def _eq_key(field: MappedField, raw: bytes) -> bytes:
+    return field.mapper.layout.eq_index(field.hash_field, field.index_key(raw))
+
+
+def _range_key(field: MappedField) -> bytes:
+    return field.mapper.layout.range_index(field.hash_field)
 
 
 def _violation(field: MappedField, raw: bytes, owner: str) -> UniqueViolation:
