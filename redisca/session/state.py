@@ -100,8 +100,8 @@ class InstanceState:
                 f"{self.mapper.class_.__name__}.{name} is not loaded and the instance "
                 "is not attached to a session"
             )
-        if self.loaded:
-            raise AttributeError(name)
+        if self.loaded or not self.persistent:
+            raise AttributeError(f"{self.mapper.class_.__name__}.{name} has no value")
         session.refresh(self.obj, only_missing=True)
 
     def changes(self) -> dict[MappedField, bytes | None]:
