@@ -177,7 +177,14 @@ def _annotation(cls: type, attribute: Any, registry: Registry) -> Any:
         namespace.update(vars(module))
     namespace[cls.__name__] = cls
     try:
-        return eval(tp, namespace)  # annotations are code of the mapped class's own module
+        # Annotations are code of the mapped class's own module; a quoted annotation under
+        # ``from __future__ import annotations`` is a string of a string: evaluate it again.
+        value: Any = tp
+        for _ in range(3):
+            value = eval(value, namespace)
+            if not isinstance(value, str):
+                break
+        return value
     except Exception:
         try:
             return typing.get_type_hints(cls).get(attribute.name, tp)
