@@ -89,7 +89,7 @@ class Query(Generic[T]):
     def count(self) -> int:
         filters = sort_filters(self.mapper, self.conditions)
         if filters.unique:
-            return len(attrs.evolve(self, offset_=0, limit_=None)._unique_ids(filters))
+            return len(self._unique_ids(filters))  # offset and limit apply, as below
         total = int(self._run_ids(filters, count=True))
         total = max(0, total - self.offset_)
         return total if self.limit_ is None else min(total, self.limit_)

@@ -1,0 +1,463 @@
+"""The commit plan, the emitter and the query compiler as pure data: no Redis here.
+
+Sessions below are bound to a client of a port nothing listens on, so any I/O
+would fail the test: organize, collect_reads, emit and compile_ids do none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import redis
+
+import redisca
+from redisca import Email, Integer, Reference, Registry, Session, String
+from redisca.errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
+from redisca.session import unitofwork
+from redisca.session.emit import NeedOwners, emit
+from redisca.session.plan import (
+    DELETE,
+    INSERT,
+    UPDATE,
+    CommitPlan,
+    EntityChange,
+    Observed,
+    collect_reads,
+)
+from redisca.session.querycompile import compile_ids, sort_filters
+
+registry = Registry()
+
+
+@registry.mapped(prefix="pco")
+@attrs.define
+class Company:
+    name: str = String(index=True)
+    id: str | None = None
+
+
+@registry.mapped(prefix="pusr")
+@attrs.define
+class User:
+    email: str = Email(field="eml", unique=True)
+    age: int | None = Integer(index=True, default=None)
+    city: str | None = String(index=True, default=None)
+    company: Company | None = Reference(Company, index=True, default=None)
+    nickname: str | None = None
+    id: str | None = None
+
+
+@registry.mapped(prefix="pdoc", versioned=True)
+@attrs.define
+class Doc:
+    title: str | None = None
+    id: str | None = None
+
+
+@registry.mapped(prefix="ptwo")
+@attrs.define
+class Two:
+    a: int | None = Integer(index=True, default=None)
+    b: int | None = Integer(index=True, default=None)
+    id: str | None = None
+
+
+UM = redisca.inspect(User)
+F = UM.by_name
+KEY = b"pusr:u1"
+ALL = b"pusr#all"
+
+
+def uk(email: str) -> bytes:
+    return b"pusr#u:eml:" + email.encode()
+
+
+def change(op: str, ident: str = "u1", mapper: Any = UM, **values: bytes | None) -> EntityChange:
+    fields = {mapper.by_name[name]: raw for name, raw in values.items()}
+    return EntityChange(mapper, ident, op, fields, needs_read=op != INSERT)
+
+
+def offline() -> Session:
+    return Session(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+
+
+def committed(session: Session) -> None:
+    """Pretend the pending plan was committed: finalize without Redis."""
+    for group in unitofwork.organize(session):
+        unitofwork.finalize(session, group, [])
+
+
+def plan_of(session: Session) -> CommitPlan:
+    (group,) = unitofwork.organize(session)
+    return group.plan()
+
+
+# -- insert ---------------------------------------------------------------------
+
+
+def test_insert_from_a_session() -> None:
+    s = offline()
+    acme = Company(name="acme", id="c1")
+    s.add(User(email="Ann@X.com", age=30, city="paris", company=acme, id="u1"))
+    plan = plan_of(s)
+    ops = sorted((c.op, c.id) for c in plan.changes)
+    assert ops == [(INSERT, "c1"), (INSERT, "u1")]
+    reads = collect_reads(plan)
+    assert sorted(reads.exists) == [b"pco:c1", KEY]
+    assert reads.fields == {}
+    assert reads.owners == [uk("ann@x.com")]  # unique keys ignore the email's case
+    observed = Observed(exists={KEY: False, b"pco:c1": False}, owners={uk("ann@x.com"): None})
+    user_cmds = [c for c in emit(plan, observed) if c[1] != b"pco:c1" and b"pco#" not in c[1]]
+    assert user_cmds == [
+        (b"HSET", KEY, b"eml", b"Ann@X.com", b"age", b"30", b"city", b"paris", b"company", b"c1"),
+        (b"SADD", ALL, "u1"),
+        (b"ZADD", b"pusr#r:age", b"30.0", "u1"),
+        (b"SADD", b"pusr#i:city:paris", "u1"),
+        (b"SADD", b"pusr#i:company:c1", "u1"),
+        (b"SET", uk("ann@x.com"), "u1"),
+    ]
+    company_cmds = [c for c in emit(plan, observed) if c not in user_cmds]
+    assert company_cmds == [
+        (b"HSET", b"pco:c1", b"name", b"acme"),
+        (b"SADD", b"pco#all", "c1"),
+        (b"SADD", b"pco#i:name:acme", "c1"),
+    ]
+
+
+def test_insert_markers_and_existing_key() -> None:
+    empty = change(INSERT, mapper=redisca.inspect(Doc), title=None)
+    observed = Observed(exists={b"pdoc:u1": False})
+    assert collect_reads(CommitPlan((empty,))).exists == [b"pdoc:u1"]
+    assert emit(CommitPlan((empty,)), observed) == [
+        (b"HSET", b"pdoc:u1", b"#v", b"1"),  # versioned: the version starts at 1
+        (b"SADD", b"pdoc#all", "u1"),
+    ]
+    bare = change(INSERT, email=b"a@b.c")
+    bare.values = {}
+    assert emit(CommitPlan((bare,)), Observed(exists={KEY: False}))[0] == (
+        b"HSET", KEY, b"#e", b"",
+    )  # fmt: skip
+    with pytest.raises(IntegrityError, match="pusr:u1"):
+        emit(CommitPlan((change(INSERT, email=b"a@b.c"),)), Observed(exists={KEY: True}))
+
+
+# -- update ---------------------------------------------------------------------
+
+
+def loaded_user(**values: Any) -> tuple[Session, User]:
+    s = offline()
+    user = User(email="ann@x.com", id="u1", **values)
+    s.add(user)
+    committed(s)
+    assert redisca.inspect(user).status == "persistent"
+    return s, user
+
+
+def test_update_removes_the_observed_index_value_not_the_snapshot() -> None:
+    s, user = loaded_user(city="paris", age=30)
+    user.city, user.nickname = "lyon", "annie"
+    plan = plan_of(s)
+    (c,) = plan.changes
+    assert (c.op, c.needs_read, c.was_loaded) == (UPDATE, True, True)
+    reads = collect_reads(plan)
+    assert (reads.exists, reads.fields, reads.owners) == ([KEY], {KEY: [b"city"]}, [])
+    # another client moved the user to rome meanwhile: rome's set loses it, not paris's
+    observed = Observed(exists={KEY: True}, fields={KEY: {b"city": b"rome"}})
+    assert emit(plan, observed) == [
+        (b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie"),
+        (b"SREM", b"pusr#i:city:rome", "u1"),
+        (b"SADD", b"pusr#i:city:lyon", "u1"),
+    ]
+    already = Observed(exists={KEY: True}, fields={KEY: {b"city": b"lyon"}})
+    assert emit(plan, already) == [(b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie")]
+    with pytest.raises(StaleDataError):  # deleted since it was loaded
+        emit(plan, Observed(exists={KEY: False}))
+
+
+def test_update_of_unindexed_field_reads_nothing() -> None:
+    s, user = loaded_user(city="paris")
+    user.nickname = "annie"
+    plan = plan_of(s)
+    reads = collect_reads(plan)
+    assert not reads and reads.keys() == []
+    assert emit(plan, Observed()) == [(b"HSET", KEY, b"nickname", b"annie")]
+
+
+def test_range_update_and_field_to_none() -> None:
+    s, user = loaded_user(city="paris", age=30, nickname="a")
+    user.age = 31
+    plan = plan_of(s)
+    observed = Observed(exists={KEY: True}, fields={KEY: {b"age": b"30"}})
+    assert emit(plan, observed) == [
+        (b"HSET", KEY, b"age", b"31"),
+        (b"ZREM", b"pusr#r:age", "u1"),
+        (b"ZADD", b"pusr#r:age", b"31.0", "u1"),
+    ]
+    user.age, user.city, user.nickname = None, None, None
+    plan = plan_of(s)
+    assert collect_reads(plan).fields == {KEY: [b"age", b"city"]}
+    observed = Observed(exists={KEY: True}, fields={KEY: {b"age": b"30", b"city": b"paris"}})
+    assert emit(plan, observed) == [
+        (b"HDEL", KEY, b"age", b"city", b"nickname"),
+        (b"ZREM", b"pusr#r:age", "u1"),
+        (b"SREM", b"pusr#i:city:paris", "u1"),
+    ]
+    gone = Observed(exists={KEY: True}, fields={KEY: {b"age": None, b"city": None}})
+    assert emit(plan, gone) == [(b"HDEL", KEY, b"age", b"city", b"nickname")]
+
+
+def test_update_to_no_field_keeps_a_marker() -> None:
+    s = offline()
+    doc = Doc(title="t", id="d1")
+    s.add(doc)
+    committed(s)
+    doc.title = None
+    (c,) = plan_of(s).changes
+    assert c.empty_after and c.expect_version == 1
+    assert collect_reads(CommitPlan((c,))).fields == {b"pdoc:d1": [b"#v"]}
+    observed = Observed(exists={b"pdoc:d1": True}, fields={b"pdoc:d1": {b"#v": b"1"}})
+    assert emit(CommitPlan((c,)), observed) == [
+        (b"HSET", b"pdoc:d1", b"#e", b""),
+        (b"HDEL", b"pdoc:d1", b"title"),
+        (b"HINCRBY", b"pdoc:d1", b"#v", 1),
+    ]
+
+
+def test_versioned_mismatch_is_stale() -> None:
+    c = change(UPDATE, "d1", redisca.inspect(Doc), title=b"new")
+    c.expect_version = 3
+    plan = CommitPlan((c,))
+    assert collect_reads(plan).fields == {b"pdoc:d1": [b"#v"]}
+    for stored in (b"4", None):
+        with pytest.raises(StaleDataError):
+            emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": stored}}))
+    ok = emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": b"3"}}))
+    assert ok[-1] == (b"HINCRBY", b"pdoc:d1", b"#v", 1)
+
+
+def test_update_of_a_reference_that_does_not_exist() -> None:
+    s = offline()
+    s.reference(User, "u1").nickname = "x"  # never loaded: must be read, NotFound if missing
+    plan = plan_of(s)
+    (c,) = plan.changes
+    assert c.needs_read and not c.was_loaded
+    assert collect_reads(plan).exists == [KEY]
+    with pytest.raises(NotFound):
+        emit(plan, Observed(exists={KEY: False}))
+    assert emit(plan, Observed(exists={KEY: True})) == [(b"HSET", KEY, b"nickname", b"x")]
+
+
+# -- delete ---------------------------------------------------------------------
+
+
+def test_delete() -> None:
+    s, user = loaded_user(city="paris", age=30)
+    s.delete(user)
+    plan = plan_of(s)
+    assert [c.op for c in plan.changes] == [DELETE]
+    reads = collect_reads(plan)
+    assert reads.exists == [KEY]
+    assert reads.fields == {KEY: [b"eml", b"age", b"city", b"company"]}
+    assert reads.owners == [uk("ann@x.com")]  # the session's guess of the unique key
+    current = {b"eml": b"ANN@x.com", b"age": b"30", b"city": b"rome", b"company": None}
+    observed = Observed({KEY: True}, {KEY: current}, {uk("ann@x.com"): "u1"})
+    assert emit(plan, observed) == [
+        (b"DEL", KEY),
+        (b"SREM", ALL, "u1"),
+        (b"DEL", uk("ann@x.com")),
+        (b"ZREM", b"pusr#r:age", "u1"),
+        (b"SREM", b"pusr#i:city:rome", "u1"),
+    ]
+    # a unique key owned by someone else is left alone
+    observed.owners[uk("ann@x.com")] = "u2"
+    assert (b"DEL", uk("ann@x.com")) not in emit(plan, observed)
+    assert emit(plan, Observed(exists={KEY: False})) == []  # already gone
+
+
+# -- unique claims --------------------------------------------------------------
+
+
+def test_claim_owned_by_another_id() -> None:
+    plan = CommitPlan((change(INSERT, email=b"Bob@X.com"),))
+    with pytest.raises(UniqueViolation) as info:
+        emit(plan, Observed(exists={KEY: False}, owners={uk("bob@x.com"): "u9"}))
+    assert (info.value.field, info.value.value, info.value.owner) == ("email", "Bob@X.com", "u9")
+    assert isinstance(info.value, IntegrityError)
+    # ours already (a retry): fine
+    assert emit(plan, Observed(exists={KEY: False}, owners={uk("bob@x.com"): "u1"}))[-1] == (
+        b"SET", uk("bob@x.com"), "u1",
+    )  # fmt: skip
+    # two entities of one commit claiming one value
+    twice = CommitPlan((plan.changes[0], change(INSERT, "u2", email=b"bob@x.com")))
+    with pytest.raises(UniqueViolation):
+        emit(twice, Observed(exists={KEY: False}, owners={uk("bob@x.com"): None}))
+
+
+def test_claim_of_a_key_released_in_the_same_commit() -> None:
+    a = change(UPDATE, "u1", email=b"y@x.com")
+    b = change(UPDATE, "u2", email=b"x@x.com")
+    a.guesses, b.guesses = {F["email"]: b"x@x.com"}, {F["email"]: b"z@x.com"}
+    plan = CommitPlan((a, b))
+    reads = collect_reads(plan)
+    assert sorted(reads.owners) == sorted([uk("x@x.com"), uk("y@x.com"), uk("z@x.com")])
+    assert reads.fields == {KEY: [b"eml"], b"pusr:u2": [b"eml"]}
+    observed = Observed(
+        {KEY: True, b"pusr:u2": True},
+        {KEY: {b"eml": b"x@x.com"}, b"pusr:u2": {b"eml": b"z@x.com"}},
+        {uk("x@x.com"): "u1", uk("y@x.com"): None, uk("z@x.com"): "u2"},
+    )
+    out = emit(plan, observed)
+    assert out.index((b"DEL", uk("x@x.com"))) < out.index((b"SET", uk("x@x.com"), "u2"))
+    assert (b"SET", uk("y@x.com"), "u1") in out and (b"DEL", uk("z@x.com")) in out
+    # without the release (u1 keeps x), u2's claim is a violation
+    keep = CommitPlan((b,))
+    with pytest.raises(UniqueViolation):
+        emit(keep, observed)
+
+
+def test_unknown_owner_needs_a_second_read() -> None:
+    s = offline()
+    s.reference(User, "u1").email = "new@x.com"  # the old value is unknown to the session
+    plan = plan_of(s)
+    reads = collect_reads(plan)
+    assert reads.owners == [uk("new@x.com")] and reads.fields == {KEY: [b"eml"]}
+    observed = Observed({KEY: True}, {KEY: {b"eml": b"Old@X.com"}}, {uk("new@x.com"): None})
+    with pytest.raises(NeedOwners) as info:
+        emit(plan, observed)
+    assert info.value.keys == [uk("old@x.com")]
+    observed.owners[uk("old@x.com")] = "u1"
+    assert emit(plan, observed) == [
+        (b"HSET", KEY, b"eml", b"new@x.com"),
+        (b"DEL", uk("old@x.com")),
+        (b"SET", uk("new@x.com"), "u1"),
+    ]
+
+
+def test_user_commands_come_last() -> None:
+    plan = CommitPlan((change(INSERT, city=b"rome"),), ((b"INCR", b"hits"), (b"PING",)))
+    out = emit(plan, Observed(exists={KEY: False}))
+    assert out[-2:] == [(b"INCR", b"hits"), (b"PING",)] and len(out) == 5
+    assert not CommitPlan() and CommitPlan(commands=((b"PING",),))
+    s = offline()
+    s.add_command("SET", "k", "v")
+    assert plan_of(s).commands == (("SET", "k", "v"),)
+    assert emit(plan_of(s), Observed()) == [("SET", "k", "v")]
+
+
+# -- query compilation ----------------------------------------------------------
+
+
+Compiled = tuple[list[tuple[Any, ...]], int, bool]
+
+
+def compiled(
+    *conds: Any, order: Any = None, offset: int = 0, limit: Any = None, count: bool = False
+) -> Compiled:
+    plan = compile_ids(UM, sort_filters(UM, conds), order, offset, limit, count=count)
+    names: dict[bytes, bytes] = {}
+
+    def scrub(part: Any) -> Any:
+        if isinstance(part, bytes) and part.startswith(b"pusr#t:"):
+            return names.setdefault(part, b"T%d" % (len(names) + 1))
+        return part
+
+    commands = [tuple(scrub(p) for p in c) for c in plan.commands]
+    if names:  # every scratch key is deleted by the last command, inside MULTI/EXEC
+        assert plan.transactional and plan.commands[-1][0] == b"DEL"
+        assert set(plan.commands[-1][1:]) == set(names)
+    return commands, plan.reply, plan.transactional
+
+
+def test_compile_one_range() -> None:
+    assert compiled(User.age.between(18, 30)) == (
+        [(b"ZRANGE", b"pusr#r:age", b"18.0", b"30.0", b"BYSCORE")], 0, False,
+    )  # fmt: skip
+    assert compiled(User.age > 18, order=User.age.desc()) == (
+        [(b"ZRANGE", b"pusr#r:age", b"+inf", b"(18.0", b"BYSCORE", b"REV")], 0, False,
+    )  # fmt: skip
+    assert compiled(User.age < 18, count=True) == (
+        [(b"ZCOUNT", b"pusr#r:age", b"-inf", b"(18.0")], 0, False,
+    )  # fmt: skip
+
+
+def test_compile_eq_and_range() -> None:
+    assert compiled(User.city == "paris", User.age >= 18) == (
+        [
+            (b"ZINTERSTORE", b"T1", 2, b"pusr#i:city:paris", b"pusr#r:age", b"WEIGHTS", 0, 1),
+            (b"ZRANGE", b"T1", b"18.0", b"+inf", b"BYSCORE"),
+            (b"DEL", b"T1"),
+        ], 1, True,
+    )  # fmt: skip
+
+
+def test_compile_two_ranges_on_one_field_narrow() -> None:
+    assert compiled(User.age >= 18, User.age < 65, User.age.between(10, 70)) == (
+        [(b"ZRANGE", b"pusr#r:age", b"18.0", b"(65.0", b"BYSCORE")], 0, False,
+    )  # fmt: skip
+    assert compiled(User.age > 18, User.age >= 18, User.company == "c1", count=True) == (
+        [
+            (b"ZINTERSTORE", b"T1", 2, b"pusr#i:company:c1", b"pusr#r:age", b"WEIGHTS", 0, 1),
+            (b"ZCOUNT", b"T1", b"(18.0", b"+inf"),
+            (b"DEL", b"T1"),
+        ], 1, True,
+    )  # fmt: skip
+
+
+def test_compile_ranges_on_two_fields() -> None:
+    mapper = redisca.inspect(Two)
+    plan = compile_ids(mapper, sort_filters(mapper, (Two.a >= 1, Two.b <= 5)), None, 0, 10)
+    tmp1, tmp2 = plan.commands[0][1], plan.commands[1][1]
+    assert tmp1.startswith(b"ptwo#t:") and tmp2.startswith(b"ptwo#t:") and tmp1 != tmp2
+    assert list(plan.commands) == [
+        (b"ZRANGESTORE", tmp1, b"ptwo#r:b", b"-inf", b"5.0", b"BYSCORE"),
+        (b"ZINTERSTORE", tmp2, 2, tmp1, b"ptwo#r:a", b"WEIGHTS", 0, 1),
+        (b"ZRANGE", tmp2, b"1.0", b"+inf", b"BYSCORE", b"LIMIT", 0, 10),
+        (b"DEL", tmp1, tmp2),
+    ]
+    assert plan.reply == 2 and plan.transactional
+
+
+def test_compile_order_by_without_condition_and_paging() -> None:
+    assert compiled(order=User.age.asc(), offset=50, limit=10) == (
+        [
+            (b"ZUNIONSTORE", b"T1", 2, ALL, b"pusr#r:age",
+             b"WEIGHTS", b"inf", 1, b"AGGREGATE", b"MIN"),
+            (b"ZRANGE", b"T1", b"-inf", b"+inf", b"BYSCORE", b"LIMIT", 50, 10),
+            (b"DEL", b"T1"),
+        ],
+        1,
+        True,
+    )  # fmt: skip
+    assert compiled(User.age.between(0, 100), offset=50, limit=10) == (
+        [(b"ZRANGE", b"pusr#r:age", b"0.0", b"100.0", b"BYSCORE", b"LIMIT", 50, 10)], 0, False,
+    )  # fmt: skip
+    assert compiled(User.age >= 0, offset=5) == (
+        [(b"ZRANGE", b"pusr#r:age", b"0.0", b"+inf", b"BYSCORE", b"LIMIT", 5, -1)], 0, False,
+    )  # fmt: skip
+
+
+def test_compile_equality_and_count() -> None:
+    assert compiled() == ([(b"SMEMBERS", ALL)], 0, False)
+    assert compiled(count=True) == ([(b"SCARD", ALL)], 0, False)
+    assert compiled(User.city == "rome", count=True) == (
+        [(b"SCARD", b"pusr#i:city:rome")], 0, False,
+    )  # fmt: skip
+    assert compiled(User.city == "rome", User.company == "c1") == (
+        [(b"SINTER", b"pusr#i:city:rome", b"pusr#i:company:c1")], 0, False,
+    )  # fmt: skip
+    assert compiled(User.city == "rome", User.company == "c1", count=True) == (
+        [(b"SINTERSTORE", b"T1", b"pusr#i:city:rome", b"pusr#i:company:c1"),
+         (b"DEL", b"T1")], 0, True,
+    )  # fmt: skip
+    assert compiled(User.city == "rome", limit=3) == (
+        [
+            (b"ZINTERSTORE", b"T1", 1, b"pusr#i:city:rome", b"WEIGHTS", 0),
+            (b"ZRANGE", b"T1", b"-inf", b"+inf", b"BYSCORE", b"LIMIT", 0, 3),
+            (b"DEL", b"T1"),
+        ], 1, True,
+    )  # fmt: skip
+    # unique equality is answered by the unique key, not compiled to set commands
+    filters = sort_filters(UM, (User.email == "Ann@X.COM", User.city == "rome"))
+    assert filters.unique == (uk("ann@x.com"),) and filters.eq == (b"pusr#i:city:rome",)
