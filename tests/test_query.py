@@ -16,6 +16,7 @@ from redisca import (
     Date,
     DateTime,
     Email,
+    Field,
     Float,
     Integer,
     Reference,
@@ -23,8 +24,7 @@ from redisca import (
     Session,
     String,
 )
-from redisca.errors import MultipleResultsFound, NotFound, QueryError, RediscaError
-from redisca.mapping import METADATA_KEY, FieldSpec, codec_for
+from redisca.errors import MultipleResultsFound, NotFound, OperationalError, QueryError
 
 registry = Registry()
 
@@ -52,9 +52,7 @@ class User:
     city: str | None = String(index=True, default=None)
     active: bool | None = Boolean(index=True, default=None)
     company: Company | None = Reference(Company, index=True, default=None)
-    tier: Tier | None = attrs.field(
-        default=None, metadata={METADATA_KEY: FieldSpec(codec_for(Tier), index=True)}
-    )
+    tier: Tier | None = Field(index=True, default=None)
     nickname: str | None = None
     id: str | None = None
 
@@ -194,6 +192,13 @@ def test_range_operators_at_the_boundary(
     assert lo in [v for v, _ in got(col >= lo)] and lo not in [v for v, _ in got(col > lo)]
     assert hi in [v for v, _ in got(col <= hi)] and hi not in [v for v, _ in got(col < hi)]
     assert got(col.between(hi, lo)) == []
+
+
+def test_fractional_bounds_on_an_integer_index(r: redis.Redis, people: dict[str, User]) -> None:
+    assert q(r).filter(User.age > 24.5, User.age <= 30.0).ids() == q(r).filter(
+        User.age.between(25, 30)
+    ).ids()
+    assert q(r).filter(User.age.between(25.5, 29.9)).all() == []
 
 
 def test_between_is_inclusive_at_both_ends(r: redis.Redis, people: dict[str, User]) -> None:
@@ -470,9 +475,11 @@ def test_results_follow_commits(r: redis.Redis, people: dict[str, User]) -> None
 
 def test_no_scratch_key_survives_a_failing_query(r: redis.Redis, people: dict[str, User]) -> None:
     r.set("qusr#i:city:broken", "not a set")
-    with pytest.raises(RediscaError, match="WRONGTYPE"):
+    with pytest.raises(OperationalError, match="WRONGTYPE"):
         q(r).filter(User.city == "broken", User.age > 1).all()
-    with pytest.raises(RediscaError, match="WRONGTYPE"):
+    with pytest.raises(OperationalError, match="WRONGTYPE"):
+        q(r).filter(User.city == "broken").all()  # a single command, no scratch key
+    with pytest.raises(OperationalError, match="WRONGTYPE"):
         q(r).filter(User.city == "broken", User.company == "c1").count()
     assert scratch_keys(r) == []
 

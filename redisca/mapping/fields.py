@@ -34,7 +34,11 @@ Check = Callable[[Any], None]
 
 @attrs.frozen
 class FieldSpec:
-    """What a helper says about one attribute; ``None`` members are inferred."""
+    """What a helper says about one attribute.
+
+    ``reference`` set: a Reference. ``codec`` and ``reference`` both ``None``: the codec
+    (or target) comes from the annotation.
+    """
 
     codec: Codec | None = None
     field: str | None = None
@@ -95,6 +99,18 @@ def _checks(what: str, low: Any, high: Any, measure: Callable[[Any], Any]) -> tu
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def Field(
+    *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
+) -> Any:
+    """Any storable type, taken from the annotation (``tier: Tier = Field(index=True)``).
+
+    For options on attributes that have no dedicated helper: Enum, Decimal, UUID, bytes,
+    or a type with a registered codec. The index kind follows the type (range for numbers
+    and dates, equality otherwise).
+    """
+    return make_field(FieldSpec(None, field, index or unique, unique), **kwargs)
 
 
 def String(
@@ -197,6 +213,7 @@ __all__ = [
     "Date",
     "DateTime",
     "Email",
+    "Field",
     "FieldSpec",
     "Float",
     "Integer",

@@ -136,6 +136,10 @@ class Registry:
             inner, optional = unwrap_optional(annotation)
         if spec is None:
             spec = self._infer(cls, name, annotation, inner)
+        elif spec.codec is None and spec.reference is None:
+            # A generic Field(): its options, with codec or target from the annotation.
+            inferred = self._infer(cls, name, annotation, inner)
+            spec = attrs.evolve(spec, codec=inferred.codec, reference=inferred.reference)
         hash_field = check_name("field name", spec.field or name, f"{cls.__name__}.{name}")
         return MappedField(
             mapper,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
-from ..errors import MultipleResultsFound, NotFound, QueryError
+from ..errors import MultipleResultsFound, NotFound, OperationalError, QueryError
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.mapper import Mapper
 from . import executor
@@ -140,7 +140,7 @@ class Query(Generic[T]):
             replies = executor.run(self._client(), plan.commands)
         reply = replies[plan.reply]
         if isinstance(reply, Exception):
-            raise QueryError(f"Redis could not run the query: {reply}")
+            raise OperationalError(f"Redis could not run the query: {reply}", reply)
         if plan.sort_ids:
             return self._slice(sorted(reply))
         return reply

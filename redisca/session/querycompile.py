@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from ..errors import QueryError, ValidationError
+from ..mapping.codecs import FloatCodec, IntCodec
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.mapper import MappedField, Mapper
 from .plan import Command
@@ -105,7 +106,13 @@ def _encode(field: MappedField, value: Any) -> bytes:
 def _bound(field: MappedField, value: Any, inclusive: bool) -> Bound | None:
     if value is None:
         return None
+    if isinstance(field.codec, IntCodec | FloatCodec) and _is_real(value):
+        return Bound(float(value), inclusive)  # age >= 29.5 is a fine bound for ints
     return Bound(field.score(_encode(field, value)), inclusive)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
