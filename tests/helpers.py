@@ -8,6 +8,7 @@ every client at once.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -128,3 +129,117 @@ def decodes(client: redis.Redis) -> bool:
 def as_str(value: str | bytes) -> str:
     """A reply as str, whichever mode the client is in."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+# -- keyspace and index checks (session, commit and concurrency tests) ----------
+
+
+def _raw_client(client: redis.Redis) -> redis.Redis:
+    """A client on the same server that replies with bytes whatever ``client`` does."""
+    pool = client.connection_pool
+    # The plain redis-py class under a test subclass (counting, interleaving), and
+    # only the kwargs redis-py's classes take (not a test class's ``counter``).
+    connection_class = next(
+        c for c in pool.connection_class.__mro__ if c.__module__.startswith("redis.")
+    )
+    accepted = {
+        name
+        for klass in connection_class.__mro__
+        if "__init__" in vars(klass)
+        for name in inspect.signature(klass.__init__).parameters
+    }
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in accepted}
+    kwargs["decode_responses"] = False
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=connection_class, **kwargs)
+    )
+
+
+def _scan(client: redis.Redis, match: bytes | None = None) -> list[bytes]:
+    return sorted(client.scan_iter(match=match, count=1000))
+
+
+def dump_keyspace(client: redis.Redis) -> dict[bytes, tuple[str, Any]]:
+    """Every key of the server's db with its type and content, read type by type.
+
+    Two dumps compare equal exactly when the data is the same, whatever the
+    internal encoding: the way to show that a failed commit wrote nothing.
+    """
+    raw = _raw_client(client)
+    try:
+        out: dict[bytes, tuple[str, Any]] = {}
+        for key in _scan(raw):
+            kind = raw.type(key).decode()
+            value: Any
+            if kind == "string":
+                value = raw.get(key)
+            elif kind == "hash":
+                value = raw.hgetall(key)
+            elif kind == "set":
+                value = frozenset(raw.smembers(key))
+            elif kind == "zset":
+                value = dict(raw.zrange(key, 0, -1, withscores=True))
+            elif kind == "list":
+                value = raw.lrange(key, 0, -1)
+            else:
+                value = raw.dump(key)
+            out[key] = (kind, value)
+        return out
+    finally:
+        raw.close()
+
+
+def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, Any]]:
+    """The index keys of ``mapper`` as they must be, rebuilt from the entity hashes."""
+    layout = mapper.layout
+    entity_prefix = layout.entity("")
+    expected: dict[bytes, tuple[str, Any]] = {}
+    ids: set[bytes] = set()
+    for key in _scan(raw, entity_prefix + b"*"):
+        ident = key[len(entity_prefix) :]
+        ids.add(ident)
+        stored = raw.hgetall(key)
+        for field in mapper.fields:
+            value = stored.get(field.hash_field)
+            if value is None or not field.indexed:
+                continue
+            if field.index == "eq":
+                name = layout.eq_index(field.hash_field, field.index_key(value))
+                expected.setdefault(name, ("set", set()))[1].add(ident)
+            elif field.index == "range":
+                name = layout.range_index(field.hash_field)
+                expected.setdefault(name, ("zset", {}))[1][ident] = float(field.score(value))
+            if field.unique:
+                name = layout.unique(field.hash_field, field.index_key(value))
+                assert name not in expected, f"two entities hold the unique key {name!r}"
+                expected[name] = ("string", ident)
+    if ids:
+        expected[layout.all_ids] = ("set", ids)
+    return {k: (kind, frozenset(v) if kind == "set" else v) for k, (kind, v) in expected.items()}
+
+
+def assert_indexes_consistent(client: redis.Redis, mapper: Any) -> None:
+    """The ``P#...`` keys of ``mapper`` hold exactly what its hashes call for.
+
+    ``P#all`` has every id with a hash and no other, each equality set, range
+    sorted set (with its scores) and unique key matches the stored values, and
+    no index key is left over (nor any query scratch key).
+    """
+    raw = _raw_client(client)
+    try:
+        expected = expected_indexes(raw, mapper)
+        actual = {
+            key: value
+            for key, value in dump_keyspace(raw).items()
+            if key.startswith(mapper.layout.all_ids[: -len(b"all")])
+        }
+    finally:
+        raw.close()
+    missing = {k: v for k, v in expected.items() if actual.get(k) != v}
+    extra = {k: v for k, v in actual.items() if k not in expected}
+    assert not missing and not extra, (
+        f"indexes of {mapper.prefix!r} differ from the hashes:\n"
+        f"  expected but absent or different: {missing}\n"
+        f"  present but not expected: {extra}\n"
+        f"  (present values of the differing keys: { {k: actual.get(k) for k in missing} })"
+    )

@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..errors import DetachedInstanceError
 from .expressions import Comparator
 
 
@@ -88,8 +89,10 @@ class FieldAttribute(Comparator):
         if value is MISSING:
             state = state_of(obj)
             if state is None:
-                raise AttributeError(
-                    f"{type(obj).__name__!r} object has no attribute {self.name!r}"
+                # An unloaded stub whose session expunged it (or was dropped).
+                raise DetachedInstanceError(
+                    f"{type(obj).__name__}.{self.name} is not loaded and the instance "
+                    "is not attached to a session"
                 )
             state.load_missing(self.name)
             value = self.get_raw(obj)

@@ -1,0 +1,315 @@
+"""The commit protocol: round trips per commit, uniqueness, nothing written on failure.
+
+Round trips are counted at the connection (``counted``); "nothing written" is
+checked by comparing a dump of the whole keyspace before and after.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from helpers import Counted, as_str, assert_indexes_consistent, dump_keyspace
+from models import Company, User
+
+import redisca
+from redisca import Session
+
+USERS = redisca.inspect(User)
+COMPANIES = redisca.inspect(Company)
+
+
+def consistent(r: redis.Redis) -> None:
+    assert_indexes_consistent(r, USERS)
+    assert_indexes_consistent(r, COMPANIES)
+
+
+def persist(r: redis.Redis, *objs: object) -> None:
+    s = Session(r)
+    s.add_all(objs)
+    s.commit()
+
+
+def owner(r: redis.Redis, email: str) -> str | None:
+    value = r.get(f"usr#u:eml:{email.lower()}")
+    return None if value is None else as_str(value)
+
+
+# -- round trips -------------------------------------------------------------------
+
+
+def insert_batch(counted: Counted, n: int, tag: str) -> int:
+    s = Session(counted.client)
+    company = Company(f"company-{tag}")
+    s.add_all(User(f"{tag}{i}@x.org", age=i % 150, company=company) for i in range(n))
+    counted.reset()
+    s.commit()
+    return counted.round_trips
+
+
+def test_round_trips_of_an_insert_do_not_grow_with_the_batch(
+    r: redis.Redis, counted: Counted
+) -> None:
+    one = insert_batch(counted, 1, "one")
+    thousand = insert_batch(counted, 1000, "many")
+    assert one == thousand <= 3
+    assert one == 2  # WATCH + reads, then MULTI/EXEC
+    assert r.scard("usr#all") == 1001 and r.scard("co#all") == 2
+    assert r.zcard("usr#r:age") == 1001
+    consistent(r)
+
+
+@pytest.fixture
+def loaded(r: redis.Redis, counted: Counted) -> tuple[Session, User]:
+    persist(r, User("a@x.org", age=1, company=Company("acme", id="c1"), id="1"))
+    s = Session(counted.client)
+    user = s.get(User, "1")
+    assert user is not None
+    counted.reset()
+    return s, user
+
+
+def test_an_update_touching_no_indexed_field_is_one_round_trip(
+    r: redis.Redis, counted: Counted, loaded: tuple[Session, User]
+) -> None:
+    s, user = loaded
+    user.nickname = "nick"
+    s.commit()
+    assert counted.round_trips == 1
+    assert as_str(r.hget("usr:1", "nickname")) == "nick"
+
+
+@pytest.mark.parametrize("change", ["age", "email", "company", "all"])
+def test_an_indexed_update_is_two_round_trips(
+    r: redis.Redis, counted: Counted, loaded: tuple[Session, User], change: str
+) -> None:
+    s, user = loaded
+    if change in ("age", "all"):
+        user.age = 77
+    if change in ("email", "all"):
+        user.email = "B@x.org"
+    if change in ("company", "all"):
+        user.company = Company("other", id="c2")
+    s.commit()
+    assert counted.round_trips == 2
+    consistent(r)
+
+
+def test_a_delete_is_two_round_trips_and_removes_every_index_entry(
+    r: redis.Redis, counted: Counted, loaded: tuple[Session, User]
+) -> None:
+    s, user = loaded
+    s.delete(user)
+    s.commit()
+    assert counted.round_trips == 2
+    assert user not in s and user.email == "a@x.org"  # detached, values kept
+    assert {as_str(k) for k in r.keys("usr*")} == set()
+    consistent(r)
+
+
+def test_an_update_through_an_unloaded_reference(r: redis.Redis, counted: Counted) -> None:
+    persist(r, User("a@x.org", age=1, id="1"))
+    s = Session(counted.client)
+    stub = s.reference(User, "1")
+    stub.email = "b@x.org"  # the owner of the old value is unknown: a third round trip
+    s.commit()
+    assert counted.round_trips <= 3
+    assert owner(r, "b@x.org") == "1" and owner(r, "a@x.org") is None
+    consistent(r)
+
+
+def test_a_commit_with_nothing_pending_is_no_round_trip(
+    counted: Counted, loaded: tuple[Session, User]
+) -> None:
+    s, user = loaded
+    s.commit()
+    user.age = user.age  # an assignment of the same value changes nothing
+    s.commit()
+    assert counted.round_trips == 0
+
+
+def test_round_trips_of_a_mixed_commit_do_not_grow_with_it(
+    r: redis.Redis, counted: Counted
+) -> None:
+    figures = []
+    for n in (1, 300):
+        r.flushall()
+        persist(r, *[User(f"old{i}@x.org", age=i % 9, id=f"u{i}") for i in range(2 * n)])
+        s = Session(counted.client)
+        for i in range(n):  # through unloaded references: unique owners unknown
+            stub = s.reference(User, f"u{i}")
+            stub.email, stub.age = f"new{i}@x.org", 100
+            s.delete(s.reference(User, f"u{n + i}"))
+            s.add(User(f"old{n + i}@x.org", company=Company(f"co{i}")))  # a released value
+        counted.reset()
+        s.commit()
+        figures.append(counted.round_trips)
+        assert r.scard("usr#all") == 2 * n and r.zcount("usr#r:age", 100, 100) == n
+        consistent(r)
+    assert figures[0] == figures[1] <= 3
+
+
+# -- unique values -----------------------------------------------------------------
+
+
+def test_unique_violation_reports_and_writes_nothing(r: redis.Redis, counted: Counted) -> None:
+    persist(r, User("taken@x.org", id="owner"))
+    before = dump_keyspace(r)
+    s = Session(counted.client)
+    company = Company("newco")
+    user = User("TAKEN@X.org", age=3, company=company)  # uniqueness ignores case
+    s.add(user)
+    with pytest.raises(redisca.UniqueViolation) as info:
+        s.commit()
+    error = info.value
+    assert isinstance(error, redisca.IntegrityError)
+    assert (error.field, error.value, error.owner) == ("email", "TAKEN@X.org", "owner")
+    assert dump_keyspace(r) == before
+    assert user in s.new and company in s.new  # still pending
+    user.email = "free@x.org"
+    s.commit()
+    assert owner(r, "free@x.org") == user.id and owner(r, "taken@x.org") == "owner"
+    consistent(r)
+
+
+def test_unique_violation_on_update_keeps_the_change_pending(r: redis.Redis) -> None:
+    persist(r, User("a@x.org", id="1"), User("b@x.org", age=2, id="2"))
+    before = dump_keyspace(r)
+    s = Session(r)
+    user = s.get(User, "2")
+    assert user is not None
+    user.email, user.age = "A@x.org", 9
+    with pytest.raises(redisca.UniqueViolation) as info:
+        s.commit()
+    assert info.value.owner == "1"
+    assert dump_keyspace(r) == before and user in s.dirty
+    user.email = "c@x.org"
+    s.commit()
+    assert owner(r, "c@x.org") == "2" and owner(r, "b@x.org") is None
+    assert r.zscore("usr#r:age", "2") == 9
+    consistent(r)
+
+
+def test_two_new_objects_claiming_one_value(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add_all([User("same@x.org"), User("Same@x.org")])
+    with pytest.raises(redisca.UniqueViolation):
+        s.commit()
+    assert dump_keyspace(r) == {}
+
+
+def test_string_uniqueness_is_case_sensitive(r: redis.Redis) -> None:
+    persist(r, Company("Acme"), Company("acme"))
+    assert r.scard("co#all") == 2
+    consistent(r)
+
+
+def test_swapping_two_unique_values_in_one_commit(r: redis.Redis) -> None:
+    persist(r, User("a@x.org", id="1"), User("b@x.org", id="2"))
+    s = Session(r)
+    one, two = s.get_many(User, ["1", "2"])
+    assert one is not None and two is not None
+    one.email, two.email = two.email, one.email
+    s.commit()
+    assert owner(r, "a@x.org") == "2" and owner(r, "b@x.org") == "1"
+    consistent(r)
+
+
+def test_a_delete_releases_its_unique_value(r: redis.Redis) -> None:
+    persist(r, User("a@x.org", age=4, company=Company("acme", id="c1"), id="1"))
+    s = Session(r)
+    s.delete(s.reference(User, "1"))  # not even loaded: values come from Redis
+    s.commit()
+    assert owner(r, "a@x.org") is None
+    consistent(r)
+    persist(r, User("A@x.org", id="2"))
+    assert owner(r, "a@x.org") == "2"
+
+
+def test_a_delete_and_a_new_claim_of_its_value_in_one_commit(r: redis.Redis) -> None:
+    persist(r, User("a@x.org", id="1"))
+    s = Session(r)
+    s.delete(s.get(User, "1"))
+    s.add(User("a@x.org", id="2"))
+    s.commit()
+    assert owner(r, "a@x.org") == "2" and not r.exists("usr:1")
+    consistent(r)
+
+
+def test_changing_email_releases_the_old_value(r: redis.Redis) -> None:
+    persist(r, User("a@x.org", id="1"))
+    s = Session(r)
+    user = s.get(User, "1")
+    assert user is not None
+    user.email = "b@x.org"
+    s.commit()
+    assert owner(r, "a@x.org") is None and owner(r, "b@x.org") == "1"
+    persist(r, User("a@x.org", id="2"))
+    assert owner(r, "a@x.org") == "2"
+    consistent(r)
+
+
+def test_changing_only_the_case_of_an_email_keeps_its_claim(r: redis.Redis) -> None:
+    persist(r, User("a@x.org", id="1"))
+    s = Session(r)
+    user = s.get(User, "1")
+    assert user is not None
+    user.email = "A@X.org"
+    s.commit()
+    assert owner(r, "a@x.org") == "1" and as_str(r.hget("usr:1", "eml")) == "A@X.org"
+    other = Session(r)
+    other.add(User("a@X.ORG"))
+    with pytest.raises(redisca.UniqueViolation):
+        other.commit()
+    consistent(r)
+
+
+def test_clearing_an_indexed_reference(r: redis.Redis) -> None:
+    persist(r, Company("acme", id="c1"), User("a@x.org", company=Company("b", id="c2"), id="1"))
+    s = Session(r)
+    user = s.get(User, "1")
+    assert user is not None
+    user.company = None
+    s.commit()
+    assert "company" not in {as_str(k) for k in r.hkeys("usr:1")}
+    consistent(r)
+
+
+# -- validation first -------------------------------------------------------------------
+
+
+def test_an_invalid_pending_object_fails_before_any_round_trip(
+    r: redis.Redis, counted: Counted
+) -> None:
+    s = Session(counted.client)
+    company = Company("acme")
+    s.add_all([User(f"u{i}@x.org", company=company) for i in range(10)])
+    company.id = None  # the users now refer to an entity without an id
+    counted.reset()
+    with pytest.raises(redisca.RediscaError):
+        s.commit()
+    assert counted.round_trips == 0
+    assert dump_keyspace(r) == {}
+
+
+def test_an_id_changed_after_add_fails_before_any_round_trip(
+    r: redis.Redis, counted: Counted
+) -> None:
+    s = Session(counted.client)
+    good, bad = User("a@x.org"), User("b@x.org")
+    s.add_all([good, bad])
+    bad.id = "another"
+    counted.reset()
+    with pytest.raises(redisca.InvalidRequestError):
+        s.commit()
+    assert counted.round_trips == 0
+    assert dump_keyspace(r) == {}
+
+
+def test_a_value_assigned_out_of_range_never_reaches_the_session(r: redis.Redis) -> None:
+    s = Session(r)
+    user = User("a@x.org", age=3)
+    s.add(user)
+    with pytest.raises(redisca.ValidationError):
+        user.age = 201
+    s.commit()
+    assert as_str(r.hget(f"usr:{user.id}", "age")) == "3"
