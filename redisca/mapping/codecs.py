@@ -65,6 +65,12 @@ class StrCodec(Codec):
     types = (str,)
     name = "str"
 
+    def coerce(self, value: Any) -> Any:
+        value = super().coerce(value)
+        if not value.isascii():
+            self.encode(value)  # refuse text UTF-8 cannot hold (lone surrogates) right away
+        return value
+
     def encode(self, value: str) -> bytes:
         try:
             return value.encode()
@@ -119,7 +125,10 @@ class FloatCodec(Codec):
     index_kind = "range"
 
     def coerce(self, value: Any) -> float:
-        return float(super().coerce(value))
+        try:
+            return float(super().coerce(value))
+        except OverflowError:
+            raise ValidationError(f"{value} is too large for a float", value=value) from None
 
     def encode(self, value: float) -> bytes:
         return repr(value).encode()
@@ -159,7 +168,10 @@ class DateTimeCodec(Codec):
         # Naive means UTC; precision is what the stored integer keeps.
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).replace(microsecond=0)
+        try:
+            return moment.astimezone(UTC).replace(microsecond=0)
+        except OverflowError:
+            raise ValidationError(f"{moment} is out of range in UTC", value=value) from None
 
     def encode(self, value: datetime) -> bytes:
         return b"%d" % int(value.timestamp())
@@ -200,6 +212,23 @@ class DecimalCodec(Codec):
             return Decimal(raw.decode())
         except InvalidOperation:
             raise ValueError(f"not a decimal: {raw!r}") from None
+
+    def index_key(self, raw: bytes) -> bytes:
+        # Equal decimals share an index key ("1.10", "1.1"; "-0", "0"); the hash keeps the
+        # value as given. Trailing zeros are stripped by hand: normalize() would round.
+        try:
+            value = Decimal(raw.decode())
+        except (InvalidOperation, UnicodeDecodeError):
+            return raw
+        if not value.is_finite():
+            return raw
+        if value.is_zero():
+            return b"0"
+        sign, digits, exponent = value.as_tuple()
+        exponent = int(exponent)  # finite: always an int
+        while digits[-1] == 0:
+            digits, exponent = digits[:-1], exponent + 1
+        return str(Decimal((sign, digits, exponent))).encode()
 
 
 class UUIDCodec(Codec):
