@@ -1,0 +1,219 @@
+"""Key layout: every key name comes from KeyLayout, and no id or value can make two things
+share a key (property tests with awkward ids and values), checked again on a real server.
+"""
+
+import attrs
+import pytest
+from helpers import as_str
+from hypothesis import given
+from hypothesis import strategies as st
+
+import redisca
+from redisca import Email, Integer, Reference, Registry, Session, String
+from redisca.mapping.keys import NAME_RE, KeyLayout
+
+registry = Registry()
+
+
+@registry.mapped(prefix="co")
+@attrs.define
+class Company:
+    name: str = String(index=True)
+    id: str | None = None
+
+
+@registry.mapped(prefix="usr")
+@attrs.define
+class User:
+    email: str = Email(field="eml", unique=True)
+    age: int | None = Integer(index=True, default=None)
+    tag: str | None = String(index=True, default=None)
+    company: Company | None = Reference(Company, index=True, default=None)
+    id: str | None = None
+
+
+def test_layout_of_a_model():
+    layout = redisca.inspect(User).layout
+    assert isinstance(layout, KeyLayout) and layout.prefix == "usr"
+    assert layout.entity("01h") == b"usr:01h"
+    assert layout.entity("") == b"usr:"
+    assert layout.all_ids == b"usr#all"
+    assert layout.eq_index(b"tag", b"a:b") == b"usr#i:tag:a:b"
+    assert layout.range_index(b"age") == b"usr#r:age"
+    assert layout.unique(b"eml", b"ann@x") == b"usr#u:eml:ann@x"
+    scratches = {layout.scratch() for _ in range(500)}
+    assert len(scratches) == 500
+    assert all(s.startswith(b"usr#t:") and len(s) > len(b"usr#t:") + 16 for s in scratches)
+
+
+def test_inspect_prefix_and_key():
+    assert redisca.inspect(User).prefix == "usr" and redisca.inspect(Company).prefix == "co"
+    for ident in ("01h", "", "a:b", "#all", "line\nbreak", "ünï🙂"):
+        user = User("a@b", id=ident)
+        assert redisca.inspect(user).key == "usr:" + user.id
+    assert redisca.inspect(User("a@b", id=7)).key == "usr:7"
+    assert redisca.inspect(User("a@b")).key is None  # no id yet
+
+
+# -- injectivity ------------------------------------------------------------------------------
+
+AWKWARD = [
+    "", ":", "::", "{", "}", "{x}", "*", "#", "\n", "line\nbreak", "ünï", "🙂", "all", "#all",
+    "x#i:f:v", "i:eml:a", "usr:1", "usr#all", "#u:eml:x", "r:age", "t:00", ":all", "a:b",
+]
+PREFIXES = st.sampled_from(["usr", "co", "usr.x", "u", "usr-", "a.b", "all", "i", "t"]) | (
+    st.from_regex(NAME_RE, fullmatch=True).filter(lambda s: len(s) < 12)
+)
+FIELDS = st.sampled_from(["eml", "age", "tag", "all", "i", "u", "r", "a.b", "company"])
+TEXT = (
+    st.sampled_from(AWKWARD)
+    | st.text(alphabet=":{}*#\nia é🙂.", max_size=8)
+    | st.text(max_size=8)
+)
+VALUES = TEXT.map(str.encode) | st.binary(max_size=8)
+
+DESCRIPTORS = st.one_of(
+    st.tuples(st.just("entity"), PREFIXES, st.none(), TEXT),
+    st.tuples(st.just("all_ids"), PREFIXES, st.none(), st.none()),
+    st.tuples(st.just("eq_index"), PREFIXES, FIELDS, VALUES),
+    st.tuples(st.just("range_index"), PREFIXES, FIELDS, st.none()),
+    st.tuples(st.just("unique"), PREFIXES, FIELDS, VALUES),
+)
+
+
+def build(descriptor):
+    kind, prefix, field, value = descriptor
+    layout = KeyLayout(prefix)
+    if kind == "entity":
+        return layout.entity(value)
+    if kind == "all_ids":
+        return layout.all_ids
+    if kind == "range_index":
+        return layout.range_index(field.encode())
+    return getattr(layout, kind)(field.encode(), value)
+
+
+def parse(key):
+    """The left inverse of ``build``: the key alone tells what it is (hence: injective)."""
+    cut = min(i for i in (key.find(b":"), key.find(b"#")) if i >= 0)
+    prefix, sep, rest = key[:cut].decode(), key[cut : cut + 1], key[cut + 1 :]
+    if sep == b":":
+        return ("entity", prefix, None, rest.decode())
+    if rest == b"all":
+        return ("all_ids", prefix, None, None)
+    kind, colon, rest = rest[:1], rest[1:2], rest[2:]
+    assert colon == b":", key
+    if kind == b"r":
+        return ("range_index", prefix, rest.decode(), None)
+    if kind == b"t":
+        return ("scratch", prefix, None, rest)
+    field, _, value = rest.partition(b":")
+    return ({b"i": "eq_index", b"u": "unique"}[kind], prefix, field.decode(), value)
+
+
+@given(DESCRIPTORS)
+def test_prop_every_key_tells_what_it_is(descriptor):
+    assert parse(build(descriptor)) == descriptor
+
+
+@given(st.lists(DESCRIPTORS, min_size=2, max_size=30))
+def test_prop_distinct_descriptors_give_distinct_keys(descriptors):
+    keys = {}
+    for descriptor in descriptors:
+        key = build(descriptor)
+        assert keys.setdefault(key, descriptor) == descriptor, key
+
+
+@given(PREFIXES, TEXT, DESCRIPTORS.filter(lambda d: d[0] != "entity"))
+def test_prop_no_entity_key_is_an_index_key(prefix, ident, other):
+    entity = KeyLayout(prefix).entity(ident)
+    assert entity != build(other)
+    scratch = KeyLayout(other[1]).scratch()
+    assert parse(scratch)[:2] == ("scratch", other[1]) and scratch != build(other)
+
+
+@given(st.sampled_from([User, Company]), st.sampled_from([User, Company]), TEXT, TEXT)
+def test_prop_two_models_never_share_entity_keys(a, b, id_a, id_b):
+    key_a = redisca.inspect(a).key(id_a)
+    key_b = redisca.inspect(b).key(id_b)
+    assert (key_a == key_b) == (a is b and id_a == id_b)
+
+
+# -- on a real server -------------------------------------------------------------------------
+
+IDS = ["all", "#all", "", "a:b", "{x}", "*", "line\nbreak", "ünï🙂", "x#i:f:v", "usr#all", ":"]
+TAGS = ["all", ":", "{x}", "*", "", "line\nbreak", "a:b", "#all", "all", None, "x#i:f:v"]
+
+
+def awkward_data():
+    companies = [Company("all", id="all"), Company("#all", id=""), Company("a:b", id="usr:all")]
+    users = [
+        User(f"U{n}:{ident!r}@Ex.{{x}}*", age=n, tag=tag, company=companies[n % 3], id=ident)
+        for n, (ident, tag) in enumerate(zip(IDS, TAGS, strict=True))
+    ]
+    return companies, users
+
+
+def expected_keys(companies, users):
+    keys = {"usr#all", "usr#r:age", "co#all"}
+    keys |= {f"co:{c.id}" for c in companies} | {f"co#i:name:{c.name}" for c in companies}
+    keys |= {f"usr:{u.id}" for u in users} | {f"usr#u:eml:{u.email.lower()}" for u in users}
+    keys |= {f"usr#i:tag:{u.tag}" for u in users if u.tag is not None}
+    keys |= {f"usr#i:company:{u.company.id}" for u in users}
+    return keys
+
+
+def scan(r):
+    return {as_str(k) for k in r.scan_iter(count=1000)}
+
+
+def test_awkward_ids_and_values_on_redis(r):
+    companies, users = awkward_data()
+    with Session(r) as session:
+        session.add_all(users)
+        session.commit()
+    expected = expected_keys(companies, users)
+    assert len(expected) == 3 + 2 * 3 + 2 * 11 + 9 + 3  # nothing coincides
+    assert scan(r) == expected
+    for user in users:
+        key = f"usr:{user.id}"
+        assert redisca.inspect(user).key == key
+        assert as_str(r.type(key)) == "hash"
+        assert as_str(r.hget(key, "eml")) == user.email
+        assert as_str(r.get(f"usr#u:eml:{user.email.lower()}")) == user.id
+    assert {as_str(m) for m in r.smembers("usr#all")} == set(IDS)
+    assert {as_str(m) for m in r.smembers("co#all")} == {"all", "", "usr:all"}
+    assert {as_str(m) for m in r.smembers("usr#i:tag:all")} == {"all", "x#i:f:v"}
+    assert {as_str(m) for m in r.smembers("usr#i:company:")} == {IDS[1], IDS[4], IDS[7], IDS[10]}
+    ages = [(as_str(m), s) for m, s in r.zrange("usr#r:age", 0, -1, withscores=True)]
+    assert ages == [(ident, float(n)) for n, ident in enumerate(IDS)]
+
+    with Session(r) as session:
+        loaded = session.get_many(User, IDS)
+        for original, copy in zip(users, loaded, strict=True):
+            assert copy is not original
+            assert (copy.id, copy.email, copy.age, copy.tag) == (
+                original.id, original.email, original.age, original.tag
+            )
+            assert copy.company.id == original.company.id
+            assert copy.company.name == original.company.name
+        assert session.get(Company, "").name == "#all"
+
+
+@pytest.mark.parametrize("ident", ["all", "#all", "", "usr#all"])
+def test_deleting_an_awkward_id_touches_only_its_own_keys(r, ident):
+    companies, users = awkward_data()
+    with Session(r) as session:
+        session.add_all(users)
+        session.commit()
+        victim = next(u for u in users if u.id == ident)
+        session.delete(victim)
+        session.commit()
+    rest = [u for u in users if u.id != ident]
+    assert scan(r) == expected_keys(companies, rest)
+    assert {as_str(m) for m in r.smembers("usr#all")} == {u.id for u in rest}
+    with Session(r) as session:
+        assert session.get(User, ident) is None
+        assert [u.id for u in session.get_many(User, [u.id for u in rest])] == [
+            u.id for u in rest
+        ]
