@@ -52,6 +52,7 @@ def make_models(slots):
             default=None, validator=attrs.validators.optional(attrs.validators.max_len(3))
         )
         serial: int = Integer(new=lambda: next(counter))
+        ticket: str = String(default=lambda: f"t{next(counter)}")
         company: Company | None = None
         joined: datetime = DateTime(new=lambda: datetime(2024, 1, 1, 12, 0, 0, 999))
         id: str | None = None
@@ -79,7 +80,7 @@ def test_init_repr_eq_and_methods(models):
     assert user.id == "7"
     assert repr(user).startswith("User(name='Ann', email='a@b.c', age=30, pairs=0, nick=None")
     assert "id='7'" in repr(user)
-    twin = attrs.evolve(user, serial=user.serial)
+    twin = attrs.evolve(user, serial=user.serial, ticket=user.ticket)
     assert twin == user and twin is not user
     assert user != attrs.evolve(user, age=31)
     assert user.greeting() == "hi Ann" and user.adult
@@ -94,7 +95,8 @@ def test_init_repr_eq_and_methods(models):
 def test_defaults_and_factories(models):
     _, User = models
     first, second = User("Ann"), User("Bob")
-    assert second.serial == first.serial + 1  # new= callable is a factory, called per instance
+    assert second.serial == first.serial + 2  # new= callable is a factory, called per instance
+    assert (first.ticket, second.ticket) == (f"t{first.serial + 1}", f"t{second.serial + 1}")
     assert first.joined == datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)  # coerced by DateTime
     assert (first.age, first.company, first.id) == (None, None, None)
     assert User("Cy", serial=99).serial == 99
