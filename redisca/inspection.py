@@ -6,7 +6,7 @@ from typing import Any, overload
 
 from .mapping.instrument import state_of
 from .mapping.mapper import Mapper, mapper_of
-from .session.state import InstanceState
+from .session.state import InstanceState, detached_state
 
 
 @overload
@@ -25,6 +25,9 @@ def inspect(subject: Any) -> Mapper | InstanceState:
     if state is not None:
         return state  # type: ignore[no-any-return]
     mapper = mapper_of(type(subject))
+    detached = detached_state(subject, mapper)
+    if detached is not None:
+        return detached[0]
     return InstanceState(subject, mapper, mapper.identity(subject))
 
 

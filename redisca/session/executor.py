@@ -87,12 +87,7 @@ def transaction(conn: Any, commands: Sequence[Command]) -> list[Any] | None:
         raise OperationalError(f"Redis refused the transaction: {queued}", queued)
     if result is None:
         return None
-    failed = [r for r in result if isinstance(r, ResponseError)]
-    if failed:
-        raise OperationalError(
-            f"{len(failed)} command(s) of the transaction failed in Redis: {failed[0]}", failed[0]
-        )
-    return list(result)
+    return list(result)  # a command that failed inside EXEC is a ResponseError here
 
 
 def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
@@ -147,8 +142,48 @@ def execute_commit(
         for _ in range(retries + 1):
             replies = _attempt(conn, plan, reads)
             if replies is not None:
+                _check_own_replies(replies, len(replies) - len(plan.commands))
                 return replies
     raise ConflictError(f"watched keys kept changing; gave up after {retries + 1} attempts")
+
+
+def _check_own_replies(replies: list[Any], own: int) -> None:
+    """redisca's own writes cannot fail on data it wrote; report it loudly if they did."""
+    failed = [r for r in replies[:own] if isinstance(r, ResponseError)]
+    if failed:
+        raise OperationalError(
+            f"{len(failed)} write(s) of the commit failed in Redis and the rest was applied "
+            f"(a key holds data redisca did not write?): {failed[0]}",
+            failed[0],
+        )
+
+
+def user_reply(client: redis.Redis, command: Command, raw: Any) -> Any:
+    """A reply to the user's own command, shaped as redis-py would return it to them."""
+    if isinstance(raw, Exception):
+        return raw
+    encoder = client.connection_pool.get_encoder()
+    value = _decoded(encoder, raw) if encoder.decode_responses else raw
+    name = command[0].decode() if isinstance(command[0], bytes) else str(command[0])
+    callback = client.response_callbacks.get(name.upper())  # type: ignore[no-untyped-call]
+    if callback is None:
+        return value
+    try:
+        return callback(value)
+    except Exception:  # a callback that needs options we cannot know: the plain reply
+        return value
+
+
+def _decoded(encoder: Any, value: Any) -> Any:
+    if isinstance(value, bytes):
+        return encoder.decode(value)
+    if isinstance(value, list):
+        return [_decoded(encoder, v) for v in value]
+    if isinstance(value, dict):
+        return {_decoded(encoder, k): _decoded(encoder, v) for k, v in value.items()}
+    if isinstance(value, set):
+        return {_decoded(encoder, v) for v in value}
+    return value
 
 
 def hash_reply(reply: Any) -> dict[bytes, bytes]:
@@ -167,4 +202,5 @@ __all__ = [
     "roundtrip",
     "run",
     "transaction",
+    "user_reply",
 ]

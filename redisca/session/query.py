@@ -138,9 +138,10 @@ class Query(Generic[T]):
             assert replies is not None  # nothing is watched
         else:
             replies = executor.run(self._client(), plan.commands)
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise OperationalError(f"Redis could not run the query: {failed}", failed)
         reply = replies[plan.reply]
-        if isinstance(reply, Exception):
-            raise OperationalError(f"Redis could not run the query: {reply}", reply)
         if plan.sort_ids:
             return self._slice(sorted(reply))
         return reply

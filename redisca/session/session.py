@@ -24,7 +24,7 @@ from . import executor, loading, unitofwork
 from .collections import IdentitySet
 from .plan import Command
 from .query import Query
-from .state import InstanceState
+from .state import InstanceState, detached_state, forget_detached, remember_detached
 
 T = TypeVar("T")
 
@@ -114,13 +114,15 @@ class Session:
         state.session = self
         instrument.attach(state.obj, state)
 
-    def forget(self, state: InstanceState) -> None:
-        """Stop tracking an instance (it keeps its values)."""
+    def forget(self, state: InstanceState, *, deleted: bool = False) -> None:
+        """Stop tracking an instance (it keeps its values; a persistent one is detached)."""
         self._identity.pop((state.mapper, state.id), None)  # type: ignore[arg-type]
         self._new.pop(id(state.obj), None)
         self._deleted.pop(id(state.obj), None)
         state.session = None
         instrument.detach(state.obj)
+        if state.persistent:
+            remember_detached(state, deleted=deleted)
 
     def mark_clean(self, state: InstanceState) -> None:
         self._new.pop(id(state.obj), None)
@@ -161,6 +163,10 @@ class Session:
             if state.session is not None:
                 raise InvalidRequestError(f"{obj!r} already belongs to another session")
         mapper = mapper_of(type(obj))
+        detached = detached_state(obj, mapper)
+        if detached is not None and not detached[1]:
+            self._reattach(detached[0])
+            return
         ident = mapper.identity(obj)
         generated = ident is None
         if ident is None:
@@ -180,6 +186,17 @@ class Session:
             target = field.attribute.get_raw(obj)
             if target is not MISSING and target is not None and target not in self:
                 self.add(target)
+
+    def _reattach(self, state: InstanceState) -> None:
+        """An expunged instance comes back persistent, with what was known of it."""
+        existing = self._identity.get((state.mapper, state.id))  # type: ignore[arg-type]
+        if existing is not None and existing.obj is not state.obj:
+            raise IntegrityError(
+                f"{state.key} is already in this session as another object; "
+                "use session.merge() to copy values onto it"
+            )
+        forget_detached(state.obj)
+        self._track(state)
 
     def add_all(self, objs: Iterable[object]) -> None:
         for obj in objs:
@@ -318,8 +335,8 @@ class Session:
             if not plan:
                 continue
             replies = executor.execute_commit(group.client, plan, self.retries)
-            unitofwork.finalize(self, group, replies)
             self._commands = [c for c in self._commands if c[2] not in group.results]
+            unitofwork.finalize(self, group, replies)
 
     def rollback(self) -> None:
         """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""

@@ -8,7 +8,7 @@ is pending decide between transient, pending, persistent, deleted, detached.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import DetachedInstanceError
 from ..mapping.mapper import MappedField, Mapper
@@ -114,4 +114,47 @@ class InstanceState:
         }
 
 
-__all__ = ["InstanceState"]
+class _Detached(NamedTuple):
+    ref: weakref.ref[Any]
+    id: str | None
+    snapshot: dict[MappedField, bytes | None]
+    loaded: bool
+    version: int | None
+    deleted: bool
+
+
+#: What sessions knew of instances they let go of (expunged, closed, committed deletes),
+#: kept while the instance lives: so ``inspect()`` can say "detached" and re-adding an
+#: expunged instance makes it persistent again with its snapshot, not a new insert.
+_detached: dict[int, _Detached] = {}
+
+
+def remember_detached(state: InstanceState, *, deleted: bool) -> None:
+    key = id(state.obj)
+    try:
+        ref = weakref.ref(state.obj, lambda _ref: _detached.pop(key, None))
+    except TypeError:  # a class without __weakref__: nothing to remember it by
+        return
+    _detached[key] = _Detached(
+        ref, state.id, dict(state.snapshot), state.loaded, state.version, deleted
+    )
+
+
+def detached_state(obj: Any, mapper: Mapper) -> tuple[InstanceState, bool] | None:
+    """A detached instance's state (not attached), and whether it was deleted."""
+    record = _detached.get(id(obj))
+    if record is None or record.ref() is not obj or mapper.identity(obj) != record.id:
+        return None
+    state = InstanceState(obj, mapper, record.id)
+    state.snapshot = dict(record.snapshot)
+    state.loaded = record.loaded
+    state.version = record.version
+    state.persistent = True
+    return state, record.deleted
+
+
+def forget_detached(obj: Any) -> None:
+    _detached.pop(id(obj), None)
+
+
+__all__ = ["InstanceState", "detached_state", "forget_detached", "remember_detached"]

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, OperationalError
 from ..mapping.instrument import MISSING
 from ..mapping.mapper import MappedField
+from . import executor
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
 from .state import InstanceState
 
@@ -140,8 +141,7 @@ def finalize(session: Session, group: Group, replies: list[Any]) -> None:
     """After EXEC: snapshots become what Redis now holds."""
     for change, state in zip(group.changes, group.states, strict=True):
         if change.op == DELETE:
-            session.forget(state)
-            state.persistent = False
+            session.forget(state, deleted=True)
             state.deleted = False
             continue
         state.snapshot.update(change.values)
@@ -153,9 +153,19 @@ def finalize(session: Session, group: Group, replies: list[Any]) -> None:
             state.version = (state.version or 0) + 1
         session.mark_clean(state)
     tail = replies[len(replies) - len(group.results) :] if group.results else []
+    failed = []
     for result, reply in zip(group.results, tail, strict=True):
-        result.value = reply
+        result.value = executor.user_reply(group.client, result.command, reply)
         result.done = True
+        if isinstance(reply, Exception):
+            failed.append((result.command, reply))
+    if failed:
+        command, error = failed[0]
+        raise OperationalError(
+            f"your command {command!r} failed inside the commit ({error}); the rest of the "
+            "commit, redisca's writes included, was applied",
+            error,
+        )
 
 
 __all__ = ["Group", "cascade", "finalize", "organize"]

@@ -1,0 +1,109 @@
+"""Detached instances, and your own commands inside a commit."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from helpers import Counted, assert_indexes_consistent, decodes, dump_keyspace
+from models import Company, User
+
+import redisca
+from redisca import OperationalError, Session
+
+
+def _committed_user(r: redis.Redis, email: str = "ann@example.com") -> User:
+    user = User(email=email, age=30)
+    with Session(r) as s:
+        s.add(user)
+        s.commit()
+    return user
+
+
+def test_expunged_and_closed_instances_are_detached(r: redis.Redis) -> None:
+    user = _committed_user(r)
+    assert redisca.inspect(user).status == "detached"
+    s = Session(r)
+    loaded = s.get(User, user.id)
+    s.expunge(loaded)
+    assert redisca.inspect(loaded).status == "detached"
+    assert redisca.inspect(User(email="new@example.com")).status == "transient"
+
+
+def test_a_committed_delete_leaves_a_detached_instance(r: redis.Redis) -> None:
+    user = _committed_user(r)
+    s = Session(r)
+    loaded = s.get(User, user.id)
+    s.delete(loaded)
+    assert redisca.inspect(loaded).status == "deleted"
+    s.commit()
+    assert loaded not in s
+    assert redisca.inspect(loaded).status == "detached"
+
+
+def test_re_adding_a_detached_instance_makes_it_persistent_again(
+    r: redis.Redis, counted: Counted
+) -> None:
+    user = _committed_user(r)  # committed, then its session closed
+    s = Session(counted.client)
+    s.add(user)
+    assert redisca.inspect(user).status == "persistent"
+    assert user not in s.new and user not in s.dirty
+    counted.reset()
+    s.commit()
+    assert counted.round_trips == 0  # nothing changed: no insert, no IntegrityError
+    user.age = 31
+    assert user in s.dirty
+    s.commit()
+    assert Session(r).get(User, user.id).age == 31  # type: ignore[union-attr]
+    assert_indexes_consistent(r, redisca.inspect(User))
+
+
+def test_re_adding_a_deleted_instance_inserts_it_again(r: redis.Redis) -> None:
+    user = _committed_user(r)
+    s = Session(r)
+    loaded = s.get(User, user.id)
+    assert loaded is not None
+    s.delete(loaded)
+    s.commit()
+    assert not r.exists(redisca.inspect(loaded).key)
+    s.add(loaded)
+    assert loaded in s.new
+    s.commit()
+    again = Session(r).get(User, loaded.id)
+    assert again is not None and again.email == "ann@example.com"
+    assert_indexes_consistent(r, redisca.inspect(User))
+
+
+def test_own_command_replies_are_shaped_like_redis_py(r: redis.Redis) -> None:
+    r.hset("stats", mapping={"a": "1"})
+    r.set("greeting", "hi")
+    s = Session(r)
+    s.add(Company(name="Acme"))
+    got = s.add_command("GET", "greeting")
+    whole = s.add_command("HGETALL", "stats")
+    grown = s.add_command("INCR", "counter")
+    s.commit()
+    assert got.done and whole.done and grown.done
+    if decodes(r):
+        assert got.value == "hi" and whole.value == {"a": "1"}
+    else:
+        assert got.value == b"hi" and whole.value == {b"a": b"1"}
+    assert grown.value == 1
+
+
+def test_a_failing_own_command_is_reported_and_not_run_again(r: redis.Redis) -> None:
+    r.set("not-a-number", "x")
+    s = Session(r)
+    acme = Company(name="Acme")
+    s.add(acme)
+    bad = s.add_command("INCR", "not-a-number")
+    with pytest.raises(OperationalError, match="INCR") as raised:
+        s.commit()
+    assert isinstance(raised.value.orig, redis.ResponseError)
+    # MULTI/EXEC has no rollback: the rest was applied, and the session knows it.
+    assert bad.done and isinstance(bad.value, redis.ResponseError)
+    assert redisca.inspect(acme).status == "persistent" and acme not in s.new
+    before = dump_keyspace(r)
+    s.commit()  # the failed command is not queued any more
+    assert dump_keyspace(r) == before
+    assert_indexes_consistent(r, redisca.inspect(Company))
