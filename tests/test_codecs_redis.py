@@ -212,3 +212,30 @@ def test_key_of_the_wrong_type_is_a_decode_error(r):
     with Session(r) as session, pytest.raises(DecodeError, match="every:s") as info:
         session.get(Every, "s")
     assert info.value.key == "every:s"
+
+
+def test_equal_decimals_are_one_value_for_indexes_and_uniqueness(r):
+    reg = Registry()
+
+    @reg.mapped(prefix="prod")
+    @attrs.define
+    class Product:
+        price: Decimal = redisca.Field(unique=True)
+        color: Color = redisca.Field(index=True, default=Color.RED)
+        id: str | None = None
+
+    with Session(r) as session:
+        session.add(Product(Decimal("1.10"), id="p1"))
+        session.commit()
+        session.add(Product(Decimal("1.1"), id="p2"))
+        with pytest.raises(redisca.UniqueViolation) as info:
+            session.commit()
+        assert info.value.owner == "p1"
+    assert as_str(r.hget("prod:p1", "price")) == "1.10"  # the hash keeps it as given
+    assert as_str(r.get("prod#u:price:1.1")) == "p1" and not r.exists("prod:p2")
+    assert {as_str(m) for m in r.smembers("prod#i:color:RED")} == {"p1"}  # enums by name
+    with Session(r) as session:
+        for query in (Decimal("1.1"), Decimal("1.100")):
+            found = session.query(Product).filter(Product.price == query).one()
+            assert found.id == "p1" and str(found.price) == "1.10"
+        assert session.query(Product).filter(Product.color == Color.RED).ids() == ["p1"]
