@@ -376,6 +376,22 @@ def test_default_client_is_conf_db(r: redis.Redis, monkeypatch: pytest.MonkeyPat
     assert stored(r, "usr:1")["eml"] == "a@x.org"
 
 
+def test_without_conf_db_the_default_client_follows_redis_url(
+    r: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redisca.conf, "db", None)
+    monkeypatch.setenv("REDIS_URL", redis_url.rsplit("/", 1)[0] + "/3")
+    s = Session()
+    s.add(User("b@x.org", id="2"))
+    s.commit()
+    assert not r.exists("usr:2")  # not db 0 ...
+    db3 = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3")
+    assert db3.hget("usr:2", "eml") == b"b@x.org"  # ... but the one REDIS_URL names
+    assert Session().bind_for(User) is s.bind_for(User)  # one shared client per URL
+    db3.flushdb()
+    db3.close()
+
+
 # -- versioning, user commands ------------------------------------------------------------------
 
 
