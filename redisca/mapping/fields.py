@@ -48,6 +48,18 @@ class FieldSpec:
     reference: type | str | None = None
 
 
+def spec(
+    codec: Codec | None,
+    field: str | None,
+    index: bool,
+    unique: bool,
+    checks: tuple[Check, ...] = (),
+    reference: type | str | None = None,
+) -> FieldSpec:
+    """A helper's spec; ``unique`` implies an index."""
+    return FieldSpec(codec, field, index or unique, unique, checks, reference)
+
+
 def spec_of(attribute: Any) -> FieldSpec | None:
     """The spec of an ``attrs.Attribute`` (or of a helper's return value)."""
     metadata = getattr(attribute, "metadata", None)
@@ -68,7 +80,7 @@ def _default(default: Any, new: Any) -> Any:
 
 
 def make_field(
-    spec: FieldSpec,
+    field_spec: FieldSpec,
     *,
     default: Any = attrs.NOTHING,
     new: Any = attrs.NOTHING,
@@ -76,7 +88,7 @@ def make_field(
 ) -> Any:
     """Wrap a spec in ``attrs.field``; extra keyword arguments go to attrs."""
     metadata = dict(field_kwargs.pop("metadata", None) or {})
-    metadata[METADATA_KEY] = spec
+    metadata[METADATA_KEY] = field_spec
     return attrs.field(default=_default(default, new), metadata=metadata, **field_kwargs)
 
 
@@ -110,7 +122,7 @@ def Field(
     or a type with a registered codec. The index kind follows the type (range for numbers
     and dates, equality otherwise).
     """
-    return make_field(FieldSpec(None, field, index or unique, unique), **kwargs)
+    return make_field(spec(None, field, index, unique), **kwargs)
 
 
 def String(
@@ -123,10 +135,8 @@ def String(
     **kwargs: Any,
 ) -> Any:
     """A text attribute; ``minlen``/``maxlen`` count characters."""
-    spec = FieldSpec(
-        StrCodec(), field, index or unique, unique, _checks("length", minlen, maxlen, len)
-    )
-    return make_field(spec, **kwargs)
+    checks = _checks("length", minlen, maxlen, len)
+    return make_field(spec(StrCodec(), field, index, unique, checks), **kwargs)
 
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
@@ -141,8 +151,7 @@ def Email(
     *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
 ) -> Any:
     """An email address, stored as given; its index and uniqueness ignore case."""
-    spec = FieldSpec(EmailCodec(), field, index or unique, unique, (_check_email,))
-    return make_field(spec, **kwargs)
+    return make_field(spec(EmailCodec(), field, index, unique, (_check_email,)), **kwargs)
 
 
 def Integer(
@@ -156,7 +165,7 @@ def Integer(
 ) -> Any:
     """An int; indexed ints get a range index (a sorted set)."""
     checks = _checks("value", minval, maxval, _identity)
-    return make_field(FieldSpec(IntCodec(), field, index or unique, unique, checks), **kwargs)
+    return make_field(spec(IntCodec(), field, index, unique, checks), **kwargs)
 
 
 def Float(
@@ -170,28 +179,28 @@ def Float(
 ) -> Any:
     """A float (ints are accepted and stored as floats); range-indexed when indexed."""
     checks = _checks("value", minval, maxval, _identity)
-    return make_field(FieldSpec(FloatCodec(), field, index or unique, unique, checks), **kwargs)
+    return make_field(spec(FloatCodec(), field, index, unique, checks), **kwargs)
 
 
 def Boolean(
     *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
 ) -> Any:
     """A bool, stored as ``1``/``0``."""
-    return make_field(FieldSpec(BoolCodec(), field, index or unique, unique), **kwargs)
+    return make_field(spec(BoolCodec(), field, index, unique), **kwargs)
 
 
 def DateTime(
     *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
 ) -> Any:
     """An aware UTC datetime stored as whole seconds; naive values are taken as UTC."""
-    return make_field(FieldSpec(DateTimeCodec(), field, index or unique, unique), **kwargs)
+    return make_field(spec(DateTimeCodec(), field, index, unique), **kwargs)
 
 
 def Date(
     *, field: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
 ) -> Any:
     """A calendar date, stored as ISO text; range-indexed by its ordinal."""
-    return make_field(FieldSpec(DateCodec(), field, index or unique, unique), **kwargs)
+    return make_field(spec(DateCodec(), field, index, unique), **kwargs)
 
 
 def Reference(
@@ -203,8 +212,7 @@ def Reference(
     **kwargs: Any,
 ) -> Any:
     """Another mapped entity, stored as its id; ``target`` may be a class name."""
-    spec = FieldSpec(None, field, index or unique, unique, (), target)
-    return make_field(spec, **kwargs)
+    return make_field(spec(None, field, index, unique, (), target), **kwargs)
 
 
 __all__ = [
@@ -220,5 +228,6 @@ __all__ = [
     "Reference",
     "String",
     "make_field",
+    "spec",
     "spec_of",
 ]
