@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import redis
 from helpers import Counted, assert_indexes_consistent, decodes, dump_keyspace
@@ -107,3 +109,63 @@ def test_a_failing_own_command_is_reported_and_not_run_again(r: redis.Redis) -> 
     s.commit()  # the failed command is not queued any more
     assert dump_keyspace(r) == before
     assert_indexes_consistent(r, redisca.inspect(Company))
+
+
+def test_merge_of_a_detached_instance_whose_key_is_gone_inserts_a_copy(r: redis.Redis) -> None:
+    user = _committed_user(r)  # detached now
+    r.flushall()  # someone removed everything meanwhile
+    s = Session(r)
+    merged = s.merge(user)
+    assert merged is not user and merged.id == user.id and merged in s.new
+    assert redisca.inspect(user).status == "detached"  # the original is left alone
+    s.commit()
+    loaded = Session(r).get(User, user.id)
+    assert loaded is not None and loaded.email == user.email
+    assert_indexes_consistent(r, redisca.inspect(User))
+
+
+def test_merge_of_another_sessions_instance_updates_ours(r: redis.Redis) -> None:
+    user = _committed_user(r)
+    theirs = Session(r)
+    their_user = theirs.get(User, user.id)
+    assert their_user is not None
+    their_user.age = 55
+    ours = Session(r)
+    merged = ours.merge(their_user)
+    assert merged is not their_user and merged in ours and their_user in theirs
+    assert merged in ours.dirty
+    ours.commit()
+    assert Session(r).get(User, user.id).age == 55  # type: ignore[union-attr]
+
+
+def test_a_refused_commit_keeps_its_connection(
+    r: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    client = make_client()
+    _committed_user(r, "taken@example.com")
+    s = Session(client)
+    s.add(User(email="taken@example.com"))
+    with pytest.raises(redisca.UniqueViolation):
+        s.commit()
+    pool = client.connection_pool
+    assert len(pool._available_connections) == 1  # back in the pool, still connected
+    conn = pool._available_connections[0]
+    assert conn._sock is not None
+    s.rollback()
+    s.add(User(email="free@example.com"))
+    s.commit()  # on the same connection: the refusal left no WATCH behind
+    assert pool._available_connections == [conn] and conn._sock is not None
+
+
+def test_a_connection_dropped_between_commits_is_replaced(
+    r: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    client = make_client()
+    s = Session(client)
+    s.add(User(email="a@example.com"))
+    s.commit()
+    r.client_kill_filter(skipme=True)  # the server drops every other client, ours too
+    mine = User(email="b@example.com", age=1)
+    s.add(mine)
+    s.commit()
+    assert Session(r).get(User, mine.id) is not None

@@ -38,20 +38,29 @@ def _pool_wants_name(pool: Any) -> bool:
 
 @contextmanager
 def connection(client: redis.Redis) -> Iterator[Any]:
-    """A connection of the client's pool, returned clean (no WATCH left) afterwards."""
-    single = getattr(client, "connection", None)
-    if single is not None:
-        yield single
-        return
-    pool = client.connection_pool
-    conn = pool.get_connection("MULTI") if _pool_wants_name(pool) else pool.get_connection()
+    """A connection of the client's pool, returned clean (no WATCH left) afterwards.
+
+    redisca's own refusals (a taken unique value, a stale entity) leave the
+    connection clean (the commit sends ``UNWATCH``); anything else drops it, and
+    whatever state the server kept for it goes with it.
+    """
+    pool = None
+    conn = getattr(client, "connection", None)  # a single_connection_client's
+    if conn is None:
+        pool = client.connection_pool
+        conn = pool.get_connection("MULTI") if _pool_wants_name(pool) else pool.get_connection()
     try:
         yield conn
+    except RediscaError as exc:
+        if isinstance(exc, OperationalError):
+            conn.disconnect()
+        raise
     except BaseException:
-        conn.disconnect()  # type: ignore[no-untyped-call]  # whatever state the server keeps for it goes with it
+        conn.disconnect()
         raise
     finally:
-        pool.release(conn)
+        if pool is not None:
+            pool.release(conn)
 
 
 def roundtrip(conn: Any, commands: Sequence[Command]) -> list[Any]:
@@ -126,6 +135,8 @@ def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> list[Any] | None:
         except NeedOwners as need:
             _watch_and_read(conn, Reads(owners=need.keys), observed)
             commands = emit(plan, observed)
+    except OperationalError:
+        raise  # the connection is gone, and its WATCH with it
     except RediscaError:
         if watched:
             roundtrip(conn, [(b"UNWATCH",)])

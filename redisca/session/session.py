@@ -7,6 +7,7 @@ redisca 1.x's registry did until ``free()``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -221,13 +222,20 @@ class Session:
             self.forget(state)
 
     def merge(self, obj: T) -> T:
-        """Upsert: copy ``obj``'s values onto the session's instance of the same id."""
+        """Upsert: copy ``obj``'s values onto the session's instance of the same id.
+
+        The instance is loaded first (one round trip unless in the session). When
+        the key does not exist, a transient ``obj`` is added as new; a detached one,
+        or one of another session, is copied and the copy added.
+        """
         if obj in self:
             return obj
         mapper = mapper_of(type(obj))
         ident = mapper.identity(obj)
         target = self.get(type(obj), ident) if ident is not None else None
         if target is None:
+            if inspect_status(obj) != "transient":
+                obj = copy.copy(obj)
             self.add(obj)
             return obj
         for field in mapper.fields:
@@ -357,6 +365,14 @@ class Session:
                 field.attribute.set_raw(state.obj, value)
             else:
                 field.attribute.del_raw(state.obj)
+
+
+def inspect_status(obj: object) -> str:
+    """transient, pending, persistent, deleted or detached (as ``redisca.inspect`` says)."""
+    state = instrument.state_of(obj)
+    if state is not None:
+        return str(state.status)
+    return "detached" if detached_state(obj, mapper_of(type(obj))) is not None else "transient"
 
 
 __all__ = ["CommandResult", "Session"]
