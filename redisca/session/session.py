@@ -53,8 +53,6 @@ class Session:
         self.binds = dict(binds or {})
         self.retries = retries
         self._identity: dict[tuple[Mapper, str], InstanceState] = {}
-        self._new: dict[int, InstanceState] = {}
-        self._deleted: dict[int, InstanceState] = {}
         self._commands: list[tuple[Any, Command, CommandResult]] = []
 
     # -- context management -------------------------------------------------
@@ -118,26 +116,23 @@ class Session:
     def forget(self, state: InstanceState, *, deleted: bool = False) -> None:
         """Stop tracking an instance (it keeps its values; a persistent one is detached)."""
         self._identity.pop((state.mapper, state.id), None)  # type: ignore[arg-type]
-        self._new.pop(id(state.obj), None)
-        self._deleted.pop(id(state.obj), None)
         state.session = None
         instrument.detach(state.obj)
         if state.persistent:
             remember_detached(state, deleted=deleted)
-
-    def mark_clean(self, state: InstanceState) -> None:
-        self._new.pop(id(state.obj), None)
 
     def queued_commands(self) -> list[tuple[Any, Command, CommandResult]]:
         return list(self._commands)
 
     @property
     def new(self) -> IdentitySet:
-        return IdentitySet(s.obj for s in self._new.values())
+        """Instances added and not committed yet."""
+        return IdentitySet(s.obj for s in self._identity.values() if not s.persistent)
 
     @property
     def deleted(self) -> IdentitySet:
-        return IdentitySet(s.obj for s in self._deleted.values())
+        """Instances marked for deletion by the next commit."""
+        return IdentitySet(s.obj for s in self._identity.values() if s.deleted)
 
     @property
     def dirty(self) -> IdentitySet:
@@ -157,9 +152,7 @@ class Session:
         state = instrument.state_of(obj)
         if state is not None:
             if state.session is self:
-                if state.deleted:
-                    state.deleted = False
-                    self._deleted.pop(id(obj), None)
+                state.deleted = False  # adding back what was marked for deletion
                 return
             if state.session is not None:
                 raise InvalidRequestError(f"{obj!r} already belongs to another session")
@@ -182,7 +175,6 @@ class Session:
         state = InstanceState(obj, mapper, ident)
         state.generated_id = generated
         self._track(state)
-        self._new[id(obj)] = state
         for field in mapper.references:  # save cascade
             target = field.attribute.get_raw(obj)
             if target is not MISSING and target is not None and target not in self:
@@ -210,7 +202,6 @@ class Session:
             self.forget(state)
             return
         state.deleted = True
-        self._deleted[id(obj)] = state
 
     def expunge(self, obj: object) -> None:
         """Stop tracking one instance (redisca 1.x's ``free()``)."""
@@ -348,13 +339,12 @@ class Session:
 
     def rollback(self) -> None:
         """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""
-        for state in list(self._new.values()):
-            self.forget(state)
-        for state in list(self._deleted.values()):
-            state.deleted = False
-        self._deleted.clear()
         self._commands.clear()
-        for state in self._identity.values():
+        for state in list(self._identity.values()):
+            if not state.persistent:
+                self.forget(state)
+                continue
+            state.deleted = False
             self._restore(state)
 
     def _restore(self, state: InstanceState) -> None:

@@ -151,7 +151,6 @@ def finalize(session: Session, group: Group, replies: list[Any]) -> None:
             state.version = 1 if state.mapper.versioned else None
         elif state.mapper.versioned:
             state.version = (state.version or 0) + 1
-        session.mark_clean(state)
     tail = replies[len(replies) - len(group.results) :] if group.results else []
     failed = []
     for result, reply in zip(group.results, tail, strict=True):
