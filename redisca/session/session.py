@@ -175,8 +175,12 @@ class Session:
         state = InstanceState(obj, mapper, ident)
         state.generated_id = generated
         self._track(state)
-        for field in mapper.references:  # save cascade
-            target = field.attribute.get_raw(obj)
+        self.cascade(state)
+
+    def cascade(self, state: InstanceState) -> None:
+        """Save cascade: add the entities an instance's references point to."""
+        for field in state.mapper.references:
+            target = field.attribute.get_raw(state.obj)
             if target is not MISSING and target is not None and target not in self:
                 self.add(target)
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..errors import InvalidRequestError, OperationalError
-from ..mapping.instrument import MISSING
 from ..mapping.mapper import MappedField
 from . import executor
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
@@ -38,20 +37,10 @@ class Group:
 
 
 def cascade(session: Session) -> None:
-    """Add the transient targets of references (save cascade), to a fixed point."""
-    seen: set[int] = set()
-    pending = [s for s in session.states() if not s.deleted]
-    while pending:
-        state = pending.pop()
-        if id(state) in seen:
-            continue
-        seen.add(id(state))
-        for field in state.mapper.references:
-            target = field.attribute.get_raw(state.obj)
-            if target is MISSING or target is None or target in session:
-                continue
-            session.add(target)
-            pending.append(session.state(target))
+    """Add the targets of references assigned since their holders were added."""
+    for state in session.states():
+        if not state.deleted:
+            session.cascade(state)
 
 
 def _check_identity(state: InstanceState) -> str:
@@ -68,9 +57,7 @@ def _insert(state: InstanceState) -> EntityChange:
     ident = _check_identity(state)
     encoded = state.mapper.encode_set_fields(state.obj)
     values = {field: encoded.get(field) for field in state.mapper.fields}
-    change = EntityChange(state.mapper, ident, INSERT, values)
-    change.check_exists = not state.generated_id
-    return change
+    return EntityChange(state.mapper, ident, INSERT, values, check_exists=not state.generated_id)
 
 
 def _unique_guesses(state: InstanceState, fields: Any) -> dict[MappedField, bytes | None]:
