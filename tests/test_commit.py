@@ -6,6 +6,7 @@ checked by comparing a dump of the whole keyspace before and after.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import redis
 from helpers import Counted, as_str, assert_indexes_consistent, dump_keyspace
@@ -146,6 +147,38 @@ def test_round_trips_of_a_mixed_commit_do_not_grow_with_it(
         assert r.scard("usr#all") == 2 * n and r.zcount("usr#r:age", 100, 100) == n
         consistent(r)
     assert figures[0] == figures[1] <= 3
+
+
+notes = redisca.Registry()
+
+
+@notes.mapped
+@attrs.define
+class Note:
+    text: str = ""
+    rank: int | None = redisca.Integer(index=True, default=None)
+    id: str | None = None
+
+
+def test_inserts_with_nothing_to_check_are_one_round_trip(
+    r: redis.Redis, counted: Counted
+) -> None:
+    s = Session(counted.client)
+    s.add_all(Note(f"n{i}", rank=i) for i in range(50))
+    s.commit()  # hexid() ids are unique by construction, no unique field: nothing to watch
+    assert counted.round_trips == 1
+    counted.reset()
+    s.add(Note("mine", id="my-own-id"))
+    s.commit()  # an id of your own is checked under WATCH first
+    assert counted.round_trips == 2
+    with pytest.raises(redisca.IntegrityError):
+        s.add(Note("clash", id="my-own-id"))  # in this session already, as another object
+    with pytest.raises(redisca.IntegrityError):
+        fresh = Session(r)
+        fresh.add(Note("clash", id="my-own-id"))
+        fresh.commit()  # in Redis already
+    assert r.scard("note#all") == 51 and r.zcard("note#r:rank") == 50
+    assert_indexes_consistent(r, redisca.inspect(Note))
 
 
 # -- unique values -----------------------------------------------------------------
