@@ -169,3 +169,27 @@ def test_a_connection_dropped_between_commits_is_replaced(
     s.add(mine)
     s.commit()
     assert Session(r).get(User, mine.id) is not None
+
+
+def test_a_plain_update_of_an_entity_deleted_meanwhile_leaves_no_trace(
+    r: redis.Redis, counted: Counted
+) -> None:
+    gone = _committed_user(r, "gone@example.com")
+    kept = _committed_user(r, "kept@example.com")
+    s = Session(counted.client)
+    mine_gone, mine_kept = s.get(User, gone.id), s.get(User, kept.id)
+    assert mine_gone is not None and mine_kept is not None
+    with Session(r) as other:  # another client deletes one of them
+        other.delete(other.get(User, gone.id))
+        other.commit()
+    mine_gone.nickname = "too late"
+    mine_kept.nickname = "fine"
+    counted.reset()
+    s.commit()
+    assert counted.round_trips == 1  # still one round trip: nothing was watched
+    # The delete wins: no hash is recreated with just the updated field ...
+    assert not r.exists(redisca.inspect(mine_gone).key)
+    assert mine_gone not in s and redisca.inspect(mine_gone).status == "detached"
+    # ... and the rest of the commit went through.
+    assert Session(r).get(User, kept.id).nickname == "fine"  # type: ignore[union-attr]
+    assert_indexes_consistent(r, redisca.inspect(User))

@@ -16,7 +16,8 @@ import redisca
 from redisca import Email, Integer, Reference, Registry, Session, String
 from redisca.errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
 from redisca.session import unitofwork
-from redisca.session.emit import NeedOwners, emit
+from redisca.session.emit import GUARDED_WRITE, NeedOwners, emit, vanished
+from redisca.session.executor import Executed
 from redisca.session.plan import (
     DELETE,
     INSERT,
@@ -86,7 +87,7 @@ def offline() -> Session:
 def committed(session: Session) -> None:
     """Pretend the pending plan was committed: finalize without Redis."""
     for group in unitofwork.organize(session):
-        unitofwork.finalize(session, group, [])
+        unitofwork.finalize(session, group, Executed([], []))
 
 
 def plan_of(session: Session) -> CommitPlan:
@@ -182,7 +183,14 @@ def test_update_of_unindexed_field_reads_nothing() -> None:
     plan = plan_of(s)
     reads = collect_reads(plan)
     assert not reads and reads.keys() == []
-    assert emit(plan, Observed()) == [(b"HSET", KEY, b"nickname", b"annie")]
+    # Unwatched, so written only if the entity still exists: a concurrent delete wins.
+    commands = emit(plan, Observed())
+    assert commands == [(b"EVAL", GUARDED_WRITE, 1, KEY, 1, b"nickname", b"annie")]
+    assert vanished(commands, [0]) == {KEY} and vanished(commands, [1]) == set()
+    committed(s)
+    user.nickname = None
+    user.city = "paris"  # unchanged: still nothing indexed in the change
+    assert emit(plan_of(s), Observed()) == [(b"EVAL", GUARDED_WRITE, 1, KEY, 0, b"nickname")]
 
 
 def test_range_update_and_field_to_none() -> None:

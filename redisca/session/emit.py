@@ -9,6 +9,8 @@ a release deletes only a key this entity owns.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
@@ -18,6 +20,17 @@ from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, u
 
 #: Keeps a hash alive when an entity has no field set (Redis drops empty hashes).
 EXISTS_FIELD = b"#e"
+
+#: Writes to an unwatched entity only if it still exists: a plain update racing a
+#: delete must not leave a hash behind with just the updated fields, outside every
+#: index. ARGV: the number of field/value pairs, the pairs, then fields to remove.
+GUARDED_WRITE = b"""\
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[1])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
+if #ARGV > 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
+return 1
+"""
 
 
 class NeedOwners(Exception):
@@ -145,6 +158,10 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     removed = [f.hash_field for f, raw in change.values.items() if raw is None]
     if change.empty_after:
         pairs.append((EXISTS_FIELD, b""))
+    if not change.needs_read:
+        flat = [part for pair in pairs for part in pair]
+        em.out.append((b"EVAL", GUARDED_WRITE, 1, key, len(pairs), *flat, *removed))
+        return  # such an update changes no indexed field
     if pairs:
         em.out.append(_hset(key, pairs))
     if removed:
@@ -192,4 +209,13 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
     return em.out
 
 
-__all__ = ["EXISTS_FIELD", "NeedOwners", "emit"]
+def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
+    """Keys of unwatched updates whose entity was gone at EXEC (their write was skipped)."""
+    return {
+        command[3]
+        for command, reply in zip(commands, replies, strict=False)
+        if command[0] == b"EVAL" and command[1] is GUARDED_WRITE and reply == 0
+    }
+
+
+__all__ = ["EXISTS_FIELD", "GUARDED_WRITE", "NeedOwners", "emit", "vanished"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.exceptions import ResponseError
@@ -124,7 +124,14 @@ def _checked(reply: Any, key: bytes) -> Any:
     return reply
 
 
-def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> list[Any] | None:
+class Executed(NamedTuple):
+    """What a commit sent inside MULTI/EXEC, and what each command answered."""
+
+    commands: list[Command]
+    replies: list[Any]
+
+
+def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> Executed | None:
     observed = Observed()
     watched = bool(reads.keys())
     try:
@@ -141,20 +148,22 @@ def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> list[Any] | None:
         if watched:
             roundtrip(conn, [(b"UNWATCH",)])
         raise
-    return transaction(conn, commands)
+    replies = transaction(conn, commands)
+    return None if replies is None else Executed(commands, replies)
 
 
 def execute_commit(
     client: redis.Redis, plan: CommitPlan, retries: int = DEFAULT_RETRIES
-) -> list[Any]:
+) -> Executed:
     """Run one plan on one server: WATCH, read, check, MULTI/EXEC, retry on conflict."""
     reads = collect_reads(plan)
     with connection(client) as conn:
         for _ in range(retries + 1):
-            replies = _attempt(conn, plan, reads)
-            if replies is not None:
+            executed = _attempt(conn, plan, reads)
+            if executed is not None:
+                replies = executed.replies
                 _check_own_replies(replies, len(replies) - len(plan.commands))
-                return replies
+                return executed
     raise ConflictError(f"watched keys kept changing; gave up after {retries + 1} attempts")
 
 
@@ -207,6 +216,7 @@ def hash_reply(reply: Any) -> dict[bytes, bytes]:
 
 __all__ = [
     "DEFAULT_RETRIES",
+    "Executed",
     "connection",
     "execute_commit",
     "hash_reply",

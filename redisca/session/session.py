@@ -337,9 +337,9 @@ class Session:
             plan = group.plan()
             if not plan:
                 continue
-            replies = executor.execute_commit(group.client, plan, self.retries)
+            executed = executor.execute_commit(group.client, plan, self.retries)
             self._commands = [c for c in self._commands if c[2] not in group.results]
-            unitofwork.finalize(self, group, replies)
+            unitofwork.finalize(self, group, executed)
 
     def rollback(self) -> None:
         """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""

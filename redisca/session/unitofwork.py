@@ -15,6 +15,7 @@ import attrs
 from ..errors import InvalidRequestError, OperationalError
 from ..mapping.mapper import MappedField
 from . import executor
+from .emit import vanished
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
 from .state import InstanceState
 
@@ -124,10 +125,15 @@ def organize(session: Session) -> list[Group]:
     return list(groups.values())
 
 
-def finalize(session: Session, group: Group, replies: list[Any]) -> None:
-    """After EXEC: snapshots become what Redis now holds."""
+def finalize(session: Session, group: Group, executed: executor.Executed) -> None:
+    """After EXEC: snapshots become what Redis now holds.
+
+    An unwatched update whose entity another client had deleted wrote nothing
+    (the delete wins); that instance leaves the session, detached.
+    """
+    gone = vanished(executed.commands, executed.replies)
     for change, state in zip(group.changes, group.states, strict=True):
-        if change.op == DELETE:
+        if change.op == DELETE or change.key in gone:
             session.forget(state, deleted=True)
             state.deleted = False
             continue
@@ -138,6 +144,7 @@ def finalize(session: Session, group: Group, replies: list[Any]) -> None:
             state.version = 1 if state.mapper.versioned else None
         elif state.mapper.versioned:
             state.version = (state.version or 0) + 1
+    replies = executed.replies
     tail = replies[len(replies) - len(group.results) :] if group.results else []
     failed = []
     for result, reply in zip(group.results, tail, strict=True):
