@@ -300,3 +300,11 @@ def test_prop_datetime(value):
     back = codec.decode(raw)
     assert back == coerced and back.tzinfo is UTC
     assert codec.score(raw) == coerced.timestamp()
+
+
+def test_optional_types_find_their_inner_codec_by_predicate() -> None:
+    import typing
+
+    assert isinstance(codec_for(int | None), codecs.IntCodec)
+    assert isinstance(codec_for(typing.Optional[Color]), codecs.EnumCodec)  # noqa: UP045
+    assert codec_for(int | str) is None and codec_for(list[int]) is None

@@ -7,8 +7,8 @@ stored bytes alone, because a commit computes index removals from what Redis
 holds *now*, not from Python objects.
 
 Codecs are looked up by type (:func:`codec_for`): an exact match first, then
-predicate factories (``Enum`` subclasses). ``X | None`` is unwrapped by
-:func:`unwrap_optional` before the lookup.
+predicate factories: ``Enum`` subclasses, and ``X | None``, which stores as
+``X`` (``None`` is no value: the field is absent from the hash).
 """
 
 from __future__ import annotations
@@ -278,8 +278,18 @@ _EXACT: dict[Any, Callable[[], Codec]] = {
     bytes: BytesCodec,
 }
 
-_PREDICATES: list[tuple[Callable[[Any], bool], Callable[[Any], Codec]]] = [
+def _is_optional(tp: Any) -> bool:
+    return unwrap_optional(tp)[1]
+
+
+def _optional_codec(tp: Any) -> Codec | None:
+    # None is "no value" (the field is absent from the hash), so X | None stores as X.
+    return codec_for(unwrap_optional(tp)[0])
+
+
+_PREDICATES: list[tuple[Callable[[Any], bool], Callable[[Any], Codec | None]]] = [
     (lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), EnumCodec),
+    (_is_optional, _optional_codec),
 ]
 
 

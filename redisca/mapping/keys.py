@@ -20,6 +20,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 #: Hash fields redisca keeps for itself start with ``#``: user fields cannot.
 VERSION_FIELD = b"#v"
+#: Keeps a hash alive when an entity has no field set (Redis drops empty hashes).
+EXISTS_FIELD = b"#e"
 
 
 def check_name(kind: str, name: str, owner: str) -> str:
@@ -71,4 +73,4 @@ class KeyLayout:
         return len(self._entity)
 
 
-__all__ = ["NAME_RE", "VERSION_FIELD", "KeyLayout", "check_name"]
+__all__ = ["EXISTS_FIELD", "NAME_RE", "VERSION_FIELD", "KeyLayout", "check_name"]

@@ -14,12 +14,9 @@ from typing import Any
 import attrs
 
 from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
-from ..mapping.keys import VERSION_FIELD
+from ..mapping.keys import EXISTS_FIELD, VERSION_FIELD
 from ..mapping.mapper import MappedField
 from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, unique_key
-
-#: Keeps a hash alive when an entity has no field set (Redis drops empty hashes).
-EXISTS_FIELD = b"#e"
 
 #: Writes to an unwatched entity only if it still exists: a plain update racing a
 #: delete must not leave a hash behind with just the updated fields, outside every
@@ -218,4 +215,4 @@ def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
     }
 
 
-__all__ = ["EXISTS_FIELD", "GUARDED_WRITE", "NeedOwners", "emit", "vanished"]
+__all__ = ["GUARDED_WRITE", "NeedOwners", "emit", "vanished"]
