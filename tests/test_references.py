@@ -199,3 +199,11 @@ def test_reference_to_a_deleted_target(r: redis.Redis) -> None:
     assert users[0].company.name == "co0"  # type: ignore[union-attr]
     with pytest.raises(NotFound):
         users[1].company.name  # type: ignore[union-attr]  # noqa: B018
+
+
+def test_preload_names_only_references(r: redis.Redis) -> None:
+    s = Session(r)
+    user = User(name="p")
+    s.add(user)
+    with pytest.raises(redisca.InvalidRequestError, match="name"):
+        s.preload([user], User.name)

@@ -70,31 +70,29 @@ def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
     return executor.hash_reply(reply)
 
 
-def fetch(session: Session, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
-    """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
-    keys = [mapper.key(ident) for ident in ids]
-    replies = executor.run(session.bind_for(mapper), [(b"HGETALL", key) for key in keys])
+def _fetch_keys(client: Any, keys: list[bytes]) -> list[dict[bytes, bytes]]:
+    """HGETALL of every key in one round trip (empty dicts for missing keys)."""
+    replies = executor.run(client, [(b"HGETALL", key) for key in keys])
     return [_hash(reply, key) for reply, key in zip(replies, keys, strict=True)]
 
 
-def load_states(session: Session, states: Iterable[InstanceState]) -> list[bool]:
-    """Load unloaded states, one round trip per server; False where the key is missing."""
-    states = list(states)
-    by_client: dict[Any, list[int]] = defaultdict(list)
-    for n, state in enumerate(states):
-        by_client[id(session.bind_for(state.mapper))].append(n)
-    found = [False] * len(states)
-    for positions in by_client.values():
-        group = [states[n] for n in positions]
-        client = session.bind_for(group[0].mapper)
+def fetch(session: Session, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
+    """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
+    return _fetch_keys(session.bind_for(mapper), [mapper.key(ident) for ident in ids])
+
+
+def load_states(session: Session, states: Iterable[InstanceState]) -> None:
+    """Load unloaded states, one round trip per server; missing keys stay unloaded."""
+    by_client: dict[int, list[InstanceState]] = defaultdict(list)
+    for state in states:
+        by_client[id(session.bind_for(state.mapper))].append(state)
+    for group in by_client.values():
         keys = [s.mapper.key(s.id) for s in group]  # type: ignore[arg-type]
-        replies = executor.run(client, [(b"HGETALL", key) for key in keys])
-        for n, state, reply, key in zip(positions, group, replies, keys, strict=True):
-            raw = _hash(reply, key)
+        for state, raw in zip(
+            group, _fetch_keys(session.bind_for(group[0].mapper), keys), strict=True
+        ):
             if raw:
                 hydrate(session, state, raw, overwrite=False)
-                found[n] = True
-    return found
 
 
 def require(found: bool, state: InstanceState) -> None:

@@ -304,8 +304,11 @@ class Session:
         targets: dict[int, InstanceState] = {}
         for obj in objs:
             mapper = self.state(obj).mapper
-            for name in names or [f.name for f in mapper.fields if f.is_reference]:
-                target = mapper.by_name[name].attribute.get_raw(obj)
+            for name in names or [f.name for f in mapper.references]:
+                field = mapper.by_name.get(name)
+                if field is None or not field.is_reference:
+                    raise InvalidRequestError(f"{mapper.class_.__name__}.{name} is no reference")
+                target = field.attribute.get_raw(obj)
                 if target is MISSING or target is None:
                     continue
                 state = instrument.state_of(target)
