@@ -278,6 +278,7 @@ _EXACT: dict[Any, Callable[[], Codec]] = {
     bytes: BytesCodec,
 }
 
+
 def _is_optional(tp: Any) -> bool:
     return unwrap_optional(tp)[1]
 
