@@ -277,6 +277,24 @@ def test_reference_by_name_allows_self_reference_and_cycles():
         child.peer = root
 
 
+def test_an_annotation_of_the_class_itself_is_a_self_reference():
+    reg = Registry()
+
+    @reg.mapped
+    @attrs.define
+    class Folder:
+        name: str = ""
+        parent: "Folder | None" = None  # the class names itself (quoted: not defined yet)
+        id: str | None = None
+
+    parent = redisca.inspect(Folder).by_name["parent"]
+    assert parent.is_reference and parent.target_mapper() is redisca.inspect(Folder)
+    root = Folder("root", id="r")
+    assert Folder("docs", parent=root).parent is root
+    with pytest.raises(ValidationError, match=r"Folder\.parent"):
+        Folder("x", parent="r")  # type: ignore[arg-type]
+
+
 FUTURE_SOURCE = '''
 from __future__ import annotations
 

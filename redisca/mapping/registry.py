@@ -162,8 +162,8 @@ class Registry:
         codec = codec_for(inner)
         if codec is not None:
             return FieldSpec(codec)
-        if isinstance(inner, type) and inner in self._mappers:
-            return FieldSpec(reference=inner)
+        if isinstance(inner, type) and (inner in self._mappers or inner is cls):
+            return FieldSpec(reference=inner)  # another mapped class, or this one
         raise MappingError(
             f"{cls.__name__}.{name}: cannot map annotation {annotation!r}; "
             "use a field helper or register a codec"
