@@ -21,6 +21,7 @@ class MappedField:
     """One mapped attribute (the identity attribute is not one)."""
 
     __slots__ = (
+        "_target_mapper",
         "attribute",
         "checks",
         "codec",
@@ -57,6 +58,7 @@ class MappedField:
         kind = "eq" if codec is None else codec.index_kind
         #: "eq", "range" or None; unique fields of equality type need no set of their own.
         self.index: str | None = (None if unique and kind == "eq" else kind) if index else None
+        self._target_mapper: Mapper | None = None
         self.attribute: FieldAttribute = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
@@ -71,7 +73,10 @@ class MappedField:
         return self.codec is None
 
     def target_mapper(self) -> Mapper:
-        return self.mapper.registry.resolve(self.target)  # type: ignore[arg-type]
+        """The referenced class's mapper, resolved on first use (it may be mapped later)."""
+        if self._target_mapper is None:
+            self._target_mapper = self.mapper.registry.resolve(self.target)  # type: ignore[arg-type]
+        return self._target_mapper
 
     def coerce(self, value: Any) -> Any:
         """Check a value assigned in Python; raise ``ValidationError`` naming the field."""

@@ -12,6 +12,7 @@ unique-key owners when the session's guess was stale, then
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,9 +31,11 @@ DEFAULT_RETRIES = 5
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-def _pool_wants_name(pool: Any) -> bool:
-    # redis-py before 5.3 requires a command name; later versions deprecate it.
-    param = inspect.signature(pool.get_connection).parameters.get("command_name")
+@functools.cache
+def _pool_wants_name(pool_type: type[Any]) -> bool:
+    # redis-py before 5.3 requires a command name; later versions deprecate it. Asked
+    # once per pool class: inspect.signature is too slow for every checkout.
+    param = inspect.signature(pool_type.get_connection).parameters.get("command_name")
     return param is not None and param.default is inspect.Parameter.empty
 
 
@@ -48,7 +51,9 @@ def connection(client: redis.Redis) -> Iterator[Any]:
     conn = getattr(client, "connection", None)  # a single_connection_client's
     if conn is None:
         pool = client.connection_pool
-        conn = pool.get_connection("MULTI") if _pool_wants_name(pool) else pool.get_connection()
+        conn = (
+            pool.get_connection("MULTI") if _pool_wants_name(type(pool)) else pool.get_connection()
+        )
     try:
         yield conn
     except RediscaError as exc:
