@@ -25,7 +25,13 @@ from . import executor, loading, unitofwork
 from .collections import IdentitySet
 from .plan import Command
 from .query import Query
-from .state import InstanceState, detached_state, forget_detached, remember_detached
+from .state import (
+    InstanceState,
+    detached_state,
+    forget_detached,
+    remember_detached,
+    state_for,
+)
 
 T = TypeVar("T")
 
@@ -229,7 +235,7 @@ class Session:
         ident = mapper.identity(obj)
         target = self.get(type(obj), ident) if ident is not None else None
         if target is None:
-            if inspect_status(obj) != "transient":
+            if state_for(obj).status != "transient":
                 obj = copy.copy(obj)
             self.add(obj)
             return obj
@@ -362,14 +368,6 @@ class Session:
                 field.attribute.set_raw(state.obj, value)
             else:
                 field.attribute.del_raw(state.obj)
-
-
-def inspect_status(obj: object) -> str:
-    """transient, pending, persistent, deleted or detached (as ``redisca.inspect`` says)."""
-    state = instrument.state_of(obj)
-    if state is not None:
-        return str(state.status)
-    return "detached" if detached_state(obj, mapper_of(type(obj))) is not None else "transient"
 
 
 __all__ = ["CommandResult", "Session"]

@@ -11,7 +11,8 @@ import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import DetachedInstanceError
-from ..mapping.mapper import MappedField, Mapper
+from ..mapping import instrument
+from ..mapping.mapper import MappedField, Mapper, mapper_of
 
 if TYPE_CHECKING:
     from .session import Session
@@ -153,8 +154,26 @@ def detached_state(obj: Any, mapper: Mapper) -> tuple[InstanceState, bool] | Non
     return state, record.deleted
 
 
+def state_for(obj: Any) -> InstanceState:
+    """The state a session tracks for ``obj``, else a detached or transient view of it."""
+    state = instrument.state_of(obj)
+    if state is not None:
+        return state  # type: ignore[no-any-return]
+    mapper = mapper_of(type(obj))
+    detached = detached_state(obj, mapper)
+    if detached is not None:
+        return detached[0]
+    return InstanceState(obj, mapper, mapper.identity(obj))
+
+
 def forget_detached(obj: Any) -> None:
     _detached.pop(id(obj), None)
 
 
-__all__ = ["InstanceState", "detached_state", "forget_detached", "remember_detached"]
+__all__ = [
+    "InstanceState",
+    "detached_state",
+    "forget_detached",
+    "remember_detached",
+    "state_for",
+]
