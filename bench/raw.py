@@ -1,0 +1,246 @@
+"""The baseline: hand-written redis-py code that writes the same data as redisca.
+
+Same keys, same hash fields, same values, same index entries, and the same
+guarantees where redisca's semantics need them: ``WATCH`` on the unique keys
+an insert claims, ``WATCH`` plus ``EXISTS``/``HMGET`` of the entities an indexed
+update or a delete touches (their old index entries come from what Redis holds
+under ``WATCH``), and a script that writes a plain update only if the entity
+still exists (so a concurrent delete cannot leave a partial hash behind).
+Every batch goes out in one write on a pooled connection: the fewest round
+trips redis-py allows (its ``Pipeline`` would send each read after ``WATCH``
+on its own). Loaded hashes become dicts of Python values (str, int, aware
+datetime, the company's id), the least an application needs.
+
+Keys are spelled here by hand, as a hand-written application would;
+:func:`check_layout` checks they are redisca's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from redisca import hexid
+from redisca.mapping.keys import KeyLayout
+
+from .model import DataSet, company_ids
+
+ENTITY = b"usr:"
+ALL = b"usr#all"
+AGE = b"usr#r:age"
+COMPANY = b"usr#i:company:"
+EMAIL = b"usr#u:eml:"
+
+#: A plain update writes only if the entity still exists.
+UPDATE_IF_EXISTS = b"""\
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def check_layout() -> None:
+    layout = KeyLayout("usr")
+    assert layout.entity("x") == ENTITY + b"x"
+    assert layout.all_ids == ALL
+    assert layout.range_index(b"age") == AGE
+    assert layout.eq_index(b"company", b"x") == COMPANY + b"x"
+    assert layout.unique(b"eml", b"x") == EMAIL + b"x"
+
+
+@contextmanager
+def connection(client: redis.Redis) -> Iterator[Any]:
+    pool = client.connection_pool
+    try:
+        conn = pool.get_connection()
+    except TypeError:  # redis-py < 5.3 wants a command name
+        conn = pool.get_connection("MULTI")  # type: ignore[call-arg]
+    try:
+        yield conn
+    finally:
+        pool.release(conn)
+
+
+def roundtrip(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    conn.send_packed_command(conn.pack_commands(commands))
+    return [conn.read_response() for _ in commands]
+
+
+def run(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    with connection(client) as conn:
+        return roundtrip(conn, commands)
+
+
+def transaction(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    replies = roundtrip(conn, [(b"MULTI",), *commands, (b"EXEC",)])
+    if replies[-1] is None:
+        raise RuntimeError("a watched key changed: the benchmark runs alone, this is a bug")
+    return list(replies[-1])
+
+
+def as_dict(reply: Any) -> dict[bytes, bytes]:
+    """HGETALL's reply: a dict in RESP3, a flat list in RESP2."""
+    if isinstance(reply, dict):
+        return reply
+    items = iter(reply)
+    return dict(zip(items, items, strict=True))
+
+
+def decode(ident: str, h: dict[bytes, bytes]) -> dict[str, Any]:
+    age = h.get(b"age")
+    company = h.get(b"company")
+    return {
+        "id": ident,
+        "email": h[b"eml"].decode(),
+        "age": None if age is None else int(age),
+        "name": h[b"name"].decode(),
+        "created": datetime.fromtimestamp(int(h[b"created"]), UTC),
+        "company": None if company is None else company.decode(),
+    }
+
+
+class RawSide:
+    name = "baseline"
+
+    def __init__(self, client: redis.Redis, data: DataSet) -> None:
+        self.client = client
+        self.data = data
+        self.ids: list[str] = []
+        self.records: list[dict[str, Any]] = []
+        self.sha = b""
+
+    def setup(self) -> None:
+        """The companies (as redisca stores them) and the update script (not timed)."""
+        commands: list[tuple[Any, ...]] = []
+        for i in company_ids():
+            name = f"company {i}".encode()
+            commands += [
+                (b"HSET", b"co:" + i.encode(), b"name", name),
+                (b"SADD", b"co#all", i),
+                (b"SET", b"co#u:name:" + name, i),
+            ]
+        commands.append((b"SCRIPT", b"LOAD", UPDATE_IF_EXISTS))
+        self.sha = run(self.client, commands)[-1]
+
+    def insert(self, ids: list[str] | None = None) -> int:
+        rows = self.data.rows
+        self.ids = ids or [hexid() for _ in rows]
+        uniques = [EMAIL + r.email.lower().encode() for r in rows]
+        with connection(self.client) as conn:
+            owners = roundtrip(conn, [(b"WATCH", *uniques), *[(b"GET", k) for k in uniques]])
+            if any(o is not None for o in owners[1:]):
+                raise RuntimeError("an email is taken")
+            writes: list[tuple[Any, ...]] = []
+            for ident, row, unique in zip(self.ids, rows, uniques, strict=True):
+                age = b"%d" % row.age
+                writes += [
+                    (
+                        b"HSET",
+                        ENTITY + ident.encode(),
+                        b"eml",
+                        row.email.encode(),
+                        b"age",
+                        age,
+                        b"name",
+                        row.name.encode(),
+                        b"created",
+                        b"%d" % int(row.created.timestamp()),
+                        b"company",
+                        row.company.encode(),
+                    ),
+                    (b"SADD", ALL, ident),
+                    (b"ZADD", AGE, age, ident),
+                    (b"SADD", COMPANY + row.company.encode(), ident),
+                    (b"SET", unique, ident),
+                ]
+            transaction(conn, writes)
+        return len(rows)
+
+    def get(self) -> int:
+        keys = [ENTITY + i.encode() for i in self.ids]
+        replies = run(self.client, [(b"HGETALL", k) for k in keys])
+        self.records = [decode(i, as_dict(h)) for i, h in zip(self.ids, replies, strict=True)]
+        return len(self.records)
+
+    def find(self) -> int:
+        for email in self.data.lookups:
+            (owner,) = run(self.client, [(b"GET", EMAIL + email.lower().encode())])
+            ident = owner.decode()
+            (h,) = run(self.client, [(b"HGETALL", ENTITY + owner)])
+            decode(ident, as_dict(h))
+        return len(self.data.lookups)
+
+    def range(self) -> int:
+        for low, high in self.data.windows:
+            (ids,) = run(self.client, [(b"ZRANGE", AGE, low, high, b"BYSCORE", b"LIMIT", 5, 10)])
+            replies = run(self.client, [(b"HGETALL", ENTITY + i) for i in ids])
+            [decode(i.decode(), as_dict(h)) for i, h in zip(ids, replies, strict=True)]
+        return len(self.data.windows)
+
+    def update_plain(self) -> int:
+        sha = self.sha
+        writes: list[tuple[Any, ...]] = []
+        for record, name in zip(self.records, self.data.new_names, strict=True):
+            record["name"] = name
+            key = ENTITY + record["id"].encode()
+            writes.append((b"EVALSHA", sha, 1, key, b"name", name.encode()))
+        with connection(self.client) as conn:
+            transaction(conn, writes)
+        return len(self.records)
+
+    def update_indexed(self) -> int:
+        keys = []
+        for record, age in zip(self.records, self.data.new_ages, strict=True):
+            record["age"] = age
+            keys.append(ENTITY + record["id"].encode())
+        with connection(self.client) as conn:
+            reads = [(b"EXISTS", k) for k in keys] + [(b"HMGET", k, b"age") for k in keys]
+            replies = roundtrip(conn, [(b"WATCH", *keys), *reads])
+            n = len(keys)
+            exists, old = replies[1 : n + 1], replies[n + 1 :]
+            writes: list[tuple[Any, ...]] = []
+            for record, key, found, (was,) in zip(self.records, keys, exists, old, strict=True):
+                if not found:
+                    raise RuntimeError(f"{key!r} vanished")
+                new = b"%d" % record["age"]
+                writes.append((b"HSET", key, b"age", new))
+                if was != new:
+                    writes.append((b"ZADD", AGE, new, record["id"]))
+            transaction(conn, writes)
+        return len(keys)
+
+    def delete(self) -> int:
+        keys = [ENTITY + r["id"].encode() for r in self.records]
+        uniques = [EMAIL + r["email"].lower().encode() for r in self.records]
+        with connection(self.client) as conn:
+            reads = [(b"EXISTS", k) for k in keys]
+            reads += [(b"HMGET", k, b"eml", b"age", b"company") for k in keys]
+            reads += [(b"GET", u) for u in uniques]
+            replies = roundtrip(conn, [(b"WATCH", *keys), *reads])
+            n = len(keys)
+            exists, old, owners = (
+                replies[1 : n + 1],
+                replies[n + 1 : 2 * n + 1],
+                replies[2 * n + 1 :],
+            )
+            writes: list[tuple[Any, ...]] = []
+            for record, key, unique, found, (eml, age, company), owner in zip(
+                self.records, keys, uniques, exists, old, owners, strict=True
+            ):
+                if not found:
+                    continue
+                ident = record["id"]
+                writes += [(b"DEL", key), (b"SREM", ALL, ident)]
+                if eml is not None and owner is not None and owner.decode() == ident:
+                    writes.append((b"DEL", unique))
+                if age is not None:
+                    writes.append((b"ZREM", AGE, ident))
+                if company is not None:
+                    writes.append((b"SREM", COMPANY + company, ident))
+            transaction(conn, writes)
+        self.records = []
+        return len(keys)

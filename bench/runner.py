@@ -1,0 +1,177 @@
+"""Runs the phases: both sides alternating on one server, then a memory pass."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .counting import Counter, counting_client
+from .model import DataSet, dataset
+from .orm import OrmSide
+from .raw import RawSide
+
+PHASES = ("insert", "get", "find", "range", "update_plain", "update_indexed", "delete")
+#: What one operation is, per phase.
+UNITS = {
+    "insert": "user",
+    "get": "user",
+    "find": "lookup",
+    "range": "query",
+    "update_plain": "user",
+    "update_indexed": "user",
+    "delete": "user",
+}
+SIDES: dict[str, Callable[[redis.Redis, DataSet], Any]] = {"redisca": OrmSide, "baseline": RawSide}
+
+
+def _needed(phases: tuple[str, ...]) -> tuple[str, ...]:
+    """The phases to run: the chosen ones and what they build on (insert, get)."""
+    needed = set(phases) | {"insert"}
+    if needed & {"update_plain", "update_indexed", "delete"}:
+        needed.add("get")
+    return tuple(p for p in PHASES if p in needed)
+
+
+def _used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def _sequence(
+    side: Any, client: redis.Redis, counter: Counter, phases: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """One side's phases in order, on an empty server; seconds and counts per phase."""
+    client.flushall()
+    side.setup()
+    out: dict[str, dict[str, float]] = {}
+    for phase in _needed(phases):
+        gc.collect()
+        before = _used_memory(client) if phase == "insert" else 0
+        counter.reset()
+        start = time.perf_counter()
+        ops = getattr(side, phase)()
+        seconds = time.perf_counter() - start
+        result = {
+            "ops": ops,
+            "seconds": seconds,
+            "round_trips": counter.round_trips,
+            "commands": counter.commands,
+        }
+        if phase == "insert":
+            result["redis_bytes_per_entity"] = (_used_memory(client) - before) / ops
+        out[phase] = result
+    client.flushall()
+    return out
+
+
+def timed(url: str, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, Any]:
+    """Both sides ``rounds`` times, alternating which goes first; the median time wins."""
+    client, counter = counting_client(url)
+    data = dataset(n)
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in SIDES}
+    try:
+        for round_ in range(rounds):
+            order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
+            for name in order:
+                side = SIDES[name](client, data)
+                runs[name].append(_sequence(side, client, counter, phases))
+                del side
+    finally:
+        client.close()
+    result: dict[str, Any] = {}
+    for name, seqs in runs.items():
+        per_phase: dict[str, Any] = {}
+        for phase in phases:
+            samples = [s[phase] for s in seqs]
+            seconds = statistics.median(s["seconds"] for s in samples)
+            last = samples[-1]
+            per_phase[phase] = {
+                "ops": last["ops"],
+                "seconds": seconds,
+                "ops_per_s": last["ops"] / seconds,
+                "round_trips": last["round_trips"],
+                "commands_per_op": last["commands"] / last["ops"],
+                "samples": [s["seconds"] for s in samples],
+            }
+            if "redis_bytes_per_entity" in last:
+                per_phase[phase]["redis_bytes_per_entity"] = last["redis_bytes_per_entity"]
+        result[name] = per_phase
+    return result
+
+
+def memory(url: str, n: int, phases: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Peak Python memory per phase (tracemalloc slows everything down: its own pass)."""
+    client, _ = counting_client(url)
+    data = dataset(n)
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for name, make in SIDES.items():
+            side = make(client, data)
+            client.flushall()
+            side.setup()
+            peaks: dict[str, float] = {}
+            tracemalloc.start()
+            try:
+                for phase in _needed(phases):
+                    gc.collect()
+                    tracemalloc.reset_peak()
+                    current = tracemalloc.get_traced_memory()[0]
+                    getattr(side, phase)()
+                    peaks[phase] = tracemalloc.get_traced_memory()[1] - current
+            finally:
+                tracemalloc.stop()
+            out[name] = peaks
+            del side
+            client.flushall()
+    finally:
+        client.close()
+    return out
+
+
+def verify(url: str, n: int = 200) -> None:
+    """Both sides leave the same keyspace after each write phase (redisca's ids are given
+    to the baseline): the comparison is like for like."""
+    client, _ = counting_client(url)
+    data = dataset(n)
+    steps = ("insert", "get", "update_plain", "update_indexed", "delete")
+    try:
+        for upto in ("insert", "update_plain", "update_indexed", "delete"):
+            orm, raw = OrmSide(client, data), RawSide(client, data)
+            dumps = []
+            for side in (orm, raw):
+                client.flushall()
+                side.setup()
+                for step in steps[: steps.index(upto) + 1]:
+                    if side is raw and step == "insert":
+                        raw.insert(ids=orm.ids)
+                    else:
+                        getattr(side, step)()
+                dumps.append(_dump(client))
+            if dumps[0] != dumps[1]:
+                diff = sorted(dumps[0] ^ dumps[1], key=repr)[:6]
+                raise AssertionError(f"redisca and the baseline differ after {upto}: {diff}")
+    finally:
+        client.flushall()
+        client.close()
+
+
+def _dump(client: redis.Redis) -> frozenset[tuple[bytes, Any]]:
+    out = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "hash":
+            value: Any = frozenset(client.hgetall(key).items())
+        elif kind == "set":
+            value = frozenset(client.smembers(key))
+        elif kind == "zset":
+            value = frozenset(client.zrange(key, 0, -1, withscores=True))
+        else:
+            value = client.get(key)
+        out.append((key, value))
+    return frozenset(out)
