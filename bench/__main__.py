@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile redisca in one phase with pyinstrument, at the first --n",
     )
     args = parser.parse_args(argv)
+    if args.profile and args.parser == "both":
+        args.parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python"
     if args.quick:
         args.n, args.rounds, args.no_memory = [1_000], 1, True
         if args.parser == "both":
