@@ -6,6 +6,8 @@ Map attrs classes with a :class:`Registry`, work with them through a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import conf
 from .errors import (
     ConflictError,
@@ -48,7 +50,20 @@ from .mapping import (
 )
 from .session import CommandResult, InstanceState, Query, Session
 
+if TYPE_CHECKING:
+    from .flask import FlaskRedisca as FlaskRedisca
+
 __version__ = "2.0.0.dev0"
+
+
+def __getattr__(name: str) -> Any:
+    """``redisca.FlaskRedisca`` (redisca 1.x's import) imports Flask on first use only,
+    so ``import redisca`` works without Flask installed."""
+    if name == "FlaskRedisca":
+        from .flask import FlaskRedisca
+
+        return FlaskRedisca
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
