@@ -53,12 +53,14 @@ def _sequence(
         gc.collect()
         before = _used_memory(client) if phase == "insert" else 0
         counter.reset()
+        cpu = time.process_time()
         start = time.perf_counter()
         ops = getattr(side, phase)()
         seconds = time.perf_counter() - start
         result = {
             "ops": ops,
             "seconds": seconds,
+            "cpu_seconds": time.process_time() - cpu,
             "round_trips": counter.round_trips,
             "commands": counter.commands,
         }
@@ -89,11 +91,15 @@ def timed(url: str, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, A
         for phase in phases:
             samples = [s[phase] for s in seqs]
             seconds = statistics.median(s["seconds"] for s in samples)
+            cpu = statistics.median(s["cpu_seconds"] for s in samples)
             last = samples[-1]
             per_phase[phase] = {
                 "ops": last["ops"],
                 "seconds": seconds,
                 "ops_per_s": last["ops"] / seconds,
+                # This process's CPU time: what the client costs, whatever else the
+                # machine (or the server) is doing.
+                "cpu_us_per_op": 1e6 * cpu / last["ops"],
                 "round_trips": last["round_trips"],
                 "commands_per_op": last["commands"] / last["ops"],
                 "samples": [s["seconds"] for s in samples],

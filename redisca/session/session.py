@@ -55,8 +55,12 @@ class Session:
         binds: dict[type, redis.Redis] | None = None,
         retries: int = executor.DEFAULT_RETRIES,
     ) -> None:
+        #: The default client; ``None`` until first needed, then
+        #: :func:`redisca.conf.default_client`.
         self.bind = bind
+        #: Clients per class (subclasses included), chosen before :attr:`bind`.
         self.binds = dict(binds or {})
+        #: How often a commit whose watched keys changed is re-read and retried.
         self.retries = retries
         self._identity: dict[tuple[Mapper, str], InstanceState] = {}
         self._commands: list[tuple[Any, Command, CommandResult]] = []
@@ -80,6 +84,7 @@ class Session:
         self.commit()
 
     def close(self) -> None:
+        """Expunge every instance and drop queued commands; nothing is written."""
         self.expunge_all()
         self._commands.clear()
 
@@ -99,12 +104,14 @@ class Session:
     # -- tracking ------------------------------------------------------------
 
     def state(self, obj: object) -> InstanceState:
+        """The tracking state of one of this session's instances (else ``InvalidRequestError``)."""
         state = instrument.state_of(obj)
         if state is None or state.session is not self:
             raise InvalidRequestError(f"{obj!r} is not in this session")
         return state  # type: ignore[no-any-return]
 
     def states(self) -> list[InstanceState]:
+        """The states of every tracked instance, as a list the caller may keep."""
         return list(self._identity.values())
 
     def __contains__(self, obj: object) -> bool:
@@ -128,6 +135,7 @@ class Session:
             remember_detached(state, deleted=deleted)
 
     def queued_commands(self) -> list[tuple[Any, Command, CommandResult]]:
+        """``(client, command, result)`` of each :meth:`add_command` not committed yet."""
         return list(self._commands)
 
     @property
@@ -148,6 +156,7 @@ class Session:
         )
 
     def is_modified(self, obj: object) -> bool:
+        """Whether a commit now would write something for ``obj``: new, deleted or changed."""
         state = self.state(obj)
         return not state.persistent or state.deleted or bool(state.changes())
 
@@ -202,6 +211,7 @@ class Session:
         self._track(state)
 
     def add_all(self, objs: Iterable[object]) -> None:
+        """:meth:`add` each object."""
         for obj in objs:
             self.add(obj)
 
@@ -324,6 +334,7 @@ class Session:
             loading.load_states(self, targets.values())
 
     def query(self, cls: type[T]) -> Query[T]:
+        """A :class:`~redisca.Query` over the indexed fields of ``cls``."""
         return Query(self, mapper_of(cls))
 
     # -- committing ----------------------------------------------------------
