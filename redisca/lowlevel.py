@@ -27,6 +27,7 @@ class Key:
 
     @property
     def db(self) -> Redis:
+        """The client given, else :func:`redisca.conf.default_client` at first use."""
         if self._db is None:
             self._db = default_client()
         return self._db
@@ -36,6 +37,7 @@ class Key:
         self._db = client
 
     def exists(self) -> bool:
+        """Whether the key exists in Redis now (one round trip, never cached)."""
         return bool(self.db.exists(self.name))
 
     def delete(self) -> bool:
@@ -90,6 +92,7 @@ class Hash(Key, MutableMapping[str, Any]):
 
     @property
     def loaded(self) -> bool:
+        """Whether the hash has been read (reads before that load it first)."""
         return self._loaded
 
     def load(self) -> None:
@@ -135,6 +138,7 @@ class Hash(Key, MutableMapping[str, Any]):
 
     @property
     def modified(self) -> bool:
+        """Whether :meth:`save` has anything to write."""
         changed, removed = self._pending()
         return bool(changed or removed)
 

@@ -32,7 +32,9 @@ MAX_SAFE_SCORE = 2**53
 class Codec:
     """Base codec: subclasses set ``types`` and override what differs."""
 
+    #: The Python types the default :meth:`coerce` accepts.
     types: ClassVar[tuple[type, ...]] = ()
+    #: What error messages call a value of this type.
     name: ClassVar[str] = "value"
     #: "range" codecs get a sorted-set index, the others an equality index.
     index_kind: ClassVar[str] = "eq"
@@ -44,9 +46,11 @@ class Codec:
         return value
 
     def encode(self, value: Any) -> bytes:
+        """The bytes kept in the hash field for a coerced value."""
         raise NotImplementedError
 
     def decode(self, raw: bytes) -> Any:
+        """The value of stored bytes; a ``ValueError`` for bytes it cannot read."""
         raise NotImplementedError
 
     def index_key(self, raw: bytes) -> bytes:

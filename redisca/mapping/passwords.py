@@ -26,6 +26,7 @@ class PasswordHash(str):
 
     @classmethod
     def create(cls, plain: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> PasswordHash:
+        """Hash ``plain`` with a fresh random salt (scrypt cost ``n``, ``r``, ``p``)."""
         salt = os.urandom(16)
         digest = _scrypt(plain, salt, n, r, p)
         return cls(f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}")

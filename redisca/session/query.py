@@ -27,6 +27,11 @@ T = TypeVar("T")
 
 @attrs.frozen
 class Query(Generic[T]):
+    """A query on indexed fields of one class: ``session.query(User).filter(...)``.
+
+    Frozen, so refining a stored query never changes it for its other users.
+    """
+
     session: Session
     mapper: Mapper
     conditions: tuple[Condition, ...] = ()
@@ -64,11 +69,13 @@ class Query(Generic[T]):
         return attrs.evolve(self, ordering=ordering)
 
     def offset(self, n: int) -> Query[T]:
+        """Skip the first ``n`` results; skipped rows are never sent by the server."""
         if n < 0:
             raise QueryError("offset must be >= 0")
         return attrs.evolve(self, offset_=n)
 
     def limit(self, n: int | None) -> Query[T]:
+        """At most ``n`` results (``None``: no limit), cut on the server."""
         if n is not None and n < 0:
             raise QueryError("limit must be >= 0")
         return attrs.evolve(self, limit_=n)
@@ -87,6 +94,7 @@ class Query(Generic[T]):
         return self._decode(self._run_ids(filters, count=False))
 
     def count(self) -> int:
+        """How many entities match (within offset and limit), computed on the server."""
         filters = sort_filters(self.mapper, self.conditions)
         if filters.unique:
             return len(self._unique_ids(filters))  # offset and limit apply, as below
@@ -95,6 +103,7 @@ class Query(Generic[T]):
         return total if self.limit_ is None else min(total, self.limit_)
 
     def all(self) -> list[T]:
+        """The matching instances, in query order, loaded in one round trip."""
         ids = self.ids()
         if not ids:
             return []
@@ -108,16 +117,19 @@ class Query(Generic[T]):
         return iter(self.all())
 
     def first(self) -> T | None:
+        """The first result, or ``None``."""
         found = self.limit(1).all()
         return found[0] if found else None
 
     def one_or_none(self) -> T | None:
+        """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
         found = self.limit(2).all() if self.limit_ is None else self.all()
         if len(found) > 1:
             raise MultipleResultsFound(f"more than one {self.mapper.class_.__name__} matched")
         return found[0] if found else None
 
     def one(self) -> T:
+        """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
         found = self.one_or_none()
         if found is None:
             raise NotFound(f"no {self.mapper.class_.__name__} matched")
