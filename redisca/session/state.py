@@ -36,8 +36,11 @@ class InstanceState:
     )
 
     def __init__(self, obj: Any, mapper: Mapper, id: str | None = None) -> None:
+        #: The instance itself.
         self.obj = obj
+        #: The :class:`~redisca.Mapper` of its class.
         self.mapper = mapper
+        #: The id it is tracked under (``None`` until it has one).
         self.id = id
         self._session: weakref.ref[Session] | None = None
         #: Encoded values as last loaded from or written to Redis, per field.
@@ -48,6 +51,7 @@ class InstanceState:
         self.persistent = False
         #: True while a delete is pending.
         self.deleted = False
+        #: The version loaded or last committed, for ``versioned=True`` classes.
         self.version: int | None = None
         #: The id came from ``hexid()`` on add: unique by construction.
         self.generated_id = False
@@ -57,6 +61,7 @@ class InstanceState:
 
     @property
     def session(self) -> Session | None:
+        """The session tracking the instance, or ``None`` (transient or detached)."""
         return self._session() if self._session is not None else None
 
     @session.setter
@@ -65,22 +70,25 @@ class InstanceState:
 
     @property
     def status(self) -> str:
+        """``transient``, ``pending``, ``persistent``, ``deleted`` or ``detached``."""
         if self.session is None:
             return "detached" if self.persistent else "transient"
         if self.deleted:
             return "deleted"
         return "persistent" if self.persistent else "pending"
 
-    transient = property(lambda self: self.status == "transient")
-    pending = property(lambda self: self.status == "pending")
-    detached = property(lambda self: self.status == "detached")
+    transient = property(lambda self: self.status == "transient", doc="status is transient")
+    pending = property(lambda self: self.status == "pending", doc="status is pending")
+    detached = property(lambda self: self.status == "detached", doc="status is detached")
 
     @property
     def is_persistent(self) -> bool:
+        """status is persistent (:attr:`persistent` is also true for deleted and detached)."""
         return self.status == "persistent"
 
     @property
     def is_deleted(self) -> bool:
+        """status is deleted: a delete is pending in a session."""
         return self.status == "deleted"
 
     @property
@@ -91,6 +99,7 @@ class InstanceState:
 
     @property
     def identity(self) -> str | None:
+        """The id, as SQLAlchemy's ``inspect(obj).identity`` names it."""
         return self.id
 
     def load_missing(self, name: str) -> None:
