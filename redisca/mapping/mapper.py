@@ -47,13 +47,21 @@ class MappedField:
         checks: tuple[Any, ...] = (),
         target: type | str | None = None,
     ) -> None:
+        #: The :class:`Mapper` of the class the attribute belongs to.
         self.mapper = mapper
+        #: The attribute name.
         self.name = name
+        #: The hash field it is stored in (``field=``), as bytes.
         self.hash_field = hash_field.encode()
+        #: Its :class:`~redisca.Codec`; ``None`` for a reference.
         self.codec = codec
+        #: Whether it accepts ``None`` (optional annotation or ``None`` default).
         self.nullable = nullable
+        #: Whether values are unique (``unique=True``).
         self.unique = unique
+        #: Extra checks of assigned values (``minlen``, ``maxval``, ...).
         self.checks = checks
+        #: A reference's target class, or its name; ``None`` for other fields.
         self.target = target
         kind = "eq" if codec is None else codec.index_kind
         #: "eq", "range" or None; unique fields of equality type need no set of their own.
@@ -66,10 +74,12 @@ class MappedField:
 
     @property
     def indexed(self) -> bool:
+        """Whether commits maintain index entries for it (an index or a unique key)."""
         return self.index is not None or self.unique
 
     @property
     def is_reference(self) -> bool:
+        """Whether it holds another entity (stored as that entity's id)."""
         return self.codec is None
 
     def target_mapper(self) -> Mapper:
@@ -135,15 +145,25 @@ class Mapper:
     def __init__(
         self, registry: Registry, cls: type, prefix: str, id_attr: str, versioned: bool
     ) -> None:
+        #: The :class:`~redisca.Registry` that mapped the class.
         self.registry = registry
+        #: The mapped class.
         self.class_: type[Any] = cls
+        #: The key prefix (redisca 1.x's ``getprefix()``).
         self.prefix = prefix
+        #: Builds every key name of the class (see the Key layout page).
         self.layout = KeyLayout(prefix)
+        #: The name of the identity attribute.
         self.id_attr = id_attr
+        #: Whether commits check a version counter (optimistic locking).
         self.versioned = versioned
+        #: The mapped attributes, in declaration order (the id is not one).
         self.fields: tuple[MappedField, ...] = ()
+        #: The mapped attributes by attribute name.
         self.by_name: dict[str, MappedField] = {}
+        #: The attributes with an index or a unique key.
         self.indexed: tuple[MappedField, ...] = ()
+        #: The reference attributes.
         self.references: tuple[MappedField, ...] = ()
         self.id_attribute: FieldAttribute = None  # type: ignore[assignment]
 
@@ -151,6 +171,7 @@ class Mapper:
         return f"<Mapper {self.class_.__name__} prefix={self.prefix!r}>"
 
     def set_fields(self, fields: list[MappedField]) -> None:
+        """Set the mapped attributes and the lookups derived from them (at mapping time)."""
         self.fields = tuple(fields)
         self.by_name = {f.name: f for f in fields}
         self.indexed = tuple(f for f in fields if f.indexed)
@@ -181,13 +202,16 @@ class Mapper:
 
     @property
     def field_names(self) -> list[str]:
+        """The names of the mapped attributes."""
         return [f.name for f in self.fields]
 
     def identity(self, obj: Any) -> str | None:
+        """The id of an instance, ``None`` if it has none yet."""
         ident = self.id_attribute.get_raw(obj)
         return None if ident is MISSING else ident
 
     def key(self, ident: str) -> bytes:
+        """The entity key of an id: ``<prefix>:<id>``."""
         return self.layout.entity(ident)
 
     def blank(self, ident: str) -> Any:
