@@ -40,8 +40,11 @@ T = TypeVar("T")
 class CommandResult:
     """The reply to a command queued with :meth:`Session.add_command`, once committed."""
 
+    #: The command and its arguments, as queued.
     command: Command
+    #: Its reply, shaped as redis-py returns it to the session's client (or the error).
     value: Any = None
+    #: Whether a commit ran it.
     done: bool = False
 
 
