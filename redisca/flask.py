@@ -515,7 +515,9 @@ def paginate(
     ``?per_page=`` arguments, else 1 and 20; ``per_page`` is capped at ``max_per_page``
     (``None``: no cap). With ``error_out`` a page or per_page below 1, a malformed
     argument, or a page past the last is a 404; without it they fall back to page 1,
-    20 per page, or an empty page. Three round trips at most: count, ids, entities.
+    20 per page, or an empty page. Three round trips at most: count, ids, entities; when
+    writes land between the count and the page, ``total`` is adjusted to agree with the
+    page read (a short page is the last one).
     """
     page = _arg("page", page, 1, error_out)
     per_page = _arg("per_page", per_page, DEFAULT_PER_PAGE, error_out)
@@ -533,6 +535,8 @@ def paginate(
     total = whole.count()
     offset = (page - 1) * per_page
     items = whole.offset(offset).limit(per_page).all() if offset < total else []
+    if items:  # writes between the two reads: make the count agree with the page read
+        total = offset + len(items) if len(items) < per_page else max(total, offset + per_page)
     if not items and page != 1 and error_out:
         abort(404)
     return Pagination(
