@@ -17,6 +17,7 @@ from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
 from ..mapping.keys import EXISTS_FIELD, VERSION_FIELD
 from ..mapping.mapper import MappedField
 from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, unique_key
+from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
 
 #: Writes to an unwatched entity only if it still exists: a plain update racing a
 #: delete must not leave a hash behind with just the updated fields, outside every
@@ -45,23 +46,48 @@ class _Emitter:
     claims: dict[bytes, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
     released: set[bytes] = attrs.field(factory=set)
     unknown: list[bytes] = attrs.field(factory=list)
+    #: Build keys a running reindex gets written, by build directory: build key → live key.
+    built: dict[bytes, dict[bytes, bytes]] = attrs.field(factory=dict)
+
+    def write(self, change: EntityChange, member: bytes, command: Command) -> None:
+        """A write to a live index key (``command[1]``), and to its build key if a
+        reindex is rebuilding ``member`` (a hash field, or ``#all``)."""
+        self.out.append(command)
+        built = self.build_key(change, member, command[1])
+        if built is not None:
+            self.out.append((command[0], built, *command[2:]))
+
+    def build_key(self, change: EntityChange, member: bytes, live: bytes) -> bytes | None:
+        run: Rebuild | None = self.observed.rebuilds.get(change.mapper.layout.marker)
+        if run is None or not run.covers(member):
+            return None
+        layout = change.mapper.layout
+        built = layout.build(run.run, live)
+        self.built.setdefault(layout.build_dir(run.run), {})[built] = live
+        return built
 
     def index_add(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
         if field.index == "eq":
-            self.out.append((b"SADD", _eq_key(field, raw), change.id))
+            self.write(change, field.hash_field, (b"SADD", _eq_key(field, raw), change.id))
         elif field.index == "range":
             score = repr(field.score(raw)).encode()
-            self.out.append((b"ZADD", _range_key(field), score, change.id))
+            self.write(change, field.hash_field, (b"ZADD", _range_key(field), score, change.id))
         if field.unique:
             self.claim(change, field, raw)
 
     def index_remove(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
         if field.index == "eq":
-            self.out.append((b"SREM", _eq_key(field, raw), change.id))
+            self.write(change, field.hash_field, (b"SREM", _eq_key(field, raw), change.id))
         elif field.index == "range":
-            self.out.append((b"ZREM", _range_key(field), change.id))
+            self.write(change, field.hash_field, (b"ZREM", _range_key(field), change.id))
         if field.unique:
-            self.release(change, unique_key(field, raw))
+            key = unique_key(field, raw)
+            self.release(change, key)
+            # The build holds the owner the hashes say: release it by the value, whoever
+            # the live key names.
+            built = self.build_key(change, field.hash_field, key)
+            if built is not None:
+                self.out.append((b"EVAL", RELEASE_BUILT, 1, built, change.id))
 
     def claim(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
         key = unique_key(field, raw)
@@ -83,7 +109,12 @@ class _Emitter:
             owner = self.observed.owners.get(key)
             if owner is not None and owner != change.id and key not in self.released:
                 raise _violation(field, raw, owner)
-            self.out.append((b"SET", key, change.id))
+            self.write(change, field.hash_field, (b"SET", key, change.id))
+
+    def build_dirs(self) -> None:
+        """Record the build keys written, so the reindex's switch finds every one."""
+        for directory, keys in self.built.items():
+            self.out.append((b"HSET", directory, *[k for pair in keys.items() for k in pair]))
 
 
 def _eq_key(field: MappedField, raw: bytes) -> bytes:
@@ -135,7 +166,7 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
     if not pairs:
         pairs.append((EXISTS_FIELD, b""))
     em.out.append(_hset(key, pairs))
-    em.out.append((b"SADD", change.mapper.layout.all_ids, change.id))
+    em.write(change, ALL_IDS, (b"SADD", change.mapper.layout.all_ids, change.id))
     for field, raw in change.values.items():
         if raw is not None and field.indexed:
             em.index_add(change, field, raw)
@@ -182,7 +213,7 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
     if current is None:
         return  # already gone: nothing of it is left to remove
     em.out.append((b"DEL", change.key))
-    em.out.append((b"SREM", change.mapper.layout.all_ids, change.id))
+    em.write(change, ALL_IDS, (b"SREM", change.mapper.layout.all_ids, change.id))
     for field in change.mapper.indexed:
         old = current.get(field.hash_field)
         if old is not None:
@@ -202,6 +233,7 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
     if em.unknown:
         raise NeedOwners(list(dict.fromkeys(em.unknown)))
     em.settle_claims()
+    em.build_dirs()
     em.out.extend(plan.commands)
     return em.out
 

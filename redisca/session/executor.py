@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 from ..errors import ConflictError, IntegrityError, OperationalError, RediscaError
 from .emit import NeedOwners, emit
 from .plan import Command, CommitPlan, Observed, Reads, collect_reads
+from .rebuild import Sightings, fence, markers_of, parse_marker
 
 #: How often a commit whose watched keys changed is re-read and retried.
 DEFAULT_RETRIES = 5
@@ -92,9 +93,13 @@ def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
         return roundtrip(conn, commands)
 
 
-def transaction(conn: Any, commands: Sequence[Command]) -> list[Any] | None:
-    """MULTI … EXEC in one round trip; ``None`` when a watched key changed."""
-    replies = roundtrip(conn, [(b"MULTI",), *commands, (b"EXEC",)])
+def transaction(
+    conn: Any, commands: Sequence[Command], before: Sequence[Command] = ()
+) -> list[Any] | None:
+    """MULTI … EXEC in one round trip (after ``before``, in the same write); ``None``
+    when a watched key changed."""
+    replies = roundtrip(conn, [*before, (b"MULTI",), *commands, (b"EXEC",)])
+    replies = replies[len(before) :]
     result = replies[-1]
     if isinstance(result, ResponseError):
         queued = next((r for r in replies[1:-1] if isinstance(r, ResponseError)), result)
@@ -110,6 +115,7 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
     commands += [(b"EXISTS", key) for key in reads.exists]
     commands += [(b"HMGET", key, *fields) for key, fields in reads.fields.items()]
     commands += [(b"GET", key) for key in reads.owners]
+    commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     replies = iter(roundtrip(conn, commands)[1 if watched else 0 :])
     for key in reads.exists:
         observed.exists[key] = bool(next(replies))
@@ -119,6 +125,10 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
     for key in reads.owners:
         owner = _checked(next(replies), key)
         observed.owners[key] = None if owner is None else owner.decode()
+    for key in reads.markers:
+        run = parse_marker(_checked(next(replies), key))
+        if run is not None:
+            observed.rebuilds[key] = run
 
 
 def _checked(reply: Any, key: bytes) -> Any:
@@ -136,7 +146,7 @@ class Executed(NamedTuple):
     replies: list[Any]
 
 
-def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> Executed | None:
+def _attempt(conn: Any, plan: CommitPlan, reads: Reads, fenced: list[bytes]) -> Executed | None:
     observed = Observed()
     watched = bool(reads.keys())
     try:
@@ -153,22 +163,51 @@ def _attempt(conn: Any, plan: CommitPlan, reads: Reads) -> Executed | None:
         if watched:
             roundtrip(conn, [(b"UNWATCH",)])
         raise
-    replies = transaction(conn, commands)
+    if reads.markers:
+        server = _server(conn)
+        for key in reads.markers:
+            _sightings.record(server, key, key in observed.rebuilds)
+    replies = transaction(conn, commands, fence(fenced))
     return None if replies is None else Executed(commands, replies)
+
+
+#: Reindex markers this process saw lately (see :mod:`redisca.session.rebuild`).
+_sightings = Sightings()
+
+
+def _server(conn: Any) -> Hashable:
+    """What a sighting of a marker is remembered by: the server and database."""
+    return tuple(getattr(conn, name, None) for name in ("host", "port", "path", "db"))
 
 
 def execute_commit(
     client: redis.Redis, plan: CommitPlan, retries: int = DEFAULT_RETRIES
 ) -> Executed:
-    """Run one plan on one server: WATCH, read, check, MULTI/EXEC, retry on conflict."""
+    """Run one plan on one server: WATCH, read, check, MULTI/EXEC, retry on conflict.
+
+    Commits that change index entries learn whether a reindex runs: see
+    :mod:`redisca.session.rebuild`. One that has nothing else to read is fenced
+    instead; a tripped fence is not a conflict and spends no retry.
+    """
     reads = collect_reads(plan)
+    markers = markers_of(plan)
     with connection(client) as conn:
-        for _ in range(retries + 1):
-            executed = _attempt(conn, plan, reads)
+        fenced: list[bytes] = []
+        if markers and not reads and not _sightings.any(_server(conn), markers):
+            fenced = markers
+        else:
+            reads.markers = markers
+        attempt = 0
+        while attempt <= retries:
+            executed = _attempt(conn, plan, reads, fenced)
             if executed is not None:
                 replies = executed.replies
                 _check_own_replies(replies, len(replies) - len(plan.commands))
                 return executed
+            if fenced:
+                reads.markers, fenced = fenced, []
+                continue
+            attempt += 1
     raise ConflictError(f"watched keys kept changing; gave up after {retries + 1} attempts")
 
 

@@ -79,13 +79,15 @@ class Reads:
     fields: dict[bytes, list[bytes]] = attrs.field(factory=dict)
     owners: list[bytes] = attrs.field(factory=list)
     claims: set[bytes] = attrs.field(factory=set)
+    #: Reindex markers (``P#x``), watched and read: see :mod:`redisca.session.rebuild`.
+    markers: list[bytes] = attrs.field(factory=list)
 
     def keys(self) -> list[bytes]:
         claimed = [key for key in self.owners if key in self.claims]
-        return list(dict.fromkeys([*self.exists, *self.fields, *claimed]))
+        return list(dict.fromkeys([*self.exists, *self.fields, *claimed, *self.markers]))
 
     def __bool__(self) -> bool:
-        return bool(self.exists or self.fields or self.owners)
+        return bool(self.exists or self.fields or self.owners or self.markers)
 
 
 @attrs.define
@@ -95,6 +97,8 @@ class Observed:
     exists: dict[bytes, bool] = attrs.field(factory=dict)
     fields: dict[bytes, dict[bytes, bytes | None]] = attrs.field(factory=dict)
     owners: dict[bytes, str | None] = attrs.field(factory=dict)
+    #: Running reindexes by marker key (``redisca.session.rebuild.Rebuild``).
+    rebuilds: dict[bytes, Any] = attrs.field(factory=dict)
 
 
 def unique_key(field: MappedField, raw: bytes) -> bytes:
