@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import redisca
 from redisca import Email, Integer, Reference, Registry, Session, String
-from redisca.mapping.keys import NAME_RE, KeyLayout
+from redisca.mapping.keys import NAME_RE, RUN_RE, KeyLayout
 
 registry = Registry()
 
@@ -78,7 +78,15 @@ DESCRIPTORS = st.one_of(
     st.tuples(st.just("eq_index"), PREFIXES, FIELDS, VALUES),
     st.tuples(st.just("range_index"), PREFIXES, FIELDS, st.none()),
     st.tuples(st.just("unique"), PREFIXES, FIELDS, VALUES),
+    st.tuples(st.just("marker"), PREFIXES, st.none(), st.none()),
 )
+RUNS = st.from_regex(RUN_RE, fullmatch=True).map(lambda run: run[:10])
+#: A reindex run's keys: its directory, and the build key of any live index key.
+REINDEX = st.one_of(
+    st.tuples(st.just("build_dir"), PREFIXES, RUNS, st.none()),
+    st.tuples(st.just("build"), PREFIXES, RUNS, DESCRIPTORS.filter(lambda d: d[0] in INDEXES)),
+)
+INDEXES = ("all_ids", "eq_index", "range_index", "unique")
 
 
 def build(descriptor):
@@ -88,6 +96,12 @@ def build(descriptor):
         return layout.entity(value)
     if kind == "all_ids":
         return layout.all_ids
+    if kind == "marker":
+        return layout.marker
+    if kind == "build_dir":
+        return layout.build_dir(field)
+    if kind == "build":
+        return layout.build(field, build((value[0], prefix, *value[2:])))
     if kind == "range_index":
         return layout.range_index(field.encode())
     return getattr(layout, kind)(field.encode(), value)
@@ -101,27 +115,45 @@ def parse(key):
         return ("entity", prefix, None, rest.decode())
     if rest == b"all":
         return ("all_ids", prefix, None, None)
+    if rest == b"x":
+        return ("marker", prefix, None, None)
     kind, colon, rest = rest[:1], rest[1:2], rest[2:]
     assert colon == b":", key
     if kind == b"r":
         return ("range_index", prefix, rest.decode(), None)
     if kind == b"t":
         return ("scratch", prefix, None, rest)
+    if kind == b"b":
+        run, colon, live = rest.partition(b":")
+        if not colon:
+            return ("build_dir", prefix, run, None)
+        return ("build", prefix, run, parse(prefix.encode() + b"#" + live))
     field, _, value = rest.partition(b":")
     return ({b"i": "eq_index", b"u": "unique"}[kind], prefix, field.decode(), value)
 
 
-@given(DESCRIPTORS)
+def _same(descriptor):
+    """A build key's parse names its live key by the build's prefix."""
+    kind, prefix, run, value = descriptor
+    if kind == "build":
+        return (kind, prefix, run, (value[0], prefix, *value[2:]))
+    return descriptor
+
+
+@given(DESCRIPTORS | REINDEX)
 def test_prop_every_key_tells_what_it_is(descriptor):
-    assert parse(build(descriptor)) == descriptor
+    assert parse(build(descriptor)) == _same(descriptor)
+    parsed = KeyLayout(descriptor[1]).parse(build(descriptor))
+    kinds = {"all_ids": "all", "eq_index": "eq", "range_index": "range", "build_dir": "build_dir"}
+    assert parsed.kind == kinds.get(descriptor[0], descriptor[0])
 
 
-@given(st.lists(DESCRIPTORS, min_size=2, max_size=30))
+@given(st.lists(DESCRIPTORS | REINDEX, min_size=2, max_size=30))
 def test_prop_distinct_descriptors_give_distinct_keys(descriptors):
     keys = {}
     for descriptor in descriptors:
         key = build(descriptor)
-        assert keys.setdefault(key, descriptor) == descriptor, key
+        assert keys.setdefault(key, _same(descriptor)) == _same(descriptor), key
 
 
 @given(PREFIXES, TEXT, DESCRIPTORS.filter(lambda d: d[0] != "entity"))
