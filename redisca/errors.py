@@ -81,11 +81,19 @@ class StaleDataError(ConflictError):
 
 
 class OperationalError(RediscaError):
-    """Talking to Redis failed; the original exception is kept in ``.orig``."""
+    """Talking to Redis failed; the original exception is kept in ``.orig``.
 
-    def __init__(self, message: str, orig: BaseException | None = None) -> None:
+    ``outcome_unknown`` is true when the connection failed after ``EXEC`` was
+    sent: Redis may or may not have applied the transaction (see the
+    Guarantees page for what committing again does then).
+    """
+
+    def __init__(
+        self, message: str, orig: BaseException | None = None, *, outcome_unknown: bool = False
+    ) -> None:
         super().__init__(message)
         self.orig = orig
+        self.outcome_unknown = outcome_unknown
 
 
 __all__ = [

@@ -52,9 +52,14 @@ def connection(client: redis.Redis) -> Iterator[Any]:
     conn = getattr(client, "connection", None)  # a single_connection_client's
     if conn is None:
         pool = client.connection_pool
-        conn = (
-            pool.get_connection("MULTI") if _pool_wants_name(type(pool)) else pool.get_connection()
-        )
+        try:  # redis-py connects (or reconnects a stale connection) at checkout
+            conn = (
+                pool.get_connection("MULTI")
+                if _pool_wants_name(type(pool))
+                else pool.get_connection()
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise OperationalError(f"Redis connection failed: {exc}", exc) from exc
     try:
         yield conn
     except RediscaError as exc:
@@ -69,20 +74,39 @@ def connection(client: redis.Redis) -> Iterator[Any]:
             pool.release(conn)
 
 
-def roundtrip(conn: Any, commands: Sequence[Command]) -> list[Any]:
-    """Send commands in one write, read every reply; error replies come back as values."""
+def roundtrip(conn: Any, commands: Sequence[Command], *, sealed: bool = False) -> list[Any]:
+    """Send commands in one write, read every reply; error replies come back as values.
+
+    ``sealed``: the commands end with ``EXEC``. A write that failed never
+    delivered it whole, so Redis ran nothing of it; a failure while reading
+    leaves the transaction's outcome unknown (``OperationalError.outcome_unknown``).
+    """
     try:
         conn.send_packed_command(conn.pack_commands(commands))
-        replies: list[Any] = []
+    except _CONNECTION_ERRORS as exc:
+        raise _lost(conn, exc, "") from exc
+    replies: list[Any] = []
+    try:
         for _ in commands:
             try:
                 replies.append(conn.read_response(disable_decoding=True))
             except ResponseError as exc:
                 replies.append(exc)
-        return replies
     except _CONNECTION_ERRORS as exc:
-        conn.disconnect()
-        raise OperationalError(f"Redis connection failed: {exc}", exc) from exc
+        raise _lost(conn, exc, " after EXEC was sent" if sealed else "") from exc
+    return replies
+
+
+def _lost(conn: Any, exc: BaseException, when: str) -> OperationalError:
+    conn.disconnect()
+    if not when:
+        return OperationalError(f"Redis connection failed: {exc}", exc)
+    return OperationalError(
+        f"Redis connection failed{when}: the outcome is unknown, Redis may or may not "
+        f"have applied the transaction ({exc})",
+        exc,
+        outcome_unknown=True,
+    )
 
 
 def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
@@ -98,7 +122,7 @@ def transaction(
 ) -> list[Any] | None:
     """MULTI … EXEC in one round trip (after ``before``, in the same write); ``None``
     when a watched key changed."""
-    replies = roundtrip(conn, [*before, (b"MULTI",), *commands, (b"EXEC",)])
+    replies = roundtrip(conn, [*before, (b"MULTI",), *commands, (b"EXEC",)], sealed=True)
     replies = replies[len(before) :]
     result = replies[-1]
     if isinstance(result, ResponseError):
