@@ -3,7 +3,7 @@
 Importing this module imports Flask; ``import redisca`` does not (``redisca.FlaskRedisca``
 is resolved on first use), so Flask stays optional: the ``flask`` extra.
 
-Lifecycle (docs/flask.rst tells it for users):
+The request lifecycle (the Flask page of the documentation tells it in full):
 
 - the first use of ``ext.session`` in a request (or in an app context outside any
   request, such as a CLI command) creates a :class:`~redisca.Session` for it;
@@ -387,10 +387,13 @@ class Pagination(Generic[T]):
         total: int,
         items: list[T],
     ) -> None:
+        #: The query this is a page of.
         self.query = query
         #: The page number, from 1.
         self.page = page
+        #: The number of results per page (after the ``max_per_page`` cap).
         self.per_page = per_page
+        #: The cap on ``per_page`` used for this page and its neighbours.
         self.max_per_page = max_per_page
         #: How many results the query has, on all pages.
         self.total = total
@@ -414,18 +417,22 @@ class Pagination(Generic[T]):
 
     @property
     def has_prev(self) -> bool:
+        """Whether a page comes before this one."""
         return self.page > 1
 
     @property
     def has_next(self) -> bool:
+        """Whether a page comes after this one."""
         return self.page < self.pages
 
     @property
     def prev_num(self) -> int | None:
+        """The previous page's number, or None on the first page."""
         return self.page - 1 if self.has_prev else None
 
     @property
     def next_num(self) -> int | None:
+        """The next page's number, or None on the last page."""
         return self.page + 1 if self.has_next else None
 
     def prev(self, *, error_out: bool = False) -> Pagination[T]:
