@@ -240,6 +240,7 @@ def documented(api: Path) -> set[str]:
 @pytest.mark.parametrize("module_name", PUBLIC_MODULES)
 def test_api_reference_covers_public_names(module_name: str) -> None:
     module = importlib.import_module(module_name)
+    assert hasattr(module, "__all__"), f"{module_name} must say what is public (__all__)"
     missing = sorted(
         f"{module_name}.{name}"
         for name in module.__all__
