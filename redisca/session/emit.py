@@ -148,7 +148,8 @@ def _check_current(change: EntityChange, observed: Observed) -> dict[bytes, byte
     current = observed.fields.get(key, {})
     if change.mapper.versioned and change.was_loaded:
         stored = current.get(VERSION_FIELD)
-        if (int(stored) if stored is not None else None) != change.expect_version:
+        version = int(stored) if stored is not None else None
+        if version != change.expect_version and not _applied_before(change, current):
             raise StaleDataError(
                 f"{key.decode(errors='replace')} changed in Redis since it was loaded "
                 f"(version {change.expect_version}, now {stored!r})"
@@ -156,10 +157,38 @@ def _check_current(change: EntityChange, observed: Observed) -> dict[bytes, byte
     return current
 
 
+def _applied_before(change: EntityChange, current: dict[bytes, bytes | None]) -> bool:
+    """Whether an in-doubt change is what Redis holds: the earlier attempt was applied.
+
+    An insert: the hash holds exactly the inserted values. A versioned update: the
+    version is one past the one loaded and the changed fields hold the new values.
+    (Another client writing the very same values would pass too; the result is
+    the same data either way.)
+    """
+    if not change.in_doubt:
+        return False
+    if change.op == INSERT:
+        version = b"1" if change.mapper.versioned else None
+    elif change.op == UPDATE and change.mapper.versioned and change.expect_version is not None:
+        version = b"%d" % (change.expect_version + 1)
+    else:
+        return False
+    if version is not None and current.get(VERSION_FIELD) != version:
+        return False
+    return all(current.get(f.hash_field) == raw for f, raw in change.values.items())
+
+
 def _emit_insert(em: _Emitter, change: EntityChange) -> None:
     key = change.key
-    if em.observed.exists.get(key, False):
-        raise IntegrityError(f"{key.decode(errors='replace')} already exists in Redis")
+    # An existing key written by the attempt whose outcome was unknown is no conflict:
+    # writing the insert again changes nothing.
+    exists = em.observed.exists.get(key, False)
+    if exists and not _applied_before(change, em.observed.fields.get(key, {})):
+        doubt = " (a commit of it had an unknown outcome, and it changed since)"
+        raise IntegrityError(
+            f"{key.decode(errors='replace')} already exists in Redis"
+            + (doubt if change.in_doubt else "")
+        )
     pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
     if change.mapper.versioned:
         pairs.append((VERSION_FIELD, b"1"))
@@ -182,6 +211,8 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
             if change.was_loaded:
                 raise StaleDataError(f"{name} was deleted from Redis since it was loaded")
             raise NotFound(f"{name} does not exist")
+        if change.mapper.versioned and _applied_before(change, current):
+            return  # the attempt whose outcome was unknown wrote it, version included
     pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
     removed = [f.hash_field for f, raw in change.values.items() if raw is None]
     if change.empty_after:

@@ -61,6 +61,7 @@ def hydrate(
     state.version = int(version) if version is not None else None
     state.loaded = True
     state.persistent = True
+    state.in_doubt = False
 
 
 def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:

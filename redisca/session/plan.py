@@ -44,6 +44,17 @@ class EntityChange:
     check_exists: bool = True
     #: The hash would hold no field afterwards (it needs a marker to keep existing).
     empty_after: bool = False
+    #: An earlier commit of this change failed after EXEC was sent: it may be applied
+    #: already. An insert then checks that its key is free or holds exactly what it
+    #: writes; a versioned update accepts the version it would have made itself.
+    in_doubt: bool = False
+
+    def verified_fields(self) -> list[bytes]:
+        """Hash fields to read to tell whether an in-doubt change was applied."""
+        if not self.in_doubt:
+            return []
+        fields = [f.hash_field for f in self.values]
+        return [*fields, VERSION_FIELD] if self.mapper.versioned else fields
 
     @property
     def key(self) -> bytes:
@@ -114,6 +125,8 @@ def collect_reads(plan: CommitPlan) -> Reads:
         if change.op == INSERT:
             if change.check_exists:
                 reads.exists.append(key)
+            if change.in_doubt:
+                reads.fields[key] = change.verified_fields()
             for field, raw in change.values.items():
                 if field.unique and raw is not None:
                     owners[unique_key(field, raw)] = None
@@ -125,8 +138,9 @@ def collect_reads(plan: CommitPlan) -> Reads:
         hash_fields = [f.hash_field for f in change.read_fields()]
         if change.mapper.versioned:
             hash_fields.append(VERSION_FIELD)
+        hash_fields += change.verified_fields() if change.op == UPDATE else []
         if hash_fields:
-            reads.fields[key] = hash_fields
+            reads.fields[key] = list(dict.fromkeys(hash_fields))
         for field in change.read_fields():
             if not field.unique:
                 continue

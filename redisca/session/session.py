@@ -16,7 +16,7 @@ import attrs
 import redis
 
 from ..conf import default_client
-from ..errors import IntegrityError, InvalidRequestError
+from ..errors import IntegrityError, InvalidRequestError, OperationalError
 from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import MISSING
@@ -360,7 +360,13 @@ class Session:
             plan = group.plan()
             if not plan:
                 continue
-            executed = executor.execute_commit(group.client, plan, self.retries)
+            try:
+                executed = executor.execute_commit(group.client, plan, self.retries)
+            except OperationalError as exc:
+                if exc.outcome_unknown:
+                    for state in group.states:
+                        state.in_doubt = True
+                raise
             self._commands = [c for c in self._commands if c[2] not in group.results]
             unitofwork.finalize(self, group, executed)
 
@@ -372,6 +378,7 @@ class Session:
                 self.forget(state)
                 continue
             state.deleted = False
+            state.in_doubt = False
             self._restore(state)
 
     def _restore(self, state: InstanceState) -> None:

@@ -27,6 +27,7 @@ class InstanceState:
         "deleted",
         "generated_id",
         "id",
+        "in_doubt",
         "loaded",
         "mapper",
         "obj",
@@ -55,6 +56,9 @@ class InstanceState:
         self.version: int | None = None
         #: The id came from ``hexid()`` on add: unique by construction.
         self.generated_id = False
+        #: A commit of this instance's changes failed after EXEC was sent: Redis may
+        #: hold them already, so committing them again verifies (see emit).
+        self.in_doubt = False
 
     def __repr__(self) -> str:
         return f"<InstanceState {self.mapper.class_.__name__} id={self.id!r} {self.status}>"

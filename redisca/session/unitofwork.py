@@ -58,7 +58,14 @@ def _insert(state: InstanceState) -> EntityChange:
     ident = _check_identity(state)
     encoded = state.mapper.encode_set_fields(state.obj)
     values = {field: encoded.get(field) for field in state.mapper.fields}
-    return EntityChange(state.mapper, ident, INSERT, values, check_exists=not state.generated_id)
+    return EntityChange(
+        state.mapper,
+        ident,
+        INSERT,
+        values,
+        check_exists=not state.generated_id or state.in_doubt,
+        in_doubt=state.in_doubt,
+    )
 
 
 def _unique_guesses(state: InstanceState, fields: Any) -> dict[MappedField, bytes | None]:
@@ -82,6 +89,7 @@ def _update(state: InstanceState) -> EntityChange | None:
         expect_version=state.version,
         guesses=_unique_guesses(state, values),
         empty_after=state.loaded and all(v is None for v in after.values()),
+        in_doubt=state.in_doubt,
     )
 
 
@@ -138,6 +146,7 @@ def finalize(session: Session, group: Group, executed: executor.Executed) -> Non
             state.deleted = False
             continue
         state.snapshot.update(change.values)
+        state.in_doubt = False
         if change.op == INSERT:
             state.loaded = True
             state.persistent = True
