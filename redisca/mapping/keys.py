@@ -71,6 +71,10 @@ class KeyLayout:
     def entity(self, id: str) -> bytes:
         return self._entity + id.encode()
 
+    def entity_of(self, id: bytes) -> bytes:
+        """The entity key of an id as Redis returns it (a set member, a unique key's value)."""
+        return self._entity + id
+
     @property
     def all_ids(self) -> bytes:
         return self._all

@@ -1,0 +1,520 @@
+"""check: compare every index key of a model with the entity hashes it stands for.
+
+Two passes over the keyspace with ``SCAN``, batched and pipelined:
+
+1. entities (``P:*``): each hash is read and decoded, and what it calls for is
+   probed: its id in ``P#all``, its entry in each equality set and range sorted
+   set (with the right score), its unique keys naming it;
+2. the model's other keys (``P#*``): every member of ``P#all`` and of each index
+   must belong to an entity that holds that value, and every unique key must be
+   owned by an entity holding it. Keys the model does not use are reported too.
+
+What either pass finds is only a suspicion, since the application may be
+committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of the
+keys involved before it is reported. Each commit is atomic, so a snapshot never
+shows a commit half done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import redis
+from redis.exceptions import ResponseError
+
+from ..mapping.mapper import MappedField, Mapper
+from ..session import executor
+from .common import (
+    Progress,
+    Ticker,
+    by_hash_field,
+    model_name,
+    read_marker,
+    resolve_client,
+    run,
+    scan,
+    scan_members,
+    select_mappers,
+    show,
+    to_float,
+)
+from .problems import Problem, Snapshot
+
+#: Suspects confirmed per snapshot; a snapshot that keeps failing is split.
+CONFIRM_GROUP = 25
+CONFIRM_TRIES = 4
+
+#: The Redis type of each kind of index key.
+TYPES = {"all": b"set", "eq": b"set", "range": b"zset", "unique": b"string"}
+
+#: A suspect found in the second pass: (what to confirm, key, member, field).
+Entry = tuple[str, bytes, bytes | None, MappedField | None]
+
+
+@attrs.define
+class ModelSummary:
+    """What check saw of one model."""
+
+    model: str
+    prefix: str
+    entities: int = 0
+    index_keys: int = 0
+    entries: int = 0
+    problems: int = 0
+    #: Suspicions neither confirmed nor ruled out: their keys kept changing.
+    unconfirmed: int = 0
+    #: A reindex was running: its build keys were left alone.
+    reindexing: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class CheckReport:
+    """``ok`` when no problem was found; ``problems`` lists each one."""
+
+    problems: list[Problem] = attrs.field(factory=list)
+    models: list[ModelSummary] = attrs.field(factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "models": [m.as_dict() for m in self.models],
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+def check(
+    registry_or_classes: Any,
+    client: redis.Redis | None = None,
+    *,
+    models: Iterable[Any] | None = None,
+    batch: int = 500,
+    progress: Progress | None = None,
+) -> CheckReport:
+    """Check the indexes of every model of a registry (or of the classes given).
+
+    ``models`` narrows the models (classes, class names or prefixes); ``batch`` is
+    the number of keys read per round trip; ``progress(model, phase, done, total)``
+    is called as the check advances. Nothing is written.
+    """
+    client = resolve_client(client)
+    report = CheckReport()
+    for mapper in select_mappers(registry_or_classes, models):
+        found, summary = _ModelCheck(client, mapper, batch, progress).run()
+        report.problems += found
+        report.models.append(summary)
+    return report
+
+
+@attrs.frozen
+class Expect:
+    """One index entry an entity's hash calls for."""
+
+    kind: str  # "all", "eq", "range" or "unique"
+    key: bytes
+    field: MappedField | None = None
+    score: float | None = None
+    raw: bytes | None = None
+
+    def probe(self, ident: bytes) -> tuple[Any, ...]:
+        if self.kind == "range":
+            return (b"ZSCORE", self.key, ident)
+        if self.kind == "unique":
+            return (b"GET", self.key)
+        return (b"SISMEMBER", self.key, ident)
+
+    def verdict(self, ident: bytes, reply: Any) -> str | None:
+        """The problem a probe's reply shows, if any (a unique owner needs a second look)."""
+        if isinstance(reply, ResponseError):
+            return "wrong_type"
+        if self.kind == "all":
+            return None if reply else "missing_from_all"
+        if self.kind == "eq":
+            return None if reply else "missing_entry"
+        if self.kind == "range":
+            if reply is None:
+                return "missing_entry"
+            return None if to_float(reply) == self.score else "wrong_score"
+        if reply is None:
+            return "missing_unique"
+        return None if bytes(reply) == ident else "wrong_owner"
+
+
+def expectations(mapper: Mapper, values: dict[bytes, bytes]) -> tuple[list[Expect], list[Any]]:
+    """The index entries a hash calls for, and its fields that cannot be read:
+    ``(field, raw, exception)``."""
+    layout = mapper.layout
+    expects = [Expect("all", layout.all_ids)]
+    bad: list[Any] = []
+    for field in mapper.fields:
+        raw = values.get(field.hash_field)
+        if raw is None:
+            continue
+        try:
+            field.decode(raw)
+            if field.index == "eq":
+                key = layout.eq_index(field.hash_field, field.index_key(raw))
+                expects.append(Expect("eq", key, field, raw=raw))
+            elif field.index == "range":
+                score = float(field.score(raw))
+                key = layout.range_index(field.hash_field)
+                expects.append(Expect("range", key, field, score, raw))
+            if field.unique:
+                key = layout.unique(field.hash_field, field.index_key(raw))
+                expects.append(Expect("unique", key, field, raw=raw))
+        except Exception as exc:
+            bad.append((field, raw, exc))
+    return expects, bad
+
+
+def holds(field: MappedField, raw: Any, value: bytes | None) -> bool:
+    """Whether an entity's stored ``raw`` gives the index key's ``value`` (ranges: any)."""
+    if raw is None or isinstance(raw, ResponseError):
+        return False
+    if value is None:
+        return True
+    try:
+        return bool(field.index_key(bytes(raw)) == value)
+    except Exception:
+        return True  # undecodable: the entity pass reports the value itself
+
+
+class _ModelCheck:
+    def __init__(
+        self, client: redis.Redis, mapper: Mapper, batch: int, progress: Progress | None
+    ) -> None:
+        self.client = client
+        self.mapper = mapper
+        self.layout = mapper.layout
+        self.batch = max(1, batch)
+        self.progress = progress
+        self.name = model_name(mapper)
+        self.fields = by_hash_field(mapper)
+        self.summary = ModelSummary(self.name, mapper.prefix)
+        self.problems: dict[Problem, None] = {}
+        #: Unique keys whose problem the entity pass already tells.
+        self.told: set[bytes] = set()
+        self.entity_suspects: dict[bytes, None] = {}
+        self.entry_suspects: dict[Entry, None] = {}
+        self.marker_run: bytes | None = None
+
+    def run(self) -> tuple[list[Problem], ModelSummary]:
+        started = time.monotonic()
+        rebuild = read_marker(self.client, self.mapper)
+        self.marker_run = rebuild.run if rebuild is not None else None
+        self.summary.reindexing = rebuild is not None
+        self.entity_pass()
+        self.index_pass()
+        self.confirm()
+        self.summary.seconds = round(time.monotonic() - started, 3)
+        found = sorted(self.problems, key=lambda p: (p.key, p.kind, p.detail))
+        self.summary.problems = len(found)
+        return found, self.summary
+
+    # -- pass 1: entities ---------------------------------------------------
+
+    def entity_pass(self) -> None:
+        total = run(self.client, [(b"SCARD", self.layout.all_ids)])[0]
+        ticker = Ticker(self.progress, self.name, "entities", _int(total))
+        for keys in scan(self.client, self.layout.entity_pattern, self.batch):
+            self.check_entities(keys)
+            ticker.add(len(keys))
+        ticker.finish()
+
+    def check_entities(self, keys: list[bytes]) -> None:
+        hashes = run(self.client, [(b"HGETALL", key) for key in keys])
+        probes: list[tuple[bytes, bytes, Expect]] = []
+        for key, reply in zip(keys, hashes, strict=True):
+            if isinstance(reply, ResponseError):
+                self.entity_suspects[key] = None
+                continue
+            values = executor.hash_reply(reply)
+            if not values:
+                continue  # deleted since SCAN saw it
+            self.summary.entities += 1
+            expects, bad = expectations(self.mapper, values)
+            if bad or not _utf8(self.ident(key)):
+                self.entity_suspects[key] = None
+            probes += [(key, self.ident(key), e) for e in expects]
+        replies = run(self.client, [e.probe(ident) for _, ident, e in probes])
+        for (key, ident, expect), reply in zip(probes, replies, strict=True):
+            if expect.verdict(ident, reply) is not None:
+                self.entity_suspects[key] = None
+        self.summary.entries += len(probes)
+
+    # -- pass 2: index keys ---------------------------------------------------
+
+    def index_pass(self) -> None:
+        ticker = Ticker(self.progress, self.name, "index keys")
+        for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
+            unique: list[tuple[bytes, MappedField]] = []
+            for key in keys:
+                self.summary.index_keys += 1
+                found = self.classify(key)
+                if found is not None and found[0] == "unique" and found[1] is not None:
+                    unique.append((key, found[1]))
+                elif found is not None:
+                    self.check_index(key, *found)
+            self.check_unique_keys(unique)
+            ticker.add(len(keys))
+        ticker.finish()
+
+    def classify(self, key: bytes) -> tuple[str, MappedField | None] | None:
+        """An index key's kind and field; anything else is a suspect or left alone."""
+        parsed = self.layout.parse(key)
+        if parsed.kind == "marker":
+            return None
+        if parsed.kind in ("build", "build_dir") and parsed.run == self.marker_run:
+            return None
+        if parsed.kind not in TYPES:
+            self.entry_suspects[("stray", key, None, None)] = None
+            return None
+        if parsed.kind == "all":
+            return "all", None
+        field = self.fields.get(parsed.field or b"")
+        if field is None or not _indexes(field, parsed.kind):
+            self.entry_suspects[("stray", key, None, None)] = None
+            return None
+        return parsed.kind, field
+
+    def check_index(self, key: bytes, kind: str, field: MappedField | None) -> None:
+        value = self.layout.parse(key).value
+        try:
+            for members in scan_members(self.client, key, TYPES[kind], self.batch):
+                self.summary.entries += len(members)
+                entities = [self.layout.entity_of(m) for m, _ in members]
+                if field is None:
+                    probes: list[tuple[bytes, ...]] = [(b"EXISTS", e) for e in entities]
+                else:
+                    probes = [(b"HGET", e, field.hash_field) for e in entities]
+                for (member, _), reply in zip(members, run(self.client, probes), strict=True):
+                    found = bool(reply) if field is None else holds(field, reply, value)
+                    if not found:
+                        self.entry_suspects[(kind, key, member, field)] = None
+        except ResponseError:
+            self.entry_suspects[("type", key, None, field)] = None
+
+    def check_unique_keys(self, keys: list[tuple[bytes, MappedField]]) -> None:
+        owners = run(self.client, [(b"GET", key) for key, _ in keys])
+        probes: list[tuple[bytes, MappedField]] = []
+        commands = []
+        for (key, field), owner in zip(keys, owners, strict=True):
+            if isinstance(owner, ResponseError):
+                self.entry_suspects[("type", key, None, field)] = None
+            elif owner is not None:
+                probes.append((key, field))
+                commands.append((b"HGET", self.layout.entity_of(bytes(owner)), field.hash_field))
+        self.summary.entries += len(probes)
+        for (key, field), raw in zip(probes, run(self.client, commands), strict=True):
+            if not holds(field, raw, self.layout.parse(key).value):
+                self.entry_suspects[("unique", key, None, field)] = None
+
+    # -- confirming -------------------------------------------------------------
+
+    def confirm(self) -> None:
+        suspects = len(self.entity_suspects) + len(self.entry_suspects)
+        ticker = Ticker(self.progress, self.name, "confirm", suspects)
+        for group in _groups(list(self.entity_suspects)):
+            self.settle(group, self.confirm_entities)
+            ticker.add(len(group))
+        for group in _groups(list(self.entry_suspects)):
+            self.settle(group, self.confirm_entries)
+            ticker.add(len(group))
+        ticker.finish()
+
+    def settle(
+        self, group: list[Any], confirm: Callable[[Snapshot, list[Any]], list[Problem]]
+    ) -> None:
+        """Confirm a group in one snapshot; a group whose keys keep changing is split."""
+        for _ in range(CONFIRM_TRIES):
+            with executor.connection(self.client) as conn:
+                snap = Snapshot(conn)
+                found = confirm(snap, group)
+                if snap.holds():
+                    self.problems.update(dict.fromkeys(found))
+                    return
+        if len(group) > 1:
+            half = len(group) // 2
+            self.settle(group[:half], confirm)
+            self.settle(group[half:], confirm)
+        else:
+            self.summary.unconfirmed += 1
+
+    def confirm_entities(self, snap: Snapshot, keys: list[bytes]) -> list[Problem]:
+        replies = snap.read(keys, [c for k in keys for c in ((b"TYPE", k), (b"HGETALL", k))])
+        found: list[Problem] = []
+        probes: list[tuple[bytes, bytes, Expect]] = []
+        for n, key in enumerate(keys):
+            kind, reply = replies[2 * n], replies[2 * n + 1]
+            if kind != b"hash":
+                if kind != b"none":
+                    found.append(
+                        self.problem("wrong_type", key, None, f"a {show(kind)}, not a hash")
+                    )
+                continue
+            ident = self.ident(key)
+            if not _utf8(ident):
+                found.append(self.problem("undecodable", key, None, "its id is not UTF-8"))
+            expects, bad = expectations(self.mapper, executor.hash_reply(reply))
+            for field, raw, exc in bad:
+                name = field.codec.name if field.codec is not None else "id"
+                detail = f"holds {raw[:60]!r}: not a valid {name} ({exc})"
+                found.append(self.problem("undecodable", key, field.name, detail))
+            probes += [(key, ident, e) for e in expects]
+        replies = snap.read([e.key for *_, e in probes], [e.probe(i) for _, i, e in probes])
+        owned: list[tuple[bytes, Expect, bytes]] = []
+        for (key, ident, expect), reply in zip(probes, replies, strict=True):
+            verdict = expect.verdict(ident, reply)
+            if verdict == "wrong_owner":
+                owned.append((ident, expect, bytes(reply)))
+            elif verdict == "wrong_type":  # told once, by the index key's own confirmation
+                self.entry_suspects[("type", expect.key, None, expect.field)] = None
+            elif verdict is not None:
+                found.append(self.missing(verdict, key, ident, expect, reply))
+        return found + self.owners(snap, owned)
+
+    def owners(self, snap: Snapshot, owned: list[tuple[bytes, Expect, bytes]]) -> list[Problem]:
+        """Unique keys naming another entity: a duplicate if that one holds the value too."""
+        keys = [self.layout.entity_of(owner) for *_, owner in owned]
+        fields = [e.field.hash_field for _, e, _ in owned if e.field is not None]
+        replies = snap.read(keys, [(b"HGET", k, f) for k, f in zip(keys, fields, strict=True)])
+        found = []
+        for (ident, expect, owner), raw in zip(owned, replies, strict=True):
+            field = expect.field
+            assert field is not None and expect.raw is not None
+            self.told.add(expect.key)
+            if holds(field, raw, field.index_key(expect.raw)):
+                kind = "duplicate_unique"
+                detail = (
+                    f"{show(ident)} and {show(owner)} both hold the value; it names {show(owner)}"
+                )
+            else:
+                kind = "wrong_owner"
+                detail = f"names {show(owner)}, but {show(ident)} holds the value"
+            found.append(self.problem(kind, expect.key, field.name, detail))
+        return found
+
+    def missing(
+        self, verdict: str, key: bytes, ident: bytes, expect: Expect, reply: Any
+    ) -> Problem:
+        name = expect.field.name if expect.field is not None else None
+        who = show(ident)
+        if verdict == "missing_from_all":
+            detail = f"{who} has a hash ({show(key)}) but is not in it"
+        elif verdict == "wrong_score":
+            detail = f"{who} has score {to_float(reply)!r}, its value gives {expect.score!r}"
+        elif verdict == "missing_unique":
+            self.told.add(expect.key)
+            detail = f"{who} holds the value, the key does not exist"
+        else:
+            detail = f"{who} holds the value, but is not in it"
+        return self.problem(verdict, expect.key, name, detail)
+
+    def confirm_entries(self, snap: Snapshot, group: list[Entry]) -> list[Problem]:
+        found = [self.confirm_entry(snap, *entry) for entry in group]
+        return [p for p in found if p is not None]
+
+    def confirm_entry(
+        self, snap: Snapshot, kind: str, key: bytes, member: bytes | None, field: MappedField | None
+    ) -> Problem | None:
+        name = field.name if field is not None else None
+        parsed = self.layout.parse(key)
+        if kind == "stray":
+            marker = self.layout.marker
+            exists, run_now = snap.read([key, marker], [(b"EXISTS", key), (b"LINDEX", marker, 0)])
+            if not exists or (parsed.run is not None and parsed.run == run_now):
+                return None
+            return self.problem("stray_key", key, None, _stray_detail(parsed.kind))
+        if kind == "type":
+            now = snap.read([key], [(b"TYPE", key)])[0]
+            if now in (TYPES[parsed.kind], b"none"):
+                return None
+            return self.problem(
+                "wrong_type", key, name, f"a {show(now)}, not a {TYPES[parsed.kind].decode()}"
+            )
+        if kind == "unique":
+            return self.confirm_unique(snap, key, parsed.value, field)
+        assert member is not None
+        entity = self.layout.entity_of(member)
+        if kind == "all":
+            present, exists = snap.read(
+                [key, entity], [(b"SISMEMBER", key, member), (b"EXISTS", entity)]
+            )
+            if present == 1 and not exists:
+                return self.problem("stale_id", key, None, f"{show(member)} has no hash")
+            return None
+        assert field is not None
+        probe = (b"SISMEMBER", key, member) if kind == "eq" else (b"ZSCORE", key, member)
+        present, raw = snap.read([key, entity], [probe, (b"HGET", entity, field.hash_field)])
+        if present in (0, None) or isinstance(present, ResponseError):
+            return None
+        if holds(field, raw, parsed.value):
+            return None
+        holding = "has no such value (or no hash)" if raw is None else f"holds {show(raw)!r}"
+        return self.problem("orphan_entry", key, name, f"{show(member)} {holding}")
+
+    def confirm_unique(
+        self, snap: Snapshot, key: bytes, value: bytes | None, field: MappedField | None
+    ) -> Problem | None:
+        owner = snap.read([key], [(b"GET", key)])[0]
+        if owner is None or isinstance(owner, ResponseError) or key in self.told:
+            return None
+        assert field is not None
+        entity = self.layout.entity_of(bytes(owner))
+        raw = snap.read([entity], [(b"HGET", entity, field.hash_field)])[0]
+        if holds(field, raw, value):
+            return None
+        detail = f"names {show(bytes(owner))}, which does not hold the value"
+        return self.problem("dangling_unique", key, field.name, detail)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def ident(self, key: bytes) -> bytes:
+        return key[self.layout.entity_prefix_len() :]
+
+    def problem(self, kind: str, key: bytes, field: str | None, detail: str) -> Problem:
+        return Problem(kind, self.name, show(key), field, detail)
+
+
+def _indexes(field: MappedField, kind: str) -> bool:
+    return field.unique if kind == "unique" else field.index == kind
+
+
+def _stray_detail(kind: str) -> str:
+    return {
+        "eq": "an equality index of a field that has none",
+        "range": "a range index of a field that has none",
+        "unique": "a unique key of a field that is not unique",
+        "scratch": "a query's scratch key outside its transaction",
+        "build": "a build key of a reindex that is not running",
+        "build_dir": "the build directory of a reindex that is not running",
+    }.get(kind, "not a key redisca writes")
+
+
+def _groups(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + CONFIRM_GROUP] for i in range(0, len(items), CONFIRM_GROUP)]
+
+
+def _int(reply: Any) -> int | None:
+    return None if isinstance(reply, ResponseError) else int(reply)
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+__all__ = ["TYPES", "CheckReport", "Expect", "ModelSummary", "check", "expectations", "holds"]

@@ -1,0 +1,177 @@
+"""What check, reindex and stats share: choosing models, scanning keys, reading replies.
+
+Every read goes through :mod:`redisca.session.executor` on a pooled connection,
+undecoded, so clients made with ``decode_responses`` on or off, RESP2 or RESP3,
+all look the same here. Keys are found with ``SCAN`` (never ``KEYS``), page by
+page, and whatever is read about a page goes out as one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+from ..conf import default_client
+from ..errors import RediscaError
+from ..mapping.mapper import MappedField, Mapper, mapper_of
+from ..mapping.registry import Registry
+from ..session import executor
+from ..session.plan import Command
+from ..session.rebuild import Rebuild, parse_marker
+
+#: ``progress(model, phase, done, total)``: called as work advances (``total`` may be None).
+Progress = Callable[[str, str, int, "int | None"], None]
+
+
+class MaintenanceError(RediscaError, RuntimeError):
+    """A maintenance task cannot run (a model not found, a reindex already running...)."""
+
+
+def resolve_client(client: redis.Redis | None) -> redis.Redis:
+    return client if client is not None else default_client()
+
+
+def select_mappers(registry_or_classes: Any, models: Iterable[Any] | None = None) -> list[Mapper]:
+    """The mappers to work on: a registry's, or those of the classes given; ``models``
+    narrows them by class, class name or prefix."""
+    if isinstance(registry_or_classes, Registry):
+        mappers = list(registry_or_classes)
+    elif isinstance(registry_or_classes, type | Mapper):
+        mappers = [_mapper(registry_or_classes)]
+    else:
+        mappers = [_mapper(item) for item in registry_or_classes]
+    if models is None:
+        return mappers
+    chosen: list[Mapper] = []
+    for wanted in [models] if isinstance(models, str | type) else models:
+        found = [m for m in mappers if _matches(m, wanted)]
+        if not found:
+            names = ", ".join(sorted(m.class_.__name__ for m in mappers)) or "none"
+            raise MaintenanceError(f"no mapped model {wanted!r} (models: {names})")
+        chosen += [m for m in found if m not in chosen]
+    return chosen
+
+
+def _mapper(item: Any) -> Mapper:
+    return item if isinstance(item, Mapper) else mapper_of(item)
+
+
+def _matches(mapper: Mapper, wanted: Any) -> bool:
+    if isinstance(wanted, Mapper):
+        return wanted is mapper
+    if isinstance(wanted, type):
+        return wanted is mapper.class_
+    return wanted in (mapper.class_.__name__, mapper.class_.__qualname__, mapper.prefix)
+
+
+def model_name(mapper: Mapper) -> str:
+    return mapper.class_.__name__
+
+
+def show(raw: bytes) -> str:
+    """A key, id or value for people to read, whatever bytes it holds."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+    """One pipelined round trip; error replies come back as ``ResponseError`` values."""
+    return executor.run(client, commands)
+
+
+def scan(client: redis.Redis, pattern: bytes, batch: int) -> Iterator[list[bytes]]:
+    """Pages of at most ``batch`` keys matching ``pattern`` (a key may come twice)."""
+    cursor: Any = b"0"
+    while True:
+        reply = _ok(run(client, [(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", batch)])[0])
+        cursor, keys = reply
+        for start in range(0, len(keys), batch):
+            yield [bytes(k) for k in keys[start : start + batch]]
+        if int(cursor) == 0:
+            return
+
+
+def scan_members(
+    client: redis.Redis, key: bytes, kind: bytes, batch: int
+) -> Iterator[list[tuple[bytes, float | None]]]:
+    """Members of a set (``SSCAN``) or, with scores, of a sorted set (``ZSCAN``)."""
+    cursor: Any = b"0"
+    command = b"SSCAN" if kind == b"set" else b"ZSCAN"
+    while True:
+        cursor, items = _ok(run(client, [(command, key, cursor, b"COUNT", batch)])[0])
+        if command == b"SSCAN":
+            yield [(bytes(m), None) for m in items]
+        else:
+            flat = iter(items)
+            yield [(bytes(m), to_float(s)) for m, s in zip(flat, flat, strict=True)]
+        if int(cursor) == 0:
+            return
+
+
+def _ok(reply: Any) -> Any:
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+def to_float(reply: Any) -> float:
+    """A score as RESP2 (a bulk string) or RESP3 (a double) gives it."""
+    return float(reply)
+
+
+def read_marker(client: redis.Redis, mapper: Mapper) -> Rebuild | None:
+    reply = run(client, [(b"LRANGE", mapper.layout.marker, 0, -1)])[0]
+    if isinstance(reply, ResponseError):
+        return None  # not a list: not a marker redisca wrote (check reports the key)
+    return parse_marker(reply)
+
+
+def by_hash_field(mapper: Mapper) -> dict[bytes, MappedField]:
+    return {f.hash_field: f for f in mapper.fields}
+
+
+class Ticker:
+    """Calls a progress callback at most every ``every`` seconds (and at the end)."""
+
+    def __init__(
+        self, progress: Progress | None, model: str, phase: str, total: int | None = None
+    ) -> None:
+        self.progress = progress
+        self.model = model
+        self.phase = phase
+        self.total = total
+        self.done = 0
+        self._last = 0.0
+
+    def add(self, n: int, every: float = 0.2) -> None:
+        self.done += n
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last >= every:
+            self._last = now
+            self.progress(self.model, self.phase, self.done, self.total)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.model, self.phase, self.done, self.total)
+
+
+__all__ = [
+    "MaintenanceError",
+    "Progress",
+    "Ticker",
+    "by_hash_field",
+    "model_name",
+    "read_marker",
+    "resolve_client",
+    "run",
+    "scan",
+    "scan_members",
+    "select_mappers",
+    "show",
+    "to_float",
+]

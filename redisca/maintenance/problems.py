@@ -1,0 +1,69 @@
+"""Problems that check and reindex report, and the snapshot reads that confirm them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from ..session import executor
+from ..session.plan import Command
+
+#: Every kind of problem, and what it means.
+KINDS: dict[str, str] = {
+    "wrong_type": "a key holds another Redis type than redisca writes there",
+    "undecodable": "a stored value its field's codec cannot read, or an id that is not UTF-8",
+    "missing_from_all": "an entity whose id is missing from the all-ids set",
+    "stale_id": "an id in the all-ids set whose entity does not exist",
+    "missing_entry": "an entity's indexed value is missing from its index",
+    "orphan_entry": "an index entry whose entity does not hold that value, or does not exist",
+    "wrong_score": "a range index entry whose score is not its entity's value",
+    "missing_unique": "an entity holds a unique value whose unique key does not exist",
+    "wrong_owner": "a unique key names another id than the entity that holds the value",
+    "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
+    "duplicate_unique": "two entities hold the same unique value",
+    "stray_key": "a key in the model's namespace that the model does not use",
+}
+
+
+class Problem(NamedTuple):
+    """One inconsistency: its kind (see :data:`KINDS`), the model's class name, the key
+    where it shows, the attribute concerned (or ``None``), and what was found."""
+
+    kind: str
+    model: str
+    key: str
+    field: str | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class Snapshot:
+    """Reads that all hold at one moment, on one connection.
+
+    Each key is ``WATCH``-ed before it is read (in the same write), and an empty
+    ``MULTI``/``EXEC`` at the end succeeds only if no watched key changed since:
+    then every reply read is what Redis held at that ``EXEC``. A check confirms
+    what it suspects this way, so a commit running at the same time cannot make
+    it report a problem that is not there.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.watched: set[bytes] = set()
+
+    def read(self, keys: Sequence[bytes], commands: Sequence[Command]) -> list[Any]:
+        new = list(dict.fromkeys(k for k in keys if k not in self.watched))
+        self.watched.update(new)
+        before: list[Command] = [(b"WATCH", *new)] if new else []
+        if not commands and not before:
+            return []
+        return executor.roundtrip(self.conn, [*before, *commands])[len(before) :]
+
+    def holds(self) -> bool:
+        """Whether nothing read changed: ends the snapshot (and its WATCH)."""
+        return executor.transaction(self.conn, []) is not None
+
+
+__all__ = ["KINDS", "Problem", "Snapshot"]

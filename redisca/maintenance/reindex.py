@@ -1,0 +1,461 @@
+"""reindex: rebuild a model's indexes from its hashes while the application commits.
+
+A run, per model (docs/operations.rst tells why this leaves no window in which a
+query answers from half-built indexes):
+
+1. *start*: create the marker ``P#x`` (the run's token, then what it rebuilds),
+   only if no other run's marker exists. From then on every commit that changes
+   index entries of the model applies each change to the run's build keys too
+   (:mod:`redisca.session.rebuild`), so what is built never falls behind;
+2. *build*: ``SCAN`` the entity keys; per page, ``WATCH`` the hashes and the
+   marker, read them, and write their index entries into the build keys in one
+   ``MULTI``/``EXEC``: if a commit changed one of them meanwhile, ``EXEC`` fails
+   and the page is read again. Whoever writes a build key records it in the
+   build directory ``P#b:<run>``;
+3. *switch*: one script, atomic like every script: if the marker is still this
+   run's, rename every build key over its live key, delete live index keys that
+   have no build key (no entity holds their value any more), delete the
+   directory and the marker. Commits that had read the marker fail their
+   ``EXEC`` (they watched it) and are retried against the new keys.
+
+The marker expires ``ttl`` seconds after the run last refreshed it, so a run
+that dies leaves the application mirroring for at most that long; the build
+keys it leaves behind are deleted by the next run (``check`` reports them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import redis
+from redis.exceptions import ResponseError
+
+from ..mapping.keys import INDEX_KINDS
+from ..mapping.mapper import MappedField, Mapper
+from ..session import executor
+from ..session.plan import Command
+from ..session.rebuild import ALL_IDS, marker_value
+from .check import expectations
+from .common import (
+    MaintenanceError,
+    Progress,
+    Ticker,
+    by_hash_field,
+    model_name,
+    resolve_client,
+    run,
+    scan,
+    select_mappers,
+    show,
+)
+from .problems import Problem
+
+#: Seconds a marker outlives the last sign of life of its run.
+DEFAULT_TTL = 60.0
+#: A page whose hashes keep changing is retried this often before it is split.
+PAGE_TRIES = 5
+KEY_TRIES = 200
+
+#: KEYS: marker, directory. ARGV: run token, then live index keys that may have to go.
+SWITCH = b"""\
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return {-1, 0} end
+local built = redis.call('HGETALL', KEYS[2])
+local onto = {}
+local renamed, deleted = 0, 0
+for i = 1, #built, 2 do
+  local b, l = built[i], built[i + 1]
+  onto[l] = true
+  if redis.call('EXISTS', b) == 1 then
+    redis.call('RENAME', b, l)
+    renamed = renamed + 1
+  else
+    deleted = deleted + redis.call('DEL', l)
+  end
+end
+for i = 2, #ARGV do
+  if not onto[ARGV[i]] then deleted = deleted + redis.call('DEL', ARGV[i]) end
+end
+redis.call('DEL', KEYS[2], KEYS[1])
+return {renamed, deleted}
+"""
+
+#: KEYS: marker. ARGV: run token, ttl in ms. Refreshes the marker while it is this run's.
+REFRESH = b"""\
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+#: KEYS: marker. ARGV: run token. Ends a run that gives up (commits stop mirroring).
+ABANDON = b"""\
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+class RunLost(MaintenanceError):
+    """The run's marker is gone (it expired, or someone removed it): nothing was switched."""
+
+
+@attrs.define
+class ModelReindex:
+    """What a run did to one model."""
+
+    model: str
+    prefix: str
+    run: str
+    rebuilt: list[str]
+    entities: int = 0
+    entries: int = 0
+    pages: int = 0
+    #: Pages read again because a commit changed one of their hashes meanwhile.
+    retries: int = 0
+    renamed: int = 0
+    deleted: int = 0
+    #: Milliseconds the switch script held the server.
+    switch_ms: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class ReindexReport:
+    """The runs, and what they could not index (``ok`` when nothing)."""
+
+    models: list[ModelReindex] = attrs.field(factory=list)
+    problems: list[Problem] = attrs.field(factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "models": [m.as_dict() for m in self.models],
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+def reindex(
+    registry_or_classes: Any,
+    client: redis.Redis | None = None,
+    *,
+    models: Iterable[Any] | None = None,
+    fields: Iterable[Any] | None = None,
+    batch: int = 500,
+    progress: Progress | None = None,
+    ttl: float = DEFAULT_TTL,
+) -> ReindexReport:
+    """Rebuild the indexes of each model (equality, range, unique and all-ids), or only
+    those of ``fields`` (attribute names or attributes, indexed ones), from the hashes.
+
+    The application may keep committing throughout: queries answer from the old
+    indexes until one atomic switch puts the new ones in place. Values that cannot
+    be indexed (undecodable, a unique value two entities hold) are reported in the
+    returned report's ``problems``; the rest is rebuilt all the same.
+    """
+    client = resolve_client(client)
+    report = ReindexReport()
+    for mapper in select_mappers(registry_or_classes, models):
+        members = _members(mapper, fields)
+        task = _Run(client, mapper, members, max(1, batch), progress, ttl)
+        report.models.append(task.run())
+        report.problems += task.problems
+    return report
+
+
+def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
+    """What a run rebuilds: hash field names, and ``#all`` for the all-ids set."""
+    if fields is None:
+        return [ALL_IDS, *(f.hash_field for f in mapper.indexed)]
+    chosen: list[bytes] = []
+    for wanted in [fields] if isinstance(fields, str) else fields:
+        name = getattr(wanted, "name", wanted)
+        field = mapper.by_name.get(name) if isinstance(name, str) else None
+        if field is None:
+            raise MaintenanceError(f"{model_name(mapper)} has no mapped attribute {wanted!r}")
+        if not field.indexed:
+            raise MaintenanceError(
+                f"{model_name(mapper)}.{field.name} is not indexed: declare index=True first"
+            )
+        chosen.append(field.hash_field)
+    return list(dict.fromkeys(chosen))
+
+
+class _Run:
+    def __init__(
+        self,
+        client: redis.Redis,
+        mapper: Mapper,
+        members: list[bytes],
+        batch: int,
+        progress: Progress | None,
+        ttl: float,
+    ) -> None:
+        self.client = client
+        self.mapper = mapper
+        self.layout = mapper.layout
+        self.members = members
+        self.batch = batch
+        self.progress = progress
+        self.ttl_ms = max(1000, int(ttl * 1000))
+        self.token = os.urandom(8).hex().encode()
+        self.directory = self.layout.build_dir(self.token)
+        self.fields = by_hash_field(mapper)
+        self.name = model_name(mapper)
+        self.problems: list[Problem] = []
+        self.summary = ModelReindex(
+            self.name,
+            mapper.prefix,
+            self.token.decode(),
+            [m.decode() for m in members],
+        )
+        self._refreshed = 0.0
+
+    def run(self) -> ModelReindex:
+        started = time.monotonic()
+        self.start()
+        try:
+            self.clean_leftovers()
+            self.build()
+            self.switch(self.live_keys())
+        except BaseException:
+            self.abandon()
+            raise
+        self.summary.seconds = round(time.monotonic() - started, 3)
+        return self.summary
+
+    # -- start and end ----------------------------------------------------------
+
+    def start(self) -> None:
+        marker = self.layout.marker
+        with executor.connection(self.client) as conn:
+            replies = executor.roundtrip(conn, [(b"WATCH", marker), (b"LRANGE", marker, 0, -1)])
+            if replies[1]:
+                executor.roundtrip(conn, [(b"UNWATCH",)])
+                other = show(bytes(replies[1][0])) if isinstance(replies[1], list) else "?"
+                raise MaintenanceError(
+                    f"a reindex of {self.name} is running already (run {other}, marker "
+                    f"{show(marker)}); a run that died lets its marker expire within "
+                    f"{self.ttl_ms // 1000} s of its last sign of life"
+                )
+            value = marker_value(self.token, self.members)
+            done = executor.transaction(
+                conn, [(b"RPUSH", marker, *value), (b"PEXPIRE", marker, self.ttl_ms)]
+            )
+        if done is None:
+            raise MaintenanceError(f"another reindex of {self.name} started at the same moment")
+        self._refreshed = time.monotonic()
+
+    def refresh(self) -> None:
+        """Keep the marker alive (a run that stops refreshing it loses it)."""
+        if time.monotonic() - self._refreshed < self.ttl_ms / 3000:
+            return
+        refresh = (b"EVAL", REFRESH, 1, self.layout.marker, self.token, self.ttl_ms)
+        reply = run(self.client, [refresh])
+        if reply[0] != 1:
+            raise RunLost(f"the reindex marker of {self.name} expired or was removed")
+        self._refreshed = time.monotonic()
+
+    def abandon(self) -> None:
+        """Give up: drop the marker (if still ours) and whatever was built."""
+        try:
+            run(self.client, [(b"EVAL", ABANDON, 1, self.layout.marker, self.token)])
+            self.delete_build_keys(lambda run_: run_ == self.token)
+        except Exception:  # the original error matters more; check reports what is left
+            pass
+
+    def clean_leftovers(self) -> None:
+        """Delete build keys of runs that died (any run but this one)."""
+        self.delete_build_keys(lambda run_: run_ != self.token)
+
+    def delete_build_keys(self, chosen: Any) -> None:
+        pattern = self.layout.namespace_pattern
+        for keys in scan(self.client, pattern, self.batch):
+            doomed = [
+                key
+                for key in keys
+                if self.layout.parse(key).kind in ("build", "build_dir")
+                and chosen(self.layout.parse(key).run)
+            ]
+            if doomed:
+                run(self.client, [(b"DEL", *doomed)])
+
+    # -- build ------------------------------------------------------------------
+
+    def build(self) -> None:
+        total = run(self.client, [(b"SCARD", self.layout.all_ids)])[0]
+        ticker = Ticker(
+            self.progress, self.name, "entities", None if isinstance(total, Exception) else total
+        )
+        for keys in scan(self.client, self.layout.entity_pattern, self.batch):
+            self.build_page(keys)
+            ticker.add(len(keys))
+            self.refresh()
+        ticker.finish()
+
+    def build_page(self, keys: list[bytes]) -> None:
+        """A page whose hashes keep changing is split; one key alone is retried, with a
+        growing pause, until the commits on it leave it a moment."""
+        tries = PAGE_TRIES if len(keys) > 1 else KEY_TRIES
+        for attempt in range(tries):
+            if self.try_page(keys):
+                self.summary.pages += 1
+                return
+            self.summary.retries += 1
+            if len(keys) == 1:
+                time.sleep(min(0.05, 0.001 * attempt))
+                self.refresh()
+        if len(keys) == 1:
+            raise MaintenanceError(f"{show(keys[0])} kept changing while the reindex read it")
+        half = len(keys) // 2
+        self.build_page(keys[:half])
+        self.build_page(keys[half:])
+
+    def try_page(self, keys: list[bytes]) -> bool:
+        """Index one page of entities as they are at ``EXEC``; ``False`` if one changed."""
+        marker = self.layout.marker
+        with executor.connection(self.client) as conn:
+            reads: list[Command] = [(b"WATCH", marker, *keys), (b"LINDEX", marker, 0)]
+            replies = executor.roundtrip(conn, [*reads, *((b"HGETALL", k) for k in keys)])
+            if replies[1] != self.token:
+                executor.roundtrip(conn, [(b"UNWATCH",)])
+                raise RunLost(f"the reindex marker of {self.name} expired or was removed")
+            page = _Page(self)
+            for key, reply in zip(keys, replies[2:], strict=True):
+                page.add(key, reply)
+            result = executor.transaction(conn, page.commands())
+        if result is None:
+            return False
+        self.summary.entities += page.entities
+        self.summary.entries += page.entries
+        self.problems += page.problems
+        self.claimed(page, result)
+        return True
+
+    def claimed(self, page: _Page, result: list[Any]) -> None:
+        """Unique values whose build key another entity had claimed: two hold them."""
+        replies = result[page.claims_at :]
+        lost = [c for c, reply in zip(page.claims, replies, strict=True) if reply is None]
+        if not lost:
+            return
+        owners = run(self.client, [(b"GET", built) for built, *_ in lost])
+        for (_, live, field, ident), owner in zip(lost, owners, strict=True):
+            if owner is None or bytes(owner) == ident:
+                continue  # a commit claimed it for this very entity meanwhile
+            other = show(bytes(owner))
+            detail = f"{show(ident)} and {other} both hold the value; it names {other}"
+            self.problems.append(
+                Problem("duplicate_unique", self.name, show(live), field.name, detail)
+            )
+
+    # -- switch -----------------------------------------------------------------
+
+    def live_keys(self) -> list[bytes]:
+        """Live index keys the switch deletes unless a build key replaces them."""
+        rebuilt = set(self.members)
+        everything = ALL_IDS in rebuilt  # a full run also drops indexes of unindexed fields
+        found: list[bytes] = []
+        for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
+            for key in keys:
+                parsed = self.layout.parse(key)
+                if parsed.kind not in INDEX_KINDS:
+                    continue
+                if parsed.kind == "all":
+                    if everything:
+                        found.append(key)
+                elif parsed.field in rebuilt or (everything and not self.indexes(parsed)):
+                    found.append(key)
+        return found
+
+    def indexes(self, parsed: Any) -> bool:
+        field = self.fields.get(parsed.field)
+        if field is None:
+            return False
+        return bool(field.unique if parsed.kind == "unique" else field.index == parsed.kind)
+
+    def switch(self, candidates: list[bytes]) -> None:
+        self.refresh()
+        started = time.monotonic()
+        reply = run(
+            self.client,
+            [(b"EVAL", SWITCH, 2, self.layout.marker, self.directory, self.token, *candidates)],
+        )[0]
+        self.summary.switch_ms = round((time.monotonic() - started) * 1000, 1)
+        if isinstance(reply, ResponseError):
+            raise MaintenanceError(f"the switch of {self.name} failed: {reply}")
+        renamed, deleted = (int(n) for n in reply)
+        if renamed < 0:
+            raise RunLost(f"the reindex marker of {self.name} expired before the switch")
+        self.summary.renamed, self.summary.deleted = renamed, deleted
+        if self.progress is not None:
+            self.progress(self.name, "switch", renamed + deleted, renamed + deleted)
+
+
+class _Page:
+    """The build-key writes of one page of entities."""
+
+    def __init__(self, task: _Run) -> None:
+        self.task = task
+        self.layout = task.layout
+        self.rebuilt = set(task.members)
+        self.writes: list[Command] = []
+        self.built: dict[bytes, bytes] = {}
+        #: Unique claims: (build key, live key, field, id), answered after the writes.
+        self.claims: list[tuple[bytes, bytes, MappedField, bytes]] = []
+        self.claims_at = 0
+        self.entities = 0
+        self.entries = 0
+        self.problems: list[Problem] = []
+
+    def add(self, key: bytes, reply: Any) -> None:
+        name = self.task.name
+        if isinstance(reply, ResponseError):
+            self.problems.append(Problem("wrong_type", name, show(key), None, "not a hash"))
+            return
+        values = executor.hash_reply(reply)
+        if not values:
+            return  # deleted since SCAN saw it
+        self.entities += 1
+        ident = key[self.layout.entity_prefix_len() :]
+        expects, bad = expectations(self.task.mapper, values)
+        for field, raw, exc in bad:
+            if field.hash_field in self.rebuilt:
+                detail = f"holds {raw[:60]!r}, which cannot be indexed ({exc})"
+                self.problems.append(Problem("undecodable", name, show(key), field.name, detail))
+        for expect in expects:
+            member = ALL_IDS if expect.field is None else expect.field.hash_field
+            if member not in self.rebuilt:
+                continue
+            self.entries += 1
+            built = self.build_key(expect.key)
+            if expect.kind in ("all", "eq"):
+                self.writes.append((b"SADD", built, ident))
+            elif expect.kind == "range":
+                self.writes.append((b"ZADD", built, repr(expect.score).encode(), ident))
+            else:
+                assert expect.field is not None
+                self.claims.append((built, expect.key, expect.field, ident))
+
+    def build_key(self, live: bytes) -> bytes:
+        built = self.layout.build(self.task.token, live)
+        self.built[built] = live
+        return built
+
+    def commands(self) -> list[Command]:
+        out = list(self.writes)
+        if self.built:
+            pairs = [k for pair in self.built.items() for k in pair]
+            out.append((b"HSET", self.task.directory, *pairs))
+        self.claims_at = len(out)
+        out += [(b"SET", built, ident, b"NX") for built, _, _, ident in self.claims]
+        return out
+
+
+__all__ = ["DEFAULT_TTL", "ModelReindex", "ReindexReport", "RunLost", "reindex"]

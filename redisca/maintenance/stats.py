@@ -1,0 +1,169 @@
+"""stats: how much of each model Redis holds, counted with SCAN and cheap reads.
+
+Entities and index keys are counted by scanning; index entries with
+``SCARD``/``ZCARD``; memory is estimated from ``MEMORY USAGE`` of a sample of
+keys of each kind (the average times the count), which stays cheap however
+large the model is. Nothing is decoded and nothing is written.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import redis
+from redis.exceptions import ResponseError
+
+from ..mapping.mapper import Mapper
+from .common import (
+    Progress,
+    Ticker,
+    model_name,
+    read_marker,
+    resolve_client,
+    run,
+    scan,
+    select_mappers,
+)
+
+#: How many keys of each kind ``MEMORY USAGE`` is asked about.
+DEFAULT_SAMPLE = 200
+
+_KINDS = ("entity", "all", "eq", "range", "unique")
+_CARD = {"all": b"SCARD", "eq": b"SCARD", "range": b"ZCARD"}
+
+
+@attrs.define
+class ModelStats:
+    """Counts for one model; ``memory`` in bytes, estimated from a sample per kind."""
+
+    model: str
+    prefix: str
+    entities: int = 0
+    #: Members of the all-ids set (equal to ``entities`` when the indexes are sound).
+    ids: int = 0
+    #: Keys by kind: ``all``, ``eq``, ``range``, ``unique``, ``other`` (reindex, stray).
+    index_keys: dict[str, int] = attrs.field(factory=dict)
+    #: Entries of the equality and range indexes (a unique key is one entry).
+    index_entries: int = 0
+    memory: dict[str, int] = attrs.field(factory=dict)
+    memory_sampled: int = 0
+    reindexing: bool = False
+    seconds: float = 0.0
+
+    @property
+    def memory_total(self) -> int:
+        return sum(self.memory.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        out["memory_total"] = self.memory_total
+        return out
+
+
+@attrs.define
+class StatsReport:
+    models: list[ModelStats] = attrs.field(factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"models": [m.as_dict() for m in self.models]}
+
+
+def stats(
+    registry_or_classes: Any,
+    client: redis.Redis | None = None,
+    *,
+    models: Iterable[Any] | None = None,
+    batch: int = 500,
+    sample: int = DEFAULT_SAMPLE,
+    progress: Progress | None = None,
+) -> StatsReport:
+    """Count the entities, index keys and index entries of each model, and estimate
+    their memory from ``MEMORY USAGE`` of up to ``sample`` keys of each kind."""
+    client = resolve_client(client)
+    report = StatsReport()
+    for mapper in select_mappers(registry_or_classes, models):
+        report.models.append(_model_stats(client, mapper, max(1, batch), sample, progress))
+    return report
+
+
+def _model_stats(
+    client: redis.Redis, mapper: Mapper, batch: int, sample: int, progress: Progress | None
+) -> ModelStats:
+    started = time.monotonic()
+    layout = mapper.layout
+    out = ModelStats(model_name(mapper), mapper.prefix)
+    out.reindexing = read_marker(client, mapper) is not None
+    counts = dict.fromkeys(_KINDS, 0)
+    samples: dict[str, _Reservoir] = {kind: _Reservoir(sample) for kind in _KINDS}
+    ticker = Ticker(progress, out.model, "keys")
+    for pattern in (layout.entity_pattern, layout.namespace_pattern):
+        for keys in scan(client, pattern, batch):
+            sized: list[bytes] = []
+            for key in keys:
+                kind = layout.parse(key).kind
+                kind = kind if kind in counts else "other"
+                counts[kind] = counts.get(kind, 0) + 1
+                if kind in _CARD:
+                    sized.append(key)
+                samples.setdefault(kind, _Reservoir(sample)).offer(key)
+            out.index_entries += _entries(client, layout, sized)
+            ticker.add(len(keys))
+    ticker.finish()
+    out.entities = counts.pop("entity")
+    out.ids = _int(run(client, [(b"SCARD", layout.all_ids)])[0])
+    out.index_entries += counts["unique"]
+    out.index_keys = {k: v for k, v in counts.items() if v}
+    total = {**counts, "entity": out.entities}
+    for kind, reservoir in samples.items():
+        if reservoir.keys and total.get(kind):
+            average, measured = _memory(client, reservoir.keys)
+            out.memory_sampled += measured
+            out.memory[kind] = int(average * total[kind])
+    out.seconds = round(time.monotonic() - started, 3)
+    return out
+
+
+def _entries(client: redis.Redis, layout: Any, keys: list[bytes]) -> int:
+    """Members of the equality and range index keys (the all-ids set is counted apart)."""
+    commands = []
+    for key in keys:
+        kind = layout.parse(key).kind
+        if kind != "all":
+            commands.append((_CARD[kind], key))
+    return sum(_int(reply) for reply in run(client, commands))
+
+
+def _memory(client: redis.Redis, keys: list[bytes]) -> tuple[float, int]:
+    replies = run(client, [(b"MEMORY", b"USAGE", key) for key in keys])
+    sizes = [int(r) for r in replies if r is not None and not isinstance(r, ResponseError)]
+    return (sum(sizes) / len(sizes) if sizes else 0.0), len(sizes)
+
+
+def _int(reply: Any) -> int:
+    return 0 if reply is None or isinstance(reply, ResponseError) else int(reply)
+
+
+class _Reservoir:
+    """A uniform sample of at most ``size`` keys from a stream of unknown length."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.keys: list[bytes] = []
+        self.seen = 0
+        self.random = random.Random(0)
+
+    def offer(self, key: bytes) -> None:
+        self.seen += 1
+        if len(self.keys) < self.size:
+            self.keys.append(key)
+            return
+        slot = self.random.randrange(self.seen)
+        if slot < self.size:
+            self.keys[slot] = key
+
+
+__all__ = ["DEFAULT_SAMPLE", "ModelStats", "StatsReport", "stats"]

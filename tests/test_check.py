@@ -1,0 +1,353 @@
+"""check: every kind of problem, made by corrupting data with a raw client, is found and
+named (kind, model, key, field); clean data is ok; commits running during a check never
+make it report a problem that is not there; keys are found with SCAN, never KEYS.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import pytest
+import redis
+from models import Company, User, registry
+
+import redisca
+from redisca import Registry, Session
+from redisca.maintenance import KINDS, MaintenanceError, Problem, check
+
+# -- data --------------------------------------------------------------------------
+
+
+def seed(r: redis.Redis, n: int = 12) -> None:
+    with Session(r) as s:
+        acme = Company("acme", id="c1")
+        s.add_all(User(f"u{i}@x.org", age=i, company=acme, id=str(i)) for i in range(n))
+        s.commit()
+
+
+def kinds(problems: list[Problem]) -> list[tuple[str, str, str | None]]:
+    return sorted((p.kind, p.key, p.field) for p in problems)
+
+
+def test_clean_data_is_ok(r: redis.Redis) -> None:
+    seed(r)
+    report = check(registry, r)
+    assert report.ok and report.problems == []
+    by_model = {m.model: m for m in report.models}
+    assert by_model["User"].entities == 12 and by_model["Company"].entities == 1
+    # usr#all, usr#r:age, usr#i:company:c1 and 12 unique keys; co#all and co's unique key
+    assert by_model["User"].index_keys == 15 and by_model["Company"].index_keys == 2
+    assert not by_model["User"].reindexing
+    assert json.loads(json.dumps(report.as_dict()))["ok"] is True
+
+
+def test_an_empty_database_is_ok(r: redis.Redis) -> None:
+    report = check(registry, r)
+    assert report.ok and [m.entities for m in report.models] == [0, 0]
+
+
+# -- every kind of problem -------------------------------------------------------------
+
+Corruption = Callable[[redis.Redis], None]
+
+CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
+    (
+        "an entity missing from its equality index",
+        lambda r: r.srem("usr#i:company:c1", "3"),
+        [("missing_entry", "usr#i:company:c1", "company")],
+    ),
+    (
+        "an entity missing from its range index",
+        lambda r: r.zrem("usr#r:age", "3"),
+        [("missing_entry", "usr#r:age", "age")],
+    ),
+    (
+        "an equality entry whose entity holds another value",
+        lambda r: r.sadd("usr#i:company:c2", "4"),
+        [("orphan_entry", "usr#i:company:c2", "company")],
+    ),
+    (
+        "a range entry of an entity that does not exist",
+        lambda r: r.zadd("usr#r:age", {"nobody": 5}),
+        [("orphan_entry", "usr#r:age", "age")],
+    ),
+    (
+        "a range entry with the wrong score",
+        lambda r: r.zadd("usr#r:age", {"5": 99}),
+        [("wrong_score", "usr#r:age", "age")],
+    ),
+    (
+        "an entity missing from the all-ids set",
+        lambda r: r.srem("usr#all", "6"),
+        [("missing_from_all", "usr#all", None)],
+    ),
+    (
+        "an id in the all-ids set without a hash",
+        lambda r: r.sadd("usr#all", "ghost"),
+        [("stale_id", "usr#all", None)],
+    ),
+    (
+        "a unique key owned by the wrong id",
+        lambda r: r.set("usr#u:eml:u7@x.org", "8"),
+        [("wrong_owner", "usr#u:eml:u7@x.org", "email")],
+    ),
+    (
+        "a unique key pointing to nothing",
+        lambda r: r.set("usr#u:eml:nobody@x.org", "ghost"),
+        [("dangling_unique", "usr#u:eml:nobody@x.org", "email")],
+    ),
+    (
+        "a unique key whose owner holds another value",
+        lambda r: r.set("usr#u:eml:nobody@x.org", "2"),
+        [("dangling_unique", "usr#u:eml:nobody@x.org", "email")],
+    ),
+    (
+        "a unique value without its key",
+        lambda r: r.delete("usr#u:eml:u10@x.org"),
+        [("missing_unique", "usr#u:eml:u10@x.org", "email")],
+    ),
+    (
+        "two entities holding one unique value",
+        lambda r: r.hset("usr:11", "eml", "U9@x.org"),
+        # 11's own key now names an entity that does not hold it
+        [
+            ("dangling_unique", "usr#u:eml:u11@x.org", "email"),
+            ("duplicate_unique", "usr#u:eml:u9@x.org", "email"),
+        ],
+    ),
+    (
+        "an undecodable value",
+        lambda r: r.hset("usr:2", "created", "yesterday"),
+        [("undecodable", "usr:2", "created")],
+    ),
+    (
+        "an undecodable indexed value",
+        lambda r: r.hset("usr:2", "age", "two"),
+        [("undecodable", "usr:2", "age")],
+    ),
+    (
+        "an entity key holding a string",
+        lambda r: r.set("usr:99", "not a hash"),
+        [("wrong_type", "usr:99", None)],
+    ),
+    (
+        "an index key of the wrong type",
+        lambda r: (r.delete("co#all"), r.set("co#all", "oops")),
+        [("wrong_type", "co#all", None)],
+    ),
+    (
+        "a range index of the wrong type",
+        lambda r: (r.delete("usr#r:age"), r.sadd("usr#r:age", "1")),
+        [("wrong_type", "usr#r:age", "age")],
+    ),
+    (
+        "an index of a field that is not indexed",
+        lambda r: r.sadd("usr#i:nickname:bob", "1"),
+        [("stray_key", "usr#i:nickname:bob", None)],
+    ),
+    (
+        "a key that is no key redisca writes",
+        lambda r: r.set("usr#what", "x"),
+        [("stray_key", "usr#what", None)],
+    ),
+    (
+        "a leftover query scratch key",
+        lambda r: r.sadd("usr#t:0123", "1"),
+        [("stray_key", "usr#t:0123", None)],
+    ),
+    (
+        "a build key of a reindex that is not running",
+        lambda r: r.sadd("usr#b:dead:all", "1"),
+        [("stray_key", "usr#b:dead:all", None)],
+    ),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_problem_is_found(
+    r: redis.Redis, corrupt: Corruption, expected: list[tuple[str, str, str | None]]
+) -> None:
+    seed(r)
+    corrupt(r)
+    report = check(registry, r)
+    assert not report.ok
+    assert kinds(report.problems) == sorted(expected)
+    for problem in report.problems:
+        assert problem.kind in KINDS and problem.detail
+        assert problem.model == ("Company" if problem.key.startswith("co") else "User")
+
+
+def test_every_kind_is_covered() -> None:
+    assert {kind for _, _, found in CASES for kind, _, _ in found} == set(KINDS)
+
+
+def test_many_problems_at_once_with_any_batch(r: redis.Redis) -> None:
+    seed(r, 40)
+    for _, corrupt, _ in CASES:
+        corrupt(r)  # some undo or hide others (the range index ends up a set)
+    found = [kinds(check(registry, r, batch=batch).problems) for batch in (1, 3, 500)]
+    assert found[0] == found[1] == found[2]
+    assert {kind for kind, _, _ in found[0]} == set(KINDS) - {"wrong_score"}
+
+
+def test_problems_serialise_to_json(r: redis.Redis) -> None:
+    seed(r)
+    r.srem("usr#all", "6")
+    data = json.loads(json.dumps(check(registry, r).as_dict()))
+    assert data["ok"] is False
+    assert data["problems"] == [
+        {
+            "kind": "missing_from_all",
+            "model": "User",
+            "key": "usr#all",
+            "field": None,
+            "detail": "6 has a hash (usr:6) but is not in it",
+        }
+    ]
+    assert {m["model"]: m["problems"] for m in data["models"]} == {"Company": 0, "User": 1}
+
+
+# -- awkward ids and values ---------------------------------------------------------------
+
+odd = Registry()
+
+
+@odd.mapped(prefix="odd")
+@attrs.define
+class Odd:
+    tag: str | None = redisca.String(index=True, default=None)
+    price: Decimal | None = redisca.Field(index=True, unique=True, default=None)
+    id: str | None = None
+
+
+AWKWARD = ["", ":", "a:b", "{x}", "*", "line\nbreak", "ünï🙂", "#all", "odd#all"]
+
+
+def test_awkward_ids_and_values_are_ok(r: redis.Redis) -> None:
+    with Session(r) as s:
+        s.add_all(
+            Odd(tag=ident or None, price=Decimal(f"{n}.10"), id=ident)
+            for n, ident in enumerate(AWKWARD)
+        )
+        s.commit()
+    report = check(Odd, r)
+    assert report.ok, report.problems
+    r.hset("odd:a:b", "price", "7.1000")  # the same price as another: a duplicate
+    assert kinds(check(Odd, r).problems) == [
+        ("dangling_unique", "odd#u:price:2.1", "price"),
+        ("duplicate_unique", "odd#u:price:7.1", "price"),
+    ]
+
+
+def test_an_id_that_is_not_utf8_is_undecodable(r: redis.Redis) -> None:
+    r.hset(b"odd:\xff", "tag", "x")
+    r.sadd("odd#all", b"\xff")
+    r.sadd("odd#i:tag:x", b"\xff")
+    assert kinds(check(Odd, r).problems) == [("undecodable", "odd:\\xff", None)]
+
+
+# -- choosing models ---------------------------------------------------------------------
+
+
+def test_models_are_chosen_by_class_name_or_prefix(r: redis.Redis) -> None:
+    seed(r)
+    r.srem("co#all", "c1")
+    r.srem("usr#all", "1")
+    for models, expected in (
+        (["User"], {"User"}),
+        (["co"], {"Company"}),
+        ([Company, "usr"], {"Company", "User"}),
+        ("Company", {"Company"}),
+    ):
+        report = check(registry, r, models=models)
+        assert {m.model for m in report.models} == expected
+        assert {p.model for p in report.problems} == expected
+    assert {m.model for m in check([User], r).models} == {"User"}
+    with pytest.raises(MaintenanceError, match="no mapped model 'Nope'"):
+        check(registry, r, models=["Nope"])
+
+
+def test_the_default_client_is_used_without_one(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(r)
+    monkeypatch.setattr(redisca.conf, "db", r)
+    assert check(registry).ok
+
+
+# -- how it reads -----------------------------------------------------------------------
+
+
+class Recorder(redis.Connection):
+    """A connection that remembers the name of every command it sends."""
+
+    names: list[bytes] = []
+
+    def pack_commands(self, commands: Any) -> Any:
+        commands = list(commands)
+        Recorder.names += [
+            bytes(c[0]) if isinstance(c[0], bytes) else c[0].encode() for c in commands
+        ]
+        return super().pack_commands(commands)
+
+    def pack_command(self, *args: Any) -> Any:
+        name = args[0]
+        Recorder.names.append(name if isinstance(name, bytes) else str(name).encode())
+        return super().pack_command(*args)
+
+
+def test_keys_are_scanned_never_listed(r: redis.Redis, redis_url: str) -> None:
+    seed(r, 30)
+    client = redis.Redis.from_url(redis_url, connection_class=Recorder)
+    Recorder.names = []
+    try:
+        assert check(registry, client, batch=7).ok
+    finally:
+        client.close()
+    names = {n.upper() for n in Recorder.names}
+    assert b"SCAN" in names and b"KEYS" not in names
+    assert not names & {b"SET", b"DEL", b"SADD", b"SREM", b"ZADD", b"HSET", b"EVAL"}
+
+
+def test_problems_found_during_commits_are_real(r: redis.Redis, make_client: Any) -> None:
+    """A writer keeps moving entities between index values while check runs: every
+    suspicion a commit caused is ruled out by the snapshot; the one real problem stays."""
+    seed(r, 60)
+    with Session(r) as s:
+        s.add_all(Company(f"co{n}", id=f"c{n}") for n in (10, 11, 12))
+        s.commit()
+    r.sadd("usr#i:company:c9", "ghost-member")  # the real one
+    writer_client = make_client()
+    stop = threading.Event()
+    commits = [0]
+
+    def write() -> None:
+        n = 0
+        with Session(writer_client) as s:
+            while not stop.is_set():
+                user = s.get(User, str(n % 60))
+                assert user is not None
+                user.age = (user.age or 0) % 150 + 1
+                user.company = s.reference(Company, f"c{n % 3 + 10}") if n % 2 else None
+                s.commit()
+                s.expunge_all()
+                commits[0] += 1
+                n += 1
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        reports = [check(registry, r, batch=5) for _ in range(8)]
+    finally:
+        stop.set()
+        thread.join()
+    assert commits[0] > 20
+    for report in reports:
+        assert kinds(report.problems) == [("orphan_entry", "usr#i:company:c9", "company")]
+    r.srem("usr#i:company:c9", "ghost-member")
+    assert check(registry, r).ok
