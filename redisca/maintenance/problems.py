@@ -26,8 +26,9 @@ KINDS: dict[str, str] = {
 
 
 class Problem(NamedTuple):
-    """One inconsistency: its kind (see :data:`KINDS`), the model's class name, the key
-    where it shows, the attribute concerned (or ``None``), and what was found."""
+    """One inconsistency: its kind (see :data:`~redisca.maintenance.KINDS`), the model's
+    class name, the key where it shows, the attribute concerned (or ``None``), and what
+    was found."""
 
     kind: str
     model: str
