@@ -89,8 +89,10 @@ class EmailCodec(StrCodec):
     name = "email address"
 
     def index_key(self, raw: bytes) -> bytes:
-        # Addresses are stored as given; their index and uniqueness ignore case.
-        return raw.decode().lower().encode()
+        # Addresses are stored as given; their index and uniqueness ignore case. Bytes
+        # that are not UTF-8 (written by another program) pass through unchanged, so
+        # deleting or checking such an entity still finds its keys.
+        return raw.decode(errors="surrogateescape").lower().encode(errors="surrogateescape")
 
 
 class BytesCodec(Codec):
@@ -112,8 +114,17 @@ class IntCodec(Codec):
     name = "int"
     index_kind = "range"
 
+    def coerce(self, value: Any) -> Any:
+        value = super().coerce(value)
+        if value.bit_length() > 64:
+            self.encode(value)  # refuse ints too long to write as text right away
+        return value
+
     def encode(self, value: int) -> bytes:
-        return b"%d" % value
+        try:
+            return b"%d" % value
+        except ValueError as exc:  # beyond sys.get_int_max_str_digits()
+            raise ValidationError(f"integer too long to store: {exc}", value=value) from None
 
     def decode(self, raw: bytes) -> int:
         return int(raw)

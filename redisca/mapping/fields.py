@@ -95,6 +95,8 @@ def make_field(
 def _bounds_check(what: str, low: Any, high: Any, measure: Callable[[Any], Any]) -> Check:
     def check(value: Any) -> None:
         size = measure(value)
+        if size != size:  # NaN: no comparison holds, so no bound would refuse it
+            raise ValidationError(f"{what} NaN lies outside any bounds", value=value)
         if low is not None and size < low:
             raise ValidationError(f"{what} {size!r} is below the minimum {low!r}", value=value)
         if high is not None and size > high:

@@ -190,7 +190,11 @@ class Mapper:
         cls.__redisca_mapper__ = self
 
     def _coerce_id(self, value: Any) -> str | None:
-        if value is None or isinstance(value, str):
+        if value is None:
+            return value
+        if isinstance(value, str):
+            if not value.isascii():
+                self._check_id_text(value)
             return value
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
@@ -199,6 +203,16 @@ class Mapper:
             field=self.id_attr,
             value=value,
         )
+
+    def _check_id_text(self, value: str) -> None:
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                f"{self.class_.__name__}.{self.id_attr}: an id must be text UTF-8 can hold: {exc}",
+                field=self.id_attr,
+                value=value,
+            ) from None
 
     @property
     def field_names(self) -> list[str]:
