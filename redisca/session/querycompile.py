@@ -11,6 +11,7 @@ their unique key (one ``GET``) instead.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -26,6 +27,10 @@ from .plan import Command
 class Bound:
     score: float
     inclusive: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if math.isnan(self.score):  # Redis would take "nan" as no bound at all
+            raise QueryError("NaN cannot bound a range: no value compares with it")
 
     def arg(self) -> bytes:
         text = "+inf" if self.score == float("inf") else repr(self.score)
@@ -103,12 +108,31 @@ def _encode(field: MappedField, value: Any) -> bytes:
     return raw
 
 
-def _bound(field: MappedField, value: Any, inclusive: bool) -> Bound | None:
+def _bound(field: MappedField, value: Any, inclusive: bool, *, low: bool) -> Bound | None:
     if value is None:
         return None
     if isinstance(field.codec, IntCodec | FloatCodec) and _is_real(value):
+        if isinstance(value, int):
+            return _int_bound(value, inclusive, low=low)
         return Bound(float(value), inclusive)  # age >= 29.5 is a fine bound for ints
     return Bound(field.score(_encode(field, value)), inclusive)
+
+
+def _int_bound(value: int, inclusive: bool, *, low: bool) -> Bound:
+    """An int as a bound on doubles, exact where no double equals it (beyond 2**53,
+    beyond the float range): the nearest double on the side the bound lets through,
+    included, admits exactly the doubles the int itself would."""
+    try:
+        score = float(value)
+    except OverflowError:
+        score = math.inf if value > 0 else -math.inf
+    if score == value:
+        return Bound(score, inclusive)
+    if low and score < value:
+        score = math.nextafter(score, math.inf)
+    elif not low and score > value:
+        score = math.nextafter(score, -math.inf)
+    return Bound(score, True)
 
 
 def _is_real(value: Any) -> bool:
@@ -134,8 +158,8 @@ def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
             continue
         if field.index != "range":
             raise QueryError(f"{cond.attribute!r} has an equality index: compare it with ==")
-        low = _bound(field, cond.low, cond.low_inclusive)
-        high = _bound(field, cond.high, cond.high_inclusive)
+        low = _bound(field, cond.low, cond.low_inclusive, low=True)
+        high = _bound(field, cond.high, cond.high_inclusive, low=False)
         ranges[field] = ranges.get(field, Range()).narrow(low, high)
     return Filters(tuple(unique), tuple(eq), tuple(ranges.items()))
 
