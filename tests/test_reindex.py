@@ -220,7 +220,7 @@ def test_commits_during_a_run_are_in_the_switched_indexes(r: redis.Redis) -> Non
     done: list[str] = []
 
     def meanwhile(model: str, phase: str, count: int, total: int | None) -> None:
-        if phase != "entities" or model in done:
+        if phase != "entities" or model in done or count == 0:
             return
         done.append(model)
         if model == "Log":

@@ -8,7 +8,7 @@ application keeps committing. ``python -m redisca`` runs them from a shell
 from __future__ import annotations
 
 from .check import CheckReport, ModelSummary, check
-from .common import MaintenanceError, Progress
+from .common import MaintenanceError, Progress, UnknownName
 from .problems import KINDS, Problem
 from .reindex import DEFAULT_TTL, ModelReindex, ReindexReport, RunLost, reindex
 from .stats import ModelStats, StatsReport, stats
@@ -26,6 +26,7 @@ __all__ = [
     "ReindexReport",
     "RunLost",
     "StatsReport",
+    "UnknownName",
     "check",
     "reindex",
     "stats",

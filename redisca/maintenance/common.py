@@ -28,7 +28,11 @@ Progress = Callable[[str, str, int, "int | None"], None]
 
 
 class MaintenanceError(RediscaError, RuntimeError):
-    """A maintenance task cannot run (a model not found, a reindex already running...)."""
+    """A maintenance task cannot run (a reindex already running, a lost marker...)."""
+
+
+class UnknownName(MaintenanceError, LookupError):
+    """A model or field named to a task does not exist, or cannot be used for it."""
 
 
 def resolve_client(client: redis.Redis | None) -> redis.Redis:
@@ -51,7 +55,7 @@ def select_mappers(registry_or_classes: Any, models: Iterable[Any] | None = None
         found = [m for m in mappers if _matches(m, wanted)]
         if not found:
             names = ", ".join(sorted(m.class_.__name__ for m in mappers)) or "none"
-            raise MaintenanceError(f"no mapped model {wanted!r} (models: {names})")
+            raise UnknownName(f"no mapped model {wanted!r} (models: {names})")
         chosen += [m for m in found if m not in chosen]
     return chosen
 
@@ -145,6 +149,8 @@ class Ticker:
         self.total = total
         self.done = 0
         self._last = 0.0
+        if progress is not None:
+            progress(model, phase, 0, total)  # the phase starts: rates count from here
 
     def add(self, n: int, every: float = 0.2) -> None:
         self.done += n
@@ -164,6 +170,7 @@ __all__ = [
     "MaintenanceError",
     "Progress",
     "Ticker",
+    "UnknownName",
     "by_hash_field",
     "model_name",
     "read_marker",

@@ -44,6 +44,7 @@ from .common import (
     MaintenanceError,
     Progress,
     Ticker,
+    UnknownName,
     by_hash_field,
     model_name,
     resolve_client,
@@ -179,9 +180,9 @@ def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
         name = getattr(wanted, "name", wanted)
         field = mapper.by_name.get(name) if isinstance(name, str) else None
         if field is None:
-            raise MaintenanceError(f"{model_name(mapper)} has no mapped attribute {wanted!r}")
+            raise UnknownName(f"{model_name(mapper)} has no mapped attribute {wanted!r}")
         if not field.indexed:
-            raise MaintenanceError(
+            raise UnknownName(
                 f"{model_name(mapper)}.{field.name} is not indexed: declare index=True first"
             )
         chosen.append(field.hash_field)
@@ -394,8 +395,6 @@ class _Run:
         if renamed < 0:
             raise RunLost(f"the reindex marker of {self.name} expired before the switch")
         self.summary.renamed, self.summary.deleted = renamed, deleted
-        if self.progress is not None:
-            self.progress(self.name, "switch", renamed + deleted, renamed + deleted)
 
 
 class _Page:

@@ -68,7 +68,7 @@ MISSING: Any = _Missing()
 class FieldAttribute(Comparator):
     """The data descriptor of one mapped attribute."""
 
-    __slots__ = ("coerce", "inner", "mapper", "name", "owner")
+    __slots__ = ("coerce", "fetch", "inner", "mapper", "name", "owner", "store")
 
     def __init__(
         self, owner: type, name: str, inner: Any, coerce: Callable[[Any], Any], mapper: Any
@@ -78,6 +78,12 @@ class FieldAttribute(Comparator):
         self.inner = inner  # the slot's member descriptor, or None for __dict__ classes
         self.coerce = coerce
         self.mapper = mapper
+        #: Hot-path accessors (hydration, encoding): the slot's own functions when there
+        #: is a slot. ``fetch`` raises AttributeError for an unset attribute.
+        self.fetch: Callable[[Any], Any] = inner.__get__ if inner is not None else self._dict_get
+        self.store: Callable[[Any, Any], None] = (
+            inner.__set__ if inner is not None else self._dict_set
+        )
 
     def __repr__(self) -> str:
         return f"{self.owner.__name__}.{self.name}"
@@ -101,26 +107,30 @@ class FieldAttribute(Comparator):
         return value
 
     def __set__(self, obj: Any, value: Any) -> None:
-        self.set_raw(obj, self.coerce(value))
+        self.store(obj, self.coerce(value))
 
     def __delete__(self, obj: Any) -> None:
         self.del_raw(obj)
 
     def get_raw(self, obj: Any) -> Any:
         """The stored Python value, or :data:`MISSING`; never loads."""
-        if self.inner is not None:
-            try:
-                return self.inner.__get__(obj, self.owner)
-            except AttributeError:
-                return MISSING
-        return obj.__dict__.get(self.name, MISSING)
+        try:
+            return self.fetch(obj)
+        except AttributeError:
+            return MISSING
 
     def set_raw(self, obj: Any, value: Any) -> None:
         """Set without checks: for values decoded from Redis."""
-        if self.inner is not None:
-            self.inner.__set__(obj, value)
-        else:
-            obj.__dict__[self.name] = value
+        self.store(obj, value)
+
+    def _dict_get(self, obj: Any) -> Any:
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def _dict_set(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
 
     def del_raw(self, obj: Any) -> None:
         if self.inner is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MappingError, ValidationError
-from .codecs import Codec
+from .codecs import Codec, decoder, encoder
 from .instrument import MISSING, FieldAttribute, inner_descriptor
 from .keys import KeyLayout
 
@@ -25,6 +25,8 @@ class MappedField:
         "attribute",
         "checks",
         "codec",
+        "decoder",
+        "encoder",
         "hash_field",
         "index",
         "mapper",
@@ -55,6 +57,10 @@ class MappedField:
         self.hash_field = hash_field.encode()
         #: Its :class:`~redisca.Codec`; ``None`` for a reference.
         self.codec = codec
+        #: Stored bytes → Python value (a reference's is its target's id).
+        self.decoder: Any = bytes.decode if codec is None else decoder(codec)
+        #: Python value → stored bytes (``None`` for a reference: see :meth:`encode`).
+        self.encoder: Any = None if codec is None else encoder(codec)
         #: Whether it accepts ``None`` (optional annotation or ``None`` default).
         self.nullable = nullable
         #: Whether values are unique (``unique=True``).
@@ -122,15 +128,15 @@ class MappedField:
                 raise self._invalid("refers to an entity that has no id yet", value)
             return ident.encode()
         try:
-            return self.codec.encode(value)
+            return self.encoder(value)  # type: ignore[no-any-return]
         except ValidationError as exc:
             raise self._invalid(str(exc), value) from None
+        except UnicodeEncodeError as exc:  # str.encode, standing in for StrCodec.encode
+            raise self._invalid(f"string cannot be stored as UTF-8: {exc}", value) from None
 
     def decode(self, raw: bytes) -> Any:
         """Stored bytes → Python value (a reference decodes to the target's id)."""
-        if self.codec is None:
-            return raw.decode()
-        return self.codec.decode(raw)
+        return self.decoder(raw)
 
     def index_key(self, raw: bytes) -> bytes:
         return raw if self.codec is None else self.codec.index_key(raw)
@@ -238,9 +244,11 @@ class Mapper:
         """Encoded values of every attribute that holds a value (unset ones are skipped)."""
         out: dict[MappedField, bytes | None] = {}
         for field in self.fields:
-            value = field.attribute.get_raw(obj)
-            if value is not MISSING:
-                out[field] = field.encode(value)
+            try:
+                value = field.attribute.fetch(obj)
+            except AttributeError:
+                continue
+            out[field] = field.encode(value)
         return out
 
 

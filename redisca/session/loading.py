@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, NotFound
-from ..mapping.instrument import MISSING
 from ..mapping.keys import VERSION_FIELD
 from ..mapping.mapper import MappedField, Mapper
 from . import executor
@@ -24,15 +23,19 @@ if TYPE_CHECKING:
 
 def decode_field(field: MappedField, raw: bytes, key: bytes) -> Any:
     try:
-        return field.decode(raw)
+        return field.decoder(raw)
     except Exception as exc:
-        name = key.decode(errors="replace")
-        raise DecodeError(
-            f"{name}: field {field.hash_field.decode()!r} holds {raw[:60]!r}, which is not a "
-            f"valid {field.codec.name if field.codec else 'id'} ({exc})",
-            key=name,
-            field=field.name,
-        ) from None
+        raise _decode_error(field, raw, key, exc) from None
+
+
+def _decode_error(field: MappedField, raw: bytes, key: bytes, exc: Exception) -> DecodeError:
+    name = key.decode(errors="replace")
+    return DecodeError(
+        f"{name}: field {field.hash_field.decode()!r} holds {raw[:60]!r}, which is not a "
+        f"valid {field.codec.name if field.codec else 'id'} ({exc})",
+        key=name,
+        field=field.name,
+    )
 
 
 def python_value(session: Session, field: MappedField, raw: bytes | None, key: bytes) -> Any:
@@ -41,21 +44,40 @@ def python_value(session: Session, field: MappedField, raw: bytes | None, key: b
         return None
     value = decode_field(field, raw, key)
     if field.is_reference:
-        return session.reference(field.target_mapper().class_, value)
+        return session._stub(field.target_mapper(), value)
     return value
 
 
 def hydrate(
     session: Session, state: InstanceState, raw: dict[bytes, bytes], *, overwrite: bool
 ) -> None:
-    """Fill an instance from its hash; ``overwrite=False`` keeps values set in Python."""
-    obj, key = state.obj, state.mapper.key(state.id)  # type: ignore[arg-type]
+    """Fill an instance from its hash; ``overwrite=False`` keeps values set in Python.
+
+    The hot path of every load: one pass over the fields, decoders and slot
+    setters called directly.
+    """
+    obj = state.obj
     snapshot: dict[MappedField, bytes | None] = {}
     for field in state.mapper.fields:
         enc = raw.get(field.hash_field)
         snapshot[field] = enc
-        if overwrite or field.attribute.get_raw(obj) is MISSING:
-            field.attribute.set_raw(obj, python_value(session, field, enc, key))
+        attribute = field.attribute
+        if not overwrite:
+            try:
+                attribute.fetch(obj)
+                continue  # set in Python: kept
+            except AttributeError:
+                pass
+        if enc is None:
+            attribute.store(obj, None)
+            continue
+        try:
+            value = field.decoder(enc)
+        except Exception as exc:
+            raise _decode_error(field, enc, state.mapper.key(state.id), exc) from None  # type: ignore[arg-type]
+        if field.codec is None:
+            value = session._stub(field.target_mapper(), value)
+        attribute.store(obj, value)
     version = raw.get(VERSION_FIELD)
     state.snapshot = snapshot
     state.version = int(version) if version is not None else None

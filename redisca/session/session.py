@@ -266,13 +266,15 @@ class Session:
     def reference(self, cls: type[T], id: str | int) -> T:
         """An instance for a key without loading it; its first field read loads the hash."""
         mapper = mapper_of(cls)
-        ident = mapper.id_attribute.coerce(id)
+        return self._stub(mapper, mapper.id_attribute.coerce(id))  # type: ignore[no-any-return]
+
+    def _stub(self, mapper: Mapper, ident: str) -> Any:
         state = self._identity.get((mapper, ident))
         if state is None:
             state = InstanceState(mapper.blank(ident), mapper, ident)
             state.persistent = True
             self._track(state)
-        return state.obj  # type: ignore[no-any-return]
+        return state.obj
 
     def get(self, cls: type[T], id: str | int) -> T | None:
         """The instance with this id, loading it in one round trip unless already loaded."""
@@ -280,32 +282,38 @@ class Session:
 
     def get_many(self, cls: type[T], ids: Sequence[str | int]) -> list[T | None]:
         """Instances in the order of ``ids``; one round trip for all not yet loaded."""
+        # Inlined loops: this is the path of every load and every query's results.
         mapper = mapper_of(cls)
-        idents = [mapper.id_attribute.coerce(i) for i in ids]
-        wanted = [i for i in dict.fromkeys(idents) if not self._is_loaded(mapper, i)]
+        coerce = mapper.id_attribute.coerce
+        idents = [i if type(i) is str else coerce(i) for i in ids]
+        identity = self._identity
+        wanted = []
+        for ident in dict.fromkeys(idents):
+            state = identity.get((mapper, ident))
+            if state is None or (state.persistent and not state.loaded):
+                wanted.append(ident)
         if wanted:
             self._load_ids(mapper, wanted)
-        return [self._visible(mapper, i) for i in idents]
-
-    def _is_loaded(self, mapper: Mapper, ident: str) -> bool:
-        state = self._identity.get((mapper, ident))
-        return state is not None and (state.loaded or not state.persistent)
-
-    def _visible(self, mapper: Mapper, ident: str) -> Any:
-        state = self._identity.get((mapper, ident))
-        if state is None or state.deleted or not (state.loaded or not state.persistent):
-            return None
-        return state.obj
+        found: list[Any] = []
+        for ident in idents:
+            state = identity.get((mapper, ident))
+            if state is None or state.deleted or (state.persistent and not state.loaded):
+                found.append(None)
+            else:
+                found.append(state.obj)
+        return found
 
     def _load_ids(self, mapper: Mapper, idents: list[str]) -> None:
         for ident, raw in zip(idents, loading.fetch(self, mapper, idents), strict=True):
             if not raw:
                 continue
             state = self._identity.get((mapper, ident))
+            fresh = state is None
             if state is None:
                 state = InstanceState(mapper.blank(ident), mapper, ident)
                 self._track(state)
-            loading.hydrate(self, state, raw, overwrite=False)
+            # A fresh instance holds nothing to keep: overwriting skips the check per field.
+            loading.hydrate(self, state, raw, overwrite=fresh)
 
     def refresh(self, obj: object, *, only_missing: bool = False) -> None:
         """Reload from Redis, discarding changes (``only_missing``: just fill unset fields)."""
