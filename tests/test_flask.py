@@ -7,8 +7,10 @@ the ``r`` fixture (bytes+RESP3, str+RESP2).
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -179,6 +181,27 @@ def test_one_client_per_app_for_many_apps(make_app: Any) -> None:
         assert ext1.client is c1
     with app2.app_context():
         assert ext1.client is not c1
+
+
+def test_the_apps_client_is_closed_when_the_app_goes_away(r: redis.Redis, redis_url: str) -> None:
+    name = f"flask-app-{redisca.hexid()}"
+
+    def connected() -> bool:
+        return any(c.get("name") == name for c in r.client_list())
+
+    app = Flask(__name__)
+    app.config.update(REDISCA_URL=redis_url, REDISCA={"client_name": name})
+    ext = FlaskRedisca(app, autosave=True)
+    with app.app_context():
+        ext.client.ping()
+    assert connected()
+    del app
+    gc.collect()
+    for _ in range(500):  # the server notices the closed socket soon, not at once
+        if not connected():
+            break
+        time.sleep(0.01)
+    assert not connected()
 
 
 # -- the scoped session ------------------------------------------------------------
