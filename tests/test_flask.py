@@ -102,13 +102,15 @@ def test_import_redisca_does_not_import_flask() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_core_modules_never_import_flask() -> None:
+def test_only_the_flask_modules_import_flask() -> None:
+    """Modules named for Flask (redisca.flask, redisca.flaskcli) may; no other one does
+    (``__main__`` is left out: importing it runs the command line)."""
     code = (
         "import sys, pkgutil, importlib, redisca\n"
         "for m in pkgutil.walk_packages(redisca.__path__, 'redisca.'):\n"
-        "    if m.name not in ('redisca.flask', 'redisca.cli', 'redisca.__main__'):\n"
+        "    if 'flask' not in m.name and not m.name.endswith('__main__'):\n"
         "        importlib.import_module(m.name)\n"
-        "assert 'flask' not in sys.modules, 'a core module imported flask'\n"
+        "        assert 'flask' not in sys.modules, f'{m.name} imported flask'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -775,15 +775,9 @@ def test_sessions_against_the_model(redis_server: EmbeddedServer) -> None:
 __all__ = ["Doc", "Item", "registry"]
 
 
-# -- what the model found ------------------------------------------------------------------
+# -- what the model found (regression tests of the bugs it found, now fixed) ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: an update removing the fields that another session's commit left as the "
-    "entity's last ones empties the hash; Redis drops it, while P#all keeps the id",
-)
 def test_clearing_the_last_fields_keeps_the_entity(r: redis.Redis) -> None:
     seeding = Session(r)
     seeding.add(Item(color="red", note="x", id="1"))
@@ -800,12 +794,6 @@ def test_clearing_the_last_fields_keeps_the_entity(r: redis.Redis) -> None:
     assert_indexes_consistent(r, redisca.inspect(Item))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="bug: a versioned entity deleted and created again restarts at version 1, so a "
-    "session that loaded the old one at version 1 overwrites the new one",
-)
 def test_versioned_entity_recreated_since_load_is_stale(r: redis.Redis) -> None:
     seeding = Session(r)
     seeding.add(Doc(note="first", id="1"))

@@ -26,9 +26,20 @@ GUARDED_WRITE = b"""\
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = tonumber(ARGV[1])
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
-if #ARGV > 1 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n)) end
+if #ARGV > 1 + 2 * n then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n))
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '') end
+end
 return 1
-"""
+""" % EXISTS_FIELD
+
+#: Removes fields from a hash without ever removing the hash: another client's commit
+#: may have removed the fields this session still sees, so only the server knows
+#: whether these were the last ones (then the ``#e`` marker keeps the entity).
+REMOVE_FIELDS = b"""\
+redis.call('HDEL', KEYS[1], unpack(ARGV))
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '') end
+""" % EXISTS_FIELD
 
 
 class NeedOwners(Exception):
@@ -168,7 +179,7 @@ def _applied_before(change: EntityChange, current: dict[bytes, bytes | None]) ->
     if not change.in_doubt:
         return False
     if change.op == INSERT:
-        version = b"1" if change.mapper.versioned else None
+        version = b"%d" % (change.expect_version or 1) if change.mapper.versioned else None
     elif change.op == UPDATE and change.mapper.versioned and change.expect_version is not None:
         version = b"%d" % (change.expect_version + 1)
     else:
@@ -191,7 +202,7 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
         )
     pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
     if change.mapper.versioned:
-        pairs.append((VERSION_FIELD, b"1"))
+        pairs.append((VERSION_FIELD, b"%d" % (change.expect_version or 1)))
     if not pairs:
         pairs.append((EXISTS_FIELD, b""))
     em.out.append(_hset(key, pairs))
@@ -224,7 +235,7 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     if pairs:
         em.out.append(_hset(key, pairs))
     if removed:
-        em.out.append((b"HDEL", key, *removed))
+        em.out.append((b"EVAL", REMOVE_FIELDS, 1, key, *removed))
     if change.mapper.versioned:
         em.out.append((b"HINCRBY", key, VERSION_FIELD, 1))
     for field, new in change.values.items():
@@ -278,4 +289,4 @@ def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
     }
 
 
-__all__ = ["GUARDED_WRITE", "NeedOwners", "emit", "vanished"]
+__all__ = ["GUARDED_WRITE", "REMOVE_FIELDS", "NeedOwners", "emit", "vanished"]

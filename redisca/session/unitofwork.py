@@ -8,6 +8,8 @@ execute (:mod:`~redisca.session.executor`), *finalize* (new snapshots).
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -54,16 +56,33 @@ def _check_identity(state: InstanceState) -> str:
     return ident  # type: ignore[return-value]
 
 
+def first_version() -> int:
+    """The version a versioned entity starts at.
+
+    Not 1: an entity deleted and created again must not repeat a version that a
+    session which loaded the old one still expects, or its stale update would pass.
+    Milliseconds since the epoch, shifted left 20 bits with 20 random bits below,
+    fit HINCRBY's 64 bits for millennia and exceed any version a
+    now-deleted entity could have reached unless it saw a million commits a millisecond.
+    """
+    return (time.time_ns() // 1_000_000) << 20 | secrets.randbits(20)
+
+
 def _insert(state: InstanceState) -> EntityChange:
     ident = _check_identity(state)
     encoded = state.mapper.encode_set_fields(state.obj)
     values = {field: encoded.get(field) for field in state.mapper.fields}
+    if state.mapper.versioned and state.version is None:
+        # Kept on the state, so a retry of an in-doubt insert writes (and recognises)
+        # the same version.
+        state.version = first_version()
     return EntityChange(
         state.mapper,
         ident,
         INSERT,
         values,
         check_exists=not state.generated_id or state.in_doubt,
+        expect_version=state.version,
         in_doubt=state.in_doubt,
     )
 
@@ -144,13 +163,13 @@ def finalize(session: Session, group: Group, executed: executor.Executed) -> Non
         if change.op == DELETE or change.key in gone:
             session.forget(state, deleted=True)
             state.deleted = False
+            state.version = None  # added again, it is a new entity with a new version
             continue
         state.snapshot.update(change.values)
         state.in_doubt = False
         if change.op == INSERT:
             state.loaded = True
             state.persistent = True
-            state.version = 1 if state.mapper.versioned else None
         elif state.mapper.versioned:
             state.version = (state.version or 0) + 1
     replies = executed.replies
