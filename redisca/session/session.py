@@ -285,7 +285,7 @@ class Session:
         # Inlined loops: this is the path of every load and every query's results.
         mapper = mapper_of(cls)
         coerce = mapper.id_attribute.coerce
-        idents = [i if type(i) is str else coerce(i) for i in ids]
+        idents = [i if type(i) is str and i.isascii() else coerce(i) for i in ids]
         identity = self._identity
         wanted = []
         for ident in dict.fromkeys(idents):
