@@ -251,7 +251,7 @@ class FlaskRedisca:
     def _on_exception(self, sender: Flask, **extra: Any) -> None:
         if sender.extensions.get(EXTENSION_KEY) is None:
             return
-        scope = _request_scope(create=Session(self._state().client))
+        scope = _request_scope() or _request_scope(create=Session(self._state().client))
         if scope is not None:
             scope.raised = True
 

@@ -521,6 +521,21 @@ def test_other_commit_errors_take_flasks_500_path() -> None:
     assert signalled == []
 
 
+def test_an_error_after_the_commit_cannot_undo_it(r: redis.Redis, redis_url: str) -> None:
+    app = Flask(__name__)
+    app.config.update(REDISCA_URL=redis_url, REDISCA=client_options(r))
+
+    @app.after_request  # registered before init_app: runs after the commit
+    def broken(response: flask.Response) -> flask.Response:
+        raise Boom
+
+    ext = FlaskRedisca(app, autosave=True)
+    add_member_routes(app, ext)
+    response = app.test_client().post("/members", data={"email": "a@example.com", "age": "1"})
+    assert response.status_code == 500
+    assert r.exists("fl.usr#u:email:a@example.com")
+
+
 def test_changes_in_after_this_request_are_saved(make_app: Any, r: redis.Redis) -> None:
     app, ext = make_app()
 
