@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 import redisca
 from redisca import (
     DateTime,
+    DecodeError,
     Email,
     Float,
     Integer,
@@ -355,3 +357,149 @@ def test_an_int_id_is_its_decimal_string(r: redis.Redis) -> None:
     with Session(r) as s:
         assert s.get(Item, 42) is s.get(Item, "42")
     assert r.exists("bitem:42")
+
+
+# -- data other programs wrote -------------------------------------------------------------
+
+
+@pytest.fixture
+def stored(r: redis.Redis) -> redis.Redis:
+    """Two items and a versioned entity, committed by redisca."""
+    acme = Group("acme", id="acme")
+    commit(
+        r,
+        Item(tag="t", code="c1", mail="A@x.org", count=1, group=acme, id="1"),
+        Item(tag="t", code="c2", count=2, id="2"),
+        Versioned("v", id="v"),
+    )
+    return r
+
+
+def refused(r: redis.Redis, error: type[Exception], match: str, action: Callable[[], Any]) -> Any:
+    """``action`` raises ``error`` and Redis is exactly as before."""
+    before = dump_keyspace(r)
+    with pytest.raises(error, match=match) as info:
+        action()
+    assert dump_keyspace(r) == before
+    return info.value
+
+
+def test_a_missing_field_loads_as_none_and_other_fields_survive_updates(stored: redis.Redis):
+    """A field another program removed (or a field added to the model later) is None;
+    fields the model does not know are kept: commits write only what changed."""
+    stored.hdel("bitem:1", "code")
+    stored.hset("bitem:1", "legacy", "kept")
+    with Session(stored) as s:
+        item = s.get(Item, "1")
+        assert item is not None and item.code is None and item.tag == "t"
+        item.tag = "u"
+        s.commit()
+    assert as_str(stored.hget("bitem:1", "legacy")) == "kept"
+
+
+def test_undecodable_values_name_key_and_field_on_every_read_path(stored: redis.Redis) -> None:
+    stored.hset("bitem:1", "count", "many")
+    paths: list[Callable[[Session], Any]] = [
+        lambda s: s.get(Item, "1"),
+        lambda s: s.get_many(Item, ["2", "1"]),
+        lambda s: s.query(Item).filter(Item.tag == "t").all(),
+        lambda s: s.query(Item).order_by(Item.count).first(),
+        lambda s: s.reference(Item, "1").count,
+        lambda s: s.refresh(s.reference(Item, "1")),
+    ]
+    for path in paths:
+        with Session(stored) as s, pytest.raises(DecodeError) as info:
+            path(s)
+        assert (info.value.key, info.value.field) == ("bitem:1", "count")
+        assert "bitem:1" in str(info.value) and "'count'" in str(info.value)
+
+
+def test_a_string_where_a_hash_should_be(stored: redis.Redis) -> None:
+    stored.delete("bitem:1")
+    stored.set("bitem:1", "not a hash")
+    with Session(stored) as s:
+        with pytest.raises(DecodeError, match="bitem:1 is not a hash") as info:
+            s.query(Item).filter(Item.tag == "t").all()
+        assert info.value.key == "bitem:1"
+        ref = s.reference(Item, "1")
+        ref.tag = "new"  # an indexed change: the commit reads the hash first
+        failure = refused(stored, redisca.IntegrityError, "bitem:1", s.commit)
+        assert "WRONGTYPE" in str(failure)
+    with Session(stored) as s:
+        s.add(Item(id="1"))
+        refused(stored, redisca.IntegrityError, "bitem:1 already exists", s.commit)
+
+
+def test_a_version_that_is_no_number(stored: redis.Redis) -> None:
+    stored.hset("bver:v", "#v", "seven")
+    with Session(stored) as s, pytest.raises(DecodeError) as info:
+        s.get(Versioned, "v")
+    assert (info.value.key, info.value.field) == ("bver:v", "#v")
+    with Session(stored) as s:
+        s.reference(Versioned, "v").title = "w"  # unloaded: the version is only incremented
+        error = refused(stored, DecodeError, "bver:v: field '#v'", s.commit)
+        assert error.field == "#v"
+
+
+def test_a_unique_key_of_the_wrong_type_refuses_the_commit(stored: redis.Redis) -> None:
+    stored.hset("bitem#u:code:c3", "owner", "3")
+    with Session(stored) as s:
+        s.add(Item(code="c3", id="3"))
+        refused(stored, redisca.IntegrityError, "bitem#u:code:c3 does not hold", s.commit)
+
+
+def test_ids_that_are_not_text_in_index_keys(stored: redis.Redis) -> None:
+    stored.sadd("bitem#i:tag:t", b"\xff\xfe")
+    stored.set("bitem#u:code:c9", b"\xc3")
+    with Session(stored) as s:
+        with pytest.raises(DecodeError, match=r"bitem#i:tag:t holds b'\\xff\\xfe'") as info:
+            s.query(Item).filter(Item.tag == "t").ids()
+        assert info.value.key == "bitem#i:tag:t"
+        with pytest.raises(DecodeError, match="bitem#u:code:c9"):
+            s.query(Item).filter(Item.code == "c9").all()
+        s.add(Item(code="c9", id="9"))  # the claim reads the owner
+        refused(stored, DecodeError, "bitem#u:code:c9 holds", s.commit)
+
+
+def test_an_address_that_is_not_text_can_still_be_deleted(stored: redis.Redis) -> None:
+    """A unique Email value another program replaced by bytes that are not UTF-8: its
+    keys are computed from the bytes as they are, so the entity can go."""
+    stored.delete("bitem#u:mail:a@x.org")
+    stored.hset("bitem:1", "mail", b"\xffB@X.org")
+    stored.set(b"bitem#u:mail:\xffb@x.org", "1")
+    with Session(stored) as s:
+        s.delete(s.reference(Item, "1"))
+        s.commit()
+    assert not stored.exists("bitem:1", b"bitem#u:mail:\xffb@x.org")
+    clean(stored)
+
+
+@pytest.mark.parametrize(
+    ("key", "make"),
+    [
+        ("bitem#all", lambda r: r.hset("bitem#all", "x", "y")),
+        ("bitem#r:count", lambda r: r.set("bitem#r:count", "junk")),
+        ("bitem#i:tag:t", lambda r: r.set("bitem#i:tag:t", "junk")),
+    ],
+)
+def test_index_keys_of_the_wrong_type(
+    stored: redis.Redis, key: str, make: Callable[[redis.Redis], Any]
+) -> None:
+    """An index key another program overwrote with another type. Queries using it fail,
+    naming it; a commit writing to it fails inside EXEC, where Redis has no rollback: the
+    rest of the commit is applied and the error names the key. ``check`` reports the key
+    (``wrong_type``) and ``reindex`` rebuilds it."""
+    stored.delete(key)
+    make(stored)
+    with Session(stored) as s:
+        if key == "bitem#all":
+            query = s.query(Item)
+        else:
+            query = s.query(Item).filter(Item.tag == "t", Item.count >= 0)
+        with pytest.raises(redisca.OperationalError, match=key) as info:
+            query.all()
+        assert "WRONGTYPE" in str(info.value.orig)
+        s.add(Item(tag="t", count=3, id="3"))
+        with pytest.raises(redisca.OperationalError, match=f"rest was applied: .* {key} answered"):
+            s.commit()
+    assert any(p.kind == "wrong_type" and p.key == key for p in check(registry, stored).problems)

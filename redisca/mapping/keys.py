@@ -16,7 +16,7 @@ import os
 import re
 from typing import NamedTuple
 
-from ..errors import MappingError
+from ..errors import DecodeError, MappingError
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _FIELD_RE = re.compile(rb"[A-Za-z0-9_.\-]+")
@@ -27,6 +27,32 @@ RUN_RE = re.compile(rb"[0-9a-f]+")
 VERSION_FIELD = b"#v"
 #: Keeps a hash alive when an entity has no field set (Redis drops empty hashes).
 EXISTS_FIELD = b"#e"
+
+
+def decode_id(raw: bytes, key: bytes) -> str:
+    """An id read from ``key`` (an index or unique key): ids are UTF-8 text."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        name = key.decode(errors="replace")
+        raise DecodeError(
+            f"{name} holds {raw[:60]!r}, which is not an id (ids are UTF-8 text)", key=name
+        ) from None
+
+
+def decode_version(raw: bytes | None, key: bytes) -> int | None:
+    """The version counter (``#v``) of a versioned entity's hash."""
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        name = key.decode(errors="replace")
+        raise DecodeError(
+            f"{name}: field '#v' holds {raw[:60]!r}, which is not a version number",
+            key=name,
+            field="#v",
+        ) from None
 
 
 def check_name(kind: str, name: str, owner: str) -> str:

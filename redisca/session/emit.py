@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
-from ..mapping.keys import EXISTS_FIELD, VERSION_FIELD
+from ..mapping.keys import EXISTS_FIELD, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
 from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, unique_key
 from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
@@ -157,10 +157,15 @@ def _check_current(change: EntityChange, observed: Observed) -> dict[bytes, byte
     if not observed.exists.get(key, False):
         return None
     current = observed.fields.get(key, {})
-    if change.mapper.versioned and change.was_loaded:
+    # The version must be a number to compare it, or to HINCRBY it inside EXEC.
+    if change.mapper.versioned and (change.was_loaded or change.op == UPDATE):
         stored = current.get(VERSION_FIELD)
-        version = int(stored) if stored is not None else None
-        if version != change.expect_version and not _applied_before(change, current):
+        version = decode_version(stored, key)
+        if (
+            change.was_loaded
+            and version != change.expect_version
+            and not _applied_before(change, current)
+        ):
             raise StaleDataError(
                 f"{key.decode(errors='replace')} changed in Redis since it was loaded "
                 f"(version {change.expect_version}, now {stored!r})"

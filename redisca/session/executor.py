@@ -22,6 +22,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from ..errors import ConflictError, IntegrityError, OperationalError, RediscaError
+from ..mapping.keys import decode_id
 from .emit import NeedOwners, emit
 from .plan import Command, CommitPlan, Observed, Reads, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
@@ -148,7 +149,7 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
         observed.fields[key] = dict(zip(fields, values, strict=True))
     for key in reads.owners:
         owner = _checked(next(replies), key)
-        observed.owners[key] = None if owner is None else owner.decode()
+        observed.owners[key] = None if owner is None else decode_id(owner, key)
     for key in reads.markers:
         run = parse_marker(_checked(next(replies), key))
         if run is not None:
@@ -226,7 +227,7 @@ def execute_commit(
             executed = _attempt(conn, plan, reads, fenced)
             if executed is not None:
                 replies = executed.replies
-                _check_own_replies(replies, len(replies) - len(plan.commands))
+                _check_own_replies(executed.commands, replies, len(replies) - len(plan.commands))
                 return executed
             if fenced:
                 reads.markers, fenced = fenced, []
@@ -235,14 +236,23 @@ def execute_commit(
     raise ConflictError(f"watched keys kept changing; gave up after {retries + 1} attempts")
 
 
-def _check_own_replies(replies: list[Any], own: int) -> None:
-    """redisca's own writes cannot fail on data it wrote; report it loudly if they did."""
-    failed = [r for r in replies[:own] if isinstance(r, ResponseError)]
+def _check_own_replies(commands: list[Command], replies: list[Any], own: int) -> None:
+    """redisca's own writes cannot fail on data it wrote; report it loudly if they did.
+
+    Only data another program wrote into redisca's keys (an index key of the wrong
+    type, say) makes one fail; MULTI/EXEC has no rollback, so the rest is applied.
+    """
+    own_replies = zip(commands[:own], replies[:own], strict=True)
+    failed = [(c, r) for c, r in own_replies if isinstance(r, ResponseError)]
     if failed:
+        command, error = failed[0]
+        key = command[3] if command[0] == b"EVAL" else command[1]
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
         raise OperationalError(
-            f"{len(failed)} write(s) of the commit failed in Redis and the rest was applied "
-            f"(a key holds data redisca did not write?): {failed[0]}",
-            failed[0],
+            f"{len(failed)} write(s) of the commit failed in Redis and the rest was applied: "
+            f"{command[0].decode()} {name[:200]} answered {error} (a key holding data "
+            "redisca did not write; `python -m redisca check` lists such keys)",
+            error,
         )
 
 

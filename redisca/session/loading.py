@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, NotFound
-from ..mapping.keys import VERSION_FIELD
+from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
 from . import executor
 from .state import InstanceState
@@ -80,7 +80,10 @@ def hydrate(
         attribute.store(obj, value)
     version = raw.get(VERSION_FIELD)
     state.snapshot = snapshot
-    state.version = int(version) if version is not None else None
+    if version is None:
+        state.version = None
+    else:
+        state.version = decode_version(version, state.mapper.key(state.id))  # type: ignore[arg-type]
     state.loaded = True
     state.persistent = True
     state.in_doubt = False

@@ -15,6 +15,7 @@ import attrs
 
 from ..errors import MultipleResultsFound, NotFound, OperationalError, QueryError
 from ..mapping.expressions import Condition, Ordering
+from ..mapping.keys import INDEX_KINDS, decode_id
 from ..mapping.mapper import Mapper
 from . import executor
 from .querycompile import Filters, compile_ids, membership_checks, order_field, sort_filters
@@ -91,7 +92,7 @@ class Query(Generic[T]):
         filters = sort_filters(self.mapper, self.conditions)
         if filters.unique:
             return self._unique_ids(filters)
-        return self._decode(self._run_ids(filters, count=False))
+        return self._decode(self._run_ids(filters, count=False), filters)
 
     def count(self) -> int:
         """How many entities match (within offset and limit), computed on the server."""
@@ -150,13 +151,26 @@ class Query(Generic[T]):
             assert replies is not None  # nothing is watched
         else:
             replies = executor.run(self._client(), plan.commands)
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
-        if failed is not None:
-            raise OperationalError(f"Redis could not run the query: {failed}", failed)
+        for command, reply in zip(plan.commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise OperationalError(
+                    f"Redis could not run the query: {self._describe(command)} answered {reply}",
+                    reply,
+                )
         reply = replies[plan.reply]
         if plan.sort_ids:
             return self._slice(sorted(reply))
         return reply
+
+    def _describe(self, command: Any) -> str:
+        """A failed query command by name and index keys (another program's data in them)."""
+        layout = self.mapper.layout
+        keys = [
+            arg.decode(errors="replace")[:200]
+            for arg in command[1:]
+            if isinstance(arg, bytes) and layout.parse(arg).kind in INDEX_KINDS
+        ]
+        return " ".join([command[0].decode(), *keys])
 
     def _slice(self, ids: list[Any]) -> list[Any]:
         end = None if self.limit_ is None else self.offset_ + self.limit_
@@ -166,7 +180,7 @@ class Query(Generic[T]):
         owners = executor.run(self._client(), [(b"GET", key) for key in filters.unique])
         if any(o is None or isinstance(o, Exception) for o in owners) or len(set(owners)) != 1:
             return []
-        ident = owners[0].decode()
+        ident = decode_id(owners[0], filters.unique[0])
         commands, windows = membership_checks(self.mapper, filters, ident)
         if commands:
             replies = executor.run(self._client(), commands)
@@ -177,8 +191,14 @@ class Query(Generic[T]):
                     return []
         return self._slice([ident])
 
-    def _decode(self, ids: list[bytes]) -> list[str]:
-        return [i.decode() for i in ids]
+    def _decode(self, ids: list[bytes], filters: Filters) -> list[str]:
+        try:
+            return [i.decode() for i in ids]
+        except UnicodeDecodeError:  # data another program wrote: name the keys read
+            layout = self.mapper.layout
+            ranges = [layout.range_index(field.hash_field) for field, _ in filters.ranges]
+            where = b" or ".join([*filters.eq, *ranges] or [layout.all_ids])
+            return [decode_id(i, where) for i in ids]
 
 
 __all__ = ["Query"]
