@@ -44,6 +44,7 @@ from redis.retry import Retry
 import redisca
 from redisca import Email, Integer, Reference, Registry, Session, String
 from redisca.embedded import EmbeddedServer
+from redisca.maintenance import check
 
 registry = Registry()
 
@@ -86,6 +87,8 @@ _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
 def clean(client: redis.Redis) -> None:
     """The index check: every index key matches the entity hashes."""
+    report = check(registry, client)
+    assert report.ok, report.problems
     for mapper in MAPPERS:
         assert_indexes_consistent(client, mapper)
 
