@@ -503,3 +503,43 @@ def test_index_keys_of_the_wrong_type(
         with pytest.raises(redisca.OperationalError, match=f"rest was applied: .* {key} answered"):
             s.commit()
     assert any(p.kind == "wrong_type" and p.key == key for p in check(registry, stored).problems)
+
+
+SAFE = 2**53
+reals = st.floats(allow_nan=False) | st.integers(-SAFE, SAFE)
+bounds = st.integers() | st.floats(allow_nan=False) | st.integers(SAFE - 3, SAFE + 3)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    counts=st.lists(st.integers(-SAFE, SAFE), min_size=1, max_size=6),
+    reals_=st.lists(reals, min_size=1, max_size=6),
+    bound=bounds,
+)
+def test_prop_range_queries_compare_as_python_does(
+    r: redis.Redis, counts: list[int], reals_: list[float], bound: float
+) -> None:
+    """Whatever the stored numbers and the bound (ints beyond 2**53 or beyond the float
+    range, ±inf), a range query answers what the same comparison in Python answers."""
+    r.flushdb()
+    items = [Item(count=c, id=f"c{n}") for n, c in enumerate(counts)]
+    items += [Item(real=x, id=f"r{n}") for n, x in enumerate(reals_)]
+    commit(r, *items)
+    compare: dict[str, Callable[[Any, Any], bool]] = {
+        ">=": lambda a, b: a >= b,
+        ">": lambda a, b: a > b,
+        "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b,
+    }
+    with Session(r) as s:
+        for attribute, name in ((Item.count, "count"), (Item.real, "real")):
+            for op, python in compare.items():
+                condition = python(attribute, bound)
+                expected = sorted(
+                    i.id  # type: ignore[misc]
+                    for i in items
+                    if getattr(i, name) is not None and python(getattr(i, name), bound)
+                )
+                assert ids(s.query(Item).filter(condition)) == expected, (name, op, bound)
