@@ -209,7 +209,13 @@ def test_examples_run(path: Path) -> None:
 #: Modules whose ``__all__`` the API reference must cover (each once it exists).
 PUBLIC_MODULES = [
     name
-    for name in ("redisca", "redisca.flask", "redisca.maintenance")
+    for name in (
+        "redisca",
+        "redisca.conf",
+        "redisca.embedded",
+        "redisca.flask",
+        "redisca.maintenance",
+    )
     if importlib.util.find_spec(name) is not None
 ]
 _AUTO = re.compile(r"^\.\. (?P<kind>auto\w+|py:\w+)::\s+(?P<name>[\w.]+)")
