@@ -133,6 +133,7 @@ def soak_worker(url: str, mode: dict[str, Any], worker: int, start: Any, out: An
             obj = op.pop("obj")
             # A plain update whose entity another process deleted wrote nothing.
             op["vanished"] = op["op"] == "update" and obj not in s
+            op["after"] = redisca.inspect(obj).version  # the version the commit left
         records.append((int(seq.value), worker, ops))
         tally["acknowledged"] += 1
     client.close()
@@ -160,7 +161,7 @@ class Replay:
         if key in self.rows:
             self.problems.append(f"#{seq}: insert of existing {key}")
         self.rows[key] = dict(op["values"])
-        self.versions[key] = 1
+        self.versions[key] = op["after"]
 
     def update(self, seq: int, key: tuple[str, str], op: dict[str, Any]) -> None:
         row = self.rows.get(key)
@@ -177,7 +178,7 @@ class Replay:
         self.check_version(seq, key, op)
         row.update(op["values"])
         if key[0] == "Ledger":
-            self.versions[key] += 1
+            self.versions[key] = op["after"]
 
     def delete(self, seq: int, key: tuple[str, str], op: dict[str, Any]) -> None:
         if key in self.rows:
@@ -271,6 +272,10 @@ def test_soak_acknowledged_commits_hold(redis_server: EmbeddedServer) -> None:
         report = maintenance_check(list(CLASSES.values()), raw)
         assert report.ok, report.problems
     check_unique_keys(raw, state)
+    layout = redisca.inspect(Ledger).layout
+    for (name, ident), version in replay.versions.items():
+        if name == "Ledger":
+            assert int(raw.hget(layout.entity(ident), "#v")) == version  # type: ignore[arg-type]
     entities = sum(len(ops) for _, _, ops in commits)
     print(
         f"\nsoak: {len(commits)} commits acknowledged and verified ({entities} entity "
