@@ -12,7 +12,11 @@ wraps the slot (or the instance ``__dict__``) so that
 States are found through a table keyed by ``id(obj)`` whose values are held
 weakly: sessions own the states, and a state owns its object, so an entry
 lives exactly as long as some session still tracks the object. Slotted attrs
-classes have no room for a back pointer, hence the table.
+classes have no room for a back pointer, hence the table. It holds plain weak
+references, without callbacks (a ``WeakValueDictionary`` costs ten times more
+per entry, and every loaded instance makes one): entries of states that died
+without being detached (a session dropped without ``close()``) are swept when
+the table has doubled since the last sweep.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import types
 import weakref
+from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -35,11 +40,25 @@ class Loadable(Protocol):
     def load_missing(self, name: str) -> None: ...
 
 
-_states: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+_states: dict[int, weakref.ref[Any]] = {}
+_MIN_SWEEP = 1024
+_sweep_above = _MIN_SWEEP
 
 
 def attach(obj: object, state: Loadable) -> None:
-    _states[id(obj)] = state
+    _states[id(obj)] = weakref.ref(state)
+    if len(_states) > _sweep_above:
+        _sweep()
+
+
+def _sweep() -> None:
+    global _sweep_above
+    for key, ref in list(_states.items()):
+        if ref() is None:
+            # Removes the key only if it still holds a dead reference: another thread
+            # may have attached a live state under the same id meanwhile.
+            _remove_dead_weakref(_states, key)
+    _sweep_above = max(_MIN_SWEEP, 2 * len(_states))
 
 
 def detach(obj: object) -> None:
@@ -48,7 +67,10 @@ def detach(obj: object) -> None:
 
 def state_of(obj: object) -> Any:
     """The tracking state of an instance, or ``None`` when no session tracks it."""
-    state = _states.get(id(obj))
+    ref = _states.get(id(obj))
+    if ref is None:
+        return None
+    state = ref()
     if state is not None and state.obj is obj:
         return state
     return None
