@@ -9,6 +9,8 @@ client or by SIGKILLing the server (each test runs its own server, with
 
 before-watch
     just before the ``WATCH`` + reads go out: nothing was written;
+before-reads-reply
+    the ``WATCH`` + reads went out, their replies were lost: nothing was written;
 after-reads
     the reads were answered, ``MULTI`` … ``EXEC`` not sent yet: nothing was written;
 after-multi
@@ -29,6 +31,7 @@ would have.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -77,7 +80,9 @@ class Doc:
 MAPPERS = [redisca.inspect(Firm), redisca.inspect(Person), redisca.inspect(Doc)]
 FAIL_FAST = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 10}
 
-STAGES = ["before-watch", "after-reads", "after-multi", "before-exec-reply"]
+STAGES = ["before-watch", "before-reads-reply", "after-reads", "after-multi", "before-exec-reply"]
+#: Stages before any write of the commit went out: the session knows nothing was written.
+BEFORE_EXEC = ("before-watch", "before-reads-reply")
 KILLS = ["client-kill", "server-kill"]
 
 _WATCH = b"\r\n$5\r\nWATCH\r\n"
@@ -112,6 +117,10 @@ class Fault:
         if before_watch or (stage == "after-reads" and data.startswith(_MULTI)):
             self.kill(conn)
             send(data)
+        elif stage == "before-reads-reply" and _WATCH in data:
+            send(data)
+            self.kill(conn)
+            drain(conn)
         elif stage == "after-multi" and data.startswith(_MULTI):
             assert data.endswith(_EXEC)
             send(data[: -len(_EXEC)])
@@ -250,7 +259,7 @@ SCENARIOS: dict[str, Callable[[Session], None]] = {
 def cases() -> Iterator[Any]:
     for name in SCENARIOS:
         for stage in STAGES:
-            if name == "plain" and stage in ("before-watch", "after-reads"):
+            if name == "plain" and stage in (*BEFORE_EXEC, "after-reads"):
                 continue  # nothing is watched or read: those stages do not exist
             for how in KILLS:
                 yield pytest.param(name, stage, how, id=f"{name}-{stage}-{how}")
@@ -279,7 +288,7 @@ def test_connection_dies_during_a_commit(
     assert fault.fired
     assert isinstance(failure.value.orig, (redis.ConnectionError, redis.TimeoutError, OSError))
     applied = stage == "before-exec-reply"
-    if stage == "before-watch":
+    if stage in BEFORE_EXEC:
         assert not failure.value.outcome_unknown  # the failing round trip held no EXEC
     if applied:
         assert failure.value.outcome_unknown
@@ -487,4 +496,69 @@ def test_acknowledged_commits_survive_kill_9_with_appendfsync_always(
         assert person is not None and person.age == n
     assert fresh.get(Person, "ann") is None
     assert fresh.query(Person).count() == 51
+    clean(client)
+
+
+# -- several servers -------------------------------------------------------------------
+
+
+def test_atomicity_is_per_server_and_the_retry_commits_the_rest(server: EmbeddedServer) -> None:
+    """With ``binds`` a commit is one MULTI/EXEC per server, one after the other: when the
+    second server dies, the first one's part stays committed and leaves the session's
+    pending work; the retry sends only the rest."""
+    with EmbeddedServer(config={"appendonly": "yes", "appendfsync": "always"}) as docs_server:
+        people = server.client(**FAIL_FAST)
+        fault = Fault("after-multi", "server-kill", docs_server)
+        docs = docs_server.client(connection_class=FaultyConnection, fault=fault, **FAIL_FAST)
+        s = Session(people, binds={Doc: docs})
+        dan = Person("dan@x.org", age=50)
+        memo = Doc("memo", id="memo")
+        s.add_all([dan, memo])
+        fault.armed = True
+        with pytest.raises(redisca.OperationalError):
+            s.commit()
+        assert list(s.new) == [memo]  # dan's server committed
+        assert Session(people).get(Person, dan.id) is not None  # type: ignore[arg-type]
+        docs_server.restart()
+        assert not docs_server.client().exists("fver:memo")
+        s.commit()
+        assert not s.new and Session(docs_server.client()).get(Doc, "memo") is not None
+        clean(people)
+        clean(docs_server.client())
+
+
+# -- a crash in the middle of writing the append-only file ---------------------------
+
+
+def aof_files(server: EmbeddedServer) -> list[str]:
+    """The files Redis appends commands to (one file before Redis 7, a folder after)."""
+    folder = os.path.join(server.dir, "appendonlydir")
+    if os.path.isdir(folder):
+        return sorted(os.path.join(folder, name) for name in os.listdir(folder) if ".incr." in name)
+    return [os.path.join(server.dir, "appendonly.aof")]
+
+
+def test_a_commit_cut_short_in_the_aof_is_not_replayed_at_all(server: EmbeddedServer) -> None:
+    """A crash while Redis writes a commit's MULTI … EXEC to its AOF leaves a cut-off
+    transaction at the end of the file; Redis drops it whole at the next start
+    (aof-load-truncated): the commit before is all there, the cut one not at all."""
+    client = server.client(**FAIL_FAST)
+    seed(client)
+    s = Session(client)
+    s.add_all([Person(f"batch{n}@x.org", age=n, firm=Firm(f"firm{n}")) for n in range(20)])
+    s.commit()
+    kept = dump_keyspace(client)
+    s.add_all([Person(f"cut{n}@x.org", age=n, firm=Firm(f"cut{n}")) for n in range(20)])
+    s.commit()
+    server.kill()
+    path = aof_files(server)[-1]
+    with open(path, "rb") as aof:
+        data = aof.read()
+    start = data.rindex(b"*1\r\n$5\r\nMULTI\r\n")
+    assert data.endswith(b"*1\r\n$4\r\nEXEC\r\n")
+    with open(path, "wb") as aof:
+        aof.write(data[: (start + len(data)) // 2])  # halfway through the last commit
+    server.restart()
+    client = server.client(**FAIL_FAST)
+    assert dump_keyspace(client) == kept
     clean(client)
