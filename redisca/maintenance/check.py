@@ -2,12 +2,15 @@
 
 Two passes over the keyspace with ``SCAN``, batched and pipelined:
 
-1. entities (``P:*``): each hash is read and decoded, and what it calls for is
-   probed: its id in ``P#all``, its entry in each equality set and range sorted
-   set (with the right score), its unique keys naming it;
-2. the model's other keys (``P#*``): every member of ``P#all`` and of each index
-   must belong to an entity that holds that value, and every unique key must be
-   owned by an entity holding it. Keys the model does not use are reported too.
+1. entities (``P:*``): each page of hashes is read and decoded, and what it
+   calls for is probed in one more round trip (``SMISMEMBER`` and ``ZMSCORE``
+   per index key, one ``MGET`` of unique keys): its id in ``P#all``, its entry
+   in each equality set and range sorted set (with the right score), its unique
+   keys naming it. Each index key's expected size is counted;
+2. the model's other keys (``P#*``): an index key holding more members than the
+   entities that call for it has orphans, and only then is it read member by
+   member; unique keys likewise, field by field. Keys the model does not use
+   are reported too.
 
 What either pass finds is only a suspicion, since the application may be
 committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of the
@@ -18,6 +21,7 @@ shows a commit half done.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,6 +53,9 @@ CONFIRM_TRIES = 4
 
 #: The Redis type of each kind of index key.
 TYPES = {"all": b"set", "eq": b"set", "range": b"zset", "unique": b"string"}
+
+#: The command that probes many members of one index key at once (Redis 6.2).
+_MULTI = {"all": b"SMISMEMBER", "eq": b"SMISMEMBER", "range": b"ZMSCORE"}
 
 #: A suspect found in the second pass: (what to confirm, key, member, field).
 Entry = tuple[str, bytes, bytes | None, MappedField | None]
@@ -205,6 +212,12 @@ class _ModelCheck:
         #: Unique keys whose problem the entity pass already tells.
         self.told: set[bytes] = set()
         self.entity_suspects: dict[bytes, None] = {}
+        #: Index keys (equality, range, all-ids) by how many entities call for them.
+        self.expected: Counter[bytes] = Counter()
+        #: ... and those an entity was missing from, or found of the wrong type.
+        self.doubtful: set[bytes] = set()
+        #: Unique keys whose holder the entity pass saw named, by hash field.
+        self.owned: Counter[bytes] = Counter()
         self.entry_suspects: dict[Entry, None] = {}
         self.marker_run: bytes | None = None
 
@@ -232,8 +245,10 @@ class _ModelCheck:
         ticker.finish()
 
     def check_entities(self, keys: list[bytes]) -> None:
+        """One page: the hashes in one round trip, then what they call for in another,
+        a command per index key (``SMISMEMBER``, ``ZMSCORE``) and one ``MGET``."""
         hashes = run(self.client, [(b"HGETALL", key) for key in keys])
-        probes: list[tuple[bytes, bytes, Expect]] = []
+        probes: dict[tuple[bytes, bytes], list[tuple[bytes, bytes, Expect]]] = {}
         for key, reply in zip(keys, hashes, strict=True):
             if isinstance(reply, ResponseError):
                 self.entity_suspects[key] = None
@@ -242,32 +257,77 @@ class _ModelCheck:
             if not values:
                 continue  # deleted since SCAN saw it
             self.summary.entities += 1
+            ident = self.ident(key)
             expects, bad = expectations(self.mapper, values)
-            if bad or not _utf8(self.ident(key)):
+            if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
-            probes += [(key, self.ident(key), e) for e in expects]
-        replies = run(self.client, [e.probe(ident) for _, ident, e in probes])
-        for (key, ident, expect), reply in zip(probes, replies, strict=True):
-            if expect.verdict(ident, reply) is not None:
-                self.entity_suspects[key] = None
-        self.summary.entries += len(probes)
+            for expect in expects:
+                group = (
+                    (b"MGET", b"") if expect.kind == "unique" else (_MULTI[expect.kind], expect.key)
+                )
+                probes.setdefault(group, []).append((key, ident, expect))
+        commands = [
+            (name, *(e.key for *_, e in items))
+            if name == b"MGET"
+            else (name, key, *(i for _, i, _ in items))
+            for (name, key), items in probes.items()
+        ]
+        for items, reply in zip(probes.values(), run(self.client, commands), strict=True):
+            answers = [reply] * len(items) if isinstance(reply, ResponseError) else reply
+            for (key, ident, expect), answer in zip(items, answers, strict=True):
+                self.tally(key, ident, expect, answer)
+            self.summary.entries += len(items)
+
+    def tally(self, key: bytes, ident: bytes, expect: Expect, answer: Any) -> None:
+        verdict = expect.verdict(ident, answer)
+        if expect.kind == "unique":
+            if verdict is None and expect.field is not None:
+                self.owned[expect.field.hash_field] += 1
+        else:
+            self.expected[expect.key] += 1
+            if verdict is not None:
+                self.doubtful.add(expect.key)
+        if verdict is not None:
+            self.entity_suspects[key] = None
 
     # -- pass 2: index keys ---------------------------------------------------
 
     def index_pass(self) -> None:
+        """Every index key's size against the entities that call for it: a key holding
+        more members than that has orphans, and only such keys are read member by
+        member. Unique keys likewise: one the entity pass did not see its holder
+        confirm is dangling, and only a field with such keys is read key by key."""
         ticker = Ticker(self.progress, self.name, "index keys")
+        unique_keys: Counter[bytes] = Counter()
         for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
-            unique: list[tuple[bytes, MappedField]] = []
+            sized: list[tuple[bytes, str, MappedField | None]] = []
             for key in keys:
                 self.summary.index_keys += 1
                 found = self.classify(key)
-                if found is not None and found[0] == "unique" and found[1] is not None:
-                    unique.append((key, found[1]))
-                elif found is not None:
-                    self.check_index(key, *found)
-            self.check_unique_keys(unique)
+                if found is None:
+                    continue
+                if found[0] == "unique" and found[1] is not None:
+                    unique_keys[found[1].hash_field] += 1
+                else:
+                    sized.append((key, *found))
+            self.check_sizes(sized)
             ticker.add(len(keys))
+        for hash_field, count in unique_keys.items():
+            if count != self.owned[hash_field]:
+                self.check_unique_field(self.fields[hash_field])
         ticker.finish()
+
+    def check_sizes(self, keys: list[tuple[bytes, str, MappedField | None]]) -> None:
+        commands = [(b"ZCARD" if kind == "range" else b"SCARD", key) for key, kind, _ in keys]
+        for (key, kind, field), size in zip(keys, run(self.client, commands), strict=True):
+            if isinstance(size, ResponseError):
+                self.entry_suspects[("type", key, None, field)] = None
+            elif int(size) != self.expected[key] or key in self.doubtful:
+                self.check_index(key, kind, field)
+
+    def check_unique_field(self, field: MappedField) -> None:
+        for keys in scan(self.client, self.layout.unique_pattern(field.hash_field), self.batch):
+            self.check_unique_keys([(key, field) for key in keys])
 
     def classify(self, key: bytes) -> tuple[str, MappedField | None] | None:
         """An index key's kind and field; anything else is a suspect or left alone."""

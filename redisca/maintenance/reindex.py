@@ -39,7 +39,7 @@ from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
 from ..session.plan import Command
 from ..session.rebuild import ALL_IDS, marker_value
-from .check import expectations
+from .check import expectations, holds
 from .common import (
     MaintenanceError,
     Progress,
@@ -62,6 +62,7 @@ PAGE_TRIES = 5
 KEY_TRIES = 200
 
 #: KEYS: marker, directory. ARGV: run token, then live index keys that may have to go.
+#: ``UNLINK`` first: a big old index is freed in the background, not inside the script.
 SWITCH = b"""\
 if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then return {-1, 0} end
 local built = redis.call('HGETALL', KEYS[2])
@@ -71,14 +72,15 @@ for i = 1, #built, 2 do
   local b, l = built[i], built[i + 1]
   onto[l] = true
   if redis.call('EXISTS', b) == 1 then
+    redis.call('UNLINK', l)
     redis.call('RENAME', b, l)
     renamed = renamed + 1
   else
-    deleted = deleted + redis.call('DEL', l)
+    deleted = deleted + redis.call('UNLINK', l)
   end
 end
 for i = 2, #ARGV do
-  if not onto[ARGV[i]] then deleted = deleted + redis.call('DEL', ARGV[i]) end
+  if not onto[ARGV[i]] then deleted = deleted + redis.call('UNLINK', ARGV[i]) end
 end
 redis.call('DEL', KEYS[2], KEYS[1])
 return {renamed, deleted}
@@ -208,6 +210,7 @@ class _Run:
         self.ttl_ms = max(1000, int(ttl * 1000))
         self.token = os.urandom(8).hex().encode()
         self.directory = self.layout.build_dir(self.token)
+        self.built_name = self.layout.builder(self.token)
         self.fields = by_hash_field(mapper)
         self.name = model_name(mapper)
         self.problems: list[Problem] = []
@@ -331,6 +334,7 @@ class _Run:
             page = _Page(self)
             for key, reply in zip(keys, replies[2:], strict=True):
                 page.add(key, reply)
+            page.settle_unique(conn)
             result = executor.transaction(conn, page.commands())
         if result is None:
             return False
@@ -359,11 +363,14 @@ class _Run:
     # -- switch -----------------------------------------------------------------
 
     def live_keys(self) -> list[bytes]:
-        """Live index keys the switch deletes unless a build key replaces them."""
+        """Live index keys the switch deletes unless a build key replaces them: those of
+        what is rebuilt (but unique keys only when they name no holder of their value),
+        and, in a full run, indexes of fields that have none."""
         rebuilt = set(self.members)
-        everything = ALL_IDS in rebuilt  # a full run also drops indexes of unindexed fields
+        everything = ALL_IDS in rebuilt
         found: list[bytes] = []
         for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
+            unique: list[bytes] = []
             for key in keys:
                 parsed = self.layout.parse(key)
                 if parsed.kind not in INDEX_KINDS:
@@ -371,8 +378,30 @@ class _Run:
                 if parsed.kind == "all":
                     if everything:
                         found.append(key)
-                elif parsed.field in rebuilt or (everything and not self.indexes(parsed)):
+                elif everything and not self.indexes(parsed):
                     found.append(key)
+                elif parsed.field in rebuilt:
+                    (unique if parsed.kind == "unique" else found).append(key)
+            found += self.dangling(unique)
+        return found
+
+    def dangling(self, keys: list[bytes]) -> list[bytes]:
+        """The unique keys whose owner does not hold their value."""
+        owners = run(self.client, [(b"GET", key) for key in keys])
+        checked: list[tuple[bytes, MappedField, bytes | None]] = []
+        commands: list[Command] = []
+        found = []
+        for key, owner in zip(keys, owners, strict=True):
+            parsed = self.layout.parse(key)
+            field = self.fields[parsed.field or b""]
+            if owner is None or isinstance(owner, ResponseError):
+                found.append(key)
+                continue
+            checked.append((key, field, parsed.value))
+            commands.append((b"HGET", self.layout.entity_of(bytes(owner)), field.hash_field))
+        for (key, field, value), raw in zip(checked, run(self.client, commands), strict=True):
+            if not holds(field, raw, value):
+                found.append(key)
         return found
 
     def indexes(self, parsed: Any) -> bool:
@@ -404,11 +433,13 @@ class _Page:
         self.task = task
         self.layout = task.layout
         self.rebuilt = set(task.members)
-        self.writes: list[Command] = []
+        self.writes: dict[tuple[bytes, bytes], list[bytes]] = {}
         self.built: dict[bytes, bytes] = {}
         #: Unique claims: (build key, live key, field, id), answered after the writes.
         self.claims: list[tuple[bytes, bytes, MappedField, bytes]] = []
         self.claims_at = 0
+        #: Unique values met: (live key, field, id, stored value).
+        self.unique: list[tuple[bytes, MappedField, bytes, bytes]] = []
         self.entities = 0
         self.entries = 0
         self.problems: list[Problem] = []
@@ -433,22 +464,63 @@ class _Page:
             if member not in self.rebuilt:
                 continue
             self.entries += 1
-            built = self.build_key(expect.key)
             if expect.kind in ("all", "eq"):
-                self.writes.append((b"SADD", built, ident))
+                self.members_of(b"SADD", expect.key).append(ident)
             elif expect.kind == "range":
-                self.writes.append((b"ZADD", built, repr(expect.score).encode(), ident))
+                self.members_of(b"ZADD", expect.key).extend((repr(expect.score).encode(), ident))
             else:
-                assert expect.field is not None
-                self.claims.append((built, expect.key, expect.field, ident))
+                assert expect.field is not None and expect.raw is not None
+                self.unique.append((expect.key, expect.field, ident, expect.raw))
+
+    def settle_unique(self, conn: Any) -> None:
+        """Claim build keys only for unique values whose live key is wrong.
+
+        A live unique key that names the entity holding the value stays as it is:
+        commits keep it right (they release it only as its owner, and mirror the
+        release onto the build key, if any), and the switch does not touch it.
+        Rebuilding only what is wrong keeps the switch short: there is one unique
+        key per entity. The owners are read under ``WATCH``, like the hashes.
+        """
+        if not self.unique:
+            return
+        live = [key for key, *_ in self.unique]
+        watch, read = (b"WATCH", *dict.fromkeys(live)), (b"MGET", *live)
+        owners = executor.roundtrip(conn, [watch, read])[1]
+        others: list[tuple[tuple[bytes, MappedField, bytes, bytes], bytes]] = []
+        for item, owner in zip(self.unique, owners, strict=True):
+            if owner is None or isinstance(owner, ResponseError):
+                self.claim(*item)
+            elif bytes(owner) != item[2]:
+                others.append((item, self.layout.entity_of(bytes(owner))))
+        if not others:
+            return
+        commands = [(b"HGET", entity, item[1].hash_field) for item, entity in others]
+        held = executor.roundtrip(conn, [(b"WATCH", *(e for _, e in others)), *commands])[1:]
+        for (item, entity), raw in zip(others, held, strict=True):
+            key, field, ident, value = item
+            if holds(field, raw, field.index_key(value)):
+                owner = show(entity[self.layout.entity_prefix_len() :])
+                detail = f"{show(ident)} and {owner} both hold the value; it names {owner}"
+                self.problems.append(
+                    Problem("duplicate_unique", self.task.name, show(key), field.name, detail)
+                )
+            else:
+                self.claim(*item)
+
+    def claim(self, live: bytes, field: MappedField, ident: bytes, value: bytes) -> None:
+        self.claims.append((self.build_key(live), live, field, ident))
+
+    def members_of(self, command: bytes, live: bytes) -> list[bytes]:
+        """The arguments of the page's one write to a build key (``SADD``/``ZADD``)."""
+        return self.writes.setdefault((command, self.build_key(live)), [])
 
     def build_key(self, live: bytes) -> bytes:
-        built = self.layout.build(self.task.token, live)
+        built = self.task.built_name(live)
         self.built[built] = live
         return built
 
     def commands(self) -> list[Command]:
-        out = list(self.writes)
+        out: list[Command] = [(name, key, *args) for (name, key), args in self.writes.items()]
         if self.built:
             pairs = [k for pair in self.built.items() for k in pair]
             out.append((b"HSET", self.task.directory, *pairs))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ..errors import DecodeError, MappingError
@@ -134,9 +135,20 @@ class KeyLayout:
 
     def build(self, run: bytes, live: bytes) -> bytes:
         """The key a reindex run builds to replace the live index key ``live``."""
-        if not live.startswith(self._namespace) or self.parse(live).kind not in INDEX_KINDS:
-            raise ValueError(f"{live!r} is not an index key of prefix {self.prefix!r}")
-        return self._build + _run(run) + b":" + live[len(self._namespace) :]
+        return self.builder(run)(live)
+
+    def builder(self, run: bytes) -> Callable[[bytes], bytes]:
+        """:meth:`build` for one run, its token checked once (a reindex builds many keys)."""
+        start = self._build + _run(run) + b":"
+        cut = len(self._namespace)
+        kinds = (self._all, self._eq, self._range, self._unique)
+
+        def build(live: bytes) -> bytes:
+            if not live.startswith(kinds) or (live.startswith(self._all) and live != self._all):
+                raise ValueError(f"{live!r} is not an index key of prefix {self.prefix!r}")
+            return start + live[cut:]
+
+        return build
 
     # -- reading keys back (check, stats) ------------------------------------
 
@@ -149,6 +161,10 @@ class KeyLayout:
     def namespace_pattern(self) -> bytes:
         """``SCAN MATCH`` pattern of every other key of the model."""
         return self._namespace + b"*"
+
+    def unique_pattern(self, field: bytes) -> bytes:
+        """``SCAN MATCH`` pattern of one field's unique keys (field names hold no glob)."""
+        return self._unique + field + b":*"
 
     def parse(self, key: bytes) -> ParsedKey:
         """What a key of this model is; the left inverse of the builders above."""
