@@ -452,6 +452,22 @@ def test_a_rollback_ends_the_doubt(server: EmbeddedServer) -> None:
         s.commit()
 
 
+def test_an_insert_deleted_by_another_client_before_the_retry_comes_back(
+    server: EmbeddedServer,
+) -> None:
+    """Documented limit: the retry cannot tell "never applied" from "applied, then
+    deleted by someone else", and inserts again, indexes and all."""
+    s, admin, fault = lost_reply(server)
+    s.add(Firm("hooli", id="hooli"))
+    fail_once(s, fault)
+    other = Session(admin)
+    other.delete(other.get(Firm, "hooli"))
+    other.commit()
+    s.commit()
+    assert Session(admin).query(Firm).filter(Firm.name == "hooli").one().id == "hooli"
+    clean(admin)
+
+
 def test_own_commands_are_sent_again_by_the_retry(server: EmbeddedServer) -> None:
     """Documented limit: redisca cannot know whether an unknown-outcome commit ran the
     commands queued with add_command, and the retry sends them again."""

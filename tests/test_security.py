@@ -577,3 +577,10 @@ def test_a_user_without_scripting_gets_a_clear_error_and_nothing_is_written(
         assert member in s.dirty and len(s.new) == 1
     assert sorted(admin.scan_iter()) == before
     assert not admin.hexists("susr:m1", "note")
+
+
+def test_the_minimal_acl_is_documented() -> None:
+    """docs/guarantees.rst shows the rules tested here, for the prefixes usr and co."""
+    page = (PACKAGE.parent / "docs" / "guarantees.rst").read_text()
+    documented = APP_RULES.replace("~susr", "~usr").replace("~sco", "~co")
+    assert f"ACL SETUSER app {documented}" in " ".join(page.split())
