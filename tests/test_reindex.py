@@ -80,6 +80,8 @@ def corrupt(r: redis.Redis) -> None:
     r.set("item#u:code:K7", "8")  # wrong owner
     r.set("item#u:code:nobody", "9")  # dangling
     r.delete("item#u:code:K10")  # missing unique
+    r.delete("item#u:code:K12")
+    r.sadd("item#u:code:K12", "12")  # a unique key of the wrong type
     r.sadd("item#i:note:x", "1")  # an index of a field without one
     r.sadd("item#b:dead:all", "1")  # a dead run's build key
     r.delete("log#i:level:warn")  # a whole index key gone
@@ -92,7 +94,7 @@ def test_reindex_repairs_every_index_problem(r: redis.Redis) -> None:
     seed(r)
     corrupt(r)
     kinds = {p.kind for p in check(registry, r).problems}
-    assert len(kinds) == 9
+    assert len(kinds) == 10
     report = reindex(registry, r, batch=7)
     assert report.ok, report.problems
     by_model = {m.model: m for m in report.models}
@@ -355,7 +357,7 @@ def test_a_lost_marker_stops_the_run_before_the_switch(r: redis.Redis) -> None:
     with pytest.raises(RunLost):
         reindex(registry, r, models=["Item"], batch=5, progress=lose)
     assert not [k for k in r.scan_iter(match="item#b:*") if b"dead" not in _b(k)]
-    assert len({p.kind for p in check(Item, r).problems}) == 9  # nothing was switched
+    assert len({p.kind for p in check(Item, r).problems}) == 10  # nothing was switched
 
 
 def test_a_dead_run_expires_and_the_next_run_cleans_up(r: redis.Redis) -> None:

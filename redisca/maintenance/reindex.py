@@ -387,7 +387,9 @@ class _Run:
 
     def dangling(self, keys: list[bytes]) -> list[bytes]:
         """The unique keys whose owner does not hold their value."""
-        owners = run(self.client, [(b"GET", key) for key in keys])
+        if not keys:
+            return []
+        owners = run(self.client, [(b"MGET", *keys)])[0]  # a key of another type: nil
         checked: list[tuple[bytes, MappedField, bytes | None]] = []
         commands: list[Command] = []
         found = []
