@@ -18,7 +18,7 @@ from models import Company, User, registry
 
 import redisca
 from redisca import Registry, Session
-from redisca.maintenance import KINDS, MaintenanceError, Problem, check
+from redisca.maintenance import KINDS, MaintenanceError, Problem, check, stats
 
 # -- data --------------------------------------------------------------------------
 
@@ -351,3 +351,23 @@ def test_problems_found_during_commits_are_real(r: redis.Redis, make_client: Any
         assert kinds(report.problems) == [("orphan_entry", "usr#i:company:c9", "company")]
     r.srem("usr#i:company:c9", "ghost-member")
     assert check(registry, r).ok
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+
+def test_stats_counts_keys_and_entries(r: redis.Redis) -> None:
+    seed(r, 20)
+    r.sadd("usr#i:nickname:bob", "1")  # a stray key counts as "other"
+    report = stats(registry, r, batch=3, sample=5)
+    users = next(m for m in report.models if m.model == "User")
+    assert (users.entities, users.ids) == (20, 20)
+    assert users.index_keys == {"all": 1, "eq": 1, "range": 1, "unique": 20, "other": 1}
+    assert users.index_entries == 20 + 20 + 20  # company, age, and one per unique key
+    assert set(users.memory) == {"entity", "all", "eq", "range", "unique", "other"}
+    assert users.memory_total > 0 and users.memory_sampled == 5 + 1 + 1 + 1 + 5 + 1
+    assert not users.reindexing
+    r.rpush("usr#x", "abcd", "#all")
+    assert next(m for m in stats(User, r).models).reindexing
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["models"][1]["memory_total"] == users.memory_total

@@ -17,10 +17,12 @@ import attrs
 import redis
 from redis.exceptions import ResponseError
 
-from ..mapping.mapper import Mapper
+from ..mapping.keys import ParsedKey
+from ..mapping.mapper import MappedField, Mapper
 from .common import (
     Progress,
     Ticker,
+    by_hash_field,
     model_name,
     read_marker,
     resolve_client,
@@ -98,14 +100,14 @@ def _model_stats(
     out = ModelStats(model_name(mapper), mapper.prefix)
     out.reindexing = read_marker(client, mapper) is not None
     counts = dict.fromkeys(_KINDS, 0)
+    fields = by_hash_field(mapper)
     samples: dict[str, _Reservoir] = {kind: _Reservoir(sample) for kind in _KINDS}
     ticker = Ticker(progress, out.model, "keys")
     for pattern in (layout.entity_pattern, layout.namespace_pattern):
         for keys in scan(client, pattern, batch):
             sized: list[bytes] = []
             for key in keys:
-                kind = layout.parse(key).kind
-                kind = kind if kind in counts else "other"
+                kind = _kind(layout.parse(key), fields)
                 counts[kind] = counts.get(kind, 0) + 1
                 if kind in _CARD:
                     sized.append(key)
@@ -125,6 +127,18 @@ def _model_stats(
             out.memory[kind] = int(average * total[kind])
     out.seconds = round(time.monotonic() - started, 3)
     return out
+
+
+def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField]) -> str:
+    """A key's kind for counting: an index of a field that has none is "other"."""
+    if parsed.kind in ("entity", "all"):
+        return parsed.kind
+    field = fields.get(parsed.field or b"")
+    if parsed.kind == "unique" and field is not None and field.unique:
+        return "unique"
+    if parsed.kind in ("eq", "range") and field is not None and field.index == parsed.kind:
+        return parsed.kind
+    return "other"
 
 
 def _entries(client: redis.Redis, layout: Any, keys: list[bytes]) -> int:
