@@ -360,6 +360,40 @@ def test_a_lost_marker_stops_the_run_before_the_switch(r: redis.Redis) -> None:
     assert len({p.kind for p in check(Item, r).problems}) == 10  # nothing was switched
 
 
+def test_a_long_run_keeps_its_marker_alive(r: redis.Redis) -> None:
+    seed(r, 30)
+    naps: list[float] = []
+
+    def slow(model: str, phase: str, *_: Any) -> None:
+        if model == "Item" and len(naps) < 4:
+            naps.append(0.4)
+            time.sleep(0.4)  # 1.6 s in all: longer than the marker's ttl, refreshed meanwhile
+
+    report = reindex(registry, r, batch=3, progress=slow, ttl=1.0)
+    assert report.ok and sum(naps) > 1.0
+    consistent(r)
+
+
+def test_a_run_whose_marker_expires_is_lost(r: redis.Redis) -> None:
+    seed(r, 30)
+    corrupt(r)
+    before = dump_keyspace(r)
+    naps: list[float] = []
+
+    def stalled(model: str, phase: str, count: int, *_: Any) -> None:
+        if count and not naps:
+            naps.append(1.3)
+            time.sleep(1.3)  # the process stalls past its marker's ttl
+
+    with pytest.raises(RunLost, match="expired"):
+        reindex(registry, r, models=["Item"], batch=5, progress=stalled, ttl=1.0)
+    after = dump_keyspace(r)
+    assert {k: v for k, v in after.items() if b"#b:" not in k} == {
+        k: v for k, v in before.items() if b"#b:" not in k and k != b"item#b:dead:all"
+    }  # the live keys are as they were (the dead run's leftover went at the start)
+    assert not [k for k in after if b"#b:" in k or k.endswith(b"#x")]
+
+
 def test_a_dead_run_expires_and_the_next_run_cleans_up(r: redis.Redis) -> None:
     seed(r, 10)
     r.rpush("item#x", "d1ed", "#all", "color")  # a run that died mid-build

@@ -271,7 +271,7 @@ class _Run:
         """Give up: drop the marker (if still ours) and whatever was built."""
         try:
             run(self.client, [(b"EVAL", ABANDON, 1, self.layout.marker, self.token)])
-            self.delete_build_keys(lambda run_: run_ == self.token)
+            self.delete_build_keys(lambda run_: run_ == self.token, alive=False)
         except Exception:  # the original error matters more; check reports what is left
             pass
 
@@ -279,7 +279,7 @@ class _Run:
         """Delete build keys of runs that died (any run but this one)."""
         self.delete_build_keys(lambda run_: run_ != self.token)
 
-    def delete_build_keys(self, chosen: Any) -> None:
+    def delete_build_keys(self, chosen: Any, *, alive: bool = True) -> None:
         pattern = self.layout.namespace_pattern
         for keys in scan(self.client, pattern, self.batch):
             doomed = [
@@ -290,6 +290,8 @@ class _Run:
             ]
             if doomed:
                 run(self.client, [(b"DEL", *doomed)])
+            if alive:
+                self.refresh()
 
     # -- build ------------------------------------------------------------------
 
@@ -383,6 +385,7 @@ class _Run:
                 elif parsed.field in rebuilt:
                     (unique if parsed.kind == "unique" else found).append(key)
             found += self.dangling(unique)
+            self.refresh()
         return found
 
     def dangling(self, keys: list[bytes]) -> list[bytes]:
