@@ -146,6 +146,11 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
         [("wrong_type", "usr#r:age", "age")],
     ),
     (
+        "a reindex marker that is not a list (commits could not read it)",
+        lambda r: r.set("usr#x", "running"),
+        [("wrong_type", "usr#x", None)],
+    ),
+    (
         "an index of a field that is not indexed",
         lambda r: r.sadd("usr#i:nickname:bob", "1"),
         [("stray_key", "usr#i:nickname:bob", None)],

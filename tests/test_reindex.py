@@ -581,3 +581,10 @@ def test_concurrent_writers_and_readers_during_runs(make_client: Any, redis_serv
         f"{reader.queries} answers checked, {len(reader.wrong)} wrong, "
         f"page retries {[rep.models[0].retries for rep, _ in runs]}"
     )
+
+
+def test_a_marker_of_another_type_is_refused(r: redis.Redis) -> None:
+    r.set("item#x", "oops")
+    with pytest.raises(MaintenanceError, match="is not a reindex marker"):
+        reindex(Item, r)
+    assert [(p.kind, p.key) for p in check(Item, r).problems] == [("wrong_type", "item#x")]

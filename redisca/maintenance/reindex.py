@@ -243,7 +243,12 @@ class _Run:
             replies = executor.roundtrip(conn, [(b"WATCH", marker), (b"LRANGE", marker, 0, -1)])
             if replies[1]:
                 executor.roundtrip(conn, [(b"UNWATCH",)])
-                other = show(bytes(replies[1][0])) if isinstance(replies[1], list) else "?"
+                if isinstance(replies[1], ResponseError):
+                    raise MaintenanceError(
+                        f"{show(marker)} is not a reindex marker ({replies[1]}); "
+                        "commits of the model cannot read it either: delete it"
+                    )
+                other = show(bytes(replies[1][0]))
                 raise MaintenanceError(
                     f"a reindex of {self.name} is running already (run {other}, marker "
                     f"{show(marker)}); a run that died lets its marker expire within "
