@@ -48,6 +48,10 @@ class EntityChange:
     #: already. An insert then checks that its key is free or holds exactly what it
     #: writes; a versioned update accepts the version it would have made itself.
     in_doubt: bool = False
+    #: The entity's key, built once (collect_reads, emit and finalize all use it).
+    key: bytes = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.mapper.key(self.id), takes_self=True)
+    )
 
     def verified_fields(self) -> list[bytes]:
         """Hash fields to read to tell whether an in-doubt change was applied."""
@@ -55,10 +59,6 @@ class EntityChange:
             return []
         fields = [f.hash_field for f in self.values]
         return [*fields, VERSION_FIELD] if self.mapper.versioned else fields
-
-    @property
-    def key(self) -> bytes:
-        return self.mapper.key(self.id)
 
     def read_fields(self) -> list[MappedField]:
         """The indexed fields whose current values the commit must know."""

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .session import Session
 
 
+_ABSENT: Any = object()  # unequal to any snapshot value (bytes or None)
+
+
 class InstanceState:
     """What a session knows about one instance: identity, snapshot, status."""
 
@@ -120,12 +123,18 @@ class InstanceState:
 
     def changes(self) -> dict[MappedField, bytes | None]:
         """Encoded values that differ from the snapshot (set attributes only)."""
-        snapshot = self.snapshot
-        return {
-            field: value
-            for field, value in self.mapper.encode_set_fields(self.obj).items()
-            if field not in snapshot or snapshot[field] != value
-        }
+        # Every commit diffs every loaded instance: one pass, no intermediate dict.
+        snapshot, obj = self.snapshot, self.obj
+        out: dict[MappedField, bytes | None] = {}
+        for field in self.mapper.fields:
+            try:
+                value = field.attribute.fetch(obj)
+            except AttributeError:
+                continue
+            encoded = field.encode(value)
+            if snapshot.get(field, _ABSENT) != encoded:
+                out[field] = encoded
+        return out
 
 
 class _Detached(NamedTuple):

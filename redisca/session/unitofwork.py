@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..errors import InvalidRequestError, OperationalError
-from ..mapping.mapper import MappedField
+from ..mapping.instrument import MISSING
+from ..mapping.mapper import MappedField, Mapper
 from . import executor
 from .emit import vanished
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
@@ -40,10 +41,21 @@ class Group:
 
 
 def cascade(session: Session) -> None:
-    """Add the targets of references assigned since their holders were added."""
+    """Add the targets of references assigned since their holders were added.
+
+    Each target is checked once, however many instances refer to it.
+    """
+    seen: set[int] = set()
     for state in session.states():
-        if not state.deleted:
-            session.cascade(state)
+        if state.deleted:
+            continue
+        for field in state.mapper.references:
+            target = field.attribute.get_raw(state.obj)
+            if target is MISSING or target is None or id(target) in seen:
+                continue
+            seen.add(id(target))  # held by the referring instance: the id stays its own
+            if target not in session:
+                session.add(target)
 
 
 def _check_identity(state: InstanceState) -> str:
@@ -97,7 +109,12 @@ def _update(state: InstanceState) -> EntityChange | None:
     if not values:
         return None
     mapper = state.mapper
-    after = {**state.snapshot, **values}
+    # Only removed fields (None) can leave the hash empty.
+    empty_after = (
+        state.loaded
+        and None in values.values()
+        and all(v is None for v in {**state.snapshot, **values}.values())
+    )
     return EntityChange(
         mapper,
         ident,
@@ -107,7 +124,7 @@ def _update(state: InstanceState) -> EntityChange | None:
         was_loaded=state.loaded,
         expect_version=state.version,
         guesses=_unique_guesses(state, values),
-        empty_after=state.loaded and all(v is None for v in after.values()),
+        empty_after=empty_after,
         in_doubt=state.in_doubt,
     )
 
@@ -128,9 +145,13 @@ def organize(session: Session) -> list[Group]:
     """Validate and encode every pending change, grouped by server; no I/O."""
     cascade(session)
     groups: dict[int, Group] = {}
+    binds: dict[Mapper, Any] = {}  # bind_for walks the class's MRO: once per mapper
 
     def group_for(client: Any) -> Group:
-        return groups.setdefault(id(client), Group(client))
+        group = groups.get(id(client))
+        if group is None:
+            group = groups[id(client)] = Group(client)
+        return group
 
     for state in session.states():
         if state.deleted:
@@ -142,7 +163,10 @@ def organize(session: Session) -> list[Group]:
             if found is None:
                 continue
             change = found
-        group = group_for(session.bind_for(state.mapper))
+        client = binds.get(state.mapper)
+        if client is None:
+            client = binds[state.mapper] = session.bind_for(state.mapper)
+        group = group_for(client)
         group.changes.append(change)
         group.states.append(state)
     for client, command, result in session.queued_commands():
