@@ -13,6 +13,7 @@ unique-key owners when the session's guess was stale, then
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import ConflictError, IntegrityError, OperationalError, RediscaError
 from ..mapping.keys import decode_id
-from .emit import NeedOwners, emit
+from .emit import GUARDED_WRITE, REMOVE_FIELDS, NeedOwners, emit
 from .plan import Command, CommitPlan, Observed, Reads, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 
@@ -118,12 +119,46 @@ def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
         return roundtrip(conn, commands)
 
 
+def _digest(script: bytes) -> bytes:
+    return hashlib.sha1(script).hexdigest().encode()
+
+
+GUARDED_WRITE_SHA = _digest(GUARDED_WRITE)
+REMOVE_FIELDS_SHA = _digest(REMOVE_FIELDS)
+
+
+def _by_digest(commands: Sequence[Command]) -> list[Command]:
+    """The commands with redisca's scripts sent by digest after their first EVAL.
+
+    A commit of many plain updates runs the same script once per entity; sending
+    its body each time costs the server a SHA1 and a parse per command. The first
+    EVAL caches the script, and the EVALSHAs that follow run after it inside the
+    same MULTI/EXEC, so no script flush can come between (and an ACL needs only
+    ``+eval +evalsha``, no ``SCRIPT LOAD``).
+    """
+    out: list[Command] = []
+    seen: set[bytes] = set()
+    for command in commands:
+        if command[0] == b"EVAL":
+            script = command[1]
+            if script in seen:
+                if script is GUARDED_WRITE:
+                    command = (b"EVALSHA", GUARDED_WRITE_SHA, *command[2:])
+                elif script is REMOVE_FIELDS:
+                    command = (b"EVALSHA", REMOVE_FIELDS_SHA, *command[2:])
+            else:
+                seen.add(script)
+        out.append(command)
+    return out
+
+
 def transaction(
     conn: Any, commands: Sequence[Command], before: Sequence[Command] = ()
 ) -> list[Any] | None:
     """MULTI … EXEC in one round trip (after ``before``, in the same write); ``None``
     when a watched key changed."""
-    replies = roundtrip(conn, [*before, (b"MULTI",), *commands, (b"EXEC",)], sealed=True)
+    sent = _by_digest(commands)
+    replies = roundtrip(conn, [*before, (b"MULTI",), *sent, (b"EXEC",)], sealed=True)
     replies = replies[len(before) :]
     result = replies[-1]
     if isinstance(result, ResponseError):
