@@ -29,6 +29,8 @@ class MappedField:
         "encoder",
         "hash_field",
         "index",
+        "indexed",
+        "is_reference",
         "mapper",
         "name",
         "nullable",
@@ -72,21 +74,15 @@ class MappedField:
         kind = "eq" if codec is None else codec.index_kind
         #: "eq", "range" or None; unique fields of equality type need no set of their own.
         self.index: str | None = (None if unique and kind == "eq" else kind) if index else None
+        #: Whether commits maintain index entries for it (an index or a unique key).
+        self.indexed: bool = self.index is not None or unique
+        #: Whether it holds another entity (stored as that entity's id).
+        self.is_reference: bool = codec is None
         self._target_mapper: Mapper | None = None
         self.attribute: FieldAttribute = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"<MappedField {self.mapper.class_.__name__}.{self.name}>"
-
-    @property
-    def indexed(self) -> bool:
-        """Whether commits maintain index entries for it (an index or a unique key)."""
-        return self.index is not None or self.unique
-
-    @property
-    def is_reference(self) -> bool:
-        """Whether it holds another entity (stored as that entity's id)."""
-        return self.codec is None
 
     def target_mapper(self) -> Mapper:
         """The referenced class's mapper, resolved on first use (it may be mapped later)."""

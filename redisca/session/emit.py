@@ -64,11 +64,15 @@ class _Emitter:
         """A write to a live index key (``command[1]``), and to its build key if a
         reindex is rebuilding ``member`` (a hash field, or ``#all``)."""
         self.out.append(command)
+        if not self.observed.rebuilds:
+            return
         built = self.build_key(change, member, command[1])
         if built is not None:
             self.out.append((command[0], built, *command[2:]))
 
     def build_key(self, change: EntityChange, member: bytes, live: bytes) -> bytes | None:
+        if not self.observed.rebuilds:
+            return None  # no reindex runs: every commit but those during one
         run: Rebuild | None = self.observed.rebuilds.get(change.mapper.layout.marker)
         if run is None or not run.covers(member):
             return None

@@ -129,25 +129,29 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 reads.fields[key] = change.verified_fields()
             for field, raw in change.values.items():
                 if field.unique and raw is not None:
-                    owners[unique_key(field, raw)] = None
-                    reads.claims.add(unique_key(field, raw))
+                    claimed = unique_key(field, raw)
+                    owners[claimed] = None
+                    reads.claims.add(claimed)
             continue
         if not change.needs_read:
             continue
         reads.exists.append(key)
-        hash_fields = [f.hash_field for f in change.read_fields()]
+        read_fields = change.read_fields()
+        hash_fields = [f.hash_field for f in read_fields]
         if change.mapper.versioned:
             hash_fields.append(VERSION_FIELD)
-        hash_fields += change.verified_fields() if change.op == UPDATE else []
+        if change.in_doubt and change.op == UPDATE:
+            hash_fields += change.verified_fields()
         if hash_fields:
             reads.fields[key] = list(dict.fromkeys(hash_fields))
-        for field in change.read_fields():
+        for field in read_fields:
             if not field.unique:
                 continue
             new = change.values.get(field)
             if change.op == UPDATE and new is not None:
-                owners[unique_key(field, new)] = None
-                reads.claims.add(unique_key(field, new))
+                claimed = unique_key(field, new)
+                owners[claimed] = None
+                reads.claims.add(claimed)
             guess = change.guesses.get(field)
             if guess is not None:
                 owners[unique_key(field, guess)] = None
