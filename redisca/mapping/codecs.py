@@ -339,6 +339,33 @@ _C_DECODE: dict[type, Callable[[bytes], Any]] = {
 }
 
 
+#: Codecs whose values are immutable (exact types: a subclass may coerce to anything).
+_IMMUTABLE: set[type] = {
+    StrCodec,
+    EmailCodec,
+    BytesCodec,
+    IntCodec,
+    FloatCodec,
+    BoolCodec,
+    DateTimeCodec,
+    DateCodec,
+    DecimalCodec,
+    UUIDCodec,
+    EnumCodec,
+}
+
+
+def holds_immutable(codec: Codec) -> bool:
+    """Whether values of this codec cannot change in place (so only assignment changes
+    a field): then a commit needs to compare the field only when it was assigned."""
+    return type(codec) in _IMMUTABLE
+
+
+def mark_immutable(codec_type: type[Codec]) -> None:
+    """Declare a codec class's values immutable (for redisca's own codecs elsewhere)."""
+    _IMMUTABLE.add(codec_type)
+
+
 def encoder(codec: Codec) -> Callable[[Any], bytes]:
     """``codec.encode``, or a C function doing the same (may raise UnicodeEncodeError)."""
     return _C_ENCODE.get(type(codec), codec.encode)

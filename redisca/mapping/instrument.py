@@ -36,6 +36,7 @@ class Loadable(Protocol):
     """What the table holds: the session layer's instance state."""
 
     obj: Any
+    assigned: set[str] | None
 
     def load_missing(self, name: str) -> None: ...
 
@@ -130,6 +131,11 @@ class FieldAttribute(Comparator):
 
     def __set__(self, obj: Any, value: Any) -> None:
         self.store(obj, self.coerce(value))
+        ref = _states.get(id(obj))  # a tracked instance: note what changed
+        if ref is not None:
+            state = ref()
+            if state is not None and state.obj is obj and state.assigned is not None:
+                state.assigned.add(self.name)
 
     def __delete__(self, obj: Any) -> None:
         self.del_raw(obj)

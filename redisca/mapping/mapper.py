@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MappingError, ValidationError
-from .codecs import Codec, decoder, encoder
+from .codecs import Codec, decoder, encoder, holds_immutable
 from .instrument import MISSING, FieldAttribute, inner_descriptor
 from .keys import KeyLayout
 
@@ -32,6 +32,7 @@ class MappedField:
         "indexed",
         "is_reference",
         "mapper",
+        "mutable",
         "name",
         "nullable",
         "target",
@@ -78,6 +79,9 @@ class MappedField:
         self.indexed: bool = self.index is not None or unique
         #: Whether it holds another entity (stored as that entity's id).
         self.is_reference: bool = codec is None
+        #: Whether its values may change in place (a codec not known to hold immutable
+        #: values): such fields are compared on every commit, assigned or not.
+        self.mutable: bool = codec is not None and not holds_immutable(codec)
         self._target_mapper: Mapper | None = None
         self.attribute: FieldAttribute = None  # type: ignore[assignment]
 
@@ -167,6 +171,8 @@ class Mapper:
         self.indexed: tuple[MappedField, ...] = ()
         #: The reference attributes.
         self.references: tuple[MappedField, ...] = ()
+        #: Whether any field's values may change in place (see MappedField.mutable).
+        self.mutable = False
         self.id_attribute: FieldAttribute = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
@@ -178,6 +184,7 @@ class Mapper:
         self.by_name = {f.name: f for f in fields}
         self.indexed = tuple(f for f in fields if f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
+        self.mutable = any(f.mutable for f in fields)
 
     def instrument(self) -> None:
         """Install a descriptor per mapped attribute (and on the identity attribute)."""

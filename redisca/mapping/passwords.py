@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 from ..errors import ValidationError
-from .codecs import StrCodec
+from .codecs import StrCodec, mark_immutable
 from .fields import FieldSpec, make_field
 
 
@@ -94,6 +94,10 @@ class MD5Codec(StrCodec):
 
     def decode(self, raw: bytes) -> MD5Hash:
         return MD5Hash(raw.decode())
+
+
+mark_immutable(PasswordCodec)  # hashes are str: only assignment changes them
+mark_immutable(MD5Codec)
 
 
 def Password(

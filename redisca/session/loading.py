@@ -80,6 +80,8 @@ def hydrate(
         attribute.store(obj, value)
     version = raw.get(VERSION_FIELD)
     state.snapshot = snapshot
+    if overwrite:
+        state.assigned = set()  # every field now holds what the snapshot says
     if version is None:
         state.version = None
     else:

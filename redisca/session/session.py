@@ -273,6 +273,7 @@ class Session:
         if state is None:
             state = InstanceState(mapper.blank(ident), mapper, ident)
             state.persistent = True
+            state.assigned = set()  # nothing set, nothing in the snapshot: in step
             self._track(state)
         return state.obj
 
@@ -397,6 +398,7 @@ class Session:
                 field.attribute.set_raw(state.obj, value)
             else:
                 field.attribute.del_raw(state.obj)
+        state.assigned = set()
 
 
 __all__ = ["CommandResult", "Session"]

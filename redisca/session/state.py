@@ -27,6 +27,7 @@ class InstanceState:
     __slots__ = (
         "__weakref__",
         "_session",
+        "assigned",
         "deleted",
         "generated_id",
         "id",
@@ -62,6 +63,11 @@ class InstanceState:
         #: A commit of this instance's changes failed after EXEC was sent: Redis may
         #: hold them already, so committing them again verifies (see emit).
         self.in_doubt = False
+        #: Names of the attributes assigned since the snapshot was last in step with
+        #: the instance (loaded, committed, rolled back), so a commit encodes and
+        #: compares only those (and fields whose values may be mutable). ``None``:
+        #: unknown, every field is compared (pending, detached and re-added instances).
+        self.assigned: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"<InstanceState {self.mapper.class_.__name__} id={self.id!r} {self.status}>"
@@ -123,10 +129,14 @@ class InstanceState:
 
     def changes(self) -> dict[MappedField, bytes | None]:
         """Encoded values that differ from the snapshot (set attributes only)."""
-        # Every commit diffs every loaded instance: one pass, no intermediate dict.
-        snapshot, obj = self.snapshot, self.obj
+        # Every commit diffs every tracked instance: only what was assigned, one pass.
+        snapshot, obj, assigned = self.snapshot, self.obj, self.assigned
         out: dict[MappedField, bytes | None] = {}
+        if assigned is not None and not assigned and not self.mapper.mutable:
+            return out
         for field in self.mapper.fields:
+            if assigned is not None and field.name not in assigned and not field.mutable:
+                continue
             try:
                 value = field.attribute.fetch(obj)
             except AttributeError:

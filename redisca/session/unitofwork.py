@@ -190,6 +190,7 @@ def finalize(session: Session, group: Group, executed: executor.Executed) -> Non
             state.version = None  # added again, it is a new entity with a new version
             continue
         state.snapshot.update(change.values)
+        state.assigned = set()  # what differed is written; the rest was equal
         state.in_doubt = False
         if change.op == INSERT:
             state.loaded = True
