@@ -5,11 +5,15 @@ guarantees where redisca's semantics need them: ``WATCH`` on the unique keys
 an insert claims, ``WATCH`` plus ``EXISTS``/``HMGET`` of the entities an indexed
 update or a delete touches (their old index entries come from what Redis holds
 under ``WATCH``), and a script that writes a plain update only if the entity
-still exists (so a concurrent delete cannot leave a partial hash behind).
-Every batch goes out in one write on a pooled connection: the fewest round
-trips redis-py allows (its ``Pipeline`` would send each read after ``WATCH``
-on its own). Loaded hashes become dicts of Python values (str, int, aware
-datetime, the company's id), the least an application needs.
+still exists (so a concurrent delete cannot leave a partial hash behind): the
+same commands as redisca sends, so the server does the same work (redisca's
+script, run by digest; an indexed update's old range entry removed before the
+new one is added). What redisca sends and this does not: its reindex marker
+(``usr#x``), read and watched once per commit. Every batch goes out in one
+write on a pooled connection: the fewest round trips redis-py allows (its
+``Pipeline`` would send each read after ``WATCH`` on its own). Loaded hashes
+become dicts of Python values (str, int, aware datetime, the company's id), the
+least an application needs.
 
 Keys are spelled here by hand, as a hand-written application would;
 :func:`check_layout` checks they are redisca's.
@@ -26,6 +30,7 @@ import redis
 
 from redisca import hexid
 from redisca.mapping.keys import KeyLayout
+from redisca.session.emit import GUARDED_WRITE
 
 from .model import DataSet, company_ids
 
@@ -35,12 +40,10 @@ AGE = b"usr#r:age"
 COMPANY = b"usr#i:company:"
 EMAIL = b"usr#u:eml:"
 
-#: A plain update writes only if the entity still exists.
-UPDATE_IF_EXISTS = b"""\
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
+#: A plain update writes only if the entity still exists: redisca's own script, so the
+#: server does the same work (ARGV: the number of field/value pairs, the pairs, then
+#: fields to remove).
+UPDATE_IF_EXISTS = GUARDED_WRITE
 
 
 def check_layout() -> None:
@@ -187,7 +190,7 @@ class RawSide:
         for record, name in zip(self.records, self.data.new_names, strict=True):
             record["name"] = name
             key = ENTITY + record["id"].encode()
-            writes.append((b"EVALSHA", sha, 1, key, b"name", name.encode()))
+            writes.append((b"EVALSHA", sha, 1, key, 1, b"name", name.encode()))
         with connection(self.client) as conn:
             transaction(conn, writes)
         return len(self.records)
@@ -209,6 +212,9 @@ class RawSide:
                 new = b"%d" % record["age"]
                 writes.append((b"HSET", key, b"age", new))
                 if was != new:
+                    # As redisca does: the old entry out, the new one in.
+                    if was is not None:
+                        writes.append((b"ZREM", AGE, record["id"]))
                     writes.append((b"ZADD", AGE, new, record["id"]))
             transaction(conn, writes)
         return len(keys)
