@@ -40,17 +40,33 @@ class Query(Generic[T]):
     offset_: int = 0
     limit_: int | None = None
     preloads: tuple[Any, ...] = ()
+    #: The conditions sorted by index, worked out once by filter() for every query
+    #: refined from this one (a lookup runs ``filter(...).one()``: one sort, not three).
+    _filters: Filters | None = attrs.field(default=None, eq=False, repr=False, alias="_filters")
 
     # -- building ------------------------------------------------------------
+
+    def _with(self, **changes: Any) -> Query[T]:
+        """A refined copy (``attrs.evolve`` costs several µs per call: queries are hot)."""
+        fields = {
+            "conditions": self.conditions,
+            "ordering": self.ordering,
+            "offset_": self.offset_,
+            "limit_": self.limit_,
+            "preloads": self.preloads,
+            "_filters": self._filters,
+            **changes,
+        }
+        return Query(self.session, self.mapper, **fields)
 
     def filter(self, *conditions: Condition) -> Query[T]:
         """AND the conditions (``User.age >= 18``, ``User.email == v``) to this query."""
         for cond in conditions:
             if not isinstance(cond, Condition):
                 raise QueryError(f"filter() takes conditions like User.age >= 18, got {cond!r}")
-        query = attrs.evolve(self, conditions=self.conditions + conditions)
-        sort_filters(self.mapper, query.conditions)  # fail now, naming the field
-        return query
+        combined = self.conditions + conditions
+        # Sorting fails now, naming the field; its result is kept for running the query.
+        return self._with(conditions=combined, _filters=sort_filters(self.mapper, combined))
 
     def filter_by(self, **values: Any) -> Query[T]:
         """Equality conditions by attribute name: ``filter_by(email=v)``."""
@@ -67,36 +83,36 @@ class Query(Generic[T]):
         if not isinstance(ordering, Ordering):
             ordering = Ordering(ordering)
         order_field(self.mapper, ordering)  # fail now, naming the field
-        return attrs.evolve(self, ordering=ordering)
+        return self._with(ordering=ordering)
 
     def offset(self, n: int) -> Query[T]:
         """Skip the first ``n`` results; skipped rows are never sent by the server."""
         if n < 0:
             raise QueryError("offset must be >= 0")
-        return attrs.evolve(self, offset_=n)
+        return self._with(offset_=n)
 
     def limit(self, n: int | None) -> Query[T]:
         """At most ``n`` results (``None``: no limit), cut on the server."""
         if n is not None and n < 0:
             raise QueryError("limit must be >= 0")
-        return attrs.evolve(self, limit_=n)
+        return self._with(limit_=n)
 
     def preload(self, *attributes: Any) -> Query[T]:
         """Load these references of all results in one more round trip (no N+1)."""
-        return attrs.evolve(self, preloads=self.preloads + attributes)
+        return self._with(preloads=self.preloads + attributes)
 
     # -- running -------------------------------------------------------------
 
     def ids(self) -> list[str]:
         """Ids of the matching entities, in query order; nothing is loaded."""
-        filters = sort_filters(self.mapper, self.conditions)
+        filters = self._sorted()
         if filters.unique:
             return self._unique_ids(filters)
         return self._decode(self._run_ids(filters, count=False), filters)
 
     def count(self) -> int:
         """How many entities match (within offset and limit), computed on the server."""
-        filters = sort_filters(self.mapper, self.conditions)
+        filters = self._sorted()
         if filters.unique:
             return len(self._unique_ids(filters))  # offset and limit apply, as below
         total = int(self._run_ids(filters, count=True))
@@ -137,6 +153,11 @@ class Query(Generic[T]):
         return found
 
     # -- internals -----------------------------------------------------------
+
+    def _sorted(self) -> Filters:
+        if self._filters is not None:
+            return self._filters
+        return sort_filters(self.mapper, self.conditions)
 
     def _client(self) -> Any:
         return self.session.bind_for(self.mapper)
