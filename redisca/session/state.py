@@ -168,8 +168,11 @@ def remember_detached(state: InstanceState, *, deleted: bool) -> None:
         ref = weakref.ref(state.obj, lambda _ref: _detached.pop(key, None))
     except TypeError:  # a class without __weakref__: nothing to remember it by
         return
-    _detached[key] = _Detached(
-        ref, state.id, dict(state.snapshot), state.loaded, state.version, deleted
+    # Every expunged or closed instance makes a record: built with tuple.__new__ (the
+    # NamedTuple constructor is Python code), sharing the snapshot (a state no session
+    # holds is never changed again; detached_state copies it).
+    _detached[key] = tuple.__new__(
+        _Detached, (ref, state.id, state.snapshot, state.loaded, state.version, deleted)
     )
 
 
