@@ -45,7 +45,7 @@ from .common import (
     show,
     to_float,
 )
-from .problems import Problem, Snapshot
+from .problems import Problem, ProblemReport, Snapshot
 
 #: Suspects confirmed per snapshot; a snapshot that keeps failing is split.
 CONFIRM_GROUP = 25
@@ -85,22 +85,11 @@ class ModelSummary:
 
 
 @attrs.define
-class CheckReport:
+class CheckReport(ProblemReport):
     """``ok`` when no problem was found; ``problems`` lists each one."""
 
     problems: list[Problem] = attrs.field(factory=list)
     models: list[ModelSummary] = attrs.field(factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "models": [m.as_dict() for m in self.models],
-            "problems": [p.as_dict() for p in self.problems],
-        }
 
 
 def check(

@@ -67,4 +67,27 @@ class Snapshot:
         return executor.transaction(self.conn, []) is not None
 
 
-__all__ = ["KINDS", "Problem", "Snapshot"]
+class ProblemReport:
+    """What the reports of check and reindex share: a list of problems decides ``ok``.
+
+    A mixin for their attrs classes, which define ``problems`` and ``models``.
+    """
+
+    problems: list[Problem]
+    models: list[Any]
+
+    @property
+    def ok(self) -> bool:
+        """Whether no problem was found."""
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data, for ``--json``."""
+        return {
+            "ok": self.ok,
+            "models": [m.as_dict() for m in self.models],
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+__all__ = ["KINDS", "Problem", "ProblemReport", "Snapshot"]

@@ -53,7 +53,7 @@ from .common import (
     select_mappers,
     show,
 )
-from .problems import Problem
+from .problems import Problem, ProblemReport
 
 #: Seconds a marker outlives the last sign of life of its run.
 DEFAULT_TTL = 60.0
@@ -127,22 +127,11 @@ class ModelReindex:
 
 
 @attrs.define
-class ReindexReport:
+class ReindexReport(ProblemReport):
     """The runs, and what they could not index (``ok`` when nothing)."""
 
     models: list[ModelReindex] = attrs.field(factory=list)
     problems: list[Problem] = attrs.field(factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "models": [m.as_dict() for m in self.models],
-            "problems": [p.as_dict() for p in self.problems],
-        }
 
 
 def reindex(
