@@ -197,6 +197,11 @@ class Mapper:
         self.id_attribute = FieldAttribute(cls, self.id_attr, inner, self._coerce_id, self)
         setattr(cls, self.id_attr, self.id_attribute)
         cls.__redisca_mapper__ = self
+        #: What loading needs of each field, looked up once: field, hash field, slot
+        #: setter, decoder, whether it is a reference.
+        self.loaders: tuple[tuple[MappedField, bytes, Any, Any, bool], ...] = tuple(
+            (f, f.hash_field, f.attribute.store, f.decoder, f.is_reference) for f in self.fields
+        )
 
     def _coerce_id(self, value: Any) -> str | None:
         if value is None:
@@ -240,7 +245,7 @@ class Mapper:
     def blank(self, ident: str) -> Any:
         """An instance with only its id set, without running ``__init__``."""
         obj = object.__new__(self.class_)
-        self.id_attribute.set_raw(obj, ident)
+        self.id_attribute.store(obj, ident)
         return obj
 
     def encode_set_fields(self, obj: Any) -> dict[MappedField, bytes | None]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, NotFound
+from ..mapping.instrument import MISSING
 from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
 from . import executor
@@ -51,33 +52,12 @@ def python_value(session: Session, field: MappedField, raw: bytes | None, key: b
 def hydrate(
     session: Session, state: InstanceState, raw: dict[bytes, bytes], *, overwrite: bool
 ) -> None:
-    """Fill an instance from its hash; ``overwrite=False`` keeps values set in Python.
-
-    The hot path of every load: one pass over the fields, decoders and slot
-    setters called directly.
-    """
-    obj = state.obj
+    """Fill an instance from its hash; ``overwrite=False`` keeps values set in Python."""
     snapshot: dict[MappedField, bytes | None] = {}
-    for field in state.mapper.fields:
-        enc = raw.get(field.hash_field)
-        snapshot[field] = enc
-        attribute = field.attribute
-        if not overwrite:
-            try:
-                attribute.fetch(obj)
-                continue  # set in Python: kept
-            except AttributeError:
-                pass
-        if enc is None:
-            attribute.store(obj, None)
-            continue
-        try:
-            value = field.decoder(enc)
-        except Exception as exc:
-            raise _decode_error(field, enc, state.mapper.key(state.id), exc) from None  # type: ignore[arg-type]
-        if field.codec is None:
-            value = session._stub(field.target_mapper(), value)
-        attribute.store(obj, value)
+    if overwrite:
+        _fill(session, state, raw, snapshot)
+    else:
+        _fill_missing(session, state, raw, snapshot)
     version = raw.get(VERSION_FIELD)
     state.snapshot = snapshot
     if overwrite:
@@ -89,6 +69,46 @@ def hydrate(
     state.loaded = True
     state.persistent = True
     state.in_doubt = False
+
+
+def _fill(
+    session: Session,
+    state: InstanceState,
+    raw: dict[bytes, bytes],
+    snapshot: dict[MappedField, bytes | None],
+) -> None:
+    """Every field from the hash (a fresh load, a refresh): the loop of every loaded entity."""
+    obj, identity = state.obj, session._identity
+    for field, hash_field, store, decode, is_reference in state.mapper.loaders:
+        enc = raw.get(hash_field)
+        snapshot[field] = enc
+        if enc is None:
+            store(obj, None)
+            continue
+        try:
+            value = decode(enc)
+        except Exception as exc:
+            raise _decode_error(field, enc, state.mapper.key(state.id), exc) from None  # type: ignore[arg-type]
+        if is_reference:
+            mapper = field.target_mapper()
+            target = identity.get((mapper, value))
+            value = target.obj if target is not None else session._stub(mapper, value)
+        store(obj, value)
+
+
+def _fill_missing(
+    session: Session,
+    state: InstanceState,
+    raw: dict[bytes, bytes],
+    snapshot: dict[MappedField, bytes | None],
+) -> None:
+    """The fields not set in Python (a lazy load of an instance assigned to meanwhile)."""
+    obj, key = state.obj, state.mapper.key(state.id)  # type: ignore[arg-type]
+    for field in state.mapper.fields:
+        enc = raw.get(field.hash_field)
+        snapshot[field] = enc
+        if field.attribute.get_raw(obj) is MISSING:
+            field.attribute.store(obj, python_value(session, field, enc, key))
 
 
 def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
