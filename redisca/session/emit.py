@@ -209,16 +209,21 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
             f"{key.decode(errors='replace')} already exists in Redis"
             + (doubt if change.in_doubt else "")
         )
-    pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
-    if change.mapper.versioned:
-        pairs.append((VERSION_FIELD, b"%d" % (change.expect_version or 1)))
-    if not pairs:
-        pairs.append((EXISTS_FIELD, b""))
-    em.out.append(_hset(key, pairs))
-    em.write(change, ALL_IDS, (b"SADD", change.mapper.layout.all_ids, change.id))
+    hset: list[Any] = [b"HSET", key]
+    indexed = []
     for field, raw in change.values.items():
-        if raw is not None and field.indexed:
-            em.index_add(change, field, raw)
+        if raw is not None:
+            hset += (field.hash_field, raw)
+            if field.indexed:
+                indexed.append((field, raw))
+    if change.mapper.versioned:
+        hset += (VERSION_FIELD, b"%d" % (change.expect_version or 1))
+    if len(hset) == 2:
+        hset += (EXISTS_FIELD, b"")
+    em.out.append(tuple(hset))
+    em.write(change, ALL_IDS, (b"SADD", change.mapper.layout.all_ids, change.id))
+    for field, raw in indexed:
+        em.index_add(change, field, raw)
 
 
 def _emit_update(em: _Emitter, change: EntityChange) -> None:

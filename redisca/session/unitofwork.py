@@ -82,8 +82,15 @@ def first_version() -> int:
 
 def _insert(state: InstanceState) -> EntityChange:
     ident = _check_identity(state)
-    encoded = state.mapper.encode_set_fields(state.obj)
-    values = {field: encoded.get(field) for field in state.mapper.fields}
+    obj = state.obj
+    values: dict[MappedField, bytes | None] = {}  # every field, None where unset
+    for field in state.mapper.fields:
+        try:
+            value = field.attribute.fetch(obj)
+        except AttributeError:
+            values[field] = None
+            continue
+        values[field] = field.encode(value)
     if state.mapper.versioned and state.version is None:
         # Kept on the state, so a retry of an in-doubt insert writes (and recognises)
         # the same version.
