@@ -15,7 +15,7 @@ from ..errors import DecodeError, NotFound
 from ..mapping.instrument import MISSING
 from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
-from . import executor
+from . import executor, gcpause
 from .state import InstanceState
 
 if TYPE_CHECKING:
@@ -136,11 +136,11 @@ def load_states(session: Session, states: Iterable[InstanceState]) -> None:
         by_client[id(session.bind_for(state.mapper))].append(state)
     for group in by_client.values():
         keys = [s.mapper.key(s.id) for s in group]  # type: ignore[arg-type]
-        for state, raw in zip(
-            group, _fetch_keys(session.bind_for(group[0].mapper), keys), strict=True
-        ):
-            if raw:
-                hydrate(session, state, raw, overwrite=False)
+        replies = _fetch_keys(session.bind_for(group[0].mapper), keys)
+        with gcpause.paused(len(group)):
+            for state, raw in zip(group, replies, strict=True):
+                if raw:
+                    hydrate(session, state, raw, overwrite=False)
 
 
 def require(found: bool, state: InstanceState) -> None:

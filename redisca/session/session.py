@@ -8,7 +8,7 @@ redisca 1.x's registry did until ``free()``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import MISSING
 from ..mapping.mapper import Mapper, mapper_of
-from . import executor, loading, unitofwork
+from . import executor, gcpause, loading, unitofwork
 from .collections import IdentitySet
 from .plan import Command
 from .query import Query
@@ -215,8 +215,9 @@ class Session:
 
     def add_all(self, objs: Iterable[object]) -> None:
         """:meth:`add` each object."""
-        for obj in objs:
-            self.add(obj)
+        with gcpause.paused(len(objs) if isinstance(objs, Sized) else 0):
+            for obj in objs:
+                self.add(obj)
 
     def delete(self, obj: object) -> None:
         """Mark a persistent instance for deletion (a pending one is simply dropped)."""
@@ -232,8 +233,9 @@ class Session:
 
     def expunge_all(self) -> None:
         """Stop tracking every instance (redisca 1.x's ``free_all()``)."""
-        for state in list(self._identity.values()):
-            self.forget(state)
+        with gcpause.paused(len(self._identity)):
+            for state in list(self._identity.values()):
+                self.forget(state)
 
     def merge(self, obj: T) -> T:
         """Upsert: copy ``obj``'s values onto the session's instance of the same id.
@@ -294,7 +296,8 @@ class Session:
             if state is None or (state.persistent and not state.loaded):
                 wanted.append(ident)
         if wanted:
-            self._load_ids(mapper, wanted)
+            with gcpause.paused(len(wanted)):
+                self._load_ids(mapper, wanted)
         found: list[Any] = []
         for ident in idents:
             state = identity.get((mapper, ident))
@@ -364,6 +367,10 @@ class Session:
 
     def commit(self) -> None:
         """Write every pending change: one MULTI/EXEC per server, all or nothing."""
+        with gcpause.paused(len(self._identity)):
+            self._commit()
+
+    def _commit(self) -> None:
         groups = unitofwork.organize(self)
         for group in groups:
             plan = group.plan()
