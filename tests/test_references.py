@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 import redis
@@ -207,3 +209,61 @@ def test_preload_names_only_references(r: redis.Redis) -> None:
     s.add(user)
     with pytest.raises(redisca.InvalidRequestError, match="name"):
         s.preload([user], User.name)
+
+
+def test_an_entity_that_refers_to_itself_loads_as_one_instance(r: redis.Redis) -> None:
+    """Filling a fresh instance makes stubs of what it refers to; when that is the
+    entity itself, the stub is the instance the session returns."""
+    with Session(r) as s:
+        loop = Node(name="loop", id="self")
+        loop.parent = loop
+        s.add(loop)
+        s.commit()
+    with Session(r) as s:
+        (again,) = s.get_many(Node, ["self"])
+        assert again is not None and again.parent is again
+        assert again.name == "loop" and s.state(again).status == "persistent"
+        assert s.state(again).changes() == {}
+        assert len(list(s)) == 1
+
+
+def test_a_load_that_fails_to_decode_tracks_nothing(r: redis.Redis) -> None:
+    seed(r, users=3)
+    r.hset("rusr:u001", "age", "old")
+    with Session(r) as s:
+        with pytest.raises(redisca.DecodeError) as info:
+            s.get_many(User, ["u000", "u001", "u002"])
+        assert (info.value.key, info.value.field) == ("rusr:u001", "age")
+        assert s.get(User, "u000") is not None  # the session is still usable
+        assert "u001" not in {u.id for u in s if isinstance(u, User)}
+
+
+def test_a_reference_to_a_class_mapped_after_the_first_load(r: redis.Redis) -> None:
+    """Loading runs a function generated per class; a reference whose target class is
+    not mapped when it is generated is resolved on each load instead."""
+    local = Registry()
+
+    @local.mapped(prefix="lpost")
+    @attrs.define
+    class Post:
+        title: str = String()
+        author: Any = Reference("Author", default=None)
+        id: str | None = None
+
+    r.hset("lpost:p1", mapping={"title": "first"})
+    with Session(r) as s:
+        post = s.get(Post, "p1")
+        assert post is not None and post.title == "first" and post.author is None
+
+    @local.mapped(prefix="lauth")
+    @attrs.define
+    class Author:
+        name: str = String()
+        id: str | None = None
+
+    r.hset("lauth:a1", mapping={"name": "Ann"})
+    r.hset("lpost:p2", mapping={"title": "second", "author": "a1"})
+    with Session(r) as s:
+        second = s.get(Post, "p2")
+        assert second is not None and isinstance(second.author, Author)
+        assert second.author.name == "Ann"

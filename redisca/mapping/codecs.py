@@ -332,10 +332,20 @@ _C_ENCODE: dict[type, Callable[[Any], bytes]] = {
     StrCodec: str.encode,
     EmailCodec: str.encode,
 }
+
+
+def _decode_timestamp(
+    raw: bytes, _at: Any = datetime.fromtimestamp, _int: Any = int, _utc: Any = UTC
+) -> datetime:
+    # DateTimeCodec.decode with its lookups bound once: a load runs it per entity.
+    return _at(_int(raw), _utc)  # type: ignore[no-any-return]
+
+
 _C_DECODE: dict[type, Callable[[bytes], Any]] = {
     StrCodec: bytes.decode,
     EmailCodec: bytes.decode,
     IntCodec: int,
+    DateTimeCodec: _decode_timestamp,
 }
 
 
@@ -372,7 +382,7 @@ def encoder(codec: Codec) -> Callable[[Any], bytes]:
 
 
 def decoder(codec: Codec) -> Callable[[bytes], Any]:
-    """``codec.decode``, or a C function doing the same."""
+    """``codec.decode``, or a faster function doing the same (a C one where there is one)."""
     return _C_DECODE.get(type(codec), codec.decode)
 
 

@@ -36,10 +36,15 @@ class Loadable(Protocol):
     """What the table holds: the session layer's instance state."""
 
     obj: Any
-    assigned: set[str] | None
+    assigned: set[str] | frozenset[str] | None
 
     def load_missing(self, name: str) -> None: ...
 
+
+#: A state's ``assigned`` when nothing was assigned since its snapshot: shared and
+#: immutable, so loading thousands of instances allocates no set for each (the first
+#: assignment replaces it with a set of its own).
+IN_STEP: frozenset[str] = frozenset()
 
 _states: dict[int, weakref.ref[Any]] = {}
 _MIN_SWEEP = 1024
@@ -134,8 +139,12 @@ class FieldAttribute(Comparator):
         ref = _states.get(id(obj))  # a tracked instance: note what changed
         if ref is not None:
             state = ref()
-            if state is not None and state.obj is obj and state.assigned is not None:
-                state.assigned.add(self.name)
+            if state is not None and state.obj is obj:
+                assigned = state.assigned
+                if assigned is IN_STEP:
+                    state.assigned = {self.name}
+                elif assigned is not None:
+                    assigned.add(self.name)
 
     def __delete__(self, obj: Any) -> None:
         self.del_raw(obj)
@@ -182,6 +191,7 @@ def inner_descriptor(cls: type, name: str) -> Any:
 
 
 __all__ = [
+    "IN_STEP",
     "MISSING",
     "FieldAttribute",
     "Loadable",

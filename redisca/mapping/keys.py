@@ -98,6 +98,11 @@ class KeyLayout:
     def entity(self, id: str) -> bytes:
         return self._entity + id.encode()
 
+    def entities(self, ids: list[str]) -> list[bytes]:
+        """The entity keys of many ids (a bulk load's keys, built in one comprehension)."""
+        prefix = self._entity
+        return [prefix + id.encode() for id in ids]
+
     def entity_of(self, id: bytes) -> bytes:
         """The entity key of an id as Redis returns it (a set member, a unique key's value)."""
         return self._entity + id

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MappingError, ValidationError
 from .codecs import Codec, decoder, encoder, holds_immutable
+from .hydrator import Filler, build_filler
 from .instrument import MISSING, FieldAttribute, inner_descriptor
 from .keys import KeyLayout
 
@@ -174,6 +175,7 @@ class Mapper:
         #: Whether any field's values may change in place (see MappedField.mutable).
         self.mutable = False
         self.id_attribute: FieldAttribute = None  # type: ignore[assignment]
+        self._filler: Filler | None = None
 
     def __repr__(self) -> str:
         return f"<Mapper {self.class_.__name__} prefix={self.prefix!r}>"
@@ -202,6 +204,17 @@ class Mapper:
         self.loaders: tuple[tuple[MappedField, bytes, Any, Any, bool], ...] = tuple(
             (f, f.hash_field, f.attribute.store, f.decoder, f.is_reference) for f in self.fields
         )
+        self._filler = None
+
+    @property
+    def filler(self) -> Filler:
+        """:attr:`loaders` as one generated function: what a fresh load runs per entity."""
+        if self._filler is not None:
+            return self._filler
+        filler, complete = build_filler(self)
+        if complete:
+            self._filler = filler
+        return filler
 
     def _coerce_id(self, value: Any) -> str | None:
         if value is None:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, NotFound
-from ..mapping.instrument import MISSING
+from ..mapping import instrument
+from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
 from . import executor, gcpause
@@ -61,7 +62,7 @@ def hydrate(
     version = raw.get(VERSION_FIELD)
     state.snapshot = snapshot
     if overwrite:
-        state.assigned = set()  # every field now holds what the snapshot says
+        state.assigned = IN_STEP  # every field now holds what the snapshot says
     if version is None:
         state.version = None
     else:
@@ -121,12 +122,58 @@ def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
 def _fetch_keys(client: Any, keys: list[bytes]) -> list[dict[bytes, bytes]]:
     """HGETALL of every key in one round trip (empty dicts for missing keys)."""
     replies = executor.run(client, [(b"HGETALL", key) for key in keys])
-    return [_hash(reply, key) for reply, key in zip(replies, keys, strict=True)]
+    hashes = []
+    for reply, key in zip(replies, keys, strict=True):
+        if type(reply) is list:  # RESP2, inlined: once per loaded entity
+            items = iter(reply)
+            hashes.append(dict(zip(items, items, strict=True)))
+        else:
+            hashes.append(_hash(reply, key))
+    return hashes
 
 
 def fetch(session: Session, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
     """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
-    return _fetch_keys(session.bind_for(mapper), [mapper.key(ident) for ident in ids])
+    return _fetch_keys(session.bind_for(mapper), mapper.layout.entities(ids))
+
+
+def load_ids(session: Session, mapper: Mapper, idents: list[str]) -> None:
+    """Load these ids in one round trip: the loop of every ``get_many`` and query.
+
+    An instance the session does not hold yet (nearly always) is built inline and
+    filled by the mapper's generated filler; one it holds unloaded keeps what was
+    set on it in Python. Missing keys load nothing.
+    """
+    raws = fetch(session, mapper, idents)
+    identity, stub, ref = session._identity, session._stub, session._ref
+    lookup = identity.get
+    cls, store_id, fill = mapper.class_, mapper.id_attribute.store, mapper.filler
+    new, attach = object.__new__, instrument.attach
+    for ident, raw in zip(idents, raws, strict=True):
+        if not raw:
+            continue
+        key = (mapper, ident)
+        state = lookup(key)  # filling a previous one may have made a stub for it
+        if state is not None:
+            hydrate(session, state, raw, overwrite=False)
+            continue
+        obj = new(cls)
+        store_id(obj, ident)
+        try:
+            snapshot = fill(obj, raw, lookup, stub)
+        except Exception:
+            state = InstanceState(obj, mapper, ident)
+            _fill(session, state, raw, {})  # raises the DecodeError naming key and field
+            raise
+        state = InstanceState(obj, mapper, ident, snapshot, ref)
+        if identity.setdefault(key, state) is not state:
+            # It refers to itself: filling made a stub of it, which becomes the instance.
+            hydrate(session, identity[key], raw, overwrite=False)
+            continue
+        attach(obj, state)
+        version = raw.get(VERSION_FIELD)
+        if version is not None:
+            state.version = decode_version(version, mapper.key(ident))
 
 
 def load_states(session: Session, states: Iterable[InstanceState]) -> None:
@@ -148,4 +195,4 @@ def require(found: bool, state: InstanceState) -> None:
         raise NotFound(f"{state.key} does not exist in Redis")
 
 
-__all__ = ["decode_field", "fetch", "hydrate", "load_states", "python_value", "require"]
+__all__ = ["decode_field", "fetch", "hydrate", "load_ids", "load_states", "python_value", "require"]

@@ -8,6 +8,7 @@ redisca 1.x's registry did until ``free()``.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from ..conf import default_client
 from ..errors import IntegrityError, InvalidRequestError, OperationalError
 from ..ids import hexid
 from ..mapping import instrument
-from ..mapping.instrument import MISSING
+from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import Mapper, mapper_of
 from . import executor, gcpause, loading, unitofwork
 from .collections import IdentitySet
@@ -66,6 +67,8 @@ class Session:
         #: How often a commit whose watched keys changed is re-read and retried.
         self.retries = retries
         self._identity: dict[tuple[Mapper, str], InstanceState] = {}
+        #: What every tracked state refers to the session by (one weak reference, made once).
+        self._ref = weakref.ref(self)
         self._commands: list[tuple[Any, Command, CommandResult]] = []
 
     # -- context management -------------------------------------------------
@@ -126,7 +129,7 @@ class Session:
 
     def _track(self, state: InstanceState) -> None:
         self._identity[(state.mapper, state.id)] = state  # type: ignore[index]
-        state.session = self
+        state._session = self._ref
         instrument.attach(state.obj, state)
 
     def forget(self, state: InstanceState, *, deleted: bool = False) -> None:
@@ -275,7 +278,7 @@ class Session:
         if state is None:
             state = InstanceState(mapper.blank(ident), mapper, ident)
             state.persistent = True
-            state.assigned = set()  # nothing set, nothing in the snapshot: in step
+            state.assigned = IN_STEP  # nothing set, nothing in the snapshot: in step
             self._track(state)
         return state.obj
 
@@ -289,35 +292,24 @@ class Session:
         mapper = mapper_of(cls)
         coerce = mapper.id_attribute.coerce
         idents = [i if type(i) is str and i.isascii() else coerce(i) for i in ids]
-        identity = self._identity
-        wanted = []
-        for ident in dict.fromkeys(idents):
-            state = identity.get((mapper, ident))
-            if state is None or (state.persistent and not state.loaded):
-                wanted.append(ident)
+        keys = [(mapper, ident) for ident in idents]
+        lookup = self._identity.get
+        wanted = [
+            key[1]
+            for key, state in zip(keys, map(lookup, keys), strict=True)
+            if state is None or (state.persistent and not state.loaded)
+        ]
         if wanted:
+            wanted = list(dict.fromkeys(wanted))
             with gcpause.paused(len(wanted)):
-                self._load_ids(mapper, wanted)
-        found: list[Any] = []
-        for ident in idents:
-            state = identity.get((mapper, ident))
-            if state is None or state.deleted or (state.persistent and not state.loaded):
-                found.append(None)
-            else:
-                found.append(state.obj)
-        return found
-
-    def _load_ids(self, mapper: Mapper, idents: list[str]) -> None:
-        for ident, raw in zip(idents, loading.fetch(self, mapper, idents), strict=True):
-            if not raw:
-                continue
-            state = self._identity.get((mapper, ident))
-            fresh = state is None
-            if state is None:
-                state = InstanceState(mapper.blank(ident), mapper, ident)
-                self._track(state)
-            # A fresh instance holds nothing to keep: overwriting skips the check per field.
-            loading.hydrate(self, state, raw, overwrite=fresh)
+                loading.load_ids(self, mapper, wanted)
+        # Pending instances count; deleted ones and keys Redis did not hold do not.
+        return [
+            state.obj
+            if state is not None and not state.deleted and (state.loaded or not state.persistent)
+            else None
+            for state in map(lookup, keys)
+        ]
 
     def refresh(self, obj: object, *, only_missing: bool = False) -> None:
         """Reload from Redis, discarding changes (``only_missing``: just fill unset fields)."""
@@ -405,7 +397,7 @@ class Session:
                 field.attribute.set_raw(state.obj, value)
             else:
                 field.attribute.del_raw(state.obj)
-        state.assigned = set()
+        state.assigned = IN_STEP
 
 
 __all__ = ["CommandResult", "Session"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import DetachedInstanceError
 from ..mapping import instrument
+from ..mapping.instrument import IN_STEP
 from ..mapping.mapper import MappedField, Mapper, mapper_of
 
 if TYPE_CHECKING:
@@ -40,34 +41,50 @@ class InstanceState:
         "version",
     )
 
-    def __init__(self, obj: Any, mapper: Mapper, id: str | None = None) -> None:
+    def __init__(
+        self,
+        obj: Any,
+        mapper: Mapper,
+        id: str | None = None,
+        snapshot: dict[MappedField, bytes | None] | None = None,
+        session: weakref.ref[Session] | None = None,
+    ) -> None:
+        """A transient state; with a ``snapshot``, one just loaded from Redis.
+
+        The loaded form sets every slot once, as loading builds many thousands of these.
+        """
         #: The instance itself.
         self.obj = obj
         #: The :class:`~redisca.Mapper` of its class.
         self.mapper = mapper
         #: The id it is tracked under (``None`` until it has one).
         self.id = id
-        self._session: weakref.ref[Session] | None = None
-        #: Encoded values as last loaded from or written to Redis, per field.
-        self.snapshot: dict[MappedField, bytes | None] = {}
-        #: True once every field is known (loaded, inserted or refreshed).
-        self.loaded = False
-        #: True when Redis is known to hold this entity.
-        self.persistent = False
-        #: True while a delete is pending.
-        self.deleted = False
+        self._session = session
         #: The version loaded or last committed, for ``versioned=True`` classes.
         self.version: int | None = None
+        #: True while a delete is pending.
+        self.deleted = False
         #: The id came from ``hexid()`` on add: unique by construction.
         self.generated_id = False
         #: A commit of this instance's changes failed after EXEC was sent: Redis may
         #: hold them already, so committing them again verifies (see emit).
         self.in_doubt = False
-        #: Names of the attributes assigned since the snapshot was last in step with
-        #: the instance (loaded, committed, rolled back), so a commit encodes and
-        #: compares only those (and fields whose values may be mutable). ``None``:
-        #: unknown, every field is compared (pending, detached and re-added instances).
-        self.assigned: set[str] | None = None
+        if snapshot is None:
+            #: Encoded values as last loaded from or written to Redis, per field.
+            self.snapshot: dict[MappedField, bytes | None] = {}
+            #: True once every field is known (loaded, inserted or refreshed).
+            self.loaded = False
+            #: True when Redis is known to hold this entity.
+            self.persistent = False
+            #: Names of the attributes assigned since the snapshot was last in step with
+            #: the instance (loaded, committed, rolled back), so a commit encodes and
+            #: compares only those (and fields whose values may be mutable). ``None``:
+            #: unknown, every field is compared (pending, detached and re-added instances).
+            self.assigned: set[str] | frozenset[str] | None = None
+        else:
+            self.snapshot = snapshot
+            self.loaded = self.persistent = True
+            self.assigned = IN_STEP
 
     def __repr__(self) -> str:
         return f"<InstanceState {self.mapper.class_.__name__} id={self.id!r} {self.status}>"

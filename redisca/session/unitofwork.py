@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..errors import InvalidRequestError, OperationalError
-from ..mapping.instrument import MISSING
+from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
 from . import executor
 from .emit import vanished
@@ -197,7 +197,7 @@ def finalize(session: Session, group: Group, executed: executor.Executed) -> Non
             state.version = None  # added again, it is a new entity with a new version
             continue
         state.snapshot.update(change.values)
-        state.assigned = set()  # what differed is written; the rest was equal
+        state.assigned = IN_STEP  # what differed is written; the rest was equal
         state.in_doubt = False
         if change.op == INSERT:
             state.loaded = True
