@@ -70,7 +70,8 @@ class StrCodec(Codec):
     name = "str"
 
     def coerce(self, value: Any) -> Any:
-        value = super().coerce(value)
+        if type(value) is not str:  # the common case skips the generic check
+            value = super().coerce(value)
         if not value.isascii():
             self.encode(value)  # refuse text UTF-8 cannot hold (lone surrogates) right away
         return value
@@ -115,7 +116,8 @@ class IntCodec(Codec):
     index_kind = "range"
 
     def coerce(self, value: Any) -> Any:
-        value = super().coerce(value)
+        if type(value) is not int:  # the common case skips the generic check
+            value = super().coerce(value)
         if value.bit_length() > 64:
             self.encode(value)  # refuse ints too long to write as text right away
         return value
@@ -179,6 +181,8 @@ class DateTimeCodec(Codec):
     index_kind = "range"
 
     def coerce(self, value: Any) -> datetime:
+        if type(value) is datetime and value.tzinfo is UTC and not value.microsecond:
+            return value  # already what is stored: no two new datetimes per assignment
         moment: datetime = super().coerce(value)
         # Naive means UTC; precision is what the stored integer keeps.
         if moment.tzinfo is None:

@@ -6,6 +6,7 @@ bytes) so that encoding, diffing and hydration do no lookups on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MappingError, ValidationError
@@ -23,6 +24,7 @@ class MappedField:
 
     __slots__ = (
         "_target_mapper",
+        "_validators",
         "attribute",
         "checks",
         "codec",
@@ -85,6 +87,13 @@ class MappedField:
         self.mutable: bool = codec is not None and not holds_immutable(codec)
         self._target_mapper: Mapper | None = None
         self.attribute: FieldAttribute = None  # type: ignore[assignment]
+        # What coerce() runs after the codec: the checks, then the codec's index check
+        # where it has one (the base one accepts everything: not called per assignment).
+        validators = list(checks)
+        overrides = codec is not None and type(codec).check_indexable is not Codec.check_indexable
+        if overrides and self.index is not None:
+            validators.append(codec.check_indexable)  # type: ignore[union-attr]
+        self._validators: tuple[Callable[[Any], None], ...] = tuple(validators)
 
     def __repr__(self) -> str:
         return f"<MappedField {self.mapper.class_.__name__}.{self.name}>"
@@ -108,10 +117,8 @@ class MappedField:
                     raise ValidationError(f"expected a {target.__name__}, got {value!r}")
                 return value
             value = self.codec.coerce(value)
-            for check in self.checks:
+            for check in self._validators:
                 check(value)
-            if self.index is not None:
-                self.codec.check_indexable(value)
         except ValidationError as exc:
             raise self._invalid(str(exc), value) from None
         return value
