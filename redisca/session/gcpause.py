@@ -15,10 +15,10 @@ application that disabled it keeps it disabled).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 #: Below this many objects an operation runs with the collector as it is.
 BULK = 1000
@@ -28,26 +28,40 @@ _pauses = 0
 _reenable = False
 
 
-@contextmanager
-def paused(size: int) -> Iterator[None]:
-    """Pause the collector for an operation on ``size`` objects, if that is many."""
-    if size < BULK:
-        yield
-        return
-    global _pauses, _reenable
-    with _lock:
-        if _pauses == 0:
-            _reenable = gc.isenabled()
-            gc.disable()
-        _pauses += 1
-    try:
-        yield
-    finally:
+class _Pause:
+    """The collector off from ``__enter__`` to ``__exit__`` (a class: cheaper than a
+    generator-based context manager, and bulk operations are the hot paths)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _pauses, _reenable
+        with _lock:
+            if _pauses == 0:
+                _reenable = gc.isenabled()
+                gc.disable()
+            _pauses += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _pauses, _reenable
         with _lock:
             _pauses -= 1
             if _pauses == 0 and _reenable:
                 _reenable = False
                 gc.enable()
+
+
+_PAUSE = _Pause()
+_AS_IS = contextlib.nullcontext()
+
+
+def paused(size: int) -> AbstractContextManager[None]:
+    """Pause the collector for an operation on ``size`` objects, if that is many.
+
+    Below :data:`BULK` this is a shared do-nothing context manager: a lookup of one
+    entity pays no more than a method call for it.
+    """
+    return _AS_IS if size < BULK else _PAUSE
 
 
 __all__ = ["BULK", "paused"]
