@@ -135,7 +135,7 @@ class Session:
     def forget(self, state: InstanceState, *, deleted: bool = False) -> None:
         """Stop tracking an instance (it keeps its values; a persistent one is detached)."""
         self._identity.pop((state.mapper, state.id), None)  # type: ignore[arg-type]
-        state.session = None
+        state._session = None
         instrument.detach(state.obj)
         if state.persistent:
             remember_detached(state, deleted=deleted)
