@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=runner.PHASES,
         help="profile redisca in one phase with pyinstrument, at the first --n",
     )
+    parser.add_argument(
+        "--render",
+        metavar="FILE",
+        help="print the tables of a run saved with --json, and run nothing",
+    )
     args = parser.parse_args(argv)
     if args.profile and args.parser == "both":
         args.parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python"
@@ -150,6 +155,13 @@ def child_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parse_args(raw_argv)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        print(f"{saved['command']}\n")
+        for result in saved["runs"]:
+            print(report.render(result))
+        return 0
     hiredis = redis.utils.HIREDIS_AVAILABLE
     runs = []
     if args.parser in ("both", "hiredis"):

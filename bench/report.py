@@ -53,6 +53,7 @@ def phase_table(result: dict[str, Any], n: str) -> str:
         "target",
         "round trips",
         "commands/op",
+        "client CPU µs/op",
     ]
     if memory:
         header.append("peak MiB")
@@ -71,6 +72,7 @@ def phase_table(result: dict[str, Any], n: str) -> str:
             f"{target:.1f} {'ok' if ratio >= target else 'MISSED'}",
             f"{_rt(phase, m)} / {_rt(phase, b)}",
             f"{m['commands_per_op']:.2f} / {b['commands_per_op']:.2f}",
+            f"{m['cpu_us_per_op']:.1f} / {b['cpu_us_per_op']:.1f}",
         ]
         if memory:
             mib = 1024 * 1024
