@@ -106,9 +106,9 @@ DANGEROUS_MODULES = {"pickle", "cPickle", "marshal", "shelve", "dill", "cloudpic
 ALLOWED = {
     ("mapping/registry.py", "_annotation", "eval"),
     # The generated loader: its source is fixed text around numbered local names; see
-    # test_generated_fillers_hold_no_user_text below.
-    ("mapping/hydrator.py", "build_filler", "compile"),
-    ("mapping/hydrator.py", "build_filler", "exec"),
+    # test_generated_code_holds_no_user_text below.
+    ("mapping/generated.py", "_compile", "compile"),
+    ("mapping/generated.py", "_compile", "exec"),
 }
 
 
@@ -172,10 +172,17 @@ def test_the_finder_finds() -> None:
     }
 
 
-def test_generated_fillers_hold_no_user_text() -> None:
-    """Loading runs code generated per class (redisca.mapping.hydrator): its source is
-    fixed words around numbered local names, whatever the class's names are; field
-    names, hash fields, decoders and setters reach it only as values."""
+def _names_and_literals(function: Any) -> tuple[set[str], set[int]]:
+    source = "".join(linecache.getlines(function.__code__.co_filename))
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    return {t.string for t in tokens if t.type == tokenize.NAME}, {t.type for t in tokens}
+
+
+def test_generated_code_holds_no_user_text() -> None:
+    """Loading and inserting run code generated per class (redisca.mapping.generated):
+    its source is fixed words around numbered local names, whatever the class's names
+    are; field names, hash fields, codec functions and slot accessors reach it only as
+    values, and it holds no literals."""
 
     local = redisca.Registry()
 
@@ -188,20 +195,14 @@ def test_generated_fillers_hold_no_user_text() -> None:
         id: str | None = None
 
     mapper = redisca.inspect(Odd)
-    source = "".join(linecache.getlines(mapper.filler.__code__.co_filename))
-    assert source.startswith("def fill(obj, raw, lookup, stub):")
-    words = {
-        t.string
-        for t in tokenize.generate_tokens(io.StringIO(source).readline)
-        if t.type == tokenize.NAME
-    }
-    fixed = {"def", "fill", "obj", "raw", "lookup", "stub", "get", "None", "is", "if"}
-    fixed |= {"else", "return", "t", "v", "found"}
-    assert words - fixed and all(re.fullmatch(r"[efhsdmt][0-9]+", w) for w in words - fixed)
-    assert not {t.type for t in tokenize.generate_tokens(io.StringIO(source).readline)} & {
-        tokenize.STRING,
-        tokenize.NUMBER,
-    }
+    fixed = {"def", "obj", "None", "is", "if", "else", "return", "v"}
+    fixed |= {"fill", "raw", "lookup", "stub", "get", "t", "found"}
+    fixed |= {"encode", "try", "except", "AttributeError"}
+    for function in (mapper.filler, mapper.encoder):
+        names, kinds = _names_and_literals(function)
+        own = names - fixed
+        assert own and all(re.fullmatch(r"[efhsdmtacr][0-9]+", w) for w in own), own
+        assert not kinds & {tokenize.STRING, tokenize.NUMBER}
     odd = Odd(import_os="a", id="o1")
     odd.exec_ = odd
     hashes: dict[bytes, bytes] = {b"x.-_9": b"a", b"class_": b"3", b"exec_": b"o1"}
@@ -209,6 +210,7 @@ def test_generated_fillers_hold_no_user_text() -> None:
         f: hashes.get(f.hash_field) for f in mapper.fields
     }
     assert (odd.import_os, odd.class_, odd.exec_) == ("a", 3, odd)
+    assert mapper.encoder(odd) == {f: hashes[f.hash_field] for f in mapper.fields}
 
 
 def test_lua_scripts_are_fixed_text() -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MappingError, ValidationError
 from .codecs import Codec, decoder, encoder, holds_immutable
-from .hydrator import Filler, build_filler
+from .generated import Encoder, Filler, build_encoder, build_filler
 from .instrument import MISSING, FieldAttribute, inner_descriptor
 from .keys import KeyLayout
 
@@ -183,6 +183,7 @@ class Mapper:
         self.mutable = False
         self.id_attribute: FieldAttribute = None  # type: ignore[assignment]
         self._filler: Filler | None = None
+        self._encoder: Encoder | None = None
 
     def __repr__(self) -> str:
         return f"<Mapper {self.class_.__name__} prefix={self.prefix!r}>"
@@ -212,6 +213,14 @@ class Mapper:
             (f, f.hash_field, f.attribute.store, f.decoder, f.is_reference) for f in self.fields
         )
         self._filler = None
+        self._encoder = None
+
+    @property
+    def encoder(self) -> Encoder:
+        """Every field's stored bytes as one generated function: an insert's values."""
+        if self._encoder is None:
+            self._encoder = build_encoder(self)
+        return self._encoder
 
     @property
     def filler(self) -> Filler:

@@ -82,15 +82,10 @@ def first_version() -> int:
 
 def _insert(state: InstanceState) -> EntityChange:
     ident = _check_identity(state)
-    obj = state.obj
-    values: dict[MappedField, bytes | None] = {}  # every field, None where unset
-    for field in state.mapper.fields:
-        try:
-            value = field.attribute.fetch(obj)
-        except AttributeError:
-            values[field] = None
-            continue
-        values[field] = field.encode(value)
+    try:
+        values = state.mapper.encoder(state.obj)  # every field, None where unset
+    except Exception:
+        values = _encode_each(state)  # raises the error naming class and field
     if state.mapper.versioned and state.version is None:
         # Kept on the state, so a retry of an in-doubt insert writes (and recognises)
         # the same version.
@@ -104,6 +99,19 @@ def _insert(state: InstanceState) -> EntityChange:
         expect_version=state.version,
         in_doubt=state.in_doubt,
     )
+
+
+def _encode_each(state: InstanceState) -> dict[MappedField, bytes | None]:
+    """What the mapper's generated encoder returns, field by field."""
+    values: dict[MappedField, bytes | None] = {}
+    for field in state.mapper.fields:
+        try:
+            value = field.attribute.fetch(state.obj)
+        except AttributeError:
+            values[field] = None
+            continue
+        values[field] = field.encode(value)
+    return values
 
 
 def _unique_guesses(state: InstanceState, fields: Any) -> dict[MappedField, bytes | None]:

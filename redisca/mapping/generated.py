@@ -1,18 +1,24 @@
-"""A filler per mapped class: one generated function that sets every field from a hash.
+"""Two functions generated per mapped class: the filler and the encoder.
 
-Loading is the loop every ``get_many`` and every query runs once per entity.
-A generic loop over the fields pays, per field, a tuple unpacking, a branch on
-``None``, a branch on references and a dict store for the snapshot; the function
-built here for one class does only the lookups, the decoder calls and the slot
-stores, and builds the snapshot as one dict display. The same idea as attrs'
-generated ``__init__`` and cattrs' generated structuring functions.
+Loading runs once per entity of every ``get_many`` and query, encoding once per
+inserted entity. A generic loop over the fields pays, per field, a tuple
+unpacking or a chain of attribute lookups, branches on ``None`` and on
+references, and a dict store; the functions built here for one class do only
+the reads, the codec calls and the stores, and build their dict as one display.
+The same idea as attrs' generated ``__init__`` and cattrs' generated
+structuring functions.
 
-The generated source holds only local names (``h0``, ``d0``, …); every field
-name, hash field, decoder and setter reaches it as a value in its namespace, so
-no name a user chose is ever pasted into code.
+- The *filler* sets every field of a new instance from its hash and returns
+  the snapshot.
+- The *encoder* returns every field's stored bytes (``None`` where unset or
+  ``None``): the values of an insert.
 
-A decoder that fails raises from the filler as it is: the caller reruns the
-generic loop, which names the key and the field in its :class:`DecodeError`.
+The generated source holds only fixed words and numbered local names (``h0``,
+``d0``, …); every field, hash field, codec function and slot accessor reaches it
+as a value in its namespace, so no name a user chose is ever pasted into code.
+
+A codec function that fails raises from the generated code as it is: the caller
+reruns the generic loop, whose error names the key or class and the field.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ Filler = Callable[
     "dict[MappedField, Any]",
 ]
 
+#: ``encoder(obj)``: every field's stored bytes, ``None`` where unset or ``None``.
+Encoder = Callable[[Any], "dict[MappedField, bytes | None]"]
+
 _counter = 0
 
 
@@ -44,7 +53,6 @@ def build_filler(mapper: Mapper) -> tuple[Filler, bool]:
     still unmapped is resolved on each call, as the generic loop does, and the
     second value is false: build again later.
     """
-    global _counter
     namespace: dict[str, Any] = {}
     lines = ["def fill(obj, raw, lookup, stub):", "    get = raw.get"]
     complete = True
@@ -67,13 +75,41 @@ def build_filler(mapper: Mapper) -> tuple[Filler, bool]:
         else:
             lines.append(f"    s{i}(obj, None if e{i} is None else d{i}(e{i}))")
     lines.append(f"    return {{{', '.join(snapshot)}}}")
+    return _compile("fill", lines, namespace, mapper), complete
+
+
+def build_encoder(mapper: Mapper) -> Encoder:
+    """Generate the encoder of a mapper whose attributes are instrumented."""
+    namespace: dict[str, Any] = {}
+    lines = ["def encode(obj):"]
+    values = []
+    for i, field in enumerate(mapper.fields):
+        # A reference's id comes from MappedField.encode, which also refuses a target
+        # without one; other fields call their codec's encoder directly.
+        encode = field.encode if field.is_reference else field.encoder
+        namespace.update({f"f{i}": field, f"a{i}": field.attribute.fetch, f"c{i}": encode})
+        lines += [
+            "    try:",
+            f"        v = a{i}(obj)",
+            "    except AttributeError:",
+            f"        r{i} = None",
+            "    else:",
+            f"        r{i} = None if v is None else c{i}(v)",
+        ]
+        values.append(f"f{i}: r{i}")
+    lines.append(f"    return {{{', '.join(values)}}}")
+    return _compile("encode", lines, namespace, mapper)  # type: ignore[no-any-return]
+
+
+def _compile(name: str, lines: list[str], namespace: dict[str, Any], mapper: Mapper) -> Any:
+    global _counter
     source = "\n".join(lines) + "\n"
     _counter += 1
-    filename = f"<redisca filler {mapper.class_.__qualname__} #{_counter}>"
+    filename = f"<redisca {name} {mapper.class_.__qualname__} #{_counter}>"
     # Registered with linecache so tracebacks and profilers can show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), namespace)  # fixed text and names, see above
-    return namespace["fill"], complete
+    return namespace[name]
 
 
 def _resolve(i: int, field: MappedField, namespace: dict[str, Any]) -> bool:
@@ -97,4 +133,4 @@ def _reference_lines(i: int, resolved: bool) -> list[str]:
     ]
 
 
-__all__ = ["Filler", "build_filler"]
+__all__ = ["Encoder", "Filler", "build_encoder", "build_filler"]
