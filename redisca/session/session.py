@@ -236,9 +236,16 @@ class Session:
 
     def expunge_all(self) -> None:
         """Stop tracking every instance (redisca 1.x's ``free_all()``)."""
-        with gcpause.paused(len(self._identity)):
-            for state in list(self._identity.values()):
-                self.forget(state)
+        # forget() for each, inlined: closing a session runs this per instance.
+        states = list(self._identity.values())
+        self._identity.clear()
+        detach = instrument.detach
+        with gcpause.paused(len(states)):
+            for state in states:
+                state._session = None
+                detach(state.obj)
+                if state.persistent:
+                    remember_detached(state, deleted=False)
 
     def merge(self, obj: T) -> T:
         """Upsert: copy ``obj``'s values onto the session's instance of the same id.
