@@ -6,6 +6,8 @@ contract promises a number.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator
 
 import attrs
@@ -429,3 +431,22 @@ def test_add_command_runs_inside_the_commit(r: redis.Redis) -> None:
     with pytest.raises(redisca.UniqueViolation):
         s.commit()
     assert not failed.done and r.get("counter") in (b"1", "1")
+
+
+def test_a_session_dropped_without_close_lets_its_instances_go(r: redis.Redis) -> None:
+    """Sessions find an instance's state through a table keyed by id(obj) that holds the
+    state; a session dropped without close() empties its part of it in its finalizer,
+    so neither its instances nor their states outlive it."""
+    with Session(r) as s:
+        s.add(Company(name="Acme", id="c1"))
+        s.commit()
+    session = Session(r)
+    company = session.get(Company, "c1")
+    pending = Company(name="Initech", id="c2")
+    session.add(pending)
+    refs = [weakref.ref(company), weakref.ref(session.state(company)), weakref.ref(pending)]
+    assert session.state(pending).status == "pending"
+    del company, session
+    gc.collect()
+    assert [ref() for ref in refs[:2]] == [None, None]
+    assert redisca.inspect(pending).status == "transient"  # no session tracks it now

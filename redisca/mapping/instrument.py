@@ -9,23 +9,21 @@ wraps the slot (or the instance ``__dict__``) so that
 * reading an attribute that was never set asks the instance's state to load
   it (lazy references from ``session.reference()``).
 
-States are found through a table keyed by ``id(obj)`` whose values are held
-weakly: sessions own the states, and a state owns its object, so an entry
-lives exactly as long as some session still tracks the object. Slotted attrs
-classes have no room for a back pointer, hence the table. It holds plain weak
-references, without callbacks (a ``WeakValueDictionary`` costs ten times more
-per entry, and every loaded instance makes one): entries of states that died
-without being detached (a session dropped without ``close()``) are swept when
-the table has doubled since the last sweep.
+States are found through a table keyed by ``id(obj)``: slotted attrs classes
+have no room for a back pointer. An entry lives exactly as long as a session
+tracks the object: the session attaches it when it starts tracking and detaches
+it when it stops (``expunge``, ``close``, a committed delete, and the session's
+own finalizer when it is dropped without ``close()``). The entry holds the state,
+and so the object, so an id in the table always belongs to the object it was
+attached for. (Earlier versions held weak references, swept now and then: one
+weak reference per loaded instance cost more than the rest of the entry.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import types
-import weakref
-from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..errors import DetachedInstanceError
@@ -46,40 +44,28 @@ class Loadable(Protocol):
 #: assignment replaces it with a set of its own).
 IN_STEP: frozenset[str] = frozenset()
 
-_states: dict[int, weakref.ref[Any]] = {}
-_MIN_SWEEP = 1024
-_sweep_above = _MIN_SWEEP
+_states: dict[int, Any] = {}
 
 
 def attach(obj: object, state: Loadable) -> None:
-    _states[id(obj)] = weakref.ref(state)
-    if len(_states) > _sweep_above:
-        _sweep()
-
-
-def _sweep() -> None:
-    global _sweep_above
-    for key, ref in list(_states.items()):
-        if ref() is None:
-            # Removes the key only if it still holds a dead reference: another thread
-            # may have attached a live state under the same id meanwhile.
-            _remove_dead_weakref(_states, key)
-    _sweep_above = max(_MIN_SWEEP, 2 * len(_states))
+    _states[id(obj)] = state
 
 
 def detach(obj: object) -> None:
     _states.pop(id(obj), None)
 
 
+def detach_states(states: Iterable[Loadable]) -> None:
+    """Detach every state's object that is still attached to that state."""
+    for state in states:
+        key = id(state.obj)
+        if _states.get(key) is state:
+            del _states[key]
+
+
 def state_of(obj: object) -> Any:
     """The tracking state of an instance, or ``None`` when no session tracks it."""
-    ref = _states.get(id(obj))
-    if ref is None:
-        return None
-    state = ref()
-    if state is not None and state.obj is obj:
-        return state
-    return None
+    return _states.get(id(obj))
 
 
 class _Missing:
@@ -136,15 +122,13 @@ class FieldAttribute(Comparator):
 
     def __set__(self, obj: Any, value: Any) -> None:
         self.store(obj, self.coerce(value))
-        ref = _states.get(id(obj))  # a tracked instance: note what changed
-        if ref is not None:
-            state = ref()
-            if state is not None and state.obj is obj:
-                assigned = state.assigned
-                if assigned is IN_STEP:
-                    state.assigned = {self.name}
-                elif assigned is not None:
-                    assigned.add(self.name)
+        state = _states.get(id(obj))  # a tracked instance: note what changed
+        if state is not None:
+            assigned = state.assigned
+            if assigned is IN_STEP:
+                state.assigned = {self.name}
+            elif assigned is not None:
+                assigned.add(self.name)
 
     def __delete__(self, obj: Any) -> None:
         self.del_raw(obj)
@@ -197,6 +181,7 @@ __all__ = [
     "Loadable",
     "attach",
     "detach",
+    "detach_states",
     "inner_descriptor",
     "state_of",
 ]

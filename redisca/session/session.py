@@ -94,6 +94,14 @@ class Session:
         self.expunge_all()
         self._commands.clear()
 
+    def __del__(self) -> None:
+        # Dropped without close(): its instances leave the instance table, which
+        # would otherwise keep them (and their states) alive for good. Nothing else:
+        # a finalizer must not take locks (gcpause's) or call into Redis.
+        identity = getattr(self, "_identity", None)
+        if identity:
+            instrument.detach_states(list(identity.values()))
+
     # -- binds ---------------------------------------------------------------
 
     def bind_for(self, mapper: Mapper | type) -> redis.Redis:
