@@ -196,7 +196,7 @@ def test_generated_code_holds_no_user_text() -> None:
 
     mapper = redisca.inspect(Odd)
     fixed = {"def", "obj", "None", "is", "if", "else", "return", "v"}
-    fixed |= {"fill", "raw", "lookup", "stub", "get", "t", "found"}
+    fixed |= {"fill", "raw", "tables", "table", "stub", "get", "t", "found"}
     fixed |= {"encode", "try", "except", "AttributeError"}
     for function in (mapper.filler, mapper.encoder):
         names, kinds = _names_and_literals(function)
@@ -206,7 +206,7 @@ def test_generated_code_holds_no_user_text() -> None:
     odd = Odd(import_os="a", id="o1")
     odd.exec_ = odd
     hashes: dict[bytes, bytes] = {b"x.-_9": b"a", b"class_": b"3", b"exec_": b"o1"}
-    assert mapper.filler(odd, hashes, {}.get, lambda m, i: odd) == {
+    assert mapper.filler(odd, hashes, {}, lambda m, i: odd) == {
         f: hashes.get(f.hash_field) for f in mapper.fields
     }
     assert (odd.import_os, odd.class_, odd.exec_) == ("a", 3, odd)

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .mapper import MappedField, Mapper
 
-#: ``filler(obj, raw, lookup, stub)``: sets every mapped attribute of ``obj`` from ``raw``
+#: ``filler(obj, raw, tables, stub)``: sets every mapped attribute of ``obj`` from ``raw``
 #: (a hash as a dict) and returns the snapshot (each field's stored bytes, ``None`` when
-#: absent). A reference's id becomes the instance ``lookup((mapper, id))`` finds (the
-#: identity map's ``get``: an object with ``.obj``), else ``stub(mapper, id)``.
+#: absent). A reference's id becomes the instance the identity map holds for it
+#: (``tables[mapper][id]``, an object with ``.obj``), else ``stub(mapper, id)``.
 Filler = Callable[
-    [Any, dict[bytes, bytes], Callable[[Any], Any], Callable[[Any, str], Any]],
+    [Any, dict[bytes, bytes], "dict[Mapper, dict[str, Any]]", Callable[[Any, str], Any]],
     "dict[MappedField, Any]",
 ]
 
@@ -54,7 +54,7 @@ def build_filler(mapper: Mapper) -> tuple[Filler, bool]:
     second value is false: build again later.
     """
     namespace: dict[str, Any] = {}
-    lines = ["def fill(obj, raw, lookup, stub):", "    get = raw.get"]
+    lines = ["def fill(obj, raw, tables, stub):", "    get = raw.get"]
     complete = True
     snapshot = []
     for i, field in enumerate(mapper.fields):
@@ -128,7 +128,8 @@ def _reference_lines(i: int, resolved: bool) -> list[str]:
         "    else:",
         f"        t = {f'm{i}' if resolved else f't{i}()'}",
         f"        v = d{i}(e{i})",
-        "        found = lookup((t, v))",
+        "        table = tables.get(t)",
+        "        found = None if table is None else table.get(v)",
         f"        s{i}(obj, stub(t, v) if found is None else found.obj)",
     ]
 

@@ -79,7 +79,7 @@ def _fill(
     snapshot: dict[MappedField, bytes | None],
 ) -> None:
     """Every field from the hash (a fresh load, a refresh): the loop of every loaded entity."""
-    obj, identity = state.obj, session._identity
+    obj = state.obj
     for field, hash_field, store, decode, is_reference in state.mapper.loaders:
         enc = raw.get(hash_field)
         snapshot[field] = enc
@@ -92,7 +92,7 @@ def _fill(
             raise _decode_error(field, enc, state.mapper.key(state.id), exc) from None  # type: ignore[arg-type]
         if is_reference:
             mapper = field.target_mapper()
-            target = identity.get((mapper, value))
+            target = session._lookup(mapper, value)
             value = target.obj if target is not None else session._stub(mapper, value)
         store(obj, value)
 
@@ -145,30 +145,29 @@ def load_ids(session: Session, mapper: Mapper, idents: list[str]) -> None:
     set on it in Python. Missing keys load nothing.
     """
     raws = fetch(session, mapper, idents)
-    identity, stub, ref = session._identity, session._stub, session._ref
-    lookup = identity.get
+    table, tables = session._table(mapper), session._identity
+    stub, ref, lookup = session._stub, session._ref, table.get
     cls, store_id, fill = mapper.class_, mapper.id_attribute.store, mapper.filler
     new, attach = object.__new__, instrument.attach
     for ident, raw in zip(idents, raws, strict=True):
         if not raw:
             continue
-        key = (mapper, ident)
-        state = lookup(key)  # filling a previous one may have made a stub for it
+        state = lookup(ident)  # filling a previous one may have made a stub for it
         if state is not None:
             hydrate(session, state, raw, overwrite=False)
             continue
         obj = new(cls)
         store_id(obj, ident)
         try:
-            snapshot = fill(obj, raw, lookup, stub)
+            snapshot = fill(obj, raw, tables, stub)
         except Exception:
             state = InstanceState(obj, mapper, ident)
             _fill(session, state, raw, {})  # raises the DecodeError naming key and field
             raise
         state = InstanceState(obj, mapper, ident, snapshot, ref)
-        if identity.setdefault(key, state) is not state:
+        if table.setdefault(ident, state) is not state:
             # It refers to itself: filling made a stub of it, which becomes the instance.
-            hydrate(session, identity[key], raw, overwrite=False)
+            hydrate(session, table[ident], raw, overwrite=False)
             continue
         attach(obj, state)
         version = raw.get(VERSION_FIELD)

@@ -66,7 +66,9 @@ class Session:
         self.binds = dict(binds or {})
         #: How often a commit whose watched keys changed is re-read and retried.
         self.retries = retries
-        self._identity: dict[tuple[Mapper, str], InstanceState] = {}
+        #: The identity map: per mapper, id → state (one table per class: lookups by id
+        #: need no (mapper, id) tuple, and loads look up thousands of ids at a time).
+        self._identity: dict[Mapper, dict[str, InstanceState]] = {}
         #: What every tracked state refers to the session by (one weak reference, made once).
         self._ref = weakref.ref(self)
         self._commands: list[tuple[Any, Command, CommandResult]] = []
@@ -98,9 +100,8 @@ class Session:
         # Dropped without close(): its instances leave the instance table, which
         # would otherwise keep them (and their states) alive for good. Nothing else:
         # a finalizer must not take locks (gcpause's) or call into Redis.
-        identity = getattr(self, "_identity", None)
-        if identity:
-            instrument.detach_states(list(identity.values()))
+        if getattr(self, "_identity", None):
+            instrument.detach_states(self.states())
 
     # -- binds ---------------------------------------------------------------
 
@@ -126,23 +127,36 @@ class Session:
 
     def states(self) -> list[InstanceState]:
         """The states of every tracked instance, as a list the caller may keep."""
-        return list(self._identity.values())
+        return [state for table in self._identity.values() for state in table.values()]
 
     def __contains__(self, obj: object) -> bool:
         state = instrument.state_of(obj)
         return state is not None and state.session is self
 
     def __iter__(self) -> Iterator[Any]:
-        return iter([s.obj for s in self._identity.values()])
+        return iter([s.obj for s in self.states()])
+
+    def _table(self, mapper: Mapper) -> dict[str, InstanceState]:
+        """The identity map's table of one class (made on first use)."""
+        table = self._identity.get(mapper)
+        if table is None:
+            table = self._identity[mapper] = {}
+        return table
+
+    def _lookup(self, mapper: Mapper, ident: str) -> InstanceState | None:
+        table = self._identity.get(mapper)
+        return None if table is None else table.get(ident)
 
     def _track(self, state: InstanceState) -> None:
-        self._identity[(state.mapper, state.id)] = state  # type: ignore[index]
+        self._table(state.mapper)[state.id] = state  # type: ignore[index]
         state._session = self._ref
         instrument.attach(state.obj, state)
 
     def forget(self, state: InstanceState, *, deleted: bool = False) -> None:
         """Stop tracking an instance (it keeps its values; a persistent one is detached)."""
-        self._identity.pop((state.mapper, state.id), None)  # type: ignore[arg-type]
+        table = self._identity.get(state.mapper)
+        if table is not None:
+            table.pop(state.id, None)  # type: ignore[arg-type]
         state._session = None
         instrument.detach(state.obj)
         if state.persistent:
@@ -155,18 +169,18 @@ class Session:
     @property
     def new(self) -> IdentitySet:
         """Instances added and not committed yet."""
-        return IdentitySet(s.obj for s in self._identity.values() if not s.persistent)
+        return IdentitySet(s.obj for s in self.states() if not s.persistent)
 
     @property
     def deleted(self) -> IdentitySet:
         """Instances marked for deletion by the next commit."""
-        return IdentitySet(s.obj for s in self._identity.values() if s.deleted)
+        return IdentitySet(s.obj for s in self.states() if s.deleted)
 
     @property
     def dirty(self) -> IdentitySet:
         """Persistent instances whose encoded values differ from what was loaded."""
         return IdentitySet(
-            s.obj for s in self._identity.values() if s.persistent and not s.deleted and s.changes()
+            s.obj for s in self.states() if s.persistent and not s.deleted and s.changes()
         )
 
     def is_modified(self, obj: object) -> bool:
@@ -195,7 +209,7 @@ class Session:
         if ident is None:
             ident = hexid()
             mapper.id_attribute.set_raw(obj, ident)
-        existing = self._identity.get((mapper, ident))
+        existing = self._lookup(mapper, ident)
         if existing is not None and existing.obj is not obj:
             raise IntegrityError(
                 f"{mapper.key(ident).decode()} is already in this session as another object; "
@@ -215,7 +229,7 @@ class Session:
 
     def _reattach(self, state: InstanceState) -> None:
         """An expunged instance comes back persistent, with what was known of it."""
-        existing = self._identity.get((state.mapper, state.id))  # type: ignore[arg-type]
+        existing = self._lookup(state.mapper, state.id)  # type: ignore[arg-type]
         if existing is not None and existing.obj is not state.obj:
             raise IntegrityError(
                 f"{state.key} is already in this session as another object; "
@@ -245,7 +259,7 @@ class Session:
     def expunge_all(self) -> None:
         """Stop tracking every instance (redisca 1.x's ``free_all()``)."""
         # forget() for each, inlined: closing a session runs this per instance.
-        states = list(self._identity.values())
+        states = self.states()
         self._identity.clear()
         detach = instrument.detach
         with gcpause.paused(len(states)):
@@ -289,7 +303,7 @@ class Session:
         return self._stub(mapper, mapper.id_attribute.coerce(id))  # type: ignore[no-any-return]
 
     def _stub(self, mapper: Mapper, ident: str) -> Any:
-        state = self._identity.get((mapper, ident))
+        state = self._lookup(mapper, ident)
         if state is None:
             state = InstanceState(mapper.blank(ident), mapper, ident)
             state.persistent = True
@@ -307,11 +321,10 @@ class Session:
         mapper = mapper_of(cls)
         coerce = mapper.id_attribute.coerce
         idents = [i if type(i) is str and i.isascii() else coerce(i) for i in ids]
-        keys = [(mapper, ident) for ident in idents]
-        lookup = self._identity.get
+        lookup = self._table(mapper).get
         wanted = [
-            key[1]
-            for key, state in zip(keys, map(lookup, keys), strict=True)
+            ident
+            for ident, state in zip(idents, map(lookup, idents), strict=True)
             if state is None or (state.persistent and not state.loaded)
         ]
         if wanted:
@@ -323,7 +336,7 @@ class Session:
             state.obj
             if state is not None and not state.deleted and (state.loaded or not state.persistent)
             else None
-            for state in map(lookup, keys)
+            for state in map(lookup, idents)
         ]
 
     def refresh(self, obj: object, *, only_missing: bool = False) -> None:
@@ -374,7 +387,7 @@ class Session:
 
     def commit(self) -> None:
         """Write every pending change: one MULTI/EXEC per server, all or nothing."""
-        with gcpause.paused(len(self._identity)):
+        with gcpause.paused(sum(map(len, self._identity.values()))):
             self._commit()
 
     def _commit(self) -> None:
@@ -396,7 +409,7 @@ class Session:
     def rollback(self) -> None:
         """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""
         self._commands.clear()
-        for state in list(self._identity.values()):
+        for state in self.states():
             if not state.persistent:
                 self.forget(state)
                 continue
