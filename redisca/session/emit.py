@@ -82,11 +82,17 @@ class _Emitter:
         return built
 
     def index_add(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
-        if field.index == "eq":
-            self.write(change, field.hash_field, (b"SADD", _eq_key(field, raw), change.id))
-        elif field.index == "range":
-            score = repr(field.score(raw)).encode()
-            self.write(change, field.hash_field, (b"ZADD", _range_key(field), score, change.id))
+        index = field.index
+        if index is not None:
+            if index == "eq":
+                command: Command = (b"SADD", _eq_key(field, raw), change.id)
+            else:
+                score = repr(field.score(raw)).encode()
+                command = (b"ZADD", _range_key(field), score, change.id)
+            if self.observed.rebuilds:
+                self.write(change, field.hash_field, command)
+            else:  # no reindex runs: every commit but those during one
+                self.out.append(command)
         if field.unique:
             self.claim(change, field, raw)
 
@@ -216,14 +222,16 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
             hset += (field.hash_field, raw)
             if field.indexed:
                 indexed.append((field, raw))
-    if change.mapper.versioned:
+    mapper = change.mapper
+    if mapper.versioned:
         hset += (VERSION_FIELD, b"%d" % (change.expect_version or 1))
     if len(hset) == 2:
         hset += (EXISTS_FIELD, b"")
     em.out.append(tuple(hset))
-    em.write(change, ALL_IDS, (b"SADD", change.mapper.layout.all_ids, change.id))
+    em.write(change, ALL_IDS, (b"SADD", mapper.layout.all_ids, change.id))
+    index_add = em.index_add
     for field, raw in indexed:
-        em.index_add(change, field, raw)
+        index_add(change, field, raw)
 
 
 def _emit_update(em: _Emitter, change: EntityChange) -> None:

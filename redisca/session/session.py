@@ -131,7 +131,7 @@ class Session:
 
     def __contains__(self, obj: object) -> bool:
         state = instrument.state_of(obj)
-        return state is not None and state.session is self
+        return state is not None and state._session is self._ref
 
     def __iter__(self) -> Iterator[Any]:
         return iter([s.obj for s in self.states()])
@@ -194,7 +194,7 @@ class Session:
         """Track a new instance (it gets ``hexid()`` if its id is None) and its references."""
         state = instrument.state_of(obj)
         if state is not None:
-            if state.session is self:
+            if state._session is self._ref:
                 state.deleted = False  # adding back what was marked for deletion
                 return
             if state.session is not None:
