@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PHASE",
         help=f"phases to report ({', '.join(runner.PHASES)})",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="runs per side; the best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per side; the best counts")
     parser.add_argument(
         "--parser",
         choices=("both", "hiredis", "python"),
