@@ -224,7 +224,7 @@ class Mapper:
 
     @property
     def filler(self) -> Filler:
-        """:attr:`loaders` as one generated function: what a fresh load runs per entity."""
+        """``loaders`` as one generated function: what a fresh load runs per entity."""
         if self._filler is not None:
             return self._filler
         filler, complete = build_filler(self)
