@@ -103,14 +103,8 @@ def _insert(state: InstanceState) -> EntityChange:
 
 def _encode_each(state: InstanceState) -> dict[MappedField, bytes | None]:
     """What the mapper's generated encoder returns, field by field."""
-    values: dict[MappedField, bytes | None] = {}
-    for field in state.mapper.fields:
-        try:
-            value = field.attribute.fetch(state.obj)
-        except AttributeError:
-            values[field] = None
-            continue
-        values[field] = field.encode(value)
+    values: dict[MappedField, bytes | None] = dict.fromkeys(state.mapper.fields)
+    values.update(state.mapper.encode_set_fields(state.obj))
     return values
 
 
