@@ -78,7 +78,8 @@ def _fill(
     raw: dict[bytes, bytes],
     snapshot: dict[MappedField, bytes | None],
 ) -> None:
-    """Every field from the hash (a fresh load, a refresh): the loop of every loaded entity."""
+    """Every field from the hash: a refresh, and the field-by-field rerun of a generated
+    filler that failed (so the error names the key and the field)."""
     obj = state.obj
     for field, hash_field, store, decode, is_reference in state.mapper.loaders:
         enc = raw.get(hash_field)
@@ -91,9 +92,7 @@ def _fill(
         except Exception as exc:
             raise _decode_error(field, enc, state.mapper.key(state.id), exc) from None  # type: ignore[arg-type]
         if is_reference:
-            mapper = field.target_mapper()
-            target = session._lookup(mapper, value)
-            value = target.obj if target is not None else session._stub(mapper, value)
+            value = session._stub(field.target_mapper(), value)  # the session's instance
         store(obj, value)
 
 
