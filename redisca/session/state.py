@@ -94,10 +94,6 @@ class InstanceState:
         """The session tracking the instance, or ``None`` (transient or detached)."""
         return self._session() if self._session is not None else None
 
-    @session.setter
-    def session(self, session: Session | None) -> None:
-        self._session = weakref.ref(session) if session is not None else None
-
     @property
     def status(self) -> str:
         """``transient``, ``pending``, ``persistent``, ``deleted`` or ``detached``."""
