@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +39,34 @@ class RoundTripCounter:
         return f"<RoundTripCounter round_trips={self.round_trips} commands={self.commands}>"
 
 
+def sent_commands(packed: Any) -> list[list[bytes]]:
+    """The commands in what ``send_packed_command`` was given (RESP arrays of bulk strings).
+
+    Reading the write itself sees every command however it was packed: by
+    redis-py (``execute_command``, pipelines) or by redisca's own packer.
+    """
+    chunks = [packed] if isinstance(packed, (bytes, str)) else packed
+    data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+    commands: list[list[bytes]] = []
+    pos = 0
+    while pos < len(data):
+        pos, count = _header(data, pos, b"*")
+        args = []
+        for _ in range(count):
+            pos, size = _header(data, pos, b"$")
+            args.append(data[pos : pos + size])
+            assert data[pos + size : pos + size + 2] == b"\r\n", data[pos : pos + size + 2]
+            pos += size + 2
+        commands.append(args)
+    return commands
+
+
+def _header(data: bytes, pos: int, kind: bytes) -> tuple[int, int]:
+    assert data[pos : pos + 1] == kind, data[pos : pos + 20]
+    end = data.index(b"\r\n", pos)
+    return end + 2, int(data[pos + 1 : end])
+
+
 class _CountingMixin:
     """One ``send_packed_command`` is one write to the socket: one round trip,
     whether it carries one command or a whole pipeline.
@@ -55,23 +82,8 @@ class _CountingMixin:
         super().__init__(*args, **kwargs)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self.counter.add(round_trips=1)
+        self.counter.add(round_trips=1, commands=len(sent_commands(command)))
         super().send_packed_command(command, check_health)  # type: ignore[misc]
-
-    # redis-py's send_command packs with its own packer, never via pack_command,
-    # so counting in both does not count a command twice.
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        self.counter.add(commands=1)
-        super().send_command(*args, **kwargs)  # type: ignore[misc]
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        self.counter.add(commands=1)
-        return super().pack_command(*args)  # type: ignore[misc,no-any-return]
-
-    def pack_commands(self, commands: Iterable[Sequence[Any]]) -> list[bytes]:
-        commands = list(commands)
-        self.counter.add(commands=len(commands))
-        return super().pack_commands(commands)  # type: ignore[misc,no-any-return]
 
 
 class CountingConnection(_CountingMixin, redis.Connection):

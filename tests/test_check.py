@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
+from helpers import sent_commands
 from models import Company, User, registry
 
 import redisca
@@ -293,17 +294,9 @@ class Recorder(redis.Connection):
 
     names: list[bytes] = []
 
-    def pack_commands(self, commands: Any) -> Any:
-        commands = list(commands)
-        Recorder.names += [
-            bytes(c[0]) if isinstance(c[0], bytes) else c[0].encode() for c in commands
-        ]
-        return super().pack_commands(commands)
-
-    def pack_command(self, *args: Any) -> Any:
-        name = args[0]
-        Recorder.names.append(name if isinstance(name, bytes) else str(name).encode())
-        return super().pack_command(*args)
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        Recorder.names += [args[0] for args in sent_commands(command)]
+        super().send_packed_command(command, check_health)
 
 
 def test_keys_are_scanned_never_listed(r: redis.Redis, redis_url: str) -> None:
