@@ -106,11 +106,10 @@ def run_here(args: argparse.Namespace, parser_name: str) -> dict[str, Any]:
 def profile(url: str, args: argparse.Namespace) -> str:
     from pyinstrument import Profiler
 
-    from .counting import counting_client
     from .model import dataset
     from .orm import OrmSide
 
-    client, _ = counting_client(url)
+    client = redis.Redis.from_url(url)
     side = OrmSide(client, dataset(args.n[0]))
     client.flushall()
     side.setup()

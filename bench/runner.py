@@ -58,9 +58,10 @@ def _server_usec(client: redis.Redis) -> int:
 
 
 def _sequence(
-    side: Any, client: redis.Redis, counter: Counter, phases: tuple[str, ...]
+    side: Any, client: redis.Redis, counter: Counter | None, phases: tuple[str, ...]
 ) -> dict[str, dict[str, float]]:
-    """One side's phases in order, on an empty server; seconds and counts per phase."""
+    """One side's phases in order, on an empty server; seconds (and counts, given a
+    counter) per phase."""
     client.flushall()
     side.setup()
     out: dict[str, dict[str, float]] = {}
@@ -68,20 +69,22 @@ def _sequence(
         gc.collect()
         before = _used_memory(client) if phase == "insert" else 0
         server = _server_usec(client)
-        counter.reset()
+        if counter is not None:
+            counter.reset()
         cpu = time.process_time()
         start = time.perf_counter()
         ops = getattr(side, phase)()
         seconds = time.perf_counter() - start
+        counts = (counter.round_trips, counter.commands) if counter is not None else None
         result = {
             "ops": ops,
             "seconds": seconds,
             "cpu_seconds": time.process_time() - cpu,
-            "round_trips": counter.round_trips,
-            "commands": counter.commands,
             # The server's time in commands (one INFO included: a few µs).
             "server_seconds": (_server_usec(client) - server) / 1e6,
         }
+        if counts is not None:  # what the phase sent, before INFO and MEMORY USAGE
+            result["round_trips"], result["commands"] = counts
         if phase == "insert":
             result["redis_bytes_per_entity"] = (_used_memory(client) - before) / ops
         out[phase] = result
@@ -89,17 +92,34 @@ def _sequence(
     return out
 
 
+def _counted(url: str, data: DataSet, phases: tuple[str, ...]) -> dict[str, Any]:
+    """Each side's round trips and commands per phase, from a round of their own.
+
+    Counting reads every write's RESP, which costs time the timed rounds must not
+    carry; this round also warms up both sides (imports, the server's first keys).
+    """
+    client, counter = counting_client(url)
+    try:
+        return {
+            name: _sequence(make(client, data), client, counter, phases)
+            for name, make in SIDES.items()
+        }
+    finally:
+        client.close()
+
+
 def timed(url: str, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, Any]:
     """Both sides ``rounds`` times, alternating which goes first; the best time counts."""
-    client, counter = counting_client(url)
     data = dataset(n)
+    counts = _counted(url, data, phases)
+    client = redis.Redis.from_url(url)
     runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in SIDES}
     try:
         for round_ in range(rounds):
             order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
             for name in order:
                 side = SIDES[name](client, data)
-                runs[name].append(_sequence(side, client, counter, phases))
+                runs[name].append(_sequence(side, client, None, phases))
                 del side
     finally:
         client.close()
@@ -113,6 +133,7 @@ def timed(url: str, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, A
             cpu = min(s["cpu_seconds"] for s in samples)
             server = min(s["server_seconds"] for s in samples)
             last = samples[-1]
+            counted = counts[name][phase]
             per_phase[phase] = {
                 "ops": last["ops"],
                 "seconds": seconds,
@@ -122,8 +143,8 @@ def timed(url: str, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, A
                 "cpu_us_per_op": 1e6 * cpu / last["ops"],
                 # The server's time in commands (INFO commandstats).
                 "server_us_per_op": 1e6 * server / last["ops"],
-                "round_trips": last["round_trips"],
-                "commands_per_op": last["commands"] / last["ops"],
+                "round_trips": counted["round_trips"],
+                "commands_per_op": counted["commands"] / counted["ops"],
                 "samples": [s["seconds"] for s in samples],
             }
             if "redis_bytes_per_entity" in last:
@@ -134,7 +155,7 @@ def timed(url: str, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, A
 
 def memory(url: str, n: int, phases: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Peak Python memory per phase (tracemalloc slows everything down: its own pass)."""
-    client, _ = counting_client(url)
+    client = redis.Redis.from_url(url)
     data = dataset(n)
     out: dict[str, dict[str, float]] = {}
     try:
@@ -164,7 +185,7 @@ def memory(url: str, n: int, phases: tuple[str, ...]) -> dict[str, dict[str, flo
 def verify(url: str, n: int = 200) -> None:
     """Both sides leave the same keyspace after each write phase (redisca's ids are given
     to the baseline): the comparison is like for like."""
-    client, _ = counting_client(url)
+    client = redis.Redis.from_url(url)
     data = dataset(n)
     steps = ("insert", "get", "update_plain", "update_indexed", "delete")
     try:
