@@ -42,8 +42,8 @@ def redis_py_packs(commands: list[tuple[Any, ...]]) -> bytes:
 @given(COMMANDS)
 def test_both_packers_send_what_redis_py_sends(commands: list[tuple[Any, ...]]) -> None:
     expected = redis_py_packs(commands)
-    assert resp.pack_python(commands) == expected
-    assert resp.pack(commands) == expected  # through hiredis where it is installed
+    assert b"".join(resp.pack_python(commands)) == expected
+    assert b"".join(resp.pack(commands)) == expected  # through hiredis where installed
     assert [list(c) for c in sent_commands(expected)] == [
         [a if isinstance(a, bytes) else str(a).encode() for a in c] for c in commands
     ]
@@ -51,7 +51,7 @@ def test_both_packers_send_what_redis_py_sends(commands: list[tuple[Any, ...]]) 
 
 def test_buffers_and_views_are_sent_as_their_bytes() -> None:
     commands = [(b"SET", memoryview(b"k"), bytearray(b"v\r\n")), [b"GET", b"k"]]
-    assert resp.pack(commands) == (
+    assert b"".join(resp.pack(commands)) == (
         b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
     )
 
@@ -77,3 +77,11 @@ def test_ids_stay_utf8_on_a_client_of_another_encoding(make_client: Any) -> None
         user = s.get(User, "ü")
         assert user is not None and user.company is not None and user.company.id == "é"
     assert sorted(client.smembers("usr#all")) == ["ü".encode()]
+
+
+@pytest.mark.parametrize("packer", [resp.pack, resp.pack_python])
+def test_a_large_batch_is_packed_in_chunks_of_whole_commands(packer: Any) -> None:
+    commands = [(b"SADD", b"k", str(i), i) for i in range(2 * resp.CHUNK + 1)]
+    chunks = packer(commands)
+    assert [len(sent_commands(c)) for c in chunks] == [resp.CHUNK, resp.CHUNK, 1]
+    assert b"".join(chunks) == redis_py_packs(commands)

@@ -93,7 +93,7 @@ def roundtrip(conn: Any, commands: Sequence[Command], *, sealed: bool = False) -
     leaves the transaction's outcome unknown (``OperationalError.outcome_unknown``).
     """
     try:
-        conn.send_packed_command([pack(commands)])
+        conn.send_packed_command(pack(commands))
     except _CONNECTION_ERRORS as exc:
         raise _lost(conn, exc, "") from exc
     replies: list[Any] = []
