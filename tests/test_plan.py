@@ -351,9 +351,9 @@ def test_user_commands_come_last() -> None:
     assert out[-2:] == [(b"INCR", b"hits"), (b"PING",)] and len(out) == 5
     assert not CommitPlan() and CommitPlan(commands=((b"PING",),))
     s = offline()
-    s.add_command("SET", "k", "v")
-    assert plan_of(s).commands == (("SET", "k", "v"),)
-    assert emit(plan_of(s), Observed()) == [("SET", "k", "v")]
+    s.add_command("SET", "k", "v")  # the plan holds it as sent: checked and encoded
+    assert plan_of(s).commands == ((b"SET", b"k", b"v"),)
+    assert emit(plan_of(s), Observed()) == [(b"SET", b"k", b"v")]
 
 
 # -- query compilation ----------------------------------------------------------

@@ -433,6 +433,31 @@ def test_add_command_runs_inside_the_commit(r: redis.Redis) -> None:
     assert not failed.done and r.get("counter") in (b"1", "1")
 
 
+def test_add_command_takes_what_redis_py_takes(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add_command("SET", b"price", 1.25)
+    s.add_command("SET", "count", 7)
+    s.add_command("SET", "label", "café")
+    kind = s.add_command("OBJECT ENCODING", "count")  # two words, as redis-py splits them
+    s.commit()
+    assert r.get("price") in (b"1.25", "1.25") and r.get("count") in (b"7", "7")
+    assert r.get("label") in ("café".encode(), "café")
+    assert kind.value in (b"int", "int")
+
+
+@pytest.mark.parametrize("bad", [None, True, [1], object()])
+def test_add_command_refuses_other_arguments_when_queued(r: redis.Redis, bad: object) -> None:
+    s = Session(r)
+    s.add(User("a@x.org", id="1"))
+    with pytest.raises(redisca.ValidationError, match=f"argument 3 is {type(bad).__name__}"):
+        s.add_command("SET", "k", bad)
+    with pytest.raises(redisca.ValidationError, match="at least a command name"):
+        s.add_command()
+    assert s.queued_commands() == []
+    s.commit()  # the session is unharmed: the rest commits
+    assert r.exists("usr:1") and not r.exists("k")
+
+
 def test_a_session_dropped_without_close_lets_its_instances_go(r: redis.Redis) -> None:
     """Sessions find an instance's state through a table keyed by id(obj) that holds the
     state; a session dropped without close() empties its part of it in its finalizer,

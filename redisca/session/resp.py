@@ -20,6 +20,8 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import ValidationError
+
 _hiredis_pack: Callable[[Any], bytes] | None
 try:  # hiredis is optional, and before 2.0 it had no packer
     _hiredis_pack = getattr(importlib.import_module("hiredis"), "pack_command", None)
@@ -42,6 +44,33 @@ def _encode(arg: Any) -> bytes:
     if isinstance(arg, (bytes, bytearray, memoryview)):
         return bytes(arg)
     raise TypeError(f"a command argument must be bytes, str or int, not {type(arg).__name__}")
+
+
+def encode_command(args: Sequence[Any]) -> tuple[bytes, ...]:
+    """A command of the application's own (``Session.add_command``), checked when queued.
+
+    It takes what redis-py's commands take: bytes, text, ints and floats (as
+    ``repr`` writes them), and a name of two words (``"OBJECT ENCODING"``) split in
+    two. Anything else is refused here, before it can fail a commit half sent.
+    """
+    if not args:
+        raise ValidationError("add_command() needs at least a command name")
+    name = args[0]
+    words: list[Any] = list(name.split()) if isinstance(name, (str, bytes)) else [name]
+    out: list[bytes] = []
+    for position, arg in enumerate([*words, *args[1:]]):
+        if isinstance(arg, float):
+            out.append(repr(arg).encode())
+            continue
+        try:
+            out.append(_encode(arg))
+        except TypeError:
+            raise ValidationError(
+                f"add_command() argument {position + 1} is {type(arg).__name__} {arg!r:.60}; "
+                "a command takes bytes, str, int or float",
+                value=arg,
+            ) from None
+    return tuple(out)
 
 
 def pack_python(commands: Sequence[Sequence[Any]]) -> list[bytes]:
@@ -73,4 +102,4 @@ def pack(commands: Sequence[Sequence[Any]]) -> list[bytes]:
     return pack_python(commands)
 
 
-__all__ = ["pack", "pack_python"]
+__all__ = ["CHUNK", "encode_command", "pack", "pack_python"]

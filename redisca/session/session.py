@@ -22,7 +22,7 @@ from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import Mapper, mapper_of
-from . import executor, gcpause, loading, unitofwork
+from . import executor, gcpause, loading, resp, unitofwork
 from .collections import IdentitySet
 from .plan import Command
 from .query import Query
@@ -379,10 +379,13 @@ class Session:
 
         ``bind`` picks the server by mapped class (default: the session's bind).
         The reply is in the returned object's ``value`` once the commit succeeded.
+        Arguments are what redis-py's commands take (bytes, str sent as UTF-8, int,
+        float); anything else raises :class:`~redisca.ValidationError` here.
         """
+        wire = resp.encode_command(args)  # refused here, not halfway through a commit
         client = self.bind_for(bind) if bind is not None else self.bind_for(object)
         result = CommandResult(tuple(args))
-        self._commands.append((client, result.command, result))
+        self._commands.append((client, wire, result))
         return result
 
     def commit(self) -> None:
