@@ -453,6 +453,8 @@ def test_add_command_refuses_other_arguments_when_queued(r: redis.Redis, bad: ob
         s.add_command("SET", "k", bad)
     with pytest.raises(redisca.ValidationError, match="at least a command name"):
         s.add_command()
+    with pytest.raises(redisca.ValidationError, match="needs a command name, not ' '"):
+        s.add_command(" ", "k")
     assert s.queued_commands() == []
     s.commit()  # the session is unharmed: the rest commits
     assert r.exists("usr:1") and not r.exists("k")

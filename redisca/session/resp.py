@@ -9,9 +9,10 @@ a third of what the commit cost the client. hiredis's ``pack_command`` packs
 one command in C when hiredis is installed; the loop below does it otherwise.
 Both give the bytes redis-py would send, which a test checks.
 
-Arguments are bytes, ``str`` or ``int``. Text goes out as UTF-8 whatever the
-client's ``encoding``: ids are UTF-8 in every key that names them, so an id
-stored in an index must be too, or it would read back as another id.
+Arguments are bytes, ``str`` or ``int`` (an application's own commands are
+converted when queued, by :func:`encode_command`). Text goes out as UTF-8
+whatever the client's ``encoding``: ids are UTF-8 in every key that names them,
+so an id stored in an index must be too, or it would read back as another id.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ except ImportError:
     _hiredis_pack = None
 
 
-#: Commands per chunk of the packed write. A commit of 100,000 users is 500,000
-#: commands: packed into one ``bytes``, the pieces waiting to be joined took three
-#: times the memory of the write itself (redis-py's packer, too, cuts its output into
-#: chunks, which ``send_packed_command`` sends one after the other).
+#: Commands per chunk of the packed write. Packed into one ``bytes``, the pieces
+#: waiting to be joined took 3.3 (hiredis) to 9.9 (Python) times the memory of the
+#: write itself (100,000 commands, 8.8 MiB); in chunks, packing peaks at 1.02 to 1.09
+#: times it. redis-py's packer, too, cuts its output into chunks, which
+#: ``send_packed_command`` sends one after the other.
 CHUNK = 1000
 
 
@@ -57,6 +59,8 @@ def encode_command(args: Sequence[Any]) -> tuple[bytes, ...]:
         raise ValidationError("add_command() needs at least a command name")
     name = args[0]
     words: list[Any] = list(name.split()) if isinstance(name, (str, bytes)) else [name]
+    if not words:
+        raise ValidationError(f"add_command() needs a command name, not {name!r}")
     out: list[bytes] = []
     for position, arg in enumerate([*words, *args[1:]]):
         if isinstance(arg, float):
