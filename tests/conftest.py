@@ -14,8 +14,14 @@ from typing import Any
 import pytest
 import redis
 from helpers import Counted, counting_client
+from hypothesis import settings
 
 from redisca.embedded import EmbeddedServer, ServerNotFound, find_server_binary
+
+# Property tests check values, never speed: on a loaded CI machine hypothesis's default
+# 200 ms deadline per example would fail a correct test at random.
+settings.register_profile("redisca", deadline=None)
+settings.load_profile("redisca")
 
 MODES: dict[str, dict[str, Any]] = {
     "bytes-resp3": {"decode_responses": False, "protocol": 3},

@@ -119,3 +119,9 @@ def test_redis_url_is_the_session_server(redis_server: EmbeddedServer, redis_url
     assert redis_url == redis_server.url
     with redis.Redis.from_url(redis_url) as client:
         assert client.ping()
+
+
+def test_property_tests_run_without_a_deadline() -> None:
+    from hypothesis import settings
+
+    assert settings().deadline is None  # conftest's profile: values are checked, not speed
