@@ -89,10 +89,7 @@ class _Emitter:
             else:
                 score = repr(field.score(raw)).encode()
                 command = (b"ZADD", _range_key(field), score, change.id)
-            if self.observed.rebuilds:
-                self.write(change, field.hash_field, command)
-            else:  # no reindex runs: every commit but those during one
-                self.out.append(command)
+            self.write(change, field.hash_field, command)
         if field.unique:
             self.claim(change, field, raw)
 
