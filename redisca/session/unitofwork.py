@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -150,9 +151,16 @@ def _delete(state: InstanceState) -> EntityChange:
     )
 
 
-def organize(session: Session) -> list[Group]:
-    """Validate and encode every pending change, grouped by server; no I/O."""
-    cascade(session)
+def organize(session: Session, states: Iterable[InstanceState] | None = None) -> list[Group]:
+    """Validate and encode every pending change, grouped by server; no I/O.
+
+    ``states``: plan only these, and no queued command: :mod:`~redisca.session.bulk`
+    commits chunks of states the session does not track (it cascaded them itself).
+    """
+    commands: list[tuple[Any, Command, CommandResult]] = []
+    if states is None:
+        cascade(session)
+        states, commands = session.states(), session.queued_commands()
     groups: dict[int, Group] = {}
     binds: dict[Mapper, Any] = {}  # bind_for walks the class's MRO: once per mapper
 
@@ -162,7 +170,7 @@ def organize(session: Session) -> list[Group]:
             group = groups[id(client)] = Group(client)
         return group
 
-    for state in session.states():
+    for state in states:
         if state.deleted:
             change = _delete(state)
         elif not state.persistent:
@@ -178,7 +186,7 @@ def organize(session: Session) -> list[Group]:
         group = group_for(client)
         group.changes.append(change)
         group.states.append(state)
-    for client, command, result in session.queued_commands():
+    for client, command, result in commands:
         group = group_for(client)
         group.commands.append(command)
         group.results.append(result)
