@@ -376,7 +376,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             runs.append(run_here(args, "python", save))
     print(render({"command": command, "runs": runs}))
-    return 0
+    problems = [p for result in runs for p in failures(result)]
+    for problem in problems:
+        log(f"failed: {problem}")
+    return 1 if problems and args.quick else 0
+
+
+def failures(result: dict[str, Any]) -> list[str]:
+    """Every step or phase that raised (a quick run fails on any: CI must see it)."""
+    out = []
+    for key, server in result.get("servers", {}).items():
+        for step, info in server.get("steps", {}).items():
+            if "error" in info:
+                out.append(f"{key} {step}: {info['error']}")
+        for n, sides in server.get("phases", {}).items():
+            for side, phases in sides.items():
+                for phase, figures in phases.items():
+                    if "error" in figures:
+                        out.append(f"{key} N={n} {side} {phase}: {figures['error']}")
+        for name, figures in server.get("ping", {}).get("runs", {}).items():
+            if "error" in figures:
+                out.append(f"{key} PING probe, {name}: {figures['error']}")
+        if "error" in server.get("bulk", {}):
+            out.append(f"{key} bulk load: {server['bulk']['error']}")
+    return out
 
 
 if __name__ == "__main__":
