@@ -650,8 +650,10 @@ class Sessions(RuleBasedStateMachine):
             if outcome.errors:
                 assert failed is not None and type(failed.error) in outcome.errors, failed
                 assert failed.written == start and failed.first_unwritten is objs[start]
+                Figures.refused += 1
                 break
             apply_commit(self.db, part, outcome)
+            Figures.commits += 1
         else:
             assert failed is None, failed
         self.check_redis()
