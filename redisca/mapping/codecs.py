@@ -33,9 +33,13 @@ def decode_int(raw: bytes, _int: Any = int) -> int:
     """An int as redisca (and redisca 1.x) writes it: ``-?(0|[1-9][0-9]*)``.
 
     ``int()`` alone also reads ``" 5 "``, ``"+5"``, ``"05"`` and ``"1_000"``; none of
-    them is the text of the value it gives, so none is accepted. The check is the
-    value's own text compared with the stored bytes: one C call more than ``int()``.
+    them is the text of the value it gives, so none is accepted. Digits without a
+    leading zero are checked by ``bytes.isdigit`` (C); the rest by comparing the value's
+    own text with the stored bytes. (About 100 ns more than ``int()`` per field: the
+    Python call.)
     """
+    if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):  # 48 is b"0"
+        return _int(raw)  # type: ignore[no-any-return]
     value: int = _int(raw)
     if b"%d" % value != raw:
         raise ValueError(f"not an integer as redisca writes it: {raw[:60]!r}")
