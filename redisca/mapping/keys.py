@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..errors import DecodeError, MappingError
+from .codecs import decode_int
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _FIELD_RE = re.compile(rb"[A-Za-z0-9_.\-]+")
@@ -61,7 +62,7 @@ def decode_version(raw: bytes | None, key: bytes) -> int | None:
     if raw is None:
         return None
     try:
-        return int(raw)
+        return decode_int(raw)  # HINCRBY's text; int() alone would read " 5 " too
     except ValueError:
         name = key.decode(errors="replace")
         raise DecodeError(
