@@ -17,7 +17,7 @@ import redis
 
 from redisca.embedded import EmbeddedServer
 
-from . import servers
+from . import raw, servers
 from .counting import Counter, counting_client
 from .floor import FloorSide
 from .model import DataSet, dataset
@@ -265,6 +265,7 @@ def verify(url: str, n: int = 200) -> None:
     client = servers.client(url)
     data = dataset(n)
     steps = ("insert", "get", "update_plain", "update_indexed", "delete")
+    raw.detect(client)
     try:
         for upto in ("insert", "update_plain", "update_indexed", "delete"):
             orm = OrmSide(client, data)
