@@ -180,6 +180,22 @@ def memory_table(result: dict[str, Any]) -> str:
     return table(header, rows)
 
 
+def memory_kinds_table(result: dict[str, Any]) -> str:
+    """Where each side's bytes per user go, by key kind, at each server's largest N."""
+    header = ["server", "N", "key kind", "redisca B/user", "same-work", "floor"]
+    rows = []
+    for server in result["servers"].values():
+        phases = server.get("phases", {})
+        if not phases:
+            continue
+        n = max(phases, key=int)
+        kinds = [phases[n][s].get("insert", {}).get("redis_bytes_by_kind", {}) for s in SIDES]
+        for kind in dict.fromkeys(k for side in kinds for k in side):
+            cells = [f"{side[kind]:.1f}" if kind in side else "" for side in kinds]
+            rows.append([_short(server["label"]), f"{int(n):,}", kind, *cells])
+    return table(header, rows) if rows else ""
+
+
 def query_table(server: dict[str, Any]) -> str:
     """Server time per query (SLOWLOG, median µs) at each size, and wall time."""
     sizes = sorted(server["queries"], key=int)
@@ -303,6 +319,9 @@ def render(result: dict[str, Any]) -> str:
     if ns:
         parts.append(f"**redisca's µs per operation as N grows**\n\n{growth_table(result)}")
         parts.append(f"**Redis memory per user**\n\n{memory_table(result)}")
+        kinds = memory_kinds_table(result)
+        if kinds:
+            parts.append(f"**Redis memory per user by key kind**\n\n{kinds}")
     for server in servers.values():
         if server.get("queries"):
             parts.append(f"**Query phase · {server['label']}: loading**\n\n{load_table(server)}")
