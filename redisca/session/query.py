@@ -198,10 +198,10 @@ class Query(Generic[T]):
         return ids[self.offset_ : end]
 
     def _unique_ids(self, filters: Filters) -> list[str]:
-        owners = executor.run(self._client(), [(b"GET", key) for key in filters.unique])
+        owners = executor.run(self._client(), [(b"HGET", *slot) for slot in filters.unique])
         if any(o is None or isinstance(o, Exception) for o in owners) or len(set(owners)) != 1:
             return []
-        ident = decode_id(owners[0], filters.unique[0])
+        ident = decode_id(owners[0], filters.unique[0][0])
         commands, windows = membership_checks(self.mapper, filters, ident)
         if commands:
             replies = executor.run(self._client(), commands)

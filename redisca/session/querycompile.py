@@ -6,7 +6,9 @@ scores are that field's values and ties fall back to the id). Extra range
 fields are cut with ``ZRANGESTORE`` first. Offset and limit go to ``ZRANGE …
 LIMIT``. Scratch keys are made and deleted inside one MULTI/EXEC, so no
 other client ever sees them. Conditions on unique fields are answered by
-their unique key (one ``GET``) instead.
+their unique stripe (one ``HGET``) instead. A range index holds every entity
+(those without a value at ``+inf``), so a range condition's window never
+admits ``+inf``: an open upper bound is ``(+inf``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Bound:
 
 LOWEST = Bound(float("-inf"))
 HIGHEST = Bound(float("inf"))
+#: The upper end of a condition's window: ``+inf`` is the score of "no value".
+BELOW_NO_VALUE = Bound(float("inf"), inclusive=False)
 
 
 @attrs.frozen
@@ -78,7 +82,8 @@ class QueryPlan:
 class Filters:
     """Conditions sorted by the index that answers them."""
 
-    unique: tuple[bytes, ...] = ()
+    #: (stripe, value) of each equality on a unique field.
+    unique: tuple[tuple[bytes, bytes], ...] = ()
     eq: tuple[bytes, ...] = ()
     ranges: tuple[tuple[MappedField, Range], ...] = ()
 
@@ -140,8 +145,9 @@ def _is_real(value: Any) -> bool:
 
 
 def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
-    unique: list[bytes] = []
+    unique: list[tuple[bytes, bytes]] = []
     eq: list[bytes] = []
+    condition = Range(LOWEST, BELOW_NO_VALUE)
     ranges: dict[MappedField, Range] = {}
     for cond in conditions:
         field = field_of(mapper, cond.attribute)
@@ -149,18 +155,18 @@ def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
             raw = _encode(field, cond.value)
             key = field.index_key(raw)
             if field.unique:
-                unique.append(mapper.layout.unique(field.hash_field, key))
+                unique.append((mapper.layout.unique_stripe(field.hash_field, key), key))
             elif field.index == "eq":
                 eq.append(mapper.layout.eq_index(field.hash_field, key))
             else:
                 point = Bound(field.score(raw))
-                ranges[field] = ranges.get(field, Range()).narrow(point, point)
+                ranges[field] = ranges.get(field, condition).narrow(point, point)
             continue
         if field.index != "range":
             raise QueryError(f"{cond.attribute!r} has an equality index: compare it with ==")
         low = _bound(field, cond.low, cond.low_inclusive, low=True)
         high = _bound(field, cond.high, cond.high_inclusive, low=False)
-        ranges[field] = ranges.get(field, Range()).narrow(low, high)
+        ranges[field] = ranges.get(field, condition).narrow(low, high)
     return Filters(tuple(unique), tuple(eq), tuple(ranges.items()))
 
 
@@ -205,28 +211,10 @@ def compile_ids(
     sources += [(key, 0) for key in filters.eq]
     window = ranges.get(by, Range()) if by is not None else Range()
     if by is not None:
-        ordered = layout.range_index(by.hash_field)
-        if by not in ranges:
-            # Entities without a value sort last (score +inf) instead of vanishing.
-            ordered = layout.scratch()
-            scratch.append(ordered)
-            commands.append(
-                (
-                    b"ZUNIONSTORE",
-                    ordered,
-                    2,
-                    layout.all_ids,
-                    layout.range_index(by.hash_field),
-                    b"WEIGHTS",
-                    b"inf",
-                    1,
-                    b"AGGREGATE",
-                    b"MIN",
-                )
-            )
-        sources.append((ordered, 1))
+        # Every entity is in it: those without a value sort last (score +inf).
+        sources.append((layout.range_index(by.hash_field), 1))
     if not sources:
-        sources.append((layout.all_ids, 0))
+        sources.append((layout.all_ids, 1))  # every score is 0: id order
     if len(sources) == 1 and sources[0][1] == 1:
         final = sources[0][0]
     else:
@@ -265,7 +253,11 @@ def _final(
 
 def _set_plan(mapper: Mapper, eq: tuple[bytes, ...], count: bool) -> QueryPlan:
     """Equality-only queries with no paging: plain set commands, sorted by id in Python."""
-    keys = list(eq) or [mapper.layout.all_ids]
+    if not eq:
+        if count:
+            return QueryPlan(((b"ZCARD", mapper.layout.all_ids),), 0)
+        return QueryPlan(((b"ZRANGE", mapper.layout.all_ids, 0, -1),), 0, sort_ids=True)
+    keys = list(eq)
     if count and len(keys) == 1:
         return QueryPlan(((b"SCARD", keys[0]),), 0)
     if count:
