@@ -110,8 +110,13 @@ def build(session: Session, shape: Shape) -> Any:
             query = query.filter(attr.between(cond[2], cond[3]))
         else:
             query = query.filter(
-                {"eq": attr.__eq__, "ge": attr.__ge__, "gt": attr.__gt__, "le": attr.__le__,
-                 "lt": attr.__lt__}[op](cond[2])
+                {
+                    "eq": attr.__eq__,
+                    "ge": attr.__ge__,
+                    "gt": attr.__gt__,
+                    "le": attr.__le__,
+                    "lt": attr.__lt__,
+                }[op](cond[2])
             )
     if shape.order is not None:
         attr = getattr(Item, shape.order)
@@ -281,9 +286,7 @@ def work(query: Any, mode: bytes = b"ids") -> int:
     return int(query._run(mode)[-1])
 
 
-def test_a_page_reads_what_it_returns_not_the_index(
-    r: redis.Redis, skewed: dict[str, Row]
-) -> None:
+def test_a_page_reads_what_it_returns_not_the_index(r: redis.Redis, skewed: dict[str, Row]) -> None:
     with Session(r) as s:
         q = s.query(Item)
         assert work(q.limit(10)) == 10  # (a) without a term: a slice of qe#all by rank
@@ -336,7 +339,7 @@ def test_a_page_sends_one_command_and_the_script_no_whole_index_read(
     watcher.close()
     outer = [c for kind, c in inner if kind != "lua"]
     script = [c.split()[0].upper() for kind, c in inner if kind == "lua"]
-    assert [c.split()[0].upper() for c in outer] == ["EVALSHA"]
+    assert [c.split()[0].upper() for c in outer] in (["EVAL"], ["EVALSHA"])  # one command
     assert script.count("SMEMBERS") == 1  # of the 5 rare ids
     whole = {"ZRANGEBYSCORE", "ZINTERSTORE", "ZUNIONSTORE", "SINTER", "ZRANGESTORE", "SCAN"}
     assert not set(script) & whole

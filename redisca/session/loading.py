@@ -196,11 +196,13 @@ def from_hashes(
     if wanted:
         with gcpause.paused(len(wanted)):
             install(session, mapper, wanted, hashes)
-    found = []
+    found: list[Any] = []
     for ident in idents:
         state = table.get(ident)
-        visible = state is not None and not state.deleted
-        found.append(state.obj if visible and (state.loaded or not state.persistent) else None)
+        if state is None or state.deleted or not (state.loaded or not state.persistent):
+            found.append(None)
+        else:
+            found.append(state.obj)
     return found
 
 
@@ -231,4 +233,6 @@ __all__ = [
     "install",
     "load_ids",
     "load_states",
-    "python_value", "require"]
+    "python_value",
+    "require",
+]

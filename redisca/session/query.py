@@ -114,7 +114,9 @@ class Query(Generic[T]):
         (its stored position: (order value, id)), so a page costs what it returns
         however deep it is. Pass the last instance of the previous page, or its id;
         ``None`` starts from the beginning."""
-        if entity_or_id is not None and not isinstance(entity_or_id, str | int | self.mapper.class_):
+        if entity_or_id is not None and not isinstance(
+            entity_or_id, str | int | self.mapper.class_
+        ):
             raise QueryError(
                 f"after() takes a {self.mapper.class_.__name__} or an id, got {entity_or_id!r}"
             )
@@ -201,7 +203,7 @@ class Query(Generic[T]):
             limit=self.limit_,
             cursor=self._cursor(by),
         )
-        return queryscript.run(self._client(), call.keys, call.args)
+        return queryscript.run(self._client(), call)
 
     def _cursor(self, by: MappedField | None) -> Cursor:
         """``after()``'s position: an instance's stored order value when the session

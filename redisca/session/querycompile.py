@@ -65,6 +65,7 @@ class EqTerm:
 
     key: bytes
     kind: ClassVar[bytes] = b"e"
+    key_type: ClassVar[bytes] = b"set"
 
     def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
         keys.append(self.key)
@@ -77,6 +78,7 @@ class UniqueTerm:
     key: bytes
     value: bytes
     kind: ClassVar[bytes] = b"u"
+    key_type: ClassVar[bytes] = b"hash"
 
     def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
         keys.append(self.key)
@@ -90,6 +92,7 @@ class RangeTerm:
     key: bytes
     window: Range
     kind: ClassVar[bytes] = b"r"
+    key_type: ClassVar[bytes] = b"zset"
 
     def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
         keys.append(self.key)
@@ -116,6 +119,8 @@ class ScriptCall:
 
     keys: tuple[bytes, ...]
     args: tuple[bytes | int, ...]
+    #: The Redis type each key must have (to name a key another program overwrote).
+    types: tuple[bytes, ...]
 
 
 #: A cursor as the script takes it: kind (``b""`` none, ``b"i"`` look the id's score
@@ -266,7 +271,9 @@ def order_field(mapper: Mapper, ordering: Ordering | None) -> MappedField | None
     return field
 
 
-def ordering_field(mapper: Mapper, filters: Filters, ordering: Ordering | None) -> MappedField | None:
+def ordering_field(
+    mapper: Mapper, filters: Filters, ordering: Ordering | None
+) -> MappedField | None:
     """The field whose range index gives the order: ``order_by``'s, else the first
     range condition's; ``None`` for id order (``P#all``)."""
     by = order_field(mapper, ordering)
@@ -305,6 +312,7 @@ def compile_query(
     layout = mapper.layout
     ordered = layout.all_ids if by is None else layout.range_index(by.hash_field)
     keys: list[bytes] = [layout.all_ids, ordered]
+    types: list[bytes] = [b"zset", b"zset"]
     window: Range | None = None
     terms: list[Term] = list(filters.terms)
     for field, rng in filters.ranges:
@@ -325,8 +333,10 @@ def compile_query(
     ]
     for term in terms:
         args.append(term.kind)
+        before = len(keys)
         term.encode(keys, args)
-    return ScriptCall(tuple(keys), tuple(args))
+        types += [term.key_type] * (len(keys) - before)
+    return ScriptCall(tuple(keys), tuple(args), tuple(types))
 
 
 __all__ = [

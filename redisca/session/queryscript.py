@@ -26,13 +26,14 @@ the server does not know it yet, once with ``EVAL``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import weakref
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from ..errors import OperationalError, QueryError
 from . import executor
+from .querycompile import ScriptCall
 
 #: Ids walked per ZRANGE at least (a selective filter needs many per match).
 MIN_BATCH = 32
@@ -121,7 +122,8 @@ kinds.r = {  -- a score window of a range index
 }
 
 local allkey, okey = KEYS[1], KEYS[2]
-local mode, offset, limit, desc, prefix = arg(), tonumber(arg()), tonumber(arg()), arg() == '1', arg()
+local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+local desc, prefix = arg() == '1', arg()
 local restricted = arg() == '1'
 local ow = window()
 local ckind, cscore, cid = arg(), arg(), arg()
@@ -318,17 +320,45 @@ return reply(out)
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
 
 
-def run(client: Any, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Any:
-    """The script's reply, one round trip (two the first time a server sees it)."""
-    command = (b"EVALSHA", SHA, len(keys), *keys, *args)
-    reply = executor.run(client, [command])[0]
-    if isinstance(reply, NoScriptError):
-        reply = executor.run(client, [(b"EVAL", SCRIPT, len(keys), *keys, *args)])[0]
-    if isinstance(reply, Exception):
-        if str(reply).startswith(AFTER_MISSING):
-            raise QueryError("after(): that id is not in the query's ordering index")
-        raise OperationalError(f"Redis could not run the query: {reply}", reply)
-    return reply
+#: Connection pools whose server has run the script: the others get it with EVAL
+#: at once, so a first query is one round trip too.
+_KNOWN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def run(client: Any, call: ScriptCall) -> Any:
+    """The script's reply, in one round trip (two after the server forgot the script).
+
+    An error reply raises :class:`~redisca.OperationalError`, naming the index keys of
+    the wrong type (another program's data) found in one more round trip."""
+    keys, args = call.keys, call.args
+    pool = client.connection_pool
+    if pool in _KNOWN:
+        reply = executor.run(client, [(b"EVALSHA", SHA, len(keys), *keys, *args)])[0]
+        if not isinstance(reply, NoScriptError):
+            return _checked(client, reply, call)
+    reply = executor.run(client, [(b"EVAL", SCRIPT, len(keys), *keys, *args)])[0]
+    _KNOWN.add(pool)
+    return _checked(client, reply, call)
+
+
+def _checked(client: Any, reply: Any, call: ScriptCall) -> Any:
+    if not isinstance(reply, Exception):
+        return reply
+    if str(reply).startswith(AFTER_MISSING):
+        raise QueryError("after(): that id is not in the query's ordering index")
+    wrong = _wrong_types(client, call) if "WRONGTYPE" in str(reply) else []
+    where = f" ({', '.join(wrong)}: not the type redisca keeps there)" if wrong else ""
+    raise OperationalError(f"Redis could not run the query{where}: {reply}", reply)
+
+
+def _wrong_types(client: Any, call: ScriptCall) -> list[str]:
+    """The call's index keys that exist with another type than their kind's."""
+    types = executor.run(client, [(b"TYPE", key) for key in call.keys])
+    return [
+        key.decode(errors="replace")[:200]
+        for key, want, have in zip(call.keys, call.types, types, strict=True)
+        if have not in (want, b"none", want.decode(), "none")
+    ]
 
 
 __all__ = ["MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "run"]
