@@ -13,7 +13,6 @@ values are in ``test_codecs.py``; stored garbage per type in
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
