@@ -547,9 +547,9 @@ def paginate(
     ``?per_page=`` arguments, else 1 and 20; ``per_page`` is capped at ``max_per_page``
     (``None``: no cap). With ``error_out`` a page or per_page below 1, a malformed
     argument, or a page past the last is a 404; without it they fall back to page 1,
-    20 per page, or an empty page. Three round trips at most: count, ids, entities; when
-    writes land between the count and the page, ``total`` is adjusted to agree with the
-    page read (a short page is the last one).
+    20 per page, or an empty page. Two round trips: the count, then the page (ids and
+    entities in one step); when writes land between the two, ``total`` is adjusted to
+    agree with the page read (a short page is the last one).
 
     ``after`` (an instance or an id; default: the request's ``?after=``) asks for the
     keyset page that starts after it: its cost does not grow with its depth, and
