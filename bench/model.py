@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -52,7 +53,7 @@ class Row(NamedTuple):
 
 
 class DataSet(NamedTuple):
-    rows: list[Row]
+    rows: Collection[Row]
     #: Emails looked up by the find-by-unique phase.
     lookups: list[str]
     #: (low, high) ages of the range phase's queries.
@@ -66,20 +67,23 @@ def company_ids() -> list[str]:
     return [f"c{i}" for i in range(COMPANIES)]
 
 
-def dataset(n: int, *, lookups: int = 1000, queries: int = 100, seed: int = 1) -> DataSet:
-    """The same values for both sides and every round (a fixed seed)."""
-    rnd = random.Random(seed)
+def iter_rows(n: int, rnd: random.Random) -> Iterator[Row]:
+    """The rows one by one (a bulk load of a million needs no list of them)."""
     companies = company_ids()
-    rows = [
-        Row(
+    for i in range(n):
+        yield Row(
             f"User{i}@Example.com",
             rnd.randrange(100),
             f"name {i}",
             START + timedelta(seconds=i),
             companies[i % COMPANIES],
         )
-        for i in range(n)
-    ]
+
+
+def dataset(n: int, *, lookups: int = 1000, queries: int = 100, seed: int = 1) -> DataSet:
+    """The same values for both sides and every round (a fixed seed)."""
+    rnd = random.Random(seed)
+    rows = list(iter_rows(n, rnd))
     found = [rows[i].email for i in (rnd.randrange(n) for _ in range(lookups))]
     windows = []
     for _ in range(queries):
@@ -92,3 +96,19 @@ def dataset(n: int, *, lookups: int = 1000, queries: int = 100, seed: int = 1) -
         [f"renamed {i}" for i in range(n)],
         [(row.age + 1) % 100 for row in rows],
     )
+
+
+class LazyRows:
+    """``n`` rows made as they are read: a million-user load holds none of them."""
+
+    def __init__(self, n: int, seed: int = 1) -> None:
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter_rows(self.n, random.Random(self.seed))
+
+    def __contains__(self, row: object) -> bool:
+        return any(row == r for r in self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -27,23 +28,47 @@ class OrmSide:
             session.add_all(Company(name=f"company {i}", id=i) for i in company_ids())
             session.commit()
 
+    def _users(self, session: Session) -> Iterator[Any]:
+        refs = {i: session.reference(Company, i) for i in company_ids()}
+        for r in self.data.rows:
+            yield User(
+                email=r.email, age=r.age, name=r.name, created=r.created, company=refs[r.company]
+            )
+
     def insert(self) -> int:
         with Session(self.client) as session:
-            refs = {i: session.reference(Company, i) for i in company_ids()}
-            users = [
-                User(
-                    email=r.email,
-                    age=r.age,
-                    name=r.name,
-                    created=r.created,
-                    company=refs[r.company],
-                )
-                for r in self.data.rows
-            ]
+            users = list(self._users(session))
             session.add_all(users)
             session.commit()
             self.ids = [u.id for u in users]
         return len(users)
+
+    @staticmethod
+    def bulk_how(chunk: int) -> str:
+        if hasattr(Session, "bulk_add"):
+            return f"bulk_add, chunks of {chunk:,}"
+        return f"commit per {chunk:,} (no bulk_add yet)"
+
+    def bulk_insert(self, chunk: int, progress: Any = None) -> int:
+        """Every user through ``session.bulk_add`` (built as it goes: a generator), or,
+        before the session had it, commits of ``chunk`` users as an application would."""
+        with Session(self.client) as session:
+            users = self._users(session)
+            total = len(self.data.rows)
+            if hasattr(session, "bulk_add"):
+                session.bulk_add(users, chunk_size=chunk, progress=progress)
+                return total
+            batch: list[Any] = []
+            for done, user in enumerate(users, 1):
+                batch.append(user)
+                if len(batch) == chunk or done == total:
+                    session.add_all(batch)
+                    session.commit()
+                    session.expunge_all()
+                    batch = []
+                    if progress is not None:
+                        progress(done, total)
+        return total
 
     def get(self) -> int:
         self.session = Session(self.client)

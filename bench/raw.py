@@ -16,11 +16,15 @@ become dicts of Python values (str, int, aware datetime, the company's id), the
 least an application needs.
 
 Keys are spelled here by hand, as a hand-written application would;
-:func:`check_layout` checks they are redisca's.
+:func:`check_layout` checks they are redisca's. Two layouts are known: the one with a
+string key per unique value and a set of all ids (before issue 11), and the striped one
+(``usr#u:eml:<n>`` hashes, ``usr#all`` a sorted set, range indexes holding every
+entity); the module follows whichever the library in use has.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,6 +43,19 @@ ALL = b"usr#all"
 AGE = b"usr#r:age"
 COMPANY = b"usr#i:company:"
 EMAIL = b"usr#u:eml:"
+#: The striped layout: unique values in 128 hashes, all ids in a sorted set.
+STRIPED = hasattr(KeyLayout, "unique_stripe")
+STRIPES = 128
+
+
+def email_slot(address: str) -> tuple[bytes, bytes]:
+    """Where an address is claimed: its key (a stripe hash, or a string key per value
+    before the striped layout) and, in a stripe, the lower-cased address."""
+    value = address.lower().encode()
+    if STRIPED:
+        return EMAIL + b"%d" % (zlib.crc32(value) % STRIPES), value
+    return EMAIL + value, b""
+
 
 #: A plain update writes only if the entity still exists: redisca's own script, so the
 #: server does the same work (ARGV: the number of field/value pairs, the pairs, then
@@ -47,12 +64,37 @@ UPDATE_IF_EXISTS = GUARDED_WRITE
 
 
 def check_layout() -> None:
-    layout = KeyLayout("usr")
+    layout: Any = KeyLayout("usr")
     assert layout.entity("x") == ENTITY + b"x"
     assert layout.all_ids == ALL
     assert layout.range_index(b"age") == AGE
     assert layout.eq_index(b"company", b"x") == COMPANY + b"x"
-    assert layout.unique(b"eml", b"x") == EMAIL + b"x"
+    for address in ("a@b.c", "User7@Example.com"):
+        key, value = email_slot(address)
+        if STRIPED:
+            assert layout.unique_stripe(b"eml", value) == key
+        else:
+            assert layout.unique(b"eml", address.lower().encode()) == key
+
+
+def _owner_read(slot: tuple[bytes, bytes]) -> tuple[bytes, ...]:
+    return (b"HGET", *slot) if STRIPED else (b"GET", slot[0])
+
+
+def _claim(slot: tuple[bytes, bytes], ident: str) -> tuple[Any, ...]:
+    return (b"HSET", *slot, ident) if STRIPED else (b"SET", slot[0], ident)
+
+
+def _release(slot: tuple[bytes, bytes]) -> tuple[Any, ...]:
+    return (b"HDEL", *slot) if STRIPED else (b"DEL", slot[0])
+
+
+def _all_add(ident: str) -> tuple[Any, ...]:
+    return (b"ZADD", ALL, 0, ident) if STRIPED else (b"SADD", ALL, ident)
+
+
+def _all_remove(ident: str) -> tuple[Any, ...]:
+    return (b"ZREM", ALL, ident) if STRIPED else (b"SREM", ALL, ident)
 
 
 @contextmanager
@@ -107,7 +149,7 @@ def decode(ident: str, h: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 class RawSide:
-    name = "baseline"
+    name = "same-work"
 
     def __init__(self, client: redis.Redis, data: DataSet) -> None:
         self.client = client
@@ -121,24 +163,26 @@ class RawSide:
         commands: list[tuple[Any, ...]] = []
         for i in company_ids():
             name = f"company {i}".encode()
-            commands += [
-                (b"HSET", b"co:" + i.encode(), b"name", name),
-                (b"SADD", b"co#all", i),
-                (b"SET", b"co#u:name:" + name, i),
-            ]
+            if STRIPED:
+                stripe = b"co#u:name:%d" % (zlib.crc32(name) % STRIPES)
+                commands += [(b"ZADD", b"co#all", 0, i), (b"HSET", stripe, name, i)]
+            else:
+                commands += [(b"SADD", b"co#all", i), (b"SET", b"co#u:name:" + name, i)]
+            commands.append((b"HSET", b"co:" + i.encode(), b"name", name))
         commands.append((b"SCRIPT", b"LOAD", UPDATE_IF_EXISTS))
         self.sha = run(self.client, commands)[-1]
 
     def insert(self, ids: list[str] | None = None) -> int:
         rows = self.data.rows
         self.ids = ids or [hexid() for _ in rows]
-        uniques = [EMAIL + r.email.lower().encode() for r in rows]
+        slots = [email_slot(r.email) for r in rows]
+        watched = list(dict.fromkeys(key for key, _ in slots))
         with connection(self.client) as conn:
-            owners = roundtrip(conn, [(b"WATCH", *uniques), *[(b"GET", k) for k in uniques]])
+            owners = roundtrip(conn, [(b"WATCH", *watched), *[_owner_read(s) for s in slots]])
             if any(o is not None for o in owners[1:]):
                 raise RuntimeError("an email is taken")
             writes: list[tuple[Any, ...]] = []
-            for ident, row, unique in zip(self.ids, rows, uniques, strict=True):
+            for ident, row, slot in zip(self.ids, rows, slots, strict=True):
                 age = b"%d" % row.age
                 writes += [
                     (
@@ -155,10 +199,10 @@ class RawSide:
                         b"company",
                         row.company.encode(),
                     ),
-                    (b"SADD", ALL, ident),
+                    _all_add(ident),
                     (b"ZADD", AGE, age, ident),
                     (b"SADD", COMPANY + row.company.encode(), ident),
-                    (b"SET", unique, ident),
+                    _claim(slot, ident),
                 ]
             transaction(conn, writes)
         return len(rows)
@@ -171,7 +215,7 @@ class RawSide:
 
     def find(self) -> int:
         for email in self.data.lookups:
-            (owner,) = run(self.client, [(b"GET", EMAIL + email.lower().encode())])
+            (owner,) = run(self.client, [_owner_read(email_slot(email))])
             ident = owner.decode()
             (h,) = run(self.client, [(b"HGETALL", ENTITY + owner)])
             decode(ident, as_dict(h))
@@ -212,8 +256,9 @@ class RawSide:
                 new = b"%d" % record["age"]
                 writes.append((b"HSET", key, b"age", new))
                 if was != new:
-                    # As redisca does: the old entry out, the new one in.
-                    if was is not None:
+                    # As redisca does: the old entry out, the new one in (the striped
+                    # layout's range index holds every entity: the ZADD moves it).
+                    if was is not None and not STRIPED:
                         writes.append((b"ZREM", AGE, record["id"]))
                     writes.append((b"ZADD", AGE, new, record["id"]))
             transaction(conn, writes)
@@ -221,11 +266,11 @@ class RawSide:
 
     def delete(self) -> int:
         keys = [ENTITY + r["id"].encode() for r in self.records]
-        uniques = [EMAIL + r["email"].lower().encode() for r in self.records]
+        slots = [email_slot(r["email"]) for r in self.records]
         with connection(self.client) as conn:
             reads = [(b"EXISTS", k) for k in keys]
             reads += [(b"HMGET", k, b"eml", b"age", b"company") for k in keys]
-            reads += [(b"GET", u) for u in uniques]
+            reads += [_owner_read(s) for s in slots]
             replies = roundtrip(conn, [(b"WATCH", *keys), *reads])
             n = len(keys)
             exists, old, owners = (
@@ -234,17 +279,17 @@ class RawSide:
                 replies[2 * n + 1 :],
             )
             writes: list[tuple[Any, ...]] = []
-            for record, key, unique, found, (eml, age, company), owner in zip(
-                self.records, keys, uniques, exists, old, owners, strict=True
+            for record, key, slot, found, (eml, age, company), owner in zip(
+                self.records, keys, slots, exists, old, owners, strict=True
             ):
                 if not found:
                     continue
                 ident = record["id"]
-                writes += [(b"DEL", key), (b"SREM", ALL, ident)]
-                if eml is not None and owner is not None and owner.decode() == ident:
-                    writes.append((b"DEL", unique))
-                if age is not None:
+                writes += [(b"DEL", key), _all_remove(ident)]
+                if age is not None or STRIPED:
                     writes.append((b"ZREM", AGE, ident))
+                if eml is not None and owner is not None and owner.decode() == ident:
+                    writes.append(_release(slot))
                 if company is not None:
                     writes.append((b"SREM", COMPANY + company, ident))
             transaction(conn, writes)

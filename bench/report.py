@@ -1,26 +1,23 @@
-"""Tables of a run, in reStructuredText (``docs/performance.rst`` shows them as printed)."""
+"""Tables of a run, in reStructuredText (``docs/performance.rst`` shows them as printed).
+
+Ratios are redisca's speed over a baseline's (operations per second): ``x same-work``
+against the hand-written code that sends redisca's commands, ``x floor`` against the
+plain pipeline with no guarantees.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import targets
 from .runner import UNITS
 
-#: Phases that are one unit of work (one commit, one get_many): round trips per phase.
-#: The others count round trips per lookup or query.
+SIDES = ("redisca", "same-work", "floor")
+#: Phases counted per lookup or query; the others per commit or get_many.
 PER_OP = ("find", "range")
-TARGETS = {
-    "insert": 0.6,
-    "get": 0.7,
-    "find": 0.8,
-    "range": 0.7,
-    "update_plain": 0.5,
-    "update_indexed": 0.5,
-    "delete": 0.6,
-}
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     rule = "  ".join("=" * w for w in widths)
 
@@ -33,83 +30,291 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([rule, line(header), rule, *[line(r) for r in rows], rule])
 
 
-def _rt(phase: str, figures: dict[str, Any]) -> str:
-    trips = figures["round_trips"]
-    if phase in PER_OP:
-        return f"{trips / figures['ops']:g}"
-    return str(trips)
+def _name(phase: str) -> str:
+    return phase.replace("_", " ")
+
+
+def _us(figures: dict[str, Any]) -> str:
+    return f"{figures['us_per_op']:.1f}" if "us_per_op" in figures else "failed"
+
+
+def _ratio(mine: dict[str, Any], base: dict[str, Any]) -> str:
+    value = targets.ratio(mine, base)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _short(label: str) -> str:
+    return label.rsplit(".", 1)[0] if label.count(".") == 2 else label
 
 
 def phase_table(result: dict[str, Any], n: str) -> str:
-    entry = result["by_n"][n]
-    mine, base = entry["redisca"], entry["baseline"]
-    memory = entry.get("memory")
+    """Both servers side by side: µs per operation of the three sides, and the ratios."""
+    servers = [s for s in result["servers"].values() if n in s.get("phases", {})]
+    header = ["phase", "op"]
+    for server in servers:
+        short = _short(server["label"])
+        header += [f"{short} µs/op: redisca / same-work / floor", "x same-work", "x floor"]
+    header.append("target x floor")
+    rows = []
+    phases = list(servers[0]["phases"][n]["redisca"]) if servers else []
+    for phase in phases:
+        row = [_name(phase), UNITS[phase]]
+        for server in servers:
+            sides = server["phases"][n]
+            row.append(" / ".join(_us(sides[s][phase]) for s in SIDES))
+            row.append(_ratio(sides["redisca"][phase], sides["same-work"][phase]))
+            row.append(_ratio(sides["redisca"][phase], sides["floor"][phase]))
+        row.append(f"{targets.FLOOR[phase]:g}")
+        rows.append(row)
+    return table(header, rows)
+
+
+def _rt(phase: str, figures: dict[str, Any]) -> str:
+    if "round_trips" not in figures:
+        return "-"
+    trips = figures["round_trips"]
+    return f"{trips / figures['ops']:g}" if phase in PER_OP else str(trips)
+
+
+def detail_table(server: dict[str, Any], n: str) -> str:
+    """What each side sent and spent: round trips, commands, client and server CPU."""
+    sides = server["phases"][n]
     header = [
         "phase",
-        "op",
-        "redisca op/s",
-        "baseline op/s",
-        "ratio",
-        "target",
         "round trips",
         "commands/op",
         "client CPU µs/op",
+        "server CPU µs/op",
+        "errors",
     ]
-    if memory:
-        header.append("peak MiB")
-    header.append("Redis B/entity")
     rows = []
-    for phase, m in mine.items():
-        b = base[phase]
-        ratio = m["ops_per_s"] / b["ops_per_s"]
-        target = TARGETS[phase]
-        row = [
-            phase.replace("_", " "),
-            UNITS[phase],
-            f"{m['ops_per_s']:,.0f}",
-            f"{b['ops_per_s']:,.0f}",
-            f"{ratio:.2f}",
-            f"{target:.1f} {'ok' if ratio >= target else 'MISSED'}",
-            f"{_rt(phase, m)} / {_rt(phase, b)}",
-            f"{m['commands_per_op']:.2f} / {b['commands_per_op']:.2f}",
-            f"{m['cpu_us_per_op']:.1f} / {b['cpu_us_per_op']:.1f}",
-        ]
-        if memory:
-            mib = 1024 * 1024
-            row.append(
-                f"{memory['redisca'][phase] / mib:.1f} / {memory['baseline'][phase] / mib:.1f}"
-            )
-        mem = m.get("redis_bytes_per_entity")
-        row.append(f"{mem:.0f} / {b['redis_bytes_per_entity']:.0f}" if mem else "")
-        rows.append(row)
-    return _table(header, rows)
+    for phase in sides["redisca"]:
+        figs = [sides[s][phase] for s in SIDES]
+
+        def col(key: str, fmt: str, figs: list[dict[str, Any]] = figs) -> str:
+            return " / ".join(format(f[key], fmt) if key in f else "-" for f in figs)
+
+        errors = "; ".join(
+            f"{s}: {f['error']}" for s, f in zip(SIDES, figs, strict=True) if "error" in f
+        )
+        rows.append(
+            [
+                _name(phase),
+                " / ".join(_rt(phase, f) for f in figs),
+                col("commands_per_op", ".2f"),
+                col("cpu_us_per_op", ".1f"),
+                col("server_us_per_op", ".1f"),
+                errors[:120],
+            ]
+        )
+    if not any(r[-1] for r in rows):
+        header.pop()
+        rows = [r[:-1] for r in rows]
+    return table(header, rows)
+
+
+def client_memory_table(server: dict[str, Any], n: str) -> str:
+    peaks = server["client_memory"][n]
+    mib = 1024 * 1024
+    rows = [
+        [_name(p), " / ".join(f"{peaks[s][p] / mib:.1f}" for s in SIDES)] for p in peaks["redisca"]
+    ]
+    return table(["phase", "peak MiB: redisca / same-work / floor"], rows)
 
 
 def growth_table(result: dict[str, Any]) -> str:
-    """µs per operation at each N: flat rows mean linear time."""
-    ns = list(result["by_n"])
-    header = ["phase"] + [f"N={int(n):,}" for n in ns] + ["round trips"]
-    rows = []
-    first = result["by_n"][ns[0]]["redisca"]
-    for phase in first:
-        cells = [phase.replace("_", " ")]
-        trips = []
+    """redisca's µs per operation at each N, on each server: flat rows mean linear time."""
+    header = ["phase"]
+    columns = []
+    for server in result["servers"].values():
+        ns = sorted(server.get("phases", {}), key=int)
         for n in ns:
-            m = result["by_n"][n]["redisca"][phase]
-            b = result["by_n"][n]["baseline"][phase]
-            cells.append(f"{1e6 / m['ops_per_s']:.1f} / {1e6 / b['ops_per_s']:.1f}")
-            trips.append(_rt(phase, m))
-        cells.append(", ".join(trips))
-        rows.append(cells)
-    return _table(header, rows)
+            header.append(f"{_short(server['label'])} N={int(n):,}")
+            columns.append((server, n))
+        if len(ns) > 1:
+            header.append(f"{int(ns[-1]):,} / {int(ns[0]):,}")
+            columns.append((server, "ratio"))
+    first = columns[0][0]["phases"][sorted(columns[0][0]["phases"], key=int)[0]]["redisca"]
+    rows = []
+    for phase in first:
+        row = [_name(phase)]
+        for server, n in columns:
+            if n == "ratio":
+                ns = sorted(server["phases"], key=int)
+                a = server["phases"][ns[0]]["redisca"][phase]
+                b = server["phases"][ns[-1]]["redisca"][phase]
+                ok = "us_per_op" in a and "us_per_op" in b
+                row.append(f"{b['us_per_op'] / a['us_per_op']:.2f}" if ok else "-")
+            else:
+                row.append(_us(server["phases"][n]["redisca"][phase]))
+        rows.append(row)
+    return table(header, rows)
+
+
+def memory_table(result: dict[str, Any]) -> str:
+    """Redis memory and keys per inserted user, written with the same ids on every side."""
+    header = [
+        "server",
+        "N",
+        "bytes/entity: redisca / same-work / floor",
+        "x floor",
+        "keys/entity: redisca / same-work / floor",
+    ]
+    rows = []
+    for server in result["servers"].values():
+        for n in sorted(server.get("phases", {}), key=int):
+            inserts = [server["phases"][n][s].get("insert", {}) for s in SIDES]
+            if any("redis_bytes_per_entity" not in f for f in inserts):
+                continue
+            b = [f["redis_bytes_per_entity"] for f in inserts]
+            k = [f["redis_keys_per_entity"] for f in inserts]
+            rows.append(
+                [
+                    _short(server["label"]),
+                    f"{int(n):,}",
+                    " / ".join(f"{x:.0f}" for x in b),
+                    f"{b[0] / b[2]:.2f}",
+                    " / ".join(f"{x:.3f}" for x in k),
+                ]
+            )
+    return table(header, rows)
+
+
+def query_table(server: dict[str, Any]) -> str:
+    """Server time per query (SLOWLOG, median µs) at each size, and wall time."""
+    sizes = sorted(server["queries"], key=int)
+    header = ["query"] + [f"{int(n):,} server µs" for n in sizes]
+    if len(sizes) > 1:
+        header.append(f"{int(sizes[-1]):,} / {int(sizes[0]):,}")
+    header += [f"{int(n):,} wall ms" for n in sizes] + ["round trips"]
+    shapes = list(server["queries"][sizes[-1]]["shapes"])
+    rows = []
+    for shape in shapes:
+        figs = [server["queries"][n]["shapes"].get(shape) for n in sizes]
+        row = [shape] + [f"{f['server_us']:,.0f}" if f else "-" for f in figs]
+        if len(sizes) > 1:
+            a, b = figs[0], figs[-1]
+            row.append(
+                f"{b['server_us'] / a['server_us']:.2f}" if a and b and a["server_us"] else "-"
+            )
+        row += [f"{f['wall_ms']:.2f}" if f else "-" for f in figs]
+        row.append(str(figs[-1]["round_trips"]) if figs[-1] else "-")
+        rows.append(row)
+    return table(header, rows)
+
+
+def load_table(server: dict[str, Any]) -> str:
+    rows = []
+    for n in sorted(server["queries"], key=int):
+        load = server["queries"][n]["load"]
+        rows.append(
+            [
+                f"{int(n):,}",
+                f"{load['loaded']:,}",
+                f"{load['seconds']:.1f}",
+                f"{load['per_s']:,.0f}",
+                load["how"],
+            ]
+        )
+    return table(["size", "items added", "seconds", "items/s", "how"], rows)
+
+
+def ping_table(result: dict[str, Any]) -> str:
+    rows = []
+    for server in result["servers"].values():
+        ping = server.get("ping")
+        if not ping:
+            continue
+        for name, f in ping["runs"].items():
+            if "worst_ms" in f:
+                cells = [
+                    f"{f['seconds']:.2f}",
+                    f"{f['worst_ms']:.1f}",
+                    f"{f['p99_ms']:.1f}",
+                    f"{f['median_ms']:.2f}",
+                    f"{f['pings']:,}",
+                ]
+            else:
+                cells = [str(f.get("error"))[:60], "", "", "", ""]
+            rows.append([_short(server["label"]), f"{ping['n']:,}", name, *cells])
+    header = ["server", "N", "write", "seconds", "worst ms", "p99 ms", "median ms", "pings"]
+    return table(header, rows)
+
+
+def bulk_table(result: dict[str, Any]) -> str:
+    rows = []
+    for server in result["servers"].values():
+        f = server.get("bulk")
+        if not f:
+            continue
+        if "seconds" not in f:
+            rows.append([_short(server["label"]), "", str(f.get("error"))[:80], "", "", "", ""])
+            continue
+        rows.append(
+            [
+                _short(server["label"]),
+                f"{f['n']:,}",
+                f["how"],
+                f"{f['seconds']:.1f}",
+                f"{f['per_s']:,.0f}",
+                f"{f['peak_rss_mib']:.0f} ({f['rss_before_mib']:.0f} before)",
+                f"{f['redis_used_memory_mib']:.0f}",
+            ]
+        )
+    header = ["server", "users", "how", "seconds", "users/s", "peak client RSS MiB", "Redis MiB"]
+    return table(header, rows)
 
 
 def render(result: dict[str, Any]) -> str:
-    parts = []
-    title = f"{result['parser']} parser · {result['server']} · Python {result['python']}"
-    title += f" · redis-py {result['redis_py']}"
-    for n in result["by_n"]:
-        parts.append(f"N = {int(n):,} · {title}\n\n{phase_table(result, n)}\n")
-    if len(result["by_n"]) > 1:
-        parts.append(f"µs per operation, redisca / baseline · {title}\n\n{growth_table(result)}\n")
-    return "\n".join(parts)
+    """Every table of one run (one parser), then its targets."""
+    title = f"{result['parser']} parser · Python {result['python']} · redis-py {result['redis_py']}"
+    servers = result["servers"]
+    parts = [f"**{title}** · servers: " + ", ".join(s["label"] for s in servers.values())]
+    ns = sorted({n for s in servers.values() for n in s.get("phases", {})}, key=int)
+    for n in ns:
+        parts.append(f"**N = {int(n):,}: µs per operation and ratios**\n\n{phase_table(result, n)}")
+        for server in servers.values():
+            if n in server.get("phases", {}):
+                parts.append(
+                    f"**N = {int(n):,} · {server['label']}: redisca / same-work / floor**\n\n"
+                    + detail_table(server, n)
+                )
+            if n in server.get("client_memory", {}):
+                parts.append(
+                    f"**N = {int(n):,} · {server['label']}: peak Python memory**\n\n"
+                    + client_memory_table(server, n)
+                )
+    if ns:
+        parts.append(f"**redisca's µs per operation as N grows**\n\n{growth_table(result)}")
+        parts.append(f"**Redis memory per user**\n\n{memory_table(result)}")
+    for server in servers.values():
+        if server.get("queries"):
+            parts.append(f"**Query phase · {server['label']}: loading**\n\n{load_table(server)}")
+            parts.append(
+                f"**Query phase · {server['label']}: server time per query**\n\n"
+                + query_table(server)
+            )
+    if any(s.get("ping") for s in servers.values()):
+        parts.append(f"**PING latency during a big write**\n\n{ping_table(result)}")
+    if any(s.get("bulk") for s in servers.values()):
+        parts.append(f"**Bulk load**\n\n{bulk_table(result)}")
+    checked = targets.check(result)
+    lines = [t.line() for t in checked if t.met is not None]
+    missing = sum(t.met is None for t in checked)
+    if missing:
+        lines.append(f"({missing} more targets need figures this run did not measure)")
+    if lines:
+        parts.append(
+            "**Targets**\n\n.. code-block:: text\n\n" + "\n".join("    " + x for x in lines)
+        )
+    steps = []
+    for server in servers.values():
+        for step, info in server.get("steps", {}).items():
+            load = " ".join(f"{x:.2f}" for x in info["load_before"])
+            steps.append([_short(server["label"]), step, f"{info['seconds']:.0f}", load])
+    if steps:
+        parts.append(
+            "**Steps** (load: the machine's 1/5/15-minute load average as the step began)\n\n"
+            + table(["server", "step", "seconds", "load before"], steps)
+        )
+    return "\n\n".join(parts) + "\n"

@@ -1,4 +1,9 @@
-"""Runs the phases: both sides alternating on one server, then a memory pass."""
+"""Runs the phases on one server: the three sides alternating, then a memory pass.
+
+Sides: ``redisca``; ``same-work``, hand-written redis-py code sending the commands redisca
+sends (:mod:`bench.raw`); ``floor``, the plain pipeline anyone writes by hand
+(:mod:`bench.floor`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,11 @@ from typing import Any
 
 import redis
 
+from redisca.embedded import EmbeddedServer
+
+from . import servers
 from .counting import Counter, counting_client
+from .floor import FloorSide
 from .model import DataSet, dataset
 from .orm import OrmSide
 from .raw import RawSide
@@ -26,7 +35,11 @@ UNITS = {
     "update_indexed": "user",
     "delete": "user",
 }
-SIDES: dict[str, Callable[[redis.Redis, DataSet], Any]] = {"redisca": OrmSide, "baseline": RawSide}
+SIDES: dict[str, Callable[[redis.Redis, DataSet], Any]] = {
+    "redisca": OrmSide,
+    "same-work": RawSide,
+    "floor": FloorSide,
+}
 
 
 def _needed(phases: tuple[str, ...]) -> tuple[str, ...]:
@@ -37,125 +50,188 @@ def _needed(phases: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in PHASES if p in needed)
 
 
-def _used_memory(client: redis.Redis) -> int:
+def used_memory(client: redis.Redis) -> int:
     """The keys' memory: ``MEMORY USAGE … SAMPLES 0`` summed over every key.
 
     ``INFO memory``'s ``used_memory`` also counts client buffers and the keyspace's
     hash table, which grows by doubling: at N = 1,000 two identical data sets could
     differ by 10 %. This sum is the same for the same data.
     """
-    keys = list(client.scan_iter(count=1000))
+    total = 0
+    keys: list[bytes] = []
+    for key in client.scan_iter(count=1000):
+        keys.append(key)
+        if len(keys) == 10_000:
+            total += _usage(client, keys)
+            keys = []
+    return total + _usage(client, keys)
+
+
+def _usage(client: redis.Redis, keys: list[bytes]) -> int:
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
     return sum(pipe.execute())
 
 
-def _server_usec(client: redis.Redis) -> int:
-    """The server's own time in commands so far (INFO commandstats), in µs."""
-    stats = client.info("commandstats")
-    return sum(int(v["usec"]) for k, v in stats.items() if k.startswith("cmdstat_"))
+def server_cpu(client: redis.Redis) -> float:
+    """The server process's CPU seconds so far (``INFO cpu``). Not ``INFO commandstats``:
+    Redis 7.0 counts a command run inside ``MULTI``/``EXEC`` or a script twice there."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _run_phase(side: Any, phase: str, ids: list[str] | None) -> int:
+    if phase == "insert" and ids is not None:
+        return int(side.insert(ids=ids))
+    return int(getattr(side, phase)())
 
 
 def _sequence(
-    side: Any, client: redis.Redis, counter: Counter | None, phases: tuple[str, ...]
-) -> dict[str, dict[str, float]]:
+    side: Any,
+    client: redis.Redis,
+    counter: Counter | None,
+    phases: tuple[str, ...],
+    ids: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """One side's phases in order, on an empty server; seconds (and counts, given a
-    counter) per phase."""
+    counter) per phase. A phase that raises ends the sequence, its error recorded."""
     client.flushall()
     side.setup()
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for phase in _needed(phases):
         gc.collect()
-        before = _used_memory(client) if phase == "insert" else 0
-        server = _server_usec(client)
+        if phase == "insert":
+            before, keys = used_memory(client), client.dbsize()
+        server = server_cpu(client)
         if counter is not None:
             counter.reset()
         cpu = time.process_time()
         start = time.perf_counter()
-        ops = getattr(side, phase)()
+        try:
+            ops = _run_phase(side, phase, ids)
+        except Exception as exc:  # recorded, the run goes on
+            out[phase] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            break
         seconds = time.perf_counter() - start
         counts = (counter.round_trips, counter.commands) if counter is not None else None
-        result = {
+        result: dict[str, Any] = {
             "ops": ops,
             "seconds": seconds,
             "cpu_seconds": time.process_time() - cpu,
-            # The server's time in commands (one INFO included: a few µs).
-            "server_seconds": (_server_usec(client) - server) / 1e6,
+            # The server process's CPU time (one INFO included: a few µs).
+            "server_seconds": server_cpu(client) - server,
         }
         if counts is not None:  # what the phase sent, before INFO and MEMORY USAGE
             result["round_trips"], result["commands"] = counts
         if phase == "insert":
-            result["redis_bytes_per_entity"] = (_used_memory(client) - before) / ops
+            result["redis_bytes_per_entity"] = (used_memory(client) - before) / ops
+            result["redis_keys_per_entity"] = (client.dbsize() - keys) / ops
         out[phase] = result
     client.flushall()
     return out
 
 
-def _counted(url: str, data: DataSet, phases: tuple[str, ...]) -> dict[str, Any]:
-    """Each side's round trips and commands per phase, from a round of their own.
+def _counted(server: EmbeddedServer, data: DataSet, phases: tuple[str, ...]) -> dict[str, Any]:
+    """Each side's round trips, commands and Redis memory per phase, from a round of their
+    own (the baselines write redisca's ids, so memory compares like for like).
 
     Counting reads every write's RESP, which costs time the timed rounds must not
-    carry; this round also warms up both sides (imports, the server's first keys).
+    carry; this round also warms up every side (imports, the server's first keys).
     """
-    client, counter = counting_client(url)
+    client, counter = counting_client(server.url, socket_timeout=servers.SOCKET_TIMEOUT)
+    out: dict[str, Any] = {}
     try:
-        return {
-            name: _sequence(make(client, data), client, counter, phases)
-            for name, make in SIDES.items()
-        }
+        ids: list[str] | None = None
+        for name, make in SIDES.items():
+            side = make(client, data)
+            out[name] = _sequence(side, client, counter, phases, ids)
+            if name == "redisca" and "error" not in out[name].get("insert", {}):
+                ids = side.ids
+            servers.recover(server)
     finally:
         client.close()
+    return out
 
 
-def timed(url: str, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, Any]:
-    """Both sides ``rounds`` times, alternating which goes first; the best time counts."""
+def timed(server: EmbeddedServer, n: int, phases: tuple[str, ...], rounds: int) -> dict[str, Any]:
+    """Every side ``rounds`` times, rotating which goes first; the best time counts.
+
+    A side that fails a phase (a timeout on a server stuck in a huge ``WATCH``) runs no
+    more rounds; its error is reported instead of a time.
+    """
     data = dataset(n)
-    counts = _counted(url, data, phases)
-    client = redis.Redis.from_url(url)
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in SIDES}
+    counts = _counted(server, data, phases)
+    client = servers.client(server.url)
+    runs: dict[str, list[dict[str, dict[str, Any]]]] = {name: [] for name in SIDES}
+    failed: set[str] = {name for name, seq in counts.items() if _error(seq)}
     try:
+        names = list(SIDES)
         for round_ in range(rounds):
-            order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
+                if name in failed:
+                    continue
                 side = SIDES[name](client, data)
-                runs[name].append(_sequence(side, client, None, phases))
+                seq = _sequence(side, client, None, phases)
+                runs[name].append(seq)
+                if _error(seq):
+                    failed.add(name)
+                    servers.recover(server)
                 del side
     finally:
         client.close()
-    result: dict[str, Any] = {}
-    for name, seqs in runs.items():
-        per_phase: dict[str, Any] = {}
-        for phase in phases:
-            samples = [s[phase] for s in seqs]
-            # The best round: the one least disturbed by the rest of the machine.
-            seconds = min(s["seconds"] for s in samples)
-            cpu = min(s["cpu_seconds"] for s in samples)
-            server = min(s["server_seconds"] for s in samples)
-            last = samples[-1]
-            counted = counts[name][phase]
-            per_phase[phase] = {
-                "ops": last["ops"],
-                "seconds": seconds,
-                "ops_per_s": last["ops"] / seconds,
-                # This process's CPU time: what the client costs, whatever else the
-                # machine (or the server) is doing.
-                "cpu_us_per_op": 1e6 * cpu / last["ops"],
-                # The server's time in commands (INFO commandstats).
-                "server_us_per_op": 1e6 * server / last["ops"],
-                "round_trips": counted["round_trips"],
-                "commands_per_op": counted["commands"] / counted["ops"],
-                "samples": [s["seconds"] for s in samples],
-            }
-            if "redis_bytes_per_entity" in last:
-                per_phase[phase]["redis_bytes_per_entity"] = last["redis_bytes_per_entity"]
-        result[name] = per_phase
-    return result
+    return {name: _summary(runs[name], counts[name], phases) for name in SIDES}
+
+
+def _error(seq: dict[str, dict[str, Any]]) -> str | None:
+    for figures in seq.values():
+        if "error" in figures:
+            return str(figures["error"])
+    return None
+
+
+def _summary(
+    seqs: list[dict[str, dict[str, Any]]], counted: dict[str, Any], phases: tuple[str, ...]
+) -> dict[str, Any]:
+    per_phase: dict[str, Any] = {}
+    for phase in phases:
+        samples = [s[phase] for s in seqs if phase in s and "error" not in s[phase]]
+        if not samples or phase not in counted or "error" in counted[phase]:
+            errors = [s[phase]["error"] for s in seqs if "error" in s.get(phase, {})]
+            error = counted.get(phase, {}).get("error") or (errors[0] if errors else None)
+            per_phase[phase] = {"error": error or "not run (an earlier phase failed)"}
+            continue
+        # The best round: the one least disturbed by the rest of the machine.
+        seconds = min(s["seconds"] for s in samples)
+        cpu = min(s["cpu_seconds"] for s in samples)
+        server = min(s["server_seconds"] for s in samples)
+        ops = samples[-1]["ops"]
+        count = counted[phase]
+        figures = {
+            "ops": ops,
+            "seconds": seconds,
+            "ops_per_s": ops / seconds,
+            "us_per_op": 1e6 * seconds / ops,
+            # This process's CPU time: what the client costs, whatever else the
+            # machine (or the server) is doing.
+            "cpu_us_per_op": 1e6 * cpu / ops,
+            # The server process's CPU time (INFO cpu).
+            "server_us_per_op": 1e6 * server / ops,
+            "round_trips": count["round_trips"],
+            "commands_per_op": count["commands"] / count["ops"],
+            "samples": [s["seconds"] for s in samples],
+        }
+        for key in ("redis_bytes_per_entity", "redis_keys_per_entity"):
+            if key in count:
+                figures[key] = count[key]
+        per_phase[phase] = figures
+    return per_phase
 
 
 def memory(url: str, n: int, phases: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Peak Python memory per phase (tracemalloc slows everything down: its own pass)."""
-    client = redis.Redis.from_url(url)
+    client = servers.client(url)
     data = dataset(n)
     out: dict[str, dict[str, float]] = {}
     try:
@@ -183,33 +259,60 @@ def memory(url: str, n: int, phases: tuple[str, ...]) -> dict[str, dict[str, flo
 
 
 def verify(url: str, n: int = 200) -> None:
-    """Both sides leave the same keyspace after each write phase (redisca's ids are given
-    to the baseline): the comparison is like for like."""
-    client = redis.Redis.from_url(url)
+    """The same-work baseline leaves the same keyspace as redisca after each write phase,
+    and the floor the same entity hashes, emails and ages (redisca's ids are given to
+    both): the comparison is like for like."""
+    client = servers.client(url)
     data = dataset(n)
     steps = ("insert", "get", "update_plain", "update_indexed", "delete")
     try:
         for upto in ("insert", "update_plain", "update_indexed", "delete"):
-            orm, raw = OrmSide(client, data), RawSide(client, data)
+            orm = OrmSide(client, data)
             dumps = []
-            for side in (orm, raw):
+            for side in (orm, RawSide(client, data), FloorSide(client, data)):
                 client.flushall()
                 side.setup()
                 for step in steps[: steps.index(upto) + 1]:
-                    if side is raw and step == "insert":
-                        raw.insert(ids=orm.ids)
+                    if side is not orm and step == "insert":
+                        side.insert(ids=orm.ids)
                     else:
                         getattr(side, step)()
-                dumps.append(_dump(client))
-            if dumps[0] != dumps[1]:
-                diff = sorted(dumps[0] ^ dumps[1], key=repr)[:6]
-                raise AssertionError(f"redisca and the baseline differ after {upto}: {diff}")
+                dumps.append(dump(client))
+            _same(dumps[0], dumps[1], f"redisca and the same-work baseline differ after {upto}")
+            _same(_floor_view(dumps[0]), dumps[2], f"redisca and the floor differ after {upto}")
     finally:
         client.flushall()
         client.close()
 
 
-def _dump(client: redis.Redis) -> frozenset[tuple[bytes, Any]]:
+def _same(a: frozenset[Any], b: frozenset[Any], message: str) -> None:
+    if a != b:
+        diff = sorted(a ^ b, key=repr)[:6]
+        raise AssertionError(f"{message}: {diff}")
+
+
+def _floor_view(dump: frozenset[tuple[bytes, Any]]) -> frozenset[tuple[bytes, Any]]:
+    """What the floor keeps, read from redisca's keyspace: the users' hashes (without the
+    fields redisca keeps for itself), one hash of emails, the ages of users with one."""
+    from .floor import AGE, EMAILS, ENTITY
+
+    hashes, emails, ages = [], set(), set()
+    for key, value in dump:
+        if not key.startswith(ENTITY):
+            continue
+        fields = frozenset((f, v) for f, v in value if not f.startswith(b"#"))
+        hashes.append((key, fields))
+        ident = key[len(ENTITY) :]
+        found = dict(fields)
+        emails.add((found[b"eml"].lower(), ident))
+        if b"age" in found:
+            ages.add((ident, float(found[b"age"])))
+    extra = [(EMAILS, frozenset(emails))] if emails else []
+    extra += [(AGE, frozenset(ages))] if ages else []
+    return frozenset(hashes + extra)
+
+
+def dump(client: redis.Redis) -> frozenset[tuple[bytes, Any]]:
     out = []
     for key in client.scan_iter(count=1000):
         kind = client.type(key)

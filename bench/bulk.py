@@ -1,0 +1,69 @@
+"""A bulk load of many users (1,000,000 by default) in a process of its own, so its peak
+memory (``ru_maxrss``) is the load's and nothing else's: ``python -m bench.bulk URL N``
+prints the figures as JSON. The users are made as the load reads them (a generator), as
+an application streaming them from a file would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import redis
+
+from .model import DataSet, LazyRows
+from .orm import OrmSide
+
+CHUNK = 5_000
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def load(url: str, n: int) -> dict[str, Any]:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    side = OrmSide(client, DataSet(LazyRows(n), [], [], [], []))
+    side.setup()
+    before = _rss_kib()
+    calls = []
+    start = time.perf_counter()
+    side.bulk_insert(CHUNK, progress=lambda done, total: calls.append(done))
+    seconds = time.perf_counter() - start
+    stored = sum(1 for _ in client.scan_iter(match=b"usr:*", count=10_000))
+    info = client.info("memory")
+    client.flushall()
+    return {
+        "n": n,
+        "how": side.bulk_how(CHUNK),
+        "seconds": seconds,
+        "per_s": n / seconds,
+        "rss_before_mib": before / 1024,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "progress_calls": len(calls),
+        "stored": stored,
+        "redis_used_memory_mib": int(info["used_memory"]) / 2**20,
+    }
+
+
+def run(url: str, n: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The load in a child process (this one's memory is not the load's)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bulk", url, str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    print(json.dumps(load(sys.argv[1], int(sys.argv[2]))))

@@ -1,0 +1,180 @@
+"""The issue's targets, checked against a run's figures: each one met, not met, or not
+measured in this run (a smaller run leaves some out)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+#: redisca's speed over the floor's, on Redis at N = 10,000 and 100,000.
+FLOOR = {
+    "insert": 0.6,
+    "get": 0.8,
+    "find": 0.8,
+    "range": 0.75,
+    "update_plain": 0.5,
+    "update_indexed": 0.5,
+    "delete": 0.6,
+}
+FLOOR_NS = ("10000", "100000")
+FLOOR_SERVER = "redis"
+#: µs per entity at the largest N within this factor of the smallest, on every server.
+GROWTH = ("insert", "update_indexed", "delete")
+GROWTH_MAX = 1.3
+#: A query's server time at the largest size: within QUERY_GROWTH of the smallest's and
+#: under QUERY_US.
+QUERY_GROWTH = 3.0
+QUERY_US = 5_000.0
+PING_BULK_MS = 100.0
+BYTES_MAX = 1.2
+KEYS_MAX = 1.1
+#: Memory per entity is judged where the model's fixed keys (stripes, companies) are
+#: spread over enough entities.
+MEMORY_MIN_N = 10_000
+BIG_COMMIT = 50_000
+
+
+class Target(NamedTuple):
+    what: str
+    value: str
+    met: bool | None  # None: not measured in this run
+
+    def line(self) -> str:
+        state = {True: "met", False: "NOT MET", None: "not measured"}[self.met]
+        return f"{state:12}  {self.what}: {self.value}"
+
+
+def ratio(mine: dict[str, Any], base: dict[str, Any]) -> float | None:
+    if "ops_per_s" not in mine or "ops_per_s" not in base:
+        return None
+    return float(mine["ops_per_s"] / base["ops_per_s"])
+
+
+def check(result: dict[str, Any]) -> list[Target]:
+    servers = result["servers"]
+    out = _floor(servers) + _growth(servers) + _commit(servers)
+    out += _memory(servers) + _queries(servers) + _ping(servers)
+    return out
+
+
+def _floor(servers: dict[str, Any]) -> list[Target]:
+    out = []
+    phases = servers.get(FLOOR_SERVER, {}).get("phases", {})
+    label = servers.get(FLOOR_SERVER, {}).get("label", "Redis")
+    for n in FLOOR_NS:
+        for phase, target in FLOOR.items():
+            what = f"{label}, N={int(n):,}, {phase.replace('_', ' ')} / floor >= {target}"
+            sides = phases.get(n)
+            value = ratio(sides["redisca"][phase], sides["floor"][phase]) if sides else None
+            if sides and phase in sides["redisca"] and value is None:
+                out.append(Target(what, _failed(sides, phase), False))
+            elif value is None:
+                out.append(Target(what, "-", None))
+            else:
+                out.append(Target(what, f"{value:.2f}", value >= target))
+    return out
+
+
+def _failed(sides: dict[str, Any], phase: str) -> str:
+    for name, figures in sides.items():
+        if "error" in figures.get(phase, {}):
+            return f"{name} failed: {figures[phase]['error']}"
+    return "failed"
+
+
+def _growth(servers: dict[str, Any]) -> list[Target]:
+    out = []
+    for server in servers.values():
+        phases = server.get("phases", {})
+        ns = sorted(phases, key=int)
+        for phase in GROWTH:
+            what = f"{server['label']}, {phase.replace('_', ' ')}: µs/entity at N=100,000"
+            what += f" <= {GROWTH_MAX} x N=1,000"
+            small, big = phases.get("1000", {}), phases.get("100000", {})
+            if "us_per_op" in small.get("redisca", {}).get(phase, {}) and "us_per_op" in big.get(
+                "redisca", {}
+            ).get(phase, {}):
+                a = small["redisca"][phase]["us_per_op"]
+                b = big["redisca"][phase]["us_per_op"]
+                value = f"{b / a:.2f} ({a:.1f} -> {b:.1f} µs)"
+                out.append(Target(what, value, b / a <= GROWTH_MAX))
+            elif "100000" in ns:
+                out.append(Target(what, _failed(big, phase), False))
+            else:
+                out.append(Target(what, "-", None))
+    return out
+
+
+def _commit(servers: dict[str, Any]) -> list[Target]:
+    out = []
+    for server in servers.values():
+        phases = server.get("phases", {})
+        big = [n for n in phases if int(n) >= BIG_COMMIT]
+        what = f"{server['label']}, one commit of >= {BIG_COMMIT:,} users with a unique email"
+        what += " succeeds (default client settings)"
+        if not big:
+            out.append(Target(what, "-", None))
+            continue
+        n = max(big, key=int)
+        insert = phases[n]["redisca"].get("insert", {})
+        ok = "ops_per_s" in insert
+        out.append(Target(what, f"N={int(n):,}: {'ok' if ok else insert.get('error')}", ok))
+    return out
+
+
+def _memory(servers: dict[str, Any]) -> list[Target]:
+    out = []
+    server = servers.get(FLOOR_SERVER) or next(iter(servers.values()), None)
+    if server is None:
+        return out
+    for n, sides in server.get("phases", {}).items():
+        if int(n) < MEMORY_MIN_N:
+            continue
+        mine = sides["redisca"].get("insert", {})
+        floor = sides["floor"].get("insert", {})
+        if "redis_bytes_per_entity" not in mine or "redis_bytes_per_entity" not in floor:
+            continue
+        b = mine["redis_bytes_per_entity"] / floor["redis_bytes_per_entity"]
+        what = f"N={int(n):,}, Redis bytes per entity <= {BYTES_MAX} x the floor's"
+        value = f"{b:.2f} ({mine['redis_bytes_per_entity']:.0f} / "
+        value += f"{floor['redis_bytes_per_entity']:.0f} B)"
+        out.append(Target(what, value, b <= BYTES_MAX))
+        keys = mine["redis_keys_per_entity"]
+        out.append(
+            Target(f"N={int(n):,}, keys per entity <= {KEYS_MAX}", f"{keys:.3f}", keys <= KEYS_MAX)
+        )
+    return out
+
+
+def _queries(servers: dict[str, Any]) -> list[Target]:
+    out = []
+    for server in servers.values():
+        sizes = server.get("queries", {})
+        if len(sizes) < 2:
+            continue
+        ns = sorted(sizes, key=int)
+        small, big = sizes[ns[0]]["shapes"], sizes[ns[-1]]["shapes"]
+        for shape, figures in big.items():
+            if shape not in small:
+                continue
+            a, b = small[shape]["server_us"], figures["server_us"]
+            what = f"{server['label']}, {shape}: server time at {int(ns[-1]):,} "
+            what += f"<= {QUERY_GROWTH:g} x at {int(ns[0]):,} and < {QUERY_US / 1000:g} ms"
+            grow = b / a if a else float("inf")
+            met = grow <= QUERY_GROWTH and b < QUERY_US
+            out.append(Target(what, f"{a:,.0f} -> {b:,.0f} µs (x{grow:.2f})", met))
+    return out
+
+
+def _ping(servers: dict[str, Any]) -> list[Target]:
+    out = []
+    for server in servers.values():
+        for name, figures in server.get("ping", {}).get("runs", {}).items():
+            if "bulk" not in name:
+                continue
+            what = f"{server['label']}, worst PING during {name} < {PING_BULK_MS:g} ms"
+            if "worst_ms" not in figures:
+                out.append(Target(what, str(figures.get("error")), False))
+            else:
+                worst = figures["worst_ms"]
+                out.append(Target(what, f"{worst:.1f} ms", worst < PING_BULK_MS))
+    return out
