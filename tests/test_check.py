@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import sent_commands
+from helpers import as_str, sent_commands, stripe_key
 from models import Company, User, registry
 
 import redisca
@@ -31,6 +31,11 @@ def seed(r: redis.Redis, n: int = 12) -> None:
         s.commit()
 
 
+def S(email: str, prefix: str = "usr", field: str = "eml") -> str:
+    """The unique stripe of a value, as docs/keylayout.rst names it."""
+    return as_str(stripe_key(prefix, field, email))
+
+
 def kinds(problems: list[Problem]) -> list[tuple[str, str, str | None]]:
     return sorted((p.kind, p.key, p.field) for p in problems)
 
@@ -41,8 +46,9 @@ def test_clean_data_is_ok(r: redis.Redis) -> None:
     assert report.ok and report.problems == []
     by_model = {m.model: m for m in report.models}
     assert by_model["User"].entities == 12 and by_model["Company"].entities == 1
-    # usr#all, usr#r:age, usr#i:company:c1 and 12 unique keys; co#all and co's unique key
-    assert by_model["User"].index_keys == 15 and by_model["Company"].index_keys == 2
+    # usr#all, usr#r:age, usr#i:company:c1 and the stripes of 12 emails; co#all and co's
+    stripes = len({S(f"u{i}@x.org") for i in range(12)})
+    assert by_model["User"].index_keys == 3 + stripes and by_model["Company"].index_keys == 2
     assert not by_model["User"].reindexing
     assert json.loads(json.dumps(report.as_dict()))["ok"] is True
 
@@ -83,43 +89,63 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
         [("wrong_score", "usr#r:age", "age")],
     ),
     (
+        "an entity without a value missing from its range index (at +inf)",
+        lambda r: (r.hdel("usr:3", "age"), r.zrem("usr#r:age", "3")),
+        [("missing_entry", "usr#r:age", "age")],
+    ),
+    (
         "an entity missing from the all-ids set",
-        lambda r: r.srem("usr#all", "6"),
+        lambda r: r.zrem("usr#all", "6"),
         [("missing_from_all", "usr#all", None)],
     ),
     (
         "an id in the all-ids set without a hash",
-        lambda r: r.sadd("usr#all", "ghost"),
+        lambda r: r.zadd("usr#all", {"ghost": 0}),
         [("stale_id", "usr#all", None)],
     ),
     (
-        "a unique key owned by the wrong id",
-        lambda r: r.set("usr#u:eml:u7@x.org", "8"),
-        [("wrong_owner", "usr#u:eml:u7@x.org", "email")],
+        "a unique value owned by the wrong id",
+        lambda r: r.hset(S("u7@x.org"), "u7@x.org", "8"),
+        [("wrong_owner", S("u7@x.org"), "email")],
     ),
     (
-        "a unique key pointing to nothing",
-        lambda r: r.set("usr#u:eml:nobody@x.org", "ghost"),
-        [("dangling_unique", "usr#u:eml:nobody@x.org", "email")],
+        "a unique value pointing to nothing",
+        lambda r: r.hset(S("nobody@x.org"), "nobody@x.org", "ghost"),
+        [("dangling_unique", S("nobody@x.org"), "email")],
     ),
     (
-        "a unique key whose owner holds another value",
-        lambda r: r.set("usr#u:eml:nobody@x.org", "2"),
-        [("dangling_unique", "usr#u:eml:nobody@x.org", "email")],
+        "a unique value whose owner holds another value",
+        lambda r: r.hset(S("nobody@x.org"), "nobody@x.org", "2"),
+        [("dangling_unique", S("nobody@x.org"), "email")],
     ),
     (
-        "a unique value without its key",
-        lambda r: r.delete("usr#u:eml:u10@x.org"),
-        [("missing_unique", "usr#u:eml:u10@x.org", "email")],
+        "a unique value missing from its stripe",
+        lambda r: r.hdel(S("u10@x.org"), "u10@x.org"),
+        [("missing_unique", S("u10@x.org"), "email")],
     ),
     (
         "two entities holding one unique value",
         lambda r: r.hset("usr:11", "eml", "U9@x.org"),
-        # 11's own key now names an entity that does not hold it
+        # 11's own value now names an entity that does not hold it
         [
-            ("dangling_unique", "usr#u:eml:u11@x.org", "email"),
-            ("duplicate_unique", "usr#u:eml:u9@x.org", "email"),
+            ("dangling_unique", S("u11@x.org"), "email"),
+            ("duplicate_unique", S("u9@x.org"), "email"),
         ],
+    ),
+    (
+        "a unique key of the layout before 2.0 (a string per value)",
+        lambda r: r.set("co#u:name:acme", "c1"),
+        [("old_layout", "co#u:name:acme", None)],
+    ),
+    (
+        "an all-ids SET of the layout before 2.0",
+        lambda r: (r.delete("co#all"), r.sadd("co#all", "c1")),
+        [("old_layout", "co#all", None)],
+    ),
+    (
+        "a unique stripe of the wrong type",
+        lambda r: (r.delete(S("acme", "co", "name")), r.sadd(S("acme", "co", "name"), "c1")),
+        [("wrong_type", S("acme", "co", "name"), "name")],
     ),
     (
         "an undecodable value",
@@ -203,7 +229,7 @@ def test_many_problems_at_once_with_any_batch(r: redis.Redis) -> None:
 
 def test_problems_serialise_to_json(r: redis.Redis) -> None:
     seed(r)
-    r.srem("usr#all", "6")
+    r.zrem("usr#all", "6")
     data = json.loads(json.dumps(check(registry, r).as_dict()))
     assert data["ok"] is False
     assert data["problems"] == [
@@ -245,14 +271,14 @@ def test_awkward_ids_and_values_are_ok(r: redis.Redis) -> None:
     assert report.ok, report.problems
     r.hset("odd:a:b", "price", "7.1000")  # the same price as another: a duplicate
     assert kinds(check(Odd, r).problems) == [
-        ("dangling_unique", "odd#u:price:2.1", "price"),
-        ("duplicate_unique", "odd#u:price:7.1", "price"),
+        ("dangling_unique", S("2.1", "odd", "price"), "price"),
+        ("duplicate_unique", S("7.1", "odd", "price"), "price"),
     ]
 
 
 def test_an_id_that_is_not_utf8_is_undecodable(r: redis.Redis) -> None:
     r.hset(b"odd:\xff", "tag", "x")
-    r.sadd("odd#all", b"\xff")
+    r.zadd("odd#all", {b"\xff": 0})
     r.sadd("odd#i:tag:x", b"\xff")
     assert kinds(check(Odd, r).problems) == [("undecodable", "odd:\\xff", None)]
 
@@ -262,8 +288,8 @@ def test_an_id_that_is_not_utf8_is_undecodable(r: redis.Redis) -> None:
 
 def test_models_are_chosen_by_class_name_or_prefix(r: redis.Redis) -> None:
     seed(r)
-    r.srem("co#all", "c1")
-    r.srem("usr#all", "1")
+    r.zrem("co#all", "c1")
+    r.zrem("usr#all", "1")
     for models, expected in (
         (["User"], {"User"}),
         (["co"], {"Company"}),

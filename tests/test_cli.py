@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from helpers import as_str, stripe_key
 from models import Company, User, registry
 
 from redisca import Session
@@ -71,7 +72,7 @@ def test_check_clean_then_broken_then_reindexed(r: redis.Redis, redis_url: str) 
     assert "User (usr): 30 entities" in done.stdout and "ok: no problem found" in done.stdout
     assert done.stderr == ""  # not a terminal: no progress
 
-    r.srem("usr#all", "3")
+    r.zrem("usr#all", "3")
     r.sadd("usr#i:company:c2", "4")
     done = redisca_cmd("check", "models:registry", url=redis_url)
     assert done.returncode == PROBLEMS
@@ -87,7 +88,8 @@ def test_check_clean_then_broken_then_reindexed(r: redis.Redis, redis_url: str) 
 
 def test_json_output(r: redis.Redis, redis_url: str) -> None:
     seed(r)
-    r.delete("usr#u:eml:u7@x.org")
+    stripe = as_str(stripe_key("usr", "eml", "u7@x.org"))
+    r.hdel(stripe, "u7@x.org")
     done = redisca_cmd("check", "models:registry", "--json", "--model", "User", url=redis_url)
     assert done.returncode == PROBLEMS
     report = json.loads(done.stdout)
@@ -96,9 +98,9 @@ def test_json_output(r: redis.Redis, redis_url: str) -> None:
         {
             "kind": "missing_unique",
             "model": "User",
-            "key": "usr#u:eml:u7@x.org",
+            "key": stripe,
             "field": "email",
-            "detail": "7 holds the value, the key does not exist",
+            "detail": "value 'u7@x.org': 7 holds the value, the stripe does not name it",
         }
     ]
 
@@ -113,7 +115,9 @@ def test_json_output(r: redis.Redis, redis_url: str) -> None:
     assert done.returncode == OK
     stats = {m["model"]: m for m in json.loads(done.stdout)["models"]}
     assert stats["User"]["entities"] == stats["User"]["ids"] == 30
-    assert stats["User"]["index_keys"] == {"all": 1, "eq": 1, "range": 1, "unique": 30}
+    stripes = len({stripe_key("usr", "eml", f"u{i}@x.org") for i in range(30)})
+    assert stats["User"]["index_keys"] == {"all": 1, "eq": 1, "range": 1, "unique": stripes}
+    # the company set, the age index, the emails in their stripes
     assert stats["User"]["index_entries"] == 90 and stats["User"]["memory_total"] > 0
 
 
@@ -228,7 +232,7 @@ def test_flask_commands_with_the_extensions_client(r: redis.Redis, redis_url: st
     assert done.exit_code == OK, done.output
     assert "ok: no problem found" in done.output
 
-    r.srem("usr#all", "3")
+    r.zrem("usr#all", "3")
     done = runner.invoke(flask_cli, ["check", "--json", "--model", "User"])
     assert done.exit_code == PROBLEMS
     assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing_from_all"]
@@ -263,7 +267,7 @@ def test_flask_registry_and_connection_sources(r: redis.Redis, redis_url: str) -
 
 def test_the_flask_command_itself(r: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     seed(r, 10)
-    r.sadd("usr#all", "ghost")
+    r.zadd("usr#all", {"ghost": 0})
     (tmp_path / "clitestapp.py").write_text(
         "from flask import Flask\n"
         "from redisca.flask import FlaskRedisca\n"

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Counted, as_str, assert_indexes_consistent, dump_keyspace
+from helpers import (
+    Counted,
+    as_str,
+    assert_indexes_consistent,
+    dump_keyspace,
+    stripe_key,
+    unique_owner,
+)
 from models import Company, User
 
 import redisca
@@ -40,7 +47,7 @@ def consistent(r: redis.Redis) -> None:
 
 
 def owner(r: redis.Redis, email: str) -> str | None:
-    value = r.get(f"usr#u:eml:{email.lower()}")
+    value = r.hget(stripe_key("usr", "eml", email.lower()), email.lower())
     return None if value is None else as_str(value)
 
 
@@ -100,8 +107,8 @@ def test_two_processes_claiming_one_email(r: redis.Redis, redis_url: str) -> Non
         assert owner(r, f"race{n}@x.org") == won[3]
         assert r.exists(f"usr:{won[3]}", f"co:{won[4]}") == 2
         assert mentions(r, lost[3]) == [] and mentions(r, lost[4]) == []
-        assert not r.exists(f"co#u:name:co-{n}-{lost[1]}")
-    assert r.scard("usr#all") == ROUNDS
+        assert unique_owner(r, "co", "name", f"co-{n}-{lost[1]}") is None
+    assert r.zcard("usr#all") == ROUNDS
     consistent(r)
 
 
@@ -296,7 +303,7 @@ def test_a_unique_value_claimed_between_read_and_exec(
         s.commit()
     assert info.value.owner == "theirs" and hooks["attempts"] == 1
     assert mentions(r, mine.id) == []  # type: ignore[arg-type]
-    assert not r.exists("co#u:name:mine")
+    assert unique_owner(r, "co", "name", "mine") is None
     consistent(r)
 
 

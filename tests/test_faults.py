@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import as_str, assert_indexes_consistent, dump_keyspace
+from helpers import as_str, assert_indexes_consistent, dump_keyspace, unique_owner
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -324,11 +324,11 @@ def check_result(client: redis.Redis, scenario: str) -> None:
         assert ann is not None
         assert (ann.email, ann.age, ann.nickname) == ("ann@y.org", 31, "annie")
         assert ann.firm is not None and ann.firm.id == "initech"
-        assert client.get("fusr#u:eml:ann@x.org") is None
+        assert unique_owner(client, "fusr", "eml", "ann@x.org") is None
         assert as_str(client.hget("fver:d1", "#v")) == "2"
     elif scenario == "delete":
         assert s.get(Person, "bob") is None and s.get(Doc, "d1") is None
-        assert client.get("fusr#u:eml:bob@x.org") is None
+        assert unique_owner(client, "fusr", "eml", "bob@x.org") is None
     else:
         bob = s.get(Person, "bob")
         assert bob is not None and bob.nickname == "robert"

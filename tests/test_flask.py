@@ -20,7 +20,7 @@ import flask
 import pytest
 import redis
 from flask import Flask, after_this_request, jsonify
-from helpers import as_str, assert_indexes_consistent, dump_keyspace
+from helpers import assert_indexes_consistent, dump_keyspace, unique_owner
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from werkzeug.exceptions import BadRequest
@@ -170,7 +170,7 @@ def test_redisca_kwargs_alone_make_the_client(r: redis.Redis, redis_server: Any)
         assert ext.client.connection_pool.connection_kwargs["port"] == redis_server.port
         ext.session.add(Member(email="kw@example.com"))
         ext.session.commit()
-    assert r.exists("fl.usr#u:email:kw@example.com")
+    assert unique_owner(r, "fl.usr", "email", "kw@example.com") is not None
 
 
 def test_one_client_per_app_for_many_apps(make_app: Any) -> None:
@@ -303,7 +303,7 @@ def test_autosave_commits_before_the_response(make_app: Any, r: redis.Redis) -> 
     response = app.test_client().post("/members", data={"email": "ann@example.com", "age": "33"})
     assert response.status_code == 201
     ident = response.get_json()["id"]
-    assert as_str(r.get("fl.usr#u:email:ann@example.com")) == ident
+    assert unique_owner(r, "fl.usr", "email", "ann@example.com") == ident
     with Session(r) as session:
         assert session.get(Member, ident).age == 33  # type: ignore[union-attr]
     assert_indexes_consistent(r, redisca.inspect(Member))
@@ -533,7 +533,7 @@ def test_an_error_after_the_commit_cannot_undo_it(r: redis.Redis, redis_url: str
     add_member_routes(app, ext)
     response = app.test_client().post("/members", data={"email": "a@example.com", "age": "1"})
     assert response.status_code == 500
-    assert r.exists("fl.usr#u:email:a@example.com")
+    assert unique_owner(r, "fl.usr", "email", "a@example.com") is not None
 
 
 def test_changes_in_after_this_request_are_saved(make_app: Any, r: redis.Redis) -> None:
@@ -589,7 +589,7 @@ def test_autosave_does_not_commit_outside_requests_and_says_so(
         with app.app_context():  # committed: nothing to warn about
             ext.session.add(Member(email="cli@example.com"))
             ext.session.commit()
-    assert r.exists("fl.usr#u:email:cli@example.com")
+    assert unique_owner(r, "fl.usr", "email", "cli@example.com") is not None
 
 
 # -- 404 helpers -------------------------------------------------------------------

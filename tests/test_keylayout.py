@@ -2,15 +2,17 @@
 share a key (property tests with awkward ids and values), checked again on a real server.
 """
 
+import zlib
+
 import attrs
 import pytest
-from helpers import as_str
+from helpers import as_str, stripe_key, unique_owner
 from hypothesis import given
 from hypothesis import strategies as st
 
 import redisca
 from redisca import Email, Integer, Reference, Registry, Session, String
-from redisca.mapping.keys import NAME_RE, RUN_RE, KeyLayout
+from redisca.mapping.keys import NAME_RE, RUN_RE, KeyLayout, ParsedKey
 
 registry = Registry()
 
@@ -40,7 +42,11 @@ def test_layout_of_a_model():
     assert layout.all_ids == b"usr#all"
     assert layout.eq_index(b"tag", b"a:b") == b"usr#i:tag:a:b"
     assert layout.range_index(b"age") == b"usr#r:age"
-    assert layout.unique(b"eml", b"ann@x") == b"usr#u:eml:ann@x"
+    # n = crc32(value) % 128, in decimal (docs/keylayout.rst)
+    assert zlib.crc32(b"ann@x") % 128 == 113 and zlib.crc32(b"01h") % 128 == 90
+    assert layout.unique_stripe(b"eml", b"ann@x") == b"usr#u:eml:113"
+    assert layout.guard(b"01h") == b"usr#g:90"
+    assert layout.unique_stripes(b"eml") == [b"usr#u:eml:%d" % n for n in range(128)]
     scratches = {layout.scratch() for _ in range(500)}
     assert len(scratches) == 500
     assert all(s.startswith(b"usr#t:") and len(s) > len(b"usr#t:") + 16 for s in scratches)
@@ -78,6 +84,7 @@ DESCRIPTORS = st.one_of(
     st.tuples(st.just("eq_index"), PREFIXES, FIELDS, VALUES),
     st.tuples(st.just("range_index"), PREFIXES, FIELDS, st.none()),
     st.tuples(st.just("unique"), PREFIXES, FIELDS, VALUES),
+    st.tuples(st.just("guard"), PREFIXES, st.none(), VALUES),
     st.tuples(st.just("marker"), PREFIXES, st.none(), st.none()),
 )
 RUNS = st.from_regex(RUN_RE, fullmatch=True).map(lambda run: run[:10])
@@ -104,6 +111,10 @@ def build(descriptor):
         return layout.build(field, build((value[0], prefix, *value[2:])))
     if kind == "range_index":
         return layout.range_index(field.encode())
+    if kind == "guard":
+        return layout.guard(value)
+    if kind == "unique":
+        return layout.unique_stripe(field.encode(), value)
     return getattr(layout, kind)(field.encode(), value)
 
 
@@ -123,6 +134,8 @@ def parse(key):
         return ("range_index", prefix, rest.decode(), None)
     if kind == b"t":
         return ("scratch", prefix, None, rest)
+    if kind == b"g":
+        return ("guard", prefix, None, rest)
     if kind == b"b":
         run, colon, live = rest.partition(b":")
         if not colon:
@@ -132,24 +145,66 @@ def parse(key):
     return ({b"i": "eq_index", b"u": "unique"}[kind], prefix, field.decode(), value)
 
 
+def _stripe(value):
+    """A unique value's or an id's stripe, as the key names it: crc32 % 128, decimal."""
+    return b"%d" % (zlib.crc32(value) % 128)
+
+
 def _same(descriptor):
-    """A build key's parse names its live key by the build's prefix."""
+    """What a key tells of its descriptor: a build key names its live key by the build's
+    prefix; a unique stripe and a guard tell their stripe, not the value or id."""
     kind, prefix, run, value = descriptor
     if kind == "build":
-        return (kind, prefix, run, (value[0], prefix, *value[2:]))
+        return (kind, prefix, run, _same((value[0], prefix, *value[2:])))
+    if kind in ("unique", "guard"):
+        return (kind, prefix, run, _stripe(value))
     return descriptor
+
+
+def library_view(descriptor):
+    """What ``KeyLayout.parse`` must return for the key of ``descriptor``."""
+    kind, prefix, field, value = descriptor
+    name = field.encode() if isinstance(field, str) else None
+    if kind == "entity":
+        return ParsedKey("entity", value=value.encode())
+    if kind in ("all_ids", "marker"):
+        return ParsedKey({"all_ids": "all"}.get(kind, kind))
+    if kind == "eq_index":
+        return ParsedKey("eq", name, value)
+    if kind == "range_index":
+        return ParsedKey("range", name)
+    if kind == "unique":
+        return ParsedKey("unique", name, _stripe(value))
+    if kind == "guard":
+        return ParsedKey("guard", value=_stripe(value))
+    if kind == "build_dir":
+        return ParsedKey("build_dir", run=field)
+    live = build((value[0], prefix, *value[2:]))
+    return ParsedKey("build", value=live, run=field)
 
 
 @given(DESCRIPTORS | REINDEX)
 def test_prop_every_key_tells_what_it_is(descriptor):
     assert parse(build(descriptor)) == _same(descriptor)
-    parsed = KeyLayout(descriptor[1]).parse(build(descriptor))
-    kinds = {"all_ids": "all", "eq_index": "eq", "range_index": "range", "build_dir": "build_dir"}
-    assert parsed.kind == kinds.get(descriptor[0], descriptor[0])
+    assert KeyLayout(descriptor[1]).parse(build(descriptor)) == library_view(descriptor)
+
+
+@given(PREFIXES, FIELDS, VALUES)
+def test_prop_old_unique_keys_are_told_from_stripes(prefix, field, value):
+    """A unique key of the layout before 2.0 (``P#u:<field>:<value>``) parses as such,
+    unless its value is a stripe's name (0..127 in decimal): only its type tells then."""
+    layout = KeyLayout(prefix)
+    parsed = layout.parse(b"%s#u:%s:%s" % (prefix.encode(), field.encode(), value))
+    stripe = value in {b"%d" % n for n in range(128)}
+    assert parsed == ParsedKey("unique" if stripe else "old_unique", field.encode(), value)
+    if not stripe:
+        with pytest.raises(ValueError):
+            layout.builder(b"ab")(b"%s#u:%s:%s" % (prefix.encode(), field.encode(), value))
 
 
 @given(st.lists(DESCRIPTORS | REINDEX, min_size=2, max_size=30))
 def test_prop_distinct_descriptors_give_distinct_keys(descriptors):
+    """Distinct up to the stripe: values (ids) of one stripe share its hash (counter)."""
     keys = {}
     for descriptor in descriptors:
         key = build(descriptor)
@@ -186,10 +241,14 @@ def awkward_data():
     return companies, users
 
 
+def stripes(users):
+    return {as_str(stripe_key("usr", "eml", u.email.lower())) for u in users}
+
+
 def expected_keys(companies, users):
     keys = {"usr#all", "usr#r:age", "co#all"}
     keys |= {f"co:{c.id}" for c in companies} | {f"co#i:name:{c.name}" for c in companies}
-    keys |= {f"usr:{u.id}" for u in users} | {f"usr#u:eml:{u.email.lower()}" for u in users}
+    keys |= {f"usr:{u.id}" for u in users} | stripes(users)
     keys |= {f"usr#i:tag:{u.tag}" for u in users if u.tag is not None}
     keys |= {f"usr#i:company:{u.company.id}" for u in users}
     return keys
@@ -205,16 +264,16 @@ def test_awkward_ids_and_values_on_redis(r):
         session.add_all(users)
         session.commit()
     expected = expected_keys(companies, users)
-    assert len(expected) == 3 + 2 * 3 + 2 * 11 + 9 + 3  # nothing coincides
+    assert len(expected) == 3 + 2 * 3 + 11 + len(stripes(users)) + 9 + 3  # nothing coincides
     assert scan(r) == expected
     for user in users:
         key = f"usr:{user.id}"
         assert redisca.inspect(user).key == key
         assert as_str(r.type(key)) == "hash"
         assert as_str(r.hget(key, "eml")) == user.email
-        assert as_str(r.get(f"usr#u:eml:{user.email.lower()}")) == user.id
-    assert {as_str(m) for m in r.smembers("usr#all")} == set(IDS)
-    assert {as_str(m) for m in r.smembers("co#all")} == {"all", "", "usr:all"}
+        assert unique_owner(r, "usr", "eml", user.email.lower()) == user.id
+    assert {as_str(m) for m in r.zrange("usr#all", 0, -1)} == set(IDS)
+    assert {as_str(m) for m in r.zrange("co#all", 0, -1)} == {"all", "", "usr:all"}
     assert {as_str(m) for m in r.smembers("usr#i:tag:all")} == {"all", "x#i:f:v"}
     assert {as_str(m) for m in r.smembers("usr#i:company:")} == {IDS[1], IDS[4], IDS[7], IDS[10]}
     ages = [(as_str(m), s) for m, s in r.zrange("usr#r:age", 0, -1, withscores=True)]
@@ -243,7 +302,7 @@ def test_deleting_an_awkward_id_touches_only_its_own_keys(r, ident):
         session.commit()
     rest = [u for u in users if u.id != ident]
     assert scan(r) == expected_keys(companies, rest)
-    assert {as_str(m) for m in r.smembers("usr#all")} == {u.id for u in rest}
+    assert {as_str(m) for m in r.zrange("usr#all", 0, -1)} == {u.id for u in rest}
     with Session(r) as session:
         assert session.get(User, ident) is None
         assert [u.id for u in session.get_many(User, [u.id for u in rest])] == [

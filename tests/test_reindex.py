@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import assert_indexes_consistent, counting_client, dump_keyspace
+from helpers import as_str, assert_indexes_consistent, counting_client, dump_keyspace, stripe_key
 
 import redisca
 from redisca import Registry, Session
@@ -71,17 +71,23 @@ def seed(r: redis.Redis, n: int = 40) -> None:
         s.commit()
 
 
+def S(code: str) -> str:
+    """The unique stripe of a code, as docs/keylayout.rst names it."""
+    return as_str(stripe_key("item", "code", code))
+
+
 def corrupt(r: redis.Redis) -> None:
     r.srem("item#i:color:c1", "1")  # missing entry
     r.sadd("item#i:color:c2", "3")  # orphan
     r.zadd("item#r:rank", {"5": 99, "ghost": 1})  # wrong score, orphan
-    r.srem("item#all", "6")  # missing from all
-    r.sadd("item#all", "ghost")  # stale id
-    r.set("item#u:code:K7", "8")  # wrong owner
-    r.set("item#u:code:nobody", "9")  # dangling
-    r.delete("item#u:code:K10")  # missing unique
-    r.delete("item#u:code:K12")
-    r.sadd("item#u:code:K12", "12")  # a unique key of the wrong type
+    r.zrem("item#all", "6")  # missing from all
+    r.zadd("item#all", {"ghost": 0})  # stale id
+    r.hset(S("K7"), "K7", "8")  # wrong owner
+    r.hset(S("nobody"), "nobody", "9")  # dangling
+    r.hdel(S("K10"), "K10")  # missing unique
+    r.delete(S("K12"))
+    r.sadd(S("K12"), "12")  # a unique stripe of the wrong type
+    r.set("item#u:code:K13", "13")  # a unique key of the layout before 2.0
     r.sadd("item#i:note:x", "1")  # an index of a field without one
     r.sadd("item#b:dead:all", "1")  # a dead run's build key
     r.delete("log#i:level:warn")  # a whole index key gone
@@ -94,13 +100,15 @@ def test_reindex_repairs_every_index_problem(r: redis.Redis) -> None:
     seed(r)
     corrupt(r)
     kinds = {p.kind for p in check(registry, r).problems}
-    assert len(kinds) == 10
+    assert len(kinds) == 11
     report = reindex(registry, r, batch=7)
     assert report.ok, report.problems
     by_model = {m.model: m for m in report.models}
     assert by_model["Item"].entities == 40 and by_model["Log"].entities == 40
     assert by_model["Item"].rebuilt == ["#all", "color", "rank", "code"]
-    assert by_model["Item"].deleted == 2  # the unique key naming nobody, the note index
+    # the note index, the old-layout key, and the stripe naming nobody if no code shares it
+    alone = S("nobody") not in {S(f"K{i}") for i in range(40)}
+    assert by_model["Item"].deleted == 2 + alone
     consistent(r)
     assert not [k for k in r.scan_iter(match="*#[xb]*")]  # no marker, no build key left
     with Session(r) as s:
@@ -147,12 +155,12 @@ def test_values_that_cannot_be_indexed_are_reported(r: redis.Redis) -> None:
     r.set("item:99", "a string")
     report = reindex(registry, r, models=["Item"], batch=5)
     assert sorted((p.kind, p.key, p.field) for p in report.problems) == [
-        ("duplicate_unique", "item#u:code:K3", "code"),
+        ("duplicate_unique", S("K3"), "code"),
         ("undecodable", "item:2", "rank"),
         ("wrong_type", "item:99", None),
     ]
     assert r.zscore("item#r:rank", "2") is None  # nothing to index it by
-    assert r.get("item#u:code:K4") is None  # 4 holds K3 now, whose key names 3 or 4
+    assert r.hget(S("K4"), "K4") is None  # 4 holds K3 now, which names 3 or 4
 
 
 # -- a field gains index=True ----------------------------------------------------------
@@ -211,7 +219,7 @@ def run_token(r: redis.Redis, prefix: str) -> str:
 
 
 def built_ids(r: redis.Redis, prefix: str) -> set[str]:
-    members = r.smembers(f"{prefix}#b:{run_token(r, prefix)}:all")
+    members = r.zrange(f"{prefix}#b:{run_token(r, prefix)}:all", 0, -1)
     return {m.decode() if isinstance(m, bytes) else m for m in members}
 
 
@@ -357,7 +365,7 @@ def test_a_lost_marker_stops_the_run_before_the_switch(r: redis.Redis) -> None:
     with pytest.raises(RunLost):
         reindex(registry, r, models=["Item"], batch=5, progress=lose)
     assert not [k for k in r.scan_iter(match="item#b:*") if b"dead" not in _b(k)]
-    assert len({p.kind for p in check(Item, r).problems}) == 10  # nothing was switched
+    assert len({p.kind for p in check(Item, r).problems}) == 11  # nothing was switched
 
 
 def test_a_long_run_keeps_its_marker_alive(r: redis.Redis) -> None:
@@ -440,7 +448,7 @@ def seed_for_races(r: redis.Redis) -> None:
     r.zadd("item#r:rank", {"m5": 77_777})
     # A deleted unique key frees its value for any writer to claim, a duplicate the run then
     # rightly reports; on d0, whose code no writer can draw, a reported duplicate is a bug.
-    r.delete("item#u:code:D0")
+    r.hdel(S("D0"), "D0")
 
 
 class Writer(threading.Thread):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import attrs
 import pytest
 import redis
-from helpers import Counted, as_str, assert_indexes_consistent, dump_keyspace
+from helpers import Counted, as_str, assert_indexes_consistent, dump_keyspace, unique_owner
 from models import Company, User
 
 import redisca
@@ -280,7 +280,7 @@ def test_merge_copies_onto_the_session_instance_and_updates(r: redis.Redis) -> N
     assert merged in s.dirty and not s.new
     s.commit()
     assert stored(r, "usr:1")["eml"] == "b@x.org" and "nickname" not in stored(r, "usr:1")
-    assert r.exists("usr#u:eml:b@x.org") and not r.exists("usr#u:eml:a@x.org")
+    assert unique_owner(r, "usr", "eml", "b@x.org") and not unique_owner(r, "usr", "eml", "a@x.org")
 
 
 def test_merge_inserts_a_missing_key(r: redis.Redis) -> None:
@@ -312,7 +312,7 @@ def test_none_removes_the_field(r: redis.Redis) -> None:
     user.age, user.nickname = None, None
     s.commit()
     assert set(stored(r, "usr:1")) == {"eml", "created"}
-    assert r.zscore("usr#r:age", "1") is None
+    assert r.zscore("usr#r:age", "1") == float("inf")  # no value: it sorts last
     again = Session(r).get(User, "1")
     assert again is not None and again.age is None and again.nickname is None
     assert_indexes_consistent(r, redisca.inspect(User))

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import assert_indexes_consistent
+from helpers import assert_indexes_consistent, stripe_key
 
 import redisca
 from redisca import Email, Integer, Registry, Session, String
@@ -217,15 +217,16 @@ def stored_state(raw: redis.Redis) -> dict[tuple[str, str], dict[str, Any]]:
 
 def check_unique_keys(raw: redis.Redis, state: dict[tuple[str, str], dict[str, Any]]) -> None:
     for name, cls in CLASSES.items():
-        layout = redisca.inspect(cls).layout
+        prefix = redisca.inspect(cls).prefix
         owners = {
-            key: raw.get(key).decode()  # type: ignore[union-attr]
-            for key in raw.scan_iter(match=layout.unique(b"email", b"*"))
+            (key, value): owner.decode()
+            for key in raw.scan_iter(match=f"{prefix}#u:email:*")
+            for value, owner in raw.hgetall(key).items()
         }
         expected = {
-            layout.unique(b"email", row["email"].lower().encode()): ident
+            (stripe_key(prefix, "email", email), email.encode()): ident
             for (c, ident), row in state.items()
-            if c == name and row["email"] is not None
+            if c == name and (email := lower(row["email"])) is not None
         }
         assert owners == expected
 

@@ -4,13 +4,15 @@ Two passes over the keyspace with ``SCAN``, batched and pipelined:
 
 1. entities (``P:*``): each page of hashes is read and decoded, and what it
    calls for is probed in one more round trip (``SMISMEMBER`` and ``ZMSCORE``
-   per index key, one ``MGET`` of unique keys): its id in ``P#all``, its entry
-   in each equality set and range sorted set (with the right score), its unique
-   keys naming it. Each index key's expected size is counted;
+   per index key, ``HMGET`` per unique stripe): its id in ``P#all``, its entry
+   in each equality set and range sorted set (with the right score, ``+inf``
+   where it holds no value), its unique values naming it. Each index key's
+   expected size is counted;
 2. the model's other keys (``P#*``): an index key holding more members than the
    entities that call for it has orphans, and only then is it read member by
-   member; unique keys likewise, field by field. Keys the model does not use
-   are reported too.
+   member; a unique field's stripes likewise, field by field. Keys the model
+   does not use are reported too, and keys of the layout before redisca 2.0
+   (``reindex`` converts them) as such.
 
 What either pass finds is only a suspicion, since the application may be
 committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of the
@@ -29,6 +31,7 @@ import attrs
 import redis
 from redis.exceptions import ResponseError
 
+from ..mapping.keys import NO_VALUE
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
 from .common import (
@@ -40,6 +43,7 @@ from .common import (
     resolve_client,
     run,
     scan,
+    scan_hash,
     scan_members,
     select_mappers,
     show,
@@ -52,13 +56,21 @@ CONFIRM_GROUP = 25
 CONFIRM_TRIES = 4
 
 #: The Redis type of each kind of index key.
-TYPES = {"all": b"set", "eq": b"set", "range": b"zset", "unique": b"string"}
+TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash"}
 
 #: Keys of other kinds whose type is checked.
-_OTHER_TYPES = {"marker": b"list"}
+_OTHER_TYPES = {"marker": b"list", "guard": b"string"}
+
+#: The type an index key had in the layout before redisca 2.0, where it differs.
+_OLD_TYPES = {"all": b"set", "unique": b"string"}
 
 #: The command that probes many members of one index key at once (Redis 6.2).
-_MULTI = {"all": b"SMISMEMBER", "eq": b"SMISMEMBER", "range": b"ZMSCORE"}
+_MULTI = {"all": b"ZMSCORE", "eq": b"SMISMEMBER", "range": b"ZMSCORE", "unique": b"HMGET"}
+
+#: The command that counts an index key's entries.
+_SIZE = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN"}
+
+_INF = float("inf")
 
 #: A suspect found in the second pass: (what to confirm, key, member, field).
 Entry = tuple[str, bytes, bytes | None, MappedField | None]
@@ -124,12 +136,18 @@ class Expect:
     field: MappedField | None = None
     score: float | None = None
     raw: bytes | None = None
+    #: A unique value's index form: its field in the stripe hash ``key``.
+    value: bytes | None = None
+
+    def arg(self, ident: bytes) -> bytes:
+        """What a probe of ``key`` asks for: the id, or a unique stripe's value."""
+        return self.value if self.value is not None else ident
 
     def probe(self, ident: bytes) -> tuple[Any, ...]:
-        if self.kind == "range":
+        if self.kind in ("range", "all"):
             return (b"ZSCORE", self.key, ident)
         if self.kind == "unique":
-            return (b"GET", self.key)
+            return (b"HGET", self.key, self.value)
         return (b"SISMEMBER", self.key, ident)
 
     def verdict(self, ident: bytes, reply: Any) -> str | None:
@@ -137,7 +155,7 @@ class Expect:
         if isinstance(reply, ResponseError):
             return "wrong_type"
         if self.kind == "all":
-            return None if reply else "missing_from_all"
+            return None if reply is not None else "missing_from_all"
         if self.kind == "eq":
             return None if reply else "missing_entry"
         if self.kind == "range":
@@ -158,6 +176,8 @@ def expectations(mapper: Mapper, values: dict[bytes, bytes]) -> tuple[list[Expec
     for field in mapper.fields:
         raw = values.get(field.hash_field)
         if raw is None:
+            if field.index == "range":  # no value: the entity sorts last, at +inf
+                expects.append(Expect("range", layout.range_index(field.hash_field), field, _INF))
             continue
         try:
             field.decode(raw)
@@ -169,8 +189,9 @@ def expectations(mapper: Mapper, values: dict[bytes, bytes]) -> tuple[list[Expec
                 key = layout.range_index(field.hash_field)
                 expects.append(Expect("range", key, field, score, raw))
             if field.unique:
-                key = layout.unique(field.hash_field, field.index_key(raw))
-                expects.append(Expect("unique", key, field, raw=raw))
+                value = field.index_key(raw)
+                key = layout.unique_stripe(field.hash_field, value)
+                expects.append(Expect("unique", key, field, raw=raw, value=value))
         except Exception as exc:
             bad.append((field, raw, exc))
     return expects, bad
@@ -201,15 +222,17 @@ class _ModelCheck:
         self.fields = by_hash_field(mapper)
         self.summary = ModelSummary(self.name, mapper.prefix)
         self.problems: dict[Problem, None] = {}
-        #: Unique keys whose problem the entity pass already tells.
-        self.told: set[bytes] = set()
+        #: Unique values (stripe, value) whose problem the entity pass already tells.
+        self.told: set[tuple[bytes, bytes | None]] = set()
         self.entity_suspects: dict[bytes, None] = {}
         #: Index keys (equality, range, all-ids) by how many entities call for them.
         self.expected: Counter[bytes] = Counter()
         #: ... and those an entity was missing from, or found of the wrong type.
         self.doubtful: set[bytes] = set()
-        #: Unique keys whose holder the entity pass saw named, by hash field.
+        #: Unique values whose holder the entity pass saw named, by hash field.
         self.owned: Counter[bytes] = Counter()
+        #: The unique stripes found, by hash field.
+        self.stripes: dict[bytes, list[bytes]] = {}
         self.entry_suspects: dict[Entry, None] = {}
         self.marker_run: bytes | None = None
 
@@ -229,7 +252,7 @@ class _ModelCheck:
     # -- pass 1: entities ---------------------------------------------------
 
     def entity_pass(self) -> None:
-        total = run(self.client, [(b"SCARD", self.layout.all_ids)])[0]
+        total = run(self.client, [(b"ZCARD", self.layout.all_ids)])[0]
         ticker = Ticker(self.progress, self.name, "entities", _int(total))
         for keys in scan(self.client, self.layout.entity_pattern, self.batch):
             self.check_entities(keys)
@@ -238,7 +261,7 @@ class _ModelCheck:
 
     def check_entities(self, keys: list[bytes]) -> None:
         """One page: the hashes in one round trip, then what they call for in another,
-        a command per index key (``SMISMEMBER``, ``ZMSCORE``) and one ``MGET``."""
+        a command per index key (``SMISMEMBER``, ``ZMSCORE``, ``HMGET``)."""
         hashes = run(self.client, [(b"HGETALL", key) for key in keys])
         probes: dict[tuple[bytes, bytes], list[tuple[bytes, bytes, Expect]]] = {}
         for key, reply in zip(keys, hashes, strict=True):
@@ -254,15 +277,10 @@ class _ModelCheck:
             if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
             for expect in expects:
-                group = (
-                    (b"MGET", b"") if expect.kind == "unique" else (_MULTI[expect.kind], expect.key)
-                )
+                group = (_MULTI[expect.kind], expect.key)
                 probes.setdefault(group, []).append((key, ident, expect))
         commands = [
-            (name, *(e.key for *_, e in items))
-            if name == b"MGET"
-            else (name, key, *(i for _, i, _ in items))
-            for (name, key), items in probes.items()
+            (name, key, *(e.arg(i) for _, i, e in items)) for (name, key), items in probes.items()
         ]
         for items, reply in zip(probes.values(), run(self.client, commands), strict=True):
             answers = [reply] * len(items) if isinstance(reply, ResponseError) else reply
@@ -287,39 +305,45 @@ class _ModelCheck:
     def index_pass(self) -> None:
         """Every index key's size against the entities that call for it: a key holding
         more members than that has orphans, and only such keys are read member by
-        member. Unique keys likewise: one the entity pass did not see its holder
-        confirm is dangling, and only a field with such keys is read key by key."""
+        member. Unique stripes likewise: a field whose stripes hold more values than
+        the entity pass saw named by their holders has a dangling one, and only such
+        a field's stripes are read value by value."""
         ticker = Ticker(self.progress, self.name, "index keys")
-        unique_keys: Counter[bytes] = Counter()
+        unique_sizes: Counter[bytes] = Counter()
         for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
             sized: list[tuple[bytes, str, MappedField | None]] = []
             for key in keys:
                 self.summary.index_keys += 1
                 found = self.classify(key)
-                if found is None:
-                    continue
-                if found[0] == "unique" and found[1] is not None:
-                    unique_keys[found[1].hash_field] += 1
-                else:
+                if found is not None:
                     sized.append((key, *found))
-            self.check_sizes(sized)
+            self.check_sizes(sized, unique_sizes)
             ticker.add(len(keys))
-        for hash_field, count in unique_keys.items():
-            if count != self.owned[hash_field]:
+        for hash_field, size in unique_sizes.items():
+            if size != self.owned[hash_field]:
                 self.check_unique_field(self.fields[hash_field])
         ticker.finish()
 
-    def check_sizes(self, keys: list[tuple[bytes, str, MappedField | None]]) -> None:
-        commands = [(b"ZCARD" if kind == "range" else b"SCARD", key) for key, kind, _ in keys]
+    def check_sizes(
+        self, keys: list[tuple[bytes, str, MappedField | None]], unique_sizes: Counter[bytes]
+    ) -> None:
+        commands = [(_SIZE[kind], key) for key, kind, _ in keys]
         for (key, kind, field), size in zip(keys, run(self.client, commands), strict=True):
             if isinstance(size, ResponseError):
                 self.entry_suspects[("type", key, None, field)] = None
+            elif kind == "unique" and field is not None:
+                unique_sizes[field.hash_field] += int(size)
+                self.stripes.setdefault(field.hash_field, []).append(key)
             elif int(size) != self.expected[key] or key in self.doubtful:
                 self.check_index(key, kind, field)
 
     def check_unique_field(self, field: MappedField) -> None:
-        for keys in scan(self.client, self.layout.unique_pattern(field.hash_field), self.batch):
-            self.check_unique_keys([(key, field) for key in keys])
+        for stripe in dict.fromkeys(self.stripes.get(field.hash_field, [])):
+            try:
+                for pairs in scan_hash(self.client, stripe, self.batch):
+                    self.check_unique_values(stripe, field, pairs)
+            except ResponseError:
+                self.entry_suspects[("type", stripe, None, field)] = None
 
     def classify(self, key: bytes) -> tuple[str, MappedField | None] | None:
         """An index key's kind and field; anything else is a suspect or left alone."""
@@ -327,7 +351,13 @@ class _ModelCheck:
         if parsed.kind == "marker":  # a reindex's; but commits cannot read one of another type
             self.entry_suspects[("type", key, None, None)] = None
             return None
+        if parsed.kind == "guard":  # a counter commits bump
+            self.entry_suspects[("type", key, None, None)] = None
+            return None
         if parsed.kind in ("build", "build_dir") and parsed.run == self.marker_run:
+            return None
+        if parsed.kind == "old_unique":
+            self.entry_suspects[("old", key, None, None)] = None
             return None
         if parsed.kind not in TYPES:
             self.entry_suspects[("stray", key, None, None)] = None
@@ -348,29 +378,32 @@ class _ModelCheck:
                 entities = [self.layout.entity_of(m) for m, _ in members]
                 if field is None:
                     probes: list[tuple[bytes, ...]] = [(b"EXISTS", e) for e in entities]
+                elif kind == "range":
+                    probes = [c for e in entities for c in _range_probes(e, field)]
                 else:
                     probes = [(b"HGET", e, field.hash_field) for e in entities]
-                for (member, _), reply in zip(members, run(self.client, probes), strict=True):
-                    found = bool(reply) if field is None else holds(field, reply, value)
+                replies = run(self.client, probes)
+                for n, (member, score) in enumerate(members):
+                    if field is None:
+                        found = bool(replies[n])
+                    elif kind == "range":
+                        found = _in_range(replies[2 * n], replies[2 * n + 1], score)
+                    else:
+                        found = holds(field, replies[n], value)
                     if not found:
                         self.entry_suspects[(kind, key, member, field)] = None
         except ResponseError:
             self.entry_suspects[("type", key, None, field)] = None
 
-    def check_unique_keys(self, keys: list[tuple[bytes, MappedField]]) -> None:
-        owners = run(self.client, [(b"GET", key) for key, _ in keys])
-        probes: list[tuple[bytes, MappedField]] = []
-        commands = []
-        for (key, field), owner in zip(keys, owners, strict=True):
-            if isinstance(owner, ResponseError):
-                self.entry_suspects[("type", key, None, field)] = None
-            elif owner is not None:
-                probes.append((key, field))
-                commands.append((b"HGET", self.layout.entity_of(bytes(owner)), field.hash_field))
-        self.summary.entries += len(probes)
-        for (key, field), raw in zip(probes, run(self.client, commands), strict=True):
-            if not holds(field, raw, self.layout.parse(key).value):
-                self.entry_suspects[("unique", key, None, field)] = None
+    def check_unique_values(
+        self, stripe: bytes, field: MappedField, pairs: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Each value of a stripe against the hash of the entity it names."""
+        commands = [(b"HGET", self.layout.entity_of(owner), field.hash_field) for _, owner in pairs]
+        self.summary.entries += len(pairs)
+        for (value, _), raw in zip(pairs, run(self.client, commands), strict=True):
+            if not holds(field, raw, value):
+                self.entry_suspects[("unique", stripe, value, field)] = None
 
     # -- confirming -------------------------------------------------------------
 
@@ -445,8 +478,8 @@ class _ModelCheck:
         for (ident, expect, owner), raw in zip(owned, replies, strict=True):
             field = expect.field
             assert field is not None and expect.raw is not None
-            self.told.add(expect.key)
-            if holds(field, raw, field.index_key(expect.raw)):
+            self.told.add((expect.key, expect.value))
+            if holds(field, raw, expect.value):
                 kind = "duplicate_unique"
                 detail = (
                     f"{show(ident)} and {show(owner)} both hold the value; it names {show(owner)}"
@@ -454,7 +487,7 @@ class _ModelCheck:
             else:
                 kind = "wrong_owner"
                 detail = f"names {show(owner)}, but {show(ident)} holds the value"
-            found.append(self.problem(kind, expect.key, field.name, detail))
+            found.append(self.problem(kind, expect.key, field.name, _of(expect.value, detail)))
         return found
 
     def missing(
@@ -467,8 +500,10 @@ class _ModelCheck:
         elif verdict == "wrong_score":
             detail = f"{who} has score {to_float(reply)!r}, its value gives {expect.score!r}"
         elif verdict == "missing_unique":
-            self.told.add(expect.key)
-            detail = f"{who} holds the value, the key does not exist"
+            self.told.add((expect.key, expect.value))
+            detail = _of(expect.value, f"{who} holds the value, the stripe does not name it")
+        elif expect.score == _INF:
+            detail = f"{who} holds no value, but is not in it (at {NO_VALUE.decode()})"
         else:
             detail = f"{who} holds the value, but is not in it"
         return self.problem(verdict, expect.key, name, detail)
@@ -488,31 +523,43 @@ class _ModelCheck:
             if not exists or (parsed.run is not None and parsed.run == run_now):
                 return None
             return self.problem("stray_key", key, None, _stray_detail(parsed.kind))
+        if kind == "old":
+            if not snap.read([key], [(b"EXISTS", key)])[0]:
+                return None
+            return self.problem("old_layout", key, None, _OLD_DETAIL["unique"])
         if kind == "type":
             now = snap.read([key], [(b"TYPE", key)])[0]
             expected = _OTHER_TYPES.get(parsed.kind) or TYPES[parsed.kind]
             if now in (expected, b"none"):
                 return None
+            if now == _OLD_TYPES.get(parsed.kind):
+                return self.problem("old_layout", key, None, _OLD_DETAIL[parsed.kind])
             return self.problem(
                 "wrong_type", key, name, f"a {show(now)}, not a {expected.decode()}"
             )
         if kind == "unique":
-            return self.confirm_unique(snap, key, parsed.value, field)
+            return self.confirm_unique(snap, key, member, field)
         assert member is not None
         entity = self.layout.entity_of(member)
         if kind == "all":
             present, exists = snap.read(
-                [key, entity], [(b"SISMEMBER", key, member), (b"EXISTS", entity)]
+                [key, entity], [(b"ZSCORE", key, member), (b"EXISTS", entity)]
             )
-            if present == 1 and not exists:
+            if present is not None and not isinstance(present, ResponseError) and not exists:
                 return self.problem("stale_id", key, None, f"{show(member)} has no hash")
             return None
         assert field is not None
-        probe = (b"SISMEMBER", key, member) if kind == "eq" else (b"ZSCORE", key, member)
-        present, raw = snap.read([key, entity], [probe, (b"HGET", entity, field.hash_field)])
+        if kind == "eq":
+            probes: list[tuple[bytes, ...]] = [(b"SISMEMBER", key, member)]
+        else:
+            probes = [(b"ZSCORE", key, member), (b"EXISTS", entity)]
+        present, *rest = snap.read([key, entity], [*probes, (b"HGET", entity, field.hash_field)])
+        raw = rest[-1]
         if present in (0, None) or isinstance(present, ResponseError):
             return None
-        if holds(field, raw, parsed.value):
+        if kind == "range" and _in_range(rest[0], raw, to_float(present)):
+            return None
+        if kind == "eq" and holds(field, raw, parsed.value):
             return None
         holding = "has no such value (or no hash)" if raw is None else f"holds {show(raw)!r}"
         return self.problem("orphan_entry", key, name, f"{show(member)} {holding}")
@@ -520,15 +567,16 @@ class _ModelCheck:
     def confirm_unique(
         self, snap: Snapshot, key: bytes, value: bytes | None, field: MappedField | None
     ) -> Problem | None:
-        owner = snap.read([key], [(b"GET", key)])[0]
-        if owner is None or isinstance(owner, ResponseError) or key in self.told:
+        assert value is not None
+        owner = snap.read([key], [(b"HGET", key, value)])[0]
+        if owner is None or isinstance(owner, ResponseError) or (key, value) in self.told:
             return None
         assert field is not None
         entity = self.layout.entity_of(bytes(owner))
         raw = snap.read([entity], [(b"HGET", entity, field.hash_field)])[0]
         if holds(field, raw, value):
             return None
-        detail = f"names {show(bytes(owner))}, which does not hold the value"
+        detail = _of(value, f"names {show(bytes(owner))}, which does not hold the value")
         return self.problem("dangling_unique", key, field.name, detail)
 
     # -- helpers ------------------------------------------------------------------
@@ -542,6 +590,31 @@ class _ModelCheck:
 
 def _indexes(field: MappedField, kind: str) -> bool:
     return field.unique if kind == "unique" else field.index == kind
+
+
+def _range_probes(entity: bytes, field: MappedField) -> tuple[tuple[bytes, ...], ...]:
+    return (b"EXISTS", entity), (b"HGET", entity, field.hash_field)
+
+
+def _in_range(exists: Any, raw: Any, score: float | None) -> bool:
+    """Whether a range entry stands for an entity: it exists, and holds a value unless
+    the score is ``+inf`` (a wrong score is the entity pass's ``wrong_score``)."""
+    if not exists or isinstance(raw, ResponseError):
+        return False
+    return raw is not None or score == _INF
+
+
+def _of(value: bytes | None, detail: str) -> str:
+    """A unique problem's detail, naming the value (the key names only its stripe)."""
+    return detail if value is None else f"value {show(value)!r}: {detail}"
+
+
+_OLD_DETAIL = {
+    "all": "the all-ids SET of the layout before redisca 2.0 (now a sorted set): "
+    "`python -m redisca reindex` converts it",
+    "unique": "a unique key of the layout before redisca 2.0 (a key per value, now "
+    "stripe hashes): `python -m redisca reindex` converts it",
+}
 
 
 def _stray_detail(kind: str) -> str:

@@ -115,6 +115,17 @@ def scan_members(
             return
 
 
+def scan_hash(client: redis.Redis, key: bytes, batch: int) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Field/value pairs of a hash (``HSCAN``)."""
+    cursor: Any = b"0"
+    while True:
+        cursor, items = _ok(run(client, [(b"HSCAN", key, cursor, b"COUNT", batch)])[0])
+        flat = iter(items)
+        yield [(bytes(f), bytes(v)) for f, v in zip(flat, flat, strict=True)]
+        if int(cursor) == 0:
+            return
+
+
 def _ok(reply: Any) -> Any:
     if isinstance(reply, ResponseError):
         raise reply
@@ -177,6 +188,7 @@ __all__ = [
     "resolve_client",
     "run",
     "scan",
+    "scan_hash",
     "scan_members",
     "select_mappers",
     "show",

@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
     "duplicate_unique": "two entities hold the same unique value",
     "stray_key": "a key in the model's namespace that the model does not use",
+    "old_layout": "a key of the layout before redisca 2.0: `reindex` converts it",
 }
 
 

@@ -34,12 +34,12 @@ import attrs
 import redis
 from redis.exceptions import ResponseError
 
-from ..mapping.keys import INDEX_KINDS
+from ..mapping.keys import INDEX_KINDS, NO_VALUE
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
 from ..session.plan import Command
 from ..session.rebuild import ALL_IDS, marker_value
-from .check import expectations, holds
+from .check import expectations
 from .common import (
     MaintenanceError,
     Progress,
@@ -290,7 +290,7 @@ class _Run:
     # -- build ------------------------------------------------------------------
 
     def build(self) -> None:
-        total = run(self.client, [(b"SCARD", self.layout.all_ids)])[0]
+        total = run(self.client, [(b"ZCARD", self.layout.all_ids)])[0]
         ticker = Ticker(
             self.progress, self.name, "entities", None if isinstance(total, Exception) else total
         )
@@ -330,7 +330,6 @@ class _Run:
             page = _Page(self)
             for key, reply in zip(keys, replies[2:], strict=True):
                 page.add(key, reply)
-            page.settle_unique(conn)
             result = executor.transaction(conn, page.commands())
         if result is None:
             return False
@@ -341,17 +340,20 @@ class _Run:
         return True
 
     def claimed(self, page: _Page, result: list[Any]) -> None:
-        """Unique values whose build key another entity had claimed: two hold them."""
+        """Unique values another entity had claimed in the build stripe: two hold them."""
         replies = result[page.claims_at :]
-        lost = [c for c, reply in zip(page.claims, replies, strict=True) if reply is None]
+        lost = [c for c, reply in zip(page.claims, replies, strict=True) if reply == 0]
         if not lost:
             return
-        owners = run(self.client, [(b"GET", built) for built, *_ in lost])
-        for (_, live, field, ident), owner in zip(lost, owners, strict=True):
+        owners = run(self.client, [(b"HGET", built, value) for built, _, _, value, _ in lost])
+        for (_, live, field, value, ident), owner in zip(lost, owners, strict=True):
             if owner is None or bytes(owner) == ident:
                 continue  # a commit claimed it for this very entity meanwhile
             other = show(bytes(owner))
-            detail = f"{show(ident)} and {other} both hold the value; it names {other}"
+            detail = (
+                f"value {show(value)!r}: {show(ident)} and {other} both hold the value; "
+                f"it names {other}"
+            )
             self.problems.append(
                 Problem("duplicate_unique", self.name, show(live), field.name, detail)
             )
@@ -360,54 +362,31 @@ class _Run:
 
     def live_keys(self) -> list[bytes]:
         """Live index keys the switch deletes unless a build key replaces them: those of
-        what is rebuilt (but unique keys only when they name no holder of their value),
-        and, in a full run, indexes of fields that have none."""
+        what is rebuilt (unique keys of the layout before 2.0 included: a key per value,
+        which the stripes replace), and, in a full run, indexes of fields that have none."""
         rebuilt = set(self.members)
         everything = ALL_IDS in rebuilt
         found: list[bytes] = []
         for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
-            unique: list[bytes] = []
             for key in keys:
                 parsed = self.layout.parse(key)
-                if parsed.kind not in INDEX_KINDS:
+                if parsed.kind not in INDEX_KINDS and parsed.kind != "old_unique":
                     continue
                 if parsed.kind == "all":
                     if everything:
                         found.append(key)
-                elif everything and not self.indexes(parsed):
+                elif (everything and not self.indexes(parsed)) or parsed.field in rebuilt:
                     found.append(key)
-                elif parsed.field in rebuilt:
-                    (unique if parsed.kind == "unique" else found).append(key)
-            found += self.dangling(unique)
             self.refresh()
-        return found
-
-    def dangling(self, keys: list[bytes]) -> list[bytes]:
-        """The unique keys whose owner does not hold their value."""
-        if not keys:
-            return []
-        owners = run(self.client, [(b"MGET", *keys)])[0]  # a key of another type: nil
-        checked: list[tuple[bytes, MappedField, bytes | None]] = []
-        commands: list[Command] = []
-        found = []
-        for key, owner in zip(keys, owners, strict=True):
-            parsed = self.layout.parse(key)
-            field = self.fields[parsed.field or b""]
-            if owner is None or isinstance(owner, ResponseError):
-                found.append(key)
-                continue
-            checked.append((key, field, parsed.value))
-            commands.append((b"HGET", self.layout.entity_of(bytes(owner)), field.hash_field))
-        for (key, field, value), raw in zip(checked, run(self.client, commands), strict=True):
-            if not holds(field, raw, value):
-                found.append(key)
         return found
 
     def indexes(self, parsed: Any) -> bool:
         field = self.fields.get(parsed.field)
         if field is None:
             return False
-        return bool(field.unique if parsed.kind == "unique" else field.index == parsed.kind)
+        if parsed.kind in ("unique", "old_unique"):
+            return bool(field.unique)
+        return bool(field.index == parsed.kind)
 
     def switch(self, candidates: list[bytes]) -> None:
         self.refresh()
@@ -434,11 +413,10 @@ class _Page:
         self.rebuilt = set(task.members)
         self.writes: dict[tuple[bytes, bytes], list[bytes]] = {}
         self.built: dict[bytes, bytes] = {}
-        #: Unique claims: (build key, live key, field, id), answered after the writes.
-        self.claims: list[tuple[bytes, bytes, MappedField, bytes]] = []
+        #: Unique claims: (build stripe, live stripe, field, value, id), answered after
+        #: the writes (``HSETNX``: 0 when another entity claimed the value first).
+        self.claims: list[tuple[bytes, bytes, MappedField, bytes, bytes]] = []
         self.claims_at = 0
-        #: Unique values met: (live key, field, id, stored value).
-        self.unique: list[tuple[bytes, MappedField, bytes, bytes]] = []
         self.entities = 0
         self.entries = 0
         self.problems: list[Problem] = []
@@ -463,51 +441,17 @@ class _Page:
             if member not in self.rebuilt:
                 continue
             self.entries += 1
-            if expect.kind in ("all", "eq"):
+            if expect.kind == "eq":
                 self.members_of(b"SADD", expect.key).append(ident)
+            elif expect.kind == "all":
+                self.members_of(b"ZADD", expect.key).extend((b"0", ident))
             elif expect.kind == "range":
-                self.members_of(b"ZADD", expect.key).extend((repr(expect.score).encode(), ident))
+                score = NO_VALUE if expect.score == float("inf") else repr(expect.score).encode()
+                self.members_of(b"ZADD", expect.key).extend((score, ident))
             else:
-                assert expect.field is not None and expect.raw is not None
-                self.unique.append((expect.key, expect.field, ident, expect.raw))
-
-    def settle_unique(self, conn: Any) -> None:
-        """Claim build keys only for unique values whose live key is wrong.
-
-        A live unique key that names the entity holding the value stays as it is:
-        commits keep it right (they release it only as its owner, and mirror the
-        release onto the build key, if any), and the switch does not touch it.
-        Rebuilding only what is wrong keeps the switch short: there is one unique
-        key per entity. The owners are read under ``WATCH``, like the hashes.
-        """
-        if not self.unique:
-            return
-        live = [key for key, *_ in self.unique]
-        watch, read = (b"WATCH", *dict.fromkeys(live)), (b"MGET", *live)
-        owners = executor.roundtrip(conn, [watch, read])[1]
-        others: list[tuple[tuple[bytes, MappedField, bytes, bytes], bytes]] = []
-        for item, owner in zip(self.unique, owners, strict=True):
-            if owner is None or isinstance(owner, ResponseError):
-                self.claim(*item)
-            elif bytes(owner) != item[2]:
-                others.append((item, self.layout.entity_of(bytes(owner))))
-        if not others:
-            return
-        commands = [(b"HGET", entity, item[1].hash_field) for item, entity in others]
-        held = executor.roundtrip(conn, [(b"WATCH", *(e for _, e in others)), *commands])[1:]
-        for (item, entity), raw in zip(others, held, strict=True):
-            key, field, ident, value = item
-            if holds(field, raw, field.index_key(value)):
-                owner = show(entity[self.layout.entity_prefix_len() :])
-                detail = f"{show(ident)} and {owner} both hold the value; it names {owner}"
-                self.problems.append(
-                    Problem("duplicate_unique", self.task.name, show(key), field.name, detail)
-                )
-            else:
-                self.claim(*item)
-
-    def claim(self, live: bytes, field: MappedField, ident: bytes, value: bytes) -> None:
-        self.claims.append((self.build_key(live), live, field, ident))
+                assert expect.field is not None and expect.value is not None
+                built = self.build_key(expect.key)
+                self.claims.append((built, expect.key, expect.field, expect.value, ident))
 
     def members_of(self, command: bytes, live: bytes) -> list[bytes]:
         """The arguments of the page's one write to a build key (``SADD``/``ZADD``)."""
@@ -524,7 +468,7 @@ class _Page:
             pairs = [k for pair in self.built.items() for k in pair]
             out.append((b"HSET", self.task.directory, *pairs))
         self.claims_at = len(out)
-        out += [(b"SET", built, ident, b"NX") for built, _, _, ident in self.claims]
+        out += [(b"HSETNX", built, value, ident) for built, _, _, value, ident in self.claims]
         return out
 
 

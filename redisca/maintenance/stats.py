@@ -1,7 +1,7 @@
 """stats: how much of each model Redis holds, counted with SCAN and cheap reads.
 
 Entities and index keys are counted by scanning; index entries with
-``SCARD``/``ZCARD``; memory is estimated from ``MEMORY USAGE`` of a sample of
+``SCARD``/``ZCARD``/``HLEN``; memory is estimated from ``MEMORY USAGE`` of a sample of
 keys of each kind (the average times the count), which stays cheap however
 large the model is. Nothing is decoded and nothing is written.
 """
@@ -34,8 +34,8 @@ from .common import (
 #: How many keys of each kind ``MEMORY USAGE`` is asked about.
 DEFAULT_SAMPLE = 200
 
-_KINDS = ("entity", "all", "eq", "range", "unique")
-_CARD = {"all": b"SCARD", "eq": b"SCARD", "range": b"ZCARD"}
+_KINDS = ("entity", "all", "eq", "range", "unique", "guard")
+_CARD = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN"}
 
 
 @attrs.define
@@ -47,9 +47,10 @@ class ModelStats:
     entities: int = 0
     #: Members of the all-ids set (equal to ``entities`` when the indexes are sound).
     ids: int = 0
-    #: Keys by kind: ``all``, ``eq``, ``range``, ``unique``, ``other`` (reindex, stray).
+    #: Keys by kind: ``all``, ``eq``, ``range``, ``unique`` (stripes), ``guard``,
+    #: ``other`` (reindex, stray, the layout before 2.0).
     index_keys: dict[str, int] = attrs.field(factory=dict)
-    #: Entries of the equality and range indexes (a unique key is one entry).
+    #: Entries of the equality, range and unique indexes (a unique value is one entry).
     index_entries: int = 0
     memory: dict[str, int] = attrs.field(factory=dict)
     memory_sampled: int = 0
@@ -116,8 +117,7 @@ def _model_stats(
             ticker.add(len(keys))
     ticker.finish()
     out.entities = counts.pop("entity")
-    out.ids = _int(run(client, [(b"SCARD", layout.all_ids)])[0])
-    out.index_entries += counts["unique"]
+    out.ids = _int(run(client, [(b"ZCARD", layout.all_ids)])[0])
     out.index_keys = {k: v for k, v in counts.items() if v}
     total = {**counts, "entity": out.entities}
     for kind, reservoir in samples.items():
@@ -131,7 +131,7 @@ def _model_stats(
 
 def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField]) -> str:
     """A key's kind for counting: an index of a field that has none is "other"."""
-    if parsed.kind in ("entity", "all"):
+    if parsed.kind in ("entity", "all", "guard"):
         return parsed.kind
     field = fields.get(parsed.field or b"")
     if parsed.kind == "unique" and field is not None and field.unique:
@@ -142,7 +142,8 @@ def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField]) -> str:
 
 
 def _entries(client: redis.Redis, layout: Any, keys: list[bytes]) -> int:
-    """Members of the equality and range index keys (the all-ids set is counted apart)."""
+    """Entries of the equality, range and unique index keys (the all-ids set is counted
+    apart)."""
     commands = []
     for key in keys:
         kind = layout.parse(key).kind

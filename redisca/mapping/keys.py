@@ -3,26 +3,42 @@
 Every key of a model starts with its prefix ``P``, which holds neither ``:``
 nor ``#``; so the first of those characters ends the prefix. Entity hashes
 continue with ``:`` (``P:<id>``), everything redisca keeps beside them with
-``#`` (``P#all``, ``P#i:<field>:<value>``, ``P#r:<field>``, ``P#u:<field>:<value>``,
-``P#t:<token>``, and while a reindex runs ``P#x``, ``P#b:<run>`` and
-``P#b:<run>:<index key without P#>``). Field names hold no ``:``, so the value
-is the whole remainder of an index key. No id or value can make two things
-share a key. See ``docs/keylayout.rst``.
+``#`` (``P#all``, ``P#i:<field>:<value>``, ``P#r:<field>``, the unique stripes
+``P#u:<field>:<n>``, the guard stripes ``P#g:<n>``, and while a reindex runs
+``P#x``, ``P#b:<run>`` and ``P#b:<run>:<index key without P#>``; ``P#t:<token>``
+is reserved for the query scratch keys of earlier versions). Field names hold
+no ``:``, so the value is the whole remainder of an index key. No id or value
+can make two things share a key. See ``docs/keylayout.rst``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
 from ..errors import DecodeError, MappingError
+from .codecs import decode_int
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _FIELD_RE = re.compile(rb"[A-Za-z0-9_.\-]+")
 #: A reindex run's token: it names the run's build keys, so it holds no ``:``.
 RUN_RE = re.compile(rb"[0-9a-f]+")
+
+#: A unique field's values are spread over this many hashes ``P#u:<field>:<n>``
+#: (value → owner id), ``n = crc32(value) % UNIQUE_STRIPES``: a key per stripe, not
+#: per value, and a commit watches at most this many keys per unique field.
+UNIQUE_STRIPES = 128
+#: Entities are spread over this many guard counters ``P#g:<n>``,
+#: ``n = crc32(id) % GUARD_STRIPES``: commits watch the stripes of the entities they
+#: read and bump those of the entities whose index entries they change.
+GUARD_STRIPES = 128
+#: The range-index score of an entity whose field holds no value: it sorts last.
+NO_VALUE = b"+inf"
+#: Stripe numbers as written in key names: decimal, no leading zero.
+_STRIPE_RE = re.compile(rb"0|[1-9][0-9]{0,2}")
 
 #: Hash fields redisca keeps for itself start with ``#``: user fields cannot.
 VERSION_FIELD = b"#v"
@@ -46,7 +62,7 @@ def decode_version(raw: bytes | None, key: bytes) -> int | None:
     if raw is None:
         return None
     try:
-        return int(raw)
+        return decode_int(raw)  # HINCRBY's text; int() alone would read " 5 " too
     except ValueError:
         name = key.decode(errors="replace")
         raise DecodeError(
@@ -74,6 +90,7 @@ class KeyLayout:
         "_build",
         "_entity",
         "_eq",
+        "_guard",
         "_marker",
         "_namespace",
         "_range",
@@ -91,6 +108,7 @@ class KeyLayout:
         self._range = p + b"#r:"
         self._unique = p + b"#u:"
         self._tmp = p + b"#t:"
+        self._guard = p + b"#g:"
         self._namespace = p + b"#"
         self._marker = p + b"#x"
         self._build = p + b"#b:"
@@ -117,8 +135,14 @@ class KeyLayout:
     def range_index(self, field: bytes) -> bytes:
         return self._range + field
 
-    def unique(self, field: bytes, value: bytes) -> bytes:
-        return self._unique + field + b":" + value
+    def unique_stripe(self, field: bytes, value: bytes) -> bytes:
+        """The hash that maps a unique field's ``value`` (index form) to its owner's id."""
+        return self._unique + field + b":%d" % (zlib.crc32(value) % UNIQUE_STRIPES)
+
+    def guard(self, id: bytes) -> bytes:
+        """The guard counter of the entity ``id`` (UTF-8): bumped by every commit that
+        inserts or deletes it or changes its indexed fields or version."""
+        return self._guard + b"%d" % (zlib.crc32(id) % GUARD_STRIPES)
 
     def scratch(self) -> bytes:
         """A fresh key for one query's intermediate results."""
@@ -146,10 +170,9 @@ class KeyLayout:
         """:meth:`build` for one run, its token checked once (a reindex builds many keys)."""
         start = self._build + _run(run) + b":"
         cut = len(self._namespace)
-        kinds = (self._all, self._eq, self._range, self._unique)
 
         def build(live: bytes) -> bytes:
-            if not live.startswith(kinds) or (live.startswith(self._all) and live != self._all):
+            if self.parse(live).kind not in INDEX_KINDS:
                 raise ValueError(f"{live!r} is not an index key of prefix {self.prefix!r}")
             return start + live[cut:]
 
@@ -167,9 +190,9 @@ class KeyLayout:
         """``SCAN MATCH`` pattern of every other key of the model."""
         return self._namespace + b"*"
 
-    def unique_pattern(self, field: bytes) -> bytes:
-        """``SCAN MATCH`` pattern of one field's unique keys (field names hold no glob)."""
-        return self._unique + field + b":*"
+    def unique_stripes(self, field: bytes) -> list[bytes]:
+        """Every stripe key of one unique field, in stripe order."""
+        return [self._unique + field + b":%d" % n for n in range(UNIQUE_STRIPES)]
 
     def parse(self, key: bytes) -> ParsedKey:
         """What a key of this model is; the left inverse of the builders above."""
@@ -184,9 +207,16 @@ class KeyLayout:
         for kind, start in (("eq", self._eq), ("unique", self._unique)):
             if key.startswith(start):
                 field, colon, value = key[len(start) :].partition(b":")
-                if colon and _FIELD_RE.fullmatch(field):
-                    return ParsedKey(kind, field, value)
-                return ParsedKey("unknown")
+                if not colon or not _FIELD_RE.fullmatch(field):
+                    return ParsedKey("unknown")
+                if kind == "unique" and not _stripe(value, UNIQUE_STRIPES):
+                    kind = "old_unique"  # a key per value, as redisca wrote before 2.0
+                return ParsedKey(kind, field, value)
+        if key.startswith(self._guard):
+            stripe = key[len(self._guard) :]
+            if _stripe(stripe, GUARD_STRIPES):
+                return ParsedKey("guard", value=stripe)
+            return ParsedKey("unknown")
         if key.startswith(self._range):
             field = key[len(self._range) :]
             return ParsedKey("range", field) if _FIELD_RE.fullmatch(field) else ParsedKey("unknown")
@@ -208,15 +238,22 @@ INDEX_KINDS = frozenset({"all", "eq", "range", "unique"})
 
 
 class ParsedKey(NamedTuple):
-    """A key's kind (``entity``, ``all``, ``eq``, ``range``, ``unique``, ``scratch``,
-    ``marker``, ``build``, ``build_dir``, ``unknown`` in the model's namespace, or
-    ``foreign``), with its field, its value (an entity's id, an index's value, the live
-    key a build key replaces) and a build key's run."""
+    """A key's kind (``entity``, ``all``, ``eq``, ``range``, ``unique`` (a stripe),
+    ``guard``, ``scratch``, ``marker``, ``build``, ``build_dir``, ``old_unique`` (a
+    unique key of the layout before 2.0, a key per value), ``unknown`` in the model's
+    namespace, or ``foreign``), with its field, its value (an entity's id, an index's
+    value, a stripe's number, the live key a build key replaces) and a build key's run.
+    A stripe name is also what an old unique key of a value such as ``7`` was: only its
+    Redis type (hash, not string) tells them apart."""
 
     kind: str
     field: bytes | None = None
     value: bytes | None = None
     run: bytes | None = None
+
+
+def _stripe(text: bytes, stripes: int) -> bool:
+    return bool(_STRIPE_RE.fullmatch(text)) and int(text) < stripes
 
 
 def _run(run: bytes) -> bytes:
@@ -227,9 +264,12 @@ def _run(run: bytes) -> bytes:
 
 __all__ = [
     "EXISTS_FIELD",
+    "GUARD_STRIPES",
     "INDEX_KINDS",
     "NAME_RE",
+    "NO_VALUE",
     "RUN_RE",
+    "UNIQUE_STRIPES",
     "VERSION_FIELD",
     "KeyLayout",
     "ParsedKey",

@@ -215,6 +215,14 @@ class Mapper:
         self._filler = None
         self._encoder = None
 
+    def forget_target(self, earlier: Mapper) -> None:
+        """A referenced class was mapped again: resolve its references anew (and rebuild
+        the generated filler, which holds the target's mapper as a constant)."""
+        for field in self.references:
+            if field._target_mapper is earlier:
+                field._target_mapper = None
+                self._filler = None
+
     @property
     def encoder(self) -> Encoder:
         """Every field's stored bytes as one generated function: an insert's values."""
@@ -240,7 +248,14 @@ class Mapper:
                 self._check_id_text(value)
             return value
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
+            try:
+                return str(value)
+            except ValueError as exc:  # beyond sys.get_int_max_str_digits() (4300 digits)
+                raise ValidationError(
+                    f"{self.class_.__name__}.{self.id_attr}: integer id too long: {exc}",
+                    field=self.id_attr,
+                    value=value,
+                ) from None
         raise ValidationError(
             f"{self.class_.__name__}.{self.id_attr}: ids are str (or int), got {value!r}",
             field=self.id_attr,
@@ -291,10 +306,15 @@ class Mapper:
 
 def mapper_of(cls: type) -> Mapper:
     """The mapper of a mapped class (not of its unmapped subclasses)."""
-    mapper = cls.__dict__.get("__redisca_mapper__") if isinstance(cls, type) else None
+    if not isinstance(cls, type):
+        # Most often arguments in the wrong order: session.get("01a…", User).
+        raise MappingError(
+            f"expected a mapped class, got {type(cls).__name__} {cls!r:.60}: the class "
+            "comes first, as in session.get(User, id)"
+        )
+    mapper = cls.__dict__.get("__redisca_mapper__")
     if mapper is None:
-        name = getattr(cls, "__name__", repr(cls))
-        raise MappingError(f"{name} is not mapped: decorate it with registry.mapped")
+        raise MappingError(f"{cls.__name__} is not mapped: decorate it with registry.mapped")
     return mapper  # type: ignore[no-any-return]
 
 

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import sys
+import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, overload
 
@@ -29,6 +31,8 @@ class Registry:
     def __init__(self) -> None:
         self._mappers: dict[type, Mapper] = {}
         self._by_prefix: dict[str, Mapper] = {}
+        #: Classes mapped again (see :meth:`_earlier_version`): old class -> new class.
+        self._replaced: dict[type, type] = {}
 
     def __iter__(self) -> Iterator[Mapper]:
         return iter(list(self._mappers.values()))
@@ -77,15 +81,46 @@ class Registry:
         if "__redisca_mapper__" in cls.__dict__:
             raise MappingError(f"{name} is already mapped")
         prefix = check_name("prefix", prefix if prefix is not None else name.lower(), name)
-        if prefix in self._by_prefix:
-            other = self._by_prefix[prefix].class_.__name__
+        earlier = self._earlier_version(cls)
+        owner = self._by_prefix.get(prefix)
+        if owner is not None and owner is not earlier:
+            other = owner.class_.__name__
             raise MappingError(f"{name}: prefix {prefix!r} is already used by {other}")
         mapper = Mapper(self, cls, prefix, id, versioned)
         mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
         mapper.instrument()
+        if earlier is not None:
+            self._replace(earlier, mapper)
         self._mappers[cls] = mapper
         self._by_prefix[prefix] = mapper
         return mapper
+
+    def _earlier_version(self, cls: type) -> Mapper | None:
+        """The mapper of a class this one redefines: same module, same qualified name.
+
+        A REPL, a notebook or a reloaded module defines a class again under its old
+        name; the new definition replaces the old one's mapping (see :meth:`_replace`).
+        """
+        for mapper in self._mappers.values():
+            old = mapper.class_
+            if old.__qualname__ == cls.__qualname__ and old.__module__ == cls.__module__:
+                return mapper
+        return None
+
+    def _replace(self, earlier: Mapper, mapper: Mapper) -> None:
+        """Forget a redefined class's mapper, with a warning: references to it now
+        resolve to the new class (by name, and by the old class object)."""
+        where = f"{mapper.class_.__module__}.{mapper.class_.__qualname__}"
+        warnings.warn(
+            f"redisca: {where} is mapped again; the new class replaces the earlier one "
+            f"(prefix {earlier.prefix!r} -> {mapper.prefix!r}) in this registry",
+            stacklevel=4,  # the user's @registry.mapped or registry.map() line
+        )
+        del self._mappers[earlier.class_]
+        del self._by_prefix[earlier.prefix]
+        self._replaced[earlier.class_] = mapper.class_
+        for other in self._mappers.values():
+            other.forget_target(earlier)
 
     def resolve(self, target: type | str) -> Mapper:
         """The mapper of a class, or of a class named ``target`` in this registry."""
@@ -94,6 +129,8 @@ class Registry:
                 if target in (mapper.class_.__name__, mapper.class_.__qualname__):
                     return mapper
             raise MappingError(f"no class named {target!r} is mapped in this registry")
+        while target in self._replaced:  # a class defined again: its latest version
+            target = self._replaced[target]
         try:
             return self._mappers[target]
         except KeyError:
@@ -136,6 +173,11 @@ class Registry:
             inner, optional = unwrap_optional(annotation)
         if spec is None:
             spec = self._infer(cls, name, annotation, inner)
+        elif not _agrees(spec, inner):
+            raise MappingError(
+                f"{cls.__name__}.{name}: the annotation {annotation!r} and the field helper "
+                f"disagree: it holds {_holds(spec)} values; annotate it with that type"
+            )
         elif spec.codec is None and spec.reference is None:
             # A generic Field(): its options, with codec or target from the annotation.
             inferred = self._infer(cls, name, annotation, inner)
@@ -162,12 +204,46 @@ class Registry:
         codec = codec_for(inner)
         if codec is not None:
             return FieldSpec(codec)
-        if isinstance(inner, type) and (inner in self._mappers or inner is cls):
+        if isinstance(inner, type) and (
+            inner in self._mappers or inner in self._replaced or inner is cls
+        ):
             return FieldSpec(reference=inner)  # another mapped class, or this one
         raise MappingError(
             f"{cls.__name__}.{name}: cannot map annotation {annotation!r}; "
             "use a field helper or register a codec"
         )
+
+
+#: Annotations a value of a type satisfies besides its own classes: PEP 484's numeric tower.
+_PROMOTIONS: dict[type, tuple[type, ...]] = {int: (float, complex), float: (complex,)}
+
+
+def _holds(spec: FieldSpec) -> str:
+    if spec.codec is not None:
+        return spec.codec.types[0].__name__
+    target = spec.reference
+    return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+
+
+def _agrees(spec: FieldSpec, annotation: Any) -> bool:
+    """Whether what a helper stores can be what the annotation (``X | None`` unwrapped)
+    says; ``when: datetime = Integer()`` cannot. Only what can be judged is refused: an
+    annotation left as a string, a typing construct, a codec without ``types``."""
+    if spec.codec is not None:
+        held = spec.codec.types[:1]  # the first is the type its values have
+    elif isinstance(spec.reference, type):
+        held = (spec.reference,)
+    else:
+        return True  # a target named by a string, or Field(): taken from the annotation
+    if not held or annotation is None or annotation is typing.Any or annotation is object:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_agrees(spec, member) for member in typing.get_args(annotation))
+    annotation = typing.get_origin(annotation) or annotation  # list[str] -> list
+    if not isinstance(annotation, type):
+        return True  # a TypeVar, NewType, Literal, ...: not judged
+    value_type = held[0]
+    return issubclass(value_type, annotation) or annotation in _PROMOTIONS.get(value_type, ())
 
 
 def _annotation(cls: type, attribute: Any, registry: Registry) -> Any:

@@ -2,9 +2,10 @@
 
 Index removals come from the values read after WATCH, never from the
 session's snapshot, so an index cannot drift when another client changed the
-entity meanwhile. Unique keys hold their owner's id: a claim succeeds when
-the key is free, already ours, or released by its owner in this same commit;
-a release deletes only a key this entity owns.
+entity meanwhile. Unique stripes map each value to its owner's id: a claim
+succeeds when the value is free, already ours, or released by its owner in
+this same commit; a release removes only a value this entity owns. A range
+index holds every entity, those without a value at score ``+inf``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 import attrs
 
 from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
-from ..mapping.keys import EXISTS_FIELD, VERSION_FIELD, decode_version
+from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
-from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, unique_key
+from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, Slot, unique_key
 from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
 
 #: Writes to an unwatched entity only if it still exists: a plain update racing a
@@ -43,9 +44,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '')
 
 
 class NeedOwners(Exception):
-    """The emitter must know more unique-key owners (a second read round)."""
+    """The emitter must know more unique values' owners (a second read round)."""
 
-    def __init__(self, keys: list[bytes]) -> None:
+    def __init__(self, keys: list[Slot]) -> None:
         super().__init__(keys)
         self.keys = keys
 
@@ -54,9 +55,9 @@ class NeedOwners(Exception):
 class _Emitter:
     observed: Observed
     out: list[Command] = attrs.field(factory=list)
-    claims: dict[bytes, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
-    released: set[bytes] = attrs.field(factory=set)
-    unknown: list[bytes] = attrs.field(factory=list)
+    claims: dict[Slot, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
+    released: set[Slot] = attrs.field(factory=set)
+    unknown: list[Slot] = attrs.field(factory=list)
     #: Build keys a running reindex gets written, by build directory: build key → live key.
     built: dict[bytes, dict[bytes, bytes]] = attrs.field(factory=dict)
 
@@ -81,53 +82,55 @@ class _Emitter:
         self.built.setdefault(layout.build_dir(run.run), {})[built] = live
         return built
 
-    def index_add(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
+    def index_add(self, change: EntityChange, field: MappedField, raw: bytes | None) -> None:
+        """The entries of a field's new value (``None``: none, but a range index still
+        holds the entity, at ``+inf``)."""
         index = field.index
-        if index is not None:
-            if index == "eq":
-                command: Command = (b"SADD", _eq_key(field, raw), change.id)
-            else:
-                score = repr(field.score(raw)).encode()
-                command = (b"ZADD", _range_key(field), score, change.id)
-            self.write(change, field.hash_field, command)
-        if field.unique:
+        if index == "range":
+            score = NO_VALUE if raw is None else repr(field.score(raw)).encode()
+            self.write(change, field.hash_field, (b"ZADD", _range_key(field), score, change.id))
+        elif raw is None:
+            return
+        elif index == "eq":
+            self.write(change, field.hash_field, (b"SADD", _eq_key(field, raw), change.id))
+        if field.unique and raw is not None:
             self.claim(change, field, raw)
 
     def index_remove(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
+        """Drop the entries of a field's old value; a range entry is left to the ZADD
+        of the new score (or to the delete's ZREM)."""
         if field.index == "eq":
             self.write(change, field.hash_field, (b"SREM", _eq_key(field, raw), change.id))
-        elif field.index == "range":
-            self.write(change, field.hash_field, (b"ZREM", _range_key(field), change.id))
         if field.unique:
-            key = unique_key(field, raw)
-            self.release(change, key)
+            slot = unique_key(field, raw)
+            self.release(change, slot)
             # The build holds the owner the hashes say: release it by the value, whoever
-            # the live key names.
-            built = self.build_key(change, field.hash_field, key)
+            # the live stripe names.
+            built = self.build_key(change, field.hash_field, slot[0])
             if built is not None:
-                self.out.append((b"EVAL", RELEASE_BUILT, 1, built, change.id))
+                self.out.append((b"EVAL", RELEASE_BUILT, 1, built, slot[1], change.id))
 
     def claim(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
-        key = unique_key(field, raw)
-        earlier = self.claims.get(key)
+        slot = unique_key(field, raw)
+        earlier = self.claims.get(slot)
         if earlier is not None and earlier[0].id != change.id:
             raise _violation(field, raw, earlier[0].id)
-        self.claims[key] = (change, field, raw)
+        self.claims[slot] = (change, field, raw)
 
-    def release(self, change: EntityChange, key: bytes) -> None:
-        if key not in self.observed.owners:
-            self.unknown.append(key)
-        elif self.observed.owners[key] == change.id:
-            self.out.append((b"DEL", key))
-            self.released.add(key)
+    def release(self, change: EntityChange, slot: Slot) -> None:
+        if slot not in self.observed.owners:
+            self.unknown.append(slot)
+        elif self.observed.owners[slot] == change.id:
+            self.out.append((b"HDEL", *slot))
+            self.released.add(slot)
 
     def settle_claims(self) -> None:
-        # After every release: a DEL must precede the SET of a key changing hands.
-        for key, (change, field, raw) in self.claims.items():
-            owner = self.observed.owners.get(key)
-            if owner is not None and owner != change.id and key not in self.released:
+        # After every release: an HDEL must precede the HSET of a value changing hands.
+        for slot, (change, field, raw) in self.claims.items():
+            owner = self.observed.owners.get(slot)
+            if owner is not None and owner != change.id and slot not in self.released:
                 raise _violation(field, raw, owner)
-            self.write(change, field.hash_field, (b"SET", key, change.id))
+            self.write(change, field.hash_field, (b"HSET", *slot, change.id))
 
     def build_dirs(self) -> None:
         """Record the build keys written, so the reindex's switch finds every one."""
@@ -213,19 +216,21 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
             + (doubt if change.in_doubt else "")
         )
     hset: list[Any] = [b"HSET", key]
-    indexed = []
+    indexed: list[tuple[MappedField, bytes | None]] = []
     for field, raw in change.values.items():
         if raw is not None:
             hset += (field.hash_field, raw)
             if field.indexed:
                 indexed.append((field, raw))
+        elif field.index == "range":
+            indexed.append((field, raw))
     mapper = change.mapper
     if mapper.versioned:
         hset += (VERSION_FIELD, b"%d" % (change.expect_version or 1))
     if len(hset) == 2:
         hset += (EXISTS_FIELD, b"")
     em.out.append(tuple(hset))
-    em.write(change, ALL_IDS, (b"SADD", mapper.layout.all_ids, change.id))
+    em.write(change, ALL_IDS, (b"ZADD", mapper.layout.all_ids, 0, change.id))
     index_add = em.index_add
     for field, raw in indexed:
         index_add(change, field, raw)
@@ -265,8 +270,7 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
             continue
         if old is not None:
             em.index_remove(change, field, old)
-        if new is not None:
-            em.index_add(change, field, new)
+        em.index_add(change, field, new)
 
 
 def _emit_delete(em: _Emitter, change: EntityChange) -> None:
@@ -274,8 +278,10 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
     if current is None:
         return  # already gone: nothing of it is left to remove
     em.out.append((b"DEL", change.key))
-    em.write(change, ALL_IDS, (b"SREM", change.mapper.layout.all_ids, change.id))
+    em.write(change, ALL_IDS, (b"ZREM", change.mapper.layout.all_ids, change.id))
     for field in change.mapper.indexed:
+        if field.index == "range":
+            em.write(change, field.hash_field, (b"ZREM", _range_key(field), change.id))
         old = current.get(field.hash_field)
         if old is not None:
             em.index_remove(change, field, old)

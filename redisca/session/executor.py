@@ -8,7 +8,7 @@ It packs the commands itself (:mod:`redisca.session.resp`): redis-py's packer
 cost a third of a large commit's client time.
 
 A commit is at most three round trips: ``WATCH`` + reads, a second read of
-unique-key owners when the session's guess was stale, then
+unique values' owners when the session's guess was stale, then
 ``MULTI``/``EXEC``. With nothing to watch it is the last one alone.
 """
 
@@ -183,7 +183,7 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
     commands: list[Command] = [(b"WATCH", *watched)] if watched else []
     commands += [(b"EXISTS", key) for key in reads.exists]
     commands += [(b"HMGET", key, *fields) for key, fields in reads.fields.items()]
-    commands += [(b"GET", key) for key in reads.owners]
+    commands += [(b"HGET", stripe, value) for stripe, value in reads.owners]
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     replies = iter(roundtrip(conn, commands)[1 if watched else 0 :])
     for key in reads.exists:
@@ -191,9 +191,9 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
     for key, fields in reads.fields.items():
         values = _checked(next(replies), key)
         observed.fields[key] = dict(zip(fields, values, strict=True))
-    for key in reads.owners:
-        owner = _checked(next(replies), key)
-        observed.owners[key] = None if owner is None else decode_id(owner, key)
+    for slot in reads.owners:
+        owner = _checked(next(replies), slot[0])
+        observed.owners[slot] = None if owner is None else decode_id(owner, slot[0])
     for key in reads.markers:
         run = parse_marker(_checked(next(replies), key))
         if run is not None:

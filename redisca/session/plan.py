@@ -16,6 +16,8 @@ from ..mapping.keys import VERSION_FIELD
 from ..mapping.mapper import MappedField, Mapper
 
 Command = tuple[Any, ...]
+#: A unique value's place: its field's stripe hash, and the value (index form) in it.
+Slot = tuple[bytes, bytes]
 
 INSERT = "insert"
 UPDATE = "update"
@@ -80,21 +82,23 @@ class CommitPlan:
 class Reads:
     """What to WATCH and read before MULTI.
 
-    Unique keys being claimed are watched; unique keys only read to release
-    them are not: a key an entity owns changes only when that entity does,
-    and its hash is watched. Fewer watched keys matter: Redis 7.0's WATCH
-    costs time quadratic in the number of keys one connection watches.
+    The stripes of unique values being claimed are watched; values only read
+    to release them are not: a value an entity owns changes hands only when
+    that entity changes, and its hash is watched. Fewer watched keys matter:
+    Redis 7.0's WATCH costs time quadratic in the number of keys one
+    connection watches.
     """
 
     exists: list[bytes] = attrs.field(factory=list)
     fields: dict[bytes, list[bytes]] = attrs.field(factory=dict)
-    owners: list[bytes] = attrs.field(factory=list)
-    claims: set[bytes] = attrs.field(factory=set)
+    #: Unique values whose owner to read (``HGET`` of the stripe).
+    owners: list[Slot] = attrs.field(factory=list)
+    claims: set[Slot] = attrs.field(factory=set)
     #: Reindex markers (``P#x``), watched and read: see :mod:`redisca.session.rebuild`.
     markers: list[bytes] = attrs.field(factory=list)
 
     def keys(self) -> list[bytes]:
-        claimed = [key for key in self.owners if key in self.claims]
+        claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
         return list(dict.fromkeys([*self.exists, *self.fields, *claimed, *self.markers]))
 
     def __bool__(self) -> bool:
@@ -107,19 +111,21 @@ class Observed:
 
     exists: dict[bytes, bool] = attrs.field(factory=dict)
     fields: dict[bytes, dict[bytes, bytes | None]] = attrs.field(factory=dict)
-    owners: dict[bytes, str | None] = attrs.field(factory=dict)
+    owners: dict[Slot, str | None] = attrs.field(factory=dict)
     #: Running reindexes by marker key (``redisca.session.rebuild.Rebuild``).
     rebuilds: dict[bytes, Any] = attrs.field(factory=dict)
 
 
-def unique_key(field: MappedField, raw: bytes) -> bytes:
-    return field.mapper.layout.unique(field.hash_field, field.index_key(raw))
+def unique_key(field: MappedField, raw: bytes) -> Slot:
+    """Where a unique field's stored value ``raw`` is claimed: (stripe, index form)."""
+    value = field.index_key(raw)
+    return field.mapper.layout.unique_stripe(field.hash_field, value), value
 
 
 def collect_reads(plan: CommitPlan) -> Reads:
     """Keys to WATCH and read: claimed unique keys, new keys, and entities to re-read."""
     reads = Reads()
-    owners: dict[bytes, None] = {}
+    owners: dict[Slot, None] = {}
     for change in plan.changes:
         key = change.key
         if change.op == INSERT:
@@ -168,6 +174,7 @@ __all__ = [
     "EntityChange",
     "Observed",
     "Reads",
+    "Slot",
     "collect_reads",
     "unique_key",
 ]

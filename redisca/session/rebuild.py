@@ -37,9 +37,12 @@ from .plan import DELETE, INSERT, CommitPlan
 #: The marker's member for the all-ids set (hash field names never hold ``#``).
 ALL_IDS = b"#all"
 
-#: A build unique key is released only if the entity releasing it owns it there.
+#: A value of a build unique stripe is released only if the entity releasing it owns
+#: it there. KEYS: the build stripe. ARGV: the value, the releasing entity's id.
 RELEASE_BUILT = b"""\
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
 return 0
 """
 

@@ -48,12 +48,27 @@ def _encode(arg: Any) -> bytes:
     raise TypeError(f"a command argument must be bytes, str or int, not {type(arg).__name__}")
 
 
+#: Commands an application's own command may not be (``add_command`` refuses them when
+#: queued). The commit owns the transaction (``MULTI``/``EXEC``/``WATCH``...: an ``EXEC``
+#: of yours ends it early, so the commit misreads what Redis did), and the connection goes
+#: back to a pool that every session shares: a ``SELECT``, ``AUTH``, ``HELLO``, ``RESET``
+#: or ``CLIENT`` setting would follow the next commit of any session, and a subscription
+#: or ``MONITOR`` turns the connection into something else. ``SWAPDB`` swaps databases
+#: under every client.
+REFUSED_COMMANDS = frozenset(
+    b"""MULTI EXEC DISCARD WATCH UNWATCH SELECT SWAPDB AUTH HELLO RESET CLIENT QUIT
+    MONITOR SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE
+    READONLY READWRITE ASKING SYNC PSYNC REPLCONF""".split()
+)
+
+
 def encode_command(args: Sequence[Any]) -> tuple[bytes, ...]:
     """A command of the application's own (``Session.add_command``), checked when queued.
 
     It takes what redis-py's commands take: bytes, text, ints and floats (as
     ``repr`` writes them), and a name of two words (``"OBJECT ENCODING"``) split in
-    two. Anything else is refused here, before it can fail a commit half sent.
+    two. Anything else is refused here, before it can fail a commit half sent, and
+    so are the commands of :data:`REFUSED_COMMANDS`.
     """
     if not args:
         raise ValidationError("add_command() needs at least a command name")
@@ -74,6 +89,12 @@ def encode_command(args: Sequence[Any]) -> tuple[bytes, ...]:
                 "a command takes bytes, str, int or float",
                 value=arg,
             ) from None
+    if out[0].upper() in REFUSED_COMMANDS:
+        raise ValidationError(
+            f"add_command() cannot run {out[0].decode(errors='replace').upper()}: the commit "
+            "owns the transaction and the pooled connection (see Session.add_command)",
+            value=name,
+        )
     return tuple(out)
 
 
@@ -106,4 +127,4 @@ def pack(commands: Sequence[Sequence[Any]]) -> list[bytes]:
     return pack_python(commands)
 
 
-__all__ = ["CHUNK", "encode_command", "pack", "pack_python"]
+__all__ = ["CHUNK", "REFUSED_COMMANDS", "encode_command", "pack", "pack_python"]

@@ -380,7 +380,10 @@ class Session:
         ``bind`` picks the server by mapped class (default: the session's bind).
         The reply is in the returned object's ``value`` once the commit succeeded.
         Arguments are what redis-py's commands take (bytes, str sent as UTF-8, int,
-        float); anything else raises :class:`~redisca.ValidationError` here.
+        float); anything else raises :class:`~redisca.ValidationError` here, and so
+        do commands that would break the transaction or the pooled connection
+        (``EXEC``, ``WATCH``, ``SELECT``, ``AUTH``, ``CLIENT``, ``SUBSCRIBE``, ...:
+        ``redisca.session.resp.REFUSED_COMMANDS``).
         """
         wire = resp.encode_command(args)  # refused here, not halfway through a commit
         client = self.bind_for(bind) if bind is not None else self.bind_for(object)
