@@ -181,18 +181,18 @@ def install(
 
 
 def from_hashes(
-    session: Session, mapper: Mapper, idents: list[str], raws: list[dict[bytes, bytes]]
+    session: Session, mapper: Mapper, idents: list[str], replies: list[Any]
 ) -> list[Any]:
-    """Instances of ``idents`` from hashes read with them (a query's page), ``None``
-    where no hash was read. Instances the session holds loaded, pending or deleted
-    stay as the session has them, as :meth:`Session.get_many` returns them."""
+    """Instances of ``idents`` from HGETALL replies read with them (a query's page),
+    ``None`` where no hash was read. Instances the session holds loaded, pending or
+    deleted stay as the session has them, as :meth:`Session.get_many` returns them."""
     table = session._table(mapper)
     wanted, hashes = [], []
-    for ident, raw in zip(idents, raws, strict=True):
+    for ident, reply in zip(idents, replies, strict=True):
         state = table.get(ident)
         if state is None or (state.persistent and not state.loaded):
             wanted.append(ident)
-            hashes.append(raw)
+            hashes.append(_hash(reply, mapper.key(ident)))
     if wanted:
         with gcpause.paused(len(wanted)):
             install(session, mapper, wanted, hashes)

@@ -18,11 +18,12 @@ from ..mapping import instrument
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.keys import decode_id
 from ..mapping.mapper import MappedField, Mapper
-from . import executor, loading, queryscript
+from . import loading, queryscript
 from .querycompile import (
     NO_CURSOR,
     Cursor,
     Filters,
+    ScriptCall,
     compile_query,
     order_field,
     ordering_field,
@@ -132,25 +133,24 @@ class Query(Generic[T]):
 
     def ids(self) -> list[str]:
         """Ids of the matching entities, in query order; nothing is loaded."""
-        return self._decode(self._run(b"ids")[0])
+        reply, call = self._run(b"ids")
+        return self._decode(reply[0], call)
 
     def count(self) -> int:
         """How many entities match (within offset and limit), computed on the server.
 
         With no condition it is one ``ZCARD``; with a range condition on the order
         field only, two ``ZCOUNT``; otherwise the matches are counted by the script."""
-        return int(self._run(b"count")[0])
+        return int(self._run(b"count")[0][0])
 
     def all(self) -> list[T]:
         """The matching instances, in query order, read with the ids in one atomic step.
 
         Instances the session holds loaded are returned as they are in the session."""
-        ids, hashes, _ = self._run(b"load")
+        (ids, hashes, _), call = self._run(b"load")
         if not ids:
             return []
-        found = loading.from_hashes(
-            self.session, self.mapper, self._decode(ids), [executor.hash_reply(h) for h in hashes]
-        )
+        found = loading.from_hashes(self.session, self.mapper, self._decode(ids, call), hashes)
         results = [typing.cast(T, obj) for obj in found if obj is not None]
         if self.preloads:
             self.session.preload(results, *self.preloads)
@@ -188,9 +188,9 @@ class Query(Generic[T]):
     def _client(self) -> Any:
         return self.session.bind_for(self.mapper)
 
-    def _run(self, mode: bytes) -> Any:
-        """The script's reply: ``[ids, hashes, work]``, or ``[count, work]`` for a count.
-        ``work`` is the number of index entries the server read (the tests bound it)."""
+    def _run(self, mode: bytes) -> tuple[Any, ScriptCall]:
+        """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
+        ``work``: the index entries the server read, which the tests bound) and its call."""
         filters = self._sorted()
         by = ordering_field(self.mapper, filters, self.ordering)
         call = compile_query(
@@ -203,7 +203,7 @@ class Query(Generic[T]):
             limit=self.limit_,
             cursor=self._cursor(by),
         )
-        return queryscript.run(self._client(), call)
+        return queryscript.run(self._client(), call), call
 
     def _cursor(self, by: MappedField | None) -> Cursor:
         """``after()``'s position: an instance's stored order value when the session
@@ -226,11 +226,11 @@ class Query(Generic[T]):
         score = float("inf") if raw is None else by.score(raw)
         return (b"s", score_arg(score), ident.encode())
 
-    def _decode(self, ids: list[bytes]) -> list[str]:
+    def _decode(self, ids: list[bytes], call: ScriptCall) -> list[str]:
         try:
             return [i.decode() for i in ids]
-        except UnicodeDecodeError:  # data another program wrote: name the index read
-            where = self.mapper.layout.all_ids
+        except UnicodeDecodeError:  # data another program wrote: name the indexes read
+            where = b" or ".join(dict.fromkeys(call.keys[2:])) or call.keys[1]
             return [decode_id(i, where) for i in ids]
 
 

@@ -138,7 +138,8 @@ local function reply(ids)
   if mode == 'count' then return {ids, work} end
   local hashes = {}
   if mode == 'load' then
-    for i, id in ipairs(ids) do hashes[i] = redis.call('HGETALL', prefix .. id) end
+    -- pcall: a key that is no hash fails as a DecodeError naming it, not the query
+    for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', prefix .. id) end
   end
   return {ids, hashes, work}
 end
