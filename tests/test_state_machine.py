@@ -368,7 +368,14 @@ def conditions() -> st.SearchStrategy[Cond]:
             for name in RANGED
         ]
     )
-    return st.one_of(eq, ranged)
+    return st.one_of(eq, ranged.map(_ordered_between))
+
+
+def _ordered_between(cond: Cond) -> Cond:
+    """between(high, low) is refused (a QueryError): draw the bounds in order."""
+    if cond.op != "between" or cond.a <= cond.b:
+        return cond
+    return Cond(cond.name, cond.op, cond.b, cond.a)
 
 
 queries = st.builds(

@@ -262,6 +262,22 @@ class Mapper:
             value=value,
         )
 
+    def lookup_id(self, value: Any) -> str:
+        """An id given to find an entity (``get``, ``reference``...): checked as the id
+        attribute checks it, except that ``None`` names no entity and is refused (on an
+        instance, ``None`` means "give it a ``hexid()`` when added"). redisca 1.x took
+        ``User(None)`` as the empty id ``""``, which is still an id: ask for ``""``."""
+        if value is None:
+            raise ValidationError(
+                f"{self.class_.__name__}.{self.id_attr}: None names no entity (redisca 1.x's "
+                'User(None) was the empty id: pass "" for that)',
+                field=self.id_attr,
+                value=value,
+            )
+        ident = self._coerce_id(value)
+        assert ident is not None  # only None gives None
+        return ident
+
     def _check_id_text(self, value: str) -> None:
         try:
             value.encode()

@@ -31,7 +31,7 @@ class Registry:
     def __init__(self) -> None:
         self._mappers: dict[type, Mapper] = {}
         self._by_prefix: dict[str, Mapper] = {}
-        #: Classes mapped again (see :meth:`_earlier_version`): old class -> new class.
+        #: Classes defined and mapped again (see :func:`_redefines`): old class -> new.
         self._replaced: dict[type, type] = {}
 
     def __iter__(self) -> Iterator[Mapper]:
@@ -81,10 +81,9 @@ class Registry:
         if "__redisca_mapper__" in cls.__dict__:
             raise MappingError(f"{name} is already mapped")
         prefix = check_name("prefix", prefix if prefix is not None else name.lower(), name)
-        earlier = self._earlier_version(cls)
-        owner = self._by_prefix.get(prefix)
-        if owner is not None and owner is not earlier:
-            other = owner.class_.__name__
+        earlier = self._by_prefix.get(prefix)
+        if earlier is not None and not _redefines(cls, earlier.class_):
+            other = earlier.class_.__name__
             raise MappingError(f"{name}: prefix {prefix!r} is already used by {other}")
         mapper = Mapper(self, cls, prefix, id, versioned)
         mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
@@ -95,26 +94,15 @@ class Registry:
         self._by_prefix[prefix] = mapper
         return mapper
 
-    def _earlier_version(self, cls: type) -> Mapper | None:
-        """The mapper of a class this one redefines: same module, same qualified name.
-
-        A REPL, a notebook or a reloaded module defines a class again under its old
-        name; the new definition replaces the old one's mapping (see :meth:`_replace`).
-        """
-        for mapper in self._mappers.values():
-            old = mapper.class_
-            if old.__qualname__ == cls.__qualname__ and old.__module__ == cls.__module__:
-                return mapper
-        return None
-
     def _replace(self, earlier: Mapper, mapper: Mapper) -> None:
-        """Forget a redefined class's mapper, with a warning: references to it now
-        resolve to the new class (by name, and by the old class object)."""
+        """Forget the mapper of a class defined again (see :func:`_redefines`), with a
+        warning: references to it now resolve to the new class (by name, and by the old
+        class object)."""
         where = f"{mapper.class_.__module__}.{mapper.class_.__qualname__}"
         warnings.warn(
-            f"redisca: {where} is mapped again; the new class replaces the earlier one "
-            f"(prefix {earlier.prefix!r} -> {mapper.prefix!r}) in this registry",
-            stacklevel=4,  # the user's @registry.mapped or registry.map() line
+            f"redisca: {where} is mapped again with prefix {mapper.prefix!r}; the new "
+            "class replaces the earlier one in this registry",
+            stacklevel=4,  # the user's @registry.mapped line
         )
         del self._mappers[earlier.class_]
         del self._by_prefix[earlier.prefix]
@@ -212,6 +200,14 @@ class Registry:
             f"{cls.__name__}.{name}: cannot map annotation {annotation!r}; "
             "use a field helper or register a codec"
         )
+
+
+def _redefines(cls: type, old: type) -> bool:
+    """Whether ``cls`` is ``old`` defined again: a REPL, a notebook cell or a reloaded
+    module runs the class statement anew, and the new class, of the same module and
+    qualified name, asks for the prefix the old one holds. It takes the old one's place.
+    (Under another prefix it is one more model, as any class is.)"""
+    return cls.__qualname__ == old.__qualname__ and cls.__module__ == old.__module__
 
 
 #: Annotations a value of a type satisfies besides its own classes: PEP 484's numeric tower.

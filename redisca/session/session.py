@@ -295,12 +295,57 @@ class Session:
             setattr(target, field.name, value)
         return target
 
+    def update_or_create(self, cls: type[T], id: str | int, /, **values: Any) -> T:
+        """Assign ``values`` to the entity with this id, creating it if Redis has none.
+
+        redisca 1.x's ``User(id)``, set fields, ``save()`` in one call. The entity is
+        loaded first (one round trip, none if the session holds it). When it exists,
+        exactly these attributes are assigned: the others keep what is stored (no
+        defaults, no ``None``s, unlike :meth:`merge`). When it does not,
+        ``cls(**values, id=id)`` is added: the class's defaults apply and required
+        attributes must be among ``values``. Returns the session's instance (a created
+        one is in :attr:`new`); :meth:`commit` writes it, and a key created by someone
+        else meanwhile makes that commit raise :class:`~redisca.IntegrityError`.
+        """
+        mapper = mapper_of(cls)
+        ident = mapper.lookup_id(id)
+        unknown = sorted(set(values) - set(mapper.by_name))
+        if unknown:
+            raise InvalidRequestError(f"{cls.__name__} has no mapped attributes {unknown}")
+        obj = self.get(cls, ident)
+        if obj is None:
+            return self._create(mapper, ident, values)  # type: ignore[no-any-return]
+        for name, value in values.items():
+            setattr(obj, name, value)
+        return obj
+
+    def _create(self, mapper: Mapper, ident: str, values: dict[str, Any]) -> Any:
+        """The entity :meth:`update_or_create` adds, built by the class's ``__init__``."""
+        state = self._lookup(mapper, ident)
+        if state is not None and state.deleted:
+            raise InvalidRequestError(f"{state.key} is marked for deletion in this session")
+        init, late = _init_arguments(mapper, ident, values)
+        if state is None:
+            obj = mapper.class_(**init)
+            self.add(obj)
+        else:
+            # A reference() to a key Redis does not hold: that object becomes the new
+            # entity (objects holding it keep holding it), initialised by the class.
+            obj = state.obj
+            type(obj).__init__(obj, **init)
+            state.persistent = state.loaded = False
+            state.snapshot, state.assigned, state.version = {}, None, None
+            self.cascade(state)
+        for name, value in late.items():
+            setattr(obj, name, value)
+        return obj
+
     # -- loading -------------------------------------------------------------
 
     def reference(self, cls: type[T], id: str | int) -> T:
         """An instance for a key without loading it; its first field read loads the hash."""
         mapper = mapper_of(cls)
-        return self._stub(mapper, mapper.id_attribute.coerce(id))  # type: ignore[no-any-return]
+        return self._stub(mapper, mapper.lookup_id(id))  # type: ignore[no-any-return]
 
     def _stub(self, mapper: Mapper, ident: str) -> Any:
         state = self._lookup(mapper, ident)
@@ -319,7 +364,7 @@ class Session:
         """Instances in the order of ``ids``; one round trip for all not yet loaded."""
         # Inlined loops: this is the path of every load and every query's results.
         mapper = mapper_of(cls)
-        coerce = mapper.id_attribute.coerce
+        coerce = mapper.lookup_id  # None names no entity: a ValidationError
         idents = [i if type(i) is str and i.isascii() else coerce(i) for i in ids]
         lookup = self._table(mapper).get
         wanted = [
@@ -345,6 +390,25 @@ class Session:
         raw = loading.fetch(self, state.mapper, [state.id])[0]  # type: ignore[list-item]
         loading.require(bool(raw), state)
         loading.hydrate(self, state, raw, overwrite=not only_missing)
+
+    def unload(self, obj: object) -> None:
+        """Forget what was loaded of ``obj`` but keep its changes (redisca 1.x's ``unload()``).
+
+        Attributes whose values differ from the loaded ones keep them; the others are
+        unset, and reading one loads the hash again (the way :meth:`refresh` with
+        ``only_missing=True`` does; that is 1.x's ``load()``). No round trip now. A
+        commit writes the kept changes as before. A pending instance has nothing
+        loaded and is left as it is.
+        """
+        state = self.state(obj)
+        if not state.persistent:
+            return
+        changed = {field.name for field in state.changes()}
+        for field in state.mapper.fields:
+            if field.name not in changed:
+                field.attribute.del_raw(state.obj)
+        state.snapshot, state.version, state.loaded = {}, None, False
+        state.assigned = changed if changed else IN_STEP
 
     def preload(self, objs: Iterable[object], *attributes: Any) -> None:
         """Load the targets of reference attributes of many instances: no N+1.
@@ -432,6 +496,33 @@ class Session:
             else:
                 field.attribute.del_raw(state.obj)
         state.assigned = IN_STEP
+
+
+def _init_arguments(
+    mapper: Mapper, ident: str, values: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``__init__``'s keyword arguments for a new entity with these values (attrs takes a
+    private ``_x`` as ``x``), and the values of attributes ``__init__`` does not take.
+    A required attribute missing from ``values`` is refused here, naming it."""
+    by_name = {a.name: a for a in attrs.fields(mapper.class_)}
+    init = {by_name[mapper.id_attr].alias: ident}
+    late: dict[str, Any] = {}
+    for name, value in values.items():
+        if by_name[name].init:
+            init[by_name[name].alias] = value
+        else:
+            late[name] = value
+    missing = [
+        a.name
+        for a in by_name.values()
+        if a.init and a.default is attrs.NOTHING and a.alias not in init
+    ]
+    if missing:
+        raise InvalidRequestError(
+            f"{mapper.key(ident).decode()} does not exist, and creating it needs "
+            f"{', '.join(missing)} (no default)"
+        )
+    return init, late
 
 
 __all__ = ["CommandResult", "Session"]
