@@ -15,11 +15,13 @@ from typing import Any
 
 import redis
 
+from . import servers
 from .floor import FloorSide
 from .model import dataset
 from .orm import OrmSide
 
 INTERVAL = 0.001
+IDLE_SECONDS = 5.0
 CHUNK = 5_000
 
 
@@ -68,10 +70,12 @@ def probe(url: str, work: Callable[[], Any]) -> dict[str, Any]:
 def stalls(url: str, n: int) -> dict[str, Any]:
     """PING latencies during an N-user insert: redisca's one commit, redisca's bulk load,
     and the floor's one pipeline (for comparison)."""
-    client = redis.Redis.from_url(url)
+    client = servers.client(url)
     data = dataset(n, lookups=1, queries=1)
     out: dict[str, Any] = {}
     try:
+        # The machine's own noise: the same probe while nothing is written.
+        out[f"nothing (idle, {IDLE_SECONDS:g} s)"] = probe(url, lambda: time.sleep(IDLE_SECONDS))
         orm = OrmSide(client, data)
         client.flushall()
         orm.setup()

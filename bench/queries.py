@@ -28,7 +28,7 @@ from redisca import Integer, Registry, Session, String, hexid
 from redisca.session import resp
 from redisca.session.query import Query
 
-from . import raw, runner
+from . import raw, runner, servers
 from .counting import Counter, counting_client
 
 registry = Registry()
@@ -149,7 +149,7 @@ def _write(client: redis.Redis, commands: list[tuple[Any, ...]]) -> None:
 def check_loader(url: str, n: int = 300) -> None:
     """The raw loader writes what redisca writes (guard counters aside), with the same
     ids: the query phase measures redisca's layout."""
-    client = redis.Redis.from_url(url)
+    client = servers.client(url)
     try:
         client.flushall()
         with Session(client) as session:
@@ -250,7 +250,7 @@ def _slowlog_usec(client: redis.Redis) -> tuple[int, int]:
 
 def measure(url: str, n: int, rnd: random.Random) -> dict[str, Any]:
     """Each shape's server time (SLOWLOG), wall time and round trips per query."""
-    admin = redis.Redis.from_url(url)
+    admin = servers.client(url)
     client, counter = counting_client(url)
     old = admin.config_get("slowlog-*")
     admin.config_set("slowlog-max-len", 10_000)
@@ -318,7 +318,7 @@ def phase(
     """Load the items level by level; at each size check them and measure every shape."""
     if how == "raw":
         check_loader(url)
-    client = redis.Redis.from_url(url)
+    client = servers.client(url)
     client.flushall()
     items = Items()
     rnd = random.Random(11)
@@ -331,6 +331,7 @@ def phase(
             log(f"query phase: measuring at {n:,} items")
             out[str(n)] = {"load": loaded, "shapes": measure(url, n, rnd)}
     finally:
-        client.flushall()
+        # In the background: a synchronous FLUSHALL of a million items takes seconds.
+        client.flushall(asynchronous=True)
         client.close()
     return out

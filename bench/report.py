@@ -222,7 +222,7 @@ def query_table(server: dict[str, Any]) -> str:
 def _results(figures: dict[str, Any] | None) -> str:
     if not figures or "results" not in figures:
         return "-"
-    return f"{figures['results']:,g}"
+    return f"{figures['results']:,.0f}"
 
 
 def _server_us(figures: dict[str, Any] | None) -> str:
