@@ -94,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ping-n", type=int, default=100_000, help="users of the PING probe's writes (0: skip)"
     )
     parser.add_argument(
+        "--big-commit",
+        type=int,
+        default=50_000,
+        help="users of one commit on a default client (5 s socket timeout; 0: skip)",
+    )
+    parser.add_argument(
         "--bulk-n", type=int, default=1_000_000, help="users of the bulk load (0: skip)"
     )
     parser.add_argument(
@@ -129,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.n, args.rounds, args.rounds_large, args.client_memory = [1_000], 1, 1, False
         args.query_sizes, args.ping_n, args.bulk_n = [1_000], 2_000, 2_000
+        args.big_commit = 2_000
         if args.parser in ("both", "hiredis") and not redis.utils.HIREDIS_AVAILABLE:
             args.parser = "python"
         if args.parser == "both":
@@ -238,6 +245,15 @@ def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock)
                 if peaks is not None:
                     memory[str(n)] = peaks
             out["client_memory"] = memory
+        if args.big_commit:
+            keep(
+                "big_commit",
+                clock.step(
+                    steps,
+                    f"one commit of {args.big_commit:,} (default client)",
+                    lambda: runner.big_commit(server.url, args.big_commit),
+                ),
+            )
         if args.ping_n:
             runs = clock.step(
                 steps, f"PING probe N={args.ping_n:,}", lambda: ping.stalls(server.url, args.ping_n)
@@ -430,6 +446,8 @@ def failures(result: dict[str, Any]) -> list[str]:
         for name, figures in server.get("ping", {}).get("runs", {}).items():
             if "error" in figures:
                 out.append(f"{key} PING probe, {name}: {figures['error']}")
+        if "error" in server.get("big_commit", {}):
+            out.append(f"{key} big commit: {server['big_commit']['error']}")
         if "error" in server.get("bulk", {}):
             out.append(f"{key} bulk load: {server['bulk']['error']}")
     return out

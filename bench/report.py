@@ -304,6 +304,12 @@ def bulk_table(result: dict[str, Any]) -> str:
     return table(header, rows)
 
 
+def _big(figures: dict[str, Any]) -> str:
+    if "error" in figures:
+        return "failed: " + str(figures["error"])[:80]
+    return f"committed in {figures['seconds']:.1f} s"
+
+
 def render(result: dict[str, Any]) -> str:
     """Every table of one run (one parser), then its targets."""
     title = f"{result['parser']} parser · Python {result['python']} · redis-py {result['redis_py']}"
@@ -341,6 +347,16 @@ def render(result: dict[str, Any]) -> str:
                 parts.append("Failed queries: " + "; ".join(errors))
     if any(s.get("ping") for s in servers.values()):
         parts.append(f"**PING latency during a big write**\n\n{ping_table(result)}")
+    big = [
+        [_short(s["label"]), f"{s['big_commit']['n']:,}", _big(s["big_commit"])]
+        for s in servers.values()
+        if s.get("big_commit")
+    ]
+    if big:
+        parts.append(
+            "**One commit of many users on a default client (5 s socket timeout)**\n\n"
+            + table(["server", "users", "result"], big)
+        )
     if any(s.get("bulk") for s in servers.values()):
         parts.append(f"**Bulk load**\n\n{bulk_table(result)}")
     checked = targets.check(result)

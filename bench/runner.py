@@ -358,3 +358,24 @@ def dump(client: redis.Redis) -> frozenset[tuple[bytes, Any]]:
             value = client.get(key)
         out.append((key, value))
     return frozenset(out)
+
+
+def big_commit(url: str, n: int) -> dict[str, Any]:
+    """One commit of ``n`` new users (a unique email each) on a client with redis-py's
+    default settings (a 5 s socket timeout): it succeeds only if no step of the commit
+    holds the server that long."""
+    client = redis.Redis.from_url(url)
+    side = OrmSide(client, dataset(n, lookups=1, queries=1))
+    try:
+        client.flushall()
+        side.setup()
+        start = time.perf_counter()
+        try:
+            side.insert()
+        except Exception as exc:  # recorded: the figure is whether it fails
+            return {"n": n, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"n": n, "seconds": time.perf_counter() - start}
+    finally:
+        servers.recover_url(url)
+        servers.client(url).flushall()
+        client.close()

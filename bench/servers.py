@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from typing import NamedTuple
 
 import redis
@@ -77,3 +78,10 @@ def recover(server: EmbeddedServer) -> None:
     """Restart a server a failed step left busy (same port: clients reconnect)."""
     if not healthy(server.url):
         server.restart()
+
+
+def recover_url(url: str, timeout: float = SOCKET_TIMEOUT) -> None:
+    """Wait until a server a failed step left busy answers again."""
+    deadline = time.monotonic() + timeout
+    while not healthy(url) and time.monotonic() < deadline:
+        time.sleep(1)
