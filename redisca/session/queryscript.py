@@ -311,23 +311,36 @@ local function gather()
     end
   end
   if mode == 'count' then return keep, #keep end
-  local before = function(x, y) return key[x] < key[y] end
-  if byscore then
-    before = function(x, y)
-      local a, b = key[x], key[y]
-      if a ~= b then return a < b end
-      return lt(x, y)
+  -- Sort the distinct keys with Lua's own '<' on numbers (no Lua comparator: several
+  -- times faster), then the ids of each key by byte order where several share it.
+  local groups, keys = {}, {}
+  for _, id in ipairs(keep) do
+    local k = key[id]
+    local g = groups[k]
+    if not g then
+      g = {}
+      groups[k] = g
+      keys[#keys + 1] = k
     end
+    g[#g + 1] = id
   end
-  if desc then
-    table.sort(keep, function(x, y) return before(y, x) end)
-  else
-    table.sort(keep, before)
-  end
-  local out = {}
+  table.sort(keys)
   local stop = #keep
   if need then stop = math.min(stop, need) end
-  for i = offset + 1, stop do out[#out + 1] = keep[i] end
+  local out, seen = {}, 0
+  local from, to, step = 1, #keys, 1
+  if desc then from, to, step = #keys, 1, -1 end
+  for i = from, to, step do
+    local g = groups[keys[i]]
+    if #g > 1 then
+      if desc then table.sort(g, function(x, y) return lt(y, x) end) else table.sort(g, lt) end
+    end
+    for _, id in ipairs(g) do
+      seen = seen + 1
+      if seen > stop then return out, #keep end
+      if seen > offset then out[#out + 1] = id end
+    end
+  end
   return out, #keep
 end
 
