@@ -282,7 +282,7 @@ def measure(url: str, n: int, rnd: random.Random) -> dict[str, Any]:
 def _repeat(
     admin: redis.Redis, client: redis.Redis, counter: Counter, run: Any, last: Any
 ) -> dict[str, Any]:
-    server, wall, commands = [], [], []
+    server, wall, commands, results = [], [], [], []
     with Session(client) as session:
         run(session, last)  # warm-up: scripts loaded, connections made
         started = time.perf_counter()
@@ -291,8 +291,9 @@ def _repeat(
             admin.slowlog_reset()
             counter.reset()
             start = time.perf_counter()
-            run(session, last)
+            got = run(session, last)
             wall.append(time.perf_counter() - start)
+            results.append(len(got) if isinstance(got, list) else int(got))
             trips = counter.round_trips
             usec, logged = _slowlog_usec(admin)
             server.append(usec)
@@ -306,6 +307,8 @@ def _repeat(
         "round_trips": trips,
         "commands": statistics.median(commands),
         "runs": len(server),
+        # What the query returned: rows loaded (the page), or the count.
+        "results": statistics.median(results),
     }
 
 

@@ -202,7 +202,7 @@ def query_table(server: dict[str, Any]) -> str:
     header = ["query"] + [f"{int(n):,} server µs" for n in sizes]
     if len(sizes) > 1:
         header.append(f"{int(sizes[-1]):,} / {int(sizes[0]):,}")
-    header += [f"{int(n):,} wall ms" for n in sizes] + ["round trips"]
+    header += [f"{int(n):,} wall ms" for n in sizes] + ["round trips", "results"]
     shapes = list(dict.fromkeys(s for n in sizes for s in server["queries"][n]["shapes"]))
     rows = []
     for shape in shapes:
@@ -214,8 +214,15 @@ def query_table(server: dict[str, Any]) -> str:
             row.append(f"{b['server_us'] / a['server_us']:.2f}" if ok else "-")  # type: ignore[index]
         row += [f"{f['wall_ms']:.2f}" if f and "wall_ms" in f else "-" for f in figs]
         row.append(str(figs[-1].get("round_trips", "-")) if figs[-1] else "-")
+        row.append(" / ".join(_results(f) for f in figs))
         rows.append(row)
     return table(header, rows)
+
+
+def _results(figures: dict[str, Any] | None) -> str:
+    if not figures or "results" not in figures:
+        return "-"
+    return f"{figures['results']:,g}"
 
 
 def _server_us(figures: dict[str, Any] | None) -> str:
