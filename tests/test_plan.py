@@ -78,6 +78,14 @@ def uk(email: str) -> tuple[bytes, bytes]:
     return b"pusr#u:eml:%d" % (zlib.crc32(value) % 128), value
 
 
+def guard(prefix: bytes, ident: str) -> bytes:
+    """An entity's guard stripe ``P#g:<crc32(id) % 128>`` (docs/keylayout.rst)."""
+    return prefix + b"#g:%d" % (zlib.crc32(ident.encode()) % 128)
+
+
+BUMP = (b"INCR", guard(b"pusr", "u1"))
+
+
 def change(op: str, ident: str = "u1", mapper: Any = UM, **values: bytes | None) -> EntityChange:
     fields = {mapper.by_name[name]: raw for name, raw in values.items()}
     return EntityChange(mapper, ident, op, fields, needs_read=op != INSERT)
@@ -121,12 +129,14 @@ def test_insert_from_a_session() -> None:
         (b"SADD", b"pusr#i:city:paris", "u1"),
         (b"SADD", b"pusr#i:company:c1", "u1"),
         (b"HSET", *uk("ann@x.com"), "u1"),
+        BUMP,  # inserted: its guard stripe moves, failing the EXEC of its readers
     ]
     company_cmds = [c for c in emit(plan, observed) if c not in user_cmds]
     assert company_cmds == [
         (b"HSET", b"pco:c1", b"name", b"acme"),
         (b"ZADD", b"pco#all", 0, "c1"),
         (b"SADD", b"pco#i:name:acme", "c1"),
+        (b"INCR", guard(b"pco", "c1")),
     ]
 
 
@@ -137,6 +147,7 @@ def test_insert_markers_and_existing_key() -> None:
     assert emit(CommitPlan((empty,)), observed) == [
         (b"HSET", b"pdoc:u1", b"#v", b"1"),  # versioned: the version starts at 1
         (b"ZADD", b"pdoc#all", 0, "u1"),
+        (b"INCR", guard(b"pdoc", "u1")),
     ]
     bare = change(INSERT, email=b"a@b.c")
     bare.values = {}
@@ -173,9 +184,13 @@ def test_update_removes_the_observed_index_value_not_the_snapshot() -> None:
         (b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie"),
         (b"SREM", b"pusr#i:city:rome", "u1"),
         (b"SADD", b"pusr#i:city:lyon", "u1"),
+        BUMP,
     ]
     already = Observed(exists={KEY: True}, fields={KEY: {b"city": b"lyon"}})
-    assert emit(plan, already) == [(b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie")]
+    assert emit(plan, already) == [
+        (b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie"),
+        BUMP,
+    ]
     with pytest.raises(StaleDataError):  # deleted since it was loaded
         emit(plan, Observed(exists={KEY: False}))
 
@@ -204,6 +219,7 @@ def test_range_update_and_field_to_none() -> None:
     assert emit(plan, observed) == [
         (b"HSET", KEY, b"age", b"31"),
         (b"ZADD", b"pusr#r:age", b"31.0", "u1"),  # a new score replaces the old one
+        BUMP,
     ]
     user.age, user.city, user.nickname = None, None, None
     plan = plan_of(s)
@@ -213,9 +229,13 @@ def test_range_update_and_field_to_none() -> None:
         (b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname"),
         (b"ZADD", b"pusr#r:age", b"+inf", "u1"),  # no value: it stays, sorting last
         (b"SREM", b"pusr#i:city:paris", "u1"),
+        BUMP,
     ]
     gone = Observed(exists={KEY: True}, fields={KEY: {b"age": None, b"city": None}})
-    assert emit(plan, gone) == [(b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname")]
+    assert emit(plan, gone) == [
+        (b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname"),
+        BUMP,
+    ]
 
 
 def test_update_to_no_field_keeps_a_marker() -> None:
@@ -234,6 +254,7 @@ def test_update_to_no_field_keeps_a_marker() -> None:
         (b"HSET", b"pdoc:d1", b"#e", b""),
         (b"EVAL", REMOVE_FIELDS, 1, b"pdoc:d1", b"title"),
         (b"HINCRBY", b"pdoc:d1", b"#v", 1),
+        (b"INCR", guard(b"pdoc", "d1")),  # a version changes: its readers must know
     ]
 
 
@@ -246,7 +267,7 @@ def test_versioned_mismatch_is_stale() -> None:
         with pytest.raises(StaleDataError):
             emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": stored}}))
     ok = emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": b"3"}}))
-    assert ok[-1] == (b"HINCRBY", b"pdoc:d1", b"#v", 1)
+    assert ok[-2:] == [(b"HINCRBY", b"pdoc:d1", b"#v", 1), (b"INCR", guard(b"pdoc", "d1"))]
 
 
 def test_update_of_a_reference_that_does_not_exist() -> None:
@@ -281,11 +302,12 @@ def test_delete() -> None:
         (b"HDEL", *uk("ann@x.com")),
         (b"ZREM", b"pusr#r:age", "u1"),
         (b"SREM", b"pusr#i:city:rome", "u1"),
+        BUMP,
     ]
     # a unique key owned by someone else is left alone
     observed.owners[uk("ann@x.com")] = "u2"
     assert (b"HDEL", *uk("ann@x.com")) not in emit(plan, observed)
-    assert emit(plan, Observed(exists={KEY: False})) == []  # already gone
+    assert emit(plan, Observed(exists={KEY: False})) == [BUMP]  # already gone
 
 
 # -- unique claims --------------------------------------------------------------
@@ -298,9 +320,9 @@ def test_claim_owned_by_another_id() -> None:
     assert (info.value.field, info.value.value, info.value.owner) == ("email", "Bob@X.com", "u9")
     assert isinstance(info.value, IntegrityError)
     # ours already (a retry): fine
-    assert emit(plan, Observed(exists={KEY: False}, owners={uk("bob@x.com"): "u1"}))[-1] == (
-        b"HSET", *uk("bob@x.com"), "u1",
-    )  # fmt: skip
+    assert emit(plan, Observed(exists={KEY: False}, owners={uk("bob@x.com"): "u1"}))[-2:] == [
+        (b"HSET", *uk("bob@x.com"), "u1"), BUMP,
+    ]  # fmt: skip
     # two entities of one commit claiming one value
     twice = CommitPlan((plan.changes[0], change(INSERT, "u2", email=b"bob@x.com")))
     with pytest.raises(UniqueViolation):
@@ -344,13 +366,14 @@ def test_unknown_owner_needs_a_second_read() -> None:
         (b"HSET", KEY, b"eml", b"new@x.com"),
         (b"HDEL", *uk("old@x.com")),
         (b"HSET", *uk("new@x.com"), "u1"),
+        BUMP,
     ]
 
 
 def test_user_commands_come_last() -> None:
     plan = CommitPlan((change(INSERT, city=b"rome"),), ((b"INCR", b"hits"), (b"PING",)))
     out = emit(plan, Observed(exists={KEY: False}))
-    assert out[-2:] == [(b"INCR", b"hits"), (b"PING",)] and len(out) == 5
+    assert out[-3:] == [BUMP, (b"INCR", b"hits"), (b"PING",)] and len(out) == 6
     assert not CommitPlan() and CommitPlan(commands=((b"PING",),))
     s = offline()
     s.add_command("SET", "k", "v")  # the plan holds it as sent: checked and encoded

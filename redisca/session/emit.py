@@ -209,7 +209,9 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
     # An existing key written by the attempt whose outcome was unknown is no conflict:
     # writing the insert again changes nothing.
     exists = em.observed.exists.get(key, False)
-    if exists and not _applied_before(change, em.observed.fields.get(key, {})):
+    if exists:
+        if _applied_before(change, em.observed.fields.get(key, {})):
+            return  # written by the attempt whose outcome was unknown, indexes and all
         doubt = " (a commit of it had an unknown outcome, and it changed since)"
         raise IntegrityError(
             f"{key.decode(errors='replace')} already exists in Redis"
@@ -301,8 +303,16 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
         raise NeedOwners(list(dict.fromkeys(em.unknown)))
     em.settle_claims()
     em.build_dirs()
+    em.out.extend(guard_bumps(plan))
     em.out.extend(plan.commands)
     return em.out
+
+
+def guard_bumps(plan: CommitPlan) -> list[Command]:
+    """One ``INCR`` per guard stripe of the entities whose read state the commit changes:
+    it fails the ``EXEC`` of every other commit that read one of them meanwhile."""
+    guards = dict.fromkeys(c.guard for c in plan.changes if c.bumps_guard)
+    return [(b"INCR", guard) for guard in guards]
 
 
 def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
@@ -314,4 +324,4 @@ def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
     }
 
 
-__all__ = ["GUARDED_WRITE", "REMOVE_FIELDS", "NeedOwners", "emit", "vanished"]
+__all__ = ["GUARDED_WRITE", "REMOVE_FIELDS", "NeedOwners", "emit", "guard_bumps", "vanished"]
