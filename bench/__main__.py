@@ -28,6 +28,8 @@ from . import NO_HIREDIS_ENV, bulk, ping, queries, report, runner, servers
 from .raw import check_layout
 
 DEFAULT_JSON = "bench-results.json"
+#: From this N on, a phase round takes minutes: --rounds-large rounds, not --rounds.
+LARGE = 100_000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PHASE",
         help=f"phases to report ({', '.join(runner.PHASES)})",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="runs per side; the best counts")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed runs per side; the best counts"
+    )
+    parser.add_argument(
+        "--rounds-large",
+        type=int,
+        default=1,
+        help=f"timed runs per side at N >= {LARGE:,} (each takes minutes; default 1)",
+    )
     parser.add_argument(
         "--parser",
         choices=("both", "hiredis", "python"),
@@ -117,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.profile and args.parser == "both":
         args.parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python"
     if args.quick:
-        args.n, args.rounds, args.client_memory = [1_000], 1, False
+        args.n, args.rounds, args.rounds_large, args.client_memory = [1_000], 1, 1, False
         args.query_sizes, args.ping_n, args.bulk_n = [1_000], 2_000, 2_000
         if args.parser in ("both", "hiredis") and not redis.utils.HIREDIS_AVAILABLE:
             args.parser = "python"
@@ -128,21 +138,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-#: Seconds per entity on an idle two-core machine: the phases (three sides, per round),
-#: what their find and range phases cost whatever N (per round), loading and querying
-#: (the query phase's fixed part per size), a bulk load and the PING probe's writes.
-_PHASE_S = 240e-6
+#: Seconds per entity measured on the two-core development machine at a load average
+#: of about 6 (other work sharing it): the phases (three sides, per round), what their
+#: find and range phases cost whatever N (per round), loading and querying (the query
+#: phase's fixed part per size), a bulk load and the PING probe's writes.
+_PHASE_S = 900e-6
 _PHASE_FIXED_S = 4.5
-_QUERY_S = 35e-6
+_QUERY_S = 150e-6
 _QUERY_FIXED_S = 30.0
-_BULK_S = 40e-6
-_PROBE_S = 120e-6
+_BULK_S = 70e-6
+_PROBE_S = 90e-6
 
 
 def estimate_minutes(args: argparse.Namespace, n_servers: int) -> float:
-    """An idle machine's minutes for this run (a loaded one takes up to twice as long)."""
-    rounds = args.rounds + 1  # the counting round
-    phases = (sum(args.n) * _PHASE_S + len(args.n) * _PHASE_FIXED_S) * rounds
+    """This run's minutes on the development machine under a load average of about 6."""
+    phases = 0.0
+    for n in args.n:
+        rounds = 1 + (args.rounds if n < LARGE else args.rounds_large)  # + counting
+        phases += (n * _PHASE_S + _PHASE_FIXED_S) * rounds
     if args.client_memory:
         phases += sum(args.n) * 3 * _PHASE_S
     query = max(args.query_sizes, default=0) * _QUERY_S + _QUERY_FIXED_S * len(args.query_sizes)
@@ -188,36 +201,49 @@ def log(message: str) -> None:
 
 
 def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
-    """Every step on one server, started for the run and stopped after it."""
+    """Every step on one server, started for the run and stopped after it. A step that
+    fails leaves its error in ``steps`` and no figures."""
     server = servers.start(spec)
     out: dict[str, Any] = {"binary": spec.binary, "label": servers.label(spec, server)}
     steps: dict[str, Any] = {}
     out["steps"] = steps
+
+    def keep(key: str, value: Any) -> None:
+        if value is not None:
+            out[key] = value
+
     log(f"server: {out['label']} ({spec.binary})")
     try:
         clock.step(steps, "verify", lambda: runner.verify(server.url))
         phases: dict[str, Any] = {}
         for n in args.n:
-            phases[str(n)] = clock.step(
+            rounds = args.rounds if n < LARGE else args.rounds_large
+            figures = clock.step(
                 steps,
                 f"phases N={n:,}",
-                lambda n=n: runner.timed(server, n, tuple(args.phases), args.rounds),
+                lambda n=n, rounds=rounds: runner.timed(server, n, tuple(args.phases), rounds),
             )
+            if figures is not None:
+                phases[str(n)] = figures
+            servers.recover(server)
         out["phases"] = phases
         if args.client_memory:
-            out["client_memory"] = {
-                str(n): clock.step(
+            memory = {}
+            for n in args.n:
+                peaks = clock.step(
                     steps,
                     f"client memory N={n:,}",
                     lambda n=n: runner.memory(server.url, n, tuple(args.phases)),
                 )
-                for n in args.n
-            }
+                if peaks is not None:
+                    memory[str(n)] = peaks
+            out["client_memory"] = memory
         if args.ping_n:
             runs = clock.step(
                 steps, f"PING probe N={args.ping_n:,}", lambda: ping.stalls(server.url, args.ping_n)
             )
-            out["ping"] = {"n": args.ping_n, "runs": runs}
+            if runs is not None:
+                out["ping"] = {"n": args.ping_n, "runs": runs}
             servers.recover(server)
         sizes = sorted(args.query_sizes)
         if sizes and clock.over() and len(sizes) > 1:
@@ -225,17 +251,24 @@ def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock)
             out["skipped"] = [f"query phase at {sizes[-1]:,}"]
             sizes = sizes[:-1]
         if sizes:
-            out["queries"] = clock.step(
-                steps,
-                "query phase",
-                lambda: queries.phase(server.url, tuple(sizes), log, args.query_load),
+            keep(
+                "queries",
+                clock.step(
+                    steps,
+                    "query phase",
+                    lambda: queries.phase(server.url, tuple(sizes), log, args.query_load),
+                ),
             )
+            servers.recover(server)
         if args.bulk_n and clock.over():
             log("over the time budget: no bulk load")
             out.setdefault("skipped", []).append(f"bulk load of {args.bulk_n:,}")
         elif args.bulk_n:
-            out["bulk"] = clock.step(
-                steps, f"bulk load N={args.bulk_n:,}", lambda: _bulk(server.url, args.bulk_n)
+            keep(
+                "bulk",
+                clock.step(
+                    steps, f"bulk load N={args.bulk_n:,}", lambda: _bulk(server.url, args.bulk_n)
+                ),
             )
     finally:
         server.stop()
@@ -266,7 +299,7 @@ def run_here(
             server.stop()
     estimate = estimate_minutes(args, len(specs))
     log(
-        f"time budget: {args.budget:g} min; estimate: {estimate:.0f} min on an idle machine "
+        f"time budget: {args.budget:g} min; estimate: {estimate:.0f} min (two cores at load 6) "
         f"(load now {os.getloadavg()[0]:.2f}); figures are saved as each server ends"
     )
     clock = Clock(args.budget, strict=args.quick)

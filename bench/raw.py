@@ -63,6 +63,40 @@ def email_slot(address: str) -> tuple[bytes, bytes]:
 UPDATE_IF_EXISTS = GUARDED_WRITE
 
 
+def guards(prefix: bytes, ids: Sequence[str]) -> list[bytes]:
+    """The guard stripes (``P#g:<n>``) of these entities, each once, in first-seen order:
+    what a guarded commit watches for the entities it reads and bumps for those whose
+    index entries it changes."""
+    return list(dict.fromkeys(prefix + b"#g:%d" % (zlib.crc32(i.encode()) % STRIPES) for i in ids))
+
+
+def bumps(prefix: bytes, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    return [(b"INCR", key) for key in guards(prefix, ids)] if Protocol.guarded else []
+
+
+class Protocol:
+    """Whether redisca's commits bump guard stripes (the bounded-WATCH protocol): then
+    they watch the guard stripes of the entities they read instead of the entities'
+    keys. Found by :func:`detect` on the server, from what a commit leaves behind."""
+
+    guarded = False
+
+
+def detect(client: redis.Redis) -> bool:
+    """Look at what a redisca commit writes: guard stripes or not."""
+    from redisca import Session
+
+    from .model import Company
+
+    client.flushall()
+    with Session(client) as session:
+        session.add(Company(name="probe", id="probe"))
+        session.commit()
+    Protocol.guarded = bool(list(client.scan_iter(match=b"co#g:*")))
+    client.flushall()
+    return Protocol.guarded
+
+
 def check_layout() -> None:
     layout: Any = KeyLayout("usr")
     assert layout.entity("x") == ENTITY + b"x"
@@ -169,6 +203,7 @@ class RawSide:
             else:
                 commands += [(b"SADD", b"co#all", i), (b"SET", b"co#u:name:" + name, i)]
             commands.append((b"HSET", b"co:" + i.encode(), b"name", name))
+        commands += bumps(b"co", company_ids())
         commands.append((b"SCRIPT", b"LOAD", UPDATE_IF_EXISTS))
         self.sha = run(self.client, commands)[-1]
 
@@ -204,7 +239,7 @@ class RawSide:
                     (b"SADD", COMPANY + row.company.encode(), ident),
                     _claim(slot, ident),
                 ]
-            transaction(conn, writes)
+            transaction(conn, writes + bumps(b"usr", self.ids))
         return len(rows)
 
     def get(self) -> int:
@@ -239,6 +274,13 @@ class RawSide:
             transaction(conn, writes)
         return len(self.records)
 
+    def _watched(self, keys: list[bytes]) -> list[bytes]:
+        """What a commit that reads these entities watches: their keys, or their guard
+        stripes under the guarded protocol."""
+        if Protocol.guarded:
+            return guards(b"usr", [r["id"] for r in self.records])
+        return keys
+
     def update_indexed(self) -> int:
         keys = []
         for record, age in zip(self.records, self.data.new_ages, strict=True):
@@ -246,7 +288,7 @@ class RawSide:
             keys.append(ENTITY + record["id"].encode())
         with connection(self.client) as conn:
             reads = [(b"EXISTS", k) for k in keys] + [(b"HMGET", k, b"age") for k in keys]
-            replies = roundtrip(conn, [(b"WATCH", *keys), *reads])
+            replies = roundtrip(conn, [(b"WATCH", *self._watched(keys)), *reads])
             n = len(keys)
             exists, old = replies[1 : n + 1], replies[n + 1 :]
             writes: list[tuple[Any, ...]] = []
@@ -261,7 +303,7 @@ class RawSide:
                     if was is not None and not STRIPED:
                         writes.append((b"ZREM", AGE, record["id"]))
                     writes.append((b"ZADD", AGE, new, record["id"]))
-            transaction(conn, writes)
+            transaction(conn, writes + bumps(b"usr", [r["id"] for r in self.records]))
         return len(keys)
 
     def delete(self) -> int:
@@ -271,7 +313,7 @@ class RawSide:
             reads = [(b"EXISTS", k) for k in keys]
             reads += [(b"HMGET", k, b"eml", b"age", b"company") for k in keys]
             reads += [_owner_read(s) for s in slots]
-            replies = roundtrip(conn, [(b"WATCH", *keys), *reads])
+            replies = roundtrip(conn, [(b"WATCH", *self._watched(keys)), *reads])
             n = len(keys)
             exists, old, owners = (
                 replies[1 : n + 1],
@@ -292,6 +334,6 @@ class RawSide:
                     writes.append(_release(slot))
                 if company is not None:
                     writes.append((b"SREM", COMPANY + company, ident))
-            transaction(conn, writes)
+            transaction(conn, writes + bumps(b"usr", [r["id"] for r in self.records]))
         self.records = []
         return len(keys)

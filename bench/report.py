@@ -180,27 +180,66 @@ def memory_table(result: dict[str, Any]) -> str:
     return table(header, rows)
 
 
+def memory_kinds_table(result: dict[str, Any]) -> str:
+    """Where each side's bytes per user go, by key kind, at each server's largest N."""
+    header = ["server", "N", "key kind", "redisca B/user", "same-work", "floor"]
+    rows = []
+    for server in result["servers"].values():
+        phases = server.get("phases", {})
+        if not phases:
+            continue
+        n = max(phases, key=int)
+        kinds = [phases[n][s].get("insert", {}).get("redis_bytes_by_kind", {}) for s in SIDES]
+        for kind in dict.fromkeys(k for side in kinds for k in side):
+            cells = [f"{side[kind]:.1f}" if kind in side else "" for side in kinds]
+            rows.append([_short(server["label"]), f"{int(n):,}", kind, *cells])
+    return table(header, rows) if rows else ""
+
+
 def query_table(server: dict[str, Any]) -> str:
     """Server time per query (SLOWLOG, median µs) at each size, and wall time."""
     sizes = sorted(server["queries"], key=int)
     header = ["query"] + [f"{int(n):,} server µs" for n in sizes]
     if len(sizes) > 1:
         header.append(f"{int(sizes[-1]):,} / {int(sizes[0]):,}")
-    header += [f"{int(n):,} wall ms" for n in sizes] + ["round trips"]
-    shapes = list(server["queries"][sizes[-1]]["shapes"])
+    header += [f"{int(n):,} wall ms" for n in sizes] + ["round trips", "results"]
+    shapes = list(dict.fromkeys(s for n in sizes for s in server["queries"][n]["shapes"]))
     rows = []
     for shape in shapes:
         figs = [server["queries"][n]["shapes"].get(shape) for n in sizes]
-        row = [shape] + [f"{f['server_us']:,.0f}" if f else "-" for f in figs]
+        row = [shape] + [_server_us(f) for f in figs]
         if len(sizes) > 1:
             a, b = figs[0], figs[-1]
-            row.append(
-                f"{b['server_us'] / a['server_us']:.2f}" if a and b and a["server_us"] else "-"
-            )
-        row += [f"{f['wall_ms']:.2f}" if f else "-" for f in figs]
-        row.append(str(figs[-1]["round_trips"]) if figs[-1] else "-")
+            ok = a and b and a.get("server_us") and "server_us" in b
+            row.append(f"{b['server_us'] / a['server_us']:.2f}" if ok else "-")  # type: ignore[index]
+        row += [f"{f['wall_ms']:.2f}" if f and "wall_ms" in f else "-" for f in figs]
+        row.append(str(figs[-1].get("round_trips", "-")) if figs[-1] else "-")
+        row.append(" / ".join(_results(f) for f in figs))
         rows.append(row)
     return table(header, rows)
+
+
+def _results(figures: dict[str, Any] | None) -> str:
+    if not figures or "results" not in figures:
+        return "-"
+    return f"{figures['results']:,g}"
+
+
+def _server_us(figures: dict[str, Any] | None) -> str:
+    if not figures:
+        return "-"
+    if "server_us" not in figures:
+        return "failed"
+    return f"{figures['server_us']:,.0f}"
+
+
+def query_errors(server: dict[str, Any]) -> list[str]:
+    return [
+        f"{int(n):,} items, {shape}: {f['error']}"
+        for n, level in server["queries"].items()
+        for shape, f in level["shapes"].items()
+        if "error" in f
+    ]
 
 
 def load_table(server: dict[str, Any]) -> str:
@@ -287,6 +326,9 @@ def render(result: dict[str, Any]) -> str:
     if ns:
         parts.append(f"**redisca's µs per operation as N grows**\n\n{growth_table(result)}")
         parts.append(f"**Redis memory per user**\n\n{memory_table(result)}")
+        kinds = memory_kinds_table(result)
+        if kinds:
+            parts.append(f"**Redis memory per user by key kind**\n\n{kinds}")
     for server in servers.values():
         if server.get("queries"):
             parts.append(f"**Query phase · {server['label']}: loading**\n\n{load_table(server)}")
@@ -294,6 +336,9 @@ def render(result: dict[str, Any]) -> str:
                 f"**Query phase · {server['label']}: server time per query**\n\n"
                 + query_table(server)
             )
+            errors = query_errors(server)
+            if errors:
+                parts.append("Failed queries: " + "; ".join(errors))
     if any(s.get("ping") for s in servers.values()):
         parts.append(f"**PING latency during a big write**\n\n{ping_table(result)}")
     if any(s.get("bulk") for s in servers.values()):

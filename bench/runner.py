@@ -17,7 +17,7 @@ import redis
 
 from redisca.embedded import EmbeddedServer
 
-from . import servers
+from . import raw, servers
 from .counting import Counter, counting_client
 from .floor import FloorSide
 from .model import DataSet, dataset
@@ -50,28 +50,52 @@ def _needed(phases: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in PHASES if p in needed)
 
 
-def used_memory(client: redis.Redis) -> int:
-    """The keys' memory: ``MEMORY USAGE … SAMPLES 0`` summed over every key.
+#: Key kinds of the memory breakdown, by prefix (the longest first).
+KINDS = (
+    (b"usr:", "user hashes"),
+    (b"usr#all", "all-ids index"),
+    (b"usr#r:", "range indexes"),
+    (b"usr#i:", "eq indexes"),
+    (b"usr#u:", "unique index"),
+    (b"usr#g:", "guard stripes"),
+    (b"usr#", "other usr# keys"),
+    (b"", "companies and the rest"),
+)
 
-    ``INFO memory``'s ``used_memory`` also counts client buffers and the keyspace's
-    hash table, which grows by doubling: at N = 1,000 two identical data sets could
-    differ by 10 %. This sum is the same for the same data.
+
+def kind_of(key: bytes) -> str:
+    return next(name for prefix, name in KINDS if key.startswith(prefix))
+
+
+def memory_by_kind(client: redis.Redis) -> dict[str, int]:
+    """``MEMORY USAGE … SAMPLES 0`` of every key, summed by kind (:data:`KINDS`).
+
+    Not ``INFO memory``'s ``used_memory``, which also counts client buffers and the
+    keyspace's hash table (it grows by doubling: at N = 1,000 two identical data sets
+    could differ by 10 %). This sum is the same for the same data.
     """
-    total = 0
+    totals: dict[str, int] = {}
     keys: list[bytes] = []
+
+    def flush() -> None:
+        for key, size in zip(keys, _usage(client, keys), strict=True):
+            kind = kind_of(key)
+            totals[kind] = totals.get(kind, 0) + size
+        keys.clear()
+
     for key in client.scan_iter(count=1000):
         keys.append(key)
         if len(keys) == 10_000:
-            total += _usage(client, keys)
-            keys = []
-    return total + _usage(client, keys)
+            flush()
+    flush()
+    return totals
 
 
-def _usage(client: redis.Redis, keys: list[bytes]) -> int:
+def _usage(client: redis.Redis, keys: list[bytes]) -> list[int]:
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
-    return sum(pipe.execute())
+    return [int(x or 0) for x in pipe.execute()]
 
 
 def server_cpu(client: redis.Redis) -> float:
@@ -101,8 +125,11 @@ def _sequence(
     out: dict[str, dict[str, Any]] = {}
     for phase in _needed(phases):
         gc.collect()
-        if phase == "insert":
-            before, keys = used_memory(client), client.dbsize()
+        # Memory is measured in the counting round only: MEMORY USAGE of every key
+        # takes seconds at N = 100,000.
+        measure = phase == "insert" and counter is not None
+        if measure:
+            before, keys = memory_by_kind(client), client.dbsize()
         server = server_cpu(client)
         if counter is not None:
             counter.reset()
@@ -124,8 +151,11 @@ def _sequence(
         }
         if counts is not None:  # what the phase sent, before INFO and MEMORY USAGE
             result["round_trips"], result["commands"] = counts
-        if phase == "insert":
-            result["redis_bytes_per_entity"] = (used_memory(client) - before) / ops
+        if measure:
+            after = memory_by_kind(client)
+            growth = {k: (v - before.get(k, 0)) / ops for k, v in after.items()}
+            result["redis_bytes_by_kind"] = {k: v for k, v in growth.items() if v}
+            result["redis_bytes_per_entity"] = sum(growth.values())
             result["redis_keys_per_entity"] = (client.dbsize() - keys) / ops
         out[phase] = result
     client.flushall()
@@ -222,7 +252,7 @@ def _summary(
             "commands_per_op": count["commands"] / count["ops"],
             "samples": [s["seconds"] for s in samples],
         }
-        for key in ("redis_bytes_per_entity", "redis_keys_per_entity"):
+        for key in ("redis_bytes_per_entity", "redis_keys_per_entity", "redis_bytes_by_kind"):
             if key in count:
                 figures[key] = count[key]
         per_phase[phase] = figures
@@ -265,6 +295,7 @@ def verify(url: str, n: int = 200) -> None:
     client = servers.client(url)
     data = dataset(n)
     steps = ("insert", "get", "update_plain", "update_indexed", "delete")
+    raw.detect(client)
     try:
         for upto in ("insert", "update_plain", "update_indexed", "delete"):
             orm = OrmSide(client, data)

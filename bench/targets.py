@@ -148,17 +148,21 @@ def _memory(servers: dict[str, Any]) -> list[Target]:
 def _queries(servers: dict[str, Any]) -> list[Target]:
     out = []
     for server in servers.values():
-        sizes = server.get("queries", {})
+        sizes = server.get("queries") or {}
         if len(sizes) < 2:
             continue
         ns = sorted(sizes, key=int)
         small, big = sizes[ns[0]]["shapes"], sizes[ns[-1]]["shapes"]
         for shape, figures in big.items():
-            if shape not in small:
+            if shape not in small or shape.startswith("("):
                 continue
-            a, b = small[shape]["server_us"], figures["server_us"]
             what = f"{server['label']}, {shape}: server time at {int(ns[-1]):,} "
             what += f"<= {QUERY_GROWTH:g} x at {int(ns[0]):,} and < {QUERY_US / 1000:g} ms"
+            if "server_us" not in figures or "server_us" not in small[shape]:
+                error = figures.get("error") or small[shape].get("error")
+                out.append(Target(what, f"failed: {error}", False))
+                continue
+            a, b = small[shape]["server_us"], figures["server_us"]
             grow = b / a if a else float("inf")
             met = grow <= QUERY_GROWTH and b < QUERY_US
             out.append(Target(what, f"{a:,.0f} -> {b:,.0f} µs (x{grow:.2f})", met))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import conf
 from .errors import (
+    BulkAddError,
     ConflictError,
     DecodeError,
     DetachedInstanceError,
@@ -69,6 +70,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "METADATA_KEY",
     "Boolean",
+    "BulkAddError",
     "Codec",
     "CommandResult",
     "ConflictError",

@@ -96,7 +96,44 @@ class OperationalError(RediscaError):
         self.outcome_unknown = outcome_unknown
 
 
+class BulkAddError(RediscaError):
+    """:meth:`Session.bulk_add <redisca.Session.bulk_add>` stopped at a chunk.
+
+    Every chunk before it is written (``written`` entities, the first ``written`` of the
+    input); this chunk and the rest are not, unless ``outcome_unknown`` (the connection
+    failed after ``EXEC`` was sent: this chunk may be written). The cause, a
+    :class:`UniqueViolation`, :class:`IntegrityError`, :class:`ValidationError`, ... is
+    ``error`` (and ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: RediscaError,
+        written: int,
+        first_unwritten: Any,
+        entity: Any = None,
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(message)
+        #: The error that stopped the chunk.
+        self.error = error
+        #: How many objects of the input are written (all chunks before this one).
+        self.written = written
+        #: The position of :attr:`first_unwritten` in the input (equal to :attr:`written`).
+        self.index = written
+        #: The first object of the input not written: the first of the failed chunk.
+        self.first_unwritten = first_unwritten
+        #: The object the error is about (the one whose key or unique value is taken,
+        #: whose value is invalid, ...), when the error names one; else ``None``.
+        self.entity = entity
+        #: The chunk may have been written (see :class:`OperationalError`).
+        self.outcome_unknown = outcome_unknown
+
+
 __all__ = [
+    "BulkAddError",
     "ConflictError",
     "DecodeError",
     "DetachedInstanceError",

@@ -32,6 +32,7 @@ from .errors import (
     IntegrityError,
     MultipleResultsFound,
     NotFound,
+    QueryError,
     RediscaError,
     ValidationError,
 )
@@ -345,10 +346,16 @@ class FlaskRedisca:
         per_page: int | None = None,
         max_per_page: int | None = DEFAULT_MAX_PER_PAGE,
         error_out: bool = True,
+        after: Any = None,
     ) -> Pagination[T]:
         """One page of ``query``: see :func:`paginate`."""
         return paginate(
-            query, page=page, per_page=per_page, max_per_page=max_per_page, error_out=error_out
+            query,
+            page=page,
+            per_page=per_page,
+            max_per_page=max_per_page,
+            error_out=error_out,
+            after=after,
         )
 
 
@@ -386,6 +393,8 @@ class Pagination(Generic[T]):
         max_per_page: int | None,
         total: int,
         items: list[T],
+        after: Any = None,
+        next_after: str | None = None,
     ) -> None:
         #: The query this is a page of.
         self.query = query
@@ -399,6 +408,10 @@ class Pagination(Generic[T]):
         self.total = total
         #: This page's results.
         self.items = items
+        #: Keyset pages: the instance or id this page starts after (``None``: numbered).
+        self.after = after
+        #: The ``after`` of the next page (keyset pagination), ``None`` on the last one.
+        self.next_after = next_after
 
     @property
     def pages(self) -> int:
@@ -423,6 +436,8 @@ class Pagination(Generic[T]):
     @property
     def has_next(self) -> bool:
         """Whether a page comes after this one."""
+        if self.after is not None:
+            return self.next_after is not None
         return self.page < self.pages
 
     @property
@@ -440,7 +455,16 @@ class Pagination(Generic[T]):
         return self._other(self.page - 1, error_out)
 
     def next(self, *, error_out: bool = False) -> Pagination[T]:
-        """The next page (loads it)."""
+        """The next page (loads it); a keyset page's next one starts after its last item."""
+        if self.after is not None:
+            return paginate(
+                self.query,
+                page=self.page + 1,
+                per_page=self.per_page,
+                max_per_page=self.max_per_page,
+                error_out=error_out,
+                after=self.next_after,
+            )
         return self._other(self.page + 1, error_out)
 
     def _other(self, page: int, error_out: bool) -> Pagination[T]:
@@ -515,6 +539,7 @@ def paginate(
     per_page: int | None = None,
     max_per_page: int | None = DEFAULT_MAX_PER_PAGE,
     error_out: bool = True,
+    after: Any = None,
 ) -> Pagination[T]:
     """One page of ``query`` (its own offset and limit are replaced).
 
@@ -522,9 +547,14 @@ def paginate(
     ``?per_page=`` arguments, else 1 and 20; ``per_page`` is capped at ``max_per_page``
     (``None``: no cap). With ``error_out`` a page or per_page below 1, a malformed
     argument, or a page past the last is a 404; without it they fall back to page 1,
-    20 per page, or an empty page. Three round trips at most: count, ids, entities; when
-    writes land between the count and the page, ``total`` is adjusted to agree with the
-    page read (a short page is the last one).
+    20 per page, or an empty page. Two round trips: the count, then the page (ids and
+    entities in one step); when writes land between the two, ``total`` is adjusted to
+    agree with the page read (a short page is the last one).
+
+    ``after`` (an instance or an id; default: the request's ``?after=``) asks for the
+    keyset page that starts after it: its cost does not grow with its depth, and
+    ``next_after`` is the next page's cursor. An ``after`` in no index is a 404 with
+    ``error_out``, the first page without it.
     """
     page = _arg("page", page, 1, error_out)
     per_page = _arg("per_page", per_page, DEFAULT_PER_PAGE, error_out)
@@ -540,14 +570,65 @@ def paginate(
         per_page = DEFAULT_PER_PAGE
     whole = query.offset(0).limit(None)
     total = whole.count()
+    if after is None and has_request_context():
+        after = request.args.get("after") or None
+    if after is not None:
+        return _keyset(
+            whole,
+            after,
+            page=page,
+            per_page=per_page,
+            max_per_page=max_per_page,
+            total=total,
+            error_out=error_out,
+        )
     offset = (page - 1) * per_page
     items = whole.offset(offset).limit(per_page).all() if offset < total else []
     if items:  # writes between the two reads: make the count agree with the page read
         total = offset + len(items) if len(items) < per_page else max(total, offset + per_page)
     if not items and page != 1 and error_out:
         abort(404)
+    last = inspect(items[-1]).id if items and offset + len(items) < total else None
     return Pagination(
-        query, page=page, per_page=per_page, max_per_page=max_per_page, total=total, items=items
+        query,
+        page=page,
+        per_page=per_page,
+        max_per_page=max_per_page,
+        total=total,
+        items=items,
+        next_after=last,
+    )
+
+
+def _keyset(
+    whole: Query[T],
+    after: Any,
+    *,
+    page: int,
+    per_page: int,
+    max_per_page: int | None,
+    total: int,
+    error_out: bool,
+) -> Pagination[T]:
+    """The page after ``after``: one more row read tells whether another follows."""
+    try:
+        items = whole.after(after).limit(per_page + 1).all()
+    except QueryError:  # a cursor from a URL that names no entity of the query
+        if error_out:
+            abort(404)
+        items, after = whole.limit(per_page + 1).all(), None
+    more = len(items) > per_page
+    items = items[:per_page]
+    next_after = inspect(items[-1]).id if more else None
+    return Pagination(
+        whole,
+        page=page,
+        per_page=per_page,
+        max_per_page=max_per_page,
+        total=total,
+        items=items,
+        after=after,
+        next_after=next_after,
     )
 
 

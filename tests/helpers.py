@@ -26,6 +26,8 @@ class RoundTripCounter:
         self._lock = threading.Lock()
         self.round_trips = 0
         self.commands = 0
+        #: The keys of each WATCH sent, in order.
+        self.watches: list[list[bytes]] = []
 
     def add(self, *, round_trips: int = 0, commands: int = 0) -> None:
         with self._lock:
@@ -36,6 +38,11 @@ class RoundTripCounter:
         with self._lock:
             self.round_trips = 0
             self.commands = 0
+            self.watches = []
+
+    def watched(self, commands: list[list[bytes]]) -> None:
+        with self._lock:
+            self.watches += [c[1:] for c in commands if c[0].upper() == b"WATCH"]
 
     def __repr__(self) -> str:
         return f"<RoundTripCounter round_trips={self.round_trips} commands={self.commands}>"
@@ -84,7 +91,9 @@ class _CountingMixin:
         super().__init__(*args, **kwargs)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self.counter.add(round_trips=1, commands=len(sent_commands(command)))
+        commands = sent_commands(command)
+        self.counter.add(round_trips=1, commands=len(commands))
+        self.counter.watched(commands)
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
 
@@ -110,6 +119,11 @@ class Counted:
     @property
     def commands(self) -> int:
         return self.counter.commands
+
+    @property
+    def watches(self) -> list[list[bytes]]:
+        """The keys of each ``WATCH`` sent, read from the RESP written."""
+        return self.counter.watches
 
     def reset(self) -> None:
         self.counter.reset()
@@ -261,6 +275,12 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
     if ids:
         expected[prefix + b"#all"] = ("zset", ids)
     return {k: (kind, frozenset(v) if kind == "set" else v) for k, (kind, v) in expected.items()}
+
+
+def without_guards(dump: dict[bytes, tuple[str, Any]]) -> dict[bytes, tuple[str, Any]]:
+    """A keyspace dump without the guard counters ``P#g:<n>`` (of any prefix): they
+    count commits, they hold no data (a retry of an applied commit bumps them again)."""
+    return {k: v for k, v in dump.items() if not _is_guard(k.partition(b"#")[0], k)}
 
 
 def _is_guard(prefix: bytes, key: bytes) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import as_str, sent_commands, stripe_key
+from helpers import as_str, guard_key, sent_commands, stripe_key
 from models import Company, User, registry
 
 import redisca
@@ -46,9 +46,12 @@ def test_clean_data_is_ok(r: redis.Redis) -> None:
     assert report.ok and report.problems == []
     by_model = {m.model: m for m in report.models}
     assert by_model["User"].entities == 12 and by_model["Company"].entities == 1
-    # usr#all, usr#r:age, usr#i:company:c1 and the stripes of 12 emails; co#all and co's
+    # usr#all, usr#r:age, usr#i:company:c1, the stripes of 12 emails and the guards of 12
+    # ids; co#all, co's stripe and its guard
     stripes = len({S(f"u{i}@x.org") for i in range(12)})
-    assert by_model["User"].index_keys == 3 + stripes and by_model["Company"].index_keys == 2
+    guards = len({guard_key("usr", str(i)) for i in range(12)})
+    assert by_model["User"].index_keys == 3 + stripes + guards
+    assert by_model["Company"].index_keys == 3
     assert not by_model["User"].reindexing
     assert json.loads(json.dumps(report.as_dict()))["ok"] is True
 
@@ -386,10 +389,14 @@ def test_stats_counts_keys_and_entries(r: redis.Redis) -> None:
     report = stats(registry, r, batch=3, sample=5)
     users = next(m for m in report.models if m.model == "User")
     assert (users.entities, users.ids) == (20, 20)
-    assert users.index_keys == {"all": 1, "eq": 1, "range": 1, "unique": 20, "other": 1}
-    assert users.index_entries == 20 + 20 + 20  # company, age, and one per unique key
-    assert set(users.memory) == {"entity", "all", "eq", "range", "unique", "other"}
-    assert users.memory_total > 0 and users.memory_sampled == 5 + 1 + 1 + 1 + 5 + 1
+    stripes = len({S(f"u{i}@x.org") for i in range(20)})
+    guards = len({guard_key("usr", str(i)) for i in range(20)})
+    assert users.index_keys == {
+        "all": 1, "eq": 1, "range": 1, "unique": stripes, "guard": guards, "other": 1,
+    }  # fmt: skip
+    assert users.index_entries == 20 + 20 + 20  # company, age, and one per unique value
+    assert set(users.memory) == {"entity", "all", "eq", "range", "unique", "guard", "other"}
+    assert users.memory_total > 0 and users.memory_sampled == 5 + 1 + 1 + 1 + 5 + 5 + 1
     assert not users.reindexing
     r.rpush("usr#x", "abcd", "#all")
     assert next(m for m in stats(User, r).models).reindexing

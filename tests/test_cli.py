@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
-from helpers import as_str, stripe_key
+from helpers import as_str, guard_key, stripe_key
 from models import Company, User, registry
 
 from redisca import Session
@@ -116,7 +116,10 @@ def test_json_output(r: redis.Redis, redis_url: str) -> None:
     stats = {m["model"]: m for m in json.loads(done.stdout)["models"]}
     assert stats["User"]["entities"] == stats["User"]["ids"] == 30
     stripes = len({stripe_key("usr", "eml", f"u{i}@x.org") for i in range(30)})
-    assert stats["User"]["index_keys"] == {"all": 1, "eq": 1, "range": 1, "unique": stripes}
+    guards = len({guard_key("usr", str(i)) for i in range(30)})
+    assert stats["User"]["index_keys"] == {
+        "all": 1, "eq": 1, "range": 1, "unique": stripes, "guard": guards,
+    }  # fmt: skip
     # the company set, the age index, the emails in their stripes
     assert stats["User"]["index_entries"] == 90 and stats["User"]["memory_total"] > 0
 

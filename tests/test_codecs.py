@@ -170,7 +170,10 @@ def test_indexed_integer_beyond_2_53_and_indexed_nan_are_refused():
         raw: float = Float(default=0.0)
         id: str | None = None
 
-    stat = Stat(rank=2**53, count=2**80, raw=float("nan"), ratio=float("inf"))
+    stat = Stat(rank=2**53, count=2**80, raw=float("nan"), ratio=1.7e308)
+    for bad in (float("inf"), float("-inf")):
+        with pytest.raises(Invalid, match=r"Stat\.ratio.*must be finite"):
+            stat.ratio = bad
     stat.rank = -(2**53)
     for bad in (2**53 + 1, -(2**53) - 1, 2**64):
         with pytest.raises(Invalid, match=r"Stat\.rank") as info:

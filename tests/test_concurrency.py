@@ -21,6 +21,7 @@ from helpers import (
     as_str,
     assert_indexes_consistent,
     dump_keyspace,
+    guard_key,
     stripe_key,
     unique_owner,
 )
@@ -237,6 +238,38 @@ def test_a_watch_conflict_is_retried(
     s.commit()
     assert hooks["attempts"] == 2  # the first EXEC was refused, the second went through
     assert r.zscore("usr#r:age", "1") == 7 and as_str(r.hget("usr:1", "age")) == "7"
+    consistent(r)
+
+
+def test_a_commit_on_another_entity_of_the_guard_stripe_is_a_retry_not_an_error(
+    r: redis.Redis, interleaved: tuple[redis.Redis, dict[str, Any]]
+) -> None:
+    """Commits watch guard stripes, not entity hashes: an indexed change to another entity
+    of the same stripe (ids "1" and "240": crc32 % 128 == 55 for both) fails our EXEC
+    too. It costs a retry, never a wrong result."""
+    assert guard_key("usr", "1") == guard_key("usr", "240") == b"usr#g:55"
+    seed(r)
+    with Session(r) as other:
+        other.add(User("neighbour@x.org", age=1, id="240"))
+        other.commit()
+    client, hooks = interleaved
+    s = Session(client)
+    user = s.get(User, "1")
+    assert user is not None
+
+    def neighbour_moves(attempt: int) -> None:
+        if attempt == 1:
+            with Session(r) as other:
+                neighbour = other.get(User, "240")
+                assert neighbour is not None
+                neighbour.age = 2
+                other.commit()
+
+    hooks["before_exec"] = neighbour_moves
+    user.age = 7
+    s.commit()
+    assert hooks["attempts"] == 2  # a false conflict: read again, committed
+    assert r.zscore("usr#r:age", "1") == 7 and r.zscore("usr#r:age", "240") == 2
     consistent(r)
 
 

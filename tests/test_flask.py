@@ -714,6 +714,42 @@ def test_paginate_keeps_the_filter_and_replaces_offset_and_limit(
         assert paginate(query.filter(Member.age > 100)).pages == 0
 
 
+def test_paginate_by_keyset_follows_next_after(
+    make_app: Any, r: redis.Redis, members: list[Member]
+) -> None:
+    """``?after=<id>`` pages start after that member in the query's order; each page says
+    the next one's cursor, and the pages are the numbered pages."""
+    app, ext = make_app()
+
+    @app.get("/")
+    def listing() -> Any:
+        query = ext.session.query(Member).filter_by(name="even").order_by(Member.age.desc())
+        page = ext.paginate(query, per_page=5)
+        return jsonify(
+            ages=[m.age for m in page.items], after=page.next_after, more=page.has_next
+        )
+
+    client = app.test_client()
+    seen, url = [], "/"
+    while True:
+        body = client.get(url).get_json()
+        seen += body["ages"]
+        if body["after"] is None:
+            assert not body["more"]
+            break
+        assert body["more"]
+        url = f"/?after={body['after']}"
+    assert seen == list(range(44, -1, -2))
+    assert client.get("/?after=nobody").status_code == 404
+    with Session(r) as session:
+        query = session.query(Member).order_by(Member.age)
+        page = paginate(query, per_page=10, after=members[9])
+        assert [m.age for m in page.items] == list(range(10, 20))
+        assert [m.age for m in page.next().items] == list(range(20, 30))
+        fallback = paginate(query, per_page=3, after="nobody", error_out=False)
+        assert [m.age for m in fallback.items] == [0, 1, 2] and fallback.after is None
+
+
 def test_an_empty_first_page_is_no_error(r: redis.Redis) -> None:
     with Session(r) as session:
         page = paginate(session.query(Member))

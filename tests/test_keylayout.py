@@ -6,7 +6,7 @@ import zlib
 
 import attrs
 import pytest
-from helpers import as_str, stripe_key, unique_owner
+from helpers import as_str, guard_key, stripe_key, unique_owner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -245,8 +245,15 @@ def stripes(users):
     return {as_str(stripe_key("usr", "eml", u.email.lower())) for u in users}
 
 
-def expected_keys(companies, users):
+def guards(prefix, entities):
+    return {as_str(guard_key(prefix, e.id)) for e in entities}
+
+
+def expected_keys(companies, users, gone=()):
+    """Every key of the data; guard stripes of every entity ever written (gone ones too:
+    a guard counts commits and stays)."""
     keys = {"usr#all", "usr#r:age", "co#all"}
+    keys |= guards("usr", [*users, *gone]) | guards("co", companies)
     keys |= {f"co:{c.id}" for c in companies} | {f"co#i:name:{c.name}" for c in companies}
     keys |= {f"usr:{u.id}" for u in users} | stripes(users)
     keys |= {f"usr#i:tag:{u.tag}" for u in users if u.tag is not None}
@@ -264,7 +271,9 @@ def test_awkward_ids_and_values_on_redis(r):
         session.add_all(users)
         session.commit()
     expected = expected_keys(companies, users)
-    assert len(expected) == 3 + 2 * 3 + 11 + len(stripes(users)) + 9 + 3  # nothing coincides
+    counted = 3 + 2 * 3 + 11 + len(stripes(users)) + 9 + 3
+    counted += len(guards("usr", users)) + len(guards("co", companies))
+    assert len(expected) == counted  # nothing coincides
     assert scan(r) == expected
     for user in users:
         key = f"usr:{user.id}"
@@ -301,7 +310,7 @@ def test_deleting_an_awkward_id_touches_only_its_own_keys(r, ident):
         session.delete(victim)
         session.commit()
     rest = [u for u in users if u.id != ident]
-    assert scan(r) == expected_keys(companies, rest)
+    assert scan(r) == expected_keys(companies, rest, gone=[victim])
     assert {as_str(m) for m in r.zrange("usr#all", 0, -1)} == {u.id for u in rest}
     with Session(r) as session:
         assert session.get(User, ident) is None

@@ -1,7 +1,7 @@
 """The commit plan, the emitter and the query compiler as pure data: no Redis here.
 
 Sessions below are bound to a client of a port nothing listens on, so any I/O
-would fail the test: organize, collect_reads, emit and compile_ids do none.
+would fail the test: organize, collect_reads, emit and compile_query do none.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ import redisca
 from redisca import Email, Integer, Reference, Registry, Session, String
 from redisca.errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
 from redisca.session import unitofwork
-from redisca.session.emit import GUARDED_WRITE, REMOVE_FIELDS, NeedOwners, emit, vanished
+from redisca.session.emit import (
+    GUARDED_WRITE,
+    REMOVE_FIELDS,
+    InDoubtInsert,
+    NeedOwners,
+    emit,
+    vanished,
+)
 from redisca.session.executor import Executed
 from redisca.session.plan import (
     DELETE,
@@ -28,7 +35,7 @@ from redisca.session.plan import (
     Observed,
     collect_reads,
 )
-from redisca.session.querycompile import compile_ids, sort_filters
+from redisca.session.querycompile import compile_query, ordering_field, sort_filters
 
 registry = Registry()
 
@@ -78,6 +85,14 @@ def uk(email: str) -> tuple[bytes, bytes]:
     return b"pusr#u:eml:%d" % (zlib.crc32(value) % 128), value
 
 
+def guard(prefix: bytes, ident: str) -> bytes:
+    """An entity's guard stripe ``P#g:<crc32(id) % 128>`` (docs/keylayout.rst)."""
+    return prefix + b"#g:%d" % (zlib.crc32(ident.encode()) % 128)
+
+
+BUMP = (b"INCR", guard(b"pusr", "u1"))
+
+
 def change(op: str, ident: str = "u1", mapper: Any = UM, **values: bytes | None) -> EntityChange:
     fields = {mapper.by_name[name]: raw for name, raw in values.items()}
     return EntityChange(mapper, ident, op, fields, needs_read=op != INSERT)
@@ -121,12 +136,14 @@ def test_insert_from_a_session() -> None:
         (b"SADD", b"pusr#i:city:paris", "u1"),
         (b"SADD", b"pusr#i:company:c1", "u1"),
         (b"HSET", *uk("ann@x.com"), "u1"),
+        BUMP,  # inserted: its guard stripe moves, failing the EXEC of its readers
     ]
     company_cmds = [c for c in emit(plan, observed) if c not in user_cmds]
     assert company_cmds == [
         (b"HSET", b"pco:c1", b"name", b"acme"),
         (b"ZADD", b"pco#all", 0, "c1"),
         (b"SADD", b"pco#i:name:acme", "c1"),
+        (b"INCR", guard(b"pco", "c1")),
     ]
 
 
@@ -137,6 +154,7 @@ def test_insert_markers_and_existing_key() -> None:
     assert emit(CommitPlan((empty,)), observed) == [
         (b"HSET", b"pdoc:u1", b"#v", b"1"),  # versioned: the version starts at 1
         (b"ZADD", b"pdoc#all", 0, "u1"),
+        (b"INCR", guard(b"pdoc", "u1")),
     ]
     bare = change(INSERT, email=b"a@b.c")
     bare.values = {}
@@ -173,9 +191,13 @@ def test_update_removes_the_observed_index_value_not_the_snapshot() -> None:
         (b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie"),
         (b"SREM", b"pusr#i:city:rome", "u1"),
         (b"SADD", b"pusr#i:city:lyon", "u1"),
+        BUMP,
     ]
     already = Observed(exists={KEY: True}, fields={KEY: {b"city": b"lyon"}})
-    assert emit(plan, already) == [(b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie")]
+    assert emit(plan, already) == [
+        (b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie"),
+        BUMP,
+    ]
     with pytest.raises(StaleDataError):  # deleted since it was loaded
         emit(plan, Observed(exists={KEY: False}))
 
@@ -204,6 +226,7 @@ def test_range_update_and_field_to_none() -> None:
     assert emit(plan, observed) == [
         (b"HSET", KEY, b"age", b"31"),
         (b"ZADD", b"pusr#r:age", b"31.0", "u1"),  # a new score replaces the old one
+        BUMP,
     ]
     user.age, user.city, user.nickname = None, None, None
     plan = plan_of(s)
@@ -213,9 +236,13 @@ def test_range_update_and_field_to_none() -> None:
         (b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname"),
         (b"ZADD", b"pusr#r:age", b"+inf", "u1"),  # no value: it stays, sorting last
         (b"SREM", b"pusr#i:city:paris", "u1"),
+        BUMP,
     ]
     gone = Observed(exists={KEY: True}, fields={KEY: {b"age": None, b"city": None}})
-    assert emit(plan, gone) == [(b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname")]
+    assert emit(plan, gone) == [
+        (b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname"),
+        BUMP,
+    ]
 
 
 def test_update_to_no_field_keeps_a_marker() -> None:
@@ -234,6 +261,7 @@ def test_update_to_no_field_keeps_a_marker() -> None:
         (b"HSET", b"pdoc:d1", b"#e", b""),
         (b"EVAL", REMOVE_FIELDS, 1, b"pdoc:d1", b"title"),
         (b"HINCRBY", b"pdoc:d1", b"#v", 1),
+        (b"INCR", guard(b"pdoc", "d1")),  # a version changes: its readers must know
     ]
 
 
@@ -246,7 +274,7 @@ def test_versioned_mismatch_is_stale() -> None:
         with pytest.raises(StaleDataError):
             emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": stored}}))
     ok = emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": b"3"}}))
-    assert ok[-1] == (b"HINCRBY", b"pdoc:d1", b"#v", 1)
+    assert ok[-2:] == [(b"HINCRBY", b"pdoc:d1", b"#v", 1), (b"INCR", guard(b"pdoc", "d1"))]
 
 
 def test_update_of_a_reference_that_does_not_exist() -> None:
@@ -281,11 +309,12 @@ def test_delete() -> None:
         (b"HDEL", *uk("ann@x.com")),
         (b"ZREM", b"pusr#r:age", "u1"),
         (b"SREM", b"pusr#i:city:rome", "u1"),
+        BUMP,
     ]
     # a unique key owned by someone else is left alone
     observed.owners[uk("ann@x.com")] = "u2"
     assert (b"HDEL", *uk("ann@x.com")) not in emit(plan, observed)
-    assert emit(plan, Observed(exists={KEY: False})) == []  # already gone
+    assert emit(plan, Observed(exists={KEY: False})) == [BUMP]  # already gone
 
 
 # -- unique claims --------------------------------------------------------------
@@ -298,9 +327,9 @@ def test_claim_owned_by_another_id() -> None:
     assert (info.value.field, info.value.value, info.value.owner) == ("email", "Bob@X.com", "u9")
     assert isinstance(info.value, IntegrityError)
     # ours already (a retry): fine
-    assert emit(plan, Observed(exists={KEY: False}, owners={uk("bob@x.com"): "u1"}))[-1] == (
-        b"HSET", *uk("bob@x.com"), "u1",
-    )  # fmt: skip
+    assert emit(plan, Observed(exists={KEY: False}, owners={uk("bob@x.com"): "u1"}))[-2:] == [
+        (b"HSET", *uk("bob@x.com"), "u1"), BUMP,
+    ]  # fmt: skip
     # two entities of one commit claiming one value
     twice = CommitPlan((plan.changes[0], change(INSERT, "u2", email=b"bob@x.com")))
     with pytest.raises(UniqueViolation):
@@ -344,13 +373,14 @@ def test_unknown_owner_needs_a_second_read() -> None:
         (b"HSET", KEY, b"eml", b"new@x.com"),
         (b"HDEL", *uk("old@x.com")),
         (b"HSET", *uk("new@x.com"), "u1"),
+        BUMP,
     ]
 
 
 def test_user_commands_come_last() -> None:
     plan = CommitPlan((change(INSERT, city=b"rome"),), ((b"INCR", b"hits"), (b"PING",)))
     out = emit(plan, Observed(exists={KEY: False}))
-    assert out[-2:] == [(b"INCR", b"hits"), (b"PING",)] and len(out) == 5
+    assert out[-3:] == [BUMP, (b"INCR", b"hits"), (b"PING",)] and len(out) == 6
     assert not CommitPlan() and CommitPlan(commands=((b"PING",),))
     s = offline()
     s.add_command("SET", "k", "v")  # the plan holds it as sent: checked and encoded
@@ -360,110 +390,97 @@ def test_user_commands_come_last() -> None:
 
 # -- query compilation ----------------------------------------------------------
 
-
-Compiled = tuple[list[tuple[Any, ...]], int, bool]
-
-
-def compiled(
-    *conds: Any, order: Any = None, offset: int = 0, limit: Any = None, count: bool = False
-) -> Compiled:
-    plan = compile_ids(UM, sort_filters(UM, conds), order, offset, limit, count=count)
-    names: dict[bytes, bytes] = {}
-
-    def scrub(part: Any) -> Any:
-        if isinstance(part, bytes) and part.startswith(b"pusr#t:"):
-            return names.setdefault(part, b"T%d" % (len(names) + 1))
-        return part
-
-    commands = [tuple(scrub(p) for p in c) for c in plan.commands]
-    if names:  # every scratch key is deleted by the last command, inside MULTI/EXEC
-        assert plan.transactional and plan.commands[-1][0] == b"DEL"
-        assert set(plan.commands[-1][1:]) == set(names)
-    return commands, plan.reply, plan.transactional
+NONE = [0, b"-inf", 0, b"+inf", 1]  # no window: restricted 0, then (-inf, +inf)
 
 
-def test_compile_one_range() -> None:
-    assert compiled(User.age.between(18, 30)) == (
-        [(b"ZRANGE", b"pusr#r:age", b"18.0", b"30.0", b"BYSCORE")], 0, False,
-    )  # fmt: skip
-    assert compiled(User.age > 18, order=User.age.desc()) == (
-        [(b"ZRANGE", b"pusr#r:age", b"(+inf", b"(18.0", b"BYSCORE", b"REV")], 0, False,
-    )  # fmt: skip
-    assert compiled(User.age < 18, count=True) == (
-        [(b"ZCOUNT", b"pusr#r:age", b"-inf", b"(18.0")], 0, False,
-    )  # fmt: skip
+def call(
+    *conds: Any,
+    order: Any = None,
+    mode: bytes = b"ids",
+    offset: int = 0,
+    limit: Any = None,
+    mapper: Any = UM,
+) -> tuple[list[bytes], list[Any], list[bytes]]:
+    """The query script's keys, its arguments after the fixed header, and key types."""
+    filters = sort_filters(mapper, conds)
+    by = ordering_field(mapper, filters, order)
+    done = compile_query(
+        mapper,
+        filters,
+        by,
+        mode=mode,
+        descending=order is not None and order.descending,
+        offset=offset,
+        limit=limit,
+    )
+    args = list(done.args)
+    assert args[:4] == [mode, offset, -1 if limit is None else limit, int(
+        order is not None and order.descending
+    )] and args[4] == mapper.layout.entity_of(b"")
+    return list(done.keys), args[5:], list(done.types)
 
 
-def test_compile_eq_and_range() -> None:
-    assert compiled(User.city == "paris", User.age >= 18) == (
-        [
-            (b"ZINTERSTORE", b"T1", 2, b"pusr#i:city:paris", b"pusr#r:age", b"WEIGHTS", 0, 1),
-            (b"ZRANGE", b"T1", b"18.0", b"(+inf", b"BYSCORE"),
-            (b"DEL", b"T1"),
-        ], 1, True,
-    )  # fmt: skip
+def test_compile_no_condition_reads_all_ids_by_rank() -> None:
+    assert call() == ([ALL, ALL], [*NONE, b"", b"", b"", 0], [b"zset", b"zset"])
+    keys, args, _ = call(mode=b"count", offset=3, limit=4)
+    assert keys == [ALL, ALL] and args[-1] == 0  # no term: ZCARD (and slicing) only
 
 
-def test_compile_two_ranges_on_one_field_narrow() -> None:
-    assert compiled(User.age >= 18, User.age < 65, User.age.between(10, 70)) == (
-        [(b"ZRANGE", b"pusr#r:age", b"18.0", b"(65.0", b"BYSCORE")], 0, False,
-    )  # fmt: skip
-    assert compiled(User.age > 18, User.age >= 18, User.company == "c1", count=True) == (
-        [
-            (b"ZINTERSTORE", b"T1", 2, b"pusr#i:company:c1", b"pusr#r:age", b"WEIGHTS", 0, 1),
-            (b"ZCOUNT", b"T1", b"(18.0", b"(+inf"),
-            (b"DEL", b"T1"),
-        ], 1, True,
-    )  # fmt: skip
+def test_compile_order_and_its_window() -> None:
+    # the order field's range is the walk's window, never a term; +inf (no value) is
+    # never inside: an open high end is "(+inf"
+    keys, args, _ = call(User.age > 18, order=User.age.desc())
+    assert keys == [ALL, b"pusr#r:age"]
+    assert args == [1, b"18.0", 1, b"+inf", 1, b"", b"", b"", 0]
+    keys, args, _ = call(User.age.between(18, 30))  # no order_by: the first range orders
+    assert keys == [ALL, b"pusr#r:age"] and args[:5] == [1, b"18.0", 0, b"30.0", 0]
+    keys, args, _ = call(User.age <= float("inf"), order=User.age.asc())
+    assert args[:5] == [1, b"-inf", 0, b"+inf", 1]
+    keys, args, _ = call(order=User.age.asc())  # order without a condition: every entity
+    assert keys == [ALL, b"pusr#r:age"] and args[:5] == NONE
 
 
-def test_compile_ranges_on_two_fields() -> None:
-    mapper = redisca.inspect(Two)
-    plan = compile_ids(mapper, sort_filters(mapper, (Two.a >= 1, Two.b <= 5)), None, 0, 10)
-    tmp1, tmp2 = plan.commands[0][1], plan.commands[1][1]
-    assert tmp1.startswith(b"ptwo#t:") and tmp2.startswith(b"ptwo#t:") and tmp1 != tmp2
-    assert list(plan.commands) == [
-        (b"ZRANGESTORE", tmp1, b"ptwo#r:b", b"-inf", b"5.0", b"BYSCORE"),
-        (b"ZINTERSTORE", tmp2, 2, tmp1, b"ptwo#r:a", b"WEIGHTS", 0, 1),
-        (b"ZRANGE", tmp2, b"1.0", b"(+inf", b"BYSCORE", b"LIMIT", 0, 10),
-        (b"DEL", tmp1, tmp2),
-    ]
-    assert plan.reply == 2 and plan.transactional
+def test_compile_terms() -> None:
+    keys, args, types = call(User.city == "paris", User.age >= 18, User.email == "Ann@X.com")
+    stripe, value = uk("ann@x.com")
+    assert keys == [ALL, b"pusr#r:age", b"pusr#i:city:paris", stripe]
+    assert args[5:] == [b"", b"", b"", 2, b"e", b"u", value]
+    assert types == [b"zset", b"zset", b"set", b"hash"]
+    two = redisca.inspect(Two)
+    keys, args, types = call(Two.a >= 1, Two.b <= 5, mapper=two, limit=10)
+    assert keys == [b"ptwo#all", b"ptwo#r:a", b"ptwo#r:b"]  # a orders, b is a term
+    assert args == [1, b"1.0", 0, b"+inf", 1, b"", b"", b"", 1, b"r", b"-inf", 0, b"5.0", 0]
 
 
-def test_compile_order_by_without_condition_and_paging() -> None:
-    # the range index holds every entity, those without an age at +inf: read directly
-    assert compiled(order=User.age.asc(), offset=50, limit=10) == (
-        [(b"ZRANGE", b"pusr#r:age", b"-inf", b"+inf", b"BYSCORE", b"LIMIT", 50, 10)], 0, False,
-    )  # fmt: skip
-    assert compiled(User.age.between(0, 100), offset=50, limit=10) == (
-        [(b"ZRANGE", b"pusr#r:age", b"0.0", b"100.0", b"BYSCORE", b"LIMIT", 50, 10)], 0, False,
-    )  # fmt: skip
-    assert compiled(User.age >= 0, offset=5) == (
-        [(b"ZRANGE", b"pusr#r:age", b"0.0", b"(+inf", b"BYSCORE", b"LIMIT", 5, -1)], 0, False,
-    )  # fmt: skip
+def test_compile_two_bounds_of_one_field_narrow() -> None:
+    for conds in ((User.age <= 30, User.age < 30), (User.age < 30, User.age <= 30)):
+        assert call(*conds)[1][:5] == [1, b"-inf", 0, b"30.0", 1]
+    for conds in ((User.age >= 30, User.age > 30), (User.age > 30, User.age >= 30)):
+        assert call(*conds)[1][:5] == [1, b"30.0", 1, b"+inf", 1]
+    assert call(User.age >= 18, User.age < 65, User.age.between(10, 70))[1][:5] == [
+        1, b"18.0", 0, b"65.0", 1,
+    ]  # fmt: skip
 
 
-def test_compile_equality_and_count() -> None:
-    assert compiled() == ([(b"ZRANGE", ALL, 0, -1)], 0, False)
-    assert compiled(count=True) == ([(b"ZCARD", ALL)], 0, False)
-    assert compiled(User.city == "rome", count=True) == (
-        [(b"SCARD", b"pusr#i:city:rome")], 0, False,
-    )  # fmt: skip
-    assert compiled(User.city == "rome", User.company == "c1") == (
-        [(b"SINTER", b"pusr#i:city:rome", b"pusr#i:company:c1")], 0, False,
-    )  # fmt: skip
-    assert compiled(User.city == "rome", User.company == "c1", count=True) == (
-        [(b"SINTERSTORE", b"T1", b"pusr#i:city:rome", b"pusr#i:company:c1"),
-         (b"DEL", b"T1")], 0, True,
-    )  # fmt: skip
-    assert compiled(User.city == "rome", limit=3) == (
-        [
-            (b"ZINTERSTORE", b"T1", 1, b"pusr#i:city:rome", b"WEIGHTS", 0),
-            (b"ZRANGE", b"T1", b"-inf", b"+inf", b"BYSCORE", b"LIMIT", 0, 3),
-            (b"DEL", b"T1"),
-        ], 1, True,
-    )  # fmt: skip
-    # unique equality is answered by the unique key, not compiled to set commands
-    filters = sort_filters(UM, (User.email == "Ann@X.COM", User.city == "rome"))
-    assert filters.unique == (uk("ann@x.com"),) and filters.eq == (b"pusr#i:city:rome",)
+def test_compile_exact_bounds() -> None:
+    # an int no double holds: the nearest double on the side the bound lets through
+    low, high = call(User.age == 2**53 + 1)[1][1], call(User.age == 2**53 + 1)[1][3]
+    assert float(low) > float(high)  # an empty window: no stored int equals it
+    assert call(User.age == 2**53)[1][:5] == [1, b"9007199254740992.0", 0, b"9007199254740992.0", 0]
+
+
+def test_an_in_doubt_insert_absent_now_is_inserted_only_if_its_guard_did_not_move() -> None:
+    """The lost attempt read the guard counter; had it been applied, it would have moved it."""
+    c = change(INSERT, email=b"a@b.c")
+    plan = CommitPlan((c,))
+    assert collect_reads(plan).counters == [guard(b"pusr", "u1")]  # read by every insert
+    c.in_doubt, c.guard_seen = True, (b"7",)
+    unmoved = Observed(exists={KEY: False}, guards={guard(b"pusr", "u1"): b"7"})
+    assert emit(plan, unmoved)[0] == (b"HSET", KEY, b"eml", b"a@b.c")
+    for now in (b"8", None):  # moved, or gone: applied then deleted, or not applied
+        moved = Observed(exists={KEY: False}, guards={guard(b"pusr", "u1"): now})
+        with pytest.raises(InDoubtInsert, match=r"pusr:u1: .*unknown outcome"):
+            emit(plan, moved)
+    c.guard_seen = None  # the lost attempt's read never came back
+    with pytest.raises(InDoubtInsert):
+        emit(plan, unmoved)

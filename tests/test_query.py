@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import random
+import threading
 from datetime import UTC, date, datetime, timedelta
 
 import attrs
@@ -24,7 +25,13 @@ from redisca import (
     Session,
     String,
 )
-from redisca.errors import MultipleResultsFound, NotFound, OperationalError, QueryError
+from redisca.errors import (
+    MultipleResultsFound,
+    NotFound,
+    OperationalError,
+    QueryError,
+    ValidationError,
+)
 
 registry = Registry()
 
@@ -191,7 +198,8 @@ def test_range_operators_at_the_boundary(
     # the boundary value itself decides inclusive against exclusive
     assert lo in [v for v, _ in got(col >= lo)] and lo not in [v for v, _ in got(col > lo)]
     assert hi in [v for v, _ in got(col <= hi)] and hi not in [v for v, _ in got(col < hi)]
-    assert got(col.between(hi, lo)) == []
+    with pytest.raises(QueryError, match="low bound is above the high bound"):
+        got(col.between(hi, lo))
 
 
 def test_fractional_bounds_on_an_integer_index(r: redis.Redis, people: dict[str, User]) -> None:
@@ -327,20 +335,19 @@ def test_skipped_rows_are_never_loaded(
     counted.reset()
     page = query.all()
     assert ids_of(page) == expected[50:60]
-    assert counted.round_trips == 2
-    assert counted.commands == 1 + 10  # the id query, then one HGETALL per row on the page
+    assert (counted.round_trips, counted.commands) == (1, 1)  # ids and hashes: one script
     assert sorted(u.id for u in session) == sorted(expected[50:60])  # type: ignore[type-var]
     counted.reset()
     again = query.all()
-    assert counted.round_trips == 1  # the ids only: every row is already in the map
+    assert counted.round_trips == 1  # every row is already in the map: kept as it is
     assert all(a is b for a, b in zip(again, page, strict=True)) and len(again) == 10
     counted.reset()
     session.query(User).filter(User.city == "x", User.age > 1).limit(3).all()
-    assert counted.round_trips == 1  # MULTI..EXEC with its scratch keys, in one write
+    assert (counted.round_trips, counted.commands) == (1, 1)  # no scratch key, one script
     assert scratch_keys(r) == []
 
 
-def test_count_without_condition_is_one_scard(r: redis.Redis, counted: Counted) -> None:
+def test_count_without_condition_is_one_zcard(r: redis.Redis, counted: Counted) -> None:
     with Session(r) as s:
         s.add_all(User(email=f"k{n}@example.com", age=n) for n in range(25))
         s.commit()
@@ -496,3 +503,156 @@ def test_query_on_an_empty_model(r: redis.Redis) -> None:
     assert query.order_by(Empty.n.desc()).offset(3).limit(2).all() == []
     assert query.filter(Empty.tag == "a").limit(2).ids() == []
     assert scratch_keys(r) == []
+
+
+# -- exact bounds and argument errors (issue 15) -----------------------------------
+
+
+def test_integer_equality_is_exact_at_the_limit(r: redis.Redis) -> None:
+    """2**53 is the largest indexed int; equality with 2**53 + 1 (no double holds it)
+    matches nothing instead of its rounded double."""
+    edge = 2**53
+    with Session(r) as s:
+        s.add_all([User(email="e@x.io", age=edge, id="e"), User(email="n@x.io", age=-edge, id="n")])
+        s.commit()
+    assert q(r).filter(User.age == edge).ids() == ["e"]
+    assert q(r).filter(User.age == edge + 1).ids() == []
+    assert q(r).filter(User.age == -edge - 1).ids() == []
+    assert q(r).filter(User.age == 2**64).ids() == []
+    assert q(r).filter(User.age.between(edge + 1, 2**70)).ids() == []
+    with pytest.raises(ValidationError, match=r"User\.age.*2\*\*53"):
+        User(email="b@x.io", age=edge + 1)
+
+
+def test_datetime_bounds_with_fractions_agree_with_python(r: redis.Redis) -> None:
+    """Stored datetimes are whole seconds: a bound with a fraction compares as Python
+    compares it with the stored value (low bounds round up, high bounds down)."""
+    t0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    half = timedelta(milliseconds=500)
+    with Session(r) as s:
+        s.add(User(email="t@x.io", joined=t0, id="t"))
+        s.commit()
+    for condition, python in (
+        (User.joined >= t0 + half, t0 >= t0 + half),
+        (User.joined > t0 - half, t0 > t0 - half),
+        (User.joined < t0 + half, t0 < t0 + half),
+        (User.joined <= t0 - half, t0 <= t0 - half),
+        (User.joined == t0 + half, False),
+        (User.joined == t0, True),
+        (User.joined.between(t0 - half, t0 + half), True),
+        (User.joined.between(t0 + half, t0 + 3 * half), False),
+        (User.joined >= t0.replace(tzinfo=None), True),  # naive: taken as UTC
+        (User.joined > t0.replace(tzinfo=None), False),
+    ):
+        assert q(r).filter(condition).ids() == (["t"] if python else []), condition
+
+
+def test_two_bounds_of_one_value_with_different_inclusivity(
+    r: redis.Redis, people: dict[str, User]
+) -> None:
+    """age <= 30 and age < 30, in either order, exclude 30 (and >= / > likewise)."""
+    below = ["u5", "u3"]
+    assert q(r).filter(User.age <= 30, User.age < 30).ids() == below
+    assert q(r).filter(User.age < 30, User.age <= 30).ids() == below
+    assert q(r).filter(User.age >= 30, User.age > 30).ids() == ["u7", "u2", "u6"]
+    assert q(r).filter(User.age > 30, User.age >= 30).ids() == ["u7", "u2", "u6"]
+    assert q(r).filter(User.age == 30, User.age < 30).ids() == []
+
+
+def test_bad_paging_arguments_and_inverted_between(r: redis.Redis) -> None:
+    s = Session(r)
+    for bad in ("a", 1.5, None, True):
+        with pytest.raises(QueryError, match="offset"):
+            s.query(User).offset(bad)  # type: ignore[arg-type]
+    for bad in ("a", 2.0, False):
+        with pytest.raises(QueryError, match="limit"):
+            s.query(User).limit(bad)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="limit"):
+        s.query(User).limit(-1)
+    with pytest.raises(QueryError, match="low bound is above the high bound"):
+        s.query(User).filter(User.age.between(40, 20))
+    with pytest.raises(QueryError, match="low bound"):
+        s.query(User).filter(User.joined.between(T0, T0.replace(tzinfo=None) - timedelta(1)))
+    assert s.query(User).filter(User.age.between(20, 20)).ids() == []  # empty, allowed
+    with pytest.raises(QueryError, match="after"):
+        s.query(User).after(3.5)
+
+
+# -- keyset pagination ----------------------------------------------------------------
+
+
+def test_after_pages_through_in_order(r: redis.Redis, crowd: list[tuple[int, str]]) -> None:
+    """Pages by ``after()`` are the offset pages, ties and direction included."""
+    for query in (
+        q(r).order_by(User.age),
+        q(r).order_by(User.age.desc()),
+        q(r).filter(User.age.between(0, 100)),
+        q(r),
+    ):
+        expected = query.ids()
+        seen: list[str] = []
+        last = None
+        while True:
+            page = query.after(last).limit(7).all()
+            if not page:
+                break
+            seen += ids_of(page)
+            last = page[-1]
+        assert seen == expected
+        middle = expected[40]
+        assert query.after(middle).limit(5).ids() == expected[41:46]  # an id works too
+
+
+def test_after_an_entity_that_moved_keeps_its_place(
+    r: redis.Redis, people: dict[str, User]
+) -> None:
+    """The cursor is the (value, id) the reader saw: another client moving or deleting
+    that entity does not move the next page."""
+    s = Session(r)
+    query = s.query(User).order_by(User.age)
+    first = query.limit(3).all()
+    assert ids_of(first) == ["u5", "u3", "u1"]
+    with Session(r) as other:
+        moved = other.get(User, "u1")
+        assert moved is not None
+        moved.age = 99
+        other.delete(other.get(User, "u3"))
+        other.commit()
+    assert query.after(first[-1]).limit(3).ids() == ["u8", "u7", "u2"]
+
+
+# -- consistency ----------------------------------------------------------------------
+
+
+def test_loaded_results_never_contradict_their_filter(r: redis.Redis, make_client) -> None:  # type: ignore[no-untyped-def]
+    """A writer moves ages while queries run: every instance a query loads satisfies the
+    filter that found it, since ids and hashes are read in one atomic step."""
+    ids = [f"m{n:03d}" for n in range(60)]
+    with Session(r) as s:
+        s.add_all(
+            User(email=f"{i}@x.io", age=n % 40, city="paris", id=i) for n, i in enumerate(ids)
+        )
+        s.commit()
+    stop = threading.Event()
+    writer_client = make_client()
+
+    def write() -> None:
+        rng = random.Random(7)
+        while not stop.is_set():
+            with Session(writer_client) as w:
+                for obj in w.get_many(User, rng.sample(ids, 10)):
+                    obj.age = rng.randrange(40)  # type: ignore[union-attr]
+                w.commit()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        for n in range(300):
+            with Session(r) as s:
+                low = n % 30
+                query = s.query(User).filter(User.age.between(low, low + 5), User.city == "paris")
+                for user in query.order_by(User.age.desc()).limit(8).all():
+                    assert user.age is not None and low <= user.age <= low + 5
+    finally:
+        stop.set()
+        thread.join()

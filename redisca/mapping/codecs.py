@@ -184,8 +184,11 @@ class FloatCodec(Codec):
         return b"0.0" if raw == b"-0.0" else raw
 
     def check_indexable(self, value: float) -> None:
-        if math.isnan(value):
-            raise ValidationError("NaN cannot be stored in a range index")
+        if not math.isfinite(value):  # a range index keeps +inf for "no value"
+            raise ValidationError(
+                f"NaN and ±inf cannot be stored in a range index (indexed floats must be "
+                f"finite), got {value}"
+            )
 
 
 class BoolCodec(Codec):

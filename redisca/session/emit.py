@@ -204,16 +204,41 @@ def _applied_before(change: EntityChange, current: dict[bytes, bytes | None]) ->
     return all(current.get(f.hash_field) == raw for f, raw in change.values.items())
 
 
+class InDoubtInsert(IntegrityError):
+    """An in-doubt insert whose entity is absent and whose guard stripe moved since."""
+
+
+def _unmoved(change: EntityChange, observed: Observed) -> bool:
+    """Whether the guard stripe still holds what it held before the attempt whose outcome
+    is unknown: that attempt, had it been applied, would have moved it."""
+    seen = change.guard_seen
+    return seen is not None and change.guard in observed.guards and (
+        observed.guards[change.guard] == seen[0]
+    )
+
+
 def _emit_insert(em: _Emitter, change: EntityChange) -> None:
     key = change.key
     # An existing key written by the attempt whose outcome was unknown is no conflict:
     # writing the insert again changes nothing.
     exists = em.observed.exists.get(key, False)
-    if exists and not _applied_before(change, em.observed.fields.get(key, {})):
+    if exists:
+        if _applied_before(change, em.observed.fields.get(key, {})):
+            return  # written by the attempt whose outcome was unknown, indexes and all
         doubt = " (a commit of it had an unknown outcome, and it changed since)"
         raise IntegrityError(
             f"{key.decode(errors='replace')} already exists in Redis"
             + (doubt if change.in_doubt else "")
+        )
+    if change.in_doubt and not _unmoved(change, em.observed):
+        raise InDoubtInsert(
+            f"{key.decode(errors='replace')}: a commit of it had an unknown outcome, and it "
+            f"is not in Redis now, while commits touched its guard stripe "
+            f"{change.guard.decode(errors='replace')} since: it may have been inserted and "
+            "then deleted by another client, or never inserted, and redisca cannot tell "
+            "which, so it does not insert it again. To insert it anyway, "
+            "session.expunge(obj) and session.add(obj), then commit; to drop it, "
+            "session.rollback()"
         )
     hset: list[Any] = [b"HSET", key]
     indexed: list[tuple[MappedField, bytes | None]] = []
@@ -301,8 +326,16 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
         raise NeedOwners(list(dict.fromkeys(em.unknown)))
     em.settle_claims()
     em.build_dirs()
+    em.out.extend(guard_bumps(plan))
     em.out.extend(plan.commands)
     return em.out
+
+
+def guard_bumps(plan: CommitPlan) -> list[Command]:
+    """One ``INCR`` per guard stripe of the entities whose read state the commit changes:
+    it fails the ``EXEC`` of every other commit that read one of them meanwhile."""
+    guards = dict.fromkeys(c.guard for c in plan.changes if c.bumps_guard)
+    return [(b"INCR", guard) for guard in guards]
 
 
 def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
@@ -314,4 +347,12 @@ def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
     }
 
 
-__all__ = ["GUARDED_WRITE", "REMOVE_FIELDS", "NeedOwners", "emit", "vanished"]
+__all__ = [
+    "GUARDED_WRITE",
+    "REMOVE_FIELDS",
+    "InDoubtInsert",
+    "NeedOwners",
+    "emit",
+    "guard_bumps",
+    "vanished",
+]

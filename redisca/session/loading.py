@@ -143,7 +143,13 @@ def load_ids(session: Session, mapper: Mapper, idents: list[str]) -> None:
     filled by the mapper's generated filler; one it holds unloaded keeps what was
     set on it in Python. Missing keys load nothing.
     """
-    raws = fetch(session, mapper, idents)
+    install(session, mapper, idents, fetch(session, mapper, idents))
+
+
+def install(
+    session: Session, mapper: Mapper, idents: list[str], raws: list[dict[bytes, bytes]]
+) -> None:
+    """Build or fill the instances of ``idents`` from their hashes (empty: missing)."""
     table, tables = session._table(mapper), session._identity
     stub, ref, lookup = session._stub, session._ref, table.get
     cls, store_id, fill = mapper.class_, mapper.id_attribute.store, mapper.filler
@@ -174,6 +180,32 @@ def load_ids(session: Session, mapper: Mapper, idents: list[str]) -> None:
             state.version = decode_version(version, mapper.key(ident))
 
 
+def from_hashes(
+    session: Session, mapper: Mapper, idents: list[str], replies: list[Any]
+) -> list[Any]:
+    """Instances of ``idents`` from HGETALL replies read with them (a query's page),
+    ``None`` where no hash was read. Instances the session holds loaded, pending or
+    deleted stay as the session has them, as :meth:`Session.get_many` returns them."""
+    table = session._table(mapper)
+    wanted, hashes = [], []
+    for ident, reply in zip(idents, replies, strict=True):
+        state = table.get(ident)
+        if state is None or (state.persistent and not state.loaded):
+            wanted.append(ident)
+            hashes.append(_hash(reply, mapper.key(ident)))
+    if wanted:
+        with gcpause.paused(len(wanted)):
+            install(session, mapper, wanted, hashes)
+    found: list[Any] = []
+    for ident in idents:
+        state = table.get(ident)
+        if state is None or state.deleted or not (state.loaded or not state.persistent):
+            found.append(None)
+        else:
+            found.append(state.obj)
+    return found
+
+
 def load_states(session: Session, states: Iterable[InstanceState]) -> None:
     """Load unloaded states, one round trip per server; missing keys stay unloaded."""
     by_client: dict[int, list[InstanceState]] = defaultdict(list)
@@ -193,4 +225,14 @@ def require(found: bool, state: InstanceState) -> None:
         raise NotFound(f"{state.key} does not exist in Redis")
 
 
-__all__ = ["decode_field", "fetch", "hydrate", "load_ids", "load_states", "python_value", "require"]
+__all__ = [
+    "decode_field",
+    "fetch",
+    "from_hashes",
+    "hydrate",
+    "install",
+    "load_ids",
+    "load_states",
+    "python_value",
+    "require",
+]

@@ -50,10 +50,29 @@ class EntityChange:
     #: already. An insert then checks that its key is free or holds exactly what it
     #: writes; a versioned update accepts the version it would have made itself.
     in_doubt: bool = False
+    #: An in-doubt insert: the value its guard stripe held before the attempt whose
+    #: outcome is unknown, as ``(value,)``, or ``None`` if that attempt never read it.
+    #: That attempt, if applied, moved the stripe; so an unmoved stripe means "not
+    #: applied", and a moved one with the entity gone may be "applied, then deleted".
+    guard_seen: tuple[bytes | None] | None = None
     #: The entity's key, built once (collect_reads, emit and finalize all use it).
     key: bytes = attrs.field(
         init=False, default=attrs.Factory(lambda self: self.mapper.key(self.id), takes_self=True)
     )
+    #: The entity's guard stripe ``P#g:<n>``: watched instead of the entity's hash.
+    guard: bytes = attrs.field(
+        init=False,
+        default=attrs.Factory(lambda self: self.mapper.layout.guard(self.id.encode()), True),
+    )
+
+    @property
+    def bumps_guard(self) -> bool:
+        """Whether the commit increments the entity's guard stripe: it changes what a
+        commit reads of the entity (existence, indexed fields, version). Plain updates of
+        unindexed fields of unversioned entities do not."""
+        if self.op != UPDATE:
+            return True
+        return self.needs_read and (self.mapper.versioned or any(f.indexed for f in self.values))
 
     def verified_fields(self) -> list[bytes]:
         """Hash fields to read to tell whether an in-doubt change was applied."""
@@ -82,11 +101,17 @@ class CommitPlan:
 class Reads:
     """What to WATCH and read before MULTI.
 
-    The stripes of unique values being claimed are watched; values only read
-    to release them are not: a value an entity owns changes hands only when
-    that entity changes, and its hash is watched. Fewer watched keys matter:
-    Redis 7.0's WATCH costs time quadratic in the number of keys one
-    connection watches.
+    The watched keys never grow with the commit (Redis 7.0's WATCH costs time
+    quadratic in the number of keys one connection watches): the stripes of
+    unique values being claimed (at most 128 per unique field), the guard
+    stripes of the entities whose state is read (at most 128 per model), and
+    reindex markers. Entity hashes are read but not watched: every commit that
+    changes what is read of an entity (inserts, deletes, updates of indexed
+    fields or of a version) increments its guard stripe inside its
+    ``MULTI``/``EXEC``, so a read made stale by another commit fails this
+    commit's ``EXEC`` and it is retried. Values only read to release them are
+    not watched: a value an entity owns changes hands only when that entity
+    changes, and its guard is watched.
     """
 
     exists: list[bytes] = attrs.field(factory=list)
@@ -94,12 +119,17 @@ class Reads:
     #: Unique values whose owner to read (``HGET`` of the stripe).
     owners: list[Slot] = attrs.field(factory=list)
     claims: set[Slot] = attrs.field(factory=set)
+    #: Guard stripes of the entities read.
+    guards: list[bytes] = attrs.field(factory=list)
+    #: Guard stripes of inserted entities, whose counters are read (``GET``) so that a
+    #: retry after an unknown outcome can tell "not applied" (see ``guard_seen``).
+    counters: list[bytes] = attrs.field(factory=list)
     #: Reindex markers (``P#x``), watched and read: see :mod:`redisca.session.rebuild`.
     markers: list[bytes] = attrs.field(factory=list)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
-        return list(dict.fromkeys([*self.exists, *self.fields, *claimed, *self.markers]))
+        return list(dict.fromkeys([*claimed, *self.guards, *self.markers]))
 
     def __bool__(self) -> bool:
         return bool(self.exists or self.fields or self.owners or self.markers)
@@ -112,6 +142,8 @@ class Observed:
     exists: dict[bytes, bool] = attrs.field(factory=dict)
     fields: dict[bytes, dict[bytes, bytes | None]] = attrs.field(factory=dict)
     owners: dict[Slot, str | None] = attrs.field(factory=dict)
+    #: Guard counters read (``Reads.counters``): stripe → value.
+    guards: dict[bytes, bytes | None] = attrs.field(factory=dict)
     #: Running reindexes by marker key (``redisca.session.rebuild.Rebuild``).
     rebuilds: dict[bytes, Any] = attrs.field(factory=dict)
 
@@ -123,14 +155,18 @@ def unique_key(field: MappedField, raw: bytes) -> Slot:
 
 
 def collect_reads(plan: CommitPlan) -> Reads:
-    """Keys to WATCH and read: claimed unique keys, new keys, and entities to re-read."""
+    """What to read, and WATCH: claimed unique values, new keys, entities to re-read."""
     reads = Reads()
     owners: dict[Slot, None] = {}
+    guards: dict[bytes, None] = {}
+    counters: dict[bytes, None] = {}
     for change in plan.changes:
         key = change.key
         if change.op == INSERT:
+            counters[change.guard] = None
             if change.check_exists:
                 reads.exists.append(key)
+                guards[change.guard] = None
             if change.in_doubt:
                 reads.fields[key] = change.verified_fields()
             for field, raw in change.values.items():
@@ -142,6 +178,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
         if not change.needs_read:
             continue
         reads.exists.append(key)
+        guards[change.guard] = None
         read_fields = change.read_fields()
         hash_fields = [f.hash_field for f in read_fields]
         if change.mapper.versioned:
@@ -162,6 +199,8 @@ def collect_reads(plan: CommitPlan) -> Reads:
             if guess is not None:
                 owners[unique_key(field, guess)] = None
     reads.owners = list(owners)
+    reads.guards = list(guards)
+    reads.counters = list(counters)
     return reads
 
 

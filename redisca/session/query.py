@@ -13,12 +13,23 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
-from ..errors import MultipleResultsFound, NotFound, OperationalError, QueryError
+from ..errors import MultipleResultsFound, NotFound, QueryError
+from ..mapping import instrument
 from ..mapping.expressions import Condition, Ordering
-from ..mapping.keys import INDEX_KINDS, decode_id
-from ..mapping.mapper import Mapper
-from . import executor
-from .querycompile import Filters, compile_ids, membership_checks, order_field, sort_filters
+from ..mapping.keys import decode_id
+from ..mapping.mapper import MappedField, Mapper
+from . import loading, queryscript
+from .querycompile import (
+    NO_CURSOR,
+    Cursor,
+    Filters,
+    ScriptCall,
+    compile_query,
+    order_field,
+    ordering_field,
+    score_arg,
+    sort_filters,
+)
 
 if TYPE_CHECKING:
     from .session import Session
@@ -40,6 +51,8 @@ class Query(Generic[T]):
     offset_: int = 0
     limit_: int | None = None
     preloads: tuple[Any, ...] = ()
+    #: Keyset pagination: the instance or id the results start strictly after.
+    after_: Any = None
     #: The conditions sorted by index, worked out once by filter() for every query
     #: refined from this one (a lookup runs ``filter(...).one()``: one sort, not three).
     _filters: Filters | None = attrs.field(default=None, eq=False, repr=False, alias="_filters")
@@ -54,6 +67,7 @@ class Query(Generic[T]):
             "offset_": self.offset_,
             "limit_": self.limit_,
             "preloads": self.preloads,
+            "after_": self.after_,
             "_filters": self._filters,
             **changes,
         }
@@ -86,16 +100,30 @@ class Query(Generic[T]):
         return self._with(ordering=ordering)
 
     def offset(self, n: int) -> Query[T]:
-        """Skip the first ``n`` results; skipped rows are never sent by the server."""
-        if n < 0:
-            raise QueryError("offset must be >= 0")
-        return self._with(offset_=n)
+        """Skip the first ``n`` results; skipped rows are never sent by the server.
+
+        A deep offset costs the server the rows it skips (when conditions other than
+        the order's own range must be probed); :meth:`after` does not."""
+        return self._with(offset_=_count_arg("offset", n))
 
     def limit(self, n: int | None) -> Query[T]:
         """At most ``n`` results (``None``: no limit), cut on the server."""
-        if n is not None and n < 0:
-            raise QueryError("limit must be >= 0")
-        return self._with(limit_=n)
+        return self._with(limit_=None if n is None else _count_arg("limit", n))
+
+    def after(self, entity_or_id: Any) -> Query[T]:
+        """Keyset pagination: only results strictly after this one in the query's order
+        (its stored position: (order value, id)), so a page costs what it returns
+        however deep it is. Pass the last instance of the previous page, or its id;
+        ``None`` starts from the beginning."""
+        if entity_or_id is not None and not isinstance(
+            entity_or_id, str | int | self.mapper.class_
+        ):
+            raise QueryError(
+                f"after() takes a {self.mapper.class_.__name__} or an id, got {entity_or_id!r}"
+            )
+        if isinstance(entity_or_id, bool):
+            raise QueryError(f"after() takes a {self.mapper.class_.__name__} or an id, got a bool")
+        return self._with(after_=entity_or_id)
 
     def preload(self, *attributes: Any) -> Query[T]:
         """Load these references of all results in one more round trip (no N+1)."""
@@ -105,26 +133,24 @@ class Query(Generic[T]):
 
     def ids(self) -> list[str]:
         """Ids of the matching entities, in query order; nothing is loaded."""
-        filters = self._sorted()
-        if filters.unique:
-            return self._unique_ids(filters)
-        return self._decode(self._run_ids(filters, count=False), filters)
+        reply, call = self._run(b"ids")
+        return self._decode(reply[0], call)
 
     def count(self) -> int:
-        """How many entities match (within offset and limit), computed on the server."""
-        filters = self._sorted()
-        if filters.unique:
-            return len(self._unique_ids(filters))  # offset and limit apply, as below
-        total = int(self._run_ids(filters, count=True))
-        total = max(0, total - self.offset_)
-        return total if self.limit_ is None else min(total, self.limit_)
+        """How many entities match (within offset and limit), computed on the server.
+
+        With no condition it is one ``ZCARD``; with a range condition on the order
+        field only, two ``ZCOUNT``; otherwise the matches are counted by the script."""
+        return int(self._run(b"count")[0][0])
 
     def all(self) -> list[T]:
-        """The matching instances, in query order, loaded in one round trip."""
-        ids = self.ids()
+        """The matching instances, in query order, read with the ids in one atomic step.
+
+        Instances the session holds loaded are returned as they are in the session."""
+        (ids, hashes, _), call = self._run(b"load")
         if not ids:
             return []
-        found = self.session.get_many(self.mapper.class_, ids)
+        found = loading.from_hashes(self.session, self.mapper, self._decode(ids, call), hashes)
         results = [typing.cast(T, obj) for obj in found if obj is not None]
         if self.preloads:
             self.session.preload(results, *self.preloads)
@@ -162,64 +188,58 @@ class Query(Generic[T]):
     def _client(self) -> Any:
         return self.session.bind_for(self.mapper)
 
-    def _run_ids(self, filters: Filters, *, count: bool) -> Any:
-        plan = compile_ids(
-            self.mapper, filters, self.ordering, self.offset_, self.limit_, count=count
+    def _run(self, mode: bytes) -> tuple[Any, ScriptCall]:
+        """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
+        ``work``: the index entries the server read, which the tests bound) and its call."""
+        filters = self._sorted()
+        by = ordering_field(self.mapper, filters, self.ordering)
+        call = compile_query(
+            self.mapper,
+            filters,
+            by,
+            mode=mode,
+            descending=self.ordering is not None and self.ordering.descending,
+            offset=self.offset_,
+            limit=self.limit_,
+            cursor=self._cursor(by),
         )
-        if plan.transactional:
-            with executor.connection(self._client()) as conn:
-                replies = executor.transaction(conn, plan.commands)
-            assert replies is not None  # nothing is watched
-        else:
-            replies = executor.run(self._client(), plan.commands)
-        for command, reply in zip(plan.commands, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise OperationalError(
-                    f"Redis could not run the query: {self._describe(command)} answered {reply}",
-                    reply,
-                )
-        reply = replies[plan.reply]
-        if plan.sort_ids:
-            return self._slice(sorted(reply))
-        return reply
+        return queryscript.run(self._client(), call), call
 
-    def _describe(self, command: Any) -> str:
-        """A failed query command by name and index keys (another program's data in them)."""
-        layout = self.mapper.layout
-        keys = [
-            arg.decode(errors="replace")[:200]
-            for arg in command[1:]
-            if isinstance(arg, bytes) and layout.parse(arg).kind in INDEX_KINDS
-        ]
-        return " ".join([command[0].decode(), *keys])
+    def _cursor(self, by: MappedField | None) -> Cursor:
+        """``after()``'s position: an instance's stored order value when the session
+        read it (so the page boundary stays where its reader saw it), else looked up."""
+        target = self.after_
+        if target is None:
+            return NO_CURSOR
+        if not isinstance(target, self.mapper.class_):
+            ident = self.mapper.id_attribute.coerce(target)
+            return (b"s", b"0", ident.encode()) if by is None else (b"i", b"", ident.encode())
+        ident = self.mapper.identity(target)
+        if ident is None:
+            raise QueryError("after(): that instance has no id yet")
+        if by is None:
+            return (b"s", b"0", ident.encode())
+        state = instrument.state_of(target)
+        if state is None or by not in state.snapshot:
+            return (b"i", b"", ident.encode())
+        raw = state.snapshot[by]
+        score = float("inf") if raw is None else by.score(raw)
+        return (b"s", score_arg(score), ident.encode())
 
-    def _slice(self, ids: list[Any]) -> list[Any]:
-        end = None if self.limit_ is None else self.offset_ + self.limit_
-        return ids[self.offset_ : end]
-
-    def _unique_ids(self, filters: Filters) -> list[str]:
-        owners = executor.run(self._client(), [(b"HGET", *slot) for slot in filters.unique])
-        if any(o is None or isinstance(o, Exception) for o in owners) or len(set(owners)) != 1:
-            return []
-        ident = decode_id(owners[0], filters.unique[0][0])
-        commands, windows = membership_checks(self.mapper, filters, ident)
-        if commands:
-            replies = executor.run(self._client(), commands)
-            for reply, window in zip(replies, windows, strict=True):
-                if window is None and not reply:
-                    return []
-                if window is not None and (reply is None or not window.contains(float(reply))):
-                    return []
-        return self._slice([ident])
-
-    def _decode(self, ids: list[bytes], filters: Filters) -> list[str]:
+    def _decode(self, ids: list[bytes], call: ScriptCall) -> list[str]:
         try:
             return [i.decode() for i in ids]
-        except UnicodeDecodeError:  # data another program wrote: name the keys read
-            layout = self.mapper.layout
-            ranges = [layout.range_index(field.hash_field) for field, _ in filters.ranges]
-            where = b" or ".join([*filters.eq, *ranges] or [layout.all_ids])
+        except UnicodeDecodeError:  # data another program wrote: name the indexes read
+            where = b" or ".join(dict.fromkeys(call.keys[2:])) or call.keys[1]
             return [decode_id(i, where) for i in ids]
+
+
+def _count_arg(name: str, n: Any) -> int:
+    if type(n) is not int:
+        raise QueryError(f"{name}() takes an int >= 0, got {n!r}")
+    if n < 0:
+        raise QueryError(f"{name} must be >= 0, got {n}")
+    return n
 
 
 __all__ = ["Query"]

@@ -1,28 +1,26 @@
-"""Query compilation: conditions → Redis commands, as pure data.
+"""Query compilation: conditions → the query script's keys and arguments, as pure data.
 
-Equality conditions name sets, range conditions sorted sets; an AND is one
-``ZINTERSTORE`` on the server (sets weigh 0, the ordering field weighs 1, so
-scores are that field's values and ties fall back to the id). Extra range
-fields are cut with ``ZRANGESTORE`` first. Offset and limit go to ``ZRANGE …
-LIMIT``. Scratch keys are made and deleted inside one MULTI/EXEC, so no
-other client ever sees them. Conditions on unique fields are answered by
-their unique stripe (one ``HGET``) instead. A range index holds every entity
-(those without a value at ``+inf``), so a range condition's window never
-admits ``+inf``: an open upper bound is ``(+inf``.
+Equality conditions become terms the script probes or fetches (an index set, a
+unique value's stripe hash), range conditions a score window per field. One
+range index orders the query (``order_by``'s field, else the first range
+condition's; ``P#all`` in id order otherwise) and its window becomes the
+script's walk; the other windows are terms. Bounds are exact: ints beyond 2**53
+and sub-second datetimes round to what stored values can equal, and no window
+admits +inf, the score of a missing value. See :mod:`redisca.session.queryscript`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import attrs
 
 from ..errors import QueryError, ValidationError
-from ..mapping.codecs import FloatCodec, IntCodec
+from ..mapping.codecs import DateTimeCodec, FloatCodec, IntCodec
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.mapper import MappedField, Mapper
-from .plan import Command
 
 
 @attrs.frozen
@@ -34,15 +32,9 @@ class Bound:
         if math.isnan(self.score):  # Redis would take "nan" as no bound at all
             raise QueryError("NaN cannot bound a range: no value compares with it")
 
-    def arg(self) -> bytes:
-        text = "+inf" if self.score == float("inf") else repr(self.score)
-        return (text if self.inclusive else "(" + text).encode()
-
 
 LOWEST = Bound(float("-inf"))
 HIGHEST = Bound(float("inf"))
-#: The upper end of a condition's window: ``+inf`` is the score of "no value".
-BELOW_NO_VALUE = Bound(float("inf"), inclusive=False)
 
 
 @attrs.frozen
@@ -68,24 +60,73 @@ class Range:
 
 
 @attrs.frozen
-class QueryPlan:
-    """Commands of one round trip; ``reply`` is the index of the reply that answers."""
+class EqTerm:
+    """An equality index set (``P#i:<field>:<value>``): the ids holding that value."""
 
-    commands: tuple[Command, ...]
-    reply: int
-    transactional: bool = False
-    #: The reply is an unsorted set of ids: sort (and slice) in Python.
-    sort_ids: bool = False
+    key: bytes
+    kind: ClassVar[bytes] = b"e"
+    key_type: ClassVar[bytes] = b"set"
+
+    def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
+        keys.append(self.key)
+
+
+@attrs.frozen
+class UniqueTerm:
+    """A unique value: its stripe hash and the value's index form (one owner or none)."""
+
+    key: bytes
+    value: bytes
+    kind: ClassVar[bytes] = b"u"
+    key_type: ClassVar[bytes] = b"hash"
+
+    def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
+        keys.append(self.key)
+        args.append(self.value)
+
+
+@attrs.frozen
+class RangeTerm:
+    """A score window of a range index (a field other than the one ordering the query)."""
+
+    key: bytes
+    window: Range
+    kind: ClassVar[bytes] = b"r"
+    key_type: ClassVar[bytes] = b"zset"
+
+    def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
+        keys.append(self.key)
+        args.extend(window_args(self.window))
+
+
+#: One condition as the script reads it. OR and ``in_()`` will be terms too: the
+#: script asks each term its size, its ids and whether it holds an id.
+Term = EqTerm | UniqueTerm | RangeTerm
 
 
 @attrs.frozen
 class Filters:
-    """Conditions sorted by the index that answers them."""
+    """Conditions sorted by the index that answers them: terms for sets and unique
+    values, and one window per range-indexed field (one of them may order the query)."""
 
-    #: (stripe, value) of each equality on a unique field.
-    unique: tuple[tuple[bytes, bytes], ...] = ()
-    eq: tuple[bytes, ...] = ()
+    terms: tuple[Term, ...] = ()
     ranges: tuple[tuple[MappedField, Range], ...] = ()
+
+
+@attrs.frozen
+class ScriptCall:
+    """The keys and arguments of one run of the query script (pure data)."""
+
+    keys: tuple[bytes, ...]
+    args: tuple[bytes | int, ...]
+    #: The Redis type each key must have (to name a key another program overwrote).
+    types: tuple[bytes, ...]
+
+
+#: A cursor as the script takes it: kind (``b""`` none, ``b"i"`` look the id's score
+#: up, ``b"s"`` this score), score, id.
+Cursor = tuple[bytes, bytes, bytes]
+NO_CURSOR: Cursor = (b"", b"", b"")
 
 
 def field_of(mapper: Mapper, attribute: Any) -> MappedField:
@@ -120,6 +161,8 @@ def _bound(field: MappedField, value: Any, inclusive: bool, *, low: bool) -> Bou
         if isinstance(value, int):
             return _int_bound(value, inclusive, low=low)
         return Bound(float(value), inclusive)  # age >= 29.5 is a fine bound for ints
+    if isinstance(field.codec, DateTimeCodec) and isinstance(value, datetime):
+        return _seconds_bound(value, inclusive, low=low)
     return Bound(field.score(_encode(field, value)), inclusive)
 
 
@@ -140,34 +183,83 @@ def _int_bound(value: int, inclusive: bool, *, low: bool) -> Bound:
     return Bound(score, True)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _seconds_bound(value: datetime, inclusive: bool, *, low: bool) -> Bound:
+    """A datetime as a bound on stored whole seconds, agreeing with Python's comparison
+    on them: a sub-second low bound rounds up, a high one down (naive means UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        delta = value - _EPOCH
+    except OverflowError:
+        raise QueryError(f"{value} is out of range in UTC") from None
+    whole = delta.days * 86400 + delta.seconds  # floor: microseconds are >= 0
+    if not delta.microseconds:
+        return Bound(float(whole), inclusive)
+    return Bound(float(whole + 1 if low else whole), True)
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _point(field: MappedField, value: Any) -> Range:
+    """``field == value`` on a range index: the window [value, value] (empty for an int
+    no double equals, or a datetime with a fraction of a second no stored one has)."""
+    _encode(field, value)  # the value's type is checked as for any equality
+    return Range().narrow(
+        _bound(field, value, True, low=True), _bound(field, value, True, low=False)
+    )
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _check_between(cond: Condition) -> None:
+    """``between(high, low)`` is a mistake, not an empty result."""
+    if cond.low is None or cond.high is None:
+        return
+    try:
+        inverted = _comparable(cond.low) > _comparable(cond.high)
+    except TypeError:  # values the field refuses: its codec says so, naming the field
+        return
+    if inverted:
+        raise QueryError(
+            f"{cond.attribute!r}.between({cond.low!r}, {cond.high!r}): "
+            "the low bound is above the high bound"
+        )
+
+
 def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
-    unique: list[tuple[bytes, bytes]] = []
-    eq: list[bytes] = []
-    condition = Range(LOWEST, BELOW_NO_VALUE)
+    terms: list[Term] = []
     ranges: dict[MappedField, Range] = {}
+    layout = mapper.layout
     for cond in conditions:
         field = field_of(mapper, cond.attribute)
         if cond.op == "eq":
-            raw = _encode(field, cond.value)
-            key = field.index_key(raw)
             if field.unique:
-                unique.append((mapper.layout.unique_stripe(field.hash_field, key), key))
+                value = field.index_key(_encode(field, cond.value))
+                stripe = layout.unique_stripe(field.hash_field, value)
+                terms.append(UniqueTerm(stripe, value))
             elif field.index == "eq":
-                eq.append(mapper.layout.eq_index(field.hash_field, key))
+                key = field.index_key(_encode(field, cond.value))
+                terms.append(EqTerm(layout.eq_index(field.hash_field, key)))
             else:
-                point = Bound(field.score(raw))
-                ranges[field] = ranges.get(field, condition).narrow(point, point)
+                point = _point(field, cond.value)
+                ranges[field] = ranges.get(field, Range()).narrow(point.low, point.high)
             continue
         if field.index != "range":
             raise QueryError(f"{cond.attribute!r} has an equality index: compare it with ==")
+        _check_between(cond)
         low = _bound(field, cond.low, cond.low_inclusive, low=True)
         high = _bound(field, cond.high, cond.high_inclusive, low=False)
-        ranges[field] = ranges.get(field, condition).narrow(low, high)
-    return Filters(tuple(unique), tuple(eq), tuple(ranges.items()))
+        ranges[field] = ranges.get(field, Range()).narrow(low, high)
+    return Filters(tuple(terms), tuple(ranges.items()))
 
 
 def order_field(mapper: Mapper, ordering: Ordering | None) -> MappedField | None:
@@ -179,114 +271,89 @@ def order_field(mapper: Mapper, ordering: Ordering | None) -> MappedField | None
     return field
 
 
-def compile_ids(
+def ordering_field(
+    mapper: Mapper, filters: Filters, ordering: Ordering | None
+) -> MappedField | None:
+    """The field whose range index gives the order: ``order_by``'s, else the first
+    range condition's; ``None`` for id order (``P#all``)."""
+    by = order_field(mapper, ordering)
+    if by is None and filters.ranges:
+        by = filters.ranges[0][0]
+    return by
+
+
+def score_arg(score: float) -> bytes:
+    """A score as Redis and the script both read it back exactly."""
+    if math.isinf(score):
+        return b"+inf" if score > 0 else b"-inf"
+    return repr(score).encode()
+
+
+def window_args(window: Range) -> list[bytes | int]:
+    """low, low exclusive, high, high exclusive. A missing value's score is +inf, so
+    the high end never admits +inf: an open range stops below it."""
+    low, high = window.low, window.high
+    high_open = not high.inclusive or high.score == math.inf
+    return [score_arg(low.score), int(not low.inclusive), score_arg(high.score), int(high_open)]
+
+
+def compile_query(
     mapper: Mapper,
     filters: Filters,
-    ordering: Ordering | None,
-    offset: int,
-    limit: int | None,
+    by: MappedField | None,
     *,
-    count: bool = False,
-) -> QueryPlan:
-    """The round trip that answers a query without unique conditions."""
+    mode: bytes,
+    descending: bool = False,
+    offset: int = 0,
+    limit: int | None = None,
+    cursor: Cursor = NO_CURSOR,
+) -> ScriptCall:
+    """The script call that answers a query: ``mode`` is ``ids``, ``count`` or ``load``."""
     layout = mapper.layout
-    by = order_field(mapper, ordering)
-    ranges = dict(filters.ranges)
-    if by is None and ranges:
-        by = next(iter(ranges))
-    paged = offset > 0 or limit is not None
-    if by is None and not (paged and not count):
-        return _set_plan(mapper, filters.eq, count)
-    commands: list[Command] = []
-    scratch: list[bytes] = []
-    sources: list[tuple[bytes, int]] = []
-    for field, window in ranges.items():
+    ordered = layout.all_ids if by is None else layout.range_index(by.hash_field)
+    keys: list[bytes] = [layout.all_ids, ordered]
+    types: list[bytes] = [b"zset", b"zset"]
+    window: Range | None = None
+    terms: list[Term] = list(filters.terms)
+    for field, rng in filters.ranges:
         if field is by:
-            continue
-        tmp = layout.scratch()
-        scratch.append(tmp)
-        key = layout.range_index(field.hash_field)
-        commands.append((b"ZRANGESTORE", tmp, key, window.low.arg(), window.high.arg(), b"BYSCORE"))
-        sources.append((tmp, 0))
-    sources += [(key, 0) for key in filters.eq]
-    window = ranges.get(by, Range()) if by is not None else Range()
-    if by is not None:
-        # Every entity is in it: those without a value sort last (score +inf).
-        sources.append((layout.range_index(by.hash_field), 1))
-    if not sources:
-        sources.append((layout.all_ids, 1))  # every score is 0: id order
-    if len(sources) == 1 and sources[0][1] == 1:
-        final = sources[0][0]
-    else:
-        final = layout.scratch()
-        scratch.append(final)
-        keys = [key for key, _ in sources]
-        weights = [weight for _, weight in sources]
-        commands.append((b"ZINTERSTORE", final, len(keys), *keys, b"WEIGHTS", *weights))
-    reply = len(commands)
-    commands.append(_final(final, window, ordering, offset, limit, count))
-    if scratch:
-        commands.append((b"DEL", *scratch))
-    return QueryPlan(tuple(commands), reply, transactional=bool(scratch))
-
-
-def _final(
-    key: bytes,
-    window: Range,
-    ordering: Ordering | None,
-    offset: int,
-    limit: int | None,
-    count: bool,
-) -> Command:
-    low, high = window.low.arg(), window.high.arg()
-    if count:
-        return (b"ZCOUNT", key, low, high)
-    command: list[Any] = [b"ZRANGE", key]
-    if ordering is not None and ordering.descending:
-        command += [high, low, b"BYSCORE", b"REV"]
-    else:
-        command += [low, high, b"BYSCORE"]
-    if offset or limit is not None:
-        command += [b"LIMIT", offset, -1 if limit is None else limit]
-    return tuple(command)
-
-
-def _set_plan(mapper: Mapper, eq: tuple[bytes, ...], count: bool) -> QueryPlan:
-    """Equality-only queries with no paging: plain set commands, sorted by id in Python."""
-    if not eq:
-        if count:
-            return QueryPlan(((b"ZCARD", mapper.layout.all_ids),), 0)
-        return QueryPlan(((b"ZRANGE", mapper.layout.all_ids, 0, -1),), 0, sort_ids=True)
-    keys = list(eq)
-    if count and len(keys) == 1:
-        return QueryPlan(((b"SCARD", keys[0]),), 0)
-    if count:
-        tmp = mapper.layout.scratch()
-        return QueryPlan(((b"SINTERSTORE", tmp, *keys), (b"DEL", tmp)), 0, transactional=True)
-    if len(keys) == 1:
-        return QueryPlan(((b"SMEMBERS", keys[0]),), 0, sort_ids=True)
-    return QueryPlan(((b"SINTER", *keys),), 0, sort_ids=True)
-
-
-def membership_checks(
-    mapper: Mapper, filters: Filters, ident: str
-) -> tuple[list[Command], list[Range | None]]:
-    """Commands that test one candidate id against the non-unique conditions."""
-    commands: list[Command] = [(b"SISMEMBER", key, ident) for key in filters.eq]
-    windows: list[Range | None] = [None] * len(commands)
-    for field, window in filters.ranges:
-        commands.append((b"ZSCORE", mapper.layout.range_index(field.hash_field), ident))
-        windows.append(window)
-    return commands, windows
+            window = rng
+        else:
+            terms.append(RangeTerm(layout.range_index(field.hash_field), rng))
+    args: list[bytes | int] = [
+        mode,
+        offset,
+        -1 if limit is None else limit,
+        int(descending),
+        layout.entity_of(b""),
+        int(window is not None),
+        *window_args(window or Range()),
+        *cursor,
+        len(terms),
+    ]
+    for term in terms:
+        args.append(term.kind)
+        before = len(keys)
+        term.encode(keys, args)
+        types += [term.key_type] * (len(keys) - before)
+    return ScriptCall(tuple(keys), tuple(args), tuple(types))
 
 
 __all__ = [
+    "NO_CURSOR",
     "Bound",
+    "Cursor",
+    "EqTerm",
     "Filters",
-    "QueryPlan",
     "Range",
-    "compile_ids",
-    "membership_checks",
+    "RangeTerm",
+    "ScriptCall",
+    "Term",
+    "UniqueTerm",
+    "compile_query",
     "order_field",
+    "ordering_field",
+    "score_arg",
     "sort_filters",
+    "window_args",
 ]

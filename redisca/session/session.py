@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -244,6 +244,26 @@ class Session:
             for obj in objs:
                 self.add(obj)
 
+    def bulk_add(
+        self,
+        objs: Iterable[object],
+        *,
+        chunk_size: int = 5000,
+        progress: Callable[[int, int | None], object] | None = None,
+    ) -> int:
+        """Insert any number of new entities in chunks, each chunk one atomic commit.
+
+        ``objs`` may be a generator: one chunk at a time is taken, validated and
+        written. Written objects do not stay in the session (they leave detached);
+        ``progress(done, total)`` is called after each chunk, ``total`` being
+        ``len(objs)`` or ``None``. A failure raises :class:`~redisca.BulkAddError`
+        naming the first object not written; the chunks before it stay written.
+        Returns how many objects were written. See :ref:`bulk-add`.
+        """
+        from .bulk import bulk_add  # on first use: most sessions never bulk-load
+
+        return bulk_add(self, objs, chunk_size, progress)
+
     def delete(self, obj: object) -> None:
         """Mark a persistent instance for deletion (a pending one is simply dropped)."""
         state = self.state(obj)
@@ -466,12 +486,12 @@ class Session:
             plan = group.plan()
             if not plan:
                 continue
+            seen: dict[bytes, Any] = {}
             try:
-                executed = executor.execute_commit(group.client, plan, self.retries)
+                executed = executor.execute_commit(group.client, plan, self.retries, seen)
             except OperationalError as exc:
                 if exc.outcome_unknown:
-                    for state in group.states:
-                        state.in_doubt = True
+                    unitofwork.in_doubt(group, seen)
                 raise
             self._commands = [c for c in self._commands if c[2] not in group.results]
             unitofwork.finalize(self, group, executed)

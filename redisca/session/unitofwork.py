@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -98,6 +99,7 @@ def _insert(state: InstanceState) -> EntityChange:
         check_exists=not state.generated_id or state.in_doubt,
         expect_version=state.version,
         in_doubt=state.in_doubt,
+        guard_seen=state.doubt_guard if state.in_doubt else None,
     )
 
 
@@ -150,9 +152,16 @@ def _delete(state: InstanceState) -> EntityChange:
     )
 
 
-def organize(session: Session) -> list[Group]:
-    """Validate and encode every pending change, grouped by server; no I/O."""
-    cascade(session)
+def organize(session: Session, states: Iterable[InstanceState] | None = None) -> list[Group]:
+    """Validate and encode every pending change, grouped by server; no I/O.
+
+    ``states``: plan only these, and no queued command: :mod:`~redisca.session.bulk`
+    commits chunks of states the session does not track (it cascaded them itself).
+    """
+    commands: list[tuple[Any, Command, CommandResult]] = []
+    if states is None:
+        cascade(session)
+        states, commands = session.states(), session.queued_commands()
     groups: dict[int, Group] = {}
     binds: dict[Mapper, Any] = {}  # bind_for walks the class's MRO: once per mapper
 
@@ -162,7 +171,7 @@ def organize(session: Session) -> list[Group]:
             group = groups[id(client)] = Group(client)
         return group
 
-    for state in session.states():
+    for state in states:
         if state.deleted:
             change = _delete(state)
         elif not state.persistent:
@@ -178,11 +187,25 @@ def organize(session: Session) -> list[Group]:
         group = group_for(client)
         group.changes.append(change)
         group.states.append(state)
-    for client, command, result in session.queued_commands():
+    for client, command, result in commands:
         group = group_for(client)
         group.commands.append(command)
         group.results.append(result)
     return list(groups.values())
+
+
+def in_doubt(group: Group, seen: dict[bytes, Any]) -> None:
+    """After an unknown outcome: every change of the group may or may not be applied.
+    An insert keeps the guard counter its attempt read, which tells the retry whether
+    that attempt can have been applied."""
+    for change, state in zip(group.changes, group.states, strict=True):
+        state.in_doubt = True
+        if change.op == INSERT:
+            value = seen.get(change.guard, _UNREAD)
+            state.doubt_guard = None if value is _UNREAD else (value,)
+
+
+_UNREAD = object()
 
 
 def finalize(session: Session, group: Group, executed: executor.Executed) -> None:
@@ -223,4 +246,4 @@ def finalize(session: Session, group: Group, executed: executor.Executed) -> Non
         )
 
 
-__all__ = ["Group", "cascade", "finalize", "organize"]
+__all__ = ["Group", "cascade", "finalize", "in_doubt", "organize"]

@@ -1,0 +1,417 @@
+"""The query engine: one Lua script answers a query in one atomic step.
+
+It reads the indexes in place (no scratch keys) and chooses, from counts that
+cost O(1) or O(log N), between two ways to find a page:
+
+(a) walk the ordering index (a field's range index, or ``P#all`` for id order)
+    in order, in batches, probing every other condition for each id, until
+    offset + limit ids matched;
+(b) fetch the smallest candidate set (an equality set, the owner of a unique
+    value, a score window of another range index), probe the other conditions,
+    sort the survivors by their rank in the ordering index, slice.
+
+(b) runs at once when a walk is expected to read more than m ids (matches lie
+about window / m apart); otherwise (a) runs with a budget of m ids and hands over
+to (b) when it runs out, so a page costs O(min(page / selectivity, m log m)) for
+a smallest candidate set of m, and at most about 2m whatever the data. Positions are ranks of the
+ordering index, so the order is always (score, id) and descending is its exact
+reverse. For ``load`` it returns the page's hashes read in the same step, so no
+loaded entity contradicts the filter that found it.
+
+Every query replies with the number of index entries it read (``work``), which
+the tests bound. The script only reads; it is sent with ``EVALSHA`` and, when
+the server does not know it yet, once with ``EVAL``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from ..errors import OperationalError, QueryError
+from . import executor
+from .querycompile import ScriptCall
+
+#: Ids walked per ZRANGE at least (a selective filter needs many per match).
+MIN_BATCH = 32
+#: And at most, so one step never copies a large part of an index at once.
+MAX_BATCH = 512
+
+#: Replies the script raises for a cursor whose id is in no index.
+AFTER_MISSING = "REDISCA-AFTER"
+
+SCRIPT = (
+    b"""
+-- redisca query engine (see redisca/session/queryscript.py).
+-- KEYS: [1] all ids (zset, score 0), [2] ordering zset, then each term's keys.
+-- ARGV: mode, offset, limit (-1: none), desc (0/1), entity key prefix,
+--       window of the ordering zset: restricted (0/1), low, low excl, high, high excl,
+--       cursor: kind ('' none, 'i' id only, 's' score and id), score, id,
+--       number of terms, then each term: kind and its arguments.
+local MIN_BATCH, MAX_BATCH = """
+    + str(MIN_BATCH).encode()
+    + b", "
+    + str(MAX_BATCH).encode()
+    + b"""
+local work = 0
+local ki, ai = 3, 1
+local function key() local k = KEYS[ki]; ki = ki + 1; return k end
+local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
+
+local function num(s)
+  if s == 'inf' or s == '+inf' then return math.huge end
+  if s == '-inf' then return -math.huge end
+  return tonumber(s)
+end
+
+-- Byte order (Lua's '<' on strings follows the server's locale).
+local function lt(a, b)
+  if a == b then return false end
+  local n = math.min(#a, #b)
+  local i = 1
+  while i + 7 <= n and string.sub(a, i, i + 7) == string.sub(b, i, i + 7) do i = i + 8 end
+  while i <= n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+    i = i + 1
+  end
+  return #a < #b
+end
+
+local function window()
+  local lo, lx, hi, hx = arg(), arg() == '1', arg(), arg() == '1'
+  return {lo = num(lo), lx = lx, hi = num(hi), hx = hx, lostr = lo,
+          loarg = (lx and '(' or '') .. lo, hiarg = (hx and '(' or '') .. hi}
+end
+
+local function inside(w, s)
+  if s < w.lo or (s == w.lo and w.lx) then return false end
+  if s > w.hi or (s == w.hi and w.hx) then return false end
+  return true
+end
+
+-- Each kind of term: how to read it, its size, its ids, and a test of one id.
+local kinds = {}
+kinds.e = {  -- an equality index set
+  parse = function(t) t.key = key() end,
+  size = function(t) return redis.call('SCARD', t.key) end,
+  fetch = function(t) return redis.call('SMEMBERS', t.key) end,
+  probe = function(t, id) return redis.call('SISMEMBER', t.key, id) == 1 end,
+}
+kinds.u = {  -- a unique value: its stripe hash and the value
+  parse = function(t) t.key = key(); t.value = arg() end,
+  size = function(t)
+    t.owner = redis.call('HGET', t.key, t.value)
+    if t.owner then return 1 end
+    return 0
+  end,
+  fetch = function(t) return {t.owner} end,
+  probe = function(t, id) return t.owner == id end,
+}
+kinds.r = {  -- a score window of a range index
+  parse = function(t) t.key = key(); t.w = window() end,
+  size = function(t) return redis.call('ZCOUNT', t.key, t.w.loarg, t.w.hiarg) end,
+  fetch = function(t) return redis.call('ZRANGEBYSCORE', t.key, t.w.loarg, t.w.hiarg) end,
+  probe = function(t, id)
+    local s = redis.call('ZSCORE', t.key, id)
+    return s and inside(t.w, num(s))
+  end,
+}
+
+local allkey, okey = KEYS[1], KEYS[2]
+local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+local desc, prefix = arg() == '1', arg()
+local restricted = arg() == '1'
+local ow = window()
+local ckind, cscore, cid = arg(), arg(), arg()
+local terms = {}
+for i = 1, tonumber(arg()) do
+  local t = {kind = arg()}
+  kinds[t.kind].parse(t)
+  terms[i] = t
+end
+
+local function reply(ids)
+  if mode == 'count' then return {ids, work} end
+  local hashes = {}
+  if mode == 'load' then
+    -- pcall: a key that is no hash fails as a DecodeError naming it, not the query
+    for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', prefix .. id) end
+  end
+  return {ids, hashes, work}
+end
+local function empty()
+  if mode == 'count' then return reply(0) end
+  return reply({})
+end
+
+if limit == 0 then return empty() end
+local need = nil
+if limit >= 0 then need = offset + limit end
+
+-- The ranks [first, last] of the ordering zset that the query may return.
+local first, last = 0, redis.call('ZCARD', okey) - 1
+if restricted then
+  first = redis.call('ZCOUNT', okey, '-inf', (ow.lx and '' or '(') .. ow.lostr)
+  last = redis.call('ZCOUNT', okey, '-inf', ow.hiarg) - 1
+end
+
+-- Members below (score, id) in the ordering zset, and whether it is one of them.
+local function position(score, id)
+  local s = redis.call('ZSCORE', okey, id)
+  if s and num(s) == num(score) then return redis.call('ZRANK', okey, id), true end
+  local lo = redis.call('ZCOUNT', okey, '-inf', '(' .. score)
+  local hi = redis.call('ZCOUNT', okey, '-inf', score)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local m = redis.call('ZRANGE', okey, mid, mid)[1]
+    work = work + 1
+    if lt(m, id) then lo = mid + 1 else hi = mid end
+  end
+  return lo, false
+end
+
+local cnum = nil
+if ckind ~= '' then
+  if ckind == 'i' then
+    cscore = redis.call('ZSCORE', okey, cid)
+    if not cscore then return redis.error_reply('"""
+    + AFTER_MISSING.encode()
+    + b"""') end
+  end
+  cnum = num(cscore)
+  local below, member = position(cscore, cid)
+  if desc then
+    last = math.min(last, below - 1)
+  else
+    if member then below = below + 1 end
+    first = math.max(first, below)
+  end
+end
+if first > last then return empty() end
+local wsize = last - first + 1
+
+-- The terms' sizes: the smallest set drives strategy (b) and bounds (a).
+local m, best = nil, nil
+for _, t in ipairs(terms) do
+  t.n = kinds[t.kind].size(t)
+  if m == nil or t.n < m then m, best = t.n, t end
+end
+if m == 0 then return empty() end
+table.sort(terms, function(x, y) return x.n < y.n end)  -- fail fast: selective first
+
+local function matches(id, skip)
+  for _, t in ipairs(terms) do
+    if t ~= skip then
+      work = work + 1
+      if not kinds[t.kind].probe(t, id) then return false end
+    end
+  end
+  return true
+end
+
+-- No term: the page is a slice of the ordering zset, read by rank.
+if m == nil then
+  if mode == 'count' then
+    local n = math.max(0, wsize - offset)
+    if limit >= 0 then n = math.min(n, limit) end
+    return reply(n)
+  end
+  local size = wsize - offset
+  if limit >= 0 then size = math.min(size, limit) end
+  if size <= 0 then return empty() end
+  local a = first + offset
+  if desc then a = last - offset - size + 1 end
+  local ids = redis.call('ZRANGE', okey, a, a + size - 1)
+  if desc then
+    local rev = {}
+    for i = #ids, 1, -1 do rev[#rev + 1] = ids[i] end
+    ids = rev
+  end
+  work = work + #ids
+  return reply(ids)
+end
+
+-- (a) Walk the ordering zset in order, at most `budget` ids; nil when it runs out.
+local function walk(budget)
+  local matched, out = 0, {}
+  local pos, left, spent = first, wsize, 0
+  if desc then pos = last end
+  while left > 0 do
+    local batch = MAX_BATCH
+    if need then batch = math.max(MIN_BATCH, math.min(MAX_BATCH, 2 * (need - matched))) end
+    batch = math.min(batch, left)
+    if budget then
+      if spent >= budget then return nil end
+      batch = math.min(batch, budget - spent)
+    end
+    local ids, a, b, step
+    if desc then
+      ids = redis.call('ZRANGE', okey, pos - batch + 1, pos)
+      pos = pos - batch
+      a, b, step = #ids, 1, -1
+    else
+      ids = redis.call('ZRANGE', okey, pos, pos + batch - 1)
+      pos = pos + batch
+      a, b, step = 1, #ids, 1
+    end
+    work = work + #ids
+    spent, left = spent + batch, left - batch
+    for i = a, b, step do
+      local id = ids[i]
+      if matches(id, nil) then
+        matched = matched + 1
+        if matched > offset and mode ~= 'count' then out[#out + 1] = id end
+        if need and matched >= need then return out, matched end
+      end
+    end
+  end
+  return out, matched
+end
+
+-- (b) The smallest set's ids that pass the other terms and lie in the window, after
+-- the cursor, sorted: by score in a field's index (ZSCORE, O(1); ties by id), by rank
+-- in P#all (id order). A count with neither window nor cursor needs no position.
+local byscore = okey ~= allkey
+local function after_cursor(s, id)
+  if ckind == '' then return true end
+  if desc then return s < cnum or (s == cnum and lt(id, cid)) end
+  return s > cnum or (s == cnum and lt(cid, id))
+end
+local function gather()
+  local ids = kinds[best.kind].fetch(best)
+  work = work + #ids
+  local bare = mode == 'count' and not restricted and ckind == ''
+  local keep, key = {}, {}
+  for _, id in ipairs(ids) do
+    if matches(id, best) then
+      if bare then
+        keep[#keep + 1] = id
+      elseif byscore then
+        local s = redis.call('ZSCORE', okey, id)
+        work = work + 1
+        if s then
+          s = num(s)
+          if (not restricted or inside(ow, s)) and after_cursor(s, id) then
+            keep[#keep + 1] = id
+            key[id] = s
+          end
+        end
+      else
+        local r = redis.call('ZRANK', okey, id)
+        work = work + 1
+        if r and r >= first and r <= last then
+          keep[#keep + 1] = id
+          key[id] = r
+        end
+      end
+    end
+  end
+  if mode == 'count' then return keep, #keep end
+  -- Sort the distinct keys with Lua's own '<' on numbers (no Lua comparator: several
+  -- times faster), then the ids of each key by byte order where several share it.
+  local groups, keys = {}, {}
+  for _, id in ipairs(keep) do
+    local k = key[id]
+    local g = groups[k]
+    if not g then
+      g = {}
+      groups[k] = g
+      keys[#keys + 1] = k
+    end
+    g[#g + 1] = id
+  end
+  table.sort(keys)
+  local stop = #keep
+  if need then stop = math.min(stop, need) end
+  local out, seen = {}, 0
+  local from, to, step = 1, #keys, 1
+  if desc then from, to, step = #keys, 1, -1 end
+  for i = from, to, step do
+    local g = groups[keys[i]]
+    if #g > 1 then
+      if desc then table.sort(g, function(x, y) return lt(y, x) end) else table.sort(g, lt) end
+    end
+    for _, id in ipairs(g) do
+      seen = seen + 1
+      if seen > stop then return out, #keep end
+      if seen > offset then out[#out + 1] = id end
+    end
+  end
+  return out, #keep
+end
+
+-- One term, no window, no cursor: its size is the count.
+if mode == 'count' and #terms == 1 and not restricted and ckind == '' then
+  local n = math.max(0, m - offset)
+  if limit >= 0 then n = math.min(n, limit) end
+  return reply(n)
+end
+
+local out, matched
+-- (b) at once when a walk would expect to read more than m ids: matches lie about
+-- wsize / m apart, and the page needs `need` of them.
+if m < wsize and (need == nil or need * wsize >= m * m) then
+  out, matched = gather()
+else
+  local budget = nil
+  if m < wsize then budget = m end
+  out, matched = walk(budget)
+  if out == nil then out, matched = gather() end
+end
+if mode == 'count' then
+  local n = math.max(0, matched - offset)
+  if limit >= 0 then n = math.min(n, limit) end
+  return reply(n)
+end
+return reply(out)
+"""
+)
+SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
+
+
+#: Connection pools whose server has run the script: the others get it with EVAL
+#: at once, so a first query is one round trip too.
+_KNOWN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def run(client: Any, call: ScriptCall) -> Any:
+    """The script's reply, in one round trip (two after the server forgot the script).
+
+    An error reply raises :class:`~redisca.OperationalError`, naming the index keys of
+    the wrong type (another program's data) found in one more round trip."""
+    keys, args = call.keys, call.args
+    pool = client.connection_pool
+    if pool in _KNOWN:
+        reply = executor.run(client, [(b"EVALSHA", SHA, len(keys), *keys, *args)])[0]
+        if not isinstance(reply, NoScriptError):
+            return _checked(client, reply, call)
+    reply = executor.run(client, [(b"EVAL", SCRIPT, len(keys), *keys, *args)])[0]
+    _KNOWN.add(pool)
+    return _checked(client, reply, call)
+
+
+def _checked(client: Any, reply: Any, call: ScriptCall) -> Any:
+    if not isinstance(reply, Exception):
+        return reply
+    if str(reply).startswith(AFTER_MISSING):
+        raise QueryError("after(): that id is not in the query's ordering index")
+    wrong = _wrong_types(client, call) if "WRONGTYPE" in str(reply) else []
+    where = f" ({', '.join(wrong)}: not the type redisca keeps there)" if wrong else ""
+    raise OperationalError(f"Redis could not run the query{where}: {reply}", reply)
+
+
+def _wrong_types(client: Any, call: ScriptCall) -> list[str]:
+    """The call's index keys that exist with another type than their kind's."""
+    types = executor.run(client, [(b"TYPE", key) for key in call.keys])
+    return [
+        key.decode(errors="replace")[:200]
+        for key, want, have in zip(call.keys, call.types, types, strict=True)
+        if have not in (want, b"none", want.decode(), "none")
+    ]
+
+
+__all__ = ["MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "run"]
