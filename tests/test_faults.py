@@ -126,7 +126,7 @@ class Fault:
             send(data[: -len(_EXEC)])
             self.kill(conn)
             send(_EXEC)
-        elif stage == "before-exec-reply" and data.startswith(_MULTI):
+        elif stage == "before-exec-reply" and _MULTI in data:  # a fenced commit: after WATCH
             send(data)
             self.wait_for_exec(conn)
             self.kill(conn)
@@ -455,17 +455,53 @@ def test_a_rollback_ends_the_doubt(server: EmbeddedServer) -> None:
         s.commit()
 
 
-def test_an_insert_deleted_by_another_client_before_the_retry_comes_back(
-    server: EmbeddedServer,
+@pytest.mark.parametrize(
+    ("cls", "ident"),
+    [(Firm, "hooli"), (Firm, None), (Doc, None)],
+    ids=["own-id", "hexid", "hexid-nothing-read"],  # the last commit reads nothing: fenced
+)
+def test_a_retry_does_not_resurrect_an_insert_deleted_since(
+    server: EmbeddedServer, cls: type, ident: str | None
 ) -> None:
-    """Documented limit: the retry cannot tell "never applied" from "applied, then
-    deleted by someone else", and inserts again, indexes and all."""
+    """Issue 15 item 5: the insert was applied, its reply lost; another client deleted it.
+    The retry finds it gone and its guard stripe moved since the lost attempt: it cannot
+    tell "applied, then deleted" from "never applied", so it reports, naming the entity,
+    and writes nothing. Inserting it anyway is a decision the user makes."""
     s, admin, fault = lost_reply(server)
-    s.add(Firm("hooli", id="hooli"))
+    firm = cls("hooli", id=ident)
+    s.add(firm)
     fail_once(s, fault)
+    key = redisca.inspect(firm).key
     other = Session(admin)
-    other.delete(other.get(Firm, "hooli"))
+    other.delete(other.get(cls, firm.id))
     other.commit()
+    before = dump_keyspace(admin)
+    with pytest.raises(redisca.IntegrityError, match=f"{key}: .*unknown outcome.*deleted"):
+        s.commit()
+    assert dump_keyspace(admin) == before  # not inserted again
+    assert firm in s.new  # still pending, still in doubt: the same commit refuses again
+    with pytest.raises(redisca.IntegrityError, match="unknown outcome"):
+        s.commit()
+    s.expunge(firm)  # what the error says to do to insert it anyway
+    s.add(firm)
+    s.commit()
+    assert Session(admin).get(cls, firm.id) is not None
+    clean(admin)
+
+
+def test_a_retry_of_an_insert_never_applied_inserts_it(server: EmbeddedServer) -> None:
+    """The lost attempt never ran (the connection died after MULTI): the guard stripe it
+    read has not moved, so the retry knows it was not applied and inserts."""
+    admin = server.client(**FAIL_FAST)
+    seed(admin)
+    fault = Fault("after-multi", "client-kill", server)
+    client = server.client(connection_class=FaultyConnection, fault=fault, **FAIL_FAST)
+    s = Session(client)
+    s.add(Firm("hooli", id="hooli"))
+    fault.armed = True
+    with pytest.raises(redisca.OperationalError) as failure:
+        s.commit()
+    assert failure.value.outcome_unknown and fault.fired
     s.commit()
     assert Session(admin).query(Firm).filter(Firm.name == "hooli").one().id == "hooli"
     clean(admin)

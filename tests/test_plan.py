@@ -17,7 +17,14 @@ import redisca
 from redisca import Email, Integer, Reference, Registry, Session, String
 from redisca.errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
 from redisca.session import unitofwork
-from redisca.session.emit import GUARDED_WRITE, REMOVE_FIELDS, NeedOwners, emit, vanished
+from redisca.session.emit import (
+    GUARDED_WRITE,
+    REMOVE_FIELDS,
+    InDoubtInsert,
+    NeedOwners,
+    emit,
+    vanished,
+)
 from redisca.session.executor import Executed
 from redisca.session.plan import (
     DELETE,
@@ -460,3 +467,20 @@ def test_compile_exact_bounds() -> None:
     low, high = call(User.age == 2**53 + 1)[1][1], call(User.age == 2**53 + 1)[1][3]
     assert float(low) > float(high)  # an empty window: no stored int equals it
     assert call(User.age == 2**53)[1][:5] == [1, b"9007199254740992.0", 0, b"9007199254740992.0", 0]
+
+
+def test_an_in_doubt_insert_absent_now_is_inserted_only_if_its_guard_did_not_move() -> None:
+    """The lost attempt read the guard counter; had it been applied, it would have moved it."""
+    c = change(INSERT, email=b"a@b.c")
+    plan = CommitPlan((c,))
+    assert collect_reads(plan).counters == [guard(b"pusr", "u1")]  # read by every insert
+    c.in_doubt, c.guard_seen = True, (b"7",)
+    unmoved = Observed(exists={KEY: False}, guards={guard(b"pusr", "u1"): b"7"})
+    assert emit(plan, unmoved)[0] == (b"HSET", KEY, b"eml", b"a@b.c")
+    for now in (b"8", None):  # moved, or gone: applied then deleted, or not applied
+        moved = Observed(exists={KEY: False}, guards={guard(b"pusr", "u1"): now})
+        with pytest.raises(InDoubtInsert, match=r"pusr:u1: .*unknown outcome"):
+            emit(plan, moved)
+    c.guard_seen = None  # the lost attempt's read never came back
+    with pytest.raises(InDoubtInsert):
+        emit(plan, unmoved)

@@ -373,3 +373,26 @@ def test_after_an_id_in_no_index_is_a_query_error(r: redis.Redis) -> None:
             s.query(Item).order_by(Item.age).after("gone").ids()
         assert s.query(Item).after("0").ids() == ["a"]  # id order needs no lookup
         assert s.query(Item).after("a").ids() == []
+
+
+@pytest.mark.parametrize("desc", [False, True])
+def test_the_smallest_set_sorted_with_ties_and_a_cursor(r: redis.Redis, desc: bool) -> None:
+    """Strategy (b) on an ordered query: candidates sorted by score, ties by id bytes,
+    cut at a cursor inside a run of ties."""
+    rows = {
+        f"{c}{n}": {"email": f"{c}{n}@x.io", "age": n % 2, "score": None, "city": "x"}
+        for n in range(6)
+        for c in "aBz"
+    }
+    rows.update(
+        {f"o{n}": {"email": f"o{n}@x.io", "age": 1, "score": None, "city": "y"} for n in range(40)}
+    )
+    write_raw(r, rows)
+    for after in (None, "B3", "a2", "z5", "o1"):
+        shape = Shape((("city", "eq", "x"),), order="age", desc=desc, after=after)
+        expected = model(rows, shape)
+        with Session(r) as s:
+            query = build(s, shape)
+            assert query.ids() == expected, after
+            assert query.count() == len(expected), after
+            assert work(query) <= 3 * 18 + 40  # (b): 18 candidates, never the 58 rows

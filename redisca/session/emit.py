@@ -204,6 +204,19 @@ def _applied_before(change: EntityChange, current: dict[bytes, bytes | None]) ->
     return all(current.get(f.hash_field) == raw for f, raw in change.values.items())
 
 
+class InDoubtInsert(IntegrityError):
+    """An in-doubt insert whose entity is absent and whose guard stripe moved since."""
+
+
+def _unmoved(change: EntityChange, observed: Observed) -> bool:
+    """Whether the guard stripe still holds what it held before the attempt whose outcome
+    is unknown: that attempt, had it been applied, would have moved it."""
+    seen = change.guard_seen
+    return seen is not None and change.guard in observed.guards and (
+        observed.guards[change.guard] == seen[0]
+    )
+
+
 def _emit_insert(em: _Emitter, change: EntityChange) -> None:
     key = change.key
     # An existing key written by the attempt whose outcome was unknown is no conflict:
@@ -216,6 +229,16 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
         raise IntegrityError(
             f"{key.decode(errors='replace')} already exists in Redis"
             + (doubt if change.in_doubt else "")
+        )
+    if change.in_doubt and not _unmoved(change, em.observed):
+        raise InDoubtInsert(
+            f"{key.decode(errors='replace')}: a commit of it had an unknown outcome, and it "
+            f"is not in Redis now, while commits touched its guard stripe "
+            f"{change.guard.decode(errors='replace')} since: it may have been inserted and "
+            "then deleted by another client, or never inserted, and redisca cannot tell "
+            "which, so it does not insert it again. To insert it anyway, "
+            "session.expunge(obj) and session.add(obj), then commit; to drop it, "
+            "session.rollback()"
         )
     hset: list[Any] = [b"HSET", key]
     indexed: list[tuple[MappedField, bytes | None]] = []
@@ -324,4 +347,12 @@ def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
     }
 
 
-__all__ = ["GUARDED_WRITE", "REMOVE_FIELDS", "NeedOwners", "emit", "guard_bumps", "vanished"]
+__all__ = [
+    "GUARDED_WRITE",
+    "REMOVE_FIELDS",
+    "InDoubtInsert",
+    "NeedOwners",
+    "emit",
+    "guard_bumps",
+    "vanished",
+]

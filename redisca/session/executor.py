@@ -85,18 +85,21 @@ class connection:  # lowercase: used like a function, `with connection(client) a
                 self.pool.release(self.conn)
 
 
-def roundtrip(conn: Any, commands: Sequence[Command], *, sealed: bool = False) -> list[Any]:
+def roundtrip(
+    conn: Any, commands: Sequence[Command], *, sealed: bool = False, got: list[Any] | None = None
+) -> list[Any]:
     """Send commands in one write, read every reply; error replies come back as values.
 
     ``sealed``: the commands end with ``EXEC``. A write that failed never
     delivered it whole, so Redis ran nothing of it; a failure while reading
     leaves the transaction's outcome unknown (``OperationalError.outcome_unknown``).
+    ``got``: a list that receives the replies as they arrive, kept if a later one is lost.
     """
     try:
         conn.send_packed_command(pack(commands))
     except _CONNECTION_ERRORS as exc:
         raise _lost(conn, exc, "") from exc
-    replies: list[Any] = []
+    replies: list[Any] = [] if got is None else got
     try:
         for _ in commands:
             try:
@@ -162,12 +165,15 @@ def _by_digest(commands: Sequence[Command]) -> list[Command]:
 
 
 def transaction(
-    conn: Any, commands: Sequence[Command], before: Sequence[Command] = ()
+    conn: Any,
+    commands: Sequence[Command],
+    before: Sequence[Command] = (),
+    got: list[Any] | None = None,
 ) -> list[Any] | None:
     """MULTI … EXEC in one round trip (after ``before``, in the same write); ``None``
-    when a watched key changed."""
+    when a watched key changed. ``got`` receives the replies as they arrive."""
     sent = _by_digest(commands)
-    replies = roundtrip(conn, [*before, (b"MULTI",), *sent, (b"EXEC",)], sealed=True)
+    replies = roundtrip(conn, [*before, (b"MULTI",), *sent, (b"EXEC",)], sealed=True, got=got)
     replies = replies[len(before) :]
     result = replies[-1]
     if isinstance(result, ResponseError):
@@ -185,6 +191,7 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
     commands += [(b"HMGET", key, *fields) for key, fields in reads.fields.items()]
     commands += [(b"HGET", stripe, value) for stripe, value in reads.owners]
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
+    commands += [(b"GET", key) for key in reads.counters]
     replies = iter(roundtrip(conn, commands)[1 if watched else 0 :])
     for key in reads.exists:
         observed.exists[key] = bool(next(replies))
@@ -198,6 +205,13 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
         run = parse_marker(_checked(next(replies), key))
         if run is not None:
             observed.rebuilds[key] = run
+    for key in reads.counters:
+        observed.guards[key] = _counter(next(replies))
+
+
+def _counter(reply: Any) -> bytes | None:
+    """A guard counter's value (anything but a string reads as unknown: ``b"?"``)."""
+    return reply if reply is None or isinstance(reply, bytes) else b"?"
 
 
 def _checked(reply: Any, key: bytes) -> Any:
@@ -215,12 +229,15 @@ class Executed(NamedTuple):
     replies: list[Any]
 
 
-def _attempt(conn: Any, plan: CommitPlan, reads: Reads, fenced: list[bytes]) -> Executed | None:
+def _attempt(
+    conn: Any, plan: CommitPlan, reads: Reads, fenced: list[bytes], seen: dict[bytes, Any]
+) -> Executed | None:
     observed = Observed()
     watched = bool(reads.keys())
     try:
         if reads:
             _watch_and_read(conn, reads, observed)
+            seen.update(observed.guards)
         try:
             commands = emit(plan, observed)
         except NeedOwners as need:
@@ -236,7 +253,16 @@ def _attempt(conn: Any, plan: CommitPlan, reads: Reads, fenced: list[bytes]) -> 
         server = _server(conn)
         for key in reads.markers:
             _sightings.record(server, key, key in observed.rebuilds)
-    replies = transaction(conn, commands, fence(fenced))
+    before = fence(fenced)
+    if not reads and reads.counters:  # nothing read: the counters go with the fence
+        before += [(b"GET", key) for key in reads.counters]
+    got: list[Any] = []
+    try:
+        replies = transaction(conn, commands, before, got)
+    finally:
+        if not reads:  # what arrived of them, even if the EXEC reply did not
+            counted = got[len(before) - len(reads.counters) : len(before)]
+            seen.update((k, _counter(v)) for k, v in zip(reads.counters, counted, strict=False))
     return None if replies is None else Executed(commands, replies)
 
 
@@ -250,9 +276,15 @@ def _server(conn: Any) -> Hashable:
 
 
 def execute_commit(
-    client: redis.Redis, plan: CommitPlan, retries: int = DEFAULT_RETRIES
+    client: redis.Redis,
+    plan: CommitPlan,
+    retries: int = DEFAULT_RETRIES,
+    seen: dict[bytes, Any] | None = None,
 ) -> Executed:
     """Run one plan on one server: WATCH, read, check, MULTI/EXEC, retry on conflict.
+
+    ``seen`` receives the guard counters of inserted entities as the last attempt read
+    them, for a retry after an unknown outcome (see ``EntityChange.guard_seen``).
 
     Commits that change index entries learn whether a reindex runs: see
     :mod:`redisca.session.rebuild`. One that has nothing else to read is fenced
@@ -260,6 +292,7 @@ def execute_commit(
     """
     reads = collect_reads(plan)
     markers = markers_of(plan)
+    seen = {} if seen is None else seen
     with connection(client) as conn:
         fenced: list[bytes] = []
         if markers and not reads and not _sightings.any(_server(conn), markers):
@@ -268,7 +301,7 @@ def execute_commit(
             reads.markers = markers
         attempt = 0
         while attempt <= retries:
-            executed = _attempt(conn, plan, reads, fenced)
+            executed = _attempt(conn, plan, reads, fenced, seen)
             if executed is not None:
                 replies = executed.replies
                 _check_own_replies(executed.commands, replies, len(replies) - len(plan.commands))

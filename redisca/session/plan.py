@@ -50,6 +50,11 @@ class EntityChange:
     #: already. An insert then checks that its key is free or holds exactly what it
     #: writes; a versioned update accepts the version it would have made itself.
     in_doubt: bool = False
+    #: An in-doubt insert: the value its guard stripe held before the attempt whose
+    #: outcome is unknown, as ``(value,)``, or ``None`` if that attempt never read it.
+    #: That attempt, if applied, moved the stripe; so an unmoved stripe means "not
+    #: applied", and a moved one with the entity gone may be "applied, then deleted".
+    guard_seen: tuple[bytes | None] | None = None
     #: The entity's key, built once (collect_reads, emit and finalize all use it).
     key: bytes = attrs.field(
         init=False, default=attrs.Factory(lambda self: self.mapper.key(self.id), takes_self=True)
@@ -116,6 +121,9 @@ class Reads:
     claims: set[Slot] = attrs.field(factory=set)
     #: Guard stripes of the entities read.
     guards: list[bytes] = attrs.field(factory=list)
+    #: Guard stripes of inserted entities, whose counters are read (``GET``) so that a
+    #: retry after an unknown outcome can tell "not applied" (see ``guard_seen``).
+    counters: list[bytes] = attrs.field(factory=list)
     #: Reindex markers (``P#x``), watched and read: see :mod:`redisca.session.rebuild`.
     markers: list[bytes] = attrs.field(factory=list)
 
@@ -134,6 +142,8 @@ class Observed:
     exists: dict[bytes, bool] = attrs.field(factory=dict)
     fields: dict[bytes, dict[bytes, bytes | None]] = attrs.field(factory=dict)
     owners: dict[Slot, str | None] = attrs.field(factory=dict)
+    #: Guard counters read (``Reads.counters``): stripe → value.
+    guards: dict[bytes, bytes | None] = attrs.field(factory=dict)
     #: Running reindexes by marker key (``redisca.session.rebuild.Rebuild``).
     rebuilds: dict[bytes, Any] = attrs.field(factory=dict)
 
@@ -149,9 +159,11 @@ def collect_reads(plan: CommitPlan) -> Reads:
     reads = Reads()
     owners: dict[Slot, None] = {}
     guards: dict[bytes, None] = {}
+    counters: dict[bytes, None] = {}
     for change in plan.changes:
         key = change.key
         if change.op == INSERT:
+            counters[change.guard] = None
             if change.check_exists:
                 reads.exists.append(key)
                 guards[change.guard] = None
@@ -188,6 +200,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 owners[unique_key(field, guess)] = None
     reads.owners = list(owners)
     reads.guards = list(guards)
+    reads.counters = list(counters)
     return reads
 
 

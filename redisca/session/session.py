@@ -486,12 +486,12 @@ class Session:
             plan = group.plan()
             if not plan:
                 continue
+            seen: dict[bytes, Any] = {}
             try:
-                executed = executor.execute_commit(group.client, plan, self.retries)
+                executed = executor.execute_commit(group.client, plan, self.retries, seen)
             except OperationalError as exc:
                 if exc.outcome_unknown:
-                    for state in group.states:
-                        state.in_doubt = True
+                    unitofwork.in_doubt(group, seen)
                 raise
             self._commands = [c for c in self._commands if c[2] not in group.results]
             unitofwork.finalize(self, group, executed)

@@ -30,6 +30,7 @@ class InstanceState:
         "_session",
         "assigned",
         "deleted",
+        "doubt_guard",
         "generated_id",
         "id",
         "in_doubt",
@@ -69,6 +70,9 @@ class InstanceState:
         #: A commit of this instance's changes failed after EXEC was sent: Redis may
         #: hold them already, so committing them again verifies (see emit).
         self.in_doubt = False
+        #: An in-doubt insert: its guard stripe's value before that commit, as
+        #: ``(value,)``, or ``None`` if unknown (see ``EntityChange.guard_seen``).
+        self.doubt_guard: tuple[bytes | None] | None = None
         if snapshot is None:
             #: Encoded values as last loaded from or written to Redis, per field.
             self.snapshot: dict[MappedField, bytes | None] = {}

@@ -99,6 +99,7 @@ def _insert(state: InstanceState) -> EntityChange:
         check_exists=not state.generated_id or state.in_doubt,
         expect_version=state.version,
         in_doubt=state.in_doubt,
+        guard_seen=state.doubt_guard if state.in_doubt else None,
     )
 
 
@@ -193,6 +194,20 @@ def organize(session: Session, states: Iterable[InstanceState] | None = None) ->
     return list(groups.values())
 
 
+def in_doubt(group: Group, seen: dict[bytes, Any]) -> None:
+    """After an unknown outcome: every change of the group may or may not be applied.
+    An insert keeps the guard counter its attempt read, which tells the retry whether
+    that attempt can have been applied."""
+    for change, state in zip(group.changes, group.states, strict=True):
+        state.in_doubt = True
+        if change.op == INSERT:
+            value = seen.get(change.guard, _UNREAD)
+            state.doubt_guard = None if value is _UNREAD else (value,)
+
+
+_UNREAD = object()
+
+
 def finalize(session: Session, group: Group, executed: executor.Executed) -> None:
     """After EXEC: snapshots become what Redis now holds.
 
@@ -231,4 +246,4 @@ def finalize(session: Session, group: Group, executed: executor.Executed) -> Non
         )
 
 
-__all__ = ["Group", "cascade", "finalize", "organize"]
+__all__ = ["Group", "cascade", "finalize", "in_doubt", "organize"]
