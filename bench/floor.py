@@ -49,20 +49,7 @@ class FloorSide:
             key = ENTITY + ident.encode()
             writes += [
                 (b"HSETNX", EMAILS, row.email.lower().encode(), ident),
-                (
-                    b"HSET",
-                    key,
-                    b"eml",
-                    row.email.encode(),
-                    b"age",
-                    age,
-                    b"name",
-                    row.name.encode(),
-                    b"created",
-                    b"%d" % int(row.created.timestamp()),
-                    b"company",
-                    row.company.encode(),
-                ),
+                row.hset(key),
                 (b"ZADD", AGE, age, ident),
             ]
         with connection(self.client) as conn:

@@ -51,6 +51,23 @@ class Row(NamedTuple):
     created: datetime
     company: str  # the company's id
 
+    def hset(self, key: bytes) -> tuple[bytes, ...]:
+        """The HSET of this user's hash as a hand-written pipeline sends it (both baselines)."""
+        return (
+            b"HSET",
+            key,
+            b"eml",
+            self.email.encode(),
+            b"age",
+            b"%d" % self.age,
+            b"name",
+            self.name.encode(),
+            b"created",
+            b"%d" % int(self.created.timestamp()),
+            b"company",
+            self.company.encode(),
+        )
+
 
 class DataSet(NamedTuple):
     rows: Collection[Row]

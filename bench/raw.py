@@ -220,20 +220,7 @@ class RawSide:
             for ident, row, slot in zip(self.ids, rows, slots, strict=True):
                 age = b"%d" % row.age
                 writes += [
-                    (
-                        b"HSET",
-                        ENTITY + ident.encode(),
-                        b"eml",
-                        row.email.encode(),
-                        b"age",
-                        age,
-                        b"name",
-                        row.name.encode(),
-                        b"created",
-                        b"%d" % int(row.created.timestamp()),
-                        b"company",
-                        row.company.encode(),
-                    ),
+                    row.hset(ENTITY + ident.encode()),
                     _all_add(ident),
                     (b"ZADD", AGE, age, ident),
                     (b"SADD", COMPANY + row.company.encode(), ident),
