@@ -259,6 +259,27 @@ def test_byte_order_not_locale_order(r: redis.Redis) -> None:
         assert s.query(Item).filter(Item.city == "x").offset(2).limit(1).ids() == [expected[2]]
 
 
+def test_a_unique_value_is_looked_up_by_the_lookup_script(r: redis.Redis) -> None:
+    """A condition on a unique value leaves one candidate: the short script answers,
+    with the engine's results (the differential tests above cover both scripts)."""
+    rows = {
+        i: {"email": f"{i}@x.io", "age": n, "score": None, "city": "x"}
+        for n, i in enumerate("abcd")
+    }
+    write_raw(r, rows)
+    r.script_flush()
+    with Session(r) as s:
+        by_email = s.query(Item).filter(Item.email == "C@X.IO")
+        assert [i.id for i in by_email.all()] == ["c"] and by_email.count() == 1
+        assert by_email.filter(Item.city == "y").ids() == []
+        assert by_email.filter(Item.age.between(1, 2)).ids() == ["c"]
+        assert by_email.filter(Item.age > 2).ids() == []
+        assert by_email.order_by(Item.age).offset(1).ids() == []
+        assert r.script_exists(queryscript.LOOKUP_SHA, queryscript.SHA) == [True, False]
+        assert by_email.after("b").ids() == ["c"]  # a cursor: the engine's script
+        assert r.script_exists(queryscript.SHA) == [True]
+
+
 # -- cost: what the server reads -----------------------------------------------------
 
 

@@ -212,10 +212,6 @@ def _violation(field: MappedField, raw: bytes, owner: str) -> UniqueViolation:
     )
 
 
-def _hset(key: bytes, pairs: list[tuple[bytes, bytes]]) -> Command:
-    return (b"HSET", key, *[part for pair in pairs for part in pair])
-
-
 def _check_current(change: EntityChange, observed: Observed) -> dict[bytes, bytes | None] | None:
     """The entity's current indexed values; None if it no longer exists."""
     key = change.key
@@ -315,27 +311,30 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
 
 def _emit_update(em: _Emitter, change: EntityChange) -> None:
     key = change.key
-    current: dict[bytes, bytes | None] | None = {}
-    if change.needs_read:
-        current = _check_current(change, em.observed)
-        if current is None:
-            name = key.decode(errors="replace")
-            if change.was_loaded:
-                raise StaleDataError(f"{name} was deleted from Redis since it was loaded")
-            raise NotFound(f"{name} does not exist")
-        if change.mapper.versioned and _applied_before(change, current):
-            return  # the attempt whose outcome was unknown wrote it, version included
-    pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
-    removed = [f.hash_field for f, raw in change.values.items() if raw is None]
+    written: list[Any] = []  # field, value, field, value, ...
+    removed: list[bytes] = []
+    for field, raw in change.values.items():
+        if raw is None:
+            removed.append(field.hash_field)
+        else:
+            written += (field.hash_field, raw)
     if change.empty_after:
-        pairs.append((EXISTS_FIELD, b""))
-    if not change.needs_read:
+        written += (EXISTS_FIELD, b"")
+    if not change.needs_read:  # plain fields of a loaded entity: one guarded call for all
         keys, args = em.guarded
         keys.append(key)
-        args += (len(pairs), len(removed), *[part for pair in pairs for part in pair], *removed)
-        return  # such an update changes no indexed field
-    if pairs:
-        em.out.append(_hset(key, pairs))
+        args += (len(written) // 2, len(removed), *written, *removed)
+        return
+    current = _check_current(change, em.observed)
+    if current is None:
+        name = key.decode(errors="replace")
+        if change.was_loaded:
+            raise StaleDataError(f"{name} was deleted from Redis since it was loaded")
+        raise NotFound(f"{name} does not exist")
+    if change.mapper.versioned and _applied_before(change, current):
+        return  # the attempt whose outcome was unknown wrote it, version included
+    if written:
+        em.out.append((b"HSET", key, *written))
     if removed:
         em.out.append((b"EVAL", REMOVE_FIELDS, 1, key, *removed))
     if change.mapper.versioned:
@@ -343,7 +342,7 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     for field, new in change.values.items():
         if not field.indexed:
             continue
-        old = current.get(field.hash_field) if current else None
+        old = current.get(field.hash_field)
         if old == new:
             continue
         if old is not None:

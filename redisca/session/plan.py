@@ -79,7 +79,8 @@ class EntityChange:
         unindexed fields of unversioned entities do not."""
         if self.op != UPDATE:
             return True
-        return self.needs_read and (self.mapper.versioned or any(f.indexed for f in self.values))
+        mapper = self.mapper
+        return self.needs_read and (mapper.versioned or not mapper.plain.issuperset(self.values))
 
     def verified_fields(self) -> list[bytes]:
         """Hash fields to read to tell whether an in-doubt change was applied."""
