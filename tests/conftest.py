@@ -54,8 +54,12 @@ def redis_server() -> Iterator[EmbeddedServer]:
 def redis_cluster() -> Iterator[EmbeddedCluster]:
     """A 3-master Redis Cluster on loopback for the whole run, started (about 2 s) only
     when a test asks for it. Same binary as ``redis_server``; tests share it, so they
-    flush it (every master) themselves and leave its nodes running."""
-    with EmbeddedCluster() as cluster:
+    flush it (every master) themselves and leave its nodes running.
+
+    Redis's default node timeout (15 s) rather than the launcher's 2 s: nothing here
+    fails over, and a node blocked for 2 s (a long WATCH, a loaded CI machine) would
+    otherwise be marked failed and take the cluster down mid-test."""
+    with EmbeddedCluster(node_timeout=15000) as cluster:
         yield cluster
 
 
