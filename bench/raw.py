@@ -7,8 +7,9 @@ update or a delete touches (their old index entries come from what Redis holds
 under ``WATCH``), and a script that writes a plain update only if the entity
 still exists (so a concurrent delete cannot leave a partial hash behind): the
 same commands as redisca sends, so the server does the same work (redisca's
-script, run by digest; an indexed update's old range entry removed before the
-new one is added). What redisca sends and this does not: its reindex marker
+script, one call per commit; index writes of one key in one variadic command, as
+redisca groups them; an indexed update's old range entry removed before the new one
+is added). What redisca sends and this does not: its reindex marker
 (``usr#x``), read and watched once per commit. Every batch goes out in one
 write on a pooled connection: the fewest round trips redis-py allows (its
 ``Pipeline`` would send each read after ``WATCH`` on its own). Loaded hashes
@@ -71,8 +72,7 @@ def email_slot(address: str) -> tuple[bytes, bytes]:
 
 
 #: A plain update writes only if the entity still exists: redisca's own script, so the
-#: server does the same work (ARGV: the number of field/value pairs, the pairs, then
-#: fields to remove).
+#: server does the same work (one call for every plain update of a commit).
 UPDATE_IF_EXISTS = GUARDED_WRITE
 
 
@@ -152,6 +152,37 @@ def _all_remove(ident: str) -> list[tuple[Any, ...]]:
     return [(b"ZREM", ALL, ident) if STRIPED else (b"SREM", ALL, ident)]
 
 
+class Batch:
+    """Index writes as redisca sends them: every ``SADD``/``ZADD``/``HSET`` (or
+    ``SREM``/``ZREM``/``HDEL``) of one key in one variadic command, entity deletes in one
+    ``DEL``, plain updates in one call of its guarded-write script; removals before
+    additions."""
+
+    def __init__(self) -> None:
+        self.deleted: list[bytes] = []
+        self.entities: list[tuple[Any, ...]] = []
+        self.guarded: tuple[list[bytes], list[Any]] = ([], [])
+        self.removals: dict[tuple[bytes, bytes], list[Any]] = {}
+        self.additions: dict[tuple[bytes, bytes], list[Any]] = {}
+
+    def index(self, command: tuple[Any, ...]) -> None:
+        name, key = command[0], command[1]
+        part = self.removals if name in (b"SREM", b"ZREM", b"HDEL", b"SET", b"DEL") else (
+            self.additions
+        )
+        part.setdefault((name, key), []).extend(command[2:])
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = [(b"DEL", *self.deleted)] if self.deleted else []
+        out += self.entities
+        keys, args = self.guarded
+        if keys:
+            out.append((b"EVAL", UPDATE_IF_EXISTS, len(keys), *keys, *args))
+        for part in (self.removals, self.additions):
+            out += [(name, key, *args) for (name, key), args in part.items()]
+        return out
+
+
 @contextmanager
 def connection(client: redis.Redis) -> Iterator[Any]:
     pool = client.connection_pool
@@ -211,7 +242,6 @@ class RawSide:
         self.data = data
         self.ids: list[str] = []
         self.records: list[dict[str, Any]] = []
-        self.sha = b""
 
     def setup(self) -> None:
         """The companies (as redisca stores them) and the update script (not timed)."""
@@ -225,8 +255,7 @@ class RawSide:
                 commands += [(b"SADD", b"co#all", i), (b"SET", b"co#u:name:" + name, i)]
             commands.append((b"HSET", b"co:" + i.encode(), b"name", name))
         commands += bumps(b"co", company_ids())
-        commands.append((b"SCRIPT", b"LOAD", UPDATE_IF_EXISTS))
-        self.sha = run(self.client, commands)[-1]
+        run(self.client, commands)
 
     def insert(self, ids: list[str] | None = None) -> int:
         rows = self.data.rows
@@ -237,17 +266,15 @@ class RawSide:
             owners = roundtrip(conn, [(b"WATCH", *watched), *[_owner_read(s) for s in slots]])
             if any(o is not None for o in owners[1:]):
                 raise RuntimeError("an email is taken")
-            writes: list[tuple[Any, ...]] = []
+            batch = Batch()
             for ident, row, slot in zip(self.ids, rows, slots, strict=True):
-                age = b"%d" % row.age
-                writes += [
-                    row.hset(ENTITY + ident.encode()),
-                    *_all_add(ident),
-                    (b"ZADD", AGE, age, ident),
-                    (b"SADD", COMPANY + row.company.encode(), ident),
-                    _claim(slot, ident),
-                ]
-            transaction(conn, writes + bumps(b"usr", self.ids))
+                batch.entities.append(row.hset(ENTITY + ident.encode()))
+                for command in _all_add(ident):
+                    batch.index(command)
+                batch.index((b"ZADD", AGE, b"%d" % row.age, ident))
+                batch.index((b"SADD", COMPANY + row.company.encode(), ident))
+                batch.index(_claim(slot, ident))
+            transaction(conn, batch.commands() + bumps(b"usr", self.ids))
         return len(rows)
 
     def get(self) -> int:
@@ -272,14 +299,14 @@ class RawSide:
         return len(self.data.windows)
 
     def update_plain(self) -> int:
-        sha = self.sha
-        writes: list[tuple[Any, ...]] = []
+        batch = Batch()
+        keys, args = batch.guarded
         for record, name in zip(self.records, self.data.new_names, strict=True):
             record["name"] = name
-            key = ENTITY + record["id"].encode()
-            writes.append((b"EVALSHA", sha, 1, key, 1, b"name", name.encode()))
+            keys.append(ENTITY + record["id"].encode())
+            args += (1, 0, b"name", name.encode())
         with connection(self.client) as conn:
-            transaction(conn, writes)
+            transaction(conn, batch.commands())
         return len(self.records)
 
     def _watched(self, keys: list[bytes]) -> list[bytes]:
@@ -299,19 +326,20 @@ class RawSide:
             replies = roundtrip(conn, [(b"WATCH", *self._watched(keys)), *reads])
             n = len(keys)
             exists, old = replies[1 : n + 1], replies[n + 1 :]
-            writes: list[tuple[Any, ...]] = []
+            batch = Batch()
             for record, key, found, (was,) in zip(self.records, keys, exists, old, strict=True):
                 if not found:
                     raise RuntimeError(f"{key!r} vanished")
                 new = b"%d" % record["age"]
-                writes.append((b"HSET", key, b"age", new))
+                batch.entities.append((b"HSET", key, b"age", new))
                 if was != new:
                     # As redisca does: the old entry out, the new one in (the striped
                     # layout's range index holds every entity: the ZADD moves it).
                     if was is not None and not STRIPED:
-                        writes.append((b"ZREM", AGE, record["id"]))
-                    writes.append((b"ZADD", AGE, new, record["id"]))
-            transaction(conn, writes + bumps(b"usr", [r["id"] for r in self.records]))
+                        batch.index((b"ZREM", AGE, record["id"]))
+                    batch.index((b"ZADD", AGE, new, record["id"]))
+            ids = [r["id"] for r in self.records]
+            transaction(conn, batch.commands() + bumps(b"usr", ids))
         return len(keys)
 
     def delete(self) -> int:
@@ -328,20 +356,23 @@ class RawSide:
                 replies[n + 1 : 2 * n + 1],
                 replies[2 * n + 1 :],
             )
-            writes: list[tuple[Any, ...]] = []
+            batch = Batch()
             for record, key, slot, found, (eml, age, company), owner in zip(
                 self.records, keys, slots, exists, old, owners, strict=True
             ):
                 if not found:
                     continue
                 ident = record["id"]
-                writes += [(b"DEL", key), *_all_remove(ident)]
+                batch.deleted.append(key)
+                for command in _all_remove(ident):
+                    batch.index(command)
                 if age is not None or STRIPED:
-                    writes.append((b"ZREM", AGE, ident))
+                    batch.index((b"ZREM", AGE, ident))
                 if eml is not None and owner is not None and owner.decode() == ident:
-                    writes.append(_release(slot))
+                    batch.index(_release(slot))
                 if company is not None:
-                    writes.append((b"SREM", COMPANY + company, ident))
-            transaction(conn, writes + bumps(b"usr", [r["id"] for r in self.records]))
+                    batch.index((b"SREM", COMPANY + company, ident))
+            ids = [r["id"] for r in self.records]
+            transaction(conn, batch.commands() + bumps(b"usr", ids))
         self.records = []
         return len(keys)

@@ -210,12 +210,15 @@ def test_update_of_unindexed_field_reads_nothing() -> None:
     assert not reads and reads.keys() == []
     # Unwatched, so written only if the entity still exists: a concurrent delete wins.
     commands = emit(plan, Observed())
-    assert commands == [(b"EVAL", GUARDED_WRITE, 1, KEY, 1, b"nickname", b"annie")]
-    assert vanished(commands, [0]) == {KEY} and vanished(commands, [1]) == set()
+    # One script call for all of them: per key, (pairs, removals, pairs..., fields...).
+    assert commands == [(b"EVAL", GUARDED_WRITE, 1, KEY, 1, 0, b"nickname", b"annie")]
+    assert vanished(commands, [[1]]) == {KEY} and vanished(commands, [[]]) == set()
     committed(s)
     user.nickname = None
     user.city = "paris"  # unchanged: still nothing indexed in the change
-    assert emit(plan_of(s), Observed()) == [(b"EVAL", GUARDED_WRITE, 1, KEY, 0, b"nickname")]
+    assert emit(plan_of(s), Observed()) == [
+        (b"EVAL", GUARDED_WRITE, 1, KEY, 0, 1, b"nickname")
+    ]
 
 
 def test_range_update_and_field_to_none() -> None:
@@ -234,8 +237,8 @@ def test_range_update_and_field_to_none() -> None:
     observed = Observed(exists={KEY: True}, fields={KEY: {b"age": b"30", b"city": b"paris"}})
     assert emit(plan, observed) == [
         (b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname"),
+        (b"SREM", b"pusr#i:city:paris", "u1"),  # removals come before additions
         (b"ZADD", b"pusr#r:age", b"+inf", "u1"),  # no value: it stays, sorting last
-        (b"SREM", b"pusr#i:city:paris", "u1"),
         BUMP,
     ]
     gone = Observed(exists={KEY: True}, fields={KEY: {b"age": None, b"city": None}})
@@ -377,9 +380,12 @@ def test_unknown_owner_needs_a_second_read() -> None:
 
 
 def test_user_commands_come_last() -> None:
-    plan = CommitPlan((change(INSERT, city=b"rome", age=None),), ((b"INCR", b"hits"), (b"PING",)))
+    plan = CommitPlan((change(INSERT, city=b"rome"),), ((b"INCR", b"hits"), (b"PING",)))
     out = emit(plan, Observed(exists={KEY: False}))
-    assert out[-3:] == [BUMP, (b"INCR", b"hits"), (b"PING",)] and len(out) == 6
+    assert out[-3:] == [BUMP, (b"INCR", b"hits"), (b"PING",)]
+    # HSET, the age entry (no age: at +inf; it is the all-ids entry too), the city
+    # entry, then those
+    assert len(out) == 6 and (b"ZADD", b"pusr#r:age", b"+inf", "u1") in out
     assert not CommitPlan() and CommitPlan(commands=((b"PING",),))
     s = offline()
     s.add_command("SET", "k", "v")  # the plan holds it as sent: checked and encoded
@@ -493,3 +499,74 @@ def test_an_in_doubt_insert_absent_now_is_inserted_only_if_its_guard_did_not_mov
     c.guard_seen = None  # the lost attempt's read never came back
     with pytest.raises(InDoubtInsert):
         emit(plan, unmoved)
+
+
+# -- grouping: one variadic command per index key ---------------------------------
+
+
+def _users_plan(*idents: str, **kw: Any) -> tuple[Session, CommitPlan]:
+    s = offline()
+    for ident in idents:
+        s.add(User(email=f"{ident}@x.com", age=30, city="paris", id=ident, **kw))
+    return s, plan_of(s)
+
+
+def test_index_writes_of_a_commit_are_one_command_per_key() -> None:
+    _, plan = _users_plan("u1", "u2", "u3")
+    reads = collect_reads(plan)
+    exists = dict.fromkeys(reads.exists, False)
+    observed = Observed(exists=exists, owners=dict.fromkeys(reads.owners))
+    commands = emit(plan, observed)
+    names = [(c[0], c[1]) for c in commands]
+    assert len(names) == len(set(names)), "a command repeated on one key"
+    by_key = {(c[0], c[1]): c[2:] for c in commands}
+    assert (b"ZADD", b"pusr#all") not in by_key  # pusr#r:age holds the ids
+    assert by_key[(b"ZADD", b"pusr#r:age")] == (b"30.0", "u1", b"30.0", "u2", b"30.0", "u3")
+    assert by_key[(b"SADD", b"pusr#i:city:paris")] == ("u1", "u2", "u3")
+    # every claim lands in its stripe, whichever stripes the three addresses share
+    claimed = [
+        (key, *args[i : i + 2])
+        for (name, key), args in by_key.items()
+        if name == b"HSET" and key.startswith(b"pusr#u:")
+        for i in range(0, len(args), 2)
+    ]
+    assert sorted(claimed) == sorted((*uk(f"{i}@x.com"), i) for i in ("u1", "u2", "u3"))
+    assert sum(1 for c in commands if c[0] == b"HSET" and c[1].startswith(b"pusr:")) == 3
+
+
+def test_deletes_are_one_del_and_removals_precede_additions() -> None:
+    s, _ = _users_plan("u1", "u2")
+    committed(s)
+    u1, u2 = s.get(User, "u1"), s.get(User, "u2")  # from the identity map: no I/O
+    s.delete(u1)
+    u2.email = "u1@x.com"  # takes the address u1 releases, in the same commit
+    u2.city = "rome"
+    plan = plan_of(s)
+    reads = collect_reads(plan)
+    fields = {
+        b"pusr:u1": {b"eml": b"u1@x.com", b"age": b"30", b"city": b"paris", b"company": None},
+        b"pusr:u2": {b"eml": b"u2@x.com", b"city": b"paris"},
+    }
+    owners = {uk("u1@x.com"): "u1", uk("u2@x.com"): "u2"}
+    observed = Observed(exists=dict.fromkeys(reads.exists, True), fields=fields, owners=owners)
+    commands = emit(plan, observed)
+    assert commands[0] == (b"DEL", b"pusr:u1")
+    position = {(c[0], c[1]): i for i, c in enumerate(commands)}
+    stripe = uk("u1@x.com")[0]
+    assert position[(b"HDEL", stripe)] < position[(b"HSET", stripe)]  # released, then taken
+    assert position[(b"SREM", b"pusr#i:city:paris")] < position[(b"SADD", b"pusr#i:city:rome")]
+    srem = commands[position[(b"SREM", b"pusr#i:city:paris")]]
+    assert sorted(srem[2:]) == ["u1", "u2"]  # both leave paris in one command
+
+
+def test_plain_updates_are_one_guarded_call() -> None:
+    s, _ = _users_plan("u1", "u2", "u3", nickname="n")
+    committed(s)
+    for ident in ("u1", "u2"):
+        s.get(User, ident).nickname = ident.upper()
+    s.get(User, "u3").nickname = None  # a removed field
+    commands = emit(plan_of(s), Observed())
+    (call,) = commands
+    assert call[:6] == (b"EVAL", GUARDED_WRITE, 3, b"pusr:u1", b"pusr:u2", b"pusr:u3")
+    assert call[6:] == (1, 0, b"nickname", b"U1", 1, 0, b"nickname", b"U2", 0, 1, b"nickname")
+    assert vanished(commands, [[2]]) == {b"pusr:u2"}

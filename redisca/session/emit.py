@@ -21,18 +21,30 @@ from ..mapping.mapper import MappedField
 from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, Slot, unique_key
 from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
 
-#: Writes to an unwatched entity only if it still exists: a plain update racing a
+#: Writes to unwatched entities only if they still exist: a plain update racing a
 #: delete must not leave a hash behind with just the updated fields, outside every
-#: index. ARGV: the number of field/value pairs, the pairs, then fields to remove.
+#: index. One call writes every plain update of a commit (a call per entity cost the
+#: server about 3 µs each on Redis 7.0). KEYS: the entities; ARGV, per key in order:
+#: the number of field/value pairs, the number of fields to remove, the pairs, the
+#: fields. Returns the positions (from 1) of the keys that no longer existed.
 GUARDED_WRITE = b"""\
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[1])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, 1 + 2 * n)) end
-if #ARGV > 1 + 2 * n then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, 2 + 2 * n))
-  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '') end
+local gone = {}
+local a = 1
+for i, key in ipairs(KEYS) do
+  local n, r = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  if redis.call('EXISTS', key) == 0 then
+    gone[#gone + 1] = i
+  else
+    if n > 0 then redis.call('HSET', key, unpack(ARGV, a, a + 2 * n - 1)) end
+    if r > 0 then
+      redis.call('HDEL', key, unpack(ARGV, a + 2 * n, a + 2 * n + r - 1))
+      if redis.call('EXISTS', key) == 0 then redis.call('HSET', key, '%s', '') end
+    end
+  end
+  a = a + 2 * n + r
 end
-return 1
+return gone
 """ % EXISTS_FIELD
 
 #: Removes fields from a hash without ever removing the hash: another client's commit
@@ -52,25 +64,66 @@ class NeedOwners(Exception):
         self.keys = keys
 
 
+def _merge(part: dict[tuple[bytes, bytes], list[Any]], name: bytes, key: bytes, args: Any) -> None:
+    """Index writes commute within one commit (no entity appears twice in a plan), so
+    all of one command on one key become one variadic command: a 10,000-user insert
+    sends a ZADD per index instead of one per user."""
+    found = part.get((name, key))
+    if found is None:
+        part[(name, key)] = list(args)
+    else:
+        found.extend(args)
+
+
 @attrs.define
 class _Emitter:
+    """Collects a transaction's commands in four parts, sent in this order: entity
+    deletes (one ``DEL``), entity writes, index removals, index additions. Removals
+    before additions is what a value changing hands needs (an ``HDEL`` of the stripe
+    before the ``HSET``); within each part the order does not matter, since no two
+    changes of a plan touch one entity."""
+
     observed: Observed
+    deleted: list[bytes] = attrs.field(factory=list)
     out: list[Command] = attrs.field(factory=list)
+    removals: dict[tuple[bytes, bytes], list[Any]] = attrs.field(factory=dict)
+    additions: dict[tuple[bytes, bytes], list[Any]] = attrs.field(factory=dict)
+    #: Plain updates of unwatched entities: one GUARDED_WRITE call (keys, arguments).
+    guarded: tuple[list[bytes], list[Any]] = attrs.field(factory=lambda: ([], []))
     claims: dict[Slot, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
     released: set[Slot] = attrs.field(factory=set)
     unknown: list[Slot] = attrs.field(factory=list)
     #: Build keys a running reindex gets written, by build directory: build key → live key.
     built: dict[bytes, dict[bytes, bytes]] = attrs.field(factory=dict)
 
-    def write(self, change: EntityChange, member: bytes, command: Command) -> None:
-        """A write to a live index key (``command[1]``), and to its build key if a
-        reindex is rebuilding ``member`` (a hash field, or ``#all``)."""
-        self.out.append(command)
-        if not self.observed.rebuilds:
-            return
-        built = self.build_key(change, member, command[1])
-        if built is not None:
-            self.out.append((command[0], built, *command[2:]))
+    def add(self, change: EntityChange, member: bytes, name: bytes, key: bytes, *args: Any) -> None:
+        """An index addition (``SADD``, ``ZADD``, a claim's ``HSET``) to a live key, and to
+        its build key if a reindex is rebuilding ``member`` (a hash field, or ``#all``)."""
+        _merge(self.additions, name, key, args)
+        if self.observed.rebuilds:
+            built = self.build_key(change, member, key)
+            if built is not None:
+                _merge(self.additions, name, built, args)
+
+    def remove(
+        self, change: EntityChange, member: bytes, name: bytes, key: bytes, *args: Any
+    ) -> None:
+        """An index removal (``SREM``, ``ZREM``, a release's ``HDEL``), as :meth:`add`."""
+        _merge(self.removals, name, key, args)
+        if self.observed.rebuilds:
+            built = self.build_key(change, member, key)
+            if built is not None:
+                _merge(self.removals, name, built, args)
+
+    def commands(self) -> list[Command]:
+        out: list[Command] = [(b"DEL", *self.deleted)] if self.deleted else []
+        out += self.out
+        keys, args = self.guarded
+        if keys:
+            out.append((b"EVAL", GUARDED_WRITE, len(keys), *keys, *args))
+        for part in (self.removals, self.additions):
+            out += [(name, key, *args) for (name, key), args in part.items()]
+        return out
 
     def build_key(self, change: EntityChange, member: bytes, live: bytes) -> bytes | None:
         if not self.observed.rebuilds:
@@ -89,11 +142,11 @@ class _Emitter:
         index = field.index
         if index == "range":
             score = NO_VALUE if raw is None else repr(field.score(raw)).encode()
-            self.write(change, field.hash_field, (b"ZADD", _range_key(field), score, change.id))
+            self.add(change, field.hash_field, b"ZADD", _range_key(field), score, change.id)
         elif raw is None:
             return
         elif index == "eq":
-            self.write(change, field.hash_field, (b"SADD", _eq_key(field, raw), change.id))
+            self.add(change, field.hash_field, b"SADD", _eq_key(field, raw), change.id)
         if field.unique and raw is not None:
             self.claim(change, field, raw)
 
@@ -101,7 +154,7 @@ class _Emitter:
         """Drop the entries of a field's old value; a range entry is left to the ZADD
         of the new score (or to the delete's ZREM)."""
         if field.index == "eq":
-            self.write(change, field.hash_field, (b"SREM", _eq_key(field, raw), change.id))
+            self.remove(change, field.hash_field, b"SREM", _eq_key(field, raw), change.id)
         if field.unique:
             slot = unique_key(field, raw)
             self.release(change, slot)
@@ -122,7 +175,7 @@ class _Emitter:
         if slot not in self.observed.owners:
             self.unknown.append(slot)
         elif self.observed.owners[slot] == change.id:
-            self.out.append((b"HDEL", *slot))
+            _merge(self.removals, b"HDEL", slot[0], (slot[1],))
             self.released.add(slot)
 
     def settle_claims(self) -> None:
@@ -131,12 +184,14 @@ class _Emitter:
             owner = self.observed.owners.get(slot)
             if owner is not None and owner != change.id and slot not in self.released:
                 raise _violation(field, raw, owner)
-            self.write(change, field.hash_field, (b"HSET", *slot, change.id))
+            self.add(change, field.hash_field, b"HSET", slot[0], slot[1], change.id)
 
-    def build_dirs(self) -> None:
+    def build_dirs(self) -> list[Command]:
         """Record the build keys written, so the reindex's switch finds every one."""
-        for directory, keys in self.built.items():
-            self.out.append((b"HSET", directory, *[k for pair in keys.items() for k in pair]))
+        return [
+            (b"HSET", directory, *[k for pair in keys.items() for k in pair])
+            for directory, keys in self.built.items()
+        ]
 
 
 def _eq_key(field: MappedField, raw: bytes) -> bytes:
@@ -241,15 +296,12 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
             "session.expunge(obj) and session.add(obj), then commit; to drop it, "
             "session.rollback()"
         )
+    values = change.values
     hset: list[Any] = [b"HSET", key]
-    indexed: list[tuple[MappedField, bytes | None]] = []
-    for field, raw in change.values.items():
+    for field, raw in values.items():
         if raw is not None:
-            hset += (field.hash_field, raw)
-            if field.indexed:
-                indexed.append((field, raw))
-        elif field.index == "range":
-            indexed.append((field, raw))
+            hset.append(field.hash_field)
+            hset.append(raw)
     mapper = change.mapper
     if mapper.versioned:
         hset += (VERSION_FIELD, b"%d" % (change.expect_version or 1))
@@ -257,10 +309,10 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
         hset += (EXISTS_FIELD, b"")
     em.out.append(tuple(hset))
     if not mapper.layout.all_ids_is_range:  # else the range index's ZADD adds the id
-        em.write(change, ALL_IDS, (b"ZADD", mapper.layout.all_ids, 0, change.id))
+        em.add(change, ALL_IDS, b"ZADD", mapper.layout.all_ids, 0, change.id)
     index_add = em.index_add
-    for field, raw in indexed:
-        index_add(change, field, raw)
+    for field in mapper.indexed:
+        index_add(change, field, values.get(field))
 
 
 def _emit_update(em: _Emitter, change: EntityChange) -> None:
@@ -280,8 +332,9 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     if change.empty_after:
         pairs.append((EXISTS_FIELD, b""))
     if not change.needs_read:
-        flat = [part for pair in pairs for part in pair]
-        em.out.append((b"EVAL", GUARDED_WRITE, 1, key, len(pairs), *flat, *removed))
+        keys, args = em.guarded
+        keys.append(key)
+        args += (len(pairs), len(removed), *[part for pair in pairs for part in pair], *removed)
         return  # such an update changes no indexed field
     if pairs:
         em.out.append(_hset(key, pairs))
@@ -304,12 +357,12 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
     current = _check_current(change, em.observed)
     if current is None:
         return  # already gone: nothing of it is left to remove
-    em.out.append((b"DEL", change.key))
+    em.deleted.append(change.key)
     if not change.mapper.layout.all_ids_is_range:  # else the range index's ZREM does
-        em.write(change, ALL_IDS, (b"ZREM", change.mapper.layout.all_ids, change.id))
+        em.remove(change, ALL_IDS, b"ZREM", change.mapper.layout.all_ids, change.id)
     for field in change.mapper.indexed:
         if field.index == "range":
-            em.write(change, field.hash_field, (b"ZREM", _range_key(field), change.id))
+            em.remove(change, field.hash_field, b"ZREM", _range_key(field), change.id)
         old = current.get(field.hash_field)
         if old is not None:
             em.index_remove(change, field, old)
@@ -328,10 +381,11 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
     if em.unknown:
         raise NeedOwners(list(dict.fromkeys(em.unknown)))
     em.settle_claims()
-    em.build_dirs()
-    em.out.extend(guard_bumps(plan))
-    em.out.extend(plan.commands)
-    return em.out
+    out = em.commands()
+    out += em.build_dirs()
+    out += guard_bumps(plan)
+    out += plan.commands
+    return out
 
 
 def guard_bumps(plan: CommitPlan) -> list[Command]:
@@ -343,11 +397,10 @@ def guard_bumps(plan: CommitPlan) -> list[Command]:
 
 def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
     """Keys of unwatched updates whose entity was gone at EXEC (their write was skipped)."""
-    return {
-        command[3]
-        for command, reply in zip(commands, replies, strict=False)
-        if command[0] == b"EVAL" and command[1] is GUARDED_WRITE and reply == 0
-    }
+    for command, reply in zip(commands, replies, strict=False):
+        if command[0] == b"EVAL" and command[1] is GUARDED_WRITE and isinstance(reply, list):
+            return {command[2 + position] for position in reply}
+    return set()
 
 
 __all__ = [

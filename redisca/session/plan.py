@@ -56,14 +56,21 @@ class EntityChange:
     #: applied", and a moved one with the entity gone may be "applied, then deleted".
     guard_seen: tuple[bytes | None] | None = None
     #: The entity's key, built once (collect_reads, emit and finalize all use it).
-    key: bytes = attrs.field(
-        init=False, default=attrs.Factory(lambda self: self.mapper.key(self.id), takes_self=True)
-    )
-    #: The entity's guard stripe ``P#g:<n>``: watched instead of the entity's hash.
-    guard: bytes = attrs.field(
-        init=False,
-        default=attrs.Factory(lambda self: self.mapper.layout.guard(self.id.encode()), True),
-    )
+    key: bytes = b""
+    _guard: bytes | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.key:
+            self.key = self.mapper.layout.entity(self.id)
+
+    @property
+    def guard(self) -> bytes:
+        """The entity's guard stripe ``P#g:<n>``: watched instead of the entity's hash.
+        Built on first use: plain updates never need it."""
+        guard = self._guard
+        if guard is None:
+            guard = self._guard = self.mapper.layout.guard(self.id.encode())
+        return guard
 
     @property
     def bumps_guard(self) -> bool:
