@@ -14,8 +14,10 @@ import sys
 import time
 from typing import Any
 
+from redisca import inspect
+
 from . import raw, servers
-from .model import DataSet, LazyRows
+from .model import DataSet, LazyRows, User
 from .orm import OrmSide
 
 CHUNK = 5_000
@@ -38,7 +40,8 @@ def load(url: str, n: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     # The load's peak, before the checks below allocate anything.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    stored = int(client.zcard(b"usr#all") if raw.STRIPED else client.scard(b"usr#all"))
+    all_ids = inspect(User).layout.all_ids  # usr#r:age, or usr#all in earlier layouts
+    stored = int(client.zcard(all_ids) if raw.STRIPED else client.scard(all_ids))
     info = client.info("memory")
     client.flushall(asynchronous=True)
     return {

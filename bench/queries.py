@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import redis
 
-from redisca import Integer, Registry, Session, String, hexid
+from redisca import Integer, Registry, Session, String, hexid, inspect
 from redisca.session import resp
 from redisca.session.query import Query
 
@@ -115,16 +115,23 @@ def load_raw(
     values: Iterable[tuple[int, str, int, int, str]],
     ids: Iterator[str] | None = None,
 ) -> None:
-    """Items written as redisca writes them (entity hash, all-ids, three range indexes,
-    the eq index of ``s``; no guard counters, which hold no data), in writes of 10,000
-    items. :func:`check_loader` compares the result with redisca's own."""
+    """Items written as redisca writes them (entity hash, three range indexes, the
+    first of which, ``itm#r:i``, is the all-ids index (``itm#all`` too, in layouts
+    before that), the eq index of ``s``; no guard counters, which hold no data), in
+    writes of 10,000 items. :func:`check_loader` compares the result with redisca's own."""
     all_ids = b"itm#all"
+    separate = inspect(Item).layout.all_ids == all_ids
     batch: list[tuple[Any, ...]] = []
     for i, s, a, b, name in values:
         ident = (next(ids) if ids is not None else hexid()).encode()
+        batch.append(
+            (b"HSET", b"itm:" + ident, b"i", i, b"s", s, b"a", a, b"b", b, b"name", name)
+        )
+        if separate:
+            batch.append(
+                (b"ZADD", all_ids, 0, ident) if raw.STRIPED else (b"SADD", all_ids, ident)
+            )
         batch += [
-            (b"HSET", b"itm:" + ident, b"i", i, b"s", s, b"a", a, b"b", b, b"name", name),
-            (b"ZADD", all_ids, 0, ident) if raw.STRIPED else (b"SADD", all_ids, ident),
             (b"ZADD", b"itm#r:i", i, ident),
             (b"ZADD", b"itm#r:a", a, ident),
             (b"ZADD", b"itm#r:b", b, ident),

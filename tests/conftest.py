@@ -16,7 +16,7 @@ import redis
 from helpers import Counted, counting_client
 from hypothesis import settings
 
-from redisca.embedded import EmbeddedServer, ServerNotFound, find_server_binary
+from redisca.embedded import EmbeddedCluster, EmbeddedServer, ServerNotFound, find_server_binary
 
 # Property tests check values, never speed: on a loaded CI machine hypothesis's default
 # 200 ms deadline per example would fail a correct test at random.
@@ -48,6 +48,19 @@ def redis_server() -> Iterator[EmbeddedServer]:
     """One TCP server on 127.0.0.1 for the whole run."""
     with EmbeddedServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedCluster]:
+    """A 3-master Redis Cluster on loopback for the whole run, started (about 2 s) only
+    when a test asks for it. Same binary as ``redis_server``; tests share it, so they
+    flush it (every master) themselves and leave its nodes running.
+
+    Redis's default node timeout (15 s) rather than the launcher's 2 s: nothing here
+    fails over, and a node blocked for 2 s (a long WATCH, a loaded CI machine) would
+    otherwise be marked failed and take the cluster down mid-test."""
+    with EmbeddedCluster(node_timeout=15000) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

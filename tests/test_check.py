@@ -46,11 +46,11 @@ def test_clean_data_is_ok(r: redis.Redis) -> None:
     assert report.ok and report.problems == []
     by_model = {m.model: m for m in report.models}
     assert by_model["User"].entities == 12 and by_model["Company"].entities == 1
-    # usr#all, usr#r:age, usr#i:company:c1, the stripes of 12 emails and the guards of 12
-    # ids; co#all, co's stripe and its guard
+    # usr#r:age (which holds every id: no usr#all), usr#i:company:c1, the stripes of 12
+    # emails and the guards of 12 ids; co#all, co's stripe and its guard
     stripes = len({S(f"u{i}@x.org") for i in range(12)})
     guards = len({guard_key("usr", str(i)) for i in range(12)})
-    assert by_model["User"].index_keys == 3 + stripes + guards
+    assert by_model["User"].index_keys == 2 + stripes + guards
     assert by_model["Company"].index_keys == 3
     assert not by_model["User"].reindexing
     assert json.loads(json.dumps(report.as_dict()))["ok"] is True
@@ -96,15 +96,25 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
         lambda r: (r.hdel("usr:3", "age"), r.zrem("usr#r:age", "3")),
         [("missing_entry", "usr#r:age", "age")],
     ),
-    (
+    (  # Company has no range index: its ids are in co#all (User's, in usr#r:age)
         "an entity missing from the all-ids set",
-        lambda r: r.zrem("usr#all", "6"),
-        [("missing_from_all", "usr#all", None)],
+        lambda r: r.zrem("co#all", "c1"),
+        [("missing_from_all", "co#all", None)],
     ),
     (
         "an id in the all-ids set without a hash",
-        lambda r: r.zadd("usr#all", {"ghost": 0}),
-        [("stale_id", "usr#all", None)],
+        lambda r: r.zadd("co#all", {"ghost": 0}),
+        [("stale_id", "co#all", None)],
+    ),
+    (
+        "an all-ids set on a model whose range index holds the ids",
+        lambda r: r.zadd("usr#all", {"1": 0, "2": 0}),
+        [("old_layout", "usr#all", None)],
+    ),
+    (
+        "an all-ids SET of the layout before 2.0 on a model with a range index",
+        lambda r: (r.delete("usr#all"), r.sadd("usr#all", "1")),
+        [("old_layout", "usr#all", None)],
     ),
     (
         "a unique value owned by the wrong id",
@@ -227,24 +237,26 @@ def test_many_problems_at_once_with_any_batch(r: redis.Redis) -> None:
         corrupt(r)  # some undo or hide others (the range index ends up a set)
     found = [kinds(check(registry, r, batch=batch).problems) for batch in (1, 3, 500)]
     assert found[0] == found[1] == found[2]
-    assert {kind for kind, _, _ in found[0]} == set(KINDS) - {"wrong_score"}
+    # co#all ends up a string: the problems of its members are hidden too
+    hidden = {"wrong_score", "missing_from_all", "stale_id"}
+    assert {kind for kind, _, _ in found[0]} == set(KINDS) - hidden
 
 
 def test_problems_serialise_to_json(r: redis.Redis) -> None:
     seed(r)
-    r.zrem("usr#all", "6")
+    r.zrem("co#all", "c1")
     data = json.loads(json.dumps(check(registry, r).as_dict()))
     assert data["ok"] is False
     assert data["problems"] == [
         {
             "kind": "missing_from_all",
-            "model": "User",
-            "key": "usr#all",
+            "model": "Company",
+            "key": "co#all",
             "field": None,
-            "detail": "6 has a hash (usr:6) but is not in it",
+            "detail": "c1 has a hash (co:c1) but is not in it",
         }
     ]
-    assert {m["model"]: m["problems"] for m in data["models"]} == {"Company": 0, "User": 1}
+    assert {m["model"]: m["problems"] for m in data["models"]} == {"Company": 1, "User": 0}
 
 
 # -- awkward ids and values ---------------------------------------------------------------
@@ -292,7 +304,7 @@ def test_an_id_that_is_not_utf8_is_undecodable(r: redis.Redis) -> None:
 def test_models_are_chosen_by_class_name_or_prefix(r: redis.Redis) -> None:
     seed(r)
     r.zrem("co#all", "c1")
-    r.zrem("usr#all", "1")
+    r.zrem("usr#r:age", "1")
     for models, expected in (
         (["User"], {"User"}),
         (["co"], {"Company"}),
@@ -386,17 +398,20 @@ def test_problems_found_during_commits_are_real(r: redis.Redis, make_client: Any
 def test_stats_counts_keys_and_entries(r: redis.Redis) -> None:
     seed(r, 20)
     r.sadd("usr#i:nickname:bob", "1")  # a stray key counts as "other"
+    r.zadd("usr#all", {"1": 0})  # and so does a P#all the range index replaces
     report = stats(registry, r, batch=3, sample=5)
     users = next(m for m in report.models if m.model == "User")
-    assert (users.entities, users.ids) == (20, 20)
+    assert (users.entities, users.ids) == (20, 20)  # ids: ZCARD usr#r:age
     stripes = len({S(f"u{i}@x.org") for i in range(20)})
     guards = len({guard_key("usr", str(i)) for i in range(20)})
     assert users.index_keys == {
-        "all": 1, "eq": 1, "range": 1, "unique": stripes, "guard": guards, "other": 1,
+        "eq": 1, "range": 1, "unique": stripes, "guard": guards, "other": 2,
     }  # fmt: skip
     assert users.index_entries == 20 + 20 + 20  # company, age, and one per unique value
-    assert set(users.memory) == {"entity", "all", "eq", "range", "unique", "guard", "other"}
-    assert users.memory_total > 0 and users.memory_sampled == 5 + 1 + 1 + 1 + 5 + 5 + 1
+    assert set(users.memory) == {"entity", "eq", "range", "unique", "guard", "other"}
+    assert users.memory_total > 0 and users.memory_sampled == 5 + 1 + 1 + 5 + 5 + 2
+    company = next(m for m in report.models if m.model == "Company")
+    assert company.index_keys["all"] == 1 and company.ids == 1
     assert not users.reindexing
     r.rpush("usr#x", "abcd", "#all")
     assert next(m for m in stats(User, r).models).reindexing

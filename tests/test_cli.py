@@ -72,17 +72,21 @@ def test_check_clean_then_broken_then_reindexed(r: redis.Redis, redis_url: str) 
     assert "User (usr): 30 entities" in done.stdout and "ok: no problem found" in done.stdout
     assert done.stderr == ""  # not a terminal: no progress
 
-    r.zrem("usr#all", "3")
+    r.zrem("co#all", "c1")
+    r.zadd("usr#all", {"3": 0})  # User's ids are in usr#r:age: a leftover
     r.sadd("usr#i:company:c2", "4")
     done = redisca_cmd("check", "models:registry", url=redis_url)
     assert done.returncode == PROBLEMS
-    assert "missing_from_all: User 'usr#all': 3 has a hash" in done.stdout
+    assert "missing_from_all: Company 'co#all': c1 has a hash" in done.stdout
+    assert "old_layout: User 'usr#all': an all-ids set the model no longer keeps" in done.stdout
     assert "orphan_entry: User 'usr#i:company:c2' [company]" in done.stdout
-    assert done.stdout.rstrip().endswith("2 problems")
+    assert done.stdout.rstrip().endswith("3 problems")
 
     done = redisca_cmd("reindex", "models:registry", "--batch", "7", url=redis_url)
     assert done.returncode == OK, done.stderr
-    assert "User (usr): rebuilt #all, eml, age, company from 30 entities" in done.stdout
+    assert "Company (co): rebuilt #all, name from 1 entities" in done.stdout
+    assert "User (usr): rebuilt eml, age, company from 30 entities" in done.stdout
+    assert not r.exists("usr#all")
     assert redisca_cmd("check", "models", url=redis_url).returncode == OK  # module:registry
 
 
@@ -117,8 +121,8 @@ def test_json_output(r: redis.Redis, redis_url: str) -> None:
     assert stats["User"]["entities"] == stats["User"]["ids"] == 30
     stripes = len({stripe_key("usr", "eml", f"u{i}@x.org") for i in range(30)})
     guards = len({guard_key("usr", str(i)) for i in range(30)})
-    assert stats["User"]["index_keys"] == {
-        "all": 1, "eq": 1, "range": 1, "unique": stripes, "guard": guards,
+    assert stats["User"]["index_keys"] == {  # no "all": usr#r:age holds the ids
+        "eq": 1, "range": 1, "unique": stripes, "guard": guards,
     }  # fmt: skip
     # the company set, the age index, the emails in their stripes
     assert stats["User"]["index_entries"] == 90 and stats["User"]["memory_total"] > 0
@@ -235,10 +239,10 @@ def test_flask_commands_with_the_extensions_client(r: redis.Redis, redis_url: st
     assert done.exit_code == OK, done.output
     assert "ok: no problem found" in done.output
 
-    r.zrem("usr#all", "3")
+    r.zrem("usr#r:age", "3")
     done = runner.invoke(flask_cli, ["check", "--json", "--model", "User"])
     assert done.exit_code == PROBLEMS
-    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing_from_all"]
+    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing_entry"]
 
     done = runner.invoke(flask_cli, ["reindex", "--model", "User", "--batch", "4"])
     assert done.exit_code == OK, done.output
@@ -270,7 +274,7 @@ def test_flask_registry_and_connection_sources(r: redis.Redis, redis_url: str) -
 
 def test_the_flask_command_itself(r: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     seed(r, 10)
-    r.zadd("usr#all", {"ghost": 0})
+    r.zadd("co#all", {"ghost": 0})
     (tmp_path / "clitestapp.py").write_text(
         "from flask import Flask\n"
         "from redisca.flask import FlaskRedisca\n"

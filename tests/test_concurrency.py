@@ -109,7 +109,7 @@ def test_two_processes_claiming_one_email(r: redis.Redis, redis_url: str) -> Non
         assert r.exists(f"usr:{won[3]}", f"co:{won[4]}") == 2
         assert mentions(r, lost[3]) == [] and mentions(r, lost[4]) == []
         assert unique_owner(r, "co", "name", f"co-{n}-{lost[1]}") is None
-    assert r.zcard("usr#all") == ROUNDS
+    assert r.zcard("usr#r:age") == ROUNDS
     consistent(r)
 
 

@@ -39,7 +39,8 @@ def test_layout_of_a_model():
     assert isinstance(layout, KeyLayout) and layout.prefix == "usr"
     assert layout.entity("01h") == b"usr:01h"
     assert layout.entity("") == b"usr:"
-    assert layout.all_ids == b"usr#all"
+    assert layout.all_ids == b"usr#r:age"  # its first range index holds every id
+    assert layout.all_ids_is_range and layout.all_set == b"usr#all"
     assert layout.eq_index(b"tag", b"a:b") == b"usr#i:tag:a:b"
     assert layout.range_index(b"age") == b"usr#r:age"
     # n = crc32(value) % 128, in decimal (docs/keylayout.rst)
@@ -50,6 +51,31 @@ def test_layout_of_a_model():
     scratches = {layout.scratch() for _ in range(500)}
     assert len(scratches) == 500
     assert all(s.startswith(b"usr#t:") and len(s) > len(b"usr#t:") + 16 for s in scratches)
+
+
+@registry.mapped(prefix="two")
+@attrs.define
+class TwoRanges:
+    tag: str | None = String(index=True, default=None)
+    late: int | None = Integer(field="b", index=True, default=None)
+    early: int | None = Integer(field="a", index=True, default=None)
+    id: str | None = None
+
+
+def test_the_all_ids_key_is_the_first_range_index_or_p_all():
+    """``P#all`` only for a model without a range field; otherwise the index of its first
+    range field in declaration order (not in name order), which holds every id."""
+    two = redisca.inspect(TwoRanges)
+    assert two.default_order is two.by_name["late"]
+    assert two.layout.all_ids == b"two#r:b" and two.layout.all_ids_is_range
+    assert two.layout.parse(two.layout.all_ids) == ParsedKey("range", b"b")
+    company = redisca.inspect(Company).layout
+    assert company.all_ids == company.all_set == b"co#all" and not company.all_ids_is_range
+    assert redisca.inspect(Company).default_order is None
+    assert company.parse(b"co#all") == ParsedKey("all")
+    bare = KeyLayout("x")
+    assert (bare.all_ids, bare.all_ids_is_range) == (b"x#all", False)
+    assert KeyLayout("x", b"f").all_ids == KeyLayout("x").range_index(b"f") == b"x#r:f"
 
 
 def test_inspect_prefix_and_key():
@@ -252,7 +278,7 @@ def guards(prefix, entities):
 def expected_keys(companies, users, gone=()):
     """Every key of the data; guard stripes of every entity ever written (gone ones too:
     a guard counts commits and stays)."""
-    keys = {"usr#all", "usr#r:age", "co#all"}
+    keys = {"usr#r:age", "co#all"}  # usr#r:age holds every user: no usr#all
     keys |= guards("usr", [*users, *gone]) | guards("co", companies)
     keys |= {f"co:{c.id}" for c in companies} | {f"co#i:name:{c.name}" for c in companies}
     keys |= {f"usr:{u.id}" for u in users} | stripes(users)
@@ -271,7 +297,7 @@ def test_awkward_ids_and_values_on_redis(r):
         session.add_all(users)
         session.commit()
     expected = expected_keys(companies, users)
-    counted = 3 + 2 * 3 + 11 + len(stripes(users)) + 9 + 3
+    counted = 2 + 2 * 3 + 11 + len(stripes(users)) + 9 + 3
     counted += len(guards("usr", users)) + len(guards("co", companies))
     assert len(expected) == counted  # nothing coincides
     assert scan(r) == expected
@@ -281,7 +307,7 @@ def test_awkward_ids_and_values_on_redis(r):
         assert as_str(r.type(key)) == "hash"
         assert as_str(r.hget(key, "eml")) == user.email
         assert unique_owner(r, "usr", "eml", user.email.lower()) == user.id
-    assert {as_str(m) for m in r.zrange("usr#all", 0, -1)} == set(IDS)
+    assert {as_str(m) for m in r.zrange("usr#r:age", 0, -1)} == set(IDS)
     assert {as_str(m) for m in r.zrange("co#all", 0, -1)} == {"all", "", "usr:all"}
     assert {as_str(m) for m in r.smembers("usr#i:tag:all")} == {"all", "x#i:f:v"}
     assert {as_str(m) for m in r.smembers("usr#i:company:")} == {IDS[1], IDS[4], IDS[7], IDS[10]}
@@ -311,7 +337,7 @@ def test_deleting_an_awkward_id_touches_only_its_own_keys(r, ident):
         session.commit()
     rest = [u for u in users if u.id != ident]
     assert scan(r) == expected_keys(companies, rest, gone=[victim])
-    assert {as_str(m) for m in r.zrange("usr#all", 0, -1)} == {u.id for u in rest}
+    assert {as_str(m) for m in r.zrange("usr#r:age", 0, -1)} == {u.id for u in rest}
     with Session(r) as session:
         assert session.get(User, ident) is None
         assert [u.id for u in session.get_many(User, [u.id for u in rest])] == [

@@ -76,7 +76,8 @@ class Two:
 UM = redisca.inspect(User)
 F = UM.by_name
 KEY = b"pusr:u1"
-ALL = b"pusr#all"
+#: User's all-ids index: its first range field's (it has no ``pusr#all``).
+ALL = b"pusr#r:age"
 
 
 def uk(email: str) -> tuple[bytes, bytes]:
@@ -131,8 +132,7 @@ def test_insert_from_a_session() -> None:
     user_cmds = [c for c in emit(plan, observed) if c[1] != b"pco:c1" and b"pco#" not in c[1]]
     assert user_cmds == [
         (b"HSET", KEY, b"eml", b"Ann@X.com", b"age", b"30", b"city", b"paris", b"company", b"c1"),
-        (b"ZADD", ALL, 0, "u1"),
-        (b"ZADD", b"pusr#r:age", b"30.0", "u1"),
+        (b"ZADD", b"pusr#r:age", b"30.0", "u1"),  # and no ZADD pusr#all: this one holds ids
         (b"SADD", b"pusr#i:city:paris", "u1"),
         (b"SADD", b"pusr#i:company:c1", "u1"),
         (b"HSET", *uk("ann@x.com"), "u1"),
@@ -308,9 +308,8 @@ def test_delete() -> None:
     observed = Observed({KEY: True}, {KEY: current}, {uk("ann@x.com"): "u1"})
     assert emit(plan, observed) == [
         (b"DEL", KEY),
-        (b"ZREM", ALL, "u1"),
         (b"HDEL", *uk("ann@x.com")),
-        (b"ZREM", b"pusr#r:age", "u1"),
+        (b"ZREM", b"pusr#r:age", "u1"),  # the all-ids index too: no ZREM pusr#all
         (b"SREM", b"pusr#i:city:rome", "u1"),
         BUMP,
     ]
@@ -384,8 +383,9 @@ def test_user_commands_come_last() -> None:
     plan = CommitPlan((change(INSERT, city=b"rome"),), ((b"INCR", b"hits"), (b"PING",)))
     out = emit(plan, Observed(exists={KEY: False}))
     assert out[-3:] == [BUMP, (b"INCR", b"hits"), (b"PING",)]
-    # HSET, the all-ids and age entries (no age: at +inf), the city entry, then those
-    assert len(out) == 7 and (b"ZADD", b"pusr#r:age", b"+inf", "u1") in out
+    # HSET, the age entry (no age: at +inf; it is the all-ids entry too), the city
+    # entry, then those
+    assert len(out) == 6 and (b"ZADD", b"pusr#r:age", b"+inf", "u1") in out
     assert not CommitPlan() and CommitPlan(commands=((b"PING",),))
     s = offline()
     s.add_command("SET", "k", "v")  # the plan holds it as sent: checked and encoded
@@ -421,39 +421,49 @@ def call(
     args = list(done.args)
     assert args[:4] == [mode, offset, -1 if limit is None else limit, int(
         order is not None and order.descending
-    )] and args[4] == mapper.layout.entity_of(b"")
-    return list(done.keys), args[5:], list(done.types)
+    )] and args[5] == mapper.layout.entity_of(b"")
+    assert args[4] == int(done.keys[0] != mapper.layout.all_set)  # byscore: not P#all
+    return list(done.keys), args[6:], list(done.types)
 
 
 def test_compile_no_condition_reads_all_ids_by_rank() -> None:
-    assert call() == ([ALL, ALL], [*NONE, b"", b"", b"", 0], [b"zset", b"zset"])
+    # User has a range field: its first one's index holds every id and gives the
+    # default order, by (score, id); it is the only key read, once
+    assert call() == ([ALL], [*NONE, b"", b"", b"", 0], [b"zset"])
     keys, args, _ = call(mode=b"count", offset=3, limit=4)
-    assert keys == [ALL, ALL] and args[-1] == 0  # no term: ZCARD (and slicing) only
+    assert keys == [ALL] and args[-1] == 0  # no term: ZCARD (and slicing) only
+    # a model without one: P#all, every score 0, in id order (positions are ranks)
+    company = redisca.inspect(Company)
+    assert call(mapper=company) == ([b"pco#all"], [*NONE, b"", b"", b"", 0], [b"zset"])
+    assert compile_query(company, sort_filters(company, ()), None, mode=b"ids").args[4] == 0
+    assert compile_query(UM, sort_filters(UM, ()), F["age"], mode=b"ids").args[4] == 1
+    keys, _, _ = call(Company.name == "acme", mapper=company)
+    assert keys == [b"pco#all", b"pco#i:name:acme"]
 
 
 def test_compile_order_and_its_window() -> None:
     # the order field's range is the walk's window, never a term; +inf (no value) is
     # never inside: an open high end is "(+inf"
     keys, args, _ = call(User.age > 18, order=User.age.desc())
-    assert keys == [ALL, b"pusr#r:age"]
+    assert keys == [b"pusr#r:age"]
     assert args == [1, b"18.0", 1, b"+inf", 1, b"", b"", b"", 0]
     keys, args, _ = call(User.age.between(18, 30))  # no order_by: the first range orders
-    assert keys == [ALL, b"pusr#r:age"] and args[:5] == [1, b"18.0", 0, b"30.0", 0]
+    assert keys == [b"pusr#r:age"] and args[:5] == [1, b"18.0", 0, b"30.0", 0]
     keys, args, _ = call(User.age <= float("inf"), order=User.age.asc())
     assert args[:5] == [1, b"-inf", 0, b"+inf", 1]
     keys, args, _ = call(order=User.age.asc())  # order without a condition: every entity
-    assert keys == [ALL, b"pusr#r:age"] and args[:5] == NONE
+    assert keys == [b"pusr#r:age"] and args[:5] == NONE
 
 
 def test_compile_terms() -> None:
     keys, args, types = call(User.city == "paris", User.age >= 18, User.email == "Ann@X.com")
     stripe, value = uk("ann@x.com")
-    assert keys == [ALL, b"pusr#r:age", b"pusr#i:city:paris", stripe]
+    assert keys == [b"pusr#r:age", b"pusr#i:city:paris", stripe]
     assert args[5:] == [b"", b"", b"", 2, b"e", b"u", value]
-    assert types == [b"zset", b"zset", b"set", b"hash"]
+    assert types == [b"zset", b"set", b"hash"]
     two = redisca.inspect(Two)
     keys, args, types = call(Two.a >= 1, Two.b <= 5, mapper=two, limit=10)
-    assert keys == [b"ptwo#all", b"ptwo#r:a", b"ptwo#r:b"]  # a orders, b is a term
+    assert keys == [b"ptwo#r:a", b"ptwo#r:b"]  # a orders, b is a term
     assert args == [1, b"1.0", 0, b"+inf", 1, b"", b"", b"", 1, b"r", b"-inf", 0, b"5.0", 0]
 
 
@@ -510,7 +520,7 @@ def test_index_writes_of_a_commit_are_one_command_per_key() -> None:
     names = [(c[0], c[1]) for c in commands]
     assert len(names) == len(set(names)), "a command repeated on one key"
     by_key = {(c[0], c[1]): c[2:] for c in commands}
-    assert by_key[(b"ZADD", ALL)] == (0, "u1", 0, "u2", 0, "u3")
+    assert (b"ZADD", b"pusr#all") not in by_key  # pusr#r:age holds the ids
     assert by_key[(b"ZADD", b"pusr#r:age")] == (b"30.0", "u1", b"30.0", "u2", b"30.0", "u3")
     assert by_key[(b"SADD", b"pusr#i:city:paris")] == ("u1", "u2", "u3")
     # every claim lands in its stripe, whichever stripes the three addresses share

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import random
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -115,6 +116,11 @@ def L(text: str) -> list[str]:
     return text.split()
 
 
+#: The people in User's default order: by age (its first range field), ties by id,
+#: u4 (no age) last. Queries with no order and no range condition come in it.
+DEFAULT_ORDER = "u5 u3 u1 u8 u7 u2 u6 u4"
+
+
 def q(r: redis.Redis):  # type: ignore[no-untyped-def]
     return Session(r).query(User)
 
@@ -123,17 +129,19 @@ def q(r: redis.Redis):  # type: ignore[no-untyped-def]
 
 
 def test_equality_on_each_equality_index(r: redis.Redis, people: dict[str, User]) -> None:
-    assert q(r).filter(User.city == "paris").ids() == ["u3", "u5", "u7"]
-    assert q(r).filter_by(city="lyon").ids() == ["u2", "u8"]
+    # In the default order: by age (User's first range field), ties by id, None last.
+    assert L(DEFAULT_ORDER) == ["u5", "u3", "u1", "u8", "u7", "u2", "u6", "u4"]
+    assert q(r).filter(User.city == "paris").ids() == ["u5", "u3", "u7"]
+    assert q(r).filter_by(city="lyon").ids() == ["u8", "u2"]
     assert q(r).filter(User.city == "nowhere").ids() == []
-    assert q(r).filter(User.active == True).ids() == ["u1", "u5", "u7", "u8"]  # noqa: E712
-    assert q(r).filter(User.active == False).ids() == ["u2", "u3"]  # noqa: E712
+    assert q(r).filter(User.active == True).ids() == ["u5", "u1", "u8", "u7"]  # noqa: E712
+    assert q(r).filter(User.active == False).ids() == ["u3", "u2"]  # noqa: E712
     assert q(r).filter(User.tier == Tier.PRO).ids() == ["u3", "u7"]
     with Session(r) as s:
         acme = s.get(Company, "c1")
-        assert s.query(User).filter(User.company == acme).ids() == ["u2", "u3", "u5"]
-        assert s.query(User).filter_by(company=acme).ids() == ["u2", "u3", "u5"]
-    assert q(r).filter(User.company == "c2").ids() == ["u7", "u8"]
+        assert s.query(User).filter(User.company == acme).ids() == ["u5", "u3", "u2"]
+        assert s.query(User).filter_by(company=acme).ids() == ["u5", "u3", "u2"]
+    assert q(r).filter(User.company == "c2").ids() == ["u8", "u7"]
     # range-indexed fields answer == too
     assert q(r).filter(User.age == 30).ids() == ["u1", "u8"]
     assert q(r).filter(User.score == 2.5).ids() == ["u1", "u3"]
@@ -317,7 +325,7 @@ def test_the_1x_range_example(r: redis.Redis, crowd: list[tuple[int, str]]) -> N
     assert query.offset(len(expected) + 1).count() == 0
     assert q(r).count() == 300
     assert q(r).offset(290).count() == 10
-    everyone = sorted(i for _, i in crowd)
+    everyone = [i for _, i in crowd]  # the default order: by age (the first range field)
     assert q(r).offset(100).limit(5).ids() == everyone[100:105]
     assert scratch_keys(r) == []
 
@@ -355,7 +363,8 @@ def test_count_without_condition_is_one_zcard(r: redis.Redis, counted: Counted) 
     counted.reset()
     assert session.query(User).count() == 25
     assert (counted.round_trips, counted.commands) == (1, 1)
-    r.zadd("qusr#all", {"ghost1": 0, "ghost2": 0})  # counted from the ids, not by loading
+    # counted from the ids of qusr#r:age (the all-ids index), not by loading
+    r.zadd("qusr#r:age", {"ghost1": math.inf, "ghost2": math.inf})
     assert session.query(User).count() == 27
 
 
@@ -368,7 +377,7 @@ def test_first_one_one_or_none(r: redis.Redis, people: dict[str, User]) -> None:
     paris = s.query(User).filter(User.city == "paris")
     assert paris.order_by(User.age).first().id == "u5"  # type: ignore[union-attr]
     assert paris.order_by(User.age.desc()).first().id == "u7"  # type: ignore[union-attr]
-    assert paris.first().id == "u3"  # type: ignore[union-attr]
+    assert paris.first().id == "u5"  # type: ignore[union-attr]  # the default order: age
     assert s.query(User).filter(User.city == "oslo").first() is None
     with pytest.raises(MultipleResultsFound):
         paris.one()
@@ -383,6 +392,48 @@ def test_first_one_one_or_none(r: redis.Redis, people: dict[str, User]) -> None:
     assert paris.limit(1).one_or_none() is not None
 
 
+def test_a_model_with_a_range_field_lists_in_its_default_order(
+    r: redis.Redis, people: dict[str, User]
+) -> None:
+    """No qusr#all: qusr#r:age (age is User's first range field) holds every id, and
+    queries with no order and no range condition come in its order, as order_by(age)."""
+    assert not r.exists("qusr#all") and r.zcard("qusr#r:age") == 8
+    assert r.zscore("qusr#r:age", "u4") == math.inf  # no age: still listed, last
+    s = Session(r)
+    everyone = s.query(User)
+    default = L(DEFAULT_ORDER)
+    assert everyone.ids() == default == everyone.order_by(User.age).ids()
+    assert ids_of(everyone.all()) == default and everyone.count() == 8
+    assert everyone.offset(2).limit(3).ids() == default[2:5]
+    assert everyone.offset(6).count() == 2 and everyone.limit(3).count() == 3
+    assert everyone.after("u1").limit(2).ids() == ["u8", "u7"]  # (30, u1) < (30, u8)
+    first = everyone.limit(4).all()
+    assert everyone.after(first[-1]).ids() == default[4:]  # the instance's stored age
+    assert everyone.after("u6").ids() == ["u4"] and everyone.after("u4").ids() == []
+    with pytest.raises(QueryError, match="after"):
+        everyone.after("nobody").ids()  # the id's position in qusr#r:age is needed
+    paris = everyone.filter(User.city == "paris")
+    assert paris.ids() == ["u5", "u3", "u7"] and paris.after("u3").ids() == ["u7"]
+    assert paris.offset(1).limit(1).ids() == ["u3"] and paris.count() == 3
+    # a second range field's condition orders by that field, as before
+    assert everyone.filter(User.score >= 2.5).ids() == ["u1", "u3", "u8", "u7", "u6"]
+
+
+def test_a_model_without_a_range_field_lists_in_id_order(r: redis.Redis) -> None:
+    with Session(r) as s:
+        s.add_all(Company(name=n, id=i) for i, n in [("c2", "b"), ("c10", "a"), ("a", "b")])
+        s.commit()
+    stored = r.zrange("qco#all", 0, -1, withscores=True)  # P#all: every score 0
+    assert [(as_str(m), score) for m, score in stored] == [("a", 0), ("c10", 0), ("c2", 0)]
+    s = Session(r)
+    companies = s.query(Company)
+    assert companies.ids() == ["a", "c10", "c2"] and companies.count() == 3
+    assert companies.offset(1).limit(1).ids() == ["c10"]
+    assert companies.after("b").ids() == ["c10", "c2"]  # id order: any id is a position
+    assert companies.filter(Company.name == "b").ids() == ["a", "c2"]
+    assert companies.filter(Company.name == "b").after("a").ids() == ["c2"]
+
+
 def test_ids_and_iteration(r: redis.Redis, people: dict[str, User]) -> None:
     s = Session(r)
     query = s.query(User).filter(User.age <= 30)
@@ -392,7 +443,8 @@ def test_ids_and_iteration(r: redis.Redis, people: dict[str, User]) -> None:
     assert len(list(s)) == 0  # ids() loads nothing
     assert [u.id for u in query] == ids
     assert list(query) == query.all()
-    assert sorted(q(r).ids()) == sorted(people) == q(r).ids()  # no condition: every id, sorted
+    assert q(r).ids() == L(DEFAULT_ORDER)  # no condition: every id, in the default order
+    assert sorted(q(r).ids()) == sorted(people)
 
 
 # -- errors ---------------------------------------------------------------------
@@ -437,11 +489,11 @@ def test_queries_are_generative(r: redis.Redis, people: dict[str, User]) -> None
     older = base.filter(User.age > 20)
     ordered = base.order_by(User.score.desc())
     paged = ordered.offset(1).limit(1)
-    assert base.ids() == ["u3", "u5", "u7"]
+    assert base.ids() == ["u5", "u3", "u7"]
     assert older.ids() == ["u3", "u7"]
     assert ordered.ids() == ["u7", "u3", "u5"]
     assert paged.ids() == ["u3"]
-    assert base.ids() == ["u3", "u5", "u7"] and ordered.ids() == ["u7", "u3", "u5"]
+    assert base.ids() == ["u5", "u3", "u7"] and ordered.ids() == ["u7", "u3", "u5"]
     assert base is not older and base.filter() is not base
 
 
@@ -452,8 +504,8 @@ def test_results_are_the_sessions_instances(r: redis.Redis, people: dict[str, Us
     u3.city = "oslo"  # not committed: the query reads Redis, returns the session's object
     u3.nickname = "changed"
     found = s.query(User).filter(User.city == "paris").all()
-    assert ids_of(found) == ["u3", "u5", "u7"]
-    assert found[0] is u3 and found[0].city == "oslo" and found[0].nickname == "changed"
+    assert ids_of(found) == ["u5", "u3", "u7"]  # by the stored age, the default order
+    assert found[1] is u3 and found[1].city == "oslo" and found[1].nickname == "changed"
     assert s.query(User).filter(User.city == "oslo").all() == []
     again = s.query(User).filter(User.age <= 25).all()
     assert again[1] is u3 and again[0] is s.get(User, "u5")

@@ -36,6 +36,16 @@ class Item:
     id: str | None = None
 
 
+@registry.mapped(prefix="qp")
+@attrs.define
+class Plain:
+    """No range index: its ids are in ``qp#all`` and its queries come in id order."""
+
+    email: str = Email(field="eml", unique=True)
+    city: str | None = String(index=True, default=None)
+    id: str | None = None
+
+
 @registry.mapped(prefix="qbig")
 @attrs.define
 class Big:
@@ -79,15 +89,17 @@ def _holds(row: Row, cond: tuple[Any, ...]) -> bool:
     }[op]
 
 
-def model(rows: dict[str, Row], shape: Shape) -> list[str]:
-    """What the query returns: filter, order by (value, id bytes), cursor, slice."""
+def model(rows: dict[str, Row], shape: Shape, default: str | None = "age") -> list[str]:
+    """What the query returns: filter, order by (value, id bytes), cursor, slice. With
+    no order and no range condition, the default order: by the first range field
+    (``default``: Item's ``age``), or by id alone for a model without one."""
     by = shape.order
     if by is None:
         ranged = [c[0] for c in shape.conditions if c[0] in ("age", "score")]
-        by = ranged[0] if ranged else None
+        by = ranged[0] if ranged else default
 
     def key(ident: str) -> tuple[float, bytes]:
-        value = 0 if by is None else rows[ident][by]
+        value = 0 if by is None else rows.get(ident, {}).get(by)
         return (INF if value is None else value, ident.encode())
 
     ordered = sorted(rows, key=key)
@@ -141,12 +153,27 @@ def write_raw(r: redis.Redis, rows: dict[str, Row]) -> None:
             fields["city"] = row["city"]
             pipe.sadd(f"qe#i:city:{row['city']}", ident)
         pipe.hset(f"qe:{ident}", mapping=fields)
-        pipe.zadd("qe#all", {ident: 0})
+        # no qe#all: qe#r:age, the first range index, holds every id
         for name in ("age", "score"):
             value = row[name]
             pipe.zadd(f"qe#r:{name}", {ident: "+inf" if value is None else float(value)})
         value = row["email"].lower().encode()
         pipe.hset(f"qe#u:eml:{zlib.crc32(value) % 128}", value, ident)
+    pipe.execute()
+
+
+def write_raw_plain(r: redis.Redis, rows: dict[str, Row]) -> None:
+    """The rows as ``Plain`` entities (email and city), in the documented layout."""
+    pipe = r.pipeline(transaction=False)
+    for ident, row in rows.items():
+        fields: dict[str, Any] = {"eml": row["email"]}
+        if row["city"] is not None:
+            fields["city"] = row["city"]
+            pipe.sadd(f"qp#i:city:{row['city']}", ident)
+        pipe.hset(f"qp:{ident}", mapping=fields)
+        pipe.zadd("qp#all", {ident: 0})  # a model without a range index keeps P#all
+        value = row["email"].lower().encode()
+        pipe.hset(f"qp#u:eml:{zlib.crc32(value) % 128}", value, ident)
     pipe.execute()
 
 
@@ -246,6 +273,44 @@ def test_engine_agrees_with_a_model_on_data_a_session_wrote(r: redis.Redis, data
         _check(r, rows, data.draw(shapes(rows)))
 
 
+@st.composite
+def plain_shapes(draw: Any, rows: dict[str, Row]) -> Shape:
+    """Queries a model without a range index takes: equality only, in id order, with a
+    cursor that may name no entity (id order needs no lookup)."""
+    conditions = tuple(
+        c
+        for c in (_condition(draw, rows) for _ in range(draw(st.integers(0, 2))))
+        if c[0] in ("city", "email")
+    )
+    return Shape(
+        conditions=conditions,
+        offset=draw(st.integers(0, 4)),
+        limit=draw(st.sampled_from([None, 0, 1, 2, 7])),
+        after=draw(st.sampled_from([None, "", "a", "Zz", *sorted(rows)])),
+    )
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_model_without_a_range_index_comes_in_id_order(r: redis.Redis, data: Any) -> None:
+    rows = data.draw(datasets())
+    r.flushdb()
+    write_raw_plain(r, rows)
+    for _ in range(4):
+        shape = data.draw(plain_shapes(rows))
+        expected = model(rows, shape, default=None)
+        with Session(r) as s:
+            query = s.query(Plain)
+            for field, _, value in shape.conditions:
+                query = query.filter(getattr(Plain, field) == value)
+            query = query.offset(shape.offset).limit(shape.limit)
+            if shape.after is not None:
+                query = query.after(shape.after)
+            assert query.ids() == expected, shape
+            assert query.count() == len(expected), shape
+            assert [p.id for p in query.all()] == expected, shape
+
+
 def test_byte_order_not_locale_order(r: redis.Redis) -> None:
     rows = {i: {"email": f"{i}@x.io", "age": 1, "score": None, "city": "x"} for i in "aBb_Z0"}
     write_raw(r, rows)
@@ -310,7 +375,7 @@ def work(query: Any, mode: bytes = b"ids") -> int:
 def test_a_page_reads_what_it_returns_not_the_index(r: redis.Redis, skewed: dict[str, Row]) -> None:
     with Session(r) as s:
         q = s.query(Item)
-        assert work(q.limit(10)) == 10  # (a) without a term: a slice of qe#all by rank
+        assert work(q.limit(10)) == 10  # (a) without a term: a slice of qe#r:age by rank
         assert work(q.order_by(Item.age).limit(10)) == 10
         assert work(q.order_by(Item.score.desc()).offset(2000).limit(10)) == 10  # by rank
         assert work(q, b"count") == 0 and q.count() == BIG  # one ZCARD
@@ -392,8 +457,14 @@ def test_after_an_id_in_no_index_is_a_query_error(r: redis.Redis) -> None:
     with Session(r) as s:
         with pytest.raises(QueryError, match="after"):
             s.query(Item).order_by(Item.age).after("gone").ids()
-        assert s.query(Item).after("0").ids() == ["a"]  # id order needs no lookup
+        # no order: the default order (by age) needs the id's position there too
+        with pytest.raises(QueryError, match="after"):
+            s.query(Item).after("0").ids()
         assert s.query(Item).after("a").ids() == []
+    write_raw_plain(r, {"a": {"email": "a@x.io", "city": None}})
+    with Session(r) as s:
+        assert s.query(Plain).after("0").ids() == ["a"]  # id order needs no lookup
+        assert s.query(Plain).after("a").ids() == []
 
 
 @pytest.mark.parametrize("desc", [False, True])

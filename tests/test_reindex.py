@@ -44,8 +44,19 @@ class Log:
     id: str | None = None
 
 
+@registry.mapped(prefix="tag")
+@attrs.define
+class Tag:
+    """No range index: its ids live in ``tag#all`` (Item's in ``item#r:rank``, Log's in
+    ``log#r:n``), which a run rebuilds as member ``#all``."""
+
+    label: str = redisca.String(index=True, default="")
+    id: str | None = None
+
+
 ITEMS = redisca.inspect(Item)
 LOGS = redisca.inspect(Log)
+TAGS = redisca.inspect(Tag)
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +69,7 @@ def forget_sightings() -> Iterator[None]:
 def consistent(r: redis.Redis) -> None:
     assert_indexes_consistent(r, ITEMS)
     assert_indexes_consistent(r, LOGS)
+    assert_indexes_consistent(r, TAGS)
     report = check(registry, r)
     assert report.ok, report.problems
 
@@ -68,6 +80,7 @@ def seed(r: redis.Redis, n: int = 40) -> None:
             Item(color=f"c{i % 4}", rank=i, code=f"K{i}", note="x", id=str(i)) for i in range(n)
         )
         s.add_all(Log(level=("info", "warn")[i % 2], n=i) for i in range(n))
+        s.add_all(Tag(f"t{i % 3}", id=f"t{i}") for i in range(n))
         s.commit()
 
 
@@ -80,8 +93,10 @@ def corrupt(r: redis.Redis) -> None:
     r.srem("item#i:color:c1", "1")  # missing entry
     r.sadd("item#i:color:c2", "3")  # orphan
     r.zadd("item#r:rank", {"5": 99, "ghost": 1})  # wrong score, orphan
-    r.zrem("item#all", "6")  # missing from all
-    r.zadd("item#all", {"ghost": 0})  # stale id
+    r.zrem("item#r:rank", "6")  # missing from the range index, Item's all-ids index
+    r.zadd("item#all", {"6": 0})  # an all-ids set Item no longer keeps (it has a range index)
+    r.zrem("tag#all", "t6")  # missing from all
+    r.zadd("tag#all", {"ghost": 0})  # stale id
     r.hset(S("K7"), "K7", "8")  # wrong owner
     r.hset(S("nobody"), "nobody", "9")  # dangling
     r.hdel(S("K10"), "K10")  # missing unique
@@ -105,10 +120,13 @@ def test_reindex_repairs_every_index_problem(r: redis.Redis) -> None:
     assert report.ok, report.problems
     by_model = {m.model: m for m in report.models}
     assert by_model["Item"].entities == 40 and by_model["Log"].entities == 40
-    assert by_model["Item"].rebuilt == ["#all", "color", "rank", "code"]
-    # the note index, the old-layout key, and the stripe naming nobody if no code shares it
+    assert by_model["Item"].rebuilt == ["color", "rank", "code"]  # rank's index: the ids
+    assert by_model["Tag"].rebuilt == ["#all", "label"]
+    # the note index, the old-layout unique key and item#all, and the stripe naming
+    # nobody if no code shares it
     alone = S("nobody") not in {S(f"K{i}") for i in range(40)}
-    assert by_model["Item"].deleted == 2 + alone
+    assert by_model["Item"].deleted == 3 + alone
+    assert not r.exists("item#all") and r.zcard("tag#all") == 40
     consistent(r)
     assert not [k for k in r.scan_iter(match="*#[xb]*")]  # no marker, no build key left
     with Session(r) as s:
@@ -131,21 +149,45 @@ def test_clean_data_is_rebuilt_identical(r: redis.Redis) -> None:
 def test_only_the_fields_asked_for(r: redis.Redis) -> None:
     seed(r)
     corrupt(r)
+    report = reindex(registry, r, models=["Item"], fields=["color"])
+    assert report.models[0].rebuilt == ["color"]
+    assert ("old_layout", "item#all") in {(p.kind, p.key) for p in check(Item, r).problems}
     report = reindex(registry, r, models=["Item"], fields=["rank", Item.code])
     assert report.models[0].rebuilt == ["rank", "code"]
+    assert not r.exists("item#all")  # rank's index holds the ids: item#all goes with it
+    r.srem("item#i:color:c1", "1")
+    r.sadd("item#i:color:c2", "3")
     left = {(p.kind, p.key) for p in check(registry, r).problems}
-    assert left == {  # the color index, the all-ids set and Log's were not touched
+    assert left == {  # the color index, Log's and Tag's were not touched
         ("missing_entry", "item#i:color:c1"),
         ("orphan_entry", "item#i:color:c2"),
-        ("missing_from_all", "item#all"),
-        ("stale_id", "item#all"),
         ("stray_key", "item#i:note:x"),
         ("missing_entry", "log#i:level:warn"),
+        ("missing_from_all", "tag#all"),
+        ("stale_id", "tag#all"),
     }
     with pytest.raises(MaintenanceError, match=r"Item\.note is not indexed"):
         reindex(registry, r, models=["Item"], fields=["note"])
     with pytest.raises(MaintenanceError, match="no mapped attribute 'nope'"):
         reindex(registry, r, models=["Item"], fields=["nope"])
+
+
+def test_a_leftover_all_ids_set_is_reported_then_deleted(r: redis.Redis) -> None:
+    """Item's ids live in item#r:rank: an item#all as earlier versions wrote it beside the
+    range index is reported as old_layout, and a run deletes it in its switch."""
+    seed(r, 12)
+    assert not r.exists("item#all") and r.zcard("item#r:rank") == 12
+    r.zadd("item#all", {str(i): 0 for i in range(12)})
+    found = check(registry, r).problems
+    assert [(p.kind, p.key, p.field) for p in found] == [("old_layout", "item#all", None)]
+    assert "item#r:rank, holds every id" in found[0].detail
+    with Session(r) as s:  # queries never read it
+        assert s.query(Item).count() == 12 and s.query(Item).limit(2).ids() == ["0", "1"]
+    report = reindex(registry, r)
+    assert report.ok and not r.exists("item#all") and r.zcard("tag#all") == 12
+    by_model = {m.model: m for m in report.models}
+    assert by_model["Item"].deleted == 1 and "#all" not in by_model["Item"].rebuilt
+    consistent(r)
 
 
 def test_values_that_cannot_be_indexed_are_reported(r: redis.Redis) -> None:
@@ -198,10 +240,19 @@ def test_an_index_for_a_field_that_gained_index_true_is_built(r: redis.Redis) ->
         s.add(Shop("new", city="Oslo", size=100))  # a write by the new model is indexed
         s.commit()
         assert len(s.query(Shop).filter(Shop.city == "Oslo").all()) == 1
-    assert {p.kind for p in check(Shop, r).problems} == {"missing_entry"}
+    # Shop gained its first range index: shop#r:size holds its ids now, not shop#all
+    found = check(Shop, r).problems
+    assert {p.kind for p in found} == {"missing_entry", "old_layout"}
+    (old,) = [p for p in found if p.kind == "old_layout"]
+    assert old.key == "shop#all" and "shop#r:size" in old.detail and "reindex" in old.detail
+    with Session(r) as s:
+        assert s.query(Shop).count() == 1  # until reindex, only what shop#r:size holds
     report = reindex(after, r, fields=["city", "size"])
     assert report.ok and report.models[0].entities == 31
-    assert check(Shop, r).ok
+    assert check(Shop, r).ok and not r.exists("shop#all")
+    with Session(r) as s:
+        assert s.query(Shop).count() == 31
+        assert s.query(Shop).limit(3).ids() == s.query(Shop).order_by(Shop.size).limit(3).ids()
     with Session(r) as s:
         oslo = s.query(Shop).filter(Shop.city == "Oslo").all()
         assert len(oslo) == 16 and {shop.city for shop in oslo} == {"Oslo"}
@@ -218,8 +269,10 @@ def run_token(r: redis.Redis, prefix: str) -> str:
     return token.decode() if isinstance(token, bytes) else token
 
 
-def built_ids(r: redis.Redis, prefix: str) -> set[str]:
-    members = r.zrange(f"{prefix}#b:{run_token(r, prefix)}:all", 0, -1)
+def built_ids(r: redis.Redis, prefix: str, index: str = "all") -> set[str]:
+    """The ids the running run has built into an all-ids index: ``P#all``'s, or that of
+    the first range field (``index="r:<field>"``)."""
+    members = r.zrange(f"{prefix}#b:{run_token(r, prefix)}:{index}", 0, -1)
     return {m.decode() if isinstance(m, bytes) else m for m in members}
 
 
@@ -241,7 +294,16 @@ def test_commits_during_a_run_are_in_the_switched_indexes(r: redis.Redis) -> Non
                     log.level = "moved"
                 s.commit()
             return
-        built = sorted(built_ids(r, "item"), key=int)
+        if model == "Tag":
+            built = sorted(built_ids(r, "tag"), key=lambda t: int(t[1:]))
+            assert built and len(built) < 60
+            with Session(r) as s:  # inserts and deletes mirror into the build of tag#all
+                s.add_all(Tag("late", id=f"late{i}") for i in range(3))
+                s.delete(s.reference(Tag, built[0]))
+                s.delete(s.reference(Tag, "t59"))
+                s.commit()
+            return
+        built = sorted(built_ids(r, "item", "r:rank"), key=int)
         rest = sorted({str(i) for i in range(60)} - set(built), key=int)
         assert built and len(rest) > 3  # part of the model is built, part is not
         with Session(r) as s:
@@ -261,8 +323,9 @@ def test_commits_during_a_run_are_in_the_switched_indexes(r: redis.Redis) -> Non
             s.commit()
 
     report = reindex(registry, r, batch=5, progress=meanwhile)
-    assert report.ok and done == ["Item", "Log"]
+    assert report.ok and done == ["Item", "Log", "Tag"]
     consistent(r)
+    assert r.zcard("tag#all") == 60 + 3 - 2
     with Session(r) as s:
         assert len(s.query(Item).filter(Item.color == "new").all()) == 3
         assert s.query(Log).filter(Log.level == "late").count() == 5
@@ -365,7 +428,7 @@ def test_a_lost_marker_stops_the_run_before_the_switch(r: redis.Redis) -> None:
     with pytest.raises(RunLost):
         reindex(registry, r, models=["Item"], batch=5, progress=lose)
     assert not [k for k in r.scan_iter(match="item#b:*") if b"dead" not in _b(k)]
-    assert len({p.kind for p in check(Item, r).problems}) == 11  # nothing was switched
+    assert len({p.kind for p in check(Item, r).problems}) == 9  # nothing was switched
 
 
 def test_a_long_run_keeps_its_marker_alive(r: redis.Redis) -> None:

@@ -335,6 +335,9 @@ class QuerySpec:
         by = self.order[0] if self.order else None
         if by is None:
             by = next((c.name for c in self.conds if c.name in RANGED), None)
+        if by is None:  # the default order: the first range field's, else id order
+            default = redisca.inspect(self.cls).default_order
+            by = None if default is None else default.name
         if by is None:
             ordered = sorted(ids)
         else:

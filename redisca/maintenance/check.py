@@ -4,15 +4,16 @@ Two passes over the keyspace with ``SCAN``, batched and pipelined:
 
 1. entities (``P:*``): each page of hashes is read and decoded, and what it
    calls for is probed in one more round trip (``SMISMEMBER`` and ``ZMSCORE``
-   per index key, ``HMGET`` per unique stripe): its id in ``P#all``, its entry
+   per index key, ``HMGET`` per unique stripe): its id in ``P#all`` (a model
+   with a range index has none: its first range index holds the ids), its entry
    in each equality set and range sorted set (with the right score, ``+inf``
    where it holds no value), its unique values naming it. Each index key's
    expected size is counted;
 2. the model's other keys (``P#*``): an index key holding more members than the
    entities that call for it has orphans, and only then is it read member by
    member; a unique field's stripes likewise, field by field. Keys the model
-   does not use are reported too, and keys of the layout before redisca 2.0
-   (``reindex`` converts them) as such.
+   does not use are reported too, and keys of an earlier layout (``reindex``
+   converts them) as such: among them ``P#all`` on a model with a range index.
 
 What either pass finds is only a suspicion, since the application may be
 committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of the
@@ -171,7 +172,9 @@ def expectations(mapper: Mapper, values: dict[bytes, bytes]) -> tuple[list[Expec
     """The index entries a hash calls for, and its fields that cannot be read:
     ``(field, raw, exception)``."""
     layout = mapper.layout
-    expects = [Expect("all", layout.all_ids)]
+    # A model with a range index keeps every id in its first one: the range entry
+    # below stands for the all-ids entry.
+    expects = [] if layout.all_ids_is_range else [Expect("all", layout.all_ids)]
     bad: list[Any] = []
     for field in mapper.fields:
         raw = values.get(field.hash_field)
@@ -363,6 +366,9 @@ class _ModelCheck:
             self.entry_suspects[("stray", key, None, None)] = None
             return None
         if parsed.kind == "all":
+            if self.layout.all_ids_is_range:  # the layout before: its range index has them
+                self.entry_suspects[("old", key, None, None)] = None
+                return None
             return "all", None
         field = self.fields.get(parsed.field or b"")
         if field is None or not _indexes(field, parsed.kind):
@@ -526,6 +532,9 @@ class _ModelCheck:
         if kind == "old":
             if not snap.read([key], [(b"EXISTS", key)])[0]:
                 return None
+            if parsed.kind == "all":
+                detail = _OLD_ALL.format(show(self.layout.all_ids))
+                return self.problem("old_layout", key, None, detail)
             return self.problem("old_layout", key, None, _OLD_DETAIL["unique"])
         if kind == "type":
             now = snap.read([key], [(b"TYPE", key)])[0]
@@ -615,6 +624,15 @@ _OLD_DETAIL = {
     "unique": "a unique key of the layout before redisca 2.0 (a key per value, now "
     "stripe hashes): `python -m redisca reindex` converts it",
 }
+
+#: ``P#all`` on a model with a range index (one added since, or the layout before
+#: redisca 2.0's development versions dropped it there).
+_OLD_ALL = (
+    "an all-ids set the model no longer keeps: it has a range index, and its first one, "
+    "{}, holds every id; `python -m redisca reindex` builds that index from the hashes "
+    "and deletes this key (until then queries of the model see only what the range "
+    "index holds)"
+)
 
 
 def _stray_detail(kind: str) -> str:

@@ -156,16 +156,19 @@ def reindex(
     report = ReindexReport()
     for mapper in select_mappers(registry_or_classes, models):
         members = _members(mapper, fields)
-        task = _Run(client, mapper, members, max(1, batch), progress, ttl)
+        task = _Run(client, mapper, members, max(1, batch), progress, ttl, full=fields is None)
         report.models.append(task.run())
         report.problems += task.problems
     return report
 
 
 def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
-    """What a run rebuilds: hash field names, and ``#all`` for the all-ids set."""
+    """What a run rebuilds: hash field names, and ``#all`` for the all-ids set ``P#all``
+    of a model without a range index (with one, its first range field's index holds
+    every id: rebuilding that field rebuilds the all-ids index)."""
     if fields is None:
-        return [ALL_IDS, *(f.hash_field for f in mapper.indexed)]
+        indexed = [f.hash_field for f in mapper.indexed]
+        return indexed if mapper.layout.all_ids_is_range else [ALL_IDS, *indexed]
     chosen: list[bytes] = []
     for wanted in [fields] if isinstance(fields, str) else fields:
         name = getattr(wanted, "name", wanted)
@@ -189,8 +192,13 @@ class _Run:
         batch: int,
         progress: Progress | None,
         ttl: float,
+        *,
+        full: bool,
     ) -> None:
         self.client = client
+        #: Every index of the model is rebuilt (not only some fields'): indexes of
+        #: fields that have none go too.
+        self.full = full
         self.mapper = mapper
         self.layout = mapper.layout
         self.members = members
@@ -363,9 +371,15 @@ class _Run:
     def live_keys(self) -> list[bytes]:
         """Live index keys the switch deletes unless a build key replaces them: those of
         what is rebuilt (unique keys of the layout before 2.0 included: a key per value,
-        which the stripes replace), and, in a full run, indexes of fields that have none."""
+        which the stripes replace), and, in a full run, indexes of fields that have none.
+        ``P#all`` goes with the all-ids index it was or is: on a model with a range index,
+        a leftover of the layout before that the rebuilt range index replaces."""
         rebuilt = set(self.members)
-        everything = ALL_IDS in rebuilt
+        everything = self.full
+        ids_rebuilt = ALL_IDS in rebuilt or (
+            self.mapper.default_order is not None
+            and self.mapper.default_order.hash_field in rebuilt
+        )
         found: list[bytes] = []
         for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
             for key in keys:
@@ -373,7 +387,7 @@ class _Run:
                 if parsed.kind not in INDEX_KINDS and parsed.kind != "old_unique":
                     continue
                 if parsed.kind == "all":
-                    if everything:
+                    if ids_rebuilt:
                         found.append(key)
                 elif (everything and not self.indexes(parsed)) or parsed.field in rebuilt:
                     found.append(key)

@@ -45,10 +45,12 @@ class ModelStats:
     model: str
     prefix: str
     entities: int = 0
-    #: Members of the all-ids set (equal to ``entities`` when the indexes are sound).
+    #: Members of the all-ids index (``P#all``, or the first range index of a model
+    #: with one): equal to ``entities`` when the indexes are sound.
     ids: int = 0
-    #: Keys by kind: ``all``, ``eq``, ``range``, ``unique`` (stripes), ``guard``,
-    #: ``other`` (reindex, stray, the layout before 2.0).
+    #: Keys by kind: ``all`` (``P#all``: none on a model with a range index), ``eq``,
+    #: ``range``, ``unique`` (stripes), ``guard``, ``other`` (reindex, stray, earlier
+    #: layouts).
     index_keys: dict[str, int] = attrs.field(factory=dict)
     #: Entries of the equality, range and unique indexes (a unique value is one entry).
     index_entries: int = 0
@@ -108,7 +110,7 @@ def _model_stats(
         for keys in scan(client, pattern, batch):
             sized: list[bytes] = []
             for key in keys:
-                kind = _kind(layout.parse(key), fields)
+                kind = _kind(layout.parse(key), fields, layout.all_ids_is_range)
                 counts[kind] = counts.get(kind, 0) + 1
                 if kind in _CARD:
                     sized.append(key)
@@ -129,8 +131,11 @@ def _model_stats(
     return out
 
 
-def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField]) -> str:
-    """A key's kind for counting: an index of a field that has none is "other"."""
+def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField], all_ids_is_range: bool) -> str:
+    """A key's kind for counting: an index of a field that has none is "other", and so is
+    ``P#all`` on a model whose all-ids index is a range index (a leftover)."""
+    if parsed.kind == "all" and all_ids_is_range:
+        return "other"
     if parsed.kind in ("entity", "all", "guard"):
         return parsed.kind
     field = fields.get(parsed.field or b"")

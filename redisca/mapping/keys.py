@@ -8,7 +8,8 @@ continue with ``:`` (``P:<id>``), everything redisca keeps beside them with
 ``P#x``, ``P#b:<run>`` and ``P#b:<run>:<index key without P#>``; ``P#t:<token>``
 is reserved for the query scratch keys of earlier versions). Field names hold
 no ``:``, so the value is the whole remainder of an index key. No id or value
-can make two things share a key. See ``docs/keylayout.rst``.
+can make two things share a key. A model with a range index keeps no ``P#all``:
+its first range field's index holds every id. See ``docs/keylayout.rst``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class KeyLayout:
 
     __slots__ = (
         "_all",
+        "_all_ids",
         "_build",
         "_entity",
         "_eq",
@@ -99,13 +101,17 @@ class KeyLayout:
         "prefix",
     )
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, ids_field: bytes | None = None) -> None:
+        """``ids_field``: the hash field of the model's first range-indexed field, if it
+        has one. Its range index holds every entity already (``+inf`` without a value),
+        so it is the model's all-ids index too, and ``P#all`` is not kept."""
         self.prefix = prefix
         p = prefix.encode()
         self._entity = p + b":"
         self._all = p + b"#all"
         self._eq = p + b"#i:"
         self._range = p + b"#r:"
+        self._all_ids = self._all if ids_field is None else self._range + ids_field
         self._unique = p + b"#u:"
         self._tmp = p + b"#t:"
         self._guard = p + b"#g:"
@@ -127,6 +133,20 @@ class KeyLayout:
 
     @property
     def all_ids(self) -> bytes:
+        """The sorted set holding every id of the model: the first range field's index
+        ``P#r:<field>`` when the model has one, else ``P#all`` (every score 0)."""
+        return self._all_ids
+
+    @property
+    def all_ids_is_range(self) -> bool:
+        """Whether the all-ids index is a range index: then ``P#all`` is not written, and
+        the commands that keep the range index keep every id too."""
+        return self._all_ids != self._all
+
+    @property
+    def all_set(self) -> bytes:
+        """``P#all``, the all-ids sorted set of a model without a range index; on a model
+        with one, a leftover of the layout before (``check`` reports, ``reindex`` deletes it)."""
         return self._all
 
     def eq_index(self, field: bytes, value: bytes) -> bytes:

@@ -165,7 +165,8 @@ class Mapper:
         self.class_: type[Any] = cls
         #: The key prefix (redisca 1.x's ``getprefix()``).
         self.prefix = prefix
-        #: Builds every key name of the class (see the Key layout page).
+        #: Builds every key name of the class (see the Key layout page); built again
+        #: by set_fields, once the range fields that decide the all-ids key are known.
         self.layout = KeyLayout(prefix)
         #: The name of the identity attribute.
         self.id_attr = id_attr
@@ -184,6 +185,10 @@ class Mapper:
         self.references: tuple[MappedField, ...] = ()
         #: Whether any field's values may change in place (see MappedField.mutable).
         self.mutable = False
+        #: The first range-indexed field (declaration order), or ``None``: its index
+        #: holds every entity, so it is the model's all-ids index (no ``P#all``) and
+        #: gives the order of queries with no order and no range condition.
+        self.default_order: MappedField | None = None
         self.id_attribute: FieldAttribute = None  # type: ignore[assignment]
         self._filler: Filler | None = None
         self._encoder: Encoder | None = None
@@ -199,6 +204,10 @@ class Mapper:
         self.plain = frozenset(f for f in fields if not f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
         self.mutable = any(f.mutable for f in fields)
+        self.default_order = next((f for f in fields if f.index == "range"), None)
+        # The first range field's index is the all-ids index: the layout depends on it.
+        ids_field = None if self.default_order is None else self.default_order.hash_field
+        self.layout = KeyLayout(self.prefix, ids_field)
 
     def instrument(self) -> None:
         """Install a descriptor per mapped attribute (and on the identity attribute)."""

@@ -5,7 +5,8 @@ session's snapshot, so an index cannot drift when another client changed the
 entity meanwhile. Unique stripes map each value to its owner's id: a claim
 succeeds when the value is free, already ours, or released by its owner in
 this same commit; a release removes only a value this entity owns. A range
-index holds every entity, those without a value at score ``+inf``.
+index holds every entity, those without a value at score ``+inf``; so a model
+with one keeps no ``P#all`` (its first range index is its all-ids index).
 """
 
 from __future__ import annotations
@@ -303,7 +304,8 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
     if len(hset) == 2:
         hset += (EXISTS_FIELD, b"")
     em.out.append(tuple(hset))
-    em.add(change, ALL_IDS, b"ZADD", mapper.layout.all_ids, 0, change.id)
+    if not mapper.layout.all_ids_is_range:  # else the range index's ZADD adds the id
+        em.add(change, ALL_IDS, b"ZADD", mapper.layout.all_ids, 0, change.id)
     index_add = em.index_add
     for field in mapper.indexed:
         index_add(change, field, values.get(field))
@@ -355,7 +357,8 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
     if current is None:
         return  # already gone: nothing of it is left to remove
     em.deleted.append(change.key)
-    em.remove(change, ALL_IDS, b"ZREM", change.mapper.layout.all_ids, change.id)
+    if not change.mapper.layout.all_ids_is_range:  # else the range index's ZREM does
+        em.remove(change, ALL_IDS, b"ZREM", change.mapper.layout.all_ids, change.id)
     for field in change.mapper.indexed:
         if field.index == "range":
             em.remove(change, field.hash_field, b"ZREM", _range_key(field), change.id)

@@ -230,7 +230,7 @@ class Query(Generic[T]):
         try:
             return [i.decode() for i in ids]
         except UnicodeDecodeError:  # data another program wrote: name the indexes read
-            where = b" or ".join(dict.fromkeys(call.keys[2:])) or call.keys[1]
+            where = b" or ".join(dict.fromkeys(call.keys[1:])) or call.keys[0]
             return [decode_id(i, where) for i in ids]
 
 

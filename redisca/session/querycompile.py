@@ -3,7 +3,8 @@
 Equality conditions become terms the script probes or fetches (an index set, a
 unique value's stripe hash), range conditions a score window per field. One
 range index orders the query (``order_by``'s field, else the first range
-condition's; ``P#all`` in id order otherwise) and its window becomes the
+condition's, else the model's first range field: its *default order*; ``P#all``
+in id order for a model without a range index) and its window becomes the
 script's walk; the other windows are terms. Bounds are exact: ints beyond 2**53
 and sub-second datetimes round to what stored values can equal, and no window
 admits +inf, the score of a missing value. See :mod:`redisca.session.queryscript`.
@@ -279,10 +280,12 @@ def ordering_field(
     mapper: Mapper, filters: Filters, ordering: Ordering | None
 ) -> MappedField | None:
     """The field whose range index gives the order: ``order_by``'s, else the first
-    range condition's; ``None`` for id order (``P#all``)."""
+    range condition's, else the model's first range field (its index holds every
+    entity: the model's all-ids index); ``None`` for id order (``P#all``), on a model
+    without a range index."""
     by = order_field(mapper, ordering)
-    if by is None and filters.ranges:
-        by = filters.ranges[0][0]
+    if by is None:
+        by = filters.ranges[0][0] if filters.ranges else mapper.default_order
     return by
 
 
@@ -314,9 +317,11 @@ def compile_query(
 ) -> ScriptCall:
     """The script call that answers a query: ``mode`` is ``ids``, ``count`` or ``load``."""
     layout = mapper.layout
+    # The ordering zset is the only key every query reads: P#all (scores all 0, so
+    # positions are ranks) or a range index (positions are (score, id)).
     ordered = layout.all_ids if by is None else layout.range_index(by.hash_field)
-    keys: list[bytes] = [layout.all_ids, ordered]
-    types: list[bytes] = [b"zset", b"zset"]
+    keys: list[bytes] = [ordered]
+    types: list[bytes] = [b"zset"]
     window: Range | None = None
     terms: list[Term] = list(filters.terms)
     for field, rng in filters.ranges:
@@ -329,6 +334,7 @@ def compile_query(
         offset,
         -1 if limit is None else limit,
         int(descending),
+        int(by is not None),
         layout.entity_of(b""),
         int(window is not None),
         *window_args(window or Range()),

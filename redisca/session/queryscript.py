@@ -3,7 +3,8 @@
 It reads the indexes in place (no scratch keys) and chooses, from counts that
 cost O(1) or O(log N), between two ways to find a page:
 
-(a) walk the ordering index (a field's range index, or ``P#all`` for id order)
+(a) walk the ordering index (a field's range index, or ``P#all`` for id order on
+    a model without one)
     in order, in batches, probing every other condition for each id, until
     offset + limit ids matched;
 (b) fetch the smallest candidate set (an equality set, the owner of a unique
@@ -46,8 +47,10 @@ AFTER_MISSING = "REDISCA-AFTER"
 SCRIPT = (
     b"""
 -- redisca query engine (see redisca/session/queryscript.py).
--- KEYS: [1] all ids (zset, score 0), [2] ordering zset, then each term's keys.
--- ARGV: mode, offset, limit (-1: none), desc (0/1), entity key prefix,
+-- KEYS: [1] ordering zset, then each term's keys.
+-- ARGV: mode, offset, limit (-1: none), desc (0/1),
+--       byscore (1: the ordering zset is a range index; 0: P#all, every score 0),
+--       entity key prefix,
 --       window of the ordering zset: restricted (0/1), low, low excl, high, high excl,
 --       cursor: kind ('' none, 'i' id only, 's' score and id), score, id,
 --       number of terms, then each term: kind and its arguments.
@@ -57,7 +60,7 @@ local MIN_BATCH, MAX_BATCH = """
     + str(MAX_BATCH).encode()
     + b"""
 local work = 0
-local ki, ai = 3, 1
+local ki, ai = 2, 1
 local function key() local k = KEYS[ki]; ki = ki + 1; return k end
 local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
 
@@ -121,9 +124,9 @@ kinds.r = {  -- a score window of a range index
   end,
 }
 
-local allkey, okey = KEYS[1], KEYS[2]
+local okey = KEYS[1]
 local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
-local desc, prefix = arg() == '1', arg()
+local desc, byscore, prefix = arg() == '1', arg() == '1', arg()
 local restricted = arg() == '1'
 local ow = window()
 local ckind, cscore, cid = arg(), arg(), arg()
@@ -275,7 +278,6 @@ end
 -- (b) The smallest set's ids that pass the other terms and lie in the window, after
 -- the cursor, sorted: by score in a field's index (ZSCORE, O(1); ties by id), by rank
 -- in P#all (id order). A count with neither window nor cursor needs no position.
-local byscore = okey ~= allkey
 local function after_cursor(s, id)
   if ckind == '' then return true end
   if desc then return s < cnum or (s == cnum and lt(id, cid)) end

@@ -3,7 +3,8 @@
 A reindex (:mod:`redisca.maintenance.reindex`) builds a model's indexes into
 new keys and then switches them in, in one atomic step. While it builds, the
 model's *marker* ``P#x`` exists: a LIST holding the run's token, then what the
-run rebuilds (hash field names, and ``#all`` for the all-ids set). Every
+run rebuilds (hash field names, and ``#all`` for the all-ids set ``P#all`` of a
+model without a range index: with one, its first range field is the all-ids index). Every
 commit that changes index entries of the model applies each change to the
 run's build key too, so a build key never falls behind the hash it was built
 from. Two ways to learn of the marker, both inside the commit's own round trips:
@@ -34,7 +35,7 @@ import attrs
 from ..mapping.keys import RUN_RE
 from .plan import DELETE, INSERT, CommitPlan
 
-#: The marker's member for the all-ids set (hash field names never hold ``#``).
+#: The marker's member for the all-ids set ``P#all`` (hash field names never hold ``#``).
 ALL_IDS = b"#all"
 
 #: A value of a build unique stripe is released only if the entity releasing it owns
