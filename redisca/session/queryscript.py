@@ -382,34 +382,40 @@ SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
 #: server time, twice what the lookup itself needs.
 LOOKUP = b"""
 -- redisca query engine, lookup by a unique value (see redisca/session/queryscript.py).
+-- KEYS and ARGV as the engine's script reads them (its header), read in the same order.
+local ai = 1
+local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
 local function num(s)
   if s == 'inf' or s == '+inf' then return math.huge end
   if s == '-inf' then return -math.huge end
   return tonumber(s)
 end
-local function inside(s, a)
-  local lo, hi = num(ARGV[a]), num(ARGV[a + 2])
-  if s < lo or (s == lo and ARGV[a + 1] == '1') then return false end
-  if s > hi or (s == hi and ARGV[a + 3] == '1') then return false end
+local function window() return {num(arg()), arg() == '1', num(arg()), arg() == '1'} end
+local function inside(s, w)
+  if s < w[1] or (s == w[1] and w[2]) then return false end
+  if s > w[3] or (s == w[3] and w[4]) then return false end
   return true
 end
-local mode, offset, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local okey = KEYS[1]
+local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+arg(); arg()  -- desc, byscore: one id has no order
+local prefix = arg()
+local restricted = arg() == '1'
+local ow = window()
+arg(); arg(); arg()  -- the cursor: none (a query with one runs the engine's script)
 local work, id, ok = 0, nil, true
 local probes = {}
-local ki, ai = 3, 15
-for _ = 1, tonumber(ARGV[14]) do
-  local kind = ARGV[ai]
-  ai = ai + 1
+local ki = 2
+for _ = 1, tonumber(arg()) do
+  local kind = arg()
   if kind == 'u' then
-    local owner = redis.call('HGET', KEYS[ki], ARGV[ai])
-    ai = ai + 1
+    local owner = redis.call('HGET', KEYS[ki], arg())
     if not owner or (id and owner ~= id) then ok = false end
     if ok then id = owner end
   elseif kind == 'e' then
-    probes[#probes + 1] = {'e', KEYS[ki]}
+    probes[#probes + 1] = {KEYS[ki]}
   else
-    probes[#probes + 1] = {'r', KEYS[ki], ai}
-    ai = ai + 4
+    probes[#probes + 1] = {KEYS[ki], window()}
   end
   ki = ki + 1
 end
@@ -417,19 +423,19 @@ if ok then
   work = 1
   for _, p in ipairs(probes) do
     work = work + 1
-    if p[1] == 'e' then
-      ok = redis.call('SISMEMBER', p[2], id) == 1
+    if p[2] == nil then
+      ok = redis.call('SISMEMBER', p[1], id) == 1
     else
-      local s = redis.call('ZSCORE', p[2], id)
-      ok = s and inside(num(s), p[3])
+      local s = redis.call('ZSCORE', p[1], id)
+      ok = s and inside(num(s), p[2])
     end
     if not ok then break end
   end
 end
 if ok then  -- in the ordering index, and in its window if the query has one
-  local s = redis.call('ZSCORE', KEYS[2], id)
+  local s = redis.call('ZSCORE', okey, id)
   work = work + 1
-  ok = s and (ARGV[6] ~= '1' or inside(num(s), 7))
+  ok = s and (not restricted or inside(num(s), ow))
 end
 local n = 0
 if ok then n = 1 end
@@ -438,7 +444,7 @@ if limit >= 0 then n = math.min(n, limit) end
 if mode == 'count' then return {n, work} end
 if n == 0 then return {{}, {}, work} end
 local hashes = {}
-if mode == 'load' then hashes[1] = redis.pcall('HGETALL', ARGV[5] .. id) end
+if mode == 'load' then hashes[1] = redis.pcall('HGETALL', prefix .. id) end
 return {{id}, hashes, work}
 """
 LOOKUP_SHA = hashlib.sha1(LOOKUP).hexdigest().encode()
