@@ -37,11 +37,41 @@ def _is_direct(conn: Any) -> bool:
     return not isinstance(_reader(conn), functools.partial)
 
 
-def test_resp2_with_hiredis_reads_directly(redis_server: EmbeddedServer) -> None:
+def _direct_expected(conn: Any) -> bool:
+    """RESP2 always; RESP3 where the parser tells push messages from replies (redis-py
+    with hiredis 3.2+; not redis-py 5.0)."""
+    if conn.protocol in (2, "2", None):
+        return True
+    return getattr(conn._parser, "_hiredis_PushNotificationType", None) is not None
+
+
+def test_hiredis_reads_directly(redis_server: EmbeddedServer) -> None:
     with redis_server.client(protocol=2) as client, connection(client) as conn:
         assert _is_direct(conn)
     with redis_server.client(protocol=3) as client, connection(client) as conn:
-        assert not _is_direct(conn)  # push messages may come between replies in RESP3
+        # RESP3 too, where the parser tells push messages from replies (hiredis 3.2+)
+        assert _is_direct(conn) == _direct_expected(conn)
+
+
+def test_a_push_message_between_replies_is_handed_to_redis_py(
+    redis_server: EmbeddedServer,
+) -> None:
+    """An invalidation push (client-side caching) arrives before the next reply: the
+    direct reader gives it to redis-py's push handler and returns the reply."""
+    client = redis_server.client(protocol=3, single_connection_client=True)
+    conn = client.connection
+    if not _is_direct(conn):
+        pytest.skip("this redis-py's hiredis parser cannot tell pushes from replies")
+    pushed: list[Any] = []
+    conn._parser.invalidation_push_handler_func = pushed.append
+    assert run(client, [(b"SET", b"cached", b"1")]) == [b"OK"]
+    assert run(client, [(b"CLIENT", b"TRACKING", b"ON"), (b"GET", b"cached")]) == [b"OK", b"1"]
+    other = redis_server.client()
+    other.set("cached", "2")  # invalidates the key this connection read
+    other.close()
+    assert run(client, [(b"PING",), (b"GET", b"cached")]) == [b"PONG", b"2"]
+    assert pushed and pushed[0][0] in (b"invalidate", "invalidate")
+    client.close()
 
 
 def test_a_subclass_overriding_read_response_is_always_called(
@@ -55,9 +85,12 @@ def test_a_subclass_overriding_read_response_is_always_called(
     client.close()
 
 
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
 @pytest.mark.parametrize("decode", [False, True], ids=["bytes", "str"])
-def test_direct_and_redis_py_reads_agree(redis_server: EmbeddedServer, decode: bool) -> None:
-    client = redis_server.client(protocol=2, decode_responses=decode)
+def test_direct_and_redis_py_reads_agree(
+    redis_server: EmbeddedServer, decode: bool, protocol: int
+) -> None:
+    client = redis_server.client(protocol=protocol, decode_responses=decode)
     client.flushall()
     client.hset("h", mapping={"a": "1", "b": "é"})
     client.set("s", "text")
@@ -73,10 +106,10 @@ def test_direct_and_redis_py_reads_agree(redis_server: EmbeddedServer, decode: b
         (b"ZSCORE", b"nozset", b"m"),
     ]
     with connection(client) as conn:
-        assert _is_direct(conn)
+        assert _is_direct(conn) == _direct_expected(conn)
         direct = roundtrip(conn, commands)
     slow = Overriding  # same commands through redis-py's read_response
-    other = redis_server.client(protocol=2, decode_responses=decode, connection_class=slow)
+    other = redis_server.client(protocol=protocol, decode_responses=decode, connection_class=slow)
     with connection(other) as conn:
         assert not _is_direct(conn)
         usual = roundtrip(conn, commands)

@@ -18,7 +18,7 @@ import attrs
 from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
 from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
-from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, Slot, unique_key
+from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, Slot
 from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
 
 #: Writes to unwatched entities only if they still exist: a plain update racing a
@@ -156,7 +156,7 @@ class _Emitter:
         if field.index == "eq":
             self.remove(change, field.hash_field, b"SREM", _eq_key(field, raw), change.id)
         if field.unique:
-            slot = unique_key(field, raw)
+            slot = self.observed.slot(field, raw)
             self.release(change, slot)
             # The build holds the owner the hashes say: release it by the value, whoever
             # the live stripe names.
@@ -165,7 +165,7 @@ class _Emitter:
                 self.out.append((b"EVAL", RELEASE_BUILT, 1, built, slot[1], change.id))
 
     def claim(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
-        slot = unique_key(field, raw)
+        slot = self.observed.slot(field, raw)
         earlier = self.claims.get(slot)
         if earlier is not None and earlier[0].id != change.id:
             raise _violation(field, raw, earlier[0].id)
@@ -353,9 +353,12 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
 
 
 def _emit_delete(em: _Emitter, change: EntityChange) -> None:
-    current = _check_current(change, em.observed)
-    if current is None:
-        return  # already gone: nothing of it is left to remove
+    if change.key in em.observed.exists or change.mapper.versioned:
+        current = _check_current(change, em.observed)
+        if current is None:
+            return  # already gone: nothing of it is left to remove
+    else:  # not asked (see collect_reads): gone, its fields read as None
+        current = em.observed.fields.get(change.key, {})
     em.deleted.append(change.key)
     if not change.mapper.layout.all_ids_is_range:  # else the range index's ZREM does
         em.remove(change, ALL_IDS, b"ZREM", change.mapper.layout.all_ids, change.id)

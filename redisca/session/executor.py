@@ -126,31 +126,42 @@ def _reader(conn: Any) -> Any:
     """A function returning the connection's next reply, undecoded.
 
     ``Connection.read_response`` costs about 1 µs per reply on top of parsing (its
-    error translation, health-check bookkeeping and RESP3 push handling), as much as
+    error translation, health-check bookkeeping and RESP3 push dispatch), as much as
     a short command costs the server: a 10,000-entity commit reads 10,000 to 30,000
-    replies. With redis-py's hiredis parser on a RESP2 connection, whose replies hold
-    no push messages, redisca asks hiredis for each reply itself, as
-    ``read_response`` does inside, and reads the socket through the parser when a
-    reply is incomplete (which raises redis-py's own errors on a timeout or a closed
-    socket); otherwise it calls ``read_response``.
+    replies. With redis-py's hiredis parser, redisca asks hiredis for each reply
+    itself, as ``read_response`` does inside, reads the socket through the parser
+    when a reply is incomplete (which raises redis-py's own errors on a timeout or a
+    closed socket), and hands RESP3 push messages to the parser's handler as
+    ``read_response`` does. Otherwise (redis-py's own parser, a RESP3 connection
+    whose parser cannot tell pushes from replies, a class overriding
+    ``read_response``) it calls ``read_response``.
     """
     parser: Any = getattr(conn, "_parser", None)
     hiredis = getattr(parser, "_reader", None)
+    slow = functools.partial(conn.read_response, disable_decoding=True)
     if (
         hiredis is None
         or _INCOMPLETE is None
         or type(conn).read_response is not _PLAIN_READ
-        or getattr(conn, "protocol", 2) not in (2, "2", None)
         or getattr(parser, "_next_response", _INCOMPLETE) is not _INCOMPLETE
     ):
-        return functools.partial(conn.read_response, disable_decoding=True)
+        return slow
+    push: Any = None
+    if getattr(conn, "protocol", 2) in (3, "3"):
+        push = getattr(parser, "_hiredis_PushNotificationType", None)
+        if push is None or not hasattr(parser, "handle_push_response"):
+            return slow
     gets, refill = hiredis.gets, parser.read_from_socket
 
     def read() -> Any:
-        reply = gets(False)
-        while reply is _INCOMPLETE:
-            refill()
+        while True:
             reply = gets(False)
+            while reply is _INCOMPLETE:
+                refill()
+                reply = gets(False)
+            if push is None or not isinstance(reply, push):
+                break
+            parser.handle_push_response(reply)  # not a reply: the next one is
         if isinstance(reply, redis.ConnectionError):  # e.g. LOADING: as redis-py raises it
             raise reply
         return reply  # an error reply is a ResponseError value, as roundtrip keeps it
@@ -279,7 +290,7 @@ class Executed(NamedTuple):
 def _attempt(
     conn: Any, plan: CommitPlan, reads: Reads, fenced: list[bytes], seen: dict[bytes, Any]
 ) -> Executed | None:
-    observed = Observed()
+    observed = Observed(slots=reads.slots)
     watched = bool(reads.keys())
     try:
         if reads:
