@@ -311,6 +311,9 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
         index_add(change, field, values.get(field))
 
 
+_UNREAD: Any = object()
+
+
 def _emit_update(em: _Emitter, change: EntityChange) -> None:
     key = change.key
     written: list[Any] = []  # field, value, field, value, ...
@@ -344,10 +347,10 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     for field, new in change.values.items():
         if not field.indexed:
             continue
-        old = current.get(field.hash_field)
+        old = current.get(field.hash_field, _UNREAD)  # a range field's is not read
         if old == new:
             continue
-        if old is not None:
+        if old is not None and old is not _UNREAD:
             em.index_remove(change, field, old)
         em.index_add(change, field, new)
 

@@ -90,10 +90,12 @@ class EntityChange:
         return [*fields, VERSION_FIELD] if self.mapper.versioned else fields
 
     def read_fields(self) -> list[MappedField]:
-        """The indexed fields whose current values the commit must know."""
-        if self.op == DELETE:
-            return list(self.mapper.indexed)
-        return [f for f in self.values if f.indexed]
+        """The indexed fields whose current values the commit must know: those whose
+        old entries are found by value (an equality set, a unique stripe). A range
+        entry is found by the id alone (``ZADD`` moves it, ``ZREM`` removes it), so
+        its old score is not read."""
+        fields = self.mapper.indexed if self.op == DELETE else self.values
+        return [f for f in fields if f.unique or (f.indexed and f.index != "range")]
 
 
 @attrs.frozen
