@@ -19,6 +19,13 @@ ordering index, so the order is always (score, id) and descending is its exact
 reverse. For ``load`` it returns the page's hashes read in the same step, so no
 loaded entity contradicts the filter that found it.
 
+Two shapes are answered at the top of the script, before the engine's functions are
+built (building them costs Redis 7.0 about 5 µs a run): LOOKUP, one unique value and
+nothing else (``filter(User.email == e).one()``: HGET, ZSCORE, HGETALL), and SLICE, a
+window of the ordering index and nothing else, with an offset of at most
+:data:`SLICE_OFFSET` (one ``ZRANGEBYSCORE … LIMIT`` instead of ZCARD, two ZCOUNTs and a
+ZRANGE). They return what the engine returns.
+
 Every query replies with the number of index entries it read (``work``), which
 the tests bound. The script only reads; it is sent with ``EVALSHA`` and, when
 the server does not know it yet, once with ``EVAL``.
@@ -41,6 +48,10 @@ MIN_BATCH = 32
 #: And at most, so one step never copies a large part of an index at once.
 MAX_BATCH = 512
 
+#: The deepest offset the SLICE shape skips with ``ZRANGEBYSCORE ... LIMIT`` (which
+#: walks the skipped entries); deeper ones find their first rank with ``ZCOUNT``.
+SLICE_OFFSET = 64
+
 #: Replies the script raises for a cursor whose id is in no index.
 AFTER_MISSING = "REDISCA-AFTER"
 
@@ -54,6 +65,56 @@ SCRIPT = (
 --       window of the ordering zset: restricted (0/1), low, low excl, high, high excl,
 --       cursor: kind ('' none, 'i' id only, 's' score and id), score, id,
 --       number of terms, then each term: kind and its arguments.
+
+-- Two shapes answered before anything else is built (each run of the script pays for
+-- every closure and table it makes: about 5 us of Redis 7.0's time, a quarter of a
+-- lookup's). Both give what the engine below gives, work included.
+if ARGV[12] == '' and ARGV[7] == '0' and ARGV[15] == '1' and ARGV[16] == 'u'
+    and ARGV[1] ~= 'count' then
+  -- LOOKUP: one unique value and nothing else: its owner, if the ordering zset holds it.
+  local mode, offset, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+  local ids, w = {}, 0
+  if limit ~= 0 then
+    local owner = redis.call('HGET', KEYS[2], ARGV[17])
+    if owner then
+      local there
+      if ARGV[5] == '1' then
+        there = redis.call('ZSCORE', KEYS[1], owner)
+      else
+        there = redis.call('ZRANK', KEYS[1], owner)
+      end
+      w = 2
+      if there and offset == 0 then ids[1] = owner end
+    end
+  end
+  local hashes = {}
+  if mode == 'load' and ids[1] then hashes[1] = redis.pcall('HGETALL', ARGV[6] .. ids[1]) end
+  return {ids, hashes, w}
+end
+if ARGV[12] == '' and ARGV[7] == '1' and ARGV[15] == '0' and ARGV[5] == '1'
+    and ARGV[1] ~= 'count' and tonumber(ARGV[2]) <= """
+    + str(SLICE_OFFSET).encode()
+    + b""" then
+  -- SLICE: a window of the ordering range index, no other term: one ZRANGEBYSCORE
+  -- (it steps over the offset's entries one by one: a deep offset goes by rank below).
+  local mode, offset, limit = ARGV[1], ARGV[2], ARGV[3]
+  local lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
+  local hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
+  local ids = {}
+  if limit ~= '0' then
+    if ARGV[4] == '1' then
+      ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], hi, lo, 'LIMIT', offset, limit)
+    else
+      ids = redis.call('ZRANGEBYSCORE', KEYS[1], lo, hi, 'LIMIT', offset, limit)
+    end
+  end
+  local hashes = {}
+  if mode == 'load' then
+    for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', ARGV[6] .. id) end
+  end
+  return {ids, hashes, #ids}
+end
+
 local MIN_BATCH, MAX_BATCH = """
     + str(MIN_BATCH).encode()
     + b", "
@@ -416,4 +477,4 @@ def _wrong_types(client: Any, call: ScriptCall) -> list[str]:
     ]
 
 
-__all__ = ["MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "run"]
+__all__ = ["MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "SLICE_OFFSET", "run"]
