@@ -280,6 +280,8 @@ class Session:
         """Stop tracking every instance (redisca 1.x's ``free_all()``)."""
         # forget() for each, inlined: closing a session runs this per instance.
         states = self.states()
+        if not states:
+            return
         self._identity.clear()
         detach = instrument.detach
         with gcpause.paused(len(states)):
