@@ -64,7 +64,8 @@ def _floor(servers: dict[str, Any]) -> list[Target]:
         for phase, target in FLOOR.items():
             what = f"{label}, N={int(n):,}, {phase.replace('_', ' ')} / floor >= {target}"
             sides = phases.get(n)
-            value = ratio(sides["redisca"][phase], sides["floor"][phase]) if sides else None
+            measured = sides and phase in sides["redisca"] and phase in sides["floor"]
+            value = ratio(sides["redisca"][phase], sides["floor"][phase]) if measured else None
             if sides and phase in sides["redisca"] and value is None:
                 out.append(Target(what, _failed(sides, phase), False))
             elif value is None:

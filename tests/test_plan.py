@@ -91,7 +91,11 @@ def guard(prefix: bytes, ident: str) -> bytes:
     return prefix + b"#g:%d" % (zlib.crc32(ident.encode()) % 128)
 
 
-BUMP = (b"INCR", guard(b"pusr", "u1"))
+def guard_bump(prefix: bytes, ident: str) -> tuple[bytes, bytes]:
+    return (b"INCR", guard(prefix, ident))
+
+
+BUMP = guard_bump(b"pusr", "u1")
 
 
 def change(op: str, ident: str = "u1", mapper: Any = UM, **values: bytes | None) -> EntityChange:
@@ -301,11 +305,12 @@ def test_delete() -> None:
     plan = plan_of(s)
     assert [c.op for c in plan.changes] == [DELETE]
     reads = collect_reads(plan)
-    assert reads.exists == [KEY]
+    assert reads.exists == []  # no EXISTS: an entity gone meanwhile reads as no values
     assert reads.fields == {KEY: [b"eml", b"age", b"city", b"company"]}
     assert reads.owners == [uk("ann@x.com")]  # the session's guess of the unique key
+    assert reads.keys() == [guard(b"pusr", "u1")]  # watched all the same
     current = {b"eml": b"ANN@x.com", b"age": b"30", b"city": b"rome", b"company": None}
-    observed = Observed({KEY: True}, {KEY: current}, {uk("ann@x.com"): "u1"})
+    observed = Observed({}, {KEY: current}, {uk("ann@x.com"): "u1"})
     assert emit(plan, observed) == [
         (b"DEL", KEY),
         (b"HDEL", *uk("ann@x.com")),
@@ -316,7 +321,20 @@ def test_delete() -> None:
     # a unique key owned by someone else is left alone
     observed.owners[uk("ann@x.com")] = "u2"
     assert (b"HDEL", *uk("ann@x.com")) not in emit(plan, observed)
-    assert emit(plan, Observed(exists={KEY: False})) == [BUMP]  # already gone
+    # Already gone: its fields read as None, and the removals find nothing to remove.
+    gone = Observed(fields={KEY: dict.fromkeys(current)})
+    assert emit(plan, gone) == [(b"DEL", KEY), (b"ZREM", b"pusr#r:age", "u1"), BUMP]
+
+
+def test_a_versioned_delete_still_asks_whether_the_entity_exists() -> None:
+    s = offline()
+    doc = Doc(title="t", id="d1")
+    s.add(doc)
+    committed(s)
+    s.delete(doc)
+    plan = plan_of(s)
+    assert collect_reads(plan).exists == [b"pdoc:d1"]  # gone and changed differ for it
+    assert emit(plan, Observed(exists={b"pdoc:d1": False})) == [guard_bump(b"pdoc", "d1")]
 
 
 # -- unique claims --------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_a_change_that_reads_nothing_does_not_stop_the_changes_after_it() -> Non
     blind = change(UPDATE, "m1", values={"nickname": b"al"}, needs_read=False)
     delete = change(DELETE, "m2", guesses={"email": b"b@x.com"})
     reads = collect_reads(CommitPlan((blind, delete)))
-    assert reads.exists == [b"prd:m2"]
+    assert reads.exists == []  # a delete asks no EXISTS (test_plan.test_delete)
+    assert reads.guards == [guard_key("prd", "m2")]
     assert reads.fields == {b"prd:m2": [b"eml", b"age"]}
     assert reads.owners == [(stripe_key("prd", "eml", "b@x.com"), b"b@x.com")]
 

@@ -324,6 +324,27 @@ def test_byte_order_not_locale_order(r: redis.Redis) -> None:
         assert s.query(Item).filter(Item.city == "x").offset(2).limit(1).ids() == [expected[2]]
 
 
+def test_a_unique_value_is_looked_up_by_the_lookup_script(r: redis.Redis) -> None:
+    """A condition on a unique value leaves one candidate: the short script answers,
+    with the engine's results (the differential tests above cover both scripts)."""
+    rows = {
+        i: {"email": f"{i}@x.io", "age": n, "score": None, "city": "x"}
+        for n, i in enumerate("abcd")
+    }
+    write_raw(r, rows)
+    r.script_flush()
+    with Session(r) as s:
+        by_email = s.query(Item).filter(Item.email == "C@X.IO")
+        assert [i.id for i in by_email.all()] == ["c"] and by_email.count() == 1
+        assert by_email.filter(Item.city == "y").ids() == []
+        assert by_email.filter(Item.age.between(1, 2)).ids() == ["c"]
+        assert by_email.filter(Item.age > 2).ids() == []
+        assert by_email.order_by(Item.age).offset(1).ids() == []
+        assert r.script_exists(queryscript.LOOKUP_SHA, queryscript.SHA) == [True, False]
+        assert by_email.after("b").ids() == ["c"]  # a cursor: the engine's script
+        assert r.script_exists(queryscript.SHA) == [True]
+
+
 # -- cost: what the server reads -----------------------------------------------------
 
 
@@ -497,8 +518,8 @@ def _script_commands(r: redis.Redis, redis_url: str, run: Any) -> list[str]:
 def test_lookup_and_slice_shapes_run_short(
     r: redis.Redis, skewed: dict[str, Row], redis_url: str
 ) -> None:
-    """A unique value alone (LOOKUP) and a window of the ordering index alone (SLICE)
-    are answered before the engine is built, with the commands they need and no more."""
+    """A unique value alone (the LOOKUP script) and a window of the ordering index alone
+    (SLICE, before the engine is built) run the commands they need and no more."""
     with Session(r) as s:
         q = s.query(Item)
         found = _script_commands(r, redis_url, q.filter(Item.email == "I42@EX.COM").one)
@@ -515,9 +536,9 @@ def test_lookup_and_slice_shapes_run_short(
 
 @pytest.mark.parametrize("desc", [False, True])
 def test_lookup_and_slice_shapes_agree_with_the_model(r: redis.Redis, desc: bool) -> None:
-    """The two short shapes at the edges the hypothesis tests rarely draw: offsets about
-    SLICE_OFFSET, no limit, open and exclusive bounds, ties, missing values; a lookup
-    with an offset, a limit of 0, an owner no index holds; the id order of P#all."""
+    """The two short paths at the edges the hypothesis tests rarely draw: SLICE at offsets
+    about SLICE_OFFSET, no limit, open and exclusive bounds, ties, missing values; LOOKUP
+    with an offset, a limit of 0, an owner no index holds, on P#all (id order)."""
     rows = {
         f"{c}{n}": {
             "email": f"{c}{n}@x.io",

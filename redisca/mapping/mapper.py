@@ -178,6 +178,9 @@ class Mapper:
         self.by_name: dict[str, MappedField] = {}
         #: The attributes with an index or a unique key.
         self.indexed: tuple[MappedField, ...] = ()
+        #: The attributes without an index or a unique key (an update of only these
+        #: reads nothing before its commit).
+        self.plain: frozenset[MappedField] = frozenset()
         #: The reference attributes.
         self.references: tuple[MappedField, ...] = ()
         #: Whether any field's values may change in place (see MappedField.mutable).
@@ -198,6 +201,7 @@ class Mapper:
         self.fields = tuple(fields)
         self.by_name = {f.name: f for f in fields}
         self.indexed = tuple(f for f in fields if f.indexed)
+        self.plain = frozenset(f for f in fields if not f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
         self.mutable = any(f.mutable for f in fields)
         self.default_order = next((f for f in fields if f.index == "range"), None)

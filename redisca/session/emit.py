@@ -18,7 +18,7 @@ import attrs
 from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
 from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
-from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, Slot, unique_key
+from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, Slot
 from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
 
 #: Writes to unwatched entities only if they still exist: a plain update racing a
@@ -156,7 +156,7 @@ class _Emitter:
         if field.index == "eq":
             self.remove(change, field.hash_field, b"SREM", _eq_key(field, raw), change.id)
         if field.unique:
-            slot = unique_key(field, raw)
+            slot = self.observed.slot(field, raw)
             self.release(change, slot)
             # The build holds the owner the hashes say: release it by the value, whoever
             # the live stripe names.
@@ -165,7 +165,7 @@ class _Emitter:
                 self.out.append((b"EVAL", RELEASE_BUILT, 1, built, slot[1], change.id))
 
     def claim(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
-        slot = unique_key(field, raw)
+        slot = self.observed.slot(field, raw)
         earlier = self.claims.get(slot)
         if earlier is not None and earlier[0].id != change.id:
             raise _violation(field, raw, earlier[0].id)
@@ -211,10 +211,6 @@ def _violation(field: MappedField, raw: bytes, owner: str) -> UniqueViolation:
         value=value,
         owner=owner,
     )
-
-
-def _hset(key: bytes, pairs: list[tuple[bytes, bytes]]) -> Command:
-    return (b"HSET", key, *[part for pair in pairs for part in pair])
 
 
 def _check_current(change: EntityChange, observed: Observed) -> dict[bytes, bytes | None] | None:
@@ -317,27 +313,30 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
 
 def _emit_update(em: _Emitter, change: EntityChange) -> None:
     key = change.key
-    current: dict[bytes, bytes | None] | None = {}
-    if change.needs_read:
-        current = _check_current(change, em.observed)
-        if current is None:
-            name = key.decode(errors="replace")
-            if change.was_loaded:
-                raise StaleDataError(f"{name} was deleted from Redis since it was loaded")
-            raise NotFound(f"{name} does not exist")
-        if change.mapper.versioned and _applied_before(change, current):
-            return  # the attempt whose outcome was unknown wrote it, version included
-    pairs = [(f.hash_field, raw) for f, raw in change.values.items() if raw is not None]
-    removed = [f.hash_field for f, raw in change.values.items() if raw is None]
+    written: list[Any] = []  # field, value, field, value, ...
+    removed: list[bytes] = []
+    for field, raw in change.values.items():
+        if raw is None:
+            removed.append(field.hash_field)
+        else:
+            written += (field.hash_field, raw)
     if change.empty_after:
-        pairs.append((EXISTS_FIELD, b""))
-    if not change.needs_read:
+        written += (EXISTS_FIELD, b"")
+    if not change.needs_read:  # plain fields of a loaded entity: one guarded call for all
         keys, args = em.guarded
         keys.append(key)
-        args += (len(pairs), len(removed), *[part for pair in pairs for part in pair], *removed)
-        return  # such an update changes no indexed field
-    if pairs:
-        em.out.append(_hset(key, pairs))
+        args += (len(written) // 2, len(removed), *written, *removed)
+        return
+    current = _check_current(change, em.observed)
+    if current is None:
+        name = key.decode(errors="replace")
+        if change.was_loaded:
+            raise StaleDataError(f"{name} was deleted from Redis since it was loaded")
+        raise NotFound(f"{name} does not exist")
+    if change.mapper.versioned and _applied_before(change, current):
+        return  # the attempt whose outcome was unknown wrote it, version included
+    if written:
+        em.out.append((b"HSET", key, *written))
     if removed:
         em.out.append((b"EVAL", REMOVE_FIELDS, 1, key, *removed))
     if change.mapper.versioned:
@@ -345,7 +344,7 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     for field, new in change.values.items():
         if not field.indexed:
             continue
-        old = current.get(field.hash_field) if current else None
+        old = current.get(field.hash_field)
         if old == new:
             continue
         if old is not None:
@@ -354,9 +353,12 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
 
 
 def _emit_delete(em: _Emitter, change: EntityChange) -> None:
-    current = _check_current(change, em.observed)
-    if current is None:
-        return  # already gone: nothing of it is left to remove
+    if change.key in em.observed.exists or change.mapper.versioned:
+        current = _check_current(change, em.observed)
+        if current is None:
+            return  # already gone: nothing of it is left to remove
+    else:  # not asked (see collect_reads): gone, its fields read as None
+        current = em.observed.fields.get(change.key, {})
     em.deleted.append(change.key)
     if not change.mapper.layout.all_ids_is_range:  # else the range index's ZREM does
         em.remove(change, ALL_IDS, b"ZREM", change.mapper.layout.all_ids, change.id)

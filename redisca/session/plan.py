@@ -79,7 +79,8 @@ class EntityChange:
         unindexed fields of unversioned entities do not."""
         if self.op != UPDATE:
             return True
-        return self.needs_read and (self.mapper.versioned or any(f.indexed for f in self.values))
+        mapper = self.mapper
+        return self.needs_read and (mapper.versioned or not mapper.plain.issuperset(self.values))
 
     def verified_fields(self) -> list[bytes]:
         """Hash fields to read to tell whether an in-doubt change was applied."""
@@ -133,6 +134,9 @@ class Reads:
     counters: list[bytes] = attrs.field(factory=list)
     #: Reindex markers (``P#x``), watched and read: see :mod:`redisca.session.rebuild`.
     markers: list[bytes] = attrs.field(factory=list)
+    #: Where each unique value read or claimed lives, by (field, stored value): worked
+    #: out once here and reused by the emitter (``Observed.slots``).
+    slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
@@ -153,10 +157,20 @@ class Observed:
     guards: dict[bytes, bytes | None] = attrs.field(factory=dict)
     #: Running reindexes by marker key (``redisca.session.rebuild.Rebuild``).
     rebuilds: dict[bytes, Any] = attrs.field(factory=dict)
+    #: ``Reads.slots``, so the emitter does not work them out again.
+    slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
+
+    def slot(self, field: MappedField, raw: bytes) -> Slot:
+        found = self.slots.get((field, raw))
+        return unique_key(field, raw) if found is None else found
 
 
 def unique_key(field: MappedField, raw: bytes) -> Slot:
     """Where a unique field's stored value ``raw`` is claimed: (stripe, index form)."""
+    return _unique_key(field, raw)
+
+
+def _unique_key(field: MappedField, raw: bytes) -> Slot:
     value = field.index_key(raw)
     return field.mapper.layout.unique_stripe(field.hash_field, value), value
 
@@ -167,6 +181,14 @@ def collect_reads(plan: CommitPlan) -> Reads:
     owners: dict[Slot, None] = {}
     guards: dict[bytes, None] = {}
     counters: dict[bytes, None] = {}
+    slots = reads.slots
+
+    def unique_key(field: MappedField, raw: bytes) -> Slot:
+        found = slots.get((field, raw))
+        if found is None:
+            found = slots[(field, raw)] = _unique_key(field, raw)
+        return found
+
     for change in plan.changes:
         key = change.key
         if change.op == INSERT:
@@ -184,7 +206,11 @@ def collect_reads(plan: CommitPlan) -> Reads:
             continue
         if not change.needs_read:
             continue
-        reads.exists.append(key)
+        if change.op != DELETE or change.mapper.versioned:
+            # A delete needs no EXISTS: an entity gone meanwhile reads as no values,
+            # and removing nothing from its indexes is what it needs (a versioned one
+            # must tell "gone" from "changed": see emit's _check_current).
+            reads.exists.append(key)
         guards[change.guard] = None
         read_fields = change.read_fields()
         hash_fields = [f.hash_field for f in read_fields]

@@ -122,6 +122,10 @@ class ScriptCall:
     args: tuple[bytes | int, ...]
     #: The Redis type each key must have (to name a key another program overwrote).
     types: tuple[bytes, ...]
+    #: A unique value among the conditions and no cursor: at most one id can match,
+    #: which :data:`~redisca.session.queryscript.LOOKUP` answers without walking or
+    #: sorting anything.
+    lookup: bool = False
 
 
 #: A cursor as the script takes it: kind (``b""`` none, ``b"i"`` look the id's score
@@ -355,7 +359,8 @@ def compile_query(
         before = len(keys)
         term.encode(keys, args)
         types += [term.key_type] * (len(keys) - before)
-    return ScriptCall(tuple(keys), tuple(args), tuple(types))
+    lookup = cursor == NO_CURSOR and any(isinstance(t, UniqueTerm) for t in terms)
+    return ScriptCall(tuple(keys), tuple(args), tuple(types), lookup)
 
 
 #: ``restricted`` 0 and the window (-inf, +inf) as :func:`window_args` gives it.

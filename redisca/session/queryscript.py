@@ -19,12 +19,12 @@ ordering index, so the order is always (score, id) and descending is its exact
 reverse. For ``load`` it returns the page's hashes read in the same step, so no
 loaded entity contradicts the filter that found it.
 
-Two shapes are answered at the top of the script, before the engine's functions are
-built (building them costs Redis 7.0 about 5 µs a run): LOOKUP, one unique value and
-nothing else (``filter(User.email == e).one()``: HGET, ZSCORE, HGETALL), and SLICE, a
-window of the ordering index and nothing else, with an offset of at most
-:data:`SLICE_OFFSET` (one ``ZRANGEBYSCORE … LIMIT`` instead of ZCARD, two ZCOUNTs and a
-ZRANGE). They return what the engine returns.
+A query with a unique value among its conditions runs :data:`LOOKUP`, a short script of
+its own. Another shape is answered at the top of this one, before the engine's functions
+are built (building them costs Redis 7.0 about 5 µs a run): SLICE, a window of the
+ordering index and nothing else, with an offset of at most :data:`SLICE_OFFSET` (one
+``ZRANGEBYSCORE … LIMIT`` instead of ZCARD, two ZCOUNTs and a ZRANGE). It returns what
+the engine returns.
 
 Every query replies with the number of index entries it read (``work``), which
 the tests bound. The script only reads; it is sent with ``EVALSHA`` and, when
@@ -66,37 +66,15 @@ SCRIPT = (
 --       cursor: kind ('' none, 'i' id only, 's' score and id), score, id,
 --       number of terms, then each term: kind and its arguments.
 
--- Two shapes answered before anything else is built (each run of the script pays for
--- every closure and table it makes: about 5 us of Redis 7.0's time, a quarter of a
--- lookup's). Both give what the engine below gives, work included.
-if ARGV[12] == '' and ARGV[7] == '0' and ARGV[15] == '1' and ARGV[16] == 'u'
-    and ARGV[1] ~= 'count' then
-  -- LOOKUP: one unique value and nothing else: its owner, if the ordering zset holds it.
-  local mode, offset, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-  local ids, w = {}, 0
-  if limit ~= 0 then
-    local owner = redis.call('HGET', KEYS[2], ARGV[17])
-    if owner then
-      local there
-      if ARGV[5] == '1' then
-        there = redis.call('ZSCORE', KEYS[1], owner)
-      else
-        there = redis.call('ZRANK', KEYS[1], owner)
-      end
-      w = 2
-      if there and offset == 0 then ids[1] = owner end
-    end
-  end
-  local hashes = {}
-  if mode == 'load' and ids[1] then hashes[1] = redis.pcall('HGETALL', ARGV[6] .. ids[1]) end
-  return {ids, hashes, w}
-end
+-- SLICE, answered before anything else is built (each run of the script pays for every
+-- closure and table it makes: about 5 us of Redis 7.0's time): a window of the ordering
+-- range index and no other term is one ZRANGEBYSCORE, which steps over the offset's
+-- entries one by one (a deep offset goes by rank below). It gives what the engine gives,
+-- work included.
 if ARGV[12] == '' and ARGV[7] == '1' and ARGV[15] == '0' and ARGV[5] == '1'
     and ARGV[1] ~= 'count' and tonumber(ARGV[2]) <= """
     + str(SLICE_OFFSET).encode()
     + b""" then
-  -- SLICE: a window of the ordering range index, no other term: one ZRANGEBYSCORE
-  -- (it steps over the offset's entries one by one: a deep offset goes by rank below).
   local mode, offset, limit = ARGV[1], ARGV[2], ARGV[3]
   local lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
   local hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
@@ -435,10 +413,85 @@ return reply(out)
 )
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
 
+#: The script for a query with a unique value among its conditions (and no cursor):
+#: at most one id can match, so it reads the owner, probes the other conditions and
+#: the ordering window, and replies as the engine does. The same KEYS and ARGV as
+#: :data:`SCRIPT`. Why a second script: on Redis 7.0 the engine's setup (its
+#: functions and tables, made on every call) cost a lookup by e-mail about 17 µs of
+#: server time, twice what the lookup itself needs.
+LOOKUP = b"""
+-- redisca query engine, lookup by a unique value (see redisca/session/queryscript.py).
+-- KEYS and ARGV as the engine's script reads them (its header), read in the same order.
+local ai = 1
+local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
+local function num(s)
+  if s == 'inf' or s == '+inf' then return math.huge end
+  if s == '-inf' then return -math.huge end
+  return tonumber(s)
+end
+local function window() return {num(arg()), arg() == '1', num(arg()), arg() == '1'} end
+local function inside(s, w)
+  if s < w[1] or (s == w[1] and w[2]) then return false end
+  if s > w[3] or (s == w[3] and w[4]) then return false end
+  return true
+end
+local okey = KEYS[1]
+local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+arg(); arg()  -- desc, byscore: one id has no order
+local prefix = arg()
+local restricted = arg() == '1'
+local ow = window()
+arg(); arg(); arg()  -- the cursor: none (a query with one runs the engine's script)
+local work, id, ok = 0, nil, true
+local probes = {}
+local ki = 2
+for _ = 1, tonumber(arg()) do
+  local kind = arg()
+  if kind == 'u' then
+    local owner = redis.call('HGET', KEYS[ki], arg())
+    if not owner or (id and owner ~= id) then ok = false end
+    if ok then id = owner end
+  elseif kind == 'e' then
+    probes[#probes + 1] = {KEYS[ki]}
+  else
+    probes[#probes + 1] = {KEYS[ki], window()}
+  end
+  ki = ki + 1
+end
+if ok then
+  work = 1
+  for _, p in ipairs(probes) do
+    work = work + 1
+    if p[2] == nil then
+      ok = redis.call('SISMEMBER', p[1], id) == 1
+    else
+      local s = redis.call('ZSCORE', p[1], id)
+      ok = s and inside(num(s), p[2])
+    end
+    if not ok then break end
+  end
+end
+if ok then  -- in the ordering index, and in its window if the query has one
+  local s = redis.call('ZSCORE', okey, id)
+  work = work + 1
+  ok = s and (not restricted or inside(num(s), ow))
+end
+local n = 0
+if ok then n = 1 end
+n = math.max(0, n - offset)
+if limit >= 0 then n = math.min(n, limit) end
+if mode == 'count' then return {n, work} end
+if n == 0 then return {{}, {}, work} end
+local hashes = {}
+if mode == 'load' then hashes[1] = redis.pcall('HGETALL', prefix .. id) end
+return {{id}, hashes, work}
+"""
+LOOKUP_SHA = hashlib.sha1(LOOKUP).hexdigest().encode()
 
-#: Connection pools whose server has run the script: the others get it with EVAL
-#: at once, so a first query is one round trip too.
-_KNOWN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+#: Per connection pool, the scripts its server has run: the others are sent with
+#: EVAL at once, so a first query is one round trip too.
+_KNOWN: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
 
 
 def run(client: Any, call: ScriptCall) -> Any:
@@ -447,13 +500,22 @@ def run(client: Any, call: ScriptCall) -> Any:
     An error reply raises :class:`~redisca.OperationalError`, naming the index keys of
     the wrong type (another program's data) found in one more round trip."""
     keys, args = call.keys, call.args
+    if call.lookup:
+        sha = LOOKUP_SHA
+        by_digest = (b"EVALSHA", LOOKUP_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", LOOKUP, len(keys), *keys, *args)
+    else:
+        sha = SHA
+        by_digest = (b"EVALSHA", SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
     pool = client.connection_pool
-    if pool in _KNOWN:
-        reply = executor.run(client, [(b"EVALSHA", SHA, len(keys), *keys, *args)])[0]
+    known = _KNOWN.get(pool)
+    if known is not None and sha in known:
+        reply = executor.run(client, [by_digest])[0]
         if not isinstance(reply, NoScriptError):
             return _checked(client, reply, call)
-    reply = executor.run(client, [(b"EVAL", SCRIPT, len(keys), *keys, *args)])[0]
-    _KNOWN.add(pool)
+    reply = executor.run(client, [whole])[0]
+    _KNOWN.setdefault(pool, set()).add(sha)
     return _checked(client, reply, call)
 
 
@@ -477,4 +539,4 @@ def _wrong_types(client: Any, call: ScriptCall) -> list[str]:
     ]
 
 
-__all__ = ["MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "SLICE_OFFSET", "run"]
+__all__ = ["LOOKUP", "LOOKUP_SHA", "MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "SLICE_OFFSET", "run"]

@@ -149,9 +149,19 @@ class InstanceState:
         # Every commit diffs every tracked instance: only what was assigned, one pass.
         snapshot, obj, assigned = self.snapshot, self.obj, self.assigned
         out: dict[MappedField, bytes | None] = {}
-        if assigned is not None and not assigned and not self.mapper.mutable:
-            return out
-        for field in self.mapper.fields:
+        mapper = self.mapper
+        fields: Any = mapper.fields
+        if assigned is not None and not mapper.mutable:
+            if not assigned:
+                return out
+            if len(assigned) == 1:  # the usual update: one attribute, found by name
+                (name,) = assigned
+                one = mapper.by_name.get(name)
+                fields = () if one is None else (one,)
+            else:  # declaration order, so the hash fields go out in a stable order
+                fields = [f for f in fields if f.name in assigned]
+            assigned = None
+        for field in fields:
             if assigned is not None and field.name not in assigned and not field.mutable:
                 continue
             try:

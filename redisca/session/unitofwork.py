@@ -120,21 +120,25 @@ def _update(state: InstanceState) -> EntityChange | None:
     if not values:
         return None
     mapper = state.mapper
+    loaded = state.loaded
     # Only removed fields (None) can leave the hash empty.
     empty_after = (
-        state.loaded
+        loaded
         and None in values.values()
         and all(v is None for v in {**state.snapshot, **values}.values())
     )
+    # An update of plain fields of a loaded, unversioned entity reads nothing: the
+    # common update, built with the fewest steps.
+    needs_read = not loaded or mapper.versioned or not mapper.plain.issuperset(values)
     return EntityChange(
         mapper,
         ident,
         UPDATE,
         values,
-        needs_read=not state.loaded or mapper.versioned or any(f.indexed for f in values),
-        was_loaded=state.loaded,
-        expect_version=state.version,
-        guesses=_unique_guesses(state, values),
+        needs_read,
+        loaded,
+        state.version,
+        _unique_guesses(state, values) if needs_read else {},
         empty_after=empty_after,
         in_doubt=state.in_doubt,
     )
@@ -171,6 +175,8 @@ def organize(session: Session, states: Iterable[InstanceState] | None = None) ->
             group = groups[id(client)] = Group(client)
         return group
 
+    last_mapper: Mapper | None = None  # states come in runs of one mapper: its group
+    group: Group | None = None
     for state in states:
         if state.deleted:
             change = _delete(state)
@@ -181,10 +187,12 @@ def organize(session: Session, states: Iterable[InstanceState] | None = None) ->
             if found is None:
                 continue
             change = found
-        client = binds.get(state.mapper)
-        if client is None:
-            client = binds[state.mapper] = session.bind_for(state.mapper)
-        group = group_for(client)
+        if group is None or last_mapper is not state.mapper:
+            client = binds.get(state.mapper)
+            if client is None:
+                client = binds[state.mapper] = session.bind_for(state.mapper)
+            group = group_for(client)
+            last_mapper = state.mapper
         group.changes.append(change)
         group.states.append(state)
     for client, command, result in commands:
