@@ -354,12 +354,14 @@ def compile_query(
         return ScriptCall((ordered,), tuple(args), _ZSET)
     keys: list[bytes] = [ordered]
     types: list[bytes] = [b"zset"]
+    unique = False
     for term in terms:
         args.append(term.kind)
         before = len(keys)
         term.encode(keys, args)
         types += [term.key_type] * (len(keys) - before)
-    lookup = cursor == NO_CURSOR and any(isinstance(t, UniqueTerm) for t in terms)
+        unique = unique or type(term) is UniqueTerm
+    lookup = unique and cursor == NO_CURSOR
     return ScriptCall(tuple(keys), tuple(args), tuple(types), lookup)
 
 
