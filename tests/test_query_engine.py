@@ -580,6 +580,10 @@ def test_lookup_and_slice_shapes_agree_with_the_model(r: redis.Redis, desc: bool
                 )
                 assert build(s, shape).ids() == model(rows, shape), shape
                 assert [i.id for i in build(s, shape).all()] == model(rows, shape), shape
+                assert build(s, shape).count() == len(model(rows, shape)), shape
+                assert work(build(s, shape)) == 2  # the owner's stripe, its score
+        assert s.query(Item).filter(Item.email == "no@x.io").count() == 0
+        assert work(s.query(Item).filter(Item.email == "no@x.io")) == 0
     r.zrem("qe#r:age", "B7")  # an owner the ordering index does not hold: not found
     with Session(r) as s:
         assert s.query(Item).filter(Item.email == "B7@x.io").all() == []

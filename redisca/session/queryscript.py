@@ -422,6 +422,29 @@ SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
 LOOKUP = b"""
 -- redisca query engine, lookup by a unique value (see redisca/session/queryscript.py).
 -- KEYS and ARGV as the engine's script reads them (its header), read in the same order.
+
+-- The unique value alone, no window (a find: filter(User.email == e).one()): answered
+-- before the general form's functions and tables are made, which cost Redis 7.0 about
+-- 2.5 us a run (a quarter of the lookup). The same replies and work as below.
+if ARGV[15] == '1' and ARGV[16] == 'u' and ARGV[7] == '0' then
+  local mode = ARGV[1]
+  local owner = redis.call('HGET', KEYS[2], ARGV[17])
+  if not owner then
+    if mode == 'count' then return {0, 0} end
+    return {{}, {}, 0}
+  end
+  local n = 0
+  if redis.call('ZSCORE', KEYS[1], owner) then n = 1 end
+  n = math.max(0, n - tonumber(ARGV[2]))
+  local limit = tonumber(ARGV[3])
+  if limit >= 0 then n = math.min(n, limit) end
+  if mode == 'count' then return {n, 2} end
+  if n == 0 then return {{}, {}, 2} end
+  local hashes = {}
+  if mode == 'load' then hashes[1] = redis.pcall('HGETALL', ARGV[6] .. owner) end
+  return {{owner}, hashes, 2}
+end
+
 local ai = 1
 local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
 local function num(s)
