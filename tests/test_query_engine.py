@@ -488,3 +488,106 @@ def test_the_smallest_set_sorted_with_ties_and_a_cursor(r: redis.Redis, desc: bo
             assert query.ids() == expected, after
             assert query.count() == len(expected), after
             assert work(query) <= 3 * 18 + 40  # (b): 18 candidates, never the 58 rows
+
+
+def _script_commands(r: redis.Redis, redis_url: str, run: Any) -> list[str]:
+    """The commands the script ran (MONITOR) while ``run()`` ran."""
+    inner: list[str] = []
+    ready = threading.Event()
+    watcher = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def record() -> None:
+        with watcher.monitor() as monitor:
+            ready.set()
+            for event in monitor.listen():
+                if event["command"] == "ECHO monitor-stop":
+                    return
+                if event["client_type"] == "lua":
+                    inner.append(event["command"].split()[0].upper())
+
+    thread = threading.Thread(target=record)
+    thread.start()
+    assert ready.wait(10)
+    run()
+    r.echo("monitor-stop")
+    thread.join(10)
+    watcher.close()
+    return inner
+
+
+def test_lookup_and_slice_shapes_run_short(
+    r: redis.Redis, skewed: dict[str, Row], redis_url: str
+) -> None:
+    """A unique value alone (the LOOKUP script) and a window of the ordering index alone
+    (SLICE, before the engine is built) run the commands they need and no more."""
+    with Session(r) as s:
+        q = s.query(Item)
+        found = _script_commands(r, redis_url, q.filter(Item.email == "I42@EX.COM").one)
+        assert found == ["HGET", "ZSCORE", "HGETALL"]
+        page = q.filter(Item.age.between(3, 9)).offset(5).limit(10)
+        assert _script_commands(r, redis_url, page.all) == ["ZRANGEBYSCORE"] + ["HGETALL"] * 10
+        assert work(page) == 10
+        desc = page.order_by(Item.age.desc())
+        assert _script_commands(r, redis_url, desc.ids) == ["ZREVRANGEBYSCORE"]
+        # a deep offset goes by rank (ZRANGEBYSCORE would step over every skipped entry)
+        deep = q.filter(Item.age >= 3).offset(queryscript.SLICE_OFFSET + 1).limit(2)
+        assert "ZRANGEBYSCORE" not in _script_commands(r, redis_url, deep.ids)
+
+
+@pytest.mark.parametrize("desc", [False, True])
+def test_lookup_and_slice_shapes_agree_with_the_model(r: redis.Redis, desc: bool) -> None:
+    """The two short paths at the edges the hypothesis tests rarely draw: SLICE at offsets
+    about SLICE_OFFSET, no limit, open and exclusive bounds, ties, missing values; LOOKUP
+    with an offset, a limit of 0, an owner no index holds, on P#all (id order)."""
+    rows = {
+        f"{c}{n}": {
+            "email": f"{c}{n}@x.io",
+            "age": n % 7 if n % 11 else None,
+            "score": None,
+            "city": None,
+        }
+        for n in range(60)
+        for c in "aBz"
+    }
+    write_raw(r, rows)
+    edge = queryscript.SLICE_OFFSET
+    windows = [
+        ("age", "between", 1, 5),
+        ("age", "gt", 1),
+        ("age", "lt", 4),
+        ("age", "ge", -3),
+        ("age", "eq", 2),
+        ("age", "gt", 6),
+    ]
+    with Session(r) as s:
+        for cond in windows:
+            for offset in (0, 3, edge - 1, edge, edge + 1, 170):
+                for limit in (None, 0, 1, 10):
+                    shape = Shape((cond,), order="age", desc=desc, offset=offset, limit=limit)
+                    expected = model(rows, shape)
+                    query = build(s, shape)
+                    assert query.ids() == expected, shape
+                    assert [i.id for i in query.all()] == expected, shape
+                    assert work(query) == len(expected), shape
+        for offset, limit in ((0, None), (0, 1), (1, None), (0, 0)):
+            for order in (None, "age"):
+                shape = Shape(
+                    (("email", "eq", "B7@X.IO"),),
+                    order=order,
+                    desc=desc,
+                    offset=offset,
+                    limit=limit,
+                )
+                assert build(s, shape).ids() == model(rows, shape), shape
+                assert [i.id for i in build(s, shape).all()] == model(rows, shape), shape
+                assert build(s, shape).count() == len(model(rows, shape)), shape
+                assert work(build(s, shape)) == 2  # the owner's stripe, its score
+        assert s.query(Item).filter(Item.email == "no@x.io").count() == 0
+        assert work(s.query(Item).filter(Item.email == "no@x.io")) == 0
+    r.zrem("qe#r:age", "B7")  # an owner the ordering index does not hold: not found
+    with Session(r) as s:
+        assert s.query(Item).filter(Item.email == "B7@x.io").all() == []
+    write_raw_plain(r, {"a": {"email": "a@x.io", "city": None}})
+    with Session(r) as s:  # id order: the owner's rank in qp#all
+        assert s.query(Plain).filter(Plain.email == "A@x.io").one().id == "a"
+        assert s.query(Plain).filter(Plain.email == "b@x.io").one_or_none() is None

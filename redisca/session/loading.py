@@ -187,23 +187,26 @@ def from_hashes(
     ``None`` where no hash was read. Instances the session holds loaded, pending or
     deleted stay as the session has them, as :meth:`Session.get_many` returns them."""
     table = session._table(mapper)
+    lookup = table.get
     wanted, hashes = [], []
     for ident, reply in zip(idents, replies, strict=True):
-        state = table.get(ident)
+        state = lookup(ident)
         if state is None or (state.persistent and not state.loaded):
             wanted.append(ident)
-            hashes.append(_hash(reply, mapper.key(ident)))
+            if type(reply) is list:  # RESP2, inlined (the key is named only on an error)
+                items = iter(reply)
+                hashes.append(dict(zip(items, items, strict=True)))
+            else:
+                hashes.append(_hash(reply, mapper.key(ident)))
     if wanted:
         with gcpause.paused(len(wanted)):
             install(session, mapper, wanted, hashes)
-    found: list[Any] = []
-    for ident in idents:
-        state = table.get(ident)
-        if state is None or state.deleted or not (state.loaded or not state.persistent):
-            found.append(None)
-        else:
-            found.append(state.obj)
-    return found
+    return [
+        None
+        if state is None or state.deleted or not (state.loaded or not state.persistent)
+        else state.obj
+        for state in map(lookup, idents)
+    ]
 
 
 def load_states(session: Session, states: Iterable[InstanceState]) -> None:

@@ -240,6 +240,10 @@ def _check_between(cond: Condition) -> None:
         )
 
 
+#: The window of no condition (frozen: shared rather than built per condition).
+_EVERYTHING = Range()
+
+
 def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
     terms: list[Term] = []
     ranges: dict[MappedField, Range] = {}
@@ -256,14 +260,14 @@ def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
                 terms.append(EqTerm(layout.eq_index(field.hash_field, key)))
             else:
                 point = _point(field, cond.value)
-                ranges[field] = ranges.get(field, Range()).narrow(point.low, point.high)
+                ranges[field] = ranges.get(field, _EVERYTHING).narrow(point.low, point.high)
             continue
         if field.index != "range":
             raise QueryError(f"{cond.attribute!r} has an equality index: compare it with ==")
         _check_between(cond)
         low = _bound(field, cond.low, cond.low_inclusive, low=True)
         high = _bound(field, cond.high, cond.high_inclusive, low=False)
-        ranges[field] = ranges.get(field, Range()).narrow(low, high)
+        ranges[field] = ranges.get(field, _EVERYTHING).narrow(low, high)
     return Filters(tuple(terms), tuple(ranges.items()))
 
 
@@ -320,15 +324,16 @@ def compile_query(
     # The ordering zset is the only key every query reads: P#all (scores all 0, so
     # positions are ranks) or a range index (positions are (score, id)).
     ordered = layout.all_ids if by is None else layout.range_index(by.hash_field)
-    keys: list[bytes] = [ordered]
-    types: list[bytes] = [b"zset"]
     window: Range | None = None
-    terms: list[Term] = list(filters.terms)
-    for field, rng in filters.ranges:
-        if field is by:
-            window = rng
-        else:
-            terms.append(RangeTerm(layout.range_index(field.hash_field), rng))
+    terms: tuple[Term, ...] = filters.terms
+    if filters.ranges:
+        extra: list[Term] = []
+        for field, rng in filters.ranges:
+            if field is by:
+                window = rng
+            else:
+                extra.append(RangeTerm(layout.range_index(field.hash_field), rng))
+        terms += tuple(extra)
     args: list[bytes | int] = [
         mode,
         offset,
@@ -336,18 +341,33 @@ def compile_query(
         int(descending),
         int(by is not None),
         layout.entity_of(b""),
-        int(window is not None),
-        *window_args(window or Range()),
-        *cursor,
-        len(terms),
     ]
+    # Every query compiles here (a lookup too): the common cases skip the generic work.
+    if window is None:
+        args += _NO_WINDOW
+    else:
+        args.append(1)
+        args += window_args(window)
+    args += cursor
+    args.append(len(terms))
+    if not terms:
+        return ScriptCall((ordered,), tuple(args), _ZSET)
+    keys: list[bytes] = [ordered]
+    types: list[bytes] = [b"zset"]
+    unique = False
     for term in terms:
         args.append(term.kind)
         before = len(keys)
         term.encode(keys, args)
         types += [term.key_type] * (len(keys) - before)
-    lookup = cursor == NO_CURSOR and any(isinstance(t, UniqueTerm) for t in terms)
+        unique = unique or type(term) is UniqueTerm
+    lookup = unique and cursor == NO_CURSOR
     return ScriptCall(tuple(keys), tuple(args), tuple(types), lookup)
+
+
+#: ``restricted`` 0 and the window (-inf, +inf) as :func:`window_args` gives it.
+_NO_WINDOW: tuple[bytes | int, ...] = (0, b"-inf", 0, b"+inf", 1)
+_ZSET: tuple[bytes, ...] = (b"zset",)
 
 
 __all__ = [

@@ -19,6 +19,13 @@ ordering index, so the order is always (score, id) and descending is its exact
 reverse. For ``load`` it returns the page's hashes read in the same step, so no
 loaded entity contradicts the filter that found it.
 
+A query with a unique value among its conditions runs :data:`LOOKUP`, a short script of
+its own. Another shape is answered at the top of this one, before the engine's functions
+are built (building them costs Redis 7.0 about 5 µs a run): SLICE, a window of the
+ordering index and nothing else, with an offset of at most :data:`SLICE_OFFSET` (one
+``ZRANGEBYSCORE … LIMIT`` instead of ZCARD, two ZCOUNTs and a ZRANGE). It returns what
+the engine returns.
+
 Every query replies with the number of index entries it read (``work``), which
 the tests bound. The script only reads; it is sent with ``EVALSHA`` and, when
 the server does not know it yet, once with ``EVAL``.
@@ -41,6 +48,10 @@ MIN_BATCH = 32
 #: And at most, so one step never copies a large part of an index at once.
 MAX_BATCH = 512
 
+#: The deepest offset the SLICE shape skips with ``ZRANGEBYSCORE ... LIMIT`` (which
+#: walks the skipped entries); deeper ones find their first rank with ``ZCOUNT``.
+SLICE_OFFSET = 64
+
 #: Replies the script raises for a cursor whose id is in no index.
 AFTER_MISSING = "REDISCA-AFTER"
 
@@ -54,6 +65,34 @@ SCRIPT = (
 --       window of the ordering zset: restricted (0/1), low, low excl, high, high excl,
 --       cursor: kind ('' none, 'i' id only, 's' score and id), score, id,
 --       number of terms, then each term: kind and its arguments.
+
+-- SLICE, answered before anything else is built (each run of the script pays for every
+-- closure and table it makes: about 5 us of Redis 7.0's time): a window of the ordering
+-- range index and no other term is one ZRANGEBYSCORE, which steps over the offset's
+-- entries one by one (a deep offset goes by rank below). It gives what the engine gives,
+-- work included.
+if ARGV[12] == '' and ARGV[7] == '1' and ARGV[15] == '0' and ARGV[5] == '1'
+    and ARGV[1] ~= 'count' and tonumber(ARGV[2]) <= """
+    + str(SLICE_OFFSET).encode()
+    + b""" then
+  local mode, offset, limit = ARGV[1], ARGV[2], ARGV[3]
+  local lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
+  local hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
+  local ids = {}
+  if limit ~= '0' then
+    if ARGV[4] == '1' then
+      ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], hi, lo, 'LIMIT', offset, limit)
+    else
+      ids = redis.call('ZRANGEBYSCORE', KEYS[1], lo, hi, 'LIMIT', offset, limit)
+    end
+  end
+  local hashes = {}
+  if mode == 'load' then
+    for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', ARGV[6] .. id) end
+  end
+  return {ids, hashes, #ids}
+end
+
 local MIN_BATCH, MAX_BATCH = """
     + str(MIN_BATCH).encode()
     + b", "
@@ -383,6 +422,29 @@ SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
 LOOKUP = b"""
 -- redisca query engine, lookup by a unique value (see redisca/session/queryscript.py).
 -- KEYS and ARGV as the engine's script reads them (its header), read in the same order.
+
+-- The unique value alone, no window (a find: filter(User.email == e).one()): answered
+-- before the general form's functions and tables are made, which cost Redis 7.0 about
+-- 2.5 us a run (a quarter of the lookup). The same replies and work as below.
+if ARGV[15] == '1' and ARGV[16] == 'u' and ARGV[7] == '0' then
+  local mode = ARGV[1]
+  local owner = redis.call('HGET', KEYS[2], ARGV[17])
+  if not owner then
+    if mode == 'count' then return {0, 0} end
+    return {{}, {}, 0}
+  end
+  local n = 0
+  if redis.call('ZSCORE', KEYS[1], owner) then n = 1 end
+  n = math.max(0, n - tonumber(ARGV[2]))
+  local limit = tonumber(ARGV[3])
+  if limit >= 0 then n = math.min(n, limit) end
+  if mode == 'count' then return {n, 2} end
+  if n == 0 then return {{}, {}, 2} end
+  local hashes = {}
+  if mode == 'load' then hashes[1] = redis.pcall('HGETALL', ARGV[6] .. owner) end
+  return {{owner}, hashes, 2}
+end
+
 local ai = 1
 local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
 local function num(s)
@@ -500,4 +562,4 @@ def _wrong_types(client: Any, call: ScriptCall) -> list[str]:
     ]
 
 
-__all__ = ["LOOKUP", "LOOKUP_SHA", "MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "run"]
+__all__ = ["LOOKUP", "LOOKUP_SHA", "MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "SLICE_OFFSET", "run"]

@@ -118,6 +118,8 @@ def pack(commands: Sequence[Sequence[Any]]) -> list[bytes]:
     """The commands packed for one write: by hiredis when it can, else in Python."""
     if _hiredis_pack is not None:
         try:
+            if len(commands) == 1:  # a query, a lookup: no chunking to set up
+                return [_hiredis_pack(commands[0])]
             return [
                 b"".join([_hiredis_pack(command) for command in commands[start : start + CHUNK]])
                 for start in range(0, len(commands), CHUNK)

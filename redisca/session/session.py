@@ -280,6 +280,8 @@ class Session:
         """Stop tracking every instance (redisca 1.x's ``free_all()``)."""
         # forget() for each, inlined: closing a session runs this per instance.
         states = self.states()
+        if not states:
+            return
         self._identity.clear()
         detach = instrument.detach
         with gcpause.paused(len(states)):
@@ -368,12 +370,20 @@ class Session:
         return self._stub(mapper, mapper.lookup_id(id))  # type: ignore[no-any-return]
 
     def _stub(self, mapper: Mapper, ident: str) -> Any:
-        state = self._lookup(mapper, ident)
+        # _lookup, Mapper.blank and _track inlined: loading makes one for every
+        # reference not in the session (a page of 10 users makes about 7 companies).
+        table = self._identity.get(mapper)
+        if table is None:
+            table = self._identity[mapper] = {}
+        state = table.get(ident)
         if state is None:
-            state = InstanceState(mapper.blank(ident), mapper, ident)
+            obj = object.__new__(mapper.class_)
+            mapper.id_attribute.store(obj, ident)
+            state = InstanceState(obj, mapper, ident, None, self._ref)
             state.persistent = True
             state.assigned = IN_STEP  # nothing set, nothing in the snapshot: in step
-            self._track(state)
+            table[ident] = state
+            instrument.attach(obj, state)
         return state.obj
 
     def get(self, cls: type[T], id: str | int) -> T | None:
