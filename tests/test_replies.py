@@ -20,8 +20,6 @@ from redisca.embedded import EmbeddedServer
 from redisca.errors import OperationalError
 from redisca.session.executor import _reader, connection, roundtrip, run
 
-hiredis = pytest.importorskip("hiredis", reason="the direct path needs hiredis (CI's second run)")
-
 
 class Overriding(redis.Connection):
     """A connection class that wraps read_response, as instrumentation does."""
@@ -38,16 +36,19 @@ def _is_direct(conn: Any) -> bool:
 
 
 def _direct_expected(conn: Any) -> bool:
-    """RESP2 always; RESP3 where the parser tells push messages from replies (redis-py
-    with hiredis 3.2+; not redis-py 5.0)."""
+    """With hiredis (CI's second run): RESP2 always, RESP3 where the parser tells push
+    messages from replies (redis-py with hiredis 3.2+; not redis-py 5.0). Without it
+    (the README's run), redis-py's own parser, always through ``read_response``."""
+    if getattr(conn._parser, "_reader", None) is None:
+        return False
     if conn.protocol in (2, "2", None):
         return True
     return getattr(conn._parser, "_hiredis_PushNotificationType", None) is not None
 
 
-def test_hiredis_reads_directly(redis_server: EmbeddedServer) -> None:
+def test_hiredis_is_read_directly_where_it_can_be(redis_server: EmbeddedServer) -> None:
     with redis_server.client(protocol=2) as client, connection(client) as conn:
-        assert _is_direct(conn)
+        assert _is_direct(conn) == _direct_expected(conn)
     with redis_server.client(protocol=3) as client, connection(client) as conn:
         # RESP3 too, where the parser tells push messages from replies (hiredis 3.2+)
         assert _is_direct(conn) == _direct_expected(conn)
@@ -56,12 +57,11 @@ def test_hiredis_reads_directly(redis_server: EmbeddedServer) -> None:
 def test_a_push_message_between_replies_is_handed_to_redis_py(
     redis_server: EmbeddedServer,
 ) -> None:
-    """An invalidation push (client-side caching) arrives before the next reply: the
-    direct reader gives it to redis-py's push handler and returns the reply."""
+    """An invalidation push (client-side caching) arrives before the next reply: either
+    reader gives it to redis-py's push handler and returns the reply."""
     client = redis_server.client(protocol=3, single_connection_client=True)
     conn = client.connection
-    if not _is_direct(conn):
-        pytest.skip("this redis-py's hiredis parser cannot tell pushes from replies")
+    assert _is_direct(conn) == _direct_expected(conn)
     pushed: list[Any] = []
     conn._parser.invalidation_push_handler_func = pushed.append
     assert run(client, [(b"SET", b"cached", b"1")]) == [b"OK"]
@@ -133,7 +133,7 @@ def test_a_timeout_while_reading_directly_is_an_operational_error(
 ) -> None:
     client = redis_server.client(protocol=2, socket_timeout=0.2)
     with connection(client) as conn:
-        assert _is_direct(conn)
+        assert _is_direct(conn) == _direct_expected(conn)
     with pytest.raises(OperationalError, match=r"[Tt]imeout"):
         run(client, [(b"BLPOP", b"empty-list", 5)])
     assert run(client, [(b"PING",)]) == [b"PONG"]  # the broken connection was dropped
@@ -145,7 +145,7 @@ def test_a_connection_closed_while_reading_directly_is_an_operational_error(
 ) -> None:
     client = redis_server.client(protocol=2, single_connection_client=True)
     (victim,) = run(client, [(b"CLIENT", b"ID")])
-    assert _is_direct(client.connection)
+    assert _is_direct(client.connection) == _direct_expected(client.connection)
     admin = redis_server.client()
     # BLPOP blocks; the admin kills the connection while redisca waits for the reply.
     killer = threading.Timer(0.3, admin.execute_command, ("CLIENT", "KILL", "ID", victim))
