@@ -55,6 +55,16 @@ SLICE_OFFSET = 64
 #: Replies the script raises for a cursor whose id is in no index.
 AFTER_MISSING = "REDISCA-AFTER"
 
+#: A score as Redis writes it (``inf``, ``-inf`` or a number) as a Lua number: both
+#: scripts read scores and window bounds with it.
+_NUM = b"""
+local function num(s)
+  if s == 'inf' or s == '+inf' then return math.huge end
+  if s == '-inf' then return -math.huge end
+  return tonumber(s)
+end
+"""
+
 SCRIPT = (
     b"""
 -- redisca query engine (see redisca/session/queryscript.py).
@@ -103,11 +113,9 @@ local ki, ai = 2, 1
 local function key() local k = KEYS[ki]; ki = ki + 1; return k end
 local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
 
-local function num(s)
-  if s == 'inf' or s == '+inf' then return math.huge end
-  if s == '-inf' then return -math.huge end
-  return tonumber(s)
-end
+"""
+    + _NUM
+    + b"""
 
 -- Byte order (Lua's '<' on strings follows the server's locale).
 local function lt(a, b)
@@ -419,7 +427,8 @@ SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
 #: :data:`SCRIPT`. Why a second script: on Redis 7.0 the engine's setup (its
 #: functions and tables, made on every call) cost a lookup by e-mail about 17 µs of
 #: server time, twice what the lookup itself needs.
-LOOKUP = b"""
+LOOKUP = (
+    b"""
 -- redisca query engine, lookup by a unique value (see redisca/session/queryscript.py).
 -- KEYS and ARGV as the engine's script reads them (its header), read in the same order.
 
@@ -447,11 +456,9 @@ end
 
 local ai = 1
 local function arg() local a = ARGV[ai]; ai = ai + 1; return a end
-local function num(s)
-  if s == 'inf' or s == '+inf' then return math.huge end
-  if s == '-inf' then return -math.huge end
-  return tonumber(s)
-end
+"""
+    + _NUM
+    + b"""
 local function window() return {num(arg()), arg() == '1', num(arg()), arg() == '1'} end
 local function inside(s, w)
   if s < w[1] or (s == w[1] and w[2]) then return false end
@@ -509,6 +516,7 @@ local hashes = {}
 if mode == 'load' then hashes[1] = redis.pcall('HGETALL', prefix .. id) end
 return {{id}, hashes, work}
 """
+)
 LOOKUP_SHA = hashlib.sha1(LOOKUP).hexdigest().encode()
 
 
