@@ -181,8 +181,9 @@ class Mapper:
         #: The attributes without an index or a unique key (an update of only these
         #: reads nothing before its commit).
         self.plain: frozenset[MappedField] = frozenset()
-        #: The reference attributes.
+        #: The reference attributes, and their names.
         self.references: tuple[MappedField, ...] = ()
+        self.reference_names: frozenset[str] = frozenset()
         #: Whether any field's values may change in place (see MappedField.mutable).
         self.mutable = False
         #: The first range-indexed field (declaration order), or ``None``: its index
@@ -203,6 +204,7 @@ class Mapper:
         self.indexed = tuple(f for f in fields if f.indexed)
         self.plain = frozenset(f for f in fields if not f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
+        self.reference_names = frozenset(f.name for f in self.references)
         self.mutable = any(f.mutable for f in fields)
         self.default_order = next((f for f in fields if f.index == "range"), None)
         # The first range field's index is the all-ids index: the layout depends on it.

@@ -48,9 +48,13 @@ def cascade(session: Session) -> None:
     """
     seen: set[int] = set()
     for state in session.states():
-        if state.deleted:
+        mapper = state.mapper
+        if state.deleted or not mapper.references:
             continue
-        for field in state.mapper.references:
+        assigned = state.assigned  # only references assigned since the snapshot are new
+        if assigned is not None and mapper.reference_names.isdisjoint(assigned):
+            continue
+        for field in mapper.references:
             target = field.attribute.get_raw(state.obj)
             if target is MISSING or target is None or id(target) in seen:
                 continue
