@@ -21,6 +21,35 @@ def _committed_user(r: redis.Redis, email: str = "ann@example.com") -> User:
     return user
 
 
+def test_plain_updates_of_many_entities_skip_only_the_ones_deleted_meanwhile(
+    r: redis.Redis,
+) -> None:
+    """One guarded call writes every plain update; it asks EXISTS of a thousand keys at
+    once and each key alone only in a thousand where one is gone."""
+    with Session(r) as s:
+        s.add_all(User(email=f"u{i:04}@example.com", age=i % 200) for i in range(1500))
+        s.commit()
+    s = Session(r)
+    users = s.query(User).all()
+    assert len(users) == 1500
+    gone = [users[3], users[998]]  # both among the first thousand keys of the call
+    with Session(r) as other:
+        for user in gone:
+            other.delete(other.get(User, user.id))
+        other.commit()
+    for user in users:
+        user.nickname = user.email[:5]
+    s.commit()
+    for user in gone:
+        assert not r.exists(redisca.inspect(user).key)
+        assert redisca.inspect(user).status == "detached"
+    with Session(r) as fresh:
+        kept = fresh.query(User).all()
+        assert len(kept) == 1498
+        assert all(u.nickname == u.email[:5] for u in kept)  # both thousands written
+    assert_indexes_consistent(r, redisca.inspect(User))
+
+
 def test_expunged_and_closed_instances_are_detached(r: redis.Redis) -> None:
     user = _committed_user(r)
     assert redisca.inspect(user).status == "detached"
