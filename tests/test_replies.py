@@ -61,6 +61,9 @@ def test_a_push_message_between_replies_is_handed_to_redis_py(
     reader gives it to redis-py's push handler and returns the reply."""
     client = redis_server.client(protocol=3, single_connection_client=True)
     conn = client.connection
+    if not hasattr(conn._parser, "invalidation_push_handler_func"):
+        client.close()
+        pytest.skip("this redis-py (5.0) hands no invalidation push to a handler")
     assert _is_direct(conn) == _direct_expected(conn)
     pushed: list[Any] = []
     conn._parser.invalidation_push_handler_func = pushed.append
