@@ -169,10 +169,6 @@ class Observed:
 
 def unique_key(field: MappedField, raw: bytes) -> Slot:
     """Where a unique field's stored value ``raw`` is claimed: (stripe, index form)."""
-    return _unique_key(field, raw)
-
-
-def _unique_key(field: MappedField, raw: bytes) -> Slot:
     value = field.index_key(raw)
     return field.mapper.layout.unique_stripe(field.hash_field, value), value
 
@@ -185,10 +181,10 @@ def collect_reads(plan: CommitPlan) -> Reads:
     counters: dict[bytes, None] = {}
     slots = reads.slots
 
-    def unique_key(field: MappedField, raw: bytes) -> Slot:
+    def slot(field: MappedField, raw: bytes) -> Slot:  # unique_key, once per value
         found = slots.get((field, raw))
         if found is None:
-            found = slots[(field, raw)] = _unique_key(field, raw)
+            found = slots[(field, raw)] = unique_key(field, raw)
         return found
 
     for change in plan.changes:
@@ -202,7 +198,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 reads.fields[key] = change.verified_fields()
             for field, raw in change.values.items():
                 if field.unique and raw is not None:
-                    claimed = unique_key(field, raw)
+                    claimed = slot(field, raw)
                     owners[claimed] = None
                     reads.claims.add(claimed)
             continue
@@ -227,12 +223,12 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 continue
             new = change.values.get(field)
             if change.op == UPDATE and new is not None:
-                claimed = unique_key(field, new)
+                claimed = slot(field, new)
                 owners[claimed] = None
                 reads.claims.add(claimed)
             guess = change.guesses.get(field)
             if guess is not None:
-                owners[unique_key(field, guess)] = None
+                owners[slot(field, guess)] = None
     reads.owners = list(owners)
     reads.guards = list(guards)
     reads.counters = list(counters)
