@@ -402,27 +402,16 @@ def test_a_page_sends_one_command_and_the_script_no_whole_index_read(
     r: redis.Redis, skewed: dict[str, Row], redis_url: str
 ) -> None:
     """MONITOR shows the script's own commands: none copies or reads a whole index."""
-    inner: list[list[str]] = []
-    ready = threading.Event()
-    watcher = redis.Redis.from_url(redis_url, decode_responses=True)
+    pages: list[Any] = []
 
-    def record() -> None:
-        with watcher.monitor() as monitor:
-            ready.set()
-            for event in monitor.listen():
-                if event["command"] == "ECHO monitor-stop":
-                    return
-                inner.append([event["client_type"], event["command"]])
+    def run() -> None:
+        with Session(r) as s:
+            rare = s.query(Item).filter(Item.city == "rare")
+            pages.append(rare.order_by(Item.age).limit(3).all())
 
-    thread = threading.Thread(target=record)
-    thread.start()
-    assert ready.wait(10)
-    with Session(r) as s:
-        page = s.query(Item).filter(Item.city == "rare").order_by(Item.age).limit(3).all()
+    inner = _monitored(r, redis_url, run)
+    page = pages[0]
     assert len(page) == 3
-    r.echo("monitor-stop")
-    thread.join(10)
-    watcher.close()
     outer = [c for kind, c in inner if kind != "lua"]
     script = [c.split()[0].upper() for kind, c in inner if kind == "lua"]
     assert [c.split()[0].upper() for c in outer] in (["EVAL"], ["EVALSHA"])  # one command
@@ -490,9 +479,9 @@ def test_the_smallest_set_sorted_with_ties_and_a_cursor(r: redis.Redis, desc: bo
             assert work(query) <= 3 * 18 + 40  # (b): 18 candidates, never the 58 rows
 
 
-def _script_commands(r: redis.Redis, redis_url: str, run: Any) -> list[str]:
-    """The commands the script ran (MONITOR) while ``run()`` ran."""
-    inner: list[str] = []
+def _monitored(r: redis.Redis, redis_url: str, run: Any) -> list[tuple[str, str]]:
+    """(client type, command) of every command MONITOR saw while ``run()`` ran."""
+    seen: list[tuple[str, str]] = []
     ready = threading.Event()
     watcher = redis.Redis.from_url(redis_url, decode_responses=True)
 
@@ -502,8 +491,7 @@ def _script_commands(r: redis.Redis, redis_url: str, run: Any) -> list[str]:
             for event in monitor.listen():
                 if event["command"] == "ECHO monitor-stop":
                     return
-                if event["client_type"] == "lua":
-                    inner.append(event["command"].split()[0].upper())
+                seen.append((event["client_type"], event["command"]))
 
     thread = threading.Thread(target=record)
     thread.start()
@@ -512,7 +500,13 @@ def _script_commands(r: redis.Redis, redis_url: str, run: Any) -> list[str]:
     r.echo("monitor-stop")
     thread.join(10)
     watcher.close()
-    return inner
+    return seen
+
+
+def _script_commands(r: redis.Redis, redis_url: str, run: Any) -> list[str]:
+    """The commands the script ran (MONITOR) while ``run()`` ran."""
+    seen = _monitored(r, redis_url, run)
+    return [c.split()[0].upper() for kind, c in seen if kind == "lua"]
 
 
 def test_lookup_and_slice_shapes_run_short(
