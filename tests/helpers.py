@@ -225,7 +225,9 @@ GUARD_STRIPES = 128
 
 def head(prefix: str, group: str | None = None) -> bytes:
     """``{P}`` (or ``{G}P`` in slot group G): what every key of the model starts with."""
-    return b"{%s}" % prefix.encode() if group is None else b"{%s}%s" % (group.encode(), prefix.encode())
+    if group is None:
+        return b"{%s}" % prefix.encode()
+    return b"{%s}%s" % (group.encode(), prefix.encode())
 
 
 def stripe_key(prefix: str, field: str | bytes, value: str | bytes) -> bytes:

@@ -433,7 +433,7 @@ def test_a_string_where_a_hash_should_be(stored: redis.Redis) -> None:
     stored.delete("{bitem}:1")
     stored.set("{bitem}:1", "not a hash")
     with Session(stored) as s:
-        with pytest.raises(DecodeError, match="{bitem}:1 is not a hash") as info:
+        with pytest.raises(DecodeError, match=r"\{bitem\}:1 is not a hash") as info:
             s.query(Item).filter(Item.tag == "t").all()
         assert info.value.key == "{bitem}:1"
         ref = s.reference(Item, "1")

@@ -203,13 +203,13 @@ def test_unreadable_stored_value_is_a_decode_error(r, name, garbage):
         session.get(Every, "bad:1")
     assert info.value.key == "{every}:bad:1" and info.value.field == name
     assert "{every}:bad:1" in str(info.value) and repr(name) in str(info.value)
-    with Session(r) as session, pytest.raises(DecodeError, match="{every}:bad:1"):
+    with Session(r) as session, pytest.raises(DecodeError, match=r"\{every\}:bad:1"):
         getattr(session.reference(Every, "bad:1"), name)  # lazy load says the same
 
 
 def test_key_of_the_wrong_type_is_a_decode_error(r):
     r.set("{every}:s", "a string, not a hash")
-    with Session(r) as session, pytest.raises(DecodeError, match="{every}:s") as info:
+    with Session(r) as session, pytest.raises(DecodeError, match=r"\{every\}:s") as info:
         session.get(Every, "s")
     assert info.value.key == "{every}:s"
 

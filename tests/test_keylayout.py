@@ -84,7 +84,8 @@ def test_key_for_and_slot_groups_on_the_mapper():
         mapper.key_for(None)  # type: ignore[arg-type]
     for bad in ("a:b", "{x}", "", "a b"):
         with pytest.raises(redisca.MappingError, match="slot_group"):
-            Registry().mapped(slot_group=bad)(attrs.define(type("Thing", (), {"__annotations__": {"id": "str"}})))
+            thing = attrs.define(type("Thing", (), {"__annotations__": {"id": "str"}}))
+            Registry().mapped(slot_group=bad)(thing)
 
 
 @registry.mapped(prefix="two")

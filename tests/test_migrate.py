@@ -70,7 +70,8 @@ def test_an_entity_written_under_the_new_name_is_never_overwritten(r: redis.Redi
         s.commit()
     report = migrate(registry, r)
     assert [p.kind for p in report.problems] == ["old_layout"]
-    assert report.problems[0].key == "usr:1" and "{usr}:1 exists already" in report.problems[0].detail
+    problem = report.problems[0]
+    assert problem.key == "usr:1" and "{usr}:1 exists already" in problem.detail
     assert next(m for m in report.models if m.prefix == "usr").kept == 1
     assert as_str(r.hget("{usr}:1", "eml")) == "new@x.org"  # kept as the application wrote it
     assert as_str(r.hget("usr:1", "eml")) == "Ann@x.org"  # the old one waits for a decision

@@ -165,7 +165,7 @@ def test_insert_markers_and_existing_key() -> None:
     assert emit(CommitPlan((bare,)), Observed(exists={KEY: False}))[0] == (
         b"HSET", KEY, b"#e", b"",
     )  # fmt: skip
-    with pytest.raises(IntegrityError, match="{pusr}:u1"):
+    with pytest.raises(IntegrityError, match=r"\{pusr\}:u1"):
         emit(CommitPlan((change(INSERT, email=b"a@b.c"),)), Observed(exists={KEY: True}))
 
 

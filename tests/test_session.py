@@ -366,7 +366,8 @@ def test_binds_cover_subclasses_of_a_mapped_class(
     s.add_all([base, sub])
     s.commit()
     assert not r.keys("*")
-    assert other.exists(f"{{base}}:{base.id}", f"{{sub}}:{sub.id}", "{sub}#r:extra", "{sub}#i:name:s") == 4
+    keys = [f"{{base}}:{base.id}", f"{{sub}}:{sub.id}", "{sub}#r:extra", "{sub}#i:name:s"]
+    assert other.exists(*keys) == 4
     other.close()
 
 
