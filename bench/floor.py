@@ -23,9 +23,9 @@ from redisca import hexid
 from .model import DataSet
 from .raw import as_dict, connection, decode, roundtrip, run
 
-ENTITY = b"usr:"
-EMAILS = b"usr#u:eml"
-AGE = b"usr#r:age"
+ENTITY = b"{usr}:"
+EMAILS = b"{usr}#u:eml"
+AGE = b"{usr}#r:age"
 
 
 class FloorSide:

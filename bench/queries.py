@@ -119,23 +119,23 @@ def load_raw(
     first of which, ``itm#r:i``, is the all-ids index (``itm#all`` too, in layouts
     before that), the eq index of ``s``; no guard counters, which hold no data), in
     writes of 10,000 items. :func:`check_loader` compares the result with redisca's own."""
-    all_ids = b"itm#all"
+    all_ids = b"{itm}#all"
     separate = inspect(Item).layout.all_ids == all_ids
     batch: list[tuple[Any, ...]] = []
     for i, s, a, b, name in values:
         ident = (next(ids) if ids is not None else hexid()).encode()
         batch.append(
-            (b"HSET", b"itm:" + ident, b"i", i, b"s", s, b"a", a, b"b", b, b"name", name)
+            (b"HSET", b"{itm}:" + ident, b"i", i, b"s", s, b"a", a, b"b", b, b"name", name)
         )
         if separate:
             batch.append(
                 (b"ZADD", all_ids, 0, ident) if raw.STRIPED else (b"SADD", all_ids, ident)
             )
         batch += [
-            (b"ZADD", b"itm#r:i", i, ident),
-            (b"ZADD", b"itm#r:a", a, ident),
-            (b"ZADD", b"itm#r:b", b, ident),
-            (b"SADD", b"itm#i:s:" + s.encode(), ident),
+            (b"ZADD", b"{itm}#r:i", i, ident),
+            (b"ZADD", b"{itm}#r:a", a, ident),
+            (b"ZADD", b"{itm}#r:b", b, ident),
+            (b"SADD", b"{itm}#i:s:" + s.encode(), ident),
         ]
         if len(batch) >= 60_000:
             _write(client, batch)
@@ -177,7 +177,7 @@ def check_loader(url: str, n: int = 300) -> None:
 
 
 def _data(client: redis.Redis) -> frozenset[Any]:
-    return frozenset(kv for kv in runner.dump(client) if not kv[0].startswith(b"itm#g:"))
+    return frozenset(kv for kv in runner.dump(client) if not kv[0].startswith(b"{itm}#g:"))
 
 
 def check(client: redis.Redis, items: Items) -> None:

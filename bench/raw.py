@@ -41,11 +41,11 @@ from redisca.session.emit import GUARDED_WRITE
 
 from .model import DataSet, company_ids
 
-ENTITY = b"usr:"
-ALL = b"usr#all"
-AGE = b"usr#r:age"
-COMPANY = b"usr#i:company:"
-EMAIL = b"usr#u:eml:"
+ENTITY = b"{usr}:"
+ALL = b"{usr}#all"
+AGE = b"{usr}#r:age"
+COMPANY = b"{usr}#i:company:"
+EMAIL = b"{usr}#u:eml:"
 #: The striped layout: unique values in 128 hashes, all ids in a sorted set.
 STRIPED = hasattr(KeyLayout, "unique_stripe")
 STRIPES = 128
@@ -105,7 +105,7 @@ def detect(client: redis.Redis) -> bool:
     with Session(client) as session:
         session.add(Company(name="probe", id="probe"))
         session.commit()
-    Protocol.guarded = bool(list(client.scan_iter(match=b"co#g:*")))
+    Protocol.guarded = bool(list(client.scan_iter(match=b"{co}#g:*")))
     client.flushall()
     return Protocol.guarded
 
@@ -249,11 +249,11 @@ class RawSide:
         for i in company_ids():
             name = f"company {i}".encode()
             if STRIPED:
-                stripe = b"co#u:name:%d" % (zlib.crc32(name) % STRIPES)
-                commands += [(b"ZADD", b"co#all", 0, i), (b"HSET", stripe, name, i)]
+                stripe = b"{co}#u:name:%d" % (zlib.crc32(name) % STRIPES)
+                commands += [(b"ZADD", b"{co}#all", 0, i), (b"HSET", stripe, name, i)]
             else:
-                commands += [(b"SADD", b"co#all", i), (b"SET", b"co#u:name:" + name, i)]
-            commands.append((b"HSET", b"co:" + i.encode(), b"name", name))
+                commands += [(b"SADD", b"{co}#all", i), (b"SET", b"{co}#u:name:" + name, i)]
+            commands.append((b"HSET", b"{co}:" + i.encode(), b"name", name))
         commands += bumps(b"co", company_ids())
         run(self.client, commands)
 

@@ -52,13 +52,13 @@ def _needed(phases: tuple[str, ...]) -> tuple[str, ...]:
 
 #: Key kinds of the memory breakdown, by prefix (the longest first).
 KINDS = (
-    (b"usr:", "user hashes"),
-    (b"usr#all", "all-ids index"),
-    (b"usr#r:", "range indexes"),
-    (b"usr#i:", "eq indexes"),
-    (b"usr#u:", "unique index"),
-    (b"usr#g:", "guard stripes"),
-    (b"usr#", "other usr# keys"),
+    (b"{usr}:", "user hashes"),
+    (b"{usr}#all", "all-ids index"),
+    (b"{usr}#r:", "range indexes"),
+    (b"{usr}#i:", "eq indexes"),
+    (b"{usr}#u:", "unique index"),
+    (b"{usr}#g:", "guard stripes"),
+    (b"{usr}#", "other usr# keys"),
     (b"", "companies and the rest"),
 )
 

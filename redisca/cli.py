@@ -1,4 +1,4 @@
-"""``python -m redisca check|reindex|stats MODULE:registry``: the maintenance tasks from a shell.
+"""``python -m redisca check|reindex|stats|migrate MODULE:registry``: maintenance from a shell.
 
 argparse only, so the core needs nothing more; ``flask redisca ...``
 (:mod:`redisca.flaskcli`) runs the same tasks through the functions here.
@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import redis
 
 from .errors import MappingError, RediscaError
-from .maintenance import MaintenanceError, UnknownName, check, reindex, stats
+from .maintenance import MaintenanceError, UnknownName, check, migrate, reindex, stats
 from .mapping.mapper import Mapper, mapper_of
 from .mapping.registry import Registry
 
@@ -156,6 +156,8 @@ def _run(
         return check(target, client, models=models, batch=batch, progress=bar)
     if task == "reindex":
         return reindex(target, client, models=models, fields=fields, batch=batch, progress=bar)
+    if task == "migrate":
+        return migrate(target, client, models=models, batch=batch, progress=bar)
     return stats(target, client, models=models, batch=batch, progress=bar)
 
 
@@ -195,6 +197,17 @@ def _print_reindex(report: Any, out: TextIO) -> None:
         out.write(f"{len(report.problems)} values could not be indexed\n")
 
 
+def _print_migrate(report: Any, out: TextIO) -> None:
+    for m in report.models:
+        kept = f", {m.kept:,} left in place (see below)" if m.kept else ""
+        out.write(
+            f"{m.model} ({m.prefix}): moved {m.moved:,} entities to the hash-tagged layout, "
+            f"deleted {m.dropped:,} old index keys{kept}, {m.seconds:.2f} s\n"
+        )
+    _print_problems([p for p in report.problems if p not in report.reindex.problems], out)
+    _print_reindex(report.reindex, out)
+
+
 def _print_stats(report: Any, out: TextIO) -> None:
     for m in report.models:
         keys = ", ".join(f"{n:,} {kind}" for kind, n in m.index_keys.items()) or "none"
@@ -217,6 +230,7 @@ def _size(n: float) -> str:
 PRINTERS: dict[str, Callable[[Any, TextIO], None]] = {
     "check": _print_check,
     "reindex": _print_reindex,
+    "migrate": _print_migrate,
     "stats": _print_stats,
 }
 
@@ -235,6 +249,7 @@ def parser() -> argparse.ArgumentParser:
         "check": "compare every index with the entity hashes (reads only)",
         "reindex": "rebuild indexes from the hashes, while the application runs",
         "stats": "count entities, index keys and entries; estimate memory",
+        "migrate": "move data of the layout before hash tags (P:<id>) to {P}:<id>, then reindex",
     }
     for name, text in helps.items():
         sub = tasks.add_parser(name, help=text, description=text)

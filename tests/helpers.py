@@ -223,17 +223,24 @@ UNIQUE_STRIPES = 128
 GUARD_STRIPES = 128
 
 
+def head(prefix: str, group: str | None = None) -> bytes:
+    """``{P}`` (or ``{G}P`` in slot group G): what every key of the model starts with."""
+    if group is None:
+        return b"{%s}" % prefix.encode()
+    return b"{%s}%s" % (group.encode(), prefix.encode())
+
+
 def stripe_key(prefix: str, field: str | bytes, value: str | bytes) -> bytes:
-    """``P#u:<field>:<n>``, n = crc32(value) % 128 in decimal: a unique value's hash."""
+    """``{P}#u:<field>:<n>``, n = crc32(value) % 128 in decimal: a unique value's hash."""
     field = field.encode() if isinstance(field, str) else field
     value = value.encode() if isinstance(value, str) else value
-    return b"%s#u:%s:%d" % (prefix.encode(), field, zlib.crc32(value) % UNIQUE_STRIPES)
+    return b"%s#u:%s:%d" % (head(prefix), field, zlib.crc32(value) % UNIQUE_STRIPES)
 
 
 def guard_key(prefix: str, ident: str | bytes) -> bytes:
-    """``P#g:<n>``, n = crc32(id) % 128 in decimal: an entity's guard counter."""
+    """``{P}#g:<n>``, n = crc32(id) % 128 in decimal: an entity's guard counter."""
     ident = ident.encode() if isinstance(ident, str) else ident
-    return b"%s#g:%d" % (prefix.encode(), zlib.crc32(ident) % GUARD_STRIPES)
+    return b"%s#g:%d" % (head(prefix), zlib.crc32(ident) % GUARD_STRIPES)
 
 
 def unique_owner(client: redis.Redis, prefix: str, field: str, value: str) -> str | None:
@@ -246,7 +253,7 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
     """The index keys of ``mapper`` as they must be, rebuilt from the entity hashes
     with the key names of docs/keylayout.rst (the mapper gives only fields, and
     codecs the index form and score of a value)."""
-    prefix = mapper.prefix.encode()
+    prefix = head(mapper.prefix, mapper.slot_group)
     entity_prefix = prefix + b":"
     expected: dict[bytes, tuple[str, Any]] = {}
     ids: dict[bytes, float] = {}
@@ -268,7 +275,7 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
                 expected.setdefault(name, ("set", set()))[1].add(ident)
             if field.unique:
                 form = field.index_key(value)
-                name = stripe_key(mapper.prefix, field.hash_field, form)
+                name = prefix + b"#u:%s:%d" % (field.hash_field, zlib.crc32(form) % UNIQUE_STRIPES)
                 stripe = expected.setdefault(name, ("hash", {}))[1]
                 assert form not in stripe, f"two entities hold the unique value {form!r}"
                 stripe[form] = ident
@@ -304,7 +311,7 @@ def assert_indexes_consistent(client: redis.Redis, mapper: Any) -> None:
     ``P#g:<n>`` are left out, but must be integer strings.
     """
     raw = _raw_client(client)
-    prefix = mapper.prefix.encode()
+    prefix = head(mapper.prefix, mapper.slot_group)
     try:
         expected = expected_indexes(raw, mapper)
         actual = {

@@ -109,7 +109,7 @@ AWKWARD = [
     "\\",
     "a:b#c",
     "x#i:tag:y",
-    "bitem#all",
+    "{bitem}#all",
     "{tag}",
     "\n",
     "a\r\nb",
@@ -153,12 +153,12 @@ def test_awkward_text_as_id_and_as_every_kind_of_indexed_value(
         s.commit()
     clean(r)
     assert {as_str(k) for k in r.scan_iter()} == {
-        "bitem:other",  # no bitem#all: bitem#r:count, its first range index, holds the ids
-        "bitem#i:tag:plain",
+        "{bitem}:other",  # no bitem#all: bitem#r:count, its first range index, holds the ids
+        "{bitem}#i:tag:plain",
         as_str(stripe_key("bitem", "code", "other")),
-        "bitem#r:count",  # range indexes hold every entity, those without a value at +inf
-        "bitem#r:real",
-        "bitem#r:when",
+        "{bitem}#r:count",  # range indexes hold every entity, those without a value at +inf
+        "{bitem}#r:real",
+        "{bitem}#r:when",
         # guard counters of the entities written (they count commits, and stay)
         *(as_str(guard_key(p, i)) for p, i in (("bitem", awkward), ("bitem", "other"))),
         as_str(guard_key("bgrp", awkward)),
@@ -354,7 +354,7 @@ def test_wrong_python_types_are_refused_before_redis(r: redis.Redis, name: str, 
     with Session(r) as s:
         s.add(item)
         s.commit()
-    assert r.hlen("bitem:x") == 1  # written without the value: just the exists marker
+    assert r.hlen("{bitem}:x") == 1  # written without the value: just the exists marker
     clean(r)
 
 
@@ -371,7 +371,7 @@ def test_an_int_id_is_its_decimal_string(r: redis.Redis) -> None:
     commit(r, Item(tag="t", id=42))  # type: ignore[arg-type]
     with Session(r) as s:
         assert s.get(Item, 42) is s.get(Item, "42")
-    assert r.exists("bitem:42")
+    assert r.exists("{bitem}:42")
 
 
 # -- data other programs wrote -------------------------------------------------------------
@@ -402,18 +402,18 @@ def refused(r: redis.Redis, error: type[Exception], match: str, action: Callable
 def test_a_missing_field_loads_as_none_and_other_fields_survive_updates(stored: redis.Redis):
     """A field another program removed (or a field added to the model later) is None;
     fields the model does not know are kept: commits write only what changed."""
-    stored.hdel("bitem:1", "code")
-    stored.hset("bitem:1", "legacy", "kept")
+    stored.hdel("{bitem}:1", "code")
+    stored.hset("{bitem}:1", "legacy", "kept")
     with Session(stored) as s:
         item = s.get(Item, "1")
         assert item is not None and item.code is None and item.tag == "t"
         item.tag = "u"
         s.commit()
-    assert as_str(stored.hget("bitem:1", "legacy")) == "kept"
+    assert as_str(stored.hget("{bitem}:1", "legacy")) == "kept"
 
 
 def test_undecodable_values_name_key_and_field_on_every_read_path(stored: redis.Redis) -> None:
-    stored.hset("bitem:1", "count", "many")
+    stored.hset("{bitem}:1", "count", "many")
     paths: list[Callable[[Session], Any]] = [
         lambda s: s.get(Item, "1"),
         lambda s: s.get_many(Item, ["2", "1"]),
@@ -425,34 +425,34 @@ def test_undecodable_values_name_key_and_field_on_every_read_path(stored: redis.
     for path in paths:
         with Session(stored) as s, pytest.raises(DecodeError) as info:
             path(s)
-        assert (info.value.key, info.value.field) == ("bitem:1", "count")
-        assert "bitem:1" in str(info.value) and "'count'" in str(info.value)
+        assert (info.value.key, info.value.field) == ("{bitem}:1", "count")
+        assert "{bitem}:1" in str(info.value) and "'count'" in str(info.value)
 
 
 def test_a_string_where_a_hash_should_be(stored: redis.Redis) -> None:
-    stored.delete("bitem:1")
-    stored.set("bitem:1", "not a hash")
+    stored.delete("{bitem}:1")
+    stored.set("{bitem}:1", "not a hash")
     with Session(stored) as s:
-        with pytest.raises(DecodeError, match="bitem:1 is not a hash") as info:
+        with pytest.raises(DecodeError, match=r"\{bitem\}:1 is not a hash") as info:
             s.query(Item).filter(Item.tag == "t").all()
-        assert info.value.key == "bitem:1"
+        assert info.value.key == "{bitem}:1"
         ref = s.reference(Item, "1")
         ref.tag = "new"  # an indexed change: the commit reads the hash first
-        failure = refused(stored, redisca.IntegrityError, "bitem:1", s.commit)
+        failure = refused(stored, redisca.IntegrityError, "{bitem}:1", s.commit)
         assert "WRONGTYPE" in str(failure)
     with Session(stored) as s:
         s.add(Item(id="1"))
-        refused(stored, redisca.IntegrityError, "bitem:1 already exists", s.commit)
+        refused(stored, redisca.IntegrityError, "{bitem}:1 already exists", s.commit)
 
 
 def test_a_version_that_is_no_number(stored: redis.Redis) -> None:
-    stored.hset("bver:v", "#v", "seven")
+    stored.hset("{bver}:v", "#v", "seven")
     with Session(stored) as s, pytest.raises(DecodeError) as info:
         s.get(Versioned, "v")
-    assert (info.value.key, info.value.field) == ("bver:v", "#v")
+    assert (info.value.key, info.value.field) == ("{bver}:v", "#v")
     with Session(stored) as s:
         s.reference(Versioned, "v").title = "w"  # unloaded: the version is only incremented
-        error = refused(stored, DecodeError, "bver:v: field '#v'", s.commit)
+        error = refused(stored, DecodeError, "{bver}:v: field '#v'", s.commit)
         assert error.field == "#v"
 
 
@@ -465,16 +465,16 @@ def test_a_unique_key_of_the_wrong_type_refuses_the_commit(stored: redis.Redis) 
 
 
 def test_ids_that_are_not_text_in_index_keys(stored: redis.Redis) -> None:
-    stored.sadd("bitem#i:tag:t", b"\xff\xfe")
+    stored.sadd("{bitem}#i:tag:t", b"\xff\xfe")
     stripe = as_str(stripe_key("bitem", "code", "c9"))
     stored.hset(stripe, "c9", b"\xc3")
     # in every index, as an entity's id would be (the query engine drops ids in no
     # ordering index: an orphan entry names no entity)
-    stored.zadd("bitem#r:count", {b"\xff\xfe": math.inf, b"\xc3": math.inf})
+    stored.zadd("{bitem}#r:count", {b"\xff\xfe": math.inf, b"\xc3": math.inf})
     with Session(stored) as s:
-        with pytest.raises(DecodeError, match=r"bitem#i:tag:t holds b'\\xff\\xfe'") as info:
+        with pytest.raises(DecodeError, match=r"{bitem}#i:tag:t holds b'\\xff\\xfe'") as info:
             s.query(Item).filter(Item.tag == "t").ids()
-        assert info.value.key == "bitem#i:tag:t"
+        assert info.value.key == "{bitem}#i:tag:t"
         with pytest.raises(DecodeError, match=stripe):
             s.query(Item).filter(Item.code == "c9").all()
         s.add(Item(code="c9", id="9"))  # the claim reads the owner
@@ -485,22 +485,22 @@ def test_an_address_that_is_not_text_can_still_be_deleted(stored: redis.Redis) -
     """A unique Email value another program replaced by bytes that are not UTF-8: its
     keys are computed from the bytes as they are, so the entity can go."""
     stored.hdel(stripe_key("bitem", "mail", "a@x.org"), "a@x.org")
-    stored.hset("bitem:1", "mail", b"\xffB@X.org")
+    stored.hset("{bitem}:1", "mail", b"\xffB@X.org")
     stripe = stripe_key("bitem", "mail", b"\xffb@x.org")
     stored.hset(stripe, b"\xffb@x.org", "1")
     with Session(stored) as s:
         s.delete(s.reference(Item, "1"))
         s.commit()
-    assert not stored.exists("bitem:1") and stored.hget(stripe, b"\xffb@x.org") is None
+    assert not stored.exists("{bitem}:1") and stored.hget(stripe, b"\xffb@x.org") is None
     clean(stored)
 
 
 @pytest.mark.parametrize(
     ("key", "make"),
     [
-        ("bgrp#all", lambda r: r.hset("bgrp#all", "x", "y")),  # Group: no range index
-        ("bitem#r:count", lambda r: r.set("bitem#r:count", "junk")),
-        ("bitem#i:tag:t", lambda r: r.set("bitem#i:tag:t", "junk")),
+        ("{bgrp}#all", lambda r: r.hset("{bgrp}#all", "x", "y")),  # Group: no range index
+        ("{bitem}#r:count", lambda r: r.set("{bitem}#r:count", "junk")),
+        ("{bitem}#i:tag:t", lambda r: r.set("{bitem}#i:tag:t", "junk")),
     ],
 )
 def test_index_keys_of_the_wrong_type(
@@ -514,7 +514,7 @@ def test_index_keys_of_the_wrong_type(
     make(stored)
     with Session(stored) as s:
         new: Any
-        if key == "bgrp#all":
+        if key == "{bgrp}#all":
             query: Any = s.query(Group)
             new = Group("g3", id="g3")
         else:

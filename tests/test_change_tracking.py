@@ -69,7 +69,7 @@ def test_a_value_changed_in_place_is_committed(r: redis.Redis) -> None:
         post.tags.names.append("b")  # no assignment
         assert post in s.dirty
         s.commit()
-    assert as_str(r.hget("ctpost:p1", "tags")) == "a,b"
+    assert as_str(r.hget("{ctpost}:p1", "tags")) == "a,b"
 
 
 def test_an_instance_changed_while_detached_is_committed_when_added_back(
@@ -85,8 +85,8 @@ def test_an_instance_changed_while_detached_is_committed_when_added_back(
     s.add(user)
     assert s.is_modified(user)
     s.commit()
-    assert as_str(r.hget(f"usr:{ident}", "nickname")) == "b"
-    assert r.zscore("usr#r:age", ident) == 31
+    assert as_str(r.hget(f"{{usr}}:{ident}", "nickname")) == "b"
+    assert r.zscore("{usr}#r:age", ident) == 31
 
 
 def test_assigning_the_loaded_value_changes_nothing(r: redis.Redis, counted: Counted) -> None:
@@ -110,7 +110,7 @@ def test_an_assignment_survives_a_lazy_load(r: redis.Redis) -> None:
         assert user.age == 30  # loads the rest of the hash, keeps the assignment
         assert s.is_modified(user)
         s.commit()
-    assert as_str(r.hget(f"usr:{ident}", "nickname")) == "b"
+    assert as_str(r.hget(f"{{usr}}:{ident}", "nickname")) == "b"
 
 
 def test_after_rollback_or_refresh_nothing_is_pending(r: redis.Redis, counted: Counted) -> None:
@@ -136,11 +136,11 @@ def test_each_commit_writes_what_was_assigned_since_the_last(r: redis.Redis) -> 
         assert user is not None
         user.nickname = "b"
         s.commit()
-        r.hset(f"usr:{ident}", "nickname", "changed elsewhere")
+        r.hset(f"{{usr}}:{ident}", "nickname", "changed elsewhere")
         user.age = 31  # the next commit writes age only
         s.commit()
-    assert as_str(r.hget(f"usr:{ident}", "nickname")) == "changed elsewhere"
-    assert as_str(r.hget(f"usr:{ident}", "age")) == "31"
+    assert as_str(r.hget(f"{{usr}}:{ident}", "nickname")) == "changed elsewhere"
+    assert as_str(r.hget(f"{{usr}}:{ident}", "age")) == "31"
 
 
 def test_a_value_that_cannot_be_encoded_fails_the_insert_naming_the_field(
@@ -158,5 +158,5 @@ def test_a_value_that_cannot_be_encoded_fails_the_insert_naming_the_field(
         assert r.dbsize() == 0
         post.tags.names[1] = "fine"
         s.commit()
-    stored = {as_str(k): as_str(v) for k, v in r.hgetall("ctpost:p9").items()}
+    stored = {as_str(k): as_str(v) for k, v in r.hgetall("{ctpost}:p9").items()}
     assert stored == {"title": "hello", "tags": "ok,fine"}

@@ -68,53 +68,53 @@ Corruption = Callable[[redis.Redis], None]
 CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
     (
         "an entity missing from its equality index",
-        lambda r: r.srem("usr#i:company:c1", "3"),
-        [("missing_entry", "usr#i:company:c1", "company")],
+        lambda r: r.srem("{usr}#i:company:c1", "3"),
+        [("missing_entry", "{usr}#i:company:c1", "company")],
     ),
     (
         "an entity missing from its range index",
-        lambda r: r.zrem("usr#r:age", "3"),
-        [("missing_entry", "usr#r:age", "age")],
+        lambda r: r.zrem("{usr}#r:age", "3"),
+        [("missing_entry", "{usr}#r:age", "age")],
     ),
     (
         "an equality entry whose entity holds another value",
-        lambda r: r.sadd("usr#i:company:c2", "4"),
-        [("orphan_entry", "usr#i:company:c2", "company")],
+        lambda r: r.sadd("{usr}#i:company:c2", "4"),
+        [("orphan_entry", "{usr}#i:company:c2", "company")],
     ),
     (
         "a range entry of an entity that does not exist",
-        lambda r: r.zadd("usr#r:age", {"nobody": 5}),
-        [("orphan_entry", "usr#r:age", "age")],
+        lambda r: r.zadd("{usr}#r:age", {"nobody": 5}),
+        [("orphan_entry", "{usr}#r:age", "age")],
     ),
     (
         "a range entry with the wrong score",
-        lambda r: r.zadd("usr#r:age", {"5": 99}),
-        [("wrong_score", "usr#r:age", "age")],
+        lambda r: r.zadd("{usr}#r:age", {"5": 99}),
+        [("wrong_score", "{usr}#r:age", "age")],
     ),
     (
         "an entity without a value missing from its range index (at +inf)",
-        lambda r: (r.hdel("usr:3", "age"), r.zrem("usr#r:age", "3")),
-        [("missing_entry", "usr#r:age", "age")],
+        lambda r: (r.hdel("{usr}:3", "age"), r.zrem("{usr}#r:age", "3")),
+        [("missing_entry", "{usr}#r:age", "age")],
     ),
     (  # Company has no range index: its ids are in co#all (User's, in usr#r:age)
         "an entity missing from the all-ids set",
-        lambda r: r.zrem("co#all", "c1"),
-        [("missing_from_all", "co#all", None)],
+        lambda r: r.zrem("{co}#all", "c1"),
+        [("missing_from_all", "{co}#all", None)],
     ),
     (
         "an id in the all-ids set without a hash",
-        lambda r: r.zadd("co#all", {"ghost": 0}),
-        [("stale_id", "co#all", None)],
+        lambda r: r.zadd("{co}#all", {"ghost": 0}),
+        [("stale_id", "{co}#all", None)],
     ),
     (
         "an all-ids set on a model whose range index holds the ids",
-        lambda r: r.zadd("usr#all", {"1": 0, "2": 0}),
-        [("old_layout", "usr#all", None)],
+        lambda r: r.zadd("{usr}#all", {"1": 0, "2": 0}),
+        [("old_layout", "{usr}#all", None)],
     ),
     (
         "an all-ids SET of the layout before 2.0 on a model with a range index",
-        lambda r: (r.delete("usr#all"), r.sadd("usr#all", "1")),
-        [("old_layout", "usr#all", None)],
+        lambda r: (r.delete("{usr}#all"), r.sadd("{usr}#all", "1")),
+        [("old_layout", "{usr}#all", None)],
     ),
     (
         "a unique value owned by the wrong id",
@@ -138,7 +138,7 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
     ),
     (
         "two entities holding one unique value",
-        lambda r: r.hset("usr:11", "eml", "U9@x.org"),
+        lambda r: r.hset("{usr}:11", "eml", "U9@x.org"),
         # 11's own value now names an entity that does not hold it
         [
             ("dangling_unique", S("u11@x.org"), "email"),
@@ -147,13 +147,13 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
     ),
     (
         "a unique key of the layout before 2.0 (a string per value)",
-        lambda r: r.set("co#u:name:acme", "c1"),
-        [("old_layout", "co#u:name:acme", None)],
+        lambda r: r.set("{co}#u:name:acme", "c1"),
+        [("old_layout", "{co}#u:name:acme", None)],
     ),
     (
         "an all-ids SET of the layout before 2.0",
-        lambda r: (r.delete("co#all"), r.sadd("co#all", "c1")),
-        [("old_layout", "co#all", None)],
+        lambda r: (r.delete("{co}#all"), r.sadd("{co}#all", "c1")),
+        [("old_layout", "{co}#all", None)],
     ),
     (
         "a unique stripe of the wrong type",
@@ -162,53 +162,53 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
     ),
     (
         "an undecodable value",
-        lambda r: r.hset("usr:2", "created", "yesterday"),
-        [("undecodable", "usr:2", "created")],
+        lambda r: r.hset("{usr}:2", "created", "yesterday"),
+        [("undecodable", "{usr}:2", "created")],
     ),
     (
         "an undecodable indexed value",
-        lambda r: r.hset("usr:2", "age", "two"),
-        [("undecodable", "usr:2", "age")],
+        lambda r: r.hset("{usr}:2", "age", "two"),
+        [("undecodable", "{usr}:2", "age")],
     ),
     (
         "an entity key holding a string",
-        lambda r: r.set("usr:99", "not a hash"),
-        [("wrong_type", "usr:99", None)],
+        lambda r: r.set("{usr}:99", "not a hash"),
+        [("wrong_type", "{usr}:99", None)],
     ),
     (
         "an index key of the wrong type",
-        lambda r: (r.delete("co#all"), r.set("co#all", "oops")),
-        [("wrong_type", "co#all", None)],
+        lambda r: (r.delete("{co}#all"), r.set("{co}#all", "oops")),
+        [("wrong_type", "{co}#all", None)],
     ),
     (
         "a range index of the wrong type",
-        lambda r: (r.delete("usr#r:age"), r.sadd("usr#r:age", "1")),
-        [("wrong_type", "usr#r:age", "age")],
+        lambda r: (r.delete("{usr}#r:age"), r.sadd("{usr}#r:age", "1")),
+        [("wrong_type", "{usr}#r:age", "age")],
     ),
     (
         "a reindex marker that is not a list (commits could not read it)",
-        lambda r: r.set("usr#x", "running"),
-        [("wrong_type", "usr#x", None)],
+        lambda r: r.set("{usr}#x", "running"),
+        [("wrong_type", "{usr}#x", None)],
     ),
     (
         "an index of a field that is not indexed",
-        lambda r: r.sadd("usr#i:nickname:bob", "1"),
-        [("stray_key", "usr#i:nickname:bob", None)],
+        lambda r: r.sadd("{usr}#i:nickname:bob", "1"),
+        [("stray_key", "{usr}#i:nickname:bob", None)],
     ),
     (
         "a key that is no key redisca writes",
-        lambda r: r.set("usr#what", "x"),
-        [("stray_key", "usr#what", None)],
+        lambda r: r.set("{usr}#what", "x"),
+        [("stray_key", "{usr}#what", None)],
     ),
     (
         "a leftover query scratch key",
-        lambda r: r.sadd("usr#t:0123", "1"),
-        [("stray_key", "usr#t:0123", None)],
+        lambda r: r.sadd("{usr}#t:0123", "1"),
+        [("stray_key", "{usr}#t:0123", None)],
     ),
     (
         "a build key of a reindex that is not running",
-        lambda r: r.sadd("usr#b:dead:all", "1"),
-        [("stray_key", "usr#b:dead:all", None)],
+        lambda r: r.sadd("{usr}#b:dead:all", "1"),
+        [("stray_key", "{usr}#b:dead:all", None)],
     ),
 ]
 
@@ -224,7 +224,7 @@ def test_each_problem_is_found(
     assert kinds(report.problems) == sorted(expected)
     for problem in report.problems:
         assert problem.kind in KINDS and problem.detail
-        assert problem.model == ("Company" if problem.key.startswith("co") else "User")
+        assert problem.model == ("Company" if problem.key.startswith("{co}") else "User")
 
 
 def test_every_kind_is_covered() -> None:
@@ -244,16 +244,16 @@ def test_many_problems_at_once_with_any_batch(r: redis.Redis) -> None:
 
 def test_problems_serialise_to_json(r: redis.Redis) -> None:
     seed(r)
-    r.zrem("co#all", "c1")
+    r.zrem("{co}#all", "c1")
     data = json.loads(json.dumps(check(registry, r).as_dict()))
     assert data["ok"] is False
     assert data["problems"] == [
         {
             "kind": "missing_from_all",
             "model": "Company",
-            "key": "co#all",
+            "key": "{co}#all",
             "field": None,
-            "detail": "c1 has a hash (co:c1) but is not in it",
+            "detail": "c1 has a hash ({co}:c1) but is not in it",
         }
     ]
     assert {m["model"]: m["problems"] for m in data["models"]} == {"Company": 1, "User": 0}
@@ -272,7 +272,7 @@ class Odd:
     id: str | None = None
 
 
-AWKWARD = ["", ":", "a:b", "{x}", "*", "line\nbreak", "ünï🙂", "#all", "odd#all"]
+AWKWARD = ["", ":", "a:b", "{x}", "*", "line\nbreak", "ünï🙂", "#all", "{odd}#all"]
 
 
 def test_awkward_ids_and_values_are_ok(r: redis.Redis) -> None:
@@ -284,7 +284,7 @@ def test_awkward_ids_and_values_are_ok(r: redis.Redis) -> None:
         s.commit()
     report = check(Odd, r)
     assert report.ok, report.problems
-    r.hset("odd:a:b", "price", "7.1000")  # the same price as another: a duplicate
+    r.hset("{odd}:a:b", "price", "7.1000")  # the same price as another: a duplicate
     assert kinds(check(Odd, r).problems) == [
         ("dangling_unique", S("2.1", "odd", "price"), "price"),
         ("duplicate_unique", S("7.1", "odd", "price"), "price"),
@@ -292,10 +292,10 @@ def test_awkward_ids_and_values_are_ok(r: redis.Redis) -> None:
 
 
 def test_an_id_that_is_not_utf8_is_undecodable(r: redis.Redis) -> None:
-    r.hset(b"odd:\xff", "tag", "x")
-    r.zadd("odd#all", {b"\xff": 0})
-    r.sadd("odd#i:tag:x", b"\xff")
-    assert kinds(check(Odd, r).problems) == [("undecodable", "odd:\\xff", None)]
+    r.hset(b"{odd}:\xff", "tag", "x")
+    r.zadd("{odd}#all", {b"\xff": 0})
+    r.sadd("{odd}#i:tag:x", b"\xff")
+    assert kinds(check(Odd, r).problems) == [("undecodable", "{odd}:\\xff", None)]
 
 
 # -- choosing models ---------------------------------------------------------------------
@@ -303,8 +303,8 @@ def test_an_id_that_is_not_utf8_is_undecodable(r: redis.Redis) -> None:
 
 def test_models_are_chosen_by_class_name_or_prefix(r: redis.Redis) -> None:
     seed(r)
-    r.zrem("co#all", "c1")
-    r.zrem("usr#r:age", "1")
+    r.zrem("{co}#all", "c1")
+    r.zrem("{usr}#r:age", "1")
     for models, expected in (
         (["User"], {"User"}),
         (["co"], {"Company"}),
@@ -360,7 +360,7 @@ def test_problems_found_during_commits_are_real(r: redis.Redis, make_client: Any
     with Session(r) as s:
         s.add_all(Company(f"co{n}", id=f"c{n}") for n in (10, 11, 12))
         s.commit()
-    r.sadd("usr#i:company:c9", "ghost-member")  # the real one
+    r.sadd("{usr}#i:company:c9", "ghost-member")  # the real one
     writer_client = make_client()
     stop = threading.Event()
     commits = [0]
@@ -387,8 +387,8 @@ def test_problems_found_during_commits_are_real(r: redis.Redis, make_client: Any
         thread.join()
     assert commits[0] > 20
     for report in reports:
-        assert kinds(report.problems) == [("orphan_entry", "usr#i:company:c9", "company")]
-    r.srem("usr#i:company:c9", "ghost-member")
+        assert kinds(report.problems) == [("orphan_entry", "{usr}#i:company:c9", "company")]
+    r.srem("{usr}#i:company:c9", "ghost-member")
     assert check(registry, r).ok
 
 
@@ -397,8 +397,8 @@ def test_problems_found_during_commits_are_real(r: redis.Redis, make_client: Any
 
 def test_stats_counts_keys_and_entries(r: redis.Redis) -> None:
     seed(r, 20)
-    r.sadd("usr#i:nickname:bob", "1")  # a stray key counts as "other"
-    r.zadd("usr#all", {"1": 0})  # and so does a P#all the range index replaces
+    r.sadd("{usr}#i:nickname:bob", "1")  # a stray key counts as "other"
+    r.zadd("{usr}#all", {"1": 0})  # and so does a P#all the range index replaces
     report = stats(registry, r, batch=3, sample=5)
     users = next(m for m in report.models if m.model == "User")
     assert (users.entities, users.ids) == (20, 20)  # ids: ZCARD usr#r:age
@@ -413,7 +413,7 @@ def test_stats_counts_keys_and_entries(r: redis.Redis) -> None:
     company = next(m for m in report.models if m.model == "Company")
     assert company.index_keys["all"] == 1 and company.ids == 1
     assert not users.reindexing
-    r.rpush("usr#x", "abcd", "#all")
+    r.rpush("{usr}#x", "abcd", "#all")
     assert next(m for m in stats(User, r).models).reindexing
     data = json.loads(json.dumps(report.as_dict()))
     assert data["models"][1]["memory_total"] == users.memory_total

@@ -72,21 +72,21 @@ def test_check_clean_then_broken_then_reindexed(r: redis.Redis, redis_url: str) 
     assert "User (usr): 30 entities" in done.stdout and "ok: no problem found" in done.stdout
     assert done.stderr == ""  # not a terminal: no progress
 
-    r.zrem("co#all", "c1")
-    r.zadd("usr#all", {"3": 0})  # User's ids are in usr#r:age: a leftover
-    r.sadd("usr#i:company:c2", "4")
+    r.zrem("{co}#all", "c1")
+    r.zadd("{usr}#all", {"3": 0})  # User's ids are in usr#r:age: a leftover
+    r.sadd("{usr}#i:company:c2", "4")
     done = redisca_cmd("check", "models:registry", url=redis_url)
     assert done.returncode == PROBLEMS
-    assert "missing_from_all: Company 'co#all': c1 has a hash" in done.stdout
-    assert "old_layout: User 'usr#all': an all-ids set the model no longer keeps" in done.stdout
-    assert "orphan_entry: User 'usr#i:company:c2' [company]" in done.stdout
+    assert "missing_from_all: Company '{co}#all': c1 has a hash" in done.stdout
+    assert "old_layout: User '{usr}#all': an all-ids set the model no longer keeps" in done.stdout
+    assert "orphan_entry: User '{usr}#i:company:c2' [company]" in done.stdout
     assert done.stdout.rstrip().endswith("3 problems")
 
     done = redisca_cmd("reindex", "models:registry", "--batch", "7", url=redis_url)
     assert done.returncode == OK, done.stderr
     assert "Company (co): rebuilt #all, name from 1 entities" in done.stdout
     assert "User (usr): rebuilt eml, age, company from 30 entities" in done.stdout
-    assert not r.exists("usr#all")
+    assert not r.exists("{usr}#all")
     assert redisca_cmd("check", "models", url=redis_url).returncode == OK  # module:registry
 
 
@@ -164,7 +164,7 @@ def test_argparse_errors_exit_2(redis_url: str) -> None:
 
 def test_a_run_that_cannot_start_exits_3(r: redis.Redis, redis_url: str) -> None:
     seed(r, 3)
-    r.rpush("usr#x", "abcd", "#all")  # another run's marker
+    r.rpush("{usr}#x", "abcd", "#all")  # another run's marker
     done = redisca_cmd("reindex", "models:registry", "--model", "User", url=redis_url)
     assert done.returncode == FAILED and "running already" in done.stderr
 
@@ -239,7 +239,7 @@ def test_flask_commands_with_the_extensions_client(r: redis.Redis, redis_url: st
     assert done.exit_code == OK, done.output
     assert "ok: no problem found" in done.output
 
-    r.zrem("usr#r:age", "3")
+    r.zrem("{usr}#r:age", "3")
     done = runner.invoke(flask_cli, ["check", "--json", "--model", "User"])
     assert done.exit_code == PROBLEMS
     assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing_entry"]
@@ -274,7 +274,7 @@ def test_flask_registry_and_connection_sources(r: redis.Redis, redis_url: str) -
 
 def test_the_flask_command_itself(r: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     seed(r, 10)
-    r.zadd("co#all", {"ghost": 0})
+    r.zadd("{co}#all", {"ghost": 0})
     (tmp_path / "clitestapp.py").write_text(
         "from flask import Flask\n"
         "from redisca.flask import FlaskRedisca\n"

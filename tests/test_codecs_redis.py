@@ -69,7 +69,7 @@ def test_register_codec_for_a_custom_type(r):
     with Session(r) as session:
         session.add(Invoice(Money(1234, "EUR"), id="i1"))
         session.commit()
-    assert as_str(r.hget("inv:i1", "total")) == "EUR:1234" and not r.hexists("inv:i1", "tip")
+    assert as_str(r.hget("{inv}:i1", "total")) == "EUR:1234" and not r.hexists("{inv}:i1", "tip")
     with Session(r) as session:
         loaded = session.get(Invoice, "i1")
         assert loaded.total == Money(1234, "EUR") and loaded.tip is None
@@ -181,8 +181,8 @@ def test_stored_formats(r):
         "color": "RED", "size": "L", "email": "Ann@Example.COM", "owner": "o1",
     }
     # (the blob is not UTF-8, so a decode_responses client cannot read it: HSTRLEN instead)
-    assert [as_str(v) for v in r.hmget("every:e1", list(expected))] == list(expected.values())
-    assert r.hlen("every:e1") == len(expected) + 1 and r.hstrlen("every:e1", "blob") == 3
+    assert [as_str(v) for v in r.hmget("{every}:e1", list(expected))] == list(expected.values())
+    assert r.hlen("{every}:e1") == len(expected) + 1 and r.hstrlen("{every}:e1", "blob") == 3
 
 
 GARBAGE = [
@@ -198,20 +198,20 @@ def test_unreadable_stored_value_is_a_decode_error(r, name, garbage):
     with Session(r) as session:
         session.add(Every(**fresh("typical"), id="bad:1"))
         session.commit()
-    r.hset("every:bad:1", name, garbage)
+    r.hset("{every}:bad:1", name, garbage)
     with Session(r) as session, pytest.raises(DecodeError) as info:
         session.get(Every, "bad:1")
-    assert info.value.key == "every:bad:1" and info.value.field == name
-    assert "every:bad:1" in str(info.value) and repr(name) in str(info.value)
-    with Session(r) as session, pytest.raises(DecodeError, match="every:bad:1"):
+    assert info.value.key == "{every}:bad:1" and info.value.field == name
+    assert "{every}:bad:1" in str(info.value) and repr(name) in str(info.value)
+    with Session(r) as session, pytest.raises(DecodeError, match=r"\{every\}:bad:1"):
         getattr(session.reference(Every, "bad:1"), name)  # lazy load says the same
 
 
 def test_key_of_the_wrong_type_is_a_decode_error(r):
-    r.set("every:s", "a string, not a hash")
-    with Session(r) as session, pytest.raises(DecodeError, match="every:s") as info:
+    r.set("{every}:s", "a string, not a hash")
+    with Session(r) as session, pytest.raises(DecodeError, match=r"\{every\}:s") as info:
         session.get(Every, "s")
-    assert info.value.key == "every:s"
+    assert info.value.key == "{every}:s"
 
 
 def test_equal_decimals_are_one_value_for_indexes_and_uniqueness(r):
@@ -231,9 +231,9 @@ def test_equal_decimals_are_one_value_for_indexes_and_uniqueness(r):
         with pytest.raises(redisca.UniqueViolation) as info:
             session.commit()
         assert info.value.owner == "p1"
-    assert as_str(r.hget("prod:p1", "price")) == "1.10"  # the hash keeps it as given
-    assert unique_owner(r, "prod", "price", "1.1") == "p1" and not r.exists("prod:p2")
-    assert {as_str(m) for m in r.smembers("prod#i:color:RED")} == {"p1"}  # enums by name
+    assert as_str(r.hget("{prod}:p1", "price")) == "1.10"  # the hash keeps it as given
+    assert unique_owner(r, "prod", "price", "1.1") == "p1" and not r.exists("{prod}:p2")
+    assert {as_str(m) for m in r.smembers("{prod}#i:color:RED")} == {"p1"}  # enums by name
     with Session(r) as session:
         for query in (Decimal("1.1"), Decimal("1.100")):
             found = session.query(Product).filter(Product.price == query).one()

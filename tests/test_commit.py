@@ -61,9 +61,9 @@ def test_round_trips_of_an_insert_do_not_grow_with_the_batch(
     assert one == thousand <= 3
     assert one == 2  # WATCH + reads, then MULTI/EXEC
     # usr#r:age holds every user (no usr#all: the first range index is the all-ids one)
-    assert r.zcard("usr#r:age") == 1001 and r.zcard("co#all") == 2
-    assert not r.exists("usr#all")
-    assert r.zcard("usr#r:age") == 1001
+    assert r.zcard("{usr}#r:age") == 1001 and r.zcard("{co}#all") == 2
+    assert not r.exists("{usr}#all")
+    assert r.zcard("{usr}#r:age") == 1001
     consistent(r)
 
 
@@ -84,7 +84,7 @@ def test_an_update_touching_no_indexed_field_is_one_round_trip(
     user.nickname = "nick"
     s.commit()
     assert counted.round_trips == 1
-    assert as_str(r.hget("usr:1", "nickname")) == "nick"
+    assert as_str(r.hget("{usr}:1", "nickname")) == "nick"
 
 
 @pytest.mark.parametrize("change", ["age", "email", "company", "all"])
@@ -113,11 +113,11 @@ def watched_kinds(watches: list[list[bytes]]) -> list[dict[str, int]]:
         kinds: dict[str, int] = {}
         for key in keys:
             head, _, stripe = key.rpartition(b":")
-            if head in (b"usr#u:eml", b"co#u:name") and stripe in STRIPE_NAMES:
+            if head in (b"{usr}#u:eml", b"{co}#u:name") and stripe in STRIPE_NAMES:
                 kind = "unique stripe"
-            elif head in (b"usr#g", b"co#g") and stripe in STRIPE_NAMES:
+            elif head in (b"{usr}#g", b"{co}#g") and stripe in STRIPE_NAMES:
                 kind = "guard"
-            elif key in (b"usr#x", b"co#x"):
+            elif key in (b"{usr}#x", b"{co}#x"):
                 kind = "marker"
             else:
                 kind = key.decode(errors="replace")  # anything else is a failure below
@@ -148,7 +148,7 @@ def test_watched_keys_do_not_grow_with_the_commit(r: redis.Redis, counted: Count
     assert insert == {"unique stripe": 128, "guard": 128, "marker": 1}
     assert update == {"unique stripe": 128, "guard": 128, "marker": 1}
     assert delete == {"guard": 128, "marker": 1}  # releases are read, not watched
-    assert r.zcard("usr#r:age") == 0 and not r.exists("usr#all")
+    assert r.zcard("{usr}#r:age") == 0 and not r.exists("{usr}#all")
     consistent(r)
 
 
@@ -161,7 +161,7 @@ def test_a_delete_is_two_round_trips_and_removes_every_index_entry(
     assert counted.round_trips == 2
     assert user not in s and user.email == "a@x.org"  # detached, values kept
     # nothing left but the guard counter of its stripe (it counts commits, holds no data)
-    assert {as_str(k) for k in r.keys("usr*")} == {as_str(guard_key("usr", user.id))}
+    assert {as_str(k) for k in r.keys("{usr}*")} == {as_str(guard_key("usr", user.id))}
     consistent(r)
 
 
@@ -202,7 +202,7 @@ def test_round_trips_of_a_mixed_commit_do_not_grow_with_it(
         counted.reset()
         s.commit()
         figures.append(counted.round_trips)
-        assert r.zcard("usr#r:age") == 2 * n and r.zcount("usr#r:age", 100, 100) == n
+        assert r.zcard("{usr}#r:age") == 2 * n and r.zcount("{usr}#r:age", 100, 100) == n
         consistent(r)
     assert figures[0] == figures[1] <= 3
 
@@ -235,8 +235,8 @@ def test_inserts_with_nothing_to_check_are_one_round_trip(
         fresh = Session(r)
         fresh.add(Note("clash", id="my-own-id"))
         fresh.commit()  # in Redis already
-    assert r.zcard("note#r:rank") == 51  # "mine": at +inf
-    assert not r.exists("note#all")  # the range index holds every id
+    assert r.zcard("{note}#r:rank") == 51  # "mine": at +inf
+    assert not r.exists("{note}#all")  # the range index holds every id
     assert_indexes_consistent(r, redisca.inspect(Note))
 
 
@@ -277,7 +277,7 @@ def test_unique_violation_on_update_keeps_the_change_pending(r: redis.Redis) -> 
     user.email = "c@x.org"
     s.commit()
     assert owner(r, "c@x.org") == "2" and owner(r, "b@x.org") is None
-    assert r.zscore("usr#r:age", "2") == 9
+    assert r.zscore("{usr}#r:age", "2") == 9
     consistent(r)
 
 
@@ -291,7 +291,7 @@ def test_two_new_objects_claiming_one_value(r: redis.Redis) -> None:
 
 def test_string_uniqueness_is_case_sensitive(r: redis.Redis) -> None:
     persist(r, Company("Acme"), Company("acme"))
-    assert r.zcard("co#all") == 2
+    assert r.zcard("{co}#all") == 2
     consistent(r)
 
 
@@ -323,7 +323,7 @@ def test_a_delete_and_a_new_claim_of_its_value_in_one_commit(r: redis.Redis) -> 
     s.delete(s.get(User, "1"))
     s.add(User("a@x.org", id="2"))
     s.commit()
-    assert owner(r, "a@x.org") == "2" and not r.exists("usr:1")
+    assert owner(r, "a@x.org") == "2" and not r.exists("{usr}:1")
     consistent(r)
 
 
@@ -347,7 +347,7 @@ def test_changing_only_the_case_of_an_email_keeps_its_claim(r: redis.Redis) -> N
     assert user is not None
     user.email = "A@X.org"
     s.commit()
-    assert owner(r, "a@x.org") == "1" and as_str(r.hget("usr:1", "eml")) == "A@X.org"
+    assert owner(r, "a@x.org") == "1" and as_str(r.hget("{usr}:1", "eml")) == "A@X.org"
     other = Session(r)
     other.add(User("a@X.ORG"))
     with pytest.raises(redisca.UniqueViolation):
@@ -362,7 +362,7 @@ def test_clearing_an_indexed_reference(r: redis.Redis) -> None:
     assert user is not None
     user.company = None
     s.commit()
-    assert "company" not in {as_str(k) for k in r.hkeys("usr:1")}
+    assert "company" not in {as_str(k) for k in r.hkeys("{usr}:1")}
     consistent(r)
 
 
@@ -404,4 +404,4 @@ def test_a_value_assigned_out_of_range_never_reaches_the_session(r: redis.Redis)
     with pytest.raises(redisca.ValidationError):
         user.age = 201
     s.commit()
-    assert as_str(r.hget(f"usr:{user.id}", "age")) == "3"
+    assert as_str(r.hget(f"{{usr}}:{user.id}", "age")) == "3"

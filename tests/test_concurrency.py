@@ -106,10 +106,10 @@ def test_two_processes_claiming_one_email(r: redis.Redis, redis_url: str) -> Non
         lost, won = rows
         assert lost[5] == won[3]  # the violation names the winner
         assert owner(r, f"race{n}@x.org") == won[3]
-        assert r.exists(f"usr:{won[3]}", f"co:{won[4]}") == 2
+        assert r.exists(f"{{usr}}:{won[3]}", f"{{co}}:{won[4]}") == 2
         assert mentions(r, lost[3]) == [] and mentions(r, lost[4]) == []
         assert unique_owner(r, "co", "name", f"co-{n}-{lost[1]}") is None
-    assert r.zcard("usr#r:age") == ROUNDS
+    assert r.zcard("{usr}#r:age") == ROUNDS
     consistent(r)
 
 
@@ -147,7 +147,7 @@ def test_a_write_between_load_and_commit(r: redis.Redis, counted: Counted, ours:
     s.commit()
     assert counted.round_trips <= 3
     consistent(r)
-    row = {as_str(k): as_str(v) for k, v in r.hgetall("usr:1").items()}
+    row = {as_str(k): as_str(v) for k, v in r.hgetall("{usr}:1").items()}
     mine = ours == "all"
     assert row["age"] == ("50" if mine or ours == "age" else "40")
     assert row["eml"] == ("ours@x.org" if mine or ours == "email" else "theirs@x.org")
@@ -237,7 +237,7 @@ def test_a_watch_conflict_is_retried(
     user.age = 7
     s.commit()
     assert hooks["attempts"] == 2  # the first EXEC was refused, the second went through
-    assert r.zscore("usr#r:age", "1") == 7 and as_str(r.hget("usr:1", "age")) == "7"
+    assert r.zscore("{usr}#r:age", "1") == 7 and as_str(r.hget("{usr}:1", "age")) == "7"
     consistent(r)
 
 
@@ -247,7 +247,7 @@ def test_a_commit_on_another_entity_of_the_guard_stripe_is_a_retry_not_an_error(
     """Commits watch guard stripes, not entity hashes: an indexed change to another entity
     of the same stripe (ids "1" and "240": crc32 % 128 == 55 for both) fails our EXEC
     too. It costs a retry, never a wrong result."""
-    assert guard_key("usr", "1") == guard_key("usr", "240") == b"usr#g:55"
+    assert guard_key("usr", "1") == guard_key("usr", "240") == b"{usr}#g:55"
     seed(r)
     with Session(r) as other:
         other.add(User("neighbour@x.org", age=1, id="240"))
@@ -269,7 +269,7 @@ def test_a_commit_on_another_entity_of_the_guard_stripe_is_a_retry_not_an_error(
     user.age = 7
     s.commit()
     assert hooks["attempts"] == 2  # a false conflict: read again, committed
-    assert r.zscore("usr#r:age", "1") == 7 and r.zscore("usr#r:age", "240") == 2
+    assert r.zscore("{usr}#r:age", "1") == 7 and r.zscore("{usr}#r:age", "240") == 2
     consistent(r)
 
 
@@ -296,7 +296,7 @@ def test_a_watch_conflict_without_retries(
     assert user in s.dirty
     hooks["before_exec"] = None
     s.commit()  # a retry by hand
-    assert r.zscore("usr#r:age", "1") == 7 and owner(r, "new@x.org") == "1"
+    assert r.zscore("{usr}#r:age", "1") == 7 and owner(r, "new@x.org") == "1"
     consistent(r)
 
 
@@ -313,7 +313,7 @@ def test_a_watch_conflict_every_time(
     with pytest.raises(redisca.ConflictError):
         s.commit()
     assert hooks["attempts"] == 3
-    assert as_str(r.hget("usr:1", "age")) == "103"  # the last write was theirs
+    assert as_str(r.hget("{usr}:1", "age")) == "103"  # the last write was theirs
     consistent(r)
 
 

@@ -169,7 +169,7 @@ def test_add_command_refuses_transaction_and_connection_commands(r: redis.Redis,
         s.commit()  # the session is unharmed: the next commit writes to db 0 as before
         assert kept.value == 1
     assert r.connection_pool.connection_kwargs.get("db", 0) == 0
-    assert as_str(r.hget("edge:x", "count")) == "1" and as_str(r.get("n")) == "1"
+    assert as_str(r.hget("{edge}:x", "count")) == "1" and as_str(r.get("n")) == "1"
 
 
 # -- 7. an id too long for str() -----------------------------------------------------
@@ -212,10 +212,10 @@ def test_an_int_id_beyond_the_int_to_text_limit_is_a_validation_error(r: redis.R
     ],
 )
 def test_stored_text_redisca_never_writes_is_a_decode_error(r: redis.Redis, field, stored):
-    r.hset("edge:1", field, stored)
+    r.hset("{edge}:1", field, stored)
     with Session(r) as s, pytest.raises(DecodeError) as info:
         s.get(Reading, "1")
-    assert (info.value.key, info.value.field) == ("edge:1", field)
+    assert (info.value.key, info.value.field) == ("{edge}:1", field)
     assert repr(stored.encode())[:20] in str(info.value)
 
 
@@ -228,20 +228,20 @@ def test_a_uuid_or_version_in_another_spelling_is_a_decode_error(r: redis.Redis)
 
     value = uuid.uuid4()
     for spelling in (str(value).upper(), f"{{{value}}}", value.hex):
-        r.hset("edgeu:1", "tag", spelling)
+        r.hset("{edgeu}:1", "tag", spelling)
         with Session(r) as s, pytest.raises(DecodeError, match="'tag'"):
             s.get(Tagged, "1")
-    r.hset("edgev:1", mapping={"title": "t", "#v": " 3"})
+    r.hset("{edgev}:1", mapping={"title": "t", "#v": " 3"})
     with Session(r) as s, pytest.raises(DecodeError) as info:
         s.get(Counted, "1")
-    assert (info.value.key, info.value.field) == ("edgev:1", "#v")
+    assert (info.value.key, info.value.field) == ("{edgev}:1", "#v")
 
 
 def test_what_redisca_and_redisca_1_wrote_still_loads(r: redis.Redis):
     """1.x wrote ints and timestamps as Python's str(int) does; redisca 2 writes the
     same, and repr() for floats, ISO dates, str() for decimals."""
     r.hset(
-        "edge:1",
+        "{edge}:1",
         mapping={
             "count": "-26",
             "when": "1700000000",
@@ -250,7 +250,7 @@ def test_what_redisca_and_redisca_1_wrote_still_loads(r: redis.Redis):
             "amount": "1.10",
         },
     )
-    r.hset("edge:2", mapping={"count": "0", "when": "-86400", "level": "inf"})
+    r.hset("{edge}:2", mapping={"count": "0", "when": "-86400", "level": "inf"})
     with Session(r) as s:
         one, two = s.get_many(Reading, ["1", "2"])
         assert (one.count, one.when.timestamp(), one.level) == (-26, 1700000000, -1.5e-07)

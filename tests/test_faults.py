@@ -207,7 +207,7 @@ def seed(client: redis.Redis) -> None:
     s.commit()
     # A new versioned entity starts at a time-based version (unitofwork.first_version);
     # setting it to 1 keeps the versions the tests below expect readable.
-    client.hset("fver:d1", "#v", 1)
+    client.hset("{fver}:d1", "#v", 1)
 
 
 def insert(s: Session) -> None:
@@ -321,14 +321,14 @@ def check_result(client: redis.Redis, scenario: str) -> None:
         assert cat.age == 25 and cat.firm is not None and cat.firm.name == "globex"
         doc = s.get(Doc, "d2")
         assert doc is not None and doc.title == "fresh"
-        assert int(as_str(client.hget("fver:d2", "#v"))) > 1 << 40  # a first version
+        assert int(as_str(client.hget("{fver}:d2", "#v"))) > 1 << 40  # a first version
     elif scenario == "update":
         ann = s.get(Person, "ann")
         assert ann is not None
         assert (ann.email, ann.age, ann.nickname) == ("ann@y.org", 31, "annie")
         assert ann.firm is not None and ann.firm.id == "initech"
         assert unique_owner(client, "fusr", "eml", "ann@x.org") is None
-        assert as_str(client.hget("fver:d1", "#v")) == "2"
+        assert as_str(client.hget("{fver}:d1", "#v")) == "2"
     elif scenario == "delete":
         assert s.get(Person, "bob") is None and s.get(Doc, "d1") is None
         assert unique_owner(client, "fusr", "eml", "bob@x.org") is None
@@ -421,7 +421,7 @@ def test_versioned_update_with_an_unknown_outcome_changed_since_is_stale(
     other.commit()
     with pytest.raises(redisca.StaleDataError):
         s.commit()
-    assert as_str(admin.hget("fver:d1", "#v")) == "3"
+    assert as_str(admin.hget("{fver}:d1", "#v")) == "3"
     clean(admin)
 
 
@@ -434,10 +434,10 @@ def test_versioned_update_with_an_unknown_outcome_is_not_applied_twice(
     doc.title = "mine"
     fail_once(s, fault)
     s.commit()
-    assert as_str(admin.hget("fver:d1", "#v")) == "2"
+    assert as_str(admin.hget("{fver}:d1", "#v")) == "2"
     doc.body = "next"
     s.commit()  # the session knows the version it wrote
-    assert as_str(admin.hget("fver:d1", "#v")) == "3"
+    assert as_str(admin.hget("{fver}:d1", "#v")) == "3"
     clean(admin)
 
 
@@ -575,7 +575,7 @@ def test_atomicity_is_per_server_and_the_retry_commits_the_rest(server: Embedded
         assert list(s.new) == [memo]  # dan's server committed
         assert Session(people).get(Person, dan.id) is not None  # type: ignore[arg-type]
         docs_server.restart()
-        assert not docs_server.client().exists("fver:memo")
+        assert not docs_server.client().exists("{fver}:memo")
         s.commit()
         assert not s.new and Session(docs_server.client()).get(Doc, "memo") is not None
         clean(people)

@@ -48,11 +48,11 @@ def test_mapped_with_and_without_arguments():
 
     assert reg.mapped(BlogPost) is BlogPost  # bare decorator, class returned unchanged
     assert redisca.inspect(BlogPost).prefix == "blogpost"  # lowercased class name
-    assert redisca.inspect(BlogPost(id="7")).key == "blogpost:7"
+    assert redisca.inspect(BlogPost(id="7")).key == "{blogpost}:7"
     assert redisca.inspect(Tag).prefix == "tag"
     mapper = redisca.inspect(Member)
     assert (mapper.prefix, mapper.id_attr, mapper.versioned) == ("usr", "code", True)
-    assert redisca.inspect(Member(code="x")).key == "usr:x"
+    assert redisca.inspect(Member(code="x")).key == "{usr}:x"
     assert len(reg) == 3 and mapper in list(reg)
 
 
@@ -65,7 +65,7 @@ def test_invalid_prefix_is_a_mapping_error(prefix):
 
 def test_valid_prefix_characters_and_default_prefix_is_checked_too():
     reg = Registry()
-    assert reg.map(klass("Ok"), prefix="A.b-c_9").layout.entity("1") == b"A.b-c_9:1"
+    assert reg.map(klass("Ok"), prefix="A.b-c_9").layout.entity("1") == b"{A.b-c_9}:1"
     with pytest.raises(MappingError, match="Ünï"):
         reg.map(klass("Ünï"))  # the default prefix "ünï" is not [A-Za-z0-9_.-]+
 

@@ -148,7 +148,7 @@ def test_ids_are_strings(models):
             user.id = bad
         assert info.value.field == "id"
     assert user.id == "5"
-    assert redisca.inspect(user).key == "usr:5"
+    assert redisca.inspect(user).key == "{usr}:5"
 
 
 def test_assignment_is_checked_and_normalised(models):

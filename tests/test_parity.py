@@ -100,8 +100,8 @@ def test_unload_keeps_changes_and_reloads_the_rest_on_the_next_read(
         assert counted.round_trips == before + 1
         assert {f.name for f in redisca.inspect(member).changes()} == {"age"}
         s.commit()
-    assert as_str(r.hget("pu:ann", "age")) == "31"
-    assert as_str(r.hget("pu:ann", "nick")) == "ann2"
+    assert as_str(r.hget("{pu}:ann", "age")) == "31"
+    assert as_str(r.hget("{pu}:ann", "nick")) == "ann2"
     with Session(r) as s:
         assert s.query(Member).filter(Member.age == 31).ids() == [ann]
         assert s.query(Member).filter(Member.email == "ann2@example.com").ids() == [ann]
@@ -111,7 +111,7 @@ def test_unload_of_an_unchanged_or_pending_instance(r: redis.Redis, ann):
     with Session(r) as s:
         member = s.get(Member, ann)
         s.unload(member)
-        r.hset("pu:ann", "nick", "fresh")
+        r.hset("{pu}:ann", "nick", "fresh")
         assert member.nick == "fresh" and not s.is_modified(member)
         s.commit()  # nothing to write
         new = Member(email="new@example.com", id="new")
@@ -119,14 +119,14 @@ def test_unload_of_an_unchanged_or_pending_instance(r: redis.Redis, ann):
         s.unload(new)  # nothing loaded: unchanged
         assert new.nick == "anon" and new in s.new
         s.commit()
-    assert as_str(r.hget("pu:new", "nick")) == "anon"
+    assert as_str(r.hget("{pu}:new", "nick")) == "anon"
 
 
 def test_unload_then_a_vanished_key_raises_not_found_on_read(r: redis.Redis, ann):
     with Session(r) as s:
         member = s.get(Member, ann)
         s.unload(member)
-        r.delete("pu:ann")
+        r.delete("{pu}:ann")
         with pytest.raises(redisca.NotFound):
             member.nick  # noqa: B018
 
@@ -140,7 +140,7 @@ def test_unload_needs_an_instance_of_this_session(r: redis.Redis):
 
 
 def test_update_or_create_updates_only_the_given_fields(r: redis.Redis, counted: Counted, ann):
-    r.hset("pu:ann", "created", "1700000000")
+    r.hset("{pu}:ann", "created", "1700000000")
     with Session(counted.client) as s:
         before = counted.round_trips
         member = s.update_or_create(Member, ann, age=40)
@@ -148,7 +148,7 @@ def test_update_or_create_updates_only_the_given_fields(r: redis.Redis, counted:
         assert member is s.get(Member, ann) and member not in s.new
         assert {f.name for f in redisca.inspect(member).changes()} == {"age"}
         s.commit()
-    stored = {as_str(k): as_str(v) for k, v in r.hgetall("pu:ann").items()}
+    stored = {as_str(k): as_str(v) for k, v in r.hgetall("{pu}:ann").items()}
     assert stored == {
         "email": "ann@example.com",
         "age": "40",
@@ -168,7 +168,7 @@ def test_update_or_create_creates_with_the_class_defaults(r: redis.Redis, counte
         again = s.update_or_create(Member, "7", nick="bobby")  # in the session: no load
         assert again is member and counted.round_trips == before
         s.commit()
-    stored = {as_str(k): as_str(v) for k, v in r.hgetall("pu:7").items()}
+    stored = {as_str(k): as_str(v) for k, v in r.hgetall("{pu}:7").items()}
     assert stored == {
         "email": "bob@example.com",
         "age": "20",
@@ -186,7 +186,7 @@ def test_update_or_create_refuses_what_it_cannot_do_before_writing(r: redis.Redi
             s.update_or_create(Member, None, age=1)
         with pytest.raises(ValidationError, match=r"Member\.age"):
             s.update_or_create(Member, ann, age="old")
-        with pytest.raises(InvalidRequestError, match=r"pu:nobody does not exist.*needs email"):
+        with pytest.raises(InvalidRequestError, match=r"{pu}:nobody does not exist.*needs email"):
             s.update_or_create(Member, "nobody", age=1)  # creating needs the email
         assert not s.new
         s.delete(s.get(Member, ann))
@@ -235,10 +235,10 @@ def test_none_names_no_entity_and_the_empty_id_is_1x_none(r: redis.Redis):
         ):
             with pytest.raises(ValidationError, match="None names no entity"):
                 call()
-    r.hset("pu:", mapping={"email": "nobody@example.com"})  # what 1.x's Member(None) wrote
+    r.hset("{pu}:", mapping={"email": "nobody@example.com"})  # what 1.x's Member(None) wrote
     with Session(r) as s:
         empty = s.get(Member, "")
-        assert empty.email == "nobody@example.com" and redisca.inspect(empty).key == "pu:"
+        assert empty.email == "nobody@example.com" and redisca.inspect(empty).key == "{pu}:"
 
 
 # -- MD5Pass(minlen=) -------------------------------------------------------------------

@@ -112,10 +112,10 @@ def test_redis_holds_only_the_hash(r):
     with Session(r) as session:
         session.add_all([ann, bob])
         session.commit()
-    stored = as_str(r.hget("acc:a1", "password"))
+    stored = as_str(r.hget("{acc}:a1", "password"))
     assert stored == ann.password and stored.startswith("scrypt$1024$")
-    assert stored != as_str(r.hget("acc:b1", "password"))
-    assert as_str(r.hget("acc:a1", "pn")) == ann.pin and not r.hexists("acc:b1", "pn")
+    assert stored != as_str(r.hget("{acc}:b1", "password"))
+    assert as_str(r.hget("{acc}:a1", "pn")) == ann.pin and not r.hexists("{acc}:b1", "pn")
     values = all_values(r)
     assert not any("plain-text-pw" in v or "9876" in v for v in values)
 
@@ -133,7 +133,7 @@ def test_loaded_hash_verifies_and_is_not_rehashed(r):
         session.add(other)
         loaded.password = "new"
         session.commit()
-    assert as_str(r.hget("acc:c1", "password")) == other.password
+    assert as_str(r.hget("{acc}:c1", "password")) == other.password
     with Session(r) as session:
         assert session.get(Account, "c1").password.verify("pw")
         fresh = session.get(Account, "a1").password
@@ -143,14 +143,14 @@ def test_loaded_hash_verifies_and_is_not_rehashed(r):
 def test_md5pass_warns_and_reads_redisca_1_digests(r):
     Legacy = legacy_model()
     digest = hashlib.md5(b"hunter2").hexdigest()
-    r.hset("old:u1", "password", digest)  # as redisca 1.x wrote it
+    r.hset("{old}:u1", "password", digest)  # as redisca 1.x wrote it
     with Session(r) as session:
         loaded = session.get(Legacy, "u1")
         assert loaded.password == digest
         assert loaded.password.verify("hunter2") and not loaded.password.verify("hunter3")
         loaded.password = "changed"  # 1.x semantics: stored as an MD5 hex digest
         session.commit()
-    assert as_str(r.hget("old:u1", "password")) == hashlib.md5(b"changed").hexdigest()
+    assert as_str(r.hget("{old}:u1", "password")) == hashlib.md5(b"changed").hexdigest()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         created = Legacy(password="abc")  # using the field does not warn again

@@ -75,20 +75,20 @@ class Two:
 
 UM = redisca.inspect(User)
 F = UM.by_name
-KEY = b"pusr:u1"
+KEY = b"{pusr}:u1"
 #: User's all-ids index: its first range field's (it has no ``pusr#all``).
-ALL = b"pusr#r:age"
+ALL = b"{pusr}#r:age"
 
 
 def uk(email: str) -> tuple[bytes, bytes]:
     """Where a unique email is claimed: its stripe ``P#u:eml:<crc32 % 128>``, and the value."""
     value = email.encode()
-    return b"pusr#u:eml:%d" % (zlib.crc32(value) % 128), value
+    return b"{pusr}#u:eml:%d" % (zlib.crc32(value) % 128), value
 
 
 def guard(prefix: bytes, ident: str) -> bytes:
-    """An entity's guard stripe ``P#g:<crc32(id) % 128>`` (docs/keylayout.rst)."""
-    return prefix + b"#g:%d" % (zlib.crc32(ident.encode()) % 128)
+    """An entity's guard stripe ``{P}#g:<crc32(id) % 128>`` (docs/keylayout.rst)."""
+    return b"{" + prefix + b"}#g:%d" % (zlib.crc32(ident.encode()) % 128)
 
 
 def guard_bump(prefix: bytes, ident: str) -> tuple[bytes, bytes]:
@@ -129,35 +129,35 @@ def test_insert_from_a_session() -> None:
     ops = sorted((c.op, c.id) for c in plan.changes)
     assert ops == [(INSERT, "c1"), (INSERT, "u1")]
     reads = collect_reads(plan)
-    assert sorted(reads.exists) == [b"pco:c1", KEY]
+    assert sorted(reads.exists) == [b"{pco}:c1", KEY]
     assert reads.fields == {}
     assert reads.owners == [uk("ann@x.com")]  # unique keys ignore the email's case
-    observed = Observed(exists={KEY: False, b"pco:c1": False}, owners={uk("ann@x.com"): None})
-    user_cmds = [c for c in emit(plan, observed) if c[1] != b"pco:c1" and b"pco#" not in c[1]]
+    observed = Observed(exists={KEY: False, b"{pco}:c1": False}, owners={uk("ann@x.com"): None})
+    user_cmds = [c for c in emit(plan, observed) if c[1] != b"{pco}:c1" and b"{pco}#" not in c[1]]
     assert user_cmds == [
         (b"HSET", KEY, b"eml", b"Ann@X.com", b"age", b"30", b"city", b"paris", b"company", b"c1"),
-        (b"ZADD", b"pusr#r:age", b"30.0", "u1"),  # and no ZADD pusr#all: this one holds ids
-        (b"SADD", b"pusr#i:city:paris", "u1"),
-        (b"SADD", b"pusr#i:company:c1", "u1"),
+        (b"ZADD", b"{pusr}#r:age", b"30.0", "u1"),  # and no ZADD pusr#all: this one holds ids
+        (b"SADD", b"{pusr}#i:city:paris", "u1"),
+        (b"SADD", b"{pusr}#i:company:c1", "u1"),
         (b"HSET", *uk("ann@x.com"), "u1"),
         BUMP,  # inserted: its guard stripe moves, failing the EXEC of its readers
     ]
     company_cmds = [c for c in emit(plan, observed) if c not in user_cmds]
     assert company_cmds == [
-        (b"HSET", b"pco:c1", b"name", b"acme"),
-        (b"ZADD", b"pco#all", 0, "c1"),
-        (b"SADD", b"pco#i:name:acme", "c1"),
+        (b"HSET", b"{pco}:c1", b"name", b"acme"),
+        (b"ZADD", b"{pco}#all", 0, "c1"),
+        (b"SADD", b"{pco}#i:name:acme", "c1"),
         (b"INCR", guard(b"pco", "c1")),
     ]
 
 
 def test_insert_markers_and_existing_key() -> None:
     empty = change(INSERT, mapper=redisca.inspect(Doc), title=None)
-    observed = Observed(exists={b"pdoc:u1": False})
-    assert collect_reads(CommitPlan((empty,))).exists == [b"pdoc:u1"]
+    observed = Observed(exists={b"{pdoc}:u1": False})
+    assert collect_reads(CommitPlan((empty,))).exists == [b"{pdoc}:u1"]
     assert emit(CommitPlan((empty,)), observed) == [
-        (b"HSET", b"pdoc:u1", b"#v", b"1"),  # versioned: the version starts at 1
-        (b"ZADD", b"pdoc#all", 0, "u1"),
+        (b"HSET", b"{pdoc}:u1", b"#v", b"1"),  # versioned: the version starts at 1
+        (b"ZADD", b"{pdoc}#all", 0, "u1"),
         (b"INCR", guard(b"pdoc", "u1")),
     ]
     bare = change(INSERT, email=b"a@b.c")
@@ -165,7 +165,7 @@ def test_insert_markers_and_existing_key() -> None:
     assert emit(CommitPlan((bare,)), Observed(exists={KEY: False}))[0] == (
         b"HSET", KEY, b"#e", b"",
     )  # fmt: skip
-    with pytest.raises(IntegrityError, match="pusr:u1"):
+    with pytest.raises(IntegrityError, match=r"\{pusr\}:u1"):
         emit(CommitPlan((change(INSERT, email=b"a@b.c"),)), Observed(exists={KEY: True}))
 
 
@@ -193,8 +193,8 @@ def test_update_removes_the_observed_index_value_not_the_snapshot() -> None:
     observed = Observed(exists={KEY: True}, fields={KEY: {b"city": b"rome"}})
     assert emit(plan, observed) == [
         (b"HSET", KEY, b"city", b"lyon", b"nickname", b"annie"),
-        (b"SREM", b"pusr#i:city:rome", "u1"),
-        (b"SADD", b"pusr#i:city:lyon", "u1"),
+        (b"SREM", b"{pusr}#i:city:rome", "u1"),
+        (b"SADD", b"{pusr}#i:city:lyon", "u1"),
         BUMP,
     ]
     already = Observed(exists={KEY: True}, fields={KEY: {b"city": b"lyon"}})
@@ -232,7 +232,7 @@ def test_range_update_and_field_to_none() -> None:
     observed = Observed(exists={KEY: True}, fields={KEY: {b"age": b"30"}})
     assert emit(plan, observed) == [
         (b"HSET", KEY, b"age", b"31"),
-        (b"ZADD", b"pusr#r:age", b"31.0", "u1"),  # a new score replaces the old one
+        (b"ZADD", b"{pusr}#r:age", b"31.0", "u1"),  # a new score replaces the old one
         BUMP,
     ]
     user.age, user.city, user.nickname = None, None, None
@@ -242,8 +242,8 @@ def test_range_update_and_field_to_none() -> None:
     observed = Observed(exists={KEY: True}, fields={KEY: {b"age": b"30", b"city": b"paris"}})
     assert emit(plan, observed) == [
         (b"EVAL", REMOVE_FIELDS, 1, KEY, b"age", b"city", b"nickname"),
-        (b"SREM", b"pusr#i:city:paris", "u1"),  # removals come before additions
-        (b"ZADD", b"pusr#r:age", b"+inf", "u1"),  # no value: it stays, sorting last
+        (b"SREM", b"{pusr}#i:city:paris", "u1"),  # removals come before additions
+        (b"ZADD", b"{pusr}#r:age", b"+inf", "u1"),  # no value: it stays, sorting last
         BUMP,
     ]
     gone = Observed(exists={KEY: True}, fields={KEY: {b"age": None, b"city": None}})
@@ -262,13 +262,13 @@ def test_update_to_no_field_keeps_a_marker() -> None:
     (c,) = plan_of(s).changes
     # a versioned entity starts at a time-based version, not 1 (see first_version)
     assert c.empty_after and c.expect_version is not None and c.expect_version > 1 << 40
-    assert collect_reads(CommitPlan((c,))).fields == {b"pdoc:d1": [b"#v"]}
+    assert collect_reads(CommitPlan((c,))).fields == {b"{pdoc}:d1": [b"#v"]}
     version = b"%d" % c.expect_version
-    observed = Observed(exists={b"pdoc:d1": True}, fields={b"pdoc:d1": {b"#v": version}})
+    observed = Observed(exists={b"{pdoc}:d1": True}, fields={b"{pdoc}:d1": {b"#v": version}})
     assert emit(CommitPlan((c,)), observed) == [
-        (b"HSET", b"pdoc:d1", b"#e", b""),
-        (b"EVAL", REMOVE_FIELDS, 1, b"pdoc:d1", b"title"),
-        (b"HINCRBY", b"pdoc:d1", b"#v", 1),
+        (b"HSET", b"{pdoc}:d1", b"#e", b""),
+        (b"EVAL", REMOVE_FIELDS, 1, b"{pdoc}:d1", b"title"),
+        (b"HINCRBY", b"{pdoc}:d1", b"#v", 1),
         (b"INCR", guard(b"pdoc", "d1")),  # a version changes: its readers must know
     ]
 
@@ -277,12 +277,12 @@ def test_versioned_mismatch_is_stale() -> None:
     c = change(UPDATE, "d1", redisca.inspect(Doc), title=b"new")
     c.expect_version = 3
     plan = CommitPlan((c,))
-    assert collect_reads(plan).fields == {b"pdoc:d1": [b"#v"]}
+    assert collect_reads(plan).fields == {b"{pdoc}:d1": [b"#v"]}
     for stored in (b"4", None):
         with pytest.raises(StaleDataError):
-            emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": stored}}))
-    ok = emit(plan, Observed({b"pdoc:d1": True}, {b"pdoc:d1": {b"#v": b"3"}}))
-    assert ok[-2:] == [(b"HINCRBY", b"pdoc:d1", b"#v", 1), (b"INCR", guard(b"pdoc", "d1"))]
+            emit(plan, Observed({b"{pdoc}:d1": True}, {b"{pdoc}:d1": {b"#v": stored}}))
+    ok = emit(plan, Observed({b"{pdoc}:d1": True}, {b"{pdoc}:d1": {b"#v": b"3"}}))
+    assert ok[-2:] == [(b"HINCRBY", b"{pdoc}:d1", b"#v", 1), (b"INCR", guard(b"pdoc", "d1"))]
 
 
 def test_update_of_a_reference_that_does_not_exist() -> None:
@@ -315,8 +315,8 @@ def test_delete() -> None:
     assert emit(plan, observed) == [
         (b"DEL", KEY),
         (b"HDEL", *uk("ann@x.com")),
-        (b"ZREM", b"pusr#r:age", "u1"),  # the all-ids index too: no ZREM pusr#all
-        (b"SREM", b"pusr#i:city:rome", "u1"),
+        (b"ZREM", b"{pusr}#r:age", "u1"),  # the all-ids index too: no ZREM pusr#all
+        (b"SREM", b"{pusr}#i:city:rome", "u1"),
         BUMP,
     ]
     # a unique key owned by someone else is left alone
@@ -324,7 +324,7 @@ def test_delete() -> None:
     assert (b"HDEL", *uk("ann@x.com")) not in emit(plan, observed)
     # Already gone: its fields read as None, and the removals find nothing to remove.
     gone = Observed(fields={KEY: dict.fromkeys(current)})
-    assert emit(plan, gone) == [(b"DEL", KEY), (b"ZREM", b"pusr#r:age", "u1"), BUMP]
+    assert emit(plan, gone) == [(b"DEL", KEY), (b"ZREM", b"{pusr}#r:age", "u1"), BUMP]
 
 
 def test_a_versioned_delete_still_asks_whether_the_entity_exists() -> None:
@@ -334,8 +334,8 @@ def test_a_versioned_delete_still_asks_whether_the_entity_exists() -> None:
     committed(s)
     s.delete(doc)
     plan = plan_of(s)
-    assert collect_reads(plan).exists == [b"pdoc:d1"]  # gone and changed differ for it
-    assert emit(plan, Observed(exists={b"pdoc:d1": False})) == [guard_bump(b"pdoc", "d1")]
+    assert collect_reads(plan).exists == [b"{pdoc}:d1"]  # gone and changed differ for it
+    assert emit(plan, Observed(exists={b"{pdoc}:d1": False})) == [guard_bump(b"pdoc", "d1")]
 
 
 # -- unique claims --------------------------------------------------------------
@@ -364,10 +364,10 @@ def test_claim_of_a_key_released_in_the_same_commit() -> None:
     plan = CommitPlan((a, b))
     reads = collect_reads(plan)
     assert sorted(reads.owners) == sorted([uk("x@x.com"), uk("y@x.com"), uk("z@x.com")])
-    assert reads.fields == {KEY: [b"eml"], b"pusr:u2": [b"eml"]}
+    assert reads.fields == {KEY: [b"eml"], b"{pusr}:u2": [b"eml"]}
     observed = Observed(
-        {KEY: True, b"pusr:u2": True},
-        {KEY: {b"eml": b"x@x.com"}, b"pusr:u2": {b"eml": b"z@x.com"}},
+        {KEY: True, b"{pusr}:u2": True},
+        {KEY: {b"eml": b"x@x.com"}, b"{pusr}:u2": {b"eml": b"z@x.com"}},
         {uk("x@x.com"): "u1", uk("y@x.com"): None, uk("z@x.com"): "u2"},
     )
     out = emit(plan, observed)
@@ -404,7 +404,7 @@ def test_user_commands_come_last() -> None:
     assert out[-3:] == [BUMP, (b"INCR", b"hits"), (b"PING",)]
     # HSET, the age entry (no age: at +inf; it is the all-ids entry too), the city
     # entry, then those
-    assert len(out) == 6 and (b"ZADD", b"pusr#r:age", b"+inf", "u1") in out
+    assert len(out) == 6 and (b"ZADD", b"{pusr}#r:age", b"+inf", "u1") in out
     assert not CommitPlan() and CommitPlan(commands=((b"PING",),))
     s = offline()
     s.add_command("SET", "k", "v")  # the plan holds it as sent: checked and encoded
@@ -453,36 +453,36 @@ def test_compile_no_condition_reads_all_ids_by_rank() -> None:
     assert keys == [ALL] and args[-1] == 0  # no term: ZCARD (and slicing) only
     # a model without one: P#all, every score 0, in id order (positions are ranks)
     company = redisca.inspect(Company)
-    assert call(mapper=company) == ([b"pco#all"], [*NONE, b"", b"", b"", 0], [b"zset"])
+    assert call(mapper=company) == ([b"{pco}#all"], [*NONE, b"", b"", b"", 0], [b"zset"])
     assert compile_query(company, sort_filters(company, ()), None, mode=b"ids").args[4] == 0
     assert compile_query(UM, sort_filters(UM, ()), F["age"], mode=b"ids").args[4] == 1
     keys, _, _ = call(Company.name == "acme", mapper=company)
-    assert keys == [b"pco#all", b"pco#i:name:acme"]
+    assert keys == [b"{pco}#all", b"{pco}#i:name:acme"]
 
 
 def test_compile_order_and_its_window() -> None:
     # the order field's range is the walk's window, never a term; +inf (no value) is
     # never inside: an open high end is "(+inf"
     keys, args, _ = call(User.age > 18, order=User.age.desc())
-    assert keys == [b"pusr#r:age"]
+    assert keys == [b"{pusr}#r:age"]
     assert args == [1, b"18.0", 1, b"+inf", 1, b"", b"", b"", 0]
     keys, args, _ = call(User.age.between(18, 30))  # no order_by: the first range orders
-    assert keys == [b"pusr#r:age"] and args[:5] == [1, b"18.0", 0, b"30.0", 0]
+    assert keys == [b"{pusr}#r:age"] and args[:5] == [1, b"18.0", 0, b"30.0", 0]
     keys, args, _ = call(User.age <= float("inf"), order=User.age.asc())
     assert args[:5] == [1, b"-inf", 0, b"+inf", 1]
     keys, args, _ = call(order=User.age.asc())  # order without a condition: every entity
-    assert keys == [b"pusr#r:age"] and args[:5] == NONE
+    assert keys == [b"{pusr}#r:age"] and args[:5] == NONE
 
 
 def test_compile_terms() -> None:
     keys, args, types = call(User.city == "paris", User.age >= 18, User.email == "Ann@X.com")
     stripe, value = uk("ann@x.com")
-    assert keys == [b"pusr#r:age", b"pusr#i:city:paris", stripe]
+    assert keys == [b"{pusr}#r:age", b"{pusr}#i:city:paris", stripe]
     assert args[5:] == [b"", b"", b"", 2, b"e", b"u", value]
     assert types == [b"zset", b"set", b"hash"]
     two = redisca.inspect(Two)
     keys, args, types = call(Two.a >= 1, Two.b <= 5, mapper=two, limit=10)
-    assert keys == [b"ptwo#r:a", b"ptwo#r:b"]  # a orders, b is a term
+    assert keys == [b"{ptwo}#r:a", b"{ptwo}#r:b"]  # a orders, b is a term
     assert args == [1, b"1.0", 0, b"+inf", 1, b"", b"", b"", 1, b"r", b"-inf", 0, b"5.0", 0]
 
 
@@ -513,7 +513,7 @@ def test_an_in_doubt_insert_absent_now_is_inserted_only_if_its_guard_did_not_mov
     assert emit(plan, unmoved)[0] == (b"HSET", KEY, b"eml", b"a@b.c")
     for now in (b"8", None):  # moved, or gone: applied then deleted, or not applied
         moved = Observed(exists={KEY: False}, guards={guard(b"pusr", "u1"): now})
-        with pytest.raises(InDoubtInsert, match=r"pusr:u1: .*unknown outcome"):
+        with pytest.raises(InDoubtInsert, match=r"{pusr}:u1: .*unknown outcome"):
             emit(plan, moved)
     c.guard_seen = None  # the lost attempt's read never came back
     with pytest.raises(InDoubtInsert):
@@ -539,18 +539,18 @@ def test_index_writes_of_a_commit_are_one_command_per_key() -> None:
     names = [(c[0], c[1]) for c in commands]
     assert len(names) == len(set(names)), "a command repeated on one key"
     by_key = {(c[0], c[1]): c[2:] for c in commands}
-    assert (b"ZADD", b"pusr#all") not in by_key  # pusr#r:age holds the ids
-    assert by_key[(b"ZADD", b"pusr#r:age")] == (b"30.0", "u1", b"30.0", "u2", b"30.0", "u3")
-    assert by_key[(b"SADD", b"pusr#i:city:paris")] == ("u1", "u2", "u3")
+    assert (b"ZADD", b"{pusr}#all") not in by_key  # pusr#r:age holds the ids
+    assert by_key[(b"ZADD", b"{pusr}#r:age")] == (b"30.0", "u1", b"30.0", "u2", b"30.0", "u3")
+    assert by_key[(b"SADD", b"{pusr}#i:city:paris")] == ("u1", "u2", "u3")
     # every claim lands in its stripe, whichever stripes the three addresses share
     claimed = [
         (key, *args[i : i + 2])
         for (name, key), args in by_key.items()
-        if name == b"HSET" and key.startswith(b"pusr#u:")
+        if name == b"HSET" and key.startswith(b"{pusr}#u:")
         for i in range(0, len(args), 2)
     ]
     assert sorted(claimed) == sorted((*uk(f"{i}@x.com"), i) for i in ("u1", "u2", "u3"))
-    assert sum(1 for c in commands if c[0] == b"HSET" and c[1].startswith(b"pusr:")) == 3
+    assert sum(1 for c in commands if c[0] == b"HSET" and c[1].startswith(b"{pusr}:")) == 3
 
 
 def test_deletes_are_one_del_and_removals_precede_additions() -> None:
@@ -563,18 +563,18 @@ def test_deletes_are_one_del_and_removals_precede_additions() -> None:
     plan = plan_of(s)
     reads = collect_reads(plan)
     fields = {
-        b"pusr:u1": {b"eml": b"u1@x.com", b"age": b"30", b"city": b"paris", b"company": None},
-        b"pusr:u2": {b"eml": b"u2@x.com", b"city": b"paris"},
+        b"{pusr}:u1": {b"eml": b"u1@x.com", b"age": b"30", b"city": b"paris", b"company": None},
+        b"{pusr}:u2": {b"eml": b"u2@x.com", b"city": b"paris"},
     }
     owners = {uk("u1@x.com"): "u1", uk("u2@x.com"): "u2"}
     observed = Observed(exists=dict.fromkeys(reads.exists, True), fields=fields, owners=owners)
     commands = emit(plan, observed)
-    assert commands[0] == (b"DEL", b"pusr:u1")
+    assert commands[0] == (b"DEL", b"{pusr}:u1")
     position = {(c[0], c[1]): i for i, c in enumerate(commands)}
     stripe = uk("u1@x.com")[0]
     assert position[(b"HDEL", stripe)] < position[(b"HSET", stripe)]  # released, then taken
-    assert position[(b"SREM", b"pusr#i:city:paris")] < position[(b"SADD", b"pusr#i:city:rome")]
-    srem = commands[position[(b"SREM", b"pusr#i:city:paris")]]
+    assert position[(b"SREM", b"{pusr}#i:city:paris")] < position[(b"SADD", b"{pusr}#i:city:rome")]
+    srem = commands[position[(b"SREM", b"{pusr}#i:city:paris")]]
     assert sorted(srem[2:]) == ["u1", "u2"]  # both leave paris in one command
 
 
@@ -586,6 +586,6 @@ def test_plain_updates_are_one_guarded_call() -> None:
     s.get(User, "u3").nickname = None  # a removed field
     commands = emit(plan_of(s), Observed())
     (call,) = commands
-    assert call[:6] == (b"EVAL", GUARDED_WRITE, 3, b"pusr:u1", b"pusr:u2", b"pusr:u3")
+    assert call[:6] == (b"EVAL", GUARDED_WRITE, 3, b"{pusr}:u1", b"{pusr}:u2", b"{pusr}:u3")
     assert call[6:] == (1, 0, b"nickname", b"U1", 1, 0, b"nickname", b"U2", 0, 1, b"nickname")
-    assert vanished(commands, [[2]]) == {b"pusr:u2"}
+    assert vanished(commands, [[2]]) == {b"{pusr}:u2"}

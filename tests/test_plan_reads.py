@@ -53,15 +53,15 @@ def test_an_in_doubt_insert_reads_the_fields_it_wrote() -> None:
         INSERT, values={"email": b"a@x.com", "age": b"3", "nickname": None}, in_doubt=True
     )
     reads = collect_reads(CommitPlan((insert,)))
-    assert reads.fields == {b"prd:m1": [b"eml", b"age", b"nickname"]}
-    assert reads.exists == [b"prd:m1"]
+    assert reads.fields == {b"{prd}:m1": [b"eml", b"age", b"nickname"]}
+    assert reads.exists == [b"{prd}:m1"]
 
 
 def test_an_insert_does_not_stop_the_reads_of_the_changes_after_it() -> None:
     insert = change(INSERT, "m1", values={"email": b"a@x.com"})
     update = change(UPDATE, "m2", values={"age": b"4"})
     reads = collect_reads(CommitPlan((insert, update)))
-    assert reads.exists == [b"prd:m1", b"prd:m2"]
+    assert reads.exists == [b"{prd}:m1", b"{prd}:m2"]
     assert reads.fields == {}  # a range entry moves by id: the old age is not read
     assert reads.guards == [guard_key("prd", "m1"), guard_key("prd", "m2")]
 
@@ -73,7 +73,7 @@ def test_a_change_that_reads_nothing_does_not_stop_the_changes_after_it() -> Non
     reads = collect_reads(CommitPlan((blind, delete)))
     assert reads.exists == []  # a delete asks no EXISTS (test_plan.test_delete)
     assert reads.guards == [guard_key("prd", "m2")]
-    assert reads.fields == {b"prd:m2": [b"eml"]}
+    assert reads.fields == {b"{prd}:m2": [b"eml"]}
     assert reads.owners == [(stripe_key("prd", "eml", "b@x.com"), b"b@x.com")]
 
 
@@ -89,14 +89,14 @@ def test_a_non_unique_field_does_not_stop_the_unique_claims_after_it() -> None:
 def test_an_in_doubt_update_reads_its_changed_fields() -> None:
     # nickname is not indexed: only the doubt makes the commit read it back.
     update = change(UPDATE, values={"nickname": b"al"}, in_doubt=True)
-    assert collect_reads(CommitPlan((update,))).fields == {b"prd:m1": [b"nickname"]}
+    assert collect_reads(CommitPlan((update,))).fields == {b"{prd}:m1": [b"nickname"]}
     sure = change(UPDATE, values={"nickname": b"al"})
     assert collect_reads(CommitPlan((sure,))).fields == {}
 
 
 def test_an_in_doubt_versioned_update_reads_its_fields_and_version_once() -> None:
     update = change(UPDATE, "n1", NM, values={"title": b"t"}, expect_version=2, in_doubt=True)
-    assert collect_reads(CommitPlan((update,))).fields == {b"prdv:n1": [b"#v", b"title"]}
+    assert collect_reads(CommitPlan((update,))).fields == {b"{prdv}:n1": [b"#v", b"title"]}
 
 
 def test_an_update_to_none_claims_nothing() -> None:

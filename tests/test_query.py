@@ -364,7 +364,7 @@ def test_count_without_condition_is_one_zcard(r: redis.Redis, counted: Counted) 
     assert session.query(User).count() == 25
     assert (counted.round_trips, counted.commands) == (1, 1)
     # counted from the ids of qusr#r:age (the all-ids index), not by loading
-    r.zadd("qusr#r:age", {"ghost1": math.inf, "ghost2": math.inf})
+    r.zadd("{qusr}#r:age", {"ghost1": math.inf, "ghost2": math.inf})
     assert session.query(User).count() == 27
 
 
@@ -397,8 +397,8 @@ def test_a_model_with_a_range_field_lists_in_its_default_order(
 ) -> None:
     """No qusr#all: qusr#r:age (age is User's first range field) holds every id, and
     queries with no order and no range condition come in its order, as order_by(age)."""
-    assert not r.exists("qusr#all") and r.zcard("qusr#r:age") == 8
-    assert r.zscore("qusr#r:age", "u4") == math.inf  # no age: still listed, last
+    assert not r.exists("{qusr}#all") and r.zcard("{qusr}#r:age") == 8
+    assert r.zscore("{qusr}#r:age", "u4") == math.inf  # no age: still listed, last
     s = Session(r)
     everyone = s.query(User)
     default = L(DEFAULT_ORDER)
@@ -423,7 +423,7 @@ def test_a_model_without_a_range_field_lists_in_id_order(r: redis.Redis) -> None
     with Session(r) as s:
         s.add_all(Company(name=n, id=i) for i, n in [("c2", "b"), ("c10", "a"), ("a", "b")])
         s.commit()
-    stored = r.zrange("qco#all", 0, -1, withscores=True)  # P#all: every score 0
+    stored = r.zrange("{qco}#all", 0, -1, withscores=True)  # P#all: every score 0
     assert [(as_str(m), score) for m, score in stored] == [("a", 0), ("c10", 0), ("c2", 0)]
     s = Session(r)
     companies = s.query(Company)
@@ -533,7 +533,7 @@ def test_results_follow_commits(r: redis.Redis, people: dict[str, User]) -> None
 
 
 def test_no_scratch_key_survives_a_failing_query(r: redis.Redis, people: dict[str, User]) -> None:
-    r.set("qusr#i:city:broken", "not a set")
+    r.set("{qusr}#i:city:broken", "not a set")
     with pytest.raises(OperationalError, match="WRONGTYPE"):
         q(r).filter(User.city == "broken", User.age > 1).all()
     with pytest.raises(OperationalError, match="WRONGTYPE"):

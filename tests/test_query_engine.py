@@ -151,14 +151,14 @@ def write_raw(r: redis.Redis, rows: dict[str, Row]) -> None:
             fields["score"] = repr(row["score"])
         if row["city"] is not None:
             fields["city"] = row["city"]
-            pipe.sadd(f"qe#i:city:{row['city']}", ident)
-        pipe.hset(f"qe:{ident}", mapping=fields)
+            pipe.sadd(f"{{qe}}#i:city:{row['city']}", ident)
+        pipe.hset(f"{{qe}}:{ident}", mapping=fields)
         # no qe#all: qe#r:age, the first range index, holds every id
         for name in ("age", "score"):
             value = row[name]
-            pipe.zadd(f"qe#r:{name}", {ident: "+inf" if value is None else float(value)})
+            pipe.zadd(f"{{qe}}#r:{name}", {ident: "+inf" if value is None else float(value)})
         value = row["email"].lower().encode()
-        pipe.hset(f"qe#u:eml:{zlib.crc32(value) % 128}", value, ident)
+        pipe.hset(f"{{qe}}#u:eml:{zlib.crc32(value) % 128}", value, ident)
     pipe.execute()
 
 
@@ -169,11 +169,11 @@ def write_raw_plain(r: redis.Redis, rows: dict[str, Row]) -> None:
         fields: dict[str, Any] = {"eml": row["email"]}
         if row["city"] is not None:
             fields["city"] = row["city"]
-            pipe.sadd(f"qp#i:city:{row['city']}", ident)
-        pipe.hset(f"qp:{ident}", mapping=fields)
-        pipe.zadd("qp#all", {ident: 0})  # a model without a range index keeps P#all
+            pipe.sadd(f"{{qp}}#i:city:{row['city']}", ident)
+        pipe.hset(f"{{qp}}:{ident}", mapping=fields)
+        pipe.zadd("{qp}#all", {ident: 0})  # a model without a range index keeps P#all
         value = row["email"].lower().encode()
-        pipe.hset(f"qp#u:eml:{zlib.crc32(value) % 128}", value, ident)
+        pipe.hset(f"{{qp}}#u:eml:{zlib.crc32(value) % 128}", value, ident)
     pipe.execute()
 
 
@@ -578,7 +578,7 @@ def test_lookup_and_slice_shapes_agree_with_the_model(r: redis.Redis, desc: bool
                 assert work(build(s, shape)) == 2  # the owner's stripe, its score
         assert s.query(Item).filter(Item.email == "no@x.io").count() == 0
         assert work(s.query(Item).filter(Item.email == "no@x.io")) == 0
-    r.zrem("qe#r:age", "B7")  # an owner the ordering index does not hold: not found
+    r.zrem("{qe}#r:age", "B7")  # an owner the ordering index does not hold: not found
     with Session(r) as s:
         assert s.query(Item).filter(Item.email == "B7@x.io").all() == []
     write_raw_plain(r, {"a": {"email": "a@x.io", "city": None}})

@@ -185,7 +185,7 @@ def test_preload_all_references_and_mixed_sets(r: redis.Redis, counted: Counted)
 
 def test_reference_to_a_deleted_target(r: redis.Redis) -> None:
     seed(r)
-    r.delete("rco:c01")  # another client removed the company
+    r.delete("{rco}:c01")  # another client removed the company
     s = Session(r)
     user = s.get(User, "u001")
     assert user is not None
@@ -229,11 +229,11 @@ def test_an_entity_that_refers_to_itself_loads_as_one_instance(r: redis.Redis) -
 
 def test_a_load_that_fails_to_decode_tracks_nothing(r: redis.Redis) -> None:
     seed(r, users=3)
-    r.hset("rusr:u001", "age", "old")
+    r.hset("{rusr}:u001", "age", "old")
     with Session(r) as s:
         with pytest.raises(redisca.DecodeError) as info:
             s.get_many(User, ["u000", "u001", "u002"])
-        assert (info.value.key, info.value.field) == ("rusr:u001", "age")
+        assert (info.value.key, info.value.field) == ("{rusr}:u001", "age")
         assert s.get(User, "u000") is not None  # the session is still usable
         assert "u001" not in {u.id for u in s if isinstance(u, User)}
 
@@ -250,7 +250,7 @@ def test_a_reference_to_a_class_mapped_after_the_first_load(r: redis.Redis) -> N
         author: Any = Reference("Author", default=None)
         id: str | None = None
 
-    r.hset("lpost:p1", mapping={"title": "first"})
+    r.hset("{lpost}:p1", mapping={"title": "first"})
     with Session(r) as s:
         post = s.get(Post, "p1")
         assert post is not None and post.title == "first" and post.author is None
@@ -261,8 +261,8 @@ def test_a_reference_to_a_class_mapped_after_the_first_load(r: redis.Redis) -> N
         name: str = String()
         id: str | None = None
 
-    r.hset("lauth:a1", mapping={"name": "Ann"})
-    r.hset("lpost:p2", mapping={"title": "second", "author": "a1"})
+    r.hset("{lauth}:a1", mapping={"name": "Ann"})
+    r.hset("{lpost}:p2", mapping={"title": "second", "author": "a1"})
     with Session(r) as s:
         second = s.get(Post, "p2")
         assert second is not None and isinstance(second.author, Author)

@@ -53,9 +53,9 @@ def test_renaming_a_loaded_instance_is_refused_before_any_round_trip(
     assert dump_keyspace(r) == before
     user.id = "a"  # put back, the same session commits what it held
     s.commit()
-    assert r.exists("usr:b") == 0
+    assert r.exists("{usr}:b") == 0
     if also_changed:
-        assert as_str(r.hget("usr:a", "nickname")) == "nick"
+        assert as_str(r.hget("{usr}:a", "nickname")) == "nick"
 
 
 # -- the commit-time save cascade -------------------------------------------------------

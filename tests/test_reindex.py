@@ -90,22 +90,22 @@ def S(code: str) -> str:
 
 
 def corrupt(r: redis.Redis) -> None:
-    r.srem("item#i:color:c1", "1")  # missing entry
-    r.sadd("item#i:color:c2", "3")  # orphan
-    r.zadd("item#r:rank", {"5": 99, "ghost": 1})  # wrong score, orphan
-    r.zrem("item#r:rank", "6")  # missing from the range index, Item's all-ids index
-    r.zadd("item#all", {"6": 0})  # an all-ids set Item no longer keeps (it has a range index)
-    r.zrem("tag#all", "t6")  # missing from all
-    r.zadd("tag#all", {"ghost": 0})  # stale id
+    r.srem("{item}#i:color:c1", "1")  # missing entry
+    r.sadd("{item}#i:color:c2", "3")  # orphan
+    r.zadd("{item}#r:rank", {"5": 99, "ghost": 1})  # wrong score, orphan
+    r.zrem("{item}#r:rank", "6")  # missing from the range index, Item's all-ids index
+    r.zadd("{item}#all", {"6": 0})  # an all-ids set Item no longer keeps (it has a range index)
+    r.zrem("{tag}#all", "t6")  # missing from all
+    r.zadd("{tag}#all", {"ghost": 0})  # stale id
     r.hset(S("K7"), "K7", "8")  # wrong owner
     r.hset(S("nobody"), "nobody", "9")  # dangling
     r.hdel(S("K10"), "K10")  # missing unique
     r.delete(S("K12"))
     r.sadd(S("K12"), "12")  # a unique stripe of the wrong type
-    r.set("item#u:code:K13", "13")  # a unique key of the layout before 2.0
-    r.sadd("item#i:note:x", "1")  # an index of a field without one
-    r.sadd("item#b:dead:all", "1")  # a dead run's build key
-    r.delete("log#i:level:warn")  # a whole index key gone
+    r.set("{item}#u:code:K13", "13")  # a unique key of the layout before 2.0
+    r.sadd("{item}#i:note:x", "1")  # an index of a field without one
+    r.sadd("{item}#b:dead:all", "1")  # a dead run's build key
+    r.delete("{log}#i:level:warn")  # a whole index key gone
 
 
 # -- repairs --------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def test_reindex_repairs_every_index_problem(r: redis.Redis) -> None:
     # nobody if no code shares it
     alone = S("nobody") not in {S(f"K{i}") for i in range(40)}
     assert by_model["Item"].deleted == 3 + alone
-    assert not r.exists("item#all") and r.zcard("tag#all") == 40
+    assert not r.exists("{item}#all") and r.zcard("{tag}#all") == 40
     consistent(r)
     assert not [k for k in r.scan_iter(match="*#[xb]*")]  # no marker, no build key left
     with Session(r) as s:
@@ -151,20 +151,20 @@ def test_only_the_fields_asked_for(r: redis.Redis) -> None:
     corrupt(r)
     report = reindex(registry, r, models=["Item"], fields=["color"])
     assert report.models[0].rebuilt == ["color"]
-    assert ("old_layout", "item#all") in {(p.kind, p.key) for p in check(Item, r).problems}
+    assert ("old_layout", "{item}#all") in {(p.kind, p.key) for p in check(Item, r).problems}
     report = reindex(registry, r, models=["Item"], fields=["rank", Item.code])
     assert report.models[0].rebuilt == ["rank", "code"]
-    assert not r.exists("item#all")  # rank's index holds the ids: item#all goes with it
-    r.srem("item#i:color:c1", "1")
-    r.sadd("item#i:color:c2", "3")
+    assert not r.exists("{item}#all")  # rank's index holds the ids: item#all goes with it
+    r.srem("{item}#i:color:c1", "1")
+    r.sadd("{item}#i:color:c2", "3")
     left = {(p.kind, p.key) for p in check(registry, r).problems}
     assert left == {  # the color index, Log's and Tag's were not touched
-        ("missing_entry", "item#i:color:c1"),
-        ("orphan_entry", "item#i:color:c2"),
-        ("stray_key", "item#i:note:x"),
-        ("missing_entry", "log#i:level:warn"),
-        ("missing_from_all", "tag#all"),
-        ("stale_id", "tag#all"),
+        ("missing_entry", "{item}#i:color:c1"),
+        ("orphan_entry", "{item}#i:color:c2"),
+        ("stray_key", "{item}#i:note:x"),
+        ("missing_entry", "{log}#i:level:warn"),
+        ("missing_from_all", "{tag}#all"),
+        ("stale_id", "{tag}#all"),
     }
     with pytest.raises(MaintenanceError, match=r"Item\.note is not indexed"):
         reindex(registry, r, models=["Item"], fields=["note"])
@@ -176,15 +176,15 @@ def test_a_leftover_all_ids_set_is_reported_then_deleted(r: redis.Redis) -> None
     """Item's ids live in item#r:rank: an item#all as earlier versions wrote it beside the
     range index is reported as old_layout, and a run deletes it in its switch."""
     seed(r, 12)
-    assert not r.exists("item#all") and r.zcard("item#r:rank") == 12
-    r.zadd("item#all", {str(i): 0 for i in range(12)})
+    assert not r.exists("{item}#all") and r.zcard("{item}#r:rank") == 12
+    r.zadd("{item}#all", {str(i): 0 for i in range(12)})
     found = check(registry, r).problems
-    assert [(p.kind, p.key, p.field) for p in found] == [("old_layout", "item#all", None)]
-    assert "item#r:rank, holds every id" in found[0].detail
+    assert [(p.kind, p.key, p.field) for p in found] == [("old_layout", "{item}#all", None)]
+    assert "{item}#r:rank, holds every id" in found[0].detail
     with Session(r) as s:  # queries never read it
         assert s.query(Item).count() == 12 and s.query(Item).limit(2).ids() == ["0", "1"]
     report = reindex(registry, r)
-    assert report.ok and not r.exists("item#all") and r.zcard("tag#all") == 12
+    assert report.ok and not r.exists("{item}#all") and r.zcard("{tag}#all") == 12
     by_model = {m.model: m for m in report.models}
     assert by_model["Item"].deleted == 1 and "#all" not in by_model["Item"].rebuilt
     consistent(r)
@@ -192,16 +192,16 @@ def test_a_leftover_all_ids_set_is_reported_then_deleted(r: redis.Redis) -> None
 
 def test_values_that_cannot_be_indexed_are_reported(r: redis.Redis) -> None:
     seed(r)
-    r.hset("item:2", "rank", "two")
-    r.hset("item:4", "code", "K3")  # 3 and 4 both hold K3
-    r.set("item:99", "a string")
+    r.hset("{item}:2", "rank", "two")
+    r.hset("{item}:4", "code", "K3")  # 3 and 4 both hold K3
+    r.set("{item}:99", "a string")
     report = reindex(registry, r, models=["Item"], batch=5)
     assert sorted((p.kind, p.key, p.field) for p in report.problems) == [
         ("duplicate_unique", S("K3"), "code"),
-        ("undecodable", "item:2", "rank"),
-        ("wrong_type", "item:99", None),
+        ("undecodable", "{item}:2", "rank"),
+        ("wrong_type", "{item}:99", None),
     ]
-    assert r.zscore("item#r:rank", "2") is None  # nothing to index it by
+    assert r.zscore("{item}#r:rank", "2") is None  # nothing to index it by
     assert r.hget(S("K4"), "K4") is None  # 4 holds K3 now, which names 3 or 4
 
 
@@ -244,12 +244,12 @@ def test_an_index_for_a_field_that_gained_index_true_is_built(r: redis.Redis) ->
     found = check(Shop, r).problems
     assert {p.kind for p in found} == {"missing_entry", "old_layout"}
     (old,) = [p for p in found if p.kind == "old_layout"]
-    assert old.key == "shop#all" and "shop#r:size" in old.detail and "reindex" in old.detail
+    assert old.key == "{shop}#all" and "{shop}#r:size" in old.detail and "reindex" in old.detail
     with Session(r) as s:
         assert s.query(Shop).count() == 1  # until reindex, only what shop#r:size holds
     report = reindex(after, r, fields=["city", "size"])
     assert report.ok and report.models[0].entities == 31
-    assert check(Shop, r).ok and not r.exists("shop#all")
+    assert check(Shop, r).ok and not r.exists("{shop}#all")
     with Session(r) as s:
         assert s.query(Shop).count() == 31
         assert s.query(Shop).limit(3).ids() == s.query(Shop).order_by(Shop.size).limit(3).ids()
@@ -264,7 +264,7 @@ def test_an_index_for_a_field_that_gained_index_true_is_built(r: redis.Redis) ->
 
 
 def run_token(r: redis.Redis, prefix: str) -> str:
-    token = r.lindex(f"{prefix}#x", 0)
+    token = r.lindex(f"{{{prefix}}}#x", 0)
     assert token is not None
     return token.decode() if isinstance(token, bytes) else token
 
@@ -272,7 +272,7 @@ def run_token(r: redis.Redis, prefix: str) -> str:
 def built_ids(r: redis.Redis, prefix: str, index: str = "all") -> set[str]:
     """The ids the running run has built into an all-ids index: ``P#all``'s, or that of
     the first range field (``index="r:<field>"``)."""
-    members = r.zrange(f"{prefix}#b:{run_token(r, prefix)}:{index}", 0, -1)
+    members = r.zrange(f"{{{prefix}}}#b:{run_token(r, prefix)}:{index}", 0, -1)
     return {m.decode() if isinstance(m, bytes) else m for m in members}
 
 
@@ -325,7 +325,7 @@ def test_commits_during_a_run_are_in_the_switched_indexes(r: redis.Redis) -> Non
     report = reindex(registry, r, batch=5, progress=meanwhile)
     assert report.ok and done == ["Item", "Log", "Tag"]
     consistent(r)
-    assert r.zcard("tag#all") == 60 + 3 - 2
+    assert r.zcard("{tag}#all") == 60 + 3 - 2
     with Session(r) as s:
         assert len(s.query(Item).filter(Item.color == "new").all()) == 3
         assert s.query(Log).filter(Log.level == "late").count() == 5
@@ -423,11 +423,11 @@ def test_a_lost_marker_stops_the_run_before_the_switch(r: redis.Redis) -> None:
 
     def lose(model: str, phase: str, *_: Any) -> None:
         if phase == "entities":
-            r.delete(f"{redisca.inspect(Item).prefix}#x")
+            r.delete(f"{{{redisca.inspect(Item).prefix}}}#x")
 
     with pytest.raises(RunLost):
         reindex(registry, r, models=["Item"], batch=5, progress=lose)
-    assert not [k for k in r.scan_iter(match="item#b:*") if b"dead" not in _b(k)]
+    assert not [k for k in r.scan_iter(match="{item}#b:*") if b"dead" not in _b(k)]
     assert len({p.kind for p in check(Item, r).problems}) == 9  # nothing was switched
 
 
@@ -460,25 +460,25 @@ def test_a_run_whose_marker_expires_is_lost(r: redis.Redis) -> None:
         reindex(registry, r, models=["Item"], batch=5, progress=stalled, ttl=1.0)
     after = dump_keyspace(r)
     assert {k: v for k, v in after.items() if b"#b:" not in k} == {
-        k: v for k, v in before.items() if b"#b:" not in k and k != b"item#b:dead:all"
+        k: v for k, v in before.items() if b"#b:" not in k and k != b"{item}#b:dead:all"
     }  # the live keys are as they were (the dead run's leftover went at the start)
     assert not [k for k in after if b"#b:" in k or k.endswith(b"#x")]
 
 
 def test_a_dead_run_expires_and_the_next_run_cleans_up(r: redis.Redis) -> None:
     seed(r, 10)
-    r.rpush("item#x", "d1ed", "#all", "color")  # a run that died mid-build
-    r.sadd("item#b:d1ed:all", "1")
-    r.hset("item#b:d1ed", "item#b:d1ed:all", "item#all")
-    r.pexpire("item#x", 200)
+    r.rpush("{item}#x", "d1ed", "#all", "color")  # a run that died mid-build
+    r.sadd("{item}#b:d1ed:all", "1")
+    r.hset("{item}#b:d1ed", "{item}#b:d1ed:all", "{item}#all")
+    r.pexpire("{item}#x", 200)
     report = check(Item, r)
     assert report.ok and report.models[0].reindexing  # its build keys are its business
     with pytest.raises(MaintenanceError, match="running already"):
         reindex(Item, r)
     time.sleep(0.3)
     assert {(p.kind, p.key) for p in check(Item, r).problems} == {
-        ("stray_key", "item#b:d1ed:all"),
-        ("stray_key", "item#b:d1ed"),
+        ("stray_key", "{item}#b:d1ed:all"),
+        ("stray_key", "{item}#b:d1ed"),
     }
     assert reindex(Item, r).ok
     consistent(r)
@@ -506,9 +506,9 @@ def seed_for_races(r: redis.Redis) -> None:
         s.add(Item(color="d", rank=-1, code="D0", id="d0"))
         s.commit()
     # drift for the runs to repair, on values no reader asks about
-    r.srem("item#i:color:m3", "m3", "m10")
-    r.sadd("item#i:color:m4", "ghost")
-    r.zadd("item#r:rank", {"m5": 77_777})
+    r.srem("{item}#i:color:m3", "m3", "m10")
+    r.sadd("{item}#i:color:m4", "ghost")
+    r.zadd("{item}#r:rank", {"m5": 77_777})
     # A deleted unique key frees its value for any writer to claim, a duplicate the run then
     # rightly reports; on d0, whose code no writer can draw, a reported duplicate is a bug.
     r.hdel(S("D0"), "D0")
@@ -658,7 +658,7 @@ def test_concurrent_writers_and_readers_during_runs(make_client: Any, redis_serv
 
 
 def test_a_marker_of_another_type_is_refused(r: redis.Redis) -> None:
-    r.set("item#x", "oops")
+    r.set("{item}#x", "oops")
     with pytest.raises(MaintenanceError, match="is not a reindex marker"):
         reindex(Item, r)
-    assert [(p.kind, p.key) for p in check(Item, r).problems] == [("wrong_type", "item#x")]
+    assert [(p.kind, p.key) for p in check(Item, r).problems] == [("wrong_type", "{item}#x")]

@@ -76,7 +76,7 @@ def test_ids_stay_utf8_on_a_client_of_another_encoding(make_client: Any) -> None
         assert s.query(Company).filter(Company.name == "Café").ids() == ["é"]
         user = s.get(User, "ü")
         assert user is not None and user.company is not None and user.company.id == "é"
-    assert sorted(client.zrange("usr#r:age", 0, -1)) == ["ü".encode()]  # the all-ids index
+    assert sorted(client.zrange("{usr}#r:age", 0, -1)) == ["ü".encode()]  # the all-ids index
 
 
 @pytest.mark.parametrize("packer", [resp.pack, resp.pack_python])

@@ -262,12 +262,12 @@ def test_payloads_in_stored_fields_stay_data(r: redis.Redis, field: str, payload
     """Each field, holding a pickle or a Python expression that would call ``trip``: it
     loads as plain data (bytes, text, a password hash) or is a DecodeError; never run."""
     CANARY.clear()
-    r.hset("susr:1", mapping={"eml": "a@x.org", field: payload})
+    r.hset("{susr}:1", mapping={"eml": "a@x.org", field: payload})
     with Session(r) as s:
         try:
             member = s.get(Member, "1")
         except DecodeError as exc:
-            assert exc.key == "susr:1" and exc.field is not None
+            assert exc.key == "{susr}:1" and exc.field is not None
         else:
             assert member is not None
             value = getattr(member, {"eml": "email"}.get(field, field))
@@ -277,7 +277,7 @@ def test_payloads_in_stored_fields_stay_data(r: redis.Redis, field: str, payload
             if field == "secret":
                 assert value.verify("x") is False
     if not decodes(r) or payload != PICKLED:  # (a str client cannot read the pickle at all)
-        assert redisca.Hash("susr:1", r)[field] in (payload, payload.decode(errors="replace"))
+        assert redisca.Hash("{susr}:1", r)[field] in (payload, payload.decode(errors="replace"))
     assert CANARY == []
 
 
@@ -544,7 +544,7 @@ def test_commits_and_queries_over_tls(tls: TLSEndpoint) -> None:
         s.delete(s.query(Member).filter(Member.email == "ann@x.org").one())
         s.commit()
     assert check(registry, client).ok, tls.how
-    assert client.zscore("susr#r:age", found.id) == 41.0  # type: ignore[arg-type]
+    assert client.zscore("{susr}#r:age", found.id) == 41.0  # type: ignore[arg-type]
     client.close()
 
 
@@ -563,7 +563,7 @@ def test_tls_refuses_plain_text_and_clients_without_a_certificate(tls: TLSEndpoi
 #: The minimal ACL of an application whose models have the prefixes ``susr`` and ``sco``
 #: (docs/guarantees.rst shows the same rules).
 APP_RULES = (
-    "on >app-secret resetkeys ~susr:* ~susr#* ~sco:* ~sco#* resetchannels "
+    "on >app-secret resetkeys ~{susr}* ~{sco}* resetchannels "
     "-@all +@read +@write +@transaction +eval +evalsha -@dangerous"
 )
 
@@ -627,11 +627,11 @@ def test_a_user_without_scripting_gets_a_clear_error_and_nothing_is_written(
             s.commit()
         assert member in s.dirty and len(s.new) == 1
     assert sorted(admin.scan_iter()) == before
-    assert not admin.hexists("susr:m1", "note")
+    assert not admin.hexists("{susr}:m1", "note")
 
 
 def test_the_minimal_acl_is_documented() -> None:
     """docs/guarantees.rst shows the rules tested here, for the prefixes usr and co."""
     page = (PACKAGE.parent / "docs" / "guarantees.rst").read_text()
-    documented = APP_RULES.replace("~susr", "~usr").replace("~sco", "~co")
+    documented = APP_RULES.replace("~{susr}", "~{usr}").replace("~{sco}", "~{co}")
     assert f"ACL SETUSER app {documented}" in " ".join(page.split())

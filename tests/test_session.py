@@ -69,7 +69,7 @@ def test_add_assigns_a_hexid_and_int_ids_become_str(r: redis.Redis) -> None:
     s.add_all([u, v])
     assert isinstance(u.id, str) and u.id
     s.commit()
-    assert redisca.inspect(u).key == "usr:" + u.id
+    assert redisca.inspect(u).key == "{usr}:" + u.id
     fresh = Session(r)
     assert fresh.get(User, 7).email == "b@x.org"  # type: ignore[union-attr]
     assert fresh.get(User, u.id).email == "a@x.org"  # type: ignore[union-attr]
@@ -82,8 +82,8 @@ def test_adding_a_user_adds_its_transient_company(r: redis.Redis) -> None:
     s.add(user)
     assert company in s and company in s.new and company.id
     s.commit()
-    assert stored(r, f"co:{company.id}") == {"name": "acme"}
-    assert stored(r, f"usr:{user.id}")["company"] == company.id
+    assert stored(r, f"{{co}}:{company.id}") == {"name": "acme"}
+    assert stored(r, f"{{usr}}:{user.id}")["company"] == company.id
 
 
 def test_adding_an_object_whose_identity_is_taken_in_the_session(r: redis.Redis) -> None:
@@ -141,7 +141,7 @@ def test_reference_is_lazy_and_loads_once(r: redis.Redis, counted: Counted) -> N
     assert ref.company.name == "acme"  # type: ignore[union-attr]
     assert counted.round_trips == 2
     s.commit()
-    assert stored(r, "usr:1")["nickname"] == "nick"
+    assert stored(r, "{usr}:1")["nickname"] == "nick"
 
 
 def test_reference_to_a_missing_key(r: redis.Redis) -> None:
@@ -222,7 +222,7 @@ def test_refresh_discards_changes(r: redis.Redis) -> None:
     user = s.get(User, "1")
     assert user is not None
     user.age = 50
-    r.hset("usr:1", "nickname", "set elsewhere")
+    r.hset("{usr}:1", "nickname", "set elsewhere")
     s.refresh(user)
     assert (user.age, user.nickname) == (1, "set elsewhere")
     assert not s.is_modified(user)
@@ -253,7 +253,7 @@ def test_begin_commits_at_the_end_of_the_block(r: redis.Redis) -> None:
     s = Session(r)
     with s.begin():
         s.add(User("a@x.org", id="1"))
-    assert stored(r, "usr:1")["eml"] == "a@x.org"
+    assert stored(r, "{usr}:1")["eml"] == "a@x.org"
 
 
 def test_begin_rolls_back_when_the_block_raises(r: redis.Redis) -> None:
@@ -279,7 +279,7 @@ def test_merge_copies_onto_the_session_instance_and_updates(r: redis.Redis) -> N
     assert (merged.email, merged.age, merged.nickname) == ("b@x.org", 2, None)
     assert merged in s.dirty and not s.new
     s.commit()
-    assert stored(r, "usr:1")["eml"] == "b@x.org" and "nickname" not in stored(r, "usr:1")
+    assert stored(r, "{usr}:1")["eml"] == "b@x.org" and "nickname" not in stored(r, "{usr}:1")
     assert unique_owner(r, "usr", "eml", "b@x.org") and not unique_owner(r, "usr", "eml", "a@x.org")
 
 
@@ -288,7 +288,7 @@ def test_merge_inserts_a_missing_key(r: redis.Redis) -> None:
     incoming = User("n@x.org", id="9")
     assert s.merge(incoming) is incoming and incoming in s.new
     s.commit()
-    assert stored(r, "usr:9")["eml"] == "n@x.org"
+    assert stored(r, "{usr}:9")["eml"] == "n@x.org"
 
 
 def test_inserting_an_existing_key_is_an_integrity_error(r: redis.Redis) -> None:
@@ -311,8 +311,8 @@ def test_none_removes_the_field(r: redis.Redis) -> None:
     assert user is not None
     user.age, user.nickname = None, None
     s.commit()
-    assert set(stored(r, "usr:1")) == {"eml", "created"}
-    assert r.zscore("usr#r:age", "1") == float("inf")  # no value: it sorts last
+    assert set(stored(r, "{usr}:1")) == {"eml", "created"}
+    assert r.zscore("{usr}#r:age", "1") == float("inf")  # no value: it sorts last
     again = Session(r).get(User, "1")
     assert again is not None and again.age is None and again.nickname is None
     assert_indexes_consistent(r, redisca.inspect(User))
@@ -331,7 +331,7 @@ def test_only_changed_fields_are_written(r: redis.Redis, counted: Counted) -> No
     counted.reset()
     s.commit()
     assert (counted.round_trips, counted.commands) == (1, 3)  # MULTI, one HSET, EXEC
-    row = stored(r, "usr:1")
+    row = stored(r, "{usr}:1")
     assert row["nickname"] == "theirs" and row["created"] == str(int(user.created.timestamp()))
 
 
@@ -347,9 +347,9 @@ def test_binds_send_a_class_to_another_server(
     user = User("a@x.org", company=Company("acme"))
     s.add(user)
     s.commit()
-    assert {as_str(k) for k in r.keys("co*")} == set()
-    assert other.hgetall(f"co:{user.company.id}") == {b"name": b"acme"}  # type: ignore[union-attr]
-    assert not other.keys("usr*")
+    assert {as_str(k) for k in r.keys("{co}*")} == set()
+    assert other.hgetall(f"{{co}}:{user.company.id}") == {b"name": b"acme"}  # type: ignore[union-attr]
+    assert not other.keys("{usr}*")
     reader = Session(r, binds={Company: other})
     fresh = reader.get(User, user.id)  # type: ignore[arg-type]
     assert fresh is not None and fresh.company.name == "acme"  # type: ignore[union-attr]
@@ -366,7 +366,8 @@ def test_binds_cover_subclasses_of_a_mapped_class(
     s.add_all([base, sub])
     s.commit()
     assert not r.keys("*")
-    assert other.exists(f"base:{base.id}", f"sub:{sub.id}", "sub#r:extra", "sub#i:name:s") == 4
+    keys = [f"{{base}}:{base.id}", f"{{sub}}:{sub.id}", "{sub}#r:extra", "{sub}#i:name:s"]
+    assert other.exists(*keys) == 4
     other.close()
 
 
@@ -375,7 +376,7 @@ def test_default_client_is_conf_db(r: redis.Redis, monkeypatch: pytest.MonkeyPat
     s = Session()
     s.add(User("a@x.org", id="1"))
     s.commit()
-    assert stored(r, "usr:1")["eml"] == "a@x.org"
+    assert stored(r, "{usr}:1")["eml"] == "a@x.org"
 
 
 def test_without_conf_db_the_default_client_follows_redis_url(
@@ -386,9 +387,9 @@ def test_without_conf_db_the_default_client_follows_redis_url(
     s = Session()
     s.add(User("b@x.org", id="2"))
     s.commit()
-    assert not r.exists("usr:2")  # not db 0 ...
+    assert not r.exists("{usr}:2")  # not db 0 ...
     db3 = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3")
-    assert db3.hget("usr:2", "eml") == b"b@x.org"  # ... but the one REDIS_URL names
+    assert db3.hget("{usr}:2", "eml") == b"b@x.org"  # ... but the one REDIS_URL names
     assert Session().bind_for(User) is s.bind_for(User)  # one shared client per URL
     db3.flushdb()
     db3.close()
@@ -415,7 +416,7 @@ def test_versioned_entity_changed_elsewhere_is_stale(r: redis.Redis) -> None:
     ours.refresh(doc)
     doc.title = "ours"
     ours.commit()
-    assert stored(r, f"doc:{doc.id}")["title"] == "ours"
+    assert stored(r, f"{{doc}}:{doc.id}")["title"] == "ours"
 
 
 def test_add_command_runs_inside_the_commit(r: redis.Redis) -> None:
@@ -457,7 +458,7 @@ def test_add_command_refuses_other_arguments_when_queued(r: redis.Redis, bad: ob
         s.add_command(" ", "k")
     assert s.queued_commands() == []
     s.commit()  # the session is unharmed: the rest commits
-    assert r.exists("usr:1") and not r.exists("k")
+    assert r.exists("{usr}:1") and not r.exists("k")
 
 
 def test_a_session_dropped_without_close_lets_its_instances_go(r: redis.Redis) -> None:

@@ -220,7 +220,7 @@ def check_unique_keys(raw: redis.Redis, state: dict[tuple[str, str], dict[str, A
         prefix = redisca.inspect(cls).prefix
         owners = {
             (key, value): owner.decode()
-            for key in raw.scan_iter(match=f"{prefix}#u:email:*")
+            for key in raw.scan_iter(match=f"{{{prefix}}}#u:email:*")
             for value, owner in raw.hgetall(key).items()
         }
         expected = {

@@ -1,7 +1,8 @@
 """Operations on stored data: check the indexes, rebuild them, count what is there.
 
 ``check`` and ``stats`` only read; ``reindex`` rebuilds indexes while the
-application keeps committing. ``python -m redisca`` runs them from a shell
+application keeps committing; ``migrate`` moves data of the layout before hash
+tags into today's. ``python -m redisca`` runs them from a shell
 (``docs/operations.rst``).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from .check import CheckReport, ModelSummary, check
 from .common import MaintenanceError, Progress, UnknownName
+from .migrate import MigrateReport, ModelMigration, migrate
 from .problems import KINDS, Problem
 from .reindex import DEFAULT_TTL, ModelReindex, ReindexReport, RunLost, reindex
 from .stats import ModelStats, StatsReport, stats
@@ -18,6 +20,8 @@ __all__ = [
     "KINDS",
     "CheckReport",
     "MaintenanceError",
+    "MigrateReport",
+    "ModelMigration",
     "ModelReindex",
     "ModelStats",
     "ModelSummary",
@@ -28,6 +32,7 @@ __all__ = [
     "StatsReport",
     "UnknownName",
     "check",
+    "migrate",
     "reindex",
     "stats",
 ]

@@ -1,15 +1,22 @@
 """The key layout: the one place that builds Redis key names.
 
-Every key of a model starts with its prefix ``P``, which holds neither ``:``
-nor ``#``; so the first of those characters ends the prefix. Entity hashes
-continue with ``:`` (``P:<id>``), everything redisca keeps beside them with
-``#`` (``P#all``, ``P#i:<field>:<value>``, ``P#r:<field>``, the unique stripes
-``P#u:<field>:<n>``, the guard stripes ``P#g:<n>``, and while a reindex runs
-``P#x``, ``P#b:<run>`` and ``P#b:<run>:<index key without P#>``; ``P#t:<token>``
-is reserved for the query scratch keys of earlier versions). Field names hold
-no ``:``, so the value is the whole remainder of an index key. No id or value
-can make two things share a key. A model with a range index keeps no ``P#all``:
-its first range field's index holds every id. See ``docs/keylayout.rst``.
+Every key of a model starts with its head ``H``: ``{P}`` for a model of prefix
+``P``, or ``{G}P`` for a model of slot group ``G``. The braces are a Redis Cluster
+hash tag that comes first in every key, so only the tag decides a key's slot:
+no id or value can move a key, all keys of a model (of a slot group) share one
+slot, and the same names serve a single server and a cluster. Prefixes and group
+names hold none of ``{}:#``, so the head ends at the first ``:`` or ``#`` after
+the ``}``. Entity hashes continue with ``:`` (``H:<id>``), everything redisca
+keeps beside them with ``#`` (``H#all``, ``H#i:<field>:<value>``, ``H#r:<field>``,
+the unique stripes ``H#u:<field>:<n>``, the guard stripes ``H#g:<n>``, and while a
+reindex runs ``H#x``, ``H#b:<run>`` and ``H#b:<run>:<index key without H#>``;
+``H#t:<token>`` is reserved for the query scratch keys of earlier versions).
+Field names hold no ``:``, so the value is the whole remainder of an index key.
+No id or value can make two things share a key. A model with a range index keeps
+no ``H#all``: its first range field's index holds every id. The layout before the
+hash tags (``P:<id>``, ``P#...``: redisca 1.x's and 2.0 development builds') is
+:meth:`KeyLayout.untagged`, which ``python -m redisca migrate`` reads. See
+``docs/keylayout.rst``.
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ _FIELD_RE = re.compile(rb"[A-Za-z0-9_.\-]+")
 #: A reindex run's token: it names the run's build keys, so it holds no ``:``.
 RUN_RE = re.compile(rb"[0-9a-f]+")
 
-#: A unique field's values are spread over this many hashes ``P#u:<field>:<n>``
+#: A unique field's values are spread over this many hashes ``H#u:<field>:<n>``
 #: (value → owner id), ``n = crc32(value) % UNIQUE_STRIPES``: a key per stripe, not
 #: per value, and a commit watches at most this many keys per unique field.
 UNIQUE_STRIPES = 128
-#: Entities are spread over this many guard counters ``P#g:<n>``,
+#: Entities are spread over this many guard counters ``H#g:<n>``,
 #: ``n = crc32(id) % GUARD_STRIPES``: commits watch the stripes of the entities they
 #: read and bump those of the entities whose index entries they change.
 GUARD_STRIPES = 128
@@ -98,15 +105,39 @@ class KeyLayout:
         "_range",
         "_tmp",
         "_unique",
+        "group",
+        "head",
+        "ids_field",
         "prefix",
+        "tag",
     )
 
-    def __init__(self, prefix: str, ids_field: bytes | None = None) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        ids_field: bytes | None = None,
+        group: str | None = None,
+        *,
+        tagged: bool = True,
+    ) -> None:
         """``ids_field``: the hash field of the model's first range-indexed field, if it
         has one. Its range index holds every entity already (``+inf`` without a value),
-        so it is the model's all-ids index too, and ``P#all`` is not kept."""
+        so it is the model's all-ids index too, and ``H#all`` is not kept. ``group``:
+        the model's slot group (``None``: the model is a group of its own). ``tagged``
+        false gives the layout before hash tags (see :meth:`untagged`)."""
         self.prefix = prefix
-        p = prefix.encode()
+        self.group = group
+        self.ids_field = ids_field
+        #: The hash tag's text: every key of the layout hashes to the slot of this.
+        self.tag = (prefix if group is None else group).encode()
+        if not tagged:
+            p = prefix.encode()
+        elif group is None:
+            p = b"{" + self.tag + b"}"
+        else:
+            p = b"{" + self.tag + b"}" + prefix.encode()
+        #: What every key of the model starts with, up to its ``:`` or ``#``.
+        self.head = p
         self._entity = p + b":"
         self._all = p + b"#all"
         self._eq = p + b"#i:"
@@ -118,6 +149,19 @@ class KeyLayout:
         self._namespace = p + b"#"
         self._marker = p + b"#x"
         self._build = p + b"#b:"
+
+    def untagged(self) -> KeyLayout:
+        """The same model's layout before hash tags: ``H:<id>``, ``H#...``."""
+        return KeyLayout(self.prefix, self.ids_field, tagged=False)
+
+    @property
+    def tagged(self) -> bool:
+        return self.head != self.prefix.encode()
+
+    @property
+    def hashtag(self) -> bytes:
+        """``{tag}``: a key name that hashes to the slot of every key of the layout."""
+        return b"{" + self.tag + b"}"
 
     def entity(self, id: str) -> bytes:
         return self._entity + id.encode()
@@ -134,18 +178,18 @@ class KeyLayout:
     @property
     def all_ids(self) -> bytes:
         """The sorted set holding every id of the model: the first range field's index
-        ``P#r:<field>`` when the model has one, else ``P#all`` (every score 0)."""
+        ``H#r:<field>`` when the model has one, else ``H#all`` (every score 0)."""
         return self._all_ids
 
     @property
     def all_ids_is_range(self) -> bool:
-        """Whether the all-ids index is a range index: then ``P#all`` is not written, and
+        """Whether the all-ids index is a range index: then ``H#all`` is not written, and
         the commands that keep the range index keep every id too."""
         return self._all_ids != self._all
 
     @property
     def all_set(self) -> bytes:
-        """``P#all``, the all-ids sorted set of a model without a range index; on a model
+        """``H#all``, the all-ids sorted set of a model without a range index; on a model
         with one, a leftover of the layout before (``check`` reports, ``reindex`` deletes it)."""
         return self._all
 
@@ -175,11 +219,11 @@ class KeyLayout:
 
     @property
     def marker(self) -> bytes:
-        """``P#x``: exists while a reindex rebuilds this model's indexes."""
+        """``H#x``: exists while a reindex rebuilds this model's indexes."""
         return self._marker
 
     def build_dir(self, run: bytes) -> bytes:
-        """``P#b:<run>``: the run's build keys and the live key each one replaces."""
+        """``H#b:<run>``: the run's build keys and the live key each one replaces."""
         return self._build + _run(run)
 
     def build(self, run: bytes, live: bytes) -> bytes:

@@ -157,7 +157,13 @@ class Mapper:
     """Fields, codecs and key layout of one mapped class."""
 
     def __init__(
-        self, registry: Registry, cls: type, prefix: str, id_attr: str, versioned: bool
+        self,
+        registry: Registry,
+        cls: type,
+        prefix: str,
+        id_attr: str,
+        versioned: bool,
+        slot_group: str | None = None,
     ) -> None:
         #: The :class:`~redisca.Registry` that mapped the class.
         self.registry = registry
@@ -165,9 +171,12 @@ class Mapper:
         self.class_: type[Any] = cls
         #: The key prefix (redisca 1.x's ``getprefix()``).
         self.prefix = prefix
+        #: The Redis Cluster slot group (``registry.mapped(slot_group=...)``), or ``None``:
+        #: the model is a group of its own.
+        self.slot_group = slot_group
         #: Builds every key name of the class (see the Key layout page); built again
         #: by set_fields, once the range fields that decide the all-ids key are known.
-        self.layout = KeyLayout(prefix)
+        self.layout = KeyLayout(prefix, group=slot_group)
         #: The name of the identity attribute.
         self.id_attr = id_attr
         #: Whether commits check a version counter (optimistic locking).
@@ -209,7 +218,7 @@ class Mapper:
         self.default_order = next((f for f in fields if f.index == "range"), None)
         # The first range field's index is the all-ids index: the layout depends on it.
         ids_field = None if self.default_order is None else self.default_order.hash_field
-        self.layout = KeyLayout(self.prefix, ids_field)
+        self.layout = KeyLayout(self.prefix, ids_field, self.slot_group)
 
     def instrument(self) -> None:
         """Install a descriptor per mapped attribute (and on the identity attribute)."""
@@ -314,8 +323,13 @@ class Mapper:
         return None if ident is MISSING else ident
 
     def key(self, ident: str) -> bytes:
-        """The entity key of an id: ``<prefix>:<id>``."""
+        """The entity key of an id: ``{<prefix>}:<id>`` (see the Key layout page)."""
         return self.layout.entity(ident)
+
+    def key_for(self, id: str | int) -> str:
+        """The Redis key of any id of this class, as ``inspect(obj).key`` gives it
+        (an int id is its decimal string, as everywhere)."""
+        return self.layout.entity(self.lookup_id(id)).decode()
 
     def blank(self, ident: str) -> Any:
         """An instance with only its id set, without running ``__init__``."""

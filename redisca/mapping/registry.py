@@ -45,7 +45,12 @@ class Registry:
 
     @overload
     def mapped(
-        self, *, prefix: str | None = None, id: str = "id", versioned: bool = False
+        self,
+        *,
+        prefix: str | None = None,
+        id: str = "id",
+        versioned: bool = False,
+        slot_group: str | None = None,
     ) -> Callable[[T], T]: ...
 
     def mapped(  # type: ignore[misc]
@@ -56,11 +61,15 @@ class Registry:
         prefix: str | None = None,
         id: str = "id",
         versioned: bool = False,
+        slot_group: str | None = None,
     ) -> T | Callable[[T], T]:
-        """Class decorator (use it above ``@attrs.define``); returns the class unchanged."""
+        """Class decorator (use it above ``@attrs.define``); returns the class unchanged.
+
+        ``slot_group``: models of one group keep their keys in one Redis Cluster hash
+        slot, so one commit writes them in one ``MULTI``/``EXEC`` on a cluster too."""
 
         def decorate(klass: T) -> T:
-            self.map(klass, prefix=prefix, id=id, versioned=versioned)
+            self.map(klass, prefix=prefix, id=id, versioned=versioned, slot_group=slot_group)
             return klass
 
         return decorate(cls) if cls is not None else decorate
@@ -73,6 +82,7 @@ class Registry:
         id: str = "id",
         versioned: bool = False,
         fields: Mapping[str, Any] | None = None,
+        slot_group: str | None = None,
     ) -> Mapper:
         """Map a class imperatively; ``fields`` gives helpers for attributes you can't edit."""
         name = cls.__name__
@@ -85,7 +95,9 @@ class Registry:
         if earlier is not None and not _redefines(cls, earlier.class_):
             other = earlier.class_.__name__
             raise MappingError(f"{name}: prefix {prefix!r} is already used by {other}")
-        mapper = Mapper(self, cls, prefix, id, versioned)
+        if slot_group is not None:
+            check_name("slot_group", slot_group, name)
+        mapper = Mapper(self, cls, prefix, id, versioned, slot_group)
         mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
         mapper.instrument()
         if earlier is not None:
