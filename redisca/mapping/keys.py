@@ -254,6 +254,13 @@ class KeyLayout:
         """``SCAN MATCH`` pattern of every other key of the model."""
         return self._namespace + b"*"
 
+    @property
+    def pattern(self) -> bytes:
+        """``SCAN MATCH`` pattern of every key of the model, entities and the rest
+        (``H[:#]*``): one scan where :attr:`entity_pattern` and
+        :attr:`namespace_pattern` take two."""
+        return self.head + b"[:#]*"
+
     def unique_stripes(self, field: bytes) -> list[bytes]:
         """Every stripe key of one unique field, in stripe order."""
         return [self._unique + field + b":%d" % n for n in range(UNIQUE_STRIPES)]
