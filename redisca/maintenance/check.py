@@ -1,32 +1,33 @@
 """check: compare every index key of a model with the entity hashes it stands for.
 
-Two passes over the keyspace with ``SCAN``, batched and pipelined:
+Three passes over the keyspace with ``SCAN``, batched and pipelined (``H`` is
+the model's head, ``{P}`` or ``{G}P``: see ``docs/keylayout.rst``):
 
-1. entities (``P:*``): each page of hashes is read and decoded, and what it
+1. entities (``H:*``): each page of hashes is read and decoded, and what it
    calls for is probed in one more round trip (``SMISMEMBER`` and ``ZMSCORE``
-   per index key, ``HMGET`` per unique stripe): its id in ``P#all`` (a model
+   per index key, ``HMGET`` per unique stripe): its id in ``H#all`` (a model
    with a range index has none: its first range index holds the ids), its entry
    in each equality set and range sorted set (with the right score, ``+inf``
    where it holds no value), its unique values naming it. Each index key's
    expected size is counted;
-2. the model's other keys (``P#*``): an index key holding more members than the
+2. the model's other keys (``H#*``): an index key holding more members than the
    entities that call for it has orphans, and only then is it read member by
    member; a unique field's stripes likewise, field by field. Keys the model
    does not use are reported too, and keys of an earlier layout (``reindex``
-   converts them) as such: among them ``P#all`` on a model with a range index;
+   converts them) as such: among them ``H#all`` on a model with a range index;
 3. the layout before hash tags (``P:*`` and ``P#*`` of ``layout.untagged()``,
    where ``P`` is the bare prefix): each key found there is ``old_layout``, an
    entity hash that ``python -m redisca migrate`` moves or an old index key it
-   deletes (:func:`.untagged.fate` says which), so data left behind by an upgrade
-   never goes unnoticed. It costs one more ``SCAN`` of the whole keyspace per
-   model (``MATCH`` filters server-side, but the cursor still walks every key),
-   one pattern for both namespaces, and a ``TYPE`` per key found, pipelined per
-   page: a single key's type is read at one moment, so it needs no snapshot.
+   deletes (``untagged.fate`` says which; a type it leaves is ``stray_key``),
+   so data left behind by an upgrade never goes unnoticed. It costs one more
+   ``SCAN`` of the whole keyspace per model (``MATCH`` filters on the server,
+   but the cursor still walks every key; one pattern covers both namespaces)
+   and a ``TYPE`` per key found, pipelined per page.
 
-What either pass finds is only a suspicion, since the application may be
-committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of the
-keys involved before it is reported. Each commit is atomic, so a snapshot never
-shows a commit half done.
+What the first two passes find is only a suspicion, since the application may
+be committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of
+the keys involved before it is reported. Each commit is atomic, so a snapshot
+never shows a commit half done.
 """
 
 from __future__ import annotations
@@ -684,7 +685,7 @@ _OLD_DETAIL = {
     "stripe hashes): `python -m redisca reindex` converts it",
 }
 
-#: ``P#all`` on a model with a range index (one added since, or the layout before
+#: ``H#all`` on a model with a range index (one added since, or the layout before
 #: redisca 2.0's development versions dropped it there).
 _OLD_ALL = (
     "an all-ids set the model no longer keeps: it has a range index, and its first one, "

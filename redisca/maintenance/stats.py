@@ -48,10 +48,10 @@ class ModelStats:
     model: str
     prefix: str
     entities: int = 0
-    #: Members of the all-ids index (``P#all``, or the first range index of a model
+    #: Members of the all-ids index (``H#all``, or the first range index of a model
     #: with one): equal to ``entities`` when the indexes are sound.
     ids: int = 0
-    #: Keys by kind: ``all`` (``P#all``: none on a model with a range index), ``eq``,
+    #: Keys by kind: ``all`` (``H#all``: none on a model with a range index), ``eq``,
     #: ``range``, ``unique`` (stripes), ``guard``, ``other`` (reindex, stray, the layout
     #: before 2.0's indexes), ``old_layout`` (every key of the layout before hash tags,
     #: its entity hashes too: ``migrate`` moves them). Kinds with no key are left out.
@@ -144,7 +144,7 @@ def _patterns(layout: KeyLayout) -> list[tuple[bytes, bool]]:
 
 def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField], all_ids_is_range: bool) -> str:
     """A key's kind for counting: an index of a field that has none is "other", and so is
-    ``P#all`` on a model whose all-ids index is a range index (a leftover)."""
+    ``H#all`` on a model whose all-ids index is a range index (a leftover)."""
     if parsed.kind == "all" and all_ids_is_range:
         return "other"
     if parsed.kind in ("entity", "all", "guard"):
