@@ -151,7 +151,8 @@ class KeyLayout:
         self._build = p + b"#b:"
 
     def untagged(self) -> KeyLayout:
-        """The same model's layout before hash tags: ``H:<id>``, ``H#...``."""
+        """The same model's layout before hash tags: ``P:<id>``, ``P#...``, its bare
+        prefix as the head (for a model of a slot group too: groups came with tags)."""
         return KeyLayout(self.prefix, self.ids_field, tagged=False)
 
     @property
