@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import conf
 from .errors import (
     BulkAddError,
+    ClusterNodeError,
     ConflictError,
     DecodeError,
     DetachedInstanceError,
@@ -71,6 +72,7 @@ __all__ = [
     "METADATA_KEY",
     "Boolean",
     "BulkAddError",
+    "ClusterNodeError",
     "Codec",
     "CommandResult",
     "ConflictError",

@@ -1,7 +1,8 @@
 """``python -m redisca check|reindex|stats|migrate MODULE:registry``: maintenance from a shell.
 
 argparse only, so the core needs nothing more; ``flask redisca ...``
-(:mod:`redisca.flaskcli`) runs the same tasks through the functions here.
+(:mod:`redisca.flaskcli`) runs the same tasks through the functions here. ``--cluster``
+(default: ``$REDISCA_CLUSTER``) makes the client a ``redis.cluster.RedisCluster``.
 
 Exit status: 0 all well; 1 problems found (check, or values reindex could not
 index); 2 bad usage (arguments, a registry that cannot be imported, an unknown
@@ -21,7 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import redis
+from redis.exceptions import RedisClusterException
 
+from .conf import CLUSTER_ENV, DEFAULT_URL, cluster_flag, make_client
 from .errors import MappingError, RediscaError
 from .maintenance import MaintenanceError, UnknownName, check, migrate, reindex, stats
 from .mapping.mapper import Mapper, mapper_of
@@ -62,11 +65,12 @@ def load_target(spec: str) -> Any:
     return target
 
 
-def client_for(url: str | None) -> redis.Redis:
-    """``--url``, else ``$REDIS_URL``, else redis://localhost:6379/0 (as sessions do)."""
-    from .conf import DEFAULT_URL
-
-    return redis.Redis.from_url(url or os.environ.get("REDIS_URL") or DEFAULT_URL)
+def client_for(url: str | None, cluster: bool | None = None) -> redis.Redis:
+    """``--url``, else ``$REDIS_URL``, else redis://localhost:6379/0 (as sessions do);
+    a ``RedisCluster`` when ``cluster`` (``--cluster``; ``None``: ``$REDISCA_CLUSTER``)."""
+    if cluster is None:
+        cluster = cluster_flag(os.environ.get(CLUSTER_ENV))
+    return make_client(url or os.environ.get("REDIS_URL") or DEFAULT_URL, cluster=cluster)
 
 
 # -- progress ---------------------------------------------------------------------
@@ -131,7 +135,7 @@ def run_task(
         _close(bar)
         err.write(f"redisca {task}: {exc}\n")
         return USAGE if isinstance(exc, UnknownName) else FAILED
-    except (RediscaError, redis.RedisError) as exc:
+    except (RediscaError, redis.RedisError, RedisClusterException) as exc:
         _close(bar)
         err.write(f"redisca {task}: {exc}\n")
         return FAILED
@@ -257,6 +261,12 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("target", metavar="MODULE:registry", help="the registry to work on")
         sub.add_argument("--url", help="Redis URL (default: $REDIS_URL, else localhost)")
         sub.add_argument(
+            "--cluster",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="the URL names a Redis Cluster node (default: $REDISCA_CLUSTER)",
+        )
+        sub.add_argument(
             "--model", action="append", metavar="NAME", help="only this model (class or prefix)"
         )
         if name == "reindex":
@@ -285,7 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"redisca {args.task}: {exc}\n")
         return USAGE
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    client = client_for(args.url)
+    try:
+        client = client_for(args.url, args.cluster)
+    except ValueError as exc:  # a bad URL or $REDISCA_CLUSTER (a ValidationError)
+        sys.stderr.write(f"redisca {args.task}: {exc}\n")
+        return USAGE
+    except RediscaError as exc:  # a cluster client connects now (an OperationalError)
+        sys.stderr.write(f"redisca {args.task}: {exc}\n")
+        return FAILED
     try:
         return run_task(
             args.task,

@@ -96,6 +96,16 @@ class OperationalError(RediscaError):
         self.outcome_unknown = outcome_unknown
 
 
+class ClusterNodeError(OperationalError):
+    """A plain (non-cluster) client talks to a Redis Cluster node.
+
+    The server answered ``MOVED``, ``ASK``, ``CROSSSLOT``, ``TRYAGAIN`` or
+    ``CLUSTERDOWN``: connect with ``redis.cluster.RedisCluster`` (or set
+    ``REDISCA_CLUSTER=1`` with ``REDIS_URL`` naming a node) instead. Raised wherever
+    such a reply is read, so it is never taken for data.
+    """
+
+
 class BulkAddError(RediscaError):
     """:meth:`Session.bulk_add <redisca.Session.bulk_add>` stopped at a chunk.
 
@@ -134,6 +144,7 @@ class BulkAddError(RediscaError):
 
 __all__ = [
     "BulkAddError",
+    "ClusterNodeError",
     "ConflictError",
     "DecodeError",
     "DetachedInstanceError",

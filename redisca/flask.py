@@ -27,6 +27,7 @@ from flask.signals import got_request_exception
 from flask.wrappers import Response
 from werkzeug.exceptions import Conflict
 
+from .conf import CLUSTER_ENV, cluster_flag, make_client
 from .errors import (
     ConflictError,
     IntegrityError,
@@ -43,6 +44,7 @@ T = TypeVar("T")
 
 #: The key of the extension's per-app state in ``app.extensions``.
 EXTENSION_KEY = "redisca"
+_CLUSTER_KEY = CLUSTER_ENV  # app.config's: the app's client is a RedisCluster
 _SCOPES = "_redisca_scopes"  # attribute of flask.g: a stack of _Scope
 DEFAULT_PER_PAGE = 20
 DEFAULT_MAX_PER_PAGE = 100
@@ -103,32 +105,41 @@ class _AppState:
         self.client = client
 
 
-def _client_from_config(config: Mapping[str, Any]) -> redis.Redis:
-    """``REDISCA_URL`` (with ``REDISCA`` as extra options), else ``REDISCA`` alone."""
+def _cluster_setting(config: Mapping[str, Any]) -> bool:
+    """``app.config["REDISCA_CLUSTER"]``: whether ``REDISCA_URL`` (or ``REDISCA``) names
+    a node of a Redis Cluster (default ``False``; values as :func:`redisca.conf.cluster_flag`)."""
+    try:
+        return cluster_flag(config.get(_CLUSTER_KEY), f"app.config[{_CLUSTER_KEY!r}]")
+    except ValidationError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _client_from_config(config: Mapping[str, Any], cluster: bool | None = None) -> redis.Redis:
+    """``REDISCA_URL`` (with ``REDISCA`` as extra options), else ``REDISCA`` alone; a
+    ``RedisCluster`` when ``cluster`` (``None``: ``REDISCA_CLUSTER``) says so."""
     url = config.get("REDISCA_URL")
     options = config.get("REDISCA")
+    if cluster is None:
+        cluster = _cluster_setting(config)
     if options is not None and not isinstance(options, Mapping):
         raise ConfigurationError(
             "app.config['REDISCA'] must be a dict of redis.Redis() keyword arguments, "
             f"got {type(options).__name__}"
         )
-    kwargs = dict(options or {})
+    if url and not isinstance(url, str):
+        raise ConfigurationError("app.config['REDISCA_URL'] must be a str")
+    if not url and options is None:
+        raise ConfigurationError(
+            "FlaskRedisca needs a connection: set app.config['REDISCA_URL'] "
+            "(e.g. 'redis://localhost:6379/0') or app.config['REDISCA'] "
+            "(redis.Redis() keyword arguments) before init_app(app)"
+        )
     try:
-        if url:
-            if not isinstance(url, str):
-                raise ConfigurationError("app.config['REDISCA_URL'] must be a str")
-            return redis.Redis.from_url(url, **kwargs)
-        if options is not None:
-            return redis.Redis(**kwargs)
+        return make_client(url or None, cluster=cluster, **dict(options or {}))
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(
             f"cannot make a Redis client from the app's config: {exc}"
         ) from exc
-    raise ConfigurationError(
-        "FlaskRedisca needs a connection: set app.config['REDISCA_URL'] "
-        "(e.g. 'redis://localhost:6379/0') or app.config['REDISCA'] "
-        "(redis.Redis() keyword arguments) before init_app(app)"
-    )
 
 
 def _current_request() -> object | None:

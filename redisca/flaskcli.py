@@ -5,11 +5,14 @@ The registry comes from ``--registry MODULE:ATTR``, else from
 ``app.config["REDISCA_REGISTRY"]`` (a registry, or ``"module:attr"``). The
 connection is the :class:`~redisca.flask.FlaskRedisca` extension's client when
 the app has one, else one made from ``REDISCA_URL`` / ``REDISCA`` as the extension
-would, unless ``--url`` is given. This module alone imports Flask and click.
+would, unless ``--url`` or ``--cluster``/``--no-cluster`` is given. A client made
+here is a ``RedisCluster`` per ``--cluster``, else ``app.config["REDISCA_CLUSTER"]``,
+else ``$REDISCA_CLUSTER``. This module alone imports Flask and click.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -19,7 +22,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import cli as shell
-from .flask import EXTENSION_KEY, ConfigurationError, _client_from_config
+from .conf import CLUSTER_ENV, cluster_flag, make_client
+from .errors import RediscaError
+from .flask import EXTENSION_KEY, ConfigurationError, _client_from_config, _cluster_setting
 
 CONFIG_KEY = "REDISCA_REGISTRY"
 
@@ -40,17 +45,26 @@ def _target(spec: str | None) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
-def _client(url: str | None) -> tuple[redis.Redis, bool]:
+def _client(url: str | None, cluster: bool | None) -> tuple[redis.Redis, bool]:
     """The client, and whether this command made it (and must close it)."""
-    if url:
-        return redis.Redis.from_url(url), True
     state = current_app.extensions.get(EXTENSION_KEY)
-    if state is not None:
+    if url is None and cluster is None and state is not None:
         return state.client, False
     try:
-        return _client_from_config(current_app.config), True
-    except ConfigurationError as exc:
+        if cluster is None:
+            cluster = _cluster_default()
+        if url:
+            return make_client(url, cluster=cluster), True
+        return _client_from_config(current_app.config, cluster), True
+    except (ConfigurationError, ValueError) as exc:  # ValueError: a bad URL or setting
         raise click.UsageError(str(exc)) from None
+
+
+def _cluster_default() -> bool:
+    """``app.config["REDISCA_CLUSTER"]`` when the app sets it, else ``$REDISCA_CLUSTER``."""
+    if CLUSTER_ENV in current_app.config:
+        return _cluster_setting(current_app.config)
+    return cluster_flag(os.environ.get(CLUSTER_ENV))
 
 
 def _options(func: Any) -> Any:
@@ -58,6 +72,12 @@ def _options(func: Any) -> Any:
         [
             click.option("--registry", "spec", metavar="MODULE:ATTR", help="the registry"),
             click.option("--url", help="Redis URL (default: the app's)"),
+            click.option(
+                "--cluster/--no-cluster",
+                default=None,
+                help="the URL names a Redis Cluster node (default: the app's "
+                "REDISCA_CLUSTER, else $REDISCA_CLUSTER)",
+            ),
             click.option("--model", "models", multiple=True, help="only this model"),
             click.option("--json", "as_json", is_flag=True, help="machine-readable output"),
             click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True),
@@ -76,7 +96,11 @@ def _run(task: str, options: dict[str, Any], fields: tuple[str, ...] = ()) -> No
     if fields and not options["models"]:
         raise click.UsageError("--field needs --model")
     target = _target(options["spec"])
-    client, made = _client(options["url"])
+    try:
+        client, made = _client(options["url"], options["cluster"])
+    except RediscaError as exc:  # a cluster client connects at once (OperationalError)
+        sys.stderr.write(f"redisca {task}: {exc}\n")
+        raise click.exceptions.Exit(shell.FAILED) from None
     progress = options["progress"]
     if progress is None:
         progress = sys.stderr.isatty()

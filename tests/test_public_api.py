@@ -25,6 +25,7 @@ ERRORS = {
     "ConflictError": redisca.RediscaError,
     "StaleDataError": redisca.ConflictError,
     "OperationalError": redisca.RediscaError,
+    "ClusterNodeError": redisca.OperationalError,
 }
 
 

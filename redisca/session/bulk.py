@@ -63,17 +63,18 @@ def bulk_add(
 
 
 def _chunks(session: Session, objs: Iterable[object], size: int) -> Iterator[list[object]]:
-    """The input in lists of at most ``size``; a list also ends where the server changes,
-    so that a chunk is one ``MULTI``/``EXEC``, all written or none."""
-    clients: dict[type, Any] = {}
+    """The input in lists of at most ``size``; a list also ends where the server (on a
+    cluster, the slot group) changes, so that a chunk is one ``MULTI``/``EXEC``, all
+    written or none."""
+    clients: dict[type, tuple[Any, int | None]] = {}
     chunk: list[object] = []
     current = None
     for obj in objs:
         kind = type(obj)
         client = clients.get(kind)
         if client is None:
-            client = clients[kind] = session.bind_for(kind)
-        if chunk and client is not current:
+            client = clients[kind] = _target(session, kind)
+        if chunk and client != current:
             yield chunk
             chunk = []
         current = client
@@ -83,6 +84,13 @@ def _chunks(session: Session, objs: Iterable[object], size: int) -> Iterator[lis
             chunk = []
     if chunk:
         yield chunk
+
+
+def _target(session: Session, kind: type) -> tuple[Any, int | None]:
+    """Where objects of ``kind`` commit: their client (on a cluster, and slot)."""
+    client = session.bind_for(kind)
+    mapper = kind.__dict__.get("__redisca_mapper__")
+    return (client, None) if mapper is None else unitofwork.target(client, mapper)
 
 
 class _Chunk:
@@ -101,8 +109,8 @@ class _Chunk:
         groups = unitofwork.organize(session, self.states)  # encoded; nothing sent yet
         # The input's own group last: a chunk's objects are all one server's (see
         # _chunks), and references must not be written before their targets.
-        client = session.bind_for(type(self.objs[0]))
-        groups.sort(key=lambda group: group.client is client)
+        own = _target(session, type(self.objs[0]))
+        groups.sort(key=lambda group: group.client is own[0] and group.slot == own[1])
         for group in groups:
             executed = executor.execute_commit(group.client, group.plan(), session.retries)
             unitofwork.finalize(session, group, executed)

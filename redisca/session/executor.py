@@ -10,6 +10,12 @@ cost a third of a large commit's client time.
 A commit is at most three round trips: ``WATCH`` + reads, a second read of
 unique values' owners when the session's guess was stale, then
 ``MULTI``/``EXEC``. With nothing to watch it is the last one alone.
+
+On a cluster client (:mod:`redisca.session.routing`), a commit's keys share one
+slot and go to that slot's master; a load or query is one round trip per master.
+A refusal before ``EXEC`` ran (``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``,
+a refused ``WATCH``) drops the connection (and its ``WATCH``) and tries again; an
+``EXEC`` whose reply was lost is never sent again.
 """
 
 from __future__ import annotations
@@ -23,12 +29,20 @@ from typing import Any, NamedTuple
 import redis
 from redis.exceptions import ResponseError
 
-from ..errors import ConflictError, IntegrityError, OperationalError, RediscaError
+from ..errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidRequestError,
+    OperationalError,
+    RediscaError,
+)
 from ..mapping.keys import decode_id
+from . import routing
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, NeedOwners, emit
 from .plan import Command, CommitPlan, Observed, Reads, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
+from .routing import Redirected
 
 #: How often a commit whose watched keys changed is re-read and retried.
 DEFAULT_RETRIES = 5
@@ -55,15 +69,17 @@ class connection:  # lowercase: used like a function, `with connection(client) a
 
     __slots__ = ("conn", "pool")
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, pool: Any = None) -> None:
+        """``pool``: the pool to check out of (a cluster master's, from routing)."""
         self.pool = None
-        conn = getattr(client, "connection", None)  # a single_connection_client's
-        if conn is None:
-            pool = client.connection_pool
+        conn = getattr(client, "connection", None) if pool is None else None
+        if conn is None:  # not a single_connection_client's own
+            if pool is None:
+                pool = client.connection_pool
             try:  # redis-py connects (or reconnects a stale connection) at checkout
                 conn = (
                     pool.get_connection("MULTI")
-                    if _pool_wants_name(type(pool))
+                    if _pool_wants_name(pool.__class__)
                     else pool.get_connection()
                 )
             except _CONNECTION_ERRORS as exc:
@@ -182,11 +198,100 @@ def _lost(conn: Any, exc: BaseException, when: str) -> OperationalError:
 
 
 def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
-    """One round trip of independent commands (loads and queries)."""
+    """One round trip of independent commands (loads and queries); on a cluster, one
+    per master, the replies in the order of ``commands``."""
     if not commands:
         return []
+    if routing.is_cluster(client):
+        return _run_routed(client, commands)
     with connection(client) as conn:
         return roundtrip(conn, commands)
+
+
+def _run_routed(client: Any, commands: Sequence[Command]) -> list[Any]:
+    """:func:`run` on a cluster: commands grouped by master, refusals followed (reads
+    are idempotent: a refused one is simply sent again, after ``ASKING`` for ``ASK``)."""
+    replies: list[Any] = [None] * len(commands)
+    pending = list(range(len(commands)))
+    asking: dict[int, Any] = {}  # command index -> the pool an ASK sent it to
+    found: routing.Refusal | None = None
+    for hop in range(routing.MAX_HOPS):
+        for pool, indexes in _by_pool(client, commands, pending, asking).values():
+            sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
+            with connection(client, pool) as conn:
+                got = roundtrip(conn, sent)
+            if asking:
+                got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
+            for i, reply in zip(indexes, got, strict=True):
+                replies[i] = reply
+        pending, found = _refused(client, commands, replies, pending, asking)
+        if found is None:
+            return replies
+        if found.kind != "ASK":
+            routing.follow(client, found, hop)
+    assert found is not None
+    raise routing.gave_up(found, "a read")
+
+
+_ASKING: Command = (b"ASKING",)
+
+
+def _asked(command: Command, ask: bool) -> tuple[Command, ...]:
+    return (_ASKING, command) if ask else (command,)
+
+
+def _by_pool(
+    client: Any, commands: Sequence[Command], indexes: list[int], asking: dict[int, Any]
+) -> dict[int, tuple[Any, list[int]]]:
+    """The commands at ``indexes`` grouped by the pool of the master serving them."""
+    pools: dict[int, Any] = {}  # slot -> pool: the slot map is asked once per slot
+    out: dict[int, tuple[Any, list[int]]] = {}
+    for i in indexes:
+        pool = asking.get(i)
+        if pool is None:
+            key = routing.command_key(commands[i])
+            if key is None:
+                raise InvalidRequestError(
+                    f"{commands[i][0]!r} names no key: on a cluster it cannot be routed"
+                )
+            slot = routing.slot_of(key)
+            pool = pools.get(slot)
+            if pool is None:
+                pool = pools[slot] = routing.pool(client, slot)
+        out.setdefault(id(pool), (pool, []))[1].append(i)
+    return out
+
+
+def _refused(
+    client: Any,
+    commands: Sequence[Command],
+    replies: list[Any],
+    indexes: list[int],
+    asking: dict[int, Any],
+) -> tuple[list[int], routing.Refusal | None]:
+    """The commands to send again, and the refusal that decides how to wait."""
+    again: list[int] = []
+    worst: routing.Refusal | None = None
+    for i in indexes:
+        reply = replies[i]
+        found = routing.refusal(reply) if isinstance(reply, ResponseError) else None
+        asking.pop(i, None)
+        if found is None:
+            continue
+        if found.kind not in routing.RETRYABLE:
+            raise OperationalError(
+                f"the cluster refused {commands[i][0]!r} ({found.kind}): {reply}", reply
+            )
+        if found.kind == "ASK":
+            target = routing.ask_pool(client, found)
+            if target is not None:
+                asking[i] = target
+            else:
+                found = found._replace(kind="MOVED")
+        again.append(i)
+        if worst is None or worst.kind == "ASK":
+            worst = found
+    return again, worst
 
 
 def _digest(script: bytes) -> bytes:
@@ -229,17 +334,47 @@ def transaction(
     got: list[Any] | None = None,
 ) -> list[Any] | None:
     """MULTI … EXEC in one round trip (after ``before``, in the same write); ``None``
-    when a watched key changed. ``got`` receives the replies as they arrive."""
+    when a watched key changed. ``got`` receives the replies as they arrive.
+
+    A cluster's refusal of ``EXEC`` or of a queued command (nothing ran) raises
+    :class:`~redisca.session.routing.Redirected`; so does a refused ``WATCH`` in
+    ``before``, and if ``EXEC`` ran unwatched after it, with ``outcome_unknown``."""
     sent = _by_digest(commands)
     replies = roundtrip(conn, [*before, (b"MULTI",), *sent, (b"EXEC",)], sealed=True, got=got)
-    replies = replies[len(before) :]
+    head, replies = replies[: len(before)], replies[len(before) :]
     result = replies[-1]
     if isinstance(result, ResponseError):
         queued = next((r for r in replies[1:-1] if isinstance(r, ResponseError)), result)
+        routing.check(result, "EXEC")
+        routing.check(queued, "a command inside MULTI")
+        _check_watch(before, head, applied=False)
         raise OperationalError(f"Redis refused the transaction: {queued}", queued)
+    _check_watch(before, head, applied=result is not None)
     if result is None:
         return None
     return list(result)  # a command that failed inside EXEC is a ResponseError here
+
+
+def _check_watch(before: Sequence[Command], replies: list[Any], applied: bool) -> None:
+    """A ``WATCH`` sent in the transaction's own write must have been accepted."""
+    for command, reply in zip(before, replies, strict=True):
+        if command[0] == b"WATCH" and isinstance(reply, ResponseError):
+            _refused_watch(reply, applied)
+
+
+def _refused_watch(reply: BaseException, applied: bool) -> None:
+    found = routing.refusal(reply)
+    if applied:  # EXEC ran unwatched: it was applied, but not as the commit meant
+        where = "WATCH (EXEC then ran unwatched and was applied)"
+        error = routing.cluster_node_error(found, where) if found else None
+        raise OperationalError(
+            str(error) if error else f"Redis refused {where}: {reply}",
+            reply,
+            outcome_unknown=True,
+        )
+    if found is not None:
+        raise Redirected(found, "WATCH")
+    raise OperationalError(f"Redis refused WATCH: {reply}", reply)
 
 
 def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
@@ -250,9 +385,13 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
     commands += [(b"HGET", stripe, value) for stripe, value in reads.owners]
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     commands += [(b"GET", key) for key in reads.counters]
-    replies = iter(roundtrip(conn, commands)[1 if watched else 0 :])
+    got = roundtrip(conn, commands)
+    if watched and isinstance(got[0], ResponseError):
+        _refused_watch(got[0], applied=False)  # never MULTI after a refused WATCH
+    replies = iter(got[1 if watched else 0 :])
     for key in reads.exists:
-        observed.exists[key] = bool(next(replies))
+        reply = next(replies)
+        observed.exists[key] = bool(reply if reply.__class__ is int else _checked(reply, key))
     for key, fields in reads.fields.items():
         values = _checked(next(replies), key)
         observed.fields[key] = dict(zip(fields, values, strict=True))
@@ -269,11 +408,15 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
 
 def _counter(reply: Any) -> bytes | None:
     """A guard counter's value (anything but a string reads as unknown: ``b"?"``)."""
-    return reply if reply is None or isinstance(reply, bytes) else b"?"
+    if reply is None or isinstance(reply, bytes):
+        return reply
+    routing.check(reply, "GET")
+    return b"?"
 
 
 def _checked(reply: Any, key: bytes) -> Any:
     if isinstance(reply, ResponseError):
+        routing.check(reply, key.decode(errors="replace"))
         raise IntegrityError(
             f"{key.decode(errors='replace')} does not hold what redisca wrote: {reply}"
         )
@@ -288,7 +431,12 @@ class Executed(NamedTuple):
 
 
 def _attempt(
-    conn: Any, plan: CommitPlan, reads: Reads, fenced: list[bytes], seen: dict[bytes, Any]
+    conn: Any,
+    plan: CommitPlan,
+    reads: Reads,
+    fenced: list[bytes],
+    seen: dict[bytes, Any],
+    slot: int | None,
 ) -> Executed | None:
     observed = Observed(slots=reads.slots)
     watched = bool(reads.keys())
@@ -301,6 +449,8 @@ def _attempt(
         except NeedOwners as need:
             _watch_and_read(conn, Reads(owners=need.keys), observed)
             commands = emit(plan, observed)
+        if slot is not None:  # a cluster: what MULTI would send stays in the slot
+            routing.in_slot(routing.commit_keys(commands), slot, "the commit's transaction")
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
     except RediscaError:
@@ -351,24 +501,72 @@ def execute_commit(
     reads = collect_reads(plan)
     markers = markers_of(plan)
     seen = {} if seen is None else seen
+    if routing.is_cluster(client):
+        return _routed_commit(client, plan, reads, markers, retries, seen)
     with connection(client) as conn:
-        fenced: list[bytes] = []
-        if markers and not reads and not _sightings.any(_server(conn), markers):
-            fenced = markers
-        else:
-            reads.markers = markers
-        attempt = 0
-        while attempt <= retries:
-            executed = _attempt(conn, plan, reads, fenced, seen)
-            if executed is not None:
-                replies = executed.replies
-                _check_own_replies(executed.commands, replies, len(replies) - len(plan.commands))
-                return executed
-            if fenced:
-                reads.markers, fenced = fenced, []
-                continue
-            attempt += 1
+        return _commit_on(conn, plan, reads, markers, retries, seen, None)
+
+
+def _commit_on(
+    conn: Any,
+    plan: CommitPlan,
+    reads: Reads,
+    markers: list[bytes],
+    retries: int,
+    seen: dict[bytes, Any],
+    slot: int | None,
+) -> Executed:
+    """The commit on one connection: read, emit, MULTI/EXEC, retried on conflict.
+
+    On a cluster (``slot`` given) the reindex fence is never used: its ``WATCH``
+    would go out in the write of ``MULTI``/``EXEC``, which would then run unwatched
+    if the ``WATCH`` were refused; the markers are read with the other reads."""
+    fenced: list[bytes] = []
+    if markers and not reads and slot is None and not _sightings.any(_server(conn), markers):
+        fenced = markers
+    else:
+        reads.markers = markers
+    attempt = 0
+    while attempt <= retries:
+        executed = _attempt(conn, plan, reads, fenced, seen, slot)
+        if executed is not None:
+            replies = executed.replies
+            _check_own_replies(executed.commands, replies, len(replies) - len(plan.commands))
+            return executed
+        if fenced:
+            reads.markers, fenced = fenced, []
+            continue
+        attempt += 1
     raise ConflictError(f"watched keys kept changing; gave up after {retries + 1} attempts")
+
+
+def _routed_commit(
+    client: Any,
+    plan: CommitPlan,
+    reads: Reads,
+    markers: list[bytes],
+    retries: int,
+    seen: dict[bytes, Any],
+) -> Executed:
+    """A commit on a cluster: its slot checked before anything is sent, then sent to
+    the slot's master; a refusal before ``EXEC`` ran is followed and the commit tried
+    again from its reads (a new connection: the refused one is dropped)."""
+    slot = routing.plan_slot(plan, reads, markers)
+    found: routing.Refusal | None = None
+    for hop in range(routing.MAX_HOPS):
+        try:
+            with connection(client, routing.pool(client, slot)) as conn:
+                return _commit_on(conn, plan, reads, markers, retries, seen, slot)
+        except Redirected as refused:
+            found = refused.found
+            if found.kind not in routing.RETRYABLE:
+                raise OperationalError(
+                    f"the cluster refused the commit in slot {slot} ({found.kind}): {found.error}",
+                    found.error,
+                ) from refused
+            routing.follow(client, found, hop)
+    assert found is not None
+    raise routing.gave_up(found, f"the commit in slot {slot}")
 
 
 def _check_own_replies(commands: list[Command], replies: list[Any], own: int) -> None:
@@ -395,10 +593,13 @@ def user_reply(client: redis.Redis, command: Command, raw: Any) -> Any:
     """A reply to the user's own command, shaped as redis-py would return it to them."""
     if isinstance(raw, Exception):
         return raw
-    encoder = client.connection_pool.get_encoder()
+    encoder = client.get_encoder()
     value = _decoded(encoder, raw) if encoder.decode_responses else raw
     name = command[0].decode() if isinstance(command[0], bytes) else str(command[0])
-    callback = client.response_callbacks.get(name.upper())  # type: ignore[no-untyped-call]
+    callbacks: Any = getattr(client, "response_callbacks", None)
+    if callbacks is None:  # a cluster client: its nodes' clients shape replies
+        callbacks = client.get_redis_connection(client.get_default_node()).response_callbacks  # type: ignore[attr-defined]
+    callback = callbacks.get(name.upper())
     if callback is None:
         return value
     try:

@@ -16,7 +16,7 @@ from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
-from . import executor, gcpause
+from . import executor, gcpause, routing
 from .state import InstanceState
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ def _fill_missing(
 def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
     if isinstance(reply, Exception):
         name = key.decode(errors="replace")
+        routing.check(reply, f"HGETALL {name}")
         raise DecodeError(f"{name} is not a hash: {reply}", key=name)
     return executor.hash_reply(reply)
 

@@ -102,6 +102,9 @@ class EntityChange:
 class CommitPlan:
     changes: tuple[EntityChange, ...] = ()
     commands: tuple[Command, ...] = ()
+    #: On a cluster, the hash slot every key of the plan is in (its group's slot);
+    #: ``None`` on one server.
+    slot: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self.changes or self.commands)

@@ -40,7 +40,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from ..errors import OperationalError, QueryError
-from . import executor
+from . import executor, routing
 from .querycompile import ScriptCall
 
 #: Ids walked per ZRANGE at least (a selective filter needs many per match).
@@ -539,7 +539,8 @@ def run(client: Any, call: ScriptCall) -> Any:
         sha = SHA
         by_digest = (b"EVALSHA", SHA, len(keys), *keys, *args)
         whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
-    pool = client.connection_pool
+    pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
+    pool = client.connection_pool if pool is None else pool
     known = _KNOWN.get(pool)
     if known is not None and sha in known:
         reply = executor.run(client, [by_digest])[0]
@@ -553,6 +554,7 @@ def run(client: Any, call: ScriptCall) -> Any:
 def _checked(client: Any, reply: Any, call: ScriptCall) -> Any:
     if not isinstance(reply, Exception):
         return reply
+    routing.check(reply, "the query's script")
     if str(reply).startswith(AFTER_MISSING):
         raise QueryError("after(): that id is not in the query's ordering index")
     wrong = _wrong_types(client, call) if "WRONGTYPE" in str(reply) else []

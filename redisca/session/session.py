@@ -22,7 +22,7 @@ from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import Mapper, mapper_of
-from . import executor, gcpause, loading, resp, unitofwork
+from . import executor, gcpause, loading, resp, routing, unitofwork
 from .collections import IdentitySet
 from .plan import Command
 from .query import Query
@@ -71,7 +71,8 @@ class Session:
         self._identity: dict[Mapper, dict[str, InstanceState]] = {}
         #: What every tracked state refers to the session by (one weak reference, made once).
         self._ref = weakref.ref(self)
-        self._commands: list[tuple[Any, Command, CommandResult]] = []
+        #: Queued commands: (client, command, result, slot on a cluster client).
+        self._commands: list[tuple[Any, Command, CommandResult, int | None]] = []
 
     # -- context management -------------------------------------------------
 
@@ -162,8 +163,9 @@ class Session:
         if state.persistent:
             remember_detached(state, deleted=deleted)
 
-    def queued_commands(self) -> list[tuple[Any, Command, CommandResult]]:
-        """``(client, command, result)`` of each :meth:`add_command` not committed yet."""
+    def queued_commands(self) -> list[tuple[Any, Command, CommandResult, int | None]]:
+        """``(client, command, result, slot)`` of each :meth:`add_command` not committed
+        yet (``slot``: the hash slot it commits in on a cluster client, else ``None``)."""
         return list(self._commands)
 
     @property
@@ -478,11 +480,20 @@ class Session:
         do commands that would break the transaction or the pooled connection
         (``EXEC``, ``WATCH``, ``SELECT``, ``AUTH``, ``CLIENT``, ``SUBSCRIBE``, ...:
         ``redisca.session.resp.REFUSED_COMMANDS``).
+
+        On a cluster client the command joins the ``MULTI``/``EXEC`` of one slot group:
+        ``bind``'s (a mapped class), or without ``bind`` the one slot of its keys. Its
+        keys (as redis-py's command table names them; a script's declared keys) must
+        all be in that slot, or :class:`~redisca.ValidationError` is raised here.
         """
         wire = resp.encode_command(args)  # refused here, not halfway through a commit
         client = self.bind_for(bind) if bind is not None else self.bind_for(object)
+        slot = None
+        if routing.is_cluster(client):
+            group = None if bind is None else unitofwork.target(client, _mapped(bind))[1]
+            slot = routing.user_command_slot(client, wire, group)
         result = CommandResult(tuple(args))
-        self._commands.append((client, wire, result))
+        self._commands.append((client, wire, result, slot))
         return result
 
     def commit(self) -> None:
@@ -526,6 +537,14 @@ class Session:
             else:
                 field.attribute.del_raw(state.obj)
         state.assigned = IN_STEP
+
+
+def _mapped(cls: type) -> Mapper:
+    """The mapper of ``cls`` or of its nearest mapped base class."""
+    for klass in cls.__mro__:
+        if "__redisca_mapper__" in klass.__dict__:
+            return mapper_of(klass)
+    return mapper_of(cls)  # raises, naming the class
 
 
 def _init_arguments(

@@ -18,7 +18,7 @@ import attrs
 from ..errors import InvalidRequestError, OperationalError
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
-from . import executor
+from . import executor, routing
 from .emit import vanished
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
 from .state import InstanceState
@@ -29,16 +29,24 @@ if TYPE_CHECKING:
 
 @attrs.define(eq=False)
 class Group:
-    """Everything one commit sends to one server."""
+    """Everything one commit sends to one server in one ``MULTI``/``EXEC``: on a
+    cluster, to one hash slot (a slot group's)."""
 
     client: Any
+    #: On a cluster client, the slot of every key of the group; ``None`` otherwise.
+    slot: int | None = None
     changes: list[EntityChange] = attrs.field(factory=list)
     states: list[InstanceState] = attrs.field(factory=list)
     commands: list[Command] = attrs.field(factory=list)
     results: list[CommandResult] = attrs.field(factory=list)
 
     def plan(self) -> CommitPlan:
-        return CommitPlan(tuple(self.changes), tuple(self.commands))
+        return CommitPlan(tuple(self.changes), tuple(self.commands), self.slot)
+
+
+def target(client: Any, mapper: Mapper) -> tuple[Any, int | None]:
+    """Where a model's changes commit: its client, and on a cluster its tag's slot."""
+    return client, routing.tag_slot(mapper.layout.tag) if routing.is_cluster(client) else None
 
 
 def cascade(session: Session) -> None:
@@ -161,22 +169,23 @@ def _delete(state: InstanceState) -> EntityChange:
 
 
 def organize(session: Session, states: Iterable[InstanceState] | None = None) -> list[Group]:
-    """Validate and encode every pending change, grouped by server; no I/O.
+    """Validate and encode every pending change, grouped by server (on a cluster, by
+    server and slot); no I/O.
 
     ``states``: plan only these, and no queued command: :mod:`~redisca.session.bulk`
     commits chunks of states the session does not track (it cascaded them itself).
     """
-    commands: list[tuple[Any, Command, CommandResult]] = []
+    commands: list[tuple[Any, Command, CommandResult, int | None]] = []
     if states is None:
         cascade(session)
         states, commands = session.states(), session.queued_commands()
-    groups: dict[int, Group] = {}
-    binds: dict[Mapper, Any] = {}  # bind_for walks the class's MRO: once per mapper
+    groups: dict[tuple[int, int | None], Group] = {}
+    binds: dict[Mapper, tuple[Any, int | None]] = {}  # bind_for walks the MRO: once each
 
-    def group_for(client: Any) -> Group:
-        group = groups.get(id(client))
+    def group_for(client: Any, slot: int | None) -> Group:
+        group = groups.get((id(client), slot))
         if group is None:
-            group = groups[id(client)] = Group(client)
+            group = groups[id(client), slot] = Group(client, slot)
         return group
 
     last_mapper: Mapper | None = None  # states come in runs of one mapper: its group
@@ -192,15 +201,15 @@ def organize(session: Session, states: Iterable[InstanceState] | None = None) ->
                 continue
             change = found
         if group is None or last_mapper is not state.mapper:
-            client = binds.get(state.mapper)
-            if client is None:
-                client = binds[state.mapper] = session.bind_for(state.mapper)
-            group = group_for(client)
+            where = binds.get(state.mapper)
+            if where is None:
+                where = binds[state.mapper] = target(session.bind_for(state.mapper), state.mapper)
+            group = group_for(*where)
             last_mapper = state.mapper
         group.changes.append(change)
         group.states.append(state)
-    for client, command, result in commands:
-        group = group_for(client)
+    for client, command, result, slot in commands:
+        group = group_for(client, slot)
         group.commands.append(command)
         group.results.append(result)
     return list(groups.values())
