@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import pytest
+import redis
 from clusterhelpers import migrate_slot, node_client
 from helpers import assert_indexes_consistent
 from redis.cluster import RedisCluster
@@ -438,6 +439,19 @@ def cut_link(master: EmbeddedServer, replica: EmbeddedServer) -> None:
             time.sleep(0.01)
 
 
+def acknowledging(master: EmbeddedServer) -> None:
+    """Wait until a replica of ``master`` acknowledges a write (``WAIT``): after a full
+    sync a replica reports its link up, and its master counts it, up to a second before
+    the master streams writes to it (Redis 7 starts the stream on the replica's first
+    ``REPLCONF ACK``); a ``WAIT`` then rightly answers 0."""
+    deadline = time.monotonic() + 10
+    probe = b"{bank}probe"
+    with node_client(master) as m:
+        while m.set(probe, 1) and m.execute_command("WAIT", 1, 100) < 1:
+            assert time.monotonic() < deadline, "no replica acknowledges"
+        m.delete(probe)
+
+
 def take_over(cluster: EmbeddedCluster, master: EmbeddedServer, replica: EmbeddedServer) -> None:
     """kill -9 of the master, then its replica takes the slots over (``CLUSTER FAILOVER
     TAKEOVER``: no vote, no check of how old its data is), and the cluster is ok."""
@@ -477,3 +491,203 @@ def test_the_loss_window_of_asynchronous_replication(ha: EmbeddedCluster) -> Non
     assert [a.id for a in fresh.query(Account)] == ["ann"]
     clean(ha)
     after.close()
+
+
+# -- a lost EXEC reply, a connection killed between WATCH and EXEC ----------------------
+
+
+def arm(hook: Hook, cluster: EmbeddedCluster, stage: str) -> Fault:
+    """Kill the commit's connection (``CLIENT KILL`` on the master serving the slot) at
+    ``stage`` of the next commit (the stages of :mod:`test_faults`)."""
+    fault = Fault(stage, "client-kill", cluster.node_for_slot(SLOT))
+    fault.armed = True
+    hook.fault = fault
+    return fault
+
+
+def version(client: RedisCluster, ident: str) -> int:
+    return int(client.hget(redisca.inspect(Ledger).key_for(ident), "#v"))
+
+
+def test_a_lost_exec_reply_is_applied_once_and_the_retry_verifies_it(
+    cluster: EmbeddedCluster, rc: RedisCluster, hook: Hook
+) -> None:
+    """EXEC ran on the master, then its connection died before the reply was read:
+    ``outcome_unknown``, applied once. Committed again, the session finds its own write
+    (the ledger's version it wrote, the account with its values) and applies nothing twice."""
+    seed(rc)
+    before = version(rc, "L")
+    s = Session(rc)
+    s.get(Ledger, "L").n += 1  # type: ignore[union-attr]
+    s.get(Account, "ann").balance = 11  # type: ignore[union-attr]
+    s.add(Account("bob@x.org", id="bob"))
+    fault = arm(hook, cluster, "before-exec-reply")
+    with pytest.raises(redisca.OperationalError) as failure:
+        s.commit()
+    assert fault.fired and failure.value.outcome_unknown and hook.sent_exec
+    assert version(rc, "L") == before + 1  # applied, once
+    s.commit()  # the retry verifies the outcome
+    assert not (s.new or s.dirty)
+    assert version(rc, "L") == before + 1, "applied twice"
+    fresh = Session(rc)
+    assert fresh.get(Ledger, "L").n == 1  # type: ignore[union-attr]
+    assert fresh.get(Account, "ann").balance == 11  # type: ignore[union-attr]
+    assert fresh.query(Account).filter(Account.email == "bob@x.org").one().id == "bob"
+    clean(cluster)
+
+
+def test_a_lost_exec_reply_changed_since_is_stale_on_retry(
+    cluster: EmbeddedCluster, rc: RedisCluster, hook: Hook
+) -> None:
+    """As on one server: another client changed the entity after the in-doubt commit;
+    the retry cannot take Redis's values for its own write and says so."""
+    seed(rc)
+    s = Session(rc)
+    s.get(Ledger, "L").n = 5  # type: ignore[union-attr]
+    arm(hook, cluster, "before-exec-reply")
+    with pytest.raises(redisca.OperationalError) as failure:
+        s.commit()
+    assert failure.value.outcome_unknown
+    other = Session(cluster.client())
+    theirs = other.get(Ledger, "L")
+    assert theirs is not None and theirs.n == 5
+    theirs.n = 6
+    other.commit()
+    with pytest.raises(redisca.StaleDataError):
+        s.commit()
+    assert Session(rc).get(Ledger, "L").n == 6  # type: ignore[union-attr]
+    clean(cluster)
+
+
+@pytest.mark.parametrize("stage", ["after-reads", "after-multi"])
+def test_a_connection_killed_between_watch_and_exec_loses_no_update(
+    cluster: EmbeddedCluster, rc: RedisCluster, hook: Hook, stage: str
+) -> None:
+    """After the commit's WATCH + reads a rival claims the same email and bumps the
+    ledger, then the commit's connection is killed (before MULTI, or after the queued
+    writes, before EXEC). redisca never sends MULTI/EXEC again without its WATCH (redis-py's
+    cluster pipeline did): the rival's writes stand, and the retry is refused."""
+    seed(rc)
+    s = Session(rc)
+    s.get(Ledger, "L").n += 1  # type: ignore[union-attr]
+    s.add(Account("race@x.org", id="mine"))
+    rival = cluster.client()
+
+    def rival_writes() -> None:
+        r = Session(rival)
+        r.get(Ledger, "L").n = 10  # type: ignore[union-attr]
+        r.add(Account("race@x.org", id="rival"))
+        r.commit()
+
+    hook.before_multi = rival_writes
+    fault = arm(hook, cluster, stage)
+    with pytest.raises(redisca.OperationalError):
+        s.commit()
+    assert fault.fired
+    fresh = Session(rival)
+    assert fresh.query(Account).filter(Account.email == "race@x.org").one().id == "rival"
+    assert fresh.get(Account, "mine") is None
+    assert fresh.get(Ledger, "L").n == 10  # type: ignore[union-attr]
+    with pytest.raises((redisca.UniqueViolation, redisca.StaleDataError)):
+        s.commit()
+    s.rollback()
+    s.add(Account("race@x.org", id="mine"))
+    with pytest.raises(redisca.UniqueViolation) as taken:
+        s.commit()
+    assert taken.value.owner == "rival"
+    fresh = Session(rival)
+    assert fresh.get(Ledger, "L").n == 10  # type: ignore[union-attr]
+    assert fresh.query(Account).count() == 2
+    clean(cluster)
+    rival.close()
+
+
+def on_replica(replica: EmbeddedServer, key: bytes) -> bool:
+    """Whether the replica holds ``key`` (read there, ``READONLY``)."""
+    with node_client(replica) as r:
+        r.execute_command("READONLY")
+        return bool(r.exists(key))
+
+
+def test_wait_replicas_closes_the_loss_window(ha: EmbeddedCluster) -> None:
+    """``Session(wait_replicas=1)``: a commit returns once a replica has it. With the
+    replica's link cut, the master applies the commit but the replica never
+    acknowledges it: ``outcome_unknown``, not an acknowledgement. After the failover
+    lost it, committing again (once the new master has a replica: the old master,
+    restarted) applies it, and this time it is acknowledged. A commit in doubt that
+    is committed again while the replica is still away is not acknowledged either."""
+    client = ha.client()
+    seed(client)
+    master = ha.node_for_slot(SLOT)
+    replica = replica_of(ha, master)
+    s = Session(client, wait_replicas=1, wait_timeout=0.2)
+    s.add(Account("carl@x.org", id="carl"))
+    s.commit()
+    key = redisca.inspect(Account).key_for
+    assert on_replica(replica, key("carl")), "acknowledged before the replica had it"
+
+    cut_link(master, replica)
+    s.get(Ledger, "L").n += 1  # type: ignore[union-attr]
+    s.add(Account("bob@x.org", id="bob"))
+    with pytest.raises(redisca.OperationalError, match="only 0 of the 1 replica") as info:
+        s.commit()
+    assert info.value.outcome_unknown
+    assert Session(client).get(Account, "bob") is not None  # on the master only
+    assert not on_replica(replica, key("bob"))
+
+    take_over(ha, master, replica)
+    assert Session(ha.client()).get(Account, "bob") is None  # lost, never acknowledged
+    master.restart()  # comes back as the new master's replica
+    ha.wait_ok(20)
+    assert replica_of(ha, replica) is master
+    acknowledging(replica)
+    deadline = time.monotonic() + 10
+    while True:  # the client's slot map still names the dead master once
+        try:
+            s.commit()
+            break
+        except redisca.OperationalError as exc:
+            assert not exc.outcome_unknown and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+    assert on_replica(master, key("bob"))
+    fresh = Session(ha.client())
+    assert fresh.get(Account, "bob") is not None
+    assert fresh.get(Ledger, "L").n == 1  # type: ignore[union-attr]
+    assert fresh.query(Account).count() == 3
+    clean(ha)
+
+    cut_link(replica, master)  # again, now under the new master
+    s.add(Account("dan@x.org", id="dan"))
+    for _ in range(2):  # committing again finds its own write: still not acknowledged
+        with pytest.raises(redisca.OperationalError, match="only 0 of the 1 replica") as info:
+            s.commit()
+        assert info.value.outcome_unknown
+    client.close()
+
+
+def test_wait_replicas_is_checked() -> None:
+    for bad in ({"wait_replicas": -1}, {"wait_replicas": 1, "wait_timeout": 0}):
+        with pytest.raises(redisca.ValidationError, match="wait_"):
+            Session(**bad)  # type: ignore[arg-type]
+    assert Session(wait_replicas=0).wait is None
+    assert Session(wait_replicas=2, wait_timeout=0.25).wait == (2, 250)
+
+
+def test_wait_replicas_on_one_server_without_replicas(r: redis.Redis) -> None:
+    """The option is Redis's ``WAIT``, on one server as on a cluster: with no replica a
+    commit is applied and reported in doubt, every time it is committed again."""
+    s = Session(r, wait_replicas=1, wait_timeout=0.05)
+    s.add(Account("ann@x.org", id="ann"))
+    for _ in range(2):
+        with pytest.raises(redisca.OperationalError, match="only 0 of the 1") as info:
+            s.commit()
+        assert info.value.outcome_unknown
+    assert Session(r).get(Account, "ann") is not None
+    s.rollback()
+    ann = s.get(Account, "ann")
+    assert ann is not None
+    ann.note = "plain"  # a plain update: nothing watched, MULTI/EXEC and WAIT alone
+    with pytest.raises(redisca.OperationalError, match="only 0 of the 1"):
+        s.commit()
+    assert Session(r).get(Account, "ann").note == "plain"  # type: ignore[union-attr]
+    assert Session(r, wait_replicas=0).get(Account, "ann") is not None
