@@ -132,6 +132,11 @@ def _ok(reply: Any) -> Any:
     return reply
 
 
+def type_of(reply: Any) -> bytes:
+    """``TYPE``'s reply as bytes (a status reply may come decoded)."""
+    return reply.encode() if isinstance(reply, str) else bytes(reply)
+
+
 def to_float(reply: Any) -> float:
     """A score as RESP2 (a bulk string) or RESP3 (a double) gives it."""
     return float(reply)
@@ -193,4 +198,5 @@ __all__ = [
     "select_mappers",
     "show",
     "to_float",
+    "type_of",
 ]

@@ -21,8 +21,11 @@ KINDS: dict[str, str] = {
     "wrong_owner": "a unique key names another id than the entity that holds the value",
     "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
     "duplicate_unique": "two entities hold the same unique value",
-    "stray_key": "a key in the model's namespace that the model does not use",
-    "old_layout": "a key of the layout before redisca 2.0: `reindex` converts it",
+    "stray_key": "a key in the model's namespace (today's or the one before hash tags) "
+    "that the model does not use",
+    "old_layout": "a key of an earlier layout: of the one before hash tags (`P:<id>`, "
+    "`P#...`), which `migrate` moves or deletes, or an index of the one before redisca "
+    "2.0, which `reindex` converts",
 }
 
 

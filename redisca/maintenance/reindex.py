@@ -1,9 +1,10 @@
 """reindex: rebuild a model's indexes from its hashes while the application commits.
 
 A run, per model (docs/operations.rst tells why this leaves no window in which a
-query answers from half-built indexes):
+query answers from half-built indexes; ``H`` is the model's head, ``{P}`` or
+``{G}P``: see docs/keylayout.rst):
 
-1. *start*: create the marker ``P#x`` (the run's token, then what it rebuilds),
+1. *start*: create the marker ``H#x`` (the run's token, then what it rebuilds),
    only if no other run's marker exists. From then on every commit that changes
    index entries of the model applies each change to the run's build keys too
    (:mod:`redisca.session.rebuild`), so what is built never falls behind;
@@ -11,7 +12,7 @@ query answers from half-built indexes):
    marker, read them, and write their index entries into the build keys in one
    ``MULTI``/``EXEC``: if a commit changed one of them meanwhile, ``EXEC`` fails
    and the page is read again. Whoever writes a build key records it in the
-   build directory ``P#b:<run>``;
+   build directory ``H#b:<run>``;
 3. *switch*: one script, atomic like every script: if the marker is still this
    run's, rename every build key over its live key, delete live index keys that
    have no build key (no entity holds their value any more), delete the
@@ -163,7 +164,7 @@ def reindex(
 
 
 def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
-    """What a run rebuilds: hash field names, and ``#all`` for the all-ids set ``P#all``
+    """What a run rebuilds: hash field names, and ``#all`` for the all-ids set ``H#all``
     of a model without a range index (with one, its first range field's index holds
     every id: rebuilding that field rebuilds the all-ids index)."""
     if fields is None:
@@ -372,7 +373,7 @@ class _Run:
         """Live index keys the switch deletes unless a build key replaces them: those of
         what is rebuilt (unique keys of the layout before 2.0 included: a key per value,
         which the stripes replace), and, in a full run, indexes of fields that have none.
-        ``P#all`` goes with the all-ids index it was or is: on a model with a range index,
+        ``H#all`` goes with the all-ids index it was or is: on a model with a range index,
         a leftover of the layout before that the rebuilt range index replaces."""
         rebuilt = set(self.members)
         everything = self.full

@@ -218,8 +218,12 @@ def _run_routed(client: Any, commands: Sequence[Command]) -> list[Any]:
     for hop in range(routing.MAX_HOPS):
         for pool, indexes in _by_pool(client, commands, pending, asking).values():
             sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
-            with connection(client, pool) as conn:
-                got = roundtrip(conn, sent)
+            try:
+                with connection(client, pool) as conn:
+                    got = roundtrip(conn, sent)
+            except OperationalError:  # a master gone: the next call asks the new map
+                routing.forget(client)
+                raise
             if asking:
                 got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
             for i, reply in zip(indexes, got, strict=True):
@@ -550,7 +554,9 @@ def _routed_commit(
 ) -> Executed:
     """A commit on a cluster: its slot checked before anything is sent, then sent to
     the slot's master; a refusal before ``EXEC`` ran is followed and the commit tried
-    again from its reads (a new connection: the refused one is dropped)."""
+    again from its reads (a new connection: the refused one is dropped). A lost
+    connection is not retried here (its ``OperationalError`` says whether ``EXEC``
+    went out); the slot map is read again, so the next commit finds a new master."""
     slot = routing.plan_slot(plan, reads, markers)
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
@@ -565,6 +571,10 @@ def _routed_commit(
                     found.error,
                 ) from refused
             routing.follow(client, found, hop)
+        except OperationalError as exc:
+            if exc.orig is not None and isinstance(exc.orig, _CONNECTION_ERRORS):
+                routing.forget(client)  # a master gone: the next commit asks the new map
+            raise
     assert found is not None
     raise routing.gave_up(found, f"the commit in slot {slot}")
 

@@ -18,6 +18,7 @@ taken for data (a missing hash, a taken key, an empty result).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -30,6 +31,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -237,10 +239,15 @@ def refresh(client: Any) -> None:
     """Read the slot map again (``CLUSTER SLOTS`` through redis-py's nodes manager)."""
     try:
         client.nodes_manager.initialize()
-    except RedisClusterException as exc:
+    except (RedisError, OSError) as exc:  # no node answered, or they disagree
         raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
-    except (ConnectionError, OSError) as exc:  # pragma: no cover - every node down
-        raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
+
+
+def forget(client: Any) -> None:
+    """After a lost connection: read the slot map again if a node answers (a failover
+    moves the slots to a replica); the caller reports the failure either way."""
+    with contextlib.suppress(OperationalError):
+        refresh(client)
 
 
 def follow(client: Any, found: Refusal, hop: int) -> None:
@@ -328,6 +335,7 @@ __all__ = [
     "command_key",
     "commit_keys",
     "follow",
+    "forget",
     "gave_up",
     "in_slot",
     "is_cluster",
