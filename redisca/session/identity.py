@@ -38,7 +38,11 @@ class IdentityMap:
         return any(self.tables.values())
 
     def __iter__(self) -> Iterator[InstanceState]:
-        return (state for table in list(self.tables.values()) for state in list(table.values()))
+        return iter(self.states())
+
+    def states(self) -> list[InstanceState]:
+        """Every state held, as a list the caller may keep (and change the map meanwhile)."""
+        return [state for table in self.tables.values() for state in table.values()]
 
     def table(self, mapper: Mapper) -> dict[str, InstanceState]:
         """The table of one class (made on first use)."""

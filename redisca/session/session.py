@@ -130,7 +130,7 @@ class Session:
 
     def states(self) -> list[InstanceState]:
         """The states of every tracked instance, as a list the caller may keep."""
-        return list(self.identity_map)
+        return self.identity_map.states()
 
     def __contains__(self, obj: object) -> bool:
         state = instrument.state_of(obj)
