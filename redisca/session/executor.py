@@ -359,6 +359,29 @@ def transaction(
     return list(result)  # a command that failed inside EXEC is a ResponseError here
 
 
+def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
+    """``commands`` in one ``MULTI``/``EXEC`` without ``WATCH`` (``Hash.save``), their
+    replies (a failed command's error among them). On a cluster they share one slot and
+    go to its master; a refusal of the transaction (nothing ran) is followed and it is
+    sent again."""
+    if not routing.is_cluster(client):
+        with connection(client) as conn:
+            return transaction(conn, commands) or []
+    slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
+    found: routing.Refusal | None = None
+    for hop in range(routing.MAX_HOPS):
+        try:
+            with connection(client, routing.pool(client, slot)) as conn:
+                return transaction(conn, commands) or []
+        except Redirected as refused:
+            found = refused.found
+            if found.kind not in routing.RETRYABLE:
+                raise
+            routing.follow(client, found, hop)
+    assert found is not None
+    raise routing.gave_up(found, f"the transaction in slot {slot}")
+
+
 def _check_watch(before: Sequence[Command], replies: list[Any], applied: bool) -> None:
     """A ``WATCH`` sent in the transaction's own write must have been accepted."""
     for command, reply in zip(before, replies, strict=True):
@@ -641,6 +664,7 @@ def hash_reply(reply: Any) -> dict[bytes, bytes]:
 __all__ = [
     "DEFAULT_RETRIES",
     "Executed",
+    "atomic",
     "connection",
     "execute_commit",
     "hash_reply",
