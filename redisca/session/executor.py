@@ -404,6 +404,29 @@ def _check_replicated(acked: Any, wait: Wait) -> None:
     )
 
 
+def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
+    """``commands`` in one ``MULTI``/``EXEC`` without ``WATCH`` (``Hash.save``), their
+    replies (a failed command's error among them). On a cluster they share one slot and
+    go to its master; a refusal of the transaction (nothing ran) is followed and it is
+    sent again."""
+    if not routing.is_cluster(client):
+        with connection(client) as conn:
+            return transaction(conn, commands) or []
+    slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
+    found: routing.Refusal | None = None
+    for hop in range(routing.MAX_HOPS):
+        try:
+            with connection(client, routing.pool(client, slot)) as conn:
+                return transaction(conn, commands) or []
+        except Redirected as refused:
+            found = refused.found
+            if found.kind not in routing.RETRYABLE:
+                raise
+            routing.follow(client, found, hop)
+    assert found is not None
+    raise routing.gave_up(found, f"the transaction in slot {slot}")
+
+
 def _check_watch(before: Sequence[Command], replies: list[Any], applied: bool) -> None:
     """A ``WATCH`` sent in the transaction's own write must have been accepted."""
     for command, reply in zip(before, replies, strict=True):
@@ -692,6 +715,7 @@ __all__ = [
     "DEFAULT_RETRIES",
     "Executed",
     "Wait",
+    "atomic",
     "connection",
     "execute_commit",
     "hash_reply",
