@@ -76,8 +76,8 @@ class Session:
         self.wait: executor.Wait | None = _wait(wait_replicas, wait_timeout)
         #: What every tracked state refers to the session by (one weak reference, made once).
         self._ref = weakref.ref(self)
-        #: The identity map (:class:`~redisca.session.identity.IdentityMap`): the modules
-        #: that load instances take it as an argument.
+        #: The identity map (``redisca.session.identity.IdentityMap``): the modules that
+        #: load instances take it as an argument.
         self.identity_map = IdentityMap(self._ref)
         #: Queued commands: (client, command, result, slot on a cluster client).
         self._commands: list[tuple[Any, Command, CommandResult, int | None]] = []
