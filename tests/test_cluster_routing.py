@@ -415,6 +415,36 @@ def _assert_no_multi_on_the_refused_master(
             assert not any(c[0].upper() in (b"MULTI", b"EXEC") for c in commands), commands
 
 
+def test_a_slot_moved_between_reads_and_exec_is_rerouted_and_applied_once(
+    cluster: EmbeddedCluster, rc: RedisCluster, traffic: _Traffic
+) -> None:
+    """The slot moves after the commit's WATCH and reads, before its MULTI/EXEC: that
+    transaction is refused (MOVED, EXECABORT) or fails its WATCH, nothing of it applied;
+    the commit is sent again to the new master and applied once."""
+    seed = Session(rc)
+    user = User(email="mover@example.com", age=1)
+    seed.add(user)
+    seed.commit()
+    slot = _slot(User)
+    src = cluster.node_for_slot(slot)
+    dst = next(n for n in cluster.masters if n is not src)
+    s = Session(rc)
+    s.get(User, user.id).age = 2  # an indexed field: WATCH and reads, then MULTI/EXEC
+    applied = s.add_command("INCR", "{usr}applied", bind=User)
+    traffic.before_multi = lambda: _migrate(cluster, slot, src, dst, finish=True)
+    try:
+        s.commit()
+        assert cluster.node_for_slot(slot) is dst
+        assert applied.value == 1 and rc.get("{usr}applied") in (b"1", "1")
+        fresh = Session(rc)
+        assert fresh.get(User, user.id).age == 2
+        assert fresh.query(User).filter(User.age == 2).count() == 1
+        assert fresh.query(User).filter(User.age == 1).count() == 0
+    finally:
+        if cluster.node_for_slot(slot) is not src:
+            _migrate(cluster, slot, dst, src, finish=True)
+
+
 def test_a_half_migrated_slot_waits_then_follows(
     cluster: EmbeddedCluster, rc: RedisCluster, traffic: _Traffic
 ) -> None:
@@ -597,3 +627,41 @@ def test_key_and_hash_on_the_cluster(cluster: EmbeddedCluster, rc: RedisCluster)
 
 def _decodes(client: RedisCluster) -> bool:
     return bool(client.get_encoder().decode_responses)
+
+
+def _race(clients: list[RedisCluster], email: str) -> list[str]:
+    """Both clients claim ``email`` at once (a barrier before their commits)."""
+    barrier = threading.Barrier(len(clients))
+    outcomes: list[str] = []
+
+    def claim(client: RedisCluster, who: str) -> None:
+        s = Session(client)
+        s.add(User(id=who + email, email=email))
+        barrier.wait()
+        try:
+            s.commit()
+            outcomes.append("won")
+        except redisca.UniqueViolation:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=claim, args=(c, f"w{i}")) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+def test_two_writers_claiming_one_email_on_the_cluster_one_wins(
+    cluster: EmbeddedCluster,
+) -> None:
+    clients = [cluster.client(), cluster.client()]
+    try:
+        for round_ in range(15):
+            email = f"race{round_}@example.com"
+            assert sorted(_race(clients, email)) == ["lost", "won"]
+            owners = Session(clients[0]).query(User).filter(User.email == email).all()
+            assert len(owners) == 1
+    finally:
+        for client in clients:
+            client.close()
