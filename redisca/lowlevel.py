@@ -12,9 +12,10 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 
 from redisca.conf import default_client
+from redisca.session import executor
 
 
 class Key:
@@ -143,16 +144,26 @@ class Hash(Key, MutableMapping[str, Any]):
         return bool(changed or removed)
 
     def save(self) -> None:
-        """Write the changes in one MULTI/EXEC round trip; nothing if none."""
+        """Write the changes in one MULTI/EXEC round trip; nothing if none.
+
+        Sent by redisca's executor, so it works on a ``RedisCluster`` client too (the
+        hash's slot's master; redis-py 5 has no cluster transactions, and later ones
+        may send an ``EXEC`` twice after a lost reply)."""
         changed, removed = self._pending()
         if not changed and not removed:
             return
-        with self.db.pipeline(transaction=True) as pipe:
-            if changed:
-                pipe.hset(self.name, mapping={_wire(k): v for k, v in changed.items()})
-            if removed:
-                pipe.hdel(self.name, *(_wire(k) for k in sorted(removed)))
-            pipe.execute()
+        encode: Any = self.db.get_encoder().encode
+        key = bytes(encode(self.name))
+        commands: list[tuple[bytes, ...]] = []
+        if changed:
+            pairs = [b for k, v in changed.items() for b in (_wire(k), encode(v))]
+            commands.append((b"HSET", key, *pairs))
+        if removed:
+            commands.append((b"HDEL", key, *(_wire(k) for k in sorted(removed))))
+        replies = executor.atomic(self.db, commands)
+        failed = next((r for r in replies if isinstance(r, ResponseError)), None)
+        if failed is not None:  # MULTI has no rollback: a wrong type fails every command
+            raise failed
         if self._loaded:
             self._remote = dict(self._data)
         else:

@@ -579,6 +579,29 @@ def _routed_commit(
     raise routing.gave_up(found, f"the commit in slot {slot}")
 
 
+def atomic(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+    """``MULTI``/``EXEC`` of commands whose keys share one slot (no ``WATCH``), for
+    :class:`redisca.Hash`. On a cluster it goes to the slot's master; a refusal (nothing
+    ran) is followed and the transaction sent again. An ``EXEC`` whose reply was lost is
+    never sent again (``OperationalError.outcome_unknown``)."""
+    if not routing.is_cluster(client):
+        with connection(client) as conn:
+            return transaction(conn, commands) or []
+    slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
+    found: routing.Refusal | None = None
+    for hop in range(routing.MAX_HOPS):
+        try:
+            with connection(client, routing.pool(client, slot)) as conn:
+                return transaction(conn, commands) or []
+        except Redirected as refused:
+            found = refused.found
+            if found.kind not in routing.RETRYABLE:
+                raise
+            routing.follow(client, found, hop)
+    assert found is not None
+    raise routing.gave_up(found, f"a transaction in slot {slot}")
+
+
 def _check_own_replies(commands: list[Command], replies: list[Any], own: int) -> None:
     """redisca's own writes cannot fail on data it wrote; report it loudly if they did.
 
@@ -641,6 +664,7 @@ def hash_reply(reply: Any) -> dict[bytes, bytes]:
 __all__ = [
     "DEFAULT_RETRIES",
     "Executed",
+    "atomic",
     "connection",
     "execute_commit",
     "hash_reply",
