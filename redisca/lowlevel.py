@@ -12,7 +12,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import DataError
 
 from redisca.conf import default_client
 from redisca.session import executor
@@ -146,24 +146,22 @@ class Hash(Key, MutableMapping[str, Any]):
     def save(self) -> None:
         """Write the changes in one MULTI/EXEC round trip; nothing if none.
 
-        Sent by redisca's executor, so it works on a ``RedisCluster`` client too (the
-        hash's slot's master; redis-py 5 has no cluster transactions, and later ones
-        may send an ``EXEC`` twice after a lost reply)."""
+        Sent by redisca's executor, so a ``RedisCluster`` client works too, on every
+        redis-py version (redis-py 5's cluster client has no transactions)."""
         changed, removed = self._pending()
         if not changed and not removed:
             return
         encode: Any = self.db.get_encoder().encode
-        key = bytes(encode(self.name))
-        commands: list[tuple[bytes, ...]] = []
+        key = encode(self.name)  # raises redis.DataError for what Redis cannot store
+        commands: list[tuple[Any, ...]] = []
         if changed:
-            pairs = [b for k, v in changed.items() for b in (_wire(k), encode(v))]
+            pairs = [x for k, v in changed.items() for x in (_wire(k), encode(v))]
             commands.append((b"HSET", key, *pairs))
         if removed:
             commands.append((b"HDEL", key, *(_wire(k) for k in sorted(removed))))
-        replies = executor.atomic(self.db, commands)
-        failed = next((r for r in replies if isinstance(r, ResponseError)), None)
-        if failed is not None:  # MULTI has no rollback: a wrong type fails every command
-            raise failed
+        for reply in executor.atomic(self.db, commands):
+            if isinstance(reply, Exception):  # another program's key of another type
+                raise reply
         if self._loaded:
             self._remote = dict(self._data)
         else:

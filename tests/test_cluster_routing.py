@@ -629,3 +629,24 @@ def test_a_plain_client_on_a_cluster_node_is_told_so(
         with pytest.raises(ClusterNodeError):
             s.commit()
     assert rc.exists(redisca.inspect(User).layout.entity("bob")) == 0
+
+
+def test_key_and_hash_on_the_cluster(cluster: EmbeddedCluster, rc: RedisCluster) -> None:
+    """``Hash.save`` is one MULTI/EXEC through redisca's executor (redis-py 5's cluster
+    client has no transactions); loads and ``Key`` use the client's own commands."""
+    h = redisca.Hash("{acct}:1", rc)
+    h["name"], h["n"] = "ann", 5
+    h.save()
+    assert redisca.Key("{acct}:1", rc).exists()
+    again = redisca.Hash("{acct}:1", rc)
+    assert dict(again) == (
+        {"name": "ann", "n": "5"} if _decodes(rc) else {"name": b"ann", "n": b"5"}
+    )
+    del again["n"]
+    again.save()
+    assert rc.hgetall("{acct}:1") in ({"name": "ann"}, {b"name": b"ann"})
+    assert again.delete() and not redisca.Key("{acct}:1", rc).exists()
+
+
+def _decodes(client: RedisCluster) -> bool:
+    return bool(client.get_encoder().decode_responses)

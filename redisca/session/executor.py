@@ -359,6 +359,29 @@ def transaction(
     return list(result)  # a command that failed inside EXEC is a ResponseError here
 
 
+def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
+    """``commands`` in one ``MULTI``/``EXEC`` without ``WATCH`` (``Hash.save``), their
+    replies (a failed command's error among them). On a cluster they share one slot and
+    go to its master; a refusal of the transaction (nothing ran) is followed and it is
+    sent again."""
+    if not routing.is_cluster(client):
+        with connection(client) as conn:
+            return transaction(conn, commands) or []
+    slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
+    found: routing.Refusal | None = None
+    for hop in range(routing.MAX_HOPS):
+        try:
+            with connection(client, routing.pool(client, slot)) as conn:
+                return transaction(conn, commands) or []
+        except Redirected as refused:
+            found = refused.found
+            if found.kind not in routing.RETRYABLE:
+                raise
+            routing.follow(client, found, hop)
+    assert found is not None
+    raise routing.gave_up(found, f"the transaction in slot {slot}")
+
+
 def _check_watch(before: Sequence[Command], replies: list[Any], applied: bool) -> None:
     """A ``WATCH`` sent in the transaction's own write must have been accepted."""
     for command, reply in zip(before, replies, strict=True):
@@ -577,29 +600,6 @@ def _routed_commit(
             raise
     assert found is not None
     raise routing.gave_up(found, f"the commit in slot {slot}")
-
-
-def atomic(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
-    """``MULTI``/``EXEC`` of commands whose keys share one slot (no ``WATCH``), for
-    :class:`redisca.Hash`. On a cluster it goes to the slot's master; a refusal (nothing
-    ran) is followed and the transaction sent again. An ``EXEC`` whose reply was lost is
-    never sent again (``OperationalError.outcome_unknown``)."""
-    if not routing.is_cluster(client):
-        with connection(client) as conn:
-            return transaction(conn, commands) or []
-    slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
-    found: routing.Refusal | None = None
-    for hop in range(routing.MAX_HOPS):
-        try:
-            with connection(client, routing.pool(client, slot)) as conn:
-                return transaction(conn, commands) or []
-        except Redirected as refused:
-            found = refused.found
-            if found.kind not in routing.RETRYABLE:
-                raise
-            routing.follow(client, found, hop)
-    assert found is not None
-    raise routing.gave_up(found, f"a transaction in slot {slot}")
 
 
 def _check_own_replies(commands: list[Command], replies: list[Any], own: int) -> None:
