@@ -32,7 +32,7 @@ from test_check import CASES, kinds, seed
 
 import redisca
 from redisca import ClusterNodeError, Hash, Key, Registry, Session, String
-from redisca.cli import OK, PROBLEMS
+from redisca.cli import FAILED, OK, PROBLEMS
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
 from redisca.maintenance import MaintenanceError, check, migrate, reindex, stats
 from redisca.maintenance.placement import pattern_slot
@@ -450,12 +450,12 @@ def _move_slot(
 # -- the command line -------------------------------------------------------------------------
 
 
-def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, url: str, cluster: str = "--cluster") -> subprocess.CompletedProcess[str]:
     paths = [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     env.pop("REDIS_URL", None)
     env.pop("REDISCA_CLUSTER", None)
-    command = [sys.executable, "-m", "redisca", *args, "--url", url, "--cluster"]
+    command = [sys.executable, "-m", "redisca", *args, "--url", url, cluster]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -486,3 +486,19 @@ def test_the_command_line_on_the_cluster(cluster: EmbeddedCluster, rc1: RedisClu
     done = _cli("check", "models:registry", url=cluster.url)
     assert done.returncode == OK, done.stdout + done.stderr
     assert "ok: no problem found" in done.stdout
+
+    for task in ("check", "stats", "reindex", "migrate"):  # one node, as a plain client
+        done = _cli(task, "models:registry", url=cluster.url, cluster="--no-cluster")
+        assert done.returncode == FAILED, (task, done.stdout, done.stderr)
+        assert "cluster node" in done.stderr and "--cluster" in done.stderr
+
+
+def test_the_command_line_refuses_a_migrating_slot(
+    cluster: EmbeddedCluster, rc1: RedisCluster
+) -> None:
+    seed(rc1, 3)
+    slot = _slot(User)
+    with _migrating(cluster, slot):
+        done = _cli("check", "models:registry", url=cluster.url)
+        assert done.returncode == FAILED, done.stdout + done.stderr
+        assert f"slot {slot} is being migrated" in done.stderr
