@@ -348,8 +348,10 @@ def test_add_command_in_its_groups_slot(cluster: EmbeddedCluster, rc: RedisClust
     tag = redisca.inspect(User).layout.tag.decode()
     counted = s.add_command("INCR", "{" + tag + "}:counter", bind=User)
     alone = s.add_command("SET", "{elsewhere}:x", "1")  # no bind: its own slot group
+    kind = s.add_command("OBJECT ENCODING", "{" + tag + "}:counter", bind=User)  # key 2nd
     s.commit()
     assert counted.done and counted.value == 1
+    assert kind.value in ("int", b"int")
     assert alone.done
     assert rc.get("{elsewhere}:x") in (b"1", "1")
 

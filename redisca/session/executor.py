@@ -476,8 +476,9 @@ def _attempt(
         except NeedOwners as need:
             _watch_and_read(conn, Reads(owners=need.keys), observed)
             commands = emit(plan, observed)
-        if slot is not None:  # a cluster: what MULTI would send stays in the slot
-            routing.in_slot(routing.commit_keys(commands), slot, "the commit's transaction")
+        if slot is not None:  # a cluster: redisca's own writes stay in the slot (the
+            own = commands[: len(commands) - len(plan.commands)]  # user's: when queued)
+            routing.in_slot(routing.commit_keys(own), slot, "the commit's transaction")
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
     except RediscaError:

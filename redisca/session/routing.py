@@ -211,13 +211,12 @@ def in_slot(keys: Sequence[bytes], slot: int | None, what: str) -> int:
 
 def plan_slot(plan: Any, reads: Any, markers: Sequence[bytes]) -> int:
     """The slot of a commit plan, checked over every key it names before anything is
-    sent: entities, reads, reindex markers, the user's commands, and each model's tag."""
+    sent: entities, reads, reindex markers and each model's tag."""
     keys = [change.key for change in plan.changes]
     keys += [b"{" + tag + b"}" for tag in {change.mapper.layout.tag for change in plan.changes}]
     keys += reads.keys() + reads.exists + list(reads.fields) + reads.counters
     keys += [stripe for stripe, _ in reads.owners]
-    keys += markers
-    keys += commit_keys(plan.commands)
+    keys += markers  # the user's commands were checked when queued (their own keys)
     return in_slot(keys, plan.slot, "the commit")
 
 
