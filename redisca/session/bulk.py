@@ -112,7 +112,9 @@ class _Chunk:
         own = _target(session, type(self.objs[0]))
         groups.sort(key=lambda group: group.client is own[0] and group.slot == own[1])
         for group in groups:
-            executed = executor.execute_commit(group.client, group.plan(), session.retries)
+            executed = executor.execute_commit(
+                group.client, group.plan(), session.retries, wait=session.wait
+            )
             unitofwork.finalize(group, executed, session.forget)
             for state in group.states:
                 remember_detached(state, deleted=False)

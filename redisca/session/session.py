@@ -18,7 +18,7 @@ import attrs
 import redis
 
 from ..conf import default_client
-from ..errors import IntegrityError, InvalidRequestError, OperationalError
+from ..errors import IntegrityError, InvalidRequestError, OperationalError, ValidationError
 from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
@@ -60,6 +60,8 @@ class Session:
         *,
         binds: dict[type, redis.Redis] | None = None,
         retries: int = executor.DEFAULT_RETRIES,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         #: The default client; ``None`` until first needed, then
         #: :func:`redisca.conf.default_client`.
@@ -68,10 +70,14 @@ class Session:
         self.binds = dict(binds or {})
         #: How often a commit whose watched keys changed is re-read and retried.
         self.retries = retries
+        #: ``WAIT`` after every ``EXEC``: a commit returns once ``wait_replicas`` replicas
+        #: have it, or raises ``OperationalError(outcome_unknown=True)`` after
+        #: ``wait_timeout`` seconds (see the Guarantees page: replication is asynchronous).
+        self.wait: executor.Wait | None = _wait(wait_replicas, wait_timeout)
         #: What every tracked state refers to the session by (one weak reference, made once).
         self._ref = weakref.ref(self)
-        #: The identity map (:class:`~redisca.session.identity.IdentityMap`): the modules
-        #: that load instances take it as an argument.
+        #: The identity map (``redisca.session.identity.IdentityMap``): the modules that
+        #: load instances take it as an argument.
         self.identity_map = IdentityMap(self._ref)
         #: Queued commands: (client, command, result, slot on a cluster client).
         self._commands: list[tuple[Any, Command, CommandResult, int | None]] = []
@@ -479,7 +485,9 @@ class Session:
                 continue
             seen: dict[bytes, Any] = {}
             try:
-                executed = executor.execute_commit(group.client, plan, self.retries, seen)
+                executed = executor.execute_commit(
+                    group.client, plan, self.retries, seen, self.wait
+                )
             except OperationalError as exc:
                 if exc.outcome_unknown:
                     unitofwork.in_doubt(group, seen)
@@ -507,6 +515,17 @@ class Session:
             else:
                 field.attribute.del_raw(state.obj)
         state.assigned = IN_STEP
+
+
+def _wait(replicas: int, timeout: float) -> executor.Wait | None:
+    """The ``WAIT`` of ``Session(wait_replicas=, wait_timeout=)``, checked; ``None``: none."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ValidationError(f"wait_replicas must be an int >= 0, not {replicas!r}")
+    if not replicas:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValidationError(f"wait_timeout must be a number of seconds > 0, not {timeout!r}")
+    return executor.Wait(replicas, max(1, round(timeout * 1000)))  # WAIT 0 waits forever
 
 
 def _mapped(cls: type) -> Mapper:
