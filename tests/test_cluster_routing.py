@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from clusterhelpers import node_client, slot_moved
+from clusterhelpers import migrate_slot, node_client, slot_moved
 from helpers import CountingConnection, RoundTripCounter, counting_client, sent_commands
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -431,7 +431,7 @@ def test_a_slot_moved_between_reads_and_exec_is_rerouted_and_applied_once(
     s = Session(rc)
     s.get(User, user.id).age = 2  # an indexed field: WATCH and reads, then MULTI/EXEC
     applied = s.add_command("INCR", "{usr}applied", bind=User)
-    traffic.before_multi = lambda: _migrate(cluster, slot, src, dst, finish=True)
+    traffic.before_multi = lambda: migrate_slot(cluster, slot, src, dst, finish=True)
     try:
         s.commit()
         assert cluster.node_for_slot(slot) is dst
@@ -442,7 +442,7 @@ def test_a_slot_moved_between_reads_and_exec_is_rerouted_and_applied_once(
         assert fresh.query(User).filter(User.age == 1).count() == 0
     finally:
         if cluster.node_for_slot(slot) is not src:
-            _migrate(cluster, slot, dst, src, finish=True)
+            migrate_slot(cluster, slot, dst, src, finish=True)
 
 
 def test_a_half_migrated_slot_waits_then_follows(

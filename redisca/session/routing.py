@@ -264,11 +264,13 @@ def forget(client: Any) -> None:
 def follow(client: Any, found: Refusal, hop: int) -> None:
     """Before the next try after ``found``: a new slot map after ``MOVED``, a short,
     growing wait after ``ASK`` (the migration ends with ``MOVED``), ``TRYAGAIN`` and
-    ``CLUSTERDOWN``."""
-    if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
-        refresh(client)
+    ``CLUSTERDOWN``. The map is read after the wait, not before: read before, it was
+    as old as the wait at the next try, and a slot moved again meanwhile (a busy
+    resharding, a failover in progress) was missed try after try."""
     if found.kind != "MOVED" or hop:  # a first MOVED is followed at once
         time.sleep(backoff(hop))
+    if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
+        refresh(client)
 
 
 def backoff(hop: int) -> float:
