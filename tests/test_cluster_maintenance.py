@@ -14,7 +14,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +21,10 @@ from typing import Any
 
 import attrs
 import pytest
-import redis
+from clusterhelpers import migrate_slot, node_client
 from models import Company, User, registry
-from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.retry import Retry
 from test_check import CASES, kinds, seed
 
 import redisca
@@ -59,17 +56,13 @@ def _slot(cls: type) -> int:
     return routing.tag_slot(redisca.inspect(cls).layout.tag)
 
 
-def _plain(node: EmbeddedServer) -> redis.Redis:
-    return node.client(retry=Retry(NoBackoff(), 0))
-
-
 @pytest.fixture
 def cluster(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
     """The run's cluster with every master flushed (before and after)."""
 
     def flush() -> None:
         for node in redis_cluster.masters:
-            with _plain(node) as client:
+            with node_client(node) as client:
                 client.flushall()
 
     flush()
@@ -140,7 +133,7 @@ def test_a_plain_client_on_a_cluster_node_is_refused(cluster: EmbeddedCluster) -
     seed(client, 5)
     client.close()
     node = cluster.node_for_slot(_slot(User))  # even the node serving the model
-    with _plain(node) as plain:
+    with node_client(node) as plain:
         for task in (stats, check, reindex, migrate):
             with pytest.raises(ClusterNodeError, match="cluster node"):
                 task(registry, plain)
@@ -236,7 +229,7 @@ def test_reindex_scripts_stay_in_the_models_slot(
     report = reindex(registry, rc1)
     assert report.ok and all(m.renamed for m in report.models)
     for node in cluster.masters:
-        with _plain(node) as plain:
+        with node_client(node) as plain:
             keys = {k.decode() for k in plain.scan_iter(count=1000)}
         for cls in (User, Company):
             tagged = {k for k in keys if k.startswith(redisca.inspect(cls).layout.head.decode())}
@@ -270,7 +263,7 @@ def test_migrate_old_data_spread_over_every_master(
     done = {m.model: (m.moved, m.kept, m.dropped) for m in report.models}
     assert done == {"Company": (1, 0, 0), "User": (200, 0, 2)}
     for node in cluster.masters:
-        with _plain(node) as plain:
+        with node_client(node) as plain:
             assert not [k for k in plain.scan_iter(count=1000) if not k.startswith(b"{")]
     assert check(registry, rc1).ok
     with Session(rc1) as s:
@@ -288,10 +281,11 @@ def _migrating(
     cluster: EmbeddedCluster, slot: int, move: list[bytes] | None = None
 ) -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
     """``slot`` MIGRATING from its master to another (IMPORTING there), ``move``'s keys
-    moved already; back to stable (keys moved back) afterwards."""
+    moved already; stable on its master again afterwards, with those keys moved back
+    (``clusterhelpers.slot_moved(finish=False)`` leaves a moved key on the target)."""
     src = cluster.node_for_slot(slot)
     dst = next(n for n in cluster.masters if n is not src)
-    with _plain(src) as s, _plain(dst) as d:
+    with node_client(src) as s, node_client(dst) as d:
         d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(src))
         s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
         if move:
@@ -419,32 +413,14 @@ def test_hash_save_follows_a_moved_slot(cluster: EmbeddedCluster, rc1: RedisClus
     slot = key_slot(b"{moving}h")
     src = cluster.node_for_slot(slot)
     dst = next(n for n in cluster.masters if n is not src)
-    _move_slot(cluster, slot, src, dst)  # the client's slot map is stale now
+    migrate_slot(cluster, slot, src, dst, finish=True)  # the client's slot map is stale now
     try:
         h["b"] = "2"
         h.save()
-        with _plain(dst) as plain:
+        with node_client(dst) as plain:
             assert plain.hgetall("{moving}h") == {b"a": b"1", b"b": b"2"}
     finally:
-        _move_slot(cluster, slot, dst, src)
-
-
-def _move_slot(
-    cluster: EmbeddedCluster, slot: int, src: EmbeddedServer, dst: EmbeddedServer
-) -> None:
-    with _plain(src) as s, _plain(dst) as d:
-        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(src))
-        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
-        keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
-        if keys:
-            s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
-        for node in cluster.masters:
-            with _plain(node) as c:
-                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(dst))
-    deadline = time.monotonic() + 10
-    while cluster.node_for_slot(slot) is not dst:
-        assert time.monotonic() < deadline, "the slot move did not spread"
-        time.sleep(0.02)
+        migrate_slot(cluster, slot, dst, src, finish=True)
 
 
 # -- the command line -------------------------------------------------------------------------
