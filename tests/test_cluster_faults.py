@@ -26,6 +26,7 @@ from test_faults import _EXEC, _MULTI, Fault, FaultyConnection
 import redisca
 from redisca import Email, Integer, Registry, Session
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
+from redisca.maintenance import check
 from redisca.session import routing
 
 registry = Registry()
@@ -93,9 +94,13 @@ def hooked_client(cluster: EmbeddedCluster, hook: Hook, **kwargs: Any) -> RedisC
 
 
 def clean(cluster: EmbeddedCluster) -> None:
-    """The index check on the master serving the group's slot (every index key matches
-    the entity hashes, see ``helpers.assert_indexes_consistent``), and no key of the
-    slot left on another master."""
+    """``redisca.maintenance.check`` through a cluster client, the test's own index
+    check on the master serving the group's slot (every index key matches the entity
+    hashes, see ``helpers.assert_indexes_consistent``), and no key of the slot left on
+    another master."""
+    with cluster.client() as client:
+        report = check(registry, client)
+    assert report.ok, report.problems
     serving = cluster.node_for_slot(SLOT)
     for node in (n for n in cluster.nodes if n.running):
         with node_client(node) as client:
