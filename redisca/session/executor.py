@@ -450,7 +450,10 @@ def _attempt(
             _watch_and_read(conn, Reads(owners=need.keys), observed)
             commands = emit(plan, observed)
         if slot is not None:  # a cluster: what MULTI would send stays in the slot
-            routing.in_slot(routing.commit_keys(commands), slot, "the commit's transaction")
+            # redisca's own; the user's (last) were checked when queued, by redis-py's
+            # key finder (``OBJECT ENCODING k``'s key is not its first argument)
+            own = commands[: len(commands) - len(plan.commands)]
+            routing.in_slot(routing.commit_keys(own), slot, "the commit's transaction")
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
     except RediscaError:

@@ -206,13 +206,14 @@ def in_slot(keys: Sequence[bytes], slot: int | None, what: str) -> int:
 
 def plan_slot(plan: Any, reads: Any, markers: Sequence[bytes]) -> int:
     """The slot of a commit plan, checked over every key it names before anything is
-    sent: entities, reads, reindex markers, the user's commands, and each model's tag."""
+    sent: entities, reads, reindex markers, and each model's tag. The user's commands
+    are in ``plan.slot``: :func:`user_command_slot` checked their keys when they were
+    queued (their first argument need not be a key: ``OBJECT ENCODING k``)."""
     keys = [change.key for change in plan.changes]
     keys += [b"{" + tag + b"}" for tag in {change.mapper.layout.tag for change in plan.changes}]
     keys += reads.keys() + reads.exists + list(reads.fields) + reads.counters
     keys += [stripe for stripe, _ in reads.owners]
     keys += markers
-    keys += commit_keys(plan.commands)
     return in_slot(keys, plan.slot, "the commit")
 
 
@@ -307,7 +308,13 @@ def _user_keys(client: Any, wire: Sequence[bytes]) -> list[Any]:
     command = wire[0].decode(errors="replace")
     try:
         node = client.get_redis_connection(client.get_default_node())
-        return list(client.commands_parser.get_keys(node, command, *wire[1:]) or [])
+        keys = client.commands_parser.get_keys(node, command, *wire[1:])
+        if not keys and len(wire) > 2:
+            # redis-py finds a subcommand (OBJECT ENCODING, MEMORY USAGE) only by a str
+            # name: its keys come back empty for the bytes redisca queues
+            subcommand = wire[1].decode(errors="replace")
+            keys = client.commands_parser.get_keys(node, command, subcommand, *wire[2:])
+        return list(keys or [])
     except Exception as exc:  # an unknown command, a bad subcommand: say so now
         raise ValidationError(
             f"add_command({command.upper()}, ...): cannot tell its keys on a cluster ({exc})",
