@@ -737,7 +737,8 @@ class Sessions(RuleBasedStateMachine):
         self.check_entities()
         for cls in CLASSES:
             assert_indexes_consistent(self.raw, redisca.inspect(cls))
-        if maintenance_check is not None:
+        # redisca's check does not scan a cluster yet: the xfail in tests/test_cluster_processes.py
+        if maintenance_check is not None and not CLUSTER:
             report = maintenance_check(list(CLASSES), self.raw)
             assert report.ok, report.problems
         observer = Session(self.clients[Figures.examples % len(self.clients)])
