@@ -8,7 +8,7 @@ for the unique email (lower-cased address -> id), ``ZADD`` of the age. No ``WATC
 ``HGETALL``. Each batch is one write on a pooled connection (a pipeline without a
 transaction). Loaded hashes become the same dicts as the same-work baseline's.
 
-Key names follow redisca's prefixes (``usr:<id>``, ``usr#u:eml``, ``usr#r:age``) so the
+Key names follow redisca's layout (``{usr}:<id>``, ``{usr}#u:eml``, ``{usr}#r:age``) so the
 memory per entity compares like for like.
 """
 

@@ -77,10 +77,11 @@ UPDATE_IF_EXISTS = GUARDED_WRITE
 
 
 def guards(prefix: bytes, ids: Sequence[str]) -> list[bytes]:
-    """The guard stripes (``P#g:<n>``) of these entities, each once, in first-seen order:
+    """The guard stripes (``{P}#g:<n>``) of these entities, each once, in first-seen order:
     what a guarded commit watches for the entities it reads and bumps for those whose
     index entries it changes."""
-    return list(dict.fromkeys(prefix + b"#g:%d" % (zlib.crc32(i.encode()) % STRIPES) for i in ids))
+    head = b"{" + prefix + b"}"
+    return list(dict.fromkeys(head + b"#g:%d" % (zlib.crc32(i.encode()) % STRIPES) for i in ids))
 
 
 def bumps(prefix: bytes, ids: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -174,6 +174,7 @@ def _print_check(report: Any, out: TextIO) -> None:
     for m in report.models:
         extra = ", reindex running" if m.reindexing else ""
         extra += f", {m.unconfirmed} unconfirmed (kept changing)" if m.unconfirmed else ""
+        extra += f", {m.old_keys:,} keys of the layout before hash tags" if m.old_keys else ""
         out.write(
             f"{m.model} ({m.prefix}): {m.entities:,} entities, {m.index_keys:,} other keys, "
             f"{m.entries:,} entries checked, {m.problems} problems, {m.seconds:.2f} s{extra}\n"

@@ -1,4 +1,4 @@
-"""``flask redisca check|reindex|stats``: the maintenance tasks of :mod:`redisca.cli`
+"""``flask redisca check|reindex|stats|migrate``: the maintenance tasks of :mod:`redisca.cli`
 inside a Flask app, registered through the ``flask.commands`` entry point.
 
 The registry comes from ``--registry MODULE:ATTR``, else from
@@ -144,6 +144,13 @@ def reindex_command(fields: tuple[str, ...], **options: Any) -> None:
 def stats_command(**options: Any) -> None:
     """Count entities, index keys and entries; estimate memory."""
     _run("stats", options)
+
+
+@group.command("migrate")
+@_options
+def migrate_command(**options: Any) -> None:
+    """Move data of the layout before hash tags (P:<id>) to {P}:<id>, then reindex."""
+    _run("migrate", options)
 
 
 #: What the ``flask.commands`` entry point names.

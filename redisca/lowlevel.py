@@ -15,6 +15,7 @@ from redis import Redis
 from redis.exceptions import DataError
 
 from redisca.conf import default_client
+from redisca.session import executor
 
 
 class Key:
@@ -143,16 +144,24 @@ class Hash(Key, MutableMapping[str, Any]):
         return bool(changed or removed)
 
     def save(self) -> None:
-        """Write the changes in one MULTI/EXEC round trip; nothing if none."""
+        """Write the changes in one MULTI/EXEC round trip; nothing if none.
+
+        Sent by redisca's executor, so a ``RedisCluster`` client works too, on every
+        redis-py version (redis-py 5's cluster client has no transactions)."""
         changed, removed = self._pending()
         if not changed and not removed:
             return
-        with self.db.pipeline(transaction=True) as pipe:
-            if changed:
-                pipe.hset(self.name, mapping={_wire(k): v for k, v in changed.items()})
-            if removed:
-                pipe.hdel(self.name, *(_wire(k) for k in sorted(removed)))
-            pipe.execute()
+        encode: Any = self.db.get_encoder().encode
+        key = encode(self.name)  # raises redis.DataError for what Redis cannot store
+        commands: list[tuple[Any, ...]] = []
+        if changed:
+            pairs = [x for k, v in changed.items() for x in (_wire(k), encode(v))]
+            commands.append((b"HSET", key, *pairs))
+        if removed:
+            commands.append((b"HDEL", key, *(_wire(k) for k in sorted(removed))))
+        for reply in executor.atomic(self.db, commands):
+            if isinstance(reply, Exception):  # another program's key of another type
+                raise reply
         if self._loaded:
             self._remote = dict(self._data)
         else:

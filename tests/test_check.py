@@ -19,7 +19,7 @@ from models import Company, User, registry
 
 import redisca
 from redisca import Registry, Session
-from redisca.maintenance import KINDS, MaintenanceError, Problem, check, stats
+from redisca.maintenance import KINDS, MaintenanceError, Problem, check, migrate, stats
 
 # -- data --------------------------------------------------------------------------
 
@@ -210,6 +210,16 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
         lambda r: r.sadd("{usr}#b:dead:all", "1"),
         [("stray_key", "{usr}#b:dead:all", None)],
     ),
+    (
+        "an entity hash of the layout before hash tags (redisca 1.x's name)",
+        lambda r: r.hset("usr:99", "eml", "old@x.org"),
+        [("old_layout", "usr:99", None)],
+    ),
+    (
+        "an index key of the layout before hash tags",
+        lambda r: r.zadd("co#all", {"c1": 0}),
+        [("old_layout", "co#all", None)],
+    ),
 ]
 
 
@@ -224,7 +234,7 @@ def test_each_problem_is_found(
     assert kinds(report.problems) == sorted(expected)
     for problem in report.problems:
         assert problem.kind in KINDS and problem.detail
-        assert problem.model == ("Company" if problem.key.startswith("{co}") else "User")
+        assert problem.model == ("Company" if problem.key.startswith(("{co}", "co")) else "User")
 
 
 def test_every_kind_is_covered() -> None:
@@ -240,6 +250,48 @@ def test_many_problems_at_once_with_any_batch(r: redis.Redis) -> None:
     # co#all ends up a string: the problems of its members are hidden too
     hidden = {"wrong_score", "missing_from_all", "stale_id"}
     assert {kind for kind, _, _ in found[0]} == set(KINDS) - hidden
+
+
+def test_data_of_the_layout_before_hash_tags_is_reported_until_migrated(
+    r: redis.Redis,
+) -> None:
+    """What an upgrade left in the layout before hash tags never goes unnoticed: each key
+    is reported with what ``migrate`` does to it, ``stats`` counts them, and once
+    ``migrate`` ran, check is ok."""
+    seed(r, 3)
+    r.hset("usr:9", mapping={"eml": "nine@x.org", "age": "9"})  # a 1.x entity hash
+    r.hset("usr:1", mapping={"eml": "one@x.org"})  # 1.x's user 1: {usr}:1 exists too
+    r.sadd("usr:eml:nine@x.org", "9")  # 1.x's equality index, among the entities
+    r.zadd("usr#r:age", {"9": 9})  # a 2.0 development build's range index
+    r.rpush("usr:queue", "job")  # a list redisca never wrote: migrate leaves it
+    report = check(registry, r, batch=2)
+    assert kinds(report.problems) == [
+        ("old_layout", "usr#r:age", None),
+        ("old_layout", "usr:1", None),
+        ("old_layout", "usr:9", None),
+        ("old_layout", "usr:eml:nine@x.org", None),
+        ("stray_key", "usr:queue", None),
+    ]
+    detail = {p.key: p.detail for p in report.problems}
+    assert "`python -m redisca migrate` moves it to {usr}:9" in detail["usr:9"]
+    assert "{usr}:1 holds an entity already" in detail["usr:1"]
+    assert (
+        "(redisca 1.x)" in detail["usr:eml:nine@x.org"]
+        and "deletes it" in detail["usr:eml:nine@x.org"]
+    )
+    assert "(redisca 2.0 development builds)" in detail["usr#r:age"]
+    assert "leaves it alone" in detail["usr:queue"]
+    users = next(m for m in report.models if m.model == "User")
+    assert (users.entities, users.old_keys, users.problems) == (3, 5, 5)
+    counted = next(m for m in stats(registry, r).models if m.model == "User")
+    assert counted.entities == 3 and counted.index_keys["old_layout"] == 5
+    assert counted.memory["old_layout"] > 0
+
+    r.delete("usr:queue", "usr:1")  # the application's list goes; user 1 is decided
+    assert migrate(registry, r).ok
+    assert check(registry, r).ok
+    counted = next(m for m in stats(registry, r).models if m.model == "User")
+    assert counted.entities == 4 and "old_layout" not in counted.index_keys
 
 
 def test_problems_serialise_to_json(r: redis.Redis) -> None:

@@ -252,6 +252,34 @@ def test_flask_commands_with_the_extensions_client(r: redis.Redis, redis_url: st
     assert {m["model"] for m in json.loads(done.stdout)["models"]} == {"User", "Company"}
 
 
+def test_check_reports_the_layout_before_hash_tags_and_migrate_moves_it(
+    r: redis.Redis, redis_url: str
+) -> None:
+    seed(r, 3)
+    r.hset("usr:old", mapping={"eml": "old@x.org", "age": "50"})  # redisca 1.x's user
+    r.zadd("usr:age", {"old": 50})  # and 1.x's range index
+    done = redisca_cmd("check", "models:registry", url=redis_url)
+    assert done.returncode == PROBLEMS
+    assert "User (usr): 3 entities" in done.stdout
+    assert "2 keys of the layout before hash tags" in done.stdout
+    assert "old_layout: User 'usr:old': an entity hash of the layout before" in done.stdout
+    assert "moves it to {usr}:old" in done.stdout
+
+    app = make_app(redis_url, REDISCA_URL=redis_url, REDISCA_REGISTRY="models:registry")
+    runner = app.test_cli_runner()
+    done = runner.invoke(flask_cli, ["migrate", "--json"])
+    assert done.exit_code == OK, done.output
+    report = json.loads(done.stdout)
+    assert {m["prefix"]: (m["moved"], m["dropped"]) for m in report["models"]} == {
+        "usr": (1, 1),
+        "co": (0, 0),
+    }
+    assert runner.invoke(flask_cli, ["check"]).exit_code == OK
+    done = redisca_cmd("migrate", "models:registry", url=redis_url)  # again: nothing left
+    assert done.returncode == OK, done.stderr
+    assert "User (usr): moved 0 entities to the hash-tagged layout" in done.stdout
+
+
 def test_flask_registry_and_connection_sources(r: redis.Redis, redis_url: str) -> None:
     seed(r, 5)
     # the registry object itself in the config, the connection from REDISCA (no extension)

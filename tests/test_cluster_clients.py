@@ -4,10 +4,13 @@
 false, a plain ``redis.Redis``; a value that is neither, a clear error.
 
 Each client made here is asked the cluster itself (its masters, ``CLUSTER INFO``, a
-``PING``), so a client of the right class on the wrong server would fail."""
+``PING``), so a client of the right class on the wrong server would fail. At the end,
+whole runs through those clients: a Flask app whose requests commit on the cluster, and
+``python -m redisca stats --cluster``."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,11 +21,12 @@ from typing import Any
 import click
 import pytest
 import redis
-from flask import Flask
+from flask import Flask, request
+from models import Company, User
 from redis.cluster import RedisCluster
 
 import redisca
-from redisca import OperationalError, ValidationError, conf
+from redisca import OperationalError, Session, ValidationError, conf
 from redisca.cli import FAILED, USAGE, client_for, parser
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
 from redisca.flask import ConfigurationError, FlaskRedisca
@@ -326,3 +330,99 @@ def test_flask_commands_pick_the_client(
     monkeypatch.setenv("REDISCA_CLUSTER", "x")
     with pytest.raises(click.UsageError, match="REDISCA_CLUSTER='x'"):
         picked(bare, url, None)
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flushed(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
+    """The run's cluster with every master flushed, before and after."""
+
+    def flush() -> None:
+        for node in redis_cluster.masters:
+            with node.client() as client:
+                client.flushall()
+
+    flush()
+    yield redis_cluster
+    flush()
+
+
+def _node_of(cluster: EmbeddedCluster, key: str) -> int:
+    return cluster.node_for_key(key).port
+
+
+def test_a_flask_app_commits_on_the_cluster(flushed: EmbeddedCluster) -> None:
+    """REDISCA_CLUSTER=True: requests commit through the routing executor, on two
+    masters (``{co}`` and ``{usr}`` are served by different ones), read back, and a
+    unique value claimed twice is a 409."""
+    assert _node_of(flushed, "{co}:c1") != _node_of(flushed, "{usr}:u1")
+    app = _app(REDISCA_URL=flushed.url, REDISCA_CLUSTER=True, TESTING=True)
+    ext = FlaskRedisca(app, autosave=True)
+
+    @app.post("/users")
+    def join() -> Any:
+        company = ext.session.get(Company, "c1") or Company("acme", id="c1")
+        user = User(request.form["email"], age=int(request.form["age"]), company=company)
+        ext.session.add(user)
+        return {"id": user.id}, 201
+
+    @app.get("/users/<ident>")
+    def show(ident: str) -> Any:
+        user = ext.get_or_404(User, ident)
+        assert user.company is not None
+        return {"email": user.email, "company": user.company.name}
+
+    @app.get("/adults")
+    def adults() -> Any:
+        query = ext.session.query(User).filter(User.age >= 18).order_by(User.age)
+        return {"emails": [u.email for u in query.all()]}
+
+    web = app.test_client()
+    made = web.post("/users", data={"email": "ann@x.org", "age": "30"})
+    assert made.status_code == 201, made.text
+    ident = made.json["id"]
+    assert web.post("/users", data={"email": "bob@x.org", "age": "12"}).status_code == 201
+    assert web.get(f"/users/{ident}").json == {"email": "ann@x.org", "company": "acme"}
+    assert web.get("/adults").json == {"emails": ["ann@x.org"]}
+    taken = web.post("/users", data={"email": "ANN@x.org", "age": "40"})
+    assert taken.status_code == 409
+    assert web.get("/users/zz").status_code == 404
+
+    # what the cluster itself holds, each key read on the master serving it
+    with flushed.node_for_key(f"{{usr}}:{ident}").client(decode_responses=True) as node:
+        assert node.hget(f"{{usr}}:{ident}", "eml") == "ann@x.org"
+        assert node.zcard("{usr}#r:age") == 2
+    with flushed.node_for_key("{co}:c1").client(decode_responses=True) as node:
+        assert node.hget("{co}:c1", "name") == "acme"
+    app.extensions["redisca"].client.close()
+
+
+def _seed(cluster: EmbeddedCluster, n: int) -> None:
+    with cluster.client() as client, Session(client) as session:
+        acme = Company("acme", id="c1")
+        session.add_all(User(f"u{i}@x.org", age=i, company=acme, id=str(i)) for i in range(n))
+        session.commit()
+
+
+def test_stats_on_the_cluster(flushed: EmbeddedCluster) -> None:
+    """``python -m redisca stats models:registry --cluster`` counts the models of every
+    master: Company's keys and User's are on different ones."""
+    _seed(flushed, 30)
+    for args, env in [
+        (("--cluster", "--url", flushed.url), {}),
+        ((), {"REDIS_URL": flushed.url, "REDISCA_CLUSTER": "1"}),
+    ]:
+        environ = {"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]), **env}
+        done = subprocess.run(
+            [sys.executable, "-m", "redisca", "stats", "models:registry", "--json", *args],
+            capture_output=True,
+            text=True,
+            env={**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, **environ},
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        models = {m["model"]: m for m in json.loads(done.stdout)["models"]}
+        assert models["User"]["entities"] == 30 and models["User"]["ids"] == 30
+        assert models["Company"]["entities"] == 1 and models["Company"]["ids"] == 1

@@ -10,19 +10,16 @@ class of the test's own (a real second client writes; nothing is mocked): a comm
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import attrs
 import pytest
 import redis
+from clusterhelpers import migrate_slot, node_client, slot_moved
 from helpers import CountingConnection, RoundTripCounter, counting_client, sent_commands
-from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.retry import Retry
 
 import redisca
 from redisca import ClusterNodeError, Email, Integer, Reference, Registry, Session, String
@@ -89,10 +86,6 @@ def _slot(cls: type) -> int:
     return routing.tag_slot(redisca.inspect(cls).layout.tag)
 
 
-def _plain(node: EmbeddedServer, **kwargs: Any) -> redis.Redis:
-    return node.client(retry=Retry(NoBackoff(), 0), **kwargs)
-
-
 # -- a cluster client whose connections count, and can be made to wait ---------
 
 
@@ -144,7 +137,7 @@ def cluster(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
 
     def flush() -> None:
         for node in redis_cluster.masters:
-            with _plain(node) as client:
+            with node_client(node) as client:
                 client.flushall()
 
     flush()
@@ -168,7 +161,7 @@ def _node_keys(cluster: EmbeddedCluster) -> dict[int, set[bytes]]:
     """Every master's keys (port -> keys), read from the nodes themselves."""
     out: dict[int, set[bytes]] = {}
     for node in cluster.masters:
-        with _plain(node) as client:
+        with node_client(node) as client:
             out[node.port] = set(client.scan_iter(count=1000))
     return out
 
@@ -188,7 +181,7 @@ def _tag_on(cluster: EmbeddedCluster, node: EmbeddedServer, avoid: int = -1) -> 
 def test_refusals_are_told_apart(cluster: EmbeddedCluster) -> None:
     here, there = cluster.masters[0], cluster.masters[1]
     key = "{" + _tag_on(cluster, there) + "}k"
-    with _plain(here) as client:
+    with node_client(here) as client:
         replies = executor.run(client, [(b"GET", key.encode()), (b"MGET", b"{a}1", b"{b}1")])
     found = routing.refusal(replies[0])
     assert found is not None and found.kind == "MOVED"
@@ -229,10 +222,10 @@ def test_run_follows_a_moved_slot_and_asks_during_a_migration(
         rc.set(key, key)
     commands = [(b"GET", key) for key in keys]
     assert executor.run(rc, commands) == keys  # the client's slot map is loaded
-    with _slot_moved(cluster, key_slot(keys[0])):
+    with slot_moved(cluster, key_slot(keys[0])):
         assert executor.run(rc, commands) == keys  # MOVED: map read again, sent again
     assert executor.run(rc, commands) == keys  # moved back: MOVED again
-    with _slot_moved(cluster, key_slot(keys[0]), finish=False):
+    with slot_moved(cluster, key_slot(keys[0]), finish=False):
         assert executor.run(rc, commands) == keys  # one key moved: ASK, then ASKING
 
 
@@ -348,8 +341,10 @@ def test_add_command_in_its_groups_slot(cluster: EmbeddedCluster, rc: RedisClust
     tag = redisca.inspect(User).layout.tag.decode()
     counted = s.add_command("INCR", "{" + tag + "}:counter", bind=User)
     alone = s.add_command("SET", "{elsewhere}:x", "1")  # no bind: its own slot group
+    kind = s.add_command("OBJECT ENCODING", "{" + tag + "}:counter", bind=User)  # key 2nd
     s.commit()
     assert counted.done and counted.value == 1
+    assert kind.value in ("int", b"int")
     assert alone.done
     assert rc.get("{elsewhere}:x") in (b"1", "1")
 
@@ -398,54 +393,6 @@ def _claim(client: redis.Redis | RedisCluster, email: str, owner: str) -> None:
     s.commit()
 
 
-@contextmanager
-def _slot_moved(cluster: EmbeddedCluster, slot: int, *, finish: bool = True) -> Iterator[Any]:
-    """Move ``slot`` to another master (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE) and
-    back afterwards. ``finish=False``: stop half-way (MIGRATING, a key moved), and
-    yield a function that completes the move."""
-    src = cluster.node_for_slot(slot)
-    dst = next(n for n in cluster.masters if n is not src)
-    _migrate(cluster, slot, src, dst, finish=finish)
-    try:
-        yield (lambda: _migrate(cluster, slot, src, dst, finish=True, started=True))
-    finally:
-        if cluster.node_for_slot(slot) is not src:
-            _migrate(cluster, slot, dst, src, finish=True)
-        else:  # never finished: drop the migration state
-            for node in (src, dst):
-                with _plain(node) as c:
-                    c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
-
-
-def _migrate(
-    cluster: EmbeddedCluster,
-    slot: int,
-    src: EmbeddedServer,
-    dst: EmbeddedServer,
-    *,
-    finish: bool,
-    started: bool = False,
-) -> None:
-    with _plain(src) as s, _plain(dst) as d:
-        if not started:
-            d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(src))
-            s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
-        keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
-        if not finish:
-            keys = keys[:1]
-        if keys:
-            s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
-        if not finish:
-            return
-        for node in (dst, src, *[n for n in cluster.masters if n not in (src, dst)]):
-            with _plain(node) as c:
-                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(dst))
-    deadline = time.monotonic() + 10
-    while cluster.node_for_slot(slot) is not dst:
-        assert time.monotonic() < deadline, "the slot move did not spread"
-        time.sleep(0.02)
-
-
 def test_a_moved_slot_is_followed_and_the_watch_still_holds(
     cluster: EmbeddedCluster, rc: RedisCluster, traffic: _Traffic
 ) -> None:
@@ -454,7 +401,7 @@ def test_a_moved_slot_is_followed_and_the_watch_still_holds(
     between its reads and its MULTI is detected: exactly one owner of the email."""
     Session(rc).get(User, "warm-up")  # the slot map is loaded and will be stale
     other = cluster.client()
-    with _slot_moved(cluster, _slot(User)):
+    with slot_moved(cluster, _slot(User)):
         s = Session(rc)
         s.add(User(email="race@example.com"))
         traffic.before_multi = lambda: _claim(other, "race@example.com", "rival")
@@ -479,6 +426,36 @@ def _assert_no_multi_on_the_refused_master(
             assert not any(c[0].upper() in (b"MULTI", b"EXEC") for c in commands), commands
 
 
+def test_a_slot_moved_between_reads_and_exec_is_rerouted_and_applied_once(
+    cluster: EmbeddedCluster, rc: RedisCluster, traffic: _Traffic
+) -> None:
+    """The slot moves after the commit's WATCH and reads, before its MULTI/EXEC: that
+    transaction is refused (MOVED, EXECABORT) or fails its WATCH, nothing of it applied;
+    the commit is sent again to the new master and applied once."""
+    seed = Session(rc)
+    user = User(email="mover@example.com", age=1)
+    seed.add(user)
+    seed.commit()
+    slot = _slot(User)
+    src = cluster.node_for_slot(slot)
+    dst = next(n for n in cluster.masters if n is not src)
+    s = Session(rc)
+    s.get(User, user.id).age = 2  # an indexed field: WATCH and reads, then MULTI/EXEC
+    applied = s.add_command("INCR", "{usr}applied", bind=User)
+    traffic.before_multi = lambda: migrate_slot(cluster, slot, src, dst, finish=True)
+    try:
+        s.commit()
+        assert cluster.node_for_slot(slot) is dst
+        assert applied.value == 1 and rc.get("{usr}applied") in (b"1", "1")
+        fresh = Session(rc)
+        assert fresh.get(User, user.id).age == 2
+        assert fresh.query(User).filter(User.age == 2).count() == 1
+        assert fresh.query(User).filter(User.age == 1).count() == 0
+    finally:
+        if cluster.node_for_slot(slot) is not src:
+            migrate_slot(cluster, slot, dst, src, finish=True)
+
+
 def test_a_half_migrated_slot_waits_then_follows(
     cluster: EmbeddedCluster, rc: RedisCluster, traffic: _Traffic
 ) -> None:
@@ -490,7 +467,7 @@ def test_a_half_migrated_slot_waits_then_follows(
     seed.add_all(users)
     seed.commit()
     other = cluster.client()
-    with _slot_moved(cluster, _slot(User), finish=False) as finish:
+    with slot_moved(cluster, _slot(User), finish=False) as finish:
         s = Session(rc)
         loaded = s.get(users[0].__class__, users[0].id)  # ASK or served: read either way
         assert loaded is not None
@@ -520,7 +497,7 @@ def test_reads_follow_ask_during_a_migration(cluster: EmbeddedCluster, rc: Redis
     users = [User(email=f"a{i}@example.com") for i in range(10)]
     seed.add_all(users)
     seed.commit()
-    with _slot_moved(cluster, _slot(User), finish=False):
+    with slot_moved(cluster, _slot(User), finish=False):
         s = Session(rc)
         got = s.get_many(User, [u.id for u in users])
         assert [u.id for u in got] == [u.id for u in users]  # moved or not: all read
@@ -534,7 +511,7 @@ def plain(cluster: EmbeddedCluster) -> Iterator[redis.Redis]:
     """A plain client on the master that serves neither User nor Company."""
     busy = {cluster.node_for_slot(_slot(cls)).port for cls in (User, Company)}
     node = next(n for n in cluster.masters if n.port not in busy)
-    client = _plain(node)
+    client = node_client(node)
     yield client
     client.close()
 
@@ -577,7 +554,7 @@ def test_a_plain_client_committing_two_slots_on_its_node_gets_the_error(
         for k in (f"k{i}" for i in range(10_000))
         if key_slot(k.encode()) != _slot(Post) and cluster.node_for_key(k) is node
     )
-    with _plain(node) as client:
+    with node_client(node) as client:
         s = Session(client)
         ok = Post(title="t")
         s.add(ok)
@@ -630,7 +607,7 @@ def test_a_plain_client_on_a_cluster_node_is_told_so(
     key = redisca.inspect(User).layout.entity("ann")
     rc.hset(key, mapping={"email": "ann@example.com"})
     node = next(n for n in cluster.masters if n is not cluster.node_for_key(key))
-    with _plain(node) as client:
+    with node_client(node) as client:
         s = Session(client)
         with pytest.raises(ClusterNodeError, match="RedisCluster"):
             s.get(User, "ann")
@@ -640,3 +617,62 @@ def test_a_plain_client_on_a_cluster_node_is_told_so(
         with pytest.raises(ClusterNodeError):
             s.commit()
     assert rc.exists(redisca.inspect(User).layout.entity("bob")) == 0
+
+
+def test_key_and_hash_on_the_cluster(cluster: EmbeddedCluster, rc: RedisCluster) -> None:
+    """``Hash.save`` is one MULTI/EXEC through redisca's executor (redis-py 5's cluster
+    client has no transactions); loads and ``Key`` use the client's own commands."""
+    h = redisca.Hash("{acct}:1", rc)
+    h["name"], h["n"] = "ann", 5
+    h.save()
+    assert redisca.Key("{acct}:1", rc).exists()
+    again = redisca.Hash("{acct}:1", rc)
+    assert dict(again) == (
+        {"name": "ann", "n": "5"} if _decodes(rc) else {"name": b"ann", "n": b"5"}
+    )
+    del again["n"]
+    again.save()
+    assert rc.hgetall("{acct}:1") in ({"name": "ann"}, {b"name": b"ann"})
+    assert again.delete() and not redisca.Key("{acct}:1", rc).exists()
+
+
+def _decodes(client: RedisCluster) -> bool:
+    return bool(client.get_encoder().decode_responses)
+
+
+def _race(clients: list[RedisCluster], email: str) -> list[str]:
+    """Both clients claim ``email`` at once (a barrier before their commits)."""
+    barrier = threading.Barrier(len(clients))
+    outcomes: list[str] = []
+
+    def claim(client: RedisCluster, who: str) -> None:
+        s = Session(client)
+        s.add(User(id=who + email, email=email))
+        barrier.wait()
+        try:
+            s.commit()
+            outcomes.append("won")
+        except redisca.UniqueViolation:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=claim, args=(c, f"w{i}")) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+def test_two_writers_claiming_one_email_on_the_cluster_one_wins(
+    cluster: EmbeddedCluster,
+) -> None:
+    clients = [cluster.client(), cluster.client()]
+    try:
+        for round_ in range(15):
+            email = f"race{round_}@example.com"
+            assert sorted(_race(clients, email)) == ["lost", "won"]
+            owners = Session(clients[0]).query(User).filter(User.email == email).all()
+            assert len(owners) == 1
+    finally:
+        for client in clients:
+            client.close()

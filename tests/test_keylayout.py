@@ -272,6 +272,36 @@ def test_prop_every_key_of_a_model_hashes_to_its_tags_slot(descriptor, ident):
     assert key_slot(layout_of(descriptor[1]).entity(ident)) == key_slot(tag)
 
 
+BRACES = ["a{b}", "{b}a", "}{", "{}", "{", "}", "{}{x}", "{usr}", "x}{y", ""]
+
+
+def test_the_clusters_own_keyslot_puts_every_key_in_its_tags_slot(redis_cluster):
+    """What the property above checks with redis-py's ``key_slot``, a cluster node's own
+    ``CLUSTER KEYSLOT`` says too: ids and values with ``{``, ``}`` and ``{}`` never move
+    a key; in the layout before hash tags, they did."""
+    node = redis_cluster.masters[0].client()
+    try:
+
+        def slot(key):
+            return int(node.execute_command("CLUSTER", "KEYSLOT", key))
+
+        for model in (User, GroupedPost):
+            layout = redisca.inspect(model).layout
+            home = slot(layout.hashtag)
+            for text in BRACES:
+                raw = text.encode()
+                keys = [
+                    layout.entity(text), layout.eq_index(b"tag", raw), layout.all_ids,
+                    layout.unique_stripe(b"eml", raw), layout.guard(raw), layout.marker,
+                    layout.build(b"ab", layout.eq_index(b"tag", raw)), layout.build_dir(b"ab"),
+                ]  # fmt: skip
+                assert {k: slot(k) for k in keys} == dict.fromkeys(keys, home)
+        assert home == slot(b"blog") != slot(b"gpost")  # a group's slot is its name's
+        assert slot(b"usr:a{x}") == slot(b"x") != slot(b"{usr}:a{x}") == slot(b"usr")
+    finally:
+        node.close()
+
+
 @given(PREFIXES, FIELDS, VALUES)
 def test_prop_old_unique_keys_are_told_from_stripes(prefix, field, value):
     """A unique key of the layout before 2.0 (``H#u:<field>:<value>``) parses as such,

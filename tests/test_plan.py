@@ -107,14 +107,20 @@ def offline() -> Session:
     return Session(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
 
 
+def organized(session: Session) -> list[unitofwork.Group]:
+    """What ``Session.commit`` plans, without I/O: the save cascade, then organize."""
+    unitofwork.cascade(session.states(), session.__contains__, session.add)
+    return unitofwork.organize(session.states(), session.queued_commands(), session.bind_for)
+
+
 def committed(session: Session) -> None:
     """Pretend the pending plan was committed: finalize without Redis."""
-    for group in unitofwork.organize(session):
-        unitofwork.finalize(session, group, Executed([], []))
+    for group in organized(session):
+        unitofwork.finalize(group, Executed([], []), lambda s: session.forget(s, deleted=True))
 
 
 def plan_of(session: Session) -> CommitPlan:
-    (group,) = unitofwork.organize(session)
+    (group,) = organized(session)
     return group.plan()
 
 

@@ -1,24 +1,33 @@
 """check: compare every index key of a model with the entity hashes it stands for.
 
-Two passes over the keyspace with ``SCAN``, batched and pipelined:
+Three passes over the keyspace with ``SCAN``, batched and pipelined (``H`` is
+the model's head, ``{P}`` or ``{G}P``: see ``docs/keylayout.rst``):
 
-1. entities (``P:*``): each page of hashes is read and decoded, and what it
+1. entities (``H:*``): each page of hashes is read and decoded, and what it
    calls for is probed in one more round trip (``SMISMEMBER`` and ``ZMSCORE``
-   per index key, ``HMGET`` per unique stripe): its id in ``P#all`` (a model
+   per index key, ``HMGET`` per unique stripe): its id in ``H#all`` (a model
    with a range index has none: its first range index holds the ids), its entry
    in each equality set and range sorted set (with the right score, ``+inf``
    where it holds no value), its unique values naming it. Each index key's
    expected size is counted;
-2. the model's other keys (``P#*``): an index key holding more members than the
+2. the model's other keys (``H#*``): an index key holding more members than the
    entities that call for it has orphans, and only then is it read member by
    member; a unique field's stripes likewise, field by field. Keys the model
    does not use are reported too, and keys of an earlier layout (``reindex``
-   converts them) as such: among them ``P#all`` on a model with a range index.
+   converts them) as such: among them ``H#all`` on a model with a range index;
+3. the layout before hash tags (``P:*`` and ``P#*`` of ``layout.untagged()``,
+   where ``P`` is the bare prefix): each key found there is ``old_layout``, an
+   entity hash that ``python -m redisca migrate`` moves or an old index key it
+   deletes (``untagged.fate`` says which; a type it leaves is ``stray_key``),
+   so data left behind by an upgrade never goes unnoticed. It costs one more
+   ``SCAN`` of the whole keyspace per model (``MATCH`` filters on the server,
+   but the cursor still walks every key; one pattern covers both namespaces)
+   and a ``TYPE`` per key found, pipelined per page.
 
-What either pass finds is only a suspicion, since the application may be
-committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of the
-keys involved before it is reported. Each commit is atomic, so a snapshot never
-shows a commit half done.
+What the first two passes find is only a suspicion, since the application may
+be committing meanwhile: each one is confirmed by a :class:`.Snapshot` read of
+the keys involved before it is reported. Each commit is atomic, so a snapshot
+never shows a commit half done.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import attrs
 import redis
 from redis.exceptions import ResponseError
 
-from ..mapping.keys import NO_VALUE
+from ..mapping.keys import NO_VALUE, KeyLayout
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
 from .common import (
@@ -43,14 +52,16 @@ from .common import (
     read_marker,
     resolve_client,
     run,
-    scan,
     scan_hash,
     scan_members,
     select_mappers,
     show,
     to_float,
+    type_of,
 )
+from .placement import Keyspace
 from .problems import Problem, ProblemReport, Snapshot
+from .untagged import fate
 
 #: Suspects confirmed per snapshot; a snapshot that keeps failing is split.
 CONFIRM_GROUP = 25
@@ -89,6 +100,9 @@ class ModelSummary:
     problems: int = 0
     #: Suspicions neither confirmed nor ruled out: their keys kept changing.
     unconfirmed: int = 0
+    #: Keys found among the names of the layout before hash tags (``P:*``, ``P#*``):
+    #: each is a problem (``old_layout``, or ``stray_key`` for a type never written there).
+    old_keys: int = 0
     #: A reindex was running: its build keys were left alone.
     reindexing: bool = False
     seconds: float = 0.0
@@ -241,12 +255,15 @@ class _ModelCheck:
 
     def run(self) -> tuple[list[Problem], ModelSummary]:
         started = time.monotonic()
+        self.space = Keyspace(self.client, self.mapper, "check")
         rebuild = read_marker(self.client, self.mapper)
         self.marker_run = rebuild.run if rebuild is not None else None
         self.summary.reindexing = rebuild is not None
         self.entity_pass()
         self.index_pass()
+        self.untagged_pass()
         self.confirm()
+        self.space.done()
         self.summary.seconds = round(time.monotonic() - started, 3)
         found = sorted(self.problems, key=lambda p: (p.key, p.kind, p.detail))
         self.summary.problems = len(found)
@@ -257,7 +274,7 @@ class _ModelCheck:
     def entity_pass(self) -> None:
         total = run(self.client, [(b"ZCARD", self.layout.all_ids)])[0]
         ticker = Ticker(self.progress, self.name, "entities", _int(total))
-        for keys in scan(self.client, self.layout.entity_pattern, self.batch):
+        for keys in self.space.scan(self.layout.entity_pattern, self.batch):
             self.check_entities(keys)
             ticker.add(len(keys))
         ticker.finish()
@@ -313,7 +330,7 @@ class _ModelCheck:
         a field's stripes are read value by value."""
         ticker = Ticker(self.progress, self.name, "index keys")
         unique_sizes: Counter[bytes] = Counter()
-        for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
+        for keys in self.space.scan(self.layout.namespace_pattern, self.batch):
             sized: list[tuple[bytes, str, MappedField | None]] = []
             for key in keys:
                 self.summary.index_keys += 1
@@ -326,6 +343,51 @@ class _ModelCheck:
             if size != self.owned[hash_field]:
                 self.check_unique_field(self.fields[hash_field])
         ticker.finish()
+
+    # -- pass 3: the layout before hash tags ------------------------------------------
+
+    def untagged_pass(self) -> None:
+        """Keys of the layout before hash tags, with what ``migrate`` does to each: a
+        ``TYPE`` per key and, for an entity's, ``EXISTS`` of its new name, per page."""
+        if not self.layout.tagged:
+            return
+        old = self.layout.untagged()
+        ticker = Ticker(self.progress, self.name, "old layout")
+        for keys in self.space.scan(old.pattern, self.batch):
+            targets = [self.untagged_target(old, key) for key in keys]
+            exists = [(b"EXISTS", t) for t in targets if t is not None]
+            replies = run(self.client, [*((b"TYPE", k) for k in keys), *exists])
+            types, taken = replies[: len(keys)], iter(replies[len(keys) :])
+            for key, kind, target in zip(keys, types, targets, strict=True):
+                held = bool(next(taken)) if target is not None else False
+                found = self.untagged_problem(old, key, type_of(kind), target, held)
+                if found is not None and found not in self.problems:
+                    self.summary.old_keys += 1
+                    self.problems[found] = None
+            ticker.add(len(keys))
+        ticker.finish()
+
+    def untagged_target(self, old: KeyLayout, key: bytes) -> bytes | None:
+        """Where ``migrate`` would move the key, were it an entity hash."""
+        parsed = old.parse(key)
+        return self.layout.entity_of(parsed.value or b"") if parsed.kind == "entity" else None
+
+    def untagged_problem(
+        self, old: KeyLayout, key: bytes, kind: bytes, target: bytes | None, taken: bool
+    ) -> Problem | None:
+        """The problem a key of the untagged layout is, by what ``migrate`` does to it."""
+        what = fate(old, key, kind)
+        if what == "move" and target is not None:
+            template = _UNTAGGED_KEPT if taken else _UNTAGGED_HASH
+            detail = template.format(show(target))
+        elif what == "delete":
+            writer = "redisca 1.x" if target is not None else "redisca 2.0 development builds"
+            detail = _UNTAGGED_INDEX.format(writer)
+        elif kind == b"none":
+            return None  # gone since SCAN saw it (a migrate running)
+        else:
+            return self.problem("stray_key", key, None, _UNTAGGED_OTHER.format(show(kind)))
+        return self.problem("old_layout", key, None, detail)
 
     def check_sizes(
         self, keys: list[tuple[bytes, str, MappedField | None]], unique_sizes: Counter[bytes]
@@ -429,7 +491,7 @@ class _ModelCheck:
     ) -> None:
         """Confirm a group in one snapshot; a group whose keys keep changing is split."""
         for _ in range(CONFIRM_TRIES):
-            with executor.connection(self.client) as conn:
+            with self.space.connection() as conn:
                 snap = Snapshot(conn)
                 found = confirm(snap, group)
                 if snap.holds():
@@ -625,13 +687,32 @@ _OLD_DETAIL = {
     "stripe hashes): `python -m redisca reindex` converts it",
 }
 
-#: ``P#all`` on a model with a range index (one added since, or the layout before
+#: ``H#all`` on a model with a range index (one added since, or the layout before
 #: redisca 2.0's development versions dropped it there).
 _OLD_ALL = (
     "an all-ids set the model no longer keeps: it has a range index, and its first one, "
     "{}, holds every id; `python -m redisca reindex` builds that index from the hashes "
     "and deletes this key (until then queries of the model see only what the range "
     "index holds)"
+)
+
+
+_UNTAGGED_HASH = (
+    "an entity hash of the layout before hash tags, which redisca no longer reads: "
+    "`python -m redisca migrate` moves it to {} and indexes it"
+)
+_UNTAGGED_KEPT = (
+    "an entity hash of the layout before hash tags, which redisca no longer reads; its "
+    "new name {} holds an entity already (written since the upgrade), so `python -m "
+    "redisca migrate` leaves both: compare them and delete one"
+)
+_UNTAGGED_INDEX = (
+    "an index key of the layout before hash tags ({}), which redisca no longer reads: "
+    "`python -m redisca migrate` deletes it and builds the indexes from the hashes"
+)
+_UNTAGGED_OTHER = (
+    "a {} among the names of the layout before hash tags, which redisca never wrote "
+    "there: `python -m redisca migrate` leaves it alone"
 )
 
 

@@ -30,12 +30,20 @@ import redis
 from redis.exceptions import ResponseError
 
 from ..mapping.mapper import Mapper
-from .common import Progress, Ticker, model_name, resolve_client, run, scan, select_mappers, show
+from .common import (
+    Progress,
+    Ticker,
+    model_name,
+    resolve_client,
+    run,
+    select_mappers,
+    show,
+    type_of,
+)
+from .placement import Keyspace
 from .problems import Problem, ProblemReport
 from .reindex import ReindexReport, reindex
-
-#: Types of the keys redisca 1.x kept beside its hashes in ``P:*`` (its indexes).
-_OLD_INDEX_TYPES = frozenset({b"set", b"zset", b"string"})
+from .untagged import fate
 
 
 @attrs.define
@@ -108,18 +116,21 @@ class _Move:
     def run(self) -> ModelMigration:
         started = time.monotonic()
         if self.mapper.layout.tagged:
-            for keys in scan(self.client, self.old.entity_pattern, self.batch):
+            space = Keyspace(self.client, self.mapper, "migrate")
+            for keys in space.scan(self.old.entity_pattern, self.batch):
                 self._entities(keys)
-            for keys in scan(self.client, self.old.namespace_pattern, self.batch):
+            for keys in space.scan(self.old.namespace_pattern, self.batch):
                 self._drop(keys)
+            space.done()
         self.ticker.finish()
         self.done.seconds = round(time.monotonic() - started, 3)
         return self.done
 
     def _entities(self, keys: list[bytes]) -> None:
         kinds = run(self.client, [(b"TYPE", key) for key in keys])
-        hashes = [k for k, t in zip(keys, kinds, strict=True) if _type(t) == b"hash"]
-        self._drop([k for k, t in zip(keys, kinds, strict=True) if _type(t) in _OLD_INDEX_TYPES])
+        fates = [fate(self.old, k, type_of(t)) for k, t in zip(keys, kinds, strict=True)]
+        hashes = [k for k, f in zip(keys, fates, strict=True) if f == "move"]
+        self._drop([k for k, f in zip(keys, fates, strict=True) if f == "delete"])
         if not hashes:
             return
         dumps = run(self.client, [(b"DUMP", key) for key in hashes])
@@ -155,11 +166,6 @@ class _Move:
             else f"RESTORE to {show(target)} answered {reply}"
         )
         return Problem("old_layout", self.done.model, show(old), None, why)
-
-
-def _type(reply: Any) -> bytes:
-    """``TYPE``'s reply as bytes (a status reply may come decoded)."""
-    return reply.encode() if isinstance(reply, str) else bytes(reply)
 
 
 __all__ = ["MigrateReport", "ModelMigration", "migrate"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..session import executor
+from ..session import executor, routing
 from ..session.plan import Command
 
 #: Every kind of problem, and what it means.
@@ -21,8 +21,11 @@ KINDS: dict[str, str] = {
     "wrong_owner": "a unique key names another id than the entity that holds the value",
     "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
     "duplicate_unique": "two entities hold the same unique value",
-    "stray_key": "a key in the model's namespace that the model does not use",
-    "old_layout": "a key of the layout before redisca 2.0: `reindex` converts it",
+    "stray_key": "a key in the model's namespace (today's or the one before hash tags) "
+    "that the model does not use",
+    "old_layout": "a key of an earlier layout: of the one before hash tags (`P:<id>`, "
+    "`P#...`), which `migrate` moves or deletes, or an index of the one before redisca "
+    "2.0, which `reindex` converts",
 }
 
 
@@ -61,7 +64,10 @@ class Snapshot:
         before: list[Command] = [(b"WATCH", *new)] if new else []
         if not commands and not before:
             return []
-        return executor.roundtrip(self.conn, [*before, *commands])[len(before) :]
+        replies = executor.roundtrip(self.conn, [*before, *commands])
+        for reply in replies:  # a cluster's refusal (the slot moved) is no data
+            routing.check(reply, "a snapshot read")
+        return replies[len(before) :]
 
     def holds(self) -> bool:
         """Whether nothing read changed: ends the snapshot (and its WATCH)."""

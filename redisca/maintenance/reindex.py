@@ -1,9 +1,10 @@
 """reindex: rebuild a model's indexes from its hashes while the application commits.
 
 A run, per model (docs/operations.rst tells why this leaves no window in which a
-query answers from half-built indexes):
+query answers from half-built indexes; ``H`` is the model's head, ``{P}`` or
+``{G}P``: see docs/keylayout.rst):
 
-1. *start*: create the marker ``P#x`` (the run's token, then what it rebuilds),
+1. *start*: create the marker ``H#x`` (the run's token, then what it rebuilds),
    only if no other run's marker exists. From then on every commit that changes
    index entries of the model applies each change to the run's build keys too
    (:mod:`redisca.session.rebuild`), so what is built never falls behind;
@@ -11,7 +12,7 @@ query answers from half-built indexes):
    marker, read them, and write their index entries into the build keys in one
    ``MULTI``/``EXEC``: if a commit changed one of them meanwhile, ``EXEC`` fails
    and the page is read again. Whoever writes a build key records it in the
-   build directory ``P#b:<run>``;
+   build directory ``H#b:<run>``;
 3. *switch*: one script, atomic like every script: if the marker is still this
    run's, rename every build key over its live key, delete live index keys that
    have no build key (no entity holds their value any more), delete the
@@ -49,10 +50,10 @@ from .common import (
     model_name,
     resolve_client,
     run,
-    scan,
     select_mappers,
     show,
 )
+from .placement import Keyspace, send
 from .problems import Problem, ProblemReport
 
 #: Seconds a marker outlives the last sign of life of its run.
@@ -163,7 +164,7 @@ def reindex(
 
 
 def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
-    """What a run rebuilds: hash field names, and ``#all`` for the all-ids set ``P#all``
+    """What a run rebuilds: hash field names, and ``#all`` for the all-ids set ``H#all``
     of a model without a range index (with one, its first range field's index holds
     every id: rebuilding that field rebuilds the all-ids index)."""
     if fields is None:
@@ -221,11 +222,14 @@ class _Run:
 
     def run(self) -> ModelReindex:
         started = time.monotonic()
+        self.space = Keyspace(self.client, self.mapper, "reindex")
         self.start()
         try:
             self.clean_leftovers()
             self.build()
-            self.switch(self.live_keys())
+            candidates = self.live_keys()
+            self.space.done()  # the slot stayed put: the build saw every entity
+            self.switch(candidates)
         except BaseException:
             self.abandon()
             raise
@@ -236,8 +240,8 @@ class _Run:
 
     def start(self) -> None:
         marker = self.layout.marker
-        with executor.connection(self.client) as conn:
-            replies = executor.roundtrip(conn, [(b"WATCH", marker), (b"LRANGE", marker, 0, -1)])
+        with self.space.connection() as conn:
+            replies = send(conn, [(b"WATCH", marker), (b"LRANGE", marker, 0, -1)], "WATCH")
             if replies[1]:
                 executor.roundtrip(conn, [(b"UNWATCH",)])
                 if isinstance(replies[1], ResponseError):
@@ -283,7 +287,7 @@ class _Run:
 
     def delete_build_keys(self, chosen: Any, *, alive: bool = True) -> None:
         pattern = self.layout.namespace_pattern
-        for keys in scan(self.client, pattern, self.batch):
+        for keys in self.space.scan(pattern, self.batch):
             doomed = [
                 key
                 for key in keys
@@ -302,7 +306,7 @@ class _Run:
         ticker = Ticker(
             self.progress, self.name, "entities", None if isinstance(total, Exception) else total
         )
-        for keys in scan(self.client, self.layout.entity_pattern, self.batch):
+        for keys in self.space.scan(self.layout.entity_pattern, self.batch):
             self.build_page(keys)
             ticker.add(len(keys))
             self.refresh()
@@ -329,9 +333,9 @@ class _Run:
     def try_page(self, keys: list[bytes]) -> bool:
         """Index one page of entities as they are at ``EXEC``; ``False`` if one changed."""
         marker = self.layout.marker
-        with executor.connection(self.client) as conn:
+        with self.space.connection() as conn:
             reads: list[Command] = [(b"WATCH", marker, *keys), (b"LINDEX", marker, 0)]
-            replies = executor.roundtrip(conn, [*reads, *((b"HGETALL", k) for k in keys)])
+            replies = send(conn, [*reads, *((b"HGETALL", k) for k in keys)], "a page's reads")
             if replies[1] != self.token:
                 executor.roundtrip(conn, [(b"UNWATCH",)])
                 raise RunLost(f"the reindex marker of {self.name} expired or was removed")
@@ -372,7 +376,7 @@ class _Run:
         """Live index keys the switch deletes unless a build key replaces them: those of
         what is rebuilt (unique keys of the layout before 2.0 included: a key per value,
         which the stripes replace), and, in a full run, indexes of fields that have none.
-        ``P#all`` goes with the all-ids index it was or is: on a model with a range index,
+        ``H#all`` goes with the all-ids index it was or is: on a model with a range index,
         a leftover of the layout before that the rebuilt range index replaces."""
         rebuilt = set(self.members)
         everything = self.full
@@ -381,7 +385,7 @@ class _Run:
             and self.mapper.default_order.hash_field in rebuilt
         )
         found: list[bytes] = []
-        for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
+        for keys in self.space.scan(self.layout.namespace_pattern, self.batch):
             for key in keys:
                 parsed = self.layout.parse(key)
                 if parsed.kind not in INDEX_KINDS and parsed.kind != "old_unique":

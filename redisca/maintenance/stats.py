@@ -3,7 +3,10 @@
 Entities and index keys are counted by scanning; index entries with
 ``SCARD``/``ZCARD``/``HLEN``; memory is estimated from ``MEMORY USAGE`` of a sample of
 keys of each kind (the average times the count), which stays cheap however
-large the model is. Nothing is decoded and nothing is written.
+large the model is. Nothing is decoded and nothing is written. Keys of the layout
+before hash tags (``P:*`` and ``P#*``, which ``python -m redisca migrate`` moves)
+are counted apart as ``old_layout``, by one more ``SCAN`` per model: entities
+left there would otherwise go uncounted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import attrs
 import redis
 from redis.exceptions import ResponseError
 
-from ..mapping.keys import ParsedKey
+from ..mapping.keys import KeyLayout, ParsedKey
 from ..mapping.mapper import MappedField, Mapper
 from .common import (
     Progress,
@@ -27,9 +30,9 @@ from .common import (
     read_marker,
     resolve_client,
     run,
-    scan,
     select_mappers,
 )
+from .placement import Keyspace
 
 #: How many keys of each kind ``MEMORY USAGE`` is asked about.
 DEFAULT_SAMPLE = 200
@@ -45,12 +48,13 @@ class ModelStats:
     model: str
     prefix: str
     entities: int = 0
-    #: Members of the all-ids index (``P#all``, or the first range index of a model
+    #: Members of the all-ids index (``H#all``, or the first range index of a model
     #: with one): equal to ``entities`` when the indexes are sound.
     ids: int = 0
-    #: Keys by kind: ``all`` (``P#all``: none on a model with a range index), ``eq``,
-    #: ``range``, ``unique`` (stripes), ``guard``, ``other`` (reindex, stray, earlier
-    #: layouts).
+    #: Keys by kind: ``all`` (``H#all``: none on a model with a range index), ``eq``,
+    #: ``range``, ``unique`` (stripes), ``guard``, ``other`` (reindex, stray, the layout
+    #: before 2.0's indexes), ``old_layout`` (every key of the layout before hash tags,
+    #: its entity hashes too: ``migrate`` moves them). Kinds with no key are left out.
     index_keys: dict[str, int] = attrs.field(factory=dict)
     #: Entries of the equality, range and unique indexes (a unique value is one entry).
     index_entries: int = 0
@@ -100,17 +104,19 @@ def _model_stats(
 ) -> ModelStats:
     started = time.monotonic()
     layout = mapper.layout
+    space = Keyspace(client, mapper, "stats")
     out = ModelStats(model_name(mapper), mapper.prefix)
     out.reindexing = read_marker(client, mapper) is not None
     counts = dict.fromkeys(_KINDS, 0)
     fields = by_hash_field(mapper)
     samples: dict[str, _Reservoir] = {kind: _Reservoir(sample) for kind in _KINDS}
     ticker = Ticker(progress, out.model, "keys")
-    for pattern in (layout.entity_pattern, layout.namespace_pattern):
-        for keys in scan(client, pattern, batch):
+    ids_in_range = layout.all_ids_is_range
+    for pattern, old in _patterns(layout):
+        for keys in space.scan(pattern, batch):
             sized: list[bytes] = []
             for key in keys:
-                kind = _kind(layout.parse(key), fields, layout.all_ids_is_range)
+                kind = "old_layout" if old else _kind(layout.parse(key), fields, ids_in_range)
                 counts[kind] = counts.get(kind, 0) + 1
                 if kind in _CARD:
                     sized.append(key)
@@ -127,13 +133,20 @@ def _model_stats(
             average, measured = _memory(client, reservoir.keys)
             out.memory_sampled += measured
             out.memory[kind] = int(average * total[kind])
+    space.done()
     out.seconds = round(time.monotonic() - started, 3)
     return out
 
 
+def _patterns(layout: KeyLayout) -> list[tuple[bytes, bool]]:
+    """What to scan: the model's keys, then (when tagged) those of the layout before."""
+    found = [(layout.entity_pattern, False), (layout.namespace_pattern, False)]
+    return found + ([(layout.untagged().pattern, True)] if layout.tagged else [])
+
+
 def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField], all_ids_is_range: bool) -> str:
     """A key's kind for counting: an index of a field that has none is "other", and so is
-    ``P#all`` on a model whose all-ids index is a range index (a leftover)."""
+    ``H#all`` on a model whose all-ids index is a range index (a leftover)."""
     if parsed.kind == "all" and all_ids_is_range:
         return "other"
     if parsed.kind in ("entity", "all", "guard"):

@@ -151,7 +151,8 @@ class KeyLayout:
         self._build = p + b"#b:"
 
     def untagged(self) -> KeyLayout:
-        """The same model's layout before hash tags: ``H:<id>``, ``H#...``."""
+        """The same model's layout before hash tags: ``P:<id>``, ``P#...``, its bare
+        prefix as the head (for a model of a slot group too: groups came with tags)."""
         return KeyLayout(self.prefix, self.ids_field, tagged=False)
 
     @property
@@ -253,6 +254,13 @@ class KeyLayout:
     def namespace_pattern(self) -> bytes:
         """``SCAN MATCH`` pattern of every other key of the model."""
         return self._namespace + b"*"
+
+    @property
+    def pattern(self) -> bytes:
+        """``SCAN MATCH`` pattern of every key of the model, entities and the rest
+        (``H[:#]*``): one scan where :attr:`entity_pattern` and
+        :attr:`namespace_pattern` take two."""
+        return self.head + b"[:#]*"
 
     def unique_stripes(self, field: bytes) -> list[bytes]:
         """Every stripe key of one unique field, in stripe order."""

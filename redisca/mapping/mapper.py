@@ -196,7 +196,7 @@ class Mapper:
         #: Whether any field's values may change in place (see MappedField.mutable).
         self.mutable = False
         #: The first range-indexed field (declaration order), or ``None``: its index
-        #: holds every entity, so it is the model's all-ids index (no ``P#all``) and
+        #: holds every entity, so it is the model's all-ids index (no ``H#all``) and
         #: gives the order of queries with no order and no range condition.
         self.default_order: MappedField | None = None
         self.id_attribute: FieldAttribute = None  # type: ignore[assignment]

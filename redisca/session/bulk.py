@@ -106,14 +106,16 @@ class _Chunk:
 
     def write(self, session: Session) -> None:
         self.prepare(session)
-        groups = unitofwork.organize(session, self.states)  # encoded; nothing sent yet
+        groups = unitofwork.organize(self.states, (), session.bind_for)  # nothing sent yet
         # The input's own group last: a chunk's objects are all one server's (see
         # _chunks), and references must not be written before their targets.
         own = _target(session, type(self.objs[0]))
         groups.sort(key=lambda group: group.client is own[0] and group.slot == own[1])
         for group in groups:
-            executed = executor.execute_commit(group.client, group.plan(), session.retries)
-            unitofwork.finalize(session, group, executed)
+            executed = executor.execute_commit(
+                group.client, group.plan(), session.retries, wait=session.wait
+            )
+            unitofwork.finalize(group, executed, session.forget)
             for state in group.states:
                 remember_detached(state, deleted=False)
 
@@ -169,7 +171,7 @@ class _Chunk:
         key = mapper.key(ident)
         if key in self.keys:
             raise IntegrityError(f"{key.decode()} is given to bulk_add twice in one chunk")
-        existing = session._lookup(mapper, ident)
+        existing = session.identity_map.lookup(mapper, ident)
         if existing is not None:
             raise IntegrityError(
                 f"{key.decode()} is already in this session as another object "

@@ -6,7 +6,7 @@ entity meanwhile. Unique stripes map each value to its owner's id: a claim
 succeeds when the value is free, already ours, or released by its owner in
 this same commit; a release removes only a value this entity owns. A range
 index holds every entity, those without a value at score ``+inf``; so a model
-with one keeps no ``P#all`` (its first range index is its all-ids index).
+with one keeps no ``H#all`` (its first range index is its all-ids index).
 """
 
 from __future__ import annotations

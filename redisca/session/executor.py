@@ -218,8 +218,12 @@ def _run_routed(client: Any, commands: Sequence[Command]) -> list[Any]:
     for hop in range(routing.MAX_HOPS):
         for pool, indexes in _by_pool(client, commands, pending, asking).values():
             sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
-            with connection(client, pool) as conn:
-                got = roundtrip(conn, sent)
+            try:
+                with connection(client, pool) as conn:
+                    got = roundtrip(conn, sent)
+            except OperationalError:  # a master gone: the next call asks the new map
+                routing.forget(client)
+                raise
             if asking:
                 got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
             for i, reply in zip(indexes, got, strict=True):
@@ -327,21 +331,39 @@ def _by_digest(commands: Sequence[Command]) -> list[Command]:
     return out
 
 
+class Wait(NamedTuple):
+    """``WAIT`` after a commit's ``EXEC`` (``Session(wait_replicas=...)``): how many
+    replicas must acknowledge the commit, and how long the master waits for them."""
+
+    replicas: int
+    timeout_ms: int
+
+    def command(self) -> Command:
+        return (b"WAIT", self.replicas, self.timeout_ms)
+
+
 def transaction(
     conn: Any,
     commands: Sequence[Command],
     before: Sequence[Command] = (),
     got: list[Any] | None = None,
+    wait: Wait | None = None,
 ) -> list[Any] | None:
     """MULTI … EXEC in one round trip (after ``before``, in the same write); ``None``
     when a watched key changed. ``got`` receives the replies as they arrive.
 
     A cluster's refusal of ``EXEC`` or of a queued command (nothing ran) raises
     :class:`~redisca.session.routing.Redirected`; so does a refused ``WATCH`` in
-    ``before``, and if ``EXEC`` ran unwatched after it, with ``outcome_unknown``."""
+    ``before``, and if ``EXEC`` ran unwatched after it, with ``outcome_unknown``.
+    ``wait``: ``WAIT`` goes out in the same write, after ``EXEC``; an ``EXEC`` that ran
+    but was not acknowledged by enough replicas raises with ``outcome_unknown``."""
     sent = _by_digest(commands)
-    replies = roundtrip(conn, [*before, (b"MULTI",), *sent, (b"EXEC",)], sealed=True, got=got)
+    after = [wait.command()] if wait is not None else []
+    replies = roundtrip(
+        conn, [*before, (b"MULTI",), *sent, (b"EXEC",), *after], sealed=True, got=got
+    )
     head, replies = replies[: len(before)], replies[len(before) :]
+    acked = replies.pop() if after else None
     result = replies[-1]
     if isinstance(result, ResponseError):
         queued = next((r for r in replies[1:-1] if isinstance(r, ResponseError)), result)
@@ -352,7 +374,57 @@ def transaction(
     _check_watch(before, head, applied=result is not None)
     if result is None:
         return None
+    if wait is not None:
+        _check_replicated(acked, wait)
     return list(result)  # a command that failed inside EXEC is a ResponseError here
+
+
+def _check_replicated(acked: Any, wait: Wait) -> None:
+    """``WAIT``'s reply: the number of replicas that acknowledged the commit.
+
+    Fewer than asked: the master applied the commit, and a failover before its
+    replicas catch up loses it (replication is asynchronous). The caller cannot
+    tell which will happen, so it is an unknown outcome, which the session's next
+    commit verifies as it does after a lost ``EXEC`` reply."""
+    if isinstance(acked, int) and acked >= wait.replicas:
+        return
+    if isinstance(acked, int):
+        said = (
+            f"only {acked} of the {wait.replicas} replica(s) asked for acknowledged it "
+            f"within {wait.timeout_ms} ms"
+        )
+    else:
+        said = f"WAIT for {wait.replicas} replica(s) failed ({acked})"
+    raise OperationalError(
+        f"Redis applied the transaction on its master, but {said}: a failover before "
+        "the replicas catch up loses it, so the outcome is unknown (committing again "
+        "verifies it)",
+        acked if isinstance(acked, BaseException) else None,
+        outcome_unknown=True,
+    )
+
+
+def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
+    """``commands`` in one ``MULTI``/``EXEC`` without ``WATCH`` (``Hash.save``), their
+    replies (a failed command's error among them). On a cluster they share one slot and
+    go to its master; a refusal of the transaction (nothing ran) is followed and it is
+    sent again."""
+    if not routing.is_cluster(client):
+        with connection(client) as conn:
+            return transaction(conn, commands) or []
+    slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
+    found: routing.Refusal | None = None
+    for hop in range(routing.MAX_HOPS):
+        try:
+            with connection(client, routing.pool(client, slot)) as conn:
+                return transaction(conn, commands) or []
+        except Redirected as refused:
+            found = refused.found
+            if found.kind not in routing.RETRYABLE:
+                raise
+            routing.follow(client, found, hop)
+    assert found is not None
+    raise routing.gave_up(found, f"the transaction in slot {slot}")
 
 
 def _check_watch(before: Sequence[Command], replies: list[Any], applied: bool) -> None:
@@ -437,6 +509,7 @@ def _attempt(
     fenced: list[bytes],
     seen: dict[bytes, Any],
     slot: int | None,
+    wait: Wait | None,
 ) -> Executed | None:
     observed = Observed(slots=reads.slots)
     watched = bool(reads.keys())
@@ -449,10 +522,8 @@ def _attempt(
         except NeedOwners as need:
             _watch_and_read(conn, Reads(owners=need.keys), observed)
             commands = emit(plan, observed)
-        if slot is not None:  # a cluster: what MULTI would send stays in the slot
-            # redisca's own; the user's (last) were checked when queued, by redis-py's
-            # key finder (``OBJECT ENCODING k``'s key is not its first argument)
-            own = commands[: len(commands) - len(plan.commands)]
+        if slot is not None:  # a cluster: redisca's own writes stay in the slot (the
+            own = commands[: len(commands) - len(plan.commands)]  # user's: when queued)
             routing.in_slot(routing.commit_keys(own), slot, "the commit's transaction")
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
@@ -469,7 +540,7 @@ def _attempt(
         before += [(b"GET", key) for key in reads.counters]
     got: list[Any] = []
     try:
-        replies = transaction(conn, commands, before, got)
+        replies = transaction(conn, commands, before, got, wait)
     finally:
         if not reads:  # what arrived of them, even if the EXEC reply did not
             counted = got[len(before) - len(reads.counters) : len(before)]
@@ -491,11 +562,13 @@ def execute_commit(
     plan: CommitPlan,
     retries: int = DEFAULT_RETRIES,
     seen: dict[bytes, Any] | None = None,
+    wait: Wait | None = None,
 ) -> Executed:
     """Run one plan on one server: WATCH, read, check, MULTI/EXEC, retry on conflict.
 
     ``seen`` receives the guard counters of inserted entities as the last attempt read
     them, for a retry after an unknown outcome (see ``EntityChange.guard_seen``).
+    ``wait``: the replicas that must acknowledge the ``EXEC`` (see :class:`Wait`).
 
     Commits that change index entries learn whether a reindex runs: see
     :mod:`redisca.session.rebuild`. One that has nothing else to read is fenced
@@ -505,9 +578,9 @@ def execute_commit(
     markers = markers_of(plan)
     seen = {} if seen is None else seen
     if routing.is_cluster(client):
-        return _routed_commit(client, plan, reads, markers, retries, seen)
+        return _routed_commit(client, plan, reads, markers, retries, seen, wait)
     with connection(client) as conn:
-        return _commit_on(conn, plan, reads, markers, retries, seen, None)
+        return _commit_on(conn, plan, reads, markers, retries, seen, None, wait)
 
 
 def _commit_on(
@@ -518,6 +591,7 @@ def _commit_on(
     retries: int,
     seen: dict[bytes, Any],
     slot: int | None,
+    wait: Wait | None,
 ) -> Executed:
     """The commit on one connection: read, emit, MULTI/EXEC, retried on conflict.
 
@@ -531,7 +605,7 @@ def _commit_on(
         reads.markers = markers
     attempt = 0
     while attempt <= retries:
-        executed = _attempt(conn, plan, reads, fenced, seen, slot)
+        executed = _attempt(conn, plan, reads, fenced, seen, slot, wait)
         if executed is not None:
             replies = executed.replies
             _check_own_replies(executed.commands, replies, len(replies) - len(plan.commands))
@@ -550,16 +624,19 @@ def _routed_commit(
     markers: list[bytes],
     retries: int,
     seen: dict[bytes, Any],
+    wait: Wait | None,
 ) -> Executed:
     """A commit on a cluster: its slot checked before anything is sent, then sent to
     the slot's master; a refusal before ``EXEC`` ran is followed and the commit tried
-    again from its reads (a new connection: the refused one is dropped)."""
+    again from its reads (a new connection: the refused one is dropped). A lost
+    connection is not retried here (its ``OperationalError`` says whether ``EXEC``
+    went out); the slot map is read again, so the next commit finds a new master."""
     slot = routing.plan_slot(plan, reads, markers)
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
         try:
             with connection(client, routing.pool(client, slot)) as conn:
-                return _commit_on(conn, plan, reads, markers, retries, seen, slot)
+                return _commit_on(conn, plan, reads, markers, retries, seen, slot, wait)
         except Redirected as refused:
             found = refused.found
             if found.kind not in routing.RETRYABLE:
@@ -568,6 +645,10 @@ def _routed_commit(
                     found.error,
                 ) from refused
             routing.follow(client, found, hop)
+        except OperationalError as exc:
+            if exc.orig is not None and isinstance(exc.orig, _CONNECTION_ERRORS):
+                routing.forget(client)  # a master gone: the next commit asks the new map
+            raise
     assert found is not None
     raise routing.gave_up(found, f"the commit in slot {slot}")
 
@@ -634,6 +715,8 @@ def hash_reply(reply: Any) -> dict[bytes, bytes]:
 __all__ = [
     "DEFAULT_RETRIES",
     "Executed",
+    "Wait",
+    "atomic",
     "connection",
     "execute_commit",
     "hash_reply",

@@ -8,7 +8,7 @@ straight into the slots; a stored value its codec cannot read is a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, NotFound
@@ -20,7 +20,7 @@ from . import executor, gcpause, routing
 from .state import InstanceState
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .identity import IdentityMap
 
 
 def decode_field(field: MappedField, raw: bytes, key: bytes) -> Any:
@@ -40,25 +40,27 @@ def _decode_error(field: MappedField, raw: bytes, key: bytes, exc: Exception) ->
     )
 
 
-def python_value(session: Session, field: MappedField, raw: bytes | None, key: bytes) -> Any:
+def python_value(
+    identity: IdentityMap, field: MappedField, raw: bytes | None, key: bytes
+) -> Any:
     """A stored value as the attribute holds it (references become session instances)."""
     if raw is None:
         return None
     value = decode_field(field, raw, key)
     if field.is_reference:
-        return session._stub(field.target_mapper(), value)
+        return identity.stub(field.target_mapper(), value)
     return value
 
 
 def hydrate(
-    session: Session, state: InstanceState, raw: dict[bytes, bytes], *, overwrite: bool
+    identity: IdentityMap, state: InstanceState, raw: dict[bytes, bytes], *, overwrite: bool
 ) -> None:
     """Fill an instance from its hash; ``overwrite=False`` keeps values set in Python."""
     snapshot: dict[MappedField, bytes | None] = {}
     if overwrite:
-        _fill(session, state, raw, snapshot)
+        _fill(identity, state, raw, snapshot)
     else:
-        _fill_missing(session, state, raw, snapshot)
+        _fill_missing(identity, state, raw, snapshot)
     version = raw.get(VERSION_FIELD)
     state.snapshot = snapshot
     if overwrite:
@@ -73,7 +75,7 @@ def hydrate(
 
 
 def _fill(
-    session: Session,
+    identity: IdentityMap,
     state: InstanceState,
     raw: dict[bytes, bytes],
     snapshot: dict[MappedField, bytes | None],
@@ -92,12 +94,12 @@ def _fill(
         except Exception as exc:
             raise _decode_error(field, enc, state.mapper.key(state.id), exc) from None  # type: ignore[arg-type]
         if is_reference:
-            value = session._stub(field.target_mapper(), value)  # the session's instance
+            value = identity.stub(field.target_mapper(), value)  # the session's instance
         store(obj, value)
 
 
 def _fill_missing(
-    session: Session,
+    identity: IdentityMap,
     state: InstanceState,
     raw: dict[bytes, bytes],
     snapshot: dict[MappedField, bytes | None],
@@ -108,7 +110,7 @@ def _fill_missing(
         enc = raw.get(field.hash_field)
         snapshot[field] = enc
         if field.attribute.get_raw(obj) is MISSING:
-            field.attribute.store(obj, python_value(session, field, enc, key))
+            field.attribute.store(obj, python_value(identity, field, enc, key))
 
 
 def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
@@ -132,27 +134,27 @@ def _fetch_keys(client: Any, keys: list[bytes]) -> list[dict[bytes, bytes]]:
     return hashes
 
 
-def fetch(session: Session, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
+def fetch(client: Any, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
     """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
-    return _fetch_keys(session.bind_for(mapper), mapper.layout.entities(ids))
+    return _fetch_keys(client, mapper.layout.entities(ids))
 
 
-def load_ids(session: Session, mapper: Mapper, idents: list[str]) -> None:
+def load_ids(identity: IdentityMap, client: Any, mapper: Mapper, idents: list[str]) -> None:
     """Load these ids in one round trip: the loop of every ``get_many`` and query.
 
     An instance the session does not hold yet (nearly always) is built inline and
     filled by the mapper's generated filler; one it holds unloaded keeps what was
     set on it in Python. Missing keys load nothing.
     """
-    install(session, mapper, idents, fetch(session, mapper, idents))
+    install(identity, mapper, idents, fetch(client, mapper, idents))
 
 
 def install(
-    session: Session, mapper: Mapper, idents: list[str], raws: list[dict[bytes, bytes]]
+    identity: IdentityMap, mapper: Mapper, idents: list[str], raws: list[dict[bytes, bytes]]
 ) -> None:
     """Build or fill the instances of ``idents`` from their hashes (empty: missing)."""
-    table, tables = session._table(mapper), session._identity
-    stub, ref, lookup = session._stub, session._ref, table.get
+    table, tables = identity.table(mapper), identity.tables
+    stub, ref, lookup = identity.stub, identity.ref, table.get
     cls, store_id, fill = mapper.class_, mapper.id_attribute.store, mapper.filler
     new, attach = object.__new__, instrument.attach
     for ident, raw in zip(idents, raws, strict=True):
@@ -160,7 +162,7 @@ def install(
             continue
         state = lookup(ident)  # filling a previous one may have made a stub for it
         if state is not None:
-            hydrate(session, state, raw, overwrite=False)
+            hydrate(identity, state, raw, overwrite=False)
             continue
         obj = new(cls)
         store_id(obj, ident)
@@ -168,12 +170,12 @@ def install(
             snapshot = fill(obj, raw, tables, stub)
         except Exception:
             state = InstanceState(obj, mapper, ident)
-            _fill(session, state, raw, {})  # raises the DecodeError naming key and field
+            _fill(identity, state, raw, {})  # raises the DecodeError naming key and field
             raise
         state = InstanceState(obj, mapper, ident, snapshot, ref)
         if table.setdefault(ident, state) is not state:
             # It refers to itself: filling made a stub of it, which becomes the instance.
-            hydrate(session, table[ident], raw, overwrite=False)
+            hydrate(identity, table[ident], raw, overwrite=False)
             continue
         attach(obj, state)
         version = raw.get(VERSION_FIELD)
@@ -182,12 +184,12 @@ def install(
 
 
 def from_hashes(
-    session: Session, mapper: Mapper, idents: list[str], replies: list[Any]
+    identity: IdentityMap, mapper: Mapper, idents: list[str], replies: list[Any]
 ) -> list[Any]:
     """Instances of ``idents`` from HGETALL replies read with them (a query's page),
     ``None`` where no hash was read. Instances the session holds loaded, pending or
     deleted stay as the session has them, as :meth:`Session.get_many` returns them."""
-    table = session._table(mapper)
+    table = identity.table(mapper)
     lookup = table.get
     wanted, hashes = [], []
     for ident, reply in zip(idents, replies, strict=True):
@@ -201,7 +203,7 @@ def from_hashes(
                 hashes.append(_hash(reply, mapper.key(ident)))
     if wanted:
         with gcpause.paused(len(wanted)):
-            install(session, mapper, wanted, hashes)
+            install(identity, mapper, wanted, hashes)
     return [
         None
         if state is None or state.deleted or not (state.loaded or not state.persistent)
@@ -210,18 +212,21 @@ def from_hashes(
     ]
 
 
-def load_states(session: Session, states: Iterable[InstanceState]) -> None:
-    """Load unloaded states, one round trip per server; missing keys stay unloaded."""
+def load_states(
+    identity: IdentityMap, client_for: Callable[[Mapper], Any], states: Iterable[InstanceState]
+) -> None:
+    """Load unloaded states, one round trip per server (``client_for`` names a class's
+    client); missing keys stay unloaded."""
     by_client: dict[int, list[InstanceState]] = defaultdict(list)
     for state in states:
-        by_client[id(session.bind_for(state.mapper))].append(state)
+        by_client[id(client_for(state.mapper))].append(state)
     for group in by_client.values():
         keys = [s.mapper.key(s.id) for s in group]  # type: ignore[arg-type]
-        replies = _fetch_keys(session.bind_for(group[0].mapper), keys)
+        replies = _fetch_keys(client_for(group[0].mapper), keys)
         with gcpause.paused(len(group)):
             for state, raw in zip(group, replies, strict=True):
                 if raw:
-                    hydrate(session, state, raw, overwrite=False)
+                    hydrate(identity, state, raw, overwrite=False)
 
 
 def require(found: bool, state: InstanceState) -> None:

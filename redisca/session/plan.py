@@ -65,7 +65,7 @@ class EntityChange:
 
     @property
     def guard(self) -> bytes:
-        """The entity's guard stripe ``P#g:<n>``: watched instead of the entity's hash.
+        """The entity's guard stripe ``H#g:<n>``: watched instead of the entity's hash.
         Built on first use: plain updates never need it."""
         guard = self._guard
         if guard is None:
@@ -137,7 +137,7 @@ class Reads:
     #: Guard stripes of inserted entities, whose counters are read (``GET``) so that a
     #: retry after an unknown outcome can tell "not applied" (see ``guard_seen``).
     counters: list[bytes] = attrs.field(factory=list)
-    #: Reindex markers (``P#x``), watched and read: see :mod:`redisca.session.rebuild`.
+    #: Reindex markers (``H#x``), watched and read: see :mod:`redisca.session.rebuild`.
     markers: list[bytes] = attrs.field(factory=list)
     #: Where each unique value read or claimed lives, by (field, stored value): worked
     #: out once here and reused by the emitter (``Observed.slots``).

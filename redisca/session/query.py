@@ -209,7 +209,8 @@ class Query(Generic[T]):
         (ids, hashes, _), call = self._run(b"load", limit)
         if not ids:
             return []
-        found = loading.from_hashes(self.session, self.mapper, self._decode(ids, call), hashes)
+        identity = self.session.identity_map
+        found = loading.from_hashes(identity, self.mapper, self._decode(ids, call), hashes)
         results = [typing.cast(T, obj) for obj in found if obj is not None]
         if self.preloads:
             self.session.preload(results, *self.preloads)

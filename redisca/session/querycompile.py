@@ -3,7 +3,7 @@
 Equality conditions become terms the script probes or fetches (an index set, a
 unique value's stripe hash), range conditions a score window per field. One
 range index orders the query (``order_by``'s field, else the first range
-condition's, else the model's first range field: its *default order*; ``P#all``
+condition's, else the model's first range field: its *default order*; ``H#all``
 in id order for a model without a range index) and its window becomes the
 script's walk; the other windows are terms. Bounds are exact: ints beyond 2**53
 and sub-second datetimes round to what stored values can equal, and no window
@@ -62,7 +62,7 @@ class Range:
 
 @attrs.frozen
 class EqTerm:
-    """An equality index set (``P#i:<field>:<value>``): the ids holding that value."""
+    """An equality index set (``H#i:<field>:<value>``): the ids holding that value."""
 
     key: bytes
     kind: ClassVar[bytes] = b"e"
@@ -285,7 +285,7 @@ def ordering_field(
 ) -> MappedField | None:
     """The field whose range index gives the order: ``order_by``'s, else the first
     range condition's, else the model's first range field (its index holds every
-    entity: the model's all-ids index); ``None`` for id order (``P#all``), on a model
+    entity: the model's all-ids index); ``None`` for id order (``H#all``), on a model
     without a range index."""
     by = order_field(mapper, ordering)
     if by is None:
@@ -321,7 +321,7 @@ def compile_query(
 ) -> ScriptCall:
     """The script call that answers a query: ``mode`` is ``ids``, ``count`` or ``load``."""
     layout = mapper.layout
-    # The ordering zset is the only key every query reads: P#all (scores all 0, so
+    # The ordering zset is the only key every query reads: H#all (scores all 0, so
     # positions are ranks) or a range index (positions are (score, id)).
     ordered = layout.all_ids if by is None else layout.range_index(by.hash_field)
     window: Range | None = None

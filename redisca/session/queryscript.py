@@ -3,7 +3,7 @@
 It reads the indexes in place (no scratch keys) and chooses, from counts that
 cost O(1) or O(log N), between two ways to find a page:
 
-(a) walk the ordering index (a field's range index, or ``P#all`` for id order on
+(a) walk the ordering index (a field's range index, or ``H#all`` for id order on
     a model without one)
     in order, in batches, probing every other condition for each id, until
     offset + limit ids matched;
@@ -70,7 +70,7 @@ SCRIPT = (
 -- redisca query engine (see redisca/session/queryscript.py).
 -- KEYS: [1] ordering zset, then each term's keys.
 -- ARGV: mode, offset, limit (-1: none), desc (0/1),
---       byscore (1: the ordering zset is a range index; 0: P#all, every score 0),
+--       byscore (1: the ordering zset is a range index; 0: H#all, every score 0),
 --       entity key prefix,
 --       window of the ordering zset: restricted (0/1), low, low excl, high, high excl,
 --       cursor: kind ('' none, 'i' id only, 's' score and id), score, id,
@@ -324,7 +324,7 @@ end
 
 -- (b) The smallest set's ids that pass the other terms and lie in the window, after
 -- the cursor, sorted: by score in a field's index (ZSCORE, O(1); ties by id), by rank
--- in P#all (id order). A count with neither window nor cursor needs no position.
+-- in H#all (id order). A count with neither window nor cursor needs no position.
 local function after_cursor(s, id)
   if ckind == '' then return true end
   if desc then return s < cnum or (s == cnum and lt(id, cid)) end

@@ -2,8 +2,8 @@
 
 A reindex (:mod:`redisca.maintenance.reindex`) builds a model's indexes into
 new keys and then switches them in, in one atomic step. While it builds, the
-model's *marker* ``P#x`` exists: a LIST holding the run's token, then what the
-run rebuilds (hash field names, and ``#all`` for the all-ids set ``P#all`` of a
+model's *marker* ``H#x`` exists: a LIST holding the run's token, then what the
+run rebuilds (hash field names, and ``#all`` for the all-ids set ``H#all`` of a
 model without a range index: with one, its first range field is the all-ids index). Every
 commit that changes index entries of the model applies each change to the
 run's build key too, so a build key never falls behind the hash it was built
@@ -13,7 +13,7 @@ from. Two ways to learn of the marker, both inside the commit's own round trips:
   round trip, and ``WATCH``-es it: its ``EXEC`` fails if the marker appeared,
   changed or went away meanwhile, and the retry reads it again;
 - a commit with nothing to read (inserts with ``hexid()`` ids and no unique
-  field) sends ``WATCH P#x`` and ``LMOVE P#x P#x LEFT LEFT`` before its
+  field) sends ``WATCH H#x`` and ``LMOVE H#x H#x LEFT LEFT`` before its
   ``MULTI``, in the same write. ``LMOVE`` of a list onto itself leaves it as it
   is but counts as a write, so the commit's own ``EXEC`` fails exactly when the
   marker exists (or appears before ``EXEC``); it is then retried the first way.
@@ -35,7 +35,7 @@ import attrs
 from ..mapping.keys import RUN_RE
 from .plan import DELETE, INSERT, CommitPlan
 
-#: The marker's member for the all-ids set ``P#all`` (hash field names never hold ``#``).
+#: The marker's member for the all-ids set ``H#all`` (hash field names never hold ``#``).
 ALL_IDS = b"#all"
 
 #: A value of a build unique stripe is released only if the entity releasing it owns
@@ -67,7 +67,7 @@ def marker_value(run: bytes, members: Iterable[bytes]) -> list[bytes]:
 
 
 def parse_marker(reply: Any) -> Rebuild | None:
-    """``LRANGE P#x 0 -1`` → the run, or ``None`` when no reindex runs."""
+    """``LRANGE H#x 0 -1`` → the run, or ``None`` when no reindex runs."""
     if not reply:
         return None
     run, *members = reply

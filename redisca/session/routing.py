@@ -18,6 +18,7 @@ taken for data (a missing hash, a taken key, an empty result).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -30,6 +31,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -160,11 +162,14 @@ def command_key(command: Sequence[Any]) -> bytes | None:
     """The first key of one of redisca's own commands, which routes it (``None``: none).
 
     ``EVAL``/``EVALSHA`` name their keys after the key count; every other command
-    redisca sends for a load, a query or a commit has its key first.
+    redisca sends for a load, a query, a commit or a maintenance task has its key first
+    (``MEMORY USAGE`` second).
     """
     name = command[0]
     if name in _SCRIPTS:
         return command[3] if len(command) > 3 and int(command[2]) > 0 else None
+    if name == b"MEMORY":  # MEMORY USAGE <key> (stats)
+        return command[2] if len(command) > 2 else None
     return command[1] if len(command) > 1 else None
 
 
@@ -206,14 +211,12 @@ def in_slot(keys: Sequence[bytes], slot: int | None, what: str) -> int:
 
 def plan_slot(plan: Any, reads: Any, markers: Sequence[bytes]) -> int:
     """The slot of a commit plan, checked over every key it names before anything is
-    sent: entities, reads, reindex markers, and each model's tag. The user's commands
-    are in ``plan.slot``: :func:`user_command_slot` checked their keys when they were
-    queued (their first argument need not be a key: ``OBJECT ENCODING k``)."""
+    sent: entities, reads, reindex markers and each model's tag."""
     keys = [change.key for change in plan.changes]
     keys += [b"{" + tag + b"}" for tag in {change.mapper.layout.tag for change in plan.changes}]
     keys += reads.keys() + reads.exists + list(reads.fields) + reads.counters
     keys += [stripe for stripe, _ in reads.owners]
-    keys += markers
+    keys += markers  # the user's commands were checked when queued (their own keys)
     return in_slot(keys, plan.slot, "the commit")
 
 
@@ -224,6 +227,15 @@ def pool(client: Any, slot: int) -> Any:
     except RedisClusterException as exc:  # the slot is not covered (yet): retried
         raise Redirected(Refusal("CLUSTERDOWN", exc), f"slot {slot}") from exc
     return client.get_redis_connection(node).connection_pool
+
+
+def masters(client: Any) -> list[tuple[str, Any]]:
+    """Every master of the slot map, as ``("host:port", pool)`` (what a ``SCAN`` of the
+    whole keyspace visits: each master answers for its own keys only)."""
+    return [
+        (node.name, client.get_redis_connection(node).connection_pool)
+        for node in client.get_primaries()
+    ]
 
 
 def ask_pool(client: Any, found: Refusal) -> Any:
@@ -238,20 +250,27 @@ def refresh(client: Any) -> None:
     """Read the slot map again (``CLUSTER SLOTS`` through redis-py's nodes manager)."""
     try:
         client.nodes_manager.initialize()
-    except RedisClusterException as exc:
+    except (RedisError, OSError) as exc:  # no node answered, or they disagree
         raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
-    except (ConnectionError, OSError) as exc:  # pragma: no cover - every node down
-        raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
+
+
+def forget(client: Any) -> None:
+    """After a lost connection: read the slot map again if a node answers (a failover
+    moves the slots to a replica); the caller reports the failure either way."""
+    with contextlib.suppress(OperationalError):
+        refresh(client)
 
 
 def follow(client: Any, found: Refusal, hop: int) -> None:
     """Before the next try after ``found``: a new slot map after ``MOVED``, a short,
     growing wait after ``ASK`` (the migration ends with ``MOVED``), ``TRYAGAIN`` and
-    ``CLUSTERDOWN``."""
-    if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
-        refresh(client)
+    ``CLUSTERDOWN``. The map is read after the wait, not before: read before, it was
+    as old as the wait at the next try, and a slot moved again meanwhile (a busy
+    resharding, a failover in progress) was missed try after try."""
     if found.kind != "MOVED" or hop:  # a first MOVED is followed at once
         time.sleep(backoff(hop))
+    if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
+        refresh(client)
 
 
 def backoff(hop: int) -> float:
@@ -335,9 +354,11 @@ __all__ = [
     "command_key",
     "commit_keys",
     "follow",
+    "forget",
     "gave_up",
     "in_slot",
     "is_cluster",
+    "masters",
     "plan_slot",
     "pool",
     "refresh",

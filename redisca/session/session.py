@@ -8,6 +8,7 @@ redisca 1.x's registry did until ``free()``.
 from __future__ import annotations
 
 import copy
+import functools
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
@@ -17,13 +18,14 @@ import attrs
 import redis
 
 from ..conf import default_client
-from ..errors import IntegrityError, InvalidRequestError, OperationalError
+from ..errors import IntegrityError, InvalidRequestError, OperationalError, ValidationError
 from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import Mapper, mapper_of
 from . import executor, gcpause, loading, resp, routing, unitofwork
 from .collections import IdentitySet
+from .identity import IdentityMap
 from .plan import Command
 from .query import Query
 from .state import (
@@ -58,6 +60,8 @@ class Session:
         *,
         binds: dict[type, redis.Redis] | None = None,
         retries: int = executor.DEFAULT_RETRIES,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         #: The default client; ``None`` until first needed, then
         #: :func:`redisca.conf.default_client`.
@@ -66,11 +70,15 @@ class Session:
         self.binds = dict(binds or {})
         #: How often a commit whose watched keys changed is re-read and retried.
         self.retries = retries
-        #: The identity map: per mapper, id → state (one table per class: lookups by id
-        #: need no (mapper, id) tuple, and loads look up thousands of ids at a time).
-        self._identity: dict[Mapper, dict[str, InstanceState]] = {}
+        #: ``WAIT`` after every ``EXEC``: a commit returns once ``wait_replicas`` replicas
+        #: have it, or raises ``OperationalError(outcome_unknown=True)`` after
+        #: ``wait_timeout`` seconds (see the Guarantees page: replication is asynchronous).
+        self.wait: executor.Wait | None = _wait(wait_replicas, wait_timeout)
         #: What every tracked state refers to the session by (one weak reference, made once).
         self._ref = weakref.ref(self)
+        #: The identity map (``redisca.session.identity.IdentityMap``): the modules that
+        #: load instances take it as an argument.
+        self.identity_map = IdentityMap(self._ref)
         #: Queued commands: (client, command, result, slot on a cluster client).
         self._commands: list[tuple[Any, Command, CommandResult, int | None]] = []
 
@@ -101,7 +109,7 @@ class Session:
         # Dropped without close(): its instances leave the instance table, which
         # would otherwise keep them (and their states) alive for good. Nothing else:
         # a finalizer must not take locks (gcpause's) or call into Redis.
-        if getattr(self, "_identity", None):
+        if getattr(self, "identity_map", None):
             instrument.detach_states(self.states())
 
     # -- binds ---------------------------------------------------------------
@@ -128,7 +136,7 @@ class Session:
 
     def states(self) -> list[InstanceState]:
         """The states of every tracked instance, as a list the caller may keep."""
-        return [state for table in self._identity.values() for state in table.values()]
+        return self.identity_map.states()
 
     def __contains__(self, obj: object) -> bool:
         state = instrument.state_of(obj)
@@ -137,27 +145,9 @@ class Session:
     def __iter__(self) -> Iterator[Any]:
         return iter([s.obj for s in self.states()])
 
-    def _table(self, mapper: Mapper) -> dict[str, InstanceState]:
-        """The identity map's table of one class (made on first use)."""
-        table = self._identity.get(mapper)
-        if table is None:
-            table = self._identity[mapper] = {}
-        return table
-
-    def _lookup(self, mapper: Mapper, ident: str) -> InstanceState | None:
-        table = self._identity.get(mapper)
-        return None if table is None else table.get(ident)
-
-    def _track(self, state: InstanceState) -> None:
-        self._table(state.mapper)[state.id] = state  # type: ignore[index]
-        state._session = self._ref
-        instrument.attach(state.obj, state)
-
     def forget(self, state: InstanceState, *, deleted: bool = False) -> None:
         """Stop tracking an instance (it keeps its values; a persistent one is detached)."""
-        table = self._identity.get(state.mapper)
-        if table is not None:
-            table.pop(state.id, None)  # type: ignore[arg-type]
+        self.identity_map.discard(state)
         state._session = None
         instrument.detach(state.obj)
         if state.persistent:
@@ -211,7 +201,7 @@ class Session:
         if ident is None:
             ident = hexid()
             mapper.id_attribute.set_raw(obj, ident)
-        existing = self._lookup(mapper, ident)
+        existing = self.identity_map.lookup(mapper, ident)
         if existing is not None and existing.obj is not obj:
             raise IntegrityError(
                 f"{mapper.key(ident).decode()} is already in this session as another object; "
@@ -219,7 +209,7 @@ class Session:
             )
         state = InstanceState(obj, mapper, ident)
         state.generated_id = generated
-        self._track(state)
+        self.identity_map.track(state)
         self.cascade(state)
 
     def cascade(self, state: InstanceState) -> None:
@@ -231,14 +221,14 @@ class Session:
 
     def _reattach(self, state: InstanceState) -> None:
         """An expunged instance comes back persistent, with what was known of it."""
-        existing = self._lookup(state.mapper, state.id)  # type: ignore[arg-type]
+        existing = self.identity_map.lookup(state.mapper, state.id)  # type: ignore[arg-type]
         if existing is not None and existing.obj is not state.obj:
             raise IntegrityError(
                 f"{state.key} is already in this session as another object; "
                 "use session.merge() to copy values onto it"
             )
         forget_detached(state.obj)
-        self._track(state)
+        self.identity_map.track(state)
 
     def add_all(self, objs: Iterable[object]) -> None:
         """:meth:`add` each object."""
@@ -284,7 +274,7 @@ class Session:
         states = self.states()
         if not states:
             return
-        self._identity.clear()
+        self.identity_map.clear()
         detach = instrument.detach
         with gcpause.paused(len(states)):
             for state in states:
@@ -345,7 +335,7 @@ class Session:
 
     def _create(self, mapper: Mapper, ident: str, values: dict[str, Any]) -> Any:
         """The entity :meth:`update_or_create` adds, built by the class's ``__init__``."""
-        state = self._lookup(mapper, ident)
+        state = self.identity_map.lookup(mapper, ident)
         if state is not None and state.deleted:
             raise InvalidRequestError(f"{state.key} is marked for deletion in this session")
         init, late = _init_arguments(mapper, ident, values)
@@ -369,24 +359,7 @@ class Session:
     def reference(self, cls: type[T], id: str | int) -> T:
         """An instance for a key without loading it; its first field read loads the hash."""
         mapper = mapper_of(cls)
-        return self._stub(mapper, mapper.lookup_id(id))  # type: ignore[no-any-return]
-
-    def _stub(self, mapper: Mapper, ident: str) -> Any:
-        # _lookup, Mapper.blank and _track inlined: loading makes one for every
-        # reference not in the session (a page of 10 users makes about 7 companies).
-        table = self._identity.get(mapper)
-        if table is None:
-            table = self._identity[mapper] = {}
-        state = table.get(ident)
-        if state is None:
-            obj = object.__new__(mapper.class_)
-            mapper.id_attribute.store(obj, ident)
-            state = InstanceState(obj, mapper, ident, None, self._ref)
-            state.persistent = True
-            state.assigned = IN_STEP  # nothing set, nothing in the snapshot: in step
-            table[ident] = state
-            instrument.attach(obj, state)
-        return state.obj
+        return self.identity_map.stub(mapper, mapper.lookup_id(id))  # type: ignore[no-any-return]
 
     def get(self, cls: type[T], id: str | int) -> T | None:
         """The instance with this id, loading it in one round trip unless already loaded."""
@@ -398,7 +371,7 @@ class Session:
         mapper = mapper_of(cls)
         coerce = mapper.lookup_id  # None names no entity: a ValidationError
         idents = [i if type(i) is str and i.isascii() else coerce(i) for i in ids]
-        lookup = self._table(mapper).get
+        lookup = self.identity_map.table(mapper).get
         wanted = [
             ident
             for ident, state in zip(idents, map(lookup, idents), strict=True)
@@ -407,7 +380,7 @@ class Session:
         if wanted:
             wanted = list(dict.fromkeys(wanted))
             with gcpause.paused(len(wanted)):
-                loading.load_ids(self, mapper, wanted)
+                loading.load_ids(self.identity_map, self.bind_for(mapper), mapper, wanted)
         # Pending instances count; deleted ones and keys Redis did not hold do not.
         return [
             state.obj
@@ -419,9 +392,10 @@ class Session:
     def refresh(self, obj: object, *, only_missing: bool = False) -> None:
         """Reload from Redis, discarding changes (``only_missing``: just fill unset fields)."""
         state = self.state(obj)
-        raw = loading.fetch(self, state.mapper, [state.id])[0]  # type: ignore[list-item]
+        client = self.bind_for(state.mapper)
+        raw = loading.fetch(client, state.mapper, [state.id])[0]  # type: ignore[list-item]
         loading.require(bool(raw), state)
-        loading.hydrate(self, state, raw, overwrite=not only_missing)
+        loading.hydrate(self.identity_map, state, raw, overwrite=not only_missing)
 
     def unload(self, obj: object) -> None:
         """Forget what was loaded of ``obj`` but keep its changes (redisca 1.x's ``unload()``).
@@ -462,7 +436,7 @@ class Session:
                 if state is not None and state.session is self and not state.loaded:
                     targets[id(state)] = state
         if targets:
-            loading.load_states(self, targets.values())
+            loading.load_states(self.identity_map, self.bind_for, targets.values())
 
     def query(self, cls: type[T]) -> Query[T]:
         """A :class:`~redisca.Query` over the indexed fields of ``cls``."""
@@ -498,24 +472,28 @@ class Session:
 
     def commit(self) -> None:
         """Write every pending change: one MULTI/EXEC per server, all or nothing."""
-        with gcpause.paused(sum(map(len, self._identity.values()))):
+        with gcpause.paused(len(self.identity_map)):
             self._commit()
 
     def _commit(self) -> None:
-        groups = unitofwork.organize(self)
+        unitofwork.cascade(self.states(), self.__contains__, self.add)
+        groups = unitofwork.organize(self.states(), self._commands, self.bind_for)
+        forget = functools.partial(self.forget, deleted=True)
         for group in groups:
             plan = group.plan()
             if not plan:
                 continue
             seen: dict[bytes, Any] = {}
             try:
-                executed = executor.execute_commit(group.client, plan, self.retries, seen)
+                executed = executor.execute_commit(
+                    group.client, plan, self.retries, seen, self.wait
+                )
             except OperationalError as exc:
                 if exc.outcome_unknown:
                     unitofwork.in_doubt(group, seen)
                 raise
             self._commands = [c for c in self._commands if c[2] not in group.results]
-            unitofwork.finalize(self, group, executed)
+            unitofwork.finalize(group, executed, forget)
 
     def rollback(self) -> None:
         """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""
@@ -532,11 +510,22 @@ class Session:
         key = state.mapper.key(state.id)  # type: ignore[arg-type]
         for field in state.mapper.fields:
             if field in state.snapshot:
-                value = loading.python_value(self, field, state.snapshot[field], key)
+                value = loading.python_value(self.identity_map, field, state.snapshot[field], key)
                 field.attribute.set_raw(state.obj, value)
             else:
                 field.attribute.del_raw(state.obj)
         state.assigned = IN_STEP
+
+
+def _wait(replicas: int, timeout: float) -> executor.Wait | None:
+    """The ``WAIT`` of ``Session(wait_replicas=, wait_timeout=)``, checked; ``None``: none."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ValidationError(f"wait_replicas must be an int >= 0, not {replicas!r}")
+    if not replicas:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValidationError(f"wait_timeout must be a number of seconds > 0, not {timeout!r}")
+    return executor.Wait(replicas, max(1, round(timeout * 1000)))  # WAIT 0 waits forever
 
 
 def _mapped(cls: type) -> Mapper:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,7 +24,10 @@ from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
 from .state import InstanceState
 
 if TYPE_CHECKING:
-    from .session import CommandResult, Session
+    from .session import CommandResult
+
+#: A command queued with ``Session.add_command``: (client, command, result, slot).
+Queued = tuple[Any, Command, "CommandResult", "int | None"]
 
 
 @attrs.define(eq=False)
@@ -49,13 +52,18 @@ def target(client: Any, mapper: Mapper) -> tuple[Any, int | None]:
     return client, routing.tag_slot(mapper.layout.tag) if routing.is_cluster(client) else None
 
 
-def cascade(session: Session) -> None:
-    """Add the targets of references assigned since their holders were added.
+def cascade(
+    states: Iterable[InstanceState],
+    holds: Callable[[object], bool],
+    add: Callable[[object], None],
+) -> None:
+    """Add (``add``) the targets of references assigned since their holders were
+    added, unless the session ``holds`` them already.
 
     Each target is checked once, however many instances refer to it.
     """
     seen: set[int] = set()
-    for state in session.states():
+    for state in states:
         mapper = state.mapper
         if state.deleted or not mapper.references:
             continue
@@ -67,8 +75,8 @@ def cascade(session: Session) -> None:
             if target is MISSING or target is None or id(target) in seen:
                 continue
             seen.add(id(target))  # held by the referring instance: the id stays its own
-            if target not in session:
-                session.add(target)
+            if not holds(target):
+                add(target)
 
 
 def _check_identity(state: InstanceState) -> str:
@@ -168,17 +176,15 @@ def _delete(state: InstanceState) -> EntityChange:
     )
 
 
-def organize(session: Session, states: Iterable[InstanceState] | None = None) -> list[Group]:
-    """Validate and encode every pending change, grouped by server (on a cluster, by
-    server and slot); no I/O.
-
-    ``states``: plan only these, and no queued command: :mod:`~redisca.session.bulk`
-    commits chunks of states the session does not track (it cascaded them itself).
+def organize(
+    states: Iterable[InstanceState],
+    commands: Sequence[Queued],
+    client_for: Callable[[Mapper], Any],
+) -> list[Group]:
+    """Validate and encode every pending change of ``states`` (cascaded already), and
+    the queued ``commands``, grouped by server (on a cluster, by server and slot;
+    ``client_for`` names a class's client); no I/O.
     """
-    commands: list[tuple[Any, Command, CommandResult, int | None]] = []
-    if states is None:
-        cascade(session)
-        states, commands = session.states(), session.queued_commands()
     groups: dict[tuple[int, int | None], Group] = {}
     binds: dict[Mapper, tuple[Any, int | None]] = {}  # bind_for walks the MRO: once each
 
@@ -203,7 +209,7 @@ def organize(session: Session, states: Iterable[InstanceState] | None = None) ->
         if group is None or last_mapper is not state.mapper:
             where = binds.get(state.mapper)
             if where is None:
-                where = binds[state.mapper] = target(session.bind_for(state.mapper), state.mapper)
+                where = binds[state.mapper] = target(client_for(state.mapper), state.mapper)
             group = group_for(*where)
             last_mapper = state.mapper
         group.changes.append(change)
@@ -229,16 +235,19 @@ def in_doubt(group: Group, seen: dict[bytes, Any]) -> None:
 _UNREAD = object()
 
 
-def finalize(session: Session, group: Group, executed: executor.Executed) -> None:
+def finalize(
+    group: Group, executed: executor.Executed, forget: Callable[[InstanceState], None]
+) -> None:
     """After EXEC: snapshots become what Redis now holds.
 
-    An unwatched update whose entity another client had deleted wrote nothing
-    (the delete wins); that instance leaves the session, detached.
+    Deleted entities leave the session (``forget``), detached. So does an unwatched
+    update's instance whose entity another client had deleted: it wrote nothing (the
+    delete wins).
     """
     gone = vanished(executed.commands, executed.replies)
     for change, state in zip(group.changes, group.states, strict=True):
         if change.op == DELETE or change.key in gone:
-            session.forget(state, deleted=True)
+            forget(state)
             state.deleted = False
             state.version = None  # added again, it is a new entity with a new version
             continue

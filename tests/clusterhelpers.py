@@ -1,0 +1,74 @@
+"""Helpers of the cluster tests (import as ``clusterhelpers``): a plain client on one
+node, and a slot moved between masters with the standard steps
+(``CLUSTER SETSLOT IMPORTING/MIGRATING``, ``MIGRATE ... KEYS``, ``SETSLOT NODE``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from redisca.embedded import EmbeddedCluster, EmbeddedServer
+
+
+def node_client(node: EmbeddedServer, **kwargs: Any) -> redis.Redis:
+    """A plain client on one node, which never retries (a test sees every failure)."""
+    return node.client(retry=Retry(NoBackoff(), 0), **kwargs)
+
+
+@contextmanager
+def slot_moved(cluster: EmbeddedCluster, slot: int, *, finish: bool = True) -> Iterator[Any]:
+    """Move ``slot`` to another master and back afterwards. ``finish=False``: stop
+    half-way (MIGRATING, a key moved), and yield a function that completes the move."""
+    src = cluster.node_for_slot(slot)
+    dst = next(n for n in cluster.masters if n is not src)
+    migrate_slot(cluster, slot, src, dst, finish=finish)
+    try:
+        yield (lambda: migrate_slot(cluster, slot, src, dst, finish=True, started=True))
+    finally:
+        if cluster.node_for_slot(slot) is not src:
+            migrate_slot(cluster, slot, dst, src, finish=True)
+        else:  # never finished: drop the migration state
+            for node in (src, dst):
+                with node_client(node) as c:
+                    c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+
+
+def migrate_slot(
+    cluster: EmbeddedCluster,
+    slot: int,
+    src: EmbeddedServer,
+    dst: EmbeddedServer,
+    *,
+    finish: bool,
+    started: bool = False,
+) -> None:
+    """Move ``slot`` from ``src`` to ``dst``: IMPORTING/MIGRATING (unless ``started``),
+    its keys migrated (only one if not ``finish``), then SETSLOT NODE on every master,
+    the target first, and wait until the first running node sees the new owner."""
+    with node_client(src) as s, node_client(dst) as d:
+        if not started:
+            d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(src))
+            s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
+        while True:  # MIGRATING: no new key is made on src, so this ends
+            keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+            if not finish:
+                keys = keys[:1]
+            if keys:
+                s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
+            if not finish:
+                return
+            if not keys:
+                break
+        for node in (dst, src, *[n for n in cluster.masters if n not in (src, dst)]):
+            with node_client(node) as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(dst))
+    deadline = time.monotonic() + 10
+    while cluster.node_for_slot(slot) is not dst:
+        assert time.monotonic() < deadline, "the slot move did not spread"
+        time.sleep(0.02)
