@@ -406,11 +406,6 @@ def _seed(cluster: EmbeddedCluster, n: int) -> None:
         session.commit()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the maintenance tasks do not cover a cluster yet (stats reads one node's "
-    "SCAN; check and reindex need a connection_pool): issue 12, branch clustermaint",
-)
 def test_stats_on_the_cluster(flushed: EmbeddedCluster) -> None:
     """``python -m redisca stats models:registry --cluster`` counts the models of every
     master: Company's keys and User's are on different ones."""

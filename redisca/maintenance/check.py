@@ -52,7 +52,6 @@ from .common import (
     read_marker,
     resolve_client,
     run,
-    scan,
     scan_hash,
     scan_members,
     select_mappers,
@@ -60,6 +59,7 @@ from .common import (
     to_float,
     type_of,
 )
+from .placement import Keyspace
 from .problems import Problem, ProblemReport, Snapshot
 from .untagged import fate
 
@@ -255,6 +255,7 @@ class _ModelCheck:
 
     def run(self) -> tuple[list[Problem], ModelSummary]:
         started = time.monotonic()
+        self.space = Keyspace(self.client, self.mapper, "check")
         rebuild = read_marker(self.client, self.mapper)
         self.marker_run = rebuild.run if rebuild is not None else None
         self.summary.reindexing = rebuild is not None
@@ -262,6 +263,7 @@ class _ModelCheck:
         self.index_pass()
         self.untagged_pass()
         self.confirm()
+        self.space.done()
         self.summary.seconds = round(time.monotonic() - started, 3)
         found = sorted(self.problems, key=lambda p: (p.key, p.kind, p.detail))
         self.summary.problems = len(found)
@@ -272,7 +274,7 @@ class _ModelCheck:
     def entity_pass(self) -> None:
         total = run(self.client, [(b"ZCARD", self.layout.all_ids)])[0]
         ticker = Ticker(self.progress, self.name, "entities", _int(total))
-        for keys in scan(self.client, self.layout.entity_pattern, self.batch):
+        for keys in self.space.scan(self.layout.entity_pattern, self.batch):
             self.check_entities(keys)
             ticker.add(len(keys))
         ticker.finish()
@@ -328,7 +330,7 @@ class _ModelCheck:
         a field's stripes are read value by value."""
         ticker = Ticker(self.progress, self.name, "index keys")
         unique_sizes: Counter[bytes] = Counter()
-        for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
+        for keys in self.space.scan(self.layout.namespace_pattern, self.batch):
             sized: list[tuple[bytes, str, MappedField | None]] = []
             for key in keys:
                 self.summary.index_keys += 1
@@ -351,7 +353,7 @@ class _ModelCheck:
             return
         old = self.layout.untagged()
         ticker = Ticker(self.progress, self.name, "old layout")
-        for keys in scan(self.client, old.pattern, self.batch):
+        for keys in self.space.scan(old.pattern, self.batch):
             targets = [self.untagged_target(old, key) for key in keys]
             exists = [(b"EXISTS", t) for t in targets if t is not None]
             replies = run(self.client, [*((b"TYPE", k) for k in keys), *exists])
@@ -489,7 +491,7 @@ class _ModelCheck:
     ) -> None:
         """Confirm a group in one snapshot; a group whose keys keep changing is split."""
         for _ in range(CONFIRM_TRIES):
-            with executor.connection(self.client) as conn:
+            with self.space.connection() as conn:
                 snap = Snapshot(conn)
                 found = confirm(snap, group)
                 if snap.holds():

@@ -15,10 +15,10 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ..conf import Client, default_client
-from ..errors import RediscaError
+from ..errors import InvalidRequestError, RediscaError
 from ..mapping.mapper import MappedField, Mapper, mapper_of
 from ..mapping.registry import Registry
-from ..session import executor
+from ..session import executor, routing
 from ..session.plan import Command
 from ..session.rebuild import Rebuild, parse_marker
 
@@ -85,11 +85,19 @@ def run(client: Client, commands: Sequence[Command]) -> list[Any]:
     return executor.run(client, commands)
 
 
-def scan(client: Client, pattern: bytes, batch: int) -> Iterator[list[bytes]]:
-    """Pages of at most ``batch`` keys matching ``pattern`` (a key may come twice)."""
+def scan(
+    client: Client, pattern: bytes, batch: int, pool: Any = None
+) -> Iterator[list[bytes]]:
+    """Pages of at most ``batch`` keys matching ``pattern`` (a key may come twice), from
+    one server: the client's, or the cluster master of ``pool``. A task scans through
+    :class:`~redisca.maintenance.placement.Keyspace`, which picks the masters."""
+    if pool is None and routing.is_cluster(client):
+        raise InvalidRequestError("SCAN on a cluster goes to a master: give its pool")
     cursor: Any = b"0"
     while True:
-        reply = _ok(run(client, [(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", batch)])[0])
+        command = (b"SCAN", cursor, b"MATCH", pattern, b"COUNT", batch)
+        with executor.connection(client, pool) as conn:
+            reply = _ok(executor.roundtrip(conn, [command])[0])
         cursor, keys = reply
         for start in range(0, len(keys), batch):
             yield [bytes(k) for k in keys[start : start + batch]]

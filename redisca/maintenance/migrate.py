@@ -36,11 +36,11 @@ from .common import (
     model_name,
     resolve_client,
     run,
-    scan,
     select_mappers,
     show,
     type_of,
 )
+from .placement import Keyspace
 from .problems import Problem, ProblemReport
 from .reindex import ReindexReport, reindex
 from .untagged import fate
@@ -116,10 +116,12 @@ class _Move:
     def run(self) -> ModelMigration:
         started = time.monotonic()
         if self.mapper.layout.tagged:
-            for keys in scan(self.client, self.old.entity_pattern, self.batch):
+            space = Keyspace(self.client, self.mapper, "migrate")
+            for keys in space.scan(self.old.entity_pattern, self.batch):
                 self._entities(keys)
-            for keys in scan(self.client, self.old.namespace_pattern, self.batch):
+            for keys in space.scan(self.old.namespace_pattern, self.batch):
                 self._drop(keys)
+            space.done()
         self.ticker.finish()
         self.done.seconds = round(time.monotonic() - started, 3)
         return self.done

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..session import executor
+from ..session import executor, routing
 from ..session.plan import Command
 
 #: Every kind of problem, and what it means.
@@ -64,7 +64,10 @@ class Snapshot:
         before: list[Command] = [(b"WATCH", *new)] if new else []
         if not commands and not before:
             return []
-        return executor.roundtrip(self.conn, [*before, *commands])[len(before) :]
+        replies = executor.roundtrip(self.conn, [*before, *commands])
+        for reply in replies:  # a cluster's refusal (the slot moved) is no data
+            routing.check(reply, "a snapshot read")
+        return replies[len(before) :]
 
     def holds(self) -> bool:
         """Whether nothing read changed: ends the snapshot (and its WATCH)."""

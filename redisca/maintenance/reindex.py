@@ -50,10 +50,10 @@ from .common import (
     model_name,
     resolve_client,
     run,
-    scan,
     select_mappers,
     show,
 )
+from .placement import Keyspace, send
 from .problems import Problem, ProblemReport
 
 #: Seconds a marker outlives the last sign of life of its run.
@@ -222,11 +222,14 @@ class _Run:
 
     def run(self) -> ModelReindex:
         started = time.monotonic()
+        self.space = Keyspace(self.client, self.mapper, "reindex")
         self.start()
         try:
             self.clean_leftovers()
             self.build()
-            self.switch(self.live_keys())
+            candidates = self.live_keys()
+            self.space.done()  # the slot stayed put: the build saw every entity
+            self.switch(candidates)
         except BaseException:
             self.abandon()
             raise
@@ -237,8 +240,8 @@ class _Run:
 
     def start(self) -> None:
         marker = self.layout.marker
-        with executor.connection(self.client) as conn:
-            replies = executor.roundtrip(conn, [(b"WATCH", marker), (b"LRANGE", marker, 0, -1)])
+        with self.space.connection() as conn:
+            replies = send(conn, [(b"WATCH", marker), (b"LRANGE", marker, 0, -1)], "WATCH")
             if replies[1]:
                 executor.roundtrip(conn, [(b"UNWATCH",)])
                 if isinstance(replies[1], ResponseError):
@@ -284,7 +287,7 @@ class _Run:
 
     def delete_build_keys(self, chosen: Any, *, alive: bool = True) -> None:
         pattern = self.layout.namespace_pattern
-        for keys in scan(self.client, pattern, self.batch):
+        for keys in self.space.scan(pattern, self.batch):
             doomed = [
                 key
                 for key in keys
@@ -303,7 +306,7 @@ class _Run:
         ticker = Ticker(
             self.progress, self.name, "entities", None if isinstance(total, Exception) else total
         )
-        for keys in scan(self.client, self.layout.entity_pattern, self.batch):
+        for keys in self.space.scan(self.layout.entity_pattern, self.batch):
             self.build_page(keys)
             ticker.add(len(keys))
             self.refresh()
@@ -330,9 +333,9 @@ class _Run:
     def try_page(self, keys: list[bytes]) -> bool:
         """Index one page of entities as they are at ``EXEC``; ``False`` if one changed."""
         marker = self.layout.marker
-        with executor.connection(self.client) as conn:
+        with self.space.connection() as conn:
             reads: list[Command] = [(b"WATCH", marker, *keys), (b"LINDEX", marker, 0)]
-            replies = executor.roundtrip(conn, [*reads, *((b"HGETALL", k) for k in keys)])
+            replies = send(conn, [*reads, *((b"HGETALL", k) for k in keys)], "a page's reads")
             if replies[1] != self.token:
                 executor.roundtrip(conn, [(b"UNWATCH",)])
                 raise RunLost(f"the reindex marker of {self.name} expired or was removed")
@@ -382,7 +385,7 @@ class _Run:
             and self.mapper.default_order.hash_field in rebuilt
         )
         found: list[bytes] = []
-        for keys in scan(self.client, self.layout.namespace_pattern, self.batch):
+        for keys in self.space.scan(self.layout.namespace_pattern, self.batch):
             for key in keys:
                 parsed = self.layout.parse(key)
                 if parsed.kind not in INDEX_KINDS and parsed.kind != "old_unique":

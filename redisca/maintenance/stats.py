@@ -30,9 +30,9 @@ from .common import (
     read_marker,
     resolve_client,
     run,
-    scan,
     select_mappers,
 )
+from .placement import Keyspace
 
 #: How many keys of each kind ``MEMORY USAGE`` is asked about.
 DEFAULT_SAMPLE = 200
@@ -104,6 +104,7 @@ def _model_stats(
 ) -> ModelStats:
     started = time.monotonic()
     layout = mapper.layout
+    space = Keyspace(client, mapper, "stats")
     out = ModelStats(model_name(mapper), mapper.prefix)
     out.reindexing = read_marker(client, mapper) is not None
     counts = dict.fromkeys(_KINDS, 0)
@@ -112,7 +113,7 @@ def _model_stats(
     ticker = Ticker(progress, out.model, "keys")
     ids_in_range = layout.all_ids_is_range
     for pattern, old in _patterns(layout):
-        for keys in scan(client, pattern, batch):
+        for keys in space.scan(pattern, batch):
             sized: list[bytes] = []
             for key in keys:
                 kind = "old_layout" if old else _kind(layout.parse(key), fields, ids_in_range)
@@ -132,6 +133,7 @@ def _model_stats(
             average, measured = _memory(client, reservoir.keys)
             out.memory_sampled += measured
             out.memory[kind] = int(average * total[kind])
+    space.done()
     out.seconds = round(time.monotonic() - started, 3)
     return out
 

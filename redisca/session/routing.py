@@ -162,11 +162,14 @@ def command_key(command: Sequence[Any]) -> bytes | None:
     """The first key of one of redisca's own commands, which routes it (``None``: none).
 
     ``EVAL``/``EVALSHA`` name their keys after the key count; every other command
-    redisca sends for a load, a query or a commit has its key first.
+    redisca sends for a load, a query, a commit or a maintenance task has its key first
+    (``MEMORY USAGE`` second).
     """
     name = command[0]
     if name in _SCRIPTS:
         return command[3] if len(command) > 3 and int(command[2]) > 0 else None
+    if name == b"MEMORY":  # MEMORY USAGE <key> (stats)
+        return command[2] if len(command) > 2 else None
     return command[1] if len(command) > 1 else None
 
 
@@ -224,6 +227,15 @@ def pool(client: Any, slot: int) -> Any:
     except RedisClusterException as exc:  # the slot is not covered (yet): retried
         raise Redirected(Refusal("CLUSTERDOWN", exc), f"slot {slot}") from exc
     return client.get_redis_connection(node).connection_pool
+
+
+def masters(client: Any) -> list[tuple[str, Any]]:
+    """Every master of the slot map, as ``("host:port", pool)`` (what a ``SCAN`` of the
+    whole keyspace visits: each master answers for its own keys only)."""
+    return [
+        (node.name, client.get_redis_connection(node).connection_pool)
+        for node in client.get_primaries()
+    ]
 
 
 def ask_pool(client: Any, found: Refusal) -> Any:
@@ -340,6 +352,7 @@ __all__ = [
     "gave_up",
     "in_slot",
     "is_cluster",
+    "masters",
     "plan_slot",
     "pool",
     "refresh",
