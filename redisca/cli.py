@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import redis
 from redis.exceptions import RedisClusterException
 
-from .conf import CLUSTER_ENV, DEFAULT_URL, cluster_flag, make_client
+from .conf import CLUSTER_ENV, DEFAULT_URL, Client, cluster_flag, make_client
 from .errors import MappingError, RediscaError
 from .maintenance import MaintenanceError, UnknownName, check, migrate, reindex, stats
 from .mapping.mapper import Mapper, mapper_of
@@ -65,7 +65,7 @@ def load_target(spec: str) -> Any:
     return target
 
 
-def client_for(url: str | None, cluster: bool | None = None) -> redis.Redis:
+def client_for(url: str | None, cluster: bool | None = None) -> Client:
     """``--url``, else ``$REDIS_URL``, else redis://localhost:6379/0 (as sessions do);
     a ``RedisCluster`` when ``cluster`` (``--cluster``; ``None``: ``$REDISCA_CLUSTER``)."""
     if cluster is None:
@@ -115,7 +115,7 @@ class ProgressBar:
 def run_task(
     task: str,
     target: Any,
-    client: redis.Redis,
+    client: Client,
     *,
     models: Sequence[str] | None = None,
     fields: Sequence[str] | None = None,
@@ -150,7 +150,7 @@ def run_task(
 def _run(
     task: str,
     target: Any,
-    client: redis.Redis,
+    client: Client,
     models: Sequence[str] | None,
     fields: Sequence[str] | None,
     batch: int,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, cast
+from typing import Any, TypeAlias
 
 from redis import Redis
 from redis.cluster import RedisCluster
@@ -32,11 +32,15 @@ CLUSTER_ENV = "REDISCA_CLUSTER"
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"", "0", "false", "no"})
 
+#: What redisca takes wherever it takes a client: one server, or a Redis Cluster
+#: (whose commands redisca routes by hash slot itself).
+Client: TypeAlias = Redis | RedisCluster
+
 #: The default client of sessions, ``Key`` and ``Hash`` made without one: a
 #: ``redis.Redis``, or a ``redis.cluster.RedisCluster`` (routed by hash slot).
-db: Redis | RedisCluster | None = None
+db: Client | None = None
 
-_url_clients: dict[tuple[str, bool], Redis] = {}
+_url_clients: dict[tuple[str, bool], Client] = {}
 _lock = threading.Lock()
 
 
@@ -69,7 +73,7 @@ def cluster_flag(value: object, name: str = CLUSTER_ENV) -> bool:
     )
 
 
-def make_client(url: str | None, *, cluster: bool = False, **options: Any) -> Redis:
+def make_client(url: str | None, *, cluster: bool = False, **options: Any) -> Client:
     """A new client for ``url``: ``redis.Redis.from_url``, or with ``cluster``
     ``redis.cluster.RedisCluster.from_url`` (``url`` names any node; the client finds
     the others). ``options`` go to ``from_url``; with ``url=None`` they alone make the
@@ -81,9 +85,6 @@ def make_client(url: str | None, *, cluster: bool = False, **options: Any) -> Re
     server that is no cluster node raises :class:`~redisca.OperationalError` now
     (redis-py's error in ``.orig``), not at first use. A plain client connects at its
     first command, as redis-py's do.
-
-    Annotated as ``Redis`` because the session's binds are; at run time it is whichever
-    of the two classes was asked for (redisca tells them apart by class).
     """
     if not cluster:
         return Redis.from_url(url, **options) if url is not None else Redis(**options)
@@ -93,7 +94,7 @@ def make_client(url: str | None, *, cluster: bool = False, **options: Any) -> Re
     except (RedisClusterException, RedisError) as exc:  # the first is no RedisError
         # Not the URL itself: it may hold a password.
         raise OperationalError(f"cannot make a Redis Cluster client: {exc}", exc) from exc
-    return cast(Redis, made)
+    return made
 
 
 def _only_db_0(url: str | None, options: dict[str, Any]) -> None:
@@ -109,10 +110,10 @@ def _only_db_0(url: str | None, options: dict[str, Any]) -> None:
         )
 
 
-def default_client() -> Redis:
+def default_client() -> Client:
     """The client used where no bind was given (see the module docstring)."""
     if db is not None:
-        return cast(Redis, db)
+        return db
     url = os.environ.get("REDIS_URL") or DEFAULT_URL
     cluster = cluster_flag(os.environ.get(CLUSTER_ENV))
     with _lock:

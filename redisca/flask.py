@@ -21,13 +21,12 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Generic, NoReturn, TypeVar, cast
 
-import redis
 from flask import Flask, abort, current_app, g, has_request_context, request
 from flask.signals import got_request_exception
 from flask.wrappers import Response
 from werkzeug.exceptions import Conflict
 
-from .conf import CLUSTER_ENV, cluster_flag, make_client
+from .conf import CLUSTER_ENV, Client, cluster_flag, make_client
 from .errors import (
     ConflictError,
     IntegrityError,
@@ -100,7 +99,7 @@ class _Scope:
 class _AppState:
     """What ``init_app`` keeps in ``app.extensions["redisca"]``."""
 
-    def __init__(self, extension: FlaskRedisca, client: redis.Redis) -> None:
+    def __init__(self, extension: FlaskRedisca, client: Client) -> None:
         self.extension = extension
         self.client = client
 
@@ -114,7 +113,7 @@ def _cluster_setting(config: Mapping[str, Any]) -> bool:
         raise ConfigurationError(str(exc)) from None
 
 
-def _client_from_config(config: Mapping[str, Any], cluster: bool | None = None) -> redis.Redis:
+def _client_from_config(config: Mapping[str, Any], cluster: bool | None = None) -> Client:
     """``REDISCA_URL`` (with ``REDISCA`` as extra options), else ``REDISCA`` alone; a
     ``RedisCluster`` when ``cluster`` (``None``: ``REDISCA_CLUSTER``) says so."""
     url = config.get("REDISCA_URL")
@@ -227,7 +226,7 @@ class FlaskRedisca:
         return cast(_AppState, state)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Client:
         """The current app's Redis client (one per app, made by :meth:`init_app`)."""
         return self._state().client
 

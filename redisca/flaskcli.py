@@ -17,12 +17,11 @@ import sys
 from typing import Any
 
 import click
-import redis
 from flask import current_app
 from flask.cli import AppGroup
 
 from . import cli as shell
-from .conf import CLUSTER_ENV, cluster_flag, make_client
+from .conf import CLUSTER_ENV, Client, cluster_flag, make_client
 from .errors import RediscaError
 from .flask import EXTENSION_KEY, ConfigurationError, _client_from_config, _cluster_setting
 
@@ -45,7 +44,7 @@ def _target(spec: str | None) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
-def _client(url: str | None, cluster: bool | None) -> tuple[redis.Redis, bool]:
+def _client(url: str | None, cluster: bool | None) -> tuple[Client, bool]:
     """The client, and whether this command made it (and must close it)."""
     state = current_app.extensions.get(EXTENSION_KEY)
     if url is None and cluster is None and state is not None:

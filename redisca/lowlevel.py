@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-from redis import Redis
 from redis.exceptions import DataError
 
-from redisca.conf import default_client
+from redisca.conf import Client, default_client
 from redisca.session import executor
 
 
@@ -22,19 +21,19 @@ class Key:
     """A Redis key by name; the client is resolved at first use, so keys can be
     made at import time, before the application configures ``conf.db``."""
 
-    def __init__(self, name: str | bytes, db: Redis | None = None) -> None:
+    def __init__(self, name: str | bytes, db: Client | None = None) -> None:
         self.name = name
         self._db = db
 
     @property
-    def db(self) -> Redis:
+    def db(self) -> Client:
         """The client given, else :func:`redisca.conf.default_client` at first use."""
         if self._db is None:
             self._db = default_client()
         return self._db
 
     @db.setter
-    def db(self, client: Redis) -> None:
+    def db(self, client: Client) -> None:
         self._db = client
 
     def exists(self) -> bool:
@@ -79,7 +78,7 @@ class Hash(Key, MutableMapping[str, Any]):
     are by key name, as for :class:`Key`, never by content.
     """
 
-    def __init__(self, name: str | bytes, db: Redis | None = None) -> None:
+    def __init__(self, name: str | bytes, db: Client | None = None) -> None:
         super().__init__(name, db)
         self._reset()
 
@@ -122,7 +121,7 @@ class Hash(Key, MutableMapping[str, Any]):
         # Compare as Redis stores them, so h["n"] = 5 over a loaded b"5" is no change.
         encode = self.db.get_encoder().encode
         try:
-            return bytes(encode(old)) == bytes(encode(new))  # type: ignore[no-untyped-call]
+            return bytes(encode(old)) == bytes(encode(new))
         except DataError:  # unstorable; let save() send it and redis-py complain
             return False
 

@@ -3,6 +3,12 @@
 redisca must work with ``decode_responses`` on and off and with RESP2 and RESP3
 replies (whose shapes differ), so the ``r`` fixture runs each test in the two
 modes that are furthest apart: bytes over RESP3 and str over RESP2.
+
+With ``REDISCA_TEST_CLUSTER=1`` (``helpers.CLUSTER``) the same fixtures give clients
+of one 3-master cluster (``redis_cluster``), every master flushed per test, so the
+commit, query, concurrency, state-machine and soak suites run unchanged on a cluster
+(docs/contributing.rst). A test that can only hold on one server is marked
+``@pytest.mark.single_server(reason=...)`` and skipped there, with its reason.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Counted, counting_client
+from helpers import CLUSTER, Counted, connect, connection_kwargs, counting_client, warm
 from hypothesis import settings
 
 from redisca.embedded import EmbeddedCluster, EmbeddedServer, ServerNotFound, find_server_binary
@@ -30,6 +36,24 @@ MODES: dict[str, dict[str, Any]] = {
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    mode = " [cluster mode: 3 masters, REDISCA_TEST_CLUSTER=1]" if CLUSTER else ""
+    return _server_line() + mode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In cluster mode, skip the tests marked ``single_server``, giving their reason."""
+    if not CLUSTER:
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_server")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            if not reason:
+                raise pytest.UsageError(f"{item.nodeid}: single_server needs a reason")
+            item.add_marker(pytest.mark.skip(reason=f"single server only: {reason}"))
+
+
+def _server_line() -> str:
     try:
         binary = find_server_binary()
     except ServerNotFound as exc:
@@ -64,26 +88,46 @@ def redis_cluster() -> Iterator[EmbeddedCluster]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: EmbeddedServer) -> str:
-    return redis_server.url
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The server's URL; in cluster mode, a node's (``helpers.connect`` makes a
+    ``RedisCluster`` of it)."""
+    if CLUSTER:
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    server: EmbeddedServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+def flush_cluster(cluster: EmbeddedCluster) -> None:
+    """``FLUSHALL`` on every master of ``cluster``."""
+    for node in cluster.masters:
+        with node.client() as client:
+            client.flushall()
 
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))
-def r(request: pytest.FixtureRequest, redis_server: EmbeddedServer) -> Iterator[redis.Redis]:
-    """A client in one of :data:`MODES`, on a server flushed for this test."""
-    client = redis_server.client(**MODES[request.param])
-    client.flushall()
+def r(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
+    """A client in one of :data:`MODES`, on a server (in cluster mode: a cluster,
+    every master) flushed for this test."""
+    if CLUSTER:
+        flush_cluster(request.getfixturevalue("redis_cluster"))
+        client = connect(redis_url, **MODES[request.param])
+        warm(client)
+    else:
+        server: EmbeddedServer = request.getfixturevalue("redis_server")
+        client = server.client(**MODES[request.param])
+        client.flushall()
     yield client
     client.close()
 
 
 @pytest.fixture
-def make_client(redis_server: EmbeddedServer) -> Iterator[Callable[..., redis.Redis]]:
-    """Factory of extra clients on the same server (``Redis.from_url`` kwargs)."""
+def make_client(redis_url: str) -> Iterator[Callable[..., redis.Redis]]:
+    """Factory of extra clients on the same server or cluster (``from_url`` kwargs)."""
     made: list[redis.Redis] = []
 
     def make(**kwargs: Any) -> redis.Redis:
-        client = redis_server.client(**kwargs)
+        client = connect(redis_url, **kwargs)
         made.append(client)
         return client
 
@@ -95,7 +139,7 @@ def make_client(redis_server: EmbeddedServer) -> Iterator[Callable[..., redis.Re
 @pytest.fixture
 def counted(r: redis.Redis, redis_url: str) -> Iterator[Counted]:
     """A counting client in the same mode as ``r`` (see ``helpers.counting_client``)."""
-    kwargs = r.connection_pool.connection_kwargs
+    kwargs = connection_kwargs(r)
     result = counting_client(
         redis_url,
         decode_responses=kwargs.get("decode_responses", False),

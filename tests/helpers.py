@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import threading
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,84 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+import redisca
+
+
+def _cluster_flag(value: str) -> bool:
+    flag = value.strip().lower()
+    if flag in ("", "0", "false", "no"):
+        return False
+    if flag in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"REDISCA_TEST_CLUSTER={value!r}: use 1 (a 3-master cluster) or 0")
+
+
+#: The suite's cluster mode (``REDISCA_TEST_CLUSTER=1``): the ``r``, ``make_client``,
+#: ``counted`` and ``redis_url`` fixtures, and :func:`connect` and
+#: :func:`counting_client`, give clients of one shared 3-master cluster instead of one
+#: server. Read from the environment, so a test's child processes follow it too.
+CLUSTER = _cluster_flag(os.environ.get("REDISCA_TEST_CLUSTER", ""))
+
+
+def with_kwargs(connection_class: type, **fixed: Any) -> type:
+    """``connection_class`` with extra constructor kwargs bound (a counter, hooks).
+
+    A cluster client hands its node pools only the kwargs redis-py knows, so a test
+    class's own kwargs travel in the class instead (on a plain client too, alike)."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(fixed)
+        super(bound, self).__init__(*args, **kwargs)
+
+    bound = type(connection_class.__name__, (connection_class,), {"__init__": __init__})
+    return bound
+
+
+class SuiteCluster(RedisCluster):
+    """The suite's cluster client: ``KEYS`` asks every master, as it asks the one
+    server (redis-py sends it to one node), so a test's check of the keyspace sees it
+    all."""
+
+    def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        kwargs.setdefault("target_nodes", RedisCluster.PRIMARIES)
+        return super().keys(pattern, **kwargs)
+
+
+def transactions(*models: type) -> int:
+    """How many ``MULTI``/``EXEC`` one commit changing ``models`` is: one on a server;
+    on a cluster one per hash slot (each model's tag, or its slot group's), since a
+    commit is grouped by slot there (``unitofwork.organize``) and each group is a
+    commit of its own, with its own round trips."""
+    if not CLUSTER:
+        return 1
+    return len({redisca.inspect(model).layout.tag for model in models})
+
+
+#: The round trip a commit with nothing else to read spends on its reindex markers on
+#: a cluster (``executor._commit_on``): one server sends their ``WATCH`` in the write of
+#: ``MULTI``/``EXEC`` (the fence), a cluster reads them first, so that a refused
+#: ``WATCH`` never leaves ``EXEC`` unwatched.
+FENCE_READ = 1 if CLUSTER else 0
+
+
+def connect(url: str, **kwargs: Any) -> Any:
+    """A client of the suite's server, or in cluster mode a ``RedisCluster`` of the
+    cluster ``url`` names a node of (``kwargs`` go to ``from_url`` either way)."""
+    if CLUSTER:
+        # Only from_url hands connection_class to the node pools (redis-py 5.0 to 8.x).
+        return SuiteCluster.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def warm(client: Any) -> None:
+    """One PING on every master (one on the server): the handshakes are made."""
+    if isinstance(client, RedisCluster):
+        client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.ping()
 
 
 class RoundTripCounter:
@@ -141,17 +220,33 @@ def counting_client(url: str, **kwargs: Any) -> Counted:
     unix = urlsplit(url).scheme == "unix"
     connection_class = CountingUnixConnection if unix else CountingConnection
     counter = RoundTripCounter()
-    client = redis.Redis.from_url(
-        url, connection_class=connection_class, counter=counter, **kwargs
-    )
-    client.ping()
+    client = connect(url, connection_class=with_kwargs(connection_class, counter=counter), **kwargs)
+    warm(client)
     counter.reset()
     return Counted(client=client, counter=counter)
 
 
+def server_for(client: Any, model: type) -> redis.Redis:
+    """The server holding ``model``'s keys, for what asks one server (``MONITOR``,
+    ``SCRIPT EXISTS``): ``client`` itself; on a cluster, the client redis-py keeps for
+    the master serving the model's slot."""
+    if not isinstance(client, RedisCluster):
+        return client
+    slot = key_slot(b"{" + redisca.inspect(model).layout.tag + b"}")
+    return client.get_redis_connection(client.nodes_manager.get_node_from_slot(slot))
+
+
+def connection_kwargs(client: Any) -> dict[str, Any]:
+    """The kwargs ``client`` makes its connections with (a cluster client: its masters')."""
+    if isinstance(client, RedisCluster):
+        node = client.get_primaries()[0]
+        return dict(client.get_redis_connection(node).connection_pool.connection_kwargs)
+    return dict(client.connection_pool.connection_kwargs)
+
+
 def decodes(client: redis.Redis) -> bool:
     """Whether ``client`` returns str (``decode_responses=True``) rather than bytes."""
-    return bool(client.connection_pool.connection_kwargs.get("decode_responses", False))
+    return bool(connection_kwargs(client).get("decode_responses", False))
 
 
 def as_str(value: str | bytes) -> str:
@@ -163,7 +258,10 @@ def as_str(value: str | bytes) -> str:
 
 
 def _raw_client(client: redis.Redis) -> redis.Redis:
-    """A client on the same server that replies with bytes whatever ``client`` does."""
+    """A client on the same server that replies with bytes whatever ``client`` does
+    (of the same cluster, for a cluster client: ``SCAN`` then asks every master)."""
+    if isinstance(client, RedisCluster):
+        return _raw_cluster_client(client)
     pool = client.connection_pool
     # The plain redis-py class under a test subclass (counting, interleaving), and
     # only the kwargs redis-py's classes take (not a test class's ``counter``).
@@ -180,6 +278,17 @@ def _raw_client(client: redis.Redis) -> redis.Redis:
     kwargs["decode_responses"] = False
     return redis.Redis(
         connection_pool=redis.ConnectionPool(connection_class=connection_class, **kwargs)
+    )
+
+
+def _raw_cluster_client(client: RedisCluster) -> Any:
+    kwargs = connection_kwargs(client)
+    nodes = [ClusterNode(n.host, n.port) for n in client.get_primaries()]  # type: ignore[no-untyped-call]
+    allowed = ("username", "password", "protocol")
+    return SuiteCluster(
+        startup_nodes=nodes,
+        decode_responses=False,
+        **{k: kwargs[k] for k in allowed if kwargs.get(k) is not None},
     )
 
 
@@ -230,11 +339,14 @@ def head(prefix: str, group: str | None = None) -> bytes:
     return b"{%s}%s" % (group.encode(), prefix.encode())
 
 
-def stripe_key(prefix: str, field: str | bytes, value: str | bytes) -> bytes:
-    """``{P}#u:<field>:<n>``, n = crc32(value) % 128 in decimal: a unique value's hash."""
+def stripe_key(
+    prefix: str, field: str | bytes, value: str | bytes, group: str | None = None
+) -> bytes:
+    """``{P}#u:<field>:<n>`` (``{G}P#u:...`` in slot group G), n = crc32(value) % 128 in
+    decimal: a unique value's hash."""
     field = field.encode() if isinstance(field, str) else field
     value = value.encode() if isinstance(value, str) else value
-    return b"%s#u:%s:%d" % (head(prefix), field, zlib.crc32(value) % UNIQUE_STRIPES)
+    return b"%s#u:%s:%d" % (head(prefix, group), field, zlib.crc32(value) % UNIQUE_STRIPES)
 
 
 def guard_key(prefix: str, ident: str | bytes) -> bytes:

@@ -349,6 +349,17 @@ def test_add_command_in_its_groups_slot(cluster: EmbeddedCluster, rc: RedisClust
     assert rc.get("{elsewhere}:x") in (b"1", "1")
 
 
+def test_add_command_with_a_subcommand_finds_its_key(rc: RedisCluster) -> None:
+    """redis-py's key finder knows subcommands (OBJECT ENCODING, MEMORY USAGE) by a str
+    name only; the bytes redisca queues must still route by their key."""
+    rc.set("{sub}count", 7)
+    s = Session(rc)
+    kind = s.add_command("OBJECT ENCODING", "{sub}count")  # two words, as redis-py splits
+    usage = s.add_command("MEMORY", "USAGE", b"{sub}count")
+    s.commit()
+    assert kind.value in (b"int", "int") and usage.value > 0
+
+
 def test_add_command_outside_the_slot_is_refused_when_queued(rc: RedisCluster) -> None:
     s = Session(rc)
     with pytest.raises(redisca.ValidationError, match="slot"):

@@ -20,10 +20,13 @@ from helpers import (
     Counted,
     as_str,
     assert_indexes_consistent,
+    connect,
+    connection_kwargs,
     dump_keyspace,
     guard_key,
     stripe_key,
     unique_owner,
+    with_kwargs,
 )
 from models import Company, User
 
@@ -35,7 +38,7 @@ COMPANIES = redisca.inspect(Company)
 
 
 def mode(r: redis.Redis) -> dict[str, Any]:
-    kwargs = r.connection_pool.connection_kwargs
+    kwargs = connection_kwargs(r)
     return {
         "decode_responses": kwargs.get("decode_responses", False),
         "protocol": kwargs["protocol"],
@@ -68,7 +71,7 @@ ROUNDS = 20
 
 
 def race_worker(url: str, kwargs: dict[str, Any], worker: int, barrier: Any, out: Any) -> None:
-    client = redis.Redis.from_url(url, **kwargs)
+    client = connect(url, **kwargs)  # on the cluster in cluster mode (the env is inherited)
     for n in range(ROUNDS):
         s = Session(client)
         company = Company(f"co-{n}-{worker}")
@@ -202,8 +205,8 @@ class InterleavingConnection(redis.Connection):
 @pytest.fixture
 def interleaved(r: redis.Redis, redis_url: str) -> Iterator[tuple[redis.Redis, dict[str, Any]]]:
     hooks: dict[str, Any] = {"attempts": 0}
-    client = redis.Redis.from_url(
-        redis_url, connection_class=InterleavingConnection, hooks=hooks, **mode(r)
+    client = connect(
+        redis_url, connection_class=with_kwargs(InterleavingConnection, hooks=hooks), **mode(r)
     )
     yield client, hooks
     client.close()

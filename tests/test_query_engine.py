@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
+from helpers import server_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -340,9 +341,10 @@ def test_a_unique_value_is_looked_up_by_the_lookup_script(r: redis.Redis) -> Non
         assert by_email.filter(Item.age.between(1, 2)).ids() == ["c"]
         assert by_email.filter(Item.age > 2).ids() == []
         assert by_email.order_by(Item.age).offset(1).ids() == []
-        assert r.script_exists(queryscript.LOOKUP_SHA, queryscript.SHA) == [True, False]
+        server = server_for(r, Item)  # on a cluster, the scripts' master
+        assert server.script_exists(queryscript.LOOKUP_SHA, queryscript.SHA) == [True, False]
         assert by_email.after("b").ids() == ["c"]  # a cursor: the engine's script
-        assert r.script_exists(queryscript.SHA) == [True]
+        assert server.script_exists(queryscript.SHA) == [True]
 
 
 # -- cost: what the server reads -----------------------------------------------------
@@ -483,7 +485,9 @@ def _monitored(r: redis.Redis, redis_url: str, run: Any) -> list[tuple[str, str]
     """(client type, command) of every command MONITOR saw while ``run()`` ran."""
     seen: list[tuple[str, str]] = []
     ready = threading.Event()
-    watcher = redis.Redis.from_url(redis_url, decode_responses=True)
+    server = server_for(r, Item)  # on a cluster, the master serving Item's slot
+    where = server.connection_pool.connection_kwargs
+    watcher = redis.Redis(host=where["host"], port=where["port"], decode_responses=True)
 
     def record() -> None:
         with watcher.monitor() as monitor:
@@ -497,7 +501,7 @@ def _monitored(r: redis.Redis, redis_url: str, run: Any) -> list[tuple[str, str]
     thread.start()
     assert ready.wait(10)
     run()
-    r.echo("monitor-stop")
+    server.echo("monitor-stop")
     thread.join(10)
     watcher.close()
     return seen

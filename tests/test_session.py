@@ -379,6 +379,7 @@ def test_default_client_is_conf_db(r: redis.Redis, monkeypatch: pytest.MonkeyPat
     assert stored(r, "{usr}:1")["eml"] == "a@x.org"
 
 
+@pytest.mark.single_server(reason="a cluster has one database, 0: there is no db 3 to name")
 def test_without_conf_db_the_default_client_follows_redis_url(
     r: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

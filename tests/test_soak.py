@@ -28,11 +28,10 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import assert_indexes_consistent, stripe_key
+from helpers import CLUSTER, assert_indexes_consistent, connect, head, stripe_key
 
 import redisca
 from redisca import Email, Integer, Registry, Session, String
-from redisca.embedded import EmbeddedServer
 
 try:  # the maintenance package's check, once it exists; the test helper in any case
     from redisca.maintenance import check as maintenance_check
@@ -41,8 +40,14 @@ except ImportError:  # pragma: no cover - until redisca.maintenance lands
 
 registry = Registry()
 
+#: A commit is checked as one transaction with its ``INCR`` of :data:`SEQ`. A cluster
+#: commits one transaction per hash slot, so in cluster mode both models and the
+#: sequence key share one slot group (all or nothing within it): the soak then checks
+#: what a cluster promises, on a cluster.
+GROUP = "soak" if CLUSTER else None
 
-@registry.mapped(prefix="sk")
+
+@registry.mapped(prefix="sk", slot_group=GROUP)
 @attrs.define
 class Account:
     email: str | None = Email(unique=True, default=None)
@@ -52,7 +57,7 @@ class Account:
     id: str | None = None
 
 
-@registry.mapped(prefix="skv", versioned=True)
+@registry.mapped(prefix="skv", versioned=True, slot_group=GROUP)
 @attrs.define
 class Ledger:
     email: str | None = Email(unique=True, default=None)
@@ -72,7 +77,7 @@ VALUES: dict[str, tuple[Any, ...]] = {
     "rank": (None, 0, 1, 2, 3),
     "note": (None, "", "n1", "n2", "n3"),
 }
-SEQ = "soak:seq"
+SEQ = "{soak}seq" if CLUSTER else "soak:seq"  # on a cluster, in the models' slot
 WORKERS = 4
 SECONDS = float(os.environ.get("REDISCA_SOAK_SECONDS", "12"))
 MODES = ({"decode_responses": False, "protocol": 3}, {"decode_responses": True, "protocol": 2})
@@ -110,7 +115,7 @@ def plan_one(rnd: random.Random, s: Session, cls: type, ident: str) -> dict[str,
 
 
 def soak_worker(url: str, mode: dict[str, Any], worker: int, start: Any, out: Any) -> None:
-    client = redis.Redis.from_url(url, **mode)
+    client = connect(url, **mode)  # on the cluster in cluster mode (the env is inherited)
     rnd = random.Random(worker)
     records: list[tuple[int, int, list[dict[str, Any]]]] = []
     tally: Counter[str] = Counter()
@@ -220,11 +225,11 @@ def check_unique_keys(raw: redis.Redis, state: dict[tuple[str, str], dict[str, A
         prefix = redisca.inspect(cls).prefix
         owners = {
             (key, value): owner.decode()
-            for key in raw.scan_iter(match=f"{{{prefix}}}#u:email:*")
+            for key in raw.scan_iter(match=head(prefix, GROUP) + b"#u:email:*")
             for value, owner in raw.hgetall(key).items()
         }
         expected = {
-            (stripe_key(prefix, "email", email), email.encode()): ident
+            (stripe_key(prefix, "email", email, GROUP), email.encode()): ident
             for (c, ident), row in state.items()
             if c == name and (email := lower(row["email"])) is not None
         }
@@ -232,14 +237,14 @@ def check_unique_keys(raw: redis.Redis, state: dict[tuple[str, str], dict[str, A
 
 
 @pytest.mark.slow
-def test_soak_acknowledged_commits_hold(redis_server: EmbeddedServer) -> None:
-    raw = redis_server.client()
-    raw.flushall()
+def test_soak_acknowledged_commits_hold(redis_url: str) -> None:
+    raw = connect(redis_url)
+    raw.flushall()  # on a cluster, every master
     context = multiprocessing.get_context("spawn")
     start, out = context.Event(), context.Queue()
     workers = [
         context.Process(
-            target=soak_worker, args=(redis_server.url, MODES[w % len(MODES)], w, start, out)
+            target=soak_worker, args=(redis_url, MODES[w % len(MODES)], w, start, out)
         )
         for w in range(WORKERS)
     ]
@@ -269,7 +274,8 @@ def test_soak_acknowledged_commits_hold(redis_server: EmbeddedServer) -> None:
     assert state == replay.rows
     for cls in CLASSES.values():
         assert_indexes_consistent(raw, redisca.inspect(cls))
-    if maintenance_check is not None:
+    # redisca's check does not scan a cluster yet: the xfail in tests/test_cluster_processes.py
+    if maintenance_check is not None and not CLUSTER:
         report = maintenance_check(list(CLASSES.values()), raw)
         assert report.ok, report.problems
     check_unique_keys(raw, state)

@@ -42,7 +42,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import assert_indexes_consistent, dump_keyspace
+from helpers import CLUSTER, assert_indexes_consistent, connect, dump_keyspace
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -55,7 +55,6 @@ from hypothesis.stateful import (
 
 import redisca
 from redisca import Email, Float, Integer, Registry, Session, String
-from redisca.embedded import EmbeddedServer
 
 try:  # the maintenance package's check, once it exists; the test helper in any case
     from redisca.maintenance import check as maintenance_check
@@ -64,8 +63,14 @@ except ImportError:  # pragma: no cover - until redisca.maintenance lands
 
 registry = Registry()
 
+#: The model predicts all or nothing of a commit over both classes. A cluster commits
+#: one transaction per hash slot (all or nothing within one, like one server per
+#: server of ``binds``), so in cluster mode both classes share a slot group: the machine
+#: then checks what a cluster promises, on a cluster.
+GROUP = "sm" if CLUSTER else None
 
-@registry.mapped(prefix="smi")
+
+@registry.mapped(prefix="smi", slot_group=GROUP)
 @attrs.define
 class Item:
     email: str | None = Email(unique=True, default=None)
@@ -76,7 +81,7 @@ class Item:
     id: str | None = None
 
 
-@registry.mapped(prefix="smv", versioned=True)
+@registry.mapped(prefix="smv", versioned=True, slot_group=GROUP)
 @attrs.define
 class Doc:
     email: str | None = Email(unique=True, default=None)
@@ -421,17 +426,18 @@ class Figures:
     queries = 0
 
 
-#: Set by the test before the machine runs (hypothesis builds machines itself).
-SERVER: list[EmbeddedServer] = []
+#: The URL of the server (in cluster mode, of a node of the cluster), set by the test
+#: before the machine runs (hypothesis builds machines itself).
+SERVER: list[str] = []
 
 
 class Sessions(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        server = SERVER[0]
-        self.clients = [server.client(**mode) for mode in MODES]
-        self.raw = server.client(decode_responses=False)
-        self.raw.flushall()
+        url = SERVER[0]
+        self.clients = [connect(url, **mode) for mode in MODES]
+        self.raw = connect(url, decode_responses=False)
+        self.raw.flushall()  # on a cluster, every master
         self.sessions = [Session(client) for client in self.clients]
         self.db: DB = {cls: {} for cls in CLASSES}
         self.versions: dict[tuple[type, str], tuple[dict[Any, int], dict[int, Any]]] = {}
@@ -731,7 +737,8 @@ class Sessions(RuleBasedStateMachine):
         self.check_entities()
         for cls in CLASSES:
             assert_indexes_consistent(self.raw, redisca.inspect(cls))
-        if maintenance_check is not None:
+        # redisca's check does not scan a cluster yet: the xfail in tests/test_cluster_processes.py
+        if maintenance_check is not None and not CLUSTER:
             report = maintenance_check(list(CLASSES), self.raw)
             assert report.ok, report.problems
         observer = Session(self.clients[Figures.examples % len(self.clients)])
@@ -799,15 +806,16 @@ PROFILES = {
 }
 
 
-def test_sessions_against_the_model(redis_server: EmbeddedServer) -> None:
+def test_sessions_against_the_model(redis_url: str) -> None:
     profile = os.environ.get("REDISCA_HYPOTHESIS_PROFILE", "ci")
-    SERVER[:] = [redis_server]
+    SERVER[:] = [redis_url]
     Figures.examples = Figures.steps = Figures.commits = Figures.refused = Figures.queries = 0
     try:
         run_state_machine_as_test(Sessions, settings=PROFILES[profile])
     finally:
         SERVER.clear()
-        redis_server.client().flushall()
+        with connect(redis_url) as client:
+            client.flushall()
     print(
         f"\nstate machine ({profile}): {Figures.examples} examples, {Figures.steps} steps, "
         f"{Figures.commits} commits, {Figures.refused} refused as predicted, "

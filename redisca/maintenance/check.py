@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
-import redis
 from redis.exceptions import ResponseError
 
+from ..conf import Client
 from ..mapping.keys import NO_VALUE, KeyLayout
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
@@ -121,7 +121,7 @@ class CheckReport(ProblemReport):
 
 def check(
     registry_or_classes: Any,
-    client: redis.Redis | None = None,
+    client: Client | None = None,
     *,
     models: Iterable[Any] | None = None,
     batch: int = 500,
@@ -228,7 +228,7 @@ def holds(field: MappedField, raw: Any, value: bytes | None) -> bool:
 
 class _ModelCheck:
     def __init__(
-        self, client: redis.Redis, mapper: Mapper, batch: int, progress: Progress | None
+        self, client: Client, mapper: Mapper, batch: int, progress: Progress | None
     ) -> None:
         self.client = client
         self.mapper = mapper

@@ -12,10 +12,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import redis
 from redis.exceptions import ResponseError
 
-from ..conf import default_client
+from ..conf import Client, default_client
 from ..errors import InvalidRequestError, RediscaError
 from ..mapping.mapper import MappedField, Mapper, mapper_of
 from ..mapping.registry import Registry
@@ -35,7 +34,7 @@ class UnknownName(MaintenanceError, LookupError):
     """A model or field named to a task does not exist, or cannot be used for it."""
 
 
-def resolve_client(client: redis.Redis | None) -> redis.Redis:
+def resolve_client(client: Client | None) -> Client:
     return client if client is not None else default_client()
 
 
@@ -81,13 +80,13 @@ def show(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+def run(client: Client, commands: Sequence[Command]) -> list[Any]:
     """One pipelined round trip; error replies come back as ``ResponseError`` values."""
     return executor.run(client, commands)
 
 
 def scan(
-    client: redis.Redis, pattern: bytes, batch: int, pool: Any = None
+    client: Client, pattern: bytes, batch: int, pool: Any = None
 ) -> Iterator[list[bytes]]:
     """Pages of at most ``batch`` keys matching ``pattern`` (a key may come twice), from
     one server: the client's, or the cluster master of ``pool``. A task scans through
@@ -107,7 +106,7 @@ def scan(
 
 
 def scan_members(
-    client: redis.Redis, key: bytes, kind: bytes, batch: int
+    client: Client, key: bytes, kind: bytes, batch: int
 ) -> Iterator[list[tuple[bytes, float | None]]]:
     """Members of a set (``SSCAN``) or, with scores, of a sorted set (``ZSCAN``)."""
     cursor: Any = b"0"
@@ -123,7 +122,7 @@ def scan_members(
             return
 
 
-def scan_hash(client: redis.Redis, key: bytes, batch: int) -> Iterator[list[tuple[bytes, bytes]]]:
+def scan_hash(client: Client, key: bytes, batch: int) -> Iterator[list[tuple[bytes, bytes]]]:
     """Field/value pairs of a hash (``HSCAN``)."""
     cursor: Any = b"0"
     while True:
@@ -150,7 +149,7 @@ def to_float(reply: Any) -> float:
     return float(reply)
 
 
-def read_marker(client: redis.Redis, mapper: Mapper) -> Rebuild | None:
+def read_marker(client: Client, mapper: Mapper) -> Rebuild | None:
     reply = run(client, [(b"LRANGE", mapper.layout.marker, 0, -1)])[0]
     if isinstance(reply, ResponseError):
         return None  # not a list: not a marker redisca wrote (check reports the key)

@@ -26,9 +26,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-import redis
 from redis.exceptions import ResponseError
 
+from ..conf import Client
 from ..mapping.mapper import Mapper
 from .common import (
     Progress,
@@ -80,7 +80,7 @@ class MigrateReport(ProblemReport):
 
 def migrate(
     registry_or_classes: Any,
-    client: redis.Redis | None = None,
+    client: Client | None = None,
     *,
     models: Iterable[Any] | None = None,
     batch: int = 500,
@@ -102,7 +102,7 @@ def migrate(
 class _Move:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         mapper: Mapper,
         batch: int,
         progress: Progress | None,

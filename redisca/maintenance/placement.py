@@ -33,8 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-import redis
-
+from ..conf import Client
 from ..errors import ClusterNodeError
 from ..mapping.mapper import Mapper
 from ..session import executor, routing
@@ -155,7 +154,7 @@ class Keyspace:
     every ``SCAN`` and transaction of the task, and :meth:`done` when it ends.
     """
 
-    def __init__(self, client: redis.Redis, mapper: Mapper, task: str) -> None:
+    def __init__(self, client: Client, mapper: Mapper, task: str) -> None:
         self.client = client
         self.cluster = routing.is_cluster(client)
         self.slot = routing.tag_slot(mapper.layout.tag)

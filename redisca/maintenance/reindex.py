@@ -32,9 +32,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-import redis
 from redis.exceptions import ResponseError
 
+from ..conf import Client
 from ..mapping.keys import INDEX_KINDS, NO_VALUE
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
@@ -137,7 +137,7 @@ class ReindexReport(ProblemReport):
 
 def reindex(
     registry_or_classes: Any,
-    client: redis.Redis | None = None,
+    client: Client | None = None,
     *,
     models: Iterable[Any] | None = None,
     fields: Iterable[Any] | None = None,
@@ -187,7 +187,7 @@ def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
 class _Run:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         mapper: Mapper,
         members: list[bytes],
         batch: int,

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
-import redis
 from redis.exceptions import ResponseError
 
+from ..conf import Client
 from ..mapping.keys import KeyLayout, ParsedKey
 from ..mapping.mapper import MappedField, Mapper
 from .common import (
@@ -83,7 +83,7 @@ class StatsReport:
 
 def stats(
     registry_or_classes: Any,
-    client: redis.Redis | None = None,
+    client: Client | None = None,
     *,
     models: Iterable[Any] | None = None,
     batch: int = 500,
@@ -100,7 +100,7 @@ def stats(
 
 
 def _model_stats(
-    client: redis.Redis, mapper: Mapper, batch: int, sample: int, progress: Progress | None
+    client: Client, mapper: Mapper, batch: int, sample: int, progress: Progress | None
 ) -> ModelStats:
     started = time.monotonic()
     layout = mapper.layout
@@ -159,7 +159,7 @@ def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField], all_ids_is_range:
     return "other"
 
 
-def _entries(client: redis.Redis, layout: Any, keys: list[bytes]) -> int:
+def _entries(client: Client, layout: Any, keys: list[bytes]) -> int:
     """Entries of the equality, range and unique index keys (the all-ids set is counted
     apart)."""
     commands = []
@@ -170,7 +170,7 @@ def _entries(client: redis.Redis, layout: Any, keys: list[bytes]) -> int:
     return sum(_int(reply) for reply in run(client, commands))
 
 
-def _memory(client: redis.Redis, keys: list[bytes]) -> tuple[float, int]:
+def _memory(client: Client, keys: list[bytes]) -> tuple[float, int]:
     replies = run(client, [(b"MEMORY", b"USAGE", key) for key in keys])
     sizes = [int(r) for r in replies if r is not None and not isinstance(r, ResponseError)]
     return (sum(sizes) / len(sizes) if sizes else 0.0), len(sizes)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import redis
 from redis.exceptions import ResponseError
 
+from ..conf import Client
 from ..errors import (
     ConflictError,
     IntegrityError,
@@ -69,8 +70,9 @@ class connection:  # lowercase: used like a function, `with connection(client) a
 
     __slots__ = ("conn", "pool")
 
-    def __init__(self, client: redis.Redis, pool: Any = None) -> None:
-        """``pool``: the pool to check out of (a cluster master's, from routing)."""
+    def __init__(self, client: Any, pool: Any = None) -> None:
+        """``client``: a plain client, whose pool is used, or with ``pool`` (a cluster
+        master's, from routing) any client."""
         self.pool = None
         conn = getattr(client, "connection", None) if pool is None else None
         if conn is None:  # not a single_connection_client's own
@@ -197,7 +199,7 @@ def _lost(conn: Any, exc: BaseException, when: str) -> OperationalError:
     )
 
 
-def run(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+def run(client: Client, commands: Sequence[Command]) -> list[Any]:
     """One round trip of independent commands (loads and queries); on a cluster, one
     per master, the replies in the order of ``commands``."""
     if not commands:
@@ -558,7 +560,7 @@ def _server(conn: Any) -> Hashable:
 
 
 def execute_commit(
-    client: redis.Redis,
+    client: Client,
     plan: CommitPlan,
     retries: int = DEFAULT_RETRIES,
     seen: dict[bytes, Any] | None = None,
@@ -673,7 +675,7 @@ def _check_own_replies(commands: list[Command], replies: list[Any], own: int) ->
         )
 
 
-def user_reply(client: redis.Redis, command: Command, raw: Any) -> Any:
+def user_reply(client: Client, command: Command, raw: Any) -> Any:
     """A reply to the user's own command, shaped as redis-py would return it to them."""
     if isinstance(raw, Exception):
         return raw
@@ -682,7 +684,7 @@ def user_reply(client: redis.Redis, command: Command, raw: Any) -> Any:
     name = command[0].decode() if isinstance(command[0], bytes) else str(command[0])
     callbacks: Any = getattr(client, "response_callbacks", None)
     if callbacks is None:  # a cluster client: its nodes' clients shape replies
-        callbacks = client.get_redis_connection(client.get_default_node()).response_callbacks  # type: ignore[attr-defined]
+        callbacks = client.get_redis_connection(client.get_default_node()).response_callbacks  # type: ignore[union-attr]
     callback = callbacks.get(name.upper())
     if callback is None:
         return value

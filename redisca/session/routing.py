@@ -327,7 +327,13 @@ def _user_keys(client: Any, wire: Sequence[bytes]) -> list[Any]:
     command = wire[0].decode(errors="replace")
     try:
         node = client.get_redis_connection(client.get_default_node())
-        return list(client.commands_parser.get_keys(node, command, *wire[1:]) or [])
+        keys = client.commands_parser.get_keys(node, command, *wire[1:])
+        if not keys and len(wire) > 2:
+            # redis-py finds a subcommand (OBJECT ENCODING, MEMORY USAGE) only by a str
+            # name: its keys come back empty for the bytes redisca queues
+            subcommand = wire[1].decode(errors="replace")
+            keys = client.commands_parser.get_keys(node, command, subcommand, *wire[2:])
+        return list(keys or [])
     except Exception as exc:  # an unknown command, a bad subcommand: say so now
         raise ValidationError(
             f"add_command({command.upper()}, ...): cannot tell its keys on a cluster ({exc})",

@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
-import redis
 
-from ..conf import default_client
+from ..conf import Client, default_client
 from ..errors import IntegrityError, InvalidRequestError, OperationalError, ValidationError
 from ..ids import hexid
 from ..mapping import instrument
@@ -56,9 +55,9 @@ class Session:
 
     def __init__(
         self,
-        bind: redis.Redis | None = None,
+        bind: Client | None = None,
         *,
-        binds: dict[type, redis.Redis] | None = None,
+        binds: dict[type, Client] | None = None,
         retries: int = executor.DEFAULT_RETRIES,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
@@ -114,7 +113,7 @@ class Session:
 
     # -- binds ---------------------------------------------------------------
 
-    def bind_for(self, mapper: Mapper | type) -> redis.Redis:
+    def bind_for(self, mapper: Mapper | type) -> Client:
         """The client for a class: ``binds`` (subclasses included), else the session's bind."""
         cls = mapper.class_ if isinstance(mapper, Mapper) else mapper
         for klass in cls.__mro__:
