@@ -488,12 +488,54 @@ def acknowledging(master: EmbeddedServer) -> None:
 
 def take_over(cluster: EmbeddedCluster, master: EmbeddedServer, replica: EmbeddedServer) -> None:
     """kill -9 of the master, then its replica takes the slots over (``CLUSTER FAILOVER
-    TAKEOVER``: no vote, no check of how old its data is), and the cluster is ok."""
+    TAKEOVER``: no vote, no check of how old its data is), and the cluster is ok.
+
+    About once in twenty runs the other masters kept the dead master as the owner of
+    its slots (and reported ``cluster_state:fail`` once they marked it failing, 6 s
+    later); the cause is not known (``CLUSTER BUMPEPOCH`` after the takeover always
+    answered ``STILL``: the new master's epoch was already the highest). A master that
+    does not see the new owner within 3 s is told with ``CLUSTER SETSLOT ... NODE``."""
     master.kill()
-    with node_client(replica) as r:
+    with node_client(replica, decode_responses=True) as r:
         r.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        deadline = time.monotonic() + 10
+        while r.info("replication")["role"] != "master":
+            assert time.monotonic() < deadline, "the replica did not take over"
+            time.sleep(0.01)
+        ranges = [
+            (a, b)
+            for a, b, owner, *_ in r.execute_command("CLUSTER", "SLOTS")
+            if owner[1] == replica.port
+        ]
+    _told(cluster, replica, ranges, time.monotonic() + 3)
     cluster.wait_ok(30)
     assert cluster.node_for_slot(SLOT) is replica
+
+
+def _told(cluster: EmbeddedCluster, owner: EmbeddedServer, ranges: list[Any], by: float) -> None:
+    """Wait until every running master names ``owner`` for ``SLOT``; after ``by``, tell
+    the ones that do not (every slot of ``ranges``)."""
+    while True:
+        late = []
+        for node in (n for n in cluster.nodes if n.running and n is not owner):
+            with node_client(node, decode_responses=True) as c:
+                if c.info("replication")["role"] != "master":
+                    continue
+                for first, last, serving, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                    if first <= SLOT <= last and serving[1] != owner.port:
+                        late.append(node)
+        if not late:
+            return
+        if time.monotonic() > by:
+            break
+        time.sleep(0.05)
+    for node in late:
+        with node_client(node) as c:
+            pipe = c.pipeline(transaction=False)
+            for first, last in ranges:
+                for slot in range(first, last + 1):
+                    pipe.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(owner))
+            pipe.execute()
 
 
 def test_the_loss_window_of_asynchronous_replication(manual: EmbeddedCluster) -> None:
