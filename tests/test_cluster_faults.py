@@ -67,6 +67,7 @@ class Hook:
         self.before_multi: Callable[[], None] | None = None
         self.sent_exec = False
         self.multis: list[int] = []  # the port of every write holding MULTI
+        self.ports: list[int] = []  # the port of every write
         self.armed = True
 
     def on_send(self, conn: Any, data: bytes, send: Callable[[bytes], None]) -> None:
@@ -74,6 +75,7 @@ class Hook:
             self.sent_exec = True
         if _MULTI in data:
             self.multis.append(conn.port)
+        self.ports.append(conn.port)
         hook = self.before_multi
         if hook is not None and _MULTI in data:
             self.before_multi = None
@@ -767,3 +769,31 @@ def test_wait_replicas_on_one_server_without_replicas(r: redis.Redis) -> None:
         s.commit()
     assert Session(r).get(Account, "ann").note == "plain"  # type: ignore[union-attr]
     assert Session(r, wait_replicas=0).get(Account, "ann") is not None
+
+
+def test_a_moved_reply_is_followed_when_the_slot_map_is_stale(
+    cluster: EmbeddedCluster, rc: RedisCluster, hook: Hook
+) -> None:
+    """redis-py reads the slot map from its first startup node, and a node can name a
+    slot's old owner for a while after a move (once for over 10 s, see
+    ``clusterhelpers._spread``). The MOVED reply names the new owner: the commit goes
+    there at once, not back to the old owner on the stale map's word."""
+    seed(rc)  # the client's map: the group's slot on src
+    first = next(iter(rc.nodes_manager.startup_nodes.values())).port
+    src = cluster.node_for_slot(SLOT)
+    dst = next(n for n in cluster.masters if n is not src and n.port != first)
+    if first in (src.port, dst.port):
+        pytest.skip("the first startup node serves the slot")
+    stale = next(n for n in cluster.masters if n.port == first)
+    migrate_slot(cluster, SLOT, src, dst, finish=True)
+    try:
+        with node_client(stale) as c:  # the first startup node names the old owner
+            c.execute_command("CLUSTER", "SETSLOT", SLOT, "NODE", cluster.node_id(src))
+        hook.ports.clear()
+        s = Session(rc)
+        s.get(Ledger, "L").n += 1  # type: ignore[union-attr]  # a read: MOVED
+        s.commit()
+        assert hook.ports.count(src.port) == 1, "sent back to the old owner after its MOVED"
+        assert Session(rc).get(Ledger, "L").n == 1  # type: ignore[union-attr]
+    finally:
+        migrate_slot(cluster, SLOT, dst, src, finish=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -221,12 +222,31 @@ def plan_slot(plan: Any, reads: Any, markers: Sequence[bytes]) -> int:
 
 
 def pool(client: Any, slot: int) -> Any:
-    """The connection pool of the master serving ``slot``."""
-    try:
-        node = client.nodes_manager.get_node_from_slot(slot)
-    except RedisClusterException as exc:  # the slot is not covered (yet): retried
-        raise Redirected(Refusal("CLUSTERDOWN", exc), f"slot {slot}") from exc
+    """The connection pool of the master serving ``slot``: the one a ``MOVED`` named
+    last, else the slot map's."""
+    node = _moved.get(client, {}).get(slot)
+    if node is None:
+        try:
+            node = client.nodes_manager.get_node_from_slot(slot)
+        except RedisClusterException as exc:  # the slot is not covered (yet): retried
+            raise Redirected(Refusal("CLUSTERDOWN", exc), f"slot {slot}") from exc
     return client.get_redis_connection(node).connection_pool
+
+
+#: Per cluster client, slot -> the node the last ``MOVED`` for it named (until the map
+#: is read again after a lost connection or a ``CLUSTERDOWN``). redis-py reads the map
+#: from its first startup node, which can name a slot's old owner for a while after a
+#: move (once for over 10 s in the tests); the node that refused the slot knows better.
+_moved: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+
+
+def _point(client: Any, found: Refusal) -> None:
+    """Route ``found.slot`` to the node its ``MOVED`` names, if the slot map knows it."""
+    if found.slot is None or found.address is None:
+        return
+    node = client.get_node(host=found.address[0], port=found.address[1])
+    if node is not None:
+        _moved.setdefault(client, {})[found.slot] = node
 
 
 def masters(client: Any) -> list[tuple[str, Any]]:
@@ -247,7 +267,9 @@ def ask_pool(client: Any, found: Refusal) -> Any:
 
 
 def refresh(client: Any) -> None:
-    """Read the slot map again (``CLUSTER SLOTS`` through redis-py's nodes manager)."""
+    """Read the slot map again (``CLUSTER SLOTS`` through redis-py's nodes manager);
+    the nodes ``MOVED`` replies named are forgotten."""
+    _moved.pop(client, None)
     try:
         client.nodes_manager.initialize()
     except (RedisError, OSError) as exc:  # no node answered, or they disagree
@@ -262,15 +284,18 @@ def forget(client: Any) -> None:
 
 
 def follow(client: Any, found: Refusal, hop: int) -> None:
-    """Before the next try after ``found``: a new slot map after ``MOVED``, a short,
-    growing wait after ``ASK`` (the migration ends with ``MOVED``), ``TRYAGAIN`` and
-    ``CLUSTERDOWN``. The map is read after the wait, not before: read before, it was
-    as old as the wait at the next try, and a slot moved again meanwhile (a busy
-    resharding, a failover in progress) was missed try after try."""
+    """Before the next try after ``found``: a new slot map and the node a ``MOVED``
+    names (which the map may not name yet), a short, growing wait after ``ASK``
+    (the migration ends with ``MOVED``), ``TRYAGAIN`` and ``CLUSTERDOWN`` (and a new
+    map after a second ``CLUSTERDOWN``). The map is read after the wait, not before:
+    read before, it was as old as the wait at the next try, and a slot moved again
+    meanwhile (a busy resharding, a failover in progress) was missed try after try."""
     if found.kind != "MOVED" or hop:  # a first MOVED is followed at once
         time.sleep(backoff(hop))
     if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
-        refresh(client)
+        refresh(client)  # also for redis-py's own commands on the client
+    if found.kind == "MOVED":
+        _point(client, found)
 
 
 def backoff(hop: int) -> float:
