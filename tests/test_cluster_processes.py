@@ -4,7 +4,8 @@ Each round, both processes (spawned, each with its own ``RedisCluster`` client, 
 bytes over RESP3, the other str over RESP2) commit a new user with the same email
 (the case differs) at a barrier. Exactly one commit is acknowledged, the other is a
 ``UniqueViolation`` naming the winner, the email's stripe names the winner, the loser
-left nothing, and the indexes match the hashes on every master afterwards.
+left nothing, and the indexes match the hashes afterwards (the suite's check and
+redisca's ``check``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def test_two_processes_claiming_one_email_on_the_cluster(
     assert stored == {f"{{usr}}:{row[3]}".encode() for row in results if row[2] == "won"}
     assert rc.zcard("{usr}#r:age") == ROUNDS
     assert_indexes_consistent(rc, redisca.inspect(User))
+    report = check([User], rc)  # redisca's own check, on the cluster
+    assert report.ok and report.problems == [], report.problems
+    assert [m.entities for m in report.models] == [ROUNDS]
+
 
 
 def test_check_on_the_cluster_finds_what_is_broken(rc: RedisCluster) -> None:

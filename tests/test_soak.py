@@ -274,8 +274,7 @@ def test_soak_acknowledged_commits_hold(redis_url: str) -> None:
     assert state == replay.rows
     for cls in CLASSES.values():
         assert_indexes_consistent(raw, redisca.inspect(cls))
-    # redisca's check does not scan a cluster yet: the xfail in tests/test_cluster_processes.py
-    if maintenance_check is not None and not CLUSTER:
+    if maintenance_check is not None:
         report = maintenance_check(list(CLASSES.values()), raw)
         assert report.ok, report.problems
     check_unique_keys(raw, state)

@@ -737,8 +737,7 @@ class Sessions(RuleBasedStateMachine):
         self.check_entities()
         for cls in CLASSES:
             assert_indexes_consistent(self.raw, redisca.inspect(cls))
-        # redisca's check does not scan a cluster yet: the xfail in tests/test_cluster_processes.py
-        if maintenance_check is not None and not CLUSTER:
+        if maintenance_check is not None:
             report = maintenance_check(list(CLASSES), self.raw)
             assert report.ok, report.problems
         observer = Session(self.clients[Figures.examples % len(self.clients)])
