@@ -136,7 +136,7 @@ def test_get_many_across_three_masters_answers_alike(
     pair: tuple[redis.Redis, RedisCluster], redis_cluster: EmbeddedCluster
 ) -> None:
     masters = {
-        redis_cluster.node_for_slot(routing.tag_slot(inspect(cls).layout.tag)).port
+        redis_cluster.node_for_slot(routing.layout_slot(inspect(cls).layout)).port
         for cls in MODELS
     }
     assert len(masters) == 3  # the three models are on three masters

@@ -21,13 +21,13 @@ import redis
 from clusterhelpers import migrate_slot, node_client
 from helpers import assert_indexes_consistent
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from test_faults import _EXEC, _MULTI, Fault, FaultyConnection
 
 import redisca
 from redisca import Email, Integer, Registry, Session
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
 from redisca.maintenance import check
-from redisca.session import routing
 
 registry = Registry()
 
@@ -50,7 +50,7 @@ class Ledger:
     id: str | None = None
 
 
-SLOT = routing.tag_slot(b"bank")
+SLOT = key_slot(b"{bank}")
 
 
 # -- a cluster client whose writes a hook sees ------------------------------------------

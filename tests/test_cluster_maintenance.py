@@ -54,7 +54,7 @@ MODELS = (Company, User, Note)
 
 
 def _slot(cls: type) -> int:
-    return routing.tag_slot(redisca.inspect(cls).layout.tag)
+    return routing.layout_slot(redisca.inspect(cls).layout)
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ MODELS = (Company, Post, User)
 
 
 def _slot(cls: type) -> int:
-    return routing.tag_slot(redisca.inspect(cls).layout.tag)
+    return routing.layout_slot(redisca.inspect(cls).layout)
 
 
 # -- a cluster client whose connections count, and can be made to wait ---------
@@ -318,7 +318,7 @@ def test_bulk_add_on_the_cluster(rc: RedisCluster) -> None:
 def test_a_slot_group_commits_in_one_transaction(
     cluster: EmbeddedCluster, rc: RedisCluster, traffic: _Traffic
 ) -> None:
-    assert _slot(Invoice) == _slot(Line) == routing.tag_slot(b"shop")
+    assert _slot(Invoice) == _slot(Line) == key_slot(b"{shop}")
     s = Session(rc)
     invoice = Invoice(number="A-1")
     s.add_all([Line(invoice=invoice, amount=i) for i in range(3)])

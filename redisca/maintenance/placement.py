@@ -157,7 +157,7 @@ class Keyspace:
     def __init__(self, client: Client, mapper: Mapper, task: str) -> None:
         self.client = client
         self.cluster = routing.is_cluster(client)
-        self.slot = routing.tag_slot(mapper.layout.tag)
+        self.slot = routing.layout_slot(mapper.layout)
         self.what = f"{task} of {model_name(mapper)}"
         #: Whether a scan visited every master (the layout before hash tags).
         self.wide = False

@@ -144,9 +144,9 @@ def is_cluster(client: Any) -> bool:
 _CLUSTER_CLASSES: dict[type, bool] = {}
 
 
-def tag_slot(tag: bytes) -> int:
-    """The slot of every key carrying the hash tag ``{tag}``."""
-    return key_slot(b"{" + tag + b"}")
+def layout_slot(layout: Any) -> int:
+    """The slot of every key of a key layout (``layout.hashtag`` is ``{tag}``)."""
+    return key_slot(layout.hashtag)
 
 
 def slot_of(key: bytes) -> int:
@@ -214,7 +214,7 @@ def plan_slot(plan: Any, reads: Any, markers: Sequence[bytes]) -> int:
     """The slot of a commit plan, checked over every key it names before anything is
     sent: entities, reads, reindex markers and each model's tag."""
     keys = [change.key for change in plan.changes]
-    keys += [b"{" + tag + b"}" for tag in {change.mapper.layout.tag for change in plan.changes}]
+    keys += list({change.mapper.layout.hashtag for change in plan.changes})
     keys += reads.keys() + reads.exists + list(reads.fields) + reads.counters
     keys += [stripe for stripe, _ in reads.owners]
     keys += markers  # the user's commands were checked when queued (their own keys)
@@ -383,12 +383,12 @@ __all__ = [
     "gave_up",
     "in_slot",
     "is_cluster",
+    "layout_slot",
     "masters",
     "plan_slot",
     "pool",
     "refresh",
     "refusal",
     "slot_of",
-    "tag_slot",
     "user_command_slot",
 ]

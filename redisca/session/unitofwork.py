@@ -49,7 +49,7 @@ class Group:
 
 def target(client: Any, mapper: Mapper) -> tuple[Any, int | None]:
     """Where a model's changes commit: its client, and on a cluster its tag's slot."""
-    return client, routing.tag_slot(mapper.layout.tag) if routing.is_cluster(client) else None
+    return client, routing.layout_slot(mapper.layout) if routing.is_cluster(client) else None
 
 
 def cascade(
