@@ -46,6 +46,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: ``hexid``'s format, built once: a 10,000-user insert makes 10,000 ids.
+_HEX_FORMAT = f"%0{HEX_WIDTH}x"
+
+
 class _Generator:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -84,7 +88,7 @@ def intid() -> int:
 
 def hexid() -> str:
     """A new id as 26 lowercase hex digits; string order is time order."""
-    return format(_generator.next(), f"0{HEX_WIDTH}x")
+    return _HEX_FORMAT % _generator.next()
 
 
 def split_id(value: int | str) -> IdParts:

@@ -246,13 +246,17 @@ class Mapper:
             if field._target_mapper is earlier:
                 field._target_mapper = None
                 self._filler = None
+                self._encoder = None
 
     @property
     def encoder(self) -> Encoder:
         """Every field's stored bytes as one generated function: an insert's values."""
-        if self._encoder is None:
-            self._encoder = build_encoder(self)
-        return self._encoder
+        if self._encoder is not None:
+            return self._encoder
+        encoder, complete = build_encoder(self)
+        if complete:
+            self._encoder = encoder
+        return encoder
 
     @property
     def filler(self) -> Filler:

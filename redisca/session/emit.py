@@ -109,7 +109,12 @@ class _Emitter:
     def add(self, change: EntityChange, member: bytes, name: bytes, key: bytes, *args: Any) -> None:
         """An index addition (``SADD``, ``ZADD``, a claim's ``HSET``) to a live key, and to
         its build key if a reindex is rebuilding ``member`` (a hash field, or ``#all``)."""
-        _merge(self.additions, name, key, args)
+        # _merge, inlined: an insert makes one call per index of the entity.
+        found = self.additions.get((name, key))
+        if found is None:
+            self.additions[(name, key)] = list(args)
+        else:
+            found.extend(args)
         if self.observed.rebuilds:
             built = self.build_key(change, member, key)
             if built is not None:

@@ -199,7 +199,9 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 guards[change.guard] = None
             if change.in_doubt:
                 reads.fields[key] = change.verified_fields()
-            for field, raw in change.values.items():
+            values = change.values
+            for field in change.mapper.indexed:  # fewer than the fields: the unique ones
+                raw = values.get(field)
                 if field.unique and raw is not None:
                     claimed = slot(field, raw)
                     owners[claimed] = None

@@ -183,6 +183,9 @@ class Session:
 
     def add(self, obj: object) -> None:
         """Track a new instance (it gets ``hexid()`` if its id is None) and its references."""
+        self._add(obj, None)
+
+    def _add(self, obj: object, held: dict[int, object] | None) -> None:
         state = instrument.state_of(obj)
         if state is not None:
             if state._session is self._ref:
@@ -209,14 +212,26 @@ class Session:
         state = InstanceState(obj, mapper, ident)
         state.generated_id = generated
         self.identity_map.track(state)
-        self.cascade(state)
+        self.cascade(state, held)
 
-    def cascade(self, state: InstanceState) -> None:
-        """Save cascade: add the entities an instance's references point to."""
+    def cascade(self, state: InstanceState, held: dict[int, object] | None = None) -> None:
+        """Save cascade: add the entities an instance's references point to.
+
+        ``held`` (from :meth:`add_all`): targets already seen held by the session, by id,
+        so that thousands of instances referring to a few targets check each one once (the
+        dict keeps them alive, so an id is never reused while it is in there). Should one
+        leave the session meanwhile, the commit's own cascade adds it again.
+        """
         for field in state.mapper.references:
             target = field.attribute.get_raw(state.obj)
-            if target is not MISSING and target is not None and target not in self:
-                self.add(target)
+            if target is MISSING or target is None:
+                continue
+            if held is not None:
+                if id(target) in held:
+                    continue
+                held[id(target)] = target
+            if target not in self:
+                self._add(target, held)
 
     def _reattach(self, state: InstanceState) -> None:
         """An expunged instance comes back persistent, with what was known of it."""
@@ -231,9 +246,10 @@ class Session:
 
     def add_all(self, objs: Iterable[object]) -> None:
         """:meth:`add` each object."""
+        held: dict[int, object] = {}
         with gcpause.paused(len(objs) if isinstance(objs, Sized) else 0):
             for obj in objs:
-                self.add(obj)
+                self._add(obj, held)
 
     def bulk_add(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import DetachedInstanceError
+from ..errors import DetachedInstanceError, ValidationError
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP
 from ..mapping.mapper import MappedField, Mapper, mapper_of
@@ -168,7 +168,14 @@ class InstanceState:
                 value = field.attribute.fetch(obj)
             except AttributeError:
                 continue
-            encoded = field.encode(value)
+            encoder = field.encoder  # the codec's own: one call, not MappedField.encode's two
+            if value is None or encoder is None:
+                encoded = field.encode(value)  # a reference's id, or None
+            else:
+                try:
+                    encoded = encoder(value)
+                except (ValidationError, UnicodeEncodeError):
+                    encoded = field.encode(value)  # raises the error naming the field
             if snapshot.get(field, _ABSENT) != encoded:
                 out[field] = encoded
         return out
