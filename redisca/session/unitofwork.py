@@ -80,13 +80,16 @@ def cascade(
 
 
 def _check_identity(state: InstanceState) -> str:
-    ident = state.mapper.identity(state.obj)
+    try:  # Mapper.identity, inlined: every change of a commit checks it
+        ident = state.mapper.id_attribute.fetch(state.obj)
+    except AttributeError:
+        ident = None
     if ident != state.id:
         raise InvalidRequestError(
             f"{state.key}: an entity's id cannot change ({state.id!r} -> {ident!r}); "
             "delete it and add a new one"
         )
-    return ident  # type: ignore[return-value]
+    return ident  # type: ignore[no-any-return]
 
 
 def first_version() -> int:
@@ -148,7 +151,8 @@ def _update(state: InstanceState) -> EntityChange | None:
         and all(v is None for v in {**state.snapshot, **values}.values())
     )
     # An update of plain fields of a loaded, unversioned entity reads nothing: the
-    # common update, built with the fewest steps.
+    # common update, built with the fewest steps (arguments by position: the keywords
+    # cost a tenth of the call).
     needs_read = not loaded or mapper.versioned or not mapper.plain.issuperset(values)
     return EntityChange(
         mapper,
@@ -159,8 +163,9 @@ def _update(state: InstanceState) -> EntityChange | None:
         loaded,
         state.version,
         _unique_guesses(state, values) if needs_read else {},
-        empty_after=empty_after,
-        in_doubt=state.in_doubt,
+        True,  # check_exists (unused by updates)
+        empty_after,
+        state.in_doubt,
     )
 
 
