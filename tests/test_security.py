@@ -201,7 +201,7 @@ def test_generated_code_holds_no_user_text() -> None:
     for function in (mapper.filler, mapper.encoder):
         names, kinds = _names_and_literals(function)
         own = names - fixed
-        assert own and all(re.fullmatch(r"[efhsdmtacr][0-9]+", w) for w in own), own
+        assert own and all(re.fullmatch(r"[efhsdmtacri][0-9]+", w) for w in own), own
         assert not kinds & {tokenize.STRING, tokenize.NUMBER}
     odd = Odd(import_os="a", id="o1")
     odd.exec_ = odd
