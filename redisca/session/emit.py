@@ -173,6 +173,8 @@ class _Emitter:
         if field.unique:
             slot = self.observed.slot(field, raw)
             self.release(change, slot)
+            if not self.observed.rebuilds:
+                return
             # The build holds the owner the hashes say: release it by the value, whoever
             # the live stripe names.
             built = self.build_key(change, field.hash_field, slot[0])
@@ -187,9 +189,10 @@ class _Emitter:
         self.claims[slot] = (change, field, raw)
 
     def release(self, change: EntityChange, slot: Slot) -> None:
-        if slot not in self.observed.owners:
+        owner = self.observed.owners.get(slot, _UNREAD)
+        if owner is _UNREAD:
             self.unknown.append(slot)
-        elif self.observed.owners[slot] == change.id:
+        elif owner == change.id:
             _merge(self.removals, b"HDEL", slot[0], (slot[1],))
             self.released.add(slot)
 

@@ -190,6 +190,9 @@ def collect_reads(plan: CommitPlan) -> Reads:
             found = slots[(field, raw)] = unique_key(field, raw)
         return found
 
+    # A delete reads the same fields of every entity of its model: worked out once each.
+    deletes: dict[Mapper, tuple[list[bytes], list[MappedField]]] = {}
+
     for change in plan.changes:
         key = change.key
         if change.op == INSERT:
@@ -215,17 +218,16 @@ def collect_reads(plan: CommitPlan) -> Reads:
             # must tell "gone" from "changed": see emit's _check_current).
             reads.exists.append(key)
         guards[change.guard] = None
-        read_fields = change.read_fields()
-        hash_fields = [f.hash_field for f in read_fields]
-        if change.mapper.versioned:
-            hash_fields.append(VERSION_FIELD)
-        if change.in_doubt and change.op == UPDATE:
-            hash_fields += change.verified_fields()
+        if change.op == DELETE:
+            found = deletes.get(change.mapper)
+            if found is None:
+                found = deletes[change.mapper] = _fields_read(change)
+        else:
+            found = _fields_read(change)
+        hash_fields, uniques = found
         if hash_fields:
-            reads.fields[key] = list(dict.fromkeys(hash_fields))
-        for field in read_fields:
-            if not field.unique:
-                continue
+            reads.fields[key] = hash_fields  # never changed once made: shared by deletes
+        for field in uniques:
             new = change.values.get(field)
             if change.op == UPDATE and new is not None:
                 claimed = slot(field, new)
@@ -238,6 +240,18 @@ def collect_reads(plan: CommitPlan) -> Reads:
     reads.guards = list(guards)
     reads.counters = list(counters)
     return reads
+
+
+def _fields_read(change: EntityChange) -> tuple[list[bytes], list[MappedField]]:
+    """The hash fields to read of a read change's entity, and its unique fields among
+    them (whose owners to read)."""
+    read_fields = change.read_fields()
+    hash_fields = [f.hash_field for f in read_fields]
+    if change.mapper.versioned:
+        hash_fields.append(VERSION_FIELD)
+    if change.in_doubt and change.op == UPDATE:
+        hash_fields += change.verified_fields()
+    return list(dict.fromkeys(hash_fields)), [f for f in read_fields if f.unique]
 
 
 __all__ = [
