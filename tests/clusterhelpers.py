@@ -13,7 +13,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import redisca
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
+from redisca.session import routing
+
+
+def model_slot(cls: type) -> int:
+    """The hash slot of every key of a mapped class."""
+    return routing.layout_slot(redisca.inspect(cls).layout)
 
 
 def node_client(node: EmbeddedServer, **kwargs: Any) -> redis.Redis:

@@ -105,6 +105,14 @@ def flush_cluster(cluster: EmbeddedCluster) -> None:
             client.flushall()
 
 
+@pytest.fixture
+def cluster(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
+    """The run's 3-master cluster, every master flushed before and after the test."""
+    flush_cluster(redis_cluster)
+    yield redis_cluster
+    flush_cluster(redis_cluster)
+
+
 @pytest.fixture(params=list(MODES), ids=list(MODES))
 def r(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
     """A client in one of :data:`MODES`, on a server (in cluster mode: a cluster,

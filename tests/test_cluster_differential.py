@@ -18,15 +18,15 @@ from typing import Any
 import attrs
 import pytest
 import redis
+from clusterhelpers import model_slot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.cluster import RedisCluster
 from test_cluster_routing import MODELS, Company, Post, User
 from test_query_engine import Item, Row, Shape, build, datasets, model, shapes, write_session
 
-from redisca import Session, inspect
+from redisca import Session
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
-from redisca.session import routing
 
 MODES = {
     "bytes-resp3": {"decode_responses": False, "protocol": 3},
@@ -136,7 +136,7 @@ def test_get_many_across_three_masters_answers_alike(
     pair: tuple[redis.Redis, RedisCluster], redis_cluster: EmbeddedCluster
 ) -> None:
     masters = {
-        redis_cluster.node_for_slot(routing.layout_slot(inspect(cls).layout)).port
+        redis_cluster.node_for_slot(model_slot(cls)).port
         for cls in MODELS
     }
     assert len(masters) == 3  # the three models are on three masters

@@ -119,20 +119,6 @@ def clean(cluster: EmbeddedCluster) -> None:
 
 
 @pytest.fixture
-def cluster(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
-    """The run's cluster, every master flushed before and after."""
-
-    def flush() -> None:
-        for node in redis_cluster.masters:
-            with node_client(node) as client:
-                client.flushall()
-
-    flush()
-    yield redis_cluster
-    flush()
-
-
-@pytest.fixture
 def hook() -> Hook:
     return Hook()
 

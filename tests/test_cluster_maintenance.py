@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 import pytest
-from clusterhelpers import migrate_slot, node_client
+from clusterhelpers import migrate_slot, model_slot, node_client
 from models import Company, User, registry
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -34,7 +34,6 @@ from redisca.cli import FAILED, OK, PROBLEMS
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
 from redisca.maintenance import MaintenanceError, check, migrate, reindex, stats
 from redisca.maintenance.placement import pattern_slot
-from redisca.session import routing
 
 TESTS = Path(__file__).parent
 
@@ -52,23 +51,6 @@ class Note:
 
 MODELS = (Company, User, Note)
 
-
-def _slot(cls: type) -> int:
-    return routing.layout_slot(redisca.inspect(cls).layout)
-
-
-@pytest.fixture
-def cluster(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
-    """The run's cluster with every master flushed (before and after)."""
-
-    def flush() -> None:
-        for node in redis_cluster.masters:
-            with node_client(node) as client:
-                client.flushall()
-
-    flush()
-    yield redis_cluster
-    flush()
 
 
 @pytest.fixture(params=["bytes-resp3", "str-resp2"])
@@ -94,7 +76,7 @@ def _seed_notes(client: Any, n: int) -> None:
 
 
 def test_the_models_are_on_three_masters(cluster: EmbeddedCluster) -> None:
-    assert len({cluster.node_for_slot(_slot(cls)).port for cls in MODELS}) == 3
+    assert len({cluster.node_for_slot(model_slot(cls)).port for cls in MODELS}) == 3
 
 
 def test_a_pattern_names_one_slot_only_when_its_tag_is_literal() -> None:
@@ -133,7 +115,7 @@ def test_a_plain_client_on_a_cluster_node_is_refused(cluster: EmbeddedCluster) -
     client = cluster.client()
     seed(client, 5)
     client.close()
-    node = cluster.node_for_slot(_slot(User))  # even the node serving the model
+    node = cluster.node_for_slot(model_slot(User))  # even the node serving the model
     with node_client(node) as plain:
         for task in (stats, check, reindex, migrate):
             with pytest.raises(ClusterNodeError, match="cluster node"):
@@ -238,7 +220,7 @@ def test_reindex_scripts_stay_in_the_models_slot(
             keys = {k.decode() for k in plain.scan_iter(count=1000)}
         for cls in (User, Company):
             tagged = {k for k in keys if k.startswith(redisca.inspect(cls).layout.head.decode())}
-            if node is not cluster.node_for_slot(_slot(cls)):
+            if node is not cluster.node_for_slot(model_slot(cls)):
                 assert not tagged
 
 
@@ -309,7 +291,7 @@ def test_a_task_on_a_model_whose_slot_is_migrating_is_refused(
     cluster: EmbeddedCluster, rc1: RedisCluster
 ) -> None:
     seed(rc1, 20)
-    slot = _slot(User)
+    slot = model_slot(User)
     with _migrating(cluster, slot, [b"{usr}:3", b"{usr}:4"]) as (src, dst):
         for task in (stats, check, reindex):
             with pytest.raises(MaintenanceError) as info:
@@ -350,7 +332,7 @@ def test_a_migration_starting_during_a_task_is_refused_at_its_end(
     """The slot map is read when a task starts and when it ends: the model's slot
     starting to migrate meanwhile voids the result."""
     seed(rc1, 20)
-    slot = _slot(User)
+    slot = model_slot(User)
     started: list[Any] = []
 
     def progress(model: str, phase: str, done: int, total: int | None) -> None:
@@ -478,7 +460,7 @@ def test_the_command_line_refuses_a_migrating_slot(
     cluster: EmbeddedCluster, rc1: RedisCluster
 ) -> None:
     seed(rc1, 3)
-    slot = _slot(User)
+    slot = model_slot(User)
     with _migrating(cluster, slot):
         done = _cli("check", "models:registry", url=cluster.url)
         assert done.returncode == FAILED, done.stdout + done.stderr

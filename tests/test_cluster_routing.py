@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from clusterhelpers import migrate_slot, node_client, slot_moved
+from clusterhelpers import migrate_slot, model_slot, node_client, slot_moved
 from helpers import CountingConnection, RoundTripCounter, counting_client, sent_commands
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -82,9 +82,6 @@ class Line:
 MODELS = (Company, Post, User)
 
 
-def _slot(cls: type) -> int:
-    return routing.layout_slot(redisca.inspect(cls).layout)
-
 
 # -- a cluster client whose connections count, and can be made to wait ---------
 
@@ -129,20 +126,6 @@ def mode(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "bytes-resp3":
         return {"decode_responses": False, "protocol": 3}
     return {"decode_responses": True, "protocol": 2}
-
-
-@pytest.fixture
-def cluster(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
-    """The run's cluster with every master flushed (before and after)."""
-
-    def flush() -> None:
-        for node in redis_cluster.masters:
-            with node_client(node) as client:
-                client.flushall()
-
-    flush()
-    yield redis_cluster
-    flush()
 
 
 @pytest.fixture
@@ -233,7 +216,7 @@ def test_run_follows_a_moved_slot_and_asks_during_a_migration(
 
 
 def test_the_models_live_in_three_slots_on_three_masters(cluster: EmbeddedCluster) -> None:
-    masters = {cluster.node_for_slot(_slot(cls)).port for cls in MODELS}
+    masters = {cluster.node_for_slot(model_slot(cls)).port for cls in MODELS}
     assert len(masters) == 3, "the test's models must land on different masters"
 
 
@@ -256,10 +239,10 @@ def test_commit_load_and_query_across_three_masters(
     keys = _node_keys(cluster)
     for cls, obj in ((Company, acme), (User, ann), (Post, post)):
         key = redisca.inspect(cls).layout.entity(obj.id)
-        port = cluster.node_for_slot(_slot(cls)).port
+        port = cluster.node_for_slot(model_slot(cls)).port
         assert key in keys[port], (cls, key, port)
         # every key of the model is on its master, in its slot
-        owned = {k for k in keys[port] if key_slot(k) == _slot(cls)}
+        owned = {k for k in keys[port] if key_slot(k) == model_slot(cls)}
         assert key in owned
 
     fresh = Session(rc)
@@ -318,7 +301,7 @@ def test_bulk_add_on_the_cluster(rc: RedisCluster) -> None:
 def test_a_slot_group_commits_in_one_transaction(
     cluster: EmbeddedCluster, rc: RedisCluster, traffic: _Traffic
 ) -> None:
-    assert _slot(Invoice) == _slot(Line) == key_slot(b"{shop}")
+    assert model_slot(Invoice) == model_slot(Line) == key_slot(b"{shop}")
     s = Session(rc)
     invoice = Invoice(number="A-1")
     s.add_all([Line(invoice=invoice, amount=i) for i in range(3)])
@@ -401,7 +384,7 @@ def test_a_moved_slot_is_followed_and_the_watch_still_holds(
     between its reads and its MULTI is detected: exactly one owner of the email."""
     Session(rc).get(User, "warm-up")  # the slot map is loaded and will be stale
     other = cluster.client()
-    with slot_moved(cluster, _slot(User)):
+    with slot_moved(cluster, model_slot(User)):
         s = Session(rc)
         s.add(User(email="race@example.com"))
         traffic.before_multi = lambda: _claim(other, "race@example.com", "rival")
@@ -411,7 +394,7 @@ def test_a_moved_slot_is_followed_and_the_watch_still_holds(
         assert info.value.owner == "rival"
         watched = {port for port, _, cs in traffic.writes if any(c[0] == b"WATCH" for c in cs)}
         assert len(watched) == 2, "the first WATCH went to the old master"
-        _assert_no_multi_on_the_refused_master(traffic, cluster, _slot(User))
+        _assert_no_multi_on_the_refused_master(traffic, cluster, model_slot(User))
         owners = Session(other).query(User).filter(User.email == "race@example.com").all()
         assert [u.id for u in owners] == ["rival"]
     other.close()
@@ -436,7 +419,7 @@ def test_a_slot_moved_between_reads_and_exec_is_rerouted_and_applied_once(
     user = User(email="mover@example.com", age=1)
     seed.add(user)
     seed.commit()
-    slot = _slot(User)
+    slot = model_slot(User)
     src = cluster.node_for_slot(slot)
     dst = next(n for n in cluster.masters if n is not src)
     s = Session(rc)
@@ -467,7 +450,7 @@ def test_a_half_migrated_slot_waits_then_follows(
     seed.add_all(users)
     seed.commit()
     other = cluster.client()
-    with slot_moved(cluster, _slot(User), finish=False) as finish:
+    with slot_moved(cluster, model_slot(User), finish=False) as finish:
         s = Session(rc)
         loaded = s.get(users[0].__class__, users[0].id)  # ASK or served: read either way
         assert loaded is not None
@@ -497,7 +480,7 @@ def test_reads_follow_ask_during_a_migration(cluster: EmbeddedCluster, rc: Redis
     users = [User(email=f"a{i}@example.com") for i in range(10)]
     seed.add_all(users)
     seed.commit()
-    with slot_moved(cluster, _slot(User), finish=False):
+    with slot_moved(cluster, model_slot(User), finish=False):
         s = Session(rc)
         got = s.get_many(User, [u.id for u in users])
         assert [u.id for u in got] == [u.id for u in users]  # moved or not: all read
@@ -509,7 +492,7 @@ def test_reads_follow_ask_during_a_migration(cluster: EmbeddedCluster, rc: Redis
 @pytest.fixture
 def plain(cluster: EmbeddedCluster) -> Iterator[redis.Redis]:
     """A plain client on the master that serves neither User nor Company."""
-    busy = {cluster.node_for_slot(_slot(cls)).port for cls in (User, Company)}
+    busy = {cluster.node_for_slot(model_slot(cls)).port for cls in (User, Company)}
     node = next(n for n in cluster.masters if n.port not in busy)
     client = node_client(node)
     yield client
@@ -548,11 +531,11 @@ def test_a_plain_client_committing_two_slots_on_its_node_gets_the_error(
     cluster: EmbeddedCluster,
 ) -> None:
     """Two models whose slots the node serves: CROSSSLOT, never a partial commit."""
-    node = cluster.node_for_slot(_slot(Post))
+    node = cluster.node_for_slot(model_slot(Post))
     here = next(  # a key of another slot that this node serves too
         k
         for k in (f"k{i}" for i in range(10_000))
-        if key_slot(k.encode()) != _slot(Post) and cluster.node_for_key(k) is node
+        if key_slot(k.encode()) != model_slot(Post) and cluster.node_for_key(k) is node
     )
     with node_client(node) as client:
         s = Session(client)
@@ -574,8 +557,8 @@ def test_a_refused_watch_is_never_followed_by_multi(cluster: EmbeddedCluster) ->
     """A plain client on the master of Post and Tag (two slots): a commit changing an
     indexed field of both watches keys of two slots, which Redis refuses (CROSSSLOT)
     while the reads that follow it succeed. Nothing more is sent on that connection."""
-    node = cluster.node_for_slot(_slot(Post))
-    assert cluster.node_for_slot(_slot(Tag)) is node and _slot(Tag) != _slot(Post)
+    node = cluster.node_for_slot(model_slot(Post))
+    assert cluster.node_for_slot(model_slot(Tag)) is node and model_slot(Tag) != model_slot(Post)
     counted = counting_client(node.url)
     try:
         seed = Session(counted.client)

@@ -8,7 +8,6 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -62,15 +61,6 @@ def _keys_per_master(cluster: EmbeddedCluster) -> dict[int, str]:
             if len(found) == len(cluster.masters):
                 return found
     raise AssertionError("unreachable")
-
-
-@pytest.fixture
-def cluster(redis_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
-    """The run's 3-master cluster, every master flushed."""
-    for node in redis_cluster.masters:
-        with _plain(node) as client:
-            client.flushall()
-    yield redis_cluster
 
 
 def test_every_node_is_ok_and_every_slot_is_served_once(cluster: EmbeddedCluster) -> None:
