@@ -527,7 +527,6 @@ def _attempt(
     reads: Reads,
     fenced: list[bytes],
     seen: dict[bytes, Any],
-    slot: int | None,
     wait: Wait | None,
 ) -> Executed | None:
     observed = Observed(slots=reads.slots)
@@ -541,9 +540,6 @@ def _attempt(
         except NeedOwners as need:
             _watch_and_read(conn, Reads(owners=need.keys), observed)
             commands = emit(plan, observed)
-        if slot is not None:  # a cluster: redisca's own writes stay in the slot (the
-            own = commands[: len(commands) - len(plan.commands)]  # user's: when queued)
-            routing.in_slot(routing.commit_keys(own), slot, "the commit's transaction")
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
     except RediscaError:
@@ -624,7 +620,7 @@ def _commit_on(
         reads.markers = markers
     attempt = 0
     while attempt <= retries:
-        executed = _attempt(conn, plan, reads, fenced, seen, slot, wait)
+        executed = _attempt(conn, plan, reads, fenced, seen, wait)
         if executed is not None:
             replies = executed.replies
             _check_own_replies(executed.commands, replies, len(replies) - len(plan.commands))
@@ -650,7 +646,7 @@ def _routed_commit(
     again from its reads (a new connection: the refused one is dropped). A lost
     connection is not retried here (its ``OperationalError`` says whether ``EXEC``
     went out); the slot map is read again, so the next commit finds a new master."""
-    slot = routing.plan_slot(plan, reads, markers)
+    slot = routing.plan_slot(plan)
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
         try:

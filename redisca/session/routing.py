@@ -175,7 +175,7 @@ def command_key(command: Sequence[Any]) -> bytes | None:
 
 
 def commit_keys(commands: Sequence[Sequence[Any]]) -> list[bytes]:
-    """Every key redisca's commit commands touch (``EVAL``'s declared keys, ``DEL``'s,
+    """Every key a transaction's commands touch (``EVAL``'s declared keys, ``DEL``'s,
     ``LMOVE``'s two, the first argument of the rest)."""
     keys: list[bytes] = []
     for command in commands:
@@ -210,15 +210,15 @@ def in_slot(keys: Sequence[bytes], slot: int | None, what: str) -> int:
     )
 
 
-def plan_slot(plan: Any, reads: Any, markers: Sequence[bytes]) -> int:
-    """The slot of a commit plan, checked over every key it names before anything is
-    sent: entities, reads, reindex markers and each model's tag."""
-    keys = [change.key for change in plan.changes]
-    keys += list({change.mapper.layout.hashtag for change in plan.changes})
-    keys += reads.keys() + reads.exists + list(reads.fields) + reads.counters
-    keys += [stripe for stripe, _ in reads.owners]
-    keys += markers  # the user's commands were checked when queued (their own keys)
-    return in_slot(keys, plan.slot, "the commit")
+def plan_slot(plan: Any) -> int:
+    """The slot of a commit plan, checked before anything is sent. Every key redisca
+    reads or writes for a change is built by its model's key layout, and every key of a
+    layout hashes to the slot of its tag (``mapping/keys.py``; the property test
+    ``test_prop_every_key_of_a_model_hashes_to_its_tags_slot``), so the tags of the
+    plan's models decide it: one key per model, not one per entity, index entry and
+    read. The user's commands were checked when they were queued."""
+    tags = list({change.mapper.layout.hashtag for change in plan.changes})
+    return in_slot(tags, plan.slot, "the commit")
 
 
 def pool(client: Any, slot: int) -> Any:
