@@ -23,8 +23,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.exceptions import ResponseError
@@ -44,6 +44,8 @@ from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
 from .routing import Redirected
+
+T = TypeVar("T")
 
 #: How often a commit whose watched keys changed is re-read and retried.
 DEFAULT_RETRIES = 5
@@ -415,18 +417,36 @@ def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
         with connection(client) as conn:
             return transaction(conn, commands) or []
     slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
+    return _on_slot(
+        client, slot, "the transaction", lambda conn: transaction(conn, commands) or []
+    )
+
+
+def _on_slot(client: Any, slot: int, what: str, work: Callable[[Any], T]) -> T:
+    """``work`` on a connection to the master of ``slot``; a refusal before ``EXEC``
+    ran is followed and ``work`` done again on a new connection (the refused one is
+    dropped, its ``WATCH`` with it). A lost connection is not retried here (its
+    ``OperationalError`` says whether ``EXEC`` went out); the slot map is read again,
+    so the next call finds a new master."""
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
         try:
             with connection(client, routing.pool(client, slot)) as conn:
-                return transaction(conn, commands) or []
+                return work(conn)
         except Redirected as refused:
             found = refused.found
             if found.kind not in routing.RETRYABLE:
-                raise
+                raise OperationalError(
+                    f"the cluster refused {what} in slot {slot} ({found.kind}): {found.error}",
+                    found.error,
+                ) from refused
             routing.follow(client, found, hop)
+        except OperationalError as exc:
+            if exc.orig is not None and isinstance(exc.orig, _CONNECTION_ERRORS):
+                routing.forget(client)  # a master gone: the next call asks the new map
+            raise
     assert found is not None
-    raise routing.gave_up(found, f"the transaction in slot {slot}")
+    raise routing.gave_up(found, f"{what} in slot {slot}")
 
 
 def _check_watch(before: Sequence[Command], replies: list[Any], applied: bool) -> None:
@@ -642,30 +662,14 @@ def _routed_commit(
     wait: Wait | None,
 ) -> Executed:
     """A commit on a cluster: its slot checked before anything is sent, then sent to
-    the slot's master; a refusal before ``EXEC`` ran is followed and the commit tried
-    again from its reads (a new connection: the refused one is dropped). A lost
-    connection is not retried here (its ``OperationalError`` says whether ``EXEC``
-    went out); the slot map is read again, so the next commit finds a new master."""
+    the slot's master, and tried again from its reads after a refusal (:func:`_on_slot`)."""
     slot = routing.plan_slot(plan)
-    found: routing.Refusal | None = None
-    for hop in range(routing.MAX_HOPS):
-        try:
-            with connection(client, routing.pool(client, slot)) as conn:
-                return _commit_on(conn, plan, reads, markers, retries, seen, slot, wait)
-        except Redirected as refused:
-            found = refused.found
-            if found.kind not in routing.RETRYABLE:
-                raise OperationalError(
-                    f"the cluster refused the commit in slot {slot} ({found.kind}): {found.error}",
-                    found.error,
-                ) from refused
-            routing.follow(client, found, hop)
-        except OperationalError as exc:
-            if exc.orig is not None and isinstance(exc.orig, _CONNECTION_ERRORS):
-                routing.forget(client)  # a master gone: the next commit asks the new map
-            raise
-    assert found is not None
-    raise routing.gave_up(found, f"the commit in slot {slot}")
+    return _on_slot(
+        client,
+        slot,
+        "the commit",
+        lambda conn: _commit_on(conn, plan, reads, markers, retries, seen, slot, wait),
+    )
 
 
 def _check_own_replies(commands: list[Command], replies: list[Any], own: int) -> None:
