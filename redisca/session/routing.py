@@ -19,7 +19,6 @@ taken for data (a missing hash, a taken key, an empty result).
 from __future__ import annotations
 
 import contextlib
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -38,6 +37,7 @@ from redis.exceptions import (
 )
 
 from ..errors import ClusterNodeError, InvalidRequestError, OperationalError, ValidationError
+from .io import Refresh, Sleep, Steps
 
 #: How often one command or commit follows a redirect, or waits out ``TRYAGAIN`` or
 #: ``CLUSTERDOWN``, before giving up (an ``OperationalError``). With :func:`backoff`,
@@ -283,17 +283,19 @@ def forget(client: Any) -> None:
         refresh(client)
 
 
-def follow(client: Any, found: Refusal, hop: int) -> None:
+def follow(client: Any, found: Refusal, hop: int) -> Steps[None]:
     """Before the next try after ``found``: a new slot map and the node a ``MOVED``
     names (which the map may not name yet), a short, growing wait after ``ASK``
     (the migration ends with ``MOVED``), ``TRYAGAIN`` and ``CLUSTERDOWN`` (and a new
     map after a second ``CLUSTERDOWN``). The map is read after the wait, not before:
     read before, it was as old as the wait at the next try, and a slot moved again
-    meanwhile (a busy resharding, a failover in progress) was missed try after try."""
+    meanwhile (a busy resharding, a failover in progress) was missed try after try.
+    Steps of the executor's protocols: the wait and the read are requests its driver
+    performs (:mod:`redisca.session.io`)."""
     if found.kind != "MOVED" or hop:  # a first MOVED is followed at once
-        time.sleep(backoff(hop))
+        yield Sleep(backoff(hop))
     if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
-        refresh(client)  # also for redis-py's own commands on the client
+        yield Refresh()  # also for redis-py's own commands on the client
     if found.kind == "MOVED":
         _point(client, found)
 
