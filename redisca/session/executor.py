@@ -218,12 +218,12 @@ def lost(exc: BaseException, when: str) -> OperationalError:
     )
 
 
-def drive(client: Any, steps: Steps[T], conn: Any = None) -> T:
+def drive(steps: Steps[T], conn: Any = None) -> T:
     """Run a protocol (:mod:`redisca.session.io`) with blocking I/O: its
     :class:`~redisca.session.io.Send` on ``conn``, its
-    :class:`~redisca.session.io.OnConnection` on a pooled connection of ``client``
-    (or of a cluster master's pool). A failure is thrown into the protocol where it
-    yielded, as if the call it stands for had raised there."""
+    :class:`~redisca.session.io.OnConnection` on a pooled connection. A failure is
+    thrown into the protocol where it yielded, as if the call it stands for had raised
+    there."""
     reply: Any = None
     error: BaseException | None = None
     while True:
@@ -237,14 +237,14 @@ def drive(client: Any, steps: Steps[T], conn: Any = None) -> T:
             if kind is Send:
                 reply = roundtrip(conn, request.commands, sealed=request.sealed, got=request.got)
             elif kind is OnConnection:
-                with connection(client, request.pool) as other:
-                    reply = drive(client, request.work(_server(other)), other)
+                with connection(request.client, request.pool) as other:
+                    reply = drive(request.work(_server(other)), other)
             elif kind is Sleep:
                 time.sleep(request.seconds)
             elif request.quiet:
-                routing.forget(client)
+                routing.forget(request.client)
             else:
-                routing.refresh(client)
+                routing.refresh(request.client)
         except BaseException as exc:  # thrown into the protocol, which re-raises it
             error = exc
 
@@ -255,7 +255,7 @@ def run(client: Client, commands: Sequence[Command]) -> list[Any]:
     if not commands:
         return []
     if routing.is_cluster(client):
-        return drive(client, routed_run(client, commands))
+        return drive(routed_run(client, commands))
     with connection(client) as conn:  # run_steps, without its steps: every get comes here
         return roundtrip(conn, commands)
 
@@ -266,7 +266,7 @@ def run_steps(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
         return []
     if routing.is_cluster(client):
         return (yield from routed_run(client, commands))
-    return (yield OnConnection(None, functools.partial(_on_any, commands)))  # type: ignore[no-any-return]
+    return (yield OnConnection(client, None, functools.partial(_on_any, commands)))  # type: ignore[no-any-return]
 
 
 def _send(commands: Sequence[Command]) -> Steps[list[Any]]:
@@ -289,9 +289,9 @@ def routed_run(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
         for pool, indexes in _by_pool(client, commands, pending, asking).values():
             sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
             try:
-                got = yield OnConnection(pool, functools.partial(_on_any, sent))
+                got = yield OnConnection(client, pool, functools.partial(_on_any, sent))
             except OperationalError:  # a master gone: the next call asks the new map
-                yield Refresh(quiet=True)
+                yield Refresh(client, quiet=True)
                 raise
             if asking:
                 got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
@@ -419,7 +419,7 @@ def transaction(
     wait: Wait | None = None,
 ) -> list[Any] | None:
     """:func:`transaction_steps` on ``conn`` (the maintenance tasks' transactions)."""
-    return drive(None, transaction_steps(commands, before, got, wait), conn)
+    return drive(transaction_steps(commands, before, got, wait), conn)
 
 
 def transaction_steps(
@@ -488,10 +488,10 @@ def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
     sent again."""
     if not routing.is_cluster(client):
         with connection(client) as conn:
-            return drive(client, transaction_steps(commands), conn) or []
+            return drive(transaction_steps(commands), conn) or []
     slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
     steps = on_slot(client, slot, "the transaction", lambda server: transaction_steps(commands))
-    return drive(client, steps) or []
+    return drive(steps) or []
 
 
 def on_slot(client: Any, slot: int, what: str, work: Callable[[Hashable], Steps[T]]) -> Steps[T]:
@@ -503,7 +503,7 @@ def on_slot(client: Any, slot: int, what: str, work: Callable[[Hashable], Steps[
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
         try:
-            return (yield OnConnection(routing.pool(client, slot), work))  # type: ignore[no-any-return]
+            return (yield OnConnection(client, routing.pool(client, slot), work))  # type: ignore[no-any-return]
         except Redirected as refused:
             found = refused.found
             if found.kind not in routing.RETRYABLE:
@@ -514,7 +514,7 @@ def on_slot(client: Any, slot: int, what: str, work: Callable[[Hashable], Steps[
             yield from routing.follow(client, found, hop)
         except OperationalError as exc:
             if exc.orig is not None and isinstance(exc.orig, _CONNECTION_ERRORS):
-                yield Refresh(quiet=True)  # a master gone: the next call asks the new map
+                yield Refresh(client, quiet=True)  # a master gone: the next call asks the new map
             raise
     assert found is not None
     raise routing.gave_up(found, f"{what} in slot {slot}")
@@ -670,7 +670,7 @@ def execute_commit(
     wait: Wait | None = None,
 ) -> Executed:
     """:func:`commit_steps` with blocking I/O."""
-    return drive(client, commit_steps(client, plan, retries, seen, wait))
+    return drive(commit_steps(client, plan, retries, seen, wait))
 
 
 def commit_steps(
@@ -696,6 +696,7 @@ def commit_steps(
     if not routing.is_cluster(client):
         return (  # type: ignore[no-any-return]
             yield OnConnection(
+                client,
                 None,
                 lambda server: _commit_on(plan, reads, markers, retries, seen, None, wait, server),
             )

@@ -34,11 +34,12 @@ class Send(NamedTuple):
 
 
 class OnConnection(NamedTuple):
-    """Run the steps ``work(server)`` makes on a connection of ``pool`` (``None``: the
-    client's own pool; ``server``: what identifies the connection's server and
-    database); reply: what they return. The connection goes back clean, or is dropped
-    when they fail with anything but redisca's own refusals."""
+    """Run the steps ``work(server)`` makes on a connection of ``pool``, or of
+    ``client``'s own pool when ``pool`` is ``None`` (``server``: what identifies the
+    connection's server and database); reply: what they return. The connection goes
+    back clean, or is dropped when they fail with anything but redisca's own refusals."""
 
+    client: Any
     pool: Any
     work: Callable[[Hashable], Steps[Any]]
 
@@ -50,9 +51,10 @@ class Sleep(NamedTuple):
 
 
 class Refresh(NamedTuple):
-    """Read the cluster's slot map again; ``quiet``: a failure to read it is ignored
-    (after a lost connection, whose own error is reported)."""
+    """Read the cluster client's slot map again; ``quiet``: a failure to read it is
+    ignored (after a lost connection, whose own error is reported)."""
 
+    client: Any
     quiet: bool = False
 
 

@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -137,11 +138,19 @@ def is_cluster(client: Any) -> bool:
     kind = client.__class__
     found = _CLUSTER_CLASSES.get(kind)
     if found is None:
-        found = _CLUSTER_CLASSES[kind] = isinstance(client, RedisCluster)
+        found = _CLUSTER_CLASSES[kind] = isinstance(client, RedisCluster | AsyncRedisCluster)
     return found
 
 
 _CLUSTER_CLASSES: dict[type, bool] = {}
+
+
+def _node_pool(client: Any, node: Any) -> Any:
+    """Where connections to a node come from: its client's pool, or for a
+    ``redis.asyncio`` cluster client the node itself (it keeps its connections)."""
+    if isinstance(client, AsyncRedisCluster):
+        return node
+    return client.get_redis_connection(node).connection_pool
 
 
 def layout_slot(layout: Any) -> int:
@@ -230,7 +239,7 @@ def pool(client: Any, slot: int) -> Any:
             node = client.nodes_manager.get_node_from_slot(slot)
         except RedisClusterException as exc:  # the slot is not covered (yet): retried
             raise Redirected(Refusal("CLUSTERDOWN", exc), f"slot {slot}") from exc
-    return client.get_redis_connection(node).connection_pool
+    return _node_pool(client, node)
 
 
 #: Per cluster client, slot -> the node the last ``MOVED`` for it named (until the map
@@ -263,7 +272,7 @@ def ask_pool(client: Any, found: Refusal) -> Any:
     if found.address is None:
         return None
     node = client.get_node(host=found.address[0], port=found.address[1])
-    return None if node is None else client.get_redis_connection(node).connection_pool
+    return None if node is None else _node_pool(client, node)
 
 
 def refresh(client: Any) -> None:
@@ -274,6 +283,16 @@ def refresh(client: Any) -> None:
         client.nodes_manager.initialize()
     except (RedisError, OSError) as exc:  # no node answered, or they disagree
         raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
+
+
+async def arefresh(client: Any, quiet: bool) -> None:
+    """:func:`refresh` (``quiet``: :func:`forget`) for a ``redis.asyncio`` cluster client."""
+    _moved.pop(client, None)
+    try:
+        await client.nodes_manager.initialize()
+    except (RedisError, OSError) as exc:  # no node answered, or they disagree
+        if not quiet:
+            raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
 
 
 def forget(client: Any) -> None:
@@ -295,7 +314,7 @@ def follow(client: Any, found: Refusal, hop: int) -> Steps[None]:
     if found.kind != "MOVED" or hop:  # a first MOVED is followed at once
         yield Sleep(backoff(hop))
     if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
-        yield Refresh()  # also for redis-py's own commands on the client
+        yield Refresh(client)  # also for redis-py's own commands on the client
     if found.kind == "MOVED":
         _point(client, found)
 
@@ -374,6 +393,7 @@ __all__ = [
     "RETRYABLE",
     "Redirected",
     "Refusal",
+    "arefresh",
     "ask_pool",
     "backoff",
     "check",
