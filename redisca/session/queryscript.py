@@ -548,14 +548,27 @@ def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
         whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
     pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
     pool = client.connection_pool if pool is None else pool
-    known = _KNOWN.get(pool)
-    if known is not None and sha in known:
+    known = _known(client, pool)
+    if sha in known:
         reply = (yield from executor.run_steps(client, [by_digest]))[0]
         if not isinstance(reply, NoScriptError):
             return (yield from _checked(client, reply, call))
     reply = (yield from executor.run_steps(client, [whole]))[0]
-    _KNOWN.setdefault(pool, set()).add(sha)
+    known.add(sha)
     return (yield from _checked(client, reply, call))
+
+
+def _known(client: Any, pool: Any) -> set[bytes]:
+    """The scripts the server of ``pool`` has run (a set to add to)."""
+    try:
+        return _KNOWN.setdefault(pool, set())
+    except TypeError:  # a redis.asyncio cluster node: no weak references, known by name
+        return _KNOWN_NODES.setdefault(client, {}).setdefault(pool.name, set())
+
+
+_KNOWN_NODES: weakref.WeakKeyDictionary[Any, dict[str, set[bytes]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _checked(client: Any, reply: Any, call: ScriptCall) -> Steps[Any]:
