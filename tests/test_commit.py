@@ -16,6 +16,7 @@ from helpers import (
     assert_indexes_consistent,
     dump_keyspace,
     guard_key,
+    stripe_key,
     transactions,
     unique_owner,
 )
@@ -341,6 +342,23 @@ def test_changing_email_releases_the_old_value(r: redis.Redis) -> None:
     persist(r, User("a@x.org", id="2"))
     assert owner(r, "a@x.org") == "2"
     consistent(r)
+
+
+def test_a_release_never_removes_a_value_another_entity_owns(r: redis.Redis) -> None:
+    """A release is checked on the server (the stripe must still name the releasing
+    entity), not read first: with the stripe naming another id (drift that ``check``
+    reports), deleting or renaming the entity leaves that claim alone."""
+    persist(r, User("a@x.org", id="1"), User("b@x.org", id="2"))
+    for value in ("a@x.org", "b@x.org"):
+        r.hset(stripe_key("usr", "eml", value), value, "9")
+    s = Session(r)
+    s.delete(s.reference(User, "1"))  # unloaded: its email comes from Redis
+    two = s.get(User, "2")
+    assert two is not None
+    two.email = "c@x.org"
+    s.commit()
+    assert owner(r, "a@x.org") == "9" and owner(r, "b@x.org") == "9"
+    assert owner(r, "c@x.org") == "2" and not r.exists("{usr}:1")
 
 
 def test_changing_only_the_case_of_an_email_keeps_its_claim(r: redis.Redis) -> None:

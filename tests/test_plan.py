@@ -19,9 +19,9 @@ from redisca.errors import IntegrityError, NotFound, StaleDataError, UniqueViola
 from redisca.session import unitofwork
 from redisca.session.emit import (
     GUARDED_WRITE,
+    RELEASE_OWNED,
     REMOVE_FIELDS,
     InDoubtInsert,
-    NeedOwners,
     emit,
     vanished,
 )
@@ -314,20 +314,25 @@ def test_delete() -> None:
     reads = collect_reads(plan)
     assert reads.exists == []  # no EXISTS: an entity gone meanwhile reads as no values
     assert reads.fields == {KEY: [b"eml", b"city", b"company"]}  # not age: ZREM by id
-    assert reads.owners == [uk("ann@x.com")]  # the session's guess of the unique key
+    assert reads.owners == []  # a released value's owner is checked by the server
     assert reads.keys() == [guard(b"pusr", "u1")]  # watched all the same
     current = {b"eml": b"ANN@x.com", b"age": b"30", b"city": b"rome", b"company": None}
-    observed = Observed({}, {KEY: current}, {uk("ann@x.com"): "u1"})
+    observed = Observed({}, {KEY: current})
     assert emit(plan, observed) == [
         (b"DEL", KEY),
-        (b"HDEL", *uk("ann@x.com")),
         (b"ZREM", b"{pusr}#r:age", "u1"),  # the all-ids index too: no ZREM pusr#all
         (b"SREM", b"{pusr}#i:city:rome", "u1"),
+        (b"EVAL", RELEASE_OWNED, 1, *uk("ann@x.com"), "u1"),
         BUMP,
     ]
-    # a unique key owned by someone else is left alone
+    # an owner the commit read (another change claims the value) is released directly,
+    # and a unique key owned by someone else is left alone
+    observed.owners[uk("ann@x.com")] = "u1"
+    assert (b"HDEL", *uk("ann@x.com")) in emit(plan, observed)
     observed.owners[uk("ann@x.com")] = "u2"
-    assert (b"HDEL", *uk("ann@x.com")) not in emit(plan, observed)
+    commands = emit(plan, observed)
+    assert (b"HDEL", *uk("ann@x.com")) not in commands
+    assert not any(c[0] == b"EVAL" for c in commands)
     # Already gone: its fields read as None, and the removals find nothing to remove.
     gone = Observed(fields={KEY: dict.fromkeys(current)})
     assert emit(plan, gone) == [(b"DEL", KEY), (b"ZREM", b"{pusr}#r:age", "u1"), BUMP]
@@ -366,39 +371,37 @@ def test_claim_owned_by_another_id() -> None:
 def test_claim_of_a_key_released_in_the_same_commit() -> None:
     a = change(UPDATE, "u1", email=b"y@x.com")
     b = change(UPDATE, "u2", email=b"x@x.com")
-    a.guesses, b.guesses = {F["email"]: b"x@x.com"}, {F["email"]: b"z@x.com"}
     plan = CommitPlan((a, b))
     reads = collect_reads(plan)
-    assert sorted(reads.owners) == sorted([uk("x@x.com"), uk("y@x.com"), uk("z@x.com")])
+    # only claimed values' owners are read; the old ones are released by the server
+    assert sorted(reads.owners) == sorted([uk("x@x.com"), uk("y@x.com")])
     assert reads.fields == {KEY: [b"eml"], b"{pusr}:u2": [b"eml"]}
     observed = Observed(
         {KEY: True, b"{pusr}:u2": True},
         {KEY: {b"eml": b"x@x.com"}, b"{pusr}:u2": {b"eml": b"z@x.com"}},
-        {uk("x@x.com"): "u1", uk("y@x.com"): None, uk("z@x.com"): "u2"},
+        {uk("x@x.com"): "u1", uk("y@x.com"): None},
     )
     out = emit(plan, observed)
     assert out.index((b"HDEL", *uk("x@x.com"))) < out.index((b"HSET", *uk("x@x.com"), "u2"))
-    assert (b"HSET", *uk("y@x.com"), "u1") in out and (b"HDEL", *uk("z@x.com")) in out
+    assert (b"HSET", *uk("y@x.com"), "u1") in out
+    assert (b"EVAL", RELEASE_OWNED, 1, *uk("z@x.com"), "u2") in out
     # without the release (u1 keeps x), u2's claim is a violation
     keep = CommitPlan((b,))
     with pytest.raises(UniqueViolation):
         emit(keep, observed)
 
 
-def test_unknown_owner_needs_a_second_read() -> None:
+def test_an_old_value_unknown_to_the_session_is_released_without_a_read() -> None:
     s = offline()
     s.reference(User, "u1").email = "new@x.com"  # the old value is unknown to the session
     plan = plan_of(s)
     reads = collect_reads(plan)
     assert reads.owners == [uk("new@x.com")] and reads.fields == {KEY: [b"eml"]}
     observed = Observed({KEY: True}, {KEY: {b"eml": b"Old@X.com"}}, {uk("new@x.com"): None})
-    with pytest.raises(NeedOwners) as info:
-        emit(plan, observed)
-    assert info.value.keys == [uk("old@x.com")]
-    observed.owners[uk("old@x.com")] = "u1"
+    # released before the claims, and only where the stripe still names u1
     assert emit(plan, observed) == [
         (b"HSET", KEY, b"eml", b"new@x.com"),
-        (b"HDEL", *uk("old@x.com")),
+        (b"EVAL", RELEASE_OWNED, 1, *uk("old@x.com"), "u1"),
         (b"HSET", *uk("new@x.com"), "u1"),
         BUMP,
     ]

@@ -40,11 +40,10 @@ NM = redisca.inspect(Note)
 
 
 def change(op: str, ident: str = "m1", mapper: Any = MM, **kw: Any) -> EntityChange:
-    """A change of ``mapper``'s entity ``ident``; ``values`` and ``guesses`` by field name."""
+    """A change of ``mapper``'s entity ``ident``; ``values`` by field name."""
     values = {mapper.by_name[n]: raw for n, raw in kw.pop("values", {}).items()}
-    guesses = {mapper.by_name[n]: raw for n, raw in kw.pop("guesses", {}).items()}
     kw.setdefault("needs_read", op != INSERT)
-    return EntityChange(mapper, ident, op, values, guesses=guesses, **kw)
+    return EntityChange(mapper, ident, op, values, **kw)
 
 
 def test_an_in_doubt_insert_reads_the_fields_it_wrote() -> None:
@@ -69,12 +68,12 @@ def test_an_insert_does_not_stop_the_reads_of_the_changes_after_it() -> None:
 def test_a_change_that_reads_nothing_does_not_stop_the_changes_after_it() -> None:
     # An update of an unindexed field of a loaded, unversioned entity needs no read.
     blind = change(UPDATE, "m1", values={"nickname": b"al"}, needs_read=False)
-    delete = change(DELETE, "m2", guesses={"email": b"b@x.com"})
+    delete = change(DELETE, "m2")
     reads = collect_reads(CommitPlan((blind, delete)))
     assert reads.exists == []  # a delete asks no EXISTS (test_plan.test_delete)
     assert reads.guards == [guard_key("prd", "m2")]
     assert reads.fields == {b"{prd}:m2": [b"eml"]}
-    assert reads.owners == [(stripe_key("prd", "eml", "b@x.com"), b"b@x.com")]
+    assert reads.owners == []  # its email is released where the stripe names it
 
 
 def test_a_non_unique_field_does_not_stop_the_unique_claims_after_it() -> None:
@@ -100,10 +99,10 @@ def test_an_in_doubt_versioned_update_reads_its_fields_and_version_once() -> Non
 
 
 def test_an_update_to_none_claims_nothing() -> None:
-    # Removing a unique value releases the old one (the guess) and claims no new one.
-    update = change(UPDATE, values={"email": None}, guesses={"email": b"Old@X.com"})
+    # Removing a unique value releases the old one (unread) and claims no new one.
+    update = change(UPDATE, values={"email": None})
     reads = collect_reads(CommitPlan((update,)))
-    released = (stripe_key("prd", "eml", "old@x.com"), b"old@x.com")
     assert reads.claims == set()
-    assert reads.owners == [released]
+    assert reads.owners == []
+    assert reads.fields == {b"{prd}:m1": [b"eml"]}
     assert reads.keys() == [guard_key("prd", "m1")]  # a value only released is not watched

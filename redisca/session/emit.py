@@ -66,12 +66,16 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '')
 """ % EXISTS_FIELD
 
 
-class NeedOwners(Exception):
-    """The emitter must know more unique values' owners (a second read round)."""
-
-    def __init__(self, keys: list[Slot]) -> None:
-        super().__init__(keys)
-        self.keys = keys
+#: Releases unique values only where the stripe still names the releasing entity, so
+#: a release needs no read of the owner before ``MULTI``: one call for every release
+#: of a commit whose owner was not read (a deleted entity's values, an old value of an
+#: update). KEYS: the stripes; ARGV, per key in order: the value, the releasing id.
+RELEASE_OWNED = b"""\
+for i = 1, #KEYS do
+  local value = ARGV[2 * i - 1]
+  if redis.call('HGET', KEYS[i], value) == ARGV[2 * i] then redis.call('HDEL', KEYS[i], value) end
+end
+"""
 
 
 def _merge(part: dict[tuple[bytes, bytes], list[Any]], name: bytes, key: bytes, args: Any) -> None:
@@ -102,7 +106,8 @@ class _Emitter:
     guarded: tuple[list[bytes], list[Any]] = attrs.field(factory=lambda: ([], []))
     claims: dict[Slot, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
     released: set[Slot] = attrs.field(factory=set)
-    unknown: list[Slot] = attrs.field(factory=list)
+    #: Releases whose owner was not read: one RELEASE_OWNED call (stripes, arguments).
+    owned: tuple[list[bytes], list[Any]] = attrs.field(factory=lambda: ([], []))
     #: Build keys a running reindex gets written, by build directory: build key → live key.
     built: dict[bytes, dict[bytes, bytes]] = attrs.field(factory=dict)
 
@@ -136,8 +141,11 @@ class _Emitter:
         keys, args = self.guarded
         if keys:
             out.append((b"EVAL", GUARDED_WRITE, len(keys), *keys, *args))
-        for part in (self.removals, self.additions):
-            out += [(name, key, *args) for (name, key), args in part.items()]
+        out += [(name, key, *args) for (name, key), args in self.removals.items()]
+        stripes, args = self.owned
+        if stripes:  # a removal: before the claims' HSETs
+            out.append((b"EVAL", RELEASE_OWNED, len(stripes), *stripes, *args))
+        out += [(name, key, *args) for (name, key), args in self.additions.items()]
         return out
 
     def build_key(self, change: EntityChange, member: bytes, live: bytes) -> bytes | None:
@@ -190,8 +198,10 @@ class _Emitter:
 
     def release(self, change: EntityChange, slot: Slot) -> None:
         owner = self.observed.owners.get(slot, _UNREAD)
-        if owner is _UNREAD:
-            self.unknown.append(slot)
+        if owner is _UNREAD:  # nobody in this commit claims it: the server checks
+            stripes, args = self.owned
+            stripes.append(slot[0])
+            args += (slot[1], change.id)
         elif owner == change.id:
             _merge(self.removals, b"HDEL", slot[0], (slot[1],))
             self.released.add(slot)
@@ -394,7 +404,7 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
 
 
 def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
-    """The transaction's commands; raises on conflicts, ``NeedOwners`` for more reads."""
+    """The transaction's commands; raises on conflicts."""
     em = _Emitter(observed)
     for change in plan.changes:
         if change.op == INSERT:
@@ -403,8 +413,6 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
             _emit_update(em, change)
         else:
             _emit_delete(em, change)
-    if em.unknown:
-        raise NeedOwners(list(dict.fromkeys(em.unknown)))
     em.settle_claims()
     out = em.commands()
     out += em.build_dirs()
@@ -430,9 +438,9 @@ def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
 
 __all__ = [
     "GUARDED_WRITE",
+    "RELEASE_OWNED",
     "REMOVE_FIELDS",
     "InDoubtInsert",
-    "NeedOwners",
     "emit",
     "guard_bumps",
     "vanished",

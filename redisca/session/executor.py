@@ -7,8 +7,7 @@ with ``decode_responses=True`` or ``False``, RESP2 or RESP3, look the same.
 It packs the commands itself (:mod:`redisca.session.resp`): redis-py's packer
 cost a third of a large commit's client time.
 
-A commit is at most three round trips: ``WATCH`` + reads, a second read of
-unique values' owners when the session's guess was stale, then
+A commit is at most two round trips: ``WATCH`` + reads, then
 ``MULTI``/``EXEC``. With nothing to watch it is the last one alone.
 
 On a cluster client (:mod:`redisca.session.routing`), a commit's keys share one
@@ -39,7 +38,7 @@ from ..errors import (
 )
 from ..mapping.keys import decode_id
 from . import routing
-from .emit import GUARDED_WRITE, REMOVE_FIELDS, NeedOwners, emit
+from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
 from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
@@ -555,11 +554,7 @@ def _attempt(
         if reads:
             _watch_and_read(conn, reads, observed)
             seen.update(observed.guards)
-        try:
-            commands = emit(plan, observed)
-        except NeedOwners as need:
-            _watch_and_read(conn, Reads(owners=need.keys), observed)
-            commands = emit(plan, observed)
+        commands = emit(plan, observed)
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
     except RediscaError:

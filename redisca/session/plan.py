@@ -39,8 +39,6 @@ class EntityChange:
     was_loaded: bool = True
     #: Version the session saw (versioned mappers only).
     expect_version: int | None = None
-    #: The session's last known values of unique fields: which unique keys to read early.
-    guesses: dict[MappedField, bytes | None] = attrs.field(factory=dict)
     #: Check (under WATCH) that the key is free; ids from ``hexid()`` are unique by
     #: construction and skip it.
     check_exists: bool = True
@@ -129,9 +127,10 @@ class Reads:
     changes what is read of an entity (inserts, deletes, updates of indexed
     fields or of a version) increments its guard stripe inside its
     ``MULTI``/``EXEC``, so a read made stale by another commit fails this
-    commit's ``EXEC`` and it is retried. Values only read to release them are
-    not watched: a value an entity owns changes hands only when that entity
-    changes, and its guard is watched.
+    commit's ``EXEC`` and it is retried. Values only released are not read:
+    the release checks on the server that the stripe still names the entity
+    (``RELEASE_OWNED``); a value an entity owns changes hands only when that
+    entity changes, and its guard is watched.
     """
 
     exists: list[bytes] = attrs.field(factory=list)
@@ -234,15 +233,14 @@ def collect_reads(plan: CommitPlan) -> Reads:
         hash_fields, uniques = found
         if hash_fields:
             reads.fields[key] = hash_fields  # never changed once made: shared by deletes
-        for field in uniques:
+        if change.op == DELETE:
+            continue
+        for field in uniques:  # the new values claimed; old ones are released unread
             new = change.values.get(field)
-            if change.op == UPDATE and new is not None:
+            if new is not None:
                 claimed = slot(field, new)
                 owners[claimed] = None
                 reads.claims.add(claimed)
-            guess = change.guesses.get(field)
-            if guess is not None:
-                owners[slot(field, guess)] = None
     reads.owners = list(owners)
     reads.guards = list(guards)
     reads.counters = list(counters)

@@ -150,10 +150,6 @@ def _encode_each(state: InstanceState) -> dict[MappedField, bytes | None]:
     return values
 
 
-def _unique_guesses(state: InstanceState, fields: Any) -> dict[MappedField, bytes | None]:
-    return {f: state.snapshot.get(f) for f in fields if f.unique}
-
-
 def _update(state: InstanceState) -> EntityChange | None:
     ident = _check_identity(state)
     values = state.changes()
@@ -179,7 +175,6 @@ def _update(state: InstanceState) -> EntityChange | None:
         needs_read,
         loaded,
         state.version,
-        _unique_guesses(state, values) if needs_read else {},
         True,  # check_exists (unused by updates)
         empty_after,
         state.in_doubt,
@@ -194,7 +189,6 @@ def _delete(state: InstanceState) -> EntityChange:
         needs_read=True,
         was_loaded=state.loaded,
         expect_version=state.version,
-        guesses=_unique_guesses(state, state.mapper.indexed),
     )
 
 
