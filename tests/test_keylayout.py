@@ -131,8 +131,12 @@ AWKWARD = [
 NAMES = st.sampled_from(["usr", "co", "usr.x", "u", "usr-", "a.b", "all", "i", "t"]) | (
     st.from_regex(NAME_RE, fullmatch=True).filter(lambda s: len(s) < 12)
 )
-#: A model's (prefix, slot group): no group, or a group named like a prefix.
-PREFIXES = st.tuples(NAMES, st.none() | NAMES)
+#: A model's (prefix, slot group): no group, or a group named like a prefix; or
+#: (prefix, (shards, shard)): one shard of a sharded model.
+SHARDS = st.sampled_from([2, 3, 16, 64, 1024]).flatmap(
+    lambda n: st.tuples(st.just(n), st.integers(0, n - 1))
+)
+PREFIXES = st.tuples(NAMES, st.none() | NAMES) | st.tuples(NAMES, SHARDS)
 FIELDS = st.sampled_from(["eml", "age", "tag", "all", "i", "u", "r", "a.b", "company"])
 TEXT = (
     st.sampled_from(AWKWARD)
@@ -161,6 +165,8 @@ INDEXES = ("all_ids", "eq_index", "range_index", "unique")
 
 def layout_of(model):
     prefix, group = model
+    if isinstance(group, tuple):
+        return KeyLayout(prefix, shards=group[0], shard=group[1])
     return KeyLayout(prefix, group=group)
 
 
@@ -195,6 +201,11 @@ def parse(key):
     cut = min(i for i in (after.find(b":"), after.find(b"#")) if i >= 0)
     name, sep, rest = after[:cut].decode(), after[cut : cut + 1], after[cut + 1 :]
     prefix = (tag, None) if not name else (name, tag)
+    if "@" in tag:  # a shard's tag: <prefix>@<shards>.<shard>.<s>; no name follows it
+        assert not name, key
+        base, numbers = tag.split("@")
+        shards, shard, _ = numbers.split(".")
+        prefix = (base, (int(shards), int(shard)))
     if sep == b":":
         return ("entity", prefix, None, rest.decode())
     if rest == b"all":
@@ -266,8 +277,7 @@ def test_prop_every_key_tells_what_it_is(descriptor):
 def test_prop_every_key_of_a_model_hashes_to_its_tags_slot(descriptor, ident):
     """Braces in ids and values never move a key: Redis Cluster hashes the first
     ``{...}`` of a key, and the model's tag comes first."""
-    prefix, group = descriptor[1]
-    tag = (prefix if group is None else group).encode()
+    tag = layout_of(descriptor[1]).tag
     assert key_slot(build(descriptor)) == key_slot(tag) == key_slot(b"{" + tag + b"}x")
     assert key_slot(layout_of(descriptor[1]).entity(ident)) == key_slot(tag)
 

@@ -21,13 +21,15 @@ hash tags (``P:<id>``, ``P#...``: redisca 1.x's and 2.0 development builds') is
 
 from __future__ import annotations
 
+import binascii
+import functools
 import os
 import re
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..errors import DecodeError, MappingError
+from ..errors import DecodeError, InvalidRequestError, MappingError
 from .codecs import decode_int
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -47,6 +49,16 @@ GUARD_STRIPES = 128
 NO_VALUE = b"+inf"
 #: Stripe numbers as written in key names: decimal, no leading zero.
 _STRIPE_RE = re.compile(rb"0|[1-9][0-9]{0,2}")
+
+#: Most shards a model may have (``registry.mapped(shards=N)``): each shard is a hash
+#: slot of its own that a query visits, and 1,024 slots is already more than the masters
+#: of any cluster that redisca's users run.
+MAX_SHARDS = 1024
+#: Redis Cluster's number of hash slots.
+SLOTS = 16384
+#: In the tag of a sharded model, between its prefix and its shard's numbers. No prefix
+#: or group name holds it, so a shard's tag never equals another model's tag.
+SHARD_MARK = b"@"
 
 #: Hash fields redisca keeps for itself start with ``#``: user fields cannot.
 VERSION_FIELD = b"#v"
@@ -80,6 +92,48 @@ def decode_version(raw: bytes | None, key: bytes) -> int | None:
         ) from None
 
 
+def shard_of(raw: bytes, shards: int) -> int:
+    """The shard of an id (UTF-8) or of a unique value (index form) among ``shards``:
+    ``(crc32(raw) >> 7) % shards``. Stable: it depends on the bytes and ``shards`` only.
+    The low 7 bits of the CRC pick a unique or guard stripe (``% 128``); the shard takes
+    the bits above them, so every shard uses every stripe (``crc32 % shards`` with 16
+    shards would leave each shard 8 of its 128 stripes)."""
+    return (zlib.crc32(raw) >> 7) % shards
+
+
+def key_slot(key: bytes) -> int:
+    """Redis Cluster's hash slot of a key with no ``{`` (a tag's text): CRC16-CCITT
+    (XModem, ``binascii.crc_hqx`` from 0) modulo 16,384, as ``CLUSTER KEYSLOT`` says."""
+    return binascii.crc_hqx(key, 0) % SLOTS
+
+
+@functools.cache
+def shard_tag(tag: str, shards: int, shard: int) -> bytes:
+    """The hash tag's text of shard ``shard`` of a model whose unsharded tag is ``tag``:
+    ``<tag>@<shards>.<shard>.<s>``, ``s`` the smallest number from 0 whose tag hashes
+    near the middle of the shard's own slice of the 16,384 slots (slice ``k`` is
+    ``[k*16384//N, (k+1)*16384//N)``; near: within a quarter of the slice, at most 32
+    slots, of its middle slot). The slices are equal, as the masters' slot ranges of a
+    cluster made by ``redis-cli --cluster create`` (and :class:`EmbeddedCluster`) are,
+    so the shards spread over the masters of such a cluster evenly (a master of M gets
+    N/M shards, give or take one). Worked out once per shard and cached."""
+    low, high = shard * SLOTS // shards, (shard + 1) * SLOTS // shards
+    middle = (low + high) // 2
+    reach = min((high - low) // 4, 32)
+    start = b"%s@%d.%d." % (tag.encode(), shards, shard)
+    s = 0
+    while abs(key_slot(start + b"%d" % s) - middle) > reach:
+        s += 1
+    return start + b"%d" % s
+
+
+def check_shards(shards: object, owner: str) -> int:
+    """Refuse a shard count that is not an int from 1 to :data:`MAX_SHARDS`."""
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise MappingError(f"{owner}: shards must be an int from 1 to {MAX_SHARDS}, got {shards!r}")
+    return shards
+
+
 def check_name(kind: str, name: str, owner: str) -> str:
     """Refuse a prefix or field name that could blur the key layout."""
     if not NAME_RE.fullmatch(name):
@@ -109,6 +163,8 @@ class KeyLayout:
         "head",
         "ids_field",
         "prefix",
+        "shard",
+        "shards",
         "tag",
     )
 
@@ -119,17 +175,27 @@ class KeyLayout:
         group: str | None = None,
         *,
         tagged: bool = True,
+        shards: int = 1,
+        shard: int | None = None,
     ) -> None:
         """``ids_field``: the hash field of the model's first range-indexed field, if it
         has one. Its range index holds every entity already (``+inf`` without a value),
         so it is the model's all-ids index too, and ``H#all`` is not kept. ``group``:
         the model's slot group (``None``: the model is a group of its own). ``tagged``
-        false gives the layout before hash tags (see :meth:`untagged`)."""
+        false gives the layout before hash tags (see :meth:`untagged`). ``shards`` and
+        ``shard``: one shard's layout of a model of ``shards`` shards (see
+        :class:`ShardedLayout`, the layout of the whole model)."""
         self.prefix = prefix
         self.group = group
         self.ids_field = ids_field
+        #: How many shards the model has (1: unsharded), and which one this layout is
+        #: (``None`` for the layout of a whole model).
+        self.shards = shards
+        self.shard = shard
         #: The hash tag's text: every key of the layout hashes to the slot of this.
         self.tag = (prefix if group is None else group).encode()
+        if shard is not None:
+            self.tag = shard_tag(prefix, shards, shard)
         if not tagged:
             p = prefix.encode()
         elif group is None:
@@ -149,6 +215,30 @@ class KeyLayout:
         self._namespace = p + b"#"
         self._marker = p + b"#x"
         self._build = p + b"#b:"
+
+    # -- shards (``registry.mapped(shards=N)``) -----------------------------------
+
+    def for_id(self, id: str) -> KeyLayout:
+        """The layout of the shard holding the entity ``id`` (this one, unsharded)."""
+        return self
+
+    def for_value(self, value: bytes) -> KeyLayout:
+        """The layout of the shard holding a unique value's claim (index form)."""
+        return self
+
+    def shard_of(self, id: str) -> int:
+        """The shard number of an id (0 on a model of one shard)."""
+        return 0 if self.shard is None else self.shard
+
+    def layout_of_shard(self, shard: int) -> KeyLayout:
+        """The layout of shard ``shard`` (of an unsharded model: itself, shard 0)."""
+        if shard != self.shard_of(""):
+            raise IndexError(f"{self.prefix}: no shard {shard}")
+        return self
+
+    def shard_layouts(self) -> list[KeyLayout]:
+        """Every shard's layout, in shard order (unsharded: this one alone)."""
+        return [self]
 
     def untagged(self) -> KeyLayout:
         """The same model's layout before hash tags: ``P:<id>``, ``P#...``, its bare
@@ -305,6 +395,139 @@ class KeyLayout:
         return ParsedKey("unknown")
 
 
+class ShardedLayout(KeyLayout):
+    """The layout of a whole model of ``shards`` > 1 shards (``registry.mapped(shards=N)``).
+
+    Shard ``k`` has a layout of its own (:meth:`layout_of_shard`), a :class:`KeyLayout`
+    whose tag is :func:`shard_tag`: an entity's hash, its guard stripe and its index
+    entries are in the shard of its id (:func:`shard_of` of the id's UTF-8), a unique
+    value's claim in the shard of the value (:func:`shard_of` of its index form).
+    This layout builds the keys found by an id or a value (:meth:`entity`,
+    :meth:`guard`, :meth:`unique_stripe`) in the right shard; keys that exist once per
+    shard (the indexes, the all-ids index, the reindex marker, scan patterns) have no
+    single name here and raise :class:`~redisca.InvalidRequestError`: ask the shard's
+    layout.
+    """
+
+    __slots__ = ("_layouts",)
+
+    def __init__(self, prefix: str, ids_field: bytes | None, shards: int) -> None:
+        super().__init__(prefix, ids_field, shards=shards)
+        self._layouts: list[KeyLayout | None] = [None] * shards
+
+    def __repr__(self) -> str:
+        return f"<ShardedLayout {self.prefix!r} shards={self.shards}>"
+
+    def layout_of_shard(self, shard: int) -> KeyLayout:
+        found = self._layouts[shard]  # an IndexError beyond the last shard
+        if found is None:
+            if shard < 0:
+                raise IndexError(f"{self.prefix}: no shard {shard}")
+            found = self._layouts[shard] = KeyLayout(
+                self.prefix, self.ids_field, shards=self.shards, shard=shard
+            )
+        return found
+
+    def shard_layouts(self) -> list[KeyLayout]:
+        return [self.layout_of_shard(k) for k in range(self.shards)]
+
+    def shard_of(self, id: str) -> int:
+        return shard_of(id.encode(), self.shards)
+
+    def for_id(self, id: str) -> KeyLayout:
+        return self.layout_of_shard(shard_of(id.encode(), self.shards))
+
+    def for_value(self, value: bytes) -> KeyLayout:
+        return self.layout_of_shard(shard_of(value, self.shards))
+
+    def entity(self, id: str) -> bytes:
+        raw = id.encode()
+        return self.layout_of_shard(shard_of(raw, self.shards))._entity + raw
+
+    def entities(self, ids: list[str]) -> list[bytes]:
+        return [self.entity(id) for id in ids]
+
+    def entity_of(self, id: bytes) -> bytes:
+        return self.layout_of_shard(shard_of(id, self.shards))._entity + id
+
+    def guard(self, id: bytes) -> bytes:
+        return self.layout_of_shard(shard_of(id, self.shards)).guard(id)
+
+    def unique_stripe(self, field: bytes, value: bytes) -> bytes:
+        return self.for_value(value).unique_stripe(field, value)
+
+    def untagged(self) -> KeyLayout:
+        return KeyLayout(self.prefix, self.ids_field, tagged=False)
+
+    def _per_shard(self, what: str) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"{self.prefix} has {self.shards} shards, each with its own {what}: ask a "
+            "shard's layout (layout.layout_of_shard(k), layout.shard_layouts())"
+        )
+
+    @property
+    def hashtag(self) -> bytes:
+        raise self._per_shard("hash tag")
+
+    @property
+    def all_ids(self) -> bytes:
+        raise self._per_shard("all-ids index")
+
+    @property
+    def all_set(self) -> bytes:
+        raise self._per_shard("all-ids set")
+
+    def eq_index(self, field: bytes, value: bytes) -> bytes:
+        raise self._per_shard("equality index")
+
+    def range_index(self, field: bytes) -> bytes:
+        raise self._per_shard("range index")
+
+    def unique_stripes(self, field: bytes) -> list[bytes]:
+        raise self._per_shard("unique stripes")
+
+    def scratch(self) -> bytes:
+        raise self._per_shard("scratch keys")
+
+    def entity_prefix_len(self) -> int:
+        raise self._per_shard("entity key prefix")
+
+    @property
+    def marker(self) -> bytes:
+        raise self._per_shard("reindex marker")
+
+    def build_dir(self, run: bytes) -> bytes:
+        raise self._per_shard("build keys")
+
+    def builder(self, run: bytes) -> Callable[[bytes], bytes]:
+        raise self._per_shard("build keys")
+
+    @property
+    def entity_pattern(self) -> bytes:
+        raise self._per_shard("keys")
+
+    @property
+    def namespace_pattern(self) -> bytes:
+        raise self._per_shard("keys")
+
+    @property
+    def pattern(self) -> bytes:
+        raise self._per_shard("keys")
+
+    def parse(self, key: bytes) -> ParsedKey:
+        raise self._per_shard("keys")
+
+
+def model_layout(
+    prefix: str, ids_field: bytes | None = None, group: str | None = None, shards: int = 1
+) -> KeyLayout:
+    """The layout of a model: :class:`KeyLayout`, or :class:`ShardedLayout` when it has
+    more than one shard (a model of a slot group has one: see ``Registry.map``)."""
+    if shards == 1:
+        return KeyLayout(prefix, ids_field, group)
+    return ShardedLayout(prefix, ids_field, shards)
+
+
 #: Kinds of the live index keys a reindex rebuilds.
 INDEX_KINDS = frozenset({"all", "eq", "range", "unique"})
 
@@ -338,12 +561,21 @@ __all__ = [
     "EXISTS_FIELD",
     "GUARD_STRIPES",
     "INDEX_KINDS",
+    "MAX_SHARDS",
     "NAME_RE",
     "NO_VALUE",
     "RUN_RE",
+    "SHARD_MARK",
+    "SLOTS",
     "UNIQUE_STRIPES",
     "VERSION_FIELD",
     "KeyLayout",
     "ParsedKey",
+    "ShardedLayout",
     "check_name",
+    "check_shards",
+    "key_slot",
+    "model_layout",
+    "shard_of",
+    "shard_tag",
 ]

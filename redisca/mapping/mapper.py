@@ -13,7 +13,7 @@ from ..errors import MappingError, ValidationError
 from .codecs import Codec, decoder, encoder, holds_immutable
 from .generated import Encoder, Filler, build_encoder, build_filler
 from .instrument import MISSING, FieldAttribute, inner_descriptor
-from .keys import KeyLayout
+from .keys import KeyLayout, model_layout
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -164,6 +164,7 @@ class Mapper:
         id_attr: str,
         versioned: bool,
         slot_group: str | None = None,
+        shards: int = 1,
     ) -> None:
         #: The :class:`~redisca.Registry` that mapped the class.
         self.registry = registry
@@ -174,9 +175,13 @@ class Mapper:
         #: The Redis Cluster slot group (``registry.mapped(slot_group=...)``), or ``None``:
         #: the model is a group of its own.
         self.slot_group = slot_group
+        #: How many shards (hash slots) the model's entities are spread over
+        #: (``registry.mapped(shards=N)``; 1: all in one).
+        self.shards = shards
         #: Builds every key name of the class (see the Key layout page); built again
         #: by set_fields, once the range fields that decide the all-ids key are known.
-        self.layout = KeyLayout(prefix, group=slot_group)
+        #: A ``ShardedLayout`` (redisca.mapping.keys) when ``shards`` > 1.
+        self.layout = model_layout(prefix, None, slot_group, shards)
         #: The name of the identity attribute.
         self.id_attr = id_attr
         #: Whether commits check a version counter (optimistic locking).
@@ -218,7 +223,7 @@ class Mapper:
         self.default_order = next((f for f in fields if f.index == "range"), None)
         # The first range field's index is the all-ids index: the layout depends on it.
         ids_field = None if self.default_order is None else self.default_order.hash_field
-        self.layout = KeyLayout(self.prefix, ids_field, self.slot_group)
+        self.layout = model_layout(self.prefix, ids_field, self.slot_group, self.shards)
 
     def instrument(self) -> None:
         """Install a descriptor per mapped attribute (and on the identity attribute)."""
@@ -334,6 +339,19 @@ class Mapper:
         """The Redis key of any id of this class, as ``inspect(obj).key`` gives it
         (an int id is its decimal string, as everywhere)."""
         return self.layout.entity(self.lookup_id(id)).decode()
+
+    def shard_of(self, id: str | int) -> int:
+        """The shard (0 to ``shards - 1``) holding the entity ``id``: see the Key layout
+        page; always 0 for a model of one shard."""
+        return self.layout.shard_of(self.lookup_id(id))
+
+    def shard_layout(self, shard: int) -> KeyLayout:
+        """The key layout of one shard (the model's own layout when it has one shard)."""
+        return self.layout.layout_of_shard(shard)
+
+    def shard_layouts(self) -> list[KeyLayout]:
+        """Every shard's key layout, in shard order: where queries and maintenance look."""
+        return self.layout.shard_layouts()
 
     def blank(self, ident: str) -> Any:
         """An instance with only its id set, without running ``__init__``."""

@@ -19,7 +19,7 @@ import attrs
 from ..errors import MappingError
 from .codecs import codec_for, unwrap_optional
 from .fields import FieldSpec, spec_of
-from .keys import check_name
+from .keys import check_name, check_shards
 from .mapper import MappedField, Mapper
 
 T = TypeVar("T", bound=type)
@@ -51,6 +51,7 @@ class Registry:
         id: str = "id",
         versioned: bool = False,
         slot_group: str | None = None,
+        shards: int = 1,
     ) -> Callable[[T], T]: ...
 
     def mapped(  # type: ignore[misc]
@@ -62,14 +63,24 @@ class Registry:
         id: str = "id",
         versioned: bool = False,
         slot_group: str | None = None,
+        shards: int = 1,
     ) -> T | Callable[[T], T]:
         """Class decorator (use it above ``@attrs.define``); returns the class unchanged.
 
         ``slot_group``: models of one group keep their keys in one Redis Cluster hash
-        slot, so one commit writes them in one ``MULTI``/``EXEC`` on a cluster too."""
+        slot, so one commit writes them in one ``MULTI``/``EXEC`` on a cluster too.
+        ``shards``: spread the model's entities (and their index entries) over this many
+        hash slots, so its data and writes grow with a cluster (see the Key layout page)."""
 
         def decorate(klass: T) -> T:
-            self.map(klass, prefix=prefix, id=id, versioned=versioned, slot_group=slot_group)
+            self.map(
+                klass,
+                prefix=prefix,
+                id=id,
+                versioned=versioned,
+                slot_group=slot_group,
+                shards=shards,
+            )
             return klass
 
         return decorate(cls) if cls is not None else decorate
@@ -83,6 +94,7 @@ class Registry:
         versioned: bool = False,
         fields: Mapping[str, Any] | None = None,
         slot_group: str | None = None,
+        shards: int = 1,
     ) -> Mapper:
         """Map a class imperatively; ``fields`` gives helpers for attributes you can't edit."""
         name = cls.__name__
@@ -97,7 +109,13 @@ class Registry:
             raise MappingError(f"{name}: prefix {prefix!r} is already used by {other}")
         if slot_group is not None:
             check_name("slot_group", slot_group, name)
-        mapper = Mapper(self, cls, prefix, id, versioned, slot_group)
+        check_shards(shards, name)
+        if slot_group is not None and shards > 1:
+            raise MappingError(
+                f"{name}: a model of a slot group shares the group's one slot, so it "
+                f"cannot have shards={shards}"
+            )
+        mapper = Mapper(self, cls, prefix, id, versioned, slot_group, shards)
         mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
         mapper.instrument()
         if earlier is not None:

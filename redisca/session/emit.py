@@ -151,10 +151,10 @@ class _Emitter:
     def build_key(self, change: EntityChange, member: bytes, live: bytes) -> bytes | None:
         if not self.observed.rebuilds:
             return None  # no reindex runs: every commit but those during one
-        run: Rebuild | None = self.observed.rebuilds.get(change.mapper.layout.marker)
+        layout = change.layout
+        run: Rebuild | None = self.observed.rebuilds.get(layout.marker)
         if run is None or not run.covers(member):
             return None
-        layout = change.mapper.layout
         built = layout.build(run.run, live)
         self.built.setdefault(layout.build_dir(run.run), {})[built] = live
         return built
@@ -165,11 +165,11 @@ class _Emitter:
         index = field.index
         if index == "range":
             score = NO_VALUE if raw is None else repr(field.score(raw)).encode()
-            self.add(change, field.hash_field, b"ZADD", _range_key(field), score, change.id)
+            self.add(change, field.hash_field, b"ZADD", _range_key(change, field), score, change.id)
         elif raw is None:
             return
         elif index == "eq":
-            self.add(change, field.hash_field, b"SADD", _eq_key(field, raw), change.id)
+            self.add(change, field.hash_field, b"SADD", _eq_key(change, field, raw), change.id)
         if field.unique and raw is not None:
             self.claim(change, field, raw)
 
@@ -177,7 +177,7 @@ class _Emitter:
         """Drop the entries of a field's old value; a range entry is left to the ZADD
         of the new score (or to the delete's ZREM)."""
         if field.index == "eq":
-            self.remove(change, field.hash_field, b"SREM", _eq_key(field, raw), change.id)
+            self.remove(change, field.hash_field, b"SREM", _eq_key(change, field, raw), change.id)
         if field.unique:
             slot = self.observed.slot(field, raw)
             self.release(change, slot)
@@ -222,12 +222,12 @@ class _Emitter:
         ]
 
 
-def _eq_key(field: MappedField, raw: bytes) -> bytes:
-    return field.mapper.layout.eq_index(field.hash_field, field.index_key(raw))
+def _eq_key(change: EntityChange, field: MappedField, raw: bytes) -> bytes:
+    return change.layout.eq_index(field.hash_field, field.index_key(raw))
 
 
-def _range_key(field: MappedField) -> bytes:
-    return field.mapper.layout.range_index(field.hash_field)
+def _range_key(change: EntityChange, field: MappedField) -> bytes:
+    return change.layout.range_index(field.hash_field)
 
 
 def _violation(field: MappedField, raw: bytes, owner: str) -> UniqueViolation:
@@ -292,8 +292,10 @@ def _unmoved(change: EntityChange, observed: Observed) -> bool:
     """Whether the guard stripe still holds what it held before the attempt whose outcome
     is unknown: that attempt, had it been applied, would have moved it."""
     seen = change.guard_seen
-    return seen is not None and change.guard in observed.guards and (
-        observed.guards[change.guard] == seen[0]
+    return (
+        seen is not None
+        and change.guard in observed.guards
+        and (observed.guards[change.guard] == seen[0])
     )
 
 
@@ -333,7 +335,7 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
         hset += (EXISTS_FIELD, b"")
     em.out.append(tuple(hset))
     if not mapper.layout.all_ids_is_range:  # else the range index's ZADD adds the id
-        em.add(change, ALL_IDS, b"ZADD", mapper.layout.all_ids, 0, change.id)
+        em.add(change, ALL_IDS, b"ZADD", change.layout.all_ids, 0, change.id)
     index_add = em.index_add
     for field in mapper.indexed:
         index_add(change, field, values.get(field))
@@ -392,10 +394,10 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
         current = em.observed.fields.get(change.key, {})
     em.deleted.append(change.key)
     if not change.mapper.layout.all_ids_is_range:  # else the range index's ZREM does
-        em.remove(change, ALL_IDS, b"ZREM", change.mapper.layout.all_ids, change.id)
+        em.remove(change, ALL_IDS, b"ZREM", change.layout.all_ids, change.id)
     for field in change.mapper.indexed:
         if field.index == "range":
-            em.remove(change, field.hash_field, b"ZREM", _range_key(field), change.id)
+            em.remove(change, field.hash_field, b"ZREM", _range_key(change, field), change.id)
         old = current.get(field.hash_field)
         if old is not None:
             em.index_remove(change, field, old)

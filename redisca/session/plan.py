@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from ..mapping.keys import VERSION_FIELD
+from ..mapping.keys import VERSION_FIELD, KeyLayout
 from ..mapping.mapper import MappedField, Mapper
 
 Command = tuple[Any, ...]
@@ -56,10 +56,17 @@ class EntityChange:
     #: The entity's key, built once (collect_reads, emit and finalize all use it).
     key: bytes = b""
     _guard: bytes | None = attrs.field(default=None, init=False)
+    #: The key layout of the entity's shard (the model's own on a model of one shard):
+    #: its hash, guard stripe and index entries are there.
+    layout: KeyLayout = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
+        layout = self.mapper.layout
+        if layout.shards > 1:
+            layout = layout.for_id(self.id)
+        self.layout = layout
         if not self.key:
-            self.key = self.mapper.layout.entity(self.id)
+            self.key = layout.entity(self.id)
 
     @property
     def guard(self) -> bytes:
@@ -67,7 +74,7 @@ class EntityChange:
         Built on first use: plain updates never need it."""
         guard = self._guard
         if guard is None:
-            guard = self._guard = self.mapper.layout.guard(self.id.encode())
+            guard = self._guard = self.layout.guard(self.id.encode())
         return guard
 
     @property

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import attrs
 
-from ..errors import MultipleResultsFound, NotFound, QueryError
+from ..errors import InvalidRequestError, MultipleResultsFound, NotFound, QueryError
 from ..mapping import instrument
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.keys import decode_id
@@ -60,6 +60,14 @@ class Query(Generic[T]):
     #: The conditions sorted by index, worked out once by filter() for every query
     #: refined from this one (a lookup runs ``filter(...).one()``: one sort, not three).
     _filters: Filters | None = attrs.field(default=None, eq=False, repr=False, alias="_filters")
+
+    def __attrs_post_init__(self) -> None:
+        if self.mapper.shards > 1:
+            raise InvalidRequestError(
+                f"{self.mapper.class_.__name__} has {self.mapper.shards} shards, and "
+                "queries of a sharded model (scattered to every shard and merged) are not "
+                "supported yet: load its entities by id (session.get, get_many)"
+            )
 
     # -- building ------------------------------------------------------------
 

@@ -78,12 +78,12 @@ def markers_of(plan: CommitPlan) -> list[bytes]:
     """Markers of the models whose index entries the plan may change."""
     markers: dict[bytes, None] = {}
     for change in plan.changes:
-        if change.mapper.layout.marker in markers:
+        if change.layout.marker in markers:
             continue
         if change.op in (INSERT, DELETE) or (
             change.needs_read and any(f.indexed for f in change.values)
         ):
-            markers[change.mapper.layout.marker] = None
+            markers[change.layout.marker] = None
     return list(markers)
 
 

@@ -226,7 +226,7 @@ def plan_slot(plan: Any) -> int:
     ``test_prop_every_key_of_a_model_hashes_to_its_tags_slot``), so the tags of the
     plan's models decide it: one key per model, not one per entity, index entry and
     read. The user's commands were checked when they were queued."""
-    tags = list({change.mapper.layout.hashtag for change in plan.changes})
+    tags = list({change.layout.hashtag for change in plan.changes})
     return in_slot(tags, plan.slot, "the commit")
 
 

@@ -50,8 +50,25 @@ class Group:
 
 
 def target(client: Any, mapper: Mapper) -> tuple[Any, int | None]:
-    """Where a model's changes commit: its client, and on a cluster its tag's slot."""
+    """Where a model's changes commit: its client, and on a cluster its tag's slot
+    (a sharded model's changes: see :func:`shard_target`)."""
     return client, routing.layout_slot(mapper.layout) if routing.is_cluster(client) else None
+
+
+def shard_target(client: Any, state: InstanceState) -> tuple[Any, int | None]:
+    """Where a change of a sharded model commits: on a cluster, its shard's slot (one
+    ``MULTI``/``EXEC`` per shard touched); on one server, with the rest of the server's
+    changes (every shard lives there, so one transaction holds them all)."""
+    if not routing.is_cluster(client):
+        return client, None
+    mapper = state.mapper
+    if any(f.unique for f in mapper.indexed):
+        raise InvalidRequestError(
+            f"{mapper.class_.__name__} has {mapper.shards} shards and a unique field: a "
+            "value's claim lives in the value's shard, another slot than its owner's, "
+            "and commits of such claims on a cluster are not supported yet"
+        )
+    return client, routing.layout_slot(mapper.layout.for_id(state.id))  # type: ignore[arg-type]
 
 
 def cascade(
@@ -188,6 +205,7 @@ def organize(
     """
     groups: dict[tuple[int, int | None], Group] = {}
     binds: dict[Mapper, tuple[Any, int | None]] = {}  # bind_for walks the MRO: once each
+    clients: dict[Mapper, Any] = {}  # a sharded model's client (its slot is per state)
 
     def group_for(client: Any, slot: int | None) -> Group:
         group = groups.get((id(client), slot))
@@ -207,7 +225,13 @@ def organize(
             if found is None:
                 continue
             change = found
-        if group is None or last_mapper is not state.mapper:
+        if state.mapper.shards > 1:
+            client = clients.get(state.mapper)
+            if client is None:
+                client = clients[state.mapper] = client_for(state.mapper)
+            group = group_for(*shard_target(client, state))
+            last_mapper = None
+        elif group is None or last_mapper is not state.mapper:
             where = binds.get(state.mapper)
             if where is None:
                 where = binds[state.mapper] = target(client_for(state.mapper), state.mapper)
