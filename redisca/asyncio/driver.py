@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import OperationalError, RediscaError
 from ..session import executor, routing
-from ..session.io import OnConnection, Send, Sleep, Steps
+from ..session.io import OnConnection, Run, Send, Sleep, Steps
 from ..session.plan import Command
 from ..session.resp import pack
 
@@ -128,7 +128,10 @@ async def drive(steps: Steps[T], conn: Any = None) -> T:
         reply = error = None
         try:
             kind = request.__class__
-            if kind is Send:
+            if kind is Run:
+                async with connection(request.client) as other:
+                    reply = await roundtrip(other, request.commands)
+            elif kind is Send:
                 reply = await roundtrip(
                     conn, request.commands, sealed=request.sealed, got=request.got
                 )

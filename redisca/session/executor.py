@@ -48,7 +48,7 @@ from ..errors import (
 from ..mapping.keys import decode_id
 from . import routing
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
-from .io import OnConnection, Refresh, Send, Sleep, Steps
+from .io import OnConnection, Refresh, Run, Send, Sleep, Steps
 from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
@@ -233,7 +233,10 @@ def drive(steps: Steps[T], conn: Any = None) -> T:
         reply = error = None
         try:
             kind = request.__class__
-            if kind is Send:
+            if kind is Run:
+                with connection(request.client) as other:
+                    reply = roundtrip(other, request.commands)
+            elif kind is Send:
                 reply = roundtrip(conn, request.commands, sealed=request.sealed, got=request.got)
             elif kind is OnConnection:
                 with connection(request.client, request.pool) as other:
@@ -265,7 +268,7 @@ def run_steps(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
         return []
     if routing.is_cluster(client):
         return (yield from routed_run(client, commands))
-    return (yield OnConnection(client, None, functools.partial(_on_any, commands)))  # type: ignore[no-any-return]
+    return (yield Run(client, commands))  # type: ignore[no-any-return]
 
 
 def _send(commands: Sequence[Command]) -> Steps[list[Any]]:

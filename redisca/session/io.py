@@ -33,6 +33,19 @@ class Send(NamedTuple):
     got: list[Any] | None = None
 
 
+class Run:
+    """One round trip of independent commands (reads) on a connection of ``client``'s
+    pool (a plain client's: a cluster's are routed by the protocol); reply: the list of
+    replies. The common load and query, asked of the driver in one request (a class
+    with slots, not a NamedTuple: a query makes one, and a NamedTuple costs 0.4 µs more)."""
+
+    __slots__ = ("client", "commands")
+
+    def __init__(self, client: Any, commands: Sequence[Command]) -> None:
+        self.client = client
+        self.commands = commands
+
+
 class OnConnection(NamedTuple):
     """Run the steps ``work(server)`` makes on a connection of ``pool``, or of
     ``client``'s own pool when ``pool`` is ``None`` (``server``: what identifies the
@@ -58,4 +71,4 @@ class Refresh(NamedTuple):
     quiet: bool = False
 
 
-__all__ = ["OnConnection", "Refresh", "Send", "Sleep", "Steps"]
+__all__ = ["OnConnection", "Refresh", "Run", "Send", "Sleep", "Steps"]

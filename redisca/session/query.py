@@ -217,15 +217,16 @@ class Query(Generic[T]):
 
     def first(self) -> T | None:
         """The first result, or ``None``."""
-        return executor.drive(self._first())
+        found = executor.drive(self._all(1))
+        return found[0] if found else None
 
     def one_or_none(self) -> T | None:
         """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
-        return executor.drive(self._one_or_none())
+        return self._only(executor.drive(self._all(self._two())), False)
 
     def one(self) -> T:
         """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
-        return executor.drive(self._one())
+        return self._only(executor.drive(self._all(self._two())), True)  # type: ignore[return-value]
 
     # -- the terminals as protocols (redisca.session.io), run by either driver --
 
@@ -238,7 +239,8 @@ class Query(Generic[T]):
 
     def _all(self, limit: int | None) -> Steps[list[T]]:
         """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
-        (ids, hashes, _), call = yield from self._run(b"load", limit)
+        call = self._call(b"load", limit)
+        ids, hashes, _ = yield from queryscript.run_steps(self._client(), call)
         if not ids:
             return []
         session = self.session
@@ -254,21 +256,18 @@ class Query(Generic[T]):
                 )
         return results
 
-    def _first(self) -> Steps[T | None]:
-        found = yield from self._all(1)
-        return found[0] if found else None
+    def _two(self) -> int:
+        """The limit ``one()`` reads with: two tell "more than one" (or the query's own)."""
+        return 2 if self.limit_ is None else self.limit_
 
-    def _one_or_none(self) -> Steps[T | None]:
-        found = yield from self._all(2 if self.limit_ is None else self.limit_)
+    def _only(self, found: list[T], required: bool) -> T | None:
+        """``one_or_none()``'s result of what ``_all(self._two())`` found; ``required``:
+        ``one()``'s."""
         if len(found) > 1:
             raise MultipleResultsFound(f"more than one {self.mapper.class_.__name__} matched")
-        return found[0] if found else None
-
-    def _one(self) -> Steps[T]:
-        found = yield from self._one_or_none()
-        if found is None:
+        if not found and required:
             raise NotFound(f"no {self.mapper.class_.__name__} matched")
-        return found
+        return found[0] if found else None
 
     # -- internals -----------------------------------------------------------
 
@@ -283,9 +282,14 @@ class Query(Generic[T]):
     def _run(self, mode: bytes, limit: Any = _SAME) -> Steps[tuple[Any, ScriptCall]]:
         """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
         ``work``: the index entries the server read, which the tests bound) and its call."""
+        call = self._call(mode, limit)
+        return (yield from queryscript.run_steps(self._client(), call)), call
+
+    def _call(self, mode: bytes, limit: Any = _SAME) -> ScriptCall:
+        """The script call of this query in ``mode`` (see :meth:`_run`)."""
         filters = self._sorted()
         by = ordering_field(self.mapper, filters, self.ordering)
-        call = compile_query(
+        return compile_query(
             self.mapper,
             filters,
             by,
@@ -295,7 +299,6 @@ class Query(Generic[T]):
             limit=self.limit_ if limit is _SAME else limit,
             cursor=self._cursor(by),
         )
-        return (yield from queryscript.run_steps(self._client(), call)), call
 
     def _cursor(self, by: MappedField | None) -> Cursor:
         """``after()``'s position: an instance's stored order value when the session

@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError
 
 from ..errors import OperationalError, QueryError
 from . import executor, routing
-from .io import Steps
+from .io import Run, Steps
 from .querycompile import ScriptCall
 
 #: Ids walked per ZRANGE at least (a selective filter needs many per match).
@@ -546,11 +546,16 @@ def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
         sha = SHA
         by_digest = (b"EVALSHA", SHA, len(keys), *keys, *args)
         whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
-    pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
-    pool = client.connection_pool if pool is None else pool
+    cluster = routing.is_cluster(client)
+    pool = routing.pool(client, routing.slot_of(keys[0])) if cluster else client.connection_pool
     known = _known(client, pool)
     if sha in known:
-        reply = (yield from executor.run_steps(client, [by_digest]))[0]
+        if cluster:
+            reply = (yield from executor.run_steps(client, [by_digest]))[0]
+        else:  # executor.run_steps without its own step: a query's one round trip
+            reply = (yield Run(client, [by_digest]))[0]
+        if not isinstance(reply, Exception):
+            return reply
         if not isinstance(reply, NoScriptError):
             return (yield from _checked(client, reply, call))
     reply = (yield from executor.run_steps(client, [whole]))[0]
@@ -561,7 +566,8 @@ def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
 def _known(client: Any, pool: Any) -> set[bytes]:
     """The scripts the server of ``pool`` has run (a set to add to)."""
     try:
-        return _KNOWN.setdefault(pool, set())
+        known = _KNOWN.get(pool)
+        return _KNOWN.setdefault(pool, set()) if known is None else known
     except TypeError:  # a redis.asyncio cluster node: no weak references, known by name
         return _KNOWN_NODES.setdefault(client, {}).setdefault(pool.name, set())
 
