@@ -182,13 +182,13 @@ async def drive(steps: Steps[T], conn: Any = None) -> T:
         reply = error = None
         try:
             kind = request.__class__
-            if kind is Run:
-                async with connection(request.client) as other:
-                    reply = await roundtrip(other, request.commands)
-            elif kind is Send:
+            if kind is Send:
                 reply = await roundtrip(
                     conn, request.commands, sealed=request.sealed, got=request.got
                 )
+            elif kind is Run:
+                async with connection(request.client, request.pool) as other:
+                    reply = await roundtrip(other, request.commands)
             elif kind is OnConnection:
                 async with connection(request.client, request.pool) as other:
                     reply = await drive(request.work(_server(other)), other)

@@ -40,11 +40,11 @@ class AsyncQuery(Query[T]):
 
     async def one_or_none(self) -> T | None:  # type: ignore[override]
         """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
-        return self._only(await drive(self._all(self._two())), False)
+        return self._only(await drive(self._all(self._at_most_two())))
 
     async def one(self) -> T:  # type: ignore[override]
         """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
-        return self._only(await drive(self._all(self._two())), True)  # type: ignore[return-value]
+        return self._required(self._only(await drive(self._all(self._at_most_two()))))
 
     def __iter__(self) -> Iterator[T]:
         raise TypeError("an AsyncSession's query is iterated with `async for`")

@@ -233,11 +233,11 @@ def drive(steps: Steps[T], conn: Any = None) -> T:
         reply = error = None
         try:
             kind = request.__class__
-            if kind is Run:
-                with connection(request.client) as other:
-                    reply = roundtrip(other, request.commands)
-            elif kind is Send:
+            if kind is Send:
                 reply = roundtrip(conn, request.commands, sealed=request.sealed, got=request.got)
+            elif kind is Run:
+                with connection(request.client, request.pool) as other:
+                    reply = roundtrip(other, request.commands)
             elif kind is OnConnection:
                 with connection(request.client, request.pool) as other:
                     reply = drive(request.work(_server(other)), other)
@@ -268,16 +268,7 @@ def run_steps(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
         return []
     if routing.is_cluster(client):
         return (yield from routed_run(client, commands))
-    return (yield Run(client, commands))  # type: ignore[no-any-return]
-
-
-def _send(commands: Sequence[Command]) -> Steps[list[Any]]:
-    return (yield Send(commands))  # type: ignore[no-any-return]
-
-
-def _on_any(commands: Sequence[Command], server: Hashable) -> Steps[list[Any]]:
-    """:func:`_send` as an :class:`~redisca.session.io.OnConnection`'s work."""
-    return _send(commands)
+    return (yield Run(client, None, commands))  # type: ignore[no-any-return]
 
 
 def routed_run(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
@@ -291,7 +282,7 @@ def routed_run(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
         for pool, indexes in _by_pool(client, commands, pending, asking).values():
             sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
             try:
-                got = yield OnConnection(client, pool, functools.partial(_on_any, sent))
+                got = yield Run(client, pool, sent)
             except OperationalError:  # a master gone: the next call asks the new map
                 yield Refresh(client, quiet=True)
                 raise

@@ -33,19 +33,6 @@ class Send(NamedTuple):
     got: list[Any] | None = None
 
 
-class Run:
-    """One round trip of independent commands (reads) on a connection of ``client``'s
-    pool (a plain client's: a cluster's are routed by the protocol); reply: the list of
-    replies. The common load and query, asked of the driver in one request (a class
-    with slots, not a NamedTuple: a query makes one, and a NamedTuple costs 0.4 µs more)."""
-
-    __slots__ = ("client", "commands")
-
-    def __init__(self, client: Any, commands: Sequence[Command]) -> None:
-        self.client = client
-        self.commands = commands
-
-
 class OnConnection(NamedTuple):
     """Run the steps ``work(server)`` makes on a connection of ``pool``, or of
     ``client``'s own pool when ``pool`` is ``None`` (``server``: what identifies the
@@ -55,6 +42,21 @@ class OnConnection(NamedTuple):
     client: Any
     pool: Any
     work: Callable[[Hashable], Steps[Any]]
+
+
+class Run:
+    """Send ``commands`` in one write on a connection of ``pool`` (``client``'s own pool
+    when ``None``) and read every reply: :class:`OnConnection` with one :class:`Send` as
+    its work, without the two generators that would cost every lookup and query. A
+    class with slots, not a NamedTuple: every lookup makes one, and a NamedTuple costs
+    0.4 µs more to build."""
+
+    __slots__ = ("client", "commands", "pool")
+
+    def __init__(self, client: Any, pool: Any, commands: Sequence[Command]) -> None:
+        self.client = client
+        self.pool = pool
+        self.commands = commands
 
 
 class Sleep(NamedTuple):

@@ -222,11 +222,11 @@ class Query(Generic[T]):
 
     def one_or_none(self) -> T | None:
         """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
-        return self._only(executor.drive(self._all(self._two())), False)
+        return self._only(executor.drive(self._all(self._at_most_two())))
 
     def one(self) -> T:
         """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
-        return self._only(executor.drive(self._all(self._two())), True)  # type: ignore[return-value]
+        return self._required(self._only(executor.drive(self._all(self._at_most_two()))))
 
     # -- the terminals as protocols (redisca.session.io), run by either driver --
 
@@ -239,8 +239,7 @@ class Query(Generic[T]):
 
     def _all(self, limit: int | None) -> Steps[list[T]]:
         """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
-        call = self._call(b"load", limit)
-        ids, hashes, _ = yield from queryscript.run_steps(self._client(), call)
+        (ids, hashes, _), call = yield from self._run(b"load", limit)
         if not ids:
             return []
         session = self.session
@@ -249,25 +248,28 @@ class Query(Generic[T]):
         )
         results = [typing.cast(T, obj) for obj in found if obj is not None]
         if self.preloads:
-            targets = session._unloaded_targets(results, self.preloads)
+            targets = session.unloaded_targets(results, self.preloads)
             if targets:
                 yield from loading.load_states_steps(
                     session.identity_map, session.bind_for, targets
                 )
         return results
 
-    def _two(self) -> int:
-        """The limit ``one()`` reads with: two tell "more than one" (or the query's own)."""
+    # ``first``, ``one`` and ``one_or_none`` run ``_all`` and judge its list in plain
+    # code (shared with the async query): each generator layer costs every lookup.
+
+    def _at_most_two(self) -> int:
         return 2 if self.limit_ is None else self.limit_
 
-    def _only(self, found: list[T], required: bool) -> T | None:
-        """``one_or_none()``'s result of what ``_all(self._two())`` found; ``required``:
-        ``one()``'s."""
+    def _only(self, found: list[T]) -> T | None:
         if len(found) > 1:
             raise MultipleResultsFound(f"more than one {self.mapper.class_.__name__} matched")
-        if not found and required:
-            raise NotFound(f"no {self.mapper.class_.__name__} matched")
         return found[0] if found else None
+
+    def _required(self, found: T | None) -> T:
+        if found is None:
+            raise NotFound(f"no {self.mapper.class_.__name__} matched")
+        return found
 
     # -- internals -----------------------------------------------------------
 
@@ -282,14 +284,9 @@ class Query(Generic[T]):
     def _run(self, mode: bytes, limit: Any = _SAME) -> Steps[tuple[Any, ScriptCall]]:
         """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
         ``work``: the index entries the server read, which the tests bound) and its call."""
-        call = self._call(mode, limit)
-        return (yield from queryscript.run_steps(self._client(), call)), call
-
-    def _call(self, mode: bytes, limit: Any = _SAME) -> ScriptCall:
-        """The script call of this query in ``mode`` (see :meth:`_run`)."""
         filters = self._sorted()
         by = ordering_field(self.mapper, filters, self.ordering)
-        return compile_query(
+        call = compile_query(
             self.mapper,
             filters,
             by,
@@ -299,6 +296,7 @@ class Query(Generic[T]):
             limit=self.limit_ if limit is _SAME else limit,
             cursor=self._cursor(by),
         )
+        return (yield from queryscript.run_steps(self._client(), call)), call
 
     def _cursor(self, by: MappedField | None) -> Cursor:
         """``after()``'s position: an instance's stored order value when the session

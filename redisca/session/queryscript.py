@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError
 
 from ..errors import OperationalError, QueryError
 from . import executor, routing
-from .io import Run, Steps
+from .io import Steps
 from .querycompile import ScriptCall
 
 #: Ids walked per ZRANGE at least (a selective filter needs many per match).
@@ -546,21 +546,20 @@ def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
         sha = SHA
         by_digest = (b"EVALSHA", SHA, len(keys), *keys, *args)
         whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
-    cluster = routing.is_cluster(client)
-    pool = routing.pool(client, routing.slot_of(keys[0])) if cluster else client.connection_pool
+    pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
+    pool = client.connection_pool if pool is None else pool
     known = _known(client, pool)
     if sha in known:
-        if cluster:
-            reply = (yield from executor.run_steps(client, [by_digest]))[0]
-        else:  # executor.run_steps without its own step: a query's one round trip
-            reply = (yield Run(client, [by_digest]))[0]
-        if not isinstance(reply, Exception):
+        reply = (yield from executor.run_steps(client, [by_digest]))[0]
+        if not isinstance(reply, Exception):  # the common case: no generator for errors
             return reply
         if not isinstance(reply, NoScriptError):
-            return (yield from _checked(client, reply, call))
+            return (yield from _failed(client, reply, call))
     reply = (yield from executor.run_steps(client, [whole]))[0]
     known.add(sha)
-    return (yield from _checked(client, reply, call))
+    if not isinstance(reply, Exception):
+        return reply
+    return (yield from _failed(client, reply, call))
 
 
 def _known(client: Any, pool: Any) -> set[bytes]:
@@ -577,9 +576,9 @@ _KNOWN_NODES: weakref.WeakKeyDictionary[Any, dict[str, set[bytes]]] = (
 )
 
 
-def _checked(client: Any, reply: Any, call: ScriptCall) -> Steps[Any]:
-    if not isinstance(reply, Exception):
-        return reply
+def _failed(client: Any, reply: Exception, call: ScriptCall) -> Steps[Any]:
+    """Raise the error a failed script call means (a cluster's refusal, an ``after()``
+    id not in the index, index keys of the wrong type)."""
     routing.check(reply, "the query's script")
     if str(reply).startswith(AFTER_MISSING):
         raise QueryError("after(): that id is not in the query's ordering index")
