@@ -55,7 +55,11 @@ class connection:  # lowercase: used like a function, `async with connection(cli
                 if not self.conn.is_connected:
                     await self.conn.connect()
             else:  # redis-py connects (or reconnects a stale connection) at checkout
-                self.conn = await pool.get_connection()
+                self.conn = await (
+                    pool.get_connection("MULTI")
+                    if executor.wants_command_name(pool.__class__)
+                    else pool.get_connection()
+                )
         except _CONNECTION_ERRORS as exc:
             if self.conn is not None:
                 await self._release()
