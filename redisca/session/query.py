@@ -210,23 +210,23 @@ class Query(Generic[T]):
         """The matching instances, in query order, read with the ids in one atomic step.
 
         Instances the session holds loaded are returned as they are in the session."""
-        return executor.drive(self._all(self.limit_))
+        return self._load(self.limit_)
 
     def __iter__(self) -> Iterator[T]:
         return iter(self.all())
 
     def first(self) -> T | None:
         """The first result, or ``None``."""
-        found = executor.drive(self._all(1))
+        found = self._load(1)
         return found[0] if found else None
 
     def one_or_none(self) -> T | None:
         """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
-        return self._only(executor.drive(self._all(self._at_most_two())))
+        return self._only(self._load(self._at_most_two()))
 
     def one(self) -> T:
         """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
-        return self._required(self._only(executor.drive(self._all(self._at_most_two()))))
+        return self._required(self._only(self._load(self._at_most_two())))
 
     # -- the terminals as protocols (redisca.session.io), run by either driver --
 
@@ -237,17 +237,31 @@ class Query(Generic[T]):
     def _count(self) -> Steps[int]:
         return int((yield from self._run(b"count"))[0][0])
 
-    def _all(self, limit: int | None) -> Steps[list[T]]:
-        """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
-        (ids, hashes, _), call = yield from self._run(b"load", limit)
+    def _load(self, limit: int | None) -> list[T]:
+        """:meth:`_all` with blocking I/O, without its generators (every lookup comes
+        here): the same call, the same results, the same preloads."""
+        call = self._call(b"load", limit)
+        results = self._results(queryscript.run(self._client(), call), call)
+        if self.preloads and results:
+            self.session.preload(results, *self.preloads)
+        return results
+
+    def _results(self, reply: Any, call: ScriptCall) -> list[T]:
+        """The instances of a ``load`` reply (``[ids, hashes, work]``)."""
+        ids, hashes, _ = reply
         if not ids:
             return []
-        session = self.session
         found = loading.from_hashes(
-            session.identity_map, self.mapper, self._decode(ids, call), hashes
+            self.session.identity_map, self.mapper, self._decode(ids, call), hashes
         )
-        results = [typing.cast(T, obj) for obj in found if obj is not None]
-        if self.preloads:
+        return [typing.cast(T, obj) for obj in found if obj is not None]
+
+    def _all(self, limit: int | None) -> Steps[list[T]]:
+        """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
+        call = self._call(b"load", limit)
+        results = self._results((yield from queryscript.run_steps(self._client(), call)), call)
+        session = self.session
+        if self.preloads and results:
             targets = session._unloaded_targets(results, self.preloads)
             if targets:
                 yield from loading.load_states_steps(
@@ -284,9 +298,14 @@ class Query(Generic[T]):
     def _run(self, mode: bytes, limit: Any = _SAME) -> Steps[tuple[Any, ScriptCall]]:
         """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
         ``work``: the index entries the server read, which the tests bound) and its call."""
+        call = self._call(mode, limit)
+        return (yield from queryscript.run_steps(self._client(), call)), call
+
+    def _call(self, mode: bytes, limit: Any = _SAME) -> ScriptCall:
+        """This query's script call in ``mode`` (see :meth:`_run`)."""
         filters = self._sorted()
         by = ordering_field(self.mapper, filters, self.ordering)
-        call = compile_query(
+        return compile_query(
             self.mapper,
             filters,
             by,
@@ -296,7 +315,6 @@ class Query(Generic[T]):
             limit=self.limit_ if limit is _SAME else limit,
             cursor=self._cursor(by),
         )
-        return (yield from queryscript.run_steps(self._client(), call)), call
 
     def _cursor(self, by: MappedField | None) -> Cursor:
         """``after()``'s position: an instance's stored order value when the session

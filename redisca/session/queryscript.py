@@ -42,6 +42,7 @@ from redis.exceptions import NoScriptError
 from ..errors import OperationalError, QueryError
 from . import executor, routing
 from .io import Steps
+from .plan import Command
 from .querycompile import ScriptCall
 
 #: Ids walked per ZRANGE at least (a selective filter needs many per match).
@@ -527,16 +528,50 @@ _KNOWN: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
 
 
 def run(client: Any, call: ScriptCall) -> Any:
-    """:func:`run_steps` with blocking I/O."""
-    return executor.drive(run_steps(client, call))
+    """:func:`run_steps` with blocking I/O. Its common case (one server, the script
+    known there, no error) is sent here without the protocol's generators, which cost
+    every lookup a few percent; anything else continues in :func:`run_steps` from the
+    reply this got."""
+    if routing.is_cluster(client):
+        return executor.drive(run_steps(client, call))
+    sha, by_digest, _, known = _commands(client, call)
+    if sha not in known:
+        return executor.drive(run_steps(client, call))
+    reply = executor.run(client, [by_digest])[0]
+    if not isinstance(reply, Exception):
+        return reply
+    return executor.drive(run_steps(client, call, reply))
 
 
-def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
+_UNSENT: Any = object()
+
+
+def run_steps(client: Any, call: ScriptCall, sent: Any = _UNSENT) -> Steps[Any]:
     """The script's reply, in one round trip (two after the server forgot the script).
 
     An error reply raises :class:`~redisca.OperationalError`, naming the index keys of
     the wrong type (another program's data) found in one more round trip. A protocol
-    (:mod:`redisca.session.io`): the sync and async queries both run it."""
+    (:mod:`redisca.session.io`): the sync and async queries both run it. ``sent``: the
+    reply to the script sent by digest already (:func:`run`)."""
+    sha, by_digest, whole, known = _commands(client, call)
+    if sha in known:
+        if sent is _UNSENT:
+            sent = (yield from executor.run_steps(client, [by_digest]))[0]
+        reply = sent
+        if not isinstance(reply, Exception):  # the common case: no generator for errors
+            return reply
+        if not isinstance(reply, NoScriptError):
+            return (yield from _failed(client, reply, call))
+    reply = (yield from executor.run_steps(client, [whole]))[0]
+    known.add(sha)
+    if not isinstance(reply, Exception):
+        return reply
+    return (yield from _failed(client, reply, call))
+
+
+def _commands(client: Any, call: ScriptCall) -> tuple[bytes, Command, Command, set[bytes]]:
+    """The script's digest, the call by digest and whole, and the scripts the server
+    that runs it is known to have."""
     keys, args = call.keys, call.args
     if call.lookup:
         sha = LOOKUP_SHA
@@ -548,18 +583,7 @@ def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
         whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
     pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
     pool = client.connection_pool if pool is None else pool
-    known = _known(client, pool)
-    if sha in known:
-        reply = (yield from executor.run_steps(client, [by_digest]))[0]
-        if not isinstance(reply, Exception):  # the common case: no generator for errors
-            return reply
-        if not isinstance(reply, NoScriptError):
-            return (yield from _failed(client, reply, call))
-    reply = (yield from executor.run_steps(client, [whole]))[0]
-    known.add(sha)
-    if not isinstance(reply, Exception):
-        return reply
-    return (yield from _failed(client, reply, call))
+    return sha, by_digest, whole, _known(client, pool)
 
 
 def _known(client: Any, pool: Any) -> set[bytes]:
