@@ -421,6 +421,17 @@ def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
     )
 
 
+def on_slot(client: Any, slot: int, what: str, work: Callable[[Any], T]) -> T:
+    """:func:`_on_slot`, for the unique protocol of sharded models (``claims``)."""
+    return _on_slot(client, slot, what, work)
+
+
+def check_watch(reply: Any) -> None:
+    """A ``WATCH`` sent in its own round trip must have been accepted (``claims``)."""
+    if isinstance(reply, ResponseError):
+        _refused_watch(reply, applied=False)
+
+
 def _on_slot(client: Any, slot: int, what: str, work: Callable[[Any], T]) -> T:
     """``work`` on a connection to the master of ``slot``; a refusal before ``EXEC``
     ran is followed and ``work`` done again on a new connection (the refused one is
@@ -731,9 +742,11 @@ __all__ = [
     "Executed",
     "Wait",
     "atomic",
+    "check_watch",
     "connection",
     "execute_commit",
     "hash_reply",
+    "on_slot",
     "roundtrip",
     "run",
     "transaction",

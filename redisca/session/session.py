@@ -22,7 +22,7 @@ from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import Mapper, mapper_of
-from . import executor, gcpause, loading, resp, routing, unitofwork
+from . import claims, executor, gcpause, loading, resp, routing, unitofwork
 from .collections import IdentitySet
 from .identity import IdentityMap
 from .plan import Command
@@ -494,21 +494,30 @@ class Session:
         unitofwork.cascade(self.states(), self.__contains__, self.add)
         groups = unitofwork.organize(self.states(), self._commands, self.bind_for)
         forget = functools.partial(self.forget, deleted=True)
-        for group in groups:
-            plan = group.plan()
-            if not plan:
-                continue
-            seen: dict[bytes, Any] = {}
-            try:
-                executed = executor.execute_commit(
-                    group.client, plan, self.retries, seen, self.wait
-                )
-            except OperationalError as exc:
-                if exc.outcome_unknown:
-                    unitofwork.in_doubt(group, seen)
-                raise
-            self._commands = [c for c in self._commands if c[2] not in group.results]
-            unitofwork.finalize(group, executed, forget)
+        # A sharded model's unique values on a cluster: claimed first (see claims).
+        pending = claims.prepare(groups, self.retries)
+        done = 0
+        try:
+            if pending is not None:
+                pending.claim()
+            for done, group in enumerate(groups):  # noqa: B007 (read by the except)
+                if not group.plan():
+                    continue
+                seen: dict[bytes, Any] = {}
+                try:
+                    executed = claims.execute(group, self.retries, seen, self.wait, pending)
+                except OperationalError as exc:
+                    if exc.outcome_unknown:
+                        unitofwork.in_doubt(group, seen)
+                    raise
+                self._commands = [c for c in self._commands if c[2] not in group.results]
+                unitofwork.finalize(group, executed, forget)
+                if pending is not None:
+                    pending.release(group)
+        except Exception:
+            if pending is not None:
+                pending.abandon(groups[done:])
+            raise
 
     def rollback(self) -> None:
         """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""

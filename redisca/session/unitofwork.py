@@ -59,14 +59,7 @@ def shard_target(client: Any, state: InstanceState) -> tuple[Any, int | None]:
     changes (every shard lives there, so one transaction holds them all)."""
     if not routing.is_cluster(client):
         return client, None
-    mapper = state.mapper
-    if any(f.unique for f in mapper.indexed):
-        raise InvalidRequestError(
-            f"{mapper.class_.__name__} has {mapper.shards} shards and a unique field: a "
-            "value's claim lives in the value's shard, another slot than its owner's, "
-            "and commits of such claims on a cluster are not supported yet"
-        )
-    return client, routing.layout_slot(mapper.layout.for_id(state.id))  # type: ignore[arg-type]
+    return client, routing.layout_slot(state.mapper.layout.for_id(state.id))  # type: ignore[arg-type]
 
 
 def cascade(
