@@ -331,7 +331,12 @@ def test_the_entity_transaction_refuses_a_claim_revoked_after_it_was_made(
     client = cluster.client()
     try:
         abandoned = []
-        monkeypatch.setattr(claims.Pending, "abandon", lambda self, groups: abandoned.append(1))
+
+        def dead(self: Any, groups: Any) -> Any:  # no clean-up: only the protocol acts
+            abandoned.append(1)
+            yield from ()
+
+        monkeypatch.setattr(claims.Pending, "abandon", dead)
 
         def b_claims() -> None:
             with Session(client) as other:
@@ -395,3 +400,53 @@ def test_sharded_uniques_on_one_server_are_one_transaction(redis_server: Any) ->
         assert not [k for k in raw.scan_iter() if b"#o:" in k or b"#c:" in k]
     finally:
         raw.close()
+
+
+def test_an_async_session_runs_the_same_protocol(cluster: EmbeddedCluster) -> None:
+    """``AsyncSession`` on ``redis.asyncio``'s cluster client runs the same commit
+    protocol: tasks racing for values across shards leave one owner each, and a swap is
+    refused as in the sync session."""
+    import asyncio
+
+    import redis.asyncio.cluster
+
+    from redisca.asyncio import AsyncSession
+
+    async def claim(client: Any, ident: str, value: str) -> str:
+        session = AsyncSession(client)
+        session.add(Account(email=value, id=ident))
+        try:
+            await session.commit()
+            return "ok"
+        except redisca.UniqueViolation:
+            return "taken"
+        except redisca.ConflictError:
+            return "conflict"
+
+    async def main() -> list[str]:
+        client = redis.asyncio.cluster.RedisCluster.from_url(cluster.url)
+        try:
+            outcomes = await asyncio.gather(
+                *(claim(client, f"t{n}", VALUES[n % 3]) for n in range(12))
+            )
+            session = AsyncSession(client)
+            x, y = await session.get_many(Account, ["t0", "t1"])
+            if x is not None and y is not None:
+                x.email, y.email = y.email, x.email
+                try:
+                    await session.commit()
+                    raise AssertionError("a swap across shards was committed")
+                except redisca.UniqueViolation as exc:
+                    assert "a swap" in str(exc)
+            return outcomes
+        finally:
+            await client.aclose()
+
+    outcomes = asyncio.run(main())
+    assert outcomes.count("ok") <= 3 and outcomes.count("ok") >= 1, outcomes
+    sync = cluster.client()
+    try:
+        held = assert_one_owner_each(sync)
+        assert len(held) == outcomes.count("ok")
+    finally:
+        sync.close()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -43,18 +43,16 @@ from ..mapping.keys import decode_id
 from ..mapping.mapper import MappedField
 from . import executor, routing
 from .emit import RELEASE_OWNED, ClaimRevoked
+from .io import Send, Steps
 from .plan import DELETE, INSERT, UPDATE, Command, EntityChange
-from .unitofwork import Group
+
+if TYPE_CHECKING:
+    from .unitofwork import Group
 
 
 def token() -> bytes:
     """A claim's token: 16 random hex digits, never reused."""
     return os.urandom(8).hex().encode()
-
-
-def remote(group: Group) -> bool:
-    """Whether the group's unique values are claimed by this protocol."""
-    return any(change.tokens is not None for change in group.changes)
 
 
 @attrs.define(eq=False)
@@ -110,13 +108,13 @@ class Pending:
     #: Those of them whose owner held the value (the claimant itself): never released.
     held: set[Proof] = attrs.field(factory=set)
 
-    def claim(self, claims: list[Claim] | None = None) -> None:
+    def claim(self, claims: list[Claim] | None = None) -> Steps[None]:
         """Steps 1 and 2: register fresh tokens, then claim in the values' shards.
 
         A lost reply here leaves at worst a claim in flight (taken over later): no
         entity was written, so the error's ``outcome_unknown`` is false."""
         try:
-            self._claim(self.claims if claims is None else claims)
+            yield from self._claim(self.claims if claims is None else claims)
         except OperationalError as exc:
             if not exc.outcome_unknown:
                 raise
@@ -126,44 +124,45 @@ class Pending:
                 exc.orig,
             ) from exc
 
-    def _claim(self, claims: list[Claim]) -> None:
+    def _claim(self, claims: list[Claim]) -> Steps[None]:
         for claim in claims:
             claim.token = token()
             claim.change.tokens[claim.field] = claim.token  # type: ignore[index]
-        for client, _, batch in _by_slot(claims, lambda c: c.owner_slot(c.id)):
+        for client, slot, batch in _by_slot(claims, lambda c: c.owner_slot(c.id)):
             commands = []
             for claim in batch:
                 key, name = registration(claim.field, claim.id)
                 commands.append((b"HSET", key, name, claim.token))
-            executor.atomic(client, commands)
+            yield from _atomic(client, slot, "a unique claim's registration", commands)
         for client, slot, batch in _by_slot(claims, Claim.value_slot):
-            self._claim_in(client, slot, batch)
+            yield from self._claim_in(client, slot, batch)
 
-    def abandon(self, groups: list[Group]) -> None:
+    def abandon(self, groups: list[Group]) -> Steps[None]:
         """After a commit failed: remove the claims it made for ``groups`` (not
         committed, or of unknown outcome) where they are proven stale. Best effort, as
         :meth:`release`: a claim left is a stale claim in flight, taken over later."""
         changes = {id(change) for group in groups for change in group.changes}
         mine = [c for c in self.claims if id(c.change) in changes and c.token is not None]
         try:
-            for client, _, batch in _by_slot(mine, lambda c: c.owner_slot(c.id)):
+            for client, slot, batch in _by_slot(mine, lambda c: c.owner_slot(c.id)):
                 keys, args = [], []
                 for claim in batch:  # our tokens' registrations, if still ours
                     key, name = registration(claim.field, claim.id)
                     keys.append(key)
                     args += [name, claim.token]
-                executor.atomic(client, [(b"EVAL", RELEASE_OWNED, len(keys), *keys, *args)])
+                unregister = [(b"EVAL", RELEASE_OWNED, len(keys), *keys, *args)]
+                yield from _atomic(client, slot, "a unique claim's registration", unregister)
             for client, slot, batch in _by_slot(mine, Claim.value_slot):
-                self._vacate(client, slot, batch)
+                yield from self._vacate(client, slot, batch)
         except RediscaError:
             pass
 
-    def reclaim(self, group: Group) -> None:
+    def reclaim(self, group: Group) -> Steps[None]:
         """After a revoked claim (step 3 failed): claim the group's values again."""
         changes = {id(change) for change in group.changes}
-        self.claim([c for c in self.claims if id(c.change) in changes])
+        yield from self.claim([c for c in self.claims if id(c.change) in changes])
 
-    def release(self, group: Group) -> None:
+    def release(self, group: Group) -> Steps[None]:
         """After the group committed: remove the claims of the values its entities let
         go, where they are proven stale. Best effort: what fails stays a stale claim,
         which the next claimant of the value proves and takes over."""
@@ -174,30 +173,30 @@ class Pending:
         ]
         try:
             for client, slot, batch in _by_slot(mine, Claim.value_slot):
-                self._vacate(client, slot, batch)
+                yield from self._vacate(client, slot, batch)
         except RediscaError:
             pass  # a stale claim stays: see the docstring
 
     # -- the value's shard ---------------------------------------------------------
 
-    def _claim_in(self, client: Any, slot: int, claims: list[Claim]) -> None:
+    def _claim_in(self, client: Any, slot: int, claims: list[Claim]) -> Steps[None]:
+        take = functools.partial(self._take, claims)
         for _ in range(self.retries + 1):
-            take = functools.partial(self._take, claims=claims)
-            stale = executor.on_slot(client, slot, "a unique claim", take)
+            stale = yield from executor.on_slot(client, slot, "a unique claim", take)
             if stale is None:
                 return
             if stale:
-                self._prove(client, stale, claiming=True)
+                yield from self._prove(client, stale, claiming=True)
         raise ConflictError(
             f"unique claims kept changing; gave up after {self.retries + 1} attempts"
         )
 
-    def _take(self, conn: Any, claims: list[Claim]) -> list[tuple[Claim, str, Any]] | None:
+    def _take(self, claims: list[Claim], server: Any) -> Steps[list[Stale] | None]:
         """Claim what is free, ours or proven stale; the stale claims still to prove
         (``[]``: a watched key changed, try again; ``None``: done)."""
-        held = _read_claims(conn, claims, watch=True)
+        held = yield from _read_claims(claims, watch=True)
         writes: list[Command] = []
-        stale: list[tuple[Claim, str, Any]] = []
+        stale: list[Stale] = []
         for claim, (owner, tok) in zip(claims, held, strict=True):
             if owner == claim.id and tok == claim.token:
                 continue
@@ -209,15 +208,15 @@ class Pending:
             else:
                 stale.append((claim, owner, tok))
         if stale or not writes:
-            executor.roundtrip(conn, [(b"UNWATCH",)])
+            yield Send([(b"UNWATCH",)])
             return stale or None
-        return None if executor.transaction(conn, writes) is not None else []
+        done = yield from executor.transaction_steps(writes)
+        return None if done is not None else []
 
-    def _vacate(self, client: Any, slot: int, releases: list[Claim]) -> None:
+    def _vacate(self, client: Any, slot: int, releases: list[Claim]) -> Steps[None]:
+        read = functools.partial(_read_only, releases)
         for _ in range(self.retries + 1):
-            held = executor.on_slot(
-                client, slot, "a unique release", lambda c: _read_claims(c, releases)
-            )
+            held = yield from executor.on_slot(client, slot, "a unique release", read)
             ours = [
                 (r, o, t)
                 for r, (o, t) in zip(releases, held, strict=True)
@@ -225,12 +224,12 @@ class Pending:
             ]
             if not ours:
                 return
-            self._prove(client, ours, claiming=False)
+            yield from self._prove(client, ours, claiming=False)
             gone = [(r, o, t) for r, o, t in ours if self._proven(r, o, t, released=True)]
             if not gone:
                 return
-            remove = functools.partial(_remove, gone=gone)
-            if executor.on_slot(client, slot, "a unique release", remove):
+            remove = functools.partial(_remove, gone)
+            if (yield from executor.on_slot(client, slot, "a unique release", remove)):
                 return
 
     def _proven(self, claim: Claim, owner: str, tok: Any, released: bool = False) -> bool:
@@ -239,14 +238,14 @@ class Pending:
 
     # -- the owner's shard ---------------------------------------------------------
 
-    def _prove(self, client: Any, stale: list[tuple[Claim, str, Any]], claiming: bool) -> None:
+    def _prove(self, client: Any, stale: list[Stale], claiming: bool) -> Steps[None]:
         """Prove claims stale in their owners' shards (revoking their registration), or
         raise :class:`~redisca.UniqueViolation` for one whose owner holds the value."""
         by_owner = _by_slot(stale, lambda item: item[0].owner_slot(item[1]), client=client)
         for _, slot, batch in by_owner:
+            revoke = functools.partial(self._revoke, batch, claiming)
             for _ in range(self.retries + 1):
-                revoke = functools.partial(self._revoke, batch=batch, claiming=claiming)
-                if executor.on_slot(client, slot, "a unique claim's owner", revoke):
+                if (yield from executor.on_slot(client, slot, "a unique claim's owner", revoke)):
                     break
             else:
                 raise ConflictError(
@@ -254,7 +253,7 @@ class Pending:
                     "attempts"
                 )
 
-    def _revoke(self, conn: Any, batch: list[tuple[Claim, str, Any]], claiming: bool) -> bool:
+    def _revoke(self, batch: list[Stale], claiming: bool, server: Any) -> Steps[bool]:
         """One attempt in an owner's shard: ``False`` when a watched key changed."""
         layout = batch[0][0].change.mapper.layout
         watched: dict[bytes, None] = {}
@@ -264,7 +263,7 @@ class Pending:
             watched[layout.guard(owner.encode())] = None
             watched[key] = None
             reads += [(b"HGET", layout.entity(owner), claim.field.hash_field), (b"HGET", key, name)]
-        got = executor.roundtrip(conn, [(b"WATCH", *watched), *reads])
+        got = yield Send([(b"WATCH", *watched), *reads])
         executor.check_watch(got[0])
         kills: list[Command] = []
         for n, (claim, owner, tok) in enumerate(batch):
@@ -272,25 +271,36 @@ class Pending:
             proof = (claim.field.hash_field, claim.value, owner, tok)
             if raw is not None and claim.field.index_key(raw) == claim.value:
                 if claiming and owner != claim.id:
-                    executor.roundtrip(conn, [(b"UNWATCH",)])
+                    yield Send([(b"UNWATCH",)])
                     raise _taken(claim, owner)
                 self.held.add(proof)  # its owner, the claimant, holds it: ours to re-token
             elif tok is not None and registered == tok:
                 kills.append((b"HDEL", *registration(claim.field, owner)))
             self.proven.add(proof)
         if not kills:
-            executor.roundtrip(conn, [(b"UNWATCH",)])
+            yield Send([(b"UNWATCH",)])
             return True
-        return executor.transaction(conn, kills) is not None
+        return (yield from executor.transaction_steps(kills)) is not None
 
 
-def _read_claims(conn: Any, claims: list[Claim], watch: bool = False) -> list[tuple[Any, Any]]:
+#: A claim held by someone else: the claim (ours), its owner, its token.
+Stale = tuple[Claim, str, Any]
+
+
+def _atomic(client: Any, slot: int, what: str, commands: list[Command]) -> Steps[None]:
+    """``commands`` in one ``MULTI``/``EXEC`` on the master of ``slot``."""
+    yield from executor.on_slot(
+        client, slot, what, lambda server: executor.transaction_steps(commands)
+    )
+
+
+def _read_claims(claims: list[Claim], watch: bool = False) -> Steps[list[tuple[Any, Any]]]:
     """The (owner, token) each value's shard holds for the claims' values."""
     keys = list(dict.fromkeys(k for c in claims for k in (c.stripe, c.tokens_key)))
     reads: list[Command] = []
     for claim in claims:
         reads += [(b"HGET", claim.stripe, claim.value), (b"HGET", claim.tokens_key, claim.value)]
-    got = executor.roundtrip(conn, [(b"WATCH", *keys), *reads] if watch else reads)
+    got = yield Send([(b"WATCH", *keys), *reads] if watch else reads)
     if watch:
         executor.check_watch(got[0])
         got = got[1:]
@@ -301,9 +311,13 @@ def _read_claims(conn: Any, claims: list[Claim], watch: bool = False) -> list[tu
     return out
 
 
-def _remove(conn: Any, gone: list[tuple[Claim, str, Any]]) -> bool:
+def _read_only(claims: list[Claim], server: Any) -> Steps[list[tuple[Any, Any]]]:
+    return _read_claims(claims)
+
+
+def _remove(gone: list[Stale], server: Any) -> Steps[bool]:
     """Remove released claims that still hold what was proven stale (watched)."""
-    held = _read_claims(conn, [g[0] for g in gone], watch=True)
+    held = yield from _read_claims([g[0] for g in gone], watch=True)
     writes: list[Command] = []
     for (claim, owner, tok), now in zip(gone, held, strict=True):
         if now == (owner, tok):
@@ -312,9 +326,9 @@ def _remove(conn: Any, gone: list[tuple[Claim, str, Any]]) -> bool:
                 (b"HDEL", claim.tokens_key, claim.value),
             ]
     if not writes:
-        executor.roundtrip(conn, [(b"UNWATCH",)])
+        yield Send([(b"UNWATCH",)])
         return True
-    return executor.transaction(conn, writes) is not None
+    return (yield from executor.transaction_steps(writes)) is not None
 
 
 def _reply(reply: Any) -> Any:
@@ -436,16 +450,16 @@ def execute(
     seen: dict[bytes, Any],
     wait: executor.Wait | None,
     pending: Pending | None,
-) -> executor.Executed:
-    """The group's transaction (:func:`~redisca.session.executor.execute_commit`); when
-    a claim of it was revoked meanwhile, its values are claimed again and it is tried
+) -> Steps[executor.Executed]:
+    """The group's transaction (:func:`~redisca.session.executor.commit_steps`); when a
+    claim of it was revoked meanwhile, its values are claimed again and it is tried
     again, up to ``retries`` times (then :class:`~redisca.ConflictError`)."""
     plan = group.plan()
     for attempt in range(retries + 1):
         try:
-            return executor.execute_commit(group.client, plan, retries, seen, wait)
+            return (yield from executor.commit_steps(group.client, plan, retries, seen, wait))
         except ClaimRevoked:
             if pending is None or attempt == retries:
                 raise
-            pending.reclaim(group)
+            yield from pending.reclaim(group)
     raise AssertionError("unreachable")  # pragma: no cover
