@@ -269,13 +269,9 @@ def test_a_commit_is_one_transaction_per_shard_on_a_cluster(cluster):
         client.close()
 
 
-def test_queries_and_maintenance_of_a_sharded_model_are_refused_clearly(redis_server):
+def test_maintenance_of_a_sharded_model_is_refused_clearly(redis_server):
     raw = redis_server.client()
     try:
-        with Session(raw) as session:
-            with pytest.raises(InvalidRequestError, match=r"User has 16 shards.*not supported yet"):
-                session.query(User)
-            assert session.query(One).filter_by(name="x").all() == []
         with pytest.raises(MaintenanceError, match="User has 16 shards"):
             check(registry, raw)
         assert check([One], raw).ok

@@ -69,7 +69,8 @@ SCRIPT = (
     b"""
 -- redisca query engine (see redisca/session/queryscript.py).
 -- KEYS: [1] ordering zset, then each term's keys.
--- ARGV: mode, offset, limit (-1: none), desc (0/1),
+-- ARGV: mode ('ids', 'load', 'count'; 'sids', 'sload': with scores), offset,
+--       limit (-1: none), desc (0/1),
 --       byscore (1: the ordering zset is a range index; 0: H#all, every score 0),
 --       entity key prefix,
 --       window of the ordering zset: restricted (0/1), low, low excl, high, high excl,
@@ -86,6 +87,8 @@ if ARGV[12] == '' and ARGV[7] == '1' and ARGV[15] == '0' and ARGV[5] == '1'
     + str(SLICE_OFFSET).encode()
     + b""" then
   local mode, offset, limit = ARGV[1], ARGV[2], ARGV[3]
+  local scored = string.sub(mode, 1, 1) == 's'
+  if scored then mode = string.sub(mode, 2) end
   local lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
   local hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
   local ids = {}
@@ -99,6 +102,11 @@ if ARGV[12] == '' and ARGV[7] == '1' and ARGV[15] == '0' and ARGV[5] == '1'
   local hashes = {}
   if mode == 'load' then
     for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', ARGV[6] .. id) end
+  end
+  if scored then
+    local scores = {}
+    for i, id in ipairs(ids) do scores[i] = redis.call('ZSCORE', KEYS[1], id) end
+    return {ids, hashes, #ids, scores}
   end
   return {ids, hashes, #ids}
 end
@@ -161,6 +169,12 @@ kinds.u = {  -- a unique value: its stripe hash and the value
   fetch = function(t) return {t.owner} end,
   probe = function(t, id) return t.owner == id end,
 }
+kinds.o = {  -- one id the client names (a unique value's owner on a sharded model)
+  parse = function(t) t.owner = arg() end,
+  size = function(t) return 1 end,
+  fetch = function(t) return {t.owner} end,
+  probe = function(t, id) return t.owner == id end,
+}
 kinds.r = {  -- a score window of a range index
   parse = function(t) t.key = key(); t.w = window() end,
   size = function(t) return redis.call('ZCOUNT', t.key, t.w.loarg, t.w.hiarg) end,
@@ -173,6 +187,9 @@ kinds.r = {  -- a score window of a range index
 
 local okey = KEYS[1]
 local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+-- 'sids', 'sload': the ids' scores too (a sharded model's shards are merged by them)
+local scored = string.sub(mode, 1, 1) == 's'
+if scored then mode = string.sub(mode, 2) end
 local desc, byscore, prefix = arg() == '1', arg() == '1', arg()
 local restricted = arg() == '1'
 local ow = window()
@@ -190,6 +207,11 @@ local function reply(ids)
   if mode == 'load' then
     -- pcall: a key that is no hash fails as a DecodeError naming it, not the query
     for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', prefix .. id) end
+  end
+  if scored then
+    local scores = {}
+    for i, id in ipairs(ids) do scores[i] = redis.call('ZSCORE', okey, id) end
+    return {ids, hashes, work, scores}
   end
   return {ids, hashes, work}
 end
@@ -551,6 +573,40 @@ def run(client: Any, call: ScriptCall) -> Any:
     return _checked(client, reply, call)
 
 
+def run_many(client: Any, calls: list[ScriptCall]) -> list[Any]:
+    """The replies of several script calls (a sharded model's shards), sent together:
+    one round trip on one server, one per master on a cluster (two where a server had
+    forgotten the script). Each reply is checked as :func:`run` checks its one."""
+    cluster = routing.is_cluster(client)
+    pools = [
+        routing.pool(client, routing.slot_of(c.keys[0])) if cluster else client.connection_pool
+        for c in calls
+    ]
+    pairs = list(zip(calls, pools, strict=True))
+    replies = executor.run(client, [_command(c, sha_known=_known(p, c)) for c, p in pairs])
+    again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if again:
+        resent = executor.run(client, [_command(calls[i], sha_known=False) for i in again])
+        for i, reply in zip(again, resent, strict=True):
+            replies[i] = reply
+    for call, pool in pairs:
+        _KNOWN.setdefault(pool, set()).add(LOOKUP_SHA if call.lookup else SHA)
+    return [_checked(client, reply, call) for reply, call in zip(replies, calls, strict=True)]
+
+
+def _known(pool: Any, call: ScriptCall) -> bool:
+    known = _KNOWN.get(pool)
+    return known is not None and (LOOKUP_SHA if call.lookup else SHA) in known
+
+
+def _command(call: ScriptCall, *, sha_known: bool) -> tuple[Any, ...]:
+    """The call as ``EVALSHA`` (the server ran the script already) or ``EVAL``."""
+    keys = call.keys
+    if sha_known:
+        return (b"EVALSHA", LOOKUP_SHA if call.lookup else SHA, len(keys), *keys, *call.args)
+    return (b"EVAL", LOOKUP if call.lookup else SCRIPT, len(keys), *keys, *call.args)
+
+
 def _checked(client: Any, reply: Any, call: ScriptCall) -> Any:
     if not isinstance(reply, Exception):
         return reply
@@ -572,4 +628,14 @@ def _wrong_types(client: Any, call: ScriptCall) -> list[str]:
     ]
 
 
-__all__ = ["LOOKUP", "LOOKUP_SHA", "MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "SLICE_OFFSET", "run"]
+__all__ = [
+    "LOOKUP",
+    "LOOKUP_SHA",
+    "MAX_BATCH",
+    "MIN_BATCH",
+    "SCRIPT",
+    "SHA",
+    "SLICE_OFFSET",
+    "run",
+    "run_many",
+]
