@@ -91,23 +91,30 @@ if ARGV[12] == '' and ARGV[7] == '1' and ARGV[15] == '0' and ARGV[5] == '1'
   if scored then mode = string.sub(mode, 2) end
   local lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
   local hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
-  local ids = {}
+  local ids, scores = {}, {}
   if limit ~= '0' then
-    if ARGV[4] == '1' then
-      ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], hi, lo, 'LIMIT', offset, limit)
+    local cmd, a, b = 'ZRANGEBYSCORE', lo, hi
+    if ARGV[4] == '1' then cmd, a, b = 'ZREVRANGEBYSCORE', hi, lo end
+    local found
+    if scored then
+      found = redis.call(cmd, KEYS[1], a, b, 'WITHSCORES', 'LIMIT', offset, limit)
     else
-      ids = redis.call('ZRANGEBYSCORE', KEYS[1], lo, hi, 'LIMIT', offset, limit)
+      found = redis.call(cmd, KEYS[1], a, b, 'LIMIT', offset, limit)
+    end
+    if scored then  -- id, score, id, score...
+      for i = 1, #found, 2 do
+        ids[#ids + 1] = found[i]
+        scores[#scores + 1] = found[i + 1]
+      end
+    else
+      ids = found
     end
   end
   local hashes = {}
   if mode == 'load' then
     for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', ARGV[6] .. id) end
   end
-  if scored then
-    local scores = {}
-    for i, id in ipairs(ids) do scores[i] = redis.call('ZSCORE', KEYS[1], id) end
-    return {ids, hashes, #ids, scores}
-  end
+  if scored then return {ids, hashes, #ids, scores} end
   return {ids, hashes, #ids}
 end
 
@@ -601,10 +608,14 @@ def _known(pool: Any, call: ScriptCall) -> bool:
 
 def _command(call: ScriptCall, *, sha_known: bool) -> tuple[Any, ...]:
     """The call as ``EVALSHA`` (the server ran the script already) or ``EVAL``."""
-    keys = call.keys
+    keys, args = call.keys, call.args
+    if call.lookup:
+        if sha_known:
+            return (b"EVALSHA", LOOKUP_SHA, len(keys), *keys, *args)
+        return (b"EVAL", LOOKUP, len(keys), *keys, *args)
     if sha_known:
-        return (b"EVALSHA", LOOKUP_SHA if call.lookup else SHA, len(keys), *keys, *call.args)
-    return (b"EVAL", LOOKUP if call.lookup else SCRIPT, len(keys), *keys, *call.args)
+        return (b"EVALSHA", SHA, len(keys), *keys, *args)
+    return (b"EVAL", SCRIPT, len(keys), *keys, *args)
 
 
 def _checked(client: Any, reply: Any, call: ScriptCall) -> Any:

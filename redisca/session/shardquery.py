@@ -23,6 +23,7 @@ applied in one shard and not yet in another (docs/guarantees.rst).
 from __future__ import annotations
 
 import heapq
+import itertools
 from typing import Any
 
 from ..errors import QueryError
@@ -61,34 +62,55 @@ def run(
     if any(type(t) is UniqueTerm for t in sort_filters(mapper, conditions, layouts[0]).terms):
         return _by_owner(client, mapper, conditions, by, mode, descending, offset, limit, cursor)
     need = None if limit is None else offset + limit
-    scored = by is not None and mode != b"count"
-    shard_mode = b"s" + mode if scored else mode
-    calls = [
-        compile_query(
-            mapper,
-            sort_filters(mapper, conditions, layout),
-            by,
-            mode=shard_mode,
-            descending=descending,
-            limit=need,
-            cursor=cursor,
-            layout=layout,
-        )
-        for layout in layouts
-    ]
+    calls = _calls(mapper, conditions, by, mode, descending, need, cursor)
     replies = queryscript.run_many(client, calls)
     if mode == b"count":
         total = sum(int(r[0]) for r in replies)
         work = sum(int(r[1]) for r in replies)
         return [_cut(total, offset, limit), work], calls[0]
+    page = _merged(replies, by is not None, descending, offset, need)
+    work = sum(int(r[2]) for r in replies)
+    return [[row[1] for row in page], [row[2] for row in page], work], calls[0]
+
+
+def _calls(
+    mapper: Mapper,
+    conditions: tuple[Condition, ...],
+    by: MappedField | None,
+    mode: bytes,
+    descending: bool,
+    need: int | None,
+    cursor: Cursor,
+) -> list[ScriptCall]:
+    """One script call per shard, each asking for the first ``need`` ids (with their
+    scores when a range index orders the query and ids are asked for)."""
+    if by is not None and mode != b"count":
+        mode = b"s" + mode
+    return [
+        compile_query(
+            mapper,
+            sort_filters(mapper, conditions, layout),
+            by,
+            mode=mode,
+            descending=descending,
+            limit=need,
+            cursor=cursor,
+            layout=layout,
+        )
+        for layout in mapper.shard_layouts()
+    ]
+
+
+def _merged(
+    replies: list[Any], scored: bool, descending: bool, offset: int, need: int | None
+) -> list[tuple[float, bytes, Any]]:
+    """The page of the shards' replies merged by (score, id), as one shard orders."""
     merged = heapq.merge(
         *(_rows(r, scored) for r in replies),
         key=_score_id if scored else _id,
         reverse=descending,
     )
-    page = list(merged)[offset:need]
-    work = sum(int(r[2]) for r in replies)
-    return [[row[1] for row in page], [row[2] for row in page], work], calls[0]
+    return list(itertools.islice(merged, offset, need))
 
 
 def _rows(reply: Any, scored: bool) -> list[tuple[float, bytes, Any]]:
