@@ -19,6 +19,7 @@ a refused ``WATCH``) drops the connection (and its ``WATCH``) and tries again; a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -114,14 +115,26 @@ def roundtrip(
     leaves the transaction's outcome unknown (``OperationalError.outcome_unknown``).
     ``got``: a list that receives the replies as they arrive, kept if a later one is lost.
     """
+    send(conn, commands)
+    return receive(conn, len(commands), sealed=sealed, got=got)
+
+
+def send(conn: Any, commands: Sequence[Command]) -> None:
+    """The first half of :func:`roundtrip`: the commands in one write."""
     try:
         conn.send_packed_command(pack(commands))
     except _CONNECTION_ERRORS as exc:
         raise _lost(conn, exc, "") from exc
+
+
+def receive(
+    conn: Any, count: int, *, sealed: bool = False, got: list[Any] | None = None
+) -> list[Any]:
+    """The second half of :func:`roundtrip`: ``count`` replies, errors as values."""
     replies: list[Any] = [] if got is None else got
     read = _reader(conn)
     try:
-        for _ in commands:
+        for _ in range(count):
             try:
                 replies.append(read())
             except ResponseError as exc:
@@ -219,18 +232,16 @@ def _run_routed(client: Any, commands: Sequence[Command]) -> list[Any]:
     asking: dict[int, Any] = {}  # command index -> the pool an ASK sent it to
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
-        for pool, indexes in _by_pool(client, commands, pending, asking).values():
-            sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
-            try:
-                with connection(client, pool) as conn:
-                    got = roundtrip(conn, sent)
-            except OperationalError:  # a master gone: the next call asks the new map
-                routing.forget(client)
-                raise
-            if asking:
-                got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
-            for i, reply in zip(indexes, got, strict=True):
-                replies[i] = reply
+        groups = list(_by_pool(client, commands, pending, asking).values())
+        try:
+            for indexes, sent, got in _in_parallel(client, commands, groups, asking):
+                if asking:
+                    got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
+                for i, reply in zip(indexes, got, strict=True):
+                    replies[i] = reply
+        except OperationalError:  # a master gone: the next call asks the new map
+            routing.forget(client)
+            raise
         pending, found = _refused(client, commands, replies, pending, asking)
         if found is None:
             return replies
@@ -241,6 +252,25 @@ def _run_routed(client: Any, commands: Sequence[Command]) -> list[Any]:
 
 
 _ASKING: Command = (b"ASKING",)
+
+
+def _in_parallel(
+    client: Any,
+    commands: Sequence[Command],
+    groups: list[tuple[Any, list[int]]],
+    asking: dict[int, Any],
+) -> list[tuple[list[int], list[Command], list[Any]]]:
+    """Each master's commands written to it before any reply is read, so the masters
+    work at the same time: one round trip per master, overlapping. A failure drops
+    every connection of the batch (their replies are not read)."""
+    with contextlib.ExitStack() as stack:
+        out = []
+        for pool, indexes in groups:
+            sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
+            conn = stack.enter_context(connection(client, pool))
+            send(conn, sent)
+            out.append((indexes, sent, conn))
+        return [(indexes, sent, receive(conn, len(sent))) for indexes, sent, conn in out]
 
 
 def _asked(command: Command, ask: bool) -> tuple[Command, ...]:
