@@ -188,28 +188,37 @@ def _commands(node: redis.Redis) -> int:
 
 
 def render(figures: dict[str, Any]) -> str:
-    """The phase's table: ops/s and each master's share of commands and CPU."""
-    lines = [
-        f"Cluster phase (N = {figures['n']:,}, commits of {figures['batch']}, "
-        f"{figures['queries']} queries per query phase)",
-        "",
-        f"{'masters x shards':<17} {'phase':<7} {'ops/s':>9}  "
-        f"{'commands per master':<22} {'CPU per master':<22}",
-    ]
+    """The phase's table: ops/s and each master's share of commands and server CPU."""
+    from .report import table  # report imports this module for its render
+
+    rows = []
     for key, run in figures["runs"].items():
         for name in PHASES:
             got = run.get(name)
-            if not got:
-                continue
-            lines.append(
-                f"{key:<17} {name:<7} {got['ops_s']:>9,.0f}  "
-                f"{_shares(got['commands']):<22} {_shares(got['cpu_s']):<22}"
-            )
-        lat = run["page"]["latency_us"]
-        lines.append(f"{key:<17} paged query latency: median {lat['median']:.0f} µs, "
-                     f"p90 {lat['p90']:.0f} µs")
-    lines += ["", *_ratios(figures["runs"])]
-    return "\n".join(lines)
+            if got:
+                rows.append(
+                    [
+                        key,
+                        name,
+                        f"{got['ops_s']:,.0f}",
+                        _shares(got["commands"]),
+                        _shares(got["cpu_s"]),
+                    ]
+                )
+    header = ["masters x shards", "phase", "ops/s", "commands per master", "CPU per master"]
+    lat = [
+        [
+            key,
+            f"{run['page']['latency_us']['median']:.0f}",
+            f"{run['page']['latency_us']['p90']:.0f}",
+        ]
+        for key, run in figures["runs"].items()
+    ]
+    return (
+        table(header, rows)
+        + "\n\nPaged query (limit 10, loaded), µs:\n\n"
+        + table(["masters x shards", "median", "p90"], lat)
+    )
 
 
 def _shares(values: list[float]) -> str:
@@ -219,16 +228,21 @@ def _shares(values: list[float]) -> str:
     return "/".join(f"{100 * v / total:.0f}" for v in values) + " %"
 
 
-def _ratios(runs: dict[str, Any]) -> list[str]:
-    out = []
-    for masters in MASTERS:
-        one, many = runs.get(f"{masters}x1"), runs.get(f"{masters}x16")
-        if one and many:
-            ratio = many["page"]["latency_us"]["median"] / one["page"]["latency_us"]["median"]
-            out.append(
-                f"paged query, {masters} master(s): shards=16 / shards=1 latency {ratio:.2f}x"
-            )
-    return out
+def latency_ratio(figures: dict[str, Any], masters: int) -> float | None:
+    """The paged query's median latency on 16 shards over one shard's."""
+    one, many = figures["runs"].get(f"{masters}x1"), figures["runs"].get(f"{masters}x16")
+    if not one or not many:
+        return None
+    return float(many["page"]["latency_us"]["median"] / one["page"]["latency_us"]["median"])
 
 
-__all__ = ["PHASES", "phase", "render"]
+def top_share(figures: dict[str, Any], kind: str) -> float | None:
+    """The largest share of one master in any phase, shards=16 on 3 masters."""
+    run = figures["runs"].get("3x16")
+    if not run:
+        return None
+    shares = [max(run[p][kind]) / sum(run[p][kind]) for p in PHASES if sum(run[p][kind])]
+    return max(shares) if shares else None
+
+
+__all__ = ["PHASES", "latency_ratio", "phase", "render", "top_share"]
