@@ -48,6 +48,12 @@ class DetachedInstanceError(InvalidRequestError, AttributeError):
     """An unloaded attribute was read on an instance that has no session to load it."""
 
 
+class MissingLoadError(InvalidRequestError, AttributeError):
+    """An unloaded attribute was read on an instance of an ``AsyncSession``: loading it
+    would be I/O hidden in an attribute read, which cannot be awaited. The message
+    names the attribute and the awaited call that loads it."""
+
+
 class QueryError(RediscaError, ValueError):
     """A query asks for something the indexes cannot answer."""
 

@@ -155,3 +155,23 @@ def counted(r: redis.Redis, redis_url: str) -> Iterator[Counted]:
     )
     yield result
     result.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a suite's test with redisca's ``Session``, then with ``Session`` in its
+    module bound to ``asyncdriver.Driven`` (an AsyncSession behind a blocking facade):
+    the suites of commits, queries, references and concurrency check both sessions.
+    ``@pytest.mark.sync_only(reason=...)`` keeps a test to the sync session (e.g. one
+    that instruments a sync client's connections), giving why."""
+    if request.param == "sync":
+        yield "sync"
+        return
+    marker = request.node.get_closest_marker("sync_only")
+    if marker is not None:
+        pytest.skip(f"sync session only: {marker.kwargs.get('reason', '')}")
+    import asyncdriver
+
+    monkeypatch.setattr(request.module, "Session", asyncdriver.Driven)
+    with asyncdriver.loops():
+        yield "async"

@@ -25,6 +25,9 @@ from models import Company, User
 import redisca
 from redisca import Session
 
+#: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
+pytestmark = pytest.mark.usefixtures("driver")
+
 USERS = redisca.inspect(User)
 COMPANIES = redisca.inspect(Company)
 

@@ -34,6 +34,9 @@ from redisca.errors import (
     ValidationError,
 )
 
+#: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
+pytestmark = pytest.mark.usefixtures("driver")
+
 registry = Registry()
 
 

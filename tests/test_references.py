@@ -12,6 +12,9 @@ from helpers import Counted
 import redisca
 from redisca import Integer, NotFound, Reference, Registry, Session, String
 
+#: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
+pytestmark = pytest.mark.usefixtures("driver")
+
 registry = Registry()
 
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncdriver
 import attrs
 import pytest
 import redis
@@ -438,7 +439,10 @@ class Sessions(RuleBasedStateMachine):
         self.clients = [connect(url, **mode) for mode in MODES]
         self.raw = connect(url, decode_responses=False)
         self.raw.flushall()  # on a cluster, every master
-        self.sessions = [Session(client) for client in self.clients]
+        # the last one an AsyncSession (through the suites' blocking facade), alongside
+        # sync sessions on the same data
+        self.sessions = [Session(client) for client in self.clients[:-1]]
+        self.sessions.append(asyncdriver.Driven(self.clients[-1]))
         self.db: DB = {cls: {} for cls in CLASSES}
         self.versions: dict[tuple[type, str], tuple[dict[Any, int], dict[int, Any]]] = {}
         # per session, in the order the session tracks them
@@ -810,7 +814,8 @@ def test_sessions_against_the_model(redis_url: str) -> None:
     SERVER[:] = [redis_url]
     Figures.examples = Figures.steps = Figures.commits = Figures.refused = Figures.queries = 0
     try:
-        run_state_machine_as_test(Sessions, settings=PROFILES[profile])
+        with asyncdriver.loops():
+            run_state_machine_as_test(Sessions, settings=PROFILES[profile])
     finally:
         SERVER.clear()
         with connect(redis_url) as client:

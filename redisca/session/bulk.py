@@ -30,6 +30,7 @@ from ..mapping import instrument
 from ..mapping.instrument import MISSING
 from ..mapping.mapper import Mapper, mapper_of
 from . import executor, gcpause, unitofwork
+from .io import Steps
 from .state import InstanceState, detached_state, remember_detached
 
 if TYPE_CHECKING:
@@ -44,6 +45,13 @@ def bulk_add(
     session: Session, objs: Iterable[object], chunk_size: int, progress: Progress | None
 ) -> int:
     """Insert ``objs`` chunk by chunk; returns how many were written (all of them)."""
+    return executor.drive(bulk_steps(session, objs, chunk_size, progress))
+
+
+def bulk_steps(
+    session: Session, objs: Iterable[object], chunk_size: int, progress: Progress | None
+) -> Steps[int]:
+    """:func:`bulk_add` as a protocol (:mod:`redisca.session.io`): the async session's too."""
     if type(chunk_size) is not int or chunk_size < 1:
         raise ValidationError(f"bulk_add: chunk_size must be an int >= 1, not {chunk_size!r}")
     total = len(objs) if isinstance(objs, Sized) else None
@@ -52,7 +60,7 @@ def bulk_add(
         chunk = _Chunk(objects)
         try:
             with gcpause.paused(len(objects)):
-                chunk.write(session)
+                yield from chunk.write(session)
         except RediscaError as exc:
             raise _failure(chunk, exc, done) from exc
         done += len(objects)
@@ -104,7 +112,7 @@ class _Chunk:
         #: The object being prepared: the one to blame when preparing fails.
         self.current: object = None
 
-    def write(self, session: Session) -> None:
+    def write(self, session: Session) -> Steps[None]:
         self.prepare(session)
         groups = unitofwork.organize(self.states, (), session.bind_for)  # nothing sent yet
         # The input's own group last: a chunk's objects are all one server's (see
@@ -112,7 +120,7 @@ class _Chunk:
         own = _target(session, type(self.objs[0]))
         groups.sort(key=lambda group: group.client is own[0] and group.slot == own[1])
         for group in groups:
-            executed = executor.execute_commit(
+            executed = yield from executor.commit_steps(
                 group.client, group.plan(), session.retries, wait=session.wait
             )
             unitofwork.finalize(group, executed, session.forget)

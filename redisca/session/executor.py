@@ -1,6 +1,14 @@
-"""The executor: the one module that sends commands to Redis.
+"""The executor: the commit and load protocols, and the one driver that sends
+commands to Redis with blocking I/O.
 
-It talks to a pooled connection directly, so that ``WATCH`` and the reads
+The protocols are generators (sans-I/O, :mod:`redisca.session.io`): a commit's
+reads, checks, ``MULTI``/``EXEC``, retries, in-doubt bookkeeping and on a cluster
+the following of refusals yield their round trips, waits and slot-map reads, which
+:func:`drive` performs here and :mod:`redisca.asyncio`'s driver performs with
+``await``: one protocol, two drivers. A round trip is one request, so a commit's
+thousands of commands are built and checked inside one step of the generator.
+
+The sync driver talks to a pooled connection directly, so that ``WATCH`` and the reads
 that follow it go out in one write (redis-py's pipeline would send each read
 after ``WATCH`` on its own), and it reads replies undecoded, so clients made
 with ``decode_responses=True`` or ``False``, RESP2 or RESP3, look the same.
@@ -19,10 +27,10 @@ a refused ``WATCH``) drops the connection (and its ``WATCH``) and tries again; a
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import inspect
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -40,6 +48,7 @@ from ..errors import (
 from ..mapping.keys import decode_id
 from . import routing
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
+from .io import OnConnection, Refresh, Send, Sleep, Steps
 from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
@@ -115,32 +124,22 @@ def roundtrip(
     leaves the transaction's outcome unknown (``OperationalError.outcome_unknown``).
     ``got``: a list that receives the replies as they arrive, kept if a later one is lost.
     """
-    send(conn, commands)
-    return receive(conn, len(commands), sealed=sealed, got=got)
-
-
-def send(conn: Any, commands: Sequence[Command]) -> None:
-    """The first half of :func:`roundtrip`: the commands in one write."""
     try:
         conn.send_packed_command(pack(commands))
     except _CONNECTION_ERRORS as exc:
-        raise _lost(conn, exc, "") from exc
-
-
-def receive(
-    conn: Any, count: int, *, sealed: bool = False, got: list[Any] | None = None
-) -> list[Any]:
-    """The second half of :func:`roundtrip`: ``count`` replies, errors as values."""
+        conn.disconnect()
+        raise lost(exc, "") from exc
     replies: list[Any] = [] if got is None else got
     read = _reader(conn)
     try:
-        for _ in range(count):
+        for _ in commands:
             try:
                 replies.append(read())
             except ResponseError as exc:
                 replies.append(exc)
     except _CONNECTION_ERRORS as exc:
-        raise _lost(conn, exc, " after EXEC was sent" if sealed else "") from exc
+        conn.disconnect()
+        raise lost(exc, AFTER_EXEC if sealed else "") from exc
     return replies
 
 
@@ -201,8 +200,13 @@ def _reader(conn: Any) -> Any:
     return read
 
 
-def _lost(conn: Any, exc: BaseException, when: str) -> OperationalError:
-    conn.disconnect()
+#: :func:`lost`'s ``when`` for a failure after a sealed write went out.
+AFTER_EXEC = " after EXEC was sent"
+
+
+def lost(exc: BaseException, when: str) -> OperationalError:
+    """The error for a failed write or read (the driver dropped the connection);
+    ``when``: ``""`` before anything of a transaction ran, else :data:`AFTER_EXEC`."""
     if not when:
         return OperationalError(f"Redis connection failed: {exc}", exc)
     return OperationalError(
@@ -213,18 +217,67 @@ def _lost(conn: Any, exc: BaseException, when: str) -> OperationalError:
     )
 
 
+def drive(steps: Steps[T], conn: Any = None) -> T:
+    """Run a protocol (:mod:`redisca.session.io`) with blocking I/O: its
+    :class:`~redisca.session.io.Send` on ``conn``, its
+    :class:`~redisca.session.io.OnConnection` on a pooled connection. A failure is
+    thrown into the protocol where it yielded, as if the call it stands for had raised
+    there."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        reply = error = None
+        try:
+            kind = request.__class__
+            if kind is Send:
+                reply = roundtrip(conn, request.commands, sealed=request.sealed, got=request.got)
+            elif kind is OnConnection:
+                with connection(request.client, request.pool) as other:
+                    reply = drive(request.work(_server(other)), other)
+            elif kind is Sleep:
+                time.sleep(request.seconds)
+            elif request.quiet:
+                routing.forget(request.client)
+            else:
+                routing.refresh(request.client)
+        except BaseException as exc:  # thrown into the protocol, which re-raises it
+            error = exc
+
+
 def run(client: Client, commands: Sequence[Command]) -> list[Any]:
     """One round trip of independent commands (loads and queries); on a cluster, one
     per master, the replies in the order of ``commands``."""
     if not commands:
         return []
     if routing.is_cluster(client):
-        return _run_routed(client, commands)
-    with connection(client) as conn:
+        return drive(routed_run(client, commands))
+    with connection(client) as conn:  # run_steps, without its steps: every get comes here
         return roundtrip(conn, commands)
 
 
-def _run_routed(client: Any, commands: Sequence[Command]) -> list[Any]:
+def run_steps(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
+    """:func:`run` as a protocol (what the async driver runs)."""
+    if not commands:
+        return []
+    if routing.is_cluster(client):
+        return (yield from routed_run(client, commands))
+    return (yield OnConnection(client, None, functools.partial(_on_any, commands)))  # type: ignore[no-any-return]
+
+
+def _send(commands: Sequence[Command]) -> Steps[list[Any]]:
+    return (yield Send(commands))  # type: ignore[no-any-return]
+
+
+def _on_any(commands: Sequence[Command], server: Hashable) -> Steps[list[Any]]:
+    """:func:`_send` as an :class:`~redisca.session.io.OnConnection`'s work."""
+    return _send(commands)
+
+
+def routed_run(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
     """:func:`run` on a cluster: commands grouped by master, refusals followed (reads
     are idempotent: a refused one is simply sent again, after ``ASKING`` for ``ASK``)."""
     replies: list[Any] = [None] * len(commands)
@@ -232,45 +285,27 @@ def _run_routed(client: Any, commands: Sequence[Command]) -> list[Any]:
     asking: dict[int, Any] = {}  # command index -> the pool an ASK sent it to
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
-        groups = list(_by_pool(client, commands, pending, asking).values())
-        try:
-            for indexes, sent, got in _in_parallel(client, commands, groups, asking):
-                if asking:
-                    got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
-                for i, reply in zip(indexes, got, strict=True):
-                    replies[i] = reply
-        except OperationalError:  # a master gone: the next call asks the new map
-            routing.forget(client)
-            raise
+        for pool, indexes in _by_pool(client, commands, pending, asking).values():
+            sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
+            try:
+                got = yield OnConnection(client, pool, functools.partial(_on_any, sent))
+            except OperationalError:  # a master gone: the next call asks the new map
+                yield Refresh(client, quiet=True)
+                raise
+            if asking:
+                got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
+            for i, reply in zip(indexes, got, strict=True):
+                replies[i] = reply
         pending, found = _refused(client, commands, replies, pending, asking)
         if found is None:
             return replies
         if found.kind != "ASK":
-            routing.follow(client, found, hop)
+            yield from routing.follow(client, found, hop)
     assert found is not None
     raise routing.gave_up(found, "a read")
 
 
 _ASKING: Command = (b"ASKING",)
-
-
-def _in_parallel(
-    client: Any,
-    commands: Sequence[Command],
-    groups: list[tuple[Any, list[int]]],
-    asking: dict[int, Any],
-) -> list[tuple[list[int], list[Command], list[Any]]]:
-    """Each master's commands written to it before any reply is read, so the masters
-    work at the same time: one round trip per master, overlapping. A failure drops
-    every connection of the batch (their replies are not read)."""
-    with contextlib.ExitStack() as stack:
-        out = []
-        for pool, indexes in groups:
-            sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
-            conn = stack.enter_context(connection(client, pool))
-            send(conn, sent)
-            out.append((indexes, sent, conn))
-        return [(indexes, sent, receive(conn, len(sent))) for indexes, sent, conn in out]
 
 
 def _asked(command: Command, ask: bool) -> tuple[Command, ...]:
@@ -382,6 +417,16 @@ def transaction(
     got: list[Any] | None = None,
     wait: Wait | None = None,
 ) -> list[Any] | None:
+    """:func:`transaction_steps` on ``conn`` (the maintenance tasks' transactions)."""
+    return drive(transaction_steps(commands, before, got, wait), conn)
+
+
+def transaction_steps(
+    commands: Sequence[Command],
+    before: Sequence[Command] = (),
+    got: list[Any] | None = None,
+    wait: Wait | None = None,
+) -> Steps[list[Any] | None]:
     """MULTI … EXEC in one round trip (after ``before``, in the same write); ``None``
     when a watched key changed. ``got`` receives the replies as they arrive.
 
@@ -392,9 +437,7 @@ def transaction(
     but was not acknowledged by enough replicas raises with ``outcome_unknown``."""
     sent = _by_digest(commands)
     after = [wait.command()] if wait is not None else []
-    replies = roundtrip(
-        conn, [*before, (b"MULTI",), *sent, (b"EXEC",), *after], sealed=True, got=got
-    )
+    replies = yield Send([*before, (b"MULTI",), *sent, (b"EXEC",), *after], True, got)
     head, replies = replies[: len(before)], replies[len(before) :]
     acked = replies.pop() if after else None
     result = replies[-1]
@@ -444,14 +487,13 @@ def atomic(client: Any, commands: Sequence[Command]) -> list[Any]:
     sent again."""
     if not routing.is_cluster(client):
         with connection(client) as conn:
-            return transaction(conn, commands) or []
+            return drive(transaction_steps(commands), conn) or []
     slot = routing.in_slot(routing.commit_keys(commands), None, "the transaction")
-    return _on_slot(
-        client, slot, "the transaction", lambda conn: transaction(conn, commands) or []
-    )
+    steps = on_slot(client, slot, "the transaction", lambda server: transaction_steps(commands))
+    return drive(steps) or []
 
 
-def _on_slot(client: Any, slot: int, what: str, work: Callable[[Any], T]) -> T:
+def on_slot(client: Any, slot: int, what: str, work: Callable[[Hashable], Steps[T]]) -> Steps[T]:
     """``work`` on a connection to the master of ``slot``; a refusal before ``EXEC``
     ran is followed and ``work`` done again on a new connection (the refused one is
     dropped, its ``WATCH`` with it). A lost connection is not retried here (its
@@ -460,8 +502,7 @@ def _on_slot(client: Any, slot: int, what: str, work: Callable[[Any], T]) -> T:
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
         try:
-            with connection(client, routing.pool(client, slot)) as conn:
-                return work(conn)
+            return (yield OnConnection(client, routing.pool(client, slot), work))  # type: ignore[no-any-return]
         except Redirected as refused:
             found = refused.found
             if found.kind not in routing.RETRYABLE:
@@ -469,10 +510,10 @@ def _on_slot(client: Any, slot: int, what: str, work: Callable[[Any], T]) -> T:
                     f"the cluster refused {what} in slot {slot} ({found.kind}): {found.error}",
                     found.error,
                 ) from refused
-            routing.follow(client, found, hop)
+            yield from routing.follow(client, found, hop)
         except OperationalError as exc:
             if exc.orig is not None and isinstance(exc.orig, _CONNECTION_ERRORS):
-                routing.forget(client)  # a master gone: the next call asks the new map
+                yield Refresh(client, quiet=True)  # a master gone: the next call asks the new map
             raise
     assert found is not None
     raise routing.gave_up(found, f"{what} in slot {slot}")
@@ -500,7 +541,7 @@ def _refused_watch(reply: BaseException, applied: bool) -> None:
     raise OperationalError(f"Redis refused WATCH: {reply}", reply)
 
 
-def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
+def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     watched = reads.keys()
     commands: list[Command] = [(b"WATCH", *watched)] if watched else []
     commands += [(b"EXISTS", key) for key in reads.exists]
@@ -509,7 +550,7 @@ def _watch_and_read(conn: Any, reads: Reads, observed: Observed) -> None:
     commands += [(b"HMGET", stripe, *[v for _, v in slots]) for stripe, slots in stripes.items()]
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     commands += [(b"GET", key) for key in reads.counters]
-    got = roundtrip(conn, commands)
+    got = yield Send(commands)
     if watched and isinstance(got[0], ResponseError):
         _refused_watch(got[0], applied=False)  # never MULTI after a refused WATCH
     replies = iter(got[1 if watched else 0 :])
@@ -571,28 +612,27 @@ class Executed(NamedTuple):
 
 
 def _attempt(
-    conn: Any,
     plan: CommitPlan,
     reads: Reads,
     fenced: list[bytes],
     seen: dict[bytes, Any],
     wait: Wait | None,
-) -> Executed | None:
+    server: Hashable,
+) -> Steps[Executed | None]:
     observed = Observed(slots=reads.slots)
     watched = bool(reads.keys())
     try:
         if reads:
-            _watch_and_read(conn, reads, observed)
+            yield from _watch_and_read(reads, observed)
             seen.update(observed.guards)
         commands = emit(plan, observed)
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
     except RediscaError:
         if watched:
-            roundtrip(conn, [(b"UNWATCH",)])
+            yield Send([(b"UNWATCH",)])
         raise
     if reads.markers:
-        server = _server(conn)
         for key in reads.markers:
             _sightings.record(server, key, key in observed.rebuilds)
     before = fence(fenced)
@@ -600,7 +640,7 @@ def _attempt(
         before += [(b"GET", key) for key in reads.counters]
     got: list[Any] = []
     try:
-        replies = transaction(conn, commands, before, got, wait)
+        replies = yield from transaction_steps(commands, before, got, wait)
     finally:
         if not reads:  # what arrived of them, even if the EXEC reply did not
             counted = got[len(before) - len(reads.counters) : len(before)]
@@ -624,6 +664,17 @@ def execute_commit(
     seen: dict[bytes, Any] | None = None,
     wait: Wait | None = None,
 ) -> Executed:
+    """:func:`commit_steps` with blocking I/O."""
+    return drive(commit_steps(client, plan, retries, seen, wait))
+
+
+def commit_steps(
+    client: Client,
+    plan: CommitPlan,
+    retries: int = DEFAULT_RETRIES,
+    seen: dict[bytes, Any] | None = None,
+    wait: Wait | None = None,
+) -> Steps[Executed]:
     """Run one plan on one server: WATCH, read, check, MULTI/EXEC, retry on conflict.
 
     ``seen`` receives the guard counters of inserted entities as the last attempt read
@@ -637,14 +688,26 @@ def execute_commit(
     reads = collect_reads(plan)
     markers = markers_of(plan)
     seen = {} if seen is None else seen
-    if routing.is_cluster(client):
-        return _routed_commit(client, plan, reads, markers, retries, seen, wait)
-    with connection(client) as conn:
-        return _commit_on(conn, plan, reads, markers, retries, seen, None, wait)
+    if not routing.is_cluster(client):
+        return (  # type: ignore[no-any-return]
+            yield OnConnection(
+                client,
+                None,
+                lambda server: _commit_on(plan, reads, markers, retries, seen, None, wait, server),
+            )
+        )
+    slot = routing.plan_slot(plan)  # checked before anything is sent
+    return (
+        yield from on_slot(
+            client,
+            slot,
+            "the commit",
+            lambda server: _commit_on(plan, reads, markers, retries, seen, slot, wait, server),
+        )
+    )
 
 
 def _commit_on(
-    conn: Any,
     plan: CommitPlan,
     reads: Reads,
     markers: list[bytes],
@@ -652,20 +715,22 @@ def _commit_on(
     seen: dict[bytes, Any],
     slot: int | None,
     wait: Wait | None,
-) -> Executed:
+    server: Hashable,
+) -> Steps[Executed]:
     """The commit on one connection: read, emit, MULTI/EXEC, retried on conflict.
 
     On a cluster (``slot`` given) the reindex fence is never used: its ``WATCH``
     would go out in the write of ``MULTI``/``EXEC``, which would then run unwatched
-    if the ``WATCH`` were refused; the markers are read with the other reads."""
+    if the ``WATCH`` were refused; the markers are read with the other reads. A
+    refusal makes :func:`on_slot` run it again from its reads on a new connection."""
     fenced: list[bytes] = []
-    if markers and not reads and slot is None and not _sightings.any(_server(conn), markers):
+    if markers and not reads and slot is None and not _sightings.any(server, markers):
         fenced = markers
     else:
         reads.markers = markers
     attempt = 0
     while attempt <= retries:
-        executed = _attempt(conn, plan, reads, fenced, seen, wait)
+        executed = yield from _attempt(plan, reads, fenced, seen, wait, server)
         if executed is not None:
             replies = executed.replies
             _check_own_replies(executed.commands, replies, len(replies) - len(plan.commands))
@@ -675,26 +740,6 @@ def _commit_on(
             continue
         attempt += 1
     raise ConflictError(f"watched keys kept changing; gave up after {retries + 1} attempts")
-
-
-def _routed_commit(
-    client: Any,
-    plan: CommitPlan,
-    reads: Reads,
-    markers: list[bytes],
-    retries: int,
-    seen: dict[bytes, Any],
-    wait: Wait | None,
-) -> Executed:
-    """A commit on a cluster: its slot checked before anything is sent, then sent to
-    the slot's master, and tried again from its reads after a refusal (:func:`_on_slot`)."""
-    slot = routing.plan_slot(plan)
-    return _on_slot(
-        client,
-        slot,
-        "the commit",
-        lambda conn: _commit_on(conn, plan, reads, markers, retries, seen, slot, wait),
-    )
 
 
 def _check_own_replies(commands: list[Command], replies: list[Any], own: int) -> None:

@@ -8,7 +8,7 @@ straight into the slots; a stored value its codec cannot read is a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, NotFound
@@ -17,6 +17,7 @@ from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
 from . import executor, gcpause, routing
+from .io import Steps
 from .state import InstanceState
 
 if TYPE_CHECKING:
@@ -123,7 +124,17 @@ def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
 
 def _fetch_keys(client: Any, keys: list[bytes]) -> list[dict[bytes, bytes]]:
     """HGETALL of every key in one round trip (empty dicts for missing keys)."""
-    replies = executor.run(client, [(b"HGETALL", key) for key in keys])
+    return _hashes(executor.run(client, [(b"HGETALL", key) for key in keys]), keys)
+
+
+def fetch_keys_steps(client: Any, keys: list[bytes]) -> Steps[list[dict[bytes, bytes]]]:
+    """:func:`_fetch_keys` as a protocol (:mod:`redisca.session.io`)."""
+    replies = yield from executor.run_steps(client, [(b"HGETALL", key) for key in keys])
+    return _hashes(replies, keys)
+
+
+def _hashes(replies: list[Any], keys: list[bytes]) -> list[dict[bytes, bytes]]:
+    """HGETALL replies as dicts (empty for missing keys)."""
     hashes = []
     for reply, key in zip(replies, keys, strict=True):
         if type(reply) is list:  # RESP2, inlined: once per loaded entity
@@ -137,6 +148,38 @@ def _fetch_keys(client: Any, keys: list[bytes]) -> list[dict[bytes, bytes]]:
 def fetch(client: Any, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
     """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
     return _fetch_keys(client, mapper.layout.entities(ids))
+
+
+def fetch_steps(client: Any, mapper: Mapper, ids: list[str]) -> Steps[list[dict[bytes, bytes]]]:
+    """:func:`fetch` as a protocol (:mod:`redisca.session.io`)."""
+    return (yield from fetch_keys_steps(client, mapper.layout.entities(ids)))
+
+
+def wanted(
+    identity: IdentityMap, mapper: Mapper, ids: Sequence[str | int]
+) -> tuple[list[str], Callable[[str], InstanceState | None], list[str]]:
+    """``get_many``'s ids checked, the lookup of their states, and the ids to load
+    (those the session does not hold loaded or pending), each once."""
+    coerce = mapper.lookup_id  # None names no entity: a ValidationError
+    idents = [i if type(i) is str and i.isascii() else coerce(i) for i in ids]
+    lookup = identity.table(mapper).get
+    wanted = [
+        ident
+        for ident, state in zip(idents, map(lookup, idents), strict=True)
+        if state is None or (state.persistent and not state.loaded)
+    ]
+    return idents, lookup, list(dict.fromkeys(wanted)) if wanted else wanted
+
+
+def found(lookup: Callable[[str], InstanceState | None], idents: list[str]) -> list[Any]:
+    """``get_many``'s result: pending instances count; deleted ones and keys Redis did
+    not hold do not."""
+    return [
+        state.obj
+        if state is not None and not state.deleted and (state.loaded or not state.persistent)
+        else None
+        for state in map(lookup, idents)
+    ]
 
 
 def load_ids(identity: IdentityMap, client: Any, mapper: Mapper, idents: list[str]) -> None:
@@ -217,12 +260,19 @@ def load_states(
 ) -> None:
     """Load unloaded states, one round trip per server (``client_for`` names a class's
     client); missing keys stay unloaded."""
+    executor.drive(load_states_steps(identity, client_for, states))
+
+
+def load_states_steps(
+    identity: IdentityMap, client_for: Callable[[Mapper], Any], states: Iterable[InstanceState]
+) -> Steps[None]:
+    """:func:`load_states` as a protocol (:mod:`redisca.session.io`)."""
     by_client: dict[int, list[InstanceState]] = defaultdict(list)
     for state in states:
         by_client[id(client_for(state.mapper))].append(state)
     for group in by_client.values():
         keys = [s.mapper.key(s.id) for s in group]  # type: ignore[arg-type]
-        replies = _fetch_keys(client_for(group[0].mapper), keys)
+        replies = yield from fetch_keys_steps(client_for(group[0].mapper), keys)
         with gcpause.paused(len(group)):
             for state, raw in zip(group, replies, strict=True):
                 if raw:
@@ -237,11 +287,16 @@ def require(found: bool, state: InstanceState) -> None:
 __all__ = [
     "decode_field",
     "fetch",
+    "fetch_keys_steps",
+    "fetch_steps",
+    "found",
     "from_hashes",
     "hydrate",
     "install",
     "load_ids",
     "load_states",
+    "load_states_steps",
     "python_value",
     "require",
+    "wanted",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import attrs
 
@@ -18,7 +18,8 @@ from ..mapping import instrument
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.keys import decode_id
 from ..mapping.mapper import MappedField, Mapper
-from . import loading, queryscript, shardquery
+from . import executor, loading, queryscript, shardquery
+from .io import Steps
 from .querycompile import (
     NO_CURSOR,
     Cursor,
@@ -66,7 +67,7 @@ class Query(Generic[T]):
     # costs several µs, a generic copy taking keywords 0.5 µs more than this, and every
     # lookup builds two queries (``one()`` and ``first()`` build none: see ``_all``).
 
-    def filter(self, *conditions: Condition) -> Query[T]:
+    def filter(self, *conditions: Condition) -> Self:
         """AND the conditions (``User.age >= 18``, ``User.email == v``) to this query."""
         for cond in conditions:
             if not isinstance(cond, Condition):
@@ -74,7 +75,7 @@ class Query(Generic[T]):
         combined = self.conditions + conditions
         # Sorting fails now, naming the field; its result is kept for running the query.
         filters = sort_filters(self.mapper, combined)
-        return Query(
+        return self.__class__(
             self.session,
             self.mapper,
             combined,
@@ -86,7 +87,7 @@ class Query(Generic[T]):
             filters,
         )
 
-    def filter_by(self, **values: Any) -> Query[T]:
+    def filter_by(self, **values: Any) -> Self:
         """Equality conditions by attribute name: ``filter_by(email=v)``."""
         conditions = []
         for name, value in values.items():
@@ -96,12 +97,12 @@ class Query(Generic[T]):
             conditions.append(field.attribute == value)
         return self.filter(*conditions)
 
-    def order_by(self, ordering: Any) -> Query[T]:
+    def order_by(self, ordering: Any) -> Self:
         """Order by a range-indexed attribute: ``order_by(User.age)`` or ``User.age.desc()``."""
         if not isinstance(ordering, Ordering):
             ordering = Ordering(ordering)
         order_field(self.mapper, ordering)  # fail now, naming the field
-        return Query(
+        return self.__class__(
             self.session,
             self.mapper,
             self.conditions,
@@ -113,12 +114,12 @@ class Query(Generic[T]):
             self._filters,
         )
 
-    def offset(self, n: int) -> Query[T]:
+    def offset(self, n: int) -> Self:
         """Skip the first ``n`` results; skipped rows are never sent by the server.
 
         A deep offset costs the server the rows it skips (when conditions other than
         the order's own range must be probed); :meth:`after` does not."""
-        return Query(
+        return self.__class__(
             self.session,
             self.mapper,
             self.conditions,
@@ -130,10 +131,10 @@ class Query(Generic[T]):
             self._filters,
         )
 
-    def limit(self, n: int | None) -> Query[T]:
+    def limit(self, n: int | None) -> Self:
         """At most ``n`` results (``None``: no limit), cut on the server."""
         limit = None if n is None else _count_arg("limit", n)
-        return Query(
+        return self.__class__(
             self.session,
             self.mapper,
             self.conditions,
@@ -145,7 +146,7 @@ class Query(Generic[T]):
             self._filters,
         )
 
-    def after(self, entity_or_id: Any) -> Query[T]:
+    def after(self, entity_or_id: Any) -> Self:
         """Keyset pagination: only results strictly after this one in the query's order
         (its stored position: (order value, id)), so a page costs what it returns
         however deep it is. Pass the last instance of the previous page, or its id;
@@ -158,7 +159,7 @@ class Query(Generic[T]):
             )
         if isinstance(entity_or_id, bool):
             raise QueryError(f"after() takes a {self.mapper.class_.__name__} or an id, got a bool")
-        return Query(
+        return self.__class__(
             self.session,
             self.mapper,
             self.conditions,
@@ -170,9 +171,9 @@ class Query(Generic[T]):
             self._filters,
         )
 
-    def preload(self, *attributes: Any) -> Query[T]:
+    def preload(self, *attributes: Any) -> Self:
         """Load these references of all results in one more round trip (no N+1)."""
-        return Query(
+        return self.__class__(
             self.session,
             self.mapper,
             self.conditions,
@@ -188,52 +189,75 @@ class Query(Generic[T]):
 
     def ids(self) -> list[str]:
         """Ids of the matching entities, in query order; nothing is loaded."""
-        reply, call = self._run(b"ids")
-        return self._decode(reply[0], call)
+        return executor.drive(self._ids())
 
     def count(self) -> int:
         """How many entities match (within offset and limit), computed on the server.
 
         With no condition it is one ``ZCARD``; with a range condition on the order
         field only, two ``ZCOUNT``; otherwise the matches are counted by the script."""
-        return int(self._run(b"count")[0][0])
+        return executor.drive(self._count())
 
     def all(self) -> list[T]:
         """The matching instances, in query order, read with the ids in one atomic step.
 
         Instances the session holds loaded are returned as they are in the session."""
-        return self._all(self.limit_)
-
-    def _all(self, limit: int | None) -> list[T]:
-        """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
-        (ids, hashes, _), call = self._run(b"load", limit)
-        if not ids:
-            return []
-        identity = self.session.identity_map
-        found = loading.from_hashes(identity, self.mapper, self._decode(ids, call), hashes)
-        results = [typing.cast(T, obj) for obj in found if obj is not None]
-        if self.preloads:
-            self.session.preload(results, *self.preloads)
-        return results
+        return executor.drive(self._all(self.limit_))
 
     def __iter__(self) -> Iterator[T]:
         return iter(self.all())
 
     def first(self) -> T | None:
         """The first result, or ``None``."""
-        found = self._all(1)
-        return found[0] if found else None
+        return executor.drive(self._first())
 
     def one_or_none(self) -> T | None:
         """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
-        found = self._all(2 if self.limit_ is None else self.limit_)
+        return executor.drive(self._one_or_none())
+
+    def one(self) -> T:
+        """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
+        return executor.drive(self._one())
+
+    # -- the terminals as protocols (redisca.session.io), run by either driver --
+
+    def _ids(self) -> Steps[list[str]]:
+        reply, call = yield from self._run(b"ids")
+        return self._decode(reply[0], call)
+
+    def _count(self) -> Steps[int]:
+        return int((yield from self._run(b"count"))[0][0])
+
+    def _all(self, limit: int | None) -> Steps[list[T]]:
+        """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
+        (ids, hashes, _), call = yield from self._run(b"load", limit)
+        if not ids:
+            return []
+        session = self.session
+        found = loading.from_hashes(
+            session.identity_map, self.mapper, self._decode(ids, call), hashes
+        )
+        results = [typing.cast(T, obj) for obj in found if obj is not None]
+        if self.preloads:
+            targets = session.unloaded_targets(results, self.preloads)
+            if targets:
+                yield from loading.load_states_steps(
+                    session.identity_map, session.bind_for, targets
+                )
+        return results
+
+    def _first(self) -> Steps[T | None]:
+        found = yield from self._all(1)
+        return found[0] if found else None
+
+    def _one_or_none(self) -> Steps[T | None]:
+        found = yield from self._all(2 if self.limit_ is None else self.limit_)
         if len(found) > 1:
             raise MultipleResultsFound(f"more than one {self.mapper.class_.__name__} matched")
         return found[0] if found else None
 
-    def one(self) -> T:
-        """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
-        found = self.one_or_none()
+    def _one(self) -> Steps[T]:
+        found = yield from self._one_or_none()
         if found is None:
             raise NotFound(f"no {self.mapper.class_.__name__} matched")
         return found
@@ -248,22 +272,24 @@ class Query(Generic[T]):
     def _client(self) -> Any:
         return self.session.bind_for(self.mapper)
 
-    def _run(self, mode: bytes, limit: Any = _SAME) -> tuple[Any, ScriptCall]:
+    def _run(self, mode: bytes, limit: Any = _SAME) -> Steps[tuple[Any, ScriptCall]]:
         """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
         ``work``: the index entries the server read, which the tests bound) and its call."""
         filters = self._sorted()
         by = ordering_field(self.mapper, filters, self.ordering)
         if self.mapper.shards > 1:
-            return shardquery.run(
-                self._client(),
-                self.mapper,
-                self.conditions,
-                by,
-                mode=mode,
-                descending=self.ordering is not None and self.ordering.descending,
-                offset=self.offset_,
-                limit=self.limit_ if limit is _SAME else limit,
-                cursor=self._cursor(by),
+            return (
+                yield from shardquery.run_steps(
+                    self._client(),
+                    self.mapper,
+                    self.conditions,
+                    by,
+                    mode=mode,
+                    descending=self.ordering is not None and self.ordering.descending,
+                    offset=self.offset_,
+                    limit=self.limit_ if limit is _SAME else limit,
+                    cursor=self._cursor(by),
+                )
             )
         call = compile_query(
             self.mapper,
@@ -275,7 +301,7 @@ class Query(Generic[T]):
             limit=self.limit_ if limit is _SAME else limit,
             cursor=self._cursor(by),
         )
-        return queryscript.run(self._client(), call), call
+        return (yield from queryscript.run_steps(self._client(), call)), call
 
     def _cursor(self, by: MappedField | None) -> Cursor:
         """``after()``'s position: an instance's stored order value when the session

@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError
 
 from ..errors import OperationalError, QueryError
 from . import executor, routing
+from .io import Steps
 from .querycompile import ScriptCall
 
 #: Ids walked per ZRANGE at least (a selective filter needs many per match).
@@ -555,10 +556,16 @@ _KNOWN: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
 
 
 def run(client: Any, call: ScriptCall) -> Any:
+    """:func:`run_steps` with blocking I/O."""
+    return executor.drive(run_steps(client, call))
+
+
+def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
     """The script's reply, in one round trip (two after the server forgot the script).
 
     An error reply raises :class:`~redisca.OperationalError`, naming the index keys of
-    the wrong type (another program's data) found in one more round trip."""
+    the wrong type (another program's data) found in one more round trip. A protocol
+    (:mod:`redisca.session.io`): the sync and async queries both run it."""
     keys, args = call.keys, call.args
     if call.lookup:
         sha = LOOKUP_SHA
@@ -570,43 +577,52 @@ def run(client: Any, call: ScriptCall) -> Any:
         whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
     pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
     pool = client.connection_pool if pool is None else pool
-    known = _KNOWN.get(pool)
-    if known is not None and sha in known:
-        reply = executor.run(client, [by_digest])[0]
+    known = _known(client, pool)
+    if sha in known:
+        reply = (yield from executor.run_steps(client, [by_digest]))[0]
         if not isinstance(reply, NoScriptError):
-            return _checked(client, reply, call)
-    reply = executor.run(client, [whole])[0]
-    _KNOWN.setdefault(pool, set()).add(sha)
-    return _checked(client, reply, call)
+            return (yield from _checked(client, reply, call))
+    reply = (yield from executor.run_steps(client, [whole]))[0]
+    known.add(sha)
+    return (yield from _checked(client, reply, call))
 
 
 def run_many(client: Any, calls: list[ScriptCall]) -> list[Any]:
+    """:func:`run_many_steps` with blocking I/O."""
+    return executor.drive(run_many_steps(client, calls))
+
+
+def run_many_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any]]:
     """The replies of several script calls (a sharded model's shards), sent together:
     one round trip on one server, one per master on a cluster (two where a server had
-    forgotten the script). Each reply is checked as :func:`run` checks its one."""
+    forgotten the script). Each reply is checked as :func:`run_steps` checks its one."""
     cluster = routing.is_cluster(client)
-    pools = [
-        routing.pool(client, routing.slot_of(c.keys[0])) if cluster else client.connection_pool
+    knowns = [
+        _known(
+            client,
+            routing.pool(client, routing.slot_of(c.keys[0])) if cluster else client.connection_pool,
+        )
         for c in calls
     ]
-    pairs = list(zip(calls, pools, strict=True))
-    replies = executor.run(client, [_command(c, sha_known=_known(p, c)) for c, p in pairs])
+    commands = [
+        _command(c, (LOOKUP_SHA if c.lookup else SHA) in k)
+        for c, k in zip(calls, knowns, strict=True)
+    ]
+    replies = yield from executor.run_steps(client, commands)
     again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if again:
-        resent = executor.run(client, [_command(calls[i], sha_known=False) for i in again])
+        resent = yield from executor.run_steps(client, [_command(calls[i], False) for i in again])
         for i, reply in zip(again, resent, strict=True):
             replies[i] = reply
-    for call, pool in pairs:
-        _KNOWN.setdefault(pool, set()).add(LOOKUP_SHA if call.lookup else SHA)
-    return [_checked(client, reply, call) for reply, call in zip(replies, calls, strict=True)]
+    for call, known in zip(calls, knowns, strict=True):
+        known.add(LOOKUP_SHA if call.lookup else SHA)
+    out = []
+    for reply, call in zip(replies, calls, strict=True):
+        out.append((yield from _checked(client, reply, call)))
+    return out
 
 
-def _known(pool: Any, call: ScriptCall) -> bool:
-    known = _KNOWN.get(pool)
-    return known is not None and (LOOKUP_SHA if call.lookup else SHA) in known
-
-
-def _command(call: ScriptCall, *, sha_known: bool) -> tuple[Any, ...]:
+def _command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
     """The call as ``EVALSHA`` (the server ran the script already) or ``EVAL``."""
     keys, args = call.keys, call.args
     if call.lookup:
@@ -618,20 +634,31 @@ def _command(call: ScriptCall, *, sha_known: bool) -> tuple[Any, ...]:
     return (b"EVAL", SCRIPT, len(keys), *keys, *args)
 
 
-def _checked(client: Any, reply: Any, call: ScriptCall) -> Any:
+def _known(client: Any, pool: Any) -> set[bytes]:
+    """The scripts the server of ``pool`` has run (a set to add to)."""
+    try:
+        return _KNOWN.setdefault(pool, set())
+    except TypeError:  # a redis.asyncio cluster node: no weak references, known by name
+        return _KNOWN_NODES.setdefault(client, {}).setdefault(pool.name, set())
+
+
+_KNOWN_NODES: weakref.WeakKeyDictionary[Any, dict[str, set[bytes]]] = weakref.WeakKeyDictionary()
+
+
+def _checked(client: Any, reply: Any, call: ScriptCall) -> Steps[Any]:
     if not isinstance(reply, Exception):
         return reply
     routing.check(reply, "the query's script")
     if str(reply).startswith(AFTER_MISSING):
         raise QueryError("after(): that id is not in the query's ordering index")
-    wrong = _wrong_types(client, call) if "WRONGTYPE" in str(reply) else []
+    wrong = (yield from _wrong_types(client, call)) if "WRONGTYPE" in str(reply) else []
     where = f" ({', '.join(wrong)}: not the type redisca keeps there)" if wrong else ""
     raise OperationalError(f"Redis could not run the query{where}: {reply}", reply)
 
 
-def _wrong_types(client: Any, call: ScriptCall) -> list[str]:
+def _wrong_types(client: Any, call: ScriptCall) -> Steps[list[str]]:
     """The call's index keys that exist with another type than their kind's."""
-    types = executor.run(client, [(b"TYPE", key) for key in call.keys])
+    types = yield from executor.run_steps(client, [(b"TYPE", key) for key in call.keys])
     return [
         key.decode(errors="replace")[:200]
         for key, want, have in zip(call.keys, call.types, types, strict=True)
@@ -649,4 +676,6 @@ __all__ = [
     "SLICE_OFFSET",
     "run",
     "run_many",
+    "run_many_steps",
+    "run_steps",
 ]

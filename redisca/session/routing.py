@@ -19,11 +19,11 @@ taken for data (a missing hash, a taken key, an empty result).
 from __future__ import annotations
 
 import contextlib
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -38,6 +38,7 @@ from redis.exceptions import (
 )
 
 from ..errors import ClusterNodeError, InvalidRequestError, OperationalError, ValidationError
+from .io import Refresh, Sleep, Steps
 
 #: How often one command or commit follows a redirect, or waits out ``TRYAGAIN`` or
 #: ``CLUSTERDOWN``, before giving up (an ``OperationalError``). With :func:`backoff`,
@@ -137,11 +138,19 @@ def is_cluster(client: Any) -> bool:
     kind = client.__class__
     found = _CLUSTER_CLASSES.get(kind)
     if found is None:
-        found = _CLUSTER_CLASSES[kind] = isinstance(client, RedisCluster)
+        found = _CLUSTER_CLASSES[kind] = isinstance(client, RedisCluster | AsyncRedisCluster)
     return found
 
 
 _CLUSTER_CLASSES: dict[type, bool] = {}
+
+
+def _node_pool(client: Any, node: Any) -> Any:
+    """Where connections to a node come from: its client's pool, or for a
+    ``redis.asyncio`` cluster client the node itself (it keeps its connections)."""
+    if isinstance(client, AsyncRedisCluster):
+        return node
+    return client.get_redis_connection(node).connection_pool
 
 
 def layout_slot(layout: Any) -> int:
@@ -230,7 +239,7 @@ def pool(client: Any, slot: int) -> Any:
             node = client.nodes_manager.get_node_from_slot(slot)
         except RedisClusterException as exc:  # the slot is not covered (yet): retried
             raise Redirected(Refusal("CLUSTERDOWN", exc), f"slot {slot}") from exc
-    return client.get_redis_connection(node).connection_pool
+    return _node_pool(client, node)
 
 
 #: Per cluster client, slot -> the node the last ``MOVED`` for it named (until the map
@@ -263,7 +272,7 @@ def ask_pool(client: Any, found: Refusal) -> Any:
     if found.address is None:
         return None
     node = client.get_node(host=found.address[0], port=found.address[1])
-    return None if node is None else client.get_redis_connection(node).connection_pool
+    return None if node is None else _node_pool(client, node)
 
 
 def refresh(client: Any) -> None:
@@ -276,6 +285,16 @@ def refresh(client: Any) -> None:
         raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
 
 
+async def arefresh(client: Any, quiet: bool) -> None:
+    """:func:`refresh` (``quiet``: :func:`forget`) for a ``redis.asyncio`` cluster client."""
+    _moved.pop(client, None)
+    try:
+        await client.nodes_manager.initialize()
+    except (RedisError, OSError) as exc:  # no node answered, or they disagree
+        if not quiet:
+            raise OperationalError(f"cannot read the cluster's slot map: {exc}", exc) from exc
+
+
 def forget(client: Any) -> None:
     """After a lost connection: read the slot map again if a node answers (a failover
     moves the slots to a replica); the caller reports the failure either way."""
@@ -283,17 +302,19 @@ def forget(client: Any) -> None:
         refresh(client)
 
 
-def follow(client: Any, found: Refusal, hop: int) -> None:
+def follow(client: Any, found: Refusal, hop: int) -> Steps[None]:
     """Before the next try after ``found``: a new slot map and the node a ``MOVED``
     names (which the map may not name yet), a short, growing wait after ``ASK``
     (the migration ends with ``MOVED``), ``TRYAGAIN`` and ``CLUSTERDOWN`` (and a new
     map after a second ``CLUSTERDOWN``). The map is read after the wait, not before:
     read before, it was as old as the wait at the next try, and a slot moved again
-    meanwhile (a busy resharding, a failover in progress) was missed try after try."""
+    meanwhile (a busy resharding, a failover in progress) was missed try after try.
+    Steps of the executor's protocols: the wait and the read are requests its driver
+    performs (:mod:`redisca.session.io`)."""
     if found.kind != "MOVED" or hop:  # a first MOVED is followed at once
-        time.sleep(backoff(hop))
+        yield Sleep(backoff(hop))
     if found.kind == "MOVED" or (found.kind == "CLUSTERDOWN" and hop):
-        refresh(client)  # also for redis-py's own commands on the client
+        yield Refresh(client)  # also for redis-py's own commands on the client
     if found.kind == "MOVED":
         _point(client, found)
 
@@ -372,6 +393,7 @@ __all__ = [
     "RETRYABLE",
     "Redirected",
     "Refusal",
+    "arefresh",
     "ask_pool",
     "backoff",
     "check",

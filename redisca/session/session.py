@@ -8,7 +8,6 @@ redisca 1.x's registry did until ``free()``.
 from __future__ import annotations
 
 import copy
-import functools
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ..conf import Client, default_client
-from ..errors import IntegrityError, InvalidRequestError, OperationalError, ValidationError
+from ..errors import IntegrityError, InvalidRequestError, ValidationError
 from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
@@ -25,6 +24,7 @@ from ..mapping.mapper import Mapper, mapper_of
 from . import executor, gcpause, loading, resp, routing, unitofwork
 from .collections import IdentitySet
 from .identity import IdentityMap
+from .io import Steps
 from .plan import Command
 from .query import Query
 from .state import (
@@ -52,6 +52,10 @@ class CommandResult:
 
 class Session:
     """Identity map + unit of work over one or more Redis clients."""
+
+    #: Whether reading an unloaded attribute loads it (``False`` under an
+    #: :class:`~redisca.asyncio.AsyncSession`: it raises :class:`~redisca.MissingLoadError`).
+    lazy_loads = True
 
     def __init__(
         self,
@@ -305,11 +309,17 @@ class Session:
         the key does not exist, a transient ``obj`` is added as new; a detached one,
         or one of another session, is copied and the copy added.
         """
+        return executor.drive(self.merge_steps(obj))
+
+    def merge_steps(self, obj: T) -> Steps[T]:
+        """:meth:`merge` as a protocol (:mod:`redisca.session.io`)."""
         if obj in self:
             return obj
         mapper = mapper_of(type(obj))
         ident = mapper.identity(obj)
-        target = self.get(type(obj), ident) if ident is not None else None
+        target = None
+        if ident is not None:
+            target = (yield from self.get_many_steps(type(obj), [ident]))[0]
         if target is None:
             if state_for(obj).status != "transient":
                 obj = copy.copy(obj)
@@ -320,7 +330,7 @@ class Session:
             if value is MISSING:
                 continue
             if field.is_reference and value is not None and value not in self:
-                value = self.merge(value)
+                value = yield from self.merge_steps(value)
             setattr(target, field.name, value)
         return target
 
@@ -382,33 +392,34 @@ class Session:
 
     def get_many(self, cls: type[T], ids: Sequence[str | int]) -> list[T | None]:
         """Instances in the order of ``ids``; one round trip for all not yet loaded."""
-        # Inlined loops: this is the path of every load and every query's results.
         mapper = mapper_of(cls)
-        coerce = mapper.lookup_id  # None names no entity: a ValidationError
-        idents = [i if type(i) is str and i.isascii() else coerce(i) for i in ids]
-        lookup = self.identity_map.table(mapper).get
-        wanted = [
-            ident
-            for ident, state in zip(idents, map(lookup, idents), strict=True)
-            if state is None or (state.persistent and not state.loaded)
-        ]
+        idents, lookup, wanted = loading.wanted(self.identity_map, mapper, ids)
         if wanted:
-            wanted = list(dict.fromkeys(wanted))
             with gcpause.paused(len(wanted)):
                 loading.load_ids(self.identity_map, self.bind_for(mapper), mapper, wanted)
-        # Pending instances count; deleted ones and keys Redis did not hold do not.
-        return [
-            state.obj
-            if state is not None and not state.deleted and (state.loaded or not state.persistent)
-            else None
-            for state in map(lookup, idents)
-        ]
+        return loading.found(lookup, idents)
+
+    def get_many_steps(self, cls: type[T], ids: Sequence[str | int]) -> Steps[list[T | None]]:
+        """:meth:`get_many` as a protocol (:mod:`redisca.session.io`): the async
+        session's; the sync one keeps its direct path, the path of every load."""
+        mapper = mapper_of(cls)
+        idents, lookup, wanted = loading.wanted(self.identity_map, mapper, ids)
+        if wanted:
+            client = self.bind_for(mapper)
+            with gcpause.paused(len(wanted)):
+                raws = yield from loading.fetch_steps(client, mapper, wanted)
+                loading.install(self.identity_map, mapper, wanted, raws)
+        return loading.found(lookup, idents)
 
     def refresh(self, obj: object, *, only_missing: bool = False) -> None:
         """Reload from Redis, discarding changes (``only_missing``: just fill unset fields)."""
+        executor.drive(self.refresh_steps(obj, only_missing=only_missing))
+
+    def refresh_steps(self, obj: object, *, only_missing: bool = False) -> Steps[None]:
+        """:meth:`refresh` as a protocol (:mod:`redisca.session.io`)."""
         state = self.state(obj)
         client = self.bind_for(state.mapper)
-        raw = loading.fetch(client, state.mapper, [state.id])[0]  # type: ignore[list-item]
+        raw = (yield from loading.fetch_steps(client, state.mapper, [state.id]))[0]  # type: ignore[list-item]
         loading.require(bool(raw), state)
         loading.hydrate(self.identity_map, state, raw, overwrite=not only_missing)
 
@@ -436,6 +447,13 @@ class Session:
 
         One round trip per server for all targets, however many instances.
         """
+        targets = self.unloaded_targets(objs, attributes)
+        if targets:
+            loading.load_states(self.identity_map, self.bind_for, targets)
+
+    def unloaded_targets(self, objs: Iterable[object], attributes: Any) -> list[InstanceState]:
+        """What :meth:`preload` loads: the unloaded targets of ``attributes`` (reference
+        attributes or their names; none: every reference) of ``objs``."""
         names = [getattr(a, "name", a) for a in attributes]
         targets: dict[int, InstanceState] = {}
         for obj in objs:
@@ -450,8 +468,7 @@ class Session:
                 state = instrument.state_of(target)
                 if state is not None and state.session is self and not state.loaded:
                     targets[id(state)] = state
-        if targets:
-            loading.load_states(self.identity_map, self.bind_for, targets.values())
+        return list(targets.values())
 
     def query(self, cls: type[T]) -> Query[T]:
         """A :class:`~redisca.Query` over the indexed fields of ``cls``."""
@@ -491,24 +508,7 @@ class Session:
             self._commit()
 
     def _commit(self) -> None:
-        unitofwork.cascade(self.states(), self.__contains__, self.add)
-        groups = unitofwork.organize(self.states(), self._commands, self.bind_for)
-        forget = functools.partial(self.forget, deleted=True)
-        for group in groups:
-            plan = group.plan()
-            if not plan:
-                continue
-            seen: dict[bytes, Any] = {}
-            try:
-                executed = executor.execute_commit(
-                    group.client, plan, self.retries, seen, self.wait
-                )
-            except OperationalError as exc:
-                if exc.outcome_unknown:
-                    unitofwork.in_doubt(group, seen)
-                raise
-            self._commands = [c for c in self._commands if c[2] not in group.results]
-            unitofwork.finalize(group, executed, forget)
+        executor.drive(unitofwork.commit_steps(self))
 
     def rollback(self) -> None:
         """Drop pending adds, deletes and commands; loaded instances return to what was loaded."""

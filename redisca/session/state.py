@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import DetachedInstanceError, ValidationError
+from ..errors import DetachedInstanceError, MissingLoadError, ValidationError
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP
 from ..mapping.mapper import MappedField, Mapper, mapper_of
@@ -142,6 +142,8 @@ class InstanceState:
             )
         if self.loaded or not self.persistent:
             raise AttributeError(f"{self.mapper.class_.__name__}.{name} has no value")
+        if not session.lazy_loads:
+            raise missing_load(self, name)
         session.refresh(self.obj, only_missing=True)
 
     def changes(self) -> dict[MappedField, bytes | None]:
@@ -195,6 +197,18 @@ class _Detached(NamedTuple):
 #: expunged instance makes it persistent again with its snapshot, not a new insert.
 _detached: dict[int, _Detached] = {}
 
+
+def missing_load(state: InstanceState, name: str) -> MissingLoadError:
+    """The error for an unloaded attribute read under an ``AsyncSession``, naming the
+    attribute and the awaited calls that load it."""
+    cls = state.mapper.class_.__name__
+    return MissingLoadError(
+        f"{cls}.{name} of {state.key} is not loaded, and an AsyncSession never loads "
+        "implicitly (it would be blocking I/O inside an attribute read): "
+        f"`await session.load(obj)` or `await session.refresh(obj)` loads this {cls}; "
+        "`await session.preload(objs, Model.reference)` loads the targets of a reference "
+        f"of many instances at once (e.g. `await session.preload(users, User.company)`)"
+    )
 
 def remember_detached(state: InstanceState, *, deleted: bool) -> None:
     key = id(state.obj)

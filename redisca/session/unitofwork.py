@@ -8,6 +8,7 @@ execute (:mod:`~redisca.session.executor`), *finalize* (new snapshots).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,11 +21,12 @@ from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
 from . import executor, routing
 from .emit import vanished
+from .io import Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
 from .state import InstanceState
 
 if TYPE_CHECKING:
-    from .session import CommandResult
+    from .session import CommandResult, Session
 
 #: A command queued with ``Session.add_command``: (client, command, result, slot).
 Queued = tuple[Any, Command, "CommandResult", "int | None"]
@@ -244,6 +246,32 @@ def organize(
     return list(groups.values())
 
 
+def commit_steps(session: Session) -> Steps[None]:
+    """A session's commit as a protocol (:mod:`redisca.session.io`), which the sync and
+    async sessions both run: organize, then per group the executor's commit and
+    finalize. A failure whose outcome is unknown (``outcome_unknown``: a lost
+    ``EXEC`` reply, or a task cancelled after its ``EXEC`` went out) leaves the
+    group's changes in doubt, verified by the next commit."""
+    cascade(session.states(), session.__contains__, session.add)
+    groups = organize(session.states(), session._commands, session.bind_for)
+    forget = functools.partial(session.forget, deleted=True)
+    for group in groups:
+        plan = group.plan()
+        if not plan:
+            continue
+        seen: dict[bytes, Any] = {}
+        try:
+            executed = yield from executor.commit_steps(
+                group.client, plan, session.retries, seen, session.wait
+            )
+        except BaseException as exc:
+            if getattr(exc, "outcome_unknown", False):
+                in_doubt(group, seen)
+            raise
+        session._commands = [c for c in session._commands if c[2] not in group.results]
+        finalize(group, executed, forget)
+
+
 def in_doubt(group: Group, seen: dict[bytes, Any]) -> None:
     """After an unknown outcome: every change of the group may or may not be applied.
     An insert keeps the guard counter its attempt read, which tells the retry whether
@@ -299,4 +327,4 @@ def finalize(
         )
 
 
-__all__ = ["Group", "cascade", "finalize", "in_doubt", "organize"]
+__all__ = ["Group", "cascade", "commit_steps", "finalize", "in_doubt", "organize"]

@@ -1,0 +1,151 @@
+"""The asyncio driver: runs the executor's protocols on ``redis.asyncio`` clients.
+
+The commit, load and query protocols (:mod:`redisca.session.executor`,
+:mod:`redisca.session.io`) are the sync session's own; this module only performs
+their requests with ``await``: a round trip on a pooled ``redis.asyncio``
+connection, a wait, a slot-map read. So retries, ``WATCH`` checks, in-doubt
+verification and a cluster's refusals behave exactly as in the sync session.
+
+Cancellation: a task cancelled while awaiting a round trip drops that connection
+(never returned to the pool mid-transaction: its ``WATCH``, or a ``MULTI`` half
+sent, go with it). Before the ``EXEC`` write began nothing was written; once it
+began, the ``CancelledError`` carries ``outcome_unknown = True``, and the commit
+protocol leaves its changes in doubt, verified by the next commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.exceptions import ResponseError
+
+from ..errors import OperationalError, RediscaError
+from ..session import executor, routing
+from ..session.io import OnConnection, Send, Sleep, Steps
+from ..session.plan import Command
+from ..session.resp import pack
+
+T = TypeVar("T")
+
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class connection:  # lowercase: used like a function, `async with connection(client)`
+    """A connection of the client's pool (or of ``pool``), released afterwards, or
+    dropped first when anything but redisca's own refusals ended its use (a
+    cancellation included), so no ``WATCH`` or half-sent transaction stays on it."""
+
+    __slots__ = ("client", "conn", "pool")
+
+    def __init__(self, client: Any, pool: Any = None) -> None:
+        self.client = client
+        self.pool = pool
+        self.conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        pool = self.client.connection_pool if self.pool is None else self.pool
+        self.pool = pool
+        try:
+            if hasattr(pool, "acquire_connection"):  # a cluster node: it keeps its connections
+                self.conn = pool.acquire_connection()
+                if not self.conn.is_connected:
+                    await self.conn.connect()
+            else:  # redis-py connects (or reconnects a stale connection) at checkout
+                self.conn = await pool.get_connection()
+        except _CONNECTION_ERRORS as exc:
+            if self.conn is not None:
+                await self._release()
+            raise OperationalError(f"Redis connection failed: {exc}", exc) from exc
+        return self.conn
+
+    async def _release(self) -> None:
+        released = self.pool.release(self.conn)  # a node's release is a plain call
+        if released is not None:
+            await released
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is not None and (
+                not isinstance(exc, RediscaError) or isinstance(exc, OperationalError)
+            ):
+                await self.conn.disconnect()
+        finally:
+            await self._release()
+
+
+async def roundtrip(
+    conn: Any, commands: Sequence[Command], *, sealed: bool = False, got: list[Any] | None = None
+) -> list[Any]:
+    """:func:`redisca.session.executor.roundtrip` with ``await``: one write, every
+    reply read (error replies as values); a failure is the same ``OperationalError``.
+    Cancelled once a sealed write began, the ``CancelledError`` is marked
+    ``outcome_unknown``: the ``EXEC`` may have reached Redis."""
+    try:
+        await conn.send_packed_command(pack(commands))
+    except _CONNECTION_ERRORS as exc:
+        await conn.disconnect()
+        raise executor.lost(exc, executor.AFTER_EXEC if sealed else "") from exc
+    except BaseException as exc:  # cancelled: part of the write may be out
+        if sealed:
+            exc.outcome_unknown = True  # type: ignore[attr-defined]
+        raise
+    replies: list[Any] = [] if got is None else got
+    read = conn.read_response
+    try:
+        for _ in commands:
+            try:
+                replies.append(await read(disable_decoding=True))
+            except ResponseError as exc:
+                replies.append(exc)
+    except _CONNECTION_ERRORS as exc:
+        await conn.disconnect()
+        raise executor.lost(exc, executor.AFTER_EXEC if sealed else "") from exc
+    except BaseException as exc:
+        if sealed:
+            exc.outcome_unknown = True  # type: ignore[attr-defined]
+        raise
+    return replies
+
+
+def _server(conn: Any) -> Hashable:
+    """What the executor remembers a server by (as its sync driver does)."""
+    return tuple(getattr(conn, name, None) for name in ("host", "port", "path", "db"))
+
+
+async def drive(steps: Steps[T], conn: Any = None) -> T:
+    """Run a protocol with ``await``; a failure (a cancellation too) is thrown into
+    it where it yielded, as :func:`redisca.session.executor.drive` does."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        reply = error = None
+        try:
+            kind = request.__class__
+            if kind is Send:
+                reply = await roundtrip(
+                    conn, request.commands, sealed=request.sealed, got=request.got
+                )
+            elif kind is OnConnection:
+                async with connection(request.client, request.pool) as other:
+                    reply = await drive(request.work(_server(other)), other)
+            elif kind is Sleep:
+                await asyncio.sleep(request.seconds)
+            else:
+                await routing.arefresh(request.client, request.quiet)
+        except BaseException as exc:  # thrown into the protocol, which re-raises it
+            error = exc
+
+
+async def run(client: Any, commands: Sequence[Command]) -> list[Any]:
+    """:func:`redisca.session.executor.run` with ``await``."""
+    return await drive(executor.run_steps(client, commands))
+
+
+__all__ = ["connection", "drive", "roundtrip", "run"]

@@ -1,0 +1,61 @@
+"""The I/O requests of the sans-I/O commit and load protocols.
+
+The protocols (:mod:`redisca.session.executor`'s generators: a commit's reads,
+checks, ``MULTI``/``EXEC``, retries and in-doubt bookkeeping, and on a cluster the
+following of refusals) do no I/O themselves: they yield one of these requests and
+are sent the reply, or have the failure thrown in where they yielded. A driver
+performs the requests: :func:`redisca.session.executor.drive` with blocking
+sockets, :mod:`redisca.asyncio`'s with ``await``. So the sync and async sessions
+run the very same protocol code, and only the sending and reading differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Hashable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from .plan import Command
+
+T = TypeVar("T")
+
+#: A protocol: yields requests, is sent their replies, returns its result.
+Steps = Generator[Any, Any, T]
+
+
+class Send(NamedTuple):
+    """Send ``commands`` in one write on the protocol's connection; reply: the list of
+    replies, error replies as ``ResponseError`` values. ``sealed``: they end with
+    ``EXEC`` (a failure while reading leaves the outcome unknown). ``got`` receives
+    the replies as they arrive."""
+
+    commands: Sequence[Command]
+    sealed: bool = False
+    got: list[Any] | None = None
+
+
+class OnConnection(NamedTuple):
+    """Run the steps ``work(server)`` makes on a connection of ``pool``, or of
+    ``client``'s own pool when ``pool`` is ``None`` (``server``: what identifies the
+    connection's server and database); reply: what they return. The connection goes
+    back clean, or is dropped when they fail with anything but redisca's own refusals."""
+
+    client: Any
+    pool: Any
+    work: Callable[[Hashable], Steps[Any]]
+
+
+class Sleep(NamedTuple):
+    """Wait ``seconds`` before trying again (a cluster's ``TRYAGAIN``, say)."""
+
+    seconds: float
+
+
+class Refresh(NamedTuple):
+    """Read the cluster client's slot map again; ``quiet``: a failure to read it is
+    ignored (after a lost connection, whose own error is reported)."""
+
+    client: Any
+    quiet: bool = False
+
+
+__all__ = ["OnConnection", "Refresh", "Send", "Sleep", "Steps"]
