@@ -152,6 +152,8 @@ DESCRIPTORS = st.one_of(
     st.tuples(st.just("range_index"), PREFIXES, FIELDS, st.none()),
     st.tuples(st.just("unique"), PREFIXES, FIELDS, VALUES),
     st.tuples(st.just("guard"), PREFIXES, st.none(), VALUES),
+    st.tuples(st.just("tokens"), PREFIXES, FIELDS, VALUES),
+    st.tuples(st.just("registry"), PREFIXES, st.none(), VALUES),
     st.tuples(st.just("marker"), PREFIXES, st.none(), st.none()),
 )
 RUNS = st.from_regex(RUN_RE, fullmatch=True).map(lambda run: run[:10])
@@ -187,6 +189,10 @@ def build(descriptor):
         return layout.range_index(field.encode())
     if kind == "guard":
         return layout.guard(value)
+    if kind == "registry":
+        return layout.registry(value)
+    if kind == "tokens":
+        return layout.claim_tokens(field.encode(), value)
     if kind == "unique":
         return layout.unique_stripe(field.encode(), value)
     return getattr(layout, kind)(field.encode(), value)
@@ -220,13 +226,15 @@ def parse(key):
         return ("scratch", prefix, None, rest)
     if kind == b"g":
         return ("guard", prefix, None, rest)
+    if kind == b"c":
+        return ("registry", prefix, None, rest)
     if kind == b"b":
         run, colon, live = rest.partition(b":")
         if not colon:
             return ("build_dir", prefix, run, None)
         return ("build", prefix, run, parse(layout_of(prefix).head + b"#" + live))
     field, _, value = rest.partition(b":")
-    return ({b"i": "eq_index", b"u": "unique"}[kind], prefix, field.decode(), value)
+    return ({b"i": "eq_index", b"u": "unique", b"o": "tokens"}[kind], prefix, field.decode(), value)
 
 
 def _stripe(value):
@@ -240,7 +248,7 @@ def _same(descriptor):
     kind, prefix, run, value = descriptor
     if kind == "build":
         return (kind, prefix, run, _same((value[0], prefix, *value[2:])))
-    if kind in ("unique", "guard"):
+    if kind in ("unique", "guard", "tokens", "registry"):
         return (kind, prefix, run, _stripe(value))
     return descriptor
 
@@ -259,8 +267,10 @@ def library_view(descriptor):
         return ParsedKey("range", name)
     if kind == "unique":
         return ParsedKey("unique", name, _stripe(value))
-    if kind == "guard":
-        return ParsedKey("guard", value=_stripe(value))
+    if kind in ("guard", "registry"):
+        return ParsedKey(kind, value=_stripe(value))
+    if kind == "tokens":
+        return ParsedKey("tokens", name, _stripe(value))
     if kind == "build_dir":
         return ParsedKey("build_dir", run=field)
     live = build((value[0], prefix, *value[2:]))

@@ -26,6 +26,7 @@ from test_query_engine import Row, Shape, datasets, model, shapes
 import redisca
 from redisca import Email, Float, Integer, Registry, Session, String
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
+from redisca.session import executor
 
 registry = Registry()
 SHARDS = (1, 8, 16)
@@ -234,8 +235,8 @@ def test_a_keyset_page_reads_a_page_per_shard_not_the_offset(one: redis.Redis) -
     cls = ONE_SERVER[-1]
     with Session(one) as s:
         query = s.query(cls).order_by(cls.score).limit(10)
-        deep, _ = query.offset(500)._run(b"ids")
-        keyset, _ = query.after("i300")._run(b"ids")
+        deep, _ = executor.drive(query.offset(500)._run(b"ids"))
+        keyset, _ = executor.drive(query.after("i300")._run(b"ids"))
     assert deep[2] >= 16 * 10 and deep[2] >= 500  # each shard walked to its 510th
     assert keyset[2] <= 16 * 10
 

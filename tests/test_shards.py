@@ -317,14 +317,152 @@ def test_unique_fields_of_a_sharded_model_commit_on_one_server(redis_server):
         raw.close()
 
 
-def test_unique_fields_of_a_sharded_model_are_refused_on_a_cluster_for_now(cluster):
+def _claims_of(raw, field=b"email"):
+    """From raw Redis: value -> owner of every claim of Account, and value -> the id of
+    every entity whose hash holds it (the owners, as the hashes say)."""
+    mapper = redisca.inspect(Account)
+    claims, holders = {}, {}
+    for layout in mapper.shard_layouts():
+        for stripe in layout.unique_stripes(field):
+            for value, owner in raw.hgetall(stripe).items():
+                claims[bytes(value)] = bytes(owner).decode()
+        for key in raw.scan_iter(match=layout.entity_pattern, count=1000):
+            value = raw.hget(key, field)
+            ident = bytes(key)[len(layout.entity("")) :].decode()
+            if value is not None:
+                assert bytes(value) not in holders, (value, holders.get(bytes(value)), ident)
+                holders[bytes(value)] = ident
+    return claims, holders
+
+
+def assert_one_owner_each(raw):
+    """No value with two owners: each value some hash holds is held by one entity only,
+    and its claim names that entity."""
+    claims, holders = _claims_of(raw)
+    for value, ident in holders.items():
+        assert claims.get(value) == ident, (value, ident, claims.get(value))
+
+
+def test_unique_values_of_a_sharded_model_on_a_cluster(cluster):
+    client = cluster.client()
+    mapper = redisca.inspect(Account)
+    try:
+        with Session(client) as session:
+            session.add_all([Account(email=f"e{i}", id=f"a{i}") for i in range(40)])
+            session.commit()
+        claims, holders = _claims_of(client)
+        assert claims == holders == {b"e%d" % i: f"a{i}" for i in range(40)}
+        crossing = [
+            i
+            for i in range(40)
+            if mapper.shard_of(f"a{i}") != mapper.layout.for_value(b"e%d" % i).shard
+        ]
+        assert len(crossing) > 30  # most claims are in another shard than their owner
+        with Session(client) as session:
+            session.add(Account(email="e3", id="other"))
+            with pytest.raises(redisca.UniqueViolation) as caught:
+                session.commit()
+            assert caught.value.owner == "a3" and caught.value.value == "e3"
+            assert session.new
+        assert not client.exists(mapper.layout.entity("other"))
+        with Session(client) as session:  # a change of value, and a delete, release
+            a1, a2 = session.get_many(Account, ["a1", "a2"])
+            a1.email = "new1"
+            session.delete(a2)
+            session.commit()
+        claims, holders = _claims_of(client)
+        assert claims.get(b"new1") == "a1" and b"e1" not in claims and b"e2" not in claims
+        assert claims == holders
+        with Session(client) as session:  # the released values are free again
+            session.add_all([Account(email="e1", id="b1"), Account(email="e2", id="b2")])
+            session.commit()
+        assert_one_owner_each(client)
+        registrations = [  # no claim left in flight
+            k for layout in mapper.shard_layouts()
+            for k in client.scan_iter(match=layout.head + b"#c:*")
+        ]
+        assert registrations == []
+    finally:
+        client.close()
+
+
+def test_a_swap_between_shards_is_refused_before_anything_is_sent(cluster):
     client = cluster.client()
     try:
         with Session(client) as session:
-            session.add(Account(email="e", id="a"))
-            with pytest.raises(InvalidRequestError, match="not supported yet"):
+            session.add_all([Account(email="x", id="a1"), Account(email="y", id="a2")])
+            session.commit()
+        before = {k: client.dump(k) for k in client.scan_iter()}
+        with Session(client) as session:
+            a1, a2 = session.get_many(Account, ["a1", "a2"])
+            a1.email, a2.email = a2.email, a1.email
+            with pytest.raises(redisca.UniqueViolation, match="a swap"):
                 session.commit()
-            assert session.new
-        assert client.dbsize() == 0
+            assert session.dirty
+        assert {k: client.dump(k) for k in client.scan_iter()} == before  # nothing written
+        with Session(client) as session:  # in three commits it works
+            a1, a2 = session.get_many(Account, ["a1", "a2"])
+            a1.email = "z"
+            session.commit()
+            a2.email = "x"
+            session.commit()
+            a1.email = "y"
+            session.commit()
+        assert {k: client.dump(k) for k in client.scan_iter()} != before
+        claims, holders = _claims_of(client)
+        assert claims == holders == {b"y": "a1", b"x": "a2"}
+    finally:
+        client.close()
+
+
+def test_a_commit_over_several_shards_fails_part_way_and_the_retry_commits_the_rest(
+    cluster, monkeypatch
+):
+    """Shard by shard: the connection dies at the third shard's transaction (before it
+    is sent, then after its EXEC ran): the shards before stay committed and leave the
+    session, the rest stay pending, ``outcome_unknown`` says whether that shard may have
+    been applied, and committing again writes the rest once."""
+    from redisca.session import executor
+
+    client = cluster.client()
+    mapper = redisca.inspect(User)
+    try:
+        for when in ("before", "after"):
+            users = [User(name="n", age=i, id=f"{when}{i}") for i in range(40)]
+            shards = {mapper.shard_of(u.id) for u in users}
+            assert len(shards) > 5
+            original, seen = executor.roundtrip, []
+
+            def roundtrip(conn, commands, when=when, original=original, seen=seen, **kw):
+                if any(c[0] == b"EXEC" for c in commands):
+                    seen.append(1)
+                    if len(seen) == 3:
+                        if when == "after":
+                            original(conn, commands, **kw)
+                        conn.disconnect()
+                        lost = ConnectionError("killed by the test")
+                        raise redisca.OperationalError(
+                            "lost", lost, outcome_unknown=when == "after"
+                        )
+                return original(conn, commands, **kw)
+
+            monkeypatch.setattr(executor, "roundtrip", roundtrip)
+            with Session(client) as session:
+                session.add_all(users)
+                with pytest.raises(redisca.OperationalError) as caught:
+                    session.commit()
+                assert caught.value.outcome_unknown == (when == "after")
+                monkeypatch.undo()
+                stored = [u.id for u in users if client.exists(mapper.layout.entity(u.id))]
+                in_two = {mapper.shard_of(i) for i in stored}
+                assert len(in_two) == (3 if when == "after" else 2)  # whole shards
+                assert {u.id for u in users if mapper.shard_of(u.id) in in_two} == set(stored)
+                pending = {u.id for u in session.new}
+                assert pending == {u.id for u in users} - set(stored) or (
+                    when == "after" and pending >= {u.id for u in users} - set(stored)
+                )
+                session.commit()
+            assert all(client.exists(mapper.layout.entity(u.id)) for u in users)
+            _assert_each_in_its_shard(client, [u.id for u in users])
     finally:
         client.close()

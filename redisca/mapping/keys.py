@@ -157,7 +157,9 @@ class KeyLayout:
         "_marker",
         "_namespace",
         "_range",
+        "_registry",
         "_tmp",
+        "_tokens",
         "_unique",
         "group",
         "head",
@@ -212,6 +214,8 @@ class KeyLayout:
         self._unique = p + b"#u:"
         self._tmp = p + b"#t:"
         self._guard = p + b"#g:"
+        self._tokens = p + b"#o:"
+        self._registry = p + b"#c:"
         self._namespace = p + b"#"
         self._marker = p + b"#x"
         self._build = p + b"#b:"
@@ -294,6 +298,17 @@ class KeyLayout:
         """The hash that maps a unique field's ``value`` (index form) to its owner's id."""
         return self._unique + field + b":%d" % (zlib.crc32(value) % UNIQUE_STRIPES)
 
+    def claim_tokens(self, field: bytes, value: bytes) -> bytes:
+        """A sharded model's ``H#o:<field>:<n>``, beside the unique stripe ``H#u:<field>:<n>``
+        of the same ``n``: value → the token of the claim the stripe holds for it (see
+        the unique protocol in ``docs/guarantees.rst``)."""
+        return self._tokens + field + b":%d" % (zlib.crc32(value) % UNIQUE_STRIPES)
+
+    def registry(self, id: bytes) -> bytes:
+        """A sharded model's ``H#c:<n>`` (``n`` the guard stripe's number of the id):
+        ``<field>:<id>`` → the token of the entity's claim in flight for that field."""
+        return self._registry + b"%d" % (zlib.crc32(id) % GUARD_STRIPES)
+
     def guard(self, id: bytes) -> bytes:
         """The guard counter of the entity ``id`` (UTF-8): bumped by every commit that
         inserts or deletes it or changes its indexed fields or version."""
@@ -366,19 +381,26 @@ class KeyLayout:
             return ParsedKey("all")
         if key == self._marker:
             return ParsedKey("marker")
-        for kind, start in (("eq", self._eq), ("unique", self._unique)):
+        for kind, start in (
+            ("eq", self._eq),
+            ("unique", self._unique),
+            ("tokens", self._tokens),
+        ):
             if key.startswith(start):
                 field, colon, value = key[len(start) :].partition(b":")
                 if not colon or not _FIELD_RE.fullmatch(field):
                     return ParsedKey("unknown")
-                if kind == "unique" and not _stripe(value, UNIQUE_STRIPES):
+                if kind != "eq" and not _stripe(value, UNIQUE_STRIPES):
+                    if kind == "tokens":
+                        return ParsedKey("unknown")
                     kind = "old_unique"  # a key per value, as redisca wrote before 2.0
                 return ParsedKey(kind, field, value)
-        if key.startswith(self._guard):
-            stripe = key[len(self._guard) :]
-            if _stripe(stripe, GUARD_STRIPES):
-                return ParsedKey("guard", value=stripe)
-            return ParsedKey("unknown")
+        for kind, start in (("guard", self._guard), ("registry", self._registry)):
+            if key.startswith(start):
+                stripe = key[len(start) :]
+                if _stripe(stripe, GUARD_STRIPES):
+                    return ParsedKey(kind, value=stripe)
+                return ParsedKey("unknown")
         if key.startswith(self._range):
             field = key[len(self._range) :]
             return ParsedKey("range", field) if _FIELD_RE.fullmatch(field) else ParsedKey("unknown")
@@ -452,6 +474,12 @@ class ShardedLayout(KeyLayout):
 
     def guard(self, id: bytes) -> bytes:
         return self.layout_of_shard(shard_of(id, self.shards)).guard(id)
+
+    def registry(self, id: bytes) -> bytes:
+        return self.layout_of_shard(shard_of(id, self.shards)).registry(id)
+
+    def claim_tokens(self, field: bytes, value: bytes) -> bytes:
+        return self.for_value(value).claim_tokens(field, value)
 
     def unique_stripe(self, field: bytes, value: bytes) -> bytes:
         return self.for_value(value).unique_stripe(field, value)
@@ -534,12 +562,14 @@ INDEX_KINDS = frozenset({"all", "eq", "range", "unique"})
 
 class ParsedKey(NamedTuple):
     """A key's kind (``entity``, ``all``, ``eq``, ``range``, ``unique`` (a stripe),
-    ``guard``, ``scratch``, ``marker``, ``build``, ``build_dir``, ``old_unique`` (a
-    unique key of the layout before 2.0, a key per value), ``unknown`` in the model's
-    namespace, or ``foreign``), with its field, its value (an entity's id, an index's
-    value, a stripe's number, the live key a build key replaces) and a build key's run.
-    A stripe name is also what an old unique key of a value such as ``7`` was: only its
-    Redis type (hash, not string) tells them apart."""
+    ``tokens`` (a sharded model's claim tokens of a stripe), ``guard``, ``registry`` (a
+    sharded model's claims in flight), ``scratch``, ``marker``, ``build``,
+    ``build_dir``, ``old_unique`` (a unique key of the layout before 2.0, a key per
+    value), ``unknown`` in the model's namespace, or ``foreign``), with its field, its
+    value (an entity's id, an index's value, a stripe's number, the live key a build
+    key replaces) and a build key's run. A stripe name is also what an old unique key
+    of a value such as ``7`` was: only its Redis type (hash, not string) tells them
+    apart."""
 
     kind: str
     field: bytes | None = None

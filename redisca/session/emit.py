@@ -15,10 +15,19 @@ from typing import Any
 
 import attrs
 
-from ..errors import IntegrityError, NotFound, StaleDataError, UniqueViolation
+from ..errors import ConflictError, IntegrityError, NotFound, StaleDataError, UniqueViolation
 from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
-from .plan import INSERT, UPDATE, Command, CommitPlan, EntityChange, Observed, Slot
+from .plan import (
+    INSERT,
+    UPDATE,
+    Command,
+    CommitPlan,
+    EntityChange,
+    Observed,
+    Slot,
+    registration,
+)
 from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
 
 #: Writes to unwatched entities only if they still exist: a plain update racing a
@@ -64,6 +73,11 @@ REMOVE_FIELDS = b"""\
 redis.call('HDEL', KEYS[1], unpack(ARGV))
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '') end
 """ % EXISTS_FIELD
+
+
+class ClaimRevoked(ConflictError):
+    """A sharded model's unique claim was revoked between its claim and the entity's
+    transaction: the session claims again and retries (see ``claims``)."""
 
 
 #: Releases unique values only where the stripe still names the releasing entity, so
@@ -171,14 +185,34 @@ class _Emitter:
         elif index == "eq":
             self.add(change, field.hash_field, b"SADD", _eq_key(change, field, raw), change.id)
         if field.unique and raw is not None:
-            self.claim(change, field, raw)
+            if change.tokens is None:
+                self.claim(change, field, raw)
+            else:
+                self.registered(change, field)
+
+    def registered(self, change: EntityChange, field: MappedField) -> None:
+        """A sharded model's claim, made in the value's shard before this transaction:
+        its token must still be registered (watched), or it was revoked; the
+        registration goes with the transaction (the entity holds the value now)."""
+        token = change.tokens.get(field) if change.tokens else None
+        key, name = registration(change, field)
+        held = self.observed.fields.get(key, {}).get(name)
+        if token is None or held != token:
+            raise ClaimRevoked(
+                f"{change.key.decode(errors='replace')}: its claim of a "
+                f"{field.mapper.class_.__name__}.{field.name} value was revoked before "
+                "the entity was written (a concurrent claimant proved it stale)"
+            )
+        _merge(self.removals, b"HDEL", key, (name,))
 
     def index_remove(self, change: EntityChange, field: MappedField, raw: bytes) -> None:
         """Drop the entries of a field's old value; a range entry is left to the ZADD
         of the new score (or to the delete's ZREM)."""
         if field.index == "eq":
             self.remove(change, field.hash_field, b"SREM", _eq_key(change, field, raw), change.id)
-        if field.unique:
+        if field.unique and change.tokens is not None:
+            change.released[field] = raw  # released after the commit (claims)
+        elif field.unique:
             slot = self.observed.slot(field, raw)
             self.release(change, slot)
             if not self.observed.rebuilds:
@@ -379,6 +413,8 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
             continue
         old = current.get(field.hash_field, _UNREAD)  # a range field's is not read
         if old == new:
+            if change.tokens and field in change.tokens:
+                em.registered(change, field)  # held already: the registration goes
             continue
         if old is not None and old is not _UNREAD:
             em.index_remove(change, field, old)
@@ -407,6 +443,8 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
     """The transaction's commands; raises on conflicts."""
     em = _Emitter(observed)
     for change in plan.changes:
+        if change.released:
+            change.released.clear()  # an earlier attempt's
         if change.op == INSERT:
             _emit_insert(em, change)
         elif change.op == UPDATE:
@@ -440,6 +478,7 @@ __all__ = [
     "GUARDED_WRITE",
     "RELEASE_OWNED",
     "REMOVE_FIELDS",
+    "ClaimRevoked",
     "InDoubtInsert",
     "emit",
     "guard_bumps",

@@ -519,6 +519,13 @@ def on_slot(client: Any, slot: int, what: str, work: Callable[[Hashable], Steps[
     raise routing.gave_up(found, f"{what} in slot {slot}")
 
 
+def check_watch(reply: Any) -> None:
+    """A ``WATCH`` sent in its own round trip must have been accepted (the unique
+    protocol of sharded models, :mod:`redisca.session.claims`)."""
+    if isinstance(reply, ResponseError):
+        _refused_watch(reply, applied=False)
+
+
 def _check_watch(before: Sequence[Command], replies: list[Any], applied: bool) -> None:
     """A ``WATCH`` sent in the transaction's own write must have been accepted."""
     for command, reply in zip(before, replies, strict=True):
@@ -806,6 +813,7 @@ __all__ = [
     "Executed",
     "Wait",
     "atomic",
+    "check_watch",
     "connection",
     "execute_commit",
     "hash_reply",

@@ -59,6 +59,14 @@ class EntityChange:
     #: The key layout of the entity's shard (the model's own on a model of one shard):
     #: its hash, guard stripe and index entries are there.
     layout: KeyLayout = attrs.field(default=None, init=False)
+    #: A sharded model's change on a cluster: its unique values are claimed and released
+    #: outside its transaction (:mod:`~redisca.session.claims`), which checks and
+    #: removes the registration of each claim's token, by field. ``None``: claimed in
+    #: the transaction.
+    tokens: dict[MappedField, bytes] | None = attrs.field(default=None, init=False)
+    #: Such a change's old unique values (stored form) as its transaction read them:
+    #: the claims to release once it committed.
+    released: dict[MappedField, bytes] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         layout = self.mapper.layout
@@ -145,13 +153,16 @@ class Reads:
     counters: list[bytes] = attrs.field(factory=list)
     #: Reindex markers (``H#x``), watched and read: see :mod:`redisca.session.rebuild`.
     markers: list[bytes] = attrs.field(factory=list)
+    #: Registrations of claims in flight (a sharded model's ``H#c:<n>``), watched; their
+    #: fields are read with ``fields``.
+    registry: list[bytes] = attrs.field(factory=list)
     #: Where each unique value read or claimed lives, by (field, stored value): worked
     #: out once here and reused by the emitter (``Observed.slots``).
     slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
-        return list(dict.fromkeys([*claimed, *self.guards, *self.markers]))
+        return list(dict.fromkeys([*claimed, *self.guards, *self.markers, *self.registry]))
 
     def __bool__(self) -> bool:
         return bool(self.exists or self.fields or self.owners or self.markers)
@@ -198,9 +209,12 @@ def collect_reads(plan: CommitPlan) -> Reads:
 
     # A delete reads the same fields of every entity of its model: worked out once each.
     deletes: dict[Mapper, tuple[list[bytes], list[MappedField]]] = {}
+    registry: dict[bytes, None] = {}
 
     for change in plan.changes:
         key = change.key
+        if change.tokens:
+            _registrations(change, reads, registry)
         if change.op == INSERT:
             counters[change.guard] = None
             if change.check_exists:
@@ -211,7 +225,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
             values = change.values
             for field in change.mapper.indexed:  # fewer than the fields: the unique ones
                 raw = values.get(field)
-                if field.unique and raw is not None:
+                if field.unique and raw is not None and change.tokens is None:
                     claimed = slot(field, raw)
                     owners[claimed] = None
                     reads.claims.add(claimed)
@@ -237,14 +251,32 @@ def collect_reads(plan: CommitPlan) -> Reads:
             continue
         for field in uniques:  # the new values claimed; old ones are released unread
             new = change.values.get(field)
-            if new is not None:
+            if new is not None and change.tokens is None:
                 claimed = slot(field, new)
                 owners[claimed] = None
                 reads.claims.add(claimed)
     reads.owners = list(owners)
+    reads.registry = list(registry)
     reads.guards = list(guards)
     reads.counters = list(counters)
     return reads
+
+
+def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes]:
+    """Where a sharded model's claim in flight is registered: the key ``H#c:<n>`` in the
+    entity's shard, and the field ``<field>:<id>`` holding its token."""
+    ident = change.id.encode()
+    return change.layout.registry(ident), field.hash_field + b":" + ident
+
+
+def _registrations(
+    change: EntityChange, reads: Reads, registry: dict[bytes, None]
+) -> None:
+    """The registrations of a change's claims: read, and their keys watched."""
+    for field in change.tokens or ():
+        key, name = registration(change, field)
+        reads.fields.setdefault(key, []).append(name)
+        registry[key] = None
 
 
 def _fields_read(change: EntityChange) -> tuple[list[bytes], list[MappedField]]:
@@ -270,5 +302,6 @@ __all__ = [
     "Reads",
     "Slot",
     "collect_reads",
+    "registration",
     "unique_key",
 ]

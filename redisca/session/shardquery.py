@@ -31,6 +31,7 @@ from ..mapping.expressions import Condition
 from ..mapping.keys import KeyLayout
 from ..mapping.mapper import MappedField, Mapper
 from . import executor, queryscript
+from .io import Steps
 from .querycompile import (
     Cursor,
     OwnerTerm,
@@ -42,7 +43,7 @@ from .querycompile import (
 )
 
 
-def run(
+def run_steps(
     client: Any,
     mapper: Mapper,
     conditions: tuple[Condition, ...],
@@ -53,17 +54,22 @@ def run(
     offset: int,
     limit: int | None,
     cursor: Cursor,
-) -> tuple[Any, ScriptCall]:
+) -> Steps[tuple[Any, ScriptCall]]:
     """The reply one shard's script would give for the whole model (``[ids, hashes,
     work]``, or ``[count, work]``), and a representative call (its keys name the
-    indexes in an error message)."""
-    cursor = _resolved(client, mapper, by, cursor)
+    indexes in an error message). A protocol (:mod:`redisca.session.io`): the sync and
+    async queries both run it."""
+    cursor = yield from _resolved(client, mapper, by, cursor)
     layouts = mapper.shard_layouts()
     if any(type(t) is UniqueTerm for t in sort_filters(mapper, conditions, layouts[0]).terms):
-        return _by_owner(client, mapper, conditions, by, mode, descending, offset, limit, cursor)
+        return (
+            yield from _by_owner(
+                client, mapper, conditions, by, mode, descending, offset, limit, cursor
+            )
+        )
     need = None if limit is None else offset + limit
     calls = _calls(mapper, conditions, by, mode, descending, need, cursor)
-    replies = queryscript.run_many(client, calls)
+    replies = yield from queryscript.run_many_steps(client, calls)
     if mode == b"count":
         total = sum(int(r[0]) for r in replies)
         work = sum(int(r[1]) for r in replies)
@@ -147,7 +153,7 @@ def _cut(n: int, offset: int, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def _resolved(client: Any, mapper: Mapper, by: MappedField | None, cursor: Cursor) -> Cursor:
+def _resolved(client: Any, mapper: Mapper, by: MappedField | None, cursor: Cursor) -> Steps[Cursor]:
     """``after(id)``'s position as (score, id): the id's score lives in its own shard
     only, and every shard needs it (one round trip; an instance the session read
     needs none)."""
@@ -155,7 +161,8 @@ def _resolved(client: Any, mapper: Mapper, by: MappedField | None, cursor: Curso
     if kind != b"i" or by is None:
         return cursor
     layout = mapper.layout.for_id(ident.decode())
-    score = executor.run(client, [(b"ZSCORE", layout.range_index(by.hash_field), ident)])[0]
+    command = (b"ZSCORE", layout.range_index(by.hash_field), ident)
+    score = (yield from executor.run_steps(client, [command]))[0]
     if score is None:
         raise QueryError("after(): that id is not in the query's ordering index")
     if isinstance(score, Exception):
@@ -173,18 +180,18 @@ def _by_owner(
     offset: int,
     limit: int | None,
     cursor: Cursor,
-) -> tuple[Any, ScriptCall]:
+) -> Steps[tuple[Any, ScriptCall]]:
     """A query with a unique value: the claims read first, then the owner's shard."""
     values = unique_values(mapper, conditions)
     stripes = [(b"HGET", mapper.layout.unique_stripe(f.hash_field, v), v) for f, v in values]
-    owners = set(executor.run(client, stripes))
+    owners = set((yield from executor.run_steps(client, stripes)))
     owner = owners.pop() if len(owners) == 1 else None
     layout = None if owner is None else mapper.layout.for_id(_text(owner))
     if owner is None or layout is None or isinstance(owner, Exception):
         call = ScriptCall((stripes[0][1],), (), (b"hash",))
         return ([0, 1] if mode == b"count" else [[], [], 1]), call
     call = _owner_call(mapper, conditions, by, layout, owner, descending, cursor)
-    ids, hashes, work = queryscript.run_many(client, [call])[0][:3]
+    ids, hashes, work = (yield from queryscript.run_many_steps(client, [call]))[0][:3]
     held = ids and _holds(executor.hash_reply(hashes[0]), values)
     n = _cut(1 if held else 0, offset, limit)
     if mode == b"count":
@@ -232,4 +239,4 @@ def _text(owner: Any) -> str:
     return owner.decode() if isinstance(owner, bytes) else str(owner)
 
 
-__all__ = ["run"]
+__all__ = ["run_steps"]

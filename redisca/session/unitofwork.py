@@ -19,7 +19,7 @@ import attrs
 from ..errors import InvalidRequestError, OperationalError
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
-from . import executor, routing
+from . import claims, executor, routing
 from .emit import vanished
 from .io import Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
@@ -61,14 +61,7 @@ def shard_target(client: Any, state: InstanceState) -> tuple[Any, int | None]:
     changes (every shard lives there, so one transaction holds them all)."""
     if not routing.is_cluster(client):
         return client, None
-    mapper = state.mapper
-    if any(f.unique for f in mapper.indexed):
-        raise InvalidRequestError(
-            f"{mapper.class_.__name__} has {mapper.shards} shards and a unique field: a "
-            "value's claim lives in the value's shard, another slot than its owner's, "
-            "and commits of such claims on a cluster are not supported yet"
-        )
-    return client, routing.layout_slot(mapper.layout.for_id(state.id))  # type: ignore[arg-type]
+    return client, routing.layout_slot(state.mapper.layout.for_id(state.id))  # type: ignore[arg-type]
 
 
 def cascade(
@@ -255,21 +248,49 @@ def commit_steps(session: Session) -> Steps[None]:
     cascade(session.states(), session.__contains__, session.add)
     groups = organize(session.states(), session._commands, session.bind_for)
     forget = functools.partial(session.forget, deleted=True)
-    for group in groups:
-        plan = group.plan()
-        if not plan:
-            continue
-        seen: dict[bytes, Any] = {}
-        try:
+    # A sharded model's unique values on a cluster are claimed first (claims).
+    pending = claims.prepare(groups, session.retries)
+    if pending is None:
+        for group in groups:
+            yield from _group_steps(session, group, None, forget)
+        return
+    done = 0
+    try:
+        yield from pending.claim()
+        for done, group in enumerate(groups):  # noqa: B007 (the except reads it)
+            yield from _group_steps(session, group, pending, forget)
+            yield from pending.release(group)
+    except Exception:
+        yield from pending.abandon(groups[done:])
+        raise
+
+
+def _group_steps(
+    session: Session,
+    group: Group,
+    pending: claims.Pending | None,
+    forget: Callable[[InstanceState], None],
+) -> Steps[None]:
+    """One group's transaction, then its finalize."""
+    plan = group.plan()
+    if not plan:
+        return
+    seen: dict[bytes, Any] = {}
+    try:
+        if pending is None:
             executed = yield from executor.commit_steps(
                 group.client, plan, session.retries, seen, session.wait
             )
-        except BaseException as exc:
-            if getattr(exc, "outcome_unknown", False):
-                in_doubt(group, seen)
-            raise
-        session._commands = [c for c in session._commands if c[2] not in group.results]
-        finalize(group, executed, forget)
+        else:
+            executed = yield from claims.execute(
+                group, session.retries, seen, session.wait, pending
+            )
+    except BaseException as exc:
+        if getattr(exc, "outcome_unknown", False):
+            in_doubt(group, seen)
+        raise
+    session._commands = [c for c in session._commands if c[2] not in group.results]
+    finalize(group, executed, forget)
 
 
 def in_doubt(group: Group, seen: dict[bytes, Any]) -> None:
