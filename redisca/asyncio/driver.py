@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import OperationalError, RediscaError
 from ..session import executor, routing
-from ..session.io import OnConnection, Send, Sleep, Steps
+from ..session.io import OnConnection, Run, Send, Sleep, Steps
 from ..session.plan import Command
 from ..session.resp import pack
 
@@ -132,6 +132,9 @@ async def drive(steps: Steps[T], conn: Any = None) -> T:
                 reply = await roundtrip(
                     conn, request.commands, sealed=request.sealed, got=request.got
                 )
+            elif kind is Run:
+                async with connection(request.client, request.pool) as other:
+                    reply = await roundtrip(other, request.commands)
             elif kind is OnConnection:
                 async with connection(request.client, request.pool) as other:
                     reply = await drive(request.work(_server(other)), other)

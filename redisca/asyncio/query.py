@@ -35,15 +35,16 @@ class AsyncQuery(Query[T]):
 
     async def first(self) -> T | None:  # type: ignore[override]
         """The first result, or ``None``."""
-        return await drive(self._first())
+        found = await drive(self._all(1))
+        return found[0] if found else None
 
     async def one_or_none(self) -> T | None:  # type: ignore[override]
         """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
-        return await drive(self._one_or_none())
+        return self._only(await drive(self._all(self._at_most_two())))
 
     async def one(self) -> T:  # type: ignore[override]
         """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
-        return await drive(self._one())
+        return self._required(self._only(await drive(self._all(self._at_most_two()))))
 
     def __iter__(self) -> Iterator[T]:
         raise TypeError("an AsyncSession's query is iterated with `async for`")

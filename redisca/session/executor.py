@@ -48,7 +48,7 @@ from ..errors import (
 from ..mapping.keys import decode_id
 from . import routing
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
-from .io import OnConnection, Refresh, Send, Sleep, Steps
+from .io import OnConnection, Refresh, Run, Send, Sleep, Steps
 from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
@@ -235,6 +235,9 @@ def drive(steps: Steps[T], conn: Any = None) -> T:
             kind = request.__class__
             if kind is Send:
                 reply = roundtrip(conn, request.commands, sealed=request.sealed, got=request.got)
+            elif kind is Run:
+                with connection(request.client, request.pool) as other:
+                    reply = roundtrip(other, request.commands)
             elif kind is OnConnection:
                 with connection(request.client, request.pool) as other:
                     reply = drive(request.work(_server(other)), other)
@@ -265,16 +268,7 @@ def run_steps(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
         return []
     if routing.is_cluster(client):
         return (yield from routed_run(client, commands))
-    return (yield OnConnection(client, None, functools.partial(_on_any, commands)))  # type: ignore[no-any-return]
-
-
-def _send(commands: Sequence[Command]) -> Steps[list[Any]]:
-    return (yield Send(commands))  # type: ignore[no-any-return]
-
-
-def _on_any(commands: Sequence[Command], server: Hashable) -> Steps[list[Any]]:
-    """:func:`_send` as an :class:`~redisca.session.io.OnConnection`'s work."""
-    return _send(commands)
+    return (yield Run(client, None, commands))  # type: ignore[no-any-return]
 
 
 def routed_run(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
@@ -288,7 +282,7 @@ def routed_run(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
         for pool, indexes in _by_pool(client, commands, pending, asking).values():
             sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
             try:
-                got = yield OnConnection(client, pool, functools.partial(_on_any, sent))
+                got = yield Run(client, pool, sent)
             except OperationalError:  # a master gone: the next call asks the new map
                 yield Refresh(client, quiet=True)
                 raise

@@ -44,6 +44,16 @@ class OnConnection(NamedTuple):
     work: Callable[[Hashable], Steps[Any]]
 
 
+class Run(NamedTuple):
+    """Send ``commands`` in one write on a connection of ``pool`` (``client``'s own pool
+    when ``None``) and read every reply: :class:`OnConnection` with one :class:`Send` as
+    its work, without the two generators that would cost every lookup and query."""
+
+    client: Any
+    pool: Any
+    commands: Sequence[Command]
+
+
 class Sleep(NamedTuple):
     """Wait ``seconds`` before trying again (a cluster's ``TRYAGAIN``, say)."""
 
@@ -58,4 +68,4 @@ class Refresh(NamedTuple):
     quiet: bool = False
 
 
-__all__ = ["OnConnection", "Refresh", "Send", "Sleep", "Steps"]
+__all__ = ["OnConnection", "Refresh", "Run", "Send", "Sleep", "Steps"]

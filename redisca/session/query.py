@@ -209,15 +209,16 @@ class Query(Generic[T]):
 
     def first(self) -> T | None:
         """The first result, or ``None``."""
-        return executor.drive(self._first())
+        found = executor.drive(self._all(1))
+        return found[0] if found else None
 
     def one_or_none(self) -> T | None:
         """The only result, or ``None``; more than one raises ``MultipleResultsFound``."""
-        return executor.drive(self._one_or_none())
+        return self._only(executor.drive(self._all(self._at_most_two())))
 
     def one(self) -> T:
         """The only result; none raises ``NotFound``, more than one ``MultipleResultsFound``."""
-        return executor.drive(self._one())
+        return self._required(self._only(executor.drive(self._all(self._at_most_two()))))
 
     # -- the terminals as protocols (redisca.session.io), run by either driver --
 
@@ -246,18 +247,18 @@ class Query(Generic[T]):
                 )
         return results
 
-    def _first(self) -> Steps[T | None]:
-        found = yield from self._all(1)
-        return found[0] if found else None
+    # ``first``, ``one`` and ``one_or_none`` run ``_all`` and judge its list in plain
+    # code (shared with the async query): each generator layer costs every lookup.
 
-    def _one_or_none(self) -> Steps[T | None]:
-        found = yield from self._all(2 if self.limit_ is None else self.limit_)
+    def _at_most_two(self) -> int:
+        return 2 if self.limit_ is None else self.limit_
+
+    def _only(self, found: list[T]) -> T | None:
         if len(found) > 1:
             raise MultipleResultsFound(f"more than one {self.mapper.class_.__name__} matched")
         return found[0] if found else None
 
-    def _one(self) -> Steps[T]:
-        found = yield from self._one_or_none()
+    def _required(self, found: T | None) -> T:
         if found is None:
             raise NotFound(f"no {self.mapper.class_.__name__} matched")
         return found

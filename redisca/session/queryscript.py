@@ -580,11 +580,15 @@ def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
     known = _known(client, pool)
     if sha in known:
         reply = (yield from executor.run_steps(client, [by_digest]))[0]
+        if not isinstance(reply, Exception):  # the common case: no generator for errors
+            return reply
         if not isinstance(reply, NoScriptError):
-            return (yield from _checked(client, reply, call))
+            return (yield from _failed(client, reply, call))
     reply = (yield from executor.run_steps(client, [whole]))[0]
     known.add(sha)
-    return (yield from _checked(client, reply, call))
+    if not isinstance(reply, Exception):
+        return reply
+    return (yield from _failed(client, reply, call))
 
 
 def run_many(client: Any, calls: list[ScriptCall]) -> list[Any]:
@@ -637,7 +641,8 @@ def _command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
 def _known(client: Any, pool: Any) -> set[bytes]:
     """The scripts the server of ``pool`` has run (a set to add to)."""
     try:
-        return _KNOWN.setdefault(pool, set())
+        known = _KNOWN.get(pool)
+        return _KNOWN.setdefault(pool, set()) if known is None else known
     except TypeError:  # a redis.asyncio cluster node: no weak references, known by name
         return _KNOWN_NODES.setdefault(client, {}).setdefault(pool.name, set())
 
@@ -645,9 +650,9 @@ def _known(client: Any, pool: Any) -> set[bytes]:
 _KNOWN_NODES: weakref.WeakKeyDictionary[Any, dict[str, set[bytes]]] = weakref.WeakKeyDictionary()
 
 
-def _checked(client: Any, reply: Any, call: ScriptCall) -> Steps[Any]:
-    if not isinstance(reply, Exception):
-        return reply
+def _failed(client: Any, reply: Exception, call: ScriptCall) -> Steps[Any]:
+    """Raise the error a failed script call means (a cluster's refusal, an ``after()``
+    id not in the index, index keys of the wrong type)."""
     routing.check(reply, "the query's script")
     if str(reply).startswith(AFTER_MISSING):
         raise QueryError("after(): that id is not in the query's ordering index")
