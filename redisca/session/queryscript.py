@@ -620,10 +620,10 @@ def run_many_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any]]:
             replies[i] = reply
     for call, known in zip(calls, knowns, strict=True):
         known.add(LOOKUP_SHA if call.lookup else SHA)
-    out = []
     for reply, call in zip(replies, calls, strict=True):
-        out.append((yield from _checked(client, reply, call)))
-    return out
+        if isinstance(reply, Exception):
+            yield from _failed(client, reply, call)  # raises
+    return replies
 
 
 def _command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
