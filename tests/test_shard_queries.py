@@ -305,3 +305,46 @@ def test_a_stale_claim_finds_nothing(one: redis.Redis) -> None:
         assert s.query(cls).filter(cls.email == "i3@ex.com").all() == []
         assert s.query(cls).filter(cls.email == "i3@ex.com").count() == 0
         assert s.query(cls).filter(cls.email == "i4@ex.com").one().id == "i004"
+
+
+def test_the_async_session_answers_as_the_sync_one(one: redis.Redis) -> None:
+    """The shard queries are protocol steps (redisca.session.io): the async query runs
+    the same scatter and merge."""
+    import asyncio
+
+    import redis.asyncio
+
+    from redisca.asyncio import AsyncSession
+
+    cls = ONE_SERVER[-1]
+    rows = tied_rows(120)
+    fill(one, [cls], rows)
+    kwargs = one.connection_pool.connection_kwargs
+    options = {
+        k: kwargs[k] for k in ("host", "port", "decode_responses", "protocol") if k in kwargs
+    }
+
+    async def main() -> list[Any]:
+        client = redis.asyncio.Redis(**options)
+        try:
+            async with AsyncSession(client) as s:
+                q = s.query(cls).filter(cls.city == "x").order_by(cls.score.desc())
+                page = await q.offset(13).limit(9).all()
+                return [
+                    [i.id for i in page],
+                    await q.count(),
+                    (await s.query(cls).filter(cls.email == "I7@ex.com").one()).id,
+                    await q.after("i011").limit(4).ids(),
+                ]
+        finally:
+            await client.aclose()
+
+    got = asyncio.run(main())
+    with Session(one) as s:
+        q = s.query(cls).filter(cls.city == "x").order_by(cls.score.desc())
+        assert got == [
+            q.offset(13).limit(9).ids(),
+            q.count(),
+            "i007",
+            q.after("i011").limit(4).ids(),
+        ]
