@@ -215,3 +215,20 @@ def test_from_the_shell_with_json(redis_server: EmbeddedServer, capsys: Any) -> 
     finally:
         client.flushall()
         client.close()
+
+
+def test_check_reports_the_keys_of_another_shard_count_until_reshard(
+    url_and_client: Any,
+) -> None:
+    _, client = url_and_client
+    with Session(client) as s:
+        s.add_all(M1(name="x", age=i, id=f"m{i}") for i in range(12))
+        s.commit()
+    old = sorted(k.decode() for k in all_keys(client))
+    found = check(REG8, client)
+    assert sorted(p.key for p in found.problems) == old
+    assert {p.kind for p in found.problems} == {"old_layout"}
+    assert "layout with 1 shard(s)" in found.problems[0].detail
+    assert "reshard MODULE:registry Member 8" in found.problems[0].detail
+    assert reshard(REG8, "Member", 8, client).ok
+    assert check(REG8, client).ok

@@ -41,7 +41,7 @@ import attrs
 from redis.exceptions import ResponseError
 
 from ..conf import Client
-from ..mapping.keys import NO_VALUE, KeyLayout, shard_of
+from ..mapping.keys import NO_VALUE, KeyLayout, head_shards, shard_of
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
 from .common import (
@@ -297,6 +297,8 @@ class _ModelCheck:
         self.index_pass()
         if self.first:
             self.untagged_pass()
+            if self.whole.shards > 1:
+                self.other_layouts_pass()
         self.confirm()
         self.space.done()
         self.summary.seconds = round(time.monotonic() - started, 3)
@@ -404,6 +406,31 @@ class _ModelCheck:
                     self.problems[found] = None
             ticker.add(len(keys))
         ticker.finish()
+
+    def other_layouts_pass(self) -> None:
+        """Keys of the model's layouts with another shard count (``{P}``: one shard;
+        ``{P@M.k.s}``: ``M``), which redisca does not read: a ``reshard`` not run yet,
+        or stopped half-way. Each is ``old_layout``. A sharded model's only (another
+        count's keys of a model of one shard would cost every model a scan of every
+        master)."""
+        whole = self.whole
+        prefix = whole.prefix.encode()
+        heads = {layout.hashtag for layout in whole.shard_layouts()}
+        for pattern in (b"{" + prefix + b"}*", b"{" + prefix + b"@*"):
+            for keys in self.space.scan(pattern, self.batch):
+                for key in keys:
+                    found = head_shards(prefix, key)
+                    if found is None or found[0] in heads:
+                        continue
+                    detail = (
+                        f"a key of the layout with {found[1]} shard(s), which redisca does "
+                        f"not read (the model has {whole.shards}): python -m redisca "
+                        f"reshard MODULE:registry {self.name} {whole.shards} moves its data"
+                    )
+                    problem = self.problem("old_layout", key, None, detail)
+                    if problem not in self.problems:
+                        self.summary.old_keys += 1
+                        self.problems[problem] = None
 
     def untagged_target(self, old: KeyLayout, key: bytes) -> bytes | None:
         """Where ``migrate`` would move the key, were it an entity hash."""

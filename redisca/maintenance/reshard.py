@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 
 from ..conf import Client
 from ..errors import MappingError
-from ..mapping.keys import check_shards
+from ..mapping.keys import check_shards, head_shards
 from ..mapping.mapper import Mapper
 from .common import (
     Progress,
@@ -169,24 +169,11 @@ class _Move:
 
     def old_head(self, key: bytes) -> bytes | None:
         """The key's head if it is one of an old layout of this model (else ``None``)."""
-        end = key.find(b"}")
-        if end < 0:
+        found = head_shards(self.prefix, key)
+        if found is None or found[0] in self.heads:
             return None
-        head = key[: end + 1]
-        if head in self.heads:
-            return None
-        inner = head[1:-1]
-        if inner == self.prefix:
-            self.found.add(1)
-            return head
-        name, at, rest = inner.partition(b"@")
-        parts = rest.split(b".")
-        if name != self.prefix or not at or len(parts) != 3:
-            return None
-        if not all(part.isdigit() for part in parts):
-            return None
-        self.found.add(int(parts[0]))
-        return head
+        self.found.add(found[1])
+        return found[0]
 
     def old_entity(self, key: bytes) -> bytes | None:
         """The id of an old layout's entity hash (``{...}:<id>``), else ``None``."""
