@@ -17,8 +17,9 @@ docs/keylayout.rst). Changing ``N`` for a model with data is done in this order:
 
 Between steps 1 and the end of 2, an entity not moved yet is invisible to the
 application (``get`` looks in the new layout), and one moved but not indexed yet is
-found by ``get`` but not by queries. Running it again is safe and moves nothing more;
-``check`` afterwards finds nothing of the old layouts (``old_layout`` problems).
+found by ``get`` but not by queries. Running it again is safe and moves nothing more.
+``check`` of a sharded model reports every key of its other layouts as ``old_layout``
+(so before the reshard, and after one stopped half-way: none after it).
 
 Models with a unique field are refused for now (their claims live in the value's shard:
 see the cross-shard unique protocol).
