@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="same as --parser python",
     )
     parser.add_argument(
+        "--async-all",
+        action="store_true",
+        help="the async column (AsyncSession on redis.asyncio) at every --n, not the first only",
+    )
+    parser.add_argument(
         "--client-memory",
         action="store_true",
         help="also measure each phase's peak Python memory (a tracemalloc pass)",
@@ -240,6 +245,17 @@ def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock)
                 phases[str(n)] = figures
             servers.recover(server)
         out["phases"] = phases
+        async_phases: dict[str, Any] = {}
+        for n in args.n[:1] if not args.async_all else args.n:
+            figures = clock.step(
+                steps,
+                f"async phases N={n:,}",
+                lambda n=n: runner.async_timed(server, n, tuple(args.phases), args.rounds),
+            )
+            if figures is not None:
+                async_phases[str(n)] = figures
+            servers.recover(server)
+        out["async_phases"] = async_phases
         if args.client_memory:
             memory = {}
             for n in args.n:

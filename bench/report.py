@@ -310,6 +310,29 @@ def _big(figures: dict[str, Any]) -> str:
     return f"committed in {figures['seconds']:.1f} s"
 
 
+def async_table(result: dict[str, Any], n: str) -> str:
+    """The async column at N = n: AsyncSession against the floor on redis.asyncio, and
+    its ratio beside the sync one's (the target: at least 0.8 of it)."""
+    header = ["server", "phase", "async µs/op: redisca / floor", "x floor async", "x floor sync"]
+    header.append("async / sync ratio")
+    rows = []
+    for server in result["servers"].values():
+        sides = server.get("async_phases", {}).get(n)
+        sync = server.get("phases", {}).get(n)
+        if not sides:
+            continue
+        for phase, mine in sides["async redisca"].items():
+            floor = sides["async floor"].get(phase, {})
+            a = _ratio(mine, floor)
+            b = _ratio(sync["redisca"][phase], sync["floor"][phase]) if sync else "-"
+            try:
+                both = f"{float(a) / float(b):.2f}"
+            except ValueError:
+                both = "-"
+            rows.append([server["label"], _name(phase), f"{_us(mine)} / {_us(floor)}", a, b, both])
+    return table(header, rows)
+
+
 def render(result: dict[str, Any]) -> str:
     """Every table of one run (one parser), then its targets."""
     title = f"{result['parser']} parser · Python {result['python']} · redis-py {result['redis_py']}"
@@ -329,6 +352,11 @@ def render(result: dict[str, Any]) -> str:
                     f"**N = {int(n):,} · {server['label']}: peak Python memory**\n\n"
                     + client_memory_table(server, n)
                 )
+    for n in sorted({n for s in servers.values() for n in s.get("async_phases", {})}, key=int):
+        parts.append(
+            f"**N = {int(n):,}: async (AsyncSession vs the floor on redis.asyncio)**\n\n"
+            + async_table(result, n)
+        )
     if ns:
         parts.append(f"**redisca's µs per operation as N grows**\n\n{growth_table(result)}")
         parts.append(f"**Redis memory per user**\n\n{memory_table(result)}")

@@ -214,6 +214,54 @@ def timed(server: EmbeddedServer, n: int, phases: tuple[str, ...], rounds: int) 
     return {name: _summary(runs[name], counts[name], phases) for name in SIDES}
 
 
+#: The async column's sides (:mod:`bench.asyncsides`).
+ASYNC_SIDES = ("async redisca", "async floor")
+
+
+def async_timed(
+    server: EmbeddedServer, n: int, phases: tuple[str, ...], rounds: int
+) -> dict[str, Any]:
+    """The async column: ``AsyncSession`` against the floor on ``redis.asyncio``, each
+    ``rounds`` times alternating, the best time per phase (µs per operation)."""
+    from .asyncsides import AsyncFloorSide, AsyncOrmSide
+
+    makers = {"async redisca": AsyncOrmSide, "async floor": AsyncFloorSide}
+    data = dataset(n)
+    client = servers.client(server.url)
+    runs: dict[str, list[dict[str, dict[str, Any]]]] = {name: [] for name in ASYNC_SIDES}
+    try:
+        for round_ in range(rounds + 1):  # the first round warms up, uncounted
+            order = ASYNC_SIDES if round_ % 2 == 0 else ASYNC_SIDES[::-1]
+            for name in order:
+                side = makers[name](client, data)
+                seq = _sequence(side, client, None, phases)
+                if round_:
+                    runs[name].append(seq)
+                del side
+                gc.collect()
+    finally:
+        client.close()
+    out: dict[str, Any] = {}
+    for name, seqs in runs.items():
+        per_phase: dict[str, Any] = {}
+        for phase in phases:
+            samples = [q[phase] for q in seqs if phase in q and "error" not in q[phase]]
+            if not samples:
+                errors = [q[phase]["error"] for q in seqs if "error" in q.get(phase, {})]
+                per_phase[phase] = {"error": errors[0] if errors else "not run"}
+                continue
+            ops = samples[-1]["ops"]
+            seconds = min(x["seconds"] for x in samples)
+            per_phase[phase] = {
+                "ops": ops,
+                "ops_per_s": ops / seconds,
+                "us_per_op": 1e6 * seconds / ops,
+                "cpu_us_per_op": 1e6 * min(x["cpu_seconds"] for x in samples) / ops,
+            }
+        out[name] = per_phase
+    return out
+
+
 def _error(seq: dict[str, dict[str, Any]]) -> str | None:
     for figures in seq.values():
         if "error" in figures:

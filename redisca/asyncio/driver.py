@@ -20,6 +20,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any, TypeVar
 
 import redis
+import redis.asyncio.connection
 from redis.exceptions import ResponseError
 
 from ..errors import OperationalError, RediscaError
@@ -54,7 +55,11 @@ class connection:  # lowercase: used like a function, `async with connection(cli
                 if not self.conn.is_connected:
                     await self.conn.connect()
             else:  # redis-py connects (or reconnects a stale connection) at checkout
-                self.conn = await pool.get_connection()
+                self.conn = await (
+                    pool.get_connection("MULTI")
+                    if executor.wants_command_name(pool.__class__)
+                    else pool.get_connection()
+                )
         except _CONNECTION_ERRORS as exc:
             if self.conn is not None:
                 await self._release()
@@ -93,13 +98,17 @@ async def roundtrip(
             exc.outcome_unknown = True  # type: ignore[attr-defined]
         raise
     replies: list[Any] = [] if got is None else got
-    read = conn.read_response
+    fast = _fast_reader(conn)
     try:
-        for _ in commands:
-            try:
-                replies.append(await read(disable_decoding=True))
-            except ResponseError as exc:
-                replies.append(exc)
+        if fast is not None:
+            await fast(len(commands), replies)
+        else:
+            read = conn.read_response
+            for _ in commands:
+                try:
+                    replies.append(await read(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
     except _CONNECTION_ERRORS as exc:
         await conn.disconnect()
         raise executor.lost(exc, executor.AFTER_EXEC if sealed else "") from exc
@@ -108,6 +117,55 @@ async def roundtrip(
             exc.outcome_unknown = True  # type: ignore[attr-defined]
         raise
     return replies
+
+
+try:  # redis-py's sentinel for "the reply is not complete yet" (5.0 to 8.x)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _INCOMPLETE
+except ImportError:  # pragma: no cover - a redis-py without it reads the usual way
+    _INCOMPLETE = None
+
+#: The read redisca bypasses only when the connection's class keeps it as is.
+_PLAIN_READ = redis.asyncio.connection.AbstractConnection.read_response
+
+
+def _fast_reader(conn: Any) -> Any:
+    """A coroutine function ``read(n, into)`` appending the connection's next ``n``
+    replies, undecoded, or ``None`` when redisca cannot read them itself.
+
+    As :func:`redisca.session.executor._reader` does on a sync connection: with
+    redis-py's hiredis parser, redisca asks hiredis for each reply and awaits the
+    socket only when a reply is incomplete, instead of one awaited ``read_response``
+    per reply (its timeout context, health bookkeeping and push dispatch cost more than
+    parsing a short reply). The connection's ``socket_timeout`` bounds each wait for
+    data, as it bounds ``read_response``. RESP3 push messages go to the parser's
+    handler. Anything else (redis-py's own parser, a class overriding
+    ``read_response``) reads with ``read_response``.
+    """
+    parser: Any = getattr(conn, "_parser", None)
+    hiredis = getattr(parser, "_reader", None)
+    if hiredis is None or _INCOMPLETE is None or type(conn).read_response is not _PLAIN_READ:
+        return None
+    push = getattr(parser, "_hiredis_PushNotificationType", None)
+    if push is not None and not hasattr(parser, "handle_push_response"):
+        return None
+    gets, refill, timeout = hiredis.gets, parser.read_from_socket, conn.socket_timeout
+
+    async def read(n: int, into: list[Any]) -> None:
+        while n:
+            reply = gets(False)
+            while reply is _INCOMPLETE:
+                async with asyncio.timeout(timeout):
+                    await refill()
+                reply = gets(False)
+            if push is not None and isinstance(reply, push):
+                await parser.handle_push_response(reply)  # not a reply: the next one is
+                continue
+            if isinstance(reply, redis.ConnectionError):  # e.g. LOADING
+                raise reply
+            into.append(reply)  # an error reply is a ResponseError value
+            n -= 1
+
+    return read
 
 
 def _server(conn: Any) -> Hashable:

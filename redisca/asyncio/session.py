@@ -192,15 +192,15 @@ class AsyncSession:
 
     async def get(self, cls: type[T], id: str | int) -> T | None:
         """The instance with this id, loading it in one round trip unless already loaded."""
-        return (await self._run(self.sync_session.get_many_steps(cls, [id])))[0]
+        return (await self._run(self.sync_session._get_many_steps(cls, [id])))[0]
 
     async def get_many(self, cls: type[T], ids: Sequence[str | int]) -> list[T | None]:
         """Instances in the order of ``ids``; one round trip for all not yet loaded."""
-        return await self._run(self.sync_session.get_many_steps(cls, ids))
+        return await self._run(self.sync_session._get_many_steps(cls, ids))
 
     async def refresh(self, obj: object, *, only_missing: bool = False) -> None:
         """Reload from Redis, discarding changes (``only_missing``: just fill unset fields)."""
-        await self._run(self.sync_session.refresh_steps(obj, only_missing=only_missing))
+        await self._run(self.sync_session._refresh_steps(obj, only_missing=only_missing))
 
     async def load(self, obj: T) -> T:
         """Load an unloaded instance (a reference's target, say ``await s.load(user.company)``)
@@ -213,14 +213,14 @@ class AsyncSession:
         """Load the targets of reference attributes of many instances: one round trip
         per server for all of them (``await s.preload(users, User.company)``)."""
         session = self.sync_session
-        targets = session.unloaded_targets(objs, attributes)
+        targets = session._unloaded_targets(objs, attributes)
         if targets:
             steps = loading.load_states_steps(session.identity_map, session.bind_for, targets)
             await self._run(steps)
 
     async def merge(self, obj: T) -> T:
         """Upsert: copy ``obj``'s values onto the session's instance of the same id."""
-        return await self._run(self.sync_session.merge_steps(obj))
+        return await self._run(self.sync_session._merge_steps(obj))
 
     async def bulk_add(
         self,

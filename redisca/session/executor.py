@@ -63,9 +63,10 @@ _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 @functools.cache
-def _pool_wants_name(pool_type: type[Any]) -> bool:
-    # redis-py before 5.3 requires a command name; later versions deprecate it. Asked
-    # once per pool class: inspect.signature is too slow for every checkout.
+def wants_command_name(pool_type: type[Any]) -> bool:
+    """Whether a pool class's ``get_connection`` requires a command name (the asyncio
+    driver asks too). redis-py before 5.3 requires one; later versions deprecate it."""
+    # Asked once per pool class: inspect.signature is too slow for every checkout.
     param = inspect.signature(pool_type.get_connection).parameters.get("command_name")
     return param is not None and param.default is inspect.Parameter.empty
 
@@ -92,7 +93,7 @@ class connection:  # lowercase: used like a function, `with connection(client) a
             try:  # redis-py connects (or reconnects a stale connection) at checkout
                 conn = (
                     pool.get_connection("MULTI")
-                    if _pool_wants_name(pool.__class__)
+                    if wants_command_name(pool.__class__)
                     else pool.get_connection()
                 )
             except _CONNECTION_ERRORS as exc:

@@ -44,14 +44,19 @@ class OnConnection(NamedTuple):
     work: Callable[[Hashable], Steps[Any]]
 
 
-class Run(NamedTuple):
+class Run:
     """Send ``commands`` in one write on a connection of ``pool`` (``client``'s own pool
     when ``None``) and read every reply: :class:`OnConnection` with one :class:`Send` as
-    its work, without the two generators that would cost every lookup and query."""
+    its work, without the two generators that would cost every lookup and query. A
+    class with slots, not a NamedTuple: every lookup makes one, and a NamedTuple costs
+    0.4 µs more to build."""
 
-    client: Any
-    pool: Any
-    commands: Sequence[Command]
+    __slots__ = ("client", "commands", "pool")
+
+    def __init__(self, client: Any, pool: Any, commands: Sequence[Command]) -> None:
+        self.client = client
+        self.pool = pool
+        self.commands = commands
 
 
 class Sleep(NamedTuple):

@@ -240,7 +240,7 @@ class Query(Generic[T]):
         )
         results = [typing.cast(T, obj) for obj in found if obj is not None]
         if self.preloads:
-            targets = session.unloaded_targets(results, self.preloads)
+            targets = session._unloaded_targets(results, self.preloads)
             if targets:
                 yield from loading.load_states_steps(
                     session.identity_map, session.bind_for, targets

@@ -371,6 +371,13 @@ def _user_keys(client: Any, wire: Sequence[bytes]) -> list[Any]:
         except (IndexError, ValueError):
             return []
     command = wire[0].decode(errors="replace")
+    if isinstance(client, AsyncRedisCluster):  # its key finder is a coroutine
+        raise ValidationError(
+            f"add_command({command.upper()}, ...): on a redis.asyncio cluster client only "
+            "scripts (EVAL, EVALSHA, FCALL with their keys declared) can be queued: the "
+            "keys of other commands are looked up with I/O, which add_command does not do",
+            value=tuple(wire),
+        )
     try:
         node = client.get_redis_connection(client.get_default_node())
         keys = client.commands_parser.get_keys(node, command, *wire[1:])

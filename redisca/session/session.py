@@ -309,9 +309,9 @@ class Session:
         the key does not exist, a transient ``obj`` is added as new; a detached one,
         or one of another session, is copied and the copy added.
         """
-        return executor.drive(self.merge_steps(obj))
+        return executor.drive(self._merge_steps(obj))
 
-    def merge_steps(self, obj: T) -> Steps[T]:
+    def _merge_steps(self, obj: T) -> Steps[T]:
         """:meth:`merge` as a protocol (:mod:`redisca.session.io`)."""
         if obj in self:
             return obj
@@ -319,7 +319,7 @@ class Session:
         ident = mapper.identity(obj)
         target = None
         if ident is not None:
-            target = (yield from self.get_many_steps(type(obj), [ident]))[0]
+            target = (yield from self._get_many_steps(type(obj), [ident]))[0]
         if target is None:
             if state_for(obj).status != "transient":
                 obj = copy.copy(obj)
@@ -330,7 +330,7 @@ class Session:
             if value is MISSING:
                 continue
             if field.is_reference and value is not None and value not in self:
-                value = yield from self.merge_steps(value)
+                value = yield from self._merge_steps(value)
             setattr(target, field.name, value)
         return target
 
@@ -399,7 +399,7 @@ class Session:
                 loading.load_ids(self.identity_map, self.bind_for(mapper), mapper, wanted)
         return loading.found(lookup, idents)
 
-    def get_many_steps(self, cls: type[T], ids: Sequence[str | int]) -> Steps[list[T | None]]:
+    def _get_many_steps(self, cls: type[T], ids: Sequence[str | int]) -> Steps[list[T | None]]:
         """:meth:`get_many` as a protocol (:mod:`redisca.session.io`): the async
         session's; the sync one keeps its direct path, the path of every load."""
         mapper = mapper_of(cls)
@@ -413,9 +413,9 @@ class Session:
 
     def refresh(self, obj: object, *, only_missing: bool = False) -> None:
         """Reload from Redis, discarding changes (``only_missing``: just fill unset fields)."""
-        executor.drive(self.refresh_steps(obj, only_missing=only_missing))
+        executor.drive(self._refresh_steps(obj, only_missing=only_missing))
 
-    def refresh_steps(self, obj: object, *, only_missing: bool = False) -> Steps[None]:
+    def _refresh_steps(self, obj: object, *, only_missing: bool = False) -> Steps[None]:
         """:meth:`refresh` as a protocol (:mod:`redisca.session.io`)."""
         state = self.state(obj)
         client = self.bind_for(state.mapper)
@@ -447,11 +447,11 @@ class Session:
 
         One round trip per server for all targets, however many instances.
         """
-        targets = self.unloaded_targets(objs, attributes)
+        targets = self._unloaded_targets(objs, attributes)
         if targets:
             loading.load_states(self.identity_map, self.bind_for, targets)
 
-    def unloaded_targets(self, objs: Iterable[object], attributes: Any) -> list[InstanceState]:
+    def _unloaded_targets(self, objs: Iterable[object], attributes: Any) -> list[InstanceState]:
         """What :meth:`preload` loads: the unloaded targets of ``attributes`` (reference
         attributes or their names; none: every reference) of ``objs``."""
         names = [getattr(a, "name", a) for a in attributes]
