@@ -314,7 +314,7 @@ def async_table(result: dict[str, Any], n: str) -> str:
     """The async column at N = n: AsyncSession against the floor on redis.asyncio, and
     its ratio beside the sync one's (the target: at least 0.8 of it)."""
     header = ["server", "phase", "async µs/op: redisca / floor", "x floor async", "x floor sync"]
-    header.append("async / sync ratio")
+    header += ["async / sync ratio", "client CPU µs/op: async / sync redisca"]
     rows = []
     for server in result["servers"].values():
         sides = server.get("async_phases", {}).get(n)
@@ -329,7 +329,11 @@ def async_table(result: dict[str, Any], n: str) -> str:
                 both = f"{float(a) / float(b):.2f}"
             except ValueError:
                 both = "-"
-            rows.append([server["label"], _name(phase), f"{_us(mine)} / {_us(floor)}", a, b, both])
+            cpu = f"{mine.get('cpu_us_per_op', 0):.1f}"
+            if sync and "cpu_us_per_op" in sync["redisca"].get(phase, {}):
+                cpu += f" / {sync['redisca'][phase]['cpu_us_per_op']:.1f}"
+            row = [server["label"], _name(phase), f"{_us(mine)} / {_us(floor)}", a, b, both, cpu]
+            rows.append(row)
     return table(header, rows)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -104,7 +106,14 @@ def async_client(client: Any) -> Any:
             where["unix_socket_path"] = where.pop("path")
         pool = client.connection_pool
         counter, hooks = _attr(pool, "counter"), _attr(pool, "hooks")
-        if counter is not None or hooks is not None:
+        fault = pool.connection_kwargs.get("fault")
+        if fault is not None:  # test_faults: its Fault sees (and breaks) every write
+            made = redis.asyncio.Redis(
+                connection_pool=redis.asyncio.ConnectionPool(
+                    connection_class=_faulty(), fault=fault, **where, **_mode(kwargs)
+                )
+            )
+        elif counter is not None or hooks is not None:
             # a counting (helpers.counting_client) or interleaving (test_concurrency)
             # client: its async twin counts into the same counter, runs the same hooks
             unix = "unix_socket_path" in where
@@ -170,6 +179,43 @@ def _instrumented(base: type) -> type:
             await super().send_packed_command(command, check_health)
 
     return Instrumented
+
+
+def _faulty() -> type:
+    """test_faults' ``FaultyConnection`` for ``redis.asyncio``: the ``Fault`` sees each
+    write and sends its parts through the transport (written at once, the loop being
+    held by the fault), kills the connection and drains the socket through a duplicate
+    of its file descriptor, as it does on a sync connection's socket."""
+
+    class Faulty(redis.asyncio.Connection):
+        def __init__(self, *args: Any, fault: Any = None, **kwargs: Any) -> None:
+            self.fault = fault
+            super().__init__(*args, **kwargs)
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if self.fault is None or not self.fault.armed:
+                await super().send_packed_command(command, check_health)
+                return
+            if not self.is_connected:
+                await self.connect()
+            chunks = [command] if isinstance(command, (bytes, str)) else command
+            data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+            fd = self._writer.get_extra_info("socket").fileno()
+            view = _SocketView(socket.socket(fileno=os.dup(fd)))
+            try:
+                self.fault.on_send(view, data, self._writer.write)
+            finally:
+                view._sock.close()
+            await self._writer.drain()
+
+    return Faulty
+
+
+class _SocketView:
+    """What a ``Fault`` uses of a connection: its socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
 
 
 def _warm(client: Any, counter: RoundTripCounter | None) -> None:

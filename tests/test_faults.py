@@ -49,6 +49,9 @@ from redisca import Email, Integer, Reference, Registry, Session, String
 from redisca.embedded import EmbeddedServer
 from redisca.maintenance import check
 
+#: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
+pytestmark = pytest.mark.usefixtures("driver")
+
 registry = Registry()
 
 

@@ -466,3 +466,26 @@ def test_a_commit_over_several_shards_fails_part_way_and_the_retry_commits_the_r
             _assert_each_in_its_shard(client, [u.id for u in users])
     finally:
         client.close()
+
+
+def test_bulk_add_of_a_sharded_model(redis_server, cluster):
+    """On one server a chunk is one transaction, as for any model; on a cluster a
+    sharded model's chunk would be one per shard, which bulk_add does not do yet."""
+    raw = redis_server.client()
+    raw.flushall()
+    try:
+        with Session(raw) as session:
+            assert session.bulk_add((_users(500)), chunk_size=100) == 500
+        _assert_each_in_its_shard(raw, [f"u{i}" for i in range(500)])
+    finally:
+        raw.close()
+    client = cluster.client()
+    try:
+        with (
+            Session(client) as session,
+            pytest.raises(InvalidRequestError, match=r"bulk_add of User \(16 shards\) on a"),
+        ):
+            session.bulk_add(_users(10))
+        assert client.dbsize() == 0
+    finally:
+        client.close()

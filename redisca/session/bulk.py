@@ -29,7 +29,7 @@ from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import MISSING
 from ..mapping.mapper import Mapper, mapper_of
-from . import executor, gcpause, unitofwork
+from . import executor, gcpause, routing, unitofwork
 from .io import Steps
 from .state import InstanceState, detached_state, remember_detached
 
@@ -98,6 +98,14 @@ def _target(session: Session, kind: type) -> tuple[Any, int | None]:
     """Where objects of ``kind`` commit: their client (on a cluster, and slot)."""
     client = session.bind_for(kind)
     mapper = kind.__dict__.get("__redisca_mapper__")
+    if mapper is not None and mapper.shards > 1 and routing.is_cluster(client):
+        # A chunk is one MULTI/EXEC, all written or none; a sharded model's is one per
+        # shard on a cluster, which BulkAddError's account of what was written is not.
+        raise InvalidRequestError(
+            f"bulk_add of {kind.__name__} ({mapper.shards} shards) on a cluster is not "
+            "supported yet: add_all() and commit() in batches write it, one "
+            "transaction per shard"
+        )
     return (client, None) if mapper is None else unitofwork.target(client, mapper)
 
 
