@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import attrs
 
-from ..errors import InvalidRequestError, MultipleResultsFound, NotFound, QueryError
+from ..errors import MultipleResultsFound, NotFound, QueryError
 from ..mapping import instrument
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.keys import decode_id
 from ..mapping.mapper import MappedField, Mapper
-from . import executor, loading, queryscript
+from . import executor, loading, queryscript, shardquery
 from .io import Steps
 from .querycompile import (
     NO_CURSOR,
@@ -60,14 +60,6 @@ class Query(Generic[T]):
     #: The conditions sorted by index, worked out once by filter() for every query
     #: refined from this one (a lookup runs ``filter(...).one()``: one sort, not three).
     _filters: Filters | None = attrs.field(default=None, eq=False, repr=False, alias="_filters")
-
-    def __attrs_post_init__(self) -> None:
-        if self.mapper.shards > 1:
-            raise InvalidRequestError(
-                f"{self.mapper.class_.__name__} has {self.mapper.shards} shards, and "
-                "queries of a sharded model (scattered to every shard and merged) are not "
-                "supported yet: load its entities by id (session.get, get_many)"
-            )
 
     # -- building ------------------------------------------------------------
 
@@ -240,6 +232,8 @@ class Query(Generic[T]):
     def _load(self, limit: int | None) -> list[T]:
         """:meth:`_all` with blocking I/O, without its generators (every lookup comes
         here): the same call, the same results, the same preloads."""
+        if self.mapper.shards > 1:
+            return executor.drive(self._all(limit))
         call = self._call(b"load", limit)
         results = self._results(queryscript.run(self._client(), call), call)
         if self.preloads and results:
@@ -258,8 +252,8 @@ class Query(Generic[T]):
 
     def _all(self, limit: int | None) -> Steps[list[T]]:
         """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
-        call = self._call(b"load", limit)
-        results = self._results((yield from queryscript.run_steps(self._client(), call)), call)
+        reply, call = yield from self._run(b"load", limit)
+        results = self._results(reply, call)
         session = self.session
         if self.preloads and results:
             targets = session._unloaded_targets(results, self.preloads)
@@ -298,8 +292,27 @@ class Query(Generic[T]):
     def _run(self, mode: bytes, limit: Any = _SAME) -> Steps[tuple[Any, ScriptCall]]:
         """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
         ``work``: the index entries the server read, which the tests bound) and its call."""
+        if self.mapper.shards > 1:
+            return (yield from self._sharded(mode, limit))
         call = self._call(mode, limit)
         return (yield from queryscript.run_steps(self._client(), call)), call
+
+    def _sharded(self, mode: bytes, limit: Any) -> Steps[tuple[Any, ScriptCall]]:
+        """:meth:`_run` of a model spread over shards (:mod:`~redisca.session.shardquery`)."""
+        by = ordering_field(self.mapper, self._sorted(), self.ordering)
+        return (
+            yield from shardquery.run_steps(
+                self._client(),
+                self.mapper,
+                self.conditions,
+                by,
+                mode=mode,
+                descending=self.ordering is not None and self.ordering.descending,
+                offset=self.offset_,
+                limit=self.limit_ if limit is _SAME else limit,
+                cursor=self._cursor(by),
+            )
+        )
 
     def _call(self, mode: bytes, limit: Any = _SAME) -> ScriptCall:
         """This query's script call in ``mode`` (see :meth:`_run`)."""
