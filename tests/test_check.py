@@ -398,6 +398,10 @@ class Recorder(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
+@pytest.mark.single_server(
+    reason="records one plain connection's commands; on a cluster each master is scanned "
+    "through a cluster client (test_cluster_maintenance)"
+)
 def test_keys_are_scanned_never_listed(r: redis.Redis, redis_url: str) -> None:
     seed(r, 30)
     client = redis.Redis.from_url(redis_url, connection_class=Recorder)

@@ -14,7 +14,14 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import as_str, assert_indexes_consistent, counting_client, dump_keyspace, stripe_key
+from helpers import (
+    FENCE_READ,
+    as_str,
+    assert_indexes_consistent,
+    counting_client,
+    dump_keyspace,
+    stripe_key,
+)
 
 import redisca
 from redisca import Registry, Session
@@ -333,6 +340,10 @@ def test_commits_during_a_run_are_in_the_switched_indexes(r: redis.Redis) -> Non
         assert s.query(Item).filter(Item.code == "ADDED").one().id == "added"
 
 
+@pytest.mark.single_server(
+    reason="a single server's round trips; on a cluster a commit reads the reindex markers "
+    "before MULTI instead of watching them with it (helpers.FENCE_READ)"
+)
 def test_round_trips_of_commits_before_during_and_after_a_run(
     r: redis.Redis, redis_url: str
 ) -> None:
@@ -413,7 +424,7 @@ def test_a_run_that_fails_leaves_nothing_behind(r: redis.Redis, redis_url: str) 
     with Session(counted.client) as s:
         s.add(Log("x"))
         s.commit()
-        assert counted.round_trips == 1
+        assert counted.round_trips == 1 + FENCE_READ
     counted.close()
 
 
