@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import redis.utils
 
-from . import NO_HIREDIS_ENV, bulk, ping, queries, report, runner, servers
+from . import NO_HIREDIS_ENV, bulk, cluster, ping, queries, report, runner, servers
 from .raw import check_layout
 
 DEFAULT_JSON = "bench-results.json"
@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--bulk-n", type=int, default=1_000_000, help="users of the bulk load (0: skip)"
     )
     parser.add_argument(
+        "--cluster-n",
+        type=int,
+        default=10_000,
+        help="users of the cluster phase (shards=1 vs 16 on 1 and 3 masters; 0: skip)",
+    )
+    parser.add_argument(
         "--budget",
         type=float,
         default=30.0,
@@ -140,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.n, args.rounds, args.rounds_large, args.client_memory = [1_000], 1, 1, False
         args.query_sizes, args.ping_n, args.bulk_n = [1_000], 2_000, 2_000
-        args.big_commit = 2_000
+        args.big_commit, args.cluster_n = 2_000, 300
         if args.parser in ("both", "hiredis") and not redis.utils.HIREDIS_AVAILABLE:
             args.parser = "python"
         if args.parser == "both":
@@ -349,6 +355,17 @@ def run_here(
         result["servers"][spec.key] = run_server(spec, args, clock)
         result["minutes"] = clock.elapsed() / 60
         save(result)
+    if args.cluster_n:
+        steps = result.setdefault("steps", {})
+        figures = clock.step(
+            steps,
+            f"cluster phase N={args.cluster_n:,}",
+            lambda: cluster.phase(args.cluster_n, specs[0].binary, log),
+        )
+        if figures is not None:
+            result["cluster"] = figures
+        result["minutes"] = clock.elapsed() / 60
+        save(result)
     log(f"done in {result['minutes']:.1f} min (budget {args.budget:g}, estimate {estimate:.0f})")
     return result
 
@@ -449,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def failures(result: dict[str, Any]) -> list[str]:
     """Every step or phase that raised (a quick run fails on any: CI must see it)."""
-    out = []
+    out = [
+        f"{step}: {info['error']}"
+        for step, info in result.get("steps", {}).items()
+        if "error" in info
+    ]
     for key, server in result.get("servers", {}).items():
         for step, info in server.get("steps", {}).items():
             if "error" in info:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import targets
+from . import cluster, targets
 from .runner import UNITS
 
 SIDES = ("redisca", "same-work", "floor")
@@ -391,6 +391,12 @@ def render(result: dict[str, Any]) -> str:
         )
     if any(s.get("bulk") for s in servers.values()):
         parts.append(f"**Bulk load**\n\n{bulk_table(result)}")
+    if result.get("cluster"):
+        figures = result["cluster"]
+        parts.append(
+            f"**Cluster phase: one model, shards=1 vs 16, on 1 and 3 masters (N = "
+            f"{figures['n']:,}, commits of {figures['batch']})**\n\n{cluster.render(figures)}"
+        )
     checked = targets.check(result)
     lines = [t.line() for t in checked if t.met is not None]
     missing = sum(t.met is None for t in checked)

@@ -53,6 +53,41 @@ def check(result: dict[str, Any]) -> list[Target]:
     servers = result["servers"]
     out = _floor(servers) + _growth(servers) + _commit(servers)
     out += _memory(servers) + _queries(servers) + _ping(servers)
+    return out + _cluster(result.get("cluster"))
+
+
+#: shards=16 on 3 masters: no master above this share of commands or server CPU.
+CLUSTER_SHARE = 0.4
+#: A paged query (limit 10) on 16 shards within this factor of one shard's latency.
+CLUSTER_PAGE = 3.0
+
+
+def _cluster(figures: dict[str, Any] | None) -> list[Target]:
+    from .cluster import latency_ratio, top_share
+
+    if not figures:
+        return [Target("cluster phase", "-", None)]
+    out = []
+    for kind, name in (("commands", "commands"), ("cpu_s", "server CPU")):
+        share = top_share(figures, kind)
+        what = f"shards=16 on 3 masters, no master above {CLUSTER_SHARE:.0%} of {name}"
+        out.append(
+            Target(
+                what,
+                "-" if share is None else f"{share:.0%}",
+                None if share is None else share <= CLUSTER_SHARE,
+            )
+        )
+    for masters in (1, 3):
+        found = latency_ratio(figures, masters)
+        what = f"paged query on 16 shards / 1 shard, {masters} master(s) <= {CLUSTER_PAGE}"
+        out.append(
+            Target(
+                what,
+                "-" if found is None else f"{found:.2f}",
+                None if found is None else found <= CLUSTER_PAGE,
+            )
+        )
     return out
 
 

@@ -1,4 +1,5 @@
-"""``python -m redisca check|reindex|stats|migrate MODULE:registry``: maintenance from a shell.
+"""``python -m redisca check|reindex|stats|migrate MODULE:registry`` (and ``reshard MODULE:registry
+Model N``): maintenance from a shell.
 
 argparse only, so the core needs nothing more; ``flask redisca ...``
 (:mod:`redisca.flaskcli`) runs the same tasks through the functions here. ``--cluster``
@@ -26,7 +27,15 @@ from redis.exceptions import RedisClusterException
 
 from .conf import CLUSTER_ENV, DEFAULT_URL, Client, cluster_flag, make_client
 from .errors import MappingError, RediscaError
-from .maintenance import MaintenanceError, UnknownName, check, migrate, reindex, stats
+from .maintenance import (
+    MaintenanceError,
+    UnknownName,
+    check,
+    migrate,
+    reindex,
+    reshard,
+    stats,
+)
 from .mapping.mapper import Mapper, mapper_of
 from .mapping.registry import Registry
 
@@ -124,13 +133,20 @@ def run_task(
     progress: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    shards: int | None = None,
 ) -> int:
-    """Run one task and print its report; returns the exit status."""
+    """Run one task and print its report; returns the exit status (``reshard``: the
+    model is ``models[0]``, the shard count ``shards``)."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     bar = ProgressBar(err) if progress else None
     try:
-        report = _run(task, target, client, models or None, fields or None, batch, bar)
+        if task == "reshard":
+            report = reshard(
+                target, (models or [""])[0], shards or 0, client, batch=batch, progress=bar
+            )
+        else:
+            report = _run(task, target, client, models or None, fields or None, batch, bar)
     except MaintenanceError as exc:
         _close(bar)
         err.write(f"redisca {task}: {exc}\n")
@@ -213,6 +229,18 @@ def _print_migrate(report: Any, out: TextIO) -> None:
     _print_reindex(report.reindex, out)
 
 
+def _print_reshard(report: Any, out: TextIO) -> None:
+    for m in report.models:
+        found = ", ".join(str(n) for n in m.found_layouts) or "none"
+        out.write(
+            f"{m.model} ({m.prefix}): {m.shards} shards; layouts found with {found} shards; "
+            f"moved {m.moved:,} entities ({m.resumed:,} of an interrupted run, {m.kept:,} "
+            f"kept: see below), deleted {m.dropped:,} old keys, {m.seconds:.2f} s\n"
+        )
+    _print_problems([p for p in report.problems if p not in report.reindex.problems], out)
+    _print_reindex(report.reindex, out)
+
+
 def _print_stats(report: Any, out: TextIO) -> None:
     for m in report.models:
         keys = ", ".join(f"{n:,} {kind}" for kind, n in m.index_keys.items()) or "none"
@@ -236,6 +264,7 @@ PRINTERS: dict[str, Callable[[Any, TextIO], None]] = {
     "check": _print_check,
     "reindex": _print_reindex,
     "migrate": _print_migrate,
+    "reshard": _print_reshard,
     "stats": _print_stats,
 }
 
@@ -255,10 +284,16 @@ def parser() -> argparse.ArgumentParser:
         "reindex": "rebuild indexes from the hashes, while the application runs",
         "stats": "count entities, index keys and entries; estimate memory",
         "migrate": "move data of the layout before hash tags (P:<id>) to {P}:<id>, then reindex",
+        "reshard": "move a model's data to the shards=N its mapping declares, then reindex",
     }
     for name, text in helps.items():
         sub = tasks.add_parser(name, help=text, description=text)
         sub.add_argument("target", metavar="MODULE:registry", help="the registry to work on")
+        if name == "reshard":
+            sub.add_argument("model_name", metavar="MODEL", help="the model (class or prefix)")
+            sub.add_argument(
+                "shards", type=int, metavar="N", help="the shards its mapping now declares"
+            )
         sub.add_argument("--url", help="Redis URL (default: $REDIS_URL, else localhost)")
         sub.add_argument(
             "--cluster",
@@ -266,9 +301,10 @@ def parser() -> argparse.ArgumentParser:
             default=None,
             help="the URL names a Redis Cluster node (default: $REDISCA_CLUSTER)",
         )
-        sub.add_argument(
-            "--model", action="append", metavar="NAME", help="only this model (class or prefix)"
-        )
+        if name != "reshard":
+            sub.add_argument(
+                "--model", action="append", metavar="NAME", help="only this model (class or prefix)"
+            )
         if name == "reindex":
             sub.add_argument(
                 "--field", action="append", metavar="NAME", help="only this indexed attribute"
@@ -308,11 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.task,
             target,
             client,
-            models=args.model,
+            models=[args.model_name] if args.task == "reshard" else args.model,
             fields=getattr(args, "field", None),
             batch=max(1, args.batch),
             as_json=args.json,
             progress=progress,
+            shards=getattr(args, "shards", None),
         )
     finally:
         client.close()

@@ -1,4 +1,4 @@
-"""``flask redisca check|reindex|stats|migrate``: the maintenance tasks of :mod:`redisca.cli`
+"""``flask redisca check|reindex|stats|migrate|reshard``: the tasks of :mod:`redisca.cli`
 inside a Flask app, registered through the ``flask.commands`` entry point.
 
 The registry comes from ``--registry MODULE:ATTR``, else from
@@ -91,7 +91,9 @@ def _options(func: Any) -> Any:
     return func
 
 
-def _run(task: str, options: dict[str, Any], fields: tuple[str, ...] = ()) -> None:
+def _run(
+    task: str, options: dict[str, Any], fields: tuple[str, ...] = (), shards: int | None = None
+) -> None:
     if fields and not options["models"]:
         raise click.UsageError("--field needs --model")
     target = _target(options["spec"])
@@ -115,6 +117,7 @@ def _run(task: str, options: dict[str, Any], fields: tuple[str, ...] = ()) -> No
             progress=progress,
             out=sys.stdout,
             err=sys.stderr,
+            shards=shards,
         )
     finally:
         if made:
@@ -150,6 +153,16 @@ def stats_command(**options: Any) -> None:
 def migrate_command(**options: Any) -> None:
     """Move data of the layout before hash tags (P:<id>) to {P}:<id>, then reindex."""
     _run("migrate", options)
+
+
+@group.command("reshard")
+@click.argument("model")
+@click.argument("shards", type=click.IntRange(min=1))
+@_options
+def reshard_command(model: str, shards: int, **options: Any) -> None:
+    """Move MODEL's data to the SHARDS its mapping declares, then reindex."""
+    options["models"] = (model,)
+    _run("reshard", options, shards=shards)
 
 
 #: What the ``flask.commands`` entry point names.

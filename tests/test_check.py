@@ -238,8 +238,13 @@ def test_each_problem_is_found(
         assert problem.model == ("Company" if problem.key.startswith(("{co}", "co")) else "User")
 
 
+#: Kinds of a sharded model only, found in tests/test_shard_maintenance.py.
+SHARDED_KINDS = {"wrong_shard"}
+
+
 def test_every_kind_is_covered() -> None:
-    assert {kind for _, _, found in CASES for kind, _, _ in found} == set(KINDS)
+    found = {kind for _, _, found in CASES for kind, _, _ in found}
+    assert found == set(KINDS) - SHARDED_KINDS
 
 
 def test_many_problems_at_once_with_any_batch(r: redis.Redis) -> None:
@@ -250,7 +255,7 @@ def test_many_problems_at_once_with_any_batch(r: redis.Redis) -> None:
     assert found[0] == found[1] == found[2]
     # co#all ends up a string: the problems of its members are hidden too
     hidden = {"wrong_score", "missing_from_all", "stale_id"}
-    assert {kind for kind, _, _ in found[0]} == set(KINDS) - hidden
+    assert {kind for kind, _, _ in found[0]} == set(KINDS) - hidden - SHARDED_KINDS
 
 
 def test_data_of_the_layout_before_hash_tags_is_reported_until_migrated(

@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import OperationalError, RediscaError
 from ..session import executor, routing
-from ..session.io import OnConnection, Run, Send, Sleep, Steps
+from ..session.io import OnConnection, Run, RunAll, Send, Sleep, Steps
 from ..session.plan import Command
 from ..session.resp import pack
 
@@ -193,6 +193,8 @@ async def drive(steps: Steps[T], conn: Any = None) -> T:
             elif kind is Run:
                 async with connection(request.client, request.pool) as other:
                     reply = await roundtrip(other, request.commands)
+            elif kind is RunAll:
+                reply = list(await asyncio.gather(*(_run(one) for one in request.runs)))
             elif kind is OnConnection:
                 async with connection(request.client, request.pool) as other:
                     reply = await drive(request.work(_server(other)), other)
@@ -202,6 +204,13 @@ async def drive(steps: Steps[T], conn: Any = None) -> T:
                 await routing.arefresh(request.client, request.quiet)
         except BaseException as exc:  # thrown into the protocol, which re-raises it
             error = exc
+
+
+async def _run(one: Run) -> list[Any]:
+    """One :class:`~redisca.session.io.Run` of a ``RunAll``: the masters' round trips
+    overlap (``asyncio.gather``)."""
+    async with connection(one.client, one.pool) as conn:
+        return await roundtrip(conn, one.commands)
 
 
 async def run(client: Any, commands: Sequence[Command]) -> list[Any]:

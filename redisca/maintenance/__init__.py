@@ -2,7 +2,8 @@
 
 ``check`` and ``stats`` only read; ``reindex`` rebuilds indexes while the
 application keeps committing; ``migrate`` moves data of the layout before hash
-tags into today's. ``python -m redisca`` runs them from a shell
+tags into today's; ``reshard`` moves a model's data to the number of shards
+it now declares. ``python -m redisca`` runs them from a shell
 (``docs/operations.rst``).
 """
 
@@ -13,6 +14,7 @@ from .common import MaintenanceError, Progress, UnknownName
 from .migrate import MigrateReport, ModelMigration, migrate
 from .problems import KINDS, Problem
 from .reindex import DEFAULT_TTL, ModelReindex, ReindexReport, RunLost, reindex
+from .reshard import ModelReshard, ReshardReport, reshard
 from .stats import ModelStats, StatsReport, stats
 
 __all__ = [
@@ -23,16 +25,19 @@ __all__ = [
     "MigrateReport",
     "ModelMigration",
     "ModelReindex",
+    "ModelReshard",
     "ModelStats",
     "ModelSummary",
     "Problem",
     "Progress",
     "ReindexReport",
+    "ReshardReport",
     "RunLost",
     "StatsReport",
     "UnknownName",
     "check",
     "migrate",
     "reindex",
+    "reshard",
     "stats",
 ]

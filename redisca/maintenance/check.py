@@ -41,13 +41,14 @@ import attrs
 from redis.exceptions import ResponseError
 
 from ..conf import Client
-from ..mapping.keys import NO_VALUE, KeyLayout
+from ..mapping.keys import NO_VALUE, KeyLayout, head_shards, shard_of
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
 from .common import (
     Progress,
     Ticker,
     by_hash_field,
+    in_shard,
     model_name,
     read_marker,
     resolve_client,
@@ -55,6 +56,7 @@ from .common import (
     scan_hash,
     scan_members,
     select_mappers,
+    shard_views,
     show,
     to_float,
     type_of,
@@ -135,11 +137,32 @@ def check(
     """
     client = resolve_client(client)
     report = CheckReport()
-    for mapper in select_mappers(registry_or_classes, models):
-        found, summary = _ModelCheck(client, mapper, batch, progress).run()
-        report.problems += found
+    for mapper in select_mappers(registry_or_classes, models, sharded=True):
+        summary: ModelSummary | None = None
+        for k, view in enumerate(shard_views(mapper)):
+            task = _ModelCheck(client, view, batch, progress, whole=mapper, first=k == 0)
+            found, part = task.run()
+            report.problems += found
+            summary = part if summary is None else _added(summary, part)
+        assert summary is not None
         report.models.append(summary)
     return report
+
+
+def _added(total: ModelSummary, part: ModelSummary) -> ModelSummary:
+    """Two shards' summaries as one model's."""
+    return ModelSummary(
+        total.model,
+        total.prefix,
+        entities=total.entities + part.entities,
+        index_keys=total.index_keys + part.index_keys,
+        entries=total.entries + part.entries,
+        problems=total.problems + part.problems,
+        unconfirmed=total.unconfirmed + part.unconfirmed,
+        old_keys=total.old_keys + part.old_keys,
+        reindexing=total.reindexing or part.reindexing,
+        seconds=round(total.seconds + part.seconds, 3),
+    )
 
 
 @attrs.frozen
@@ -228,10 +251,21 @@ def holds(field: MappedField, raw: Any, value: bytes | None) -> bool:
 
 class _ModelCheck:
     def __init__(
-        self, client: Client, mapper: Mapper, batch: int, progress: Progress | None
+        self,
+        client: Client,
+        mapper: Mapper,
+        batch: int,
+        progress: Progress | None,
+        *,
+        whole: Mapper | None = None,
+        first: bool = True,
     ) -> None:
+        """``mapper``: the model, or one shard's view of it (``whole`` the model);
+        ``first``: the layout before hash tags is scanned (once per model)."""
         self.client = client
         self.mapper = mapper
+        self.whole = mapper if whole is None else whole
+        self.first = first
         self.layout = mapper.layout
         self.batch = max(1, batch)
         self.progress = progress
@@ -261,7 +295,10 @@ class _ModelCheck:
         self.summary.reindexing = rebuild is not None
         self.entity_pass()
         self.index_pass()
-        self.untagged_pass()
+        if self.first:
+            self.untagged_pass()
+            if self.whole.shards > 1:
+                self.other_layouts_pass()
         self.confirm()
         self.space.done()
         self.summary.seconds = round(time.monotonic() - started, 3)
@@ -293,6 +330,9 @@ class _ModelCheck:
                 continue  # deleted since SCAN saw it
             self.summary.entities += 1
             ident = self.ident(key)
+            if not in_shard(self.mapper, ident):
+                self.problems[self.wrong_shard(key, ident)] = None
+                continue
             expects, bad = expectations(self.mapper, values)
             if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
@@ -367,10 +407,37 @@ class _ModelCheck:
             ticker.add(len(keys))
         ticker.finish()
 
+    def other_layouts_pass(self) -> None:
+        """Keys of the model's layouts with another shard count (``{P}``: one shard;
+        ``{P@M.k.s}``: ``M``), which redisca does not read: a ``reshard`` not run yet,
+        or stopped half-way. Each is ``old_layout``. A sharded model's only (another
+        count's keys of a model of one shard would cost every model a scan of every
+        master)."""
+        whole = self.whole
+        prefix = whole.prefix.encode()
+        heads = {layout.hashtag for layout in whole.shard_layouts()}
+        for pattern in (b"{" + prefix + b"}*", b"{" + prefix + b"@*"):
+            for keys in self.space.scan(pattern, self.batch):
+                for key in keys:
+                    found = head_shards(prefix, key)
+                    if found is None or found[0] in heads:
+                        continue
+                    detail = (
+                        f"a key of the layout with {found[1]} shard(s), which redisca does "
+                        f"not read (the model has {whole.shards}): python -m redisca "
+                        f"reshard MODULE:registry {self.name} {whole.shards} moves its data"
+                    )
+                    problem = self.problem("old_layout", key, None, detail)
+                    if problem not in self.problems:
+                        self.summary.old_keys += 1
+                        self.problems[problem] = None
+
     def untagged_target(self, old: KeyLayout, key: bytes) -> bytes | None:
         """Where ``migrate`` would move the key, were it an entity hash."""
         parsed = old.parse(key)
-        return self.layout.entity_of(parsed.value or b"") if parsed.kind == "entity" else None
+        if parsed.kind != "entity":
+            return None
+        return self.whole.layout.entity_of(parsed.value or b"")
 
     def untagged_problem(
         self, old: KeyLayout, key: bytes, kind: bytes, target: bytes | None, taken: bool
@@ -651,6 +718,14 @@ class _ModelCheck:
         return self.problem("dangling_unique", key, field.name, detail)
 
     # -- helpers ------------------------------------------------------------------
+
+    def wrong_shard(self, key: bytes, ident: bytes) -> Problem:
+        whole = self.whole.layout
+        detail = (
+            f"the id's shard is {shard_of(ident, whole.shards)} of {whole.shards} "
+            f"({show(whole.entity_of(ident))}); redisca reads it there only"
+        )
+        return self.problem("wrong_shard", key, None, detail)
 
     def ident(self, key: bytes) -> bytes:
         return key[self.layout.entity_prefix_len() :]

@@ -8,6 +8,7 @@ page, and whatever is read about a page goes out as one pipelined round trip.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from ..conf import Client, default_client
 from ..errors import InvalidRequestError, RediscaError
+from ..mapping.keys import shard_of
 from ..mapping.mapper import MappedField, Mapper, mapper_of
 from ..mapping.registry import Registry
 from ..session import executor, routing
@@ -38,9 +40,12 @@ def resolve_client(client: Client | None) -> Client:
     return client if client is not None else default_client()
 
 
-def select_mappers(registry_or_classes: Any, models: Iterable[Any] | None = None) -> list[Mapper]:
+def select_mappers(
+    registry_or_classes: Any, models: Iterable[Any] | None = None, *, sharded: bool = False
+) -> list[Mapper]:
     """The mappers to work on: a registry's, or those of the classes given; ``models``
-    narrows them by class, class name or prefix."""
+    narrows them by class, class name or prefix. ``sharded``: the task walks a sharded
+    model shard by shard (:func:`shard_views`); without it such a model is refused."""
     if isinstance(registry_or_classes, Registry):
         mappers = list(registry_or_classes)
     elif isinstance(registry_or_classes, type | Mapper):
@@ -48,7 +53,7 @@ def select_mappers(registry_or_classes: Any, models: Iterable[Any] | None = None
     else:
         mappers = [_mapper(item) for item in registry_or_classes]
     if models is None:
-        return _unsharded(mappers)
+        return _covered(mappers, sharded)
     chosen: list[Mapper] = []
     for wanted in [models] if isinstance(models, str | type) else models:
         found = [m for m in mappers if _matches(m, wanted)]
@@ -56,20 +61,51 @@ def select_mappers(registry_or_classes: Any, models: Iterable[Any] | None = None
             names = ", ".join(sorted(m.class_.__name__ for m in mappers)) or "none"
             raise UnknownName(f"no mapped model {wanted!r} (models: {names})")
         chosen += [m for m in found if m not in chosen]
-    return _unsharded(chosen)
+    return _covered(chosen, sharded)
 
 
-def _unsharded(mappers: list[Mapper]) -> list[Mapper]:
-    """Maintenance walks one slot per model; a sharded model's N slots are not walked
-    yet, and a task that saw one shard would report the others' data as missing."""
+def _covered(mappers: list[Mapper], sharded: bool) -> list[Mapper]:
+    """Refuse the sharded models a task does not cover: every one for ``migrate`` (a
+    sharded model came after hash tags: it has no layout before them to move), those
+    with a unique field for the others (a value's claim lives in the value's shard, its
+    owner in another: a task that walks one shard at a time cannot confirm it)."""
     for mapper in mappers:
-        if mapper.shards > 1:
+        if mapper.shards == 1:
+            continue
+        if not sharded:
             raise MaintenanceError(
-                f"{model_name(mapper)} has {mapper.shards} shards: maintenance tasks "
-                "(check, reindex, stats, migrate) do not cover sharded models yet; name "
-                "the other models to run them on those"
+                f"{model_name(mapper)} has {mapper.shards} shards: migrate does not cover "
+                "sharded models; name the other models to run it on those"
+            )
+        if any(f.unique for f in mapper.indexed):
+            raise MaintenanceError(
+                f"{model_name(mapper)} has {mapper.shards} shards and a unique field: check, "
+                "reindex and stats do not cover the claims of a sharded model yet (a "
+                "value's claim and its owner are in two shards); name the other models to "
+                "run them on those"
             )
     return mappers
+
+
+def shard_views(mapper: Mapper) -> list[Mapper]:
+    """The mapper once per shard, each with its shard's key layout: a task runs on each
+    as on a model of one slot (every key of an entity without unique fields is in its
+    id's shard), on the master serving that shard. ``[mapper]`` for a model of one
+    shard."""
+    if mapper.shards == 1:
+        return [mapper]
+    views = []
+    for layout in mapper.shard_layouts():
+        view = copy.copy(mapper)
+        view.layout = layout
+        views.append(view)
+    return views
+
+
+def in_shard(view: Mapper, ident: bytes) -> bool:
+    """Whether an entity found in a shard view's keys belongs there (its id's shard)."""
+    layout = view.layout
+    return layout.shard is None or shard_of(ident, layout.shards) == layout.shard
 
 
 def _mapper(item: Any) -> Mapper:
@@ -208,6 +244,7 @@ __all__ = [
     "Ticker",
     "UnknownName",
     "by_hash_field",
+    "in_shard",
     "model_name",
     "read_marker",
     "resolve_client",
@@ -216,6 +253,7 @@ __all__ = [
     "scan_hash",
     "scan_members",
     "select_mappers",
+    "shard_views",
     "show",
     "to_float",
     "type_of",

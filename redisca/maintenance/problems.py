@@ -21,6 +21,8 @@ KINDS: dict[str, str] = {
     "wrong_owner": "a unique key names another id than the entity that holds the value",
     "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
     "duplicate_unique": "two entities hold the same unique value",
+    "wrong_shard": "an entity of a sharded model in another shard than its id's (left by "
+    "an interrupted `reshard`, or written by another program), where redisca never reads it",
     "stray_key": "a key in the model's namespace (today's or the one before hash tags) "
     "that the model does not use",
     "old_layout": "a key of an earlier layout: of the one before hash tags (`P:<id>`, "

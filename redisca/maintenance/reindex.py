@@ -47,10 +47,12 @@ from .common import (
     Ticker,
     UnknownName,
     by_hash_field,
+    in_shard,
     model_name,
     resolve_client,
     run,
     select_mappers,
+    shard_views,
     show,
 )
 from .placement import Keyspace, send
@@ -155,12 +157,35 @@ def reindex(
     """
     client = resolve_client(client)
     report = ReindexReport()
-    for mapper in select_mappers(registry_or_classes, models):
+    for mapper in select_mappers(registry_or_classes, models, sharded=True):
         members = _members(mapper, fields)
-        task = _Run(client, mapper, members, max(1, batch), progress, ttl, full=fields is None)
-        report.models.append(task.run())
-        report.problems += task.problems
+        done: ModelReindex | None = None
+        for view in shard_views(mapper):  # a sharded model: a run per shard, on its master
+            task = _Run(client, view, members, max(1, batch), progress, ttl, full=fields is None)
+            part = task.run()
+            done = part if done is None else _added(done, part)
+            report.problems += task.problems
+        assert done is not None
+        report.models.append(done)
     return report
+
+
+def _added(total: ModelReindex, part: ModelReindex) -> ModelReindex:
+    """Two shards' runs as one model's (``run``: their tokens, comma-separated)."""
+    return ModelReindex(
+        total.model,
+        total.prefix,
+        f"{total.run},{part.run}",
+        total.rebuilt,
+        entities=total.entities + part.entities,
+        entries=total.entries + part.entries,
+        pages=total.pages + part.pages,
+        retries=total.retries + part.retries,
+        renamed=total.renamed + part.renamed,
+        deleted=total.deleted + part.deleted,
+        switch_ms=round(total.switch_ms + part.switch_ms, 3),
+        seconds=round(total.seconds + part.seconds, 3),
+    )
 
 
 def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
@@ -447,8 +472,12 @@ class _Page:
         values = executor.hash_reply(reply)
         if not values:
             return  # deleted since SCAN saw it
-        self.entities += 1
         ident = key[self.layout.entity_prefix_len() :]
+        if not in_shard(self.task.mapper, ident):  # not this shard's to index
+            detail = "in another shard than its id's: not indexed here (see check)"
+            self.problems.append(Problem("wrong_shard", name, show(key), None, detail))
+            return
+        self.entities += 1
         expects, bad = expectations(self.task.mapper, values)
         for field, raw, exc in bad:
             if field.hash_field in self.rebuilt:

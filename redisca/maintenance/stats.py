@@ -31,6 +31,7 @@ from .common import (
     resolve_client,
     run,
     select_mappers,
+    shard_views,
 )
 from .placement import Keyspace
 
@@ -94,14 +95,43 @@ def stats(
     their memory from ``MEMORY USAGE`` of up to ``sample`` keys of each kind."""
     client = resolve_client(client)
     report = StatsReport()
-    for mapper in select_mappers(registry_or_classes, models):
-        report.models.append(_model_stats(client, mapper, max(1, batch), sample, progress))
+    for mapper in select_mappers(registry_or_classes, models, sharded=True):
+        parts = [
+            _model_stats(client, view, max(1, batch), sample, progress, first=k == 0)
+            for k, view in enumerate(shard_views(mapper))
+        ]
+        report.models.append(_summed(parts))
     return report
 
 
+def _summed(parts: list[ModelStats]) -> ModelStats:
+    """The shards' stats as one model's (one part: itself)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out.entities += part.entities
+        out.ids += part.ids
+        for kind, n in part.index_keys.items():
+            out.index_keys[kind] = out.index_keys.get(kind, 0) + n
+        out.index_entries += part.index_entries
+        for kind, n in part.memory.items():
+            out.memory[kind] = out.memory.get(kind, 0) + n
+        out.memory_sampled += part.memory_sampled
+        out.reindexing = out.reindexing or part.reindexing
+        out.seconds = round(out.seconds + part.seconds, 3)
+    return out
+
+
 def _model_stats(
-    client: Client, mapper: Mapper, batch: int, sample: int, progress: Progress | None
+    client: Client,
+    mapper: Mapper,
+    batch: int,
+    sample: int,
+    progress: Progress | None,
+    *,
+    first: bool = True,
 ) -> ModelStats:
+    """One model's stats, or one shard's (``first``: the layout before hash tags is
+    counted too, once per model)."""
     started = time.monotonic()
     layout = mapper.layout
     space = Keyspace(client, mapper, "stats")
@@ -112,7 +142,7 @@ def _model_stats(
     samples: dict[str, _Reservoir] = {kind: _Reservoir(sample) for kind in _KINDS}
     ticker = Ticker(progress, out.model, "keys")
     ids_in_range = layout.all_ids_is_range
-    for pattern, old in _patterns(layout):
+    for pattern, old in _patterns(layout)[: None if first else 2]:
         for keys in space.scan(pattern, batch):
             sized: list[bytes] = []
             for key in keys:

@@ -127,6 +127,25 @@ def shard_tag(tag: str, shards: int, shard: int) -> bytes:
     return start + b"%d" % s
 
 
+def head_shards(prefix: bytes, key: bytes) -> tuple[bytes, int] | None:
+    """The head of a key of the model of ``prefix`` (no slot group) and the shard count
+    of the layout it is a key of: 1 for ``{P}...``, ``N`` for ``{P@N.k.s}...``; ``None``
+    for a key of neither (another model's, the layout before hash tags). What
+    ``reshard`` moves, and ``check`` reports, when the count is not the model's."""
+    end = key.find(b"}")
+    if not key.startswith(b"{") or end < 0:
+        return None
+    head = key[: end + 1]
+    inner = head[1:-1]
+    if inner == prefix:
+        return head, 1
+    name, at, rest = inner.partition(SHARD_MARK)
+    parts = rest.split(b".")
+    if name != prefix or not at or len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return head, int(parts[0])
+
+
 def check_shards(shards: object, owner: str) -> int:
     """Refuse a shard count that is not an int from 1 to :data:`MAX_SHARDS`."""
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
@@ -604,6 +623,7 @@ __all__ = [
     "ShardedLayout",
     "check_name",
     "check_shards",
+    "head_shards",
     "key_slot",
     "model_layout",
     "shard_of",

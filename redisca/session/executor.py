@@ -27,6 +27,7 @@ a refused ``WATCH``) drops the connection (and its ``WATCH``) and tries again; a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -48,7 +49,7 @@ from ..errors import (
 from ..mapping.keys import decode_id
 from . import routing
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
-from .io import OnConnection, Refresh, Run, Send, Sleep, Steps
+from .io import OnConnection, Refresh, Run, RunAll, Send, Sleep, Steps
 from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
@@ -125,15 +126,27 @@ def roundtrip(
     leaves the transaction's outcome unknown (``OperationalError.outcome_unknown``).
     ``got``: a list that receives the replies as they arrive, kept if a later one is lost.
     """
+    _write(conn, commands)
+    return _read_replies(conn, len(commands), sealed, got)
+
+
+def _write(conn: Any, commands: Sequence[Command]) -> None:
+    """The first half of :func:`roundtrip`: the commands in one write."""
     try:
         conn.send_packed_command(pack(commands))
     except _CONNECTION_ERRORS as exc:
         conn.disconnect()
         raise lost(exc, "") from exc
+
+
+def _read_replies(
+    conn: Any, count: int, sealed: bool = False, got: list[Any] | None = None
+) -> list[Any]:
+    """The second half of :func:`roundtrip`: ``count`` replies, errors as values."""
     replies: list[Any] = [] if got is None else got
     read = _reader(conn)
     try:
-        for _ in commands:
+        for _ in range(count):
             try:
                 replies.append(read())
             except ResponseError as exc:
@@ -239,6 +252,8 @@ def drive(steps: Steps[T], conn: Any = None) -> T:
             elif kind is Run:
                 with connection(request.client, request.pool) as other:
                     reply = roundtrip(other, request.commands)
+            elif kind is RunAll:
+                reply = _run_all(request.runs)
             elif kind is OnConnection:
                 with connection(request.client, request.pool) as other:
                     reply = drive(request.work(_server(other)), other)
@@ -250,6 +265,19 @@ def drive(steps: Steps[T], conn: Any = None) -> T:
                 routing.refresh(request.client)
         except BaseException as exc:  # thrown into the protocol, which re-raises it
             error = exc
+
+
+def _run_all(runs: list[Run]) -> list[list[Any]]:
+    """:class:`~redisca.session.io.RunAll`: every run written to its server, then every
+    reply read; a failure drops all the batch's connections (the exit of each
+    ``connection`` with the error)."""
+    with contextlib.ExitStack() as stack:
+        conns = []
+        for one in runs:
+            conn = stack.enter_context(connection(one.client, one.pool))
+            _write(conn, one.commands)
+            conns.append(conn)
+        return [_read_replies(c, len(one.commands)) for c, one in zip(conns, runs, strict=True)]
 
 
 def run(client: Client, commands: Sequence[Command]) -> list[Any]:
@@ -280,13 +308,17 @@ def routed_run(client: Any, commands: Sequence[Command]) -> Steps[list[Any]]:
     asking: dict[int, Any] = {}  # command index -> the pool an ASK sent it to
     found: routing.Refusal | None = None
     for hop in range(routing.MAX_HOPS):
-        for pool, indexes in _by_pool(client, commands, pending, asking).values():
-            sent = [c for i in indexes for c in _asked(commands[i], i in asking)]
-            try:
-                got = yield Run(client, pool, sent)
-            except OperationalError:  # a master gone: the next call asks the new map
-                yield Refresh(client, quiet=True)
-                raise
+        groups = list(_by_pool(client, commands, pending, asking).values())
+        sents = [
+            [c for i in indexes for c in _asked(commands[i], i in asking)] for _, indexes in groups
+        ]
+        runs = [Run(client, pool, sent) for (pool, _), sent in zip(groups, sents, strict=True)]
+        try:  # every master at once: one round trip per master, overlapping
+            gots = [(yield runs[0])] if len(runs) == 1 else (yield RunAll(runs))
+        except OperationalError:  # a master gone: the next call asks the new map
+            yield Refresh(client, quiet=True)
+            raise
+        for (_, indexes), sent, got in zip(groups, sents, gots, strict=True):
             if asking:
                 got = [r for r, c in zip(got, sent, strict=True) if c is not _ASKING]
             for i, reply in zip(indexes, got, strict=True):

@@ -59,6 +59,18 @@ class Run:
         self.commands = commands
 
 
+class RunAll:
+    """Several :class:`Run` on different servers (a cluster's masters), all written
+    before any reply is read, so the servers work at the same time: one round trip per
+    master, overlapping. Reply: each run's replies, in order. A failure of one drops
+    every connection of the batch (their replies are not all read)."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self, runs: list[Run]) -> None:
+        self.runs = runs
+
+
 class Sleep(NamedTuple):
     """Wait ``seconds`` before trying again (a cluster's ``TRYAGAIN``, say)."""
 
@@ -73,4 +85,4 @@ class Refresh(NamedTuple):
     quiet: bool = False
 
 
-__all__ = ["OnConnection", "Refresh", "Run", "Send", "Sleep", "Steps"]
+__all__ = ["OnConnection", "Refresh", "Run", "RunAll", "Send", "Sleep", "Steps"]

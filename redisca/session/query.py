@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import attrs
 
-from ..errors import InvalidRequestError, MultipleResultsFound, NotFound, QueryError
+from ..errors import MultipleResultsFound, NotFound, QueryError
 from ..mapping import instrument
 from ..mapping.expressions import Condition, Ordering
 from ..mapping.keys import decode_id
 from ..mapping.mapper import MappedField, Mapper
-from . import executor, loading, queryscript
+from . import executor, loading, queryscript, shardquery
 from .io import Steps
 from .querycompile import (
     NO_CURSOR,
@@ -60,14 +60,6 @@ class Query(Generic[T]):
     #: The conditions sorted by index, worked out once by filter() for every query
     #: refined from this one (a lookup runs ``filter(...).one()``: one sort, not three).
     _filters: Filters | None = attrs.field(default=None, eq=False, repr=False, alias="_filters")
-
-    def __attrs_post_init__(self) -> None:
-        if self.mapper.shards > 1:
-            raise InvalidRequestError(
-                f"{self.mapper.class_.__name__} has {self.mapper.shards} shards, and "
-                "queries of a sharded model (scattered to every shard and merged) are not "
-                "supported yet: load its entities by id (session.get, get_many)"
-            )
 
     # -- building ------------------------------------------------------------
 
@@ -286,6 +278,20 @@ class Query(Generic[T]):
         ``work``: the index entries the server read, which the tests bound) and its call."""
         filters = self._sorted()
         by = ordering_field(self.mapper, filters, self.ordering)
+        if self.mapper.shards > 1:
+            return (
+                yield from shardquery.run_steps(
+                    self._client(),
+                    self.mapper,
+                    self.conditions,
+                    by,
+                    mode=mode,
+                    descending=self.ordering is not None and self.ordering.descending,
+                    offset=self.offset_,
+                    limit=self.limit_ if limit is _SAME else limit,
+                    cursor=self._cursor(by),
+                )
+            )
         call = compile_query(
             self.mapper,
             filters,

@@ -21,6 +21,7 @@ import attrs
 from ..errors import QueryError, ValidationError
 from ..mapping.codecs import DateTimeCodec, FloatCodec, IntCodec
 from ..mapping.expressions import Condition, Ordering
+from ..mapping.keys import KeyLayout
 from ..mapping.mapper import MappedField, Mapper
 
 
@@ -100,9 +101,23 @@ class RangeTerm:
         args.extend(window_args(self.window))
 
 
+@attrs.frozen
+class OwnerTerm:
+    """One id the client names: the owner a unique value's claim gave, on a sharded
+    model (the claim lives in the value's shard, the owner in its own: see
+    :mod:`redisca.session.shardquery`). No key of its own."""
+
+    id: bytes
+    kind: ClassVar[bytes] = b"o"
+    key_type: ClassVar[bytes] = b""
+
+    def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
+        args.append(self.id)
+
+
 #: One condition as the script reads it. OR and ``in_()`` will be terms too: the
 #: script asks each term its size, its ids and whether it holds an id.
-Term = EqTerm | UniqueTerm | RangeTerm
+Term = EqTerm | UniqueTerm | RangeTerm | OwnerTerm
 
 
 @attrs.frozen
@@ -244,16 +259,22 @@ def _check_between(cond: Condition) -> None:
 _EVERYTHING = Range()
 
 
-def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
+def sort_filters(
+    mapper: Mapper, conditions: tuple[Condition, ...], layout: KeyLayout | None = None
+) -> Filters:
+    """The conditions as terms and windows, keyed in ``layout`` (a shard's, on a sharded
+    model; the model's own by default). A unique value's stripe is always the model's
+    claim, in the value's own shard."""
     terms: list[Term] = []
     ranges: dict[MappedField, Range] = {}
-    layout = mapper.layout
+    if layout is None:  # a sharded model's filters checked (and kept) in shard 0's keys
+        layout = mapper.layout.layout_of_shard(0)
     for cond in conditions:
         field = field_of(mapper, cond.attribute)
         if cond.op == "eq":
             if field.unique:
                 value = field.index_key(_encode(field, cond.value))
-                stripe = layout.unique_stripe(field.hash_field, value)
+                stripe = mapper.layout.unique_stripe(field.hash_field, value)
                 terms.append(UniqueTerm(stripe, value))
             elif field.index == "eq":
                 key = field.index_key(_encode(field, cond.value))
@@ -269,6 +290,19 @@ def sort_filters(mapper: Mapper, conditions: tuple[Condition, ...]) -> Filters:
         high = _bound(field, cond.high, cond.high_inclusive, low=False)
         ranges[field] = ranges.get(field, _EVERYTHING).narrow(low, high)
     return Filters(tuple(terms), tuple(ranges.items()))
+
+
+def unique_values(
+    mapper: Mapper, conditions: tuple[Condition, ...]
+) -> list[tuple[MappedField, bytes]]:
+    """The unique fields the conditions compare with ``==``, and each value's index form
+    (what its claim is keyed by)."""
+    found = []
+    for cond in conditions:
+        field = field_of(mapper, cond.attribute)
+        if cond.op == "eq" and field.unique:
+            found.append((field, field.index_key(_encode(field, cond.value))))
+    return found
 
 
 def order_field(mapper: Mapper, ordering: Ordering | None) -> MappedField | None:
@@ -318,9 +352,13 @@ def compile_query(
     offset: int = 0,
     limit: int | None = None,
     cursor: Cursor = NO_CURSOR,
+    layout: KeyLayout | None = None,
 ) -> ScriptCall:
-    """The script call that answers a query: ``mode`` is ``ids``, ``count`` or ``load``."""
-    layout = mapper.layout
+    """The script call that answers a query: ``mode`` is ``ids``, ``count`` or ``load``
+    (``sids``, ``sload``: with each id's score in the ordering index, for merging the
+    shards of a sharded model). ``layout``: the shard's, on a sharded model."""
+    if layout is None:
+        layout = mapper.layout
     # The ordering zset is the only key every query reads: H#all (scores all 0, so
     # positions are ranks) or a range index (positions are (score, id)).
     ordered = layout.all_ids if by is None else layout.range_index(by.hash_field)
@@ -376,6 +414,7 @@ __all__ = [
     "Cursor",
     "EqTerm",
     "Filters",
+    "OwnerTerm",
     "Range",
     "RangeTerm",
     "ScriptCall",
@@ -386,5 +425,6 @@ __all__ = [
     "ordering_field",
     "score_arg",
     "sort_filters",
+    "unique_values",
     "window_args",
 ]

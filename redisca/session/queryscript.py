@@ -70,7 +70,8 @@ SCRIPT = (
     b"""
 -- redisca query engine (see redisca/session/queryscript.py).
 -- KEYS: [1] ordering zset, then each term's keys.
--- ARGV: mode, offset, limit (-1: none), desc (0/1),
+-- ARGV: mode ('ids', 'load', 'count'; 'sids', 'sload': with scores), offset,
+--       limit (-1: none), desc (0/1),
 --       byscore (1: the ordering zset is a range index; 0: H#all, every score 0),
 --       entity key prefix,
 --       window of the ordering zset: restricted (0/1), low, low excl, high, high excl,
@@ -78,29 +79,46 @@ SCRIPT = (
 --       number of terms, then each term: kind and its arguments.
 
 -- SLICE, answered before anything else is built (each run of the script pays for every
--- closure and table it makes: about 5 us of Redis 7.0's time): a window of the ordering
--- range index and no other term is one ZRANGEBYSCORE, which steps over the offset's
--- entries one by one (a deep offset goes by rank below). It gives what the engine gives,
--- work included.
-if ARGV[12] == '' and ARGV[7] == '1' and ARGV[15] == '0' and ARGV[5] == '1'
+-- closure and table it makes: about 5 us of Redis 7.0's time): the ordering range index,
+-- in a window or whole (-inf to +inf: missing values last), and no other term is one
+-- ZRANGEBYSCORE, which steps over the offset's entries one by one (a deep offset goes by
+-- rank below). It gives what the engine gives, work included.
+if ARGV[12] == '' and ARGV[15] == '0' and ARGV[5] == '1'
     and ARGV[1] ~= 'count' and tonumber(ARGV[2]) <= """
     + str(SLICE_OFFSET).encode()
     + b""" then
   local mode, offset, limit = ARGV[1], ARGV[2], ARGV[3]
-  local lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
-  local hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
-  local ids = {}
+  local scored = string.sub(mode, 1, 1) == 's'
+  if scored then mode = string.sub(mode, 2) end
+  local lo, hi = '-inf', '+inf'
+  if ARGV[7] == '1' then
+    lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
+    hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
+  end
+  local ids, scores = {}, {}
   if limit ~= '0' then
-    if ARGV[4] == '1' then
-      ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], hi, lo, 'LIMIT', offset, limit)
+    local cmd, a, b = 'ZRANGEBYSCORE', lo, hi
+    if ARGV[4] == '1' then cmd, a, b = 'ZREVRANGEBYSCORE', hi, lo end
+    local found
+    if scored then
+      found = redis.call(cmd, KEYS[1], a, b, 'WITHSCORES', 'LIMIT', offset, limit)
     else
-      ids = redis.call('ZRANGEBYSCORE', KEYS[1], lo, hi, 'LIMIT', offset, limit)
+      found = redis.call(cmd, KEYS[1], a, b, 'LIMIT', offset, limit)
+    end
+    if scored then  -- id, score, id, score...
+      for i = 1, #found, 2 do
+        ids[#ids + 1] = found[i]
+        scores[#scores + 1] = found[i + 1]
+      end
+    else
+      ids = found
     end
   end
   local hashes = {}
   if mode == 'load' then
     for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', ARGV[6] .. id) end
   end
+  if scored then return {ids, hashes, #ids, scores} end
   return {ids, hashes, #ids}
 end
 
@@ -162,6 +180,12 @@ kinds.u = {  -- a unique value: its stripe hash and the value
   fetch = function(t) return {t.owner} end,
   probe = function(t, id) return t.owner == id end,
 }
+kinds.o = {  -- one id the client names (a unique value's owner on a sharded model)
+  parse = function(t) t.owner = arg() end,
+  size = function(t) return 1 end,
+  fetch = function(t) return {t.owner} end,
+  probe = function(t, id) return t.owner == id end,
+}
 kinds.r = {  -- a score window of a range index
   parse = function(t) t.key = key(); t.w = window() end,
   size = function(t) return redis.call('ZCOUNT', t.key, t.w.loarg, t.w.hiarg) end,
@@ -174,6 +198,9 @@ kinds.r = {  -- a score window of a range index
 
 local okey = KEYS[1]
 local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+-- 'sids', 'sload': the ids' scores too (a sharded model's shards are merged by them)
+local scored = string.sub(mode, 1, 1) == 's'
+if scored then mode = string.sub(mode, 2) end
 local desc, byscore, prefix = arg() == '1', arg() == '1', arg()
 local restricted = arg() == '1'
 local ow = window()
@@ -191,6 +218,11 @@ local function reply(ids)
   if mode == 'load' then
     -- pcall: a key that is no hash fails as a DecodeError naming it, not the query
     for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', prefix .. id) end
+  end
+  if scored then
+    local scores = {}
+    for i, id in ipairs(ids) do scores[i] = redis.call('ZSCORE', okey, id) end
+    return {ids, hashes, work, scores}
   end
   return {ids, hashes, work}
 end
@@ -562,6 +594,53 @@ def run_steps(client: Any, call: ScriptCall) -> Steps[Any]:
     return (yield from _failed(client, reply, call))
 
 
+def run_many(client: Any, calls: list[ScriptCall]) -> list[Any]:
+    """:func:`run_many_steps` with blocking I/O."""
+    return executor.drive(run_many_steps(client, calls))
+
+
+def run_many_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any]]:
+    """The replies of several script calls (a sharded model's shards), sent together:
+    one round trip on one server, one per master on a cluster (two where a server had
+    forgotten the script). Each reply is checked as :func:`run_steps` checks its one."""
+    cluster = routing.is_cluster(client)
+    knowns = [
+        _known(
+            client,
+            routing.pool(client, routing.slot_of(c.keys[0])) if cluster else client.connection_pool,
+        )
+        for c in calls
+    ]
+    commands = [
+        _command(c, (LOOKUP_SHA if c.lookup else SHA) in k)
+        for c, k in zip(calls, knowns, strict=True)
+    ]
+    replies = yield from executor.run_steps(client, commands)
+    again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if again:
+        resent = yield from executor.run_steps(client, [_command(calls[i], False) for i in again])
+        for i, reply in zip(again, resent, strict=True):
+            replies[i] = reply
+    for call, known in zip(calls, knowns, strict=True):
+        known.add(LOOKUP_SHA if call.lookup else SHA)
+    for reply, call in zip(replies, calls, strict=True):
+        if isinstance(reply, Exception):
+            yield from _failed(client, reply, call)  # raises
+    return replies
+
+
+def _command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
+    """The call as ``EVALSHA`` (the server ran the script already) or ``EVAL``."""
+    keys, args = call.keys, call.args
+    if call.lookup:
+        if sha_known:
+            return (b"EVALSHA", LOOKUP_SHA, len(keys), *keys, *args)
+        return (b"EVAL", LOOKUP, len(keys), *keys, *args)
+    if sha_known:
+        return (b"EVALSHA", SHA, len(keys), *keys, *args)
+    return (b"EVAL", SCRIPT, len(keys), *keys, *args)
+
+
 def _known(client: Any, pool: Any) -> set[bytes]:
     """The scripts the server of ``pool`` has run (a set to add to)."""
     try:
@@ -571,9 +650,7 @@ def _known(client: Any, pool: Any) -> set[bytes]:
         return _KNOWN_NODES.setdefault(client, {}).setdefault(pool.name, set())
 
 
-_KNOWN_NODES: weakref.WeakKeyDictionary[Any, dict[str, set[bytes]]] = (
-    weakref.WeakKeyDictionary()
-)
+_KNOWN_NODES: weakref.WeakKeyDictionary[Any, dict[str, set[bytes]]] = weakref.WeakKeyDictionary()
 
 
 def _failed(client: Any, reply: Exception, call: ScriptCall) -> Steps[Any]:
@@ -597,4 +674,16 @@ def _wrong_types(client: Any, call: ScriptCall) -> Steps[list[str]]:
     ]
 
 
-__all__ = ["LOOKUP", "LOOKUP_SHA", "MAX_BATCH", "MIN_BATCH", "SCRIPT", "SHA", "SLICE_OFFSET", "run"]
+__all__ = [
+    "LOOKUP",
+    "LOOKUP_SHA",
+    "MAX_BATCH",
+    "MIN_BATCH",
+    "SCRIPT",
+    "SHA",
+    "SLICE_OFFSET",
+    "run",
+    "run_many",
+    "run_many_steps",
+    "run_steps",
+]

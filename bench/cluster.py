@@ -1,0 +1,253 @@
+"""The cluster phase: one model with ``shards=1`` and ``shards=16``, on a cluster of 1
+master and of 3 (``redisca.embedded_cluster``), each phase's ops/s and how its commands
+and server CPU fall on the masters (``INFO commandstats``, ``INFO cpu``), and the latency
+of a paged query (limit 10) on 16 shards against one shard.
+
+``shards=1`` keeps the model in one hash slot: one master holds all of it and takes all
+of its writes, however many masters there are. ``shards=16`` spreads it 5/6/5 over the
+standard 3-master layout. On a machine with fewer cores than masters the masters share
+them, so ops/s measure the client and the scheduling more than the cluster: the shares
+of commands and CPU per master are the figures that carry over (see docs/performance.rst
+for running it where each master has a core).
+
+Redis 7.0 counts a command run inside ``MULTI``/``EXEC`` or a script twice in
+``INFO commandstats``: the shares compare like with like, the totals overstate.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import redis
+from redis.cluster import RedisCluster
+
+from redisca import Integer, Registry, Session, String
+from redisca.embedded import EmbeddedCluster
+
+SHARDS = (1, 16)
+MASTERS = (1, 3)
+#: Entities per commit (insert, update) and per session (get).
+BATCH = 100
+#: Queries per query phase (find, range, page).
+QUERIES = 300
+CITIES = 20
+PHASES = ("insert", "get", "find", "range", "update", "page")
+
+
+def model(shards: int) -> type:
+    """The phase's model, in a registry of its own (same prefix for both shard counts)."""
+    registry = Registry()
+
+    @registry.mapped(prefix="cu", shards=shards)
+    @attrs.define
+    class ClusterUser:
+        age: int | None = Integer(index=True, default=None)
+        city: str = String(index=True, default="")
+        name: str = String(default="")
+        id: str | None = None
+
+    return ClusterUser
+
+
+def phase(n: int, binary: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every (masters, shards) pair: each phase's figures, and the paged query's."""
+    out: dict[str, Any] = {"n": n, "batch": BATCH, "queries": QUERIES, "runs": {}}
+    for masters in MASTERS:
+        with EmbeddedCluster(masters, binary=binary, node_timeout=15000) as cluster:
+            nodes = [m.client() for m in cluster.masters]
+            client = RedisCluster.from_url(cluster.url)
+            try:
+                for shards in SHARDS:
+                    log(f"cluster phase: {masters} master(s), shards={shards}, N={n:,}")
+                    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+                    run = _run(client, nodes, model(shards), n)
+                    out["runs"][f"{masters}x{shards}"] = {
+                        "masters": masters,
+                        "shards": shards,
+                        **run,
+                    }
+            finally:
+                client.close()
+                for node in nodes:
+                    node.close()
+    return out
+
+
+def _run(client: Any, nodes: list[redis.Redis], cls: type, n: int) -> dict[str, Any]:
+    rng = random.Random(7)
+    ids = [f"u{i:07d}" for i in range(n)]
+    work: dict[str, Callable[[], int]] = {
+        "insert": lambda: _insert(client, cls, ids, rng),
+        "get": lambda: _get(client, cls, ids),
+        "find": lambda: _queries(client, cls, rng, "find"),
+        "range": lambda: _queries(client, cls, rng, "range"),
+        "update": lambda: _update(client, cls, ids, rng),
+        "page": lambda: _queries(client, cls, rng, "page"),
+    }
+    out: dict[str, Any] = {}
+    for name, step in work.items():
+        before = [_reset(node) for node in nodes]
+        began = time.perf_counter()
+        ops = step()
+        seconds = time.perf_counter() - began
+        commands = [_commands(node) for node in nodes]
+        cpu = [_cpu(node) - was for node, was in zip(nodes, before, strict=True)]
+        out[name] = {
+            "ops": ops,
+            "seconds": seconds,
+            "ops_s": ops / seconds if seconds else None,
+            "commands": commands,
+            "cpu_s": [round(c, 3) for c in cpu],
+        }
+    out["page"]["latency_us"] = _latency(client, cls)
+    return out
+
+
+def _insert(client: Any, cls: type, ids: list[str], rng: random.Random) -> int:
+    for start in range(0, len(ids), BATCH):
+        with Session(client) as s:
+            s.add_all(
+                cls(age=rng.randrange(100), city=f"c{rng.randrange(CITIES)}", name="x", id=i)
+                for i in ids[start : start + BATCH]
+            )
+            s.commit()
+    return len(ids)
+
+
+def _get(client: Any, cls: type, ids: list[str]) -> int:
+    for start in range(0, len(ids), BATCH):
+        with Session(client) as s:
+            for ident in ids[start : start + BATCH]:
+                s.get(cls, ident)
+    return len(ids)
+
+
+def _update(client: Any, cls: type, ids: list[str], rng: random.Random) -> int:
+    for start in range(0, len(ids), BATCH):
+        with Session(client) as s:
+            for user in s.get_many(cls, ids[start : start + BATCH]):
+                user.age = rng.randrange(100)
+            s.commit()
+    return len(ids)
+
+
+def _query(s: Session, cls: Any, rng: random.Random, kind: str) -> Any:
+    if kind == "find":
+        city = f"c{rng.randrange(CITIES)}"
+        return s.query(cls).filter(cls.city == city).order_by(cls.age).limit(10)
+    if kind == "range":
+        low = rng.randrange(95)
+        return s.query(cls).filter(cls.age.between(low, low + 5)).limit(10)
+    # A page of 10 by age: the first one, or the one after an entity the session holds
+    # (keyset pagination, what every page after the first should use: docs/queries.rst).
+    query = s.query(cls).order_by(cls.age).limit(10)
+    if rng.randrange(2):
+        return query
+    return query.after(s.get(cls, f"u{rng.randrange(1000):07d}"))
+
+
+def _queries(client: Any, cls: type, rng: random.Random, kind: str) -> int:
+    for _ in range(QUERIES):
+        with Session(client) as s:
+            _query(s, cls, rng, kind).all()
+    return QUERIES
+
+
+def _latency(client: Any, cls: type) -> dict[str, float]:
+    """A paged query's latency (limit 10, loaded), median and 90th percentile in µs."""
+    rng = random.Random(3)
+    times = []
+    for _ in range(QUERIES):
+        with Session(client) as s:
+            query = _query(s, cls, rng, "page")  # the previous page's entity: read here
+            began = time.perf_counter()
+            query.all()
+            times.append((time.perf_counter() - began) * 1e6)
+    times.sort()
+    return {"median": statistics.median(times), "p90": times[int(len(times) * 0.9)]}
+
+
+def _reset(node: redis.Redis) -> float:
+    node.config_resetstat()
+    return _cpu(node)
+
+
+def _cpu(node: redis.Redis) -> float:
+    info = node.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def _commands(node: redis.Redis) -> int:
+    """Commands run since the reset, but the phase's own INFO and CONFIG."""
+    stats = node.info("commandstats")
+    return sum(
+        int(v["calls"])
+        for k, v in stats.items()
+        if k not in ("cmdstat_info", "cmdstat_config", "cmdstat_cluster", "cmdstat_ping")
+    )
+
+
+def render(figures: dict[str, Any]) -> str:
+    """The phase's table: ops/s and each master's share of commands and server CPU."""
+    from .report import table  # report imports this module for its render
+
+    rows = []
+    for key, run in figures["runs"].items():
+        for name in PHASES:
+            got = run.get(name)
+            if got:
+                rows.append(
+                    [
+                        key,
+                        name,
+                        f"{got['ops_s']:,.0f}",
+                        _shares(got["commands"]),
+                        _shares(got["cpu_s"]),
+                    ]
+                )
+    header = ["masters x shards", "phase", "ops/s", "commands per master", "CPU per master"]
+    lat = [
+        [
+            key,
+            f"{run['page']['latency_us']['median']:.0f}",
+            f"{run['page']['latency_us']['p90']:.0f}",
+        ]
+        for key, run in figures["runs"].items()
+    ]
+    return (
+        table(header, rows)
+        + "\n\nPaged query (limit 10, loaded), µs:\n\n"
+        + table(["masters x shards", "median", "p90"], lat)
+    )
+
+
+def _shares(values: list[float]) -> str:
+    total = sum(values)
+    if not total:
+        return "-"
+    return "/".join(f"{100 * v / total:.0f}" for v in values) + " %"
+
+
+def latency_ratio(figures: dict[str, Any], masters: int) -> float | None:
+    """The paged query's median latency on 16 shards over one shard's."""
+    one, many = figures["runs"].get(f"{masters}x1"), figures["runs"].get(f"{masters}x16")
+    if not one or not many:
+        return None
+    return float(many["page"]["latency_us"]["median"] / one["page"]["latency_us"]["median"])
+
+
+def top_share(figures: dict[str, Any], kind: str) -> float | None:
+    """The largest share of one master in any phase, shards=16 on 3 masters."""
+    run = figures["runs"].get("3x16")
+    if not run:
+        return None
+    shares = [max(run[p][kind]) / sum(run[p][kind]) for p in PHASES if sum(run[p][kind])]
+    return max(shares) if shares else None
+
+
+__all__ = ["PHASES", "latency_ratio", "phase", "render", "top_share"]
