@@ -489,3 +489,20 @@ def test_bulk_add_of_a_sharded_model(redis_server, cluster):
         assert client.dbsize() == 0
     finally:
         client.close()
+
+
+def test_two_pending_objects_claiming_one_value_across_shards(cluster):
+    client = cluster.client()
+    mapper = redisca.inspect(Account)
+    try:
+        with Session(client) as session:
+            a, b = Account(email="same", id="a1"), Account(email="same", id="a7")
+            assert mapper.shard_of("a1") != mapper.shard_of("a7")
+            session.add_all([a, b])
+            with pytest.raises(redisca.UniqueViolation) as caught:
+                session.commit()
+            assert caught.value.owner in ("a1", "a7")
+            assert session.new
+        assert client.dbsize() == 0
+    finally:
+        client.close()
