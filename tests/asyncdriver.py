@@ -69,6 +69,10 @@ def loops() -> Iterator[None]:
         for loop, clients in made:
             for _, client in clients.values():
                 loop.run_until_complete(client.aclose())
+                pool = getattr(client, "connection_pool", None)
+                if pool is not None:  # a pool passed in is not the client's to close, and
+                    # redis-py 5.0's connections fail when collected after the loop closed
+                    loop.run_until_complete(pool.disconnect())
             loop.close()
         _local.loop = _local.clients = None
 

@@ -261,6 +261,7 @@ def test_a_commit_cancelled_at_each_stage(r: redis.Redis, stage: str) -> None:
         assert not s.new and not s.dirty
         await s.close()
         await gated_client.aclose()
+        await pool.disconnect()  # a pool passed in is not the client's to close
 
     arun(r, body)
     assert as_str(r.hget(USERS.key("u0"), "eml")) == "renamed@x.org"

@@ -67,7 +67,11 @@ class connection:  # lowercase: used like a function, `async with connection(cli
         return self.conn
 
     async def _release(self) -> None:
-        released = self.pool.release(self.conn)  # a node's release is a plain call
+        release = getattr(self.pool, "release", None)
+        if release is None:  # a cluster node of an older redis-py (5.0): its free list
+            self.pool._free.append(self.conn)
+            return
+        released = release(self.conn)  # a node's release is a plain call
         if released is not None:
             await released
 
