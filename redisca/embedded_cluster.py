@@ -270,8 +270,13 @@ class EmbeddedCluster:
         deadline = time.monotonic() + allowed
         for node in self.nodes:
             node.start()
-        for node in self.nodes:
+        for epoch, node in enumerate(self.nodes, start=1):
             self._ids[node] = str(self._command(node, "CLUSTER", "MYID"))
+            # Distinct config epochs from the start: nodes that meet at epoch 0 settle the
+            # collision among themselves, and a node made a replica before that settles can
+            # keep its dead master's epoch; a later CLUSTER FAILOVER TAKEOVER then does not
+            # win over the others, which keep routing the slots to the dead master.
+            self._command(node, "CLUSTER", "SET-CONFIG-EPOCH", epoch)
         ranges = _slot_ranges(len(self.masters))
         use_range = True
         for master, (first, last) in zip(self.masters, ranges, strict=True):

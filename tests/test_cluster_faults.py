@@ -482,11 +482,12 @@ def take_over(cluster: EmbeddedCluster, master: EmbeddedServer, replica: Embedde
     """kill -9 of the master, then its replica takes the slots over (``CLUSTER FAILOVER
     TAKEOVER``: no vote, no check of how old its data is), and the cluster is ok.
 
-    About once in twenty runs the other masters kept the dead master as the owner of
-    its slots (and reported ``cluster_state:fail`` once they marked it failing, 6 s
-    later); the cause is not known (``CLUSTER BUMPEPOCH`` after the takeover always
-    answered ``STILL``: the new master's epoch was already the highest). A master that
-    does not see the new owner within 3 s is told with ``CLUSTER SETSLOT ... NODE``."""
+    About once in twenty runs the other nodes used to keep the dead master as the owner
+    of its slots (and reported ``cluster_state:fail`` once they marked it failing). The
+    cause was the embedded cluster's forming: its nodes met at config epoch 0, and a
+    replica could keep its master's epoch, so the takeover did not win. The cluster now
+    gives every node its own epoch before the meeting. A master that still does not see
+    the new owner within 3 s is told with ``CLUSTER SETSLOT ... NODE``."""
     master.kill()
     with node_client(replica, decode_responses=True) as r:
         r.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
