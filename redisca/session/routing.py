@@ -233,13 +233,32 @@ def plan_slot(plan: Any) -> int:
 def pool(client: Any, slot: int) -> Any:
     """The connection pool of the master serving ``slot``: the one a ``MOVED`` named
     last, else the slot map's."""
-    node = _moved.get(client, {}).get(slot)
-    if node is None:
+    moved = _moved.get(client)
+    node = None if moved is None else moved.get(slot)
+    if node is not None:
+        return _node_pool(client, node)
+    # Asking redis-py costs about 7 µs (a lock, a deprecation wrapper, a Protocol
+    # isinstance), and a query of a 16-shard model asks for every shard; the answers
+    # are kept while redis-py keeps the same slot map (reading the map anew makes a
+    # new one). A slot moved meanwhile is refused with MOVED, which the caller follows.
+    slots = client.nodes_manager.slots_cache
+    known = _pools.get(client)
+    if known is None or known[0] is not slots:
+        known = _pools[client] = (slots, {})
+    found = known[1].get(slot)
+    if found is None:
         try:
             node = client.nodes_manager.get_node_from_slot(slot)
         except RedisClusterException as exc:  # the slot is not covered (yet): retried
             raise Redirected(Refusal("CLUSTERDOWN", exc), f"slot {slot}") from exc
-    return _node_pool(client, node)
+        found = known[1][slot] = _node_pool(client, node)
+    return found
+
+
+#: Per cluster client: its slot map (as redis-py holds it) and slot -> pool from it.
+_pools: weakref.WeakKeyDictionary[Any, tuple[Any, dict[int, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 #: Per cluster client, slot -> the node the last ``MOVED`` for it named (until the map
@@ -279,6 +298,7 @@ def refresh(client: Any) -> None:
     """Read the slot map again (``CLUSTER SLOTS`` through redis-py's nodes manager);
     the nodes ``MOVED`` replies named are forgotten."""
     _moved.pop(client, None)
+    _pools.pop(client, None)
     try:
         client.nodes_manager.initialize()
     except (RedisError, OSError) as exc:  # no node answered, or they disagree
@@ -288,6 +308,7 @@ def refresh(client: Any) -> None:
 async def arefresh(client: Any, quiet: bool) -> None:
     """:func:`refresh` (``quiet``: :func:`forget`) for a ``redis.asyncio`` cluster client."""
     _moved.pop(client, None)
+    _pools.pop(client, None)
     try:
         await client.nodes_manager.initialize()
     except (RedisError, OSError) as exc:  # no node answered, or they disagree
