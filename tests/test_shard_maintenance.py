@@ -4,6 +4,7 @@ in another shard than its id's is reported (``wrong_shard``) and never indexed t
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -174,4 +175,57 @@ def test_check_of_a_single_server_model_is_unchanged(redis_server: EmbeddedServe
         assert check([Single], client).ok and check([Single], client).models[0].entities == N
     finally:
         client.flushall()
+        client.close()
+
+
+class Threaded(CountingConnection):
+    """Records the thread each command was sent from."""
+
+    threads: set[int]
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self.threads.add(threading.get_ident())
+        super().send_packed_command(command, check_health)
+
+
+@pytest.mark.parametrize("task", ["check", "stats"])
+def test_the_shards_are_worked_on_at_once_with_one_running_count(
+    redis_server: EmbeddedServer, task: str
+) -> None:
+    """A sharded model's shards are checked (counted) in parallel threads; the progress
+    callback is called one call at a time, with one count for the model that only grows
+    and ends at the sum of the shards' work. A model of one shard stays on the caller's
+    thread."""
+    threads: set[int] = set()
+    cls = type("Threads", (Threaded,), {"threads": threads})
+    client = redis.Redis.from_url(
+        redis_server.url, connection_class=with_kwargs(cls, counter=RoundTripCounter())
+    )
+    run = {"check": check, "stats": stats}[task]
+    try:
+        fill(client)
+        calls: list[tuple[str, str, int]] = []
+        inside = threading.Lock()
+
+        def progress(model: str, phase: str, done: int, total: int | None) -> None:
+            assert inside.acquire(blocking=False), "progress called from two threads at once"
+            try:
+                calls.append((model, phase, done))
+            finally:
+                inside.release()
+
+        threads.clear()
+        run([Single], client, progress=progress)
+        assert threads == {threading.get_ident()}
+        single = [c for c in calls if c[0] == "Single"]
+        assert {phase for _, phase, _ in single} != {"all shards"}
+        calls.clear()
+        threads.clear()
+        run([Member], client, progress=progress)
+        assert len(threads) > 1  # shards in flight on several threads
+        assert {(model, phase) for model, phase, _ in calls} == {("Member", "all shards")}
+        counts = [done for _, _, done in calls]
+        assert counts == sorted(counts) and counts[-1] >= N
+    finally:
+        flush(client)
         client.close()

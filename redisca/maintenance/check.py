@@ -48,6 +48,7 @@ from .common import (
     Progress,
     Ticker,
     by_hash_field,
+    each_shard,
     in_shard,
     model_name,
     read_marker,
@@ -56,7 +57,6 @@ from .common import (
     scan_hash,
     scan_members,
     select_mappers,
-    shard_views,
     show,
     to_float,
     type_of,
@@ -138,10 +138,13 @@ def check(
     client = resolve_client(client)
     report = CheckReport()
     for mapper in select_mappers(registry_or_classes, models, sharded=True):
+        def one(
+            k: int, view: Mapper, shown: Progress | None, whole: Mapper = mapper
+        ) -> tuple[list[Problem], Any]:
+            return _ModelCheck(client, view, batch, shown, whole=whole, first=k == 0).run()
+
         summary: ModelSummary | None = None
-        for k, view in enumerate(shard_views(mapper)):
-            task = _ModelCheck(client, view, batch, progress, whole=mapper, first=k == 0)
-            found, part = task.run()
+        for found, part in each_shard(mapper, one, progress):
             report.problems += found
             summary = part if summary is None else _added(summary, part)
         assert summary is not None

@@ -9,9 +9,11 @@ page, and whatever is read about a page goes out as one pipelined round trip.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -100,6 +102,55 @@ def shard_views(mapper: Mapper) -> list[Mapper]:
         view.layout = layout
         views.append(view)
     return views
+
+
+T = TypeVar("T")
+
+#: Most shards a task works on at once: enough to keep every master of a usual cluster
+#: busy (shards spread evenly over the masters), few enough threads for a small client.
+PARALLEL_SHARDS = 8
+
+
+def each_shard(
+    mapper: Mapper,
+    work: Callable[[int, Mapper, Progress | None], T],
+    progress: Progress | None,
+) -> list[T]:
+    """``work(k, view, progress)`` for every shard view of a model, in shard order.
+    The shards of a sharded model are worked on in parallel threads, up to
+    :data:`PARALLEL_SHARDS` at once: each has keys of its own on its own master, and
+    the time of a task is mostly the round trips and the masters' work, which overlap.
+    Their progress is reported as one count for the model (``all shards``)."""
+    views = shard_views(mapper)
+    if len(views) == 1:
+        return [work(0, views[0], progress)]
+    merged = None if progress is None else _ShardsProgress(progress, len(views))
+    with ThreadPoolExecutor(max_workers=min(len(views), PARALLEL_SHARDS)) as pool:
+        futures = [
+            pool.submit(work, k, view, None if merged is None else merged.of(k))
+            for k, view in enumerate(views)
+        ]
+        return [future.result() for future in futures]
+
+
+class _ShardsProgress:
+    """The progress of a model's shards worked on at once, as one running count: what
+    each shard has done in each of its phases, summed, under ``"all shards"`` (one
+    shard's phases interleave with the others', so a count per phase would jump)."""
+
+    def __init__(self, progress: Progress, shards: int) -> None:
+        self.progress = progress
+        self.shards = shards
+        self.done: dict[tuple[int, str], int] = {}
+        self.lock = threading.Lock()
+
+    def of(self, shard: int) -> Progress:
+        def report(model: str, phase: str, done: int, total: int | None) -> None:
+            with self.lock:
+                self.done[shard, phase] = done
+                self.progress(model, "all shards", sum(self.done.values()), None)
+
+        return report
 
 
 def in_shard(view: Mapper, ident: bytes) -> bool:
@@ -244,6 +295,7 @@ __all__ = [
     "Ticker",
     "UnknownName",
     "by_hash_field",
+    "each_shard",
     "in_shard",
     "model_name",
     "read_marker",

@@ -26,12 +26,12 @@ from .common import (
     Progress,
     Ticker,
     by_hash_field,
+    each_shard,
     model_name,
     read_marker,
     resolve_client,
     run,
     select_mappers,
-    shard_views,
 )
 from .placement import Keyspace
 
@@ -96,10 +96,10 @@ def stats(
     client = resolve_client(client)
     report = StatsReport()
     for mapper in select_mappers(registry_or_classes, models, sharded=True):
-        parts = [
-            _model_stats(client, view, max(1, batch), sample, progress, first=k == 0)
-            for k, view in enumerate(shard_views(mapper))
-        ]
+        def one(k: int, view: Mapper, shown: Progress | None) -> ModelStats:
+            return _model_stats(client, view, max(1, batch), sample, shown, first=k == 0)
+
+        parts = each_shard(mapper, one, progress)
         report.models.append(_summed(parts))
     return report
 
