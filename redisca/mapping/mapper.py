@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ..errors import MappingError, ValidationError
 from .codecs import Codec, decoder, encoder, holds_immutable
 from .generated import Encoder, Filler, build_encoder, build_filler
-from .instrument import MISSING, FieldAttribute, inner_descriptor
+from .instrument import MISSING, FieldAttribute, inner_descriptor, install_repr
 from .keys import KeyLayout, model_layout
 
 if TYPE_CHECKING:
@@ -236,6 +238,11 @@ class Mapper:
         self.id_attribute = FieldAttribute(cls, self.id_attr, inner, self._coerce_id, self)
         setattr(cls, self.id_attr, self.id_attribute)
         cls.__redisca_mapper__ = self
+        attributes = {f.name: f.attribute for f in self.fields}
+        attributes[self.id_attr] = self.id_attribute
+        install_repr(
+            cls, [(a.name, attributes[a.name], a.repr) for a in attrs.fields(cls) if a.repr]
+        )
         #: What loading needs of each field, looked up once: field, hash field, slot
         #: setter, decoder, whether it is a reference.
         self.loaders: tuple[tuple[MappedField, bytes, Any, Any, bool], ...] = tuple(

@@ -1,0 +1,122 @@
+"""The traps of issue 14: repr that loads or raises, changes dropped without a word,
+two pending claims of one unique value, ``None`` ids, an id where a reference goes,
+and mapped subclasses."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import redis
+from helpers import Counted
+
+import redisca
+from redisca import Reference, Registry, Session, String
+
+registry = Registry()
+
+
+@registry.mapped(prefix="tr.usr")
+@attrs.define
+class Writer:
+    name: str = String(unique=True)
+    bio: str | None = None
+    id: str | None = None
+
+
+@registry.mapped(prefix="tr.post")
+@attrs.define
+class Note:
+    title: str = String(index=True)
+    author: Writer | None = Reference(Writer, index=True, default=None)
+    secret: str = attrs.field(default="hidden", repr=False)
+    shout: str = attrs.field(default="x", repr=lambda v: v.upper())
+    id: str | None = None
+
+
+@registry.mapped(prefix="tr.own")
+@attrs.define
+class Custom:
+    name: str = String()
+    id: str | None = None
+
+    def __repr__(self) -> str:
+        return "mine"
+
+
+def _stored(r: redis.Redis) -> None:
+    with Session(r) as s:
+        ann = Writer("ann", id="a")
+        s.add_all([ann, Note("hello", author=ann, id="p1")])
+        s.commit()
+
+
+# -- 1. repr never loads, never raises -------------------------------------------------
+
+
+def test_repr_of_every_state_never_loads_nor_raises(r: redis.Redis, counted: Counted) -> None:
+    _stored(r)
+    transient = Note("t", id="n1")
+    assert repr(transient) == "Note(title='t', author=None, shout=X, id='n1')"
+    s = Session(counted.client)
+    s.add(transient)  # pending
+    assert repr(transient) == "Note(title='t', author=None, shout=X, id='n1')"
+    stub = s.reference(Note, "p1")  # persistent, nothing loaded
+    counted.reset()
+    unloaded = "title=<not loaded>, author=<not loaded>, shout=<not loaded>"
+    assert repr(stub) == f"Note({unloaded}, id='p1')"
+    assert counted.round_trips == 0
+    assert not redisca.inspect(stub).loaded
+    loaded = s.get(Note, "p1")  # loaded; its author is a stub
+    assert loaded is stub
+    counted.reset()
+    shown = repr(loaded)
+    author = "Writer(name=<not loaded>, bio=<not loaded>, id='a')"
+    assert shown == f"Note(title='hello', author={author}, shout=X, id='p1')"
+    assert counted.round_trips == 0
+    s.unload(loaded)  # unloaded again: not loaded, not loading
+    counted.reset()
+    assert "title=<not loaded>" in repr(loaded)
+    assert counted.round_trips == 0
+    s.delete(loaded)  # deleted (pending delete)
+    assert repr(loaded).startswith("Note(title=<not loaded>")
+    s.commit()  # deleted and committed: detached
+    counted.reset()
+    assert redisca.inspect(loaded).status == "detached"
+    assert repr(loaded).startswith("Note(title=<not loaded>")
+    other = s.reference(Writer, "a")
+    s.close()  # detached after close, unloaded
+    assert repr(other) == "Writer(name=<not loaded>, bio=<not loaded>, id='a')"
+    with pytest.raises(redisca.DetachedInstanceError):
+        _ = other.name  # reading it still raises: repr only shows
+    assert counted.round_trips == 0
+
+
+def test_repr_of_a_cycle_and_a_user_repr(r: redis.Redis) -> None:
+    reg = Registry()
+
+    @reg.mapped(prefix="tr.node")
+    @attrs.define
+    class Node:
+        parent: Node | None = Reference("Node", default=None)
+        id: str | None = None
+
+    a = Node(id="a")
+    b = Node(parent=a, id="b")
+    a.parent = b
+    assert repr(a) == "Node(parent=Node(parent=..., id='b'), id='a')"
+    assert repr(Custom("x")) == "mine"  # the user's own __repr__ is left alone
+
+
+def test_asdict_of_a_detached_instance(r: redis.Redis) -> None:
+    """``attrs.asdict`` reads through the attributes: what is loaded is given, an
+    unloaded attribute of a detached instance still raises (documented)."""
+    _stored(r)
+    with Session(r) as s:
+        note = s.get(Note, "p1")
+    assert attrs.asdict(note, recurse=False)["title"] == "hello"
+    with pytest.raises(redisca.DetachedInstanceError):
+        attrs.asdict(note)  # its author was never loaded
+    with Session(r) as s:
+        note = s.get(Note, "p1")
+        s.preload([note], Note.author)
+    assert attrs.asdict(note)["author"] == {"name": "ann", "bio": None, "id": "a"}
