@@ -112,6 +112,20 @@ class ClusterNodeError(OperationalError):
     """
 
 
+class UncommittedChangesWarning(RuntimeWarning):
+    """A session was closed (``close()``, the end of its ``with`` block) or garbage
+    collected while it held changes no commit wrote: new, changed or deleted
+    instances, or queued commands. They are dropped; the warning names them, as
+    losing writes without a word is the worst way to lose them. Leaving a ``with``
+    block because of an exception does not warn (the exception says why), nor does
+    closing after :meth:`~redisca.Session.rollback`.
+
+    A warning, not an error (it derives from ``RuntimeWarning``, not from
+    :class:`~redisca.RediscaError`): ``warnings.simplefilter("error", UncommittedChangesWarning)``
+    turns it into one. The Flask extension's warning is this class
+    (``redisca.flask.UncommittedChangesWarning``)."""
+
+
 class BulkAddError(RediscaError):
     """:meth:`Session.bulk_add <redisca.Session.bulk_add>` stopped at a chunk.
 
@@ -163,6 +177,7 @@ __all__ = [
     "QueryError",
     "RediscaError",
     "StaleDataError",
+    "UncommittedChangesWarning",
     "UniqueViolation",
     "ValidationError",
 ]

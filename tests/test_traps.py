@@ -4,9 +4,14 @@ and mapped subclasses."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import warnings
+
 import attrs
 import pytest
 import redis
+import redis.asyncio
 from helpers import Counted
 
 import redisca
@@ -120,3 +125,101 @@ def test_asdict_of_a_detached_instance(r: redis.Redis) -> None:
         note = s.get(Note, "p1")
         s.preload([note], Note.author)
     assert attrs.asdict(note)["author"] == {"name": "ann", "bio": None, "id": "a"}
+
+
+# -- 2. closing with pending changes warns -------------------------------------------
+
+
+def _async_client(r: redis.Redis) -> redis.asyncio.Redis:
+    pool = r.connection_pool.connection_kwargs
+    names = ("host", "port", "db", "decode_responses", "protocol")
+    return redis.asyncio.Redis(**{k: pool[k] for k in names if k in pool})
+
+
+def test_closing_with_pending_changes_warns_naming_them(r: redis.Redis) -> None:
+    _stored(r)
+    s = Session(r)
+    s.add(Writer("bea", id="b"))  # new
+    note = s.get(Note, "p1")
+    note.title = "changed"  # dirty
+    s.delete(s.get(Writer, "a"))  # deleted
+    s.add_command("INCR", "tr.counter")
+    s.get(Writer, "nobody")  # loaded and unchanged things are not named
+    with pytest.warns(redisca.UncommittedChangesWarning) as caught:
+        s.close()
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    named = message.split("4 pending: ")[1].split(" (commit()")[0].split(", ")
+    assert sorted(named) == [
+        "Note('p1') dirty",
+        "Writer('a') deleted",
+        "Writer('b') new",
+        "command 'INCR'",
+    ]
+    assert caught[0].filename == __file__  # points at the close() call, not into redisca
+    assert not r.exists("tr.counter")
+    leaving = pytest.warns(redisca.UncommittedChangesWarning, match=r"1 pending: Writer\('c'\)")
+    with leaving, Session(r) as s:
+        s.add(Writer("cat", id="c"))
+
+
+def test_no_warning_after_commit_rollback_or_an_exception(r: redis.Redis) -> None:
+    _stored(r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Session(r) as s:
+            s.add(Writer("dan", id="d"))
+            s.commit()
+        with Session(r) as s:
+            s.add(Writer("eve", id="e"))
+            s.get(Note, "p1").title = "again"
+            s.rollback()
+        with pytest.raises(KeyError), Session(r) as s:  # the exception says it
+            s.add(Writer("fay", id="f"))
+            raise KeyError("boom")
+        s = Session(r)
+        s.get(Note, "p1").title = "hello"  # assigned its loaded value: nothing to write
+        s.close()
+    assert not r.exists(redisca.inspect(Writer).key_for("f"))
+
+
+def test_a_session_dropped_with_pending_changes_warns(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Writer("gus", id="g"))
+    with pytest.warns(redisca.UncommittedChangesWarning, match=r"garbage collected.*Writer\('g'\)"):
+        del s
+        gc.collect()
+
+
+def test_the_flask_warning_is_the_core_one() -> None:
+    pytest.importorskip("flask")
+    from redisca.flask import UncommittedChangesWarning
+
+    assert UncommittedChangesWarning is redisca.UncommittedChangesWarning
+    assert issubclass(UncommittedChangesWarning, RuntimeWarning)
+
+
+def test_async_session_close_warns_too(r: redis.Redis) -> None:
+    from redisca.asyncio import AsyncSession
+
+    async def main() -> None:
+        client = _async_client(r)
+        try:
+            with pytest.warns(redisca.UncommittedChangesWarning, match=r"Writer\('h'\) new"):
+                async with AsyncSession(client) as s:
+                    s.add(Writer("hal", id="h"))
+            s = AsyncSession(client)
+            s.add(Writer("ida", id="i"))
+            with pytest.warns(redisca.UncommittedChangesWarning) as caught:
+                await s.close()
+            assert caught[0].filename == __file__
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                with pytest.raises(KeyError):
+                    async with AsyncSession(client) as s:
+                        s.add(Writer("jo", id="j"))
+                        raise KeyError("boom")
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
