@@ -67,15 +67,30 @@ class IntegrityError(RediscaError):
 
 
 class UniqueViolation(IntegrityError):
-    """A unique value is already owned by another entity."""
+    """A unique value is already owned by another entity, or claimed by two objects of
+    one commit.
 
-    def __init__(self, message: str, *, field: str, value: Any, owner: str) -> None:
+    ``owner`` is the id of the entity Redis says holds the value; ``None`` when two
+    pending objects of the commit claim it (refused before anything is sent: neither
+    owns it), and then ``claimants`` are those two objects."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str,
+        value: Any,
+        owner: str | None,
+        claimants: tuple[Any, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.value = value
         self.owner = owner
         #: Alias of :attr:`owner`, for readers who think of it as an id.
         self.owner_id = owner
+        #: The two objects of one commit claiming the value (``owner`` is ``None``).
+        self.claimants = claimants
 
 
 class ConflictError(RediscaError):

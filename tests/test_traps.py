@@ -223,3 +223,65 @@ def test_async_session_close_warns_too(r: redis.Redis) -> None:
             await client.aclose()
 
     asyncio.run(main())
+
+
+# -- 3. two pending claims of one unique value ---------------------------------------
+
+
+def test_two_pending_claims_of_one_value_are_refused_before_anything_is_sent(
+    counted: Counted,
+) -> None:
+    s = Session(counted.client)
+    first, second = Writer("intro"), Writer("intro")
+    s.add_all([first, second])
+    counted.reset()
+    with pytest.raises(redisca.UniqueViolation) as info:
+        s.commit()
+    assert counted.round_trips == 0 and counted.commands == 0  # nothing sent
+    exc = info.value
+    assert exc.owner is None and exc.owner_id is None
+    assert (exc.field, exc.value) == ("name", "intro")
+    assert exc.claimants == (first, second)
+    message = str(exc)
+    assert f"Writer({first.id!r}) (new)" in message and f"Writer({second.id!r}) (new)" in message
+    assert "already taken" not in message
+    assert list(s.new) == [first, second]  # still pending: fix one and commit again
+    second.name = "outro"
+    s.commit()
+    assert (
+        counted.client.hget(
+            redisca.inspect(Writer).layout.unique_stripe(b"name", b"intro"), b"intro"
+        )
+        is not None
+    )
+    # A persistent entity taking a value a new one claims: the same, both named.
+    third = Writer("intro2")
+    s.add(third)
+    first.name = "intro2"
+    counted.reset()
+    with pytest.raises(
+        redisca.UniqueViolation,
+        match=r"\(changed\) and Writer.*\(new\)|"
+        r"\(new\) and Writer.*\(changed\)",
+    ) as info:
+        s.commit()
+    assert counted.commands == 0 and info.value.owner is None
+    s.rollback()
+    # A swap is no double claim: one lets the value go, the other takes it.
+    first.name, second.name = second.name, first.name
+    s.commit()
+    s.close()
+    with Session(counted.client) as check:
+        assert check.get(Writer, first.id).name == "outro"  # type: ignore[union-attr]
+        assert check.get(Writer, second.id).name == "intro"  # type: ignore[union-attr]
+
+
+def test_bulk_add_names_the_second_claimant(r: redis.Redis) -> None:
+    with Session(r) as s:
+        objs = [Writer("w1"), Writer("w2"), Writer("w1")]
+        with pytest.raises(redisca.BulkAddError) as info:
+            s.bulk_add(objs)
+    assert info.value.entity is objs[2] and info.value.written == 0
+    assert isinstance(info.value.error, redisca.UniqueViolation)
+    assert info.value.error.owner is None
+    assert r.dbsize() == 0

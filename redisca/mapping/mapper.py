@@ -194,6 +194,8 @@ class Mapper:
         self.by_name: dict[str, MappedField] = {}
         #: The attributes with an index or a unique key.
         self.indexed: tuple[MappedField, ...] = ()
+        #: The attributes with ``unique=True``.
+        self.uniques: tuple[MappedField, ...] = ()
         #: The attributes without an index or a unique key (an update of only these
         #: reads nothing before its commit).
         self.plain: frozenset[MappedField] = frozenset()
@@ -218,6 +220,7 @@ class Mapper:
         self.fields = tuple(fields)
         self.by_name = {f.name: f for f in fields}
         self.indexed = tuple(f for f in fields if f.indexed)
+        self.uniques = tuple(f for f in fields if f.unique)
         self.plain = frozenset(f for f in fields if not f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
         self.reference_names = frozenset(f.name for f in self.references)

@@ -40,6 +40,7 @@ from .state import (
     InstanceState,
     detached_state,
     forget_detached,
+    named,
     remember_detached,
     state_for,
 )
@@ -150,9 +151,9 @@ class Session:
         found: list[str] = []
         for state in self.states():
             if state.deleted:
-                found.append(f"{_named(state)} deleted")
+                found.append(f"{named(state)} deleted")
             elif not state.persistent:
-                found.append(f"{_named(state)} new")
+                found.append(f"{named(state)} new")
             elif state.assigned is IN_STEP and not state.mapper.mutable:
                 continue  # nothing assigned since loaded or committed: clean, no diff
             else:
@@ -161,7 +162,7 @@ class Session:
                 except Exception:  # a value that cannot be encoded: a change all the same
                     changed = True
                 if changed:
-                    found.append(f"{_named(state)} dirty")
+                    found.append(f"{named(state)} dirty")
         found += [f"command {c[1][0].decode(errors='replace')!r}" for c in self._commands]
         return found
 
@@ -602,11 +603,6 @@ _NAMED = 10
 
 #: redisca's own directory: a warning points at the first frame outside it.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def _named(state: InstanceState) -> str:
-    """An instance in a message: its class and id, ``User('a')`` (never loads)."""
-    return f"{state.mapper.class_.__name__}({state.id!r})"
 
 
 def _caller_level() -> int:
