@@ -285,3 +285,51 @@ def test_bulk_add_names_the_second_claimant(r: redis.Redis) -> None:
     assert isinstance(info.value.error, redisca.UniqueViolation)
     assert info.value.error.owner is None
     assert r.dbsize() == 0
+
+
+# -- 4. None ids ----------------------------------------------------------------------
+
+
+def test_none_ids_are_refused_by_reference_get_and_get_many(r: redis.Redis) -> None:
+    from redisca.asyncio import AsyncSession
+
+    with Session(r) as s:
+        for call in (
+            lambda: s.reference(Writer, None),  # type: ignore[arg-type]
+            lambda: s.get(Writer, None),  # type: ignore[arg-type]
+            lambda: s.get_many(Writer, ["a", None]),  # type: ignore[list-item]
+        ):
+            with pytest.raises(redisca.ValidationError, match="None names no entity"):
+                call()
+
+    async def main() -> None:
+        client = _async_client(r)
+        try:
+            async with AsyncSession(client) as s:
+                with pytest.raises(redisca.ValidationError, match="None names no entity"):
+                    s.reference(Writer, None)  # type: ignore[arg-type]
+                with pytest.raises(redisca.ValidationError, match="None names no entity"):
+                    await s.get(Writer, None)  # type: ignore[arg-type]
+                with pytest.raises(redisca.ValidationError, match="None names no entity"):
+                    await s.get_many(Writer, ["a", None])  # type: ignore[list-item]
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+# -- 5. an id where a reference goes ----------------------------------------------------
+
+
+def test_an_id_assigned_to_a_reference_says_to_use_session_reference(r: redis.Redis) -> None:
+    with pytest.raises(redisca.ValidationError, match=r"session\.reference\(Writer, '01a'\)"):
+        Note("t", author="01a")  # type: ignore[arg-type]
+    note = Note("t")
+    with pytest.raises(redisca.ValidationError, match=r"session\.reference\(Writer, 7\)") as e:
+        note.author = 7  # type: ignore[assignment]
+    assert e.value.field == "author"
+    assert note.author is None
+    with Session(r) as s:
+        note.author = s.reference(Writer, "01a")  # the way it says
+        assert note.author.id == "01a"
+    assert r.dbsize() == 0

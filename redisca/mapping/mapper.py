@@ -116,6 +116,13 @@ class MappedField:
             if self.codec is None:
                 target = self.target_mapper().class_
                 if not isinstance(value, target):
+                    if isinstance(value, str | int) and not isinstance(value, bool):
+                        # An id where the entity goes: say how to refer to it by id.
+                        raise ValidationError(
+                            f"expected a {target.__name__}, got the id-like {value!r}: to "
+                            f"refer to a stored {target.__name__} by its id, assign "
+                            f"session.reference({target.__name__}, {value!r}) (no round trip)"
+                        )
                     raise ValidationError(f"expected a {target.__name__}, got {value!r}")
                 return value
             value = self.codec.coerce(value)
