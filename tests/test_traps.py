@@ -15,7 +15,7 @@ import redis.asyncio
 from helpers import Counted
 
 import redisca
-from redisca import Reference, Registry, Session, String
+from redisca import Integer, Reference, Registry, Session, String
 
 registry = Registry()
 
@@ -333,3 +333,44 @@ def test_an_id_assigned_to_a_reference_says_to_use_session_reference(r: redis.Re
         note.author = s.reference(Writer, "01a")  # the way it says
         assert note.author.id == "01a"
     assert r.dbsize() == 0
+
+
+# -- 6. inheritance -------------------------------------------------------------------
+
+
+def test_a_mapped_subclass_of_a_mapped_class(r: redis.Redis) -> None:
+    reg = Registry()
+
+    @reg.mapped(prefix="tr.person")
+    @attrs.define
+    class Person:
+        name: str = String(index=True)
+        nick: str | None = None
+        id: str | None = None
+
+    @reg.mapped(prefix="tr.admin")
+    @attrs.define(kw_only=True)  # fields after Person's defaulted ones need kw_only
+    class Admin(Person):
+        level: int = Integer(index=True)
+
+    @reg.mapped(prefix="tr.root")
+    @attrs.define(kw_only=True)
+    class Root(Admin):
+        shell: str = String(default="sh")
+
+    assert redisca.inspect(Person).subclasses == [Admin, Root]
+    assert redisca.inspect(Admin).subclasses == [Root]
+    assert redisca.inspect(Root).subclasses == []
+    assert redisca.inspect(Admin).field_names == ["name", "nick", "level"]
+    with Session(r) as s:
+        s.add_all([Person(name="ann", id="p"), Admin(name="ann", level=3, id="a")])
+        s.add(Root(name="ann", level=9, id="r"))
+        s.commit()
+    with Session(r) as s:
+        assert [p.id for p in s.query(Person).filter(Person.name == "ann")] == ["p"]
+        admins = s.query(Admin).filter(Admin.level >= 1).all()
+        assert [(type(a), a.id, a.level) for a in admins] == [(Admin, "a", 3)]
+        root = s.get(Root, "r")
+        assert root is not None and (root.name, root.level, root.shell) == ("ann", 9, "sh")
+        assert s.get(Person, "a") is None  # an Admin is not stored as a Person
+        assert repr(root) == "Root(name='ann', nick=None, id='r', level=9, shell='sh')"

@@ -339,6 +339,17 @@ class Mapper:
             ) from None
 
     @property
+    def subclasses(self) -> list[type]:
+        """The mapped subclasses of the class in its registry, direct and indirect, in
+        the order they were mapped (redisca 1.x's ``inheritors()``). Each has its own
+        prefix, keys and indexes: a query of this class returns none of them."""
+        return [
+            m.class_
+            for m in self.registry
+            if m.class_ is not self.class_ and issubclass(m.class_, self.class_)
+        ]
+
+    @property
     def field_names(self) -> list[str]:
         """The names of the mapped attributes."""
         return [f.name for f in self.fields]
