@@ -25,6 +25,7 @@ from .errors import (
     QueryError,
     RediscaError,
     StaleDataError,
+    UncommittedChangesWarning,
     UniqueViolation,
     ValidationError,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "Session",
     "StaleDataError",
     "String",
+    "UncommittedChangesWarning",
     "UniqueViolation",
     "ValidationError",
     "conf",

@@ -67,15 +67,30 @@ class IntegrityError(RediscaError):
 
 
 class UniqueViolation(IntegrityError):
-    """A unique value is already owned by another entity."""
+    """A unique value is already owned by another entity, or claimed by two objects of
+    one commit.
 
-    def __init__(self, message: str, *, field: str, value: Any, owner: str) -> None:
+    ``owner`` is the id of the entity Redis says holds the value; ``None`` when two
+    pending objects of the commit claim it (refused before anything is sent: neither
+    owns it), and then ``claimants`` are those two objects."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str,
+        value: Any,
+        owner: str | None,
+        claimants: tuple[Any, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.value = value
         self.owner = owner
         #: Alias of :attr:`owner`, for readers who think of it as an id.
         self.owner_id = owner
+        #: The two objects of one commit claiming the value (``owner`` is ``None``).
+        self.claimants = claimants
 
 
 class ConflictError(RediscaError):
@@ -110,6 +125,20 @@ class ClusterNodeError(OperationalError):
     ``REDISCA_CLUSTER=1`` with ``REDIS_URL`` naming a node) instead. Raised wherever
     such a reply is read, so it is never taken for data.
     """
+
+
+class UncommittedChangesWarning(RuntimeWarning):
+    """A session was closed (``close()``, the end of its ``with`` block) or garbage
+    collected while it held changes no commit wrote: new, changed or deleted
+    instances, or queued commands. They are dropped; the warning names them, as
+    losing writes without a word is the worst way to lose them. Leaving a ``with``
+    block because of an exception does not warn (the exception says why), nor does
+    closing after :meth:`~redisca.Session.rollback`.
+
+    A warning, not an error (it derives from ``RuntimeWarning``, not from
+    :class:`~redisca.RediscaError`): ``warnings.simplefilter("error", UncommittedChangesWarning)``
+    turns it into one. The Flask extension's warning is this class
+    (``redisca.flask.UncommittedChangesWarning``)."""
 
 
 class BulkAddError(RediscaError):
@@ -163,6 +192,7 @@ __all__ = [
     "QueryError",
     "RediscaError",
     "StaleDataError",
+    "UncommittedChangesWarning",
     "UniqueViolation",
     "ValidationError",
 ]

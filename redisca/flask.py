@@ -34,6 +34,7 @@ from .errors import (
     NotFound,
     QueryError,
     RediscaError,
+    UncommittedChangesWarning,
     ValidationError,
 )
 from .inspection import inspect
@@ -51,15 +52,6 @@ DEFAULT_MAX_PER_PAGE = 100
 
 class ConfigurationError(RediscaError, RuntimeError):
     """The extension cannot work with this app: no connection configured, or no ``init_app``."""
-
-
-class UncommittedChangesWarning(RuntimeWarning):
-    """With ``autosave=True``, a session was removed while it still held changes.
-
-    They were made after the autosave commit (an ``after_request`` function that ran
-    after it, a teardown function, a streamed response), or in an app context outside
-    any request, where autosave never commits. They are dropped; this warning says so.
-    """
 
 
 class CommitConflict(Conflict):
@@ -309,6 +301,11 @@ class FlaskRedisca:
 
     def _end(self, scope: _Scope, exc: BaseException | None) -> None:
         """Close a session, first warning (autosave) about changes it would drop."""
+        # The session closes without Session.close()'s UncommittedChangesWarning: with
+        # autosave, this warning (of the same class) says where the changes came from;
+        # without, a view ends its unit of work by not committing (a form answered
+        # with its errors): dropping is the rule there, and warning every such request
+        # would be noise.
         try:
             if self.autosave and exc is None and not (scope.raised or scope.failed):
                 leftovers = _leftovers(scope.session)
@@ -326,7 +323,7 @@ class FlaskRedisca:
                         stacklevel=2,
                     )
         finally:
-            scope.session.close()
+            scope.session._close(warn=False)
 
     # -- helpers -------------------------------------------------------------------
 

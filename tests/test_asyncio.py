@@ -165,6 +165,7 @@ def test_a_hundred_tasks_race_for_unique_values(r: redis.Redis) -> None:
             try:
                 await s.commit()
             except UniqueViolation:
+                await s.rollback()  # dropped on purpose: no UncommittedChangesWarning
                 return None
             return f"t{n}"
 

@@ -69,8 +69,9 @@ class AsyncSession:
     async def __aenter__(self) -> AsyncSession:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        # Leaving because of an exception: it says why the changes were not committed.
+        self.sync_session._close(warn=exc_type is None)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncSession]:
@@ -83,7 +84,9 @@ class AsyncSession:
         await self.commit()
 
     async def close(self) -> None:
-        """Expunge every instance and drop queued commands; nothing is written."""
+        """Expunge every instance and drop queued commands; nothing is written (changes
+        no commit wrote are dropped with an :class:`~redisca.UncommittedChangesWarning`
+        naming them, as :meth:`redisca.Session.close` does)."""
         self.sync_session.close()
 
     # -- the sync session's plain calls --------------------------------------

@@ -22,6 +22,7 @@ weak reference per loaded instance cost more than the rest of the entry.)
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -178,14 +179,75 @@ def inner_descriptor(cls: type, name: str) -> Any:
     return None
 
 
+class _NotLoaded:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not loaded>"
+
+
+#: What a mapped class's ``repr`` shows for an attribute that holds no value yet.
+NOT_LOADED: Any = _NotLoaded()
+
+_repring = threading.local()  # ids of the instances being repr'd: a cycle shows "..."
+
+
+def generated_repr(cls: type) -> bool:
+    """Whether ``cls``'s own ``__repr__`` is the one attrs generated (not the user's)."""
+    method = cls.__dict__.get("__repr__")
+    code = getattr(method, "__code__", None)
+    return code is not None and code.co_filename.startswith("<attrs generated")
+
+
+def install_repr(cls: type, attributes: list[tuple[str, FieldAttribute, Any]]) -> None:
+    """Replace attrs' generated ``__repr__`` of a mapped class by one that never loads.
+
+    attrs' reads each attribute through its descriptor: inside a session that loads an
+    unloaded instance (a round trip per object printed), and on a detached one it
+    raises, so a log line or a debugger could fail or talk to Redis. This one shows
+    what the instance holds, ``<not loaded>`` for the rest, in attrs' format
+    (``attributes``: name, descriptor, attrs' ``repr=`` of each shown attribute). A
+    ``__repr__`` the user wrote is theirs and left alone."""
+    if not generated_repr(cls):
+        return
+    shown = tuple(
+        (name, attribute.get_raw, repr if formatter is True else formatter)
+        for name, attribute, formatter in attributes
+    )
+
+    def __repr__(self: Any) -> str:
+        active = getattr(_repring, "ids", None)
+        if active is None:
+            active = _repring.ids = set()
+        if id(self) in active:
+            return "..."
+        active.add(id(self))
+        try:
+            parts = []
+            for name, get_raw, formatter in shown:
+                value = get_raw(self)
+                shown_value = "<not loaded>" if value is MISSING else formatter(value)
+                parts.append(f"{name}={shown_value}")
+            return f"{type(self).__qualname__.rsplit('>.', 1)[-1]}({', '.join(parts)})"
+        finally:
+            active.discard(id(self))
+
+    __repr__.__qualname__ = f"{cls.__qualname__}.__repr__"
+    __repr__.__module__ = cls.__module__
+    setattr(cls, "__repr__", __repr__)  # noqa: B010 (mypy refuses assigning a method)
+
+
 __all__ = [
     "IN_STEP",
     "MISSING",
+    "NOT_LOADED",
     "FieldAttribute",
     "Loadable",
     "attach",
     "detach",
     "detach_states",
+    "generated_repr",
     "inner_descriptor",
+    "install_repr",
     "state_of",
 ]

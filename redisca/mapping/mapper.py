@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ..errors import MappingError, ValidationError
 from .codecs import Codec, decoder, encoder, holds_immutable
 from .generated import Encoder, Filler, build_encoder, build_filler
-from .instrument import MISSING, FieldAttribute, inner_descriptor
+from .instrument import MISSING, FieldAttribute, inner_descriptor, install_repr
 from .keys import KeyLayout, model_layout
 
 if TYPE_CHECKING:
@@ -114,6 +116,13 @@ class MappedField:
             if self.codec is None:
                 target = self.target_mapper().class_
                 if not isinstance(value, target):
+                    if isinstance(value, str | int) and not isinstance(value, bool):
+                        # An id where the entity goes: say how to refer to it by id.
+                        raise ValidationError(
+                            f"expected a {target.__name__}, got the id-like {value!r}: to "
+                            f"refer to a stored {target.__name__} by its id, assign "
+                            f"session.reference({target.__name__}, {value!r}) (no round trip)"
+                        )
                     raise ValidationError(f"expected a {target.__name__}, got {value!r}")
                 return value
             value = self.codec.coerce(value)
@@ -192,6 +201,8 @@ class Mapper:
         self.by_name: dict[str, MappedField] = {}
         #: The attributes with an index or a unique key.
         self.indexed: tuple[MappedField, ...] = ()
+        #: The attributes with ``unique=True``.
+        self.uniques: tuple[MappedField, ...] = ()
         #: The attributes without an index or a unique key (an update of only these
         #: reads nothing before its commit).
         self.plain: frozenset[MappedField] = frozenset()
@@ -216,6 +227,7 @@ class Mapper:
         self.fields = tuple(fields)
         self.by_name = {f.name: f for f in fields}
         self.indexed = tuple(f for f in fields if f.indexed)
+        self.uniques = tuple(f for f in fields if f.unique)
         self.plain = frozenset(f for f in fields if not f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
         self.reference_names = frozenset(f.name for f in self.references)
@@ -236,6 +248,11 @@ class Mapper:
         self.id_attribute = FieldAttribute(cls, self.id_attr, inner, self._coerce_id, self)
         setattr(cls, self.id_attr, self.id_attribute)
         cls.__redisca_mapper__ = self
+        attributes = {f.name: f.attribute for f in self.fields}
+        attributes[self.id_attr] = self.id_attribute
+        install_repr(
+            cls, [(a.name, attributes[a.name], a.repr) for a in attrs.fields(cls) if a.repr]
+        )
         #: What loading needs of each field, looked up once: field, hash field, slot
         #: setter, decoder, whether it is a reference.
         self.loaders: tuple[tuple[MappedField, bytes, Any, Any, bool], ...] = tuple(
@@ -320,6 +337,17 @@ class Mapper:
                 field=self.id_attr,
                 value=value,
             ) from None
+
+    @property
+    def subclasses(self) -> list[type]:
+        """The mapped subclasses of the class in its registry, direct and indirect, in
+        the order they were mapped (redisca 1.x's ``inheritors()``). Each has its own
+        prefix, keys and indexes: a query of this class returns none of them."""
+        return [
+            m.class_
+            for m in self.registry
+            if m.class_ is not self.class_ and issubclass(m.class_, self.class_)
+        ]
 
     @property
     def field_names(self) -> list[str]:

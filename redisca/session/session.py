@@ -7,7 +7,11 @@ redisca 1.x's registry did until ``free()``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import sys
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
@@ -16,7 +20,12 @@ from typing import Any, TypeVar
 import attrs
 
 from ..conf import Client, default_client
-from ..errors import IntegrityError, InvalidRequestError, ValidationError
+from ..errors import (
+    IntegrityError,
+    InvalidRequestError,
+    UncommittedChangesWarning,
+    ValidationError,
+)
 from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
@@ -31,6 +40,7 @@ from .state import (
     InstanceState,
     detached_state,
     forget_detached,
+    named,
     remember_detached,
     state_for,
 )
@@ -90,8 +100,9 @@ class Session:
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # Leaving because of an exception: it says why the changes were not committed.
+        self._close(warn=exc_type is None)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -104,16 +115,71 @@ class Session:
         self.commit()
 
     def close(self) -> None:
-        """Expunge every instance and drop queued commands; nothing is written."""
+        """Expunge every instance and drop queued commands; nothing is written.
+
+        Changes no commit wrote (new, changed or deleted instances, queued commands) are
+        dropped with an :class:`~redisca.UncommittedChangesWarning` naming them; after
+        :meth:`rollback` there are none."""
+        self._close(warn=True)
+
+    def _close(self, *, warn: bool) -> None:
+        """:meth:`close`; ``warn=False``: without the warning (an exception, or the
+        caller's own warning, already says the changes are dropped)."""
+        if warn:
+            self._warn_uncommitted("closed")
         self.expunge_all()
         self._commands.clear()
 
     def __del__(self) -> None:
         # Dropped without close(): its instances leave the instance table, which
-        # would otherwise keep them (and their states) alive for good. Nothing else:
-        # a finalizer must not take locks (gcpause's) or call into Redis.
-        if getattr(self, "identity_map", None):
+        # would otherwise keep them (and their states) alive for good; dropped changes
+        # are warned about as close() does. Nothing else: a finalizer must not take
+        # locks (gcpause's) or call into Redis.
+        if getattr(self, "identity_map", None) is None:
+            return
+        if getattr(self, "_commands", None) or len(self.identity_map):
+            # A finalizer must not raise (at interpreter exit, or a filter "error").
+            with contextlib.suppress(Exception):
+                self._warn_uncommitted("garbage collected without close()")
+        if self.identity_map:
             instrument.detach_states(self.states())
+
+    def _uncommitted(self) -> list[str]:
+        """The changes a commit would write, one phrase each: ``User('a') new``,
+        ``Post('p1') dirty``, ``Tag('t') deleted``, ``command 'INCR'`` (empty: none).
+        Reads nothing from Redis."""
+        found: list[str] = []
+        for state in self.states():
+            if state.deleted:
+                found.append(f"{named(state)} deleted")
+            elif not state.persistent:
+                found.append(f"{named(state)} new")
+            elif state.assigned is IN_STEP and not state.mapper.mutable:
+                continue  # nothing assigned since loaded or committed: clean, no diff
+            else:
+                try:
+                    changed = bool(state.changes())
+                except Exception:  # a value that cannot be encoded: a change all the same
+                    changed = True
+                if changed:
+                    found.append(f"{named(state)} dirty")
+        found += [f"command {c[1][0].decode(errors='replace')!r}" for c in self._commands]
+        return found
+
+    def _warn_uncommitted(self, how: str) -> None:
+        found = self._uncommitted()
+        if not found:
+            return
+        shown = ", ".join(found[:_NAMED])
+        if len(found) > _NAMED:
+            shown += f", and {len(found) - _NAMED} more"
+        warnings.warn(
+            f"session {how} with changes no commit wrote, now dropped; {len(found)} "
+            f"pending: {shown} (commit() writes changes; rollback() drops them without "
+            "this warning)",
+            UncommittedChangesWarning,
+            stacklevel=_caller_level(),
+        )
 
     # -- binds ---------------------------------------------------------------
 
@@ -530,6 +596,24 @@ class Session:
             else:
                 field.attribute.del_raw(state.obj)
         state.assigned = IN_STEP
+
+
+#: How many changes an UncommittedChangesWarning names (then "and N more").
+_NAMED = 10
+
+#: redisca's own directory: a warning points at the first frame outside it.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside redisca, for the warning issued
+    by the caller of this function: the user's ``close()``, ``with`` or ``await``."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _wait(replicas: int, timeout: float) -> executor.Wait | None:

@@ -183,6 +183,11 @@ class InstanceState:
         return out
 
 
+def named(state: InstanceState) -> str:
+    """An instance in a message: its class and id, ``User('a')`` (never loads)."""
+    return f"{state.mapper.class_.__name__}({state.id!r})"
+
+
 class _Detached(NamedTuple):
     ref: weakref.ref[Any]
     id: str | None
@@ -257,6 +262,7 @@ __all__ = [
     "InstanceState",
     "detached_state",
     "forget_detached",
+    "named",
     "remember_detached",
     "state_for",
 ]

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import InvalidRequestError, OperationalError
+from ..errors import InvalidRequestError, OperationalError, UniqueViolation
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
 from . import claims, executor, routing
 from .emit import vanished
 from .io import Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
-from .state import InstanceState
+from .state import InstanceState, named
 
 if TYPE_CHECKING:
     from .session import CommandResult, Session
@@ -208,16 +208,21 @@ def organize(
 
     last_mapper: Mapper | None = None  # states come in runs of one mapper: its group
     group: Group | None = None
+    claimed: dict[tuple[MappedField, bytes], InstanceState] = {}
     for state in states:
         if state.deleted:
             change = _delete(state)
         elif not state.persistent:
             change = _insert(state)
+            if state.mapper.uniques:
+                _claim(claimed, state, change)
         else:
             found = _update(state)
             if found is None:
                 continue
             change = found
+            if state.mapper.uniques:
+                _claim(claimed, state, change)
         if state.mapper.shards > 1:
             client = clients.get(state.mapper)
             if client is None:
@@ -237,6 +242,45 @@ def organize(
         group.commands.append(command)
         group.results.append(result)
     return list(groups.values())
+
+
+def _claim(
+    claimed: dict[tuple[MappedField, bytes], InstanceState],
+    state: InstanceState,
+    change: EntityChange,
+) -> None:
+    """Note the unique values a change claims; two objects of one commit claiming one
+    value raise :class:`~redisca.UniqueViolation` naming both, before anything is sent.
+    (Redis would only tell which of them wrote first, and the error would then name an
+    id Redis never held.) A value one object lets go and another takes is no claim of
+    two: the emitter orders that swap."""
+    for field in state.mapper.uniques:
+        raw = change.values.get(field)
+        if raw is None:
+            continue
+        earlier = claimed.setdefault((field, field.index_key(raw)), state)
+        if earlier is not state and earlier.id != state.id:
+            raise _claimed_twice(field, raw, earlier, state)
+
+
+def _claimed_twice(
+    field: MappedField, raw: bytes, first: InstanceState, second: InstanceState
+) -> UniqueViolation:
+    value = field.decode(raw)
+    name = f"{field.mapper.class_.__name__}.{field.name}"
+
+    def which(state: InstanceState) -> str:
+        return f"{named(state)} ({'new' if not state.persistent else 'changed'})"
+
+    return UniqueViolation(
+        f"{name} value {value!r} is claimed by two objects of this commit, {which(first)} "
+        f"and {which(second)}; a unique value has one owner: change one of them (nothing "
+        "was sent)",
+        field=field.name,
+        value=value,
+        owner=None,
+        claimants=(first.obj, second.obj),
+    )
 
 
 def commit_steps(session: Session) -> Steps[None]:
