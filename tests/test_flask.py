@@ -714,6 +714,18 @@ def test_paginate_keeps_the_filter_and_replaces_offset_and_limit(
         assert paginate(query.filter(Member.age > 100)).pages == 0
 
 
+def test_paginate_an_or_query(r: redis.Redis, members: list[Member]) -> None:
+    """An OR (several AND-branches, one script call each for the count and the page)."""
+    with Session(r) as session:
+        query = session.query(Member).filter(
+            ((Member.name == "odd") & (Member.age < 10)) | Member.age.in_([40, 42, 44])
+        )
+        page = paginate(query.order_by(Member.age.desc()), page=2, per_page=3)
+        assert page.total == 8 and page.pages == 3
+        assert [m.age for m in page.items] == [9, 7, 5]
+        assert [m.age for m in page.next().items] == [3, 1]
+
+
 def test_paginate_by_keyset_follows_next_after(
     make_app: Any, r: redis.Redis, members: list[Member]
 ) -> None:

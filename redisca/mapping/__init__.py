@@ -4,7 +4,7 @@ Nothing here imports the session layer or talks to Redis.
 """
 
 from .codecs import Codec, codec_for, register_codec
-from .expressions import Condition, Ordering
+from .expressions import And, Condition, Expression, Or, Ordering
 from .fields import (
     METADATA_KEY,
     Boolean,
@@ -25,12 +25,14 @@ from .registry import Registry
 
 __all__ = [
     "METADATA_KEY",
+    "And",
     "Boolean",
     "Codec",
     "Condition",
     "Date",
     "DateTime",
     "Email",
+    "Expression",
     "Field",
     "FieldSpec",
     "Float",
@@ -39,6 +41,7 @@ __all__ = [
     "MD5Pass",
     "MappedField",
     "Mapper",
+    "Or",
     "Ordering",
     "Password",
     "PasswordHash",

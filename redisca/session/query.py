@@ -15,7 +15,7 @@ import attrs
 
 from ..errors import MultipleResultsFound, NotFound, QueryError
 from ..mapping import instrument
-from ..mapping.expressions import Condition, Ordering
+from ..mapping.expressions import Expression, Ordering, branches
 from ..mapping.keys import decode_id
 from ..mapping.mapper import MappedField, Mapper
 from . import executor, loading, queryscript, shardquery
@@ -25,11 +25,14 @@ from .querycompile import (
     Cursor,
     Filters,
     ScriptCall,
+    Union,
     compile_query,
+    compile_union,
     order_field,
     ordering_field,
     score_arg,
     sort_filters,
+    union_ordering_field,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +53,8 @@ class Query(Generic[T]):
 
     session: Session
     mapper: Mapper
-    conditions: tuple[Condition, ...] = ()
+    #: What filter() was given (conditions, ``&`` / ``|`` combinations), ANDed.
+    conditions: tuple[Expression, ...] = ()
     ordering: Ordering | None = None
     offset_: int = 0
     limit_: int | None = None
@@ -59,7 +63,10 @@ class Query(Generic[T]):
     after_: Any = None
     #: The conditions sorted by index, worked out once by filter() for every query
     #: refined from this one (a lookup runs ``filter(...).one()``: one sort, not three).
-    _filters: Filters | None = attrs.field(default=None, eq=False, repr=False, alias="_filters")
+    #: A :class:`Union` of one sorted branch each when an OR leaves several branches.
+    _filters: Filters | Union | None = attrs.field(
+        default=None, eq=False, repr=False, alias="_filters"
+    )
 
     # -- building ------------------------------------------------------------
 
@@ -67,14 +74,15 @@ class Query(Generic[T]):
     # costs several µs, a generic copy taking keywords 0.5 µs more than this, and every
     # lookup builds two queries (``one()`` and ``first()`` build none: see ``_all``).
 
-    def filter(self, *conditions: Condition) -> Self:
-        """AND the conditions (``User.age >= 18``, ``User.email == v``) to this query."""
+    def filter(self, *conditions: Expression) -> Self:
+        """AND the conditions (``User.age >= 18``, ``User.email == v``, combinations
+        with ``&`` and ``|``, ``User.role.in_(...)``) to this query."""
         for cond in conditions:
-            if not isinstance(cond, Condition):
+            if not isinstance(cond, Expression):
                 raise QueryError(f"filter() takes conditions like User.age >= 18, got {cond!r}")
         combined = self.conditions + conditions
         # Sorting fails now, naming the field; its result is kept for running the query.
-        filters = sort_filters(self.mapper, combined)
+        filters = _sort(self.mapper, combined)
         return self.__class__(
             self.session,
             self.mapper,
@@ -235,6 +243,8 @@ class Query(Generic[T]):
         if self.mapper.shards > 1:
             return executor.drive(self._all(limit))
         call = self._call(b"load", limit)
+        if call is _NOTHING:
+            return []
         results = self._results(queryscript.run(self._client(), call), call)
         if self.preloads and results:
             self.session.preload(results, *self.preloads)
@@ -281,10 +291,10 @@ class Query(Generic[T]):
 
     # -- internals -----------------------------------------------------------
 
-    def _sorted(self) -> Filters:
+    def _sorted(self) -> Filters | Union:
         if self._filters is not None:
             return self._filters
-        return sort_filters(self.mapper, self.conditions)
+        return _sort(self.mapper, self.conditions)
 
     def _client(self) -> Any:
         return self.session.bind_for(self.mapper)
@@ -293,18 +303,24 @@ class Query(Generic[T]):
         """The script's reply (``[ids, hashes, work]``, or ``[count, work]`` for a count;
         ``work``: the index entries the server read, which the tests bound) and its call."""
         if self.mapper.shards > 1:
+            if type(self._sorted()) is Union:  # no branch (_sort refuses several)
+                return _nothing(mode), _NOTHING
             return (yield from self._sharded(mode, limit))
         call = self._call(mode, limit)
+        if call is _NOTHING:
+            return _nothing(mode), call
         return (yield from queryscript.run_steps(self._client(), call)), call
 
     def _sharded(self, mode: bytes, limit: Any) -> Steps[tuple[Any, ScriptCall]]:
         """:meth:`_run` of a model spread over shards (:mod:`~redisca.session.shardquery`)."""
-        by = ordering_field(self.mapper, self._sorted(), self.ordering)
+        filters = self._sorted()
+        assert type(filters) is Filters  # _sort refuses several branches on shards
+        by = ordering_field(self.mapper, filters, self.ordering)
         return (
             yield from shardquery.run_steps(
                 self._client(),
                 self.mapper,
-                self.conditions,
+                branches(self.conditions)[0],
                 by,
                 mode=mode,
                 descending=self.ordering is not None and self.ordering.descending,
@@ -317,13 +333,27 @@ class Query(Generic[T]):
     def _call(self, mode: bytes, limit: Any = _SAME) -> ScriptCall:
         """This query's script call in ``mode`` (see :meth:`_run`)."""
         filters = self._sorted()
+        descending = self.ordering is not None and self.ordering.descending
+        if isinstance(filters, Union):
+            if not filters.branches:
+                return _NOTHING
+            return compile_union(
+                self.mapper,
+                filters,
+                self.ordering,
+                mode=mode,
+                descending=descending,
+                offset=self.offset_,
+                limit=self.limit_ if limit is _SAME else limit,
+                cursor=self._cursor(union_ordering_field(self.mapper, self.ordering)),
+            )
         by = ordering_field(self.mapper, filters, self.ordering)
         return compile_query(
             self.mapper,
             filters,
             by,
             mode=mode,
-            descending=self.ordering is not None and self.ordering.descending,
+            descending=descending,
             offset=self.offset_,
             limit=self.limit_ if limit is _SAME else limit,
             cursor=self._cursor(by),
@@ -356,6 +386,32 @@ class Query(Generic[T]):
         except UnicodeDecodeError:  # data another program wrote: name the indexes read
             where = b" or ".join(dict.fromkeys(call.keys[1:])) or call.keys[0]
             return [decode_id(i, where) for i in ids]
+
+
+#: The call of a query that matches nothing (``in_([])``): never sent.
+_NOTHING = ScriptCall((), (), ())
+
+
+def _nothing(mode: bytes) -> Any:
+    """The reply the script gives when nothing matches."""
+    return [0, 0] if mode == b"count" else [[], [], 0]
+
+
+def _sort(mapper: Mapper, conditions: tuple[Expression, ...]) -> Filters | Union:
+    """The conditions' AND-branches sorted by index: one branch (no OR, or ORs that
+    leave one) compiles as it always has; several make a :class:`Union`. Every value
+    is checked here, as ``==`` and ranges check theirs."""
+    found = branches(conditions)
+    if not found:
+        return Union(())
+    if len(found) == 1:
+        return sort_filters(mapper, found[0])
+    if mapper.shards > 1:
+        raise QueryError(
+            f"{mapper.class_.__name__} is sharded: its queries take no OR or in_() of "
+            "several values (run one query per branch)"
+        )
+    return Union(tuple(sort_filters(mapper, branch) for branch in found))
 
 
 def _count_arg(name: str, n: Any) -> int:

@@ -115,8 +115,8 @@ class OwnerTerm:
         args.append(self.id)
 
 
-#: One condition as the script reads it. OR and ``in_()`` will be terms too: the
-#: script asks each term its size, its ids and whether it holds an id.
+#: One condition as the script reads it: the script asks each term its size, its ids
+#: and whether it holds an id. (An OR is several branches: :class:`Union`.)
 Term = EqTerm | UniqueTerm | RangeTerm | OwnerTerm
 
 
@@ -141,6 +141,17 @@ class ScriptCall:
     #: which :data:`~redisca.session.queryscript.LOOKUP` answers without walking or
     #: sorting anything.
     lookup: bool = False
+    #: Several AND-branches: :data:`~redisca.session.queryscript.UNION` runs the engine
+    #: once per branch and merges their pages by (score, id), dropping duplicates.
+    union: bool = False
+
+
+@attrs.frozen
+class Union:
+    """An OR's AND-branches, each sorted as a query of its own. No branch: nothing
+    matches (``in_([])``), answered without asking the server."""
+
+    branches: tuple[Filters, ...]
 
 
 #: A cursor as the script takes it: kind (``b""`` none, ``b"i"`` look the id's score
@@ -403,6 +414,51 @@ def compile_query(
     return ScriptCall(tuple(keys), tuple(args), tuple(types), lookup)
 
 
+def compile_union(
+    mapper: Mapper,
+    union: Union,
+    ordering: Ordering | None,
+    *,
+    mode: bytes,
+    descending: bool = False,
+    offset: int = 0,
+    limit: int | None = None,
+    cursor: Cursor = NO_CURSOR,
+) -> ScriptCall:
+    """The script call that answers an OR of several branches in one step: each branch
+    is the call :func:`compile_query` makes for it alone, asking its first
+    ``offset + limit`` ids (every id, for a count) in the query's order, which the
+    union script merges by (score, id). All branches share one ordering index:
+    ``order_by``'s, else the model's default order (the first range condition of each
+    branch could differ)."""
+    by = union_ordering_field(mapper, ordering)
+    need = None if limit is None or mode == b"count" else offset + limit
+    keys: list[bytes] = []
+    types: list[bytes] = []
+    args: list[bytes | int] = [
+        b"count" if mode == b"count" else mode,
+        offset,
+        -1 if limit is None else limit,
+        int(descending),
+        mapper.layout.entity_of(b""),
+        len(union.branches),
+    ]
+    for filters in union.branches:
+        call = compile_query(
+            mapper, filters, by, mode=b"ids", descending=descending, limit=need, cursor=cursor
+        )
+        keys += call.keys
+        types += call.types
+        args += call.args
+    return ScriptCall(tuple(keys), tuple(args), tuple(types), union=True)
+
+
+def union_ordering_field(mapper: Mapper, ordering: Ordering | None) -> MappedField | None:
+    """The ordering index of an OR of several branches (see :func:`compile_union`)."""
+    by = order_field(mapper, ordering)
+    return mapper.default_order if by is None else by
+
+
 #: ``restricted`` 0 and the window (-inf, +inf) as :func:`window_args` gives it.
 _NO_WINDOW: tuple[bytes | int, ...] = (0, b"-inf", 0, b"+inf", 1)
 _ZSET: tuple[bytes, ...] = (b"zset",)
@@ -419,12 +475,15 @@ __all__ = [
     "RangeTerm",
     "ScriptCall",
     "Term",
+    "Union",
     "UniqueTerm",
     "compile_query",
+    "compile_union",
     "order_field",
     "ordering_field",
     "score_arg",
     "sort_filters",
+    "union_ordering_field",
     "unique_values",
     "window_args",
 ]

@@ -455,6 +455,94 @@ return reply(out)
 )
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()
 
+
+def _part(text: bytes, start: bytes, end: bytes | None) -> bytes:
+    """The piece of ``text`` from ``start`` up to ``end`` (each found exactly once)."""
+    assert text.count(start) == 1, start
+    piece = text[text.index(start) :]
+    if end is None:
+        return piece
+    assert piece.count(end) == 1, end
+    return piece[: piece.index(end)]
+
+
+_PRELUDE = _part(SCRIPT, b"local MIN_BATCH", b"local okey = KEYS[1]")
+_PARSE = _part(SCRIPT, b"local okey = KEYS[1]", b"local function reply(ids)")
+_ENGINE = _part(SCRIPT, b"if limit == 0 then return empty() end", None)
+
+#: The script for an OR of several AND-branches (:func:`~redisca.session.querycompile.
+#: compile_union`): the engine above, made a function run once per branch, each branch
+#: giving its first ``offset + limit`` ids (all of them for a count) in the query's order
+#: with their scores in the shared ordering index; then the union, without duplicates,
+#: sorted by (score, id), cut to the page, and the page's hashes read, all in the same
+#: atomic step as one branch's query. So a page costs the branches' pages and a count
+#: the branches' candidate sets (each branch finds them as it would alone), and nothing
+#: is written. KEYS: each branch's keys in turn. ARGV: mode (``ids``, ``load``,
+#: ``count``), offset, limit (-1: none), desc, entity key prefix, number of branches,
+#: then each branch's arguments as the engine takes them (mode ``ids``, offset 0).
+UNION = (
+    b"-- redisca query engine, OR of several branches (see redisca/session/queryscript.py).\n"
+    + _PRELUDE.replace(b"local ki, ai = 2, 1", b"local ki, ai = 1, 1", 1)
+    + b"""
+local function branch()
+"""
+    + _PARSE.replace(b"local okey = KEYS[1]", b"local okey = key()", 1)
+    + b"""
+-- A branch's page: its ids, in order, and their scores in the ordering index.
+local function reply(ids)
+  local scores = {}
+  for i, id in ipairs(ids) do scores[i] = redis.call('ZSCORE', okey, id) end
+  return ids, scores
+end
+local function empty() return {}, {} end
+
+"""
+    + _ENGINE
+    + b"""end
+
+local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+local desc, prefix, nb = arg() == '1', arg(), tonumber(arg())
+if limit == 0 then
+  if mode == 'count' then return {0, work} end
+  return {{}, {}, work}
+end
+local rows, seen = {}, {}
+for _ = 1, nb do
+  local ids, scores = branch()
+  if ids.err then return ids end  -- an after() id in no index
+  for i, id in ipairs(ids) do
+    if not seen[id] then
+      seen[id] = true
+      rows[#rows + 1] = {num(scores[i]), id}
+    end
+  end
+end
+if mode == 'count' then
+  local n = math.max(0, #rows - offset)
+  if limit >= 0 then n = math.min(n, limit) end
+  return {n, work}
+end
+-- (score, id) ascending, or its exact reverse: the order of one branch's pages.
+table.sort(rows, function(x, y)
+  if x[1] ~= y[1] then
+    if desc then return x[1] > y[1] end
+    return x[1] < y[1]
+  end
+  if desc then return lt(y[2], x[2]) end
+  return lt(x[2], y[2])
+end)
+local stop = #rows
+if limit >= 0 then stop = math.min(stop, offset + limit) end
+local out, hashes = {}, {}
+for i = offset + 1, stop do out[#out + 1] = rows[i][2] end
+if mode == 'load' then
+  for i, id in ipairs(out) do hashes[i] = redis.pcall('HGETALL', prefix .. id) end
+end
+return {out, hashes, work}
+"""
+)
+UNION_SHA = hashlib.sha1(UNION).hexdigest().encode()
+
 #: The script for a query with a unique value among its conditions (and no cursor):
 #: at most one id can match, so it reads the owner, probes the other conditions and
 #: the ordering window, and replies as the engine does. The same KEYS and ARGV as
@@ -605,7 +693,11 @@ def _commands(client: Any, call: ScriptCall) -> tuple[bytes, Command, Command, s
     """The script's digest, the call by digest and whole, and the scripts the server
     that runs it is known to have."""
     keys, args = call.keys, call.args
-    if call.lookup:
+    if call.union:
+        sha = UNION_SHA
+        by_digest = (b"EVALSHA", UNION_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", UNION, len(keys), *keys, *args)
+    elif call.lookup:
         sha = LOOKUP_SHA
         by_digest = (b"EVALSHA", LOOKUP_SHA, len(keys), *keys, *args)
         whole = (b"EVAL", LOOKUP, len(keys), *keys, *args)
@@ -706,6 +798,8 @@ __all__ = [
     "SCRIPT",
     "SHA",
     "SLICE_OFFSET",
+    "UNION",
+    "UNION_SHA",
     "run",
     "run_many",
     "run_many_steps",
