@@ -1,12 +1,15 @@
-"""Referential integrity of ``Reference(cls, on_delete=...)``: the mapping rules."""
+"""Referential integrity of ``Reference(cls, on_delete=...)``: mapping rules, and each
+mode enforced inside the commit."""
 
 from __future__ import annotations
 
 import attrs
 import pytest
+import redis
+from helpers import Counted
 
 import redisca
-from redisca import MappingError, Reference, Registry, String
+from redisca import IntegrityError, MappingError, Reference, Registry, Session, String
 
 registry = Registry()
 
@@ -35,6 +38,14 @@ class Post:
     id: str | None = None
 
 
+@registry.mapped(prefix="itag")
+@attrs.define
+class Tag:
+    name: str = String()
+    company: Company | None = Reference(Company, index=True, on_delete="set_null", default=None)
+    id: str | None = None
+
+
 def test_on_delete_needs_an_index() -> None:
     other = Registry()
     with pytest.raises(MappingError, match="needs index=True"):
@@ -53,7 +64,10 @@ def test_on_delete_value_is_checked() -> None:
 
 def test_incoming_references_per_target_mapper() -> None:
     company, user = registry.resolve(Company), registry.resolve(User)
-    assert [f.name for f in registry.incoming(company)] == ["company"]
+    assert [(f.mapper.class_, f.name) for f in registry.incoming(company)] == [
+        (User, "company"),
+        (Tag, "company"),
+    ]
     # Post.editor has no on_delete: the commit has nothing to enforce for it.
     assert [(f.mapper.class_, f.name) for f in registry.incoming(user)] == [(Post, "author")]
     assert registry.resolve(User).fields[1].on_delete == "restrict"
@@ -62,5 +76,128 @@ def test_incoming_references_per_target_mapper() -> None:
 def test_integrity_error_is_a_value_error_and_exported() -> None:
     assert issubclass(redisca.IntegrityError, ValueError)
     assert issubclass(redisca.UniqueViolation, redisca.IntegrityError)
-    exc = redisca.IntegrityError("x", referrer="iusr:u1", field="company", target="ico:c1")
-    assert (exc.referrer, exc.field, exc.target) == ("iusr:u1", "company", "ico:c1")
+    exc = redisca.IntegrityError("x", referrer="u", field="company", target="c")
+    assert (exc.referrer, exc.field, exc.target) == ("u", "company", "c")
+
+
+def key(cls: type, ident: str) -> str:
+    return redisca.inspect(cls).key_for(ident)
+
+
+def index(cls: type, field: str, value: str) -> bytes:
+    return registry.resolve(cls).layout.eq_index(field.encode(), value.encode())
+
+
+def raw(value: bytes | str | None) -> bytes | None:
+    """A reply as bytes, whatever the client's decode_responses."""
+    return value.encode() if isinstance(value, str) else value
+
+
+def seed(r: redis.Redis) -> None:
+    with Session(r) as s:
+        acme = Company(name="acme", id="acme")
+        s.add_all([acme, Company(name="free", id="free")])
+        s.add(User(name="ann", company=acme, id="ann"))
+        s.add(Tag(name="t", company=acme, id="t1"))
+        s.commit()
+
+
+def test_restrict_refuses_naming_a_referrer_and_writes_nothing(r: redis.Redis) -> None:
+    seed(r)
+    before = {k: r.type(k) for k in r.keys("*")}
+    s = Session(r)
+    s.delete(s.get(Company, "acme"))
+    with pytest.raises(IntegrityError, match="ann refers to it") as info:
+        s.commit()
+    assert info.value.referrer == key(User, "ann") and info.value.field == "company"
+    assert {k: r.type(k) for k in r.keys("*")} == before
+    assert r.exists(key(Company, "acme"))
+    # The session can go on: the referrer moves away, and the delete then passes.
+    s2 = Session(r)
+    s2.get(User, "ann").company = s2.reference(Company, "free")
+    s2.delete(s2.get(Company, "acme"))
+    s2.commit()
+    assert not r.exists(key(Company, "acme"))
+    assert raw(r.hget(key(User, "ann"), "company")) == b"free"
+    assert not r.exists(index(User, "company", "acme"))
+
+
+def test_restrict_passes_when_the_referrer_is_deleted_too(r: redis.Redis) -> None:
+    seed(r)
+    with Session(r) as s:
+        s.delete(s.get(Company, "acme"))
+        s.delete(s.get(User, "ann"))
+        s.commit()
+    assert not r.exists(key(Company, "acme")) and not r.exists(key(User, "ann"))
+
+
+def test_set_null_removes_the_field_and_its_index_entry(r: redis.Redis) -> None:
+    seed(r)
+    with Session(r) as s:
+        s.delete(s.get(User, "ann"))  # the restrict referrer goes too
+        s.delete(s.get(Company, "acme"))
+        s.commit()
+    assert r.exists(key(Tag, "t1"))
+    assert raw(r.hget(key(Tag, "t1"), "company")) is None
+    assert raw(r.hget(key(Tag, "t1"), "name")) == b"t"
+    assert not r.exists(index(Tag, "company", "acme"))
+    with Session(r) as s:
+        assert s.get(Tag, "t1").company is None
+
+
+def test_new_referrer_to_a_target_deleted_in_the_same_commit(r: redis.Redis) -> None:
+    seed(r)
+    s = Session(r)
+    acme = s.get(Company, "acme")
+    s.delete(s.get(User, "ann"))
+    s.delete(acme)
+    s.add(User(name="bob", company=s.reference(Company, "acme"), id="bob"))
+    with pytest.raises(IntegrityError, match="this commit deletes"):
+        s.commit()
+    assert (
+        r.exists(key(Company, "acme"))
+        and r.exists(key(User, "ann"))
+        and not r.exists(key(User, "bob"))
+    )
+    assert not r.exists(index(User, "company", "acme")) or {
+        raw(m) for m in r.smembers(index(User, "company", "acme"))
+    } == {b"ann"}
+
+
+def test_new_referrer_to_a_missing_target(r: redis.Redis) -> None:
+    seed(r)
+    s = Session(r)
+    s.add(User(name="bob", company=s.reference(Company, "nope"), id="bob"))
+    with pytest.raises(IntegrityError, match="does not exist") as info:
+        s.commit()
+    assert info.value.target == key(Company, "nope")
+    assert not r.exists(key(User, "bob")) and not r.exists(index(User, "company", "nope"))
+    # on_delete=None keeps today's behaviour: the dangling reference is written.
+    with Session(r) as s:
+        s.add(Post(title="p", editor=s.reference(User, "ghost"), id="p1"))
+        s.commit()
+    assert raw(r.hget(key(Post, "p1"), "editor")) == b"ghost"
+
+
+def test_referrer_and_target_new_in_one_commit(r: redis.Redis) -> None:
+    with Session(r) as s:
+        s.add(User(name="cy", company=Company(name="new", id="new"), id="cy"))
+        s.commit()
+    assert r.exists(key(Company, "new")) and {
+        raw(m) for m in r.smembers(index(User, "company", "new"))
+    } == {b"cy"}
+
+
+def test_costs(r: redis.Redis, counted: Counted) -> None:
+    seed(r)
+    s = Session(counted.client)
+    company = s.get(Company, "free")
+    counted.reset()
+    s.delete(company)
+    s.commit()
+    # One read round trip (WATCH + reads, the referrer sets included), one MULTI/EXEC.
+    assert counted.round_trips == 2
+    s.add(User(name="dee", company=s.reference(Company, "acme"), id="dee"))
+    counted.reset()
+    s.commit()
+    assert counted.round_trips == 2

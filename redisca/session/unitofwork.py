@@ -19,7 +19,7 @@ import attrs
 from ..errors import InvalidRequestError, OperationalError
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
-from . import claims, executor, routing
+from . import claims, executor, integrity, routing
 from .emit import vanished
 from .io import Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
@@ -44,9 +44,14 @@ class Group:
     states: list[InstanceState] = attrs.field(factory=list)
     commands: list[Command] = attrs.field(factory=list)
     results: list[CommandResult] = attrs.field(factory=list)
+    #: ``on_delete`` enforcement: see :mod:`~redisca.session.integrity`.
+    referrers: tuple[integrity.Referrers, ...] = ()
+    targets: tuple[integrity.Target, ...] = ()
 
     def plan(self) -> CommitPlan:
-        return CommitPlan(tuple(self.changes), tuple(self.commands), self.slot)
+        return CommitPlan(
+            tuple(self.changes), tuple(self.commands), self.slot, self.referrers, self.targets
+        )
 
 
 def target(client: Any, mapper: Mapper) -> tuple[Any, int | None]:
@@ -236,7 +241,26 @@ def organize(
         group = group_for(client, slot)
         group.commands.append(command)
         group.results.append(result)
+    _plan_integrity(list(groups.values()))
     return list(groups.values())
+
+
+def _plan_integrity(groups: list[Group]) -> None:
+    """The ``on_delete`` reads of each group (none unless a class of the commit takes
+    part in a reference with an action)."""
+    incoming: dict[Mapper, list[MappedField]] = {}
+    changes = [c for g in groups for c in g.changes]
+    if not any(
+        c.op == DELETE or any(f.on_delete is not None for f in c.mapper.references)
+        for c in changes
+    ):
+        return
+    deleted = integrity.keys_of(changes, DELETE)
+    inserted = integrity.keys_of(changes, INSERT)
+    for group in groups:
+        group.referrers, group.targets = integrity.plan_group(
+            group.changes, group.slot, deleted, inserted, incoming
+        )
 
 
 def commit_steps(session: Session) -> Steps[None]:

@@ -1,0 +1,190 @@
+"""Referential integrity of ``Reference(cls, on_delete=...)``, inside the commit.
+
+Organizing a commit (no I/O) finds, per group, what the transaction must read:
+
+* for every deleted entity, the equality index sets ``<referrer tag>#i:<field>:<id>`` of
+  each field that refers to its model with an ``on_delete`` action
+  (:meth:`~redisca.Registry.incoming`). They are read (``SMEMBERS``) and WATCHed: a
+  concurrent commit adding a referrer changes the set, fails this commit's ``EXEC``,
+  and the retry reads the referrer. ``restrict`` then refuses;
+* for every new reference (insert, or the field changed) with an action, the target's
+  existence (``EXISTS``) under a WATCH of its guard stripe, which every delete
+  increments inside its ``MULTI``/``EXEC``: a target deleted concurrently fails this
+  commit's ``EXEC`` and the retry finds it gone.
+
+A reference to an entity deleted by the same commit is refused before anything is sent.
+On a Redis Cluster the keys read must live in the slot of the group's transaction: a
+referrer model in another slot (another hash tag) is refused with
+:class:`~redisca.InvalidRequestError` (map both in one ``slot_group``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ..errors import IntegrityError, InvalidRequestError
+from ..mapping.mapper import MappedField, Mapper
+from . import routing
+from .plan import DELETE, Command, EntityChange, Observed
+
+
+@attrs.frozen
+class Referrers:
+    """A deleted entity's referrers through one field: the index sets to read (one per
+    shard of the referrer model)."""
+
+    field: MappedField
+    target: EntityChange
+    sets: tuple[bytes, ...]
+
+
+@attrs.frozen
+class Target:
+    """A new reference whose target must exist when the commit runs."""
+
+    field: MappedField
+    referrer: EntityChange
+    key: bytes
+    guard: bytes
+
+
+def _name(field: MappedField) -> str:
+    return f"{field.mapper.class_.__name__}.{field.name}"
+
+
+def _same_slot(slot: int | None, layout: Any, field: MappedField, what: str) -> None:
+    if slot is not None and routing.layout_slot(layout) != slot:
+        raise InvalidRequestError(
+            f"{_name(field)} (on_delete={field.on_delete!r}): {what} lives in another hash "
+            "slot than the commit's transaction on this Redis Cluster; integrity is enforced "
+            "only within one slot: map the referring and the referenced class in one "
+            "slot_group"
+        )
+
+
+def plan_group(
+    changes: Iterable[EntityChange],
+    slot: int | None,
+    deleted: set[bytes],
+    inserted: set[bytes],
+    incoming: dict[Mapper, list[MappedField]],
+) -> tuple[tuple[Referrers, ...], tuple[Target, ...]]:
+    """What one group's transaction reads to enforce ``on_delete`` (no I/O). ``deleted``
+    and ``inserted``: the entity keys the whole commit deletes and inserts."""
+    referrers: list[Referrers] = []
+    targets: list[Target] = []
+    for change in changes:
+        mapper = change.mapper
+        if change.op == DELETE:
+            fields = incoming.get(mapper)
+            if fields is None:
+                fields = incoming[mapper] = mapper.registry.incoming(mapper)
+            value = change.id.encode()
+            for field in fields:
+                layouts = field.mapper.layout.shard_layouts()
+                for layout in layouts:
+                    _same_slot(slot, layout, field, "its index")
+                sets = tuple(lay.eq_index(field.hash_field, value) for lay in layouts)
+                referrers.append(Referrers(field, change, sets))
+            continue
+        for field in mapper.references:
+            if field.on_delete is None or field not in change.values:
+                continue
+            raw = change.values[field]
+            if raw is None:
+                continue
+            target_mapper = field.target_mapper()
+            ident = raw.decode()
+            layout = target_mapper.layout.for_id(ident)
+            key = layout.entity(ident)
+            if key in deleted:
+                raise IntegrityError(
+                    f"{change.key.decode()}: {_name(field)} refers to {key.decode()}, which "
+                    "this commit deletes",
+                    referrer=change.key.decode(),
+                    field=field.name,
+                    target=key.decode(),
+                )
+            if key in inserted:
+                continue  # created by this very commit
+            _same_slot(slot, layout, field, "its target")
+            targets.append(Target(field, change, key, layout.guard(raw)))
+    return tuple(referrers), tuple(targets)
+
+
+def enforce(
+    changes: Iterable[EntityChange],
+    referrers: Iterable[Referrers],
+    targets: Iterable[Target],
+    observed: Observed,
+) -> list[Command]:
+    """Check what the reads found; the commands ``set_null`` adds. Raises
+    :class:`~redisca.IntegrityError` (nothing is written) on a violation."""
+    for new in targets:
+        if not observed.exists.get(new.key, False):
+            referrer = new.referrer.key.decode()
+            raise IntegrityError(
+                f"{referrer}: {_name(new.field)} refers to {new.key.decode()}, which does "
+                "not exist",
+                referrer=referrer,
+                field=new.field.name,
+                target=new.key.decode(),
+            )
+    # Referrers that stop referring in this very commit: deleted, or the field changed.
+    leaving: dict[tuple[Mapper, str], EntityChange] = {}
+    for change in changes:
+        leaving[change.mapper, change.id] = change
+    out: list[Command] = []
+    for found in referrers:
+        field, target = found.field, found.target
+        value = target.id.encode()
+        for index in found.sets:
+            for ident in sorted(observed.members.get(index, ())):
+                other = leaving.get((field.mapper, ident))
+                if other is not None and (
+                    other.op == DELETE or (field in other.values and other.values[field] != value)
+                ):
+                    continue
+                key = field.mapper.layout.for_id(ident).entity(ident).decode()
+                if field.on_delete == "restrict":
+                    raise IntegrityError(
+                        f"cannot delete {target.key.decode()}: {key} refers to it "
+                        f"({_name(field)}, on_delete='restrict')",
+                        referrer=key,
+                        field=field.name,
+                        target=target.key.decode(),
+                    )
+                if field.on_delete == "set_null":
+                    out += _set_null(field, ident, index)
+                else:
+                    raise IntegrityError(  # organize loads them first: a referrer added since
+                        f"cannot delete {target.key.decode()}: {key} refers to it "
+                        f"({_name(field)}, on_delete='cascade') and was not loaded for the "
+                        "cascade; commit again",
+                        referrer=key,
+                        field=field.name,
+                        target=target.key.decode(),
+                    )
+    return out
+
+
+def _set_null(field: MappedField, ident: str, index: bytes) -> list[Command]:
+    """Remove the field from a referrer not otherwise changed by the commit: its hash
+    field, its index entry, and its guard stripe bumped (its read state changed)."""
+    layout = field.mapper.layout.for_id(ident)
+    key = layout.entity(ident)
+    return [
+        (b"HDEL", key, field.hash_field),
+        (b"SREM", index, ident.encode()),
+        (b"INCR", layout.guard(ident.encode())),
+    ]
+
+
+def keys_of(changes: Iterable[EntityChange], op: str) -> set[bytes]:
+    return {c.key for c in changes if c.op == op}
+
+
+__all__ = ["Referrers", "Target", "enforce", "keys_of", "plan_group"]
