@@ -46,6 +46,14 @@ class Tag:
     id: str | None = None
 
 
+@registry.mapped(prefix="inode")
+@attrs.define
+class Node:
+    name: str = String(unique=True)
+    parent: Node | None = Reference("Node", index=True, on_delete="cascade", default=None)
+    id: str | None = None
+
+
 def test_on_delete_needs_an_index() -> None:
     other = Registry()
     with pytest.raises(MappingError, match="needs index=True"):
@@ -201,3 +209,43 @@ def test_costs(r: redis.Redis, counted: Counted) -> None:
     counted.reset()
     s.commit()
     assert counted.round_trips == 2
+
+
+def test_cascade_deletes_referrers_with_their_index_entries(r: redis.Redis) -> None:
+    seed(r)
+    with Session(r) as s:
+        ann = s.get(User, "ann")
+        s.add_all(Post(title=f"p{n}", author=ann, id=f"p{n}") for n in range(3))
+        s.add(Post(title="kept", editor=ann, id="k"))  # on_delete=None: left dangling
+        s.commit()
+    with Session(r) as s:
+        s.delete(s.get(User, "ann"))
+        s.commit()
+    assert not any(r.exists(key(Post, f"p{n}")) for n in range(3))
+    assert not r.exists(key(User, "ann"))
+    assert not r.exists(index(Post, "author", "ann"))
+    assert r.exists(key(Post, "k")) and raw(r.hget(key(Post, "k"), "editor")) == b"ann"
+
+
+def test_cascade_recursion_with_a_cycle(r: redis.Redis, counted: Counted) -> None:
+    with Session(r) as s:
+        a = Node(name="a", id="a")
+        b = Node(name="b", parent=a, id="b")
+        c = Node(name="c", parent=b, id="c")
+        s.add_all([a, b, c, Node(name="other", id="o")])
+        s.commit()
+        a.parent = c  # a -> c -> b -> a
+        s.commit()
+    s = Session(counted.client)
+    node = s.reference(Node, "b")
+    counted.reset()
+    s.delete(node)
+    s.commit()
+    # Three cascade levels (b, then c, then a, whose referrer b is deleted already),
+    # one round trip each, then the commit's two.
+    assert counted.round_trips == 3 + 2
+    assert not any(r.exists(index(Node, "parent", n)) for n in "abc")
+    assert not any(r.exists(key(Node, n)) for n in "abc")
+    with Session(r) as s:  # their unique values were released
+        s.add(Node(name="a", id="a2"))
+        s.commit()

@@ -26,8 +26,10 @@ from typing import Any
 import attrs
 
 from ..errors import IntegrityError, InvalidRequestError
+from ..mapping import instrument
 from ..mapping.mapper import MappedField, Mapper
-from . import routing
+from . import executor, routing
+from .io import Steps
 from .plan import DELETE, Command, EntityChange, Observed
 
 
@@ -160,10 +162,10 @@ def enforce(
                 if field.on_delete == "set_null":
                     out += _set_null(field, ident, index)
                 else:
-                    raise IntegrityError(  # organize loads them first: a referrer added since
+                    raise CascadeGrew(  # loaded before: one added since; loaded again
                         f"cannot delete {target.key.decode()}: {key} refers to it "
-                        f"({_name(field)}, on_delete='cascade') and was not loaded for the "
-                        "cascade; commit again",
+                        f"({_name(field)}, on_delete='cascade') and was added after the "
+                        "cascade was loaded; commit again",
                         referrer=key,
                         field=field.name,
                         target=target.key.decode(),
@@ -183,8 +185,61 @@ def _set_null(field: MappedField, ident: str, index: bytes) -> list[Command]:
     ]
 
 
+class CascadeGrew(IntegrityError):
+    """A ``cascade`` referrer appeared after the commit loaded the referrers: the commit
+    loads them again and retries (never seen by the user unless retries run out)."""
+
+
+def cascade_steps(session: Any, retries: int) -> Steps[None]:
+    """Mark for deletion, in ``session``, every ``cascade`` referrer of the entities it
+    deletes, recursively: one round trip per level (every referrer index set of the
+    level in one), none when no deleted class has a ``cascade`` referrer. An entity
+    already deleted is not visited again, so cycles end."""
+    incoming: dict[Mapper, list[MappedField]] = {}
+    visited: set[bytes] = set()
+    level = [s for s in session.states() if s.deleted]
+    while level:
+        reads: list[tuple[MappedField, bytes]] = []
+        for state in level:
+            visited.add(state.key)
+            fields = incoming.get(state.mapper)
+            if fields is None:
+                found = state.mapper.registry.incoming(state.mapper)
+                fields = incoming[state.mapper] = [f for f in found if f.on_delete == "cascade"]
+            value = state.id.encode()
+            for field in fields:
+                for layout in field.mapper.layout.shard_layouts():
+                    reads.append((field, layout.eq_index(field.hash_field, value)))
+        level = []
+        by_client: dict[int, tuple[Any, list[tuple[MappedField, bytes]]]] = {}
+        for field, index in reads:
+            client = session.bind_for(field.mapper)
+            by_client.setdefault(id(client), (client, []))[1].append((field, index))
+        for client, wanted in by_client.values():
+            replies = yield from executor.run_steps(
+                client, [(b"SMEMBERS", index) for _, index in wanted]
+            )
+            for (field, _), members in zip(wanted, replies, strict=True):
+                for member in sorted(members):
+                    ident = member.decode() if isinstance(member, bytes) else member
+                    obj = session.reference(field.mapper.class_, ident)
+                    state = instrument.state_of(obj)
+                    if state.deleted or state.key in visited:
+                        continue
+                    session.delete(obj)
+                    level.append(state)
+
+
 def keys_of(changes: Iterable[EntityChange], op: str) -> set[bytes]:
     return {c.key for c in changes if c.op == op}
 
 
-__all__ = ["Referrers", "Target", "enforce", "keys_of", "plan_group"]
+__all__ = [
+    "CascadeGrew",
+    "Referrers",
+    "Target",
+    "cascade_steps",
+    "enforce",
+    "keys_of",
+    "plan_group",
+]

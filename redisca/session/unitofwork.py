@@ -270,6 +270,18 @@ def commit_steps(session: Session) -> Steps[None]:
     ``EXEC`` reply, or a task cancelled after its ``EXEC`` went out) leaves the
     group's changes in doubt, verified by the next commit."""
     cascade(session.states(), session.__contains__, session.add)
+    for attempt in range(session.retries + 1):
+        try:
+            yield from _organized_steps(session)
+            return
+        except integrity.CascadeGrew:
+            if attempt == session.retries:
+                raise
+
+
+def _organized_steps(session: Session) -> Steps[None]:
+    """Load the ``cascade`` referrers, organize, and run the groups."""
+    yield from integrity.cascade_steps(session, session.retries)
     groups = organize(session.states(), session._commands, session.bind_for)
     forget = functools.partial(session.forget, deleted=True)
     # A sharded model's unique values on a cluster are claimed first (claims).
