@@ -3,10 +3,14 @@ mode enforced inside the commit."""
 
 from __future__ import annotations
 
+import multiprocessing
+import random
+from typing import Any
+
 import attrs
 import pytest
 import redis
-from helpers import Counted
+from helpers import Counted, connect, connection_kwargs
 
 import redisca
 from redisca import IntegrityError, MappingError, Reference, Registry, Session, String
@@ -249,3 +253,100 @@ def test_cascade_recursion_with_a_cycle(r: redis.Redis, counted: Counted) -> Non
     with Session(r) as s:  # their unique values were released
         s.add(Node(name="a", id="a2"))
         s.commit()
+
+
+# -- a race: processes delete targets while others add referrers ---------------------
+
+TARGETS = 12
+ROUNDS = 30
+
+
+def race_worker(url: str, kwargs: dict[str, Any], how: str, role: str, seed: int, out: Any) -> None:
+    """``role`` "delete": deletes random targets; "add": adds referrers to random
+    targets. ``how``: "restrict" (User.company -> Company) or "cascade" (Post.author ->
+    User). Each round's outcome goes to ``out``."""
+    rng = random.Random(seed)
+    client = connect(url, **kwargs)
+    target_cls, referrer = (Company, "user") if how == "restrict" else (User, "post")
+    for n in range(ROUNDS):
+        s = Session(client)
+        ident = f"t{rng.randrange(TARGETS)}"
+        try:
+            if role == "delete":
+                found = s.get(target_cls, ident)
+                if found is None:  # created again: the race goes on for the whole run
+                    s.add(target_cls(name="again", id=ident))
+                    s.commit()
+                    out.put(("absent", None))
+                    continue
+                if how == "restrict":  # its referrers as seen now; more may come before commit
+                    for member in client.smembers(index(User, "company", ident)):
+                        s.delete(s.reference(User, raw(member).decode()))  # type: ignore[union-attr]
+                s.delete(found)
+            elif referrer == "user":
+                s.add(User(name="u", company=s.reference(Company, ident), id=f"u{seed}-{n}"))
+            else:
+                s.add(Post(title="p", author=s.reference(User, ident), id=f"p{seed}-{n}"))
+            s.commit()
+            out.put((f"{role}d", None))
+        except IntegrityError as exc:
+            out.put(("refused", str(exc)))
+        except Exception as exc:  # reported: the test fails with it
+            out.put(("error", repr(exc)))
+    client.close()
+
+
+@pytest.mark.parametrize("how", ["restrict", "cascade"])
+def test_race_deletes_and_new_referrers_never_dangle(
+    r: redis.Redis, redis_url: str, how: str
+) -> None:
+    kwargs = connection_kwargs(r)
+    mode = {
+        "decode_responses": kwargs.get("decode_responses", False),
+        "protocol": kwargs["protocol"],
+    }
+    with Session(r) as s:
+        if how == "restrict":
+            s.add_all(Company(name="c", id=f"t{n}") for n in range(TARGETS))
+        else:
+            s.add_all(User(name="u", id=f"t{n}") for n in range(TARGETS))
+        s.commit()
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    roles = ["delete", "add", "delete", "add"]
+    workers = [
+        context.Process(target=race_worker, args=(redis_url, mode, how, role, w, out))
+        for w, role in enumerate(roles)
+    ]
+    for process in workers:
+        process.start()
+    try:
+        results = [out.get(timeout=120) for _ in range(len(roles) * ROUNDS)]
+    finally:
+        for process in workers:
+            process.join(timeout=60)
+    assert [p.exitcode for p in workers] == [0] * len(roles)
+    outcomes = [row[0] for row in results]
+    assert "error" not in outcomes, [row for row in results if row[0] == "error"]
+    assert outcomes.count("deleted") > 0 and outcomes.count("addd") > 0, results
+    # From raw Redis: every referrer's target exists.
+    referrer_cls, field = (User, "company") if how == "restrict" else (Post, "author")
+    target_cls = Company if how == "restrict" else User
+    pattern = registry.resolve(referrer_cls).layout.entity_pattern
+    dangling = []
+    referrers = 0
+    scanned = 0
+    for k in r.scan_iter(match=pattern):
+        scanned += 1
+        value = raw(r.hget(k, field))
+        if value is None:
+            continue
+        referrers += 1
+        if not r.exists(key(target_cls, value.decode())):
+            dangling.append((k, value))
+    assert dangling == []
+    print(
+        f"\nrace {how}: deleted={outcomes.count('deleted')} added={outcomes.count('addd')} "
+        f"refused={outcomes.count('refused')} absent={outcomes.count('absent')} "
+        f"referrers left={referrers} of {scanned} keys scanned"
+    )
