@@ -350,3 +350,20 @@ def test_race_deletes_and_new_referrers_never_dangle(
         f"refused={outcomes.count('refused')} absent={outcomes.count('absent')} "
         f"referrers left={referrers} of {scanned} keys scanned"
     )
+
+
+def test_check_reports_dangling_references_and_reindex_leaves_them(r: redis.Redis) -> None:
+    from redisca.maintenance import check, reindex
+
+    seed(r)
+    with Session(r) as s:
+        s.add(Post(title="p", editor=s.reference(User, "ghost"), id="p1"))  # on_delete=None
+        s.commit()
+    r.delete(key(Company, "free"))  # nobody refers to it: no problem
+    found = [(p.kind, p.key, p.field) for p in check(registry, r).problems]
+    assert ("dangling_reference", key(Post, "p1"), "editor") in found
+    assert {kind for kind, _, _ in found} == {"dangling_reference", "stale_id"}
+    reindex(registry, r)
+    assert raw(r.hget(key(Post, "p1"), "editor")) == b"ghost"
+    after = [(p.kind, p.key, p.field) for p in check(registry, r).problems]
+    assert after == [("dangling_reference", key(Post, "p1"), "editor")]
