@@ -65,8 +65,8 @@ class MultipleResultsFound(RediscaError, LookupError):
 class IntegrityError(RediscaError, ValueError):
     """A commit would break a key, uniqueness or reference rule; nothing was written.
 
-    For a reference (``Reference(..., on_delete=...)``), :attr:`referrer` is the key of
-    the entity that refers, :attr:`field` its attribute and :attr:`target` the key it
+    For a reference (``Reference(..., on_delete=...)``), ``referrer`` is the key of
+    the entity that refers, ``field`` its attribute and ``target`` the key it
     refers to; ``None`` for other rules. A ``ValueError``: the data, not the call, is wrong.
     """
 

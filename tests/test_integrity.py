@@ -69,6 +69,17 @@ def test_on_delete_needs_an_index() -> None:
             id: str | None = None
 
 
+def test_on_delete_is_refused_on_a_unique_reference() -> None:
+    other = Registry()
+    with pytest.raises(MappingError, match="unique reference"):
+
+        @other.mapped(prefix="bad2")
+        @attrs.define
+        class Bad:
+            company: Company | None = Reference(Company, unique=True, on_delete="restrict")
+            id: str | None = None
+
+
 def test_on_delete_value_is_checked() -> None:
     with pytest.raises(MappingError, match="on_delete='nothing'"):
         Reference(Company, index=True, on_delete="nothing")

@@ -218,6 +218,13 @@ class Registry:
                 f"{cls.__name__}.{name}: on_delete={spec.on_delete!r} needs index=True "
                 "(the commit finds the referrers through the index)"
             )
+        if spec.on_delete is not None and spec.unique:
+            # A unique reference keeps a unique stripe, not the equality set the commit
+            # reads (and WATCHes) to find the referrers.
+            raise MappingError(
+                f"{cls.__name__}.{name}: on_delete={spec.on_delete!r} is not supported on a "
+                "unique reference; use index=True"
+            )
         return MappedField(
             mapper,
             name,
