@@ -168,6 +168,19 @@ def test_set_null_removes_the_field_and_its_index_entry(r: redis.Redis) -> None:
         assert s.get(Tag, "t1").company is None
 
 
+def test_set_null_keeps_a_referrer_whose_only_field_it_was(r: redis.Redis) -> None:
+    seed(r)
+    r.hdel(key(Tag, "t1"), "name")  # the reference is its only stored field
+    with Session(r) as s:
+        s.delete(s.get(User, "ann"))
+        s.delete(s.get(Company, "acme"))
+        s.commit()
+    assert r.exists(key(Tag, "t1"))
+    with Session(r) as s:
+        tag = s.get(Tag, "t1")
+        assert tag is not None and tag.company is None
+
+
 def test_new_referrer_to_a_target_deleted_in_the_same_commit(r: redis.Redis) -> None:
     seed(r)
     s = Session(r)

@@ -27,6 +27,7 @@ import attrs
 
 from ..errors import IntegrityError, InvalidRequestError
 from ..mapping import instrument
+from ..mapping.keys import EXISTS_FIELD
 from ..mapping.mapper import MappedField, Mapper
 from . import executor, routing
 from .io import Steps
@@ -173,13 +174,27 @@ def enforce(
     return out
 
 
+#: Removes a field from an existing hash, leaving the existence marker if it was the last
+#: one (the entity stays, with the reference unset); a missing hash stays missing.
+SET_NULL = (
+    b"""\
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '') end
+end
+"""
+    % EXISTS_FIELD
+)
+
+
 def _set_null(field: MappedField, ident: str, index: bytes) -> list[Command]:
     """Remove the field from a referrer not otherwise changed by the commit: its hash
-    field, its index entry, and its guard stripe bumped (its read state changed)."""
+    field (the entity kept even if it was its last), its index entry, and its guard
+    stripe bumped (its read state changed)."""
     layout = field.mapper.layout.for_id(ident)
     key = layout.entity(ident)
     return [
-        (b"HDEL", key, field.hash_field),
+        (b"EVAL", SET_NULL, 1, key, field.hash_field),
         (b"SREM", index, ident.encode()),
         (b"INCR", layout.guard(ident.encode())),
     ]
