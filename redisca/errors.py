@@ -62,8 +62,26 @@ class MultipleResultsFound(RediscaError, LookupError):
     """``Query.one()`` or ``one_or_none()`` matched more than one entity."""
 
 
-class IntegrityError(RediscaError):
-    """A commit would break a key or uniqueness rule; nothing was written."""
+class IntegrityError(RediscaError, ValueError):
+    """A commit would break a key, uniqueness or reference rule; nothing was written.
+
+    For a reference (``Reference(..., on_delete=...)``), ``referrer`` is the key of
+    the entity that refers, ``field`` its attribute and ``target`` the key it
+    refers to; ``None`` for other rules. A ``ValueError``: the data, not the call, is wrong.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        referrer: str | None = None,
+        field: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.referrer = referrer
+        self.field = field
+        self.target = target
 
 
 class UniqueViolation(IntegrityError):
@@ -83,8 +101,8 @@ class UniqueViolation(IntegrityError):
         owner: str | None,
         claimants: tuple[Any, ...] = (),
     ) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
+        self.field: str = field
         self.value = value
         self.owner = owner
         #: Alias of :attr:`owner`, for readers who think of it as an id.

@@ -217,6 +217,15 @@ CASES: list[tuple[str, Corruption, list[tuple[str, str, str | None]]]] = [
         [("old_layout", "usr:99", None)],
     ),
     (
+        "a reference to an entity that does not exist (on_delete=None: allowed, reported)",
+        lambda r: (
+            r.hset("{usr}:2", "company", "c9"),
+            r.srem("{usr}#i:company:c1", "2"),
+            r.sadd("{usr}#i:company:c9", "2"),
+        ),
+        [("dangling_reference", "{usr}:2", "company")],
+    ),
+    (
         "an index key of the layout before hash tags",
         lambda r: r.zadd("co#all", {"c1": 0}),
         [("old_layout", "co#all", None)],

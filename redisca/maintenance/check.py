@@ -41,6 +41,7 @@ import attrs
 from redis.exceptions import ResponseError
 
 from ..conf import Client
+from ..errors import MappingError
 from ..mapping.keys import NO_VALUE, KeyLayout, head_shards, shard_of
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
@@ -324,6 +325,7 @@ class _ModelCheck:
         a command per index key (``SMISMEMBER``, ``ZMSCORE``, ``HMGET``)."""
         hashes = run(self.client, [(b"HGETALL", key) for key in keys])
         probes: dict[tuple[bytes, bytes], list[tuple[bytes, bytes, Expect]]] = {}
+        references: list[tuple[bytes, MappedField, bytes]] = []
         for key, reply in zip(keys, hashes, strict=True):
             if isinstance(reply, ResponseError):
                 self.entity_suspects[key] = None
@@ -339,6 +341,7 @@ class _ModelCheck:
             expects, bad = expectations(self.mapper, values)
             if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
+            references += self.references_of(key, values)
             for expect in expects:
                 group = (_MULTI[expect.kind], expect.key)
                 probes.setdefault(group, []).append((key, ident, expect))
@@ -350,6 +353,36 @@ class _ModelCheck:
             for (key, ident, expect), answer in zip(items, answers, strict=True):
                 self.tally(key, ident, expect, answer)
             self.summary.entries += len(items)
+        self.check_references(references)
+
+    def references_of(
+        self, key: bytes, values: dict[bytes, bytes]
+    ) -> list[tuple[bytes, MappedField, bytes]]:
+        """An entity's references, as (its key, field, the target's key)."""
+        found = []
+        for field in self.whole.references:
+            raw = values.get(field.hash_field)
+            if raw is None or raw == NO_VALUE or not _utf8(raw):
+                continue
+            try:
+                target = field.target_mapper()
+            except MappingError:
+                continue  # the target class is not mapped (yet): nothing to look up
+            ident = raw.decode()
+            found.append((key, field, target.layout.for_id(ident).entity(ident)))
+        return found
+
+    def check_references(self, references: list[tuple[bytes, MappedField, bytes]]) -> None:
+        """A reference whose target hash is missing is reported, whatever its
+        ``on_delete`` (one ``EXISTS`` per reference, in one round trip per page)."""
+        if not references:
+            return
+        replies = run(self.client, [(b"EXISTS", target) for _, _, target in references])
+        for (key, field, target), reply in zip(references, replies, strict=True):
+            if reply == 0:
+                detail = f"refers to {show(target)}, which does not exist"
+                found = self.problem("dangling_reference", key, field.name, detail)
+                self.problems[found] = None
 
     def tally(self, key: bytes, ident: bytes, expect: Expect, answer: Any) -> None:
         verdict = expect.verdict(ident, answer)

@@ -21,6 +21,9 @@ KINDS: dict[str, str] = {
     "wrong_owner": "a unique key names another id than the entity that holds the value",
     "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
     "duplicate_unique": "two entities hold the same unique value",
+    "dangling_reference": "a reference field naming an entity that does not exist (any "
+    "`on_delete`; `reindex` reports it and leaves it: which entity was meant is the "
+    "user's to decide)",
     "wrong_shard": "an entity of a sharded model in another shard than its id's (left by "
     "an interrupted `reshard`, or written by another program), where redisca never reads it",
     "stray_key": "a key in the model's namespace (today's or the one before hash tags) "

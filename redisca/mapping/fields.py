@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import ValidationError
+from ..errors import MappingError, ValidationError
 from .codecs import (
     BoolCodec,
     Codec,
@@ -46,6 +46,12 @@ class FieldSpec:
     unique: bool = False
     checks: tuple[Check, ...] = ()
     reference: type | str | None = None
+    #: A reference's action when its target is deleted (see :data:`ON_DELETE`).
+    on_delete: str | None = None
+
+
+#: The ``on_delete=`` values of a reference; ``None`` is no action.
+ON_DELETE = ("restrict", "cascade", "set_null")
 
 
 def spec(
@@ -211,10 +217,22 @@ def Reference(
     field: str | None = None,
     index: bool = False,
     unique: bool = False,
+    on_delete: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Another mapped entity, stored as its id; ``target`` may be a class name."""
-    return make_field(spec(None, field, index, unique, (), target), **kwargs)
+    """Another mapped entity, stored as its id; ``target`` may be a class name.
+
+    ``on_delete`` says what a commit deleting the target does with the referrers:
+    ``"restrict"`` refuses, ``"cascade"`` deletes them, ``"set_null"`` clears the field,
+    ``None`` (default) nothing. Any value but ``None`` needs ``index=True``: the commit
+    finds the referrers through that index.
+    """
+    if on_delete is not None and on_delete not in ON_DELETE:
+        raise MappingError(
+            f"Reference(on_delete={on_delete!r}): expected one of {ON_DELETE} or None"
+        )
+    made = spec(None, field, index, unique, (), target)
+    return make_field(attrs.evolve(made, on_delete=on_delete), **kwargs)
 
 
 __all__ = [

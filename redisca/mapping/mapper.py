@@ -40,6 +40,7 @@ class MappedField:
         "mutable",
         "name",
         "nullable",
+        "on_delete",
         "target",
         "unique",
     )
@@ -56,6 +57,7 @@ class MappedField:
         unique: bool,
         checks: tuple[Any, ...] = (),
         target: type | str | None = None,
+        on_delete: str | None = None,
     ) -> None:
         #: The :class:`Mapper` of the class the attribute belongs to.
         self.mapper = mapper
@@ -77,6 +79,8 @@ class MappedField:
         self.checks = checks
         #: A reference's target class, or its name; ``None`` for other fields.
         self.target = target
+        #: A reference's ``on_delete`` action ("restrict", "cascade", "set_null"), or ``None``.
+        self.on_delete = on_delete
         kind = "eq" if codec is None else codec.index_kind
         #: "eq", "range" or None; unique fields of equality type need no set of their own.
         self.index: str | None = (None if unique and kind == "eq" else kind) if index else None

@@ -154,6 +154,17 @@ class Registry:
         except KeyError:
             raise MappingError(f"{target.__name__} is not mapped in this registry") from None
 
+    def incoming(self, target: Mapper) -> list[MappedField]:
+        """The reference fields, of every mapped class, that point at ``target``'s class
+        with an ``on_delete`` action: what a commit deleting a ``target`` entity must read
+        (and WATCH) to enforce it. Resolved now, since targets may be mapped late."""
+        found = []
+        for mapper in self._mappers.values():
+            for field in mapper.references:
+                if field.on_delete is not None and field.target_mapper() is target:
+                    found.append(field)
+        return found
+
     def _build_fields(self, mapper: Mapper, overrides: dict[str, Any]) -> list[MappedField]:
         cls = mapper.class_
         attributes = attrs.fields(cls)
@@ -201,6 +212,19 @@ class Registry:
             inferred = self._infer(cls, name, annotation, inner)
             spec = attrs.evolve(spec, codec=inferred.codec, reference=inferred.reference)
         hash_field = check_name("field name", spec.field or name, f"{cls.__name__}.{name}")
+        if spec.on_delete is not None and not spec.index:
+            # The commit finds a target's referrers through the field's equality index.
+            raise MappingError(
+                f"{cls.__name__}.{name}: on_delete={spec.on_delete!r} needs index=True "
+                "(the commit finds the referrers through the index)"
+            )
+        if spec.on_delete is not None and spec.unique:
+            # A unique reference keeps a unique stripe, not the equality set the commit
+            # reads (and WATCHes) to find the referrers.
+            raise MappingError(
+                f"{cls.__name__}.{name}: on_delete={spec.on_delete!r} is not supported on a "
+                "unique reference; use index=True"
+            )
         return MappedField(
             mapper,
             name,
@@ -211,6 +235,7 @@ class Registry:
             unique=spec.unique,
             checks=spec.checks,
             target=spec.reference,
+            on_delete=spec.on_delete,
         )
 
     def _infer(self, cls: type, name: str, annotation: Any, inner: Any) -> FieldSpec:

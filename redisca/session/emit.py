@@ -18,6 +18,7 @@ import attrs
 from ..errors import ConflictError, IntegrityError, NotFound, StaleDataError, UniqueViolation
 from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
+from . import integrity
 from .plan import (
     INSERT,
     UPDATE,
@@ -452,7 +453,13 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
         else:
             _emit_delete(em, change)
     em.settle_claims()
+    nulled = (
+        integrity.enforce(plan.changes, plan.referrers, plan.targets, observed)
+        if plan.referrers or plan.targets
+        else []
+    )
     out = em.commands()
+    out += nulled
     out += em.build_dirs()
     out += guard_bumps(plan)
     out += plan.commands

@@ -584,6 +584,7 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     commands += [(b"HMGET", stripe, *[v for _, v in slots]) for stripe, slots in stripes.items()]
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     commands += [(b"GET", key) for key in reads.counters]
+    commands += [(b"SMEMBERS", key) for key in reads.members]
     got = yield Send(commands)
     if watched and isinstance(got[0], ResponseError):
         _refused_watch(got[0], applied=False)  # never MULTI after a refused WATCH
@@ -605,6 +606,8 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
             observed.rebuilds[key] = run
     for key in reads.counters:
         observed.guards[key] = _counter(next(replies))
+    for key in reads.members:
+        observed.members[key] = {m.decode() for m in _checked(next(replies), key)}
 
 
 def _by_stripe(owners: list[Slot]) -> dict[bytes, list[Slot]]:

@@ -118,6 +118,10 @@ class CommitPlan:
     #: On a cluster, the hash slot every key of the plan is in (its group's slot);
     #: ``None`` on one server.
     slot: int | None = None
+    #: ``on_delete`` enforcement (:mod:`~redisca.session.integrity`): the referrer index
+    #: sets of deleted entities, and the targets of new references, to read.
+    referrers: tuple[Any, ...] = ()
+    targets: tuple[Any, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.changes or self.commands)
@@ -159,13 +163,18 @@ class Reads:
     #: Where each unique value read or claimed lives, by (field, stored value): worked
     #: out once here and reused by the emitter (``Observed.slots``).
     slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
+    #: Referrer index sets of deleted entities (``on_delete``): read (``SMEMBERS``) and
+    #: watched, so a referrer added concurrently fails the ``EXEC``.
+    members: list[bytes] = attrs.field(factory=list)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
-        return list(dict.fromkeys([*claimed, *self.guards, *self.markers, *self.registry]))
+        return list(
+            dict.fromkeys([*claimed, *self.guards, *self.markers, *self.registry, *self.members])
+        )
 
     def __bool__(self) -> bool:
-        return bool(self.exists or self.fields or self.owners or self.markers)
+        return bool(self.exists or self.fields or self.owners or self.markers or self.members)
 
 
 @attrs.define
@@ -181,6 +190,8 @@ class Observed:
     rebuilds: dict[bytes, Any] = attrs.field(factory=dict)
     #: ``Reads.slots``, so the emitter does not work them out again.
     slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
+    #: ``Reads.members``: index set → the ids in it.
+    members: dict[bytes, set[str]] = attrs.field(factory=dict)
 
     def slot(self, field: MappedField, raw: bytes) -> Slot:
         found = self.slots.get((field, raw))
@@ -255,6 +266,15 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 claimed = slot(field, new)
                 owners[claimed] = None
                 reads.claims.add(claimed)
+    members: dict[bytes, None] = {}
+    for found in plan.referrers:
+        members.update(dict.fromkeys(found.sets))
+    exists = dict.fromkeys(reads.exists)
+    for target in plan.targets:
+        exists[target.key] = None
+        guards[target.guard] = None
+    reads.exists = list(exists)
+    reads.members = list(members)
     reads.owners = list(owners)
     reads.registry = list(registry)
     reads.guards = list(guards)

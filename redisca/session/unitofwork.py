@@ -19,7 +19,7 @@ import attrs
 from ..errors import InvalidRequestError, OperationalError, UniqueViolation
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
-from . import claims, executor, routing
+from . import claims, executor, integrity, routing
 from .emit import vanished
 from .io import Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
@@ -44,9 +44,14 @@ class Group:
     states: list[InstanceState] = attrs.field(factory=list)
     commands: list[Command] = attrs.field(factory=list)
     results: list[CommandResult] = attrs.field(factory=list)
+    #: ``on_delete`` enforcement: see :mod:`~redisca.session.integrity`.
+    referrers: tuple[integrity.Referrers, ...] = ()
+    targets: tuple[integrity.Target, ...] = ()
 
     def plan(self) -> CommitPlan:
-        return CommitPlan(tuple(self.changes), tuple(self.commands), self.slot)
+        return CommitPlan(
+            tuple(self.changes), tuple(self.commands), self.slot, self.referrers, self.targets
+        )
 
 
 def target(client: Any, mapper: Mapper) -> tuple[Any, int | None]:
@@ -241,6 +246,7 @@ def organize(
         group = group_for(client, slot)
         group.commands.append(command)
         group.results.append(result)
+    _plan_integrity(list(groups.values()))
     return list(groups.values())
 
 
@@ -283,6 +289,24 @@ def _claimed_twice(
     )
 
 
+def _plan_integrity(groups: list[Group]) -> None:
+    """The ``on_delete`` reads of each group (none unless a class of the commit takes
+    part in a reference with an action)."""
+    incoming: dict[Mapper, list[MappedField]] = {}
+    changes = [c for g in groups for c in g.changes]
+    if not any(
+        c.op == DELETE or any(f.on_delete is not None for f in c.mapper.references)
+        for c in changes
+    ):
+        return
+    deleted = integrity.keys_of(changes, DELETE)
+    inserted = integrity.keys_of(changes, INSERT)
+    for group in groups:
+        group.referrers, group.targets = integrity.plan_group(
+            group.changes, group.slot, deleted, inserted, incoming
+        )
+
+
 def commit_steps(session: Session) -> Steps[None]:
     """A session's commit as a protocol (:mod:`redisca.session.io`), which the sync and
     async sessions both run: organize, then per group the executor's commit and
@@ -290,6 +314,18 @@ def commit_steps(session: Session) -> Steps[None]:
     ``EXEC`` reply, or a task cancelled after its ``EXEC`` went out) leaves the
     group's changes in doubt, verified by the next commit."""
     cascade(session.states(), session.__contains__, session.add)
+    for attempt in range(session.retries + 1):
+        try:
+            yield from _organized_steps(session)
+            return
+        except integrity.CascadeGrew:
+            if attempt == session.retries:
+                raise
+
+
+def _organized_steps(session: Session) -> Steps[None]:
+    """Load the ``cascade`` referrers, organize, and run the groups."""
+    yield from integrity.cascade_steps(session, session.retries)
     groups = organize(session.states(), session._commands, session.bind_for)
     forget = functools.partial(session.forget, deleted=True)
     # A sharded model's unique values on a cluster are claimed first (claims).

@@ -1,0 +1,260 @@
+"""Referential integrity of ``Reference(cls, on_delete=...)``, inside the commit.
+
+Organizing a commit (no I/O) finds, per group, what the transaction must read:
+
+* for every deleted entity, the equality index sets ``<referrer tag>#i:<field>:<id>`` of
+  each field that refers to its model with an ``on_delete`` action
+  (:meth:`~redisca.Registry.incoming`). They are read (``SMEMBERS``) and WATCHed: a
+  concurrent commit adding a referrer changes the set, fails this commit's ``EXEC``,
+  and the retry reads the referrer. ``restrict`` then refuses;
+* for every new reference (insert, or the field changed) with an action, the target's
+  existence (``EXISTS``) under a WATCH of its guard stripe, which every delete
+  increments inside its ``MULTI``/``EXEC``: a target deleted concurrently fails this
+  commit's ``EXEC`` and the retry finds it gone.
+
+A reference to an entity deleted by the same commit is refused before anything is sent.
+On a Redis Cluster the keys read must live in the slot of the group's transaction: a
+referrer model in another slot (another hash tag) is refused with
+:class:`~redisca.InvalidRequestError` (map both in one ``slot_group``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ..errors import IntegrityError, InvalidRequestError
+from ..mapping import instrument
+from ..mapping.keys import EXISTS_FIELD
+from ..mapping.mapper import MappedField, Mapper
+from . import executor, routing
+from .io import Steps
+from .plan import DELETE, Command, EntityChange, Observed
+
+
+@attrs.frozen
+class Referrers:
+    """A deleted entity's referrers through one field: the index sets to read (one per
+    shard of the referrer model)."""
+
+    field: MappedField
+    target: EntityChange
+    sets: tuple[bytes, ...]
+
+
+@attrs.frozen
+class Target:
+    """A new reference whose target must exist when the commit runs."""
+
+    field: MappedField
+    referrer: EntityChange
+    key: bytes
+    guard: bytes
+
+
+def _name(field: MappedField) -> str:
+    return f"{field.mapper.class_.__name__}.{field.name}"
+
+
+def _same_slot(slot: int | None, layout: Any, field: MappedField, what: str) -> None:
+    if slot is not None and routing.layout_slot(layout) != slot:
+        raise InvalidRequestError(
+            f"{_name(field)} (on_delete={field.on_delete!r}): {what} lives in another hash "
+            "slot than the commit's transaction on this Redis Cluster; integrity is enforced "
+            "only within one slot: map the referring and the referenced class in one "
+            "slot_group"
+        )
+
+
+def plan_group(
+    changes: Iterable[EntityChange],
+    slot: int | None,
+    deleted: set[bytes],
+    inserted: set[bytes],
+    incoming: dict[Mapper, list[MappedField]],
+) -> tuple[tuple[Referrers, ...], tuple[Target, ...]]:
+    """What one group's transaction reads to enforce ``on_delete`` (no I/O). ``deleted``
+    and ``inserted``: the entity keys the whole commit deletes and inserts."""
+    referrers: list[Referrers] = []
+    targets: list[Target] = []
+    for change in changes:
+        mapper = change.mapper
+        if change.op == DELETE:
+            fields = incoming.get(mapper)
+            if fields is None:
+                fields = incoming[mapper] = mapper.registry.incoming(mapper)
+            value = change.id.encode()
+            for field in fields:
+                layouts = field.mapper.layout.shard_layouts()
+                for layout in layouts:
+                    _same_slot(slot, layout, field, "its index")
+                sets = tuple(lay.eq_index(field.hash_field, value) for lay in layouts)
+                referrers.append(Referrers(field, change, sets))
+            continue
+        for field in mapper.references:
+            if field.on_delete is None or field not in change.values:
+                continue
+            raw = change.values[field]
+            if raw is None:
+                continue
+            target_mapper = field.target_mapper()
+            ident = raw.decode()
+            layout = target_mapper.layout.for_id(ident)
+            key = layout.entity(ident)
+            if key in deleted:
+                raise IntegrityError(
+                    f"{change.key.decode()}: {_name(field)} refers to {key.decode()}, which "
+                    "this commit deletes",
+                    referrer=change.key.decode(),
+                    field=field.name,
+                    target=key.decode(),
+                )
+            if key in inserted:
+                continue  # created by this very commit
+            _same_slot(slot, layout, field, "its target")
+            targets.append(Target(field, change, key, layout.guard(raw)))
+    return tuple(referrers), tuple(targets)
+
+
+def enforce(
+    changes: Iterable[EntityChange],
+    referrers: Iterable[Referrers],
+    targets: Iterable[Target],
+    observed: Observed,
+) -> list[Command]:
+    """Check what the reads found; the commands ``set_null`` adds. Raises
+    :class:`~redisca.IntegrityError` (nothing is written) on a violation."""
+    for new in targets:
+        if not observed.exists.get(new.key, False):
+            referrer = new.referrer.key.decode()
+            raise IntegrityError(
+                f"{referrer}: {_name(new.field)} refers to {new.key.decode()}, which does "
+                "not exist",
+                referrer=referrer,
+                field=new.field.name,
+                target=new.key.decode(),
+            )
+    # Referrers that stop referring in this very commit: deleted, or the field changed.
+    leaving: dict[tuple[Mapper, str], EntityChange] = {}
+    for change in changes:
+        leaving[change.mapper, change.id] = change
+    out: list[Command] = []
+    for found in referrers:
+        field, target = found.field, found.target
+        value = target.id.encode()
+        for index in found.sets:
+            for ident in sorted(observed.members.get(index, ())):
+                other = leaving.get((field.mapper, ident))
+                if other is not None and (
+                    other.op == DELETE or (field in other.values and other.values[field] != value)
+                ):
+                    continue
+                key = field.mapper.layout.for_id(ident).entity(ident).decode()
+                if field.on_delete == "restrict":
+                    raise IntegrityError(
+                        f"cannot delete {target.key.decode()}: {key} refers to it "
+                        f"({_name(field)}, on_delete='restrict')",
+                        referrer=key,
+                        field=field.name,
+                        target=target.key.decode(),
+                    )
+                if field.on_delete == "set_null":
+                    out += _set_null(field, ident, index)
+                else:
+                    raise CascadeGrew(  # loaded before: one added since; loaded again
+                        f"cannot delete {target.key.decode()}: {key} refers to it "
+                        f"({_name(field)}, on_delete='cascade') and was added after the "
+                        "cascade was loaded; commit again",
+                        referrer=key,
+                        field=field.name,
+                        target=target.key.decode(),
+                    )
+    return out
+
+
+#: Removes a field from an existing hash, leaving the existence marker if it was the last
+#: one (the entity stays, with the reference unset); a missing hash stays missing.
+SET_NULL = (
+    b"""\
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '') end
+end
+"""
+    % EXISTS_FIELD
+)
+
+
+def _set_null(field: MappedField, ident: str, index: bytes) -> list[Command]:
+    """Remove the field from a referrer not otherwise changed by the commit: its hash
+    field (the entity kept even if it was its last), its index entry, and its guard
+    stripe bumped (its read state changed)."""
+    layout = field.mapper.layout.for_id(ident)
+    key = layout.entity(ident)
+    return [
+        (b"EVAL", SET_NULL, 1, key, field.hash_field),
+        (b"SREM", index, ident.encode()),
+        (b"INCR", layout.guard(ident.encode())),
+    ]
+
+
+class CascadeGrew(IntegrityError):
+    """A ``cascade`` referrer appeared after the commit loaded the referrers: the commit
+    loads them again and retries (never seen by the user unless retries run out)."""
+
+
+def cascade_steps(session: Any, retries: int) -> Steps[None]:
+    """Mark for deletion, in ``session``, every ``cascade`` referrer of the entities it
+    deletes, recursively: one round trip per level (every referrer index set of the
+    level in one), none when no deleted class has a ``cascade`` referrer. An entity
+    already deleted is not visited again, so cycles end."""
+    incoming: dict[Mapper, list[MappedField]] = {}
+    visited: set[bytes] = set()
+    level = [s for s in session.states() if s.deleted]
+    while level:
+        reads: list[tuple[MappedField, bytes]] = []
+        for state in level:
+            visited.add(state.key)
+            fields = incoming.get(state.mapper)
+            if fields is None:
+                found = state.mapper.registry.incoming(state.mapper)
+                fields = incoming[state.mapper] = [f for f in found if f.on_delete == "cascade"]
+            value = state.id.encode()
+            for field in fields:
+                for layout in field.mapper.layout.shard_layouts():
+                    reads.append((field, layout.eq_index(field.hash_field, value)))
+        level = []
+        by_client: dict[int, tuple[Any, list[tuple[MappedField, bytes]]]] = {}
+        for field, index in reads:
+            client = session.bind_for(field.mapper)
+            by_client.setdefault(id(client), (client, []))[1].append((field, index))
+        for client, wanted in by_client.values():
+            replies = yield from executor.run_steps(
+                client, [(b"SMEMBERS", index) for _, index in wanted]
+            )
+            for (field, _), members in zip(wanted, replies, strict=True):
+                for member in sorted(members):
+                    ident = member.decode() if isinstance(member, bytes) else member
+                    obj = session.reference(field.mapper.class_, ident)
+                    state = instrument.state_of(obj)
+                    if state.deleted or state.key in visited:
+                        continue
+                    session.delete(obj)
+                    level.append(state)
+
+
+def keys_of(changes: Iterable[EntityChange], op: str) -> set[bytes]:
+    return {c.key for c in changes if c.op == op}
+
+
+__all__ = [
+    "CascadeGrew",
+    "Referrers",
+    "Target",
+    "cascade_steps",
+    "enforce",
+    "keys_of",
+    "plan_group",
+]
