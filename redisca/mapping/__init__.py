@@ -15,7 +15,10 @@ from .fields import (
     FieldSpec,
     Float,
     Integer,
+    List,
     Reference,
+    References,
+    Set,
     String,
 )
 from .keys import KeyLayout
@@ -36,6 +39,7 @@ __all__ = [
     "Float",
     "Integer",
     "KeyLayout",
+    "List",
     "MD5Pass",
     "MappedField",
     "Mapper",
@@ -43,7 +47,9 @@ __all__ = [
     "Password",
     "PasswordHash",
     "Reference",
+    "References",
     "Registry",
+    "Set",
     "String",
     "codec_for",
     "mapper_of",

@@ -1,0 +1,181 @@
+"""Collection fields: ``Set``, ``List`` and ``References``, each in its own key
+``H#m:<field>:<id>`` beside the entity, loaded with it, written with its commit as a diff."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import redis
+from helpers import Counted, dump_keyspace
+
+import redisca
+from redisca import Session
+from redisca.session import unitofwork
+from redisca.session.emit import emit
+from redisca.session.plan import Observed
+
+reg = redisca.Registry()
+
+
+@reg.mapped(prefix="ctag")
+@attrs.define(eq=False)  # set members are hashed: entities by identity
+class Tag:
+    name: str = ""
+    id: str | None = None
+
+
+@reg.mapped(prefix="cpost")
+@attrs.define
+class Post:
+    title: str = ""
+    id: str | None = None
+    tags: set[str] = redisca.Set(str, index=True)
+    scores: list[int] = redisca.List(int)
+    labels: set[Tag] = redisca.References(Tag, index=True)
+    words: set[str] = attrs.Factory(set)  # inferred, not indexed
+
+
+POSTS = redisca.inspect(Post)
+
+
+def members_key(field: str, ident: str) -> bytes:
+    return POSTS.layout.members(field.encode(), ident.encode())
+
+
+def as_bytes(values: object) -> set[bytes]:
+    return {v if isinstance(v, bytes) else v.encode() for v in values}  # type: ignore[attr-defined]
+
+
+def test_helpers_and_inference_map_collections() -> None:
+    by_name = {f.name: f for f in POSTS.collections}
+    assert [(n, f.collection, f.index) for n, f in by_name.items()] == [
+        ("tags", "set", "eq"),
+        ("scores", "list", None),
+        ("labels", "set", "eq"),
+        ("words", "set", None),
+    ]
+    assert by_name["labels"].target is Tag and by_name["labels"].is_reference
+    assert "tags" not in POSTS.by_name  # not a hash field
+    assert Post().tags == set() and Post().scores == []  # empty, never None
+    reg2 = redisca.Registry()
+
+    @reg2.mapped(prefix="inf")
+    @attrs.define
+    class Inferred:
+        id: str | None = None
+        nums: list[int] = attrs.Factory(list)
+        refs: set[Inferred] = attrs.Factory(set)
+
+    found = {f.name: (f.collection, f.target) for f in redisca.inspect(Inferred).collections}
+    assert found == {"nums": ("list", None), "refs": ("set", Inferred)}
+
+
+def test_key_kind_m_is_next_to_the_entity() -> None:
+    assert members_key("tags", "p1") == b"{cpost}#m:tags:p1"
+    assert POSTS.layout.parse(b"{cpost}#m:tags:a:b")[:3] == ("members", b"tags", b"a:b")
+
+
+def test_none_is_refused_and_elements_are_checked() -> None:
+    post = Post()
+    with pytest.raises(redisca.ValidationError, match="never None"):
+        post.tags = None  # type: ignore[assignment]
+    with pytest.raises(redisca.ValidationError, match=r"Post\.scores"):
+        post.scores = [1, "x"]  # type: ignore[list-item]
+    post.scores = (3, 1)  # type: ignore[assignment]
+    assert post.scores == [3, 1]
+
+
+def test_insert_load_round_trips_and_mutation_diff(r: redis.Redis, counted: Counted) -> None:
+    s = Session(r)
+    tag = Tag("redis", id="t1")
+    s.add(tag)
+    s.add(Post("hello", id="p1", tags={"a", "b"}, scores=[3, 1, 3], labels={tag}))
+    s.commit()
+    assert as_bytes(r.smembers(members_key("tags", "p1"))) == {b"a", b"b"}
+    assert [int(x) for x in r.lrange(members_key("scores", "p1"), 0, -1)] == [3, 1, 3]
+    assert as_bytes(r.smembers(members_key("labels", "p1"))) == {b"t1"}
+    assert not r.exists(members_key("words", "p1"))  # empty: no key
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"a"))) == {b"p1"}
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"labels", b"t1"))) == {b"p1"}
+
+    s2 = Session(counted.client)
+    counted.reset()
+    post = s2.get(Post, "p1")
+    assert counted.round_trips == 1  # the hash and its collections: one pipeline
+    assert post is not None
+    assert post.tags == {"a", "b"} and post.scores == [3, 1, 3] and post.words == set()
+    (label,) = post.labels
+    assert label.id == "t1"
+    assert not s2.is_modified(post)
+    post.tags.add("c")
+    post.tags.discard("a")
+    assert s2.is_modified(post)
+    state = s2.state(post) if hasattr(s2, "state") else None
+    assert state is not None
+    (change,) = [c for g in unitofwork.organize([state], [], lambda m: r) for c in g.changes]
+    observed = Observed(exists={change.key: True}, fields={change.key: {}})
+    commands = emit(unitofwork.Group(r, None, [change], [state]).plan(), observed)
+    assert (b"SREM", members_key("tags", "p1"), b"a") in commands
+    assert (b"SADD", members_key("tags", "p1"), b"c") in commands
+    assert (b"SREM", POSTS.layout.eq_index(b"tags", b"a"), "p1") in commands
+    assert (b"SADD", POSTS.layout.eq_index(b"tags", b"c"), "p1") in commands
+    assert not [c for c in commands if c[0] in (b"HSET", b"RPUSH", b"DEL")]
+    s2.commit()
+    assert as_bytes(r.smembers(members_key("tags", "p1"))) == {b"b", b"c"}
+    assert not r.exists(POSTS.layout.eq_index(b"tags", b"a"))
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"c"))) == {b"p1"}
+    assert not s2.is_modified(post)
+
+    post.scores.append(7)
+    del post.scores[0]
+    s2.commit()
+    assert [int(x) for x in r.lrange(members_key("scores", "p1"), 0, -1)] == [1, 3, 7]
+
+
+def test_delete_removes_collection_keys_and_entries(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Post("x", id="p2", tags={"a"}, scores=[1], words={"w"}))
+    s.commit()
+    s2 = Session(r)
+    post = s2.get(Post, "p2")
+    s2.delete(post)
+    s2.commit()
+    assert not [k for k in r.keys("{cpost}*") if b"#g:" not in as_bytes([k]).pop()]
+
+
+def test_validation_error_sends_nothing(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Post("x", id="p3", tags={"a"}))
+    s.commit()
+    before = dump_keyspace(r)
+    post = s.get(Post, "p3")
+    post.scores.append("not an int")  # type: ignore[arg-type]
+    with pytest.raises(redisca.ValidationError, match=r"Post\.scores"):
+        s.commit()
+    assert dump_keyspace(r) == before
+
+
+def test_query_results_load_their_collections(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Post("q", id="p4", tags={"z"}, scores=[5]))
+    s.commit()
+    s2 = Session(r)
+    (post,) = s2.query(Post).all()
+    assert post.tags == {"z"} and post.scores == [5]
+    assert not s2.is_modified(post)
+
+
+@pytest.mark.parametrize("default", [None, attrs.NOTHING])
+def test_a_collection_may_not_be_optional(default: object) -> None:
+    annotation = set[str] | None if default is attrs.NOTHING else set[str]
+    cls = attrs.make_class(
+        "Opt",
+        {
+            "id": attrs.field(default=None),
+            "tags": attrs.field(
+                type=annotation, default=default if default is None else attrs.Factory(set)
+            ),
+        },
+    )
+    with pytest.raises(redisca.MappingError, match=r"Opt\.tags: a collection is never None"):
+        redisca.Registry().map(cls)
