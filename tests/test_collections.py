@@ -179,3 +179,51 @@ def test_a_collection_may_not_be_optional(default: object) -> None:
     )
     with pytest.raises(redisca.MappingError, match=r"Opt\.tags: a collection is never None"):
         redisca.Registry().map(cls)
+
+
+def test_contains_queries_the_member_index(r: redis.Redis, counted: Counted) -> None:
+    s = Session(r)
+    t1, t2 = Tag("a", id="ta"), Tag("b", id="tb")
+    s.add_all([t1, t2])
+    s.add(Post("one", id="q1", tags={"x", "y"}, labels={t1}))
+    s.add(Post("two", id="q2", tags={"y"}, labels={t1, t2}))
+    s.add(Post("three", id="q3"))
+    s.commit()
+    s2 = Session(counted.client)
+    counted.reset()
+    found = s2.query(Post).filter(Post.tags.contains("y")).all()
+    assert sorted(p.id for p in found) == ["q1", "q2"]
+    assert counted.round_trips == 2  # the query script, then the page's collections
+    assert [p.id for p in s2.query(Post).filter(Post.tags.contains("x")).all()] == ["q1"]
+    assert sorted(p.id for p in s2.query(Post).filter(Post.labels.contains(t1)).all()) == [
+        "q1",
+        "q2",
+    ]
+    assert [p.id for p in s2.query(Post).filter(Post.labels.contains("tb")).all()] == ["q2"]
+    with pytest.raises(redisca.QueryError, match="contains"):
+        s2.query(Post).filter(Post.tags == "y").all()
+    with pytest.raises(redisca.QueryError, match="not indexed"):
+        s2.query(Post).filter(Post.words.contains("w")).all()
+
+
+def test_check_finds_nothing_wrong_with_collections(r: redis.Redis) -> None:
+    from redisca.maintenance import check
+
+    s = Session(r)
+    tag = Tag("a", id="ca")
+    s.add(tag)
+    s.add(Post("one", id="k1", tags={"x"}, scores=[1, 2], labels={tag}, words={"w"}))
+    s.commit()
+    report = check(reg, r)
+    assert report.ok, report.problems
+
+
+def test_a_full_reindex_keeps_member_indexes(r: redis.Redis) -> None:
+    from redisca.maintenance import reindex
+
+    s = Session(r)
+    s.add(Post("one", id="ri1", tags={"x"}))
+    s.commit()
+    reindex(reg, r)
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"x"))) == {b"ri1"}
+    assert [p.id for p in Session(r).query(Post).filter(Post.tags.contains("x")).all()] == ["ri1"]

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class Condition:
-    """``attribute == value`` (``op="eq"``) or a score range (``op="range"``)."""
+    """``attribute == value`` (``op="eq"``), a score range (``op="range"``) or a
+    collection's member (``op="contains"``)."""
 
     attribute: FieldAttribute
     op: str
@@ -47,6 +48,11 @@ class Comparator:
         raise QueryError(f"{self}: '!=' cannot be answered from an index")
 
     __hash__ = object.__hash__
+
+    def contains(self, member: Any) -> Condition:
+        """A collection (``Set`` or ``References`` with ``index=True``) holding ``member``
+        (for ``References``, an entity or its id): answered by the member's index."""
+        return Condition(self, "contains", member)  # type: ignore[arg-type]
 
     def between(self, low: Any, high: Any) -> Condition:
         """Inclusive range, like SQL's BETWEEN."""
