@@ -14,6 +14,9 @@ from redisca.session import unitofwork
 from redisca.session.emit import emit
 from redisca.session.plan import Observed
 
+#: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
+pytestmark = pytest.mark.usefixtures("driver")
+
 reg = redisca.Registry()
 
 
@@ -227,3 +230,21 @@ def test_a_full_reindex_keeps_member_indexes(r: redis.Redis) -> None:
     reindex(reg, r)
     assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"x"))) == {b"ri1"}
     assert [p.id for p in Session(r).query(Post).filter(Post.tags.contains("x")).all()] == ["ri1"]
+
+
+def test_a_stub_loads_its_collections_with_its_hash(r: redis.Redis, counted: Counted) -> None:
+    s = Session(r)
+    s.add(Post("lazy", id="l1", tags={"t"}, scores=[2]))
+    s.commit()
+    s2 = Session(counted.client)
+    stub = s2.reference(Post, "l1")
+    counted.reset()
+    assert stub.tags == {"t"}
+    assert counted.round_trips == 1
+    assert stub.scores == [2] and stub.title == "lazy"
+    assert counted.round_trips == 1
+    assert not list(s2.dirty)
+    stub.scores += [4]
+    assert list(s2.dirty) == [stub]
+    s2.commit()
+    assert [int(x) for x in r.lrange(members_key("scores", "l1"), 0, -1)] == [2, 4]
