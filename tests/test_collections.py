@@ -248,3 +248,27 @@ def test_a_stub_loads_its_collections_with_its_hash(r: redis.Redis, counted: Cou
     assert list(s2.dirty) == [stub]
     s2.commit()
     assert [int(x) for x in r.lrange(members_key("scores", "l1"), 0, -1)] == [2, 4]
+
+
+@reg.mapped(prefix="spost", shards=4)
+@attrs.define
+class ShardedPost:
+    id: str | None = None
+    tags: set[str] = redisca.Set(str, index=True)
+
+
+def test_a_sharded_models_collections_are_in_the_shard_of_the_id(r: redis.Redis) -> None:
+    layout = redisca.inspect(ShardedPost).layout
+    s = Session(r)
+    for n in range(6):
+        s.add(ShardedPost(id=f"s{n}", tags={"common", f"own{n}"}))
+    s.commit()
+    for n in range(6):
+        shard = layout.for_id(f"s{n}")
+        key = layout.members(b"tags", f"s{n}".encode())
+        assert key == shard.members(b"tags", f"s{n}".encode())
+        assert as_bytes(r.smembers(key)) == {b"common", f"own{n}".encode()}
+    s2 = Session(r)
+    found = s2.query(ShardedPost).filter(ShardedPost.tags.contains("common")).all()
+    assert sorted(p.id for p in found) == [f"s{n}" for n in range(6)]
+    assert [p.tags for p in found if p.id == "s3"] == [{"common", "own3"}]
