@@ -155,6 +155,7 @@ DESCRIPTORS = st.one_of(
     st.tuples(st.just("tokens"), PREFIXES, FIELDS, VALUES),
     st.tuples(st.just("registry"), PREFIXES, st.none(), VALUES),
     st.tuples(st.just("marker"), PREFIXES, st.none(), st.none()),
+    st.tuples(st.just("members"), PREFIXES, FIELDS, VALUES),
 )
 RUNS = st.from_regex(RUN_RE, fullmatch=True).map(lambda run: run[:10])
 #: A reindex run's keys: its directory, and the build key of any live index key.
@@ -234,7 +235,8 @@ def parse(key):
             return ("build_dir", prefix, run, None)
         return ("build", prefix, run, parse(layout_of(prefix).head + b"#" + live))
     field, _, value = rest.partition(b":")
-    return ({b"i": "eq_index", b"u": "unique", b"o": "tokens"}[kind], prefix, field.decode(), value)
+    kinds = {b"i": "eq_index", b"u": "unique", b"o": "tokens", b"m": "members"}
+    return (kinds[kind], prefix, field.decode(), value)
 
 
 def _stripe(value):
@@ -263,6 +265,8 @@ def library_view(descriptor):
         return ParsedKey({"all_ids": "all"}.get(kind, kind))
     if kind == "eq_index":
         return ParsedKey("eq", name, value)
+    if kind == "members":
+        return ParsedKey("members", name, value)
     if kind == "range_index":
         return ParsedKey("range", name)
     if kind == "unique":
@@ -313,6 +317,7 @@ def test_the_clusters_own_keyslot_puts_every_key_in_its_tags_slot(redis_cluster)
                 keys = [
                     layout.entity(text), layout.eq_index(b"tag", raw), layout.all_ids,
                     layout.unique_stripe(b"eml", raw), layout.guard(raw), layout.marker,
+                    layout.members(b"tags", raw),
                     layout.build(b"ab", layout.eq_index(b"tag", raw)), layout.build_dir(b"ab"),
                 ]  # fmt: skip
                 assert {k: slot(k) for k in keys} == dict.fromkeys(keys, home)

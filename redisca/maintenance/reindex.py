@@ -410,10 +410,15 @@ class _Run:
             and self.mapper.default_order.hash_field in rebuilt
         )
         found: list[bytes] = []
+        # Member indexes of collections are not rebuilt from the hashes (the members are
+        # in keys of their own): a reindex leaves them as commits keep them.
+        kept = {f.hash_field for f in self.mapper.collections if f.indexed}
         for keys in self.space.scan(self.layout.namespace_pattern, self.batch):
             for key in keys:
                 parsed = self.layout.parse(key)
                 if parsed.kind not in INDEX_KINDS and parsed.kind != "old_unique":
+                    continue
+                if parsed.kind == "eq" and parsed.field in kept:
                     continue
                 if parsed.kind == "all":
                     if ids_rebuilt:

@@ -15,7 +15,10 @@ from .fields import (
     FieldSpec,
     Float,
     Integer,
+    List,
     Reference,
+    References,
+    Set,
     String,
 )
 from .keys import KeyLayout
@@ -38,6 +41,7 @@ __all__ = [
     "Float",
     "Integer",
     "KeyLayout",
+    "List",
     "MD5Pass",
     "MappedField",
     "Mapper",
@@ -46,7 +50,9 @@ __all__ = [
     "Password",
     "PasswordHash",
     "Reference",
+    "References",
     "Registry",
+    "Set",
     "String",
     "codec_for",
     "mapper_of",

@@ -75,7 +75,8 @@ def _flat(kind: type, parts: Iterable[Expression]) -> tuple[Expression, ...]:
 # Condition (which refuses bool()), so attrs' generated __eq__ must never call it.
 @attrs.frozen
 class Condition(Expression):
-    """``attribute == value`` (``op="eq"``) or a score range (``op="range"``)."""
+    """``attribute == value`` (``op="eq"``), a score range (``op="range"``) or a
+    collection's member (``op="contains"``)."""
 
     attribute: FieldAttribute = attrs.field(eq=id)
     op: str
@@ -160,6 +161,11 @@ class Comparator:
         raise QueryError(f"{self}: '!=' cannot be answered from an index")
 
     __hash__ = object.__hash__
+
+    def contains(self, member: Any) -> Condition:
+        """A collection (``Set`` or ``References`` with ``index=True``) holding ``member``
+        (for ``References``, an entity or its id): answered by the member's index."""
+        return Condition(self, "contains", member)  # type: ignore[arg-type]
 
     def between(self, low: Any, high: Any) -> Condition:
         """Inclusive range, like SQL's BETWEEN."""

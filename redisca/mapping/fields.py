@@ -24,6 +24,7 @@ from .codecs import (
     FloatCodec,
     IntCodec,
     StrCodec,
+    codec_for,
 )
 
 #: The key under ``attrs.field(metadata=...)`` where redisca keeps a field's spec.
@@ -46,6 +47,9 @@ class FieldSpec:
     unique: bool = False
     checks: tuple[Check, ...] = ()
     reference: type | str | None = None
+    #: ``"set"`` or ``"list"`` for a collection field (``Set``, ``List``, ``References``):
+    #: ``codec`` (or ``reference``) is then its elements'.
+    collection: str | None = None
     #: A reference's action when its target is deleted (see :data:`ON_DELETE`).
     on_delete: str | None = None
 
@@ -235,6 +239,56 @@ def Reference(
     return make_field(attrs.evolve(made, on_delete=on_delete), **kwargs)
 
 
+def _collection(
+    kind: str,
+    element: Any,
+    field: str | None,
+    index: bool,
+    kwargs: dict[str, Any],
+) -> Any:
+    if kind == "list" and index:
+        raise TypeError("index=True is for Set and References, not List")
+    if isinstance(element, Codec):
+        codec, target = element, None
+    elif kind == "refs":
+        codec, target = None, element
+    else:
+        codec = codec_for(element)
+        if codec is None:
+            raise TypeError(f"no codec stores {element!r}: register one, or use References")
+        target = None
+    factory = list if kind == "list" else set
+    if "default" in kwargs or "new" in kwargs:
+        raise TypeError("a collection's default is always an empty one")
+    field_spec = FieldSpec(
+        codec, field, index, False, (), target, "list" if kind == "list" else "set"
+    )
+    return make_field(field_spec, default=attrs.Factory(factory), **kwargs)
+
+
+def Set(element: Any, *, field: str | None = None, index: bool = False, **kwargs: Any) -> Any:
+    """A set of scalars (``tags: set[str] = Set(str, index=True)``), stored in its own Redis
+    set beside the entity. Never ``None``: it starts empty, and assigning ``None`` raises
+    ``ValidationError``. ``index=True`` keeps an equality index per member, so
+    ``filter(Post.tags.contains("redis"))`` is one query."""
+    return _collection("set", element, field, index, kwargs)
+
+
+def List(element: Any, *, field: str | None = None, **kwargs: Any) -> Any:
+    """A list of scalars (``scores: list[int] = List(int)``), stored in its own Redis list
+    beside the entity. Never ``None``: it starts empty; assigning ``None`` raises."""
+    return _collection("list", element, field, False, kwargs)
+
+
+def References(
+    target: type | str, *, field: str | None = None, index: bool = False, **kwargs: Any
+) -> Any:
+    """A set of other entities (many-to-many: ``tags: set[Tag] = References(Tag)``), stored
+    as their ids in a Redis set beside the entity; ``index=True`` keeps the reverse index
+    ("posts of tag t": ``filter(Post.tags.contains(t))``)."""
+    return _collection("refs", target, field, index, kwargs)
+
+
 __all__ = [
     "METADATA_KEY",
     "Boolean",
@@ -245,7 +299,10 @@ __all__ = [
     "FieldSpec",
     "Float",
     "Integer",
+    "List",
     "Reference",
+    "References",
+    "Set",
     "String",
     "make_field",
     "spec",

@@ -174,6 +174,7 @@ class KeyLayout:
         "_eq",
         "_guard",
         "_marker",
+        "_members",
         "_namespace",
         "_range",
         "_registry",
@@ -238,6 +239,7 @@ class KeyLayout:
         self._namespace = p + b"#"
         self._marker = p + b"#x"
         self._build = p + b"#b:"
+        self._members = p + b"#m:"
 
     # -- shards (``registry.mapped(shards=N)``) -----------------------------------
 
@@ -309,6 +311,12 @@ class KeyLayout:
 
     def eq_index(self, field: bytes, value: bytes) -> bytes:
         return self._eq + field + b":" + value
+
+    def members(self, field: bytes, id: bytes) -> bytes:
+        """``H#m:<field>:<id>``: the members of one entity's collection field (a Redis set
+        or list), beside the entity's hash under the same hash tag so that the entity and
+        its collections commit in one MULTI/EXEC on a cluster too."""
+        return self._members + field + b":" + id
 
     def range_index(self, field: bytes) -> bytes:
         return self._range + field
@@ -414,6 +422,11 @@ class KeyLayout:
                         return ParsedKey("unknown")
                     kind = "old_unique"  # a key per value, as redisca wrote before 2.0
                 return ParsedKey(kind, field, value)
+        if key.startswith(self._members):
+            field, colon, id = key[len(self._members) :].partition(b":")
+            if not colon or not _FIELD_RE.fullmatch(field):
+                return ParsedKey("unknown")
+            return ParsedKey("members", field, id)
         for kind, start in (("guard", self._guard), ("registry", self._registry)):
             if key.startswith(start):
                 stripe = key[len(start) :]
@@ -493,6 +506,9 @@ class ShardedLayout(KeyLayout):
 
     def guard(self, id: bytes) -> bytes:
         return self.layout_of_shard(shard_of(id, self.shards)).guard(id)
+
+    def members(self, field: bytes, id: bytes) -> bytes:
+        return self.layout_of_shard(shard_of(id, self.shards)).members(field, id)
 
     def registry(self, id: bytes) -> bytes:
         return self.layout_of_shard(shard_of(id, self.shards)).registry(id)
@@ -582,7 +598,8 @@ INDEX_KINDS = frozenset({"all", "eq", "range", "unique"})
 class ParsedKey(NamedTuple):
     """A key's kind (``entity``, ``all``, ``eq``, ``range``, ``unique`` (a stripe),
     ``tokens`` (a sharded model's claim tokens of a stripe), ``guard``, ``registry`` (a
-    sharded model's claims in flight), ``scratch``, ``marker``, ``build``,
+    sharded model's claims in flight), ``members`` (a collection field of the entity
+    whose id is the value), ``scratch``, ``marker``, ``build``,
     ``build_dir``, ``old_unique`` (a unique key of the layout before 2.0, a key per
     value), ``unknown`` in the model's namespace, or ``foreign``), with its field, its
     value (an entity's id, an index's value, a stripe's number, the live key a build

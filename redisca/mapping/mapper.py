@@ -30,6 +30,7 @@ class MappedField:
         "attribute",
         "checks",
         "codec",
+        "collection",
         "decoder",
         "encoder",
         "hash_field",
@@ -57,6 +58,7 @@ class MappedField:
         unique: bool,
         checks: tuple[Any, ...] = (),
         target: type | str | None = None,
+        collection: str | None = None,
         on_delete: str | None = None,
     ) -> None:
         #: The :class:`Mapper` of the class the attribute belongs to.
@@ -91,6 +93,13 @@ class MappedField:
         #: Whether its values may change in place (a codec not known to hold immutable
         #: values): such fields are compared on every commit, assigned or not.
         self.mutable: bool = codec is not None and not holds_immutable(codec)
+        #: ``"set"`` or ``"list"`` for a collection field (``Set``, ``List``,
+        #: ``References``), stored in a key of its own (``H#m:<field>:<id>``), not in the
+        #: entity's hash; codec, target, encode and decode are then its elements'.
+        self.collection = collection
+        if collection is not None:
+            self.nullable = False  # never None: empty instead (see coerce)
+            self.mutable = True  # changed in place: compared with its snapshot
         self._target_mapper: Mapper | None = None
         self.attribute: FieldAttribute = None  # type: ignore[assignment]
         # What coerce() runs after the codec: the checks, then the codec's index check
@@ -112,6 +121,38 @@ class MappedField:
 
     def coerce(self, value: Any) -> Any:
         """Check a value assigned in Python; raise ``ValidationError`` naming the field."""
+        if self.collection is not None:
+            return self.coerce_collection(value)
+        return self.coerce_one(value)
+
+    def coerce_collection(self, value: Any) -> Any:
+        """A collection assigned (or checked before a commit): a new ``set`` or ``list``
+        of checked elements. ``None`` is refused rather than taken as empty, so that
+        ``post.tags = None`` cannot silently delete every tag: assign ``set()``. A string
+        is refused too (it is iterable, but never meant as a collection of its
+        characters)."""
+        if value is None:
+            raise self._invalid("a collection is never None: assign an empty one", None)
+        if isinstance(value, (str, bytes, dict)):
+            raise self._invalid(f"expected a {self.collection}, got {value!r:.60}", value)
+        try:
+            items = list(value)
+        except TypeError:
+            raise self._invalid(f"expected a {self.collection}, got {value!r:.60}", value) from None
+        checked = [self.coerce_one(item) for item in items]
+        if self.collection == "list":
+            return checked
+        try:
+            return set(checked)
+        except TypeError as exc:  # attrs' eq=True makes instances unhashable
+            raise self._invalid(
+                f"set members must be hashable ({exc}): map the target with "
+                "@attrs.define(eq=False) (identity, as the session's identity map has it)",
+                value,
+            ) from None
+
+    def coerce_one(self, value: Any) -> Any:
+        """Check one value (a collection's element); raise ``ValidationError``."""
         if value is None:
             if self.nullable:
                 return None
@@ -210,6 +251,9 @@ class Mapper:
         #: The attributes without an index or a unique key (an update of only these
         #: reads nothing before its commit).
         self.plain: frozenset[MappedField] = frozenset()
+        #: The collection attributes (``Set``, ``List``, ``References``): not in
+        #: ``fields``, as they are not stored in the entity's hash.
+        self.collections: tuple[MappedField, ...] = ()
         #: The reference attributes, and their names.
         self.references: tuple[MappedField, ...] = ()
         self.reference_names: frozenset[str] = frozenset()
@@ -228,6 +272,8 @@ class Mapper:
 
     def set_fields(self, fields: list[MappedField]) -> None:
         """Set the mapped attributes and the lookups derived from them (at mapping time)."""
+        self.collections = tuple(f for f in fields if f.collection is not None)
+        fields = [f for f in fields if f.collection is None]
         self.fields = tuple(fields)
         self.by_name = {f.name: f for f in fields}
         self.indexed = tuple(f for f in fields if f.indexed)
@@ -244,7 +290,7 @@ class Mapper:
     def instrument(self) -> None:
         """Install a descriptor per mapped attribute (and on the identity attribute)."""
         cls = self.class_
-        for field in self.fields:
+        for field in (*self.fields, *self.collections):
             inner = inner_descriptor(cls, field.name)
             field.attribute = FieldAttribute(cls, field.name, inner, field.coerce, self)
             setattr(cls, field.name, field.attribute)

@@ -200,6 +200,9 @@ class Registry:
             inner, optional = None, "None" in annotation
         else:
             inner, optional = unwrap_optional(annotation)
+        kind = _collection_kind(inner)
+        if kind is not None or (spec is not None and spec.collection is not None):
+            return self._build_collection(mapper, attribute, spec, annotation, inner, kind)
         if spec is None:
             spec = self._infer(cls, name, annotation, inner)
         elif not _agrees(spec, inner):
@@ -238,6 +241,68 @@ class Registry:
             on_delete=spec.on_delete,
         )
 
+    def _build_collection(
+        self,
+        mapper: Mapper,
+        attribute: Any,
+        spec: FieldSpec | None,
+        annotation: Any,
+        inner: Any,
+        kind: str | None,
+    ) -> MappedField:
+        """A ``Set``, ``List`` or ``References`` field, from its helper or inferred from a
+        ``set[T]`` / ``list[T]`` annotation (``set[Model]``: references)."""
+        cls, name = mapper.class_, attribute.name
+        optional = not isinstance(annotation, str) and inner is not annotation
+        if attribute.default is None or optional:
+            raise MappingError(
+                f"{cls.__name__}.{name}: a collection is never None (empty instead): drop "
+                "the None default or the Optional, e.g. tags: set[str] = attrs.Factory(set)"
+            )
+        element = typing.get_args(inner)[0] if kind is not None and typing.get_args(inner) else None
+        if spec is None or (spec.codec is None and spec.reference is None):
+            if element is None:
+                raise MappingError(
+                    f"{cls.__name__}.{name}: cannot map annotation {annotation!r}; "
+                    "name the element type (set[str], list[int], set[Tag])"
+                )
+            inferred = self._infer(cls, name, annotation, element)
+            index = spec.index if spec is not None else False
+            stored = spec.field if spec is not None else None
+            spec = FieldSpec(inferred.codec, stored, index, False, (), inferred.reference, kind)
+        if spec.collection is None:
+            spec = attrs.evolve(spec, collection=kind)
+        if kind is not None and kind != spec.collection:
+            raise MappingError(
+                f"{cls.__name__}.{name}: the annotation {annotation!r} and the field helper "
+                f"disagree: it holds a {spec.collection}"
+            )
+        if spec.collection == "list" and spec.codec is None:
+            raise MappingError(f"{cls.__name__}.{name}: a list of entities is not supported")
+        if element is not None and not _agrees(spec, element):
+            raise MappingError(
+                f"{cls.__name__}.{name}: the annotation {annotation!r} and the field helper "
+                f"disagree: it holds {_holds(spec)} values"
+            )
+        if spec.unique:
+            raise MappingError(f"{cls.__name__}.{name}: a collection cannot be unique")
+        hash_field = check_name("field name", spec.field or name, f"{cls.__name__}.{name}")
+        mapped = MappedField(
+            mapper,
+            name,
+            hash_field,
+            spec.codec,
+            nullable=False,
+            index=spec.index,
+            unique=False,
+            target=spec.reference,
+            collection=spec.collection,
+        )
+        if mapped.index is not None:
+            mapped.index = "eq"  # one set of ids per member value, whatever the codec
+            mapped.indexed = True
+        return mapped
+
     def _infer(self, cls: type, name: str, annotation: Any, inner: Any) -> FieldSpec:
         if annotation is None or isinstance(annotation, str):
             raise MappingError(
@@ -255,6 +320,16 @@ class Registry:
             f"{cls.__name__}.{name}: cannot map annotation {annotation!r}; "
             "use a field helper or register a codec"
         )
+
+
+def _collection_kind(annotation: Any) -> str | None:
+    """``"set"`` for ``set[T]`` (or ``frozenset[T]``, ``set``), ``"list"`` for ``list[T]``."""
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (set, frozenset):
+        return "set"
+    if origin is list:
+        return "list"
+    return None
 
 
 def _redefines(cls: type, old: type) -> bool:

@@ -440,6 +440,35 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
             em.index_remove(change, field, old)
 
 
+def _emit_members(em: _Emitter, change: EntityChange) -> None:
+    """A change's collections (``H#m:<field>:<id>``): a set as a diff (``SREM``/``SADD``
+    of the members that changed), a list rewritten (``DEL`` + ``RPUSH``), a deleted
+    entity's removed; and the member indexes of indexed sets, by the same diff."""
+    ident = change.id.encode()
+    for field, (old, new) in change.members.items():
+        key = change.layout.members(field.hash_field, ident)
+        if new is None:  # the entity is deleted
+            em.deleted.append(key)
+            added: Any = ()
+            removed: Any = old or ()
+        elif field.collection == "list" or old is None:
+            em.out.append((b"DEL", key))
+            if new:
+                em.out.append((b"RPUSH" if field.collection == "list" else b"SADD", key, *new))
+            added, removed = new, ()
+        else:
+            added, removed = sorted(new - old), sorted(old - new)
+            if removed:
+                em.out.append((b"SREM", key, *removed))
+            if added:
+                em.out.append((b"SADD", key, *added))
+        if field.indexed:
+            for raw in removed:
+                em.index_remove(change, field, raw)
+            for raw in added:
+                em.index_add(change, field, raw)
+
+
 def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
     """The transaction's commands; raises on conflicts."""
     em = _Emitter(observed)
@@ -452,6 +481,8 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
             _emit_update(em, change)
         else:
             _emit_delete(em, change)
+        if change.members:
+            _emit_members(em, change)
     em.settle_claims()
     nulled = (
         integrity.enforce(plan.changes, plan.referrers, plan.targets, observed)

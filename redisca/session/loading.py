@@ -18,6 +18,7 @@ from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
 from . import executor, gcpause, routing
 from .io import Steps
+from .plan import Command
 from .state import InstanceState
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ def hydrate(
         _fill_missing(identity, state, raw, snapshot)
     version = raw.get(VERSION_FIELD)
     state.snapshot = snapshot
+    if state.mapper.collections:
+        fill_members(identity, state, raw, overwrite=overwrite)
     if overwrite:
         state.assigned = IN_STEP  # every field now holds what the snapshot says
     if version is None:
@@ -114,6 +117,91 @@ def _fill_missing(
             field.attribute.store(obj, python_value(identity, field, enc, key))
 
 
+#: Where a loaded hash dict carries a collection's reply (``MEMBERS + hash_field``):
+#: hash field names hold no ``#``, so no hash field can be taken for one.
+MEMBERS = b"#m:"
+
+
+def member_reads(mapper: Mapper, ident: str) -> list[Command]:
+    """The reads of an entity's collections (``SMEMBERS``, ``LRANGE``), sent in the
+    pipeline that reads its hash: a collection costs no round trip of its own."""
+    raw = ident.encode()
+    return [
+        (b"SMEMBERS", mapper.layout.members(f.hash_field, raw))
+        if f.collection == "set"
+        else (b"LRANGE", mapper.layout.members(f.hash_field, raw), 0, -1)
+        for f in mapper.collections
+    ]
+
+
+def _with_members(
+    client: Any, mapper: Mapper, ids: list[str], keys: list[bytes]
+) -> Steps[list[dict[bytes, bytes]]]:
+    """HGETALL of ``keys`` (the entities ``ids``) and their collections in one round trip;
+    each found hash carries its collections' replies under ``MEMBERS`` + field."""
+    commands: list[Command] = [(b"HGETALL", key) for key in keys]
+    for ident in ids:
+        commands += member_reads(mapper, ident)
+    replies = yield from executor.run_steps(client, commands)
+    hashes = _hashes(replies[: len(keys)], keys)
+    rest = iter(replies[len(keys) :])
+    for raw in hashes:
+        for field in mapper.collections:
+            reply = next(rest)
+            if raw:  # a missing entity has no collections either
+                raw[MEMBERS + field.hash_field] = reply
+    return hashes
+
+
+def fill_members(
+    identity: IdentityMap, state: InstanceState, raw: dict[bytes, Any], *, overwrite: bool
+) -> None:
+    """Collections from their replies in ``raw`` (those not read stay unloaded); the
+    snapshot gets their encoded members, so in place changes are found by comparison.
+    ``overwrite=False`` keeps a collection assigned in Python (its changes are then
+    the difference with what Redis holds)."""
+    obj, mapper = state.obj, state.mapper
+    snapshot: dict[Any, Any] = state.snapshot
+    for field in mapper.collections:
+        reply = raw.get(MEMBERS + field.hash_field)
+        if reply is None:
+            continue
+        key = field.mapper.layout.members(field.hash_field, state.id.encode())  # type: ignore[union-attr]
+        if isinstance(reply, Exception):
+            routing.check(reply, key.decode(errors="replace"))
+            raise DecodeError(f"{key.decode(errors='replace')}: {reply}", key=key.decode())
+        members = frozenset(reply) if field.collection == "set" else tuple(reply)
+        snapshot[field] = members
+        if not overwrite and field.attribute.get_raw(obj) is not MISSING:
+            continue
+        values = [python_value(identity, field, member, key) for member in members]
+        field.attribute.store(obj, set(values) if field.collection == "set" else values)
+
+
+def load_members_steps(
+    identity: IdentityMap, client: Any, mapper: Mapper, objs: Iterable[Any]
+) -> Steps[None]:
+    """The collections of loaded instances whose collections were not read with them
+    (a query's page: its script reads the hashes), in one more round trip for the
+    whole page."""
+    states = []
+    for obj in objs:
+        state = instrument.state_of(obj)
+        if state is None or not state.persistent or state.id is None:
+            continue
+        if any(f.attribute.get_raw(obj) is MISSING for f in mapper.collections):
+            states.append(state)
+    if not states:
+        return
+    commands: list[Command] = []
+    for state in states:
+        commands += member_reads(mapper, state.id)
+    replies = iter((yield from executor.run_steps(client, commands)))
+    for state in states:
+        raw = {MEMBERS + f.hash_field: next(replies) for f in mapper.collections}
+        fill_members(identity, state, raw, overwrite=False)
+
+
 def _hash(reply: Any, key: bytes) -> dict[bytes, bytes]:
     if isinstance(reply, Exception):
         name = key.decode(errors="replace")
@@ -147,11 +235,15 @@ def _hashes(replies: list[Any], keys: list[bytes]) -> list[dict[bytes, bytes]]:
 
 def fetch(client: Any, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
     """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
+    if mapper.collections:
+        return executor.drive(_with_members(client, mapper, ids, mapper.layout.entities(ids)))
     return _fetch_keys(client, mapper.layout.entities(ids))
 
 
 def fetch_steps(client: Any, mapper: Mapper, ids: list[str]) -> Steps[list[dict[bytes, bytes]]]:
     """:func:`fetch` as a protocol (:mod:`redisca.session.io`)."""
+    if mapper.collections:
+        return (yield from _with_members(client, mapper, ids, mapper.layout.entities(ids)))
     return (yield from fetch_keys_steps(client, mapper.layout.entities(ids)))
 
 
@@ -221,6 +313,8 @@ def install(
             hydrate(identity, table[ident], raw, overwrite=False)
             continue
         attach(obj, state)
+        if mapper.collections:
+            fill_members(identity, state, raw, overwrite=True)
         version = raw.get(VERSION_FIELD)
         if version is not None:
             state.version = decode_version(version, mapper.key(ident))
@@ -272,11 +366,33 @@ def load_states_steps(
         by_client[id(client_for(state.mapper))].append(state)
     for group in by_client.values():
         keys = [s.mapper.key(s.id) for s in group]  # type: ignore[arg-type]
-        replies = yield from fetch_keys_steps(client_for(group[0].mapper), keys)
+        members = [m for s in group for m in member_reads(s.mapper, s.id)]  # type: ignore[arg-type]
+        if members:
+            replies = yield from _states_with_members(client_for(group[0].mapper), group, keys)
+        else:
+            replies = yield from fetch_keys_steps(client_for(group[0].mapper), keys)
         with gcpause.paused(len(group)):
             for state, raw in zip(group, replies, strict=True):
                 if raw:
                     hydrate(identity, state, raw, overwrite=False)
+
+
+def _states_with_members(
+    client: Any, states: list[InstanceState], keys: list[bytes]
+) -> Steps[list[dict[bytes, bytes]]]:
+    """HGETALL of the states' keys and their collections' reads in one round trip."""
+    commands: list[Command] = [(b"HGETALL", key) for key in keys]
+    for state in states:
+        commands += member_reads(state.mapper, state.id)  # type: ignore[arg-type]
+    replies = yield from executor.run_steps(client, commands)
+    hashes = _hashes(replies[: len(keys)], keys)
+    rest = iter(replies[len(keys) :])
+    for state, raw in zip(states, hashes, strict=True):
+        for field in state.mapper.collections:
+            reply = next(rest)
+            if raw:
+                raw[MEMBERS + field.hash_field] = reply
+    return hashes
 
 
 def require(found: bool, state: InstanceState) -> None:
@@ -294,6 +410,7 @@ __all__ = [
     "hydrate",
     "install",
     "load_ids",
+    "load_members_steps",
     "load_states",
     "load_states_steps",
     "python_value",

@@ -53,6 +53,10 @@ class EntityChange:
     #: That attempt, if applied, moved the stripe; so an unmoved stripe means "not
     #: applied", and a moved one with the entity gone may be "applied, then deleted".
     guard_seen: tuple[bytes | None] | None = None
+    #: Collection fields (``Set``, ``List``, ``References``) written with the change:
+    #: ``(old, new)`` encoded members, a frozenset for a set and a tuple for a list;
+    #: ``old`` is ``None`` when unknown (rewritten), ``new`` ``None`` on a delete.
+    members: dict[MappedField, tuple[Any, Any]] = attrs.field(factory=dict)
     #: The entity's key, built once (collect_reads, emit and finalize all use it).
     key: bytes = b""
     _guard: bytes | None = attrs.field(default=None, init=False)
@@ -92,6 +96,8 @@ class EntityChange:
         unindexed fields of unversioned entities do not."""
         if self.op != UPDATE:
             return True
+        if self.members and any(f.indexed for f in self.members):
+            return True  # a delete reads the members whose index entries it removes
         mapper = self.mapper
         return self.needs_read and (mapper.versioned or not mapper.plain.issuperset(self.values))
 

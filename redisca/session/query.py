@@ -246,6 +246,8 @@ class Query(Generic[T]):
         if call is _NOTHING:
             return []
         results = self._results(queryscript.run(self._client(), call), call)
+        if self.mapper.collections and results:
+            executor.drive(self._members(results))
         if self.preloads and results:
             self.session.preload(results, *self.preloads)
         return results
@@ -260,10 +262,19 @@ class Query(Generic[T]):
         )
         return [typing.cast(T, obj) for obj in found if obj is not None]
 
+    def _members(self, results: list[Any]) -> Steps[None]:
+        """The page's collections: the query script reads the hashes only, so they take
+        one more round trip for the whole page."""
+        yield from loading.load_members_steps(
+            self.session.identity_map, self._client(), self.mapper, results
+        )
+
     def _all(self, limit: int | None) -> Steps[list[T]]:
         """:meth:`all` with another limit (no refined copy: ``one()`` runs this)."""
         reply, call = yield from self._run(b"load", limit)
         results = self._results(reply, call)
+        if self.mapper.collections and results:
+            yield from self._members(results)
         session = self.session
         if self.preloads and results:
             targets = session._unloaded_targets(results, self.preloads)

@@ -161,7 +161,10 @@ NO_CURSOR: Cursor = (b"", b"", b"")
 
 
 def field_of(mapper: Mapper, attribute: Any) -> MappedField:
-    field = mapper.by_name.get(getattr(attribute, "name", ""))
+    name = getattr(attribute, "name", "")
+    field = mapper.by_name.get(name) or next(
+        (f for f in mapper.collections if f.name == name), None
+    )
     if field is None or getattr(attribute, "mapper", None) is not mapper:
         raise QueryError(f"{attribute!r} is not an indexed attribute of {mapper.class_.__name__}")
     if not field.indexed:
@@ -175,7 +178,7 @@ def _encode(field: MappedField, value: Any) -> bytes:
         if field.is_reference:
             if isinstance(value, str):
                 return value.encode()
-            raw = field.encode(field.coerce(value))
+            raw = field.encode(field.coerce_one(value))
         else:
             raw = field.encode(field.codec.coerce(value))  # type: ignore[union-attr]
     except ValidationError as exc:
@@ -282,7 +285,13 @@ def sort_filters(
         layout = mapper.layout.layout_of_shard(0)
     for cond in conditions:
         field = field_of(mapper, cond.attribute)
-        if cond.op == "eq":
+        if (cond.op == "contains") != (field.collection is not None):
+            raise QueryError(
+                f"{cond.attribute!r}: use .contains(value) on a collection, == on a field"
+                if field.collection is not None
+                else f"{cond.attribute!r} is not a collection: compare it with =="
+            )
+        if cond.op in ("eq", "contains"):
             if field.unique:
                 value = field.index_key(_encode(field, cond.value))
                 stripe = mapper.layout.unique_stripe(field.hash_field, value)

@@ -241,13 +241,13 @@ class Session:
     def dirty(self) -> IdentitySet:
         """Persistent instances whose encoded values differ from what was loaded."""
         return IdentitySet(
-            s.obj for s in self.states() if s.persistent and not s.deleted and s.changes()
+            s.obj for s in self.states() if s.persistent and not s.deleted and s.modified()
         )
 
     def is_modified(self, obj: object) -> bool:
         """Whether a commit now would write something for ``obj``: new, deleted or changed."""
         state = self.state(obj)
-        return not state.persistent or state.deleted or bool(state.changes())
+        return not state.persistent or state.deleted or state.modified()
 
     # -- adding and removing -------------------------------------------------
 
@@ -501,8 +501,8 @@ class Session:
         state = self.state(obj)
         if not state.persistent:
             return
-        changed = {field.name for field in state.changes()}
-        for field in state.mapper.fields:
+        changed = state.changed_names()
+        for field in (*state.mapper.fields, *state.mapper.collections):
             if field.name not in changed:
                 field.attribute.del_raw(state.obj)
         state.snapshot, state.version, state.loaded = {}, None, False

@@ -140,11 +140,34 @@ class InstanceState:
                 f"{self.mapper.class_.__name__}.{name} is not loaded and the instance "
                 "is not attached to a session"
             )
-        if self.loaded or not self.persistent:
+        collection = self.loaded and any(f.name == name for f in self.mapper.collections)
+        if (self.loaded and not collection) or not self.persistent:
             raise AttributeError(f"{self.mapper.class_.__name__}.{name} has no value")
         if not session.lazy_loads:
             raise missing_load(self, name)
         session.refresh(self.obj, only_missing=True)
+
+    def modified(self) -> bool:
+        """Whether any field or collection differs from the snapshot (a collection
+        holding an invalid element counts as changed: the commit will refuse it)."""
+        if self.changes():
+            return True
+        if not self.mapper.collections:
+            return False
+        try:
+            return bool(member_changes(self))
+        except ValidationError:
+            return True
+
+    def changed_names(self) -> set[str]:
+        """The names of the fields and collections that differ from the snapshot."""
+        names = {field.name for field in self.changes()}
+        if self.mapper.collections:
+            try:
+                names.update(field.name for field in member_changes(self))
+            except ValidationError:
+                names.update(field.name for field in self.mapper.collections)
+        return names
 
     def changes(self) -> dict[MappedField, bytes | None]:
         """Encoded values that differ from the snapshot (set attributes only)."""
@@ -186,6 +209,36 @@ class InstanceState:
 def named(state: InstanceState) -> str:
     """An instance in a message: its class and id, ``User('a')`` (never loads)."""
     return f"{state.mapper.class_.__name__}({state.id!r})"
+
+
+def encode_members(field: MappedField, value: Any) -> Any:
+    """A collection's members as stored: a frozenset of encoded members for a set, a
+    tuple for a list. Checks every element (``ValidationError`` naming the field)."""
+    checked = field.coerce_collection(value)
+    encoded = [field.encode(item) for item in checked]
+    return frozenset(encoded) if field.collection == "set" else tuple(encoded)
+
+
+def member_changes(state: InstanceState) -> dict[MappedField, tuple[Any, Any]]:
+    """Collections that differ from the snapshot, as ``(old, new)`` encoded members
+    (``old`` ``None``: not loaded, so unknown). Compared on every commit: in place
+    mutations (``add``, ``append``, ``del``...) change no attribute."""
+    out: dict[MappedField, tuple[Any, Any]] = {}
+    snapshot: dict[Any, Any] = state.snapshot
+    for field in state.mapper.collections:
+        try:
+            value = field.attribute.fetch(state.obj)
+        except AttributeError:
+            continue  # not loaded, not assigned: unchanged
+        new = encode_members(field, value)
+        old: Any
+        if not state.persistent:
+            old = frozenset() if field.collection == "set" else ()
+        else:
+            old = snapshot.get(field)
+        if old != new:
+            out[field] = (old, new)
+    return out
 
 
 class _Detached(NamedTuple):

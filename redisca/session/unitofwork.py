@@ -23,7 +23,7 @@ from . import claims, executor, integrity, routing
 from .emit import vanished
 from .io import Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
-from .state import InstanceState, named
+from .state import InstanceState, member_changes, named
 
 if TYPE_CHECKING:
     from .session import CommandResult, Session
@@ -131,7 +131,7 @@ def _insert(state: InstanceState) -> EntityChange:
         # Kept on the state, so a retry of an in-doubt insert writes (and recognises)
         # the same version.
         state.version = first_version()
-    return EntityChange(
+    change = EntityChange(
         state.mapper,
         ident,
         INSERT,
@@ -141,6 +141,9 @@ def _insert(state: InstanceState) -> EntityChange:
         in_doubt=state.in_doubt,
         guard_seen=state.doubt_guard if state.in_doubt else None,
     )
+    if state.mapper.collections:
+        change.members = member_changes(state)
+    return change
 
 
 def _encode_each(state: InstanceState) -> dict[MappedField, bytes | None]:
@@ -153,7 +156,8 @@ def _encode_each(state: InstanceState) -> dict[MappedField, bytes | None]:
 def _update(state: InstanceState) -> EntityChange | None:
     ident = _check_identity(state)
     values = state.changes()
-    if not values:
+    members = member_changes(state) if state.mapper.collections else None
+    if not values and not members:
         return None
     mapper = state.mapper
     loaded = state.loaded
@@ -167,7 +171,10 @@ def _update(state: InstanceState) -> EntityChange | None:
     # common update, built with the fewest steps (arguments by position: the keywords
     # cost a tenth of the call).
     needs_read = not loaded or mapper.versioned or not mapper.plain.issuperset(values)
-    return EntityChange(
+    # Collections written: read the entity's existence (and watch its guard), so that
+    # no collection key outlives an entity deleted meanwhile.
+    needs_read = needs_read or bool(members)
+    change = EntityChange(
         mapper,
         ident,
         UPDATE,
@@ -179,10 +186,13 @@ def _update(state: InstanceState) -> EntityChange | None:
         empty_after,
         state.in_doubt,
     )
+    if members:
+        change.members = members
+    return change
 
 
 def _delete(state: InstanceState) -> EntityChange:
-    return EntityChange(
+    change = EntityChange(
         state.mapper,
         state.id,  # type: ignore[arg-type]
         DELETE,
@@ -190,6 +200,9 @@ def _delete(state: InstanceState) -> EntityChange:
         was_loaded=state.loaded,
         expect_version=state.version,
     )
+    snapshot: dict[Any, Any] = state.snapshot
+    change.members = {f: (snapshot.get(f), None) for f in state.mapper.collections}
+    return change
 
 
 def organize(
@@ -404,6 +417,9 @@ def finalize(
             state.version = None  # added again, it is a new entity with a new version
             continue
         state.snapshot.update(change.values)
+        if change.members:
+            snapshot: dict[Any, Any] = state.snapshot
+            snapshot.update((f, new) for f, (_old, new) in change.members.items())
         state.assigned = IN_STEP  # what differed is written; the rest was equal
         state.in_doubt = False
         if change.op == INSERT:

@@ -1,0 +1,274 @@
+"""Collection fields: ``Set``, ``List`` and ``References``, each in its own key
+``H#m:<field>:<id>`` beside the entity, loaded with it, written with its commit as a diff."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import redis
+from helpers import Counted, dump_keyspace
+
+import redisca
+from redisca import Session
+from redisca.session import unitofwork
+from redisca.session.emit import emit
+from redisca.session.plan import Observed
+
+#: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
+pytestmark = pytest.mark.usefixtures("driver")
+
+reg = redisca.Registry()
+
+
+@reg.mapped(prefix="ctag")
+@attrs.define(eq=False)  # set members are hashed: entities by identity
+class Tag:
+    name: str = ""
+    id: str | None = None
+
+
+@reg.mapped(prefix="cpost")
+@attrs.define
+class Post:
+    title: str = ""
+    id: str | None = None
+    tags: set[str] = redisca.Set(str, index=True)
+    scores: list[int] = redisca.List(int)
+    labels: set[Tag] = redisca.References(Tag, index=True)
+    words: set[str] = attrs.Factory(set)  # inferred, not indexed
+
+
+POSTS = redisca.inspect(Post)
+
+
+def members_key(field: str, ident: str) -> bytes:
+    return POSTS.layout.members(field.encode(), ident.encode())
+
+
+def as_bytes(values: object) -> set[bytes]:
+    return {v if isinstance(v, bytes) else v.encode() for v in values}  # type: ignore[attr-defined]
+
+
+def test_helpers_and_inference_map_collections() -> None:
+    by_name = {f.name: f for f in POSTS.collections}
+    assert [(n, f.collection, f.index) for n, f in by_name.items()] == [
+        ("tags", "set", "eq"),
+        ("scores", "list", None),
+        ("labels", "set", "eq"),
+        ("words", "set", None),
+    ]
+    assert by_name["labels"].target is Tag and by_name["labels"].is_reference
+    assert "tags" not in POSTS.by_name  # not a hash field
+    assert Post().tags == set() and Post().scores == []  # empty, never None
+    reg2 = redisca.Registry()
+
+    @reg2.mapped(prefix="inf")
+    @attrs.define
+    class Inferred:
+        id: str | None = None
+        nums: list[int] = attrs.Factory(list)
+        refs: set[Inferred] = attrs.Factory(set)
+
+    found = {f.name: (f.collection, f.target) for f in redisca.inspect(Inferred).collections}
+    assert found == {"nums": ("list", None), "refs": ("set", Inferred)}
+
+
+def test_key_kind_m_is_next_to_the_entity() -> None:
+    assert members_key("tags", "p1") == b"{cpost}#m:tags:p1"
+    assert POSTS.layout.parse(b"{cpost}#m:tags:a:b")[:3] == ("members", b"tags", b"a:b")
+
+
+def test_none_is_refused_and_elements_are_checked() -> None:
+    post = Post()
+    with pytest.raises(redisca.ValidationError, match="never None"):
+        post.tags = None  # type: ignore[assignment]
+    with pytest.raises(redisca.ValidationError, match=r"Post\.scores"):
+        post.scores = [1, "x"]  # type: ignore[list-item]
+    post.scores = (3, 1)  # type: ignore[assignment]
+    assert post.scores == [3, 1]
+
+
+def test_insert_load_round_trips_and_mutation_diff(r: redis.Redis, counted: Counted) -> None:
+    s = Session(r)
+    tag = Tag("redis", id="t1")
+    s.add(tag)
+    s.add(Post("hello", id="p1", tags={"a", "b"}, scores=[3, 1, 3], labels={tag}))
+    s.commit()
+    assert as_bytes(r.smembers(members_key("tags", "p1"))) == {b"a", b"b"}
+    assert [int(x) for x in r.lrange(members_key("scores", "p1"), 0, -1)] == [3, 1, 3]
+    assert as_bytes(r.smembers(members_key("labels", "p1"))) == {b"t1"}
+    assert not r.exists(members_key("words", "p1"))  # empty: no key
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"a"))) == {b"p1"}
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"labels", b"t1"))) == {b"p1"}
+
+    s2 = Session(counted.client)
+    counted.reset()
+    post = s2.get(Post, "p1")
+    assert counted.round_trips == 1  # the hash and its collections: one pipeline
+    assert post is not None
+    assert post.tags == {"a", "b"} and post.scores == [3, 1, 3] and post.words == set()
+    (label,) = post.labels
+    assert label.id == "t1"
+    assert not s2.is_modified(post)
+    post.tags.add("c")
+    post.tags.discard("a")
+    assert s2.is_modified(post)
+    state = s2.state(post) if hasattr(s2, "state") else None
+    assert state is not None
+    (change,) = [c for g in unitofwork.organize([state], [], lambda m: r) for c in g.changes]
+    observed = Observed(exists={change.key: True}, fields={change.key: {}})
+    commands = emit(unitofwork.Group(r, None, [change], [state]).plan(), observed)
+    assert (b"SREM", members_key("tags", "p1"), b"a") in commands
+    assert (b"SADD", members_key("tags", "p1"), b"c") in commands
+    assert (b"SREM", POSTS.layout.eq_index(b"tags", b"a"), "p1") in commands
+    assert (b"SADD", POSTS.layout.eq_index(b"tags", b"c"), "p1") in commands
+    assert not [c for c in commands if c[0] in (b"HSET", b"RPUSH", b"DEL")]
+    s2.commit()
+    assert as_bytes(r.smembers(members_key("tags", "p1"))) == {b"b", b"c"}
+    assert not r.exists(POSTS.layout.eq_index(b"tags", b"a"))
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"c"))) == {b"p1"}
+    assert not s2.is_modified(post)
+
+    post.scores.append(7)
+    del post.scores[0]
+    s2.commit()
+    assert [int(x) for x in r.lrange(members_key("scores", "p1"), 0, -1)] == [1, 3, 7]
+
+
+def test_delete_removes_collection_keys_and_entries(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Post("x", id="p2", tags={"a"}, scores=[1], words={"w"}))
+    s.commit()
+    s2 = Session(r)
+    post = s2.get(Post, "p2")
+    s2.delete(post)
+    s2.commit()
+    assert not [k for k in r.keys("{cpost}*") if b"#g:" not in as_bytes([k]).pop()]
+
+
+def test_validation_error_sends_nothing(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Post("x", id="p3", tags={"a"}))
+    s.commit()
+    before = dump_keyspace(r)
+    post = s.get(Post, "p3")
+    post.scores.append("not an int")  # type: ignore[arg-type]
+    with pytest.raises(redisca.ValidationError, match=r"Post\.scores"):
+        s.commit()
+    assert dump_keyspace(r) == before
+
+
+def test_query_results_load_their_collections(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Post("q", id="p4", tags={"z"}, scores=[5]))
+    s.commit()
+    s2 = Session(r)
+    (post,) = s2.query(Post).all()
+    assert post.tags == {"z"} and post.scores == [5]
+    assert not s2.is_modified(post)
+
+
+@pytest.mark.parametrize("default", [None, attrs.NOTHING])
+def test_a_collection_may_not_be_optional(default: object) -> None:
+    annotation = set[str] | None if default is attrs.NOTHING else set[str]
+    cls = attrs.make_class(
+        "Opt",
+        {
+            "id": attrs.field(default=None),
+            "tags": attrs.field(
+                type=annotation, default=default if default is None else attrs.Factory(set)
+            ),
+        },
+    )
+    with pytest.raises(redisca.MappingError, match=r"Opt\.tags: a collection is never None"):
+        redisca.Registry().map(cls)
+
+
+def test_contains_queries_the_member_index(r: redis.Redis, counted: Counted) -> None:
+    s = Session(r)
+    t1, t2 = Tag("a", id="ta"), Tag("b", id="tb")
+    s.add_all([t1, t2])
+    s.add(Post("one", id="q1", tags={"x", "y"}, labels={t1}))
+    s.add(Post("two", id="q2", tags={"y"}, labels={t1, t2}))
+    s.add(Post("three", id="q3"))
+    s.commit()
+    s2 = Session(counted.client)
+    counted.reset()
+    found = s2.query(Post).filter(Post.tags.contains("y")).all()
+    assert sorted(p.id for p in found) == ["q1", "q2"]
+    assert counted.round_trips == 2  # the query script, then the page's collections
+    assert [p.id for p in s2.query(Post).filter(Post.tags.contains("x")).all()] == ["q1"]
+    assert sorted(p.id for p in s2.query(Post).filter(Post.labels.contains(t1)).all()) == [
+        "q1",
+        "q2",
+    ]
+    assert [p.id for p in s2.query(Post).filter(Post.labels.contains("tb")).all()] == ["q2"]
+    with pytest.raises(redisca.QueryError, match="contains"):
+        s2.query(Post).filter(Post.tags == "y").all()
+    with pytest.raises(redisca.QueryError, match="not indexed"):
+        s2.query(Post).filter(Post.words.contains("w")).all()
+
+
+def test_check_finds_nothing_wrong_with_collections(r: redis.Redis) -> None:
+    from redisca.maintenance import check
+
+    s = Session(r)
+    tag = Tag("a", id="ca")
+    s.add(tag)
+    s.add(Post("one", id="k1", tags={"x"}, scores=[1, 2], labels={tag}, words={"w"}))
+    s.commit()
+    report = check(reg, r)
+    assert report.ok, report.problems
+
+
+def test_a_full_reindex_keeps_member_indexes(r: redis.Redis) -> None:
+    from redisca.maintenance import reindex
+
+    s = Session(r)
+    s.add(Post("one", id="ri1", tags={"x"}))
+    s.commit()
+    reindex(reg, r)
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"x"))) == {b"ri1"}
+    assert [p.id for p in Session(r).query(Post).filter(Post.tags.contains("x")).all()] == ["ri1"]
+
+
+def test_a_stub_loads_its_collections_with_its_hash(r: redis.Redis, counted: Counted) -> None:
+    s = Session(r)
+    s.add(Post("lazy", id="l1", tags={"t"}, scores=[2]))
+    s.commit()
+    s2 = Session(counted.client)
+    stub = s2.reference(Post, "l1")
+    counted.reset()
+    assert stub.tags == {"t"}
+    assert counted.round_trips == 1
+    assert stub.scores == [2] and stub.title == "lazy"
+    assert counted.round_trips == 1
+    assert not list(s2.dirty)
+    stub.scores += [4]
+    assert list(s2.dirty) == [stub]
+    s2.commit()
+    assert [int(x) for x in r.lrange(members_key("scores", "l1"), 0, -1)] == [2, 4]
+
+
+@reg.mapped(prefix="spost", shards=4)
+@attrs.define
+class ShardedPost:
+    id: str | None = None
+    tags: set[str] = redisca.Set(str, index=True)
+
+
+def test_a_sharded_models_collections_are_in_the_shard_of_the_id(r: redis.Redis) -> None:
+    layout = redisca.inspect(ShardedPost).layout
+    s = Session(r)
+    for n in range(6):
+        s.add(ShardedPost(id=f"s{n}", tags={"common", f"own{n}"}))
+    s.commit()
+    for n in range(6):
+        shard = layout.for_id(f"s{n}")
+        key = layout.members(b"tags", f"s{n}".encode())
+        assert key == shard.members(b"tags", f"s{n}".encode())
+        assert as_bytes(r.smembers(key)) == {b"common", f"own{n}".encode()}
+    s2 = Session(r)
+    found = s2.query(ShardedPost).filter(ShardedPost.tags.contains("common")).all()
+    assert sorted(p.id for p in found) == [f"s{n}" for n in range(6)]
+    assert [p.tags for p in found if p.id == "s3"] == [{"common", "own3"}]
