@@ -298,7 +298,7 @@ class Mapper:
         self.id_attribute = FieldAttribute(cls, self.id_attr, inner, self._coerce_id, self)
         setattr(cls, self.id_attr, self.id_attribute)
         cls.__redisca_mapper__ = self
-        attributes = {f.name: f.attribute for f in self.fields}
+        attributes = {f.name: f.attribute for f in (*self.fields, *self.collections)}
         attributes[self.id_attr] = self.id_attribute
         install_repr(
             cls, [(a.name, attributes[a.name], a.repr) for a in attrs.fields(cls) if a.repr]
