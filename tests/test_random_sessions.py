@@ -78,6 +78,8 @@ EXPECTED_REFUSALS: dict[str, list[tuple[type[Exception], str]]] = {
     "add": [(redisca.IntegrityError, "already in this session as another object")],
     "commit": [
         (redisca.UniqueViolation, "is already taken by id"),  # another session has it
+        # two objects of this session claim one value: refused before anything is sent
+        (redisca.UniqueViolation, "is claimed by two objects of this commit"),
         (redisca.IntegrityError, "already exists in Redis"),  # a new id another created
         (redisca.NotFound, "does not exist"),  # a reference()'s key, deleted or never there
         (redisca.StaleDataError, "was deleted from Redis since it was loaded"),

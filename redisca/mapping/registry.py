@@ -271,6 +271,13 @@ class Registry:
             stored = spec.field if spec is not None else None
             spec = FieldSpec(inferred.codec, stored, index, False, (), inferred.reference, kind)
         if spec.collection is None:
+            if spec.codec is not None or spec.reference is not None:
+                helper = "References" if spec.reference is not None else kind.title()  # type: ignore[union-attr]
+                raise MappingError(
+                    f"{cls.__name__}.{name}: the annotation {annotation!r} and the field helper "
+                    f"disagree: the annotation is a collection, the helper holds one value "
+                    f"(use {helper}(...))"
+                )
             spec = attrs.evolve(spec, collection=kind)
         if kind is not None and kind != spec.collection:
             raise MappingError(
