@@ -155,6 +155,7 @@ DESCRIPTORS = st.one_of(
     st.tuples(st.just("tokens"), PREFIXES, FIELDS, VALUES),
     st.tuples(st.just("registry"), PREFIXES, st.none(), VALUES),
     st.tuples(st.just("marker"), PREFIXES, st.none(), st.none()),
+    st.tuples(st.just("expiry"), PREFIXES, st.none(), st.none()),
     st.tuples(st.just("members"), PREFIXES, FIELDS, VALUES),
 )
 RUNS = st.from_regex(RUN_RE, fullmatch=True).map(lambda run: run[:10])
@@ -182,6 +183,8 @@ def build(descriptor):
         return layout.all_ids
     if kind == "marker":
         return layout.marker
+    if kind == "expiry":
+        return layout.expiry
     if kind == "build_dir":
         return layout.build_dir(field)
     if kind == "build":
@@ -219,6 +222,8 @@ def parse(key):
         return ("all_ids", prefix, None, None)
     if rest == b"x":
         return ("marker", prefix, None, None)
+    if rest == b"exp":
+        return ("expiry", prefix, None, None)
     kind, colon, rest = rest[:1], rest[1:2], rest[2:]
     assert colon == b":", key
     if kind == b"r":
@@ -261,7 +266,7 @@ def library_view(descriptor):
     name = field.encode() if isinstance(field, str) else None
     if kind == "entity":
         return ParsedKey("entity", value=value.encode())
-    if kind in ("all_ids", "marker"):
+    if kind in ("all_ids", "marker", "expiry"):
         return ParsedKey({"all_ids": "all"}.get(kind, kind))
     if kind == "eq_index":
         return ParsedKey("eq", name, value)

@@ -9,7 +9,8 @@ names hold none of ``{}:#``, so the head ends at the first ``:`` or ``#`` after
 the ``}``. Entity hashes continue with ``:`` (``H:<id>``), everything redisca
 keeps beside them with ``#`` (``H#all``, ``H#i:<field>:<value>``, ``H#r:<field>``,
 the unique stripes ``H#u:<field>:<n>``, the guard stripes ``H#g:<n>``, and while a
-reindex runs ``H#x``, ``H#b:<run>`` and ``H#b:<run>:<index key without H#>``;
+reindex runs ``H#x``, ``H#b:<run>`` and ``H#b:<run>:<index key without H#>``; a model
+that may expire its entities keeps ``H#exp``, its entities' expiry instants;
 ``H#t:<token>`` is reserved for the query scratch keys of earlier versions).
 Field names hold no ``:``, so the value is the whole remainder of an index key.
 No id or value can make two things share a key. A model with a range index keeps
@@ -172,6 +173,7 @@ class KeyLayout:
         "_build",
         "_entity",
         "_eq",
+        "_expiry",
         "_guard",
         "_marker",
         "_members",
@@ -240,6 +242,7 @@ class KeyLayout:
         self._marker = p + b"#x"
         self._build = p + b"#b:"
         self._members = p + b"#m:"
+        self._expiry = p + b"#exp"
 
     # -- shards (``registry.mapped(shards=N)``) -----------------------------------
 
@@ -320,6 +323,14 @@ class KeyLayout:
 
     def range_index(self, field: bytes) -> bytes:
         return self._range + field
+
+    @property
+    def expiry(self) -> bytes:
+        """``H#exp``: the sorted set id → expiry instant (milliseconds since the epoch, by
+        the server's clock) of the model's entities that have one. An entity whose instant
+        has passed is gone for every reader, even while its hash and index entries wait for
+        a sweep: this one key is what readers consult, and what sweeps walk."""
+        return self._expiry
 
     def unique_stripe(self, field: bytes, value: bytes) -> bytes:
         """The hash that maps a unique field's ``value`` (index form) to its owner's id."""
@@ -408,6 +419,8 @@ class KeyLayout:
             return ParsedKey("all")
         if key == self._marker:
             return ParsedKey("marker")
+        if key == self._expiry:
+            return ParsedKey("expiry")
         for kind, start in (
             ("eq", self._eq),
             ("unique", self._unique),
@@ -559,6 +572,10 @@ class ShardedLayout(KeyLayout):
     def marker(self) -> bytes:
         raise self._per_shard("reindex marker")
 
+    @property
+    def expiry(self) -> bytes:
+        raise self._per_shard("expiry instants")
+
     def build_dir(self, run: bytes) -> bytes:
         raise self._per_shard("build keys")
 
@@ -599,7 +616,7 @@ class ParsedKey(NamedTuple):
     """A key's kind (``entity``, ``all``, ``eq``, ``range``, ``unique`` (a stripe),
     ``tokens`` (a sharded model's claim tokens of a stripe), ``guard``, ``registry`` (a
     sharded model's claims in flight), ``members`` (a collection field of the entity
-    whose id is the value), ``scratch``, ``marker``, ``build``,
+    whose id is the value), ``scratch``, ``marker``, ``expiry``, ``build``,
     ``build_dir``, ``old_unique`` (a unique key of the layout before 2.0, a key per
     value), ``unknown`` in the model's namespace, or ``foreign``), with its field, its
     value (an entity's id, an index's value, a stripe's number, the live key a build

@@ -240,6 +240,11 @@ class Mapper:
         self.id_attr = id_attr
         #: Whether commits check a version counter (optimistic locking).
         self.versioned = versioned
+        #: Whether the model's entities may expire (``registry.mapped(ttl=...)`` or
+        #: ``expiring=True``): its reads consult the expiry instants ``H#exp``.
+        self.expiring = False
+        #: The time to live of new entities in milliseconds (``mapped(ttl=...)``), or None.
+        self.ttl_ms: int | None = None
         #: The mapped attributes, in declaration order (the id is not one).
         self.fields: tuple[MappedField, ...] = ()
         #: The mapped attributes by attribute name.

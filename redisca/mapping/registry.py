@@ -12,6 +12,7 @@ import types
 import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 import attrs
@@ -21,6 +22,7 @@ from .codecs import codec_for, unwrap_optional
 from .fields import FieldSpec, spec_of
 from .keys import check_name, check_shards
 from .mapper import MappedField, Mapper
+from .ttl import ttl_ms
 
 T = TypeVar("T", bound=type)
 
@@ -52,6 +54,8 @@ class Registry:
         versioned: bool = False,
         slot_group: str | None = None,
         shards: int = 1,
+        ttl: float | timedelta | None = None,
+        expiring: bool | None = None,
     ) -> Callable[[T], T]: ...
 
     def mapped(  # type: ignore[misc]
@@ -64,13 +68,19 @@ class Registry:
         versioned: bool = False,
         slot_group: str | None = None,
         shards: int = 1,
+        ttl: float | timedelta | None = None,
+        expiring: bool | None = None,
     ) -> T | Callable[[T], T]:
         """Class decorator (use it above ``@attrs.define``); returns the class unchanged.
 
         ``slot_group``: models of one group keep their keys in one Redis Cluster hash
         slot, so one commit writes them in one ``MULTI``/``EXEC`` on a cluster too.
         ``shards``: spread the model's entities (and their index entries) over this many
-        hash slots, so its data and writes grow with a cluster (see the Key layout page)."""
+        hash slots, so its data and writes grow with a cluster (see the Key layout page).
+        ``ttl``: new entities expire this long (seconds, or a timedelta) after the commit
+        that adds them. ``expiring``: whether entities of the model may expire at all
+        (default: whether a ``ttl`` is given); ``session.expire`` works on such models
+        only, since their reads are the ones that consult the expiry instants."""
 
         def decorate(klass: T) -> T:
             self.map(
@@ -80,6 +90,8 @@ class Registry:
                 versioned=versioned,
                 slot_group=slot_group,
                 shards=shards,
+                ttl=ttl,
+                expiring=expiring,
             )
             return klass
 
@@ -95,6 +107,8 @@ class Registry:
         fields: Mapping[str, Any] | None = None,
         slot_group: str | None = None,
         shards: int = 1,
+        ttl: float | timedelta | None = None,
+        expiring: bool | None = None,
     ) -> Mapper:
         """Map a class imperatively; ``fields`` gives helpers for attributes you can't edit."""
         name = cls.__name__
@@ -115,7 +129,9 @@ class Registry:
                 f"{name}: a model of a slot group shares the group's one slot, so it "
                 f"cannot have shards={shards}"
             )
+        ttl_ms, expiring = _expiry_options(name, ttl, expiring, shards)
         mapper = Mapper(self, cls, prefix, id, versioned, slot_group, shards)
+        mapper.ttl_ms, mapper.expiring = ttl_ms, expiring
         mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
         mapper.instrument()
         if earlier is not None:
@@ -403,6 +419,26 @@ def _annotation(cls: type, attribute: Any, registry: Registry) -> Any:
             return typing.get_type_hints(cls).get(attribute.name, tp)
         except Exception:
             return tp
+
+
+def _expiry_options(
+    name: str, ttl: object, expiring: bool | None, shards: int
+) -> tuple[int | None, bool]:
+    """``mapped(ttl=, expiring=)`` checked: the default TTL in ms, and whether the
+    model's entities may expire."""
+    ms = None if ttl is None else ttl_ms(ttl, f"{name}: ttl", mapping=True)
+    if expiring is None:
+        expiring = ms is not None
+    if not isinstance(expiring, bool):
+        raise MappingError(f"{name}: expiring= takes True or False, not {expiring!r}")
+    if ms is not None and not expiring:
+        raise MappingError(f"{name}: ttl={ttl!r} with expiring=False contradict each other")
+    if expiring and shards > 1:
+        raise MappingError(
+            f"{name}: a model with shards={shards} cannot expire its entities yet "
+            "(expiry is for models of one shard)"
+        )
+    return ms, expiring
 
 
 __all__ = ["Registry"]
