@@ -146,6 +146,41 @@ def test_delete_removes_collection_keys_and_entries(r: redis.Redis) -> None:
     assert not [k for k in r.keys("{cpost}*") if b"#g:" not in as_bytes([k]).pop()]
 
 
+def test_deleting_an_unloaded_stub_removes_its_member_index_entries(r: redis.Redis) -> None:
+    s = Session(r)
+    tag = Tag("t", id="st")
+    s.add(Post("x", id="d1", tags={"a", "b"}, scores=[1], labels={tag}))
+    s.add(Post("y", id="d2", tags={"a"}))
+    s.commit()
+    s2 = Session(r)
+    s2.delete(s2.reference(Post, "d1"))  # never loaded: its members are read by the commit
+    s2.commit()
+    left = {k for k in as_bytes(r.keys("{cpost}*")) if b"#g:" not in k}
+    assert left == {
+        POSTS.layout.entity("d2"),
+        POSTS.layout.all_ids,
+        members_key("tags", "d2"),
+        b"{cpost}#i:tags:a",
+    }
+    assert as_bytes(r.smembers(b"{cpost}#i:tags:a")) == {b"d2"}
+
+
+def test_assigning_a_whole_set_on_a_stub_moves_its_member_index_entries(
+    r: redis.Redis,
+) -> None:
+    s = Session(r)
+    s.add(Post("x", id="w1", tags={"a", "b"}))
+    s.commit()
+    s2 = Session(r)
+    stub = s2.reference(Post, "w1")
+    stub.tags = {"b", "c"}  # assigned, not loaded: the old members are unknown
+    s2.commit()
+    assert as_bytes(r.smembers(members_key("tags", "w1"))) == {b"b", b"c"}
+    assert not r.exists(POSTS.layout.eq_index(b"tags", b"a"))
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"c"))) == {b"w1"}
+    assert [p.id for p in Session(r).query(Post).filter(Post.tags.contains("a")).all()] == []
+
+
 def test_validation_error_sends_nothing(r: redis.Redis) -> None:
     s = Session(r)
     s.add(Post("x", id="p3", tags={"a"}))

@@ -257,6 +257,7 @@ class Mapper:
         #: The reference attributes, and their names.
         self.references: tuple[MappedField, ...] = ()
         self.reference_names: frozenset[str] = frozenset()
+        self.refers_with_action = False
         #: Whether any field's values may change in place (see MappedField.mutable).
         self.mutable = False
         #: The first range-indexed field (declaration order), or ``None``: its index
@@ -281,6 +282,11 @@ class Mapper:
         self.plain = frozenset(f for f in fields if not f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
         self.reference_names = frozenset(f.name for f in self.references)
+        #: Whether a ``Reference`` or ``References`` of the class has an ``on_delete``
+        #: action: its new targets are checked by the commit.
+        self.refers_with_action = any(
+            f.on_delete is not None for f in (*self.references, *self.collections)
+        )
         self.mutable = any(f.mutable for f in fields)
         self.default_order = next((f for f in fields if f.index == "range"), None)
         # The first range field's index is the all-ids index: the layout depends on it.

@@ -307,10 +307,7 @@ def _plan_integrity(groups: list[Group]) -> None:
     part in a reference with an action)."""
     incoming: dict[Mapper, list[MappedField]] = {}
     changes = [c for g in groups for c in g.changes]
-    if not any(
-        c.op == DELETE or any(f.on_delete is not None for f in c.mapper.references)
-        for c in changes
-    ):
+    if not any(c.op == DELETE or c.mapper.refers_with_action for c in changes):
         return
     deleted = integrity.keys_of(changes, DELETE)
     inserted = integrity.keys_of(changes, INSERT)
@@ -383,7 +380,11 @@ def _group_steps(
             in_doubt(group, seen)
         raise
     session._commands = [c for c in session._commands if c[2] not in group.results]
-    finalize(group, executed, forget)
+    try:
+        finalize(group, executed, forget)
+    finally:  # applied, even if a command of the user's failed inside it
+        if executed.nulled:
+            integrity.settle_nulled(session.identity_map, executed.nulled)
 
 
 def in_doubt(group: Group, seen: dict[bytes, Any]) -> None:
