@@ -169,6 +169,8 @@ class MappedField:
                             f"session.reference({target.__name__}, {value!r}) (no round trip)"
                         )
                     raise ValidationError(f"expected a {target.__name__}, got {value!r}")
+                if type(value) is not target:
+                    _check_not_a_mapped_subclass(target, type(value))
                 return value
             value = self.codec.coerce(value)
             for check in self._validators:
@@ -453,6 +455,21 @@ class Mapper:
                 continue
             out[field] = field.encode(value)
         return out
+
+
+def _check_not_a_mapped_subclass(target: type, cls: type) -> None:
+    """A reference stores only the id, and the target class's keys are where a load looks
+    for it: an entity of a mapped subclass lives under its own prefix, so the reference
+    would load as a missing base entity (``NotFound``). Refused when assigned instead."""
+    sub = cls.__dict__.get("__redisca_mapper__")
+    if sub is None:
+        return
+    raise ValidationError(
+        f"expected a {target.__name__}, got a {cls.__name__}: {cls.__name__} is mapped on "
+        f"its own (prefix {sub.prefix!r}) and a reference to {target.__name__} stores only "
+        f"the id, which it looks up among {target.__name__} entities; refer to it with a "
+        f"Reference({cls.__name__}) field"
+    )
 
 
 def mapper_of(cls: type) -> Mapper:
