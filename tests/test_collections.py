@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 import redis
@@ -254,6 +256,98 @@ def test_check_finds_nothing_wrong_with_collections(r: redis.Redis) -> None:
     s.commit()
     report = check(reg, r)
     assert report.ok, report.problems
+
+
+MEMBER_CASES = [
+    (
+        "a member missing from its member index",
+        lambda r: r.srem("{cpost}#i:tags:x", "k1"),
+        [("missing_member_entry", "{cpost}#i:tags:x", "tags")],
+    ),
+    (
+        "a reference member missing from its reverse index",
+        lambda r: r.srem("{cpost}#i:labels:ca", "k1"),
+        [("missing_member_entry", "{cpost}#i:labels:ca", "labels")],
+    ),
+    (
+        "a member index entry of an entity that lacks the member",
+        lambda r: r.sadd("{cpost}#i:tags:y", "k1"),
+        [("stale_member_entry", "{cpost}#i:tags:y", "tags")],
+    ),
+    (
+        "a member index entry of an entity that does not exist",
+        lambda r: r.sadd("{cpost}#i:tags:x", "gone"),
+        [("stale_member_entry", "{cpost}#i:tags:x", "tags")],
+    ),
+    (
+        "an entry left by deleting the hash and members without the index",
+        lambda r: r.delete("{cpost}:k2", "{cpost}#m:tags:k2"),
+        [
+            ("stale_id", "{cpost}#all", None),
+            ("stale_member_entry", "{cpost}#i:tags:x", "tags"),
+            ("stale_member_entry", "{cpost}#i:tags:z", "tags"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"), [c[1:] for c in MEMBER_CASES], ids=[c[0] for c in MEMBER_CASES]
+)
+def test_check_finds_member_index_problems_and_reindex_repairs_them(
+    r: redis.Redis, corrupt: Any, expected: list[tuple[str, str, str | None]]
+) -> None:
+    from redisca.maintenance import KINDS, check, reindex
+
+    s = Session(r)
+    tag = Tag("a", id="ca")
+    s.add(tag)
+    s.add(Post("one", id="k1", tags={"x"}, labels={tag}))
+    s.add(Post("two", id="k2", tags={"x", "z"}))
+    s.commit()
+    corrupt(r)
+    report = check(reg, r)
+    found = sorted((p.kind, p.key, p.field) for p in report.problems)
+    assert found == sorted(expected)
+    assert all(p.kind in KINDS and p.detail for p in report.problems)
+    reindex(reg, r)
+    assert check(reg, r).ok
+    assert "k1" in Session(r).query(Post).filter(Post.tags.contains("x")).ids()
+    assert [p.id for p in Session(r).query(Post).filter(Post.labels.contains("ca"))] == ["k1"]
+
+
+def test_collection_commits_during_a_reindex_are_in_the_switched_member_indexes(
+    r: redis.Redis,
+) -> None:
+    """A commit that changes only a set (not its entity's hash) during a run must mirror
+    into the run's build keys, or the switch would drop its entries."""
+    from redisca.maintenance import check, reindex
+
+    with Session(r) as s:
+        s.add_all(Post(f"p{i}", id=f"r{i:02}", tags={"old"}) for i in range(30))
+        s.commit()
+    done: list[str] = []
+
+    def meanwhile(model: str, phase: str, count: int, total: int | None) -> None:
+        if model != "Post" or phase != "entities" or count == 0 or done:
+            return
+        done.append(model)
+        with Session(r) as s:
+            for ident in ("r00", "r29"):  # one page is built already, one not yet
+                post = s.get(Post, ident)
+                assert post is not None
+                post.tags.discard("old")
+                post.tags.add("new")
+            s.commit()
+            s.delete(s.reference(Post, "r15"))
+            s.commit()
+
+    report = reindex(reg, r, batch=5, progress=meanwhile)
+    assert report.ok and done == ["Post"]
+    assert check(reg, r).ok
+    with Session(r) as s:
+        assert sorted(s.query(Post).filter(Post.tags.contains("new")).ids()) == ["r00", "r29"]
+        assert s.query(Post).filter(Post.tags.contains("old")).count() == 27
 
 
 def test_a_full_reindex_keeps_member_indexes(r: redis.Redis) -> None:
