@@ -401,3 +401,20 @@ def test_a_sharded_models_collections_are_in_the_shard_of_the_id(r: redis.Redis)
     found = s2.query(ShardedPost).filter(ShardedPost.tags.contains("common")).all()
     assert sorted(p.id for p in found) == [f"s{n}" for n in range(6)]
     assert [p.tags for p in found if p.id == "s3"] == [{"common", "own3"}]
+
+
+def test_references_members_are_added_with_their_holder(r: redis.Redis) -> None:
+    """As a reference's target is: adding a post adds its new labels, and a label added
+    in place to a stored post is added by the commit."""
+    s = Session(r)
+    first = Tag("first", id="af")
+    post = Post("x", id="a1", labels={first})
+    s.add(post)
+    assert first in s
+    s.commit()
+    later = Tag("later", id="al")
+    post.labels.add(later)  # in place: no assignment, found by the commit's cascade
+    s.commit()
+    assert r.exists(redisca.inspect(Tag).key_for("al"))
+    assert as_bytes(r.smembers(members_key("labels", "a1"))) == {b"af", b"al"}
+    s.close()

@@ -260,6 +260,7 @@ class Mapper:
         self.references: tuple[MappedField, ...] = ()
         self.reference_names: frozenset[str] = frozenset()
         self.refers_with_action = False
+        self.reference_sets: tuple[MappedField, ...] = ()
         #: Whether any field's values may change in place (see MappedField.mutable).
         self.mutable = False
         #: The first range-indexed field (declaration order), or ``None``: its index
@@ -286,6 +287,8 @@ class Mapper:
         self.reference_names = frozenset(f.name for f in self.references)
         #: Whether a ``Reference`` or ``References`` of the class has an ``on_delete``
         #: action: its new targets are checked by the commit.
+        #: The ``References`` collections: their members are added with their holder.
+        self.reference_sets = tuple(f for f in self.collections if f.is_reference)
         self.refers_with_action = any(
             f.on_delete is not None for f in (*self.references, *self.collections)
         )
