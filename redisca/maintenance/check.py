@@ -377,11 +377,14 @@ class _ModelCheck:
         wanted = [(ident, f) for ident in idents for f in self.member_fields]
         sets = [(b"SMEMBERS", self.layout.members(f.hash_field, i)) for i, f in wanted]
         probes: dict[bytes, list[tuple[bytes, MappedField]]] = {}
+        references: list[tuple[bytes, MappedField, bytes]] = []
         for (ident, field), reply in zip(wanted, run(self.client, sets), strict=True):
             if isinstance(reply, ResponseError):
                 key = self.layout.members(field.hash_field, ident)
                 self.entry_suspects[("type", key, None, field)] = None
                 continue
+            if field.is_reference:
+                references += self.members_referred(ident, field, reply)
             for raw in reply:
                 index = _member_index(self.layout, field, bytes(raw))
                 if index is None:
@@ -400,6 +403,24 @@ class _ModelCheck:
                 elif not answer:
                     self.entry_suspects[("member", index, ident, field)] = None
                     self.doubtful.add(index)
+        self.check_references(references)
+
+    def members_referred(
+        self, ident: bytes, field: MappedField, members: Any
+    ) -> list[tuple[bytes, MappedField, bytes]]:
+        """A ``References`` set's members, as (the entity's key, field, the target's
+        key): each is looked up as a reference is (``dangling_reference``)."""
+        try:
+            target = field.target_mapper()
+        except MappingError:
+            return []  # the target class is not mapped (yet): nothing to look up
+        key = self.layout.entity_of(ident)
+        found = []
+        for raw in members:
+            if _utf8(bytes(raw)):
+                member = bytes(raw).decode()
+                found.append((key, field, target.layout.for_id(member).entity(member)))
+        return found
 
     def references_of(
         self, key: bytes, values: dict[bytes, bytes]

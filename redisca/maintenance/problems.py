@@ -25,7 +25,8 @@ KINDS: dict[str, str] = {
     "member index entry (`H#i:<field>:<member>`) does not name the entity",
     "stale_member_entry": "a member index entry naming an entity that does not hold that "
     "member (or does not exist)",
-    "dangling_reference": "a reference field naming an entity that does not exist (any "
+    "dangling_reference": "a reference field, or a member of a `References` set, naming an "
+    "entity that does not exist (any "
     "`on_delete`; `reindex` reports it and leaves it: which entity was meant is the "
     "user's to decide)",
     "wrong_shard": "an entity of a sharded model in another shard than its id's (left by "
