@@ -353,13 +353,31 @@ TARGETS = 12
 ROUNDS = 30
 
 
+#: Each race: (target class, referrer class, referring field).
+RACES: dict[str, tuple[type, type, str]] = {
+    "restrict": (Company, User, "company"),
+    "cascade": (User, Post, "author"),
+    "references-restrict": (Label, Pin, "labels"),
+    "references-cascade": (Label, Bundle, "labels"),
+}
+
+
+def new_referrer(s: Session, how: str, ident: str, name: str) -> Any:
+    target = s.reference(RACES[how][0], ident)
+    if how == "restrict":
+        return User(name="u", company=target, id=name)
+    if how == "cascade":
+        return Post(title="p", author=target, id=name)
+    return RACES[how][1](labels={target}, id=name)
+
+
 def race_worker(url: str, kwargs: dict[str, Any], how: str, role: str, seed: int, out: Any) -> None:
     """``role`` "delete": deletes random targets; "add": adds referrers to random
-    targets. ``how``: "restrict" (User.company -> Company) or "cascade" (Post.author ->
-    User). Each round's outcome goes to ``out``."""
+    targets, through the field ``how`` names in :data:`RACES`. Each round's outcome goes
+    to ``out``."""
     rng = random.Random(seed)
     client = connect(url, **kwargs)
-    target_cls, referrer = (Company, "user") if how == "restrict" else (User, "post")
+    target_cls, referrer_cls, field = RACES[how]
     for n in range(ROUNDS):
         s = Session(client)
         ident = f"t{rng.randrange(TARGETS)}"
@@ -371,14 +389,12 @@ def race_worker(url: str, kwargs: dict[str, Any], how: str, role: str, seed: int
                     s.commit()
                     out.put(("absent", None))
                     continue
-                if how == "restrict":  # its referrers as seen now; more may come before commit
-                    for member in client.smembers(index(User, "company", ident)):
-                        s.delete(s.reference(User, raw(member).decode()))  # type: ignore[union-attr]
+                if how.endswith("restrict"):  # its referrers now; more may come before commit
+                    for member in client.smembers(index(referrer_cls, field, ident)):
+                        s.delete(s.reference(referrer_cls, raw(member).decode()))  # type: ignore[union-attr]
                 s.delete(found)
-            elif referrer == "user":
-                s.add(User(name="u", company=s.reference(Company, ident), id=f"u{seed}-{n}"))
             else:
-                s.add(Post(title="p", author=s.reference(User, ident), id=f"p{seed}-{n}"))
+                s.add(new_referrer(s, how, ident, f"r{seed}-{n}"))
             s.commit()
             out.put((f"{role}d", None))
         except IntegrityError as exc:
@@ -388,7 +404,7 @@ def race_worker(url: str, kwargs: dict[str, Any], how: str, role: str, seed: int
     client.close()
 
 
-@pytest.mark.parametrize("how", ["restrict", "cascade"])
+@pytest.mark.parametrize("how", list(RACES))
 def test_race_deletes_and_new_referrers_never_dangle(
     r: redis.Redis, redis_url: str, how: str
 ) -> None:
@@ -397,11 +413,9 @@ def test_race_deletes_and_new_referrers_never_dangle(
         "decode_responses": kwargs.get("decode_responses", False),
         "protocol": kwargs["protocol"],
     }
+    target_cls, referrer_cls, field = RACES[how]
     with Session(r) as s:
-        if how == "restrict":
-            s.add_all(Company(name="c", id=f"t{n}") for n in range(TARGETS))
-        else:
-            s.add_all(User(name="u", id=f"t{n}") for n in range(TARGETS))
+        s.add_all(target_cls(name="t", id=f"t{n}") for n in range(TARGETS))
         s.commit()
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -422,20 +436,23 @@ def test_race_deletes_and_new_referrers_never_dangle(
     assert "error" not in outcomes, [row for row in results if row[0] == "error"]
     assert outcomes.count("deleted") > 0 and outcomes.count("addd") > 0, results
     # From raw Redis: every referrer's target exists.
-    referrer_cls, field = (User, "company") if how == "restrict" else (Post, "author")
-    target_cls = Company if how == "restrict" else User
-    pattern = registry.resolve(referrer_cls).layout.entity_pattern
+    layout = registry.resolve(referrer_cls).layout
     dangling = []
     referrers = 0
     scanned = 0
-    for k in r.scan_iter(match=pattern):
+    for k in r.scan_iter(match=layout.entity_pattern):
         scanned += 1
-        value = raw(r.hget(k, field))
-        if value is None:
-            continue
-        referrers += 1
-        if not r.exists(key(target_cls, value.decode())):
-            dangling.append((k, value))
+        if how.startswith("references"):
+            ident = raw(k)[layout.entity_prefix_len() :]  # type: ignore[index]
+            values = [raw(m) for m in r.smembers(layout.members(field.encode(), ident))]
+        else:
+            values = [raw(r.hget(k, field))]
+        for value in values:
+            if value is None:
+                continue
+            referrers += 1
+            if not r.exists(key(target_cls, value.decode())):
+                dangling.append((k, value))
     assert dangling == []
     print(
         f"\nrace {how}: deleted={outcomes.count('deleted')} added={outcomes.count('addd')} "
