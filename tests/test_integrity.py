@@ -131,6 +131,11 @@ def test_on_delete_value_is_checked() -> None:
         References(Company, index=True, on_delete="nothing")
 
 
+def test_on_delete_is_for_references_only() -> None:
+    with pytest.raises(TypeError, match="on_delete= is for Reference and References"):
+        redisca.Set(str, index=True, on_delete="cascade")
+
+
 def test_references_on_delete_needs_an_index() -> None:
     other = Registry()
     with pytest.raises(MappingError, match="needs index=True"):

@@ -253,6 +253,8 @@ def _collection(
 ) -> Any:
     if kind == "list" and index:
         raise TypeError("index=True is for Set and References, not List")
+    if "on_delete" in kwargs:  # Set and List hold values, not entities
+        raise TypeError("on_delete= is for Reference and References, which hold entities")
     if isinstance(element, Codec):
         codec, target = element, None
     elif kind == "refs":
