@@ -172,6 +172,11 @@ class Reads:
     #: Referrer index sets of deleted entities (``on_delete``): read (``SMEMBERS``) and
     #: watched, so a referrer added concurrently fails the ``EXEC``.
     members: list[bytes] = attrs.field(factory=list)
+    #: Indexed sets (``H#m:<field>:<id>``) whose members the session never loaded, of
+    #: entities deleted or whose set is assigned whole: read (``SMEMBERS``) so the commit
+    #: removes their old members' index entries. Not watched: the entity's guard stripe
+    #: is (every commit changing an indexed set increments it).
+    collections: list[bytes] = attrs.field(factory=list)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
@@ -180,7 +185,14 @@ class Reads:
         )
 
     def __bool__(self) -> bool:
-        return bool(self.exists or self.fields or self.owners or self.markers or self.members)
+        return bool(
+            self.exists
+            or self.fields
+            or self.owners
+            or self.markers
+            or self.members
+            or self.collections
+        )
 
 
 @attrs.define
@@ -198,6 +210,11 @@ class Observed:
     slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
     #: ``Reads.members``: index set → the ids in it.
     members: dict[bytes, set[str]] = attrs.field(factory=dict)
+    #: What ``set_null`` removed: (referring field, referrer id, target id), so the
+    #: session updates the referrers it holds once the commit is applied.
+    nulled: list[tuple[MappedField, str, bytes]] = attrs.field(factory=list)
+    #: ``Reads.collections``: set key → its members as stored.
+    collections: dict[bytes, frozenset[bytes]] = attrs.field(factory=dict)
 
     def slot(self, field: MappedField, raw: bytes) -> Slot:
         found = self.slots.get((field, raw))
@@ -255,6 +272,8 @@ def collect_reads(plan: CommitPlan) -> Reads:
             # must tell "gone" from "changed": see emit's _check_current).
             reads.exists.append(key)
         guards[change.guard] = None
+        if change.members:
+            reads.collections += unknown_members(change)
         if change.op == DELETE:
             found = deletes.get(change.mapper)
             if found is None:
@@ -288,6 +307,17 @@ def collect_reads(plan: CommitPlan) -> Reads:
     return reads
 
 
+def unknown_members(change: EntityChange) -> list[bytes]:
+    """The keys of a change's indexed sets whose old members the session does not know
+    (never loaded): their index entries are found by reading them."""
+    ident = change.id.encode()
+    return [
+        change.layout.members(field.hash_field, ident)
+        for field, (old, _new) in change.members.items()
+        if old is None and field.indexed and field.collection == "set"
+    ]
+
+
 def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes]:
     """Where a sharded model's claim in flight is registered: the key ``H#c:<n>`` in the
     entity's shard, and the field ``<field>:<id>`` holding its token."""
@@ -295,9 +325,7 @@ def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes
     return change.layout.registry(ident), field.hash_field + b":" + ident
 
 
-def _registrations(
-    change: EntityChange, reads: Reads, registry: dict[bytes, None]
-) -> None:
+def _registrations(change: EntityChange, reads: Reads, registry: dict[bytes, None]) -> None:
     """The registrations of a change's claims: read, and their keys watched."""
     for field in change.tokens or ():
         key, name = registration(change, field)
@@ -330,4 +358,5 @@ __all__ = [
     "collect_reads",
     "registration",
     "unique_key",
+    "unknown_members",
 ]
