@@ -45,6 +45,7 @@ from ..errors import MappingError
 from ..mapping.keys import NO_VALUE, KeyLayout, head_shards, shard_of
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
+from ..session import sweep as sweeping
 from .common import (
     Progress,
     Ticker,
@@ -70,8 +71,9 @@ from .untagged import fate
 CONFIRM_GROUP = 25
 CONFIRM_TRIES = 4
 
-#: The Redis type of each kind of index key.
-TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash"}
+#: The Redis type of each kind of index key (and of an expiring model's ``H#exp``, whose
+#: members are checked against the hashes as the all-ids index's are).
+TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash", "expiry": b"zset"}
 
 #: Keys of other kinds whose type is checked.
 _OTHER_TYPES = {"marker": b"list", "guard": b"string"}
@@ -83,7 +85,7 @@ _OLD_TYPES = {"all": b"set", "unique": b"string"}
 _MULTI = {"all": b"ZMSCORE", "eq": b"SMISMEMBER", "range": b"ZMSCORE", "unique": b"HMGET"}
 
 #: The command that counts an index key's entries.
-_SIZE = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN"}
+_SIZE = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN", "expiry": b"ZCARD"}
 
 _INF = float("inf")
 
@@ -109,6 +111,10 @@ class ModelSummary:
     #: A reindex was running: its build keys were left alone.
     reindexing: bool = False
     seconds: float = 0.0
+    #: Entities expired and not yet swept (``python -m redisca sweep``), and the index
+    #: entries and unique claims they still hold: what they left, not problems.
+    expired: int = 0
+    expired_entries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -139,6 +145,7 @@ def check(
     client = resolve_client(client)
     report = CheckReport()
     for mapper in select_mappers(registry_or_classes, models, sharded=True):
+
         def one(
             k: int, view: Mapper, shown: Progress | None, whole: Mapper = mapper
         ) -> tuple[list[Problem], Any]:
@@ -166,6 +173,8 @@ def _added(total: ModelSummary, part: ModelSummary) -> ModelSummary:
         old_keys=total.old_keys + part.old_keys,
         reindexing=total.reindexing or part.reindexing,
         seconds=round(total.seconds + part.seconds, 3),
+        expired=total.expired + part.expired,
+        expired_entries=total.expired_entries + part.expired_entries,
     )
 
 
@@ -290,6 +299,8 @@ class _ModelCheck:
         self.stripes: dict[bytes, list[bytes]] = {}
         self.entry_suspects: dict[Entry, None] = {}
         self.marker_run: bytes | None = None
+        #: Entity keys of the page being checked that are expired (not yet swept).
+        self.expired: set[bytes] = set()
 
     def run(self) -> tuple[list[Problem], ModelSummary]:
         started = time.monotonic()
@@ -324,6 +335,7 @@ class _ModelCheck:
         """One page: the hashes in one round trip, then what they call for in another,
         a command per index key (``SMISMEMBER``, ``ZMSCORE``, ``HMGET``)."""
         hashes = run(self.client, [(b"HGETALL", key) for key in keys])
+        self.expired = self.expired_of(keys)
         probes: dict[tuple[bytes, bytes], list[tuple[bytes, bytes, Expect]]] = {}
         references: list[tuple[bytes, MappedField, bytes]] = []
         for key, reply in zip(keys, hashes, strict=True):
@@ -341,7 +353,10 @@ class _ModelCheck:
             expects, bad = expectations(self.mapper, values)
             if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
-            references += self.references_of(key, values)
+            if key in self.expired:
+                self.summary.expired += 1
+            else:  # an expired entity refers to nothing any more
+                references += self.references_of(key, values)
             for expect in expects:
                 group = (_MULTI[expect.kind], expect.key)
                 probes.setdefault(group, []).append((key, ident, expect))
@@ -384,8 +399,27 @@ class _ModelCheck:
                 found = self.problem("dangling_reference", key, field.name, detail)
                 self.problems[found] = None
 
+    def expired_of(self, keys: list[bytes]) -> set[bytes]:
+        """The page's entities that are expired by the server's clock (an expiring model's
+        only: one ``ZMSCORE`` of ``H#exp``); each found in it counts toward its size."""
+        if not self.mapper.expiring or not keys:
+            return set()
+        expiry = self.layout.expiry
+        ids = [self.ident(key) for key in keys]
+        now, scores = run(
+            self.client, [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
+        )
+        if isinstance(scores, ResponseError):
+            return set()  # not a sorted set: the index pass reports the key
+        self.expected[expiry] += sum(score is not None for score in scores)
+        return {k for k, gone in zip(keys, sweeping.expired_ids(scores, now), strict=True) if gone}
+
     def tally(self, key: bytes, ident: bytes, expect: Expect, answer: Any) -> None:
         verdict = expect.verdict(ident, answer)
+        if key in self.expired:  # what it left: counted; missing or taken over, no matter
+            if verdict is not None:
+                return
+            self.summary.expired_entries += 1
         if expect.kind == "unique":
             if verdict is None and expect.field is not None:
                 self.owned[expect.field.hash_field] += 1
@@ -527,6 +561,11 @@ class _ModelCheck:
         if parsed.kind == "old_unique":
             self.entry_suspects[("old", key, None, None)] = None
             return None
+        if parsed.kind == "expiry":
+            if self.mapper.expiring:
+                return "expiry", None
+            self.entry_suspects[("stray", key, None, None)] = None
+            return None
         collection = next(
             (f for f in self.mapper.collections if f.hash_field == parsed.field), None
         )
@@ -618,6 +657,7 @@ class _ModelCheck:
 
     def confirm_entities(self, snap: Snapshot, keys: list[bytes]) -> list[Problem]:
         replies = snap.read(keys, [c for k in keys for c in ((b"TYPE", k), (b"HGETALL", k))])
+        expired = self.expired_in(snap, keys)
         found: list[Problem] = []
         probes: list[tuple[bytes, bytes, Expect]] = []
         for n, key in enumerate(keys):
@@ -636,7 +676,8 @@ class _ModelCheck:
                 name = field.codec.name if field.codec is not None else "id"
                 detail = f"holds {raw[:60]!r}: not a valid {name} ({exc})"
                 found.append(self.problem("undecodable", key, field.name, detail))
-            probes += [(key, ident, e) for e in expects]
+            if key not in expired:  # an expired entity's entries are leftovers
+                probes += [(key, ident, e) for e in expects]
         replies = snap.read([e.key for *_, e in probes], [e.probe(i) for _, i, e in probes])
         owned: list[tuple[bytes, Expect, bytes]] = []
         for (key, ident, expect), reply in zip(probes, replies, strict=True):
@@ -648,6 +689,19 @@ class _ModelCheck:
             elif verdict is not None:
                 found.append(self.missing(verdict, key, ident, expect, reply))
         return found + self.owners(snap, owned)
+
+    def expired_in(self, snap: Snapshot, keys: list[bytes]) -> set[bytes]:
+        """The entities among ``keys`` expired at the snapshot (``H#exp`` watched)."""
+        if not self.mapper.expiring or not keys:
+            return set()
+        expiry = self.layout.expiry
+        ids = [self.ident(key) for key in keys]
+        now, scores = snap.read(
+            [expiry], [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
+        )
+        if isinstance(scores, ResponseError):
+            return set()
+        return {k for k, gone in zip(keys, sweeping.expired_ids(scores, now), strict=True) if gone}
 
     def owners(self, snap: Snapshot, owned: list[tuple[bytes, Expect, bytes]]) -> list[Problem]:
         """Unique keys naming another entity: a duplicate if that one holds the value too."""
@@ -724,12 +778,13 @@ class _ModelCheck:
             return self.confirm_unique(snap, key, member, field)
         assert member is not None
         entity = self.layout.entity_of(member)
-        if kind == "all":
+        if kind in ("all", "expiry"):
             present, exists = snap.read(
                 [key, entity], [(b"ZSCORE", key, member), (b"EXISTS", entity)]
             )
             if present is not None and not isinstance(present, ResponseError) and not exists:
-                return self.problem("stale_id", key, None, f"{show(member)} has no hash")
+                stale = "stale_id" if kind == "all" else "stale_expiry"
+                return self.problem(stale, key, None, f"{show(member)} has no hash")
             return None
         assert field is not None
         if kind == "eq":
@@ -844,6 +899,8 @@ def _stray_detail(kind: str) -> str:
         "scratch": "a query's scratch key outside its transaction",
         "build": "a build key of a reindex that is not running",
         "build_dir": "the build directory of a reindex that is not running",
+        "expiry": "expiry instants of a model that does not expire (not mapped with ttl= "
+        "or expiring=True): its reads ignore them",
     }.get(kind, "not a key redisca writes")
 
 

@@ -138,6 +138,25 @@ return out
 """
 
 
+#: The server's clock in milliseconds since the epoch, the one expiry instants are on.
+#: KEYS: a key of the model, which routes the call to the model's node.
+NOW = b"""\
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+
+def now_command(mapper: Mapper) -> Command:
+    """:data:`NOW` as a command, routed to the node of ``mapper``'s ``H#exp``."""
+    return (b"EVAL", NOW, 1, mapper.layout.expiry)
+
+
+def expired_ids(scores: Any, now_ms: Any) -> list[bool]:
+    """Which of ``ZMSCORE H#exp``'s scores are expired at ``now_ms`` (score <= now)."""
+    now = int(now_ms)
+    return [score is not None and float(score) <= now for score in scores]
+
+
 def _digest(script: bytes) -> bytes:
     return hashlib.sha1(script).hexdigest().encode()
 
@@ -346,6 +365,7 @@ def _expiring(mapper: Mapper) -> None:
 
 
 __all__ = [
+    "NOW",
     "READ",
     "READ_SHA",
     "RELEASE_OP",
@@ -355,6 +375,8 @@ __all__ = [
     "Expired",
     "Removal",
     "entity_removal",
+    "expired_ids",
+    "now_command",
     "parse_batch",
     "parse_removal",
     "read_call",
