@@ -24,6 +24,7 @@ from ..mapping.mapper import Mapper
 from ..mapping.registry import Registry
 from ..session import routing
 from ..session import sweep as sweeping
+from ..session.plan import Command
 from .common import (
     MaintenanceError,
     Progress,
@@ -131,8 +132,8 @@ class _ModelSweep:
             found = len(batch.expired) + len(batch.undecodable)
             if not found:
                 break
-            items = self.sweepable(batch)
-            removal = self.remove(batch, items)
+            items, removals = self.sweepable(batch)
+            removal = self.remove(batch, items, removals)
             if removal.marker_changed:  # a reindex started or ended: read the batch again
                 restarts += 1
                 if restarts > MARKER_RETRIES:
@@ -156,27 +157,35 @@ class _ModelSweep:
         reply = _script(self.client, sweeping.READ, sweeping.READ_SHA, keys, args)
         return sweeping.parse_batch(self.mapper, reply)
 
-    def sweepable(self, batch: sweeping.Batch) -> list[sweeping.Expired]:
-        """The batch's entities whose removal can be computed. The others (a stored value
-        its codec cannot index, an id that is not UTF-8) are problems, left in place."""
+    def sweepable(
+        self, batch: sweeping.Batch
+    ) -> tuple[list[sweeping.Expired], list[list[Command]]]:
+        """The batch's entities whose removal can be computed, and their removals. The
+        others (a stored value its codec cannot index, an id that is not UTF-8) are
+        problems, left in place."""
         for raw in batch.undecodable:
             key = self.mapper.layout.expiry.decode(errors="replace")
             self.problem("undecodable", key, f"holds the id {raw[:60]!r}, which is not UTF-8")
-        good = []
+        good, removals = [], []
         for item in batch.expired:
             try:
-                sweeping.entity_removal(self.mapper, item, batch.rebuild)
+                removals.append(sweeping.entity_removal(self.mapper, item, batch.rebuild))
             except Exception as exc:
                 key = self.mapper.layout.entity(item.id).decode(errors="replace")
                 self.problem("undecodable", key, f"expired, but cannot be swept: {exc}")
             else:
                 good.append(item)
-        return good
+        return good, removals
 
-    def remove(self, batch: sweeping.Batch, items: list[sweeping.Expired]) -> sweeping.Removal:
+    def remove(
+        self,
+        batch: sweeping.Batch,
+        items: list[sweeping.Expired],
+        removals: list[list[Command]],
+    ) -> sweeping.Removal:
         if not items:
             return sweeping.Removal(0, ())
-        keys, args = sweeping.removal_call(self.mapper, batch, items)
+        keys, args = sweeping.removal_call(self.mapper, batch, items, removals)
         reply = _script(self.client, sweeping.REMOVE, sweeping.REMOVE_SHA, keys, args)
         return sweeping.parse_removal(reply)
 

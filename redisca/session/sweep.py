@@ -275,15 +275,21 @@ class _Keys:
 
 
 def removal_call(
-    mapper: Mapper, batch: Batch, items: list[Expired] | None = None
+    mapper: Mapper,
+    batch: Batch,
+    items: list[Expired] | None = None,
+    removals: list[list[Command]] | None = None,
 ) -> tuple[list[bytes], list[Any]]:
     """The keys and arguments of :data:`REMOVE` for ``items`` (default: the batch's),
-    each removal computed by :func:`entity_removal` under the batch's reindex run."""
+    each removal computed by :func:`entity_removal` under the batch's reindex run
+    (``removals``: those already computed, one per item)."""
     layout = mapper.layout
     keys = _Keys([layout.expiry, layout.marker])
     args: list[Any] = [batch.rebuild.run if batch.rebuild is not None else b""]
-    for item in batch.expired if items is None else items:
-        commands = entity_removal(mapper, item, batch.rebuild)
+    items = list(batch.expired) if items is None else items
+    if removals is None:
+        removals = [entity_removal(mapper, item, batch.rebuild) for item in items]
+    for item, commands in zip(items, removals, strict=True):
         ops = [op for command in commands for op in _ops(command)]
         args += (item.id.encode(), keys(layout.entity(item.id)), len(item.fields))
         for pair in item.fields.items():
