@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -356,3 +357,84 @@ def test_flask_sweep_and_check_text(r: redis.Redis, redis_url: str) -> None:
     assert (
         "expired entities not yet swept" not in runner.invoke(flask_cli, ["check", *where]).output
     )
+
+
+def test_a_running_reindex_build_keys_lose_the_entries_too(r: redis.Redis) -> None:
+    seed(r, list(range(N)))
+    expire(r, ("4",))
+    run_token = b"abc"
+    r.rpush(layout().marker, run_token, b"kind", b"code")
+    live = layout().eq_index(b"kind", b"a")
+    built = layout().build(run_token, live)
+    r.sadd(built, "4", "2")  # what the run built so far
+    stripe = layout().unique_stripe(b"code", b"c4")
+    built_stripe = layout().build(run_token, stripe)
+    r.hset(built_stripe, mapping={"c4": "4", "c2": "2"})
+    assert sweep(registry, r).models[0].removed == 1
+    assert {b(m) for m in r.smembers(built)} == {b"2"}
+    assert {b(k) for k in r.hkeys(built_stripe)} == {b"c2"}
+    directory = {b(k): b(v) for k, v in r.hgetall(layout().build_dir(run_token)).items()}
+    assert directory[built] == live and directory[built_stripe] == stripe
+
+
+def test_sweeps_racing_commits_leave_no_drift(r: redis.Redis, make_client: Any) -> None:
+    """Writers update (indexed fields, sets) and re-create entities, expired or not, while
+    sweeps run: afterwards, a last sweep leaves exactly the entities not expired, and
+    check finds nothing wrong."""
+    import random
+    import threading
+
+    n = 60
+    seed(r, list(range(n)))
+    doomed = tuple(str(i) for i in range(0, n, 2))
+    expire(r, doomed)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    commits: list[int] = []
+
+    def writer(seed_: int) -> None:
+        rnd = random.Random(seed_)
+        client = make_client()
+        try:
+            while not stop.is_set():
+                i = rnd.randrange(n)
+                with Session(client) as s:
+                    obj = s.get(Token, str(i))
+                    if obj is None:
+                        s.add(make(i))
+                    elif rnd.random() < 0.3:
+                        s.delete(obj)
+                    else:
+                        obj.kind = rnd.choice("abz")
+                        obj.rank = rnd.randrange(100)
+                        obj.tags = {rnd.choice("xyz")}
+                    try:
+                        s.commit()
+                        commits.append(1)
+                    except redisca.RediscaError:
+                        s.rollback()  # a conflict: the next round tries again
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    removed = 0
+    deadline = time.monotonic() + 1.5
+    try:
+        while time.monotonic() < deadline:
+            removed += sweep(registry, make_client(), batch=7).models[0].removed
+            expire(r, doomed)  # the ids re-created meanwhile expire again
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert len(commits) > 20 and removed > len(doomed)
+    expire(r, doomed)
+    sweep(registry, r)
+    report = check(registry, r)
+    assert report.ok, report.problems
+    left = {b(k) for k in r.keys("{tok}:*")}
+    assert not left & {layout().entity(i) for i in doomed}
+    assert r.zcard(layout().expiry) == 0
