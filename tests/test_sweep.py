@@ -23,8 +23,9 @@ import redis
 from helpers import CLUSTER
 
 import redisca
-from redisca import Integer, Registry, Session, Set, String
+from redisca import Integer, List, Registry, Session, Set, String
 from redisca.maintenance import KINDS, check, stats, sweep
+from redisca.session import routing
 from redisca.session import sweep as sweeping
 from redisca.session.executor import run
 
@@ -38,6 +39,7 @@ class Token:
     kind: str = String(index=True)
     rank: int = Integer(index=True)
     tags: set[str] = Set(str, index=True)
+    log: list[str] = List(str)
     note: str = String(default="")
     id: str | None = None
 
@@ -60,7 +62,13 @@ def layout() -> Any:
 
 def make(i: int) -> Token:
     return Token(
-        code=f"c{i}", kind="ab"[i % 2], rank=i, tags={"x", f"t{i % 3}"}, note=f"n{i}", id=str(i)
+        code=f"c{i}",
+        kind="ab"[i % 2],
+        rank=i,
+        tags={"x", f"t{i % 3}"},
+        log=["a", f"l{i}", "a"],
+        note=f"n{i}",
+        id=str(i),
     )
 
 
@@ -99,6 +107,8 @@ def dump(r: redis.Redis) -> dict[bytes, Any]:
                 if key == layout().expiry
                 else {(b(m), s) for m, s in pairs}
             )
+        elif kind == b"list":
+            value = [b(m) for m in r.lrange(key, 0, -1)]
         else:
             value = b(r.get(key)) if kind == b"string" else kind
         out[key] = value
@@ -157,9 +167,11 @@ def read(r: redis.Redis, limit: int = 100) -> sweeping.Batch:
     return sweeping.parse_batch(mapper, reply)
 
 
-def remove(r: redis.Redis, batch: sweeping.Batch) -> sweeping.Removal:
+def remove(
+    r: redis.Redis, batch: sweeping.Batch, items: list[sweeping.Expired] | None = None
+) -> sweeping.Removal:
     mapper = redisca.inspect(Token)
-    reply = run(r, [sweeping.removal_command(mapper, batch, by_digest=False)])[0]
+    reply = run(r, [sweeping.removal_command(mapper, batch, items, by_digest=False)])[0]
     return sweeping.parse_removal(reply)
 
 
@@ -172,8 +184,8 @@ def test_the_read_returns_hashes_and_members_of_expired_ids_only(r: redis.Redis)
     [item] = batch.expired
     assert item.id == "3"
     assert item.fields[b"code"] == b"c3" and item.fields[b"rank"] == b"3"
-    [(field, members)] = item.members.items()
-    assert field.name == "tags" and members == frozenset({b"x", b"t0"})
+    members = {field.name: got for field, got in item.members.items()}
+    assert members == {"tags": frozenset({b"x", b"t0"}), "log": (b"a", b"l3", b"a")}
 
 
 def test_a_writer_recreating_the_id_keeps_its_data(r: redis.Redis) -> None:
@@ -187,8 +199,12 @@ def test_a_writer_recreating_the_id_keeps_its_data(r: redis.Redis) -> None:
         s.add(Token(code="new", kind="z", rank=99, tags={"y"}, id="1"))
         s.commit()
     expire(r, ("1",))  # expired as well: only its hash tells the incarnations apart
+    before = dump(r)
     removal = remove(r, batch)
-    assert (removal.removed, removal.skipped) == (1, ("1",))
+    assert (removal.removed, removal.skipped) == (0, ("1",))
+    assert dump(r) == before  # all or nothing: sent again without the id that failed
+    removal = remove(r, batch, [i for i in batch.expired if i.id != "1"])
+    assert (removal.removed, removal.skipped) == (1, ())
     assert not r.exists(layout().entity("4"))
     assert b(r.hget(layout().entity("1"), "code")) == b"new"
     assert r.sismember(layout().eq_index(b"kind", b"z"), "1")
@@ -209,7 +225,7 @@ def test_a_new_owner_of_the_unique_value_keeps_its_claim(r: redis.Redis) -> None
     assert not r.exists(layout().members(b"tags", b"4"))
 
 
-@pytest.mark.parametrize("change", ["ttl", "members", "hash"])
+@pytest.mark.parametrize("change", ["ttl", "members", "hash", "list", "list order"])
 def test_an_entity_changed_after_the_read_is_skipped(r: redis.Redis, change: str) -> None:
     seed(r, list(range(N)))
     expire(r, ("5",))
@@ -218,6 +234,11 @@ def test_an_entity_changed_after_the_read_is_skipped(r: redis.Redis, change: str
         expire(r, ("5",), score=2**50)
     elif change == "members":
         r.sadd(layout().members(b"tags", b"5"), "late")
+    elif change == "list":
+        r.rpush(layout().members(b"log", b"5"), "late")
+    elif change == "list order":
+        r.lset(layout().members(b"log", b"5"), 0, "l5")
+        r.lset(layout().members(b"log", b"5"), 1, "a")
     else:
         r.hset(layout().entity("5"), "note", "late")
     before = dump(r)
@@ -242,11 +263,9 @@ def test_the_removal_declares_every_key_it_touches(r: redis.Redis) -> None:
     keys, _ = sweeping.removal_call(redisca.inspect(Token), batch)
     assert len(keys) == len(set(keys))
     assert all(k.startswith(b"{tok}") for k in keys)
-    for command in (
-        c for item in batch.expired for c in sweeping.entity_removal(redisca.inspect(Token), item)
-    ):
-        named = command[3 : 3 + command[2]] if command[0] == b"EVAL" else command[1:2]
-        assert set(named) <= set(keys)
+    commands = sweeping.removal(redisca.inspect(Token), list(batch.expired))
+    assert set(routing.commit_keys(commands)) <= set(keys)
+    assert {routing.slot_of(k) for k in keys} == {routing.slot_of(layout().expiry)}
 
 
 # -- check and stats ------------------------------------------------------------------------

@@ -132,8 +132,8 @@ class _ModelSweep:
             found = len(batch.expired) + len(batch.undecodable)
             if not found:
                 break
-            items, removals = self.sweepable(batch)
-            removal = self.remove(batch, items, removals)
+            items, commands = self.sweepable(batch)
+            removal = self.remove(batch, items, commands)
             if removal.marker_changed:  # a reindex started or ended: read the batch again
                 restarts += 1
                 if restarts > MARKER_RETRIES:
@@ -159,35 +159,49 @@ class _ModelSweep:
 
     def sweepable(
         self, batch: sweeping.Batch
-    ) -> tuple[list[sweeping.Expired], list[list[Command]]]:
-        """The batch's entities whose removal can be computed, and their removals. The
+    ) -> tuple[list[sweeping.Expired], list[Command] | None]:
+        """The batch's entities whose removal can be computed, and their removal. The
         others (a stored value its codec cannot index, an id that is not UTF-8) are
         problems, left in place."""
         for raw in batch.undecodable:
             key = self.mapper.layout.expiry.decode(errors="replace")
             self.problem("undecodable", key, f"holds the id {raw[:60]!r}, which is not UTF-8")
-        good, removals = [], []
+        try:
+            return list(batch.expired), sweeping.removal(
+                self.mapper, list(batch.expired), batch.rebuild
+            )
+        except Exception:  # one of them cannot be indexed: find which, one by one
+            pass
+        good = []
         for item in batch.expired:
             try:
-                removals.append(sweeping.entity_removal(self.mapper, item, batch.rebuild))
+                sweeping.removal(self.mapper, [item], batch.rebuild)
             except Exception as exc:
                 key = self.mapper.layout.entity(item.id).decode(errors="replace")
                 self.problem("undecodable", key, f"expired, but cannot be swept: {exc}")
             else:
                 good.append(item)
-        return good, removals
+        return good, None
 
     def remove(
         self,
         batch: sweeping.Batch,
         items: list[sweeping.Expired],
-        removals: list[list[Command]],
+        commands: list[Command] | None,
     ) -> sweeping.Removal:
-        if not items:
-            return sweeping.Removal(0, ())
-        keys, args = sweeping.removal_call(self.mapper, batch, items, removals)
-        reply = _script(self.client, sweeping.REMOVE, sweeping.REMOVE_SHA, keys, args)
-        return sweeping.parse_removal(reply)
+        """The removal of ``items``; those that fail their re-check are left out and the
+        others sent again (the script removes all of a batch or nothing)."""
+        skipped: tuple[str, ...] = ()
+        while items:
+            keys, args = sweeping.removal_call(self.mapper, batch, items, commands)
+            reply = _script(self.client, sweeping.REMOVE, sweeping.REMOVE_SHA, keys, args)
+            removal = sweeping.parse_removal(reply)
+            if removal.marker_changed or not removal.skipped:
+                return attrs.evolve(removal, skipped=skipped)
+            skipped += removal.skipped
+            failed = set(removal.skipped)
+            items, commands = [i for i in items if i.id not in failed], None
+        return sweeping.Removal(0, skipped)
 
     def problem(self, kind: str, key: str, detail: str) -> None:
         found = Problem(kind, self.out.model, key, None, detail)

@@ -8,16 +8,18 @@ commands, sent by whoever sweeps (``python -m redisca sweep``, or a commit):
 1. :data:`READ`, read-only, keyed on ``H#exp``: up to ``limit`` expired ids (by the
    server's ``TIME``), each with its hash and its collections' members, and the model's
    reindex marker, in one step;
-2. :data:`REMOVE`, with every key it touches declared: for each id, only if it is still
+2. :data:`REMOVE`, with every key it touches declared: only if every id is still
    expired *at run time* and its hash and collections still hold what step 1 read (a
-   writer may have re-created the id, or a reindex started, in between), the commands a
-   commit deleting that entity would send, computed by the commit's own emitter
+   writer may have re-created an id, or a reindex started, in between), the commands a
+   commit deleting those entities would send, computed by the commit's own emitter
    (:mod:`redisca.session.emit`) from what step 1 read. So the entries removed are
    exactly the ones the commit would remove; a unique value is released only where its
    stripe still names the id (another entity may have claimed it since the expiry); the
-   guard stripe is bumped, so commits that read the entity meanwhile fail their
-   ``EXEC``; and the ``H#exp`` member goes last. An id that fails its re-check is left
-   for a later sweep (the reply names it).
+   guard stripes are bumped, so commits that read the entities meanwhile fail their
+   ``EXEC``; and the ``H#exp`` members go last. All or nothing, so that one entity's
+   index writes may share a variadic command with the others' as in a commit: when an
+   id fails its re-check, nothing is removed and the reply names the ids that failed;
+   the sweeper sends the removal again without them (a later sweep takes them).
 
 Each command's keys share the model's hash tag, so both run on one cluster node. Both
 are sent by digest first (:data:`READ_SHA`, :data:`REMOVE_SHA`), whole when the server
@@ -67,74 +69,78 @@ return out
 #: as one operation of :data:`REMOVE`: ``HDEL`` only if the stripe names the id.
 RELEASE_OP = b"HDELIF"
 
-#: KEYS: ``H#exp``, ``H#x``, then every key the removals touch. ARGV: the reindex run
-#: the batch was read under (empty: none), then per id: the id, its entity key's
-#: position in KEYS, the number of hash fields read and the field/value pairs, the
-#: number of collections and per collection its key's position, ``set`` or ``list``,
-#: the number of members and the members, then the number of operations and each one
-#: (name, number of keys, number of arguments, the keys' positions, the arguments).
-#: Returns ``{removed, skipped id...}``, or ``{-1}`` when the reindex marker changed
-#: since the read (nothing was done: read again).
+#: KEYS: ``H#exp``, ``H#x``, then every key the removal touches. ARGV: the reindex run
+#: the batch was read under (empty: none), the number of ids, then per id: the id, its
+#: entity key's position in KEYS, the number of hash fields read and the field/value
+#: pairs, the number of collections and per collection its key's position, ``set`` or
+#: ``list``, the number of members and the members; then the number of operations of the
+#: whole removal and each one (name, number of keys, number of arguments, the keys'
+#: positions, the arguments). All or nothing: returns ``{removed}`` when every id passed
+#: its re-check and all was removed, ``{0, failed id...}`` when some did not (nothing was
+#: done: send it again without them), ``{-1}`` when the reindex marker changed since the
+#: read (nothing was done: read again).
 REMOVE = b"""\
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if (redis.call('LINDEX', KEYS[2], 0) or '') ~= ARGV[1] then return {-1} end
-local removed, out = 0, {}
-local a = 2
+local a = 3
 local function num() a = a + 1; return tonumber(ARGV[a - 1]) end
-while a <= #ARGV do
+local failed = {0}
+local ids = tonumber(ARGV[2])
+for _ = 1, ids do
   local id = ARGV[a]; a = a + 1
   local key = KEYS[num()]
   local score = redis.call('ZSCORE', KEYS[1], id)
   local ok = score and tonumber(score) <= now
   local nf = num()
-  if ok and redis.call('HLEN', key) ~= nf then ok = false end
-  for i = 0, nf - 1 do
-    if ok and redis.call('HGET', key, ARGV[a + 2 * i]) ~= ARGV[a + 2 * i + 1] then ok = false end
+  if ok then
+    local held = redis.call('HGETALL', key)
+    if #held ~= 2 * nf then ok = false end
+    local want = {}
+    for i = a, a + 2 * nf - 1, 2 do want[ARGV[i]] = ARGV[i + 1] end
+    for i = 1, #held, 2 do
+      if ok and want[held[i]] ~= held[i + 1] then ok = false end
+    end
   end
   a = a + 2 * nf
   for _ = 1, num() do
     local coll = KEYS[num()]
-    local kind = ARGV[a]
+    local list = ARGV[a] == 'list'
     a = a + 1
     local n = num()
     if ok then
-      if kind == 'list' then
-        local now_members = redis.call('LRANGE', coll, 0, -1)
-        if #now_members ~= n then ok = false end
-        for i = 1, n do
-          if ok and now_members[i] ~= ARGV[a + i - 1] then ok = false end
-        end
+      local held
+      if list then
+        held = redis.call('LRANGE', coll, 0, -1)
       else
-        if redis.call('SCARD', coll) ~= n then ok = false end
-        for i = 1, n do
-          if ok and redis.call('SISMEMBER', coll, ARGV[a + i - 1]) == 0 then ok = false end
-        end
+        held = redis.call('SMEMBERS', coll)
+      end
+      if #held ~= n then ok = false end
+      local want = {}
+      for i = 1, n do want[ARGV[a + i - 1]] = i end
+      for i, member in ipairs(held) do
+        if ok and (want[member] == nil or (list and ARGV[a + i - 1] ~= member)) then ok = false end
       end
     end
     a = a + n
   end
-  for _ = 1, num() do
-    local name, nk, na = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    a = a + 3
-    if ok then
-      local args = {}
-      for i = 0, nk - 1 do args[#args + 1] = KEYS[tonumber(ARGV[a + i])] end
-      for i = nk, nk + na - 1 do args[#args + 1] = ARGV[a + i] end
-      if name == 'HDELIF' then
-        if redis.call('HGET', args[1], args[2]) == args[3] then
-          redis.call('HDEL', args[1], args[2])
-        end
-      else
-        redis.call(name, unpack(args))
-      end
-    end
-    a = a + nk + na
-  end
-  if ok then removed = removed + 1 else out[#out + 1] = id end
+  if not ok then failed[#failed + 1] = id end
 end
-table.insert(out, 1, removed)
-return out
+if #failed > 1 then return failed end
+for _ = 1, num() do
+  local name, nk, na = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local args = {}
+  for i = 0, nk - 1 do args[#args + 1] = KEYS[tonumber(ARGV[a + i])] end
+  for i = nk, nk + na - 1 do args[#args + 1] = ARGV[a + i] end
+  if name == 'HDELIF' then
+    if redis.call('HGET', args[1], args[2]) == args[3] then redis.call('HDEL', args[1], args[2]) end
+  else
+    redis.call(name, unpack(args))
+  end
+  a = a + nk + na
+end
+return {ids}
 """
 
 
@@ -190,8 +196,9 @@ class Batch:
 
 @attrs.frozen
 class Removal:
-    """:data:`REMOVE`'s reply: how many were removed, the ids left (changed since the
-    read, or no longer expired), and whether the reindex marker changed (nothing done)."""
+    """:data:`REMOVE`'s reply: how many were removed; or the ids that failed their
+    re-check (changed since the read, or no longer expired: nothing was removed), or
+    that the reindex marker changed (nothing was removed either)."""
 
     removed: int
     skipped: tuple[str, ...]
@@ -235,25 +242,32 @@ def parse_batch(mapper: Mapper, reply: Any) -> Batch:
     return Batch(int(now), parse_marker(marker), tuple(expired), tuple(undecodable))
 
 
-def entity_removal(mapper: Mapper, item: Expired, rebuild: Rebuild | None = None) -> list[Command]:
-    """The commands a commit deleting ``item``'s entity sends, given what was read of it,
-    as the commit's emitter builds them (see :mod:`redisca.session.emit`): its hash and
-    collection keys, its index entries (and those of its collections' members), the
-    releases of the unique values the stripe still names it for, the build keys of a
-    running reindex, its guard stripe's ``INCR``; then the ``ZREM`` of its ``H#exp``
-    member. Raises what the emitter raises on a value it cannot index."""
-    change = EntityChange(mapper, item.id, DELETE, needs_read=True, was_loaded=False)
-    change.members = {field: (members, None) for field, members in item.members.items()}
-    observed = Observed(exists={change.key: True}, fields={change.key: dict(item.fields)})
+def removal(mapper: Mapper, items: list[Expired], rebuild: Rebuild | None = None) -> list[Command]:
+    """The commands a commit deleting ``items``' entities sends, given what was read of
+    them, as the commit's emitter builds them (see :mod:`redisca.session.emit`): their
+    hashes and collection keys, their index entries (and those of their collections'
+    members), the releases of the unique values a stripe still names them for, the build
+    keys of a running reindex, their guard stripes' ``INCR``; then the ``ZREM`` of their
+    ``H#exp`` members. Raises what the emitter raises on a value it cannot index."""
+    changes = []
+    observed = Observed()
     if rebuild is not None:
-        observed.rebuilds[change.layout.marker] = rebuild
+        observed.rebuilds[mapper.layout.marker] = rebuild
+    for item in items:
+        change = EntityChange(mapper, item.id, DELETE, needs_read=True, was_loaded=False)
+        change.members = {field: (members, None) for field, members in item.members.items()}
+        observed.exists[change.key] = True
+        observed.fields[change.key] = dict(item.fields)
+        changes.append(change)
     em = emit._Emitter(observed)
-    emit._emit_delete(em, change)
-    if change.members:
-        emit._emit_members(em, change)
+    for change in changes:
+        emit._emit_delete(em, change)
+        if change.members:
+            emit._emit_members(em, change)
     em.settle_claims()
-    out = [*em.commands(), *em.build_dirs(), *emit.guard_bumps(CommitPlan((change,)))]
-    out.append((b"ZREM", change.layout.expiry, item.id.encode()))
+    out = [*em.commands(), *em.build_dirs(), *emit.guard_bumps(CommitPlan(tuple(changes)))]
+    if items:
+        out.append((b"ZREM", mapper.layout.expiry, *(item.id.encode() for item in items)))
     return out
 
 
@@ -278,19 +292,18 @@ def removal_call(
     mapper: Mapper,
     batch: Batch,
     items: list[Expired] | None = None,
-    removals: list[list[Command]] | None = None,
+    commands: list[Command] | None = None,
 ) -> tuple[list[bytes], list[Any]]:
-    """The keys and arguments of :data:`REMOVE` for ``items`` (default: the batch's),
-    each removal computed by :func:`entity_removal` under the batch's reindex run
-    (``removals``: those already computed, one per item)."""
+    """The keys and arguments of :data:`REMOVE` for ``items`` (default: the batch's), the
+    removal computed by :func:`removal` under the batch's reindex run (``commands``: that
+    removal, if computed already)."""
     layout = mapper.layout
     keys = _Keys([layout.expiry, layout.marker])
-    args: list[Any] = [batch.rebuild.run if batch.rebuild is not None else b""]
     items = list(batch.expired) if items is None else items
-    if removals is None:
-        removals = [entity_removal(mapper, item, batch.rebuild) for item in items]
-    for item, commands in zip(items, removals, strict=True):
-        ops = [op for command in commands for op in _ops(command)]
+    if commands is None:
+        commands = removal(mapper, items, batch.rebuild)
+    args: list[Any] = [batch.rebuild.run if batch.rebuild is not None else b"", len(items)]
+    for item in items:
         args += (item.id.encode(), keys(layout.entity(item.id)), len(item.fields))
         for pair in item.fields.items():
             args += pair
@@ -299,9 +312,10 @@ def removal_call(
             key = layout.members(field.hash_field, item.id.encode())
             kind = b"list" if field.collection == "list" else b"set"
             args += (keys(key), kind, len(members), *members)
-        args.append(len(ops))
-        for name, op_keys, op_args in ops:
-            args += (name, len(op_keys), len(op_args), *(keys(k) for k in op_keys), *op_args)
+    ops = [op for command in commands for op in _ops(command)]
+    args.append(len(ops))
+    for name, op_keys, op_args in ops:
+        args += (name, len(op_keys), len(op_args), *(keys(k) for k in op_keys), *op_args)
     return keys.keys, args
 
 
@@ -380,13 +394,13 @@ __all__ = [
     "Batch",
     "Expired",
     "Removal",
-    "entity_removal",
     "expired_ids",
     "now_command",
     "parse_batch",
     "parse_removal",
     "read_call",
     "read_command",
+    "removal",
     "removal_call",
     "removal_command",
 ]
