@@ -306,6 +306,17 @@ def test_check_reports_an_expiry_member_without_a_hash(r: redis.Redis) -> None:
     assert [p.detail for p in check(registry, r).problems] == [found[0][1]]
 
 
+def test_an_id_that_is_not_utf8_is_reported_and_left(r: redis.Redis) -> None:
+    seed(r, list(range(N)))
+    expire(r, EXPIRED)
+    r.zadd(layout().expiry, {b"\xff": PAST})
+    report = sweep(registry, r, batch=2)
+    assert report.models[0].removed == len(EXPIRED)
+    assert [(p.kind, p.key) for p in report.problems] == [("undecodable", "{tok}#exp")]
+    assert r.zcard(layout().expiry) == 1 and r.zscore(layout().expiry, b"\xff") == PAST
+    assert [p.kind for p in check(registry, r).problems] == ["stale_expiry"]
+
+
 def test_check_reports_an_expiry_set_of_another_type(r: redis.Redis) -> None:
     seed(r, [0])
     r.set(layout().expiry, "x")

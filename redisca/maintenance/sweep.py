@@ -170,12 +170,16 @@ class _ModelSweep:
             return list(batch.expired), sweeping.removal(
                 self.mapper, list(batch.expired), batch.rebuild
             )
+        except NotImplementedError:
+            raise  # not the data's fault
         except Exception:  # one of them cannot be indexed: find which, one by one
             pass
         good = []
         for item in batch.expired:
             try:
                 sweeping.removal(self.mapper, [item], batch.rebuild)
+            except NotImplementedError:
+                raise
             except Exception as exc:
                 key = self.mapper.layout.entity(item.id).decode(errors="replace")
                 self.problem("undecodable", key, f"expired, but cannot be swept: {exc}")
