@@ -85,12 +85,15 @@ _OLD_TYPES = {"all": b"set", "unique": b"string"}
 _MULTI = {"all": b"ZMSCORE", "eq": b"SMISMEMBER", "range": b"ZMSCORE", "unique": b"HMGET"}
 
 #: The command that counts an index key's entries.
-_SIZE = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN", "expiry": b"ZCARD"}
+_SIZE = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN"}
 
 _INF = float("inf")
 
 #: A suspect found in the second pass: (what to confirm, key, member, field).
 Entry = tuple[str, bytes, bytes | None, MappedField | None]
+
+#: An expiring model's ``H#exp`` is sized as the all-ids index is.
+_SIZE["expiry"] = _SIZE["all"]
 
 
 @attrs.define
@@ -288,6 +291,8 @@ class _ModelCheck:
         self.problems: dict[Problem, None] = {}
         #: Unique values (stripe, value) whose problem the entity pass already tells.
         self.told: set[tuple[bytes, bytes | None]] = set()
+        #: Entity keys of the page being checked that are expired (not yet swept).
+        self.expired: set[bytes] = set()
         self.entity_suspects: dict[bytes, None] = {}
         #: Index keys (equality, range, all-ids) by how many entities call for them.
         self.expected: Counter[bytes] = Counter()
@@ -299,8 +304,6 @@ class _ModelCheck:
         self.stripes: dict[bytes, list[bytes]] = {}
         self.entry_suspects: dict[Entry, None] = {}
         self.marker_run: bytes | None = None
-        #: Entity keys of the page being checked that are expired (not yet swept).
-        self.expired: set[bytes] = set()
 
     def run(self) -> tuple[list[Problem], ModelSummary]:
         started = time.monotonic()
@@ -335,7 +338,7 @@ class _ModelCheck:
         """One page: the hashes in one round trip, then what they call for in another,
         a command per index key (``SMISMEMBER``, ``ZMSCORE``, ``HMGET``)."""
         hashes = run(self.client, [(b"HGETALL", key) for key in keys])
-        self.expired = self.expired_of(keys)
+        self.expired = self.expired_of(keys, hashes)
         probes: dict[tuple[bytes, bytes], list[tuple[bytes, bytes, Expect]]] = {}
         references: list[tuple[bytes, MappedField, bytes]] = []
         for key, reply in zip(keys, hashes, strict=True):
@@ -353,10 +356,7 @@ class _ModelCheck:
             expects, bad = expectations(self.mapper, values)
             if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
-            if key in self.expired:
-                self.summary.expired += 1
-            else:  # an expired entity refers to nothing any more
-                references += self.references_of(key, values)
+            references += self.references_of(key, values)
             for expect in expects:
                 group = (_MULTI[expect.kind], expect.key)
                 probes.setdefault(group, []).append((key, ident, expect))
@@ -390,6 +390,7 @@ class _ModelCheck:
     def check_references(self, references: list[tuple[bytes, MappedField, bytes]]) -> None:
         """A reference whose target hash is missing is reported, whatever its
         ``on_delete`` (one ``EXISTS`` per reference, in one round trip per page)."""
+        references = [r for r in references if r[0] not in self.expired]  # refer to nothing
         if not references:
             return
         replies = run(self.client, [(b"EXISTS", target) for _, _, target in references])
@@ -399,9 +400,10 @@ class _ModelCheck:
                 found = self.problem("dangling_reference", key, field.name, detail)
                 self.problems[found] = None
 
-    def expired_of(self, keys: list[bytes]) -> set[bytes]:
+    def expired_of(self, keys: list[bytes], hashes: list[Any]) -> set[bytes]:
         """The page's entities that are expired by the server's clock (an expiring model's
-        only: one ``ZMSCORE`` of ``H#exp``); each found in it counts toward its size."""
+        only: one ``ZMSCORE`` of ``H#exp``), counted; each found in it counts toward its
+        size."""
         if not self.mapper.expiring or not keys:
             return set()
         expiry = self.layout.expiry
@@ -412,7 +414,10 @@ class _ModelCheck:
         if isinstance(scores, ResponseError):
             return set()  # not a sorted set: the index pass reports the key
         self.expected[expiry] += sum(score is not None for score in scores)
-        return {k for k, gone in zip(keys, sweeping.expired_ids(scores, now), strict=True) if gone}
+        gone = sweeping.expired_ids(scores, now)
+        expired = {k for k, h, g in zip(keys, hashes, gone, strict=True) if g and h}
+        self.summary.expired += len(expired)
+        return expired
 
     def tally(self, key: bytes, ident: bytes, expect: Expect, answer: Any) -> None:
         verdict = expect.verdict(ident, answer)
