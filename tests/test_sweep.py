@@ -471,3 +471,27 @@ def test_sweeps_racing_commits_leave_no_drift(r: redis.Redis, make_client: Any) 
     left = {b(k) for k in r.keys("{tok}:*")}
     assert not left & {layout().entity(i) for i in doomed}
     assert r.zcount(layout().expiry, "-inf", PAST) == 0
+
+
+def test_a_model_of_a_slot_group_is_swept_on_its_node(r: redis.Redis) -> None:
+    grouped = Registry()
+
+    @grouped.mapped(prefix="ses", slot_group="auth", expiring=True)
+    @attrs.define
+    class Login:
+        user: str = String(unique=True)
+        tags: set[str] = Set(str, index=True)
+        id: str | None = None
+
+    with Session(r) as s:
+        s.add_all(Login(user=f"u{i}", tags={"t"}, id=str(i)) for i in range(5))
+        s.commit()
+    where = redisca.inspect(Login).layout
+    r.zadd(where.expiry, {"1": PAST, "3": PAST})
+    report = sweep(grouped, r)
+    assert report.models[0].removed == 2
+    assert [b(k) for k in sorted(r.keys("{auth}ses:*"))] == [
+        where.entity(i) for i in ("0", "2", "4")
+    ]
+    assert {b(m) for m in r.smembers(where.eq_index(b"tags", b"t"))} == {b"0", b"2", b"4"}
+    assert check(grouped, r).ok
