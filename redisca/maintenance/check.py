@@ -45,6 +45,7 @@ from ..errors import MappingError
 from ..mapping.keys import NO_VALUE, KeyLayout, head_shards, shard_of
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
+from ..session import sweep as sweeping
 from .common import (
     Progress,
     Ticker,
@@ -70,8 +71,9 @@ from .untagged import fate
 CONFIRM_GROUP = 25
 CONFIRM_TRIES = 4
 
-#: The Redis type of each kind of index key.
-TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash"}
+#: The Redis type of each kind of index key (and of an expiring model's ``H#exp``, whose
+#: members are checked against the hashes as the all-ids index's are).
+TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash", "expiry": b"zset"}
 
 #: Keys of other kinds whose type is checked (``members``: an indexed set's).
 _OTHER_TYPES = {"marker": b"list", "guard": b"string", "members": b"set"}
@@ -97,6 +99,9 @@ _INF = float("inf")
 #: A suspect found in the second pass: (what to confirm, key, member, field).
 Entry = tuple[str, bytes, bytes | None, MappedField | None]
 
+#: An expiring model's ``H#exp`` is sized as the all-ids index is.
+_SIZE["expiry"] = _SIZE["all"]
+
 
 @attrs.define
 class ModelSummary:
@@ -116,6 +121,10 @@ class ModelSummary:
     #: A reindex was running: its build keys were left alone.
     reindexing: bool = False
     seconds: float = 0.0
+    #: Entities expired and not yet swept (``python -m redisca sweep``), and the index
+    #: entries and unique claims they still hold: what they left, not problems.
+    expired: int = 0
+    expired_entries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -174,6 +183,8 @@ def _added(total: ModelSummary, part: ModelSummary) -> ModelSummary:
         old_keys=total.old_keys + part.old_keys,
         reindexing=total.reindexing or part.reindexing,
         seconds=round(total.seconds + part.seconds, 3),
+        expired=total.expired + part.expired,
+        expired_entries=total.expired_entries + part.expired_entries,
     )
 
 
@@ -287,6 +298,8 @@ class _ModelCheck:
         self.problems: dict[Problem, None] = {}
         #: Unique values (stripe, value) whose problem the entity pass already tells.
         self.told: set[tuple[bytes, bytes | None]] = set()
+        #: Entity keys of the page being checked that are expired (not yet swept).
+        self.expired: set[bytes] = set()
         self.entity_suspects: dict[bytes, None] = {}
         #: Index keys (equality, range, all-ids) by how many entities call for them.
         self.expected: Counter[bytes] = Counter()
@@ -334,6 +347,7 @@ class _ModelCheck:
         """One page: the hashes in one round trip, then what they call for in another,
         a command per index key (``SMISMEMBER``, ``ZMSCORE``, ``HMGET``)."""
         hashes = run(self.client, [(b"HGETALL", key) for key in keys])
+        self.expired = self.expired_of(keys, hashes)
         probes: dict[tuple[bytes, bytes], list[tuple[bytes, bytes, Expect]]] = {}
         references: list[tuple[bytes, MappedField, bytes]] = []
         held: list[bytes] = []  # the ids of the page's entities with an indexed set
@@ -442,6 +456,7 @@ class _ModelCheck:
     def check_references(self, references: list[tuple[bytes, MappedField, bytes]]) -> None:
         """A reference whose target hash is missing is reported, whatever its
         ``on_delete`` (one ``EXISTS`` per reference, in one round trip per page)."""
+        references = [r for r in references if r[0] not in self.expired]  # refer to nothing
         if not references:
             return
         replies = run(self.client, [(b"EXISTS", target) for _, _, target in references])
@@ -451,8 +466,31 @@ class _ModelCheck:
                 found = self.problem("dangling_reference", key, field.name, detail)
                 self.problems[found] = None
 
+    def expired_of(self, keys: list[bytes], hashes: list[Any]) -> set[bytes]:
+        """The page's entities that are expired by the server's clock (an expiring model's
+        only: one ``ZMSCORE`` of ``H#exp``), counted; each found in it counts toward its
+        size."""
+        if not self.mapper.expiring or not keys:
+            return set()
+        expiry = self.layout.expiry
+        ids = [self.ident(key) for key in keys]
+        now, scores = run(
+            self.client, [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
+        )
+        if isinstance(scores, ResponseError):
+            return set()  # not a sorted set: the index pass reports the key
+        self.expected[expiry] += sum(score is not None for score in scores)
+        gone = sweeping.expired_ids(scores, now)
+        expired = {k for k, h, g in zip(keys, hashes, gone, strict=True) if g and h}
+        self.summary.expired += len(expired)
+        return expired
+
     def tally(self, key: bytes, ident: bytes, expect: Expect, answer: Any) -> None:
         verdict = expect.verdict(ident, answer)
+        if key in self.expired:  # what it left: counted; missing or taken over, no matter
+            if verdict is not None:
+                return
+            self.summary.expired_entries += 1
         if expect.kind == "unique":
             if verdict is None and expect.field is not None:
                 self.owned[expect.field.hash_field] += 1
@@ -597,6 +635,11 @@ class _ModelCheck:
         if parsed.kind == "old_unique":
             self.entry_suspects[("old", key, None, None)] = None
             return None
+        if parsed.kind == "expiry":
+            if self.mapper.expiring:
+                return "expiry", None
+            self.entry_suspects[("stray", key, None, None)] = None
+            return None
         collection = next(
             (f for f in self.mapper.collections if f.hash_field == parsed.field), None
         )
@@ -700,6 +743,7 @@ class _ModelCheck:
 
     def confirm_entities(self, snap: Snapshot, keys: list[bytes]) -> list[Problem]:
         replies = snap.read(keys, [c for k in keys for c in ((b"TYPE", k), (b"HGETALL", k))])
+        expired = self.expired_in(snap, keys)
         found: list[Problem] = []
         probes: list[tuple[bytes, bytes, Expect]] = []
         for n, key in enumerate(keys):
@@ -718,7 +762,8 @@ class _ModelCheck:
                 name = field.codec.name if field.codec is not None else "id"
                 detail = f"holds {raw[:60]!r}: not a valid {name} ({exc})"
                 found.append(self.problem("undecodable", key, field.name, detail))
-            probes += [(key, ident, e) for e in expects]
+            if key not in expired:  # an expired entity's entries are leftovers
+                probes += [(key, ident, e) for e in expects]
         replies = snap.read([e.key for *_, e in probes], [e.probe(i) for _, i, e in probes])
         owned: list[tuple[bytes, Expect, bytes]] = []
         for (key, ident, expect), reply in zip(probes, replies, strict=True):
@@ -730,6 +775,19 @@ class _ModelCheck:
             elif verdict is not None:
                 found.append(self.missing(verdict, key, ident, expect, reply))
         return found + self.owners(snap, owned)
+
+    def expired_in(self, snap: Snapshot, keys: list[bytes]) -> set[bytes]:
+        """The entities among ``keys`` expired at the snapshot (``H#exp`` watched)."""
+        if not self.mapper.expiring or not keys:
+            return set()
+        expiry = self.layout.expiry
+        ids = [self.ident(key) for key in keys]
+        now, scores = snap.read(
+            [expiry], [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
+        )
+        if isinstance(scores, ResponseError):
+            return set()
+        return {k for k, gone in zip(keys, sweeping.expired_ids(scores, now), strict=True) if gone}
 
     def owners(self, snap: Snapshot, owned: list[tuple[bytes, Expect, bytes]]) -> list[Problem]:
         """Unique keys naming another entity: a duplicate if that one holds the value too."""
@@ -809,12 +867,13 @@ class _ModelCheck:
             return self.confirm_member(snap, key, member, field)
         assert member is not None
         entity = self.layout.entity_of(member)
-        if kind == "all":
+        if kind in ("all", "expiry"):
             present, exists = snap.read(
                 [key, entity], [(b"ZSCORE", key, member), (b"EXISTS", entity)]
             )
             if present is not None and not isinstance(present, ResponseError) and not exists:
-                return self.problem("stale_id", key, None, f"{show(member)} has no hash")
+                stale = "stale_id" if kind == "all" else "stale_expiry"
+                return self.problem(stale, key, None, f"{show(member)} has no hash")
             return None
         assert field is not None
         if kind == "eq":
@@ -971,6 +1030,8 @@ def _stray_detail(kind: str) -> str:
         "scratch": "a query's scratch key outside its transaction",
         "build": "a build key of a reindex that is not running",
         "build_dir": "the build directory of a reindex that is not running",
+        "expiry": "expiry instants of a model that does not expire (not mapped with ttl= "
+        "or expiring=True): its reads ignore them",
     }.get(kind, "not a key redisca writes")
 
 

@@ -14,6 +14,8 @@ KINDS: dict[str, str] = {
     "undecodable": "a stored value its field's codec cannot read, or an id that is not UTF-8",
     "missing_from_all": "an entity whose id is missing from the all-ids set",
     "stale_id": "an id in the all-ids set whose entity does not exist",
+    "stale_expiry": "an id in an expiring model's expiry instants (`H#exp`) whose entity "
+    "does not exist (once its instant passes, `sweep` removes it)",
     "missing_entry": "an entity's indexed value is missing from its index",
     "orphan_entry": "an index entry whose entity does not hold that value, or does not exist",
     "wrong_score": "a range index entry whose score is not its entity's value",
