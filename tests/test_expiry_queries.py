@@ -552,3 +552,27 @@ def test_a_model_that_does_not_expire_sends_what_it_sent(r: redis.Redis) -> None
         ]
     ]
     assert [c[0].upper() for kind, c in seen if kind == "lua"] == ["TIME", "ZCARD", "ZCOUNT"]
+
+
+def test_candidate_sets_larger_than_a_probe_chunk(r: redis.Redis) -> None:
+    """Sets and walks of more than 512 ids (one ZMSCORE each 512) with most ids expired."""
+    rows = _many(r, 1300, {k for k in range(1300) if k % 3})  # 434 live
+    live = sorted((i for i in rows if int(i[1:]) % 3 == 0), key=lambda i: (rows[i]["age"], i))
+    with Session(r) as s:
+        q = s.query(Tok)
+        assert q.count() == 434
+        assert q.filter(Tok.tags.contains("p")).count() == len(
+            [i for i in live if "p" in rows[i]["tags"]]
+        )
+        assert q.filter(Tok.score < 1000).count() == 334  # 866 expired ids placed by rank
+        assert q.filter(Tok.score < 500).count() == 167  # the window walked, probed in chunks
+        assert q.filter(Tok.city == "common").count() == len(
+            [i for i in live if rows[i]["city"] == "common"]
+        )
+        assert q.offset(400).ids() == live[400:]
+        assert q.order_by(Tok.score.desc()).offset(430).ids() == [
+            "t0009",
+            "t0006",
+            "t0003",
+            "t0000",
+        ]

@@ -677,6 +677,18 @@ local function live(id)
   local s = redis.call('ZSCORE', xkey, id)
   return not s or num(s) > now
 end
+-- Whether each of ids is live: one ZMSCORE per 512 ids, where a walk or a candidate set
+-- has no other term to probe (a redis.call per id costs Redis several times more).
+local function alive(ids)
+  local up = {}
+  for a = 1, #ids, 512 do
+    local b = math.min(#ids, a + 511)
+    local s = redis.call('ZMSCORE', xkey, unpack(ids, a, b))
+    for i = a, b do up[i] = not s[i - a + 1] or num(s[i - a + 1]) > now end
+    work = work + b - a + 1
+  end
+  return up
+end
 
 """
 
@@ -729,6 +741,22 @@ def _expiring_engine(script: bytes) -> bytes:
         text,
         _part(text, b"-- No term: the page is a slice", b"-- (a) Walk the ordering zset"),
         _NO_TERM_X,
+    )
+    text = _swap(
+        text,
+        b"    for i = a, b, step do\n      local id = ids[i]\n      if matches(id, nil) then\n",
+        b"    local up = m == nil and alive(ids)  -- no term: the batch probed at once\n"
+        b"    for i = a, b, step do\n      local id = ids[i]\n"
+        b"      if (up and up[i]) or (not up and matches(id, nil)) then\n",
+    )
+    text = _swap(
+        text,
+        b"  local keep, key = {}, {}\n  for _, id in ipairs(ids) do\n"
+        b"    if matches(id, best) then\n",
+        b"  local keep, key = {}, {}\n"
+        b"  local up = #terms == 1 and alive(ids)  -- no other term: probed at once\n"
+        b"  for i, id in ipairs(ids) do\n"
+        b"    if (up and up[i]) or (not up and matches(id, best)) then\n",
     )
     text = _swap(
         text,
