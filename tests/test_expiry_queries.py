@@ -279,7 +279,7 @@ def _check(r: redis.Redis, cls: type, rows: dict[str, Row], live: set[str], shap
 # -- the differential tests ---------------------------------------------------------------
 
 
-@settings(max_examples=120, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_queries_skip_expired_entities_as_a_model_does(r: redis.Redis, data: Any) -> None:
     rows, instants = data.draw(datasets())
@@ -291,7 +291,7 @@ def test_queries_skip_expired_entities_as_a_model_does(r: redis.Redis, data: Any
         _check(r, Tok, rows, live, data.draw(shapes(rows)))
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_a_model_in_id_order_skips_expired_entities(r: redis.Redis, data: Any) -> None:
     rows, instants = data.draw(datasets())
@@ -375,6 +375,17 @@ def test_pages_and_counts_over_runs_of_expired_entities(r: redis.Redis) -> None:
         assert q.order_by(Tok.score).after(last).limit(3).ids() == live[10:13]
         # a cursor at an expired entity: its position in the index still holds
         assert q.order_by(Tok.score).after("t0100").limit(2).ids() == live[:2]
+
+
+def test_a_slice_whose_offset_skips_an_expired_entity(r: redis.Redis) -> None:
+    """The short path for a window's page checks the ids its offset skips too."""
+    _many(r, 10, {1})
+    with Session(r) as s:
+        q = s.query(Tok).order_by(Tok.score)
+        assert q.offset(1).limit(2).ids() == ["t0002", "t0003"]
+        assert q.filter(Tok.score >= 0).offset(1).limit(1).ids() == ["t0002"]
+        assert q.order_by(Tok.score.desc()).offset(8).limit(5).ids() == ["t0000"]
+        assert [t.id for t in q.limit(2).all()] == ["t0000", "t0002"]
 
 
 def test_count_costs_the_smaller_side(r: redis.Redis) -> None:
@@ -552,6 +563,11 @@ def test_a_model_that_does_not_expire_sends_what_it_sent(r: redis.Redis) -> None
         ]
     ]
     assert [c[0].upper() for kind, c in seen if kind == "lua"] == ["TIME", "ZCARD", "ZCOUNT"]
+    # a page of live entities: the slice, then one probe of its ids
+    with Session(r) as s:
+        found = _monitored(r, Tok, lambda: s.query(Tok).order_by(Tok.score).limit(2).all())
+    script = [c[0].upper() for kind, c in found if kind == "lua"]
+    assert script == ["ZRANGEBYSCORE", "TIME", "ZMSCORE", "HGETALL", "HGETALL"]
 
 
 def test_candidate_sets_larger_than_a_probe_chunk(r: redis.Redis) -> None:

@@ -26,6 +26,13 @@ ordering index and nothing else, with an offset of at most :data:`SLICE_OFFSET` 
 ``ZRANGEBYSCORE … LIMIT`` instead of ZCARD, two ZCOUNTs and a ZRANGE). It returns what
 the engine returns.
 
+A model whose entities may expire runs variants of the three scripts (:data:`SCRIPT_X`,
+:data:`UNION_X`, :data:`LOOKUP_X`, made from them by replacing pieces, so every other
+model's scripts stay byte for byte what they were): ``H#exp`` is their last key, and an
+id whose instant there is <= the server's now (``TIME``) matches nothing and counts for
+nothing, at one probe per id that matches the conditions (no SLICE shortcut); a count
+subtracts expired ids where they are fewer than the candidates.
+
 Every query replies with the number of index entries it read (``work``), which
 the tests bound. The script only reads; it is sent with ``EVALSHA`` and, when
 the server does not know it yet, once with ``EVAL``.
@@ -722,13 +729,60 @@ end
 """
 
 
+#: SLICE for an expiring model: the window's first offset + limit ids (at most
+#: :data:`MAX_BATCH`), answered at once when none of them has expired (one ``ZMSCORE``),
+#: else by the engine, which skips expired ids. So a page of a model whose entities are
+#: live costs one ``ZRANGEBYSCORE`` and one ``ZMSCORE`` more than a slice.
+_SLICE_X = (
+    b"""-- SLICE, expiring model: the window's first offset + limit ids, when none has expired
+-- (else the engine below skips the expired ones).
+if ARGV[12] == '' and ARGV[15] == '0' and ARGV[5] == '1' and ARGV[1] ~= 'count'
+    and string.sub(ARGV[1], 1, 1) ~= 's' and tonumber(ARGV[3]) > 0
+    and tonumber(ARGV[2]) + tonumber(ARGV[3]) <= """
+    + str(MAX_BATCH).encode()
+    + b""" then
+  local lo, hi = '-inf', '+inf'
+  if ARGV[7] == '1' then
+    lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
+    hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
+  end
+  local cmd, a, b = 'ZRANGEBYSCORE', lo, hi
+  if ARGV[4] == '1' then cmd, a, b = 'ZREVRANGEBYSCORE', hi, lo end
+  local offset = tonumber(ARGV[2])
+  local found = redis.call(cmd, KEYS[1], a, b, 'LIMIT', 0, offset + tonumber(ARGV[3]))
+  local live = true
+  if #found > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local s = redis.call('ZMSCORE', KEYS[#KEYS], unpack(found))
+    for i = 1, #found do
+      if s[i] and tonumber(s[i]) <= now then
+        live = false
+        break
+      end
+    end
+  end
+  if live then
+    local ids, hashes = {}, {}
+    for i = offset + 1, #found do ids[#ids + 1] = found[i] end
+    if ARGV[1] == 'load' then
+      for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', ARGV[6] .. id) end
+    end
+    return {ids, hashes, 2 * #found}
+  end
+end
+
+"""
+)
+
+
 def _expiring_engine(script: bytes) -> bytes:
-    """The engine's script for an expiring model: no SLICE shortcut (a window's page
-    must skip expired ids), every candidate probed for expiry last (after the terms,
-    so only ids matching them pay for it), and the no-term and one-term counts computed
-    from the smaller of the candidates and H#exp's expired ids."""
+    """The engine's script for an expiring model: SLICE only where no id of the page or
+    its offset has expired (:data:`_SLICE_X`), every candidate probed for expiry last
+    (after the terms, so only ids matching them pay for it), and the no-term and
+    one-term counts computed from the smaller of the candidates and H#exp's expired ids."""
     text = _swap(script, b"-- redisca query engine (", b"-- redisca query engine, expiring model (")
-    text = _swap(text, _part(text, b"-- SLICE, answered before", b"local MIN_BATCH"), b"")
+    text = _swap(text, _part(text, b"-- SLICE, answered before", b"local MIN_BATCH"), _SLICE_X)
     text = _swap(text, b"-- Byte order (Lua's", _LIVE + b"-- Byte order (Lua's")
     text = _swap(
         text,
