@@ -679,7 +679,10 @@ local xkey = KEYS[#KEYS]
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local nowarg = string.format('%d', now)
+-- Expired ids not yet swept: none (one ZCOUNT, O(log N)) and every probe is skipped.
+local nexp = redis.call('ZCOUNT', xkey, '-inf', nowarg)
 local function live(id)
+  if nexp == 0 then return true end
   work = work + 1
   local s = redis.call('ZSCORE', xkey, id)
   return not s or num(s) > now
@@ -699,16 +702,17 @@ end
 
 """
 
-#: No term: a page is a walk that skips expired ids (no slice by rank); a count is the
-#: window's size less its expired ids, found from the smaller side: H#exp's expired ids
-#: (each placed by ZRANK) when fewer than the window, else the walk probes the window.
+#: No term: with nothing expired, the engine's own slice by rank. Else a page is a walk
+#: that skips expired ids; a count is the window's size less its expired ids, found from
+#: the smaller side: H#exp's expired ids (each placed by ZRANK) when fewer than the
+#: window, else the walk probes the window.
 #: A count of the whole model is ZCARD - ZCOUNT: every id of H#exp is an entity, so in
 #: the ordering index (a commit writes both, a sweep removes both).
 _NO_TERM_X = b"""-- No term, expiring model: a count subtracts the window's expired ids when they
 -- are fewer than it; a page, and any other count, walks (below), skipping them.
 if m == nil and mode == 'count' then
   local n = nil
-  local e = redis.call('ZCOUNT', xkey, '-inf', nowarg)
+  local e = nexp
   if not restricted and ckind == '' then
     n = wsize - e
   elseif e < wsize then
@@ -791,10 +795,11 @@ def _expiring_engine(script: bytes) -> bytes:
         b"      if not kinds[t.kind].probe(t, id) then return false end\n"
         b"    end\n  end\n  return live(id)\nend\n",
     )
+    by_rank = _part(text, b"-- No term: the page is a slice", b"-- (a) Walk the ordering zset")
     text = _swap(
         text,
-        _part(text, b"-- No term: the page is a slice", b"-- (a) Walk the ordering zset"),
-        _NO_TERM_X,
+        by_rank,
+        _swap(by_rank, b"if m == nil then\n", b"if m == nil and nexp == 0 then\n") + _NO_TERM_X,
     )
     text = _swap(
         text,
@@ -808,7 +813,7 @@ def _expiring_engine(script: bytes) -> bytes:
         b"  local keep, key = {}, {}\n  for _, id in ipairs(ids) do\n"
         b"    if matches(id, best) then\n",
         b"  local keep, key = {}, {}\n"
-        b"  local up = #terms == 1 and alive(ids)  -- no other term: probed at once\n"
+        b"  local up = #terms == 1 and nexp > 0 and alive(ids)  -- no other term: at once\n"
         b"  for i, id in ipairs(ids) do\n"
         b"    if (up and up[i]) or (not up and matches(id, best)) then\n",
     )
@@ -820,7 +825,7 @@ def _expiring_engine(script: bytes) -> bytes:
         b"-- One term, no window, no cursor: its size less its expired ids, when H#exp has\n"
         b"-- fewer expired ids than it has ids (else gather() probes each of its ids).\n"
         b"if mode == 'count' and #terms == 1 and not restricted and ckind == ''\n"
-        b"    and redis.call('ZCOUNT', xkey, '-inf', nowarg) < m then\n"
+        b"    and nexp < m then\n"
         b"  local n = m\n"
         b"  for _, id in ipairs(redis.call('ZRANGEBYSCORE', xkey, '-inf', nowarg)) do\n"
         b"    work = work + 1\n"
