@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import redisca
 from redisca import Email, Float, Integer, Registry, Session, String
-from redisca.errors import NotFound
+from redisca.errors import NotFound, OperationalError
 from redisca.session import queryscript
 
 registry = Registry()
@@ -606,3 +606,13 @@ def test_with_nothing_expired_a_deep_offset_goes_by_rank(r: redis.Redis) -> None
         mark(r, Tok, {"t0003": PAST})
         assert q.ids() == [f"t{k:04d}" for k in range(1001, 1011)]
         assert work(q) > 1000
+
+
+def test_h_exp_of_another_type_is_named_in_the_error(r: redis.Redis) -> None:
+    _many(r, 3, set())
+    r.delete(expiry_key(Tok))
+    r.set(expiry_key(Tok), "not a sorted set")
+    with Session(r) as s:
+        for run in (s.query(Tok).count, s.query(Tok).filter(Tok.city == "common").ids):
+            with pytest.raises(OperationalError, match=r"\{xq\}#exp"):
+                run()
