@@ -26,7 +26,8 @@ class AsyncQuery(Query[T]):
         return await drive(self._ids())
 
     async def count(self) -> int:  # type: ignore[override]
-        """How many entities match (within offset and limit), computed on the server."""
+        """How many entities match (within offset and limit), computed on the server;
+        an expiring model's expired entities are not counted (see :meth:`redisca.Query.count`)."""
         return await drive(self._count())
 
     async def all(self) -> list[T]:  # type: ignore[override]

@@ -203,7 +203,9 @@ class Query(Generic[T]):
         """How many entities match (within offset and limit), computed on the server.
 
         With no condition it is one ``ZCARD``; with a range condition on the order
-        field only, two ``ZCOUNT``; otherwise the matches are counted by the script."""
+        field only, two ``ZCOUNT``; otherwise the matches are counted by the script.
+        An expiring model's count excludes expired entities, which costs the smaller of
+        the candidates and the expired entities (docs/queries.rst, "Expired entities")."""
         return executor.drive(self._count())
 
     def all(self) -> list[T]:

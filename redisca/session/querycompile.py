@@ -144,6 +144,9 @@ class ScriptCall:
     #: Several AND-branches: :data:`~redisca.session.queryscript.UNION` runs the engine
     #: once per branch and merges their pages by (score, id), dropping duplicates.
     union: bool = False
+    #: The model's entities may expire: the last key is ``H#exp`` and the scripts are
+    #: the variants that skip expired ids (:data:`~redisca.session.queryscript.SCRIPT_X`).
+    expiring: bool = False
 
 
 @attrs.frozen
@@ -409,6 +412,8 @@ def compile_query(
     args += cursor
     args.append(len(terms))
     if not terms:
+        if mapper.expiring:
+            return ScriptCall((ordered, layout.expiry), tuple(args), _ZSETS, expiring=True)
         return ScriptCall((ordered,), tuple(args), _ZSET)
     keys: list[bytes] = [ordered]
     types: list[bytes] = [b"zset"]
@@ -420,6 +425,10 @@ def compile_query(
         types += [term.key_type] * (len(keys) - before)
         unique = unique or type(term) is UniqueTerm
     lookup = unique and cursor == NO_CURSOR
+    if mapper.expiring:  # H#exp last, where the expiring scripts read it
+        keys.append(layout.expiry)
+        types.append(b"zset")
+        return ScriptCall(tuple(keys), tuple(args), tuple(types), lookup, expiring=True)
     return ScriptCall(tuple(keys), tuple(args), tuple(types), lookup)
 
 
@@ -439,7 +448,7 @@ def compile_union(
     ``offset + limit`` ids (every id, for a count) in the query's order, which the
     union script merges by (score, id). All branches share one ordering index:
     ``order_by``'s, else the model's default order (the first range condition of each
-    branch could differ)."""
+    branch could differ). An expiring model's ``H#exp`` comes once, last."""
     by = union_ordering_field(mapper, ordering)
     need = None if limit is None or mode == b"count" else offset + limit
     keys: list[bytes] = []
@@ -456,10 +465,17 @@ def compile_union(
         call = compile_query(
             mapper, filters, by, mode=b"ids", descending=descending, limit=need, cursor=cursor
         )
-        keys += call.keys
-        types += call.types
+        if call.expiring:  # each branch's H#exp: one, after every branch's keys
+            keys += call.keys[:-1]
+            types += call.types[:-1]
+        else:
+            keys += call.keys
+            types += call.types
         args += call.args
-    return ScriptCall(tuple(keys), tuple(args), tuple(types), union=True)
+    if mapper.expiring:
+        keys.append(mapper.layout.expiry)
+        types.append(b"zset")
+    return ScriptCall(tuple(keys), tuple(args), tuple(types), union=True, expiring=mapper.expiring)
 
 
 def union_ordering_field(mapper: Mapper, ordering: Ordering | None) -> MappedField | None:
@@ -471,6 +487,7 @@ def union_ordering_field(mapper: Mapper, ordering: Ordering | None) -> MappedFie
 #: ``restricted`` 0 and the window (-inf, +inf) as :func:`window_args` gives it.
 _NO_WINDOW: tuple[bytes | int, ...] = (0, b"-inf", 0, b"+inf", 1)
 _ZSET: tuple[bytes, ...] = (b"zset",)
+_ZSETS: tuple[bytes, ...] = (b"zset", b"zset")
 
 
 __all__ = [

@@ -26,6 +26,13 @@ ordering index and nothing else, with an offset of at most :data:`SLICE_OFFSET` 
 ``ZRANGEBYSCORE … LIMIT`` instead of ZCARD, two ZCOUNTs and a ZRANGE). It returns what
 the engine returns.
 
+A model whose entities may expire runs variants of the three scripts (:data:`SCRIPT_X`,
+:data:`UNION_X`, :data:`LOOKUP_X`, made from them by replacing pieces, so every other
+model's scripts stay byte for byte what they were): ``H#exp`` is their last key, and an
+id whose instant there is <= the server's now (``TIME``) matches nothing and counts for
+nothing, at one probe per id that matches the conditions (no SLICE shortcut); a count
+subtracts expired ids where they are fewer than the candidates.
+
 Every query replies with the number of index entries it read (``work``), which
 the tests bound. The script only reads; it is sent with ``EVALSHA`` and, when
 the server does not know it yet, once with ``EVAL``.
@@ -466,28 +473,19 @@ def _part(text: bytes, start: bytes, end: bytes | None) -> bytes:
     return piece[: piece.index(end)]
 
 
-_PRELUDE = _part(SCRIPT, b"local MIN_BATCH", b"local okey = KEYS[1]")
-_PARSE = _part(SCRIPT, b"local okey = KEYS[1]", b"local function reply(ids)")
-_ENGINE = _part(SCRIPT, b"if limit == 0 then return empty() end", None)
-
-#: The script for an OR of several AND-branches (:func:`~redisca.session.querycompile.
-#: compile_union`): the engine above, made a function run once per branch, each branch
-#: giving its first ``offset + limit`` ids (all of them for a count) in the query's order
-#: with their scores in the shared ordering index; then the union, without duplicates,
-#: sorted by (score, id), cut to the page, and the page's hashes read, all in the same
-#: atomic step as one branch's query. So a page costs the branches' pages and a count
-#: the branches' candidate sets (each branch finds them as it would alone), and nothing
-#: is written. KEYS: each branch's keys in turn. ARGV: mode (``ids``, ``load``,
-#: ``count``), offset, limit (-1: none), desc, entity key prefix, number of branches,
-#: then each branch's arguments as the engine takes them (mode ``ids``, offset 0).
-UNION = (
-    b"-- redisca query engine, OR of several branches (see redisca/session/queryscript.py).\n"
-    + _PRELUDE.replace(b"local ki, ai = 2, 1", b"local ki, ai = 1, 1", 1)
-    + b"""
+def _union(script: bytes, title: bytes) -> bytes:
+    """The union script built from an engine's ``script`` (see :data:`UNION`)."""
+    prelude = _part(script, b"local MIN_BATCH", b"local okey = KEYS[1]")
+    parse = _part(script, b"local okey = KEYS[1]", b"local function reply(ids)")
+    engine = _part(script, b"if limit == 0 then return empty() end", None)
+    return (
+        title
+        + prelude.replace(b"local ki, ai = 2, 1", b"local ki, ai = 1, 1", 1)
+        + b"""
 local function branch()
 """
-    + _PARSE.replace(b"local okey = KEYS[1]", b"local okey = key()", 1)
-    + b"""
+        + parse.replace(b"local okey = KEYS[1]", b"local okey = key()", 1)
+        + b"""
 -- A branch's page: its ids, in order, and their scores in the ordering index.
 local function reply(ids)
   local scores = {}
@@ -497,8 +495,8 @@ end
 local function empty() return {}, {} end
 
 """
-    + _ENGINE
-    + b"""end
+        + engine
+        + b"""end
 
 local mode, offset, limit = arg(), tonumber(arg()), tonumber(arg())
 local desc, prefix, nb = arg() == '1', arg(), tonumber(arg())
@@ -540,6 +538,22 @@ if mode == 'load' then
 end
 return {out, hashes, work}
 """
+    )
+
+
+#: The script for an OR of several AND-branches (:func:`~redisca.session.querycompile.
+#: compile_union`): the engine above, made a function run once per branch, each branch
+#: giving its first ``offset + limit`` ids (all of them for a count) in the query's order
+#: with their scores in the shared ordering index; then the union, without duplicates,
+#: sorted by (score, id), cut to the page, and the page's hashes read, all in the same
+#: atomic step as one branch's query. So a page costs the branches' pages and a count
+#: the branches' candidate sets (each branch finds them as it would alone), and nothing
+#: is written. KEYS: each branch's keys in turn. ARGV: mode (``ids``, ``load``,
+#: ``count``), offset, limit (-1: none), desc, entity key prefix, number of branches,
+#: then each branch's arguments as the engine takes them (mode ``ids``, offset 0).
+UNION = _union(
+    SCRIPT,
+    b"-- redisca query engine, OR of several branches (see redisca/session/queryscript.py).\n",
 )
 UNION_SHA = hashlib.sha1(UNION).hexdigest().encode()
 
@@ -642,6 +656,242 @@ return {{id}, hashes, work}
 LOOKUP_SHA = hashlib.sha1(LOOKUP).hexdigest().encode()
 
 
+def _swap(text: bytes, old: bytes, new: bytes) -> bytes:
+    """``text`` with its one ``old`` replaced by ``new`` (checked when the module loads,
+    so an edit of the engine that moves a piece fails at import, not in a query)."""
+    assert text.count(old) == 1, old
+    return text.replace(old, new, 1)
+
+
+# -- Expiring models -------------------------------------------------------------------
+#
+# A model mapped with ``ttl=``/``expiring=True`` runs variants of the three scripts: the
+# same KEYS and ARGV plus one last key, H#exp (expiry instants in ms by the server's
+# clock). An id whose instant is <= the server's now (TIME, read once per run) is
+# absent: it matches no condition and counts for nothing. The variants are made from the
+# scripts above by replacing pieces, so the other models' scripts stay as they were,
+# byte for byte (the same digest, commands and cost).
+
+#: The server's now in ms, and whether an id is live (one ZSCORE of H#exp, counted in
+#: ``work``). Put where the engine's helpers are made (once per run, union included).
+_LIVE = b"""-- Expiry: KEYS' last is H#exp; an id whose instant is <= now (ms) is absent.
+local xkey = KEYS[#KEYS]
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local nowarg = string.format('%d', now)
+-- Expired ids not yet swept: none (one ZCOUNT, O(log N)) and every probe is skipped.
+local nexp = redis.call('ZCOUNT', xkey, '-inf', nowarg)
+local function live(id)
+  if nexp == 0 then return true end
+  work = work + 1
+  local s = redis.call('ZSCORE', xkey, id)
+  return not s or num(s) > now
+end
+-- Whether each of ids is live: one ZMSCORE per 512 ids, where a walk or a candidate set
+-- has no other term to probe (a redis.call per id costs Redis several times more).
+local function alive(ids)
+  local up = {}
+  for a = 1, #ids, 512 do
+    local b = math.min(#ids, a + 511)
+    local s = redis.call('ZMSCORE', xkey, unpack(ids, a, b))
+    for i = a, b do up[i] = not s[i - a + 1] or num(s[i - a + 1]) > now end
+    work = work + b - a + 1
+  end
+  return up
+end
+
+"""
+
+#: No term: with nothing expired, the engine's own slice by rank. Else a page is a walk
+#: that skips expired ids; a count is the window's size less its expired ids, found from
+#: the smaller side: H#exp's expired ids (each placed by ZRANK) when fewer than the
+#: window, else the walk probes the window.
+#: A count of the whole model is ZCARD - ZCOUNT: every id of H#exp is an entity, so in
+#: the ordering index (a commit writes both, a sweep removes both).
+_NO_TERM_X = b"""-- No term, expiring model: a count subtracts the window's expired ids when they
+-- are fewer than it; a page, and any other count, walks (below), skipping them.
+if m == nil and mode == 'count' then
+  local n = nil
+  local e = nexp
+  if not restricted and ckind == '' then
+    n = wsize - e
+  elseif e < wsize then
+    n = wsize
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', xkey, '-inf', nowarg)) do
+      work = work + 1
+      local r = redis.call('ZRANK', okey, id)
+      if r and r >= first and r <= last then n = n - 1 end
+    end
+  end
+  if n then
+    n = math.max(0, n - offset)
+    if limit >= 0 then n = math.min(n, limit) end
+    return reply(n)
+  end
+end
+
+"""
+
+
+#: SLICE for an expiring model: the window's first offset + limit ids (at most
+#: :data:`MAX_BATCH`), answered at once when none of them has expired (one ``ZMSCORE``),
+#: else by the engine, which skips expired ids. So a page of a model whose entities are
+#: live costs one ``ZRANGEBYSCORE`` and one ``ZMSCORE`` more than a slice.
+_SLICE_X = (
+    b"""-- SLICE, expiring model: the window's first offset + limit ids, when none has expired
+-- (else the engine below skips the expired ones).
+if ARGV[12] == '' and ARGV[15] == '0' and ARGV[5] == '1' and ARGV[1] ~= 'count'
+    and string.sub(ARGV[1], 1, 1) ~= 's' and tonumber(ARGV[3]) > 0
+    and tonumber(ARGV[2]) + tonumber(ARGV[3]) <= """
+    + str(MAX_BATCH).encode()
+    + b""" then
+  local lo, hi = '-inf', '+inf'
+  if ARGV[7] == '1' then
+    lo = (ARGV[9] == '1' and '(' or '') .. ARGV[8]
+    hi = (ARGV[11] == '1' and '(' or '') .. ARGV[10]
+  end
+  local cmd, a, b = 'ZRANGEBYSCORE', lo, hi
+  if ARGV[4] == '1' then cmd, a, b = 'ZREVRANGEBYSCORE', hi, lo end
+  local offset = tonumber(ARGV[2])
+  local found = redis.call(cmd, KEYS[1], a, b, 'LIMIT', 0, offset + tonumber(ARGV[3]))
+  local live = true
+  if #found > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local s = redis.call('ZMSCORE', KEYS[#KEYS], unpack(found))
+    for i = 1, #found do
+      if s[i] and tonumber(s[i]) <= now then
+        live = false
+        break
+      end
+    end
+  end
+  if live then
+    local ids, hashes = {}, {}
+    for i = offset + 1, #found do ids[#ids + 1] = found[i] end
+    if ARGV[1] == 'load' then
+      for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', ARGV[6] .. id) end
+    end
+    return {ids, hashes, 2 * #found}
+  end
+end
+
+"""
+)
+
+
+def _expiring_engine(script: bytes) -> bytes:
+    """The engine's script for an expiring model: SLICE only where no id of the page or
+    its offset has expired (:data:`_SLICE_X`), every candidate probed for expiry last
+    (after the terms, so only ids matching them pay for it), and the no-term and
+    one-term counts computed from the smaller of the candidates and H#exp's expired ids."""
+    text = _swap(script, b"-- redisca query engine (", b"-- redisca query engine, expiring model (")
+    text = _swap(text, _part(text, b"-- SLICE, answered before", b"local MIN_BATCH"), _SLICE_X)
+    text = _swap(text, b"-- Byte order (Lua's", _LIVE + b"-- Byte order (Lua's")
+    text = _swap(
+        text,
+        b"      if not kinds[t.kind].probe(t, id) then return false end\n"
+        b"    end\n  end\n  return true\nend\n",
+        b"      if not kinds[t.kind].probe(t, id) then return false end\n"
+        b"    end\n  end\n  return live(id)\nend\n",
+    )
+    by_rank = _part(text, b"-- No term: the page is a slice", b"-- (a) Walk the ordering zset")
+    text = _swap(
+        text,
+        by_rank,
+        _swap(by_rank, b"if m == nil then\n", b"if m == nil and nexp == 0 then\n") + _NO_TERM_X,
+    )
+    text = _swap(
+        text,
+        b"    for i = a, b, step do\n      local id = ids[i]\n      if matches(id, nil) then\n",
+        b"    local up = m == nil and alive(ids)  -- no term: the batch probed at once\n"
+        b"    for i = a, b, step do\n      local id = ids[i]\n"
+        b"      if (up and up[i]) or (not up and matches(id, nil)) then\n",
+    )
+    text = _swap(
+        text,
+        b"  local keep, key = {}, {}\n  for _, id in ipairs(ids) do\n"
+        b"    if matches(id, best) then\n",
+        b"  local keep, key = {}, {}\n"
+        b"  local up = #terms == 1 and nexp > 0 and alive(ids)  -- no other term: at once\n"
+        b"  for i, id in ipairs(ids) do\n"
+        b"    if (up and up[i]) or (not up and matches(id, best)) then\n",
+    )
+    text = _swap(
+        text,
+        b"-- One term, no window, no cursor: its size is the count.\n"
+        b"if mode == 'count' and #terms == 1 and not restricted and ckind == '' then\n"
+        b"  local n = math.max(0, m - offset)\n",
+        b"-- One term, no window, no cursor: its size less its expired ids, when H#exp has\n"
+        b"-- fewer expired ids than it has ids (else gather() probes each of its ids).\n"
+        b"if mode == 'count' and #terms == 1 and not restricted and ckind == ''\n"
+        b"    and nexp < m then\n"
+        b"  local n = m\n"
+        b"  for _, id in ipairs(redis.call('ZRANGEBYSCORE', xkey, '-inf', nowarg)) do\n"
+        b"    work = work + 1\n"
+        b"    if kinds[best.kind].probe(best, id) then n = n - 1 end\n"
+        b"  end\n"
+        b"  n = math.max(0, n - offset)\n",
+    )
+    return _swap(
+        text,
+        b"if m < wsize and (need == nil or need * wsize >= m * m) then\n",
+        b"if m == nil then\n"
+        b"  out, matched = walk(nil)\n"
+        b"elseif m < wsize and (need == nil or need * wsize >= m * m) then\n",
+    )
+
+
+def _expiring_lookup(script: bytes) -> bytes:
+    """The lookup script for an expiring model: the owner found must be live too (one
+    more ZSCORE, counted in ``work``)."""
+    text = _swap(
+        script,
+        b"-- redisca query engine, lookup by a unique value (",
+        b"-- redisca query engine, lookup by a unique value, expiring model (",
+    )
+    text = _swap(
+        text,
+        b"-- The unique value alone,",
+        b"""-- Expiry: KEYS' last is H#exp; an id whose instant is <= now (ms) is absent.
+local function live(id)
+  local t = redis.call('TIME')
+  local s = redis.call('ZSCORE', KEYS[#KEYS], id)
+  return not s or tonumber(s) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The unique value alone,""",
+    )
+    text = _swap(
+        text,
+        b"  if redis.call('ZSCORE', KEYS[1], owner) then n = 1 end\n",
+        b"  if redis.call('ZSCORE', KEYS[1], owner) and live(owner) then n = 1 end\n",
+    )
+    text = _swap(text, b"return {n, 2} end", b"return {n, 3} end")
+    text = _swap(text, b"return {{}, {}, 2} end", b"return {{}, {}, 3} end")
+    text = _swap(text, b"return {{owner}, hashes, 2}", b"return {{owner}, hashes, 3}")
+    return _swap(
+        text,
+        b"local n = 0\nif ok then n = 1 end\n",
+        b"if ok then\n  work = work + 1\n  ok = live(id)\nend\nlocal n = 0\nif ok then n = 1 end\n",
+    )
+
+
+#: :data:`SCRIPT` for a model whose entities may expire (KEYS: then H#exp, last).
+SCRIPT_X = _expiring_engine(SCRIPT)
+SHA_X = hashlib.sha1(SCRIPT_X).hexdigest().encode()
+#: :data:`UNION` for a model whose entities may expire (KEYS: then H#exp once, last).
+UNION_X = _union(
+    SCRIPT_X,
+    b"-- redisca query engine, OR of several branches, expiring model "
+    b"(see redisca/session/queryscript.py).\n",
+)
+UNION_X_SHA = hashlib.sha1(UNION_X).hexdigest().encode()
+#: :data:`LOOKUP` for a model whose entities may expire (KEYS: then H#exp, last).
+LOOKUP_X = _expiring_lookup(LOOKUP)
+LOOKUP_X_SHA = hashlib.sha1(LOOKUP_X).hexdigest().encode()
+
+
 #: Per connection pool, the scripts its server has run: the others are sent with
 #: EVAL at once, so a first query is one round trip too.
 _KNOWN: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
@@ -693,7 +943,11 @@ def _commands(client: Any, call: ScriptCall) -> tuple[bytes, Command, Command, s
     """The script's digest, the call by digest and whole, and the scripts the server
     that runs it is known to have."""
     keys, args = call.keys, call.args
-    if call.union:
+    if call.expiring:
+        sha, text = _expiring(call)
+        by_digest = (b"EVALSHA", sha, len(keys), *keys, *args)
+        whole = (b"EVAL", text, len(keys), *keys, *args)
+    elif call.union:
         sha = UNION_SHA
         by_digest = (b"EVALSHA", UNION_SHA, len(keys), *keys, *args)
         whole = (b"EVAL", UNION, len(keys), *keys, *args)
@@ -708,6 +962,15 @@ def _commands(client: Any, call: ScriptCall) -> tuple[bytes, Command, Command, s
     pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
     pool = client.connection_pool if pool is None else pool
     return sha, by_digest, whole, _known(client, pool)
+
+
+def _expiring(call: ScriptCall) -> tuple[bytes, bytes]:
+    """The digest and text of an expiring model's script for ``call``."""
+    if call.union:
+        return UNION_X_SHA, UNION_X
+    if call.lookup:
+        return LOOKUP_X_SHA, LOOKUP_X
+    return SHA_X, SCRIPT_X
 
 
 def run_many(client: Any, calls: list[ScriptCall]) -> list[Any]:
@@ -793,13 +1056,19 @@ def _wrong_types(client: Any, call: ScriptCall) -> Steps[list[str]]:
 __all__ = [
     "LOOKUP",
     "LOOKUP_SHA",
+    "LOOKUP_X",
+    "LOOKUP_X_SHA",
     "MAX_BATCH",
     "MIN_BATCH",
     "SCRIPT",
+    "SCRIPT_X",
     "SHA",
+    "SHA_X",
     "SLICE_OFFSET",
     "UNION",
     "UNION_SHA",
+    "UNION_X",
+    "UNION_X_SHA",
     "run",
     "run_many",
     "run_many_steps",
