@@ -47,7 +47,7 @@ from ..errors import (
     RediscaError,
 )
 from ..mapping.keys import decode_id
-from . import routing
+from . import expiry, routing
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
 from .io import OnConnection, Refresh, Run, RunAll, Send, Sleep, Steps
 from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
@@ -585,6 +585,7 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     commands += [(b"GET", key) for key in reads.counters]
     commands += [(b"SMEMBERS", key) for key in reads.members]
+    commands += [expiry.read_command(key, list(ids)) for key, ids in reads.expiry.items()]
     got = yield Send(commands)
     if watched and isinstance(got[0], ResponseError):
         _refused_watch(got[0], applied=False)  # never MULTI after a refused WATCH
@@ -608,6 +609,40 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
         observed.guards[key] = _counter(next(replies))
     for key in reads.members:
         observed.members[key] = {m.decode() for m in _checked(next(replies), key)}
+    for key, ids in reads.expiry.items():
+        found = expiry.instants(next(replies), key, len(ids))
+        observed.expired.update(e for e, at in zip(ids.values(), found, strict=True) if at == 0)
+
+
+def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps[None]:
+    """Unique values claimed from another owner of an expiring model: the value is free
+    if that owner expired. Only then, one more round trip: ``WATCH`` the owners' guard
+    stripes (any change of their expiry moves them, failing the ``EXEC``), then read
+    their instants; an expired owner's values are claimed as free."""
+    claimants = {(f, raw): c.id for c in plan.changes for f, raw in c.values.items() if f.unique}
+    owners: dict[tuple[bytes, str], list[Slot]] = {}
+    for (field, raw), slot in reads.slots.items():
+        owner = observed.owners.get(slot)
+        if owner is None or slot not in reads.claims or not field.mapper.expiring:
+            continue
+        if owner != claimants.get((field, raw)):
+            owners.setdefault((field.mapper.layout.expiry, owner), []).append(slot)
+    if not owners:
+        return
+    mappers = {f.mapper.layout.expiry: f.mapper for (f, _raw) in reads.slots}
+    guards = [mappers[key].layout.guard(ident.encode()) for key, ident in owners]
+    by_key: dict[bytes, list[str]] = {}
+    for key, ident in owners:
+        by_key.setdefault(key, []).append(ident)
+    commands: list[Command] = [(b"WATCH", *dict.fromkeys(guards))]
+    commands += [expiry.read_command(key, ids) for key, ids in by_key.items()]
+    got = yield Send(commands)
+    _check_watch(commands[:1], got[:1], applied=False)
+    for (key, ids), reply in zip(by_key.items(), got[1:], strict=True):
+        for ident, at in zip(ids, expiry.instants(reply, key, len(ids)), strict=True):
+            if at == 0:
+                for slot in owners[(key, ident)]:
+                    observed.owners[slot] = None
 
 
 def _by_stripe(owners: list[Slot]) -> dict[bytes, list[Slot]]:
@@ -662,6 +697,8 @@ def _attempt(
         if reads:
             yield from _watch_and_read(reads, observed)
             seen.update(observed.guards)
+            if reads.claims and observed.owners:
+                yield from _expired_owners(plan, reads, observed)
         commands = emit(plan, observed)
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it

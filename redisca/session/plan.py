@@ -22,6 +22,8 @@ Slot = tuple[bytes, bytes]
 INSERT = "insert"
 UPDATE = "update"
 DELETE = "delete"
+#: ``EntityChange.expire``: remove the entity's expiry instant (it no longer expires).
+CLEAR = -1
 
 
 @attrs.define(eq=False)
@@ -57,6 +59,9 @@ class EntityChange:
     #: ``(old, new)`` encoded members, a frozenset for a set and a tuple for a list;
     #: ``old`` is ``None`` when unknown (rewritten), ``new`` ``None`` on a delete.
     members: dict[MappedField, tuple[Any, Any]] = attrs.field(factory=dict)
+    #: Expiry (expiring models only): ``0`` unchanged, else the time to live in ms
+    #: from the commit's instant on the server, or :data:`CLEAR`.
+    expire: int = 0
     #: The entity's key, built once (collect_reads, emit and finalize all use it).
     key: bytes = b""
     _guard: bytes | None = attrs.field(default=None, init=False)
@@ -94,7 +99,7 @@ class EntityChange:
         """Whether the commit increments the entity's guard stripe: it changes what a
         commit reads of the entity (existence, indexed fields, version). Plain updates of
         unindexed fields of unversioned entities do not."""
-        if self.op != UPDATE:
+        if self.op != UPDATE or self.expire:
             return True
         if self.members and any(f.indexed for f in self.members):
             return True  # a delete reads the members whose index entries it removes
@@ -172,6 +177,9 @@ class Reads:
     #: Referrer index sets of deleted entities (``on_delete``): read (``SMEMBERS``) and
     #: watched, so a referrer added concurrently fails the ``EXEC``.
     members: list[bytes] = attrs.field(factory=list)
+    #: An expiring model's entities read: their instants (``expiry.READ``), by the
+    #: model's ``H#exp``: id → entity key.
+    expiry: dict[bytes, dict[str, bytes]] = attrs.field(factory=dict)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
@@ -198,6 +206,9 @@ class Observed:
     slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
     #: ``Reads.members``: index set → the ids in it.
     members: dict[bytes, set[str]] = attrs.field(factory=dict)
+    #: Keys of the entities read that are expired (``Reads.expiry``): missing to the
+    #: commit, though their hashes are still there.
+    expired: set[bytes] = attrs.field(factory=set)
 
     def slot(self, field: MappedField, raw: bytes) -> Slot:
         found = self.slots.get((field, raw))
@@ -239,6 +250,8 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 guards[change.guard] = None
             if change.in_doubt:
                 reads.fields[key] = change.verified_fields()
+            if change.check_exists and change.mapper.expiring:
+                _leftovers(change, reads)
             values = change.values
             for field in change.mapper.indexed:  # fewer than the fields: the unique ones
                 raw = values.get(field)
@@ -255,6 +268,9 @@ def collect_reads(plan: CommitPlan) -> Reads:
             # must tell "gone" from "changed": see emit's _check_current).
             reads.exists.append(key)
         guards[change.guard] = None
+        if change.mapper.expiring and (change.op != DELETE or change.mapper.versioned):
+            # (An unversioned delete removes what it finds, expired or not.)
+            _read_expiry(reads, change.layout.expiry, change.id, key)
         if change.op == DELETE:
             found = deletes.get(change.mapper)
             if found is None:
@@ -279,6 +295,10 @@ def collect_reads(plan: CommitPlan) -> Reads:
     for target in plan.targets:
         exists[target.key] = None
         guards[target.guard] = None
+        mapper = target.field.target_mapper()
+        if mapper.expiring:
+            ident = target.referrer.values[target.field].decode()
+            _read_expiry(reads, mapper.layout.expiry, ident, target.key)
     reads.exists = list(exists)
     reads.members = list(members)
     reads.owners = list(owners)
@@ -288,6 +308,21 @@ def collect_reads(plan: CommitPlan) -> Reads:
     return reads
 
 
+def _read_expiry(reads: Reads, key: bytes, ident: str, entity: bytes) -> None:
+    """Read the instant of an entity of an expiring model (``H#exp`` ``key``)."""
+    reads.expiry.setdefault(key, {})[ident] = entity
+
+
+def _leftovers(change: EntityChange, reads: Reads) -> None:
+    """An insert of an expiring model with an id of its choosing may find the hash of an
+    expired entity of that id, not swept yet: the instant tells, and the indexed values
+    read find the old entity's index entries, removed with the insert."""
+    _read_expiry(reads, change.layout.expiry, change.id, change.key)
+    fields = [f.hash_field for f in change.mapper.indexed if f.unique or f.index != "range"]
+    if fields:
+        reads.fields[change.key] = list(dict.fromkeys([*reads.fields.get(change.key, []), *fields]))
+
+
 def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes]:
     """Where a sharded model's claim in flight is registered: the key ``H#c:<n>`` in the
     entity's shard, and the field ``<field>:<id>`` holding its token."""
@@ -295,9 +330,7 @@ def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes
     return change.layout.registry(ident), field.hash_field + b":" + ident
 
 
-def _registrations(
-    change: EntityChange, reads: Reads, registry: dict[bytes, None]
-) -> None:
+def _registrations(change: EntityChange, reads: Reads, registry: dict[bytes, None]) -> None:
     """The registrations of a change's claims: read, and their keys watched."""
     for field in change.tokens or ():
         key, name = registration(change, field)
