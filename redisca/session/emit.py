@@ -466,8 +466,11 @@ def _remove_entity(em: _Emitter, change: EntityChange, current: dict[bytes, byte
         _merge(em.removals, b"ZREM", change.layout.expiry, (change.id,))
     if change.op == INSERT:  # over an expired entity: its collections go too
         ident = change.id.encode()
-        layout = change.layout
-        em.deleted += [layout.members(f.hash_field, ident) for f in change.mapper.collections]
+        for field in change.mapper.collections:
+            key = change.layout.members(field.hash_field, ident)
+            em.deleted.append(key)
+            for raw in em.observed.collections.get(key, ()) if field.indexed else ():
+                em.index_remove(change, field, raw)
 
 
 def _emit_members(em: _Emitter, change: EntityChange) -> None:

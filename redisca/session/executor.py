@@ -586,6 +586,7 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     commands += [(b"GET", key) for key in reads.counters]
     commands += [(b"SMEMBERS", key) for key in reads.members]
     commands += [expiry.read_command(key, list(ids)) for key, ids in reads.expiry.items()]
+    commands += [(b"SMEMBERS", key) for key in reads.collections]
     got = yield Send(commands)
     if watched and isinstance(got[0], ResponseError):
         _refused_watch(got[0], applied=False)  # never MULTI after a refused WATCH
@@ -612,6 +613,8 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     for key, ids in reads.expiry.items():
         found = expiry.instants(next(replies), key, len(ids))
         observed.expired.update(e for e, at in zip(ids.values(), found, strict=True) if at == 0)
+    for key in reads.collections:
+        observed.collections[key] = list(_checked(next(replies), key))
 
 
 def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps[None]:

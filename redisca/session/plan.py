@@ -180,6 +180,9 @@ class Reads:
     #: An expiring model's entities read: their instants (``expiry.READ``), by the
     #: model's ``H#exp``: id → entity key.
     expiry: dict[bytes, dict[str, bytes]] = attrs.field(factory=dict)
+    #: Indexed set collections of entities an insert may replace (expired, not swept):
+    #: their members (``SMEMBERS``, not watched: changing them moves the guard stripe).
+    collections: list[bytes] = attrs.field(factory=list)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
@@ -209,6 +212,8 @@ class Observed:
     #: Keys of the entities read that are expired (``Reads.expiry``): missing to the
     #: commit, though their hashes are still there.
     expired: set[bytes] = attrs.field(factory=set)
+    #: ``Reads.collections``: collection key → its members as stored.
+    collections: dict[bytes, list[bytes]] = attrs.field(factory=dict)
 
     def slot(self, field: MappedField, raw: bytes) -> Slot:
         found = self.slots.get((field, raw))
@@ -321,6 +326,10 @@ def _leftovers(change: EntityChange, reads: Reads) -> None:
     fields = [f.hash_field for f in change.mapper.indexed if f.unique or f.index != "range"]
     if fields:
         reads.fields[change.key] = list(dict.fromkeys([*reads.fields.get(change.key, []), *fields]))
+    ident = change.id.encode()
+    reads.collections += [
+        change.layout.members(f.hash_field, ident) for f in change.mapper.collections if f.indexed
+    ]
 
 
 def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes]:
