@@ -294,6 +294,26 @@ def test_an_update_of_an_expired_entity_is_refused_as_one_deleted(r: redis.Redis
     assert as_str(r.hget(TOK + b":t1", "owner")) == "a"
 
 
+def test_a_plain_update_costs_one_round_trip_and_skips_an_expired_entity(
+    r: redis.Redis, counted: Counted
+) -> None:
+    persist(r, Visit("home", id="v1"), Visit("away", id="v2"))
+    s = Session(counted.client)
+    one, two = s.get_many(Visit, ["v1", "v2"])
+    one.page, two.page = "x", "y"  # type: ignore[union-attr]
+    counted.reset()
+    s.commit()
+    assert counted.round_trips == 1
+    expire_now(r, Visit, "v1")
+    one.page, two.page = "xx", "yy"  # type: ignore[union-attr]
+    s.commit()  # as for an entity deleted meanwhile: its write is skipped, it leaves
+    assert one not in s and two in s
+    entity = redisca.inspect(Visit).layout.entity
+    assert as_str(r.hget(entity("v1"), "page")) == "x"
+    assert as_str(r.hget(entity("v2"), "page")) == "yy"
+    s.close()
+
+
 def test_an_insert_over_an_expired_id_replaces_its_leftovers(r: redis.Redis) -> None:
     persist(r, Token("old", code="c-old", score=5, tags={"x", "y"}, id="t1"))
     expire_now(r, Token, "t1")

@@ -120,6 +120,11 @@ class _Emitter:
     additions: dict[tuple[bytes, bytes], list[Any]] = attrs.field(factory=dict)
     #: Plain updates of unwatched entities: one GUARDED_WRITE call (keys, arguments).
     guarded: tuple[list[bytes], list[Any]] = attrs.field(factory=lambda: ([], []))
+    #: Those of expiring models: one ``expiry.GUARDED_WRITE`` per ``H#exp`` (keys, ids,
+    #: arguments).
+    guarded_expiring: dict[bytes, tuple[list[bytes], list[str], list[Any]]] = attrs.field(
+        factory=dict
+    )
     claims: dict[Slot, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
     released: set[Slot] = attrs.field(factory=set)
     #: Releases whose owner was not read: one RELEASE_OWNED call (stripes, arguments).
@@ -159,6 +164,8 @@ class _Emitter:
         keys, args = self.guarded
         if keys:
             out.append((b"EVAL", GUARDED_WRITE, len(keys), *keys, *args))
+        for exp, (keys, ids, args) in self.guarded_expiring.items():
+            out.append((b"EVAL", expiry.GUARDED_WRITE, len(keys) + 1, exp, *keys, *ids, *args))
         out += [(name, key, *args) for (name, key), args in self.removals.items()]
         stripes, args = self.owned
         if stripes:  # a removal: before the claims' HSETs
@@ -406,7 +413,11 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     if change.empty_after:
         written += (EXISTS_FIELD, b"")
     if not change.needs_read:  # plain fields of a loaded entity: one guarded call for all
-        keys, args = em.guarded
+        if change.mapper.expiring:  # one per expiring model, which checks the instants
+            keys, ids, args = em.guarded_expiring.setdefault(change.layout.expiry, ([], [], []))
+            ids.append(change.id)
+        else:
+            keys, args = em.guarded
         keys.append(key)
         args += (len(written) // 2, len(removed), *written, *removed)
         return
@@ -540,11 +551,17 @@ def guard_bumps(plan: CommitPlan) -> list[Command]:
 
 
 def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
-    """Keys of unwatched updates whose entity was gone at EXEC (their write was skipped)."""
+    """Keys of unwatched updates whose entity was gone (or expired) at EXEC (their write
+    was skipped)."""
+    gone: set[bytes] = set()
     for command, reply in zip(commands, replies, strict=False):
-        if command[0] == b"EVAL" and command[1] is GUARDED_WRITE and isinstance(reply, list):
-            return {command[2 + position] for position in reply}
-    return set()
+        if command[0] != b"EVAL" or not isinstance(reply, list):
+            continue
+        if command[1] is GUARDED_WRITE:
+            gone.update(command[2 + position] for position in reply)
+        elif command[1] is expiry.GUARDED_WRITE:  # its first key is H#exp
+            gone.update(command[3 + position] for position in reply)
+    return gone
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DecodeError
+from ..mapping.keys import EXISTS_FIELD
 from . import routing
 from .plan import CLEAR, Command
 
@@ -45,6 +46,38 @@ for i = 1, #ARGV, 2 do
 end
 return out
 """
+
+#: ``emit.GUARDED_WRITE`` for an expiring model's plain updates: an entity expired at
+#: ``EXEC`` counts as gone (its write is skipped, as for one deleted meanwhile).
+#: KEYS: ``H#exp``, then the entities; ARGV: their ids, then per entity in order the
+#: number of field/value pairs, the number of fields to remove, the pairs, the fields.
+#: Returns the positions (from 1, among the entities) of those gone.
+GUARDED_WRITE = (
+    b"""\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = {}
+local a = #KEYS
+for k = 2, #KEYS do
+  local key = KEYS[k]
+  local n, r = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local at = redis.call('ZSCORE', KEYS[1], ARGV[k - 1])
+  if redis.call('EXISTS', key) == 0 or (at and tonumber(at) <= now) then
+    gone[#gone + 1] = k - 1
+  else
+    if n > 0 then redis.call('HSET', key, unpack(ARGV, a, a + 2 * n - 1)) end
+    if r > 0 then
+      redis.call('HDEL', key, unpack(ARGV, a + 2 * n, a + 2 * n + r - 1))
+      if redis.call('EXISTS', key) == 0 then redis.call('HSET', key, '%s', '') end
+    end
+  end
+  a = a + 2 * n + r
+end
+return gone
+"""
+    % EXISTS_FIELD
+)
 
 #: Where a loaded hash dict carries the entity's expiry instant (ms): hash field names
 #: hold no ``#``, so no hash field can be taken for it (as ``loading.MEMBERS``).
@@ -79,4 +112,13 @@ def written(commands: list[Command], replies: list[Any]) -> dict[tuple[bytes, st
     return found
 
 
-__all__ = ["CLEAR", "INSTANT", "READ", "WRITE", "instants", "read_command", "written"]
+__all__ = [
+    "CLEAR",
+    "GUARDED_WRITE",
+    "INSTANT",
+    "READ",
+    "WRITE",
+    "instants",
+    "read_command",
+    "written",
+]

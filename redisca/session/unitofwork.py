@@ -176,9 +176,10 @@ def _update(state: InstanceState) -> EntityChange | None:
     # Collections written: read the entity's existence (and watch its guard), so that
     # no collection key outlives an entity deleted meanwhile.
     needs_read = needs_read or bool(members)
-    # An expiring model's entity may have expired: its update is refused as one of an
-    # entity deleted meanwhile, which takes reading its instant.
-    needs_read = needs_read or mapper.expiring
+    # A change of expiry is refused if the entity expired (which takes reading its
+    # instant): it would bring it back. (A plain update of an expired entity is skipped
+    # at EXEC, as of a deleted one: see expiry.GUARDED_WRITE.)
+    needs_read = needs_read or bool(state.expire)
     change = EntityChange(
         mapper,
         ident,
