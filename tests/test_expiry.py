@@ -459,3 +459,36 @@ def test_a_new_reference_to_an_expired_target_is_an_integrity_error(r: redis.Red
     s.add(Grant(s.reference(Token, "t2"), id="g2"))
     s.commit()
     assert Session(r).get(Grant, "g2") is not None
+
+
+def test_merge_creates_over_an_expired_id(r: redis.Redis) -> None:
+    persist(r, Visit("old", id="v1"))
+    expire_now(r, Visit, "v1")
+    s = Session(r)
+    merged = s.merge(Visit("merged", id="v1"))
+    assert merged in s.new
+    s.commit()
+    s.close()
+    assert Session(r).get(Visit, "v1").page == "merged"  # type: ignore[union-attr]
+
+
+@pytest.mark.sync_only(reason="AsyncSession has no update_or_create")
+def test_update_or_create_creates_over_an_expired_id(r: redis.Redis) -> None:
+    persist(r, Visit("old", id="v1"))
+    expire_now(r, Visit, "v1")
+    s = Session(r)
+    created = s.update_or_create(Visit, "v1", page="new")
+    assert created in s.new
+    s.commit()
+    s.close()
+    assert Session(r).get(Visit, "v1").page == "new"  # type: ignore[union-attr]
+
+
+def test_a_lazy_load_of_an_expired_target_finds_nothing(r: redis.Redis) -> None:
+    persist(r, Grant(Token("a", id="t1"), id="g1"))
+    s = Session(r)
+    grant = s.get(Grant, "g1")
+    expire_now(r, Token, "t1")
+    with pytest.raises(redisca.NotFound):
+        s.refresh(grant.token)  # what a lazy load does (the AsyncSession's load too)
+    s.close()

@@ -339,11 +339,17 @@ def install(
 
 
 def from_hashes(
-    identity: IdentityMap, mapper: Mapper, idents: list[str], replies: list[Any]
+    identity: IdentityMap,
+    mapper: Mapper,
+    idents: list[str],
+    replies: list[Any],
+    instants: Sequence[int | None] | None = None,
 ) -> list[Any]:
     """Instances of ``idents`` from HGETALL replies read with them (a query's page),
     ``None`` where no hash was read. Instances the session holds loaded, pending or
-    deleted stay as the session has them, as :meth:`Session.get_many` returns them."""
+    deleted stay as the session has them, as :meth:`Session.get_many` returns them.
+    ``instants``: an expiring model's expiry instants (ms) of ``idents``, if read (else
+    the instances' ``expires_at`` is ``None``)."""
     table = identity.table(mapper)
     lookup = table.get
     wanted, hashes = [], []
@@ -356,6 +362,11 @@ def from_hashes(
                 hashes.append(dict(zip(items, items, strict=True)))
             else:
                 hashes.append(_hash(reply, mapper.key(ident)))
+    if instants is not None:
+        known = dict(zip(idents, instants, strict=True))
+        for ident, raw in zip(wanted, hashes, strict=True):
+            if raw and known[ident] is not None:
+                raw[expiry.INSTANT] = known[ident]
     if wanted:
         with gcpause.paused(len(wanted)):
             install(identity, mapper, wanted, hashes)
