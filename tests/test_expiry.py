@@ -76,6 +76,21 @@ class Grant:
     id: str | None = None
 
 
+def _cost_model(prefix: str, **options: object) -> type:
+    @registry.mapped(prefix=prefix, **options)  # type: ignore[call-overload]
+    @attrs.define
+    class Costed:
+        name: str = String()
+        code: str | None = String(unique=True, default=None)
+        n: int | None = Integer(index=True, default=None)
+        id: str | None = None
+
+    return Costed
+
+
+#: The same model twice, plain and with a time to live: what expiry costs.
+PlainCost, ExpiringCost = _cost_model("cpl"), _cost_model("cex", ttl=60)
+
 TOK = head("tok", "exp")
 
 
@@ -492,3 +507,53 @@ def test_a_lazy_load_of_an_expired_target_finds_nothing(r: redis.Redis) -> None:
     with pytest.raises(redisca.NotFound):
         s.refresh(grant.token)  # what a lazy load does (the AsyncSession's load too)
     s.close()
+
+
+# -- costs ---------------------------------------------------------------------------------
+
+
+def _costs(counted: Counted, model: type) -> dict[str, tuple[int, int]]:
+    """Round trips and commands of each operation on ``model``."""
+    out: dict[str, tuple[int, int]] = {}
+
+    def step(name: str, run: object) -> None:
+        counted.reset()
+        run()  # type: ignore[operator]
+        out[name] = (counted.round_trips, counted.commands)
+
+    s = Session(counted.client)
+    s.add(model("a"))
+    step("insert, generated id", s.commit)
+    s.add(model("a", id="x1", code="c1", n=1))
+    step("insert, own id", s.commit)
+    s.close()
+    s = Session(counted.client)
+    step("get", lambda: s.get(model, "x1"))
+    step("get_many of 3", lambda: s.get_many(model, ["x2", "x3", "x4"]))
+    obj = s.get(model, "x1")
+    obj.name = "b"
+    step("plain update", s.commit)
+    obj.n = 5
+    step("indexed update", s.commit)
+    obj.code = "c2"
+    step("unique update", s.commit)
+    s.delete(obj)
+    step("delete", s.commit)
+    s.close()
+    return out
+
+
+def test_expiry_costs_commands_never_round_trips(counted: Counted) -> None:
+    plain, expiring = _costs(counted, PlainCost), _costs(counted, ExpiringCost)
+    assert {k: v[0] for k, v in expiring.items()} == {k: v[0] for k, v in plain.items()}
+    extra = {k: expiring[k][1] - plain[k][1] for k in plain}
+    assert extra == {
+        "insert, generated id": 1,  # the WRITE of the instant, inside MULTI
+        "insert, own id": 3,  # + the READ of an old instant, the old values (HMGET)
+        "get": 1,  # the READ of the instants, in the same round trip
+        "get_many of 3": 1,
+        "plain update": 0,  # the guarded write of expiring models checks the instants
+        "indexed update": 1,  # the READ with the other reads
+        "unique update": 1,
+        "delete": 1,  # the ZREM of the instant
+    }
