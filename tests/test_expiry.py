@@ -281,11 +281,14 @@ def test_refresh_and_lazy_loads_of_an_expired_entity(r: redis.Redis) -> None:
     with pytest.raises(redisca.NotFound):
         s.refresh(token)
     s.close()
+    persist(r, Grant(Token("c", id="t3"), id="g3"))
     expire_now(r, Token, "t2")
     s = Session(r)
-    grant = s.get(Grant, "g1")
-    s.preload([grant], Grant.token)
-    assert not redisca.inspect(grant.token).loaded  # its target expired: not loaded
+    grant, live = s.get_many(Grant, ["g1", "g3"])
+    s.preload([grant, live], Grant.token)
+    assert not redisca.inspect(grant.token).loaded  # type: ignore[union-attr] # expired
+    assert redisca.inspect(live.token).loaded  # type: ignore[union-attr]
+    assert redisca.inspect(live.token).expires_at is not None  # type: ignore[union-attr]
     s.close()
 
 

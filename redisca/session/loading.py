@@ -140,21 +140,26 @@ def _with_members(
     """HGETALL of ``keys`` (the entities ``ids``) and their collections in one round trip;
     each found hash carries its collections' replies under ``MEMBERS`` + field. An
     expiring model's instants are read with them (:func:`unexpired`)."""
-    commands: list[Command] = [(b"HGETALL", key) for key in keys]
+    # The instants first: an entity expired then is missing even if its id is reused
+    # by the time its hash is read (the other way round, a new entity's instant could
+    # make the old one's hash look alive).
+    commands: list[Command] = (
+        [expiry.read_command(mapper.layout.expiry, ids)] if mapper.expiring else []
+    )
+    skip = len(commands)
+    commands += [(b"HGETALL", key) for key in keys]
     for ident in ids:
         commands += member_reads(mapper, ident)
-    if mapper.expiring:
-        commands.append(expiry.read_command(mapper.layout.expiry, ids))
     replies = yield from executor.run_steps(client, commands)
-    hashes = _hashes(replies[: len(keys)], keys)
-    rest = iter(replies[len(keys) :])
+    hashes = _hashes(replies[skip : skip + len(keys)], keys)
+    rest = iter(replies[skip + len(keys) :])
     for raw in hashes:
         for field in mapper.collections:
             reply = next(rest)
             if raw:  # a missing entity has no collections either
                 raw[MEMBERS + field.hash_field] = reply
     if mapper.expiring:
-        unexpired(hashes, mapper.layout.expiry, next(rest))
+        unexpired(hashes, mapper.layout.expiry, replies[0])
     return hashes
 
 
@@ -411,25 +416,28 @@ def _states_with_members(
 ) -> Steps[list[dict[bytes, bytes]]]:
     """HGETALL of the states' keys and their collections' reads in one round trip, with
     the instants of the expiring models' entities (one ``expiry.READ`` per model)."""
-    commands: list[Command] = [(b"HGETALL", key) for key in keys]
-    for state in states:
-        commands += member_reads(state.mapper, state.id)  # type: ignore[arg-type]
     expiring: dict[Mapper, list[int]] = {}
     for i, state in enumerate(states):
         if state.mapper.expiring:
             expiring.setdefault(state.mapper, []).append(i)
-    for mapper, at in expiring.items():
-        commands.append(expiry.read_command(mapper.layout.expiry, [states[i].id for i in at]))  # type: ignore[misc]
+    commands: list[Command] = [  # the instants first, as in _with_members
+        expiry.read_command(mapper.layout.expiry, [states[i].id for i in at])  # type: ignore[misc]
+        for mapper, at in expiring.items()
+    ]
+    skip = len(commands)
+    commands += [(b"HGETALL", key) for key in keys]
+    for state in states:
+        commands += member_reads(state.mapper, state.id)  # type: ignore[arg-type]
     replies = yield from executor.run_steps(client, commands)
-    hashes = _hashes(replies[: len(keys)], keys)
-    rest = iter(replies[len(keys) :])
+    hashes = _hashes(replies[skip : skip + len(keys)], keys)
+    rest = iter(replies[skip + len(keys) :])
     for state, raw in zip(states, hashes, strict=True):
         for field in state.mapper.collections:
             reply = next(rest)
             if raw:
                 raw[MEMBERS + field.hash_field] = reply
-    for mapper, at in expiring.items():
-        unexpired([hashes[i] for i in at], mapper.layout.expiry, next(rest))
+    for (mapper, at), reply in zip(expiring.items(), replies, strict=False):
+        unexpired([hashes[i] for i in at], mapper.layout.expiry, reply)
     return hashes
 
 
