@@ -622,13 +622,18 @@ def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps
     if that owner expired. Only then, one more round trip: ``WATCH`` the owners' guard
     stripes (any change of their expiry moves them, failing the ``EXEC``), then read
     their instants; an expired owner's values are claimed as free."""
+    held = [
+        (field, raw, slot, owner)
+        for (field, raw), slot in reads.slots.items()
+        for owner in (observed.owners.get(slot),)
+        if owner is not None and field.mapper.expiring and slot in reads.claims
+    ]
+    if not held:
+        return
     claimants = {(f, raw): c.id for c in plan.changes for f, raw in c.values.items() if f.unique}
     owners: dict[tuple[bytes, str], list[Slot]] = {}
-    for (field, raw), slot in reads.slots.items():
-        owner = observed.owners.get(slot)
-        if owner is None or slot not in reads.claims or not field.mapper.expiring:
-            continue
-        if owner != claimants.get((field, raw)):
+    for field, raw, slot, owner in held:
+        if owner != claimants.get((field, raw)):  # held by another entity
             owners.setdefault((field.mapper.layout.expiry, owner), []).append(slot)
     if not owners:
         return
@@ -700,7 +705,7 @@ def _attempt(
         if reads:
             yield from _watch_and_read(reads, observed)
             seen.update(observed.guards)
-            if reads.claims and observed.owners:
+            if reads.takeover:
                 yield from _expired_owners(plan, reads, observed)
         commands = emit(plan, observed)
     except OperationalError:

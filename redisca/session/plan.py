@@ -183,6 +183,9 @@ class Reads:
     #: Indexed set collections of entities an insert may replace (expired, not swept):
     #: their members (``SMEMBERS``, not watched: changing them moves the guard stripe).
     collections: list[bytes] = attrs.field(factory=list)
+    #: An expiring model's change may claim unique values: one held by another entity
+    #: may be free if that one expired (``executor._expired_owners``).
+    takeover: bool = False
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
@@ -255,8 +258,10 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 guards[change.guard] = None
             if change.in_doubt:
                 reads.fields[key] = change.verified_fields()
-            if change.check_exists and change.mapper.expiring:
-                _leftovers(change, reads)
+            if change.mapper.expiring:
+                if change.check_exists:
+                    _leftovers(change, reads)
+                reads.takeover = reads.takeover or bool(change.mapper.uniques)
             values = change.values
             for field in change.mapper.indexed:  # fewer than the fields: the unique ones
                 raw = values.get(field)
@@ -276,6 +281,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
         if change.mapper.expiring and (change.op != DELETE or change.mapper.versioned):
             # (An unversioned delete removes what it finds, expired or not.)
             _read_expiry(reads, change.layout.expiry, change.id, key)
+            reads.takeover = reads.takeover or bool(change.mapper.uniques)
         if change.op == DELETE:
             found = deletes.get(change.mapper)
             if found is None:
