@@ -14,7 +14,16 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import pytest
 import redis
-from helpers import CLUSTER, FENCE_READ, Counted, as_str, head, stripe_key, transactions
+from helpers import (
+    CLUSTER,
+    FENCE_READ,
+    Counted,
+    as_str,
+    assert_indexes_consistent,
+    head,
+    stripe_key,
+    transactions,
+)
 
 import redisca
 from redisca import (
@@ -114,6 +123,19 @@ def server_ms(r: redis.Redis) -> int:
     else:
         seconds, micros = r.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def consistent(r: redis.Redis, model: type) -> None:
+    """The model's index keys hold what its hashes call for (``H#exp`` aside: the
+    helper knows no instants)."""
+    key = expiry_key(model)
+    saved = r.zrange(key, 0, -1, withscores=True)
+    r.delete(key)
+    try:
+        assert_indexes_consistent(r, redisca.inspect(model))
+    finally:
+        if saved:
+            r.zadd(key, dict(saved))
 
 
 def persist(r: redis.Redis, *objs: object) -> None:
@@ -560,3 +582,25 @@ def test_expiry_costs_commands_never_round_trips(counted: Counted) -> None:
         "unique update": 1,
         "delete": 1,  # the ZREM of the instant
     }
+
+
+def test_indexes_stay_consistent_through_replacements_takeovers_and_deletes(
+    r: redis.Redis,
+) -> None:
+    model = ExpiringCost
+    persist(r, *(model(f"n{i}", code=f"c{i}", n=i, id=f"e{i}") for i in range(6)))
+    for i in range(4):
+        expire_now(r, model, f"e{i}")
+    s = Session(r)
+    s.add(model("again", code="c0", n=10, id="e0"))  # its own old value, reclaimed
+    s.add(model("again", code="new", n=11, id="e1"))  # another value: c1 is released
+    s.add(model("taker", code="c2", n=12, id="e9"))  # takes over e2's value
+    s.delete(s.reference(model, "e3"))  # an expired entity deleted
+    s.commit()
+    s.close()
+    assert as_str(r.hget(stripe_key("cex", "code", "c2"), "c2")) == "e9"
+    assert r.hget(stripe_key("cex", "code", "c1"), "c1") is None
+    r.delete(redisca.inspect(model).layout.entity("e2"))  # e2's leftovers, as a sweep would
+    r.zrem(redisca.inspect(model).layout.range_index(b"n"), "e2")
+    r.srem(redisca.inspect(model).layout.eq_index(b"name", b"n2"), "e2")
+    consistent(r, model)
