@@ -604,3 +604,59 @@ def test_indexes_stay_consistent_through_replacements_takeovers_and_deletes(
     r.zrem(redisca.inspect(model).layout.range_index(b"n"), "e2")
     r.srem(redisca.inspect(model).layout.eq_index(b"name", b"n2"), "e2")
     consistent(r, model)
+
+
+def test_refresh_discards_a_pending_expire(r: redis.Redis) -> None:
+    persist(r, Visit("home", id="v1"))
+    s = Session(r)
+    visit = s.get(Visit, "v1")
+    s.expire(visit, 10)
+    s.refresh(visit)
+    assert not s.is_modified(visit)
+    s.commit()
+    s.close()
+    assert instant(r, Visit, "v1") is None
+
+
+def test_bulk_add_writes_the_instants(r: redis.Redis) -> None:
+    s = Session(r)
+    tokens = [Token(f"o{i}", code=f"k{i}", id=f"b{i}") for i in range(20)]
+    assert s.bulk_add(tokens, chunk_size=8) == 20
+    s.close()
+    now = server_ms(r)
+    scores = [instant(r, Token, f"b{i}") for i in range(20)]
+    assert all(at is not None and now < at <= now + 60_000 for at in scores)
+    assert all(redisca.inspect(t).expires_at is not None for t in tokens)
+
+
+@pytest.mark.sync_only(reason="threads, each with its own session")
+def test_one_of_many_concurrent_claimants_takes_an_expired_owners_value(
+    r: redis.Redis, make_client: object
+) -> None:
+    persist(r, Token("a", code="prize", id="t0"))
+    expire_now(r, Token, "t0")
+    import threading
+
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def claim(i: int) -> None:
+        s = Session(make_client())  # type: ignore[operator]
+        s.add(Token("b", code="prize", id=f"c{i}"))
+        barrier.wait()
+        try:
+            s.commit()
+            outcomes.append("won")
+        except UniqueViolation:
+            s.rollback()
+            outcomes.append("lost")
+        s.close()
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["lost"] * 5 + ["won"]
+    winner = as_str(r.hget(stripe_key("tok", "code", "prize", "exp"), "prize"))
+    assert winner.startswith("c") and Session(r).get(Token, winner) is not None

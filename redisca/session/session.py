@@ -513,6 +513,8 @@ class Session:
         raw = (yield from loading.fetch_steps(client, state.mapper, [state.id]))[0]  # type: ignore[list-item]
         loading.require(bool(raw), state)
         loading.hydrate(self.identity_map, state, raw, overwrite=not only_missing)
+        if not only_missing:
+            state.expire = 0  # a pending session.expire is a change, discarded too
 
     def unload(self, obj: object) -> None:
         """Forget what was loaded of ``obj`` but keep its changes (redisca 1.x's ``unload()``).
