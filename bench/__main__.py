@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import redis.utils
 
-from . import NO_HIREDIS_ENV, bulk, cluster, ping, queries, report, runner, servers
+from . import NO_HIREDIS_ENV, bulk, cluster, expiry, ping, queries, report, runner, servers
 from .raw import check_layout
 
 DEFAULT_JSON = "bench-results.json"
@@ -114,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="users of the cluster phase (shards=1 vs 16 on 1 and 3 masters; 0: skip)",
     )
     parser.add_argument(
+        "--expiry-n",
+        type=int,
+        default=100_000,
+        help="entities of the expiry phase, half of them expired (0: skip)",
+    )
+    parser.add_argument(
         "--budget",
         type=float,
         default=30.0,
@@ -146,7 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.n, args.rounds, args.rounds_large, args.client_memory = [1_000], 1, 1, False
         args.query_sizes, args.ping_n, args.bulk_n = [1_000], 2_000, 2_000
-        args.big_commit, args.cluster_n = 2_000, 300
+        args.big_commit, args.cluster_n, args.expiry_n = 2_000, 300, 2_000
         if args.parser in ("both", "hiredis") and not redis.utils.HIREDIS_AVAILABLE:
             args.parser = "python"
         if args.parser == "both":
@@ -166,6 +172,7 @@ _QUERY_S = 150e-6
 _QUERY_FIXED_S = 30.0
 _BULK_S = 70e-6
 _PROBE_S = 90e-6
+_EXPIRY_S = 250e-6
 
 
 def estimate_minutes(args: argparse.Namespace, n_servers: int) -> float:
@@ -178,6 +185,7 @@ def estimate_minutes(args: argparse.Namespace, n_servers: int) -> float:
         phases += sum(args.n) * 3 * _PHASE_S
     query = max(args.query_sizes, default=0) * _QUERY_S + _QUERY_FIXED_S * len(args.query_sizes)
     seconds = phases + query + args.ping_n * _PROBE_S + args.bulk_n * _BULK_S + 5
+    seconds += args.expiry_n * _EXPIRY_S
     return n_servers * seconds / 60
 
 
@@ -295,6 +303,16 @@ def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock)
                     steps,
                     "query phase",
                     lambda: queries.phase(server.url, tuple(sizes), log, args.query_load),
+                ),
+            )
+            servers.recover(server)
+        if args.expiry_n:
+            keep(
+                "expiry",
+                clock.step(
+                    steps,
+                    f"expiry phase N={args.expiry_n:,}",
+                    lambda: expiry.phase(server.url, args.expiry_n, log),
                 ),
             )
             servers.recover(server)
@@ -485,6 +503,8 @@ def failures(result: dict[str, Any]) -> list[str]:
                 out.append(f"{key} PING probe, {name}: {figures['error']}")
         if "error" in server.get("big_commit", {}):
             out.append(f"{key} big commit: {server['big_commit']['error']}")
+        if server.get("expiry") and not server["expiry"]["sweep"]["ok"]:
+            out.append(f"{key} expiry phase: the sweep left the wrong keys")
         if "error" in server.get("bulk", {}):
             out.append(f"{key} bulk load: {server['bulk']['error']}")
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import cluster, targets
+from . import cluster, expiry, targets
 from .runner import UNITS
 
 SIDES = ("redisca", "same-work", "floor")
@@ -389,6 +389,14 @@ def render(result: dict[str, Any]) -> str:
             "**One commit of many users on a default client (5 s socket timeout)**\n\n"
             + table(["server", "users", "result"], big)
         )
+    for server in servers.values():
+        if server.get("expiry"):
+            figures = server["expiry"]
+            parts.append(
+                f"**Expiry phase · {server['label']}: N = {figures['n']:,}, half expired and "
+                f"not swept, against none expired; then the sweep**\n\n"
+                + expiry.render(figures, table)
+            )
     if any(s.get("bulk") for s in servers.values()):
         parts.append(f"**Bulk load**\n\n{bulk_table(result)}")
     if result.get("cluster"):

@@ -1,14 +1,14 @@
-"""``python -m redisca check|reindex|stats|migrate MODULE:registry`` (and ``reshard MODULE:registry
-Model N``): maintenance from a shell.
+"""``python -m redisca check|reindex|stats|sweep|migrate MODULE:registry`` (and ``reshard
+MODULE:registry Model N``): maintenance from a shell.
 
 argparse only, so the core needs nothing more; ``flask redisca ...``
 (:mod:`redisca.flaskcli`) runs the same tasks through the functions here. ``--cluster``
 (default: ``$REDISCA_CLUSTER``) makes the client a ``redis.cluster.RedisCluster``.
 
 Exit status: 0 all well; 1 problems found (check, or values reindex could not
-index); 2 bad usage (arguments, a registry that cannot be imported, an unknown
-model or field); 3 the task could not run (Redis unreachable, a reindex already
-running, a run that lost its marker).
+index, or expired entities sweep could not remove); 2 bad usage (arguments, a registry
+that cannot be imported, an unknown model or field); 3 the task could not run (Redis
+unreachable, a reindex already running, a run that lost its marker).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .maintenance import (
     reindex,
     reshard,
     stats,
+    sweep,
 )
 from .mapping.mapper import Mapper, mapper_of
 from .mapping.registry import Registry
@@ -178,6 +179,8 @@ def _run(
         return reindex(target, client, models=models, fields=fields, batch=batch, progress=bar)
     if task == "migrate":
         return migrate(target, client, models=models, batch=batch, progress=bar)
+    if task == "sweep":
+        return sweep(target, client, models=models, batch=batch, progress=bar)
     return stats(target, client, models=models, batch=batch, progress=bar)
 
 
@@ -191,6 +194,11 @@ def _print_check(report: Any, out: TextIO) -> None:
         extra = ", reindex running" if m.reindexing else ""
         extra += f", {m.unconfirmed} unconfirmed (kept changing)" if m.unconfirmed else ""
         extra += f", {m.old_keys:,} keys of the layout before hash tags" if m.old_keys else ""
+        if m.expired:
+            extra += (
+                f", {m.expired:,} expired entities not yet swept ({m.expired_entries:,} "
+                "entries left; not problems: `sweep` removes them)"
+            )
         out.write(
             f"{m.model} ({m.prefix}): {m.entities:,} entities, {m.index_keys:,} other keys, "
             f"{m.entries:,} entries checked, {m.problems} problems, {m.seconds:.2f} s{extra}\n"
@@ -246,10 +254,24 @@ def _print_stats(report: Any, out: TextIO) -> None:
         keys = ", ".join(f"{n:,} {kind}" for kind, n in m.index_keys.items()) or "none"
         memory = f"~{_size(m.memory_total)}" if m.memory_sampled else "n/a"
         reindexing = ", reindex running" if m.reindexing else ""
+        if m.expiring:
+            reindexing += f"; {m.expiring:,} with an expiry, {m.expired:,} expired not yet swept"
         out.write(
             f"{m.model} ({m.prefix}): {m.entities:,} entities, {m.ids:,} ids, index keys: "
             f"{keys}; {m.index_entries:,} index entries; memory {memory}{reindexing}\n"
         )
+
+
+def _print_sweep(report: Any, out: TextIO) -> None:
+    for m in report.models:
+        skipped = f", {m.skipped:,} left (changed meanwhile)" if m.skipped else ""
+        out.write(
+            f"{m.model} ({m.prefix}): removed {m.removed:,} expired entities{skipped} in "
+            f"{m.batches:,} batches, {m.seconds:.2f} s ({m.per_second:,.0f}/s)\n"
+        )
+    if not report.models:
+        out.write("no expiring model (registry.mapped(ttl=...) or expiring=True)\n")
+    _print_problems(report.problems, out)
 
 
 def _size(n: float) -> str:
@@ -266,6 +288,7 @@ PRINTERS: dict[str, Callable[[Any, TextIO], None]] = {
     "migrate": _print_migrate,
     "reshard": _print_reshard,
     "stats": _print_stats,
+    "sweep": _print_sweep,
 }
 
 
@@ -283,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
         "check": "compare every index with the entity hashes (reads only)",
         "reindex": "rebuild indexes from the hashes, while the application runs",
         "stats": "count entities, index keys and entries; estimate memory",
+        "sweep": "remove what expired entities left (hashes, index entries, claims)",
         "migrate": "move data of the layout before hash tags (P:<id>) to {P}:<id>, then reindex",
         "reshard": "move a model's data to the shards=N its mapping declares, then reindex",
     }

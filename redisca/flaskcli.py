@@ -1,4 +1,4 @@
-"""``flask redisca check|reindex|stats|migrate|reshard``: the tasks of :mod:`redisca.cli`
+"""``flask redisca check|reindex|stats|sweep|migrate|reshard``: the tasks of :mod:`redisca.cli`
 inside a Flask app, registered through the ``flask.commands`` entry point.
 
 The registry comes from ``--registry MODULE:ATTR``, else from
@@ -146,6 +146,13 @@ def reindex_command(fields: tuple[str, ...], **options: Any) -> None:
 def stats_command(**options: Any) -> None:
     """Count entities, index keys and entries; estimate memory."""
     _run("stats", options)
+
+
+@group.command("sweep")
+@_options
+def sweep_command(**options: Any) -> None:
+    """Remove what expired entities left (hashes, index entries, claims)."""
+    _run("sweep", options)
 
 
 @group.command("migrate")

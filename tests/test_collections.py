@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 import redis
@@ -146,6 +148,41 @@ def test_delete_removes_collection_keys_and_entries(r: redis.Redis) -> None:
     assert not [k for k in r.keys("{cpost}*") if b"#g:" not in as_bytes([k]).pop()]
 
 
+def test_deleting_an_unloaded_stub_removes_its_member_index_entries(r: redis.Redis) -> None:
+    s = Session(r)
+    tag = Tag("t", id="st")
+    s.add(Post("x", id="d1", tags={"a", "b"}, scores=[1], labels={tag}))
+    s.add(Post("y", id="d2", tags={"a"}))
+    s.commit()
+    s2 = Session(r)
+    s2.delete(s2.reference(Post, "d1"))  # never loaded: its members are read by the commit
+    s2.commit()
+    left = {k for k in as_bytes(r.keys("{cpost}*")) if b"#g:" not in k}
+    assert left == {
+        POSTS.layout.entity("d2"),
+        POSTS.layout.all_ids,
+        members_key("tags", "d2"),
+        b"{cpost}#i:tags:a",
+    }
+    assert as_bytes(r.smembers(b"{cpost}#i:tags:a")) == {b"d2"}
+
+
+def test_assigning_a_whole_set_on_a_stub_moves_its_member_index_entries(
+    r: redis.Redis,
+) -> None:
+    s = Session(r)
+    s.add(Post("x", id="w1", tags={"a", "b"}))
+    s.commit()
+    s2 = Session(r)
+    stub = s2.reference(Post, "w1")
+    stub.tags = {"b", "c"}  # assigned, not loaded: the old members are unknown
+    s2.commit()
+    assert as_bytes(r.smembers(members_key("tags", "w1"))) == {b"b", b"c"}
+    assert not r.exists(POSTS.layout.eq_index(b"tags", b"a"))
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"c"))) == {b"w1"}
+    assert [p.id for p in Session(r).query(Post).filter(Post.tags.contains("a")).all()] == []
+
+
 def test_validation_error_sends_nothing(r: redis.Redis) -> None:
     s = Session(r)
     s.add(Post("x", id="p3", tags={"a"}))
@@ -221,6 +258,107 @@ def test_check_finds_nothing_wrong_with_collections(r: redis.Redis) -> None:
     assert report.ok, report.problems
 
 
+MEMBER_CASES = [
+    (
+        "a member missing from its member index",
+        lambda r: r.srem("{cpost}#i:tags:x", "k1"),
+        [("missing_member_entry", "{cpost}#i:tags:x", "tags")],
+    ),
+    (
+        "a reference member missing from its reverse index",
+        lambda r: r.srem("{cpost}#i:labels:ca", "k1"),
+        [("missing_member_entry", "{cpost}#i:labels:ca", "labels")],
+    ),
+    (
+        "a member index entry of an entity that lacks the member",
+        lambda r: r.sadd("{cpost}#i:tags:y", "k1"),
+        [("stale_member_entry", "{cpost}#i:tags:y", "tags")],
+    ),
+    (
+        "a member index entry of an entity that does not exist",
+        lambda r: r.sadd("{cpost}#i:tags:x", "gone"),
+        [("stale_member_entry", "{cpost}#i:tags:x", "tags")],
+    ),
+    (
+        "a References member whose entity does not exist (index kept consistent)",
+        lambda r: r.delete("{ctag}:ca"),
+        [
+            ("dangling_reference", "{cpost}:k1", "labels"),
+            ("stale_id", "{ctag}#all", None),
+        ],
+    ),
+    (
+        "an entry left by deleting the hash and members without the index",
+        lambda r: r.delete("{cpost}:k2", "{cpost}#m:tags:k2"),
+        [
+            ("stale_id", "{cpost}#all", None),
+            ("stale_member_entry", "{cpost}#i:tags:x", "tags"),
+            ("stale_member_entry", "{cpost}#i:tags:z", "tags"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"), [c[1:] for c in MEMBER_CASES], ids=[c[0] for c in MEMBER_CASES]
+)
+def test_check_finds_member_index_problems_and_reindex_repairs_them(
+    r: redis.Redis, corrupt: Any, expected: list[tuple[str, str, str | None]]
+) -> None:
+    from redisca.maintenance import KINDS, check, reindex
+
+    s = Session(r)
+    tag = Tag("a", id="ca")
+    s.add(tag)
+    s.add(Post("one", id="k1", tags={"x"}, labels={tag}))
+    s.add(Post("two", id="k2", tags={"x", "z"}))
+    s.commit()
+    corrupt(r)
+    report = check(reg, r)
+    found = sorted((p.kind, p.key, p.field) for p in report.problems)
+    assert found == sorted(expected)
+    assert all(p.kind in KINDS and p.detail for p in report.problems)
+    reindex(reg, r)
+    left = [p.kind for p in check(reg, r).problems]  # a dangling reference is the user's
+    assert left == [kind for kind, _, _ in expected if kind == "dangling_reference"]
+    assert "k1" in Session(r).query(Post).filter(Post.tags.contains("x")).ids()
+    assert [p.id for p in Session(r).query(Post).filter(Post.labels.contains("ca"))] == ["k1"]
+
+
+def test_collection_commits_during_a_reindex_are_in_the_switched_member_indexes(
+    r: redis.Redis,
+) -> None:
+    """A commit that changes only a set (not its entity's hash) during a run must mirror
+    into the run's build keys, or the switch would drop its entries."""
+    from redisca.maintenance import check, reindex
+
+    with Session(r) as s:
+        s.add_all(Post(f"p{i}", id=f"r{i:02}", tags={"old"}) for i in range(30))
+        s.commit()
+    done: list[str] = []
+
+    def meanwhile(model: str, phase: str, count: int, total: int | None) -> None:
+        if model != "Post" or phase != "entities" or count == 0 or done:
+            return
+        done.append(model)
+        with Session(r) as s:
+            for ident in ("r00", "r29"):  # one page is built already, one not yet
+                post = s.get(Post, ident)
+                assert post is not None
+                post.tags.discard("old")
+                post.tags.add("new")
+            s.commit()
+            s.delete(s.reference(Post, "r15"))
+            s.commit()
+
+    report = reindex(reg, r, batch=5, progress=meanwhile)
+    assert report.ok and done == ["Post"]
+    assert check(reg, r).ok
+    with Session(r) as s:
+        assert sorted(s.query(Post).filter(Post.tags.contains("new")).ids()) == ["r00", "r29"]
+        assert s.query(Post).filter(Post.tags.contains("old")).count() == 27
+
+
 def test_a_full_reindex_keeps_member_indexes(r: redis.Redis) -> None:
     from redisca.maintenance import reindex
 
@@ -272,3 +410,20 @@ def test_a_sharded_models_collections_are_in_the_shard_of_the_id(r: redis.Redis)
     found = s2.query(ShardedPost).filter(ShardedPost.tags.contains("common")).all()
     assert sorted(p.id for p in found) == [f"s{n}" for n in range(6)]
     assert [p.tags for p in found if p.id == "s3"] == [{"common", "own3"}]
+
+
+def test_references_members_are_added_with_their_holder(r: redis.Redis) -> None:
+    """As a reference's target is: adding a post adds its new labels, and a label added
+    in place to a stored post is added by the commit."""
+    s = Session(r)
+    first = Tag("first", id="af")
+    post = Post("x", id="a1", labels={first})
+    s.add(post)
+    assert first in s
+    s.commit()
+    later = Tag("later", id="al")
+    post.labels.add(later)  # in place: no assignment, found by the commit's cascade
+    s.commit()
+    assert r.exists(redisca.inspect(Tag).key_for("al"))
+    assert as_bytes(r.smembers(members_key("labels", "a1"))) == {b"af", b"al"}
+    s.close()

@@ -1,5 +1,6 @@
-"""Referential integrity of ``Reference(cls, on_delete=...)``: mapping rules, and each
-mode enforced inside the commit."""
+"""Referential integrity of ``Reference(cls, on_delete=...)`` and
+``References(cls, on_delete=...)``: mapping rules, and each mode enforced inside the
+commit."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import redis
 from helpers import Counted, connect, connection_kwargs
 
 import redisca
-from redisca import IntegrityError, MappingError, Reference, Registry, Session, String
+from redisca import (
+    IntegrityError,
+    MappingError,
+    Reference,
+    References,
+    Registry,
+    Session,
+    String,
+)
 
 registry = Registry()
 
@@ -58,6 +67,41 @@ class Node:
     id: str | None = None
 
 
+@registry.mapped(prefix="ilabel")
+@attrs.define(eq=False)
+class Label:
+    name: str = String()
+    id: str | None = None
+
+
+@registry.mapped(prefix="iart")
+@attrs.define(eq=False)
+class Article:
+    """Labels are labels: deleting one takes it off the articles."""
+
+    title: str = String()
+    labels: set[Label] = References(Label, index=True, on_delete="set_null")
+    id: str | None = None
+
+
+@registry.mapped(prefix="ipin")
+@attrs.define(eq=False)
+class Pin:
+    """A pinned label cannot be deleted."""
+
+    labels: set[Label] = References(Label, index=True, on_delete="restrict")
+    id: str | None = None
+
+
+@registry.mapped(prefix="ibundle")
+@attrs.define(eq=False)
+class Bundle:
+    """A bundle lives and dies with each of its labels."""
+
+    labels: set[Label] = References(Label, index=True, on_delete="cascade")
+    id: str | None = None
+
+
 def test_on_delete_needs_an_index() -> None:
     other = Registry()
     with pytest.raises(MappingError, match="needs index=True"):
@@ -83,6 +127,35 @@ def test_on_delete_is_refused_on_a_unique_reference() -> None:
 def test_on_delete_value_is_checked() -> None:
     with pytest.raises(MappingError, match="on_delete='nothing'"):
         Reference(Company, index=True, on_delete="nothing")
+    with pytest.raises(MappingError, match=r"References\(on_delete='nothing'\)"):
+        References(Company, index=True, on_delete="nothing")
+
+
+def test_on_delete_is_for_references_only() -> None:
+    with pytest.raises(TypeError, match="on_delete= is for Reference and References"):
+        redisca.Set(str, index=True, on_delete="cascade")
+
+
+def test_references_on_delete_needs_an_index() -> None:
+    other = Registry()
+    with pytest.raises(MappingError, match="needs index=True"):
+
+        @other.mapped(prefix="bad3")
+        @attrs.define(eq=False)
+        class Bad:
+            labels: set[Label] = References(Label, on_delete="set_null")
+            id: str | None = None
+
+
+def test_incoming_includes_references_collections() -> None:
+    found = [
+        (f.mapper.class_, f.name, f.on_delete) for f in registry.incoming(registry.resolve(Label))
+    ]
+    assert found == [
+        (Article, "labels", "set_null"),
+        (Pin, "labels", "restrict"),
+        (Bundle, "labels", "cascade"),
+    ]
 
 
 def test_incoming_references_per_target_mapper() -> None:
@@ -285,13 +358,31 @@ TARGETS = 12
 ROUNDS = 30
 
 
+#: Each race: (target class, referrer class, referring field).
+RACES: dict[str, tuple[type, type, str]] = {
+    "restrict": (Company, User, "company"),
+    "cascade": (User, Post, "author"),
+    "references-restrict": (Label, Pin, "labels"),
+    "references-cascade": (Label, Bundle, "labels"),
+}
+
+
+def new_referrer(s: Session, how: str, ident: str, name: str) -> Any:
+    target = s.reference(RACES[how][0], ident)
+    if how == "restrict":
+        return User(name="u", company=target, id=name)
+    if how == "cascade":
+        return Post(title="p", author=target, id=name)
+    return RACES[how][1](labels={target}, id=name)
+
+
 def race_worker(url: str, kwargs: dict[str, Any], how: str, role: str, seed: int, out: Any) -> None:
     """``role`` "delete": deletes random targets; "add": adds referrers to random
-    targets. ``how``: "restrict" (User.company -> Company) or "cascade" (Post.author ->
-    User). Each round's outcome goes to ``out``."""
+    targets, through the field ``how`` names in :data:`RACES`. Each round's outcome goes
+    to ``out``."""
     rng = random.Random(seed)
     client = connect(url, **kwargs)
-    target_cls, referrer = (Company, "user") if how == "restrict" else (User, "post")
+    target_cls, referrer_cls, field = RACES[how]
     for n in range(ROUNDS):
         s = Session(client)
         ident = f"t{rng.randrange(TARGETS)}"
@@ -303,14 +394,12 @@ def race_worker(url: str, kwargs: dict[str, Any], how: str, role: str, seed: int
                     s.commit()
                     out.put(("absent", None))
                     continue
-                if how == "restrict":  # its referrers as seen now; more may come before commit
-                    for member in client.smembers(index(User, "company", ident)):
-                        s.delete(s.reference(User, raw(member).decode()))  # type: ignore[union-attr]
+                if how.endswith("restrict"):  # its referrers now; more may come before commit
+                    for member in client.smembers(index(referrer_cls, field, ident)):
+                        s.delete(s.reference(referrer_cls, raw(member).decode()))  # type: ignore[union-attr]
                 s.delete(found)
-            elif referrer == "user":
-                s.add(User(name="u", company=s.reference(Company, ident), id=f"u{seed}-{n}"))
             else:
-                s.add(Post(title="p", author=s.reference(User, ident), id=f"p{seed}-{n}"))
+                s.add(new_referrer(s, how, ident, f"r{seed}-{n}"))
             s.commit()
             out.put((f"{role}d", None))
         except IntegrityError as exc:
@@ -320,7 +409,7 @@ def race_worker(url: str, kwargs: dict[str, Any], how: str, role: str, seed: int
     client.close()
 
 
-@pytest.mark.parametrize("how", ["restrict", "cascade"])
+@pytest.mark.parametrize("how", list(RACES))
 def test_race_deletes_and_new_referrers_never_dangle(
     r: redis.Redis, redis_url: str, how: str
 ) -> None:
@@ -329,11 +418,9 @@ def test_race_deletes_and_new_referrers_never_dangle(
         "decode_responses": kwargs.get("decode_responses", False),
         "protocol": kwargs["protocol"],
     }
+    target_cls, referrer_cls, field = RACES[how]
     with Session(r) as s:
-        if how == "restrict":
-            s.add_all(Company(name="c", id=f"t{n}") for n in range(TARGETS))
-        else:
-            s.add_all(User(name="u", id=f"t{n}") for n in range(TARGETS))
+        s.add_all(target_cls(name="t", id=f"t{n}") for n in range(TARGETS))
         s.commit()
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -354,20 +441,23 @@ def test_race_deletes_and_new_referrers_never_dangle(
     assert "error" not in outcomes, [row for row in results if row[0] == "error"]
     assert outcomes.count("deleted") > 0 and outcomes.count("addd") > 0, results
     # From raw Redis: every referrer's target exists.
-    referrer_cls, field = (User, "company") if how == "restrict" else (Post, "author")
-    target_cls = Company if how == "restrict" else User
-    pattern = registry.resolve(referrer_cls).layout.entity_pattern
+    layout = registry.resolve(referrer_cls).layout
     dangling = []
     referrers = 0
     scanned = 0
-    for k in r.scan_iter(match=pattern):
+    for k in r.scan_iter(match=layout.entity_pattern):
         scanned += 1
-        value = raw(r.hget(k, field))
-        if value is None:
-            continue
-        referrers += 1
-        if not r.exists(key(target_cls, value.decode())):
-            dangling.append((k, value))
+        if how.startswith("references"):
+            ident = raw(k)[layout.entity_prefix_len() :]  # type: ignore[index]
+            values = [raw(m) for m in r.smembers(layout.members(field.encode(), ident))]
+        else:
+            values = [raw(r.hget(k, field))]
+        for value in values:
+            if value is None:
+                continue
+            referrers += 1
+            if not r.exists(key(target_cls, value.decode())):
+                dangling.append((k, value))
     assert dangling == []
     print(
         f"\nrace {how}: deleted={outcomes.count('deleted')} added={outcomes.count('addd')} "
@@ -391,3 +481,135 @@ def test_check_reports_dangling_references_and_reindex_leaves_them(r: redis.Redi
     assert raw(r.hget(key(Post, "p1"), "editor")) == b"ghost"
     after = [(p.kind, p.key, p.field) for p in check(registry, r).problems]
     assert after == [("dangling_reference", key(Post, "p1"), "editor")]
+
+
+# -- References(cls, on_delete=...) ------------------------------------------------------
+
+
+def members(r: redis.Redis, cls: type, field: str, ident: str) -> set[bytes | None]:
+    """The ids in one entity's ``References`` set, read from Redis."""
+    found = r.smembers(registry.resolve(cls).layout.members(field.encode(), ident.encode()))
+    return {raw(m) for m in found}  # type: ignore[union-attr]
+
+
+def seed_labels(r: redis.Redis) -> None:
+    with Session(r) as s:
+        a, b = Label(name="a", id="a"), Label(name="b", id="b")
+        s.add_all([a, b, Label(name="c", id="c")])
+        s.add(Article(title="x", labels={a, b}, id="x"))
+        s.add(Article(title="y", labels={a}, id="y"))
+        s.commit()
+
+
+def test_references_set_null_removes_the_member_and_its_index_entry(r: redis.Redis) -> None:
+    seed_labels(r)
+    with Session(r) as s:
+        s.delete(s.get(Label, "a"))
+        s.commit()
+    assert members(r, Article, "labels", "x") == {b"b"}
+    assert members(r, Article, "labels", "y") == set()  # its last member: the key went
+    assert r.exists(key(Article, "x")) and r.exists(key(Article, "y"))
+    assert not r.exists(index(Article, "labels", "a"))
+    assert {raw(m) for m in r.smembers(index(Article, "labels", "b"))} == {b"x"}
+    with Session(r) as s:
+        assert {t.id for t in s.get(Article, "x").labels} == {"b"}
+
+
+def test_references_set_null_updates_referrers_loaded_in_the_session(r: redis.Redis) -> None:
+    seed_labels(r)
+    with Session(r) as s:
+        x, y = s.get(Article, "x"), s.get(Article, "y")
+        s.delete(s.get(Label, "a"))
+        s.commit()
+        assert {t.id for t in x.labels} == {"b"} and y.labels == set()
+        assert not s.dirty and not s.is_modified(x)
+        x.title = "x2"  # a later commit must not write the deleted label back
+        s.commit()
+    assert members(r, Article, "labels", "x") == {b"b"}
+    assert not r.exists(index(Article, "labels", "a"))
+
+
+def test_set_null_updates_a_reference_loaded_in_the_session(r: redis.Redis) -> None:
+    seed(r)
+    with Session(r) as s:
+        tag = s.get(Tag, "t1")
+        assert tag.company is not None
+        s.delete(s.get(User, "ann"))
+        s.delete(s.get(Company, "acme"))
+        s.commit()
+        assert tag.company is None  # not the deleted company
+        assert not s.dirty
+        tag.name = "t2"
+        s.commit()
+    assert raw(r.hget(key(Tag, "t1"), "company")) is None
+    assert not r.exists(index(Tag, "company", "acme"))
+
+
+def test_references_set_null_keeps_a_member_added_by_the_same_commit(r: redis.Redis) -> None:
+    seed_labels(r)
+    with Session(r) as s:
+        x = s.get(Article, "x")
+        x.labels.discard(s.get(Label, "a"))  # moved away in the same commit: no set_null
+        x.labels.add(s.get(Label, "c"))
+        s.delete(s.get(Label, "a"))
+        s.commit()
+        assert {t.id for t in x.labels} == {"b", "c"}
+    assert members(r, Article, "labels", "x") == {b"b", b"c"}
+    assert members(r, Article, "labels", "y") == set()
+
+
+def test_references_restrict_refuses_then_passes_once_removed(r: redis.Redis) -> None:
+    seed_labels(r)
+    with Session(r) as s:
+        s.add(Pin(labels={s.get(Label, "c")}, id="p"))
+        s.commit()
+    before = {k: r.type(k) for k in r.keys("*")}
+    s = Session(r)
+    s.delete(s.get(Label, "c"))
+    with pytest.raises(IntegrityError, match=r"Pin\.labels, on_delete='restrict'") as info:
+        s.commit()
+    assert info.value.referrer == key(Pin, "p") and info.value.field == "labels"
+    assert {k: r.type(k) for k in r.keys("*")} == before
+    s.rollback()
+    pin = s.get(Pin, "p")
+    pin.labels.clear()
+    s.delete(s.get(Label, "c"))
+    s.commit()
+    assert not r.exists(key(Label, "c")) and not r.exists(index(Pin, "labels", "c"))
+
+
+def test_references_cascade_deletes_the_holders(r: redis.Redis) -> None:
+    seed_labels(r)
+    with Session(r) as s:
+        s.add(Bundle(labels={s.get(Label, "b"), s.get(Label, "c")}, id="bu"))
+        s.commit()
+    with Session(r) as s:
+        s.delete(s.reference(Label, "c"))
+        s.commit()
+    assert not r.exists(key(Bundle, "bu"))
+    assert members(r, Bundle, "labels", "bu") == set()
+    assert not r.exists(index(Bundle, "labels", "b"))  # its other label's entry too
+    assert not r.exists(index(Bundle, "labels", "c"))
+    assert r.exists(key(Label, "b"))
+
+
+def test_references_new_member_must_exist(r: redis.Redis) -> None:
+    seed_labels(r)
+    s = Session(r)
+    x = s.get(Article, "x")
+    x.labels.add(s.reference(Label, "nope"))
+    with pytest.raises(IntegrityError, match="does not exist") as info:
+        s.commit()
+    assert info.value.target == key(Label, "nope") and info.value.field == "labels"
+    assert members(r, Article, "labels", "x") == {b"a", b"b"}
+    s.rollback()
+    x = s.get(Article, "x")
+    c = s.get(Label, "c")
+    x.labels.add(c)
+    s.delete(c)
+    with pytest.raises(IntegrityError, match="this commit deletes"):
+        s.commit()
+    s.rollback()
+    s.close()
+    assert r.exists(key(Label, "c"))
+    assert members(r, Article, "labels", "x") == {b"a", b"b"}

@@ -374,3 +374,42 @@ def test_a_mapped_subclass_of_a_mapped_class(r: redis.Redis) -> None:
         assert root is not None and (root.name, root.level, root.shell) == ("ann", 9, "sh")
         assert s.get(Person, "a") is None  # an Admin is not stored as a Person
         assert repr(root) == "Root(name='ann', nick=None, id='r', level=9, shell='sh')"
+
+
+def test_a_reference_to_the_base_refuses_a_mapped_subclass_instance(r: redis.Redis) -> None:
+    """A reference stores the id alone and loads it among the base's entities, where a
+    subclass entity is not: accepting one wrote a reference that loaded as ``NotFound``
+    (or, with an ``on_delete``, was refused as "does not exist")."""
+    reg = Registry()
+
+    @reg.mapped(prefix="tr.acct")
+    @attrs.define(eq=False)
+    class Account:
+        name: str = String()
+        id: str | None = None
+
+    @reg.mapped(prefix="tr.staff")
+    @attrs.define(eq=False, kw_only=True)
+    class Staff(Account):
+        level: int = 1
+
+    @reg.mapped(prefix="tr.memo")
+    @attrs.define(eq=False)
+    class Memo:
+        owner: Account | None = Reference(Account, index=True, default=None)
+        readers: set[Account] = redisca.References(Account)
+        id: str | None = None
+
+    staff = Staff(name="root", id="s")
+    with pytest.raises(redisca.ValidationError, match=r"got a Staff: .*Reference\(Staff\)"):
+        Memo(owner=staff)
+    memo = Memo(owner=Account(name="ann", id="a"))
+    with pytest.raises(redisca.ValidationError, match="got a Staff"):
+        memo.readers = {staff}
+    memo.readers.add(staff)  # in place: checked before the commit sends anything
+    with Session(r) as s:
+        s.add(memo)
+        with pytest.raises(redisca.ValidationError, match="got a Staff"):
+            s.commit()
+        s.rollback()
+    assert r.keys("{tr.memo}*") == []

@@ -45,6 +45,7 @@ from ..errors import MappingError
 from ..mapping.keys import NO_VALUE, KeyLayout, head_shards, shard_of
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
+from ..session import sweep as sweeping
 from .common import (
     Progress,
     Ticker,
@@ -70,11 +71,12 @@ from .untagged import fate
 CONFIRM_GROUP = 25
 CONFIRM_TRIES = 4
 
-#: The Redis type of each kind of index key.
-TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash"}
+#: The Redis type of each kind of index key (and of an expiring model's ``H#exp``, whose
+#: members are checked against the hashes as the all-ids index's are).
+TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash", "expiry": b"zset"}
 
-#: Keys of other kinds whose type is checked.
-_OTHER_TYPES = {"marker": b"list", "guard": b"string"}
+#: Keys of other kinds whose type is checked (``members``: an indexed set's).
+_OTHER_TYPES = {"marker": b"list", "guard": b"string", "members": b"set"}
 
 #: The type an index key had in the layout before redisca 2.0, where it differs.
 _OLD_TYPES = {"all": b"set", "unique": b"string"}
@@ -82,13 +84,23 @@ _OLD_TYPES = {"all": b"set", "unique": b"string"}
 #: The command that probes many members of one index key at once (Redis 6.2).
 _MULTI = {"all": b"ZMSCORE", "eq": b"SMISMEMBER", "range": b"ZMSCORE", "unique": b"HMGET"}
 
-#: The command that counts an index key's entries.
-_SIZE = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN"}
+#: The command that counts an index key's entries (``member``: a collection's member
+#: index, an equality set per member value).
+_SIZE = {
+    "all": b"ZCARD",
+    "eq": b"SCARD",
+    "range": b"ZCARD",
+    "unique": b"HLEN",
+    "member": b"SCARD",
+}
 
 _INF = float("inf")
 
 #: A suspect found in the second pass: (what to confirm, key, member, field).
 Entry = tuple[str, bytes, bytes | None, MappedField | None]
+
+#: An expiring model's ``H#exp`` is sized as the all-ids index is.
+_SIZE["expiry"] = _SIZE["all"]
 
 
 @attrs.define
@@ -109,6 +121,10 @@ class ModelSummary:
     #: A reindex was running: its build keys were left alone.
     reindexing: bool = False
     seconds: float = 0.0
+    #: Entities expired and not yet swept (``python -m redisca sweep``), and the index
+    #: entries and unique claims they still hold: what they left, not problems.
+    expired: int = 0
+    expired_entries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -139,6 +155,7 @@ def check(
     client = resolve_client(client)
     report = CheckReport()
     for mapper in select_mappers(registry_or_classes, models, sharded=True):
+
         def one(
             k: int, view: Mapper, shown: Progress | None, whole: Mapper = mapper
         ) -> tuple[list[Problem], Any]:
@@ -166,6 +183,8 @@ def _added(total: ModelSummary, part: ModelSummary) -> ModelSummary:
         old_keys=total.old_keys + part.old_keys,
         reindexing=total.reindexing or part.reindexing,
         seconds=round(total.seconds + part.seconds, 3),
+        expired=total.expired + part.expired,
+        expired_entries=total.expired_entries + part.expired_entries,
     )
 
 
@@ -279,6 +298,8 @@ class _ModelCheck:
         self.problems: dict[Problem, None] = {}
         #: Unique values (stripe, value) whose problem the entity pass already tells.
         self.told: set[tuple[bytes, bytes | None]] = set()
+        #: Entity keys of the page being checked that are expired (not yet swept).
+        self.expired: set[bytes] = set()
         self.entity_suspects: dict[bytes, None] = {}
         #: Index keys (equality, range, all-ids) by how many entities call for them.
         self.expected: Counter[bytes] = Counter()
@@ -290,6 +311,8 @@ class _ModelCheck:
         self.stripes: dict[bytes, list[bytes]] = {}
         self.entry_suspects: dict[Entry, None] = {}
         self.marker_run: bytes | None = None
+        #: The indexed collections (``Set``, ``References`` with ``index=True``).
+        self.member_fields = [f for f in mapper.collections if f.indexed]
 
     def run(self) -> tuple[list[Problem], ModelSummary]:
         started = time.monotonic()
@@ -324,8 +347,10 @@ class _ModelCheck:
         """One page: the hashes in one round trip, then what they call for in another,
         a command per index key (``SMISMEMBER``, ``ZMSCORE``, ``HMGET``)."""
         hashes = run(self.client, [(b"HGETALL", key) for key in keys])
+        self.expired = self.expired_of(keys, hashes)
         probes: dict[tuple[bytes, bytes], list[tuple[bytes, bytes, Expect]]] = {}
         references: list[tuple[bytes, MappedField, bytes]] = []
+        held: list[bytes] = []  # the ids of the page's entities with an indexed set
         for key, reply in zip(keys, hashes, strict=True):
             if isinstance(reply, ResponseError):
                 self.entity_suspects[key] = None
@@ -342,6 +367,8 @@ class _ModelCheck:
             if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
             references += self.references_of(key, values)
+            if self.member_fields:
+                held.append(ident)
             for expect in expects:
                 group = (_MULTI[expect.kind], expect.key)
                 probes.setdefault(group, []).append((key, ident, expect))
@@ -354,6 +381,60 @@ class _ModelCheck:
                 self.tally(key, ident, expect, answer)
             self.summary.entries += len(items)
         self.check_references(references)
+        if held:
+            self.check_members(held)
+
+    def check_members(self, idents: list[bytes]) -> None:
+        """Each member of a page's indexed sets against its member index entry
+        (``H#i:<field>:<member>`` must hold the id): one ``SMEMBERS`` per set, then one
+        ``SMISMEMBER`` per member index key, in two round trips per page."""
+        wanted = [(ident, f) for ident in idents for f in self.member_fields]
+        sets = [(b"SMEMBERS", self.layout.members(f.hash_field, i)) for i, f in wanted]
+        probes: dict[bytes, list[tuple[bytes, MappedField]]] = {}
+        references: list[tuple[bytes, MappedField, bytes]] = []
+        for (ident, field), reply in zip(wanted, run(self.client, sets), strict=True):
+            if isinstance(reply, ResponseError):
+                key = self.layout.members(field.hash_field, ident)
+                self.entry_suspects[("type", key, None, field)] = None
+                continue
+            if field.is_reference:
+                references += self.members_referred(ident, field, reply)
+            for raw in reply:
+                index = _member_index(self.layout, field, bytes(raw))
+                if index is None:
+                    continue  # cannot be indexed: no entry to look for
+                self.expected[index] += 1
+                probes.setdefault(index, []).append((ident, field))
+        commands = [
+            (b"SMISMEMBER", index, *(i for i, _ in items)) for index, items in probes.items()
+        ]
+        for (index, items), reply in zip(probes.items(), run(self.client, commands), strict=True):
+            answers = [reply] * len(items) if isinstance(reply, ResponseError) else reply
+            self.summary.entries += len(items)
+            for (ident, field), answer in zip(items, answers, strict=True):
+                if isinstance(answer, ResponseError):
+                    self.entry_suspects[("type", index, None, field)] = None
+                elif not answer:
+                    self.entry_suspects[("member", index, ident, field)] = None
+                    self.doubtful.add(index)
+        self.check_references(references)
+
+    def members_referred(
+        self, ident: bytes, field: MappedField, members: Any
+    ) -> list[tuple[bytes, MappedField, bytes]]:
+        """A ``References`` set's members, as (the entity's key, field, the target's
+        key): each is looked up as a reference is (``dangling_reference``)."""
+        try:
+            target = field.target_mapper()
+        except MappingError:
+            return []  # the target class is not mapped (yet): nothing to look up
+        key = self.layout.entity_of(ident)
+        found = []
+        for raw in members:
+            if _utf8(bytes(raw)):
+                member = bytes(raw).decode()
+                found.append((key, field, target.layout.for_id(member).entity(member)))
+        return found
 
     def references_of(
         self, key: bytes, values: dict[bytes, bytes]
@@ -375,6 +456,7 @@ class _ModelCheck:
     def check_references(self, references: list[tuple[bytes, MappedField, bytes]]) -> None:
         """A reference whose target hash is missing is reported, whatever its
         ``on_delete`` (one ``EXISTS`` per reference, in one round trip per page)."""
+        references = [r for r in references if r[0] not in self.expired]  # refer to nothing
         if not references:
             return
         replies = run(self.client, [(b"EXISTS", target) for _, _, target in references])
@@ -384,8 +466,31 @@ class _ModelCheck:
                 found = self.problem("dangling_reference", key, field.name, detail)
                 self.problems[found] = None
 
+    def expired_of(self, keys: list[bytes], hashes: list[Any]) -> set[bytes]:
+        """The page's entities that are expired by the server's clock (an expiring model's
+        only: one ``ZMSCORE`` of ``H#exp``), counted; each found in it counts toward its
+        size."""
+        if not self.mapper.expiring or not keys:
+            return set()
+        expiry = self.layout.expiry
+        ids = [self.ident(key) for key in keys]
+        now, scores = run(
+            self.client, [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
+        )
+        if isinstance(scores, ResponseError):
+            return set()  # not a sorted set: the index pass reports the key
+        self.expected[expiry] += sum(score is not None for score in scores)
+        gone = sweeping.expired_ids(scores, now)
+        expired = {k for k, h, g in zip(keys, hashes, gone, strict=True) if g and h}
+        self.summary.expired += len(expired)
+        return expired
+
     def tally(self, key: bytes, ident: bytes, expect: Expect, answer: Any) -> None:
         verdict = expect.verdict(ident, answer)
+        if key in self.expired:  # what it left: counted; missing or taken over, no matter
+            if verdict is not None:
+                return
+            self.summary.expired_entries += 1
         if expect.kind == "unique":
             if verdict is None and expect.field is not None:
                 self.owned[expect.field.hash_field] += 1
@@ -503,7 +608,10 @@ class _ModelCheck:
                 unique_sizes[field.hash_field] += int(size)
                 self.stripes.setdefault(field.hash_field, []).append(key)
             elif int(size) != self.expected[key] or key in self.doubtful:
-                self.check_index(key, kind, field)
+                if kind == "member" and field is not None:
+                    self.check_member_index(key, field)
+                else:
+                    self.check_index(key, kind, field)
 
     def check_unique_field(self, field: MappedField) -> None:
         for stripe in dict.fromkeys(self.stripes.get(field.hash_field, [])):
@@ -527,15 +635,18 @@ class _ModelCheck:
         if parsed.kind == "old_unique":
             self.entry_suspects[("old", key, None, None)] = None
             return None
+        if parsed.kind == "expiry":
+            if self.mapper.expiring:
+                return "expiry", None
+            self.entry_suspects[("stray", key, None, None)] = None
+            return None
         collection = next(
             (f for f in self.mapper.collections if f.hash_field == parsed.field), None
         )
-        if collection is not None and (
-            parsed.kind == "members" or (parsed.kind == "eq" and collection.indexed)
-        ):
-            # A collection's members, or a member index commits keep: not verified yet
-            # (the members are in keys of their own, which this check does not read).
-            return None
+        if collection is not None and parsed.kind == "eq" and collection.indexed:
+            return "member", collection  # a member index: against the members' keys
+        if collection is not None and parsed.kind == "members":
+            return None  # read with its entity (pass 1)
         if parsed.kind not in TYPES:
             self.entry_suspects[("stray", key, None, None)] = None
             return None
@@ -572,6 +683,20 @@ class _ModelCheck:
                         found = holds(field, replies[n], value)
                     if not found:
                         self.entry_suspects[(kind, key, member, field)] = None
+        except ResponseError:
+            self.entry_suspects[("type", key, None, field)] = None
+
+    def check_member_index(self, key: bytes, field: MappedField) -> None:
+        """Each id of a member index against the set of the entity it names (read only
+        when the index holds more ids than the entity pass saw call for it)."""
+        try:
+            for members in scan_members(self.client, key, b"set", self.batch):
+                self.summary.entries += len(members)
+                idents = [m for m, _ in members]
+                sets = [(b"SMEMBERS", self.layout.members(field.hash_field, i)) for i in idents]
+                for ident, reply in zip(idents, run(self.client, sets), strict=True):
+                    if not _holds_member(self.layout, field, reply, key):
+                        self.entry_suspects[("member", key, ident, field)] = None
         except ResponseError:
             self.entry_suspects[("type", key, None, field)] = None
 
@@ -618,6 +743,7 @@ class _ModelCheck:
 
     def confirm_entities(self, snap: Snapshot, keys: list[bytes]) -> list[Problem]:
         replies = snap.read(keys, [c for k in keys for c in ((b"TYPE", k), (b"HGETALL", k))])
+        expired = self.expired_in(snap, keys)
         found: list[Problem] = []
         probes: list[tuple[bytes, bytes, Expect]] = []
         for n, key in enumerate(keys):
@@ -636,7 +762,8 @@ class _ModelCheck:
                 name = field.codec.name if field.codec is not None else "id"
                 detail = f"holds {raw[:60]!r}: not a valid {name} ({exc})"
                 found.append(self.problem("undecodable", key, field.name, detail))
-            probes += [(key, ident, e) for e in expects]
+            if key not in expired:  # an expired entity's entries are leftovers
+                probes += [(key, ident, e) for e in expects]
         replies = snap.read([e.key for *_, e in probes], [e.probe(i) for _, i, e in probes])
         owned: list[tuple[bytes, Expect, bytes]] = []
         for (key, ident, expect), reply in zip(probes, replies, strict=True):
@@ -648,6 +775,19 @@ class _ModelCheck:
             elif verdict is not None:
                 found.append(self.missing(verdict, key, ident, expect, reply))
         return found + self.owners(snap, owned)
+
+    def expired_in(self, snap: Snapshot, keys: list[bytes]) -> set[bytes]:
+        """The entities among ``keys`` expired at the snapshot (``H#exp`` watched)."""
+        if not self.mapper.expiring or not keys:
+            return set()
+        expiry = self.layout.expiry
+        ids = [self.ident(key) for key in keys]
+        now, scores = snap.read(
+            [expiry], [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
+        )
+        if isinstance(scores, ResponseError):
+            return set()
+        return {k for k, gone in zip(keys, sweeping.expired_ids(scores, now), strict=True) if gone}
 
     def owners(self, snap: Snapshot, owned: list[tuple[bytes, Expect, bytes]]) -> list[Problem]:
         """Unique keys naming another entity: a duplicate if that one holds the value too."""
@@ -722,14 +862,18 @@ class _ModelCheck:
             )
         if kind == "unique":
             return self.confirm_unique(snap, key, member, field)
+        if kind == "member":
+            assert member is not None and field is not None
+            return self.confirm_member(snap, key, member, field)
         assert member is not None
         entity = self.layout.entity_of(member)
-        if kind == "all":
+        if kind in ("all", "expiry"):
             present, exists = snap.read(
                 [key, entity], [(b"ZSCORE", key, member), (b"EXISTS", entity)]
             )
             if present is not None and not isinstance(present, ResponseError) and not exists:
-                return self.problem("stale_id", key, None, f"{show(member)} has no hash")
+                stale = "stale_id" if kind == "all" else "stale_expiry"
+                return self.problem(stale, key, None, f"{show(member)} has no hash")
             return None
         assert field is not None
         if kind == "eq":
@@ -746,6 +890,31 @@ class _ModelCheck:
             return None
         holding = "has no such value (or no hash)" if raw is None else f"holds {show(raw)!r}"
         return self.problem("orphan_entry", key, name, f"{show(member)} {holding}")
+
+    def confirm_member(
+        self, snap: Snapshot, key: bytes, ident: bytes, field: MappedField
+    ) -> Problem | None:
+        """A member index entry against the entity's set, both read in one snapshot: an
+        entry naming an entity whose set lacks the member (or that does not exist) is
+        stale, a member whose entry is missing is missing."""
+        entity = self.layout.entity_of(ident)
+        members = self.layout.members(field.hash_field, ident)
+        present, held, exists = snap.read(
+            [key, members, entity],
+            [(b"SISMEMBER", key, ident), (b"SMEMBERS", members), (b"EXISTS", entity)],
+        )
+        if any(isinstance(r, ResponseError) for r in (present, held, exists)):
+            return None  # a wrong type: told by the key's own confirmation
+        value = self.layout.parse(key).value
+        holds_it = bool(exists) and _holds_member(self.layout, field, held, key)
+        shown = show(value or b"")
+        if present and not holds_it:
+            holding = f"its {field.name} lacks {shown!r}" if exists else "it has no hash"
+            return self.problem("stale_member_entry", key, field.name, f"{show(ident)}: {holding}")
+        if not present and holds_it:
+            detail = f"{show(ident)} holds {shown!r} in {field.name}, but is not in it"
+            return self.problem("missing_member_entry", key, field.name, detail)
+        return None
 
     def confirm_unique(
         self, snap: Snapshot, key: bytes, value: bytes | None, field: MappedField | None
@@ -781,6 +950,23 @@ class _ModelCheck:
 
 def _indexes(field: MappedField, kind: str) -> bool:
     return field.unique if kind == "unique" else field.index == kind
+
+
+def _member_index(layout: KeyLayout, field: MappedField, raw: bytes) -> bytes | None:
+    """The member index key of one stored member, ``None`` if its value cannot be
+    indexed (undecodable)."""
+    try:
+        return layout.eq_index(field.hash_field, field.index_key(raw))
+    except Exception:
+        return None
+
+
+def _holds_member(layout: KeyLayout, field: MappedField, members: Any, key: bytes) -> bool:
+    """Whether an entity's set (an ``SMEMBERS`` reply) has a member indexed under the
+    member index ``key``."""
+    if isinstance(members, ResponseError) or not members:
+        return False
+    return any(_member_index(layout, field, bytes(m)) == key for m in members)
 
 
 def _range_probes(entity: bytes, field: MappedField) -> tuple[tuple[bytes, ...], ...]:
@@ -844,6 +1030,8 @@ def _stray_detail(kind: str) -> str:
         "scratch": "a query's scratch key outside its transaction",
         "build": "a build key of a reindex that is not running",
         "build_dir": "the build directory of a reindex that is not running",
+        "expiry": "expiry instants of a model that does not expire (not mapped with ttl= "
+        "or expiring=True): its reads ignore them",
     }.get(kind, "not a key redisca writes")
 
 

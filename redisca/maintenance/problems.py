@@ -14,6 +14,8 @@ KINDS: dict[str, str] = {
     "undecodable": "a stored value its field's codec cannot read, or an id that is not UTF-8",
     "missing_from_all": "an entity whose id is missing from the all-ids set",
     "stale_id": "an id in the all-ids set whose entity does not exist",
+    "stale_expiry": "an id in an expiring model's expiry instants (`H#exp`) whose entity "
+    "does not exist (once its instant passes, `sweep` removes it)",
     "missing_entry": "an entity's indexed value is missing from its index",
     "orphan_entry": "an index entry whose entity does not hold that value, or does not exist",
     "wrong_score": "a range index entry whose score is not its entity's value",
@@ -21,7 +23,12 @@ KINDS: dict[str, str] = {
     "wrong_owner": "a unique key names another id than the entity that holds the value",
     "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
     "duplicate_unique": "two entities hold the same unique value",
-    "dangling_reference": "a reference field naming an entity that does not exist (any "
+    "missing_member_entry": "a member of an entity's indexed `Set` or `References` whose "
+    "member index entry (`H#i:<field>:<member>`) does not name the entity",
+    "stale_member_entry": "a member index entry naming an entity that does not hold that "
+    "member (or does not exist)",
+    "dangling_reference": "a reference field, or a member of a `References` set, naming an "
+    "entity that does not exist (any "
     "`on_delete`; `reindex` reports it and leaves it: which entity was meant is the "
     "user's to decide)",
     "wrong_shard": "an entity of a sharded model in another shard than its id's (left by "

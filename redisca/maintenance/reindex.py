@@ -193,12 +193,13 @@ def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
     of a model without a range index (with one, its first range field's index holds
     every id: rebuilding that field rebuilds the all-ids index)."""
     if fields is None:
-        indexed = [f.hash_field for f in mapper.indexed]
+        indexed = [f.hash_field for f in (*mapper.indexed, *_member_indexed(mapper))]
         return indexed if mapper.layout.all_ids_is_range else [ALL_IDS, *indexed]
+    collections = {f.name: f for f in mapper.collections}
     chosen: list[bytes] = []
     for wanted in [fields] if isinstance(fields, str) else fields:
         name = getattr(wanted, "name", wanted)
-        field = mapper.by_name.get(name) if isinstance(name, str) else None
+        field = mapper.by_name.get(name) or collections.get(name) if isinstance(name, str) else None
         if field is None:
             raise UnknownName(f"{model_name(mapper)} has no mapped attribute {wanted!r}")
         if not field.indexed:
@@ -207,6 +208,12 @@ def _members(mapper: Mapper, fields: Iterable[Any] | None) -> list[bytes]:
             )
         chosen.append(field.hash_field)
     return list(dict.fromkeys(chosen))
+
+
+def _member_indexed(mapper: Mapper) -> list[MappedField]:
+    """The collections with a member index (``Set`` / ``References`` with ``index=True``):
+    rebuilt from their members' keys (``H#m:<field>:<id>``), not from the hashes."""
+    return [f for f in mapper.collections if f.indexed]
 
 
 class _Run:
@@ -235,6 +242,8 @@ class _Run:
         self.directory = self.layout.build_dir(self.token)
         self.built_name = self.layout.builder(self.token)
         self.fields = by_hash_field(mapper)
+        #: The member indexes this run rebuilds.
+        self.collections = [f for f in _member_indexed(mapper) if f.hash_field in members]
         self.name = model_name(mapper)
         self.problems: list[Problem] = []
         self.summary = ModelReindex(
@@ -358,15 +367,22 @@ class _Run:
     def try_page(self, keys: list[bytes]) -> bool:
         """Index one page of entities as they are at ``EXEC``; ``False`` if one changed."""
         marker = self.layout.marker
+        # The members of the page's indexed sets, watched too: a commit may change a set
+        # and not its entity's hash.
+        sets = [self.members_key(key, f) for key in keys for f in self.collections]
         with self.space.connection() as conn:
-            reads: list[Command] = [(b"WATCH", marker, *keys), (b"LINDEX", marker, 0)]
-            replies = send(conn, [*reads, *((b"HGETALL", k) for k in keys)], "a page's reads")
+            reads: list[Command] = [(b"WATCH", marker, *keys, *sets), (b"LINDEX", marker, 0)]
+            reads += [(b"HGETALL", k) for k in keys]
+            reads += [(b"SMEMBERS", k) for k in sets]
+            replies = send(conn, reads, "a page's reads")
             if replies[1] != self.token:
                 executor.roundtrip(conn, [(b"UNWATCH",)])
                 raise RunLost(f"the reindex marker of {self.name} expired or was removed")
             page = _Page(self)
-            for key, reply in zip(keys, replies[2:], strict=True):
-                page.add(key, reply)
+            members = iter(replies[2 + len(keys) :])
+            for key, reply in zip(keys, replies[2 : 2 + len(keys)], strict=True):
+                held = {f: next(members) for f in self.collections}
+                page.add(key, reply, held)
             result = executor.transaction(conn, page.commands())
         if result is None:
             return False
@@ -375,6 +391,10 @@ class _Run:
         self.problems += page.problems
         self.claimed(page, result)
         return True
+
+    def members_key(self, key: bytes, field: MappedField) -> bytes:
+        ident = key[self.layout.entity_prefix_len() :]
+        return self.layout.members(field.hash_field, ident)
 
     def claimed(self, page: _Page, result: list[Any]) -> None:
         """Unique values another entity had claimed in the build stripe: two hold them."""
@@ -410,9 +430,8 @@ class _Run:
             and self.mapper.default_order.hash_field in rebuilt
         )
         found: list[bytes] = []
-        # Member indexes of collections are not rebuilt from the hashes (the members are
-        # in keys of their own): a reindex leaves them as commits keep them.
-        kept = {f.hash_field for f in self.mapper.collections if f.indexed}
+        # Member indexes of collections this run does not rebuild stay as they are.
+        kept = {f.hash_field for f in _member_indexed(self.mapper)} - rebuilt
         for keys in self.space.scan(self.layout.namespace_pattern, self.batch):
             for key in keys:
                 parsed = self.layout.parse(key)
@@ -469,7 +488,9 @@ class _Page:
         self.entries = 0
         self.problems: list[Problem] = []
 
-    def add(self, key: bytes, reply: Any) -> None:
+    def add(self, key: bytes, reply: Any, held: dict[MappedField, Any]) -> None:
+        """One entity's entries: from its hash, and (``held``: ``SMEMBERS`` replies)
+        from its indexed sets."""
         name = self.task.name
         if isinstance(reply, ResponseError):
             self.problems.append(Problem("wrong_type", name, show(key), None, "not a hash"))
@@ -504,6 +525,24 @@ class _Page:
                 assert expect.field is not None and expect.value is not None
                 built = self.build_key(expect.key)
                 self.claims.append((built, expect.key, expect.field, expect.value, ident))
+        for field, members in held.items():
+            self.add_members(key, ident, field, members)
+
+    def add_members(self, key: bytes, ident: bytes, field: MappedField, members: Any) -> None:
+        name = self.task.name
+        if isinstance(members, ResponseError):
+            where = show(self.layout.members(field.hash_field, ident))
+            self.problems.append(Problem("wrong_type", name, where, field.name, "not a set"))
+            return
+        for raw in members:
+            try:
+                value = field.index_key(bytes(raw))
+            except Exception as exc:
+                detail = f"holds the member {bytes(raw)[:60]!r}, which cannot be indexed ({exc})"
+                self.problems.append(Problem("undecodable", name, show(key), field.name, detail))
+                continue
+            self.entries += 1
+            self.members_of(b"SADD", self.layout.eq_index(field.hash_field, value)).append(ident)
 
     def members_of(self, command: bytes, live: bytes) -> list[bytes]:
         """The arguments of the page's one write to a build key (``SADD``/``ZADD``)."""

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from ..conf import Client
 from ..mapping.keys import KeyLayout, ParsedKey
 from ..mapping.mapper import MappedField, Mapper
+from ..session.sweep import now_command
 from .common import (
     Progress,
     Ticker,
@@ -38,7 +39,7 @@ from .placement import Keyspace
 #: How many keys of each kind ``MEMORY USAGE`` is asked about.
 DEFAULT_SAMPLE = 200
 
-_KINDS = ("entity", "all", "eq", "range", "unique", "guard")
+_KINDS = ("entity", "all", "eq", "range", "unique", "guard", "expiry")
 _CARD = {"all": b"ZCARD", "eq": b"SCARD", "range": b"ZCARD", "unique": b"HLEN"}
 
 
@@ -53,9 +54,10 @@ class ModelStats:
     #: with one): equal to ``entities`` when the indexes are sound.
     ids: int = 0
     #: Keys by kind: ``all`` (``H#all``: none on a model with a range index), ``eq``,
-    #: ``range``, ``unique`` (stripes), ``guard``, ``other`` (reindex, stray, the layout
-    #: before 2.0's indexes), ``old_layout`` (every key of the layout before hash tags,
-    #: its entity hashes too: ``migrate`` moves them). Kinds with no key are left out.
+    #: ``range``, ``unique`` (stripes), ``guard``, ``expiry`` (``H#exp``), ``other``
+    #: (reindex, stray, the layout before 2.0's indexes), ``old_layout`` (every key of
+    #: the layout before hash tags, its entity hashes too: ``migrate`` moves them).
+    #: Kinds with no key are left out.
     index_keys: dict[str, int] = attrs.field(factory=dict)
     #: Entries of the equality, range and unique indexes (a unique value is one entry).
     index_entries: int = 0
@@ -63,6 +65,11 @@ class ModelStats:
     memory_sampled: int = 0
     reindexing: bool = False
     seconds: float = 0.0
+    #: An expiring model's entities with an expiry instant (``H#exp``), and those of them
+    #: expired and not yet swept: their hashes, index entries and claims are still counted
+    #: above, until ``sweep`` (or a commit) removes them.
+    expiring: int = 0
+    expired: int = 0
 
     @property
     def memory_total(self) -> int:
@@ -96,6 +103,7 @@ def stats(
     client = resolve_client(client)
     report = StatsReport()
     for mapper in select_mappers(registry_or_classes, models, sharded=True):
+
         def one(k: int, view: Mapper, shown: Progress | None) -> ModelStats:
             return _model_stats(client, view, max(1, batch), sample, shown, first=k == 0)
 
@@ -117,6 +125,8 @@ def _summed(parts: list[ModelStats]) -> ModelStats:
             out.memory[kind] = out.memory.get(kind, 0) + n
         out.memory_sampled += part.memory_sampled
         out.reindexing = out.reindexing or part.reindexing
+        out.expiring += part.expiring
+        out.expired += part.expired
         out.seconds = round(out.seconds + part.seconds, 3)
     return out
 
@@ -156,6 +166,8 @@ def _model_stats(
     ticker.finish()
     out.entities = counts.pop("entity")
     out.ids = _int(run(client, [(b"ZCARD", layout.all_ids)])[0])
+    if mapper.expiring:
+        out.expiring, out.expired = _expired(client, mapper)
     out.index_keys = {k: v for k, v in counts.items() if v}
     total = {**counts, "entity": out.entities}
     for kind, reservoir in samples.items():
@@ -179,7 +191,7 @@ def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField], all_ids_is_range:
     ``H#all`` on a model whose all-ids index is a range index (a leftover)."""
     if parsed.kind == "all" and all_ids_is_range:
         return "other"
-    if parsed.kind in ("entity", "all", "guard"):
+    if parsed.kind in ("entity", "all", "guard", "expiry"):
         return parsed.kind
     field = fields.get(parsed.field or b"")
     if parsed.kind == "unique" and field is not None and field.unique:
@@ -187,6 +199,15 @@ def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField], all_ids_is_range:
     if parsed.kind in ("eq", "range") and field is not None and field.index == parsed.kind:
         return parsed.kind
     return "other"
+
+
+def _expired(client: Client, mapper: Mapper) -> tuple[int, int]:
+    """Members of ``H#exp``, and those whose instant is past by the server's clock."""
+    expiry = mapper.layout.expiry
+    now, total = run(client, [now_command(mapper), (b"ZCARD", expiry)])
+    if isinstance(now, ResponseError) or isinstance(total, ResponseError):
+        return 0, 0  # not a sorted set: check reports the key
+    return _int(total), _int(run(client, [(b"ZCOUNT", expiry, b"-inf", int(now))])[0])
 
 
 def _entries(client: Client, layout: Any, keys: list[bytes]) -> int:

@@ -231,12 +231,16 @@ def Reference(
     ``None`` (default) nothing. Any value but ``None`` needs ``index=True``: the commit
     finds the referrers through that index.
     """
-    if on_delete is not None and on_delete not in ON_DELETE:
-        raise MappingError(
-            f"Reference(on_delete={on_delete!r}): expected one of {ON_DELETE} or None"
-        )
+    _check_on_delete("Reference", on_delete)
     made = spec(None, field, index, unique, (), target)
     return make_field(attrs.evolve(made, on_delete=on_delete), **kwargs)
+
+
+def _check_on_delete(helper: str, on_delete: str | None) -> None:
+    if on_delete is not None and on_delete not in ON_DELETE:
+        raise MappingError(
+            f"{helper}(on_delete={on_delete!r}): expected one of {ON_DELETE} or None"
+        )
 
 
 def _collection(
@@ -245,9 +249,12 @@ def _collection(
     field: str | None,
     index: bool,
     kwargs: dict[str, Any],
+    on_delete: str | None = None,
 ) -> Any:
     if kind == "list" and index:
         raise TypeError("index=True is for Set and References, not List")
+    if "on_delete" in kwargs:  # Set and List hold values, not entities
+        raise TypeError("on_delete= is for Reference and References, which hold entities")
     if isinstance(element, Codec):
         codec, target = element, None
     elif kind == "refs":
@@ -261,7 +268,7 @@ def _collection(
     if "default" in kwargs or "new" in kwargs:
         raise TypeError("a collection's default is always an empty one")
     field_spec = FieldSpec(
-        codec, field, index, False, (), target, "list" if kind == "list" else "set"
+        codec, field, index, False, (), target, "list" if kind == "list" else "set", on_delete
     )
     return make_field(field_spec, default=attrs.Factory(factory), **kwargs)
 
@@ -281,12 +288,23 @@ def List(element: Any, *, field: str | None = None, **kwargs: Any) -> Any:
 
 
 def References(
-    target: type | str, *, field: str | None = None, index: bool = False, **kwargs: Any
+    target: type | str,
+    *,
+    field: str | None = None,
+    index: bool = False,
+    on_delete: str | None = None,
+    **kwargs: Any,
 ) -> Any:
     """A set of other entities (many-to-many: ``tags: set[Tag] = References(Tag)``), stored
     as their ids in a Redis set beside the entity; ``index=True`` keeps the reverse index
-    ("posts of tag t": ``filter(Post.tags.contains(t))``)."""
-    return _collection("refs", target, field, index, kwargs)
+    ("posts of tag t": ``filter(Post.tags.contains(t))``).
+
+    ``on_delete`` as for :func:`Reference`, per member: deleting a tag is refused while a
+    post holds it (``"restrict"``), deletes the posts holding it (``"cascade"``), or
+    removes it from their sets (``"set_null"``). It needs ``index=True``: the reverse
+    index is where the commit finds the holders."""
+    _check_on_delete("References", on_delete)
+    return _collection("refs", target, field, index, kwargs, on_delete)
 
 
 __all__ = [

@@ -169,6 +169,8 @@ class MappedField:
                             f"session.reference({target.__name__}, {value!r}) (no round trip)"
                         )
                     raise ValidationError(f"expected a {target.__name__}, got {value!r}")
+                if type(value) is not target:
+                    _check_not_a_mapped_subclass(target, type(value))
                 return value
             value = self.codec.coerce(value)
             for check in self._validators:
@@ -262,6 +264,8 @@ class Mapper:
         #: The reference attributes, and their names.
         self.references: tuple[MappedField, ...] = ()
         self.reference_names: frozenset[str] = frozenset()
+        self.refers_with_action = False
+        self.reference_sets: tuple[MappedField, ...] = ()
         #: Whether any field's values may change in place (see MappedField.mutable).
         self.mutable = False
         #: The first range-indexed field (declaration order), or ``None``: its index
@@ -286,6 +290,13 @@ class Mapper:
         self.plain = frozenset(f for f in fields if not f.indexed)
         self.references = tuple(f for f in fields if f.is_reference)
         self.reference_names = frozenset(f.name for f in self.references)
+        #: Whether a ``Reference`` or ``References`` of the class has an ``on_delete``
+        #: action: its new targets are checked by the commit.
+        #: The ``References`` collections: their members are added with their holder.
+        self.reference_sets = tuple(f for f in self.collections if f.is_reference)
+        self.refers_with_action = any(
+            f.on_delete is not None for f in (*self.references, *self.collections)
+        )
         self.mutable = any(f.mutable for f in fields)
         self.default_order = next((f for f in fields if f.index == "range"), None)
         # The first range field's index is the all-ids index: the layout depends on it.
@@ -452,6 +463,21 @@ class Mapper:
                 continue
             out[field] = field.encode(value)
         return out
+
+
+def _check_not_a_mapped_subclass(target: type, cls: type) -> None:
+    """A reference stores only the id, and the target class's keys are where a load looks
+    for it: an entity of a mapped subclass lives under its own prefix, so the reference
+    would load as a missing base entity (``NotFound``). Refused when assigned instead."""
+    sub = cls.__dict__.get("__redisca_mapper__")
+    if sub is None:
+        return
+    raise ValidationError(
+        f"expected a {target.__name__}, got a {cls.__name__}: {cls.__name__} is mapped on "
+        f"its own (prefix {sub.prefix!r}) and a reference to {target.__name__} stores only "
+        f"the id, which it looks up among {target.__name__} entities; refer to it with a "
+        f"Reference({cls.__name__}) field"
+    )
 
 
 def mapper_of(cls: type) -> Mapper:

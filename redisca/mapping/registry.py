@@ -176,8 +176,12 @@ class Registry:
         (and WATCH) to enforce it. Resolved now, since targets may be mapped late."""
         found = []
         for mapper in self._mappers.values():
-            for field in mapper.references:
-                if field.on_delete is not None and field.target_mapper() is target:
+            for field in (*mapper.references, *mapper.collections):
+                if (
+                    field.on_delete is not None
+                    and field.is_reference
+                    and field.target_mapper() is target
+                ):
                     found.append(field)
         return found
 
@@ -309,6 +313,11 @@ class Registry:
             )
         if spec.unique:
             raise MappingError(f"{cls.__name__}.{name}: a collection cannot be unique")
+        if spec.on_delete is not None and not spec.index:
+            raise MappingError(
+                f"{cls.__name__}.{name}: on_delete={spec.on_delete!r} needs index=True "
+                "(the commit finds the entities holding a target through the index)"
+            )
         hash_field = check_name("field name", spec.field or name, f"{cls.__name__}.{name}")
         mapped = MappedField(
             mapper,
@@ -320,6 +329,7 @@ class Registry:
             unique=False,
             target=spec.reference,
             collection=spec.collection,
+            on_delete=spec.on_delete,
         )
         if mapped.index is not None:
             mapped.index = "eq"  # one set of ids per member value, whatever the codec

@@ -491,6 +491,8 @@ def _emit_members(em: _Emitter, change: EntityChange) -> None:
     ident = change.id.encode()
     for field, (old, new) in change.members.items():
         key = change.layout.members(field.hash_field, ident)
+        if old is None:  # never loaded: read before MULTI if its index needs it
+            old = em.observed.collections.get(key)
         if new is None:  # the entity is deleted
             em.deleted.append(key)
             added: Any = ()

@@ -614,7 +614,7 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
         found = expiry.instants(next(replies), key, len(ids))
         observed.expired.update(e for e, at in zip(ids.values(), found, strict=True) if at == 0)
     for key in reads.collections:
-        observed.collections[key] = list(_checked(next(replies), key))
+        observed.collections[key] = frozenset(_checked(next(replies), key))
 
 
 def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps[None]:
@@ -689,6 +689,8 @@ class Executed(NamedTuple):
 
     commands: list[Command]
     replies: list[Any]
+    #: ``Observed.nulled`` of the attempt that was applied.
+    nulled: tuple[tuple[Any, str, bytes], ...] = ()
 
 
 def _attempt(
@@ -727,7 +729,7 @@ def _attempt(
         if not reads:  # what arrived of them, even if the EXEC reply did not
             counted = got[len(before) - len(reads.counters) : len(before)]
             seen.update((k, _counter(v)) for k, v in zip(reads.counters, counted, strict=False))
-    return None if replies is None else Executed(commands, replies)
+    return None if replies is None else Executed(commands, replies, tuple(observed.nulled))
 
 
 #: Reindex markers this process saw lately (see :mod:`redisca.session.rebuild`).

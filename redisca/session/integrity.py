@@ -93,29 +93,66 @@ def plan_group(
                 sets = tuple(lay.eq_index(field.hash_field, value) for lay in layouts)
                 referrers.append(Referrers(field, change, sets))
             continue
-        for field in mapper.references:
-            if field.on_delete is None or field not in change.values:
-                continue
-            raw = change.values[field]
-            if raw is None:
-                continue
-            target_mapper = field.target_mapper()
-            ident = raw.decode()
-            layout = target_mapper.layout.for_id(ident)
-            key = layout.entity(ident)
-            if key in deleted:
-                raise IntegrityError(
-                    f"{change.key.decode()}: {_name(field)} refers to {key.decode()}, which "
-                    "this commit deletes",
-                    referrer=change.key.decode(),
-                    field=field.name,
-                    target=key.decode(),
-                )
-            if key in inserted:
-                continue  # created by this very commit
-            _same_slot(slot, layout, field, "its target")
-            targets.append(Target(field, change, key, layout.guard(raw)))
+        for field, raw in _new_references(change):
+            target = _target(field, change, raw, slot, deleted, inserted)
+            if target is not None:
+                targets.append(target)
     return tuple(referrers), tuple(targets)
+
+
+def _new_references(change: EntityChange) -> Iterable[tuple[MappedField, bytes]]:
+    """The targets a change starts referring to through fields with an action: a
+    ``Reference`` set or changed, the members a ``References`` set gains (all of them
+    when the old ones are unknown)."""
+    for field in change.mapper.references:
+        if field.on_delete is not None and field in change.values:
+            raw = change.values[field]
+            if raw is not None:
+                yield field, raw
+    for field, (old, new) in change.members.items():
+        if field.on_delete is not None and field.is_reference and new:
+            for raw in sorted(new if old is None else new - old):
+                yield field, raw
+
+
+def _target(
+    field: MappedField,
+    change: EntityChange,
+    raw: bytes,
+    slot: int | None,
+    deleted: set[bytes],
+    inserted: set[bytes],
+) -> Target | None:
+    """The existence check of one new reference, ``None`` when the commit creates the
+    target; refused when the commit deletes it."""
+    ident = raw.decode()
+    layout = field.target_mapper().layout.for_id(ident)
+    key = layout.entity(ident)
+    if key in deleted:
+        raise IntegrityError(
+            f"{change.key.decode()}: {_name(field)} refers to {key.decode()}, which "
+            "this commit deletes",
+            referrer=change.key.decode(),
+            field=field.name,
+            target=key.decode(),
+        )
+    if key in inserted:
+        return None  # created by this very commit
+    _same_slot(slot, layout, field, "its target")
+    return Target(field, change, key, layout.guard(raw))
+
+
+def _leaves(field: MappedField, other: EntityChange | None, value: bytes) -> bool:
+    """Whether a referrer changed by the same commit stops referring to ``value``
+    through ``field``: deleted, the reference changed, or the member removed."""
+    if other is None:
+        return False
+    if other.op == DELETE:
+        return True
+    if field.collection is not None:
+        new = other.members.get(field, (None, None))[1]
+        return new is not None and value not in new
+    return field in other.values and other.values[field] != value
 
 
 def enforce(
@@ -146,10 +183,7 @@ def enforce(
         value = target.id.encode()
         for index in found.sets:
             for ident in sorted(observed.members.get(index, ())):
-                other = leaving.get((field.mapper, ident))
-                if other is not None and (
-                    other.op == DELETE or (field in other.values and other.values[field] != value)
-                ):
+                if _leaves(field, leaving.get((field.mapper, ident)), value):
                     continue
                 key = field.mapper.layout.for_id(ident).entity(ident).decode()
                 if field.on_delete == "restrict":
@@ -161,7 +195,8 @@ def enforce(
                         target=target.key.decode(),
                     )
                 if field.on_delete == "set_null":
-                    out += _set_null(field, ident, index)
+                    out += _set_null(field, ident, index, value)
+                    observed.nulled.append((field, ident, value))
                 else:
                     raise CascadeGrew(  # loaded before: one added since; loaded again
                         f"cannot delete {target.key.decode()}: {key} refers to it "
@@ -187,17 +222,41 @@ end
 )
 
 
-def _set_null(field: MappedField, ident: str, index: bytes) -> list[Command]:
-    """Remove the field from a referrer not otherwise changed by the commit: its hash
-    field (the entity kept even if it was its last), its index entry, and its guard
-    stripe bumped (its read state changed)."""
+def _set_null(field: MappedField, ident: str, index: bytes, value: bytes) -> list[Command]:
+    """Remove the reference from a referrer: a ``Reference``'s hash field (the entity
+    kept even if it was its last), or the deleted target's id from a ``References``
+    set; its index entry; and its guard stripe bumped (its read state changed)."""
     layout = field.mapper.layout.for_id(ident)
-    key = layout.entity(ident)
-    return [
-        (b"EVAL", SET_NULL, 1, key, field.hash_field),
-        (b"SREM", index, ident.encode()),
-        (b"INCR", layout.guard(ident.encode())),
-    ]
+    raw = ident.encode()
+    if field.collection is not None:
+        removal: Command = (b"SREM", layout.members(field.hash_field, raw), value)
+    else:
+        removal = (b"EVAL", SET_NULL, 1, layout.entity(ident), field.hash_field)
+    return [removal, (b"SREM", index, raw), (b"INCR", layout.guard(raw))]
+
+
+def settle_nulled(identity: Any, nulled: Iterable[tuple[MappedField, str, bytes]]) -> None:
+    """After a commit that ran ``set_null``: the referrers loaded in the session hold
+    what Redis now holds (their reference ``None``, the target gone from their set), as
+    committed values, so a read does not return the deleted entity and the next commit
+    does not write it back."""
+    for field, ident, value in nulled:
+        state = identity.lookup(field.mapper, ident)
+        if state is None:
+            continue
+        obj, snapshot = state.obj, state.snapshot
+        current = field.attribute.get_raw(obj)
+        if field.collection is None:
+            if current is not instrument.MISSING:
+                field.attribute.set_raw(obj, None)
+                snapshot[field] = None
+            continue
+        if current is not instrument.MISSING:
+            for member in [m for m in current if field.encode(m) == value]:
+                current.discard(member)
+        old = snapshot.get(field)
+        if old is not None:
+            snapshot[field] = old - {value}
 
 
 class CascadeGrew(IntegrityError):
@@ -257,4 +316,5 @@ __all__ = [
     "enforce",
     "keys_of",
     "plan_group",
+    "settle_nulled",
 ]

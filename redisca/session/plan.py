@@ -177,12 +177,14 @@ class Reads:
     #: Referrer index sets of deleted entities (``on_delete``): read (``SMEMBERS``) and
     #: watched, so a referrer added concurrently fails the ``EXEC``.
     members: list[bytes] = attrs.field(factory=list)
+    #: Indexed sets (``H#m:<field>:<id>``) whose members the session never loaded, of
+    #: entities deleted or whose set is assigned whole: read (``SMEMBERS``) so the commit
+    #: removes their old members' index entries. Not watched: the entity's guard stripe
+    #: is (every commit changing an indexed set increments it).
+    collections: list[bytes] = attrs.field(factory=list)
     #: An expiring model's entities read: their instants (``expiry.READ``), by the
     #: model's ``H#exp``: id → entity key.
     expiry: dict[bytes, dict[str, bytes]] = attrs.field(factory=dict)
-    #: Indexed set collections of entities an insert may replace (expired, not swept):
-    #: their members (``SMEMBERS``, not watched: changing them moves the guard stripe).
-    collections: list[bytes] = attrs.field(factory=list)
     #: An expiring model's change may claim unique values: one held by another entity
     #: may be free if that one expired (``executor._expired_owners``).
     takeover: bool = False
@@ -194,7 +196,14 @@ class Reads:
         )
 
     def __bool__(self) -> bool:
-        return bool(self.exists or self.fields or self.owners or self.markers or self.members)
+        return bool(
+            self.exists
+            or self.fields
+            or self.owners
+            or self.markers
+            or self.members
+            or self.collections
+        )
 
 
 @attrs.define
@@ -215,8 +224,11 @@ class Observed:
     #: Keys of the entities read that are expired (``Reads.expiry``): missing to the
     #: commit, though their hashes are still there.
     expired: set[bytes] = attrs.field(factory=set)
-    #: ``Reads.collections``: collection key → its members as stored.
-    collections: dict[bytes, list[bytes]] = attrs.field(factory=dict)
+    #: What ``set_null`` removed: (referring field, referrer id, target id), so the
+    #: session updates the referrers it holds once the commit is applied.
+    nulled: list[tuple[MappedField, str, bytes]] = attrs.field(factory=list)
+    #: ``Reads.collections``: set key → its members as stored.
+    collections: dict[bytes, frozenset[bytes]] = attrs.field(factory=dict)
 
     def slot(self, field: MappedField, raw: bytes) -> Slot:
         found = self.slots.get((field, raw))
@@ -282,6 +294,8 @@ def collect_reads(plan: CommitPlan) -> Reads:
             # (An unversioned delete removes what it finds, expired or not.)
             _read_expiry(reads, change.layout.expiry, change.id, key)
             reads.takeover = reads.takeover or bool(change.mapper.uniques)
+        if change.members:
+            reads.collections += unknown_members(change)
         if change.op == DELETE:
             found = deletes.get(change.mapper)
             if found is None:
@@ -338,6 +352,17 @@ def _leftovers(change: EntityChange, reads: Reads) -> None:
     ]
 
 
+def unknown_members(change: EntityChange) -> list[bytes]:
+    """The keys of a change's indexed sets whose old members the session does not know
+    (never loaded): their index entries are found by reading them."""
+    ident = change.id.encode()
+    return [
+        change.layout.members(field.hash_field, ident)
+        for field, (old, _new) in change.members.items()
+        if old is None and field.indexed and field.collection == "set"
+    ]
+
+
 def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes]:
     """Where a sharded model's claim in flight is registered: the key ``H#c:<n>`` in the
     entity's shard, and the field ``<field>:<id>`` holding its token."""
@@ -378,4 +403,5 @@ __all__ = [
     "collect_reads",
     "registration",
     "unique_key",
+    "unknown_members",
 ]

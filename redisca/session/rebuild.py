@@ -81,7 +81,8 @@ def markers_of(plan: CommitPlan) -> list[bytes]:
         if change.layout.marker in markers:
             continue
         if change.op in (INSERT, DELETE) or (
-            change.needs_read and any(f.indexed for f in change.values)
+            change.needs_read
+            and (any(f.indexed for f in change.values) or any(f.indexed for f in change.members))
         ):
             markers[change.layout.marker] = None
     return list(markers)

@@ -296,10 +296,7 @@ class Session:
         dict keeps them alive, so an id is never reused while it is in there). Should one
         leave the session meanwhile, the commit's own cascade adds it again.
         """
-        for field in state.mapper.references:
-            target = field.attribute.get_raw(state.obj)
-            if target is MISSING or target is None:
-                continue
+        for target in unitofwork.referred(state):
             if held is not None:
                 if id(target) in held:
                     continue

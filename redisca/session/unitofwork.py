@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -82,18 +82,37 @@ def cascade(
     seen: set[int] = set()
     for state in states:
         mapper = state.mapper
-        if state.deleted or not mapper.references:
+        if state.deleted or not (mapper.references or mapper.reference_sets):
             continue
         assigned = state.assigned  # only references assigned since the snapshot are new
-        if assigned is not None and mapper.reference_names.isdisjoint(assigned):
+        if (
+            assigned is not None
+            and not mapper.reference_sets  # changed in place: no assignment tells
+            and mapper.reference_names.isdisjoint(assigned)
+        ):
             continue
-        for field in mapper.references:
-            target = field.attribute.get_raw(state.obj)
-            if target is MISSING or target is None or id(target) in seen:
+        for target in referred(state):
+            if id(target) in seen:
                 continue
             seen.add(id(target))  # held by the referring instance: the id stays its own
             if not holds(target):
                 add(target)
+
+
+def referred(state: InstanceState) -> Iterator[Any]:
+    """The entities an instance refers to: its references' targets and the members of
+    its ``References`` sets (those loaded or assigned: nothing is loaded here; a member
+    of the wrong type is left to the commit's check, which names the field)."""
+    obj = state.obj
+    for field in state.mapper.references:
+        target = field.attribute.get_raw(obj)
+        if target is not MISSING and target is not None:
+            yield target
+    for field in state.mapper.reference_sets:
+        members = field.attribute.get_raw(obj)
+        if members is not MISSING and members is not None:
+            cls = field.target_mapper().class_
+            yield from [m for m in members if isinstance(m, cls)]
 
 
 def _check_identity(state: InstanceState) -> str:
@@ -315,9 +334,7 @@ def _plan_integrity(groups: list[Group]) -> None:
     part in a reference with an action)."""
     incoming: dict[Mapper, list[MappedField]] = {}
     changes = [c for g in groups for c in g.changes]
-    if not any(
-        c.op == DELETE or any(f.on_delete is not None for f in c.mapper.references) for c in changes
-    ):
+    if not any(c.op == DELETE or c.mapper.refers_with_action for c in changes):
         return
     deleted = integrity.keys_of(changes, DELETE)
     inserted = integrity.keys_of(changes, INSERT)
@@ -390,7 +407,11 @@ def _group_steps(
             in_doubt(group, seen)
         raise
     session._commands = [c for c in session._commands if c[2] not in group.results]
-    finalize(group, executed, forget)
+    try:
+        finalize(group, executed, forget)
+    finally:  # applied, even if a command of the user's failed inside it
+        if executed.nulled:
+            integrity.settle_nulled(session.identity_map, executed.nulled)
 
 
 def in_doubt(group: Group, seen: dict[bytes, Any]) -> None:
@@ -457,4 +478,4 @@ def finalize(
         )
 
 
-__all__ = ["Group", "cascade", "commit_steps", "finalize", "in_doubt", "organize"]
+__all__ = ["Group", "cascade", "commit_steps", "finalize", "in_doubt", "organize", "referred"]

@@ -1,0 +1,171 @@
+"""The expiry phase: what expired entities not yet swept cost queries, and how fast a sweep
+removes them.
+
+Two expiring models hold the same N entities (a unique ``code``, an eq-indexed ``kind`` of
+10 values, a range-indexed ``rank``, an indexed ``Set`` of tags): in ``live`` every
+entity's instant is an hour ahead, in ``half`` every other one's is long past (written by
+a raw ``ZADD`` of ``H#exp``, as a sweep finds them after their TTL ran out). Each query
+shape runs on both, and the ratio is half's time over live's (client wall time, the
+median of the repetitions): the price a query pays for the expired entities it must skip.
+Then ``redisca.maintenance.sweep`` removes half's expired entities: entities per second,
+and the keys left checked against what the live half should leave.
+
+Queries skip expired entities only with the expiry-aware query scripts (issue 17, part B);
+before them, the ratio measures nothing but noise, and the counts include the expired.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import redis
+
+import redisca
+from redisca import Integer, Registry, Session, Set, String
+from redisca.maintenance import sweep
+
+#: Repetitions per shape (a count reads every id: fewer).
+REPEATS = {"limit 10": 200, "eq + limit 10": 200, "count": 20, "eq count": 20}
+KINDS = 10
+#: One hour ahead, and one second after the epoch (ms).
+AHEAD_MS = 3_600_000
+PAST_MS = 1_000
+
+
+def model(prefix: str) -> type:
+    registry = Registry()
+
+    @registry.mapped(prefix=prefix, expiring=True)
+    @attrs.define
+    class Token:
+        code: str = String(unique=True)
+        kind: str = String(index=True)
+        rank: int = Integer(index=True)
+        tags: set[str] = Set(str, index=True)
+        id: str | None = None
+
+    return Token
+
+
+def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool]) -> float:
+    """The entities, then their instants (by a raw ``ZADD``: commits do not write them
+    before part A of issue 17); the seconds it took."""
+    started = time.perf_counter()
+    with Session(client) as s:
+        s.bulk_add(
+            cls(code=f"c{i}", kind=f"k{i % KINDS}", rank=i, tags={f"t{i % 7}"}, id=f"{i:07d}")
+            for i in range(n)
+        )
+    now_ms = int(client.time()[0]) * 1000
+    key = redisca.inspect(cls).layout.expiry
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, n, 5_000):
+        scores = {
+            f"{i:07d}": PAST_MS if expired(i) else now_ms + AHEAD_MS
+            for i in range(start, min(n, start + 5_000))
+        }
+        pipe.zadd(key, scores)
+    pipe.execute()
+    return time.perf_counter() - started
+
+
+def shapes(cls: Any) -> dict[str, Callable[[Session], Any]]:
+    return {
+        "limit 10": lambda s: len(s.query(cls).limit(10).all()),
+        "eq + limit 10": lambda s: len(s.query(cls).filter(cls.kind == "k3").limit(10).all()),
+        "count": lambda s: s.query(cls).count(),
+        "eq count": lambda s: s.query(cls).filter(cls.kind == "k3").count(),
+    }
+
+
+def timed(client: redis.Redis, mine: type, base: type) -> dict[str, dict[str, Any]]:
+    """Per shape: the median µs and what the query returned (rows or the count), on
+    ``mine`` and ``base`` in turn, so that neither gets the quieter moments."""
+    out = {}
+    for name in REPEATS:
+        runs = {"mine": shapes(mine)[name], "base": shapes(base)[name]}
+        times: dict[str, list[float]] = {"mine": [], "base": []}
+        results: dict[str, Any] = {}
+        for side, run in runs.items():
+            with Session(client) as s:
+                results[side] = run(s)  # untimed: the server learns the scripts
+        for _ in range(REPEATS[name]):
+            for side, run in runs.items():
+                with Session(client) as s:
+                    began = time.perf_counter()
+                    run(s)
+                    times[side].append(time.perf_counter() - began)
+        mine_us, base_us = (statistics.median(times[k]) * 1e6 for k in ("mine", "base"))
+        out[name] = {
+            "live_us": base_us,
+            "half_expired_us": mine_us,
+            "ratio": mine_us / base_us,
+            "live_result": results["base"],
+            "half_expired_result": results["mine"],
+        }
+    return out
+
+
+def phase(url: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushall()
+        live, half = model("exl"), model("exh")
+        log(f"expiry phase: loading 2 x {n:,} entities")
+        seconds = load(client, live, n, lambda i: False)
+        seconds += load(client, half, n, lambda i: i % 2 == 0)
+        log("expiry phase: queries")
+        queries = timed(client, half, live)
+        log(f"expiry phase: sweeping {n - n // 2:,} expired entities")
+        report = sweep([half], client, batch=500)
+        [swept] = report.models
+        left = int(client.zcard(redisca.inspect(half).layout.expiry))
+        return {
+            "n": n,
+            "load_seconds": seconds,
+            "queries": queries,
+            "sweep": {
+                "removed": swept.removed,
+                "skipped": swept.skipped,
+                "batches": swept.batches,
+                "seconds": swept.seconds,
+                "per_s": swept.per_second,
+                "left_in_expiry": left,
+                "ok": report.ok and swept.removed == n - n // 2 and left == n // 2,
+            },
+        }
+    finally:
+        client.flushall()
+        client.close()
+
+
+def render(figures: dict[str, Any], table: Callable[[list[str], list[list[str]]], str]) -> str:
+    header = ["query", "live µs", "half expired µs", "x", "results: live / half expired"]
+    rows = [
+        [
+            name,
+            f"{q['live_us']:,.0f}",
+            f"{q['half_expired_us']:,.0f}",
+            f"{q['ratio']:.2f}",
+            f"{q['live_result']:,} / {q['half_expired_result']:,}",
+        ]
+        for name, q in figures["queries"].items()
+    ]
+    s = figures["sweep"]
+    rows.append(
+        [
+            "sweep",
+            "",
+            f"{s['seconds'] * 1e6 / max(1, s['removed']):,.1f} /entity",
+            "",
+            f"{s['removed']:,} removed, {s['per_s']:,.0f}/s ({'ok' if s['ok'] else 'WRONG'})",
+        ]
+    )
+    return table(header, rows)
+
+
+__all__ = ["phase", "render"]
