@@ -313,6 +313,7 @@ def install(
     stub, ref, lookup = identity.stub, identity.ref, table.get
     cls, store_id, fill = mapper.class_, mapper.id_attribute.store, mapper.filler
     new, attach = object.__new__, instrument.attach
+    expiring = mapper.expiring
     for ident, raw in zip(idents, raws, strict=True):
         if not raw:
             continue
@@ -336,7 +337,7 @@ def install(
         attach(obj, state)
         if mapper.collections:
             fill_members(identity, state, raw, overwrite=True)
-        if mapper.expiring:
+        if expiring:
             state.expires = raw.get(expiry.INSTANT)  # type: ignore[assignment] # an int
         version = raw.get(VERSION_FIELD)
         if version is not None:
