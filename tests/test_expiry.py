@@ -249,6 +249,12 @@ def test_pending_expires_are_counted_by_the_warning_and_dropped_by_rollback(
     s = Session(r)
     visit = s.get(Visit, "v1")
     s.expire(visit, 10)
+    visit.page = "other"
+    with pytest.warns(UncommittedChangesWarning, match=r"2 pending: Visit\('v1'\) expire, Visit"):
+        s.close()
+    s = Session(r)
+    visit = s.get(Visit, "v1")
+    s.expire(visit, 10)
     s.rollback()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -660,3 +666,19 @@ def test_one_of_many_concurrent_claimants_takes_an_expired_owners_value(
     assert sorted(outcomes) == ["lost"] * 5 + ["won"]
     winner = as_str(r.hget(stripe_key("tok", "code", "prize", "exp"), "prize"))
     assert winner.startswith("c") and Session(r).get(Token, winner) is not None
+
+
+def test_an_expire_of_a_versioned_entity_moves_its_version(r: redis.Redis) -> None:
+    persist(r, Versioned("a", id="x1"))
+    s = Session(r)
+    obj = s.get(Versioned, "x1")
+    before = redisca.inspect(obj).version
+    s.expire(obj, 60)
+    s.commit()
+    assert redisca.inspect(obj).version == before + 1  # type: ignore[operator]
+    obj.page = "b"  # the session's version is Redis's: no StaleDataError
+    s.commit()
+    s.close()
+    other = Session(r)
+    assert other.get(Versioned, "x1").page == "b"  # type: ignore[union-attr]
+    other.close()

@@ -156,11 +156,11 @@ class Session:
                 found.append(f"{named(state)} deleted")
             elif not state.persistent:
                 found.append(f"{named(state)} new")
-            elif state.expire:
-                found.append(f"{named(state)} expire")
-            elif state.assigned is IN_STEP and not state.mapper.mutable:
-                continue  # nothing assigned since loaded or committed: clean, no diff
             else:
+                if state.expire:  # a pending session.expire
+                    found.append(f"{named(state)} expire")
+                if state.assigned is IN_STEP and not state.mapper.mutable:
+                    continue  # nothing assigned since loaded or committed: clean, no diff
                 try:
                     changed = bool(state.changes())
                 except Exception:  # a value that cannot be encoded: a change all the same
