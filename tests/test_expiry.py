@@ -100,6 +100,21 @@ def _cost_model(prefix: str, **options: object) -> type:
 #: The same model twice, plain and with a time to live: what expiry costs.
 PlainCost, ExpiringCost = _cost_model("cpl"), _cost_model("cex", ttl=60)
 
+
+@registry.mapped(prefix="lnk", slot_group="exp", expiring=True)
+@attrs.define
+class Link:
+    token: Token | None = Reference(Token, index=True, on_delete="restrict", default=None)
+    id: str | None = None
+
+
+@registry.mapped(prefix="pin", slot_group="exp", expiring=True)
+@attrs.define
+class Pin:
+    token: Token | None = Reference(Token, index=True, on_delete="set_null", default=None)
+    id: str | None = None
+
+
 TOK = head("tok", "exp")
 
 
@@ -682,3 +697,22 @@ def test_an_expire_of_a_versioned_entity_moves_its_version(r: redis.Redis) -> No
     other = Session(r)
     assert other.get(Versioned, "x1").page == "b"  # type: ignore[union-attr]
     other.close()
+
+
+def test_an_expired_referrer_neither_restricts_nor_is_nulled(r: redis.Redis) -> None:
+    persist(r, Link(Token("a", id="t1"), id="l1"), Pin(Token("b", id="t2"), id="p1"))
+    persist(r, Link(Token("c", id="t3"), id="l3"))
+    expire_now(r, Link, "l1")
+    expire_now(r, Pin, "p1")
+    s = Session(r)
+    s.delete(s.get(Token, "t3"))  # a live referrer still restricts
+    with pytest.raises(IntegrityError, match="lnk:l3 refers to it"):
+        s.commit()
+    s.rollback()
+    s.delete(s.get(Token, "t1"))
+    s.delete(s.get(Token, "t2"))
+    s.commit()
+    s.close()
+    assert not r.exists(TOK + b":t1") and not r.exists(TOK + b":t2")
+    pin = redisca.inspect(Pin).layout.entity("p1")
+    assert as_str(r.hget(pin, "token")) == "t2"  # untouched: a sweep removes it whole

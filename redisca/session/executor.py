@@ -584,7 +584,10 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     commands += [(b"HMGET", stripe, *[v for _, v in slots]) for stripe, slots in stripes.items()]
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     commands += [(b"GET", key) for key in reads.counters]
-    commands += [(b"SMEMBERS", key) for key in reads.members]
+    commands += [
+        (b"SMEMBERS", key) if key not in reads.live else expiry.live_members(key, reads.live[key])
+        for key in reads.members
+    ]
     commands += [expiry.read_command(key, list(ids)) for key, ids in reads.expiry.items()]
     commands += [(b"SMEMBERS", key) for key in reads.collections]
     got = yield Send(commands)

@@ -79,6 +79,20 @@ return gone
     % EXISTS_FIELD
 )
 
+#: A referrer index set's members without the expired ones (a commit deleting their
+#: target reads it: an expired referrer refers to nothing, so it never stops the
+#: delete, nor is it nulled). KEYS: the set, the referrer model's ``H#exp``.
+LIVE_MEMBERS = b"""\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local at = redis.call('ZSCORE', KEYS[2], id)
+  if not at or tonumber(at) > now then out[#out + 1] = id end
+end
+return out
+"""
+
 #: Where a loaded hash dict carries the entity's expiry instant (ms): hash field names
 #: hold no ``#``, so no hash field can be taken for it (as ``loading.MEMBERS``).
 INSTANT = b"#exp"
@@ -87,6 +101,11 @@ INSTANT = b"#exp"
 def read_command(key: bytes, ids: Sequence[str]) -> Command:
     """The :data:`READ` of ``ids``' instants in ``key`` (a model's ``H#exp``)."""
     return (b"EVAL", READ, 1, key, *ids)
+
+
+def live_members(key: bytes, expiry: bytes) -> Command:
+    """:data:`LIVE_MEMBERS` of the referrer index set ``key``."""
+    return (b"EVAL", LIVE_MEMBERS, 2, key, expiry)
 
 
 def instants(reply: Any, key: bytes, count: int) -> list[int | None]:
@@ -116,9 +135,11 @@ __all__ = [
     "CLEAR",
     "GUARDED_WRITE",
     "INSTANT",
+    "LIVE_MEMBERS",
     "READ",
     "WRITE",
     "instants",
+    "live_members",
     "read_command",
     "written",
 ]

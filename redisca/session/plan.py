@@ -185,6 +185,9 @@ class Reads:
     #: An expiring model's entities read: their instants (``expiry.READ``), by the
     #: model's ``H#exp``: id → entity key.
     expiry: dict[bytes, dict[str, bytes]] = attrs.field(factory=dict)
+    #: Referrer index sets of an expiring referrer model (among ``members``): read
+    #: without the expired referrers (``expiry.LIVE_MEMBERS``), by set: its ``H#exp``.
+    live: dict[bytes, bytes] = attrs.field(factory=dict)
     #: An expiring model's change may claim unique values: one held by another entity
     #: may be free if that one expired (``executor._expired_owners``).
     takeover: bool = False
@@ -316,6 +319,8 @@ def collect_reads(plan: CommitPlan) -> Reads:
     members: dict[bytes, None] = {}
     for found in plan.referrers:
         members.update(dict.fromkeys(found.sets))
+        if found.field.mapper.expiring:  # expired referrers refer to nothing
+            reads.live.update(dict.fromkeys(found.sets, found.field.mapper.layout.expiry))
     exists = dict.fromkeys(reads.exists)
     for target in plan.targets:
         exists[target.key] = None
