@@ -716,3 +716,72 @@ def test_an_expired_referrer_neither_restricts_nor_is_nulled(r: redis.Redis) -> 
     assert not r.exists(TOK + b":t1") and not r.exists(TOK + b":t2")
     pin = redisca.inspect(Pin).layout.entity("p1")
     assert as_str(r.hget(pin, "token")) == "t2"  # untouched: a sweep removes it whole
+
+
+# -- random sessions against a model ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_commits_over_expiring_entities_match_a_model(r: redis.Redis, seed: int) -> None:
+    """Inserts (own ids), unique-value updates, deletes, expiries (an instant moved into
+    the past) and cleared expiries at random, each in its own session: every load sees
+    exactly the live entities of a Python model, unique values change hands only from
+    expired or deleted owners, and once swept the indexes match the hashes."""
+    import random
+
+    from redisca.maintenance import sweep
+
+    model = ExpiringCost
+    rnd = random.Random(seed)
+    ids, codes = [f"r{i}" for i in range(8)], [f"k{i}" for i in range(5)]
+    live: dict[str, str | None] = {}  # id -> its unique code
+
+    def holder(code: str) -> str | None:
+        return next((i for i, c in live.items() if c == code), None)
+
+    for _ in range(60):
+        ident, code = rnd.choice(ids), rnd.choice([*codes, None])
+        op = rnd.choice(["insert", "insert", "update", "delete", "expire", "clear"])
+        s = Session(r)
+        if op == "insert":
+            s.add(model("x", code=code, n=rnd.randrange(5), id=ident))
+            if ident in live:
+                with pytest.raises(IntegrityError):
+                    s.commit()
+                s.rollback()
+            elif code is not None and holder(code) is not None:
+                with pytest.raises(UniqueViolation):
+                    s.commit()
+                s.rollback()
+            else:
+                s.commit()
+                live[ident] = code
+        elif op == "update" and ident in live:
+            obj = s.get(model, ident)
+            obj.code = code  # type: ignore[union-attr]
+            other = None if code is None else holder(code)
+            if other is not None and other != ident:
+                with pytest.raises(UniqueViolation):
+                    s.commit()
+                s.rollback()
+            else:
+                s.commit()
+                live[ident] = code
+        elif op == "delete":
+            s.delete(s.reference(model, ident))
+            s.commit()
+            live.pop(ident, None)
+        elif op == "expire" and ident in live:
+            expire_now(r, model, ident)
+            del live[ident]
+        elif op == "clear" and ident in live:
+            s.expire(s.get(model, ident), None)
+            s.commit()
+        s.close()
+        check = Session(r)
+        found = check.get_many(model, ids)
+        assert {i: o.code for i, o in zip(ids, found, strict=True) if o is not None} == live
+        check.close()
+    sweep(registry, r)
+    consistent(r, model)
+    assert {as_str(m) for m in r.zrange(expiry_key(model), 0, -1)} <= set(live)
