@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -146,6 +147,10 @@ class AsyncSession:
     def delete(self, obj: object) -> None:
         """Mark a persistent instance for deletion (a pending one is simply dropped)."""
         self.sync_session.delete(obj)
+
+    def expire(self, obj: object, ttl: float | timedelta | None) -> None:
+        """:meth:`redisca.Session.expire`: written by the next commit."""
+        self.sync_session.expire(obj, ttl)
 
     def expunge(self, obj: object) -> None:
         """Stop tracking one instance."""

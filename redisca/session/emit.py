@@ -18,8 +18,9 @@ import attrs
 from ..errors import ConflictError, IntegrityError, NotFound, StaleDataError, UniqueViolation
 from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
-from . import integrity
+from . import expiry, integrity
 from .plan import (
+    CLEAR,
     INSERT,
     UPDATE,
     Command,
@@ -119,12 +120,19 @@ class _Emitter:
     additions: dict[tuple[bytes, bytes], list[Any]] = attrs.field(factory=dict)
     #: Plain updates of unwatched entities: one GUARDED_WRITE call (keys, arguments).
     guarded: tuple[list[bytes], list[Any]] = attrs.field(factory=lambda: ([], []))
+    #: Those of expiring models: one ``expiry.GUARDED_WRITE`` per ``H#exp`` (keys, ids,
+    #: arguments).
+    guarded_expiring: dict[bytes, tuple[list[bytes], list[str], list[Any]]] = attrs.field(
+        factory=dict
+    )
     claims: dict[Slot, tuple[EntityChange, MappedField, bytes]] = attrs.field(factory=dict)
     released: set[Slot] = attrs.field(factory=set)
     #: Releases whose owner was not read: one RELEASE_OWNED call (stripes, arguments).
     owned: tuple[list[bytes], list[Any]] = attrs.field(factory=lambda: ([], []))
     #: Build keys a running reindex gets written, by build directory: build key → live key.
     built: dict[bytes, dict[bytes, bytes]] = attrs.field(factory=dict)
+    #: Expiry instants to set: one ``expiry.WRITE`` per ``H#exp`` (key → ttl, id, ...).
+    expiring: dict[bytes, list[Any]] = attrs.field(factory=dict)
 
     def add(self, change: EntityChange, member: bytes, name: bytes, key: bytes, *args: Any) -> None:
         """An index addition (``SADD``, ``ZADD``, a claim's ``HSET``) to a live key, and to
@@ -156,12 +164,23 @@ class _Emitter:
         keys, args = self.guarded
         if keys:
             out.append((b"EVAL", GUARDED_WRITE, len(keys), *keys, *args))
+        for exp, (keys, ids, args) in self.guarded_expiring.items():
+            out.append((b"EVAL", expiry.GUARDED_WRITE, len(keys) + 1, exp, *keys, *ids, *args))
         out += [(name, key, *args) for (name, key), args in self.removals.items()]
         stripes, args = self.owned
         if stripes:  # a removal: before the claims' HSETs
             out.append((b"EVAL", RELEASE_OWNED, len(stripes), *stripes, *args))
         out += [(name, key, *args) for (name, key), args in self.additions.items()]
+        out += [(b"EVAL", expiry.WRITE, 1, key, *args) for key, args in self.expiring.items()]
         return out
+
+    def expire(self, change: EntityChange) -> None:
+        """A change's expiry: an instant set (after every removal, a cleared old one's
+        ``ZREM`` among them), or removed."""
+        if change.expire > 0:
+            self.expiring.setdefault(change.layout.expiry, []).extend((change.expire, change.id))
+        elif change.expire == CLEAR:
+            _merge(self.removals, b"ZREM", change.layout.expiry, (change.id,))
 
     def build_key(self, change: EntityChange, member: bytes, live: bytes) -> bytes | None:
         if not self.observed.rebuilds:
@@ -279,7 +298,7 @@ def _violation(field: MappedField, raw: bytes, owner: str) -> UniqueViolation:
 def _check_current(change: EntityChange, observed: Observed) -> dict[bytes, bytes | None] | None:
     """The entity's current indexed values; None if it no longer exists."""
     key = change.key
-    if not observed.exists.get(key, False):
+    if not observed.exists.get(key, False) or key in observed.expired:
         return None
     current = observed.fields.get(key, {})
     # The version must be a number to compare it, or to HINCRBY it inside EXEC.
@@ -339,6 +358,9 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
     # An existing key written by the attempt whose outcome was unknown is no conflict:
     # writing the insert again changes nothing.
     exists = em.observed.exists.get(key, False)
+    if exists and key in em.observed.expired:
+        _remove_entity(em, change, em.observed.fields.get(key, {}))  # the old incarnation's
+        exists = False
     if exists:
         if _applied_before(change, em.observed.fields.get(key, {})):
             return  # written by the attempt whose outcome was unknown, indexes and all
@@ -391,7 +413,11 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
     if change.empty_after:
         written += (EXISTS_FIELD, b"")
     if not change.needs_read:  # plain fields of a loaded entity: one guarded call for all
-        keys, args = em.guarded
+        if change.mapper.expiring:  # one per expiring model, which checks the instants
+            keys, ids, args = em.guarded_expiring.setdefault(change.layout.expiry, ([], [], []))
+            ids.append(change.id)
+        else:
+            keys, args = em.guarded
         keys.append(key)
         args += (len(written) // 2, len(removed), *written, *removed)
         return
@@ -423,12 +449,21 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
 
 
 def _emit_delete(em: _Emitter, change: EntityChange) -> None:
-    if change.key in em.observed.exists or change.mapper.versioned:
+    current: dict[bytes, bytes | None] | None
+    if change.key in em.observed.expired:  # gone for readers; its leftovers go now
+        current = em.observed.fields.get(change.key, {})
+    elif change.key in em.observed.exists or change.mapper.versioned:
         current = _check_current(change, em.observed)
         if current is None:
             return  # already gone: nothing of it is left to remove
     else:  # not asked (see collect_reads): gone, its fields read as None
         current = em.observed.fields.get(change.key, {})
+    _remove_entity(em, change, current)
+
+
+def _remove_entity(em: _Emitter, change: EntityChange, current: dict[bytes, bytes | None]) -> None:
+    """Remove an entity's hash, index entries and expiry instant (its collections go
+    with its ``members``); ``current``: its indexed values as read."""
     em.deleted.append(change.key)
     if not change.mapper.layout.all_ids_is_range:  # else the range index's ZREM does
         em.remove(change, ALL_IDS, b"ZREM", change.layout.all_ids, change.id)
@@ -438,6 +473,15 @@ def _emit_delete(em: _Emitter, change: EntityChange) -> None:
         old = current.get(field.hash_field)
         if old is not None:
             em.index_remove(change, field, old)
+    if change.mapper.expiring:
+        _merge(em.removals, b"ZREM", change.layout.expiry, (change.id,))
+    if change.op == INSERT:  # over an expired entity: its collections go too
+        ident = change.id.encode()
+        for field in change.mapper.collections:
+            key = change.layout.members(field.hash_field, ident)
+            em.deleted.append(key)
+            for raw in em.observed.collections.get(key, ()) if field.indexed else ():
+                em.index_remove(change, field, raw)
 
 
 def _emit_members(em: _Emitter, change: EntityChange) -> None:
@@ -485,6 +529,8 @@ def emit(plan: CommitPlan, observed: Observed) -> list[Command]:
             _emit_delete(em, change)
         if change.members:
             _emit_members(em, change)
+        if change.expire:
+            em.expire(change)
     em.settle_claims()
     nulled = (
         integrity.enforce(plan.changes, plan.referrers, plan.targets, observed)
@@ -507,11 +553,17 @@ def guard_bumps(plan: CommitPlan) -> list[Command]:
 
 
 def vanished(commands: list[Command], replies: list[Any]) -> set[bytes]:
-    """Keys of unwatched updates whose entity was gone at EXEC (their write was skipped)."""
+    """Keys of unwatched updates whose entity was gone (or expired) at EXEC (their write
+    was skipped)."""
+    gone: set[bytes] = set()
     for command, reply in zip(commands, replies, strict=False):
-        if command[0] == b"EVAL" and command[1] is GUARDED_WRITE and isinstance(reply, list):
-            return {command[2 + position] for position in reply}
-    return set()
+        if command[0] != b"EVAL" or not isinstance(reply, list):
+            continue
+        if command[1] is GUARDED_WRITE:
+            gone.update(command[2 + position] for position in reply)
+        elif command[1] is expiry.GUARDED_WRITE:  # its first key is H#exp
+            gone.update(command[3 + position] for position in reply)
+    return gone
 
 
 __all__ = [

@@ -47,7 +47,7 @@ from ..errors import (
     RediscaError,
 )
 from ..mapping.keys import decode_id
-from . import routing
+from . import expiry, routing
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
 from .io import OnConnection, Refresh, Run, RunAll, Send, Sleep, Steps
 from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
@@ -584,7 +584,11 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     commands += [(b"HMGET", stripe, *[v for _, v in slots]) for stripe, slots in stripes.items()]
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     commands += [(b"GET", key) for key in reads.counters]
-    commands += [(b"SMEMBERS", key) for key in reads.members]
+    commands += [
+        (b"SMEMBERS", key) if key not in reads.live else expiry.live_members(key, reads.live[key])
+        for key in reads.members
+    ]
+    commands += [expiry.read_command(key, list(ids)) for key, ids in reads.expiry.items()]
     commands += [(b"SMEMBERS", key) for key in reads.collections]
     got = yield Send(commands)
     if watched and isinstance(got[0], ResponseError):
@@ -609,8 +613,47 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
         observed.guards[key] = _counter(next(replies))
     for key in reads.members:
         observed.members[key] = {m.decode() for m in _checked(next(replies), key)}
+    for key, ids in reads.expiry.items():
+        found = expiry.instants(next(replies), key, len(ids))
+        observed.expired.update(e for e, at in zip(ids.values(), found, strict=True) if at == 0)
     for key in reads.collections:
         observed.collections[key] = frozenset(_checked(next(replies), key))
+
+
+def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps[None]:
+    """Unique values claimed from another owner of an expiring model: the value is free
+    if that owner expired. Only then, one more round trip: ``WATCH`` the owners' guard
+    stripes (any change of their expiry moves them, failing the ``EXEC``), then read
+    their instants; an expired owner's values are claimed as free."""
+    held = [
+        (field, raw, slot, owner)
+        for (field, raw), slot in reads.slots.items()
+        for owner in (observed.owners.get(slot),)
+        if owner is not None and field.mapper.expiring and slot in reads.claims
+    ]
+    if not held:
+        return
+    claimants = {(f, raw): c.id for c in plan.changes for f, raw in c.values.items() if f.unique}
+    owners: dict[tuple[bytes, str], list[Slot]] = {}
+    for field, raw, slot, owner in held:
+        if owner != claimants.get((field, raw)):  # held by another entity
+            owners.setdefault((field.mapper.layout.expiry, owner), []).append(slot)
+    if not owners:
+        return
+    mappers = {f.mapper.layout.expiry: f.mapper for (f, _raw) in reads.slots}
+    guards = [mappers[key].layout.guard(ident.encode()) for key, ident in owners]
+    by_key: dict[bytes, list[str]] = {}
+    for key, ident in owners:
+        by_key.setdefault(key, []).append(ident)
+    commands: list[Command] = [(b"WATCH", *dict.fromkeys(guards))]
+    commands += [expiry.read_command(key, ids) for key, ids in by_key.items()]
+    got = yield Send(commands)
+    _check_watch(commands[:1], got[:1], applied=False)
+    for (key, ids), reply in zip(by_key.items(), got[1:], strict=True):
+        for ident, at in zip(ids, expiry.instants(reply, key, len(ids)), strict=True):
+            if at == 0:
+                for slot in owners[(key, ident)]:
+                    observed.owners[slot] = None
 
 
 def _by_stripe(owners: list[Slot]) -> dict[bytes, list[Slot]]:
@@ -667,6 +710,8 @@ def _attempt(
         if reads:
             yield from _watch_and_read(reads, observed)
             seen.update(observed.guards)
+            if reads.takeover:
+                yield from _expired_owners(plan, reads, observed)
         commands = emit(plan, observed)
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it

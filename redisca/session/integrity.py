@@ -164,7 +164,7 @@ def enforce(
     """Check what the reads found; the commands ``set_null`` adds. Raises
     :class:`~redisca.IntegrityError` (nothing is written) on a violation."""
     for new in targets:
-        if not observed.exists.get(new.key, False):
+        if not observed.exists.get(new.key, False) or new.key in observed.expired:
             referrer = new.referrer.key.decode()
             raise IntegrityError(
                 f"{referrer}: {_name(new.field)} refers to {new.key.decode()}, which does "

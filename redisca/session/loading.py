@@ -16,7 +16,7 @@ from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.keys import VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField, Mapper
-from . import executor, gcpause, routing
+from . import executor, expiry, gcpause, routing
 from .io import Steps
 from .plan import Command
 from .state import InstanceState
@@ -42,9 +42,7 @@ def _decode_error(field: MappedField, raw: bytes, key: bytes, exc: Exception) ->
     )
 
 
-def python_value(
-    identity: IdentityMap, field: MappedField, raw: bytes | None, key: bytes
-) -> Any:
+def python_value(identity: IdentityMap, field: MappedField, raw: bytes | None, key: bytes) -> Any:
     """A stored value as the attribute holds it (references become session instances)."""
     if raw is None:
         return None
@@ -73,6 +71,8 @@ def hydrate(
         state.version = None
     else:
         state.version = decode_version(version, state.mapper.key(state.id))  # type: ignore[arg-type]
+    if state.mapper.expiring:
+        state.expires = raw.get(expiry.INSTANT)  # type: ignore[assignment] # an int
     state.loaded = True
     state.persistent = True
     state.in_doubt = False
@@ -138,19 +138,39 @@ def _with_members(
     client: Any, mapper: Mapper, ids: list[str], keys: list[bytes]
 ) -> Steps[list[dict[bytes, bytes]]]:
     """HGETALL of ``keys`` (the entities ``ids``) and their collections in one round trip;
-    each found hash carries its collections' replies under ``MEMBERS`` + field."""
-    commands: list[Command] = [(b"HGETALL", key) for key in keys]
+    each found hash carries its collections' replies under ``MEMBERS`` + field. An
+    expiring model's instants are read with them (:func:`unexpired`)."""
+    # The instants first: an entity expired then is missing even if its id is reused
+    # by the time its hash is read (the other way round, a new entity's instant could
+    # make the old one's hash look alive).
+    commands: list[Command] = (
+        [expiry.read_command(mapper.layout.expiry, ids)] if mapper.expiring else []
+    )
+    skip = len(commands)
+    commands += [(b"HGETALL", key) for key in keys]
     for ident in ids:
         commands += member_reads(mapper, ident)
     replies = yield from executor.run_steps(client, commands)
-    hashes = _hashes(replies[: len(keys)], keys)
-    rest = iter(replies[len(keys) :])
+    hashes = _hashes(replies[skip : skip + len(keys)], keys)
+    rest = iter(replies[skip + len(keys) :])
     for raw in hashes:
         for field in mapper.collections:
             reply = next(rest)
             if raw:  # a missing entity has no collections either
                 raw[MEMBERS + field.hash_field] = reply
+    if mapper.expiring:
+        unexpired(hashes, mapper.layout.expiry, replies[0])
     return hashes
+
+
+def unexpired(hashes: list[dict[bytes, Any]], key: bytes, reply: Any) -> None:
+    """Empty the hashes of expired entities (they load as missing), and give the others
+    their instants (under ``expiry.INSTANT``), from ``expiry.READ``'s ``reply``."""
+    for raw, at in zip(hashes, expiry.instants(reply, key, len(hashes)), strict=True):
+        if at == 0:
+            raw.clear()
+        elif raw:
+            raw[expiry.INSTANT] = at
 
 
 def fill_members(
@@ -234,15 +254,16 @@ def _hashes(replies: list[Any], keys: list[bytes]) -> list[dict[bytes, bytes]]:
 
 
 def fetch(client: Any, mapper: Mapper, ids: list[str]) -> list[dict[bytes, bytes]]:
-    """The hashes of ``ids`` in one round trip (empty dicts for missing keys)."""
-    if mapper.collections:
+    """The hashes of ``ids`` in one round trip (empty dicts for missing keys, and for
+    expired entities)."""
+    if mapper.collections or mapper.expiring:
         return executor.drive(_with_members(client, mapper, ids, mapper.layout.entities(ids)))
     return _fetch_keys(client, mapper.layout.entities(ids))
 
 
 def fetch_steps(client: Any, mapper: Mapper, ids: list[str]) -> Steps[list[dict[bytes, bytes]]]:
     """:func:`fetch` as a protocol (:mod:`redisca.session.io`)."""
-    if mapper.collections:
+    if mapper.collections or mapper.expiring:
         return (yield from _with_members(client, mapper, ids, mapper.layout.entities(ids)))
     return (yield from fetch_keys_steps(client, mapper.layout.entities(ids)))
 
@@ -292,6 +313,7 @@ def install(
     stub, ref, lookup = identity.stub, identity.ref, table.get
     cls, store_id, fill = mapper.class_, mapper.id_attribute.store, mapper.filler
     new, attach = object.__new__, instrument.attach
+    expiring = mapper.expiring
     for ident, raw in zip(idents, raws, strict=True):
         if not raw:
             continue
@@ -315,17 +337,25 @@ def install(
         attach(obj, state)
         if mapper.collections:
             fill_members(identity, state, raw, overwrite=True)
+        if expiring:
+            state.expires = raw.get(expiry.INSTANT)  # type: ignore[assignment] # an int
         version = raw.get(VERSION_FIELD)
         if version is not None:
             state.version = decode_version(version, mapper.key(ident))
 
 
 def from_hashes(
-    identity: IdentityMap, mapper: Mapper, idents: list[str], replies: list[Any]
+    identity: IdentityMap,
+    mapper: Mapper,
+    idents: list[str],
+    replies: list[Any],
+    instants: Sequence[int | None] | None = None,
 ) -> list[Any]:
     """Instances of ``idents`` from HGETALL replies read with them (a query's page),
     ``None`` where no hash was read. Instances the session holds loaded, pending or
-    deleted stay as the session has them, as :meth:`Session.get_many` returns them."""
+    deleted stay as the session has them, as :meth:`Session.get_many` returns them.
+    ``instants``: an expiring model's expiry instants (ms) of ``idents``, if read (else
+    the instances' ``expires_at`` is ``None``)."""
     table = identity.table(mapper)
     lookup = table.get
     wanted, hashes = [], []
@@ -338,6 +368,11 @@ def from_hashes(
                 hashes.append(dict(zip(items, items, strict=True)))
             else:
                 hashes.append(_hash(reply, mapper.key(ident)))
+    if instants is not None:
+        known = dict(zip(idents, instants, strict=True))
+        for ident, raw in zip(wanted, hashes, strict=True):
+            if raw and known[ident] is not None:
+                raw[expiry.INSTANT] = known[ident]
     if wanted:
         with gcpause.paused(len(wanted)):
             install(identity, mapper, wanted, hashes)
@@ -367,7 +402,7 @@ def load_states_steps(
     for group in by_client.values():
         keys = [s.mapper.key(s.id) for s in group]  # type: ignore[arg-type]
         members = [m for s in group for m in member_reads(s.mapper, s.id)]  # type: ignore[arg-type]
-        if members:
+        if members or any(s.mapper.expiring for s in group):
             replies = yield from _states_with_members(client_for(group[0].mapper), group, keys)
         else:
             replies = yield from fetch_keys_steps(client_for(group[0].mapper), keys)
@@ -380,18 +415,30 @@ def load_states_steps(
 def _states_with_members(
     client: Any, states: list[InstanceState], keys: list[bytes]
 ) -> Steps[list[dict[bytes, bytes]]]:
-    """HGETALL of the states' keys and their collections' reads in one round trip."""
-    commands: list[Command] = [(b"HGETALL", key) for key in keys]
+    """HGETALL of the states' keys and their collections' reads in one round trip, with
+    the instants of the expiring models' entities (one ``expiry.READ`` per model)."""
+    expiring: dict[Mapper, list[int]] = {}
+    for i, state in enumerate(states):
+        if state.mapper.expiring:
+            expiring.setdefault(state.mapper, []).append(i)
+    commands: list[Command] = [  # the instants first, as in _with_members
+        expiry.read_command(mapper.layout.expiry, [states[i].id for i in at])  # type: ignore[misc]
+        for mapper, at in expiring.items()
+    ]
+    skip = len(commands)
+    commands += [(b"HGETALL", key) for key in keys]
     for state in states:
         commands += member_reads(state.mapper, state.id)  # type: ignore[arg-type]
     replies = yield from executor.run_steps(client, commands)
-    hashes = _hashes(replies[: len(keys)], keys)
-    rest = iter(replies[len(keys) :])
+    hashes = _hashes(replies[skip : skip + len(keys)], keys)
+    rest = iter(replies[skip + len(keys) :])
     for state, raw in zip(states, hashes, strict=True):
         for field in state.mapper.collections:
             reply = next(rest)
             if raw:
                 raw[MEMBERS + field.hash_field] = reply
+    for (mapper, at), reply in zip(expiring.items(), replies, strict=False):
+        unexpired([hashes[i] for i in at], mapper.layout.expiry, reply)
     return hashes
 
 

@@ -22,6 +22,8 @@ Slot = tuple[bytes, bytes]
 INSERT = "insert"
 UPDATE = "update"
 DELETE = "delete"
+#: ``EntityChange.expire``: remove the entity's expiry instant (it no longer expires).
+CLEAR = -1
 
 
 @attrs.define(eq=False)
@@ -57,6 +59,9 @@ class EntityChange:
     #: ``(old, new)`` encoded members, a frozenset for a set and a tuple for a list;
     #: ``old`` is ``None`` when unknown (rewritten), ``new`` ``None`` on a delete.
     members: dict[MappedField, tuple[Any, Any]] = attrs.field(factory=dict)
+    #: Expiry (expiring models only): ``0`` unchanged, else the time to live in ms
+    #: from the commit's instant on the server, or :data:`CLEAR`.
+    expire: int = 0
     #: The entity's key, built once (collect_reads, emit and finalize all use it).
     key: bytes = b""
     _guard: bytes | None = attrs.field(default=None, init=False)
@@ -94,7 +99,7 @@ class EntityChange:
         """Whether the commit increments the entity's guard stripe: it changes what a
         commit reads of the entity (existence, indexed fields, version). Plain updates of
         unindexed fields of unversioned entities do not."""
-        if self.op != UPDATE:
+        if self.op != UPDATE or self.expire:
             return True
         if self.members and any(f.indexed for f in self.members):
             return True  # a delete reads the members whose index entries it removes
@@ -177,6 +182,15 @@ class Reads:
     #: removes their old members' index entries. Not watched: the entity's guard stripe
     #: is (every commit changing an indexed set increments it).
     collections: list[bytes] = attrs.field(factory=list)
+    #: An expiring model's entities read: their instants (``expiry.READ``), by the
+    #: model's ``H#exp``: id → entity key.
+    expiry: dict[bytes, dict[str, bytes]] = attrs.field(factory=dict)
+    #: Referrer index sets of an expiring referrer model (among ``members``): read
+    #: without the expired referrers (``expiry.LIVE_MEMBERS``), by set: its ``H#exp``.
+    live: dict[bytes, bytes] = attrs.field(factory=dict)
+    #: An expiring model's change may claim unique values: one held by another entity
+    #: may be free if that one expired (``executor._expired_owners``).
+    takeover: bool = False
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
@@ -210,6 +224,9 @@ class Observed:
     slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
     #: ``Reads.members``: index set → the ids in it.
     members: dict[bytes, set[str]] = attrs.field(factory=dict)
+    #: Keys of the entities read that are expired (``Reads.expiry``): missing to the
+    #: commit, though their hashes are still there.
+    expired: set[bytes] = attrs.field(factory=set)
     #: What ``set_null`` removed: (referring field, referrer id, target id), so the
     #: session updates the referrers it holds once the commit is applied.
     nulled: list[tuple[MappedField, str, bytes]] = attrs.field(factory=list)
@@ -256,6 +273,10 @@ def collect_reads(plan: CommitPlan) -> Reads:
                 guards[change.guard] = None
             if change.in_doubt:
                 reads.fields[key] = change.verified_fields()
+            if change.mapper.expiring:
+                if change.check_exists:
+                    _leftovers(change, reads)
+                reads.takeover = reads.takeover or bool(change.mapper.uniques)
             values = change.values
             for field in change.mapper.indexed:  # fewer than the fields: the unique ones
                 raw = values.get(field)
@@ -272,6 +293,10 @@ def collect_reads(plan: CommitPlan) -> Reads:
             # must tell "gone" from "changed": see emit's _check_current).
             reads.exists.append(key)
         guards[change.guard] = None
+        if change.mapper.expiring and (change.op != DELETE or change.mapper.versioned):
+            # (An unversioned delete removes what it finds, expired or not.)
+            _read_expiry(reads, change.layout.expiry, change.id, key)
+            reads.takeover = reads.takeover or bool(change.mapper.uniques)
         if change.members:
             reads.collections += unknown_members(change)
         if change.op == DELETE:
@@ -294,10 +319,16 @@ def collect_reads(plan: CommitPlan) -> Reads:
     members: dict[bytes, None] = {}
     for found in plan.referrers:
         members.update(dict.fromkeys(found.sets))
+        if found.field.mapper.expiring:  # expired referrers refer to nothing
+            reads.live.update(dict.fromkeys(found.sets, found.field.mapper.layout.expiry))
     exists = dict.fromkeys(reads.exists)
     for target in plan.targets:
         exists[target.key] = None
         guards[target.guard] = None
+        mapper = target.field.target_mapper()
+        if mapper.expiring:
+            ident = target.referrer.values[target.field].decode()
+            _read_expiry(reads, mapper.layout.expiry, ident, target.key)
     reads.exists = list(exists)
     reads.members = list(members)
     reads.owners = list(owners)
@@ -305,6 +336,25 @@ def collect_reads(plan: CommitPlan) -> Reads:
     reads.guards = list(guards)
     reads.counters = list(counters)
     return reads
+
+
+def _read_expiry(reads: Reads, key: bytes, ident: str, entity: bytes) -> None:
+    """Read the instant of an entity of an expiring model (``H#exp`` ``key``)."""
+    reads.expiry.setdefault(key, {})[ident] = entity
+
+
+def _leftovers(change: EntityChange, reads: Reads) -> None:
+    """An insert of an expiring model with an id of its choosing may find the hash of an
+    expired entity of that id, not swept yet: the instant tells, and the indexed values
+    read find the old entity's index entries, removed with the insert."""
+    _read_expiry(reads, change.layout.expiry, change.id, change.key)
+    fields = [f.hash_field for f in change.mapper.indexed if f.unique or f.index != "range"]
+    if fields:
+        reads.fields[change.key] = list(dict.fromkeys([*reads.fields.get(change.key, []), *fields]))
+    ident = change.id.encode()
+    reads.collections += [
+        change.layout.members(f.hash_field, ident) for f in change.mapper.collections if f.indexed
+    ]
 
 
 def unknown_members(change: EntityChange) -> list[bytes]:

@@ -15,6 +15,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -30,11 +31,12 @@ from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import Mapper, mapper_of
+from ..mapping.ttl import ttl_ms
 from . import executor, gcpause, loading, resp, routing, unitofwork
 from .collections import IdentitySet
 from .identity import IdentityMap
 from .io import Steps
-from .plan import Command
+from .plan import CLEAR, Command
 from .query import Query
 from .state import (
     InstanceState,
@@ -154,9 +156,11 @@ class Session:
                 found.append(f"{named(state)} deleted")
             elif not state.persistent:
                 found.append(f"{named(state)} new")
-            elif state.assigned is IN_STEP and not state.mapper.mutable:
-                continue  # nothing assigned since loaded or committed: clean, no diff
             else:
+                if state.expire:  # a pending session.expire
+                    found.append(f"{named(state)} expire")
+                if state.assigned is IN_STEP and not state.mapper.mutable:
+                    continue  # nothing assigned since loaded or committed: clean, no diff
                 try:
                     changed = bool(state.changes())
                 except Exception:  # a value that cannot be encoded: a change all the same
@@ -247,7 +251,7 @@ class Session:
     def is_modified(self, obj: object) -> bool:
         """Whether a commit now would write something for ``obj``: new, deleted or changed."""
         state = self.state(obj)
-        return not state.persistent or state.deleted or state.modified()
+        return not state.persistent or state.deleted or bool(state.expire) or state.modified()
 
     # -- adding and removing -------------------------------------------------
 
@@ -345,6 +349,27 @@ class Session:
             self.forget(state)
             return
         state.deleted = True
+
+    def expire(self, obj: object, ttl: float | timedelta | None) -> None:
+        """Make an entity expire ``ttl`` (seconds, or a timedelta) after the next commit,
+        or with ``None`` never; written by that commit (see :ref:`expiry`).
+
+        Only models mapped with ``ttl=`` or ``expiring=True`` take it: their reads are
+        the ones that consult expiry instants. On a new instance it replaces the
+        model's ``ttl`` for its insert. The instant is taken by the Redis server's clock
+        when the commit runs; ``redisca.inspect(obj).expires_at`` shows it afterwards.
+        """
+        state = self.state(obj)
+        mapper = state.mapper
+        if not mapper.expiring:
+            raise InvalidRequestError(
+                f"{mapper.class_.__name__} entities do not expire: map the class with "
+                "registry.mapped(ttl=...) or registry.mapped(expiring=True) to use "
+                "session.expire()"
+            )
+        if state.deleted:
+            raise InvalidRequestError(f"{state.key} is marked for deletion in this session")
+        state.expire = CLEAR if ttl is None else ttl_ms(ttl, f"session.expire({named(state)})")
 
     def expunge(self, obj: object) -> None:
         """Stop tracking one instance (redisca 1.x's ``free()``)."""
@@ -485,6 +510,8 @@ class Session:
         raw = (yield from loading.fetch_steps(client, state.mapper, [state.id]))[0]  # type: ignore[list-item]
         loading.require(bool(raw), state)
         loading.hydrate(self.identity_map, state, raw, overwrite=not only_missing)
+        if not only_missing:
+            state.expire = 0  # a pending session.expire is a change, discarded too
 
     def unload(self, obj: object) -> None:
         """Forget what was loaded of ``obj`` but keep its changes (redisca 1.x's ``unload()``).
@@ -582,6 +609,7 @@ class Session:
                 continue
             state.deleted = False
             state.in_doubt = False
+            state.expire = 0
             self._restore(state)
 
     def _restore(self, state: InstanceState) -> None:

@@ -8,6 +8,7 @@ is pending decide between transient, pending, persistent, deleted, detached.
 from __future__ import annotations
 
 import weakref
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import DetachedInstanceError, MissingLoadError, ValidationError
@@ -31,6 +32,8 @@ class InstanceState:
         "assigned",
         "deleted",
         "doubt_guard",
+        "expire",
+        "expires",
         "generated_id",
         "id",
         "in_doubt",
@@ -73,6 +76,12 @@ class InstanceState:
         #: An in-doubt insert: its guard stripe's value before that commit, as
         #: ``(value,)``, or ``None`` if unknown (see ``EntityChange.guard_seen``).
         self.doubt_guard: tuple[bytes | None] | None = None
+        #: The expiry instant (ms since the epoch, by the server's clock) as last loaded
+        #: or committed; ``None``: none (or a model that is not expiring).
+        self.expires: int | None = None
+        #: A pending ``session.expire``: ``0`` none, else the time to live in ms, or
+        #: ``plan.CLEAR`` to remove the expiry.
+        self.expire = 0
         if snapshot is None:
             #: Encoded values as last loaded from or written to Redis, per field.
             self.snapshot: dict[MappedField, bytes | None] = {}
@@ -126,6 +135,15 @@ class InstanceState:
         """The entity's Redis key (redisca 1.x's ``getkey()``)."""
         ident = self.id if self.id is not None else self.mapper.identity(self.obj)
         return None if ident is None else self.mapper.key(ident).decode()
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the entity expires (an aware UTC datetime), as last loaded or committed;
+        ``None`` if it never expires. A pending ``session.expire`` shows once committed:
+        the instant is taken by the server's clock inside the commit."""
+        if self.expires is None:
+            return None
+        return datetime.fromtimestamp(self.expires / 1000, tz=UTC)
 
     @property
     def identity(self) -> str | None:
@@ -248,6 +266,7 @@ class _Detached(NamedTuple):
     loaded: bool
     version: int | None
     deleted: bool
+    expires: int | None
 
 
 #: What sessions knew of instances they let go of (expunged, closed, committed deletes),
@@ -268,6 +287,7 @@ def missing_load(state: InstanceState, name: str) -> MissingLoadError:
         f"of many instances at once (e.g. `await session.preload(users, User.company)`)"
     )
 
+
 def remember_detached(state: InstanceState, *, deleted: bool) -> None:
     key = id(state.obj)
     try:
@@ -278,7 +298,8 @@ def remember_detached(state: InstanceState, *, deleted: bool) -> None:
     # NamedTuple constructor is Python code), sharing the snapshot (a state no session
     # holds is never changed again; detached_state copies it).
     _detached[key] = tuple.__new__(
-        _Detached, (ref, state.id, state.snapshot, state.loaded, state.version, deleted)
+        _Detached,
+        (ref, state.id, state.snapshot, state.loaded, state.version, deleted, state.expires),
     )
 
 
@@ -291,6 +312,7 @@ def detached_state(obj: Any, mapper: Mapper) -> tuple[InstanceState, bool] | Non
     state.snapshot = dict(record.snapshot)
     state.loaded = record.loaded
     state.version = record.version
+    state.expires = record.expires
     state.persistent = True
     return state, record.deleted
 

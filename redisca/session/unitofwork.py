@@ -19,7 +19,7 @@ import attrs
 from ..errors import InvalidRequestError, OperationalError, UniqueViolation
 from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
-from . import claims, executor, integrity, routing
+from . import claims, executor, expiry, integrity, routing
 from .emit import vanished
 from .io import Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
@@ -160,6 +160,8 @@ def _insert(state: InstanceState) -> EntityChange:
         in_doubt=state.in_doubt,
         guard_seen=state.doubt_guard if state.in_doubt else None,
     )
+    if state.mapper.expiring:
+        change.expire = state.expire or state.mapper.ttl_ms or 0
     if state.mapper.collections:
         change.members = member_changes(state)
     return change
@@ -176,7 +178,7 @@ def _update(state: InstanceState) -> EntityChange | None:
     ident = _check_identity(state)
     values = state.changes()
     members = member_changes(state) if state.mapper.collections else None
-    if not values and not members:
+    if not values and not members and not state.expire:
         return None
     mapper = state.mapper
     loaded = state.loaded
@@ -193,6 +195,10 @@ def _update(state: InstanceState) -> EntityChange | None:
     # Collections written: read the entity's existence (and watch its guard), so that
     # no collection key outlives an entity deleted meanwhile.
     needs_read = needs_read or bool(members)
+    # A change of expiry is refused if the entity expired (which takes reading its
+    # instant): it would bring it back. (A plain update of an expired entity is skipped
+    # at EXEC, as of a deleted one: see expiry.GUARDED_WRITE.)
+    needs_read = needs_read or bool(state.expire)
     change = EntityChange(
         mapper,
         ident,
@@ -207,6 +213,8 @@ def _update(state: InstanceState) -> EntityChange | None:
     )
     if members:
         change.members = members
+    if state.expire:
+        change.expire = state.expire
     return change
 
 
@@ -430,6 +438,7 @@ def finalize(
     delete wins).
     """
     gone = vanished(executed.commands, executed.replies)
+    instants: dict[tuple[bytes, str], int] | None = None  # expiry.written, once needed
     for change, state in zip(group.changes, group.states, strict=True):
         if change.op == DELETE or change.key in gone:
             forget(state)
@@ -442,6 +451,11 @@ def finalize(
             snapshot.update((f, new) for f, (_old, new) in change.members.items())
         state.assigned = IN_STEP  # what differed is written; the rest was equal
         state.in_doubt = False
+        if change.expire:
+            if instants is None:
+                instants = expiry.written(executed.commands, executed.replies)
+            state.expires = instants.get((change.layout.expiry, change.id))
+            state.expire = 0
         if change.op == INSERT:
             state.loaded = True
             state.persistent = True
