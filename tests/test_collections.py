@@ -427,3 +427,45 @@ def test_references_members_are_added_with_their_holder(r: redis.Redis) -> None:
     assert r.exists(redisca.inspect(Tag).key_for("al"))
     assert as_bytes(r.smembers(members_key("labels", "a1"))) == {b"af", b"al"}
     s.close()
+
+
+
+def test_a_delete_from_a_stale_snapshot_removes_the_members_stored_now(r: redis.Redis) -> None:
+    """The session loaded {x}; another commit re-tagged the post {y} since. The delete
+    must remove the member index entries of what the members key holds when it runs
+    (``y``), not of the snapshot (``x``): index entries follow Redis, as for fields."""
+    with Session(r) as s:
+        s.add(Post(title="p", tags={"x"}, id="1"))
+        s.commit()
+    with Session(r) as a, Session(r) as b:
+        stale = a.get(Post, "1")
+        assert stale is not None and stale.tags == {"x"}
+        fresh = b.get(Post, "1")
+        fresh.tags = {"y"}
+        b.commit()
+        a.delete(stale)
+        a.commit()
+    assert r.exists(POSTS.layout.eq_index(b"tags", b"y")) == 0
+    assert r.exists(members_key("tags", "1")) == 0
+
+
+def test_an_update_from_a_stale_snapshot_moves_the_entries_of_what_is_stored(
+    r: redis.Redis,
+) -> None:
+    """Both sessions loaded {x, y}; one discards ``y`` and commits, the other (stale)
+    discards ``x`` and adds ``z``: the members key ends {z}, and the member index holds
+    exactly the members stored."""
+    with Session(r) as s:
+        s.add(Post(title="p", tags={"x", "y"}, id="1"))
+        s.commit()
+    with Session(r) as a, Session(r) as b:
+        stale, fresh = a.get(Post, "1"), b.get(Post, "1")
+        fresh.tags.discard("y")
+        b.commit()
+        stale.tags.discard("x")
+        stale.tags.add("z")
+        a.commit()
+    assert as_bytes(r.smembers(members_key("tags", "1"))) == {b"z"}
+    for tag in (b"x", b"y", b"z"):
+        held = as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", tag)))
+        assert held == ({b"1"} if tag == b"z" else set()), tag

@@ -292,7 +292,10 @@ def width(tree: Tree) -> int:
 
 
 def first_range(tree: Tree) -> str | None:
-    """A one-branch query's default order: its first range-indexed field."""
+    """A one-branch query's default order: its first range-indexed field. A subtree that
+    matches nothing (``in_([])`` in it) leaves no branch, so it gives no order."""
+    if width(tree) == 0:
+        return None
     if tree[0] in ("and", "or"):
         for t in tree[1]:
             found = first_range(t)

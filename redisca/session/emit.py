@@ -491,24 +491,33 @@ def _emit_members(em: _Emitter, change: EntityChange) -> None:
     ident = change.id.encode()
     for field, (old, new) in change.members.items():
         key = change.layout.members(field.hash_field, ident)
-        if old is None:  # never loaded: read before MULTI if its index needs it
-            old = em.observed.collections.get(key)
+        # An indexed set's members as read before MULTI (None: not read).
+        stored = em.observed.collections.get(key) if field.indexed else None
+        if old is None:  # never loaded
+            old = stored
         if new is None:  # the entity is deleted
             em.deleted.append(key)
             added: Any = ()
             removed: Any = old or ()
+            after: Any = frozenset()
         elif field.collection == "list" or old is None:
             em.out.append((b"DEL", key))
             if new:
                 em.out.append((b"RPUSH" if field.collection == "list" else b"SADD", key, *new))
             added, removed = new, ()
+            after = frozenset(new)
         else:
             added, removed = sorted(new - old), sorted(old - new)
             if removed:
                 em.out.append((b"SREM", key, *removed))
             if added:
                 em.out.append((b"SADD", key, *added))
+            after = None if stored is None else (stored - set(removed)) | set(added)
         if field.indexed:
+            if stored is not None and after is not None:
+                # The diff of what the key holds before and after: the session's snapshot
+                # may be older than what another commit wrote since.
+                added, removed = sorted(after - stored), sorted(stored - after)
             for raw in removed:
                 em.index_remove(change, field, raw)
             for raw in added:

@@ -358,13 +358,15 @@ def _leftovers(change: EntityChange, reads: Reads) -> None:
 
 
 def unknown_members(change: EntityChange) -> list[bytes]:
-    """The keys of a change's indexed sets whose old members the session does not know
-    (never loaded): their index entries are found by reading them."""
+    """The keys of a change's indexed sets, read (under the WATCH of the entity's guard
+    stripe) before MULTI: their member index entries are moved by what Redis holds when
+    the commit runs, never by the session's snapshot, which another commit may have
+    outdated (as for the fields, see :mod:`~redisca.session.emit`)."""
     ident = change.id.encode()
     return [
         change.layout.members(field.hash_field, ident)
-        for field, (old, _new) in change.members.items()
-        if old is None and field.indexed and field.collection == "set"
+        for field in change.members
+        if field.indexed and field.collection == "set"
     ]
 
 
