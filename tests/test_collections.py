@@ -272,3 +272,37 @@ def test_a_sharded_models_collections_are_in_the_shard_of_the_id(r: redis.Redis)
     found = s2.query(ShardedPost).filter(ShardedPost.tags.contains("common")).all()
     assert sorted(p.id for p in found) == [f"s{n}" for n in range(6)]
     assert [p.tags for p in found if p.id == "s3"] == [{"common", "own3"}]
+
+
+def test_deleting_a_stub_removes_its_member_index_entries(r: redis.Redis) -> None:
+    """A stub never loaded (a ``reference``, an ``on_delete="cascade"`` referrer) knows
+    none of its members: its delete reads them, and removes their index entries."""
+    s = Session(r)
+    s.add(Post("x", id="st1", tags={"a", "b"}))
+    s.add(Post("y", id="st2", tags={"b"}))
+    s.commit()
+    s2 = Session(r)
+    s2.delete(s2.reference(Post, "st1"))
+    s2.commit()
+    assert not r.exists(members_key("tags", "st1"))
+    assert not r.exists(POSTS.layout.eq_index(b"tags", b"a"))
+    assert as_bytes(r.smembers(POSTS.layout.eq_index(b"tags", b"b"))) == {b"st2"}
+    s3 = Session(r)
+    s3.add(Post("again", id="st1"))
+    s3.commit()
+    assert [p.id for p in Session(r).query(Post).filter(Post.tags.contains("a")).all()] == []
+
+
+def test_assigning_a_stubs_collection_replaces_its_index_entries(r: redis.Redis) -> None:
+    s = Session(r)
+    s.add(Post("x", id="st3", tags={"a", "b"}))
+    s.commit()
+    s2 = Session(r)
+    stub = s2.reference(Post, "st3")
+    stub.tags = {"b", "c"}  # assigned whole, never loaded
+    s2.commit()
+    assert as_bytes(r.smembers(members_key("tags", "st3"))) == {b"b", b"c"}
+    assert not r.exists(POSTS.layout.eq_index(b"tags", b"a"))
+    q = Session(r).query(Post)
+    assert [p.id for p in q.filter(Post.tags.contains("c")).all()] == ["st3"]
+    assert [p.id for p in q.filter(Post.tags.contains("a")).all()] == []

@@ -585,6 +585,7 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     commands += [(b"LRANGE", key, 0, -1) for key in reads.markers]
     commands += [(b"GET", key) for key in reads.counters]
     commands += [(b"SMEMBERS", key) for key in reads.members]
+    commands += [(b"SMEMBERS", key) for key in reads.collections]
     got = yield Send(commands)
     if watched and isinstance(got[0], ResponseError):
         _refused_watch(got[0], applied=False)  # never MULTI after a refused WATCH
@@ -608,6 +609,8 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
         observed.guards[key] = _counter(next(replies))
     for key in reads.members:
         observed.members[key] = {m.decode() for m in _checked(next(replies), key)}
+    for key in reads.collections:
+        observed.collections[key] = frozenset(_checked(next(replies), key))
 
 
 def _by_stripe(owners: list[Slot]) -> dict[bytes, list[Slot]]:

@@ -172,6 +172,11 @@ class Reads:
     #: Referrer index sets of deleted entities (``on_delete``): read (``SMEMBERS``) and
     #: watched, so a referrer added concurrently fails the ``EXEC``.
     members: list[bytes] = attrs.field(factory=list)
+    #: Indexed collections (``H#m:<field>:<id>``) of changes that never loaded them (a
+    #: stub deleted, a cascade, a collection assigned whole): read, so that their
+    #: members' index entries are removed. The entity's guard stripe, watched, covers
+    #: them (a change of an indexed collection bumps it).
+    collections: list[bytes] = attrs.field(factory=list)
 
     def keys(self) -> list[bytes]:
         claimed = [stripe for stripe, value in self.owners if (stripe, value) in self.claims]
@@ -180,7 +185,14 @@ class Reads:
         )
 
     def __bool__(self) -> bool:
-        return bool(self.exists or self.fields or self.owners or self.markers or self.members)
+        return bool(
+            self.exists
+            or self.fields
+            or self.owners
+            or self.markers
+            or self.members
+            or self.collections
+        )
 
 
 @attrs.define
@@ -198,6 +210,8 @@ class Observed:
     slots: dict[tuple[MappedField, bytes], Slot] = attrs.field(factory=dict)
     #: ``Reads.members``: index set → the ids in it.
     members: dict[bytes, set[str]] = attrs.field(factory=dict)
+    #: ``Reads.collections``: collection key → its stored members.
+    collections: dict[bytes, frozenset[bytes]] = attrs.field(factory=dict)
 
     def slot(self, field: MappedField, raw: bytes) -> Slot:
         found = self.slots.get((field, raw))
@@ -249,6 +263,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
             continue
         if not change.needs_read:
             continue
+        reads.collections += unknown_collections(change)
         if change.op != DELETE or change.mapper.versioned:
             # A delete needs no EXISTS: an entity gone meanwhile reads as no values,
             # and removing nothing from its indexes is what it needs (a versioned one
@@ -288,6 +303,17 @@ def collect_reads(plan: CommitPlan) -> Reads:
     return reads
 
 
+def unknown_collections(change: EntityChange) -> list[bytes]:
+    """The keys of a change's indexed collections whose stored members it does not know:
+    their index entries are found from what Redis holds."""
+    ident = change.id.encode()
+    return [
+        change.layout.members(field.hash_field, ident)
+        for field, (old, _new) in change.members.items()
+        if old is None and field.indexed
+    ]
+
+
 def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes]:
     """Where a sharded model's claim in flight is registered: the key ``H#c:<n>`` in the
     entity's shard, and the field ``<field>:<id>`` holding its token."""
@@ -295,9 +321,7 @@ def registration(change: EntityChange, field: MappedField) -> tuple[bytes, bytes
     return change.layout.registry(ident), field.hash_field + b":" + ident
 
 
-def _registrations(
-    change: EntityChange, reads: Reads, registry: dict[bytes, None]
-) -> None:
+def _registrations(change: EntityChange, reads: Reads, registry: dict[bytes, None]) -> None:
     """The registrations of a change's claims: read, and their keys watched."""
     for field in change.tokens or ():
         key, name = registration(change, field)
@@ -330,4 +354,5 @@ __all__ = [
     "collect_reads",
     "registration",
     "unique_key",
+    "unknown_collections",
 ]
