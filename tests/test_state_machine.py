@@ -118,6 +118,7 @@ class Target:
 class Rel:
     tags: set[str] = redisca.Set(str, index=True)
     nums: list[int] = attrs.Factory(list)  # inferred: List(int)
+    links: set[Target] = redisca.References(Target, index=True)  # no on_delete: may dangle
     hard: Target | None = Reference(Target, index=True, on_delete="restrict", default=None)
     owner: Target | None = Reference(Target, index=True, on_delete="cascade", default=None)
     soft: Target | None = Reference(Target, index=True, on_delete="set_null", default=None)
@@ -335,7 +336,7 @@ Key = tuple[type, str]
 def rel_fields(cls: type) -> tuple[str, ...]:
     if cls is Target:
         return ("name",)
-    return ("tags", "nums", *LINKS[cls]) if cls is Rel else tuple(LINKS[cls])
+    return ("tags", "nums", "links", *LINKS[cls]) if cls is Rel else tuple(LINKS[cls])
 
 
 def rel_row(obj: Any) -> RelRow:
@@ -347,6 +348,8 @@ def rel_row(obj: Any) -> RelRow:
             value = None if value is None else value.id
         elif name == "tags":
             value = set(value)
+        elif name == "links":
+            value = {target.id for target in value}
         elif name == "nums":
             value = list(value)
         out[name] = value
@@ -362,6 +365,8 @@ def rel_rows(draw: Any, cls: type, known: RelDB | None = None) -> RelRow:
             row[name] = draw(st.none() | st.sampled_from(("x", "")))
         elif name == "tags":
             row[name] = draw(st.sets(st.sampled_from(TAGS)))
+        elif name == "links":
+            row[name] = draw(st.sets(st.sampled_from(REL_IDS), max_size=2))
         elif name == "nums":
             row[name] = draw(st.lists(NUMS, max_size=3))
         else:
@@ -960,6 +965,10 @@ class Sessions(RuleBasedStateMachine):
             ref = values[name]
             if ref is not None:
                 values[name] = new.get((target, ref)) or session.reference(target, ref)
+        if "links" in values:
+            values["links"] = {
+                new.get((Target, i)) or session.reference(Target, i) for i in row["links"]
+            }
         return cls(**values, id=ident)
 
     def rel_commit(self, session: Session, refused: bool) -> None:
@@ -1110,6 +1119,7 @@ class Sessions(RuleBasedStateMachine):
         ops = ["name"] if cls is Target else list(LINKS[cls])
         if cls is Rel:
             ops += ["add", "discard", "ior", "clear", "assign", "append", "del", "empty"]
+            ops += ["link", "unlink"]
             ops += ["none"]
         op = data.draw(st.sampled_from(ops), label="change")
         if op == "name":
@@ -1136,6 +1146,15 @@ class Sessions(RuleBasedStateMachine):
             row["tags"] = data.draw(st.sets(st.sampled_from(TAGS)))
             row["nums"] = data.draw(st.lists(NUMS, max_size=3))
             obj.tags, obj.nums = set(row["tags"]), list(row["nums"])
+        elif op in ("link", "unlink"):
+            ref = data.draw(st.sampled_from(REL_IDS))
+            target = session.reference(Target, ref)
+            if op == "link":
+                obj.links.add(target)
+                row["links"].add(ref)
+            else:
+                obj.links.discard(target)
+                row["links"].discard(ref)
         elif op == "append":
             n = data.draw(NUMS)
             obj.nums.append(n)
@@ -1212,6 +1231,9 @@ class Sessions(RuleBasedStateMachine):
         query = observer.query(Rel)
         for tag in TAGS:
             assert query.filter(Rel.tags.contains(tag)).ids() == sorted(having(tag))
+        for ref in REL_IDS:  # by id; by instance in test_collections
+            linked = sorted(i for i, row in rows.items() if ref in row["links"])
+            assert query.filter(Rel.links.contains(ref)).ids() == linked
         either = query.filter(Rel.tags.contains("a") | Rel.tags.contains("b"))
         assert either.ids() == sorted(having("a") | having("b"))
         assert either.count() == len(having("a") | having("b"))
@@ -1283,17 +1305,25 @@ def expected_rel_keys(layout: Any, cls: type, rows: dict[str, RelRow]) -> dict[b
     indexed: dict[bytes, set[bytes]] = {}
     for ident, row in rows.items():
         bid = ident.encode()
-        stored = {k.encode(): str(v).encode() for k, v in row.items() if k not in ("tags", "nums")}
+        stored = {
+            k.encode(): str(v).encode()
+            for k, v in row.items()
+            if k not in ("tags", "nums", "links")
+        }
         out[layout.entity(ident)] = ("hash", {k: v for k, v in stored.items() if v != b"None"})
         for name in LINKS.get(cls, {}):
             if row[name] is not None:
                 indexed.setdefault(layout.eq_index(name.encode(), row[name].encode()), set()).add(
                     bid
                 )
-        for tag in row.get("tags", ()):
-            indexed.setdefault(layout.eq_index(b"tags", tag.encode()), set()).add(bid)
-        if row.get("tags"):
-            out[layout.members(b"tags", bid)] = ("set", frozenset(t.encode() for t in row["tags"]))
+        for name in ("tags", "links"):
+            for member in row.get(name, ()):
+                indexed.setdefault(layout.eq_index(name.encode(), member.encode()), set()).add(bid)
+            if row.get(name):
+                out[layout.members(name.encode(), bid)] = (
+                    "set",
+                    frozenset(m.encode() for m in row[name]),
+                )
         if row.get("nums"):
             out[layout.members(b"nums", bid)] = ("list", [str(n).encode() for n in row["nums"]])
     out.update({k: ("set", frozenset(v)) for k, v in indexed.items()})
