@@ -12,10 +12,19 @@ each session's ``new``/``dirty``/``deleted`` against the model; every commit
 checks that Redis holds exactly the model's entities, that the indexes match
 the hashes (``tests/helpers`` and ``redisca.maintenance.check``), and that a
 battery of queries (equality, ranges with offset and limit, counts, ``all()``,
-ascending and descending orders) answers as the model does; every rollback
+ascending and descending orders, ``|`` and ``in_()``) answers as the model does; every rollback
 checks that Redis still holds the model's entities. A commit the model says
 must fail must raise the predicted error, change no key, and leave the
 session's pending changes as they were.
+
+Beside them, three models of collections and referential integrity (``Target``, ``Rel``
+with an indexed ``Set``, a ``List``, a ``References`` and one ``Reference`` per
+``on_delete`` mode, ``Leaf`` cascading from ``Rel``) are changed by rules of their own, each
+in a fresh session: inserts (a reference to a missing entity refused), deletes (restrict
+refuses and writes nothing, cascade follows the chain, set_null clears), in-place
+mutations, and a change interleaved with another session's deletes. After each of their
+commits every key of those models is compared with the model's, no reference dangles in
+the raw hashes, and ``contains`` (alone, with ``&`` and ``|``) answers as the model does.
 
 Profiles (environment variable ``REDISCA_HYPOTHESIS_PROFILE``):
 
