@@ -12,10 +12,19 @@ each session's ``new``/``dirty``/``deleted`` against the model; every commit
 checks that Redis holds exactly the model's entities, that the indexes match
 the hashes (``tests/helpers`` and ``redisca.maintenance.check``), and that a
 battery of queries (equality, ranges with offset and limit, counts, ``all()``,
-ascending and descending orders) answers as the model does; every rollback
+ascending and descending orders, ``|`` and ``in_()``) answers as the model does; every rollback
 checks that Redis still holds the model's entities. A commit the model says
 must fail must raise the predicted error, change no key, and leave the
 session's pending changes as they were.
+
+Beside them, three models of collections and referential integrity (``Target``, ``Rel``
+with an indexed ``Set``, a ``List``, a ``References`` and one ``Reference`` per
+``on_delete`` mode, ``Leaf`` cascading from ``Rel``) are changed by rules of their own, each
+in a fresh session: inserts (a reference to a missing entity refused), deletes (restrict
+refuses and writes nothing, cascade follows the chain, set_null clears), in-place
+mutations, and a change interleaved with another session's deletes. After each of their
+commits every key of those models is compared with the model's, no reference dangles in
+the raw hashes, and ``contains`` (alone, with ``&`` and ``|``) answers as the model does.
 
 Profiles (environment variable ``REDISCA_HYPOTHESIS_PROFILE``):
 
@@ -33,6 +42,7 @@ Profiles (environment variable ``REDISCA_HYPOTHESIS_PROFILE``):
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -43,7 +53,13 @@ import asyncdriver
 import attrs
 import pytest
 import redis
-from helpers import CLUSTER, assert_indexes_consistent, connect, dump_keyspace
+from helpers import (
+    CLUSTER,
+    assert_indexes_consistent,
+    connect,
+    dump_keyspace,
+    without_guards,
+)
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -55,7 +71,7 @@ from hypothesis.stateful import (
 )
 
 import redisca
-from redisca import Email, Float, Integer, Registry, Session, String
+from redisca import Email, Float, Integer, Reference, Registry, Session, String
 
 try:  # the maintenance package's check, once it exists; the test helper in any case
     from redisca.maintenance import check as maintenance_check
@@ -90,6 +106,39 @@ class Doc:
     rank: int | None = Integer(index=True, default=None)
     score: float | None = Float(index=True, default=None)
     note: str | None = None
+    id: str | None = None
+
+
+# Collections and referential integrity: a target, its referrers (one reference per
+# ``on_delete`` mode, an indexed set and a list beside them) and theirs (a cascade chain
+# Target -> Rel -> Leaf, and a restrict on the middle link). Changed by rules of their
+# own, each in a fresh session, and checked key by key against ``Sessions.rel``.
+
+
+@registry.mapped(prefix="smt", slot_group=GROUP)
+@attrs.define(eq=False)
+class Target:
+    name: str | None = None
+    id: str | None = None
+
+
+@registry.mapped(prefix="smr", slot_group=GROUP)
+@attrs.define(eq=False)
+class Rel:
+    tags: set[str] = redisca.Set(str, index=True)
+    nums: list[int] = attrs.Factory(list)  # inferred: List(int)
+    links: set[Target] = redisca.References(Target, index=True)  # no on_delete: may dangle
+    hard: Target | None = Reference(Target, index=True, on_delete="restrict", default=None)
+    owner: Target | None = Reference(Target, index=True, on_delete="cascade", default=None)
+    soft: Target | None = Reference(Target, index=True, on_delete="set_null", default=None)
+    id: str | None = None
+
+
+@registry.mapped(prefix="sml", slot_group=GROUP)
+@attrs.define(eq=False)
+class Leaf:
+    parent: Rel | None = Reference(Rel, index=True, on_delete="cascade", default=None)
+    pin: Rel | None = Reference(Rel, index=True, on_delete="restrict", default=None)
     id: str | None = None
 
 
@@ -276,6 +325,115 @@ def _lower(value: str | None) -> str | None:
     return None if value is None else email_key(value)
 
 
+# -- collections and references in the model -----------------------------------------------
+
+REL_CLASSES = (Target, Rel, Leaf)
+REL_IDS = ("1", "2", "3")
+TAGS = ("a", "b", "c")
+NUMS = st.integers(-2, 5)
+#: Each referring class's references: field -> (target class, on_delete).
+LINKS: dict[type, dict[str, tuple[type, str]]] = {
+    Rel: {"hard": (Target, "restrict"), "owner": (Target, "cascade"), "soft": (Target, "set_null")},
+    Leaf: {"parent": (Rel, "cascade"), "pin": (Rel, "restrict")},
+}
+#: A row of ``Sessions.rel``: references as target ids, ``tags`` a set, ``nums`` a list.
+RelRow = dict[str, Any]
+RelDB = dict[type, dict[str, RelRow]]
+Key = tuple[type, str]
+
+
+def rel_fields(cls: type) -> tuple[str, ...]:
+    if cls is Target:
+        return ("name",)
+    return ("tags", "nums", "links", *LINKS[cls]) if cls is Rel else tuple(LINKS[cls])
+
+
+def rel_row(obj: Any) -> RelRow:
+    """An instance's values as the model holds them."""
+    out: RelRow = {}
+    for name in rel_fields(type(obj)):
+        value = getattr(obj, name)
+        if name in LINKS.get(type(obj), {}):
+            value = None if value is None else value.id
+        elif name == "tags":
+            value = set(value)
+        elif name == "links":
+            value = {target.id for target in value}
+        elif name == "nums":
+            value = list(value)
+        out[name] = value
+    return out
+
+
+@st.composite
+def rel_rows(draw: Any, cls: type, known: RelDB | None = None) -> RelRow:
+    """A row; its references to ``known`` entities mostly, when given (else any id)."""
+    row: RelRow = {}
+    for name in rel_fields(cls):
+        if name == "name":
+            row[name] = draw(st.none() | st.sampled_from(("x", "")))
+        elif name == "tags":
+            row[name] = draw(st.sets(st.sampled_from(TAGS)))
+        elif name == "links":
+            row[name] = draw(st.sets(st.sampled_from(REL_IDS), max_size=2))
+        elif name == "nums":
+            row[name] = draw(st.lists(NUMS, max_size=3))
+        else:
+            stored = sorted(known[LINKS[cls][name][0]]) if known is not None else []
+            pick = st.sampled_from(stored) if stored else st.nothing()
+            row[name] = draw(st.none() | pick | pick | st.sampled_from(REL_IDS))
+    return row
+
+
+def dangling(rel: RelDB, cls: type, row: RelRow, new: set[Key], gone: set[Key]) -> bool:
+    """Whether ``row`` refers to an entity neither stored (and kept) nor new: the commit
+    must refuse it (every reference here has an ``on_delete``)."""
+    for name, (target, _mode) in LINKS.get(cls, {}).items():
+        ident = row.get(name)
+        if ident is None:
+            continue
+        key = (target, ident)
+        if key in gone or (ident not in rel[target] and key not in new):
+            return True
+    return False
+
+
+def cascade(rel: RelDB, picked: set[Key]) -> tuple[set[Key], bool]:
+    """What deleting ``picked`` deletes (cascades followed to the end), and whether a
+    ``restrict`` referrer that is not deleted refuses the commit."""
+    doomed = set(picked)
+    grew = True
+    while grew:
+        grew = False
+        for cls, links in LINKS.items():
+            for ident, row in rel[cls].items():
+                if (cls, ident) in doomed:
+                    continue
+                if any(
+                    mode == "cascade" and (target, row[name]) in doomed
+                    for name, (target, mode) in links.items()
+                ):
+                    doomed.add((cls, ident))
+                    grew = True
+    refused = any(
+        mode == "restrict" and (cls, ident) not in doomed and (target, row[name]) in doomed
+        for cls, links in LINKS.items()
+        for ident, row in rel[cls].items()
+        for name, (target, mode) in links.items()
+    )
+    return doomed, refused
+
+
+def apply_deletes(rel: RelDB, doomed: set[Key]) -> None:
+    for cls, ident in doomed:
+        rel[cls].pop(ident, None)
+    for cls, links in LINKS.items():
+        for row in rel[cls].values():
+            for name, (target, mode) in links.items():
+                if mode == "set_null" and (target, row[name]) in doomed:
+                    row[name] = None
+
+
 # -- queries on the model ------------------------------------------------------------------
 
 
@@ -317,15 +475,80 @@ class Cond:
 
 
 @dataclass(frozen=True)
+class In:
+    """``Field.in_(values)``: an OR of equalities (none: matches nothing)."""
+
+    name: str
+    values: tuple[Any, ...]
+
+    def build(self, cls: type) -> Any:
+        return getattr(cls, self.name).in_(list(self.values))
+
+    def holds(self, fields: dict[str, Any]) -> bool:
+        return any(Cond(self.name, "eq", v).holds(fields) for v in self.values)
+
+    def branches(self) -> list[list[Cond]]:
+        return [[Cond(self.name, "eq", v)] for v in self.values]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """``a | b | ...``, each part a condition, an ``In`` or an AND of conditions."""
+
+    parts: tuple[Any, ...]
+
+    def build(self, cls: type) -> Any:
+        built = [part_build(p, cls) for p in self.parts]
+        out = built[0]
+        for part in built[1:]:
+            out = out | part
+        return out
+
+    def holds(self, fields: dict[str, Any]) -> bool:
+        return any(part_holds(p, fields) for p in self.parts)
+
+    def branches(self) -> list[list[Cond]]:
+        return [b for p in self.parts for b in part_branches(p)]
+
+
+def part_build(part: Any, cls: type) -> Any:
+    if isinstance(part, tuple):  # an AND
+        built = [p.build(cls) for p in part]
+        out = built[0]
+        for p in built[1:]:
+            out = out & p
+        return out
+    return part.build(cls)
+
+
+def part_holds(part: Any, fields: dict[str, Any]) -> bool:
+    if isinstance(part, tuple):
+        return all(p.holds(fields) for p in part)
+    return bool(part.holds(fields))
+
+
+def part_branches(part: Any) -> list[list[Cond]]:
+    """The AND-branches (disjunctive normal form) of a filter part, in order."""
+    if isinstance(part, tuple):
+        out: list[list[Cond]] = [[]]
+        for p in part:
+            out = [a + b for a in out for b in part_branches(p)]
+        return out
+    if isinstance(part, Cond):
+        return [[part]]
+    return list(part.branches())
+
+
+@dataclass(frozen=True)
 class QuerySpec:
     cls: type
-    conds: tuple[Cond, ...] = ()
+    conds: tuple[Any, ...] = ()  # Cond, In, AnyOf: ANDed
     order: tuple[str, bool] | None = None  # (field, descending)
     offset: int = 0
     limit: int | None = None
 
     def build(self, session: Session) -> Any:
-        query = session.query(self.cls).filter(*[c.build(self.cls) for c in self.conds])
+        query = session.query(self.cls).filter(*[part_build(c, self.cls) for c in self.conds])
         if self.order is not None:
             attr = getattr(self.cls, self.order[0])
             query = query.order_by(attr.desc() if self.order[1] else attr)
@@ -337,10 +560,11 @@ class QuerySpec:
 
     def expected(self, db: DB) -> list[str]:
         rows = db[self.cls]
-        ids = [i for i, row in rows.items() if all(c.holds(row.fields) for c in self.conds)]
+        ids = [i for i, row in rows.items() if part_holds(self.conds, row.fields)]
         by = self.order[0] if self.order else None
-        if by is None:
-            by = next((c.name for c in self.conds if c.name in RANGED), None)
+        branches = part_branches(self.conds)
+        if by is None and len(branches) == 1:  # one branch: its first range condition's
+            by = next((c.name for c in branches[0] if c.name in RANGED), None)
         if by is None:  # the default order: the first range field's, else id order
             default = redisca.inspect(self.cls).default_order
             by = None if default is None else default.name
@@ -380,6 +604,26 @@ def conditions() -> st.SearchStrategy[Cond]:
     return st.one_of(eq, ranged.map(_ordered_between))
 
 
+def in_conditions() -> st.SearchStrategy[In]:
+    return st.one_of(
+        *[
+            st.builds(
+                In,
+                st.just(name),
+                st.lists(st.sampled_from(VALUES[name][1:]), max_size=3).map(tuple),
+            )
+            for name in INDEXED
+        ]
+    )
+
+
+def filter_parts() -> st.SearchStrategy[Any]:
+    """A condition, an ``in_``, or an OR of two or three of them (or of ANDs of two)."""
+    simple = conditions() | in_conditions()
+    part = simple | st.tuples(simple, simple)
+    return simple | st.builds(AnyOf, st.lists(part, min_size=2, max_size=3).map(tuple))
+
+
 def _ordered_between(cond: Cond) -> Cond:
     """between(high, low) is refused (a QueryError): draw the bounds in order."""
     if cond.op != "between" or cond.a <= cond.b:
@@ -390,7 +634,7 @@ def _ordered_between(cond: Cond) -> Cond:
 queries = st.builds(
     QuerySpec,
     st.sampled_from(CLASSES),
-    st.lists(conditions(), max_size=3).map(tuple),
+    st.lists(filter_parts(), max_size=3).map(tuple),
     st.none() | st.tuples(st.sampled_from(RANGED), st.booleans()),
     st.integers(0, 3),
     st.none() | st.integers(0, 4),
@@ -414,6 +658,17 @@ def battery(db: DB, cls: type) -> Iterator[QuerySpec]:
     yield QuerySpec(cls, (Cond("score", "lt", 3),), order=("rank", True))
     yield QuerySpec(cls, (Cond("color", "eq", "red"), Cond("rank", "ge", 0)), ("score", True))
     yield QuerySpec(cls, (Cond("email", "eq", "A@x.org"), Cond("rank", "gt", -5)))
+    # OR and IN: several branches come in the order_by's order, else the model's default
+    either = AnyOf((Cond("color", "eq", "red"), (Cond("rank", "ge", 1), Cond("score", "lt", 7))))
+    yield QuerySpec(cls, (either,), offset=1, limit=2)
+    yield QuerySpec(cls, (either,), order=("score", True))
+    yield QuerySpec(cls, (In("color", ("red", "blue", "")),), order=("rank", False), limit=3)
+    yield QuerySpec(cls, (In("email", ("a@X.ORG", "b@x.org")), Cond("rank", "ge", 0)))
+    yield QuerySpec(
+        cls, (In("rank", (0, 7)), AnyOf((In("score", (7.0,)), Cond("color", "eq", "blue"))))
+    )
+    yield QuerySpec(cls, (In("rank", (2,)),), offset=1)  # one value: an equality
+    yield QuerySpec(cls, (In("color", ()),))  # none: nothing
 
 
 # -- the machine ---------------------------------------------------------------------------
@@ -447,6 +702,7 @@ class Sessions(RuleBasedStateMachine):
         self.versions: dict[tuple[type, str], tuple[dict[Any, int], dict[int, Any]]] = {}
         # per session, in the order the session tracks them
         self.tracked: list[dict[tuple[type, str], Tracked]] = [{} for _ in self.sessions]
+        self.rel: RelDB = {cls: {} for cls in REL_CLASSES}
         Figures.examples += 1
 
     def teardown(self) -> None:
@@ -706,6 +962,224 @@ class Sessions(RuleBasedStateMachine):
             t.obj = obj
             assert fields_of(obj) == t.vals
 
+    # -- rules: collections and referential integrity (each in a fresh session) ---------
+
+    def rel_session(self, data: st.DataObject) -> Session:
+        return Session(self.clients[data.draw(st.integers(0, len(self.clients) - 1))])
+
+    def rel_build(self, session: Session, cls: type, ident: str, row: RelRow, new: dict) -> Any:
+        """An instance of ``row``; a reference to an entity new in the commit is that object."""
+        values = dict(row)
+        for name, (target, _mode) in LINKS.get(cls, {}).items():
+            ref = values[name]
+            if ref is not None:
+                values[name] = new.get((target, ref)) or session.reference(target, ref)
+        if "links" in values:
+            values["links"] = {
+                new.get((Target, i)) or session.reference(Target, i) for i in row["links"]
+            }
+        return cls(**values, id=ident)
+
+    def rel_commit(self, session: Session, refused: bool) -> None:
+        """Commit; a refused commit raises ``IntegrityError`` and writes nothing."""
+        if refused:
+            before = dump_keyspace(self.raw)
+            with pytest.raises(redisca.IntegrityError):
+                session.commit()
+            assert dump_keyspace(self.raw) == before
+            Figures.refused += 1
+            session.rollback()
+            return
+        session.commit()
+        Figures.commits += 1
+
+    @initialize(data=st.data())
+    def rel_seed(self, data: st.DataObject) -> None:
+        session = Session(self.raw)
+        new: dict[Key, Any] = {}
+        for cls in REL_CLASSES:
+            for ident in data.draw(st.sets(st.sampled_from(REL_IDS), max_size=3)):
+                row = data.draw(rel_rows(cls, self.rel))
+                if dangling(self.rel, cls, row, set(new), set()):
+                    row.update(dict.fromkeys(LINKS[cls]))
+                new[(cls, ident)] = obj = self.rel_build(session, cls, ident, row, new)
+                session.add(obj)
+                self.rel[cls][ident] = row
+        session.commit()
+        self.check_rel()
+
+    @rule(data=st.data())
+    def rel_add(self, data: st.DataObject) -> None:
+        """New entities, some referring to others new in the same commit; a reference to
+        a missing entity, or an id taken, refuses the commit."""
+        session = self.rel_session(data)
+        keys = data.draw(
+            st.lists(st.tuples(st.sampled_from(REL_CLASSES), st.sampled_from(REL_IDS)), max_size=3)
+        )
+        keys = sorted(set(keys), key=lambda k: (REL_CLASSES.index(k[0]), k[1]))
+        rows = {key: data.draw(rel_rows(key[0], self.rel)) for key in keys}
+        new: dict[Key, Any] = {}
+        for (cls, ident), row in rows.items():
+            new[(cls, ident)] = obj = self.rel_build(session, cls, ident, row, new)
+            session.add(obj)
+        refused = any(
+            ident in self.rel[cls] or dangling(self.rel, cls, row, set(new), set())
+            for (cls, ident), row in rows.items()
+        )
+        self.rel_commit(session, refused)
+        if not refused:
+            for (cls, ident), row in rows.items():
+                self.rel[cls][ident] = row
+        self.check_rel()
+
+    @rule(data=st.data())
+    def rel_delete(self, data: st.DataObject) -> None:
+        """Deletes: restrict refuses, cascade follows (Target -> Rel -> Leaf), set_null
+        clears; maybe with a new referrer to what the commit deletes (refused)."""
+        stored = [(cls, i) for cls in REL_CLASSES for i in sorted(self.rel[cls])]
+        if not stored:
+            return
+        picked = data.draw(st.lists(st.sampled_from(stored), min_size=1, max_size=2, unique=True))
+        session = self.rel_session(data)
+        for cls, ident in picked:
+            session.delete(session.get(cls, ident))
+        doomed, refused = cascade(self.rel, set(picked))
+        free = [(c, i) for c in (Rel, Leaf) for i in REL_IDS if i not in self.rel[c]]
+        if free and data.draw(st.booleans(), label="with a new referrer"):
+            cls, ident = data.draw(st.sampled_from(free))
+            row = data.draw(rel_rows(cls, self.rel))
+            session.add(self.rel_build(session, cls, ident, row, {}))
+            refused = refused or dangling(self.rel, cls, row, set(), doomed)
+            new_row: tuple[Key, RelRow] | None = ((cls, ident), row)
+        else:
+            new_row = None
+        self.rel_commit(session, refused)
+        if not refused:
+            apply_deletes(self.rel, doomed)
+            if new_row is not None:
+                (cls, ident), row = new_row
+                self.rel[cls][ident] = row
+        self.check_rel()
+
+    @rule(data=st.data())
+    def rel_mutate(self, data: st.DataObject) -> None:
+        """In-place changes of a loaded entity's collections and references, committed
+        once or twice in one session: each commit writes exactly the diff."""
+        stored = [(cls, i) for cls in REL_CLASSES for i in sorted(self.rel[cls])]
+        if not stored:
+            return
+        cls, ident = data.draw(st.sampled_from(stored))
+        session = self.rel_session(data)
+        obj = session.get(cls, ident)
+        assert obj is not None and rel_row(obj) == self.rel[cls][ident]
+        for _ in range(data.draw(st.integers(1, 2), label="commits")):
+            row = {k: copy.copy(v) for k, v in self.rel[cls][ident].items()}
+            for _ in range(data.draw(st.integers(1, 4), label="changes")):
+                self.rel_change(data, session, obj, row)
+            assert rel_row(obj) == row
+            changed = {k for k in LINKS.get(cls, {}) if row[k] != self.rel[cls][ident][k]}
+            refused = dangling(self.rel, cls, {k: row[k] for k in changed}, set(), set())
+            assert session.is_modified(obj) == (row != self.rel[cls][ident])
+            self.rel_commit(session, refused)
+            if refused:
+                return
+            self.rel[cls][ident] = row
+            assert not session.is_modified(obj)
+            self.check_rel()
+
+    @rule(data=st.data())
+    def rel_interleaved(self, data: st.DataObject) -> None:
+        """A session changes a loaded entity while another commits deletes (cascades and
+        set_null included): an entity deleted meanwhile refuses a change of its
+        references or collections (``StaleDataError``), a plain field's update vanishes
+        (the delete wins); otherwise the diff lands on what the other commit left."""
+        stored = [(cls, i) for cls in REL_CLASSES for i in sorted(self.rel[cls])]
+        if not stored:
+            return
+        cls, ident = data.draw(st.sampled_from(stored))
+        session = self.rel_session(data)
+        obj = session.get(cls, ident)
+        loaded = {k: copy.copy(v) for k, v in self.rel[cls][ident].items()}
+        row = {k: copy.copy(v) for k, v in loaded.items()}
+        for _ in range(data.draw(st.integers(1, 3), label="changes")):
+            self.rel_change(data, session, obj, row)
+        self.rel_delete(data)  # another session's commit
+        changed = {k: row[k] for k in row if row[k] != loaded[k]}
+        current = self.rel[cls].get(ident)
+        if current is None and changed and cls is not Target:
+            before = dump_keyspace(self.raw)
+            with pytest.raises(redisca.StaleDataError):
+                session.commit()
+            assert dump_keyspace(self.raw) == before
+            Figures.refused += 1
+            session.rollback()
+        elif current is None:
+            before = dump_keyspace(self.raw)
+            session.commit()  # nothing, or a plain update the delete beat
+            assert without_guards(dump_keyspace(self.raw)) == without_guards(before)
+        else:
+            self.rel_commit(session, dangling(self.rel, cls, changed, set(), set()))
+            if not dangling(self.rel, cls, changed, set(), set()):
+                current.update(changed)
+        self.check_rel()
+
+    def rel_change(self, data: st.DataObject, session: Session, obj: Any, row: RelRow) -> None:
+        cls = type(obj)
+        ops = ["name"] if cls is Target else list(LINKS[cls])
+        if cls is Rel:
+            ops += ["add", "discard", "ior", "clear", "assign", "append", "del", "empty"]
+            ops += ["link", "unlink"]
+            ops += ["none"]
+        op = data.draw(st.sampled_from(ops), label="change")
+        if op == "name":
+            row["name"] = obj.name = data.draw(st.none() | st.sampled_from(("x", "y")))
+        elif op in LINKS.get(cls, {}):
+            target = LINKS[cls][op][0]
+            ref = data.draw(st.none() | st.sampled_from(REL_IDS))
+            setattr(obj, op, None if ref is None else session.reference(target, ref))
+            row[op] = ref
+        elif op in ("add", "discard"):
+            tag = data.draw(st.sampled_from(TAGS))
+            getattr(obj.tags, op)(tag)
+            getattr(row["tags"], op)(tag)
+        elif op == "ior":
+            more = data.draw(st.sets(st.sampled_from(TAGS)))
+            obj.tags |= more
+            row["tags"] |= more
+        elif op == "clear":
+            obj.tags.clear()
+            obj.nums.clear()
+            row["tags"].clear()
+            row["nums"].clear()
+        elif op == "assign":
+            row["tags"] = data.draw(st.sets(st.sampled_from(TAGS)))
+            row["nums"] = data.draw(st.lists(NUMS, max_size=3))
+            obj.tags, obj.nums = set(row["tags"]), list(row["nums"])
+        elif op in ("link", "unlink"):
+            ref = data.draw(st.sampled_from(REL_IDS))
+            target = session.reference(Target, ref)
+            if op == "link":
+                obj.links.add(target)
+                row["links"].add(ref)
+            else:
+                obj.links.discard(target)
+                row["links"].discard(ref)
+        elif op == "append":
+            n = data.draw(NUMS)
+            obj.nums.append(n)
+            row["nums"].append(n)
+        elif op == "del" and row["nums"]:
+            del obj.nums[0]
+            del row["nums"][0]
+        elif op == "empty":  # empty, never None
+            obj.tags, obj.nums = set(), []
+            row["tags"], row["nums"] = set(), []
+        elif op == "none":
+            name = data.draw(st.sampled_from(("tags", "nums")))
+            with pytest.raises(redisca.ValidationError):
+                setattr(obj, name, None)
+            assert getattr(obj, name) == row[name]  # unchanged
+
     # -- checks ------------------------------------------------------------------------
 
     @invariant()
@@ -728,6 +1202,58 @@ class Sessions(RuleBasedStateMachine):
         for t in tracked:
             if t.loaded or not t.persistent:
                 assert fields_of(t.obj) == t.vals
+
+    def check_rel(self) -> None:
+        """Redis holds exactly the model's collections and references, key by key; no
+        reference dangles (read from the raw hashes); a fresh session loads the model and
+        ``contains`` (alone, with ``|``, with ``&``) finds the model's entities."""
+        keyspace = dump_keyspace(self.raw)
+        for cls in REL_CLASSES:
+            layout = redisca.inspect(cls).layout
+            expected = expected_rel_keys(layout, cls, self.rel[cls])
+            actual = {
+                k: without_marks(v)
+                for k, v in keyspace.items()
+                if k.startswith(layout.entity("")[:-1]) and b"#g:" not in k
+            }
+            assert actual == expected, (cls.__name__, self.rel[cls])
+        for cls, links in LINKS.items():
+            layout = redisca.inspect(cls).layout
+            for ident in self.rel[cls]:
+                stored = self.raw.hgetall(layout.entity(ident))
+                for name, (target, _mode) in links.items():
+                    ref = stored.get(name.encode())
+                    if ref is not None:
+                        assert self.raw.exists(redisca.inspect(target).layout.entity(ref.decode()))
+        if maintenance_check is not None:
+            report = maintenance_check(list(REL_CLASSES), self.raw)
+            assert report.ok, report.problems
+        observer = Session(self.clients[Figures.steps % len(self.clients)])
+        for cls in REL_CLASSES:
+            found = observer.query(cls).all()
+            assert {o.id: rel_row(o) for o in found} == self.rel[cls], cls.__name__
+        rows = self.rel[Rel]
+
+        def having(tag: str) -> set[str]:
+            return {i for i, row in rows.items() if tag in row["tags"]}
+
+        query = observer.query(Rel)
+        for tag in TAGS:
+            assert query.filter(Rel.tags.contains(tag)).ids() == sorted(having(tag))
+        for ref in REL_IDS:  # by id; by instance in test_collections
+            linked = sorted(i for i, row in rows.items() if ref in row["links"])
+            assert query.filter(Rel.links.contains(ref)).ids() == linked
+        either = query.filter(Rel.tags.contains("a") | Rel.tags.contains("b"))
+        assert either.ids() == sorted(having("a") | having("b"))
+        assert either.count() == len(having("a") | having("b"))
+        both = query.filter(Rel.tags.contains("a") & Rel.tags.contains("c"))
+        assert both.ids() == sorted(having("a") & having("c"))
+        owned = {i for i, row in rows.items() if row["owner"] == "1"}
+        mixed = query.filter(
+            (Rel.tags.contains("b") & (Rel.owner == observer.reference(Target, "1")))
+            | Rel.tags.contains("c")
+        )
+        assert mixed.ids() == sorted((having("b") & owned) | having("c"))
 
     def check_version(self, cls: type, ident: str, row: Row, stored: int) -> None:
         """One stored ``#v`` per model version of an entity, none shared with another."""
@@ -770,6 +1296,49 @@ class Sessions(RuleBasedStateMachine):
                 assert stored_fields(stored) == row.fields, ident
                 if cls is Doc:
                     self.check_version(cls, ident, row, int(stored[b"#v"]))
+
+
+def without_marks(dumped: tuple[str, Any]) -> tuple[str, Any]:
+    """A dumped hash without redisca's own ``#`` fields (the marker of an empty one)."""
+    kind, value = dumped
+    if kind == "hash":
+        return kind, {k: v for k, v in value.items() if not k.startswith(b"#")}
+    return kind, value
+
+
+def expected_rel_keys(layout: Any, cls: type, rows: dict[str, RelRow]) -> dict[bytes, Any]:
+    """Every key of one of the integrity models as ``dump_keyspace`` shows it (guards
+    aside): hashes of the references as stored ids, ``#all``, the equality sets of the
+    references and of each tag, the collections' own keys (none when empty)."""
+    out: dict[bytes, Any] = {}
+    indexed: dict[bytes, set[bytes]] = {}
+    for ident, row in rows.items():
+        bid = ident.encode()
+        stored = {
+            k.encode(): str(v).encode()
+            for k, v in row.items()
+            if k not in ("tags", "nums", "links")
+        }
+        out[layout.entity(ident)] = ("hash", {k: v for k, v in stored.items() if v != b"None"})
+        for name in LINKS.get(cls, {}):
+            if row[name] is not None:
+                indexed.setdefault(layout.eq_index(name.encode(), row[name].encode()), set()).add(
+                    bid
+                )
+        for name in ("tags", "links"):
+            for member in row.get(name, ()):
+                indexed.setdefault(layout.eq_index(name.encode(), member.encode()), set()).add(bid)
+            if row.get(name):
+                out[layout.members(name.encode(), bid)] = (
+                    "set",
+                    frozenset(m.encode() for m in row[name]),
+                )
+        if row.get("nums"):
+            out[layout.members(b"nums", bid)] = ("list", [str(n).encode() for n in row["nums"]])
+    out.update({k: ("set", frozenset(v)) for k, v in indexed.items()})
+    if rows:
+        out[layout.all_ids] = ("zset", dict.fromkeys((i.encode() for i in rows), 0.0))
+    return out
 
 
 DECODERS: dict[str, Callable[[bytes], Any]] = {
