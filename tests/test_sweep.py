@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import CLUSTER
+from helpers import CLUSTER, Counted
 
 import redisca
 from redisca import Integer, List, Registry, Session, Set, String
@@ -202,10 +202,10 @@ def test_a_writer_recreating_the_id_keeps_its_data(r: redis.Redis) -> None:
     expire(r, ("1",))  # expired as well: only its hash tells the incarnations apart
     before = dump(r)
     removal = remove(r, batch)
-    assert (removal.removed, removal.skipped) == (0, ("1",))
-    assert dump(r) == before  # all or nothing: sent again without the id that failed
-    removal = remove(r, batch, [i for i in batch.expired if i.id != "1"])
-    assert (removal.removed, removal.skipped) == (1, ())
+    # "4" went with the commit that deleted "1" (a commit that reads sweeps a batch too),
+    # so it fails its re-check as well; all or nothing: nothing was removed.
+    assert (removal.removed, removal.skipped) == (0, ("1", "4"))
+    assert dump(r) == before
     assert not r.exists(layout().entity("4"))
     assert b(r.hget(layout().entity("1"), "code")) == b"new"
     assert r.sismember(layout().eq_index(b"kind", b"z"), "1")
@@ -274,12 +274,13 @@ def test_the_removal_declares_every_key_it_touches(r: redis.Redis) -> None:
 
 def test_check_counts_expired_entities_and_reports_no_problem(r: redis.Redis) -> None:
     seed(r, list(range(N)))
-    expire(r, EXPIRED)
     # The unique value of an expired entity taken over by another one (what a claim of
-    # a value held by an expired owner does).
+    # a value held by an expired owner does). Expired after this commit, which would
+    # otherwise sweep them (a commit that reads sweeps a batch).
     with Session(r) as s:
         s.add(make(50))
         s.commit()
+    expire(r, EXPIRED)
     r.hdel(layout().unique_stripe(b"code", b"c50"), "c50")
     r.hset(layout().entity("50"), "code", "c1")
     r.hset(layout().unique_stripe(b"code", b"c1"), "c1", "50")
@@ -495,3 +496,76 @@ def test_a_model_of_a_slot_group_is_swept_on_its_node(r: redis.Redis) -> None:
     ]
     assert {b(m) for m in r.smembers(where.eq_index(b"tags", b"t"))} == {b"0", b"2", b"4"}
     assert check(grouped, r).ok
+
+
+# -- commits sweep too -------------------------------------------------------------------
+
+
+def _expired_left(r: redis.Redis) -> set[str]:
+    return {b(m).decode() for m in r.zrangebyscore(layout().expiry, "-inf", PAST)}
+
+
+def test_a_commit_that_reads_sweeps_in_its_own_round_trips(
+    r: redis.Redis, counted: Counted
+) -> None:
+    """An update of an indexed field reads before its transaction: that read takes a
+    batch of expired entities, and the transaction removes them (guarded as a sweep
+    is), with no round trip added."""
+    seed(r, list(range(N)))
+    expire(r, EXPIRED)
+    s = Session(counted.client)
+    token = s.get(Token, "0")
+    assert token is not None
+    token.kind = "z"
+    counted.reset()
+    s.commit()
+    assert counted.round_trips == 2
+    assert _expired_left(r) == set()
+    assert not [i for i in EXPIRED if r.exists(layout().entity(i))]
+    assert r.hget(layout().entity("0"), "kind") in (b"z", "z")
+    report = check(registry, r)
+    assert report.ok and report.models[0].expired == 0, report.problems
+
+
+def test_a_commit_sweeps_at_most_sixteen_per_model(r: redis.Redis) -> None:
+    seed(r, list(range(40)))
+    doomed = tuple(str(i) for i in range(1, 31))
+    expire(r, doomed)
+    for left in (14, 0):
+        with Session(r) as s:
+            token = s.get(Token, "0")
+            token.rank += 1  # type: ignore[union-attr]
+            s.commit()
+        assert len(_expired_left(r)) == left
+    assert check(registry, r).ok
+
+
+def test_a_commit_that_reads_nothing_sweeps_nothing(r: redis.Redis, counted: Counted) -> None:
+    """A plain update sends its transaction alone: one round trip, no sweep."""
+    seed(r, list(range(N)))
+    expire(r, EXPIRED)
+    s = Session(counted.client)
+    token = s.get(Token, "0")
+    token.note = "plain"  # type: ignore[union-attr]
+    counted.reset()
+    s.commit()
+    assert counted.round_trips == 1
+    assert _expired_left(r) == set(EXPIRED)
+
+
+def test_an_expired_id_the_commit_writes_is_left_to_the_commit(r: redis.Redis) -> None:
+    """Created again with its own id while its old self waits in the batch: the insert
+    removes the old leftovers itself, and the sweep leaves the id alone."""
+    seed(r, list(range(N)))
+    expire(r, EXPIRED)
+    with Session(r) as s:
+        again = make(1)
+        again.code, again.tags = "new1", {"fresh"}
+        s.add(again)
+        s.commit()
+    assert _expired_left(r) == set()
+    with Session(r) as s:
+        found = s.get(Token, "1")
+        assert found is not None and found.code == "new1" and found.tags == {"fresh"}
+        assert s.query(Token).filter(Token.tags.contains("x")).count() == N - len(EXPIRED)
+    assert check(registry, r).ok

@@ -48,9 +48,10 @@ from ..errors import (
 )
 from ..mapping.keys import decode_id
 from . import expiry, routing
+from . import sweep as sweeping
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
 from .io import OnConnection, Refresh, Run, RunAll, Send, Sleep, Steps
-from .plan import Command, CommitPlan, Observed, Reads, Slot, collect_reads
+from .plan import SWEEP_PER_COMMIT, Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
 from .routing import Redirected
@@ -590,6 +591,7 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
     ]
     commands += [expiry.read_command(key, list(ids)) for key, ids in reads.expiry.items()]
     commands += [(b"SMEMBERS", key) for key in reads.collections]
+    commands += [sweeping.read_command(m, SWEEP_PER_COMMIT, by_digest=False) for m in reads.sweeps]
     got = yield Send(commands)
     if watched and isinstance(got[0], ResponseError):
         _refused_watch(got[0], applied=False)  # never MULTI after a refused WATCH
@@ -618,6 +620,10 @@ def _watch_and_read(reads: Reads, observed: Observed) -> Steps[None]:
         observed.expired.update(e for e, at in zip(ids.values(), found, strict=True) if at == 0)
     for key in reads.collections:
         observed.collections[key] = frozenset(_checked(next(replies), key))
+    for mapper in reads.sweeps:
+        batch = sweeping.batch_or_none(mapper, next(replies))
+        if batch is not None and batch.expired:
+            observed.sweeps[mapper] = batch
 
 
 def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps[None]:
@@ -713,6 +719,8 @@ def _attempt(
             if reads.takeover:
                 yield from _expired_owners(plan, reads, observed)
         commands = emit(plan, observed)
+        if observed.sweeps:
+            commands = sweeping.with_removals(commands, len(plan.commands), plan, observed)
     except OperationalError:
         raise  # the connection is gone, and its WATCH with it
     except RediscaError:
@@ -836,7 +844,11 @@ def _check_own_replies(commands: list[Command], replies: list[Any], own: int) ->
     type, say) makes one fail; MULTI/EXEC has no rollback, so the rest is applied.
     """
     own_replies = zip(commands[:own], replies[:own], strict=True)
-    failed = [(c, r) for c, r in own_replies if isinstance(r, ResponseError)]
+    failed = [
+        (c, r)
+        for c, r in own_replies
+        if isinstance(r, ResponseError) and not sweeping.is_removal(c)  # (sweeps are extra)
+    ]
     if failed:
         command, error = failed[0]
         key = command[3] if command[0] == b"EVAL" else command[1]

@@ -177,11 +177,15 @@ class Reads:
     #: Referrer index sets of deleted entities (``on_delete``): read (``SMEMBERS``) and
     #: watched, so a referrer added concurrently fails the ``EXEC``.
     members: list[bytes] = attrs.field(factory=list)
-    #: Indexed sets (``H#m:<field>:<id>``) whose members the session never loaded, of
-    #: entities deleted or whose set is assigned whole: read (``SMEMBERS``) so the commit
-    #: removes their old members' index entries. Not watched: the entity's guard stripe
-    #: is (every commit changing an indexed set increments it).
+    #: Indexed sets (``H#m:<field>:<id>``) of the entities whose sets change or that are
+    #: deleted: read (``SMEMBERS``) so the commit moves their member index entries by
+    #: what is stored. Not watched: the entity's guard stripe is (every commit changing
+    #: an indexed set increments it).
     collections: list[bytes] = attrs.field(factory=list)
+    #: Expiring models the commit writes, when it reads anyway: a batch of their expired
+    #: entities is read with the other reads and swept in the transaction
+    #: (:mod:`~redisca.session.sweep`, :data:`SWEEP_PER_COMMIT`). Adds no round trip.
+    sweeps: list[Mapper] = attrs.field(factory=list)
     #: An expiring model's entities read: their instants (``expiry.READ``), by the
     #: model's ``H#exp``: id → entity key.
     expiry: dict[bytes, dict[str, bytes]] = attrs.field(factory=dict)
@@ -232,6 +236,8 @@ class Observed:
     nulled: list[tuple[MappedField, str, bytes]] = attrs.field(factory=list)
     #: ``Reads.collections``: set key → its members as stored.
     collections: dict[bytes, frozenset[bytes]] = attrs.field(factory=dict)
+    #: ``Reads.sweeps``: each model's batch of expired entities (``sweep.Batch``).
+    sweeps: dict[Mapper, Any] = attrs.field(factory=dict)
 
     def slot(self, field: MappedField, raw: bytes) -> Slot:
         found = self.slots.get((field, raw))
@@ -242,6 +248,11 @@ def unique_key(field: MappedField, raw: bytes) -> Slot:
     """Where a unique field's stored value ``raw`` is claimed: (stripe, index form)."""
     value = field.index_key(raw)
     return field.mapper.layout.unique_stripe(field.hash_field, value), value
+
+
+#: Expired entities a commit sweeps, at most, per expiring model it writes (when it reads
+#: before its transaction): bounded work, taken from the oldest instants.
+SWEEP_PER_COMMIT = 16
 
 
 def collect_reads(plan: CommitPlan) -> Reads:
@@ -335,6 +346,8 @@ def collect_reads(plan: CommitPlan) -> Reads:
     reads.registry = list(registry)
     reads.guards = list(guards)
     reads.counters = list(counters)
+    if reads:  # a round trip of reads goes out anyway: sweep with it
+        reads.sweeps = [m for m in dict.fromkeys(c.mapper for c in plan.changes) if m.expiring]
     return reads
 
 

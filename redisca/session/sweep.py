@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, RediscaError
 from ..mapping.mapper import MappedField, Mapper
 from . import emit
 from .plan import DELETE, Command, CommitPlan, EntityChange, Observed
@@ -271,6 +271,48 @@ def removal(mapper: Mapper, items: list[Expired], rebuild: Rebuild | None = None
     return out
 
 
+def batch_or_none(mapper: Mapper, reply: Any) -> Batch | None:
+    """:data:`READ`'s reply inside a commit's reads as a :class:`Batch`, or ``None`` when
+    Redis refused it (an ``H#exp`` holding another type, say): a commit sweeps only as
+    an extra, and never fails for it (``check`` reports such a key)."""
+    if isinstance(reply, Exception):
+        return None
+    try:
+        return parse_batch(mapper, reply)
+    except (ValueError, TypeError):
+        return None
+
+
+def with_removals(
+    commands: list[Command], users: int, plan: CommitPlan, observed: Observed
+) -> list[Command]:
+    """A commit's transaction with :data:`REMOVE` of the batches its reads found
+    (``observed.sweeps``), placed before the user's own ``users`` commands (whose
+    replies are the last). Entities the commit writes itself are left out: it removes
+    an expired one's leftovers on its own. A removal that cannot be computed (a value
+    the emitter cannot index) is left for ``python -m redisca sweep``, which reports it."""
+    touched = {change.key for change in plan.changes}
+    removals: list[Command] = []
+    for mapper, batch in observed.sweeps.items():
+        items = [i for i in batch.expired if mapper.layout.entity(i.id) not in touched]
+        if not items:
+            continue
+        try:
+            keys, args = removal_call(mapper, batch, items)
+        except (RediscaError, NotImplementedError):
+            continue
+        removals.append(_script_command(REMOVE, REMOVE_SHA, keys, args, by_digest=False))
+    if not removals:
+        return commands
+    cut = len(commands) - users
+    return [*commands[:cut], *removals, *commands[cut:]]
+
+
+def is_removal(command: Command) -> bool:
+    """Whether ``command`` is a :data:`REMOVE` sent whole (as :func:`with_removals` does)."""
+    return len(command) > 1 and command[0] == b"EVAL" and command[1] is REMOVE
+
+
 class _Keys:
     """The removal's KEYS, each once, by position (from 1, as Lua counts)."""
 
@@ -395,7 +437,9 @@ __all__ = [
     "Batch",
     "Expired",
     "Removal",
+    "batch_or_none",
     "expired_ids",
+    "is_removal",
     "now_command",
     "parse_batch",
     "parse_removal",
@@ -404,4 +448,5 @@ __all__ = [
     "removal",
     "removal_call",
     "removal_command",
+    "with_removals",
 ]
