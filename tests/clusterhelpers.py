@@ -89,7 +89,7 @@ def _spread(cluster: EmbeddedCluster, slot: int, dst: EmbeddedServer) -> None:
     again."""
     deadline = time.monotonic() + 10
     bump = time.monotonic() + 1
-    while cluster.node_for_slot(slot) is not dst:
+    while cluster.node_for_slot(slot) is not dst or not _all_masters_see(cluster, slot, dst):
         assert time.monotonic() < deadline, "the slot move did not spread"
         if time.monotonic() > bump:
             bump = deadline
@@ -99,3 +99,17 @@ def _spread(cluster: EmbeddedCluster, slot: int, dst: EmbeddedServer) -> None:
                 with node_client(node) as c:
                     c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(dst))
         time.sleep(0.02)
+
+
+def _all_masters_see(cluster: EmbeddedCluster, slot: int, dst: EmbeddedServer) -> bool:
+    """Whether every running master names ``dst`` for ``slot``: a client may ask any of
+    them, and one still naming the old owner sends it back and forth (``MOVED`` more
+    times than the executor follows, under load)."""
+    for node in cluster.masters:
+        if not node.running:
+            continue
+        with node_client(node) as c:
+            for first, last, owner, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if int(first) <= slot <= int(last) and int(owner[1]) != dst.port:
+                    return False
+    return True
