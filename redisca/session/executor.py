@@ -653,13 +653,27 @@ def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps
         by_key.setdefault(key, []).append(ident)
     commands: list[Command] = [(b"WATCH", *dict.fromkeys(guards))]
     commands += [expiry.read_command(key, ids) for key, ids in by_key.items()]
+    # The stripes again: an owner that expired may have been created again since the
+    # first read, and released the value then (its stripe is watched since, so the
+    # EXEC fails if it changed; but the verdict must not rest on the first read).
+    stripes = _by_stripe([slot for slots in owners.values() for slot in slots])
+    commands += [(b"HMGET", stripe, *[v for _, v in slots]) for stripe, slots in stripes.items()]
     got = yield Send(commands)
     _check_watch(commands[:1], got[:1], applied=False)
-    for (key, ids), reply in zip(by_key.items(), got[1:], strict=True):
-        for ident, at in zip(ids, expiry.instants(reply, key, len(ids)), strict=True):
+    replies = iter(got[1:])
+    expired: set[Slot] = set()
+    for key, ids in by_key.items():
+        for ident, at in zip(ids, expiry.instants(next(replies), key, len(ids)), strict=True):
             if at == 0:
-                for slot in owners[(key, ident)]:
-                    observed.owners[slot] = None
+                expired.update(owners[(key, ident)])
+    for stripe, slots in stripes.items():
+        for slot, now in zip(slots, _checked(next(replies), stripe), strict=True):
+            fresh = None if now is None else decode_id(now, stripe)
+            if fresh != observed.owners.get(slot) or slot in expired:
+                # Changed since the first read, which WATCHed it: this attempt's EXEC
+                # fails whatever it sends, and the retry reads again. Or still held
+                # by an owner that expired: free.
+                observed.owners[slot] = None
 
 
 def _by_stripe(owners: list[Slot]) -> dict[bytes, list[Slot]]:
