@@ -153,8 +153,11 @@ class _ModelSweep:
         return self.out
 
     def read(self, offset: int) -> sweeping.Batch:
-        keys, args = sweeping.read_call(self.mapper, self.batch, offset)
-        reply = _script(self.client, sweeping.READ, sweeping.READ_SHA, keys, args)
+        reply = _script(
+            self.client,
+            sweeping.read_command(self.mapper, self.batch, offset),
+            sweeping.read_command(self.mapper, self.batch, offset, by_digest=False),
+        )
         return sweeping.parse_batch(self.mapper, reply)
 
     def sweepable(
@@ -198,7 +201,7 @@ class _ModelSweep:
         skipped: tuple[str, ...] = ()
         while items:
             keys, args = sweeping.removal_call(self.mapper, batch, items, commands)
-            reply = _script(self.client, sweeping.REMOVE, sweeping.REMOVE_SHA, keys, args)
+            reply = _script(self.client, *sweeping.removal_calls(keys, args))
             removal = sweeping.parse_removal(reply)
             if removal.marker_changed or not removal.skipped:
                 return attrs.evolve(removal, skipped=skipped)
@@ -213,11 +216,11 @@ class _ModelSweep:
             self.report.problems.append(found)
 
 
-def _script(client: Client, script: bytes, sha: bytes, keys: list[bytes], args: list[Any]) -> Any:
+def _script(client: Client, by_digest: Command, whole: Command) -> Any:
     """A script's reply: sent by digest, and whole if the server does not know it."""
-    reply = run(client, [(b"EVALSHA", sha, len(keys), *keys, *args)])[0]
+    reply = run(client, [by_digest])[0]
     if isinstance(reply, NoScriptError):
-        reply = run(client, [(b"EVAL", script, len(keys), *keys, *args)])[0]
+        reply = run(client, [whole])[0]
     if isinstance(reply, Exception):
         routing.check(reply, "a sweep")
         raise OperationalError(f"Redis could not run the sweep: {reply}", reply)

@@ -19,6 +19,8 @@ from ..errors import ConflictError, IntegrityError, NotFound, StaleDataError, Un
 from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
 from . import expiry, integrity
+from .expiry import GUARDED_WRITE as GUARDED_WRITE_EXPIRING
+from .expiry import WRITE as WRITE_INSTANTS
 from .plan import (
     CLEAR,
     INSERT,
@@ -165,13 +167,13 @@ class _Emitter:
         if keys:
             out.append((b"EVAL", GUARDED_WRITE, len(keys), *keys, *args))
         for exp, (keys, ids, args) in self.guarded_expiring.items():
-            out.append((b"EVAL", expiry.GUARDED_WRITE, len(keys) + 1, exp, *keys, *ids, *args))
+            out.append((b"EVAL", GUARDED_WRITE_EXPIRING, len(keys) + 1, exp, *keys, *ids, *args))
         out += [(name, key, *args) for (name, key), args in self.removals.items()]
         stripes, args = self.owned
         if stripes:  # a removal: before the claims' HSETs
             out.append((b"EVAL", RELEASE_OWNED, len(stripes), *stripes, *args))
         out += [(name, key, *args) for (name, key), args in self.additions.items()]
-        out += [(b"EVAL", expiry.WRITE, 1, key, *args) for key, args in self.expiring.items()]
+        out += [(b"EVAL", WRITE_INSTANTS, 1, key, *args) for key, args in self.expiring.items()]
         return out
 
     def expire(self, change: EntityChange) -> None:

@@ -943,10 +943,18 @@ def _commands(client: Any, call: ScriptCall) -> tuple[bytes, Command, Command, s
     """The script's digest, the call by digest and whole, and the scripts the server
     that runs it is known to have."""
     keys, args = call.keys, call.args
-    if call.expiring:
-        sha, text = _expiring(call)
-        by_digest = (b"EVALSHA", sha, len(keys), *keys, *args)
-        whole = (b"EVAL", text, len(keys), *keys, *args)
+    if call.expiring and call.union:
+        sha = UNION_X_SHA
+        by_digest = (b"EVALSHA", UNION_X_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", UNION_X, len(keys), *keys, *args)
+    elif call.expiring and call.lookup:
+        sha = LOOKUP_X_SHA
+        by_digest = (b"EVALSHA", LOOKUP_X_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", LOOKUP_X, len(keys), *keys, *args)
+    elif call.expiring:
+        sha = SHA_X
+        by_digest = (b"EVALSHA", SHA_X, len(keys), *keys, *args)
+        whole = (b"EVAL", SCRIPT_X, len(keys), *keys, *args)
     elif call.union:
         sha = UNION_SHA
         by_digest = (b"EVALSHA", UNION_SHA, len(keys), *keys, *args)
@@ -962,15 +970,6 @@ def _commands(client: Any, call: ScriptCall) -> tuple[bytes, Command, Command, s
     pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
     pool = client.connection_pool if pool is None else pool
     return sha, by_digest, whole, _known(client, pool)
-
-
-def _expiring(call: ScriptCall) -> tuple[bytes, bytes]:
-    """The digest and text of an expiring model's script for ``call``."""
-    if call.union:
-        return UNION_X_SHA, UNION_X
-    if call.lookup:
-        return LOOKUP_X_SHA, LOOKUP_X
-    return SHA_X, SCRIPT_X
 
 
 def run_many(client: Any, calls: list[ScriptCall]) -> list[Any]:

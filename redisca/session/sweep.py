@@ -219,7 +219,9 @@ def read_call(mapper: Mapper, limit: int, offset: int = 0) -> tuple[list[bytes],
 def read_command(mapper: Mapper, limit: int, offset: int = 0, *, by_digest: bool = True) -> Command:
     """:data:`READ` as a command: ``EVALSHA`` (or the whole ``EVAL``)."""
     keys, args = read_call(mapper, limit, offset)
-    return _script_command(READ, READ_SHA, keys, args, by_digest)
+    if by_digest:
+        return (b"EVALSHA", READ_SHA, len(keys), *keys, *args)
+    return (b"EVAL", READ, len(keys), *keys, *args)
 
 
 def parse_batch(mapper: Mapper, reply: Any) -> Batch:
@@ -301,7 +303,7 @@ def with_removals(
             keys, args = removal_call(mapper, batch, items)
         except (RediscaError, NotImplementedError):
             continue
-        removals.append(_script_command(REMOVE, REMOVE_SHA, keys, args, by_digest=False))
+        removals.append((b"EVAL", REMOVE, len(keys), *keys, *args))
     if not removals:
         return commands
     cut = len(commands) - users
@@ -366,7 +368,18 @@ def removal_command(
 ) -> Command:
     """:data:`REMOVE` as a command: ``EVALSHA`` (or the whole ``EVAL``)."""
     keys, args = removal_call(mapper, batch, items)
-    return _script_command(REMOVE, REMOVE_SHA, keys, args, by_digest)
+    if by_digest:
+        return (b"EVALSHA", REMOVE_SHA, len(keys), *keys, *args)
+    return (b"EVAL", REMOVE, len(keys), *keys, *args)
+
+
+def removal_calls(keys: list[bytes], args: list[Any]) -> tuple[Command, Command]:
+    """:data:`REMOVE` with :func:`removal_call`'s keys and arguments, by digest and whole
+    (a sweeper sends the second when the server does not know the script yet)."""
+    return (
+        (b"EVALSHA", REMOVE_SHA, len(keys), *keys, *args),
+        (b"EVAL", REMOVE, len(keys), *keys, *args),
+    )
 
 
 def parse_removal(reply: Any) -> Removal:
@@ -404,14 +417,6 @@ def _ops(command: Command) -> list[tuple[bytes, list[bytes], list[Any]]]:
     raise NotImplementedError(f"a sweep cannot run {name!r} inside its script")
 
 
-def _script_command(
-    script: bytes, sha: bytes, keys: list[bytes], args: list[Any], by_digest: bool
-) -> Command:
-    if by_digest:
-        return (b"EVALSHA", sha, len(keys), *keys, *args)
-    return (b"EVAL", script, len(keys), *keys, *args)
-
-
 def _pairs(reply: Any) -> list[tuple[Any, Any]]:
     if isinstance(reply, dict):
         return list(reply.items())
@@ -447,6 +452,7 @@ __all__ = [
     "read_command",
     "removal",
     "removal_call",
+    "removal_calls",
     "removal_command",
     "with_removals",
 ]
