@@ -10,8 +10,6 @@ median of the repetitions): the price a query pays for the expired entities it m
 Then ``redisca.maintenance.sweep`` removes half's expired entities: entities per second,
 and the keys left checked against what the live half should leave.
 
-Queries skip expired entities only with the expiry-aware query scripts (issue 17, part B);
-before them, the ratio measures nothing but noise, and the counts include the expired.
 """
 
 from __future__ import annotations
@@ -52,8 +50,8 @@ def model(prefix: str) -> type:
 
 
 def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool]) -> float:
-    """The entities, then their instants (by a raw ``ZADD``: commits do not write them
-    before part A of issue 17); the seconds it took."""
+    """The entities, then their instants (by a raw ``ZADD``, which can put them in the
+    past); the seconds it took."""
     started = time.perf_counter()
     with Session(client) as s:
         s.bulk_add(
