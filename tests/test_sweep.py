@@ -453,18 +453,21 @@ def test_sweeps_racing_commits_leave_no_drift(r: redis.Redis, make_client: Any) 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
     for t in threads:
         t.start()
-    removed = 0
+    runs = 0
     deadline = time.monotonic() + 1.5
     try:
         while time.monotonic() < deadline:
-            removed += sweep(registry, make_client(), batch=7).models[0].removed
+            sweep(registry, make_client(), batch=7)
+            runs += 1
             expire(r, doomed)  # the ids re-created meanwhile expire again
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert not errors, errors
-    assert len(commits) > 20 and removed > len(doomed)
+    # The writers' commits sweep too (a commit that reads takes a batch), so how many of
+    # the removals were the sweeper's varies; that nothing drifted is what counts.
+    assert len(commits) > 20 and runs > 5
     expire(r, doomed)
     sweep(registry, r)
     report = check(registry, r)
