@@ -26,6 +26,20 @@ mutations, and a change interleaved with another session's deletes. After each o
 commits every key of those models is compared with the model's, no reference dangles in
 the raw hashes, and ``contains`` (alone, with ``&`` and ``|``) answers as the model does.
 
+Beside them, an expiring model (``Token``: mapped with ``ttl=``, a unique, an
+equality-indexed, a range-indexed and a plain field) has rules of its own, each in a
+fresh session: inserts (ids of expired tokens taken again, ``session.expire`` with a
+ttl or ``None``), changes (codes claimed from expired holders, refused from live ones),
+``session.expire`` on live tokens, deletes (of expired ones through a reference too),
+tokens expiring (a raw ``ZADD`` of an instant long past, so the wall clock never
+decides), a loaded token expiring under its session (an indexed change or an ``expire``
+refused as stale, a plain one skipped), a code claimed at once from a holder that just
+expired, and ``maintenance.sweep``. Live instants are an hour or two away. After each of
+them (nothing else writes the model) no reader sees an expired token: ``get`` and
+``get_many`` of every id, a battery of queries and counts answer with the live ones,
+``expires_at`` as loaded is the ``H#exp`` score, Redis holds the live tokens' values,
+and ``check`` finds no problem (leftovers of expired ones are no drift).
+
 Profiles (environment variable ``REDISCA_HYPOTHESIS_PROFILE``):
 
 ``ci`` (default)
@@ -47,6 +61,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncdriver
@@ -77,6 +92,7 @@ try:  # the maintenance package's check, once it exists; the test helper in any 
     from redisca.maintenance import check as maintenance_check
 except ImportError:  # pragma: no cover - until redisca.maintenance lands
     maintenance_check = None
+from redisca.maintenance import sweep as maintenance_sweep
 
 registry = Registry()
 
@@ -139,6 +155,22 @@ class Rel:
 class Leaf:
     parent: Rel | None = Reference(Rel, index=True, on_delete="cascade", default=None)
     pin: Rel | None = Reference(Rel, index=True, on_delete="restrict", default=None)
+    id: str | None = None
+
+
+# Expiry: a model whose entities live an hour unless told otherwise. "Live" is always
+# far in the future and "expired" always in the past (a raw ZADD of a small instant in
+# ``H#exp``), so the wall clock never decides an outcome. Changed by rules of its own,
+# each in a fresh session, and checked after each of them against ``Sessions.tok``.
+
+
+@registry.mapped(prefix="sme", slot_group=GROUP, ttl=3600)
+@attrs.define
+class Token:
+    code: str | None = String(unique=True, default=None)
+    owner: str | None = String(index=True, default=None)
+    rank: int | None = Integer(index=True, default=None)
+    note: str | None = None
     id: str | None = None
 
 
@@ -434,6 +466,88 @@ def apply_deletes(rel: RelDB, doomed: set[Key]) -> None:
                     row[name] = None
 
 
+# -- expiry in the model ----------------------------------------------------------------
+
+TOK_IDS = ("1", "2", "3", "4")
+TOK_FIELDS = ("code", "owner", "rank", "note")
+TOK_VALUES: dict[str, tuple[Any, ...]] = {
+    "code": ("a", "b", "c"),
+    "owner": ("ann", "bob", ""),
+    "rank": (-1, 0, 3),
+    "note": ("", "x"),
+}
+HOUR = 3600
+#: What ``session.expire`` is given, beside the model's own ttl: far from now either way.
+TTLS = (HOUR, 2 * HOUR, None)
+#: An instant long past (ms since the epoch): an entity whose ``H#exp`` score it is, is
+#: expired (never 0, which a score could be by mistake).
+PAST = 1000
+
+
+@st.composite
+def tok_rows(draw: Any, codes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Values of a ``Token``; its ``code`` drawn mostly from ``codes`` when given (the
+    values expired entities held, to be claimed again)."""
+    row = {name: draw(st.none() | st.sampled_from(TOK_VALUES[name])) for name in TOK_FIELDS}
+    if codes and draw(st.booleans()):
+        row["code"] = draw(st.sampled_from(codes))
+    return row
+
+
+def tok_unique(rows: dict[str, dict[str, Any]]) -> bool:
+    """Whether no two live entities hold one code: the commit leading to ``rows`` (all
+    the live entities after it) passes its unique checks exactly then."""
+    codes = [row["code"] for row in rows.values() if row["code"] is not None]
+    return len(codes) == len(set(codes))
+
+
+def tok_fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in TOK_FIELDS}
+
+
+def tok_stored(stored: dict[bytes, bytes]) -> dict[str, Any]:
+    user = {k.decode(): v.decode() for k, v in stored.items() if not k.startswith(b"#")}
+    assert set(user) <= set(TOK_FIELDS), user
+    row: dict[str, Any] = {name: user.get(name) for name in TOK_FIELDS}
+    if row["rank"] is not None:
+        row["rank"] = int(row["rank"])
+    return row
+
+
+def instant_of(obj: Any) -> int | None:
+    """``inspect(obj).expires_at`` in ms since the epoch (the unit of ``H#exp``)."""
+    at = redisca.inspect(obj).expires_at
+    if at is None:
+        return None
+    assert at.tzinfo is not None and at.utcoffset() == timedelta(0), at
+    return round(at.timestamp() * 1000)
+
+
+def server_ms(r: Any) -> int:
+    """The server's clock (in cluster mode, a master's), in ms."""
+    if CLUSTER:
+        node = r.get_default_node()
+        seconds, micros = r.get_redis_connection(node).time()
+    else:
+        seconds, micros = r.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def tok_battery() -> Iterator[QuerySpec]:
+    """Queries asked after every step of the expiry rules: each index, each plan."""
+    yield QuerySpec(Token)
+    for name in ("code", "owner", "rank"):
+        for value in TOK_VALUES[name]:
+            yield QuerySpec(Token, (Cond(name, "eq", value),))
+    yield QuerySpec(Token, (Cond("rank", "ge", 0),))
+    yield QuerySpec(Token, (Cond("rank", "between", -1, 0),), offset=1)
+    yield QuerySpec(Token, order=("rank", True), limit=2)
+    yield QuerySpec(Token, order=("rank", False), offset=1, limit=2)
+    yield QuerySpec(Token, (Cond("owner", "eq", "ann"), Cond("rank", "lt", 3)), ("rank", True))
+    yield QuerySpec(Token, (AnyOf((Cond("code", "eq", "a"), Cond("owner", "eq", "bob"))),))
+    yield QuerySpec(Token, (In("code", ("b", "c")),), order=("rank", False), limit=1)
+
+
 # -- queries on the model ------------------------------------------------------------------
 
 
@@ -680,6 +794,8 @@ class Figures:
     commits = 0
     refused = 0
     queries = 0
+    expiry_checks = 0
+    takeovers = 0  # commits claiming a code an expired token's leftovers held
 
 
 #: The URL of the server (in cluster mode, of a node of the cluster), set by the test
@@ -703,6 +819,11 @@ class Sessions(RuleBasedStateMachine):
         # per session, in the order the session tracks them
         self.tracked: list[dict[tuple[type, str], Tracked]] = [{} for _ in self.sessions]
         self.rel: RelDB = {cls: {} for cls in REL_CLASSES}
+        # expiry: the live tokens' values and instants (ms, None: never), and the values
+        # the expired ones held (their leftovers may be in Redis until swept)
+        self.tok: dict[str, dict[str, Any]] = {}
+        self.tok_at: dict[str, int | None] = {}
+        self.tok_dead: dict[str, dict[str, Any]] = {}
         Figures.examples += 1
 
     def teardown(self) -> None:
@@ -1180,6 +1301,267 @@ class Sessions(RuleBasedStateMachine):
                 setattr(obj, name, None)
             assert getattr(obj, name) == row[name]  # unchanged
 
+    # -- rules: expiry (each in a fresh session) ---------------------------------------
+
+    def tok_session(self, data: st.DataObject | int) -> Any:
+        """A session on one of the clients; on the last, an ``AsyncSession`` (driven)."""
+        if isinstance(data, int):
+            k = data % len(self.clients)
+        else:
+            k = data.draw(st.integers(0, len(self.clients) - 1), label="client")
+        client = self.clients[k]
+        return asyncdriver.Driven(client) if k == len(self.clients) - 1 else Session(client)
+
+    def tok_ids(self) -> st.SearchStrategy[str]:
+        """Ids of expired tokens half of the time (their leftovers may be in Redis)."""
+        dead = sorted(self.tok_dead)
+        pick = st.sampled_from(TOK_IDS)
+        return st.sampled_from(dead) | pick if dead else pick
+
+    def dead_codes(self) -> tuple[str, ...]:
+        return tuple(sorted({r["code"] for r in self.tok_dead.values() if r["code"]}))
+
+    def held_by_leftovers(self) -> set[str]:
+        """The codes whose unique claim an expired token's leftovers still hold."""
+        layout = redisca.inspect(Token).layout
+        return {
+            r["code"]
+            for i, r in self.tok_dead.items()
+            if r["code"] is not None and self.raw.exists(layout.entity(i))
+        }
+
+    def tok_commit(self, session: Any, errors: set[type]) -> bool:
+        """Commit; a commit the model refuses raises one of ``errors`` and writes nothing."""
+        if errors:
+            before = dump_keyspace(self.raw)
+            with pytest.raises(redisca.RediscaError) as info:
+                session.commit()
+            assert type(info.value) in errors, (info.value, errors)
+            assert dump_keyspace(self.raw) == before
+            Figures.refused += 1
+            session.rollback()
+            return False
+        session.commit()
+        Figures.commits += 1
+        return True
+
+    def tok_instant(self, obj: Any, ttl: float | None, before: int, after: int) -> int | None:
+        """The instant a commit between the server's ``before`` and ``after`` gave
+        ``obj``: ``ttl`` after the commit's own now, in ``H#exp`` and in ``expires_at``."""
+        score = self.raw.zscore(redisca.inspect(Token).layout.expiry, obj.id)
+        if ttl is None:
+            assert score is None and instant_of(obj) is None, (obj.id, score)
+            return None
+        assert score is not None, obj.id
+        assert before + ttl * 1000 <= score <= after + ttl * 1000, (before, score, after)
+        assert instant_of(obj) == int(score), (obj.id, instant_of(obj), score)
+        return int(score)
+
+    def tok_forget(self, ident: str) -> None:
+        self.tok.pop(ident, None)
+        self.tok_at.pop(ident, None)
+
+    @rule(data=st.data())
+    def tok_add(self, data: st.DataObject) -> None:
+        """New tokens, their ids often expired ones' (an insert over an expired id
+        succeeds), their codes often what expired tokens held (free to claim), each with
+        the model's ttl or one ``session.expire`` gives (``None``: never). An id or a code
+        a live token has refuses the commit."""
+        ids = data.draw(st.lists(self.tok_ids(), min_size=1, max_size=2, unique=True))
+        session = self.tok_session(data)
+        objs, rows, told = {}, {}, {}
+        for ident in ids:
+            rows[ident] = data.draw(tok_rows(self.dead_codes()), label="values")
+            objs[ident] = obj = Token(**rows[ident], id=ident)
+            session.add(obj)
+            if data.draw(st.booleans(), label="expire"):
+                told[ident] = data.draw(st.sampled_from(TTLS), label="ttl")
+                session.expire(obj, told[ident])
+        errors: set[type] = set()
+        if any(i in self.tok for i in ids):
+            errors.add(redisca.IntegrityError)
+        if not tok_unique({**{i: r for i, r in self.tok.items() if i not in ids}, **rows}):
+            errors.add(redisca.UniqueViolation)
+        before = server_ms(self.raw)
+        held = self.held_by_leftovers()
+        if self.tok_commit(session, errors):
+            Figures.takeovers += bool(held & {r["code"] for r in rows.values()})
+            after = server_ms(self.raw)
+            for ident, obj in objs.items():
+                self.tok[ident] = rows[ident]
+                self.tok_dead.pop(ident, None)  # its leftovers went with the insert
+                self.tok_at[ident] = self.tok_instant(obj, told.get(ident, HOUR), before, after)
+        self.check_tok()
+
+    def tok_edit(self, data: st.DataObject, *, fields: bool, expire: bool | None) -> None:
+        """Loaded live tokens changed in one commit: fields (``fields``), a new instant or
+        none (``expire``; ``None``: maybe)."""
+        live = sorted(self.tok)
+        if not live:
+            return
+        picked = data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=2, unique=True))
+        session = self.tok_session(data)
+        objs, rows, told = {}, {}, {}
+        codes = self.dead_codes()
+        for ident in picked:
+            objs[ident] = obj = session.get(Token, ident)
+            assert obj is not None and tok_fields(obj) == self.tok[ident], ident
+            assert instant_of(obj) == self.tok_at[ident], ident
+            rows[ident] = row = dict(self.tok[ident])
+            names = (
+                data.draw(st.sets(st.sampled_from(TOK_FIELDS)), label="fields") if fields else ()
+            )
+            for name in names:
+                values = st.none() | st.sampled_from(TOK_VALUES[name])
+                if name == "code" and codes:
+                    values = values | st.sampled_from(codes)
+                row[name] = data.draw(values, label=name)
+                setattr(obj, name, row[name])
+            if expire or (expire is None and data.draw(st.booleans(), label="expire")):
+                told[ident] = data.draw(st.sampled_from(TTLS), label="ttl")
+                session.expire(obj, told[ident])
+        ok = tok_unique({**self.tok, **rows})
+        before = server_ms(self.raw)
+        held = self.held_by_leftovers()
+        if self.tok_commit(session, set() if ok else {redisca.UniqueViolation}):
+            Figures.takeovers += bool(held & {r["code"] for r in rows.values()})
+            after = server_ms(self.raw)
+            for ident, obj in objs.items():
+                self.tok[ident] = rows[ident]
+                if ident in told:
+                    self.tok_at[ident] = self.tok_instant(obj, told[ident], before, after)
+                assert instant_of(obj) == self.tok_at[ident], ident
+        self.check_tok()
+
+    @rule(data=st.data())
+    def tok_change(self, data: st.DataObject) -> None:
+        """Changes of one or two live tokens (codes swapped, released, claimed from an
+        expired holder, or refused while a live one holds them), maybe with new instants."""
+        self.tok_edit(data, fields=True, expire=None)
+
+    @rule(data=st.data())
+    def tok_extend(self, data: st.DataObject) -> None:
+        """``session.expire`` on live tokens, committed: their instants move (extended,
+        shortened, still far away) or go (``None``: never)."""
+        self.tok_edit(data, fields=False, expire=True)
+
+    @rule(data=st.data(), by_reference=st.booleans())
+    def tok_delete(self, data: st.DataObject, by_reference: bool) -> None:
+        """A live token deleted (loaded, or through a reference), or an expired one through
+        a reference: nothing of it is left in Redis after the commit."""
+        known = sorted(self.tok) + sorted(self.tok_dead)
+        if not known:
+            return
+        ident = data.draw(st.sampled_from(known), label="id")
+        session = self.tok_session(data)
+        if ident in self.tok and not by_reference:
+            obj = session.get(Token, ident)
+            assert obj is not None
+        else:
+            obj = session.reference(Token, ident)
+        session.delete(obj)
+        self.tok_commit(session, set())
+        self.tok_forget(ident)
+        self.tok_dead.pop(ident, None)
+        layout = redisca.inspect(Token).layout
+        assert not self.raw.exists(layout.entity(ident)), ident
+        assert self.raw.zscore(layout.expiry, ident) is None, ident
+        self.check_tok()
+
+    @rule(data=st.data())
+    def tok_expire_now(self, data: st.DataObject) -> None:
+        """A live token's instant passes (a raw ``ZADD`` of an instant long past; one that
+        never expired gets one): gone for every reader at once, leftovers in Redis."""
+        if not self.tok:
+            return
+        self.tok_expire(data.draw(st.sampled_from(sorted(self.tok)), label="id"))
+        self.check_tok()
+
+    def tok_expire(self, ident: str) -> None:
+        self.raw.zadd(redisca.inspect(Token).layout.expiry, {ident: PAST})
+        self.tok_dead[ident] = self.tok[ident]
+        self.tok_forget(ident)
+
+    @rule(data=st.data(), by_change=st.booleans())
+    def tok_claim(self, data: st.DataObject, by_change: bool) -> None:
+        """A live token holding a code expires, and at once a commit claims the code its
+        leftovers still hold: a new token (maybe with the expired one's id) or a live one
+        changed. It must pass, taking the claim over."""
+        holders = sorted(i for i, row in self.tok.items() if row["code"] is not None)
+        if not holders:
+            return
+        holder = data.draw(st.sampled_from(holders), label="holder")
+        code = self.tok[holder]["code"]
+        self.tok_expire(holder)
+        session = self.tok_session(data)
+        if by_change and self.tok:
+            ident = data.draw(st.sampled_from(sorted(self.tok)), label="claimer")
+            obj = session.get(Token, ident)
+            assert obj is not None
+            obj.code = code
+        else:
+            ident = data.draw(st.sampled_from([i for i in TOK_IDS if i not in self.tok]))
+            obj = Token(**{**data.draw(tok_rows(), label="values"), "code": code}, id=ident)
+            session.add(obj)
+        row = tok_fields(obj)
+        before = server_ms(self.raw)
+        self.tok_commit(session, set())
+        Figures.takeovers += 1
+        if ident not in self.tok:
+            self.tok_at[ident] = self.tok_instant(obj, HOUR, before, server_ms(self.raw))
+        self.tok[ident] = row
+        self.tok_dead.pop(ident, None)
+        self.check_tok()
+
+    @rule(data=st.data(), kind=st.sampled_from(("indexed", "plain", "expire", "delete")))
+    def tok_stale(self, data: st.DataObject, kind: str) -> None:
+        """A session loads a live token, which then expires: a change of an indexed field,
+        or an ``expire``, is refused (``StaleDataError``); a plain field's update is
+        skipped and the instance leaves the session (as after a delete); a delete
+        removes its leftovers."""
+        if not self.tok:
+            return
+        ident = data.draw(st.sampled_from(sorted(self.tok)), label="id")
+        session = self.tok_session(data)
+        obj = session.get(Token, ident)
+        assert obj is not None
+        self.raw.zadd(redisca.inspect(Token).layout.expiry, {ident: PAST})
+        self.tok_dead[ident] = self.tok[ident]
+        self.tok_forget(ident)
+        if kind == "indexed":
+            name = data.draw(st.sampled_from(("owner", "rank")), label="field")
+            other = [v for v in (None, *TOK_VALUES[name]) if v != getattr(obj, name)]
+            setattr(obj, name, data.draw(st.sampled_from(other), label="value"))
+            self.tok_commit(session, {redisca.StaleDataError})
+        elif kind == "expire":
+            session.expire(obj, data.draw(st.sampled_from(TTLS), label="ttl"))
+            self.tok_commit(session, {redisca.StaleDataError})
+        elif kind == "plain":
+            obj.note = "y" if obj.note != "y" else None
+            before = without_guards(dump_keyspace(self.raw))
+            self.tok_commit(session, set())
+            assert obj not in session
+            assert without_guards(dump_keyspace(self.raw)) == before
+        else:
+            session.delete(obj)
+            self.tok_commit(session, set())
+            self.tok_dead.pop(ident)
+            assert not self.raw.exists(redisca.inspect(Token).layout.entity(ident))
+        self.check_tok()
+
+    @rule()
+    def tok_sweep(self) -> None:
+        """``maintenance.sweep`` removes every expired token's leftovers, and only those."""
+        layout = redisca.inspect(Token).layout
+        left = [i for i in self.tok_dead if self.raw.exists(layout.entity(i))]
+        report = maintenance_sweep([Token], self.raw)
+        assert report.ok, report.problems
+        assert [m.removed for m in report.models] == [len(left)], (report.models, left)
+        for ident in self.tok_dead:
+            assert not self.raw.exists(layout.entity(ident)), ident
+            assert self.raw.zscore(layout.expiry, ident) is None, ident
+        self.check_tok()
+
     # -- checks ------------------------------------------------------------------------
 
     @invariant()
@@ -1266,6 +1648,47 @@ class Sessions(RuleBasedStateMachine):
             | Rel.tags.contains("c")
         )
         assert mixed.ids() == sorted((having("b") & owned) | having("c"))
+
+    def check_tok(self) -> None:
+        """No reader sees an expired token: ``get`` and ``get_many`` of every id, queries
+        and counts answer with the live tokens only, instants as loaded are their
+        ``H#exp`` scores; Redis holds the live tokens' values, and of an expired one at
+        most leftovers with their past instant; ``check`` finds no problem (leftovers are
+        not drift)."""
+        Figures.expiry_checks += 1
+        observer = self.tok_session(Figures.expiry_checks)
+        db: DB = {Token: {i: Row(row, None) for i, row in self.tok.items()}}
+        for spec in tok_battery():
+            expected = spec.expected(db)
+            query = spec.build(observer)
+            assert query.ids() == expected, spec
+            assert query.count() == len(expected), spec
+        found = observer.query(Token).all()  # its instants: test_query_loads_expires_at
+        assert {o.id: tok_fields(o) for o in found} == self.tok
+        one, many = (self.tok_session(Figures.expiry_checks + k) for k in (1, 2))
+        for ident, listed in zip(TOK_IDS, many.get_many(Token, TOK_IDS), strict=True):
+            for obj in (one.get(Token, ident), listed):
+                if ident not in self.tok:
+                    assert obj is None, ident
+                    continue
+                assert obj is not None and tok_fields(obj) == self.tok[ident], ident
+                assert instant_of(obj) == self.tok_at[ident], ident
+        layout = redisca.inspect(Token).layout
+        pipe = self.raw.pipeline(transaction=False)
+        for ident in TOK_IDS:
+            pipe.hgetall(layout.entity(ident))
+            pipe.zscore(layout.expiry, ident)
+        replies = pipe.execute()
+        now = server_ms(self.raw)
+        for ident, stored, score in zip(TOK_IDS, replies[::2], replies[1::2], strict=True):
+            if ident in self.tok:
+                assert tok_stored(stored) == self.tok[ident], ident
+                assert score == self.tok_at[ident], (ident, score)
+            else:  # nothing, or what an expired token left
+                assert not stored or (score is not None and score <= now), (ident, score)
+        if maintenance_check is not None:
+            report = maintenance_check([Token], self.raw)
+            assert report.ok, report.problems
 
     def check_version(self, cls: type, ident: str, row: Row, stored: int) -> None:
         """One stored ``#v`` per model version of an entity, none shared with another."""
@@ -1394,6 +1817,7 @@ def test_sessions_against_the_model(redis_url: str) -> None:
     profile = os.environ.get("REDISCA_HYPOTHESIS_PROFILE", "ci")
     SERVER[:] = [redis_url]
     Figures.examples = Figures.steps = Figures.commits = Figures.refused = Figures.queries = 0
+    Figures.expiry_checks = Figures.takeovers = 0
     try:
         with asyncdriver.loops():
             run_state_machine_as_test(Sessions, settings=PROFILES[profile])
@@ -1404,12 +1828,14 @@ def test_sessions_against_the_model(redis_url: str) -> None:
     print(
         f"\nstate machine ({profile}): {Figures.examples} examples, {Figures.steps} steps, "
         f"{Figures.commits} commits, {Figures.refused} refused as predicted, "
-        f"{Figures.queries} random queries"
+        f"{Figures.queries} random queries, {Figures.expiry_checks} expiry checks, "
+        f"{Figures.takeovers} codes taken over from expired holders"
     )
     assert Figures.commits > Figures.examples and Figures.refused > 0
+    assert Figures.expiry_checks > Figures.examples
 
 
-__all__ = ["Doc", "Item", "registry"]
+__all__ = ["Doc", "Item", "Token", "registry"]
 
 
 # -- what the model found (regression tests of the bugs it found, now fixed) ----------------
@@ -1429,6 +1855,22 @@ def test_clearing_the_last_fields_keeps_the_entity(r: redis.Redis) -> None:
     ours.commit()
     assert Session(r).get(Item, "1") == Item(id="1")
     assert_indexes_consistent(r, redisca.inspect(Item))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a query's load does not read the instants: expires_at is None (found by the "
+    "state machine's expiry rules; get and get_many set it)",
+)
+def test_query_loads_expires_at(r: redis.Redis) -> None:
+    seeding = Session(r)
+    seeding.add(Token(code="a", id="1"))
+    seeding.commit()
+    stored = r.zscore(redisca.inspect(Token).layout.expiry, "1")
+    assert stored is not None
+    assert instant_of(Session(r).get(Token, "1")) == int(stored)
+    (found,) = Session(r).query(Token).all()
+    assert instant_of(found) == int(stored)  # not None: it expires in an hour
 
 
 def test_versioned_entity_recreated_since_load_is_stale(r: redis.Redis) -> None:
