@@ -1857,11 +1857,6 @@ def test_clearing_the_last_fields_keeps_the_entity(r: redis.Redis) -> None:
     assert_indexes_consistent(r, redisca.inspect(Item))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a query's load does not read the instants: expires_at is None (found by the "
-    "state machine's expiry rules; get and get_many set it)",
-)
 def test_query_loads_expires_at(r: redis.Redis) -> None:
     seeding = Session(r)
     seeding.add(Token(code="a", id="1"))
@@ -1869,8 +1864,16 @@ def test_query_loads_expires_at(r: redis.Redis) -> None:
     stored = r.zscore(redisca.inspect(Token).layout.expiry, "1")
     assert stored is not None
     assert instant_of(Session(r).get(Token, "1")) == int(stored)
-    (found,) = Session(r).query(Token).all()
+    reader = Session(r)
+    (found,) = reader.query(Token).all()
     assert instant_of(found) == int(stored)  # not None: it expires in an hour
+    (first,) = reader.query(Token).filter(Token.code == "a").all()  # the unique lookup
+    assert first is found
+    other = Session(r)
+    (again,) = other.query(Token).filter(Token.code.in_(["a", "b"])).all()  # a union
+    assert instant_of(again) == int(stored)
+    reader.close()
+    other.close()
 
 
 def test_versioned_entity_recreated_since_load_is_stale(r: redis.Redis) -> None:

@@ -373,6 +373,11 @@ def from_hashes(
         for ident, raw in zip(wanted, hashes, strict=True):
             if raw and known[ident] is not None:
                 raw[expiry.INSTANT] = known[ident]
+    elif mapper.expiring:  # the query script read each hash's instant with it
+        for raw in hashes:
+            at = raw.get(expiry.INSTANT)
+            if at is not None:
+                raw[expiry.INSTANT] = int(float(at))
     if wanted:
         with gcpause.paused(len(wanted)):
             install(identity, mapper, wanted, hashes)

@@ -41,6 +41,7 @@ the server does not know it yet, once with ``EVAL``.
 from __future__ import annotations
 
 import hashlib
+import re
 import weakref
 from typing import Any
 
@@ -877,18 +878,44 @@ end
     )
 
 
+#: Reads a page's hash with its instant: an entity loaded by a query knows when it
+#: expires, as one loaded by ``get`` does (``loading.from_hashes`` reads the pair back).
+_HGETALL_X = b"""local function hgetall_x(prefix, id)
+  local h = redis.pcall('HGETALL', prefix .. id)
+  if type(h) == 'table' and h[1] then
+    local s = redis.call('ZSCORE', KEYS[#KEYS], id)
+    if s then h[#h + 1] = '#exp'; h[#h + 1] = s end
+  end
+  return h
+end
+"""
+_HGETALL_CALL = re.compile(rb"redis\.pcall\('HGETALL', ([A-Za-z0-9_\[\]]+) \.\. ([a-z]+)\)")
+
+
+def _with_instants(script: bytes) -> bytes:
+    """An expiring model's script whose loads return each hash with its instant, under
+    the reserved field ``#exp`` (user fields hold no ``#``); H#exp is its last key."""
+    title, newline, rest = script.partition(b"\n")
+    rest, found = _HGETALL_CALL.subn(rb"hgetall_x(\1, \2)", rest)
+    assert found and b"'HGETALL'" not in rest, "a load the instants do not reach"
+    return title + newline + _HGETALL_X + rest
+
+
+_ENGINE_X = _expiring_engine(SCRIPT)
 #: :data:`SCRIPT` for a model whose entities may expire (KEYS: then H#exp, last).
-SCRIPT_X = _expiring_engine(SCRIPT)
+SCRIPT_X = _with_instants(_ENGINE_X)
 SHA_X = hashlib.sha1(SCRIPT_X).hexdigest().encode()
 #: :data:`UNION` for a model whose entities may expire (KEYS: then H#exp once, last).
-UNION_X = _union(
-    SCRIPT_X,
-    b"-- redisca query engine, OR of several branches, expiring model "
-    b"(see redisca/session/queryscript.py).\n",
+UNION_X = _with_instants(
+    _union(
+        _ENGINE_X,
+        b"-- redisca query engine, OR of several branches, expiring model "
+        b"(see redisca/session/queryscript.py).\n",
+    )
 )
 UNION_X_SHA = hashlib.sha1(UNION_X).hexdigest().encode()
 #: :data:`LOOKUP` for a model whose entities may expire (KEYS: then H#exp, last).
-LOOKUP_X = _expiring_lookup(LOOKUP)
+LOOKUP_X = _with_instants(_expiring_lookup(LOOKUP))
 LOOKUP_X_SHA = hashlib.sha1(LOOKUP_X).hexdigest().encode()
 
 
