@@ -16,7 +16,7 @@ commands, sent by whoever sweeps (``python -m redisca sweep``, or a commit):
    exactly the ones the commit would remove; a unique value is released only where its
    stripe still names the id (another entity may have claimed it since the expiry); the
    guard stripes are bumped, so commits that read the entities meanwhile fail their
-   ``EXEC``; and the ``H#exp`` members go last. All or nothing, so that one entity's
+   ``EXEC``; and the ``H#exp`` members go with them. All or nothing, so that one entity's
    index writes may share a variadic command with the others' as in a commit: when an
    id fails its re-check, nothing is removed and the reply names the ids that failed;
    the sweeper sends the removal again without them (a later sweep takes them).
@@ -249,7 +249,7 @@ def removal(mapper: Mapper, items: list[Expired], rebuild: Rebuild | None = None
     them, as the commit's emitter builds them (see :mod:`redisca.session.emit`): their
     hashes and collection keys, their index entries (and those of their collections'
     members), the releases of the unique values a stripe still names them for, the build
-    keys of a running reindex, their guard stripes' ``INCR``; then the ``ZREM`` of their
+    keys of a running reindex, their guard stripes' ``INCR``, the ``ZREM`` of their
     ``H#exp`` members. Raises what the emitter raises on a value it cannot index."""
     changes = []
     observed = Observed()
@@ -267,10 +267,8 @@ def removal(mapper: Mapper, items: list[Expired], rebuild: Rebuild | None = None
         if change.members:
             emit._emit_members(em, change)
     em.settle_claims()
-    out = [*em.commands(), *em.build_dirs(), *emit.guard_bumps(CommitPlan(tuple(changes)))]
-    if items:
-        out.append((b"ZREM", mapper.layout.expiry, *(item.id.encode() for item in items)))
-    return out
+    # (The emitter's delete of an expiring entity removes its H#exp member too.)
+    return [*em.commands(), *em.build_dirs(), *emit.guard_bumps(CommitPlan(tuple(changes)))]
 
 
 def batch_or_none(mapper: Mapper, reply: Any) -> Batch | None:
