@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import OperationalError, RediscaError
 from ..session import executor, routing
-from ..session.io import OnConnection, Run, RunAll, Send, Sleep, Steps
+from ..session.io import OnConnection, Parallel, Run, RunAll, Send, Sleep, Steps
 from ..session.plan import Command
 from ..session.resp import pack
 
@@ -202,12 +202,23 @@ async def drive(steps: Steps[T], conn: Any = None) -> T:
             elif kind is OnConnection:
                 async with connection(request.client, request.pool) as other:
                     reply = await drive(request.work(_server(other)), other)
+            elif kind is Parallel:
+                reply = list(await asyncio.gather(*(_outcome(one) for one in request.steps)))
             elif kind is Sleep:
                 await asyncio.sleep(request.seconds)
             else:
                 await routing.arefresh(request.client, request.quiet)
         except BaseException as exc:  # thrown into the protocol, which re-raises it
             error = exc
+
+
+async def _outcome(steps: Steps[Any]) -> tuple[bool, Any]:
+    """One protocol of a :class:`~redisca.session.io.Parallel`, its failure as a value
+    (a cancellation too: every protocol of the request ends, and the caller sees it)."""
+    try:
+        return True, await drive(steps)
+    except BaseException as exc:
+        return False, exc
 
 
 async def _run(one: Run) -> list[Any]:

@@ -43,7 +43,7 @@ from ..mapping.keys import decode_id
 from ..mapping.mapper import MappedField
 from . import executor, routing
 from .emit import RELEASE_OWNED, ClaimRevoked
-from .io import Send, Steps
+from .io import Parallel, Send, Steps
 from .plan import DELETE, INSERT, UPDATE, Command, EntityChange
 
 if TYPE_CHECKING:
@@ -128,14 +128,20 @@ class Pending:
         for claim in claims:
             claim.token = token()
             claim.change.tokens[claim.field] = claim.token  # type: ignore[index]
+        registering = []
         for client, slot, batch in _by_slot(claims, lambda c: c.owner_slot(c.id)):
             commands = []
             for claim in batch:
                 key, name = registration(claim.field, claim.id)
                 commands.append((b"HSET", key, name, claim.token))
-            yield from _atomic(client, slot, "a unique claim's registration", commands)
-        for client, slot, batch in _by_slot(claims, Claim.value_slot):
-            yield from self._claim_in(client, slot, batch)
+            registering.append(_atomic(client, slot, "a unique claim's registration", commands))
+        yield from at_once(registering)
+        yield from at_once(
+            [
+                self._claim_in(client, slot, batch)
+                for client, slot, batch in _by_slot(claims, Claim.value_slot)
+            ]
+        )
 
     def abandon(self, groups: list[Group]) -> Steps[None]:
         """After a commit failed: remove the claims it made for ``groups`` (not
@@ -285,6 +291,28 @@ class Pending:
 
 #: A claim held by someone else: the claim (ours), its owner, its token.
 Stale = tuple[Claim, str, Any]
+
+
+def at_once(work: list[Steps[Any]]) -> Steps[list[Any]]:
+    """Protocols on different shards, run in parallel when there are several
+    (:class:`~redisca.session.io.Parallel`); each runs to its end, then a failure is
+    raised: a cancellation first, then a :class:`~redisca.UniqueViolation` (the
+    answer), else the first. Claims one of them made stay for ``abandon``."""
+    if len(work) < 2:
+        done = []
+        for one in work:
+            done.append((yield from one))
+        return done
+    outcomes = yield Parallel(work)
+    failures = [value for ok, value in outcomes if not ok]
+    if failures:
+        # a cancellation first (it must reach the caller), then a taken value
+        raise min(failures, key=lambda f: (isinstance(f, Exception), not _answer(f)))
+    return [value for _, value in outcomes]
+
+
+def _answer(error: BaseException) -> bool:
+    return isinstance(error, UniqueViolation)
 
 
 def _atomic(client: Any, slot: int, what: str, commands: list[Command]) -> Steps[None]:

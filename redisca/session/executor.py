@@ -27,6 +27,7 @@ a refused ``WATCH``) drops the connection (and its ``WATCH``) and tries again; a
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -50,7 +51,7 @@ from ..mapping.keys import decode_id
 from . import expiry, routing
 from . import sweep as sweeping
 from .emit import GUARDED_WRITE, REMOVE_FIELDS, emit
-from .io import OnConnection, Refresh, Run, RunAll, Send, Sleep, Steps
+from .io import OnConnection, Parallel, Refresh, Run, RunAll, Send, Sleep, Steps
 from .plan import SWEEP_PER_COMMIT, Command, CommitPlan, Observed, Reads, Slot, collect_reads
 from .rebuild import Sightings, fence, markers_of, parse_marker
 from .resp import pack
@@ -258,6 +259,8 @@ def drive(steps: Steps[T], conn: Any = None) -> T:
             elif kind is OnConnection:
                 with connection(request.client, request.pool) as other:
                     reply = drive(request.work(_server(other)), other)
+            elif kind is Parallel:
+                reply = _parallel(request.steps)
             elif kind is Sleep:
                 time.sleep(request.seconds)
             elif request.quiet:
@@ -266,6 +269,31 @@ def drive(steps: Steps[T], conn: Any = None) -> T:
                 routing.refresh(request.client)
         except BaseException as exc:  # thrown into the protocol, which re-raises it
             error = exc
+
+
+#: Most protocols of one :class:`~redisca.session.io.Parallel` run at once (threads):
+#: enough to keep the masters of a usual cluster busy, few threads for a small client.
+PARALLEL = 8
+
+
+def _outcome(steps: Steps[Any]) -> tuple[bool, Any]:
+    try:
+        return True, drive(steps)
+    except BaseException as exc:  # reported to the protocol that asked, with the rest
+        return False, exc
+
+
+def _parallel(steps: Sequence[Steps[Any]]) -> list[tuple[bool, Any]]:
+    """:class:`~redisca.session.io.Parallel` with threads: the first protocol runs on
+    this thread, the others on a pool made for the request (a protocol may itself ask
+    for a ``Parallel``: a shared pool could then wait on itself)."""
+    if len(steps) < 2:
+        return [_outcome(one) for one in steps]
+    workers = min(len(steps) - 1, PARALLEL - 1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_outcome, one) for one in steps[1:]]
+        first = _outcome(steps[0])
+        return [first, *(future.result() for future in futures)]
 
 
 def _run_all(runs: list[Run]) -> list[list[Any]]:

@@ -71,6 +71,18 @@ class RunAll:
         self.runs = runs
 
 
+class Parallel(NamedTuple):
+    """Run several protocols at once, each on connections of its own (they must send
+    through :class:`OnConnection`, :class:`Run` or :class:`RunAll`, never a bare
+    :class:`Send`): threads for the blocking driver, ``asyncio.gather`` for the async
+    one. Used where each protocol works on another master (a sharded model's shards),
+    so the masters' work and the round trips overlap. Reply: one entry per protocol,
+    in order, ``(True, result)`` or ``(False, exception)``: every protocol runs to its
+    end whatever the others do, so the caller can tell what each one did."""
+
+    steps: Sequence[Steps[Any]]
+
+
 class Sleep(NamedTuple):
     """Wait ``seconds`` before trying again (a cluster's ``TRYAGAIN``, say)."""
 
@@ -85,4 +97,4 @@ class Refresh(NamedTuple):
     quiet: bool = False
 
 
-__all__ = ["OnConnection", "Refresh", "Run", "RunAll", "Send", "Sleep", "Steps"]
+__all__ = ["OnConnection", "Parallel", "Refresh", "Run", "RunAll", "Send", "Sleep", "Steps"]
