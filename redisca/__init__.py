@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import conf
 from .errors import (
     BulkAddError,
+    BulkTransaction,
     ClusterNodeError,
     ConflictError,
     DecodeError,
@@ -77,6 +78,7 @@ __all__ = [
     "METADATA_KEY",
     "Boolean",
     "BulkAddError",
+    "BulkTransaction",
     "ClusterNodeError",
     "Codec",
     "CommandResult",

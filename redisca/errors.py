@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 
 class RediscaError(Exception):
     """Base class of every redisca error."""
@@ -159,14 +161,35 @@ class UncommittedChangesWarning(RuntimeWarning):
     (``redisca.flask.UncommittedChangesWarning``)."""
 
 
+@attrs.frozen
+class BulkTransaction:
+    """One transaction of the chunk a :class:`BulkAddError` stopped at: a chunk of a
+    sharded model on a cluster is one ``MULTI``/``EXEC`` per shard, run in parallel,
+    and each may end its own way."""
+
+    #: The shard (0 to ``shards - 1``) of the entities, or ``None`` for a chunk that
+    #: is one transaction (a model of one shard, or any model on one server).
+    shard: int | None
+    #: The objects of the input this transaction inserts (referenced targets cascaded
+    #: into the chunk are not listed: they go with their own model's transaction).
+    entities: tuple[Any, ...]
+    #: ``"written"``, ``"not written"`` or ``"unknown"`` (the connection failed after
+    #: ``EXEC`` was sent).
+    outcome: str
+
+
 class BulkAddError(RediscaError):
     """:meth:`Session.bulk_add <redisca.Session.bulk_add>` stopped at a chunk.
 
     Every chunk before it is written (``written`` entities, the first ``written`` of the
-    input); this chunk and the rest are not, unless ``outcome_unknown`` (the connection
-    failed after ``EXEC`` was sent: this chunk may be written). The cause, a
-    :class:`UniqueViolation`, :class:`IntegrityError`, :class:`ValidationError`, ... is
-    ``error`` (and ``__cause__``).
+    input); of this chunk, :attr:`unwritten` are not and :attr:`in_doubt` may be (the
+    connection failed after ``EXEC`` was sent), the rest are (only a sharded model's
+    chunk on a cluster, one transaction per shard, is written in part); the input from
+    :attr:`next_index` on was not tried. The cause, a :class:`UniqueViolation`,
+    :class:`IntegrityError`, :class:`ValidationError`, ... is ``error`` (and
+    ``__cause__``). ``bulk_add(exc.unwritten + exc.in_doubt)`` then the input from
+    ``next_index`` completes the work: an in-doubt object given to ``bulk_add`` again is
+    recognised if its earlier transaction was applied.
     """
 
     def __init__(
@@ -178,6 +201,10 @@ class BulkAddError(RediscaError):
         first_unwritten: Any,
         entity: Any = None,
         outcome_unknown: bool = False,
+        unwritten: list[Any] | None = None,
+        in_doubt: list[Any] | None = None,
+        next_index: int | None = None,
+        transactions: list[BulkTransaction] | None = None,
     ) -> None:
         super().__init__(message)
         #: The error that stopped the chunk.
@@ -191,12 +218,23 @@ class BulkAddError(RediscaError):
         #: The object the error is about (the one whose key or unique value is taken,
         #: whose value is invalid, ...), when the error names one; else ``None``.
         self.entity = entity
-        #: The chunk may have been written (see :class:`OperationalError`).
+        #: The chunk may have been written, in whole or in part (see
+        #: :class:`OperationalError`, and :attr:`in_doubt`).
         self.outcome_unknown = outcome_unknown
+        #: The objects of the failed chunk known not to be written, in input order.
+        self.unwritten: list[Any] = [] if unwritten is None else unwritten
+        #: The objects of the failed chunk whose transaction's outcome is unknown.
+        self.in_doubt: list[Any] = [] if in_doubt is None else in_doubt
+        #: Where the input not tried yet starts: the index after the failed chunk.
+        self.next_index = written if next_index is None else next_index
+        #: The transactions of the failed chunk and how each ended (empty when the
+        #: chunk failed before any was sent, e.g. an invalid value).
+        self.transactions: list[BulkTransaction] = [] if transactions is None else transactions
 
 
 __all__ = [
     "BulkAddError",
+    "BulkTransaction",
     "ClusterNodeError",
     "ConflictError",
     "DecodeError",

@@ -470,7 +470,7 @@ def test_a_commit_over_several_shards_fails_part_way_and_the_retry_commits_the_r
 
 def test_bulk_add_of_a_sharded_model(redis_server, cluster):
     """On one server a chunk is one transaction, as for any model; on a cluster a
-    sharded model's chunk would be one per shard, which bulk_add does not do yet."""
+    sharded model's chunk is one per shard (tests/test_bulk_shards.py has the rest)."""
     raw = redis_server.client()
     raw.flushall()
     try:
@@ -481,12 +481,10 @@ def test_bulk_add_of_a_sharded_model(redis_server, cluster):
         raw.close()
     client = cluster.client()
     try:
-        with (
-            Session(client) as session,
-            pytest.raises(InvalidRequestError, match=r"bulk_add of User \(16 shards\) on a"),
-        ):
-            session.bulk_add(_users(10))
-        assert client.dbsize() == 0
+        with Session(client) as session:
+            assert session.bulk_add(_users(500), chunk_size=100) == 500
+        _assert_each_in_its_shard(client, [f"u{i}" for i in range(500)])
+        assert check([User], client).ok
     finally:
         client.close()
 

@@ -9,15 +9,26 @@ states, :func:`executor.execute_commit`, :func:`unitofwork.finalize`), so each c
 keeps every guarantee of a commit. Written entities never enter the identity map: they
 leave their chunk detached, as if added, committed and expunged, so what the client holds
 is one chunk, however long the input.
+
+A chunk of a sharded model on a cluster is one ``MULTI``/``EXEC`` per shard (a
+transaction stays in one hash slot): its unique values are claimed first, in their
+own shards (:mod:`~redisca.session.claims`), then the shards' transactions run in
+parallel (:class:`~redisca.session.io.Parallel`: threads, or ``asyncio.gather``),
+each with every guarantee of a commit. Such a chunk can fail in part:
+:class:`~redisca.BulkAddError` then tells which objects are written, which are not
+and which are in doubt, and an in-doubt object given to ``bulk_add`` again is
+recognised if its transaction was applied (see ``_doubts``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sized
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     BulkAddError,
+    BulkTransaction,
     IntegrityError,
     InvalidRequestError,
     OperationalError,
@@ -29,8 +40,8 @@ from ..ids import hexid
 from ..mapping import instrument
 from ..mapping.instrument import MISSING
 from ..mapping.mapper import Mapper, mapper_of
-from . import executor, gcpause, routing, unitofwork
-from .io import Steps
+from . import claims, executor, gcpause, routing, unitofwork
+from .io import Parallel, Steps
 from .state import InstanceState, detached_state, remember_detached
 
 if TYPE_CHECKING:
@@ -56,14 +67,16 @@ def bulk_steps(
         raise ValidationError(f"bulk_add: chunk_size must be an int >= 1, not {chunk_size!r}")
     total = len(objs) if isinstance(objs, Sized) else None
     done = 0
+    start = 0  # the index in the input of the chunk's first object
     for objects in _chunks(session, objs, chunk_size):
         chunk = _Chunk(objects)
         try:
             with gcpause.paused(len(objects)):
                 yield from chunk.write(session)
         except RediscaError as exc:
-            raise _failure(chunk, exc, done) from exc
+            raise _failure(chunk, exc, done, start) from exc
         done += len(objects)
+        start += len(objects)
         del objects, chunk  # before the next chunk is drawn: one chunk in memory, not two
         if progress is not None:
             progress(done, total)
@@ -72,9 +85,9 @@ def bulk_steps(
 
 def _chunks(session: Session, objs: Iterable[object], size: int) -> Iterator[list[object]]:
     """The input in lists of at most ``size``; a list also ends where the server (on a
-    cluster, the slot group) changes, so that a chunk is one ``MULTI``/``EXEC``, all
-    written or none."""
-    clients: dict[type, tuple[Any, int | None]] = {}
+    cluster, the slot group, or the sharded model) changes, so that a chunk is one
+    ``MULTI``/``EXEC`` (a sharded model's: one per shard), all written or none."""
+    clients: dict[type, tuple[Any, Hashable]] = {}
     chunk: list[object] = []
     current = None
     for obj in objs:
@@ -94,19 +107,45 @@ def _chunks(session: Session, objs: Iterable[object], size: int) -> Iterator[lis
         yield chunk
 
 
-def _target(session: Session, kind: type) -> tuple[Any, int | None]:
-    """Where objects of ``kind`` commit: their client (on a cluster, and slot)."""
+def _target(session: Session, kind: type) -> tuple[Any, Hashable]:
+    """Where objects of ``kind`` commit: their client (on a cluster, and slot; for a
+    sharded model there, the model: its chunk is one transaction per shard)."""
     client = session.bind_for(kind)
     mapper = kind.__dict__.get("__redisca_mapper__")
-    if mapper is not None and mapper.shards > 1 and routing.is_cluster(client):
-        # A chunk is one MULTI/EXEC, all written or none; a sharded model's is one per
-        # shard on a cluster, which BulkAddError's account of what was written is not.
-        raise InvalidRequestError(
-            f"bulk_add of {kind.__name__} ({mapper.shards} shards) on a cluster is not "
-            "supported yet: add_all() and commit() in batches write it, one "
-            "transaction per shard"
-        )
-    return (client, None) if mapper is None else unitofwork.target(client, mapper)
+    if mapper is None:
+        return client, None
+    if _sharded(client, mapper):
+        return client, mapper
+    return unitofwork.target(client, mapper)
+
+
+def _sharded(client: Any, mapper: Mapper) -> bool:
+    """Whether a chunk of ``mapper``'s entities is one transaction per shard."""
+    return mapper.shards > 1 and routing.is_cluster(client)
+
+
+#: Objects whose transaction had an unknown outcome in a failed ``bulk_add`` (by
+#: ``id()``): their id, and the guard counter the attempt read (``(value,)``, or
+#: ``None`` if unread). Given to ``bulk_add`` again, such an object is inserted as an
+#: in-doubt insert (``EntityChange.in_doubt``): recognised if the attempt was applied.
+_doubts: dict[int, tuple[weakref.ref[Any], str, tuple[bytes | None] | None]] = {}
+
+
+def _doubt(state: InstanceState) -> None:
+    key = id(state.obj)
+    try:
+        ref = weakref.ref(state.obj, lambda _ref: _doubts.pop(key, None))
+    except TypeError:  # no __weakref__: the retry finds the key taken, and says so
+        return
+    _doubts[key] = (ref, state.id, state.doubt_guard)  # type: ignore[assignment]
+
+
+def _doubted(obj: object, ident: str) -> tuple[tuple[bytes | None] | None] | None:
+    """``(guard,)`` if ``obj`` (of id ``ident``) is in doubt from a failed ``bulk_add``."""
+    found = _doubts.get(id(obj))
+    if found is None or found[0]() is not obj or found[1] != ident:
+        return None
+    return (found[2],)
 
 
 class _Chunk:
@@ -119,21 +158,139 @@ class _Chunk:
         self.keys: set[bytes] = set()
         #: The object being prepared: the one to blame when preparing fails.
         self.current: object = None
+        #: How each transaction of the chunk ended, once it is sent.
+        self.transactions: list[BulkTransaction] = []
+        #: The error of each failed transaction, by its index in ``transactions``.
+        self.errors: list[BaseException] = []
 
     def write(self, session: Session) -> Steps[None]:
         self.prepare(session)
         groups = unitofwork.organize(self.states, (), session.bind_for)  # nothing sent yet
+        mapper = mapper_of(type(self.objs[0]))
+        client = session.bind_for(mapper)
+        if _sharded(client, mapper):
+            yield from self.write_shards(session, mapper, groups)
+            return
         # The input's own group last: a chunk's objects are all one server's (see
         # _chunks), and references must not be written before their targets.
-        own = _target(session, type(self.objs[0]))
+        own = unitofwork.target(client, mapper)
         groups.sort(key=lambda group: group.client is own[0] and group.slot == own[1])
         for group in groups:
-            executed = yield from executor.commit_steps(
-                group.client, group.plan(), session.retries, wait=session.wait
-            )
-            unitofwork.finalize(group, executed, session.forget)
+            mine = group.client is own[0] and group.slot == own[1]
+            seen: dict[bytes, Any] = {}
+            try:
+                executed = yield from executor.commit_steps(
+                    group.client, group.plan(), session.retries, seen, session.wait
+                )
+            except RediscaError as exc:
+                if mine:
+                    self.ended(group, None, exc, seen)
+                raise
+            self.done(group, executed, session)
+            if mine:
+                self.ended(group, None, None, seen)
+
+    def write_shards(self, session: Session, mapper: Mapper, groups: list[Any]) -> Steps[None]:
+        """A sharded model's chunk on a cluster: claims, then the referenced targets'
+        transactions, then one transaction per shard, in parallel."""
+        own = [g for g in groups if any(s.mapper is mapper for s in g.states)]
+        others = [g for g in groups if not any(s.mapper is mapper for s in g.states)]
+        pending = claims.prepare(groups, session.retries)
+        try:
+            if pending is not None:
+                yield from pending.claim()
+            for group in others:
+                executed = yield from claims.execute(
+                    group, session.retries, {}, session.wait, pending
+                )
+                self.done(group, executed, session)
+        except Exception:
+            for group in own:
+                self.ended(group, mapper, None, None, sent=False)
+            if pending is not None:
+                yield from pending.abandon(groups)
+            raise
+        seens: list[dict[bytes, Any]] = [{} for _ in own]
+        outcomes = yield Parallel(
+            [
+                self.shard_steps(session, group, pending, seen)
+                for group, seen in zip(own, seens, strict=True)
+            ]
+        )
+        failed = []
+        for group, seen, (ok, value) in zip(own, seens, outcomes, strict=True):
+            self.ended(group, mapper, None if ok else value, seen)
+            if not ok:
+                failed.append(group)
+        if not failed:
+            return
+        if pending is not None:
+            yield from pending.abandon(failed)
+        errors = [e for e in self.errors if not isinstance(e, Exception)]  # a cancellation
+        raise (errors or [_first(self.errors)])[0]
+
+    def shard_steps(
+        self,
+        session: Session,
+        group: Any,
+        pending: claims.Pending | None,
+        seen: dict[bytes, Any],
+    ) -> Steps[None]:
+        """One shard's transaction (run in parallel with the others), then its finalize."""
+        executed = yield from claims.execute(group, session.retries, seen, session.wait, pending)
+        self.done(group, executed, session)
+
+    def done(self, group: Any, executed: executor.Executed, session: Session) -> None:
+        """After a transaction: its objects leave detached, as if committed and expunged."""
+        unitofwork.finalize(group, executed, session.forget)
+        for state in group.states:
+            _doubts.pop(id(state.obj), None)
+            remember_detached(state, deleted=False)
+
+    def ended(
+        self,
+        group: Any,
+        mapper: Mapper | None,
+        error: BaseException | None,
+        seen: dict[bytes, Any] | None,
+        sent: bool = True,
+    ) -> None:
+        """Note how a transaction of the chunk's own objects ended."""
+        if error is None and sent:
+            outcome = "written"
+        elif sent and getattr(error, "outcome_unknown", False):
+            outcome = "unknown"
+            unitofwork.in_doubt(group, seen or {})
             for state in group.states:
-                remember_detached(state, deleted=False)
+                _doubt(state)
+        else:
+            outcome = "not written"
+        if error is not None:
+            self.errors.append(error)
+        inputs = {id(obj) for obj in self.objs}
+        entities = tuple(s.obj for s in group.states if id(s.obj) in inputs)
+        shard = None
+        if mapper is not None and entities:
+            shard = mapper.shard_of(mapper.identity(entities[0]))  # type: ignore[arg-type]
+        self.transactions.append(BulkTransaction(shard, entities, outcome))
+
+    def fates(self) -> tuple[list[object], list[object], int]:
+        """The chunk's objects not written, in doubt (input order), and how many are
+        written: from its transactions, or none written if none was sent."""
+        outcome: dict[int, str] = {}
+        for transaction in self.transactions:
+            for obj in transaction.entities:
+                outcome[id(obj)] = transaction.outcome
+        unwritten, doubtful, written = [], [], 0
+        for obj in self.objs:
+            fate = outcome.get(id(obj), "not written")
+            if fate == "written":
+                written += 1
+            elif fate == "unknown":
+                doubtful.append(obj)
+            else:
+                unwritten.append(obj)
+        return unwritten, doubtful, written
 
     def prepare(self, session: Session) -> None:
         """A state per object, refusing any that is not new; then the save cascade."""
@@ -180,6 +337,10 @@ class _Chunk:
             self.check_key(session, mapper, ident)
         state = InstanceState(obj, mapper, ident)
         state.generated_id = generated
+        doubt = None if generated else _doubted(obj, ident)
+        if doubt is not None:  # its earlier transaction may be applied: verified
+            state.in_doubt = True
+            state.doubt_guard = doubt[0]
         self.states.append(state)
         self.members.add(id(obj))
 
@@ -221,21 +382,45 @@ def _describe(obj: object) -> str:
     return f"{type(obj).__name__}(id={ident!r})"
 
 
-def _failure(chunk: _Chunk, exc: RediscaError, written: int) -> BulkAddError:
-    first = chunk.objs[0]
+def _failure(chunk: _Chunk, exc: RediscaError, before: int, start: int) -> BulkAddError:
+    unwritten, doubtful, written = chunk.fates()
+    left = {id(obj) for obj in unwritten + doubtful}
+    position = next((n for n, obj in enumerate(chunk.objs) if id(obj) in left), 0)
+    first = chunk.objs[position]
     entity = chunk.current if chunk.current is not None else _culprit(chunk, exc)
-    unknown = isinstance(exc, OperationalError) and exc.outcome_unknown
-    fate = "may or may not have been written" if unknown else "was not written, nor any after it"
+    unknown = bool(doubtful) or (isinstance(exc, OperationalError) and exc.outcome_unknown)
+    if written:
+        fate = (
+            f"wrote {written} of them ({len(chunk.transactions)} shard transactions), "
+            f"{len(unwritten)} were not written and {len(doubtful)} may or may not have been"
+        )
+    elif unknown:
+        fate = "may or may not have been written"
+    else:
+        fate = "was not written, nor any after it"
     about = f" (about {_describe(entity)})" if entity is not None else ""
     return BulkAddError(
-        f"bulk_add wrote {written} objects; the chunk of {len(chunk.objs)} from index "
-        f"{written}, {_describe(first)} first, {fate}{about}: {exc}",
+        f"bulk_add wrote {before} objects; the chunk of {len(chunk.objs)} from index "
+        f"{start}, {_describe(chunk.objs[0])} first, {fate}{about}: {exc}",
         error=exc,
-        written=written,
+        written=before + written,
         first_unwritten=first,
         entity=entity,
         outcome_unknown=unknown,
+        unwritten=unwritten,
+        in_doubt=doubtful,
+        next_index=start + len(chunk.objs),
+        transactions=chunk.transactions,
     )
+
+
+def _first(errors: list[BaseException]) -> BaseException:
+    """The error to report of a chunk's failed shard transactions: a refused value or
+    key (the answer) before a lost connection (what it interrupted)."""
+    for error in errors:
+        if isinstance(error, IntegrityError):
+            return error
+    return errors[0]
 
 
 def _culprit(chunk: _Chunk, exc: RediscaError) -> Any:
