@@ -1,7 +1,9 @@
 """The cluster phase: one model with ``shards=1`` and ``shards=16``, on a cluster of 1
 master and of 3 (``redisca.embedded_cluster``), each phase's ops/s and how its commands
 and server CPU fall on the masters (``INFO commandstats``, ``INFO cpu``), and the latency
-of a paged query (limit 10) on 16 shards against one shard.
+of a paged query (limit 10) on 16 shards against one shard. It ends with a bulk phase:
+``n`` more entities by ``session.bulk_add`` (chunks of 5,000; with 16 shards on a
+cluster, one transaction per shard per chunk, run in parallel).
 
 ``shards=1`` keeps the model in one hash slot: one master holds all of it and takes all
 of its writes, however many masters there are. ``shards=16`` spreads it 5/6/5 over the
@@ -36,7 +38,9 @@ BATCH = 100
 #: Queries per query phase (find, range, page).
 QUERIES = 300
 CITIES = 20
-PHASES = ("insert", "get", "find", "range", "update", "page")
+PHASES = ("insert", "get", "find", "range", "update", "page", "bulk")
+#: Entities per chunk of the bulk phase (``session.bulk_add``'s default).
+BULK_CHUNK = 5000
 
 
 def model(shards: int) -> type:
@@ -88,6 +92,7 @@ def _run(client: Any, nodes: list[redis.Redis], cls: type, n: int) -> dict[str, 
         "range": lambda: _queries(client, cls, rng, "range"),
         "update": lambda: _update(client, cls, ids, rng),
         "page": lambda: _queries(client, cls, rng, "page"),
+        "bulk": lambda: _bulk(client, cls, n, rng),
     }
     out: dict[str, Any] = {}
     for name, step in work.items():
@@ -117,6 +122,17 @@ def _insert(client: Any, cls: type, ids: list[str], rng: random.Random) -> int:
             )
             s.commit()
     return len(ids)
+
+
+def _bulk(client: Any, cls: type, n: int, rng: random.Random) -> int:
+    """``n`` new entities by ``bulk_add`` (a sharded model's chunk: one transaction per
+    shard, in parallel), ids of their own beside the phases' ``n``."""
+    objs = (
+        cls(age=rng.randrange(100), city=f"c{rng.randrange(CITIES)}", name="x", id=f"b{i:07d}")
+        for i in range(n)
+    )
+    with Session(client) as s:
+        return s.bulk_add(objs, chunk_size=BULK_CHUNK)
 
 
 def _get(client: Any, cls: type, ids: list[str]) -> int:
@@ -246,7 +262,8 @@ def top_share(figures: dict[str, Any], kind: str) -> float | None:
     run = figures["runs"].get("3x16")
     if not run:
         return None
-    shares = [max(run[p][kind]) / sum(run[p][kind]) for p in PHASES if sum(run[p][kind])]
+    phases = [run[p] for p in PHASES if p in run]  # figures of older runs lack "bulk"
+    shares = [max(p[kind]) / sum(p[kind]) for p in phases if sum(p[kind])]
     return max(shares) if shares else None
 
 

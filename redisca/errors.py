@@ -181,11 +181,10 @@ class BulkTransaction:
 class BulkAddError(RediscaError):
     """:meth:`Session.bulk_add <redisca.Session.bulk_add>` stopped at a chunk.
 
-    Every chunk before it is written (``written`` entities, the first ``written`` of the
-    input); of this chunk, :attr:`unwritten` are not and :attr:`in_doubt` may be (the
-    connection failed after ``EXEC`` was sent), the rest are (only a sharded model's
-    chunk on a cluster, one transaction per shard, is written in part); the input from
-    :attr:`next_index` on was not tried. The cause, a :class:`UniqueViolation`,
+    Every chunk before it is written; of this chunk, ``unwritten`` are not and
+    ``in_doubt`` may be (the connection failed after ``EXEC`` was sent), the rest are
+    (only a sharded model's chunk on a cluster, one transaction per shard, is written in
+    part); the input from ``next_index`` on was not tried. The cause, a :class:`UniqueViolation`,
     :class:`IntegrityError`, :class:`ValidationError`, ... is ``error`` (and
     ``__cause__``). ``bulk_add(exc.unwritten + exc.in_doubt)`` then the input from
     ``next_index`` completes the work: an in-doubt object given to ``bulk_add`` again is
@@ -205,21 +204,25 @@ class BulkAddError(RediscaError):
         in_doubt: list[Any] | None = None,
         next_index: int | None = None,
         transactions: list[BulkTransaction] | None = None,
+        index: int | None = None,
     ) -> None:
         super().__init__(message)
         #: The error that stopped the chunk.
         self.error = error
-        #: How many objects of the input are written (all chunks before this one).
+        #: How many objects of the input are written: all chunks before this one, and
+        #: those of this chunk whose transaction was (a sharded model's, on a cluster).
         self.written = written
-        #: The position of :attr:`first_unwritten` in the input (equal to :attr:`written`).
-        self.index = written
-        #: The first object of the input not written: the first of the failed chunk.
+        #: The position of :attr:`first_unwritten` in the input (equal to :attr:`written`
+        #: unless part of the chunk is written).
+        self.index = written if index is None else index
+        #: The first object of the input not written (or in doubt): the first of the
+        #: failed chunk, unless part of it is written.
         self.first_unwritten = first_unwritten
         #: The object the error is about (the one whose key or unique value is taken,
         #: whose value is invalid, ...), when the error names one; else ``None``.
         self.entity = entity
         #: The chunk may have been written, in whole or in part (see
-        #: :class:`OperationalError`, and :attr:`in_doubt`).
+        #: :class:`OperationalError`, and ``in_doubt``).
         self.outcome_unknown = outcome_unknown
         #: The objects of the failed chunk known not to be written, in input order.
         self.unwritten: list[Any] = [] if unwritten is None else unwritten

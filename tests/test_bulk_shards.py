@@ -262,6 +262,8 @@ def test_a_connection_killed_mid_chunk_is_reported_and_a_retry_completes(
     ids = lambda objs: {o.id for o in objs}  # noqa: E731
     written = ids(chunk) - ids(exc.unwritten) - ids(exc.in_doubt)
     assert exc.written == 100 + len(written)
+    first = next(o for o in chunk if o.id not in written)
+    assert exc.first_unwritten is first and exc.index == objs.index(first)
     assert not ids(exc.unwritten) & ids(exc.in_doubt)
     # The transactions account for every object of the chunk, and say how each ended.
     assert all(isinstance(t, BulkTransaction) for t in exc.transactions)

@@ -411,6 +411,7 @@ def _failure(chunk: _Chunk, exc: RediscaError, before: int, start: int) -> BulkA
         in_doubt=doubtful,
         next_index=start + len(chunk.objs),
         transactions=chunk.transactions,
+        index=start + position,
     )
 
 
