@@ -130,10 +130,11 @@ class Pending:
             claim.change.tokens[claim.field] = claim.token  # type: ignore[index]
         registering = []
         for client, slot, batch in _by_slot(claims, lambda c: c.owner_slot(c.id)):
-            commands = []
+            fields: dict[bytes, list[bytes]] = {}  # one HSET per registration key
             for claim in batch:
                 key, name = registration(claim.field, claim.id)
-                commands.append((b"HSET", key, name, claim.token))
+                fields.setdefault(key, []).extend((name, claim.token))
+            commands: list[Command] = [(b"HSET", key, *args) for key, args in fields.items()]
             registering.append(_atomic(client, slot, "a unique claim's registration", commands))
         yield from at_once(registering)
         yield from at_once(
@@ -201,18 +202,17 @@ class Pending:
         """Claim what is free, ours or proven stale; the stale claims still to prove
         (``[]``: a watched key changed, try again; ``None``: done)."""
         held = yield from _read_claims(claims, watch=True)
-        writes: list[Command] = []
+        fields: dict[bytes, list[bytes]] = {}  # one HSET per stripe (and tokens key)
         stale: list[Stale] = []
         for claim, (owner, tok) in zip(claims, held, strict=True):
             if owner == claim.id and tok == claim.token:
                 continue
             if owner is None or self._proven(claim, owner, tok):
-                writes += [
-                    (b"HSET", claim.stripe, claim.value, claim.id.encode()),
-                    (b"HSET", claim.tokens_key, claim.value, claim.token),
-                ]
+                fields.setdefault(claim.stripe, []).extend((claim.value, claim.id.encode()))
+                fields.setdefault(claim.tokens_key, []).extend((claim.value, claim.token))  # type: ignore[arg-type]
             else:
                 stale.append((claim, owner, tok))
+        writes: list[Command] = [(b"HSET", key, *args) for key, args in fields.items()]
         if stale or not writes:
             yield Send([(b"UNWATCH",)])
             return stale or None
@@ -324,17 +324,29 @@ def _atomic(client: Any, slot: int, what: str, commands: list[Command]) -> Steps
 
 def _read_claims(claims: list[Claim], watch: bool = False) -> Steps[list[tuple[Any, Any]]]:
     """The (owner, token) each value's shard holds for the claims' values."""
-    keys = list(dict.fromkeys(k for c in claims for k in (c.stripe, c.tokens_key)))
-    reads: list[Command] = []
+    # One HMGET per stripe and per tokens key: the values of the claims in it.
+    asked: dict[bytes, list[bytes]] = {}
+    where: list[tuple[int, int, int, int]] = []  # per claim: (stripe, n), (tokens key, n)
+    order: dict[bytes, int] = {}
     for claim in claims:
-        reads += [(b"HGET", claim.stripe, claim.value), (b"HGET", claim.tokens_key, claim.value)]
-    got = yield Send([(b"WATCH", *keys), *reads] if watch else reads)
+        at = []
+        for key in (claim.stripe, claim.tokens_key):
+            values = asked.get(key)
+            if values is None:
+                values = asked[key] = []
+                order[key] = len(order)
+            at += [order[key], len(values)]
+            values.append(claim.value)
+        where.append((at[0], at[1], at[2], at[3]))
+    reads: list[Command] = [(b"HMGET", key, *values) for key, values in asked.items()]
+    got = yield Send([(b"WATCH", *asked), *reads] if watch else reads)
     if watch:
         executor.check_watch(got[0])
         got = got[1:]
+    replies = [_reply(reply) for reply in got]
     out = []
-    for n, claim in enumerate(claims):
-        owner, tok = _reply(got[2 * n]), _reply(got[2 * n + 1])
+    for claim, (s, i, t, j) in zip(claims, where, strict=True):
+        owner, tok = replies[s][i], replies[t][j]
         out.append((None if owner is None else decode_id(owner, claim.stripe), tok))
     return out
 
