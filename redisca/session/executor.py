@@ -32,6 +32,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -285,15 +286,39 @@ def _outcome(steps: Steps[Any]) -> tuple[bool, Any]:
 
 def _parallel(steps: Sequence[Steps[Any]]) -> list[tuple[bool, Any]]:
     """:class:`~redisca.session.io.Parallel` with threads: the first protocol runs on
-    this thread, the others on a pool made for the request (a protocol may itself ask
-    for a ``Parallel``: a shared pool could then wait on itself)."""
-    if len(steps) < 2:
+    this thread, the others on a pool of the process, kept (starting a thread costs
+    milliseconds on a busy machine, and a bulk load asks for a few per chunk). A
+    protocol run on the pool that asks for a ``Parallel`` itself runs it on its own
+    thread, one after the other: it would otherwise wait for workers busy with its
+    parent's siblings."""
+    if len(steps) < 2 or getattr(_worker, "busy", False):
         return [_outcome(one) for one in steps]
-    workers = min(len(steps) - 1, PARALLEL - 1)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_outcome, one) for one in steps[1:]]
-        first = _outcome(steps[0])
-        return [first, *(future.result() for future in futures)]
+    pool = _pool()
+    futures = [pool.submit(_on_worker, one) for one in steps[1:]]
+    first = _outcome(steps[0])
+    return [first, *(future.result() for future in futures)]
+
+
+_worker = threading.local()
+_pools: list[concurrent.futures.ThreadPoolExecutor] = []
+_pool_lock = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    if not _pools:
+        with _pool_lock:
+            if not _pools:
+                _pools.append(
+                    concurrent.futures.ThreadPoolExecutor(
+                        max_workers=PARALLEL, thread_name_prefix="redisca-shards"
+                    )
+                )
+    return _pools[0]
+
+
+def _on_worker(steps: Steps[Any]) -> tuple[bool, Any]:
+    _worker.busy = True
+    return _outcome(steps)
 
 
 def _run_all(runs: list[Run]) -> list[list[Any]]:

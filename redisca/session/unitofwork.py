@@ -66,7 +66,7 @@ def shard_target(client: Any, state: InstanceState) -> tuple[Any, int | None]:
     changes (every shard lives there, so one transaction holds them all)."""
     if not routing.is_cluster(client):
         return client, None
-    return client, routing.layout_slot(state.mapper.layout.for_id(state.id))  # type: ignore[arg-type]
+    return client, claims.tag_slot(state.mapper.layout.for_id(state.id).hashtag)  # type: ignore[arg-type]
 
 
 def cascade(
