@@ -351,3 +351,34 @@ def test_a_master_killed_mid_way_then_retrying_until_failover_completes(
     ha.wait_ok(timeout=30)
     assert_clean(client, {o.id for o in objs})  # type: ignore[misc]
     client.close()
+
+
+# -- a commit's claims across shards ------------------------------------------------------
+
+
+@pytest.mark.sync_only(reason="spies on the sync driver's threads")
+@pytest.mark.skipif(not CLUSTER, reason="claims in shards of their own: a cluster")
+def test_a_commit_claims_its_values_in_parallel_across_shards(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit of entities whose values fall in several shards registers and claims in
+    parallel (one ``Parallel`` request per step), and its result is as before."""
+    ran: list[int] = []
+    original = executor._parallel
+
+    def spy(steps: Any) -> Any:
+        ran.append(len(steps))
+        return original(steps)
+
+    monkeypatch.setattr(executor, "_parallel", spy)
+    with Session(r) as session:
+        session.add_all(members(40))
+        session.commit()
+    assert len(ran) == 2 and all(n > 1 for n in ran), ran  # registrations, then claims
+    assert_clean(r, {f"m{i}" for i in range(40)})
+    with Session(r) as session:
+        session.add(Member(email="M7@x.org", id="late"))
+        with pytest.raises(redisca.UniqueViolation) as info:
+            session.commit()
+        assert info.value.owner == "m7"
+    assert_clean(r, {f"m{i}" for i in range(40)})
