@@ -66,17 +66,15 @@ def bulk_steps(
     if type(chunk_size) is not int or chunk_size < 1:
         raise ValidationError(f"bulk_add: chunk_size must be an int >= 1, not {chunk_size!r}")
     total = len(objs) if isinstance(objs, Sized) else None
-    done = 0
-    start = 0  # the index in the input of the chunk's first object
+    done = 0  # objects written: the index in the input of the chunk's first object
     for objects in _chunks(session, objs, chunk_size):
         chunk = _Chunk(objects)
         try:
             with gcpause.paused(len(objects)):
                 yield from chunk.write(session)
         except RediscaError as exc:
-            raise _failure(chunk, exc, done, start) from exc
+            raise _failure(chunk, exc, done) from exc
         done += len(objects)
-        start += len(objects)
         del objects, chunk  # before the next chunk is drawn: one chunk in memory, not two
         if progress is not None:
             progress(done, total)
@@ -160,7 +158,7 @@ class _Chunk:
         self.current: object = None
         #: How each transaction of the chunk ended, once it is sent.
         self.transactions: list[BulkTransaction] = []
-        #: The error of each failed transaction, by its index in ``transactions``.
+        #: The errors of the chunk's failed transactions.
         self.errors: list[BaseException] = []
 
     def write(self, session: Session) -> Steps[None]:
@@ -382,7 +380,9 @@ def _describe(obj: object) -> str:
     return f"{type(obj).__name__}(id={ident!r})"
 
 
-def _failure(chunk: _Chunk, exc: RediscaError, before: int, start: int) -> BulkAddError:
+def _failure(chunk: _Chunk, exc: RediscaError, start: int) -> BulkAddError:
+    """The error for a failed chunk whose first object is at ``start`` in the input
+    (every object before it is written)."""
     unwritten, doubtful, written = chunk.fates()
     left = {id(obj) for obj in unwritten + doubtful}
     position = next((n for n, obj in enumerate(chunk.objs) if id(obj) in left), 0)
@@ -400,10 +400,10 @@ def _failure(chunk: _Chunk, exc: RediscaError, before: int, start: int) -> BulkA
         fate = "was not written, nor any after it"
     about = f" (about {_describe(entity)})" if entity is not None else ""
     return BulkAddError(
-        f"bulk_add wrote {before} objects; the chunk of {len(chunk.objs)} from index "
+        f"bulk_add wrote {start} objects; the chunk of {len(chunk.objs)} from index "
         f"{start}, {_describe(chunk.objs[0])} first, {fate}{about}: {exc}",
         error=exc,
-        written=before + written,
+        written=start + written,
         first_unwritten=first,
         entity=entity,
         outcome_unknown=unknown,

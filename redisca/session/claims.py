@@ -83,6 +83,8 @@ class Claim:
         return tag_slot(self.change.mapper.layout.for_value(self.value).hashtag)
 
     def owner_slot(self, owner: str) -> int:
+        if owner == self.change.id:  # the claimant: its change knows its shard
+            return tag_slot(self.change.layout.hashtag)
         return tag_slot(self.change.mapper.layout.for_id(owner).hashtag)
 
 

@@ -60,13 +60,14 @@ def target(client: Any, mapper: Mapper) -> tuple[Any, int | None]:
     return client, routing.layout_slot(mapper.layout) if routing.is_cluster(client) else None
 
 
-def shard_target(client: Any, state: InstanceState) -> tuple[Any, int | None]:
+def shard_target(client: Any, change: EntityChange) -> tuple[Any, int | None]:
     """Where a change of a sharded model commits: on a cluster, its shard's slot (one
-    ``MULTI``/``EXEC`` per shard touched); on one server, with the rest of the server's
-    changes (every shard lives there, so one transaction holds them all)."""
+    ``MULTI``/``EXEC`` per shard touched; ``change.layout`` is its shard's); on one
+    server, with the rest of the server's changes (every shard lives there, so one
+    transaction holds them all)."""
     if not routing.is_cluster(client):
         return client, None
-    return client, claims.tag_slot(state.mapper.layout.for_id(state.id).hashtag)  # type: ignore[arg-type]
+    return client, claims.tag_slot(change.layout.hashtag)
 
 
 def cascade(
@@ -272,7 +273,7 @@ def organize(
             client = clients.get(state.mapper)
             if client is None:
                 client = clients[state.mapper] = client_for(state.mapper)
-            group = group_for(*shard_target(client, state))
+            group = group_for(*shard_target(client, change))
             last_mapper = None
         elif group is None or last_mapper is not state.mapper:
             where = binds.get(state.mapper)
