@@ -10,13 +10,24 @@ commit in flight is not reported; ``stats`` counts the claims.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
-from test_shard_uniques import CASES, Account, Fault, _act, _setup, assert_one_owner_each
+from test_shard_uniques import (
+    CASES,
+    VALUES,
+    Account,
+    Fault,
+    _act,
+    _setup,
+    assert_one_owner_each,
+    ghost_claim,
+    race_step,
+)
 
 import redisca
 from redisca import OperationalError, Session, maintenance
@@ -222,16 +233,19 @@ def test_a_commit_in_flight_is_not_reported(
         )
         original = shardclaims.suspects
 
+        suspected = threading.Event()
+
         def spy(mapper: Any, found: Any) -> Any:
             out = original(mapper, found)
             seen.extend(out)
+            suspected.set()
             return out
 
         monkeypatch.setattr(shardclaims, "suspects", spy)
 
         def start_check() -> None:
             checking.start()
-            checking.join(0.4)  # it reads the shards while this commit waits
+            assert suspected.wait(30)  # it has read the shards while this commit waited
 
         fault = Fault("entity", "before", hooked=start_check)
         fault.install(monkeypatch)
@@ -249,3 +263,37 @@ def test_sweep_and_reshard_still_refuse_a_sharded_model_with_a_unique_field(
 ) -> None:
     with pytest.raises(maintenance.MaintenanceError, match="sweep and reshard"):
         maintenance.sweep(Account, client)
+
+
+def test_reindex_while_commits_race_leaves_one_owner_each(cluster: EmbeddedCluster) -> None:
+    """A writer claims, moves, swaps and deletes values (test_shard_uniques.race_step)
+    while reindex repairs stale claims of the same values, again and again: its repairs
+    go through the protocol, so once the writer is done raw Redis shows no value with two
+    owners, and check is clean. (Raw reads during the race would not be one instant.)"""
+    client = cluster.client()
+    outcomes: list[str] = []
+    try:
+        for n, value in enumerate(VALUES[:3]):
+            ghost_claim(client, value.encode(), f"ghost{n}", registered=n % 2 == 0)
+
+        def writer() -> None:
+            rng = random.Random(5)
+            for _ in range(150):
+                outcomes.append(race_step(client, rng)[1])
+
+        racing = threading.Thread(target=writer)
+        racing.start()
+        runs = 0
+        while racing.is_alive() or runs < 2:
+            fixed = maintenance.reindex(Account, client)
+            runs += 1
+            assert all("not repaired" in p.detail for p in fixed.problems), fixed.problems
+        racing.join()
+        assert not [o for o in outcomes if o.startswith("error")], outcomes
+        assert "ok" in outcomes
+        maintenance.reindex(Account, client)
+        report = maintenance.check(Account, client)
+        assert report.ok, report.problems
+        assert_one_owner_each(client)
+    finally:
+        client.close()
