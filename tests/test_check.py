@@ -248,7 +248,9 @@ def test_each_problem_is_found(
 
 
 #: Kinds of a sharded model only, found in tests/test_shard_maintenance.py.
-SHARDED_KINDS = {"wrong_shard"}
+#: ... and of a sharded model's unique claims, found in
+#: tests/test_shard_claims_maintenance.py.
+SHARDED_KINDS = {"wrong_shard", "stale_token", "stale_registration"}
 #: Kinds of collection member indexes (the models here have no collection), found in
 #: tests/test_collections.py.
 MEMBER_KINDS = {"missing_member_entry", "stale_member_entry"}

@@ -12,7 +12,7 @@ from redis.crc import key_slot as redis_key_slot
 
 import redisca
 from redisca import Integer, InvalidRequestError, MappingError, Registry, Session, String
-from redisca.maintenance import MaintenanceError, check, migrate
+from redisca.maintenance import MaintenanceError, check, migrate, sweep
 from redisca.mapping.keys import (
     MAX_SHARDS,
     SLOTS,
@@ -270,12 +270,13 @@ def test_a_commit_is_one_transaction_per_shard_on_a_cluster(cluster):
 
 
 def test_maintenance_tasks_refuse_what_they_do_not_cover_clearly(redis_server):
-    """check, reindex and stats cover sharded models (tests/test_shard_maintenance.py)
-    but not yet one with a unique field; migrate no sharded model."""
+    """check, reindex and stats cover sharded models (tests/test_shard_maintenance.py),
+    with a unique field too (tests/test_shard_claims_maintenance.py); sweep not yet one
+    with a unique field; migrate no sharded model."""
     raw = redis_server.client()
     try:
         with pytest.raises(MaintenanceError, match="Account has 8 shards and a unique field"):
-            check(registry, raw)
+            sweep([Account], raw)
         with pytest.raises(MaintenanceError, match="User has 16 shards: migrate"):
             migrate([User], raw)
         assert check([One, User, Tag], raw).ok

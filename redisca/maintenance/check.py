@@ -65,6 +65,8 @@ from .common import (
 )
 from .placement import Keyspace
 from .problems import Problem, ProblemReport, Snapshot
+from .shardclaims import check as check_claims
+from .shardclaims import covers, owned_kind
 from .untagged import fate
 
 #: Suspects confirmed per snapshot; a snapshot that keeps failing is split.
@@ -166,6 +168,12 @@ def check(
             report.problems += found
             summary = part if summary is None else _added(summary, part)
         assert summary is not None
+        if covers(mapper):  # its unique claims: the whole model at once (shardclaims)
+            started = time.monotonic()
+            claims = check_claims(client, mapper, max(1, batch))
+            report.problems += claims
+            summary.problems += len(claims)
+            summary.seconds = round(summary.seconds + time.monotonic() - started, 3)
         report.models.append(summary)
     return report
 
@@ -313,6 +321,8 @@ class _ModelCheck:
         self.marker_run: bytes | None = None
         #: The indexed collections (``Set``, ``References`` with ``index=True``).
         self.member_fields = [f for f in mapper.collections if f.indexed]
+        #: A sharded model with a unique field: its claims are checked by shardclaims.
+        self.claimed = covers(self.whole)
 
     def run(self) -> tuple[list[Problem], ModelSummary]:
         started = time.monotonic()
@@ -369,7 +379,7 @@ class _ModelCheck:
             references += self.references_of(key, values)
             if self.member_fields:
                 held.append(ident)
-            for expect in expects:
+            for expect in self.own(expects):
                 group = (_MULTI[expect.kind], expect.key)
                 probes.setdefault(group, []).append((key, ident, expect))
         commands = [
@@ -621,9 +631,15 @@ class _ModelCheck:
             except ResponseError:
                 self.entry_suspects[("type", stripe, None, field)] = None
 
+    def own(self, expects: list[Expect]) -> list[Expect]:
+        """The expectations this pass checks: a claimed model's unique ones are not."""
+        return [e for e in expects if e.kind != "unique"] if self.claimed else expects
+
     def classify(self, key: bytes) -> tuple[str, MappedField | None] | None:
         """An index key's kind and field; anything else is a suspect or left alone."""
         parsed = self.layout.parse(key)
+        if self.claimed and owned_kind(parsed.kind):
+            return None  # a claim key of a sharded model: shardclaims checks it
         if parsed.kind == "marker":  # a reindex's; but commits cannot read one of another type
             self.entry_suspects[("type", key, None, None)] = None
             return None
@@ -763,7 +779,7 @@ class _ModelCheck:
                 detail = f"holds {raw[:60]!r}: not a valid {name} ({exc})"
                 found.append(self.problem("undecodable", key, field.name, detail))
             if key not in expired:  # an expired entity's entries are leftovers
-                probes += [(key, ident, e) for e in expects]
+                probes += [(key, ident, e) for e in self.own(expects)]
         replies = snap.read([e.key for *_, e in probes], [e.probe(i) for _, i, e in probes])
         owned: list[tuple[bytes, Expect, bytes]] = []
         for (key, ident, expect), reply in zip(probes, replies, strict=True):

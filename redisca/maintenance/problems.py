@@ -23,6 +23,11 @@ KINDS: dict[str, str] = {
     "wrong_owner": "a unique key names another id than the entity that holds the value",
     "dangling_unique": "a unique key whose owner does not hold the value, and nobody does",
     "duplicate_unique": "two entities hold the same unique value",
+    "stale_token": "a sharded model's claim token (`H#o:<field>:<n>`) with no claim beside "
+    "it in the unique stripe: left by a claimant that died",
+    "stale_registration": "a sharded model's registration of a claim in flight "
+    "(`H#c:<n>`) that outlived a commit (over `shardclaims.LINGER` seconds): left by a "
+    "claimant that died between its steps",
     "missing_member_entry": "a member of an entity's indexed `Set` or `References` whose "
     "member index entry (`H#i:<field>:<member>`) does not name the entity",
     "stale_member_entry": "a member index entry naming an entity that does not hold that "

@@ -47,16 +47,17 @@ from .common import (
     Ticker,
     UnknownName,
     by_hash_field,
+    each_shard,
     in_shard,
     model_name,
     resolve_client,
     run,
     select_mappers,
-    shard_views,
     show,
 )
 from .placement import Keyspace, send
 from .problems import Problem, ProblemReport
+from .shardclaims import covers, repair
 
 #: Seconds a marker outlives the last sign of life of its run.
 DEFAULT_TTL = 60.0
@@ -124,6 +125,9 @@ class ModelReindex:
     #: Milliseconds the switch script held the server.
     switch_ms: float = 0.0
     seconds: float = 0.0
+    #: A sharded model with a unique field: claims repaired (created, taken down, their
+    #: leftover tokens and registrations removed) by the protocol's own steps.
+    claims_repaired: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -159,13 +163,30 @@ def reindex(
     report = ReindexReport()
     for mapper in select_mappers(registry_or_classes, models, sharded=True):
         members = _members(mapper, fields)
+        # A sharded model's unique claims are repaired across its shards (shardclaims),
+        # after the shards' own runs (in parallel, each on its master) rebuilt the rest.
+        uniques = {f.hash_field for f in mapper.indexed if f.unique} if covers(mapper) else set()
+        own = [m for m in members if m not in uniques]
+
+        def one(
+            k: int, view: Mapper, shown: Progress | None, own: list[bytes] = own
+        ) -> tuple[ModelReindex, list[Problem]]:
+            task = _Run(client, view, own, max(1, batch), shown, ttl, full=fields is None)
+            return task.run(), task.problems
+
         done: ModelReindex | None = None
-        for view in shard_views(mapper):  # a sharded model: a run per shard, on its master
-            task = _Run(client, view, members, max(1, batch), progress, ttl, full=fields is None)
-            part = task.run()
+        for part, problems in each_shard(mapper, one, progress) if own else []:
             done = part if done is None else _added(done, part)
-            report.problems += task.problems
-        assert done is not None
+            report.problems += problems
+        if done is None:
+            done = ModelReindex(model_name(mapper), mapper.prefix, "", [])
+        if uniques & set(members):
+            started = time.monotonic()
+            fixed = repair(client, mapper, max(1, batch))
+            done.claims_repaired = fixed.repaired
+            done.rebuilt += [m.decode() for m in members if m in uniques]
+            done.seconds = round(done.seconds + time.monotonic() - started, 3)
+            report.problems += fixed.problems
         report.models.append(done)
     return report
 
@@ -185,6 +206,7 @@ def _added(total: ModelReindex, part: ModelReindex) -> ModelReindex:
         deleted=total.deleted + part.deleted,
         switch_ms=round(total.switch_ms + part.switch_ms, 3),
         seconds=round(total.seconds + part.seconds, 3),
+        claims_repaired=total.claims_repaired + part.claims_repaired,
     )
 
 

@@ -103,7 +103,7 @@ def reshard(
     """Move ``model``'s data from every other shard count to the ``shards`` its mapping
     declares, then rebuild its indexes; see the module's docstring."""
     client = resolve_client(client)
-    mappers = select_mappers(registry_or_classes, [model], sharded=True)
+    mappers = select_mappers(registry_or_classes, [model], sharded="nounique")
     if len(mappers) != 1:
         names = ", ".join(model_name(m) for m in mappers)
         raise UnknownName(f"{model!r} names {len(mappers)} models ({names}): name one")

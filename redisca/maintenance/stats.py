@@ -35,6 +35,8 @@ from .common import (
     select_mappers,
 )
 from .placement import Keyspace
+from .shardclaims import count as count_claims
+from .shardclaims import covers
 
 #: How many keys of each kind ``MEMORY USAGE`` is asked about.
 DEFAULT_SAMPLE = 200
@@ -70,6 +72,9 @@ class ModelStats:
     #: above, until ``sweep`` (or a commit) removes them.
     expiring: int = 0
     expired: int = 0
+    #: A sharded model with a unique field: the values claimed in its shards (its keys
+    #: of claims in flight, ``H#o`` and ``H#c``, are counted above as ``claims``).
+    claims: int = 0
 
     @property
     def memory_total(self) -> int:
@@ -108,7 +113,10 @@ def stats(
             return _model_stats(client, view, max(1, batch), sample, shown, first=k == 0)
 
         parts = each_shard(mapper, one, progress)
-        report.models.append(_summed(parts))
+        summed = _summed(parts)
+        if covers(mapper):
+            summed.claims = count_claims(client, mapper)
+        report.models.append(summed)
     return report
 
 
@@ -193,6 +201,8 @@ def _kind(parsed: ParsedKey, fields: dict[bytes, MappedField], all_ids_is_range:
         return "other"
     if parsed.kind in ("entity", "all", "guard", "expiry"):
         return parsed.kind
+    if parsed.kind in ("tokens", "registry"):  # a sharded model's claim keys
+        return "claims"
     field = fields.get(parsed.field or b"")
     if parsed.kind == "unique" and field is not None and field.unique:
         return "unique"

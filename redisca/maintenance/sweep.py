@@ -93,13 +93,13 @@ def _expiring(registry_or_classes: Any, models: Iterable[Any] | None) -> list[Ma
     everything = (
         list(registry_or_classes)
         if isinstance(registry_or_classes, Registry)
-        else select_mappers(registry_or_classes, sharded=True)
+        else select_mappers(registry_or_classes, sharded="nounique")
     )
     chosen = [m for m in everything if m.expiring]
     if models is None:
-        return chosen
+        return select_mappers(chosen, sharded="nounique")
     try:
-        return select_mappers(chosen, models, sharded=True)
+        return select_mappers(chosen, models, sharded="nounique")
     except UnknownName as exc:
         raise UnknownName(
             f"{exc} — sweep works on the expiring models (registry.mapped(ttl=...) or "

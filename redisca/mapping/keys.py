@@ -409,6 +409,15 @@ class KeyLayout:
         """Every stripe key of one unique field, in stripe order."""
         return [self._unique + field + b":%d" % n for n in range(UNIQUE_STRIPES)]
 
+    def claim_token_stripes(self, field: bytes) -> list[bytes]:
+        """Every ``H#o:<field>:<n>`` of one unique field (a sharded model's claim tokens,
+        beside :meth:`unique_stripes`), in stripe order."""
+        return [self._tokens + field + b":%d" % n for n in range(UNIQUE_STRIPES)]
+
+    def registries(self) -> list[bytes]:
+        """Every ``H#c:<n>`` (a sharded model's registrations of claims in flight)."""
+        return [self._registry + b"%d" % n for n in range(GUARD_STRIPES)]
+
     def parse(self, key: bytes) -> ParsedKey:
         """What a key of this model is; the left inverse of the builders above."""
         if key.startswith(self._entity):

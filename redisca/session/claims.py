@@ -174,6 +174,14 @@ class Pending:
         except RediscaError:
             pass
 
+    def vacate(self, client: Any, claims: list[Claim]) -> Steps[None]:
+        """Remove the claims naming ``claims``' entities (their tokens ``None``: any
+        token) where they are proven stale, as a release does: the repairs of
+        ``reindex`` (:mod:`redisca.maintenance.shardclaims`) take down stale claims with
+        it. Not best effort: a failure raises."""
+        for _, slot, batch in _by_slot(claims, Claim.value_slot, client=client):
+            yield from self._vacate(client, slot, batch)
+
     def reclaim(self, group: Group) -> Steps[None]:
         """After a revoked claim (step 3 failed): claim the group's values again."""
         changes = {id(change) for change in group.changes}
