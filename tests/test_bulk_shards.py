@@ -95,17 +95,14 @@ def claims_of(raw: Any) -> dict[bytes, str]:
 
 def assert_clean(raw: Any, ids: set[str] | None = None) -> dict[str, dict[bytes, bytes]]:
     """Exactly ``ids`` are stored (if given), each in its shard; each email claimed by
-    its holder and no other claim; indexes as the hashes say; ``check`` clean where it
-    covers."""
+    its holder and no other claim; indexes as the hashes say; ``check`` clean."""
     found = stored(raw)
     if ids is not None:
         assert set(found) == ids
     held = {values[b"email"].lower(): ident for ident, values in found.items()}
     assert claims_of(raw) == held
     assert_indexes_consistent(raw, redisca.inspect(Member))
-    # ``check`` does not cover a sharded model's unique claims yet (it refuses Member):
-    # the claims are compared above; it checks the model without a unique field.
-    report = check(registry, raw, models=[Point])
+    report = check(registry, raw)  # the claims across shards included
     assert report.ok, report.problems
     return found
 

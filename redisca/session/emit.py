@@ -365,7 +365,12 @@ def _emit_insert(em: _Emitter, change: EntityChange) -> None:
         exists = False
     if exists:
         if _applied_before(change, em.observed.fields.get(key, {})):
-            return  # written by the attempt whose outcome was unknown, indexes and all
+            # written by the attempt whose outcome was unknown, indexes and all; a
+            # sharded model's claims made again for this attempt hold (their
+            # registrations watched) and their registrations go, as after a write
+            for field in change.tokens or ():
+                em.registered(change, field)
+            return
         doubt = " (a commit of it had an unknown outcome, and it changed since)"
         raise IntegrityError(
             f"{key.decode(errors='replace')} already exists in Redis"
