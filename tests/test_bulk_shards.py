@@ -379,3 +379,21 @@ def test_a_commit_claims_its_values_in_parallel_across_shards(
             session.commit()
         assert info.value.owner == "m7"
     assert_clean(r, {f"m{i}" for i in range(40)})
+
+
+def test_a_commit_in_doubt_committed_again_leaves_no_registration(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit path of the same fix: an insert whose ``EXEC`` reply was lost, then
+    committed again (recognised as applied), leaves no claim registration in flight."""
+    kill = Kill(nth=1, when="after")
+    kill.install(monkeypatch)
+    session = Session(r)
+    session.add_all(members(5))
+    with pytest.raises(redisca.OperationalError) as info:
+        session.commit()
+    monkeypatch.undo()
+    assert kill.fired and info.value.outcome_unknown
+    session.commit()
+    assert_clean(r, {f"m{i}" for i in range(5)})
+    session.close()
