@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import server_for
+from helpers import server_for, set_instants
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -77,9 +77,10 @@ def expiry_key(model: type) -> bytes:
 
 
 def mark(r: redis.Redis, model: type, instants: dict[str, int]) -> None:
-    """Give ids expiry instants by hand (what a commit of ``session.expire`` writes)."""
+    """Give ids expiry instants by hand (what a commit of ``session.expire`` writes: in
+    ``H#exp`` and as the scores of their equality index entries)."""
     if instants:
-        r.zadd(expiry_key(model), instants)
+        set_instants(r, model, instants)
 
 
 def server_now_ms(r: redis.Redis) -> int:
