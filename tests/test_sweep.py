@@ -336,6 +336,10 @@ def test_stats_counts_pending_expired_entities(r: redis.Redis) -> None:
     instants = r.zcard(layout().expiry)  # commits write theirs (ttl=) once they do
     token = next(m for m in stats(registry, r).models if m.model == "Token")
     assert (token.expired, token.expiring) == (len(EXPIRED), instants)
+    # Its equality index entries (sorted sets, scored by the instants) are counted.
+    eq = sum(r.zcard(layout().eq_index(b"kind", v)) for v in (b"a", b"b"))
+    assert eq == N
+    assert token.index_keys["eq"] == 2 and token.index_entries == eq + N + N  # rank, code
     sweep(registry, r)
     token = next(m for m in stats(registry, r).models if m.model == "Token")
     assert (token.expired, token.expiring) == (0, instants - len(EXPIRED))
