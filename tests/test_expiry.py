@@ -73,6 +73,15 @@ class Versioned:
     id: str | None = None
 
 
+@registry.mapped(prefix="chn", slot_group="exp", expiring=True)
+@attrs.define
+class Chain:
+    """An expiring referrer whose target's delete cascades to it."""
+
+    token: Token | None = Reference(Token, index=True, on_delete="cascade", default=None)
+    id: str | None = None
+
+
 @registry.mapped(prefix="lbl", slot_group="exp", expiring=True)
 @attrs.define
 class Label:
@@ -820,6 +829,24 @@ def test_an_expired_referrer_neither_restricts_nor_is_nulled(r: redis.Redis) -> 
     assert not r.exists(TOK + b":t1") and not r.exists(TOK + b":t2")
     pin = redisca.inspect(Pin).layout.entity("p1")
     assert as_str(r.hget(pin, "token")) == "t2"  # untouched: a sweep removes it whole
+
+
+def test_a_cascade_deletes_live_referrers_and_leaves_expired_ones(r: redis.Redis) -> None:
+    token = Token("a", id="t1")
+    persist(r, token, Chain(token, id="c1"), Chain(token, id="c2"))
+    expire_now(r, Chain, "c2")
+    index = redisca.inspect(Chain).layout.eq_index(b"token", b"t1")
+    assert eq_entries(r, index) == {"c1": instant(r, Chain, "c1") or math.inf, "c2": 1}
+    s = Session(r)
+    s.delete(s.get(Token, "t1"))
+    # The live referrer goes with it; the expired one is no referrer (the cascade reads
+    # the index from now on), and its leftovers go with the commit's sweep.
+    s.commit()
+    s.close()
+    chain = redisca.inspect(Chain).layout
+    assert not r.exists(chain.entity("c1")) and not r.exists(chain.entity("c2"))
+    assert not r.exists(index)
+    consistent(r, Chain)
 
 
 # -- random sessions against a model ---------------------------------------------------------
