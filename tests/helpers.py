@@ -382,7 +382,14 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
                 expected.setdefault(name, ("zset", {}))[1][ident] = score
             if value is None:
                 continue
-            if field.index == "eq":
+            if field.index == "eq" and mapper.expiring:
+                # An expiring model's equality index: a sorted set scored by the
+                # entity's instant in P#exp (+inf: none).
+                name = prefix + b"#i:" + field.hash_field + b":" + field.index_key(value)
+                at = raw.zscore(prefix + b"#exp", ident)
+                score = math.inf if at is None else float(at)
+                expected.setdefault(name, ("zset", {}))[1][ident] = score
+            elif field.index == "eq":
                 name = prefix + b"#i:" + field.hash_field + b":" + field.index_key(value)
                 expected.setdefault(name, ("set", set()))[1].add(ident)
             if field.unique:
@@ -395,7 +402,37 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
     # holds every entity already (docs/keylayout.rst).
     if ids and not any(field.index == "range" for field in mapper.fields):
         expected[prefix + b"#all"] = ("zset", ids)
+    if mapper.expiring:  # the instants as they are: the hashes do not tell them
+        instants = dict(raw.zrange(prefix + b"#exp", 0, -1, withscores=True))
+        if instants:
+            expected[prefix + b"#exp"] = ("zset", instants)
     return {k: (kind, frozenset(v) if kind == "set" else v) for k, (kind, v) in expected.items()}
+
+
+def set_instants(client: Any, model: type, instants: dict[str, float]) -> None:
+    """Set raw expiry instants (ms) of entities of an expiring model, as if time had
+    moved: in ``P#exp`` and in the scores of their equality index entries (sorted sets
+    scored by the instant, docs/keylayout.rst), as a commit would write them. Each id
+    in one transaction that watches its hash, so writers racing it leave no stray
+    entry."""
+    mapper = model.__dict__["__redisca_mapper__"]
+    prefix = head(mapper.prefix, mapper.slot_group)
+    for ident, at in instants.items():
+        entity = prefix + b":" + ident.encode()
+
+        def write(pipe: Any, ident: str = ident, at: float = at, entity: bytes = entity) -> None:
+            stored = pipe.hgetall(entity)
+            pipe.multi()
+            pipe.zadd(prefix + b"#exp", {ident: at})
+            for field in mapper.fields:
+                value = stored.get(field.hash_field, stored.get(field.hash_field.decode()))
+                if field.index == "eq" and value is not None:
+                    if isinstance(value, str):
+                        value = value.encode()
+                    key = prefix + b"#i:" + field.hash_field + b":" + field.index_key(value)
+                    pipe.zadd(key, {ident: at})
+
+        client.transaction(write, entity)
 
 
 def without_guards(dump: dict[bytes, tuple[str, Any]]) -> dict[bytes, tuple[str, Any]]:

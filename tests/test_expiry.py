@@ -7,6 +7,7 @@ An entity is made expired by a raw ``ZADD`` of a small instant into its model's
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from helpers import (
     as_str,
     assert_indexes_consistent,
     head,
+    set_instants,
     stripe_key,
     transactions,
 )
@@ -68,6 +70,25 @@ class Visit:
 @attrs.define
 class Versioned:
     page: str = String()
+    id: str | None = None
+
+
+@registry.mapped(prefix="chn", slot_group="exp", expiring=True)
+@attrs.define
+class Chain:
+    """An expiring referrer whose target's delete cascades to it."""
+
+    token: Token | None = Reference(Token, index=True, on_delete="cascade", default=None)
+    id: str | None = None
+
+
+@registry.mapped(prefix="lbl", slot_group="exp", expiring=True)
+@attrs.define
+class Label:
+    """Expiring, no ttl: its equality entries score +inf until an expire."""
+
+    color: str = String(index=True)
+    size: str | None = String(index=True, default=None)
     id: str | None = None
 
 
@@ -127,8 +148,9 @@ def instant(r: redis.Redis, model: type, ident: str) -> float | None:
 
 
 def expire_now(r: redis.Redis, model: type, ident: str) -> None:
-    """Make an entity expired, as if its instant had passed."""
-    r.zadd(expiry_key(model), {ident: 1})
+    """Make an entity expired, as if its instant had passed (its equality index entries
+    are scored by the instant too)."""
+    set_instants(r, model, {ident: 1})
 
 
 def server_ms(r: redis.Redis) -> int:
@@ -141,16 +163,9 @@ def server_ms(r: redis.Redis) -> int:
 
 
 def consistent(r: redis.Redis, model: type) -> None:
-    """The model's index keys hold what its hashes call for (``H#exp`` aside: the
-    helper knows no instants)."""
-    key = expiry_key(model)
-    saved = r.zrange(key, 0, -1, withscores=True)
-    r.delete(key)
-    try:
-        assert_indexes_consistent(r, redisca.inspect(model))
-    finally:
-        if saved:
-            r.zadd(key, dict(saved))
+    """The model's index keys hold what its hashes call for (``H#exp`` as it is: the
+    helper knows no instants, and scores the equality entries by it)."""
+    assert_indexes_consistent(r, redisca.inspect(model))
 
 
 def persist(r: redis.Redis, *objs: object) -> None:
@@ -299,6 +314,101 @@ def test_a_short_ttl_expires_on_the_servers_clock(r: redis.Redis) -> None:
     assert r.exists(redisca.inspect(Visit).layout.entity("v1"))  # not swept: still there
 
 
+# -- equality index entries, scored by the instants ------------------------------------
+
+LBL = head("lbl", "exp")
+
+
+def eq_entries(r: redis.Redis, key: bytes) -> dict[str, float]:
+    """An equality index key of an expiring model: a sorted set, id → score."""
+    assert r.type(key) in (b"zset", "zset"), r.type(key)
+    return {as_str(m): score for m, score in r.zrange(key, 0, -1, withscores=True)}
+
+
+def test_equality_entries_are_sorted_sets_scored_by_the_instant(r: redis.Redis) -> None:
+    persist(r, Token("ann", score=3, tags={"x"}, id="t1"), Label("red", id="l1"))
+    at = instant(r, Token, "t1")
+    assert at is not None
+    assert eq_entries(r, TOK + b"#i:owner:ann") == {"t1": at}
+    # A collection's member index stays a set; a range index keeps its value's score.
+    assert r.type(TOK + b"#i:tags:x") in (b"set", "set")
+    assert r.zscore(TOK + b"#r:score", "t1") == 3
+    assert eq_entries(r, LBL + b"#i:color:red") == {"l1": math.inf}  # no instant: +inf
+    consistent(r, Label)
+
+
+def test_an_instant_that_changes_rescores_every_equality_entry(r: redis.Redis) -> None:
+    persist(r, Label("red", size="s", id="l1"), Label("red", id="l2"))
+    s = Session(r)
+    label = s.get(Label, "l1")
+    s.expire(label, 60)
+    s.commit()
+    at = instant(r, Label, "l1")
+    assert at is not None
+    assert eq_entries(r, LBL + b"#i:color:red") == {"l1": at, "l2": math.inf}
+    assert eq_entries(r, LBL + b"#i:size:s") == {"l1": at}
+    s.expire(label, 120)
+    label.color = "blue"  # a new value and a new instant in one commit
+    s.commit()
+    later = instant(r, Label, "l1")
+    assert later is not None and later > at
+    assert eq_entries(r, LBL + b"#i:color:red") == {"l2": math.inf}
+    assert eq_entries(r, LBL + b"#i:color:blue") == {"l1": later}
+    assert eq_entries(r, LBL + b"#i:size:s") == {"l1": later}
+    s.expire(label, None)  # no instant: +inf again
+    s.commit()
+    assert eq_entries(r, LBL + b"#i:color:blue") == {"l1": math.inf}
+    assert eq_entries(r, LBL + b"#i:size:s") == {"l1": math.inf}
+    label.size = "m"  # an indexed update keeps the instant it finds (none)
+    s.commit()
+    assert not r.exists(LBL + b"#i:size:s")
+    assert eq_entries(r, LBL + b"#i:size:m") == {"l1": math.inf}
+    s.close()
+    consistent(r, Label)
+
+
+def test_an_insert_with_a_ttl_and_one_over_an_expired_id_score_their_entries(
+    r: redis.Redis,
+) -> None:
+    s = Session(r)
+    short = Label("red", id="l1")
+    s.add(short)
+    s.expire(short, 30)  # a ttl of its own, on an insert
+    s.commit()
+    at = instant(r, Label, "l1")
+    assert at is not None and eq_entries(r, LBL + b"#i:color:red") == {"l1": at}
+    s.close()
+    expire_now(r, Label, "l1")
+    assert eq_entries(r, LBL + b"#i:color:red") == {"l1": 1}
+    persist(r, Label("red", id="l1"))  # the same id again, no instant this time
+    assert eq_entries(r, LBL + b"#i:color:red") == {"l1": math.inf}
+    persist(r, Token("ann", id="t1"))
+    expire_now(r, Token, "t1")
+    persist(r, Token("ann", id="t1"))  # over an expired id: the model's ttl
+    at = instant(r, Token, "t1")
+    assert at is not None and at > server_ms(r)
+    assert eq_entries(r, TOK + b"#i:owner:ann") == {"t1": at}
+    consistent(r, Label)
+    consistent(r, Token)
+
+
+def test_equality_counts_and_pages_leave_out_expired_ids_before_any_sweep(
+    r: redis.Redis,
+) -> None:
+    persist(r, *[Label("red", id=f"l{i}") for i in range(6)], Label("blue", id="b1"))
+    for i in range(3):
+        expire_now(r, Label, f"l{i}")
+    s = Session(r)
+    red = s.query(Label).filter(Label.color == "red")
+    assert red.count() == 3
+    assert sorted(x.id for x in red.all()) == ["l3", "l4", "l5"]  # type: ignore[type-var]
+    either = s.query(Label).filter((Label.color == "red") | (Label.color == "blue"))
+    assert either.count() == 4
+    assert s.query(Label).filter(Label.color.in_(["red", "blue"])).count() == 4
+    assert r.zcard(LBL + b"#i:color:red") == 6  # nothing swept: the entries are there
+    s.close()
+
+
 # -- loads -------------------------------------------------------------------------------
 
 
@@ -386,8 +496,8 @@ def test_an_insert_over_an_expired_id_replaces_its_leftovers(r: redis.Redis) -> 
         "owner": "new",
         "score": "7",
     }
-    assert not r.sismember(TOK + b"#i:owner:old", "t1")
-    assert r.sismember(TOK + b"#i:owner:new", "t1")
+    assert not r.exists(TOK + b"#i:owner:old")
+    assert r.zscore(TOK + b"#i:owner:new", "t1") == instant(r, Token, "t1")
     assert r.zscore(TOK + b"#r:score", "t1") == 7
     assert r.hget(stripe_key("tok", "code", "c-old", "exp"), "c-old") is None
     assert {as_str(m) for m in r.smembers(TOK + b"#m:tags:t1")} == {"z"}
@@ -429,7 +539,7 @@ def test_deleting_an_expired_entity_removes_it_all(r: redis.Redis) -> None:
     s.commit()
     assert not r.exists(TOK + b":t1") and instant(r, Token, "t1") is None
     assert r.hget(stripe_key("tok", "code", "c1", "exp"), "c1") is None
-    assert not r.sismember(TOK + b"#i:owner:a", "t1")
+    assert not r.exists(TOK + b"#i:owner:a")
 
 
 def test_a_versioned_expired_entity_is_refused_and_deleted(r: redis.Redis) -> None:
@@ -491,7 +601,7 @@ def test_a_takeover_fails_when_the_owner_changes_meanwhile(
     def meddling(*args: object) -> object:
         result = yield from real(*args)  # type: ignore[arg-type]
         if not revived:  # the first attempt only: the owner comes back to life
-            r.zadd(expiry_key(Token), {"t1": server_ms(r) + 60_000})
+            set_instants(r, Token, {"t1": server_ms(r) + 60_000})
             r.incr(redisca.inspect(Token).layout.guard(b"t1"))
             revived.append(1)
         return result
@@ -719,6 +829,24 @@ def test_an_expired_referrer_neither_restricts_nor_is_nulled(r: redis.Redis) -> 
     assert not r.exists(TOK + b":t1") and not r.exists(TOK + b":t2")
     pin = redisca.inspect(Pin).layout.entity("p1")
     assert as_str(r.hget(pin, "token")) == "t2"  # untouched: a sweep removes it whole
+
+
+def test_a_cascade_deletes_live_referrers_and_leaves_expired_ones(r: redis.Redis) -> None:
+    token = Token("a", id="t1")
+    persist(r, token, Chain(token, id="c1"), Chain(token, id="c2"))
+    expire_now(r, Chain, "c2")
+    index = redisca.inspect(Chain).layout.eq_index(b"token", b"t1")
+    assert eq_entries(r, index) == {"c1": instant(r, Chain, "c1") or math.inf, "c2": 1}
+    s = Session(r)
+    s.delete(s.get(Token, "t1"))
+    # The live referrer goes with it; the expired one is no referrer (the cascade reads
+    # the index from now on), and its leftovers go with the commit's sweep.
+    s.commit()
+    s.close()
+    chain = redisca.inspect(Chain).layout
+    assert not r.exists(chain.entity("c1")) and not r.exists(chain.entity("c2"))
+    assert not r.exists(index)
+    consistent(r, Chain)
 
 
 # -- random sessions against a model ---------------------------------------------------------

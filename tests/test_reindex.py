@@ -674,3 +674,72 @@ def test_a_marker_of_another_type_is_refused(r: redis.Redis) -> None:
     with pytest.raises(MaintenanceError, match="is not a reindex marker"):
         reindex(Item, r)
     assert [(p.kind, p.key) for p in check(Item, r).problems] == [("wrong_type", "{item}#x")]
+
+
+# -- an expiring model: equality indexes scored by the instants ----------------------
+
+expiring = Registry()
+
+
+@expiring.mapped(prefix="pass", ttl=3600)
+@attrs.define
+class Pass:
+    color: str = redisca.String(index=True)
+    id: str | None = None
+
+
+def _pass_eq(r: redis.Redis, color: str) -> dict[str, float]:
+    key = redisca.inspect(Pass).layout.eq_index(b"color", color.encode())
+    return {as_str(m): s for m, s in r.zrange(key, 0, -1, withscores=True)}
+
+
+def test_check_reports_a_wrong_score_and_reindex_rescores_it(r: redis.Redis) -> None:
+    with Session(r) as s:
+        s.add_all(Pass("red", id=str(i)) for i in range(3))
+        s.commit()
+    layout = redisca.inspect(Pass).layout
+    instant = r.zscore(layout.expiry, "1")
+    assert _pass_eq(r, "red")["1"] == instant
+    r.zadd(layout.eq_index(b"color", b"red"), {"1": 5})  # an instant long past: hidden
+    with Session(r) as s:
+        assert s.query(Pass).filter(Pass.color == "red").count() == 2
+    problems = check(expiring, r).problems
+    assert [(p.kind, p.field) for p in problems] == [("wrong_score", "color")]
+    assert "expiry instant" in problems[0].detail
+    assert reindex(expiring, r).ok
+    assert _pass_eq(r, "red") == {str(i): r.zscore(layout.expiry, str(i)) for i in range(3)}
+    assert check(expiring, r).ok
+    with Session(r) as s:
+        assert s.query(Pass).filter(Pass.color == "red").count() == 3
+
+
+def test_reindex_migrates_equality_sets_to_sorted_sets(r: redis.Redis) -> None:
+    """The layout before: an expiring model's equality index as a plain set. check calls
+    it wrong_type; reindex rebuilds it as a sorted set scored by the instants."""
+    with Session(r) as s:
+        s.add_all(Pass("red" if i % 2 else "blue", id=str(i)) for i in range(6))
+        s.commit()
+    s = Session(r)
+    s.expire(s.get(Pass, "0"), None)  # no instant: +inf
+    s.commit()
+    s.close()
+    layout = redisca.inspect(Pass).layout
+    for color in ("red", "blue"):
+        key = layout.eq_index(b"color", color.encode())
+        members = r.zrange(key, 0, -1)
+        r.delete(key)
+        r.sadd(key, *members)
+    problems = check(expiring, r).problems
+    assert sorted((p.kind, p.key) for p in problems) == [
+        ("wrong_type", "{pass}#i:color:blue"),
+        ("wrong_type", "{pass}#i:color:red"),
+    ]
+    assert all("a set, not a zset" in p.detail for p in problems)
+    assert reindex(expiring, r).ok
+    assert r.type(layout.eq_index(b"color", b"red")) in (b"zset", "zset")
+    blue = _pass_eq(r, "blue")
+    assert blue["0"] == float("inf") and blue["2"] == r.zscore(layout.expiry, "2")
+    assert check(expiring, r).ok
+    assert_indexes_consistent(r, redisca.inspect(Pass))
+    with Session(r) as s:
+        assert s.query(Pass).filter(Pass.color == "red").count() == 3

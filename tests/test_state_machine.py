@@ -73,6 +73,7 @@ from helpers import (
     assert_indexes_consistent,
     connect,
     dump_keyspace,
+    set_instants,
     without_guards,
 )
 from hypothesis import HealthCheck, settings
@@ -1478,7 +1479,7 @@ class Sessions(RuleBasedStateMachine):
         self.check_tok()
 
     def tok_expire(self, ident: str) -> None:
-        self.raw.zadd(redisca.inspect(Token).layout.expiry, {ident: PAST})
+        set_instants(self.raw, Token, {ident: PAST})  # H#exp and the eq entries it scores
         self.tok_dead[ident] = self.tok[ident]
         self.tok_forget(ident)
 
@@ -1525,7 +1526,7 @@ class Sessions(RuleBasedStateMachine):
         session = self.tok_session(data)
         obj = session.get(Token, ident)
         assert obj is not None
-        self.raw.zadd(redisca.inspect(Token).layout.expiry, {ident: PAST})
+        set_instants(self.raw, Token, {ident: PAST})  # H#exp and the eq entries it scores
         self.tok_dead[ident] = self.tok[ident]
         self.tok_forget(ident)
         if kind == "indexed":

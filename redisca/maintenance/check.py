@@ -75,7 +75,16 @@ CONFIRM_TRIES = 4
 
 #: The Redis type of each kind of index key (and of an expiring model's ``H#exp``, whose
 #: members are checked against the hashes as the all-ids index's are).
-TYPES = {"all": b"zset", "eq": b"set", "range": b"zset", "unique": b"hash", "expiry": b"zset"}
+#: ``xeq``: an expiring model's equality index, a sorted set scored by each entity's
+#: expiry instant (``+inf``: none); see ``MappedField.scored``.
+TYPES = {
+    "all": b"zset",
+    "eq": b"set",
+    "xeq": b"zset",
+    "range": b"zset",
+    "unique": b"hash",
+    "expiry": b"zset",
+}
 
 #: Keys of other kinds whose type is checked (``members``: an indexed set's).
 _OTHER_TYPES = {"marker": b"list", "guard": b"string", "members": b"set"}
@@ -84,13 +93,20 @@ _OTHER_TYPES = {"marker": b"list", "guard": b"string", "members": b"set"}
 _OLD_TYPES = {"all": b"set", "unique": b"string"}
 
 #: The command that probes many members of one index key at once (Redis 6.2).
-_MULTI = {"all": b"ZMSCORE", "eq": b"SMISMEMBER", "range": b"ZMSCORE", "unique": b"HMGET"}
+_MULTI = {
+    "all": b"ZMSCORE",
+    "eq": b"SMISMEMBER",
+    "xeq": b"ZMSCORE",
+    "range": b"ZMSCORE",
+    "unique": b"HMGET",
+}
 
 #: The command that counts an index key's entries (``member``: a collection's member
 #: index, an equality set per member value).
 _SIZE = {
     "all": b"ZCARD",
     "eq": b"SCARD",
+    "xeq": b"ZCARD",
     "range": b"ZCARD",
     "unique": b"HLEN",
     "member": b"SCARD",
@@ -200,7 +216,7 @@ def _added(total: ModelSummary, part: ModelSummary) -> ModelSummary:
 class Expect:
     """One index entry an entity's hash calls for."""
 
-    kind: str  # "all", "eq", "range" or "unique"
+    kind: str  # "all", "eq", "xeq", "range" or "unique"
     key: bytes
     field: MappedField | None = None
     score: float | None = None
@@ -213,7 +229,7 @@ class Expect:
         return self.value if self.value is not None else ident
 
     def probe(self, ident: bytes) -> tuple[Any, ...]:
-        if self.kind in ("range", "all"):
+        if self.kind in ("range", "all", "xeq"):
             return (b"ZSCORE", self.key, ident)
         if self.kind == "unique":
             return (b"HGET", self.key, self.value)
@@ -227,18 +243,24 @@ class Expect:
             return None if reply is not None else "missing_from_all"
         if self.kind == "eq":
             return None if reply else "missing_entry"
-        if self.kind == "range":
+        if self.kind in ("range", "xeq"):  # xeq: scored by the entity's instant
             if reply is None:
                 return "missing_entry"
+            if self.score is None:  # an instant that could not be read
+                return None
             return None if to_float(reply) == self.score else "wrong_score"
         if reply is None:
             return "missing_unique"
         return None if bytes(reply) == ident else "wrong_owner"
 
 
-def expectations(mapper: Mapper, values: dict[bytes, bytes]) -> tuple[list[Expect], list[Any]]:
+def expectations(
+    mapper: Mapper, values: dict[bytes, bytes], instant: float | None = _INF
+) -> tuple[list[Expect], list[Any]]:
     """The index entries a hash calls for, and its fields that cannot be read:
-    ``(field, raw, exception)``."""
+    ``(field, raw, exception)``. ``instant``: the entity's expiry instant (an expiring
+    model's equality entries are scored by it; ``+inf``: none; ``None``: unknown, its
+    scores are not checked)."""
     layout = mapper.layout
     # A model with a range index keeps every id in its first one: the range entry
     # below stands for the all-ids entry.
@@ -254,7 +276,10 @@ def expectations(mapper: Mapper, values: dict[bytes, bytes]) -> tuple[list[Expec
             field.decode(raw)
             if field.index == "eq":
                 key = layout.eq_index(field.hash_field, field.index_key(raw))
-                expects.append(Expect("eq", key, field, raw=raw))
+                if field.scored:
+                    expects.append(Expect("xeq", key, field, instant, raw))
+                else:
+                    expects.append(Expect("eq", key, field, raw=raw))
             elif field.index == "range":
                 score = float(field.score(raw))
                 key = layout.range_index(field.hash_field)
@@ -308,6 +333,9 @@ class _ModelCheck:
         self.told: set[tuple[bytes, bytes | None]] = set()
         #: Entity keys of the page being checked that are expired (not yet swept).
         self.expired: set[bytes] = set()
+        #: The expiry instants of the page's entities (an expiring model's), by key;
+        #: ``None`` when ``H#exp`` cannot be read (its scores are then not checked).
+        self.instants: dict[bytes, float] | None = {}
         self.entity_suspects: dict[bytes, None] = {}
         #: Index keys (equality, range, all-ids) by how many entities call for them.
         self.expected: Counter[bytes] = Counter()
@@ -373,7 +401,8 @@ class _ModelCheck:
             if not in_shard(self.mapper, ident):
                 self.problems[self.wrong_shard(key, ident)] = None
                 continue
-            expects, bad = expectations(self.mapper, values)
+            instant = None if self.instants is None else self.instants.get(key, _INF)
+            expects, bad = expectations(self.mapper, values, instant)
             if bad or not _utf8(ident):
                 self.entity_suspects[key] = None
             references += self.references_of(key, values)
@@ -488,7 +517,11 @@ class _ModelCheck:
             self.client, [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
         )
         if isinstance(scores, ResponseError):
+            self.instants = None
             return set()  # not a sorted set: the index pass reports the key
+        self.instants = {
+            k: _INF if at is None else to_float(at) for k, at in zip(keys, scores, strict=True)
+        }
         self.expected[expiry] += sum(score is not None for score in scores)
         gone = sweeping.expired_ids(scores, now)
         expired = {k for k, h, g in zip(keys, hashes, gone, strict=True) if g and h}
@@ -675,6 +708,8 @@ class _ModelCheck:
         if field is None or not _indexes(field, parsed.kind):
             self.entry_suspects[("stray", key, None, None)] = None
             return None
+        if parsed.kind == "eq" and field.scored:
+            return "xeq", field
         return parsed.kind, field
 
     def check_index(self, key: bytes, kind: str, field: MappedField | None) -> None:
@@ -759,7 +794,7 @@ class _ModelCheck:
 
     def confirm_entities(self, snap: Snapshot, keys: list[bytes]) -> list[Problem]:
         replies = snap.read(keys, [c for k in keys for c in ((b"TYPE", k), (b"HGETALL", k))])
-        expired = self.expired_in(snap, keys)
+        expired, instants = self.expired_in(snap, keys)
         found: list[Problem] = []
         probes: list[tuple[bytes, bytes, Expect]] = []
         for n, key in enumerate(keys):
@@ -773,7 +808,8 @@ class _ModelCheck:
             ident = self.ident(key)
             if not _utf8(ident):
                 found.append(self.problem("undecodable", key, None, "its id is not UTF-8"))
-            expects, bad = expectations(self.mapper, executor.hash_reply(reply))
+            instant = None if instants is None else instants.get(key, _INF)
+            expects, bad = expectations(self.mapper, executor.hash_reply(reply), instant)
             for field, raw, exc in bad:
                 name = field.codec.name if field.codec is not None else "id"
                 detail = f"holds {raw[:60]!r}: not a valid {name} ({exc})"
@@ -792,18 +828,25 @@ class _ModelCheck:
                 found.append(self.missing(verdict, key, ident, expect, reply))
         return found + self.owners(snap, owned)
 
-    def expired_in(self, snap: Snapshot, keys: list[bytes]) -> set[bytes]:
-        """The entities among ``keys`` expired at the snapshot (``H#exp`` watched)."""
+    def expired_in(
+        self, snap: Snapshot, keys: list[bytes]
+    ) -> tuple[set[bytes], dict[bytes, float] | None]:
+        """The entities among ``keys`` expired at the snapshot (``H#exp`` watched), and
+        their instants."""
         if not self.mapper.expiring or not keys:
-            return set()
+            return set(), {}
         expiry = self.layout.expiry
         ids = [self.ident(key) for key in keys]
         now, scores = snap.read(
             [expiry], [sweeping.now_command(self.mapper), (b"ZMSCORE", expiry, *ids)]
         )
         if isinstance(scores, ResponseError):
-            return set()
-        return {k for k, gone in zip(keys, sweeping.expired_ids(scores, now), strict=True) if gone}
+            return set(), None
+        gone = sweeping.expired_ids(scores, now)
+        instants = {
+            k: _INF if at is None else to_float(at) for k, at in zip(keys, scores, strict=True)
+        }
+        return {k for k, g in zip(keys, gone, strict=True) if g}, instants
 
     def owners(self, snap: Snapshot, owned: list[tuple[bytes, Expect, bytes]]) -> list[Problem]:
         """Unique keys naming another entity: a duplicate if that one holds the value too."""
@@ -833,12 +876,15 @@ class _ModelCheck:
         who = show(ident)
         if verdict == "missing_from_all":
             detail = f"{who} has a hash ({show(key)}) but is not in it"
+        elif verdict == "wrong_score" and expect.kind == "xeq":
+            at = "none (+inf)" if expect.score == _INF else repr(expect.score)
+            detail = f"{who} has score {to_float(reply)!r}, its expiry instant is {at}"
         elif verdict == "wrong_score":
             detail = f"{who} has score {to_float(reply)!r}, its value gives {expect.score!r}"
         elif verdict == "missing_unique":
             self.told.add((expect.key, expect.value))
             detail = _of(expect.value, f"{who} holds the value, the stripe does not name it")
-        elif expect.score == _INF:
+        elif expect.score == _INF and expect.kind == "range":
             detail = f"{who} holds no value, but is not in it (at {NO_VALUE.decode()})"
         else:
             detail = f"{who} holds the value, but is not in it"
@@ -869,6 +915,8 @@ class _ModelCheck:
         if kind == "type":
             now = snap.read([key], [(b"TYPE", key)])[0]
             expected = _OTHER_TYPES.get(parsed.kind) or TYPES[parsed.kind]
+            if parsed.kind == "eq" and field is not None and field.scored:
+                expected = TYPES["xeq"]  # a set here is the layout before: reindex
             if now in (expected, b"none"):
                 return None
             if now == _OLD_TYPES.get(parsed.kind):
@@ -894,6 +942,8 @@ class _ModelCheck:
         assert field is not None
         if kind == "eq":
             probes: list[tuple[bytes, ...]] = [(b"SISMEMBER", key, member)]
+        elif kind == "xeq":
+            probes = [(b"ZSCORE", key, member)]
         else:
             probes = [(b"ZSCORE", key, member), (b"EXISTS", entity)]
         present, *rest = snap.read([key, entity], [*probes, (b"HGET", entity, field.hash_field)])
@@ -902,7 +952,7 @@ class _ModelCheck:
             return None
         if kind == "range" and _in_range(rest[0], raw, to_float(present)):
             return None
-        if kind == "eq" and holds(field, raw, parsed.value):
+        if kind in ("eq", "xeq") and holds(field, raw, parsed.value):
             return None
         holding = "has no such value (or no hash)" if raw is None else f"holds {show(raw)!r}"
         return self.problem("orphan_entry", key, name, f"{show(member)} {holding}")

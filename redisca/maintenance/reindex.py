@@ -38,6 +38,7 @@ from ..conf import Client
 from ..mapping.keys import INDEX_KINDS, NO_VALUE
 from ..mapping.mapper import MappedField, Mapper
 from ..session import executor
+from ..session.expiry import SCORED_ADD
 from ..session.plan import Command
 from ..session.rebuild import ALL_IDS, marker_value
 from .check import expectations
@@ -501,6 +502,9 @@ class _Page:
         self.layout = task.layout
         self.rebuilt = set(task.members)
         self.writes: dict[tuple[bytes, bytes], list[bytes]] = {}
+        #: An expiring model's equality entries: build key → ids, written by
+        #: ``expiry.SCORED_ADD`` with the instants ``H#exp`` holds at ``EXEC``.
+        self.scored: dict[bytes, list[bytes]] = {}
         self.built: dict[bytes, bytes] = {}
         #: Unique claims: (build stripe, live stripe, field, value, id), answered after
         #: the writes (``HSETNX``: 0 when another entity claimed the value first).
@@ -538,6 +542,8 @@ class _Page:
             self.entries += 1
             if expect.kind == "eq":
                 self.members_of(b"SADD", expect.key).append(ident)
+            elif expect.kind == "xeq":  # a sorted set scored by the instant (a set before)
+                self.scored.setdefault(self.build_key(expect.key), []).append(ident)
             elif expect.kind == "all":
                 self.members_of(b"ZADD", expect.key).extend((b"0", ident))
             elif expect.kind == "range":
@@ -577,6 +583,12 @@ class _Page:
 
     def commands(self) -> list[Command]:
         out: list[Command] = [(name, key, *args) for (name, key), args in self.writes.items()]
+        if self.scored:
+            counted: list[Any] = []
+            for ids in self.scored.values():
+                counted += (len(ids), *ids)
+            keys = (self.layout.expiry, *self.scored)
+            out.append((b"EVAL", SCORED_ADD, len(keys), *keys, *counted))
         if self.built:
             pairs = [k for pair in self.built.items() for k in pair]
             out.append((b"HSET", self.task.directory, *pairs))

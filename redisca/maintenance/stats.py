@@ -169,7 +169,7 @@ def _model_stats(
                 if kind in _CARD:
                     sized.append(key)
                 samples.setdefault(kind, _Reservoir(sample)).offer(key)
-            out.index_entries += _entries(client, layout, sized)
+            out.index_entries += _entries(client, layout, sized, fields)
             ticker.add(len(keys))
     ticker.finish()
     out.entities = counts.pop("entity")
@@ -220,13 +220,19 @@ def _expired(client: Client, mapper: Mapper) -> tuple[int, int]:
     return _int(total), _int(run(client, [(b"ZCOUNT", expiry, b"-inf", int(now))])[0])
 
 
-def _entries(client: Client, layout: Any, keys: list[bytes]) -> int:
+def _entries(
+    client: Client, layout: Any, keys: list[bytes], fields: dict[bytes, MappedField]
+) -> int:
     """Entries of the equality, range and unique index keys (the all-ids set is counted
-    apart)."""
+    apart). An expiring model's equality index is a sorted set (``ZCARD``)."""
     commands = []
     for key in keys:
-        kind = layout.parse(key).kind
-        if kind != "all":
+        parsed = layout.parse(key)
+        kind = parsed.kind
+        if kind == "eq":
+            field = fields.get(parsed.field or b"")
+            commands.append((b"ZCARD" if field is not None and field.scored else b"SCARD", key))
+        elif kind != "all":
             commands.append((_CARD[kind], key))
     return sum(_int(reply) for reply in run(client, commands))
 

@@ -110,6 +110,15 @@ class MappedField:
             validators.append(codec.check_indexable)  # type: ignore[union-attr]
         self._validators: tuple[Callable[[Any], None], ...] = tuple(validators)
 
+    @property
+    def scored(self) -> bool:
+        """Whether its equality index keys are sorted sets scored by each entity's expiry
+        instant (``+inf``: none), not sets: a field of an expiring model with an equality
+        index (a collection's member index stays a set). A query then counts and lists
+        the live ids of a value in one command (``ZCOUNT``, ``ZRANGEBYSCORE`` from the
+        server's now), with no probe of ``H#exp`` per id."""
+        return self.index == "eq" and self.collection is None and self.mapper.expiring
+
     def __repr__(self) -> str:
         return f"<MappedField {self.mapper.class_.__name__}.{self.name}>"
 

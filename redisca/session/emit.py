@@ -20,6 +20,7 @@ from ..mapping.keys import EXISTS_FIELD, NO_VALUE, VERSION_FIELD, decode_version
 from ..mapping.mapper import MappedField
 from . import expiry, integrity
 from .expiry import GUARDED_WRITE as GUARDED_WRITE_EXPIRING
+from .expiry import SCORED_ADD
 from .expiry import WRITE as WRITE_INSTANTS
 from .plan import (
     CLEAR,
@@ -135,6 +136,10 @@ class _Emitter:
     built: dict[bytes, dict[bytes, bytes]] = attrs.field(factory=dict)
     #: Expiry instants to set: one ``expiry.WRITE`` per ``H#exp`` (key → ttl, id, ...).
     expiring: dict[bytes, list[Any]] = attrs.field(factory=dict)
+    #: Equality index entries of expiring models (sorted sets scored by the instants) to
+    #: write or rescore: one ``expiry.SCORED_ADD`` per ``H#exp``, after the instants'
+    #: writes and removals (``H#exp`` → index key → ids).
+    scored: dict[bytes, dict[bytes, dict[str, None]]] = attrs.field(factory=dict)
 
     def add(self, change: EntityChange, member: bytes, name: bytes, key: bytes, *args: Any) -> None:
         """An index addition (``SADD``, ``ZADD``, a claim's ``HSET``) to a live key, and to
@@ -174,7 +179,38 @@ class _Emitter:
             out.append((b"EVAL", RELEASE_OWNED, len(stripes), *stripes, *args))
         out += [(name, key, *args) for (name, key), args in self.additions.items()]
         out += [(b"EVAL", WRITE_INSTANTS, 1, key, *args) for key, args in self.expiring.items()]
+        for exp, by_key in self.scored.items():
+            counted: list[Any] = []
+            for scored_ids in by_key.values():
+                counted += (len(scored_ids), *scored_ids)
+            out.append((b"EVAL", SCORED_ADD, len(by_key) + 1, exp, *by_key, *counted))
         return out
+
+    def scored_add(self, change: EntityChange, member: bytes, key: bytes) -> None:
+        """An equality index entry of an expiring model, scored by the entity's instant
+        as ``H#exp`` holds it at ``EXEC`` (after this commit's own writes of it)."""
+        by_key = self.scored.setdefault(change.layout.expiry, {})
+        ids = by_key.get(key)
+        if ids is None:
+            by_key[key] = {change.id: None}
+        else:
+            ids[change.id] = None
+        if self.observed.rebuilds:
+            built = self.build_key(change, member, key)
+            if built is not None:
+                by_key.setdefault(built, {})[change.id] = None
+
+    def rescore(self, change: EntityChange, current: dict[bytes, bytes | None]) -> None:
+        """An expiring entity whose instant changes: each of its equality index entries
+        rescored with the new instant, found by the values read under ``WATCH`` (or those
+        the change writes)."""
+        for field in change.mapper.indexed:
+            if field.scored:
+                raw = change.values[field] if field in change.values else current.get(
+                    field.hash_field
+                )
+                if raw is not None:
+                    self.scored_add(change, field.hash_field, _eq_key(change, field, raw))
 
     def expire(self, change: EntityChange) -> None:
         """A change's expiry: an instant set (after every removal, a cleared old one's
@@ -205,7 +241,10 @@ class _Emitter:
         elif raw is None:
             return
         elif index == "eq":
-            self.add(change, field.hash_field, b"SADD", _eq_key(change, field, raw), change.id)
+            if field.scored:
+                self.scored_add(change, field.hash_field, _eq_key(change, field, raw))
+            else:
+                self.add(change, field.hash_field, b"SADD", _eq_key(change, field, raw), change.id)
         if field.unique and raw is not None:
             if change.tokens is None:
                 self.claim(change, field, raw)
@@ -231,7 +270,8 @@ class _Emitter:
         """Drop the entries of a field's old value; a range entry is left to the ZADD
         of the new score (or to the delete's ZREM)."""
         if field.index == "eq":
-            self.remove(change, field.hash_field, b"SREM", _eq_key(change, field, raw), change.id)
+            name = b"ZREM" if field.scored else b"SREM"
+            self.remove(change, field.hash_field, name, _eq_key(change, field, raw), change.id)
         if field.unique and change.tokens is not None:
             change.released[field] = raw  # released after the commit (claims)
         elif field.unique:
@@ -453,6 +493,8 @@ def _emit_update(em: _Emitter, change: EntityChange) -> None:
         if old is not None and old is not _UNREAD:
             em.index_remove(change, field, old)
         em.index_add(change, field, new)
+    if change.expire:  # a new instant (or none): the entries it keeps, rescored
+        em.rescore(change, current)
 
 
 def _emit_delete(em: _Emitter, change: EntityChange) -> None:

@@ -79,12 +79,42 @@ return gone
     % EXISTS_FIELD
 )
 
-#: A referrer index set's members without the expired ones (a commit deleting their
+#: Inside a commit's ``MULTI``, after :data:`WRITE` and every removal of an instant: the
+#: equality index entries of an expiring model (sorted sets, see
+#: ``MappedField.scored``) written, or rescored, with each entity's instant as
+#: ``H#exp`` holds it then (``+inf``: none), so a query counts a value's live ids with
+#: one ``ZCOUNT``. One ``ZMSCORE`` and one ``ZADD`` per 512 ids. KEYS: ``H#exp``, then
+#: the index keys; ARGV: per index key in order, the number of ids, then the ids.
+SCORED_ADD = b"""\
+local a = 1
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for i = a, a + n - 1, 512 do
+    local j = math.min(a + n - 1, i + 511)
+    local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, i, j))
+    local args = {}
+    for x = i, j do
+      args[#args + 1] = s[x - i + 1] or '+inf'
+      args[#args + 1] = ARGV[x]
+    end
+    redis.call('ZADD', KEYS[k], unpack(args))
+  end
+  a = a + n
+end
+"""
+
+#: A referrer index's members without the expired ones (a commit deleting their
 #: target reads it: an expired referrer refers to nothing, so it never stops the
-#: delete, nor is it nulled). KEYS: the set, the referrer model's ``H#exp``.
+#: delete, nor is it nulled). KEYS: the index, the referrer model's ``H#exp``. A
+#: ``Reference``'s index is scored by the instants (one ``ZRANGEBYSCORE``); a
+#: ``References`` member index is a set, whose ids are each probed in ``H#exp``.
 LIVE_MEMBERS = b"""\
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf')
+end
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local at = redis.call('ZSCORE', KEYS[2], id)
@@ -137,6 +167,7 @@ __all__ = [
     "INSTANT",
     "LIVE_MEMBERS",
     "READ",
+    "SCORED_ADD",
     "WRITE",
     "instants",
     "live_members",

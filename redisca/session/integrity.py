@@ -29,7 +29,7 @@ from ..errors import IntegrityError, InvalidRequestError
 from ..mapping import instrument
 from ..mapping.keys import EXISTS_FIELD
 from ..mapping.mapper import MappedField, Mapper
-from . import executor, routing
+from . import executor, expiry, routing
 from .io import Steps
 from .plan import DELETE, Command, EntityChange, Observed
 
@@ -232,7 +232,9 @@ def _set_null(field: MappedField, ident: str, index: bytes, value: bytes) -> lis
         removal: Command = (b"SREM", layout.members(field.hash_field, raw), value)
     else:
         removal = (b"EVAL", SET_NULL, 1, layout.entity(ident), field.hash_field)
-    return [removal, (b"SREM", index, raw), (b"INCR", layout.guard(raw))]
+    # An expiring referrer model's Reference index is scored by the instants (a sorted set).
+    unindex: Command = (b"ZREM" if field.scored else b"SREM", index, raw)
+    return [removal, unindex, (b"INCR", layout.guard(raw))]
 
 
 def settle_nulled(identity: Any, nulled: Iterable[tuple[MappedField, str, bytes]]) -> None:
@@ -291,7 +293,15 @@ def cascade_steps(session: Any, retries: int) -> Steps[None]:
             by_client.setdefault(id(client), (client, []))[1].append((field, index))
         for client, wanted in by_client.values():
             replies = yield from executor.run_steps(
-                client, [(b"SMEMBERS", index) for _, index in wanted]
+                client,
+                [
+                    # An expiring referrer's index: its live referrers (expired ones
+                    # refer to nothing), read as the commit reads them.
+                    expiry.live_members(index, f.mapper.layout.expiry)
+                    if f.mapper.expiring
+                    else (b"SMEMBERS", index)
+                    for f, index in wanted
+                ],
             )
             for (field, _), members in zip(wanted, replies, strict=True):
                 for member in sorted(members):

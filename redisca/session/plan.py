@@ -119,7 +119,11 @@ class EntityChange:
         entry is found by the id alone (``ZADD`` moves it, ``ZREM`` removes it), so
         its old score is not read."""
         fields = self.mapper.indexed if self.op == DELETE else self.values
-        return [f for f in fields if f.unique or (f.indexed and f.index != "range")]
+        found = [f for f in fields if f.unique or (f.indexed and f.index != "range")]
+        if self.expire and self.op == UPDATE:
+            # A new instant: every equality entry of the entity is rescored (emit).
+            found += [f for f in self.mapper.indexed if f.scored and f not in self.values]
+        return found
 
 
 @attrs.frozen

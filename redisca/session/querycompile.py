@@ -74,6 +74,22 @@ class EqTerm:
 
 
 @attrs.frozen
+class ScoredTerm:
+    """An equality index of an expiring model (``H#i:<field>:<value>``): a sorted set
+    of the ids holding that value, each scored by its expiry instant (``+inf``: none).
+    The script counts and lists its live ids from the server's now (``ZCOUNT``,
+    ``ZRANGEBYSCORE``) and probes one with ``ZSCORE``: an id it admits is live, so it
+    needs no probe of ``H#exp``."""
+
+    key: bytes
+    kind: ClassVar[bytes] = b"x"
+    key_type: ClassVar[bytes] = b"zset"
+
+    def encode(self, keys: list[bytes], args: list[bytes | int]) -> None:
+        keys.append(self.key)
+
+
+@attrs.frozen
 class UniqueTerm:
     """A unique value: its stripe hash and the value's index form (one owner or none)."""
 
@@ -117,7 +133,7 @@ class OwnerTerm:
 
 #: One condition as the script reads it: the script asks each term its size, its ids
 #: and whether it holds an id. (An OR is several branches: :class:`Union`.)
-Term = EqTerm | UniqueTerm | RangeTerm | OwnerTerm
+Term = EqTerm | ScoredTerm | UniqueTerm | RangeTerm | OwnerTerm
 
 
 @attrs.frozen
@@ -301,7 +317,8 @@ def sort_filters(
                 terms.append(UniqueTerm(stripe, value))
             elif field.index == "eq":
                 key = field.index_key(_encode(field, cond.value))
-                terms.append(EqTerm(layout.eq_index(field.hash_field, key)))
+                eq_key = layout.eq_index(field.hash_field, key)
+                terms.append(ScoredTerm(eq_key) if field.scored else EqTerm(eq_key))
             else:
                 point = _point(field, cond.value)
                 ranges[field] = ranges.get(field, _EVERYTHING).narrow(point.low, point.high)
@@ -499,6 +516,7 @@ __all__ = [
     "OwnerTerm",
     "Range",
     "RangeTerm",
+    "ScoredTerm",
     "ScriptCall",
     "Term",
     "Union",

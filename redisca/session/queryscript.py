@@ -682,8 +682,10 @@ now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local nowarg = string.format('%d', now)
 -- Expired ids not yet swept: none (one ZCOUNT, O(log N)) and every probe is skipped.
 local nexp = redis.call('ZCOUNT', xkey, '-inf', nowarg)
+-- A scored term among the conditions (kind 'x'): every id it admits is live already.
+local xlive = false
 local function live(id)
-  if nexp == 0 then return true end
+  if xlive or nexp == 0 then return true end
   work = work + 1
   local s = redis.call('ZSCORE', xkey, id)
   return not s or num(s) > now
@@ -781,14 +783,33 @@ end
 )
 
 
+#: The term of an expiring model's equality index (``querycompile.ScoredTerm``): a sorted
+#: set scored by each id's instant, so its live ids are those scored above now. A query
+#: with one needs no probe of ``H#exp`` (``xlive``): an eq count is one ``ZCOUNT``.
+_SCORED_KIND = b"""kinds.x = {  -- an expiring model's equality index, scored by the instants
+  parse = function(t) t.key = key(); xlive = true end,
+  size = function(t) return redis.call('ZCOUNT', t.key, '(' .. nowarg, '+inf') end,
+  fetch = function(t) return redis.call('ZRANGEBYSCORE', t.key, '(' .. nowarg, '+inf') end,
+  probe = function(t, id)
+    local s = redis.call('ZSCORE', t.key, id)
+    return s and num(s) > now
+  end,
+}
+
+"""
+
+
 def _expiring_engine(script: bytes) -> bytes:
     """The engine's script for an expiring model: SLICE only where no id of the page or
     its offset has expired (:data:`_SLICE_X`), every candidate probed for expiry last
-    (after the terms, so only ids matching them pay for it), and the no-term and
-    one-term counts computed from the smaller of the candidates and H#exp's expired ids."""
+    (after the terms, so only ids matching them pay for it) unless a scored equality
+    term (:data:`_SCORED_KIND`) admits only live ids, and the no-term and one-term
+    counts computed from the smaller of the candidates and H#exp's expired ids."""
     text = _swap(script, b"-- redisca query engine (", b"-- redisca query engine, expiring model (")
     text = _swap(text, _part(text, b"-- SLICE, answered before", b"local MIN_BATCH"), _SLICE_X)
     text = _swap(text, b"-- Byte order (Lua's", _LIVE + b"-- Byte order (Lua's")
+    text = _swap(text, b"local okey = KEYS[1]\n", _SCORED_KIND + b"local okey = KEYS[1]\n")
+    text = _swap(text, b"local terms = {}\n", b"local terms = {}\nxlive = false  -- per branch\n")
     text = _swap(
         text,
         b"      if not kinds[t.kind].probe(t, id) then return false end\n"
@@ -814,7 +835,7 @@ def _expiring_engine(script: bytes) -> bytes:
         b"  local keep, key = {}, {}\n  for _, id in ipairs(ids) do\n"
         b"    if matches(id, best) then\n",
         b"  local keep, key = {}, {}\n"
-        b"  local up = #terms == 1 and nexp > 0 and alive(ids)  -- no other term: at once\n"
+        b"  local up = #terms == 1 and nexp > 0 and not xlive and alive(ids)  -- at once\n"
         b"  for i, id in ipairs(ids) do\n"
         b"    if (up and up[i]) or (not up and matches(id, best)) then\n",
     )
@@ -825,12 +846,15 @@ def _expiring_engine(script: bytes) -> bytes:
         b"  local n = math.max(0, m - offset)\n",
         b"-- One term, no window, no cursor: its size less its expired ids, when H#exp has\n"
         b"-- fewer expired ids than it has ids (else gather() probes each of its ids).\n"
+        b"-- A scored term's size is its live count already.\n"
         b"if mode == 'count' and #terms == 1 and not restricted and ckind == ''\n"
-        b"    and nexp < m then\n"
+        b"    and (xlive or nexp < m) then\n"
         b"  local n = m\n"
-        b"  for _, id in ipairs(redis.call('ZRANGEBYSCORE', xkey, '-inf', nowarg)) do\n"
-        b"    work = work + 1\n"
-        b"    if kinds[best.kind].probe(best, id) then n = n - 1 end\n"
+        b"  if not xlive then\n"
+        b"    for _, id in ipairs(redis.call('ZRANGEBYSCORE', xkey, '-inf', nowarg)) do\n"
+        b"      work = work + 1\n"
+        b"      if kinds[best.kind].probe(best, id) then n = n - 1 end\n"
+        b"    end\n"
         b"  end\n"
         b"  n = math.max(0, n - offset)\n",
     )
@@ -860,6 +884,13 @@ local function live(id)
   local s = redis.call('ZSCORE', KEYS[#KEYS], id)
   return not s or tonumber(s) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- An equality index scored by the instants (kind 'x'): the id is in it, live.
+local function scored(key, id)
+  local t = redis.call('TIME')
+  local s = redis.call('ZSCORE', key, id)
+  return s ~= false and (s == 'inf' or
+    tonumber(s) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
 
 -- The unique value alone,""",
     )
@@ -871,6 +902,17 @@ end
     text = _swap(text, b"return {n, 2} end", b"return {n, 3} end")
     text = _swap(text, b"return {{}, {}, 2} end", b"return {{}, {}, 3} end")
     text = _swap(text, b"return {{owner}, hashes, 2}", b"return {{owner}, hashes, 3}")
+    text = _swap(
+        text,
+        b"  elseif kind == 'e' then\n",
+        b"  elseif kind == 'x' then\n    probes[#probes + 1] = {KEYS[ki], false}\n"
+        b"  elseif kind == 'e' then\n",
+    )
+    text = _swap(
+        text,
+        b"    if p[2] == nil then\n",
+        b"    if p[2] == false then\n      ok = scored(p[1], id)\n    elseif p[2] == nil then\n",
+    )
     return _swap(
         text,
         b"local n = 0\nif ok then n = 1 end\n",
