@@ -664,6 +664,121 @@ def _swap(text: bytes, old: bytes, new: bytes) -> bytes:
     return text.replace(old, new, 1)
 
 
+def _nodes(script: bytes) -> bytes:
+    """The per-node script built from the engine's ``script`` (see :data:`NODES`)."""
+    prelude = _part(script, b"local MIN_BATCH", b"local okey = KEYS[1]")
+    parse = _part(script, b"local okey = KEYS[1]", b"local function reply(ids)")
+    engine = _part(script, b"if limit == 0 then return empty() end", None)
+    prelude = _swap(
+        prelude,
+        b"local function key() local k = KEYS[ki]; ki = ki + 1; return k end",
+        b"local K = KEYS  -- the keys of the shard being read: KEYS, or read from ARGV\n"
+        b"local function key() local k = K[ki]; ki = ki + 1; return k end",
+    )
+    return (
+        b"-- redisca query engine, the shards one node serves "
+        b"(see redisca/session/queryscript.py).\n"
+        + prelude
+        + b"""
+-- One shard's first ids in its order, their scores (as Redis writes them, and as
+-- numbers) and its entity key prefix; a count for mode 'count'.
+local function branch()
+"""
+        + parse.replace(b"local okey = KEYS[1]", b"local okey = key()", 1)
+        + b"""
+local function reply(ids)
+  if mode == 'count' then return ids end
+  local raw, nums = {}, {}
+  for i, id in ipairs(ids) do
+    local s = '0'
+    if byscore then s = redis.call('ZSCORE', okey, id) end
+    raw[i], nums[i] = s, num(s)
+  end
+  return ids, raw, nums, prefix
+end
+local function empty()
+  if mode == 'count' then return reply(0) end
+  return reply({})
+end
+
+"""
+        + engine
+        + b"""end
+
+local mode, skip, take = arg(), tonumber(arg()), tonumber(arg())
+local desc, ns, nk = arg() == '1', tonumber(arg()), tonumber(arg())
+local total, runs = 0, {}
+for s = 1, ns do
+  if s > 1 then  -- undeclared: the client sends only shards whose slot this node serves
+    K = {}
+    for j = 1, nk do K[j] = arg() end
+  end
+  ki = 1
+  local ids, raw, nums, prefix = branch()
+  if type(ids) == 'table' and ids.err then return ids end  -- an after() id in no index
+  if mode == 'count' then
+    total = total + ids
+  elseif #ids > 0 then
+    runs[#runs + 1] = {ids = ids, raw = raw, nums = nums, prefix = prefix, at = 1}
+  end
+end
+if mode == 'count' then return {total, work} end
+
+-- Whether run a's next row comes before run b's: by (score, id), or its exact reverse.
+local function before(a, b)
+  local x, y = a.nums[a.at], b.nums[b.at]
+  if x ~= y then
+    if desc then return x > y end
+    return x < y
+  end
+  if desc then return lt(b.ids[b.at], a.ids[a.at]) end
+  return lt(a.ids[a.at], b.ids[b.at])
+end
+-- The k-way merge: each step takes the first of the runs' heads (a tournament among
+-- at most as many runs as the node has shards), until skip + take rows.
+local stop = math.huge
+if take >= 0 then stop = skip + take end
+local ids, scores, prefixes, n = {}, {}, {}, 0
+while n < stop and #runs > 0 do
+  local best = 1
+  for r = 2, #runs do
+    if before(runs[r], runs[best]) then best = r end
+  end
+  local run = runs[best]
+  n = n + 1
+  if n > skip then
+    ids[#ids + 1] = run.ids[run.at]
+    scores[#scores + 1] = run.raw[run.at]
+    prefixes[#prefixes + 1] = run.prefix
+  end
+  run.at = run.at + 1
+  if run.at > #run.ids then table.remove(runs, best) end
+end
+local hashes = {}
+if mode == 'load' then
+  for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', prefixes[i] .. id) end
+end
+return {ids, hashes, work, scores}
+"""
+    )
+
+
+#: The script for the shards of a sharded model that one node serves (all of them on one
+#: server): the engine above, made a function run once per shard, each shard giving its
+#: first ``skip + take`` ids in the query's order with their scores in its ordering index
+#: (a count: its count); then a k-way merge of the shards' runs by (score, id), cut to
+#: ``[skip, skip + take)``, and only those ids' hashes read, all in one atomic step of
+#: the node; counts are summed. So a page of 16 shards costs one script run per node,
+#: not per shard. KEYS: the first shard's keys (they route the call). ARGV: mode
+#: (``ids``, ``load``, ``count``), skip, take (-1: none), desc, number of shards, keys
+#: per shard, then the first shard's engine arguments, then for each other shard its
+#: keys and its engine arguments. The other shards' keys are not declared: Redis 7.0
+#: refuses declared keys of several slots in one call (allow-cross-slot-keys or not),
+#: and a script may read undeclared keys of slots its node serves (6.2, 7.0, Valkey).
+NODES = _nodes(SCRIPT)
+NODES_SHA = hashlib.sha1(NODES).hexdigest().encode()
+
+
 # -- Expiring models -------------------------------------------------------------------
 #
 # A model mapped with ``ttl=``/``expiring=True`` runs variants of the three scripts: the
@@ -1034,6 +1149,73 @@ def run_many_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any]]:
     return replies
 
 
+def nodes_call(
+    calls: list[ScriptCall], mode: bytes, skip: int, take: int | None, descending: bool
+) -> ScriptCall:
+    """One :data:`NODES` call for the shards of ``calls`` (the engine's calls of shards
+    one node serves, each asking for its first ``skip + take`` ids): the first shard's
+    keys declared, the others' passed with their arguments."""
+    shard_mode = b"count" if mode == b"count" else b"ids"
+    first = calls[0]
+    args: list[bytes | int] = [
+        mode,
+        skip,
+        -1 if take is None else take,
+        int(descending),
+        len(calls),
+        len(first.keys),
+        shard_mode,
+        *first.args[1:],
+    ]
+    for call in calls[1:]:
+        args += call.keys
+        args.append(shard_mode)
+        args += call.args[1:]
+    return ScriptCall(first.keys, tuple(args), first.types)
+
+
+def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | None]:
+    """The replies of :data:`NODES` calls (one per node), sent together, or ``None``
+    when any node refused or failed its call: a slot moved or moving, a key of a shard
+    the node no longer serves, a wrong type. The caller then asks shard by shard
+    (:func:`run_many_steps`), which follows the cluster's redirects and names the
+    error. A server that had forgotten the script is sent it whole."""
+    cluster = routing.is_cluster(client)
+    try:
+        knowns = [
+            _known(
+                client,
+                routing.pool(client, routing.slot_of(c.keys[0]))
+                if cluster
+                else client.connection_pool,
+            )
+            for c in calls
+        ]
+        commands = [_nodes_command(c, NODES_SHA in k) for c, k in zip(calls, knowns, strict=True)]
+        replies = yield from executor.run_steps(client, commands)
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if again:
+            resent = yield from executor.run_steps(
+                client, [_nodes_command(calls[i], False) for i in again]
+            )
+            for i, reply in zip(again, resent, strict=True):
+                replies[i] = reply
+    except (OperationalError, routing.Redirected):
+        return None
+    for known in knowns:
+        known.add(NODES_SHA)
+    if any(isinstance(reply, Exception) for reply in replies):
+        return None
+    return replies
+
+
+def _nodes_command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
+    keys, args = call.keys, call.args
+    if sha_known:
+        return (b"EVALSHA", NODES_SHA, len(keys), *keys, *args)
+    return (b"EVAL", NODES, len(keys), *keys, *args)
+
+
 def _command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
     """The call as ``EVALSHA`` (the server ran the script already) or ``EVAL``."""
     keys, args = call.keys, call.args
@@ -1086,6 +1268,8 @@ __all__ = [
     "LOOKUP_X_SHA",
     "MAX_BATCH",
     "MIN_BATCH",
+    "NODES",
+    "NODES_SHA",
     "SCRIPT",
     "SCRIPT_X",
     "SHA",
@@ -1095,8 +1279,10 @@ __all__ = [
     "UNION_SHA",
     "UNION_X",
     "UNION_X_SHA",
+    "nodes_call",
     "run",
     "run_many",
     "run_many_steps",
+    "run_nodes_steps",
     "run_steps",
 ]
