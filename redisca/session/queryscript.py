@@ -675,6 +675,32 @@ def _nodes(script: bytes) -> bytes:
         b"local K = KEYS  -- the keys of the shard being read: KEYS, or read from ARGV\n"
         b"local function key() local k = K[ki]; ki = ki + 1; return k end",
     )
+    # No term: the slice by rank read with its scores (one command, not a ZMSCORE more).
+    engine = _swap(
+        engine,
+        b"""  local ids = redis.call('ZRANGE', okey, a, a + size - 1)
+  if desc then
+    local rev = {}
+    for i = #ids, 1, -1 do rev[#rev + 1] = ids[i] end
+    ids = rev
+  end
+  work = work + #ids
+  return reply(ids)
+""",
+        b"""  local found = redis.call('ZRANGE', okey, a, a + size - 1, 'WITHSCORES')
+  local ids, raw, nums = {}, {}, {}
+  local from, to, step = 1, #found - 1, 2
+  if desc then from, to, step = #found - 1, 1, -2 end
+  for i = from, to, step do
+    local n = #ids + 1
+    ids[n] = found[i]
+    raw[n] = byscore and found[i + 1] or '0'
+    nums[n] = num(raw[n])
+  end
+  work = work + #ids
+  return ids, raw, nums, prefix
+""",
+    )
     return (
         b"-- redisca query engine, the shards one node serves "
         b"(see redisca/session/queryscript.py).\n"
@@ -689,10 +715,14 @@ local function branch()
 local function reply(ids)
   if mode == 'count' then return ids end
   local raw, nums = {}, {}
-  for i, id in ipairs(ids) do
-    local s = '0'
-    if byscore then s = redis.call('ZSCORE', okey, id) end
-    raw[i], nums[i] = s, num(s)
+  for a = 1, #ids, 512 do  -- one ZMSCORE per 512 ids, not a ZSCORE each
+    local b = math.min(#ids, a + 511)
+    local s = {}
+    if byscore then s = redis.call('ZMSCORE', okey, unpack(ids, a, b)) end
+    for i = a, b do
+      raw[i] = s[i - a + 1] or '0'
+      nums[i] = num(raw[i])
+    end
   end
   return ids, raw, nums, prefix
 end
@@ -724,27 +754,44 @@ for s = 1, ns do
 end
 if mode == 'count' then return {total, work} end
 
--- Whether run a's next row comes before run b's: by (score, id), or its exact reverse.
-local function before(a, b)
+-- The run whose next row comes first: by (score, id), or its exact reverse; nil for
+-- none (a run that is nil or used up loses).
+local function first(a, b)
+  if a == nil or a.at > #a.ids then return b end
+  if b == nil or b.at > #b.ids then return a end
   local x, y = a.nums[a.at], b.nums[b.at]
   if x ~= y then
-    if desc then return x > y end
-    return x < y
+    if desc == (x > y) then return a end
+    return b
   end
-  if desc then return lt(b.ids[b.at], a.ids[a.at]) end
-  return lt(a.ids[a.at], b.ids[b.at])
+  if desc then
+    if lt(b.ids[b.at], a.ids[a.at]) then return a end
+  elseif lt(a.ids[a.at], b.ids[b.at]) then
+    return a
+  end
+  return b
 end
--- The k-way merge: each step takes the first of the runs' heads (a tournament among
--- at most as many runs as the node has shards), until skip + take rows.
+-- The k-way merge, a tournament: leaves P..2P-1 hold the runs, each inner node the
+-- winner of its two children, so taking a row and replaying its leaf's path to the
+-- root costs log2(P) comparisons (a comparison of tied scores compares ids byte by
+-- byte, in Lua: the merge's main cost).
+local P = 1
+while P < #runs do P = P * 2 end
+local tree = {}
+local function at(node)
+  if node >= P then return runs[node - P + 1] end
+  return tree[node]
+end
+for node = P - 1, 1, -1 do tree[node] = first(at(2 * node), at(2 * node + 1)) end
+if P == 1 then tree[1] = runs[1] end
+local leaf = {}
+for r, run in ipairs(runs) do leaf[run] = P + r - 1 end
 local stop = math.huge
 if take >= 0 then stop = skip + take end
 local ids, scores, prefixes, n = {}, {}, {}, 0
-while n < stop and #runs > 0 do
-  local best = 1
-  for r = 2, #runs do
-    if before(runs[r], runs[best]) then best = r end
-  end
-  local run = runs[best]
+while n < stop do
+  local run = tree[1]
+  if run == nil or run.at > #run.ids then break end
   n = n + 1
   if n > skip then
     ids[#ids + 1] = run.ids[run.at]
@@ -752,7 +799,11 @@ while n < stop and #runs > 0 do
     prefixes[#prefixes + 1] = run.prefix
   end
   run.at = run.at + 1
-  if run.at > #run.ids then table.remove(runs, best) end
+  local node = math.floor(leaf[run] / 2)
+  while node >= 1 do
+    tree[node] = first(at(2 * node), at(2 * node + 1))
+    node = math.floor(node / 2)
+  end
 end
 local hashes = {}
 if mode == 'load' then
