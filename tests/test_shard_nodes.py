@@ -313,3 +313,23 @@ def test_the_node_reply_is_cut_by_the_node_on_one_server(one: redis.Redis) -> No
         keyset, _ = executor.drive(query.after("i300")._run(b"ids"))
     assert len(deep[0]) == 10 and len(deep[1]) == 10
     assert keyset[2] <= 16 * 10
+
+
+def test_ids_merged_in_byte_order_across_shards(one: redis.Redis, per_shard: Any) -> None:
+    """Ties across shards are ordered by id bytes, also for ids that share long prefixes,
+    are prefixes of each other, or differ past their 8th byte (the merge compares 8
+    bytes at a time)."""
+    stems = ["a", "a0", "a00000000", "a000000000", "a00000000z", "a0000000~", "B", "b" * 17]
+    idents = [s + t for s in stems for t in ("", "1", "10", "2x", "zzzzzzzzzz9", "zzzzzzzzzz")]
+    with Session(one) as s:
+        for ident in idents:
+            s.add(TAG1(city="a", id=ident))
+            s.add(TAG16(city="a", id=ident))
+        s.commit()
+    expected = sorted(idents, key=str.encode)
+    for cls in (TAG1, TAG16):
+        with Session(one) as s:
+            assert s.query(cls).ids() == expected
+            assert s.query(cls).filter(cls.city == "a").offset(7).limit(20).ids() == expected[7:27]
+    with Session(one) as s:
+        assert per_shard(lambda: s.query(TAG16).offset(3).limit(30).ids()) == expected[3:33]
