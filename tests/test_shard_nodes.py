@@ -120,6 +120,11 @@ SHAPES = {
     "no limit": Shape((("city", "eq", "x"),), order="score", offset=90),
     "limit 0": Shape(order="age", limit=0),
     "after, equality": Shape((("city", "eq", "x"),), order="age", after="i100", limit=9),
+    "after desc, no term": Shape(order="score", desc=True, after="i012", limit=8),
+    "after, no term, no limit": Shape(order="age", after="i100"),
+    "after, no term, offset": Shape(order="age", after="i100", offset=5, limit=10),
+    "after desc, offset": Shape(order="age", desc=True, after="i031", offset=40, limit=7),
+    "after the last": Shape(order="age", after="i198", limit=5),
 }
 
 

@@ -761,6 +761,56 @@ local function branch()
     work = work + #ids
     return ids, raw, nums, prefix
   end
+  -- A keyset page (a cursor's score and id), no term, no window: the cursor placed as
+  -- the engine's position() places it (its rank, or a binary search among its score's
+  -- ties), then one ZRANGE WITHSCORES by rank.
+  if ARGV[b + 11] == 's' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'
+      and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then
+    local okey, prefix = K[ki], ARGV[b + 5]
+    local offset, limit = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+    local desc, cscore, cid = ARGV[b + 3] == '1', ARGV[b + 12], ARGV[b + 13]
+    ai, ki = b + 15, ki + 1
+    local ids, raw, nums = {}, {}, {}
+    if limit == 0 then return ids, raw, nums, prefix end
+    local below, member
+    local s = redis.call('ZSCORE', okey, cid)
+    if s and num(s) == num(cscore) then
+      below, member = redis.call('ZRANK', okey, cid), true
+    else
+      local lo = redis.call('ZCOUNT', okey, '-inf', '(' .. cscore)
+      local hi = redis.call('ZCOUNT', okey, '-inf', cscore)
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        local m = redis.call('ZRANGE', okey, mid, mid)[1]
+        work = work + 1
+        if lt(m, cid) then lo = mid + 1 else hi = mid end
+      end
+      below, member = lo, false
+    end
+    local found = {}
+    if desc then
+      local top = below - 1 - offset
+      if top >= 0 then
+        local bottom = 0
+        if limit > 0 then bottom = math.max(0, top - limit + 1) end
+        found = redis.call('ZRANGE', okey, bottom, top, 'WITHSCORES')
+      end
+    else
+      if member then below = below + 1 end
+      local a = below + offset
+      local z = -1
+      if limit > 0 then z = a + limit - 1 end
+      found = redis.call('ZRANGE', okey, a, z, 'WITHSCORES')
+    end
+    local from, to, step = 1, #found - 1, 2
+    if desc then from, to, step = #found - 1, 1, -2 end
+    for i = from, to, step do
+      local n = #ids + 1
+      ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
+    end
+    work = work + #ids
+    return ids, raw, nums, prefix
+  end
 """
         + parse.replace(b"local okey = KEYS[1]", b"local okey = key()", 1)
         + b"""
