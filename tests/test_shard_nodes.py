@@ -12,6 +12,7 @@ a shard's slot makes the query fall back to the shard path, with the right answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -231,30 +232,54 @@ def test_a_moved_slot_falls_back_to_the_shard_path(
 ) -> None:
     """A shard's slot moved to another master after the client read the slot map: the
     node the client asks no longer serves that shard (its script call is refused), so
-    the query asks shard by shard, follows the MOVED, and answers as one shard does.
-    Half-way through a move (MIGRATING, some keys moved) too."""
+    the query asks shard by shard, follows the MOVED, and answers as one shard does."""
     rows = tied_rows(120)
     fill(many, [ONE, SIXTEEN], rows)
     shapes = [NAMED["order desc + offset across shards"], NAMED["count"], SHAPES["no limit"]]
     expected = [answers(many, ONE, shape) for shape in shapes]
-    layouts = redisca.inspect(SIXTEEN).shard_layouts()
-    slot = routing.slot_of(layouts[5].hashtag)  # not the first of its node's shards
+    slot = routing.layout_slot(redisca.inspect(SIXTEEN).shard_layouts()[5])
     assert [answers(many, SIXTEEN, shape) for shape in shapes] == expected
+    with slot_moved(cluster, slot), counted_shard_path() as calls:
+        assert [answers(many, SIXTEEN, shape) for shape in shapes] == expected
+    assert calls  # the old master refused the shard's keys: the shard path answered
+
+
+def test_half_way_through_a_move(
+    cluster: EmbeddedCluster, many: RedisCluster, per_shard: Any
+) -> None:
+    """Half-way through a move of a shard's slot (MIGRATING, a key moved): ids and
+    counts of shapes reading one index per shard answer as one shard does (a node
+    missing a key of that shard refuses; the shard path follows the ASK). Loading
+    hashes or reading several keys of such a slot is the shard path's own business
+    (``TRYAGAIN`` until the move ends, a hash moved meanwhile), not tested here."""
+    rows = tied_rows(120)
+    fill(many, [ONE, SIXTEEN], rows)
+    shapes = [Shape(order="age", desc=True, offset=30, limit=12), Shape(order="score")]
+
+    def ids_and_counts(cls: type) -> list[Any]:
+        with Session(many) as s:
+            return [(build(s, cls, sh).ids(), build(s, cls, sh).count()) for sh in shapes]
+
+    expected = ids_and_counts(ONE)
+    for k in (2, 9):
+        slot = routing.layout_slot(redisca.inspect(SIXTEEN).shard_layouts()[k])
+        with slot_moved(cluster, slot, finish=False):
+            assert ids_and_counts(SIXTEEN) == expected
+
+
+@contextlib.contextmanager
+def counted_shard_path() -> Iterator[list[int]]:
+    """Records each time a query asks shard by shard."""
+    calls: list[int] = []
     real = queryscript.run_many_steps
-    for finish in (True, False):
-        calls = 0
 
-        def counting(client: Any, shard_calls: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return real(client, shard_calls)
+    def counting(client: Any, shard_calls: Any) -> Any:
+        calls.append(len(shard_calls))
+        return real(client, shard_calls)
 
-        with slot_moved(cluster, slot, finish=finish), pytest.MonkeyPatch.context() as mp:
-            mp.setattr(queryscript, "run_many_steps", counting)
-            assert [answers(many, SIXTEEN, shape) for shape in shapes] == expected, finish
-        # moved: the client's map names the old master, which refuses the shard's keys
-        # (half-way, the old master still serves the slot: a key read may be moved or not)
-        assert calls > 0 or not finish
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(queryscript, "run_many_steps", counting)
+        yield calls
 
 
 def test_async_sessions_run_once_per_node(cluster: EmbeddedCluster, per_shard: Any) -> None:

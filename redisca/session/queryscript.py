@@ -1329,8 +1329,8 @@ def nodes_call(
 
 def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | None]:
     """The replies of :data:`NODES` calls (one per node), sent together, or ``None``
-    when any node refused or failed its call: a slot moved or moving, a key of a shard
-    the node no longer serves, a wrong type. The caller then asks shard by shard
+    when any node refused or failed its call, or a hash of its page: a slot moved or
+    moving, a key of a shard the node no longer serves, a wrong type. The caller then asks shard by shard
     (:func:`run_many_steps`), which follows the cluster's redirects and names the
     error. A server that had forgotten the script is sent it whole."""
     cluster = routing.is_cluster(client)
@@ -1359,6 +1359,9 @@ def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | N
         known.add(NODES_SHA)
     if any(isinstance(reply, Exception) for reply in replies):
         return None
+    for reply in replies:  # a hash that failed to load (a key moved off a migrating slot)
+        if len(reply) > 2 and any(isinstance(h, Exception) for h in reply[1]):
+            return None
     return replies
 
 
