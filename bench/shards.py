@@ -11,15 +11,22 @@ alike) and its CPU time (``INFO cpu``), and the commits per second. Not a timed 
 ``--bulk N`` measures ``session.bulk_add`` of ``N`` entities instead (chunks of
 ``--chunk``, 5,000 by default): for a sharded model, each chunk is one transaction per
 shard, run in parallel after the chunk's unique values are claimed (with ``--unique``).
+
+``--paged``: instead, the latency of a paged query (limit 10) with ``shards=1`` and with
+``shards=16``, the latter run once per node (the default) and shard by shard, on clusters
+of ``--masters`` (1 and 3; 0: one plain server).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import random
 import time
 from typing import Any
 
 import attrs
+from redis.cluster import RedisCluster
 
 from redisca import Integer, Registry, Session, String
 from redisca.embedded import EmbeddedCluster
@@ -109,6 +116,54 @@ def bulk(cluster: EmbeddedCluster, shards: int, n: int, chunk: int, unique: bool
         f"commands {sum(commands)} per master [{shares}]  cpu {sum(cpu):.2f} s [{cpus}]  "
         f"{n / elapsed:,.0f} entities/s ({elapsed:.2f} s)"
     )
+def paged(masters: list[int], n: int, binary: str | None) -> None:
+    """``--paged``: the cluster phase's paged query (``order_by(age).limit(10)``, the
+    first page or the one after an entity; bench/cluster.py) on ``n`` users, median and
+    90th percentile in µs, with ``shards=1`` and with ``shards=16`` run once per node
+    (``shardquery.PER_NODE``, the default) and shard by shard; ``masters`` 0: one plain
+    server (not a cluster)."""
+    import redis
+
+    from redisca.embedded import EmbeddedServer
+    from redisca.session import shardquery
+
+    from . import cluster as phase
+
+    rng = random.Random(7)
+    ids = [f"u{i:07d}" for i in range(n)]
+    for count in masters:
+        where = f"{count} master(s)" if count else "one server"
+        with contextlib.ExitStack() as stack:
+            if count:
+                servers = stack.enter_context(
+                    EmbeddedCluster(count, binary=binary, node_timeout=15000)
+                )
+                client: Any = stack.enter_context(RedisCluster.from_url(servers.url))
+            else:
+                server = stack.enter_context(EmbeddedServer(binary=binary))
+                client = stack.enter_context(redis.Redis.from_url(server.url))
+            for shards in (1, 16):
+                cls = phase.model(shards)
+                _flush(client)
+                phase._insert(client, cls, ids, rng)
+                for per_node in (True, False) if shards > 1 else (True,):
+                    shardquery.PER_NODE = per_node
+                    phase._latency(client, cls)  # warm: scripts loaded, pools filled
+                    got = phase._latency(client, cls)
+                    how = ("per node" if per_node else "per shard") if shards > 1 else ""
+                    print(
+                        f"{where:<12} shards={shards:<3} {how:<9}  paged query "
+                        f"median {got['median']:,.0f} µs  p90 {got['p90']:,.0f} µs",
+                        flush=True,
+                    )
+            shardquery.PER_NODE = True
+
+
+def _flush(client: Any) -> None:
+    if isinstance(client, RedisCluster):
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.flushall()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,7 +175,25 @@ def main(argv: list[str] | None = None) -> None:
         "--bulk", type=int, metavar="N", help="bulk_add N entities instead of the commits"
     )
     parser.add_argument("--chunk", type=int, default=5000, help="bulk_add's chunk_size")
+    parser.add_argument(
+        "--paged",
+        action="store_true",
+        help="instead: the paged query's latency, shards=1 against shards=16 per node "
+        "and per shard, on --masters",
+    )
+    parser.add_argument(
+        "--masters",
+        type=int,
+        nargs="*",
+        default=[1, 3],
+        help="--paged: cluster sizes (0: one plain server)",
+    )
+    parser.add_argument("--n", type=int, default=10_000, help="--paged: users (>= 1,000)")
+    parser.add_argument("--server-bin", default=None, help="--paged: the server binary")
     args = parser.parse_args(argv)
+    if args.paged:
+        paged(args.masters, args.n, args.server_bin)
+        return
     with EmbeddedCluster(masters=3) as cluster:
         for unique in (False, True) if args.unique else (False,):
             for shards in args.shards:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio.connection
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ResponseError
 
 from ..errors import OperationalError, RediscaError
@@ -175,6 +176,17 @@ def _fast_reader(conn: Any) -> Any:
 def _server(conn: Any) -> Hashable:
     """What the executor remembers a server by (as its sync driver does)."""
     return tuple(getattr(conn, name, None) for name in ("host", "port", "path", "db"))
+
+
+async def ready(session: Any) -> None:
+    """Before a protocol of ``session`` (a sync :class:`~redisca.Session`) runs: its
+    ``redis.asyncio`` cluster clients read their slot map (once; a no-op after).
+    redis-py reads it on a client's first command of its own, but redisca's routing
+    asks the map before it sends anything: a query or a load run first would find no
+    slot covered."""
+    for client in (session.bind, *session.binds.values()):
+        if isinstance(client, AsyncRedisCluster):
+            await client.initialize()
 
 
 async def drive(steps: Steps[T], conn: Any = None) -> T:

@@ -26,7 +26,7 @@ from ..session.identity import IdentityMap
 from ..session.io import Steps
 from ..session.session import CommandResult, Session
 from ..session.state import InstanceState
-from .driver import drive
+from .driver import drive, ready
 from .query import AsyncQuery
 
 T = TypeVar("T")
@@ -179,14 +179,8 @@ class AsyncSession:
     # -- awaited: the sync session's protocols through the asyncio driver -----
 
     async def _run(self, steps: Steps[T]) -> T:
-        for client in self._clients():
-            if isinstance(client, AsyncRedisCluster):
-                await client.initialize()  # its slot map, read once (a no-op after)
+        await ready(self.sync_session)
         return await drive(steps)
-
-    def _clients(self) -> list[Any]:
-        session = self.sync_session
-        return [session.bind, *session.binds.values()]
 
     async def commit(self) -> None:
         """Write every pending change: one MULTI/EXEC per server, all or nothing."""

@@ -664,6 +664,274 @@ def _swap(text: bytes, old: bytes, new: bytes) -> bytes:
     return text.replace(old, new, 1)
 
 
+def _nodes(script: bytes) -> bytes:
+    """The per-node script built from the engine's ``script`` (see :data:`NODES`)."""
+    prelude = _part(script, b"local MIN_BATCH", b"local okey = KEYS[1]")
+    parse = _part(script, b"local okey = KEYS[1]", b"local function reply(ids)")
+    engine = _part(script, b"if limit == 0 then return empty() end", None)
+    prelude = _swap(
+        prelude,
+        b"local function key() local k = KEYS[ki]; ki = ki + 1; return k end",
+        b"local K = KEYS  -- the keys of the shard being read: KEYS, or read from ARGV\n"
+        b"local function key() local k = K[ki]; ki = ki + 1; return k end",
+    )
+    # Byte order, 8 bytes per two string.byte calls instead of two a byte (ties of a
+    # merge compare ids: most of its cost).
+    names = ", ".join(f"{{0}}{k}" for k in range(1, 9))
+    tests = "".join(
+        f"    if a{k} ~= b{k} then\n"
+        f"      if a{k} == nil or b{k} == nil then return #a < #b end\n"
+        f"      return a{k} < b{k}\n"
+        f"    end\n"
+        for k in range(1, 9)
+    )
+    prelude = _swap(
+        prelude,
+        b"""  while i <= n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+    i = i + 1
+  end
+  return #a < #b
+""",
+        (
+            f"  while i <= n do\n"
+            f"    local {names.format('a')} = string.byte(a, i, i + 7)\n"
+            f"    local {names.format('b')} = string.byte(b, i, i + 7)\n"
+            + tests
+            + "    i = i + 8\n  end\n  return #a < #b\n"
+        ).encode(),
+    )
+    # No term: the slice by rank read with its scores (one command, not a ZMSCORE more).
+    engine = _swap(
+        engine,
+        b"""  local ids = redis.call('ZRANGE', okey, a, a + size - 1)
+  if desc then
+    local rev = {}
+    for i = #ids, 1, -1 do rev[#rev + 1] = ids[i] end
+    ids = rev
+  end
+  work = work + #ids
+  return reply(ids)
+""",
+        b"""  local found = redis.call('ZRANGE', okey, a, a + size - 1, 'WITHSCORES')
+  local ids, raw, nums = {}, {}, {}
+  local from, to, step = 1, #found - 1, 2
+  if desc then from, to, step = #found - 1, 1, -2 end
+  for i = from, to, step do
+    local n = #ids + 1
+    ids[n] = found[i]
+    raw[n] = byscore and found[i + 1] or '0'
+    nums[n] = num(raw[n])
+  end
+  work = work + #ids
+  return ids, raw, nums, prefix
+""",
+    )
+    return (
+        b"-- redisca query engine, the shards one node serves "
+        b"(see redisca/session/queryscript.py).\n"
+        + prelude
+        + b"""
+-- One shard's first ids in its order, their scores (as Redis writes them, and as
+-- numbers) and its entity key prefix; a count for mode 'count'.
+local function branch()
+  -- SLICE, as the engine's script answers it: a window of the ordering range index (or
+  -- all of it), no term, no cursor: one ZRANGEBYSCORE, before any of the engine's
+  -- functions and tables are made (their cost, paid per shard, is most of a page's).
+  local b = ai
+  if ARGV[b + 11] == '' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'
+      and ARGV[b] ~= 'count' then
+    local lo, hi = '-inf', '+inf'
+    if ARGV[b + 6] == '1' then
+      lo = (ARGV[b + 8] == '1' and '(' or '') .. ARGV[b + 7]
+      hi = (ARGV[b + 10] == '1' and '(' or '') .. ARGV[b + 9]
+    end
+    local okey, prefix = K[ki], ARGV[b + 5]
+    ai, ki = b + 15, ki + 1
+    local ids, raw, nums = {}, {}, {}
+    if ARGV[b + 2] == '0' then return ids, raw, nums, prefix end
+    local cmd, x, y = 'ZRANGEBYSCORE', lo, hi
+    if ARGV[b + 3] == '1' then cmd, x, y = 'ZREVRANGEBYSCORE', hi, lo end
+    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', ARGV[b + 1], ARGV[b + 2])
+    for i = 1, #found - 1, 2 do
+      local n = #ids + 1
+      ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
+    end
+    work = work + #ids
+    return ids, raw, nums, prefix
+  end
+  -- A keyset page (a cursor's score and id), no term, no window: the cursor placed as
+  -- the engine's position() places it (its rank, or a binary search among its score's
+  -- ties), then one ZRANGE WITHSCORES by rank.
+  if ARGV[b + 11] == 's' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'
+      and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then
+    local okey, prefix = K[ki], ARGV[b + 5]
+    local offset, limit = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+    local desc, cscore, cid = ARGV[b + 3] == '1', ARGV[b + 12], ARGV[b + 13]
+    ai, ki = b + 15, ki + 1
+    local ids, raw, nums = {}, {}, {}
+    if limit == 0 then return ids, raw, nums, prefix end
+    local below, member
+    local s = redis.call('ZSCORE', okey, cid)
+    if s and num(s) == num(cscore) then
+      below, member = redis.call('ZRANK', okey, cid), true
+    else
+      local lo = redis.call('ZCOUNT', okey, '-inf', '(' .. cscore)
+      local hi = redis.call('ZCOUNT', okey, '-inf', cscore)
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        local m = redis.call('ZRANGE', okey, mid, mid)[1]
+        work = work + 1
+        if lt(m, cid) then lo = mid + 1 else hi = mid end
+      end
+      below, member = lo, false
+    end
+    local found = {}
+    if desc then
+      local top = below - 1 - offset
+      if top >= 0 then
+        local bottom = 0
+        if limit > 0 then bottom = math.max(0, top - limit + 1) end
+        found = redis.call('ZRANGE', okey, bottom, top, 'WITHSCORES')
+      end
+    else
+      if member then below = below + 1 end
+      local a = below + offset
+      local z = -1
+      if limit > 0 then z = a + limit - 1 end
+      found = redis.call('ZRANGE', okey, a, z, 'WITHSCORES')
+    end
+    local from, to, step = 1, #found - 1, 2
+    if desc then from, to, step = #found - 1, 1, -2 end
+    for i = from, to, step do
+      local n = #ids + 1
+      ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
+    end
+    work = work + #ids
+    return ids, raw, nums, prefix
+  end
+"""
+        + parse.replace(b"local okey = KEYS[1]", b"local okey = key()", 1)
+        + b"""
+local function reply(ids)
+  if mode == 'count' then return ids end
+  local raw, nums = {}, {}
+  for a = 1, #ids, 512 do  -- one ZMSCORE per 512 ids, not a ZSCORE each
+    local b = math.min(#ids, a + 511)
+    local s = {}
+    if byscore then s = redis.call('ZMSCORE', okey, unpack(ids, a, b)) end
+    for i = a, b do
+      raw[i] = s[i - a + 1] or '0'
+      nums[i] = num(raw[i])
+    end
+  end
+  return ids, raw, nums, prefix
+end
+local function empty()
+  if mode == 'count' then return reply(0) end
+  return reply({})
+end
+
+"""
+        + engine
+        + b"""end
+
+local mode, skip, take = arg(), tonumber(arg()), tonumber(arg())
+local desc, ns, nk = arg() == '1', tonumber(arg()), tonumber(arg())
+local total, runs = 0, {}
+for s = 1, ns do
+  if s > 1 then  -- undeclared: the client sends only shards whose slot this node serves
+    K = {}
+    for j = 1, nk do K[j] = arg() end
+  end
+  ki = 1
+  local ids, raw, nums, prefix = branch()
+  if type(ids) == 'table' and ids.err then return ids end  -- an after() id in no index
+  if mode == 'count' then
+    total = total + ids
+  elseif #ids > 0 then
+    runs[#runs + 1] = {ids = ids, raw = raw, nums = nums, prefix = prefix, at = 1}
+  end
+end
+if mode == 'count' then return {total, work} end
+
+-- The run whose next row comes first: by (score, id), or its exact reverse; nil for
+-- none (a run that is nil or used up loses).
+local function first(a, b)
+  if a == nil or a.at > #a.ids then return b end
+  if b == nil or b.at > #b.ids then return a end
+  local x, y = a.nums[a.at], b.nums[b.at]
+  if x ~= y then
+    if desc == (x > y) then return a end
+    return b
+  end
+  if desc then
+    if lt(b.ids[b.at], a.ids[a.at]) then return a end
+  elseif lt(a.ids[a.at], b.ids[b.at]) then
+    return a
+  end
+  return b
+end
+-- The k-way merge, a tournament: leaves P..2P-1 hold the runs, each inner node the
+-- winner of its two children, so taking a row and replaying its leaf's path to the
+-- root costs log2(P) comparisons (a comparison of tied scores compares ids byte by
+-- byte, in Lua: the merge's main cost).
+local P = 1
+while P < #runs do P = P * 2 end
+local tree = {}
+local function at(node)
+  if node >= P then return runs[node - P + 1] end
+  return tree[node]
+end
+for node = P - 1, 1, -1 do tree[node] = first(at(2 * node), at(2 * node + 1)) end
+if P == 1 then tree[1] = runs[1] end
+local leaf = {}
+for r, run in ipairs(runs) do leaf[run] = P + r - 1 end
+local stop = math.huge
+if take >= 0 then stop = skip + take end
+local ids, scores, prefixes, n = {}, {}, {}, 0
+while n < stop do
+  local run = tree[1]
+  if run == nil or run.at > #run.ids then break end
+  n = n + 1
+  if n > skip then
+    ids[#ids + 1] = run.ids[run.at]
+    scores[#scores + 1] = run.raw[run.at]
+    prefixes[#prefixes + 1] = run.prefix
+  end
+  run.at = run.at + 1
+  local node = math.floor(leaf[run] / 2)
+  while node >= 1 do
+    tree[node] = first(at(2 * node), at(2 * node + 1))
+    node = math.floor(node / 2)
+  end
+end
+local hashes = {}
+if mode == 'load' then
+  for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', prefixes[i] .. id) end
+end
+return {ids, hashes, work, scores}
+"""
+    )
+
+
+#: The script for the shards of a sharded model that one node serves (all of them on one
+#: server): the engine above, made a function run once per shard, each shard giving its
+#: first ``skip + take`` ids in the query's order with their scores in its ordering index
+#: (a count: its count); then a k-way merge of the shards' runs by (score, id), cut to
+#: ``[skip, skip + take)``, and only those ids' hashes read, all in one atomic step of
+#: the node; counts are summed. So a page of 16 shards costs one script run per node,
+#: not per shard. KEYS: the first shard's keys (they route the call). ARGV: mode
+#: (``ids``, ``load``, ``count``), skip, take (-1: none), desc, number of shards, keys
+#: per shard, then the first shard's engine arguments, then for each other shard its
+#: keys and its engine arguments. The other shards' keys are not declared: Redis 7.0
+#: refuses declared keys of several slots in one call (allow-cross-slot-keys or not),
+#: and a script may read undeclared keys of slots its node serves (6.2, 7.0, Valkey).
+NODES = _nodes(SCRIPT)
+NODES_SHA = hashlib.sha1(NODES).hexdigest().encode()
+
+
 # -- Expiring models -------------------------------------------------------------------
 #
 # A model mapped with ``ttl=``/``expiring=True`` runs variants of the three scripts: the
@@ -1076,6 +1344,76 @@ def run_many_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any]]:
     return replies
 
 
+def nodes_call(
+    calls: list[ScriptCall], mode: bytes, skip: int, take: int | None, descending: bool
+) -> ScriptCall:
+    """One :data:`NODES` call for the shards of ``calls`` (the engine's calls of shards
+    one node serves, each asking for its first ``skip + take`` ids): the first shard's
+    keys declared, the others' passed with their arguments."""
+    shard_mode = b"count" if mode == b"count" else b"ids"
+    first = calls[0]
+    args: list[bytes | int] = [
+        mode,
+        skip,
+        -1 if take is None else take,
+        int(descending),
+        len(calls),
+        len(first.keys),
+        shard_mode,
+        *first.args[1:],
+    ]
+    for call in calls[1:]:
+        args += call.keys
+        args.append(shard_mode)
+        args += call.args[1:]
+    return ScriptCall(first.keys, tuple(args), first.types)
+
+
+def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | None]:
+    """The replies of :data:`NODES` calls (one per node), sent together, or ``None``
+    when any node refused or failed its call, or a hash of its page: a slot moved or
+    moving, a key of a shard the node no longer serves, a wrong type. The caller then
+    asks shard by shard (:func:`run_many_steps`), which follows the cluster's redirects
+    and names the error. A server that had forgotten the script is sent it whole."""
+    cluster = routing.is_cluster(client)
+    try:
+        knowns = [
+            _known(
+                client,
+                routing.pool(client, routing.slot_of(c.keys[0]))
+                if cluster
+                else client.connection_pool,
+            )
+            for c in calls
+        ]
+        commands = [_nodes_command(c, NODES_SHA in k) for c, k in zip(calls, knowns, strict=True)]
+        replies = yield from executor.run_steps(client, commands)
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if again:
+            resent = yield from executor.run_steps(
+                client, [_nodes_command(calls[i], False) for i in again]
+            )
+            for i, reply in zip(again, resent, strict=True):
+                replies[i] = reply
+    except (OperationalError, routing.Redirected):
+        return None
+    for known in knowns:
+        known.add(NODES_SHA)
+    if any(isinstance(reply, Exception) for reply in replies):
+        return None
+    for reply in replies:  # a hash that failed to load (a key moved off a migrating slot)
+        if len(reply) > 2 and any(isinstance(h, Exception) for h in reply[1]):
+            return None
+    return replies
+
+
+def _nodes_command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
+    keys, args = call.keys, call.args
+    if sha_known:
+        return (b"EVALSHA", NODES_SHA, len(keys), *keys, *args)
+    return (b"EVAL", NODES, len(keys), *keys, *args)
+
+
 def _command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
     """The call as ``EVALSHA`` (the server ran the script already) or ``EVAL``."""
     keys, args = call.keys, call.args
@@ -1128,6 +1466,8 @@ __all__ = [
     "LOOKUP_X_SHA",
     "MAX_BATCH",
     "MIN_BATCH",
+    "NODES",
+    "NODES_SHA",
     "SCRIPT",
     "SCRIPT_X",
     "SHA",
@@ -1137,8 +1477,10 @@ __all__ = [
     "UNION_SHA",
     "UNION_X",
     "UNION_X_SHA",
+    "nodes_call",
     "run",
     "run_many",
     "run_many_steps",
+    "run_nodes_steps",
     "run_steps",
 ]

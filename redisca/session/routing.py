@@ -255,6 +255,18 @@ def pool(client: Any, slot: int) -> Any:
     return found
 
 
+def by_node(client: Any, slots: Sequence[int]) -> list[list[int]]:
+    """The indexes of ``slots`` grouped by the master serving each (as :func:`pool`
+    routes it), in order of first appearance: a sharded model's query runs one script
+    per group. A plain client is one node: one group."""
+    if not is_cluster(client):
+        return [list(range(len(slots)))]
+    groups: dict[int, list[int]] = {}
+    for i, slot in enumerate(slots):
+        groups.setdefault(id(pool(client, slot)), []).append(i)
+    return list(groups.values())
+
+
 #: Per cluster client: its slot map (as redis-py holds it) and slot -> pool from it.
 _pools: weakref.WeakKeyDictionary[Any, tuple[Any, dict[int, Any]]] = (
     weakref.WeakKeyDictionary()
@@ -424,6 +436,7 @@ __all__ = [
     "arefresh",
     "ask_pool",
     "backoff",
+    "by_node",
     "check",
     "cluster_node_error",
     "command_key",
