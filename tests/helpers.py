@@ -414,8 +414,10 @@ def set_instants(client: Any, model: type, instants: dict[str, float]) -> None:
     moved: in ``P#exp`` and in the scores of their equality index entries (sorted sets
     scored by the instant, docs/keylayout.rst), as a commit would write them. Each id
     in one transaction that watches its hash, so writers racing it leave no stray
-    entry."""
+    entry. On a cluster the transaction runs on the master of the model's slot: a
+    ``RedisCluster`` of redis-py before 6.1 has no ``transaction``."""
     mapper = model.__dict__["__redisca_mapper__"]
+    server = server_for(client, model)
     prefix = head(mapper.prefix, mapper.slot_group)
     for ident, at in instants.items():
         entity = prefix + b":" + ident.encode()
@@ -432,7 +434,7 @@ def set_instants(client: Any, model: type, instants: dict[str, float]) -> None:
                     key = prefix + b"#i:" + field.hash_field + b":" + field.index_key(value)
                     pipe.zadd(key, {ident: at})
 
-        client.transaction(write, entity)
+        server.transaction(write, entity)
 
 
 def without_guards(dump: dict[bytes, tuple[str, Any]]) -> dict[bytes, tuple[str, Any]]:
