@@ -46,7 +46,7 @@ def select_mappers(
     registry_or_classes: Any,
     models: Iterable[Any] | None = None,
     *,
-    sharded: bool | str = False,
+    sharded: bool = False,
 ) -> list[Mapper]:
     """The mappers to work on: a registry's, or those of the classes given; ``models``
     narrows them by class, class name or prefix. ``sharded``: the task walks a sharded
@@ -69,26 +69,14 @@ def select_mappers(
     return _covered(chosen, sharded)
 
 
-def _covered(mappers: list[Mapper], sharded: bool | str) -> list[Mapper]:
-    """Refuse the sharded models a task does not cover: every one for ``migrate`` (a
-    sharded model came after hash tags: it has no layout before them to move), and
-    those with a unique field when ``sharded`` is ``"nounique"`` (``sweep``, ``reshard``:
-    a value's claim lives in the value's shard, its owner in another; check, reindex
-    and stats compare them with :mod:`~redisca.maintenance.shardclaims`)."""
+def _covered(mappers: list[Mapper], sharded: bool) -> list[Mapper]:
+    """Refuse the sharded models of a task that does not cover them: ``migrate`` (a
+    sharded model came after hash tags: it has no layout before them to move)."""
     for mapper in mappers:
-        if mapper.shards == 1:
-            continue
-        if not sharded:
+        if mapper.shards > 1 and not sharded:
             raise MaintenanceError(
                 f"{model_name(mapper)} has {mapper.shards} shards: migrate does not cover "
                 "sharded models; name the other models to run it on those"
-            )
-        if sharded == "nounique" and any(f.unique for f in mapper.indexed):
-            raise MaintenanceError(
-                f"{model_name(mapper)} has {mapper.shards} shards and a unique field: sweep "
-                "and reshard do not cover the claims of a sharded model yet (a value's "
-                "claim and its owner are in two shards); name the other models to run "
-                "them on those"
             )
     return mappers
 

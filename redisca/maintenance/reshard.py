@@ -21,8 +21,13 @@ found by ``get`` but not by queries. Running it again is safe and moves nothing 
 ``check`` of a sharded model reports every key of its other layouts as ``old_layout``
 (so before the reshard, and after one stopped half-way: none after it).
 
-Models with a unique field are refused for now (their claims live in the value's shard:
-see the cross-shard unique protocol).
+A model with a unique field moves the same way: its old layouts' claims (and claim
+tokens and registrations) are deleted with their other keys, and the reindex claims each
+value again for its holder, with the cross-shard protocol on a sharded model
+(:mod:`~redisca.maintenance.shardclaims`). Until it has, a commit's unique check sees
+only the claims of the new layout: a value an entity not yet claimed for holds can be
+taken by another, and the reindex then reports the two as ``duplicate_unique`` and
+leaves them for the user to settle.
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ def reshard(
     """Move ``model``'s data from every other shard count to the ``shards`` its mapping
     declares, then rebuild its indexes; see the module's docstring."""
     client = resolve_client(client)
-    mappers = select_mappers(registry_or_classes, [model], sharded="nounique")
+    mappers = select_mappers(registry_or_classes, [model], sharded=True)
     if len(mappers) != 1:
         names = ", ".join(model_name(m) for m in mappers)
         raise UnknownName(f"{model!r} names {len(mappers)} models ({names}): name one")

@@ -357,7 +357,18 @@ def repair(client: Client, mapper: Mapper, batch: int) -> Repaired:
 
 def _repair_on_server(client: Client, mapper: Mapper, suspect: Suspect) -> int:
     """One server: the suspect read again under ``WATCH`` and repaired in one
-    ``MULTI``/``EXEC`` if it is still the same."""
+    ``MULTI``/``EXEC`` if it is still the same; tried again when a commit touched what
+    it watches (a stripe holds many values: a writer claiming another one is enough)."""
+    for _ in range(executor.DEFAULT_RETRIES + 1):
+        done = _repair_once_on_server(client, mapper, suspect)
+        if done is not None:
+            return done
+    raise ConflictError("the value's keys kept changing while reindex repaired its claim")
+
+
+def _repair_once_on_server(client: Client, mapper: Mapper, suspect: Suspect) -> int | None:
+    """One attempt: 1 repaired, 0 the suspect changed (nothing to repair), ``None``
+    the ``EXEC`` refused."""
     layout = mapper.layout
     hf, value = suspect.field.hash_field, suspect.value
     stripe, tokens = layout.unique_stripe(hf, value), layout.claim_tokens(hf, value)
@@ -378,7 +389,7 @@ def _repair_on_server(client: Client, mapper: Mapper, suspect: Suspect) -> int:
             writes = [(b"HDEL", stripe, value), (b"HDEL", tokens, value)]
         else:
             writes = [(b"HDEL", tokens, value)]
-        return 0 if executor.transaction(conn, writes) is None else 1
+        return None if executor.transaction(conn, writes) is None else 1
 
 
 def _repair_on_cluster(client: Client, mapper: Mapper, suspect: Suspect) -> int:
@@ -462,18 +473,24 @@ def _if_unchanged(
     writes: list[Command],
 ) -> int:
     """``writes`` in one transaction on ``slot``'s master if ``reads`` still give
-    ``expected`` (under ``WATCH``): 1 if they were applied."""
+    ``expected`` (under ``WATCH``): 1 if they were applied, 0 if they changed. Tried
+    again when a commit touched the watched keys without changing what was read (they
+    hold other values' and entities' entries too)."""
 
-    def attempt(server: Any) -> Steps[int]:
+    def attempt(server: Any) -> Steps[int | None]:
         got = yield Send([(b"WATCH", *watch), *reads])
         executor.check_watch(got[0])
         now = [None if r is None else bytes(r) for r in got[1:]]
         if now != expected:
             yield Send([(b"UNWATCH",)])
             return 0
-        return 0 if (yield from executor.transaction_steps(writes)) is None else 1
+        return None if (yield from executor.transaction_steps(writes)) is None else 1
 
-    return int(executor.drive(executor.on_slot(client, slot, "a claim's repair", attempt)))
+    for _ in range(executor.DEFAULT_RETRIES + 1):
+        done = executor.drive(executor.on_slot(client, slot, "a claim's repair", attempt))
+        if done is not None:
+            return int(done)
+    raise ConflictError("the claim's keys kept changing while reindex repaired it")
 
 
 # -- stats ------------------------------------------------------------------------------

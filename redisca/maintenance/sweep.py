@@ -93,13 +93,13 @@ def _expiring(registry_or_classes: Any, models: Iterable[Any] | None) -> list[Ma
     everything = (
         list(registry_or_classes)
         if isinstance(registry_or_classes, Registry)
-        else select_mappers(registry_or_classes, sharded="nounique")
+        else select_mappers(registry_or_classes, sharded=True)
     )
     chosen = [m for m in everything if m.expiring]
     if models is None:
-        return select_mappers(chosen, sharded="nounique")
+        return select_mappers(chosen, sharded=True)
     try:
-        return select_mappers(chosen, models, sharded="nounique")
+        return select_mappers(chosen, models, sharded=True)
     except UnknownName as exc:
         raise UnknownName(
             f"{exc} — sweep works on the expiring models (registry.mapped(ttl=...) or "
