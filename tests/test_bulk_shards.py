@@ -14,6 +14,7 @@ leave written, unwritten and in-doubt objects that ``BulkAddError`` names, and g
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -397,3 +398,57 @@ def test_a_commit_in_doubt_committed_again_leaves_no_registration(
     session.commit()
     assert_clean(r, {f"m{i}" for i in range(5)})
     session.close()
+
+
+# -- an async bulk_add cancelled --------------------------------------------------------
+
+
+@pytest.mark.sync_only(reason="drives an AsyncSession itself, to cancel its task")
+@pytest.mark.parametrize("delay", [0.0, 0.003, 0.01, 0.03, 0.1])
+def test_a_cancelled_async_bulk_add_leaves_whole_entities_and_a_retry_completes(
+    r: redis.Redis, delay: float
+) -> None:
+    """The task of an ``AsyncSession.bulk_add`` cancelled at some point of its chunks (on
+    a cluster: while its shards' transactions run in parallel): the caller gets the
+    ``CancelledError``, every entity on the server is whole (hash, index entries, claim),
+    no connection is left in use, and adding the objects not stored completes the input
+    with ``check`` clean (a claim the cancelled chunk left is its own id's)."""
+    import asyncdriver
+
+    from redisca.asyncio import AsyncSession
+
+    objs = members(600)
+    with asyncdriver.loops():
+        client = asyncdriver.async_client(r)
+
+        async def cancelled_run() -> bool:
+            session = AsyncSession(client)
+            task = asyncio.ensure_future(session.bulk_add(objs, chunk_size=50))
+            await asyncio.sleep(delay)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                return True
+            finally:
+                await session.close()
+            return False
+
+        cancelled = asyncdriver.run(cancelled_run())
+        if CLUSTER:  # every node's connections are back (or were dropped)
+            assert all(len(n._free) == len(n._connections) for n in client.get_nodes())
+        else:
+            assert not client.connection_pool._in_use_connections
+    on_server = stored(r)
+    assert cancelled or len(on_server) == len(objs)
+    assert set(on_server) <= {o.id for o in objs}
+    assert_indexes_consistent(r, redisca.inspect(Member))
+    claimed = claims_of(r)
+    for ident, values in on_server.items():
+        assert claimed[values[b"email"].lower()] == ident
+    for value, owner in claimed.items():  # a claim with no entity yet: its value's own id
+        assert value == f"{owner}@x.org".encode()
+    rest = [o for o in members(600) if o.id not in on_server]
+    with Session(r) as session:
+        assert session.bulk_add(rest, chunk_size=50) == len(rest)
+    assert_clean(r, {o.id for o in objs})  # type: ignore[misc]

@@ -65,7 +65,20 @@ class connection:  # lowercase: used like a function, `async with connection(cli
             if self.conn is not None:
                 await self._release()
             raise OperationalError(f"Redis connection failed: {exc}", exc) from exc
+        except BaseException:  # cancelled while a node's connection connected
+            if self.conn is not None:
+                await self._dropped()
+            raise
         return self.conn
+
+    async def _dropped(self) -> None:
+        """Disconnect the connection, then give it back (a node keeps it in its list
+        until it is released: not released, it would count against the node's
+        ``max_connections`` for good)."""
+        try:
+            await self.conn.disconnect()
+        finally:
+            await self._release()
 
     async def _release(self) -> None:
         release = getattr(self.pool, "release", None)
@@ -77,12 +90,11 @@ class connection:  # lowercase: used like a function, `async with connection(cli
             await released
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        try:
-            if exc is not None and (
-                not isinstance(exc, RediscaError) or isinstance(exc, OperationalError)
-            ):
-                await self.conn.disconnect()
-        finally:
+        if exc is not None and (
+            not isinstance(exc, RediscaError) or isinstance(exc, OperationalError)
+        ):
+            await self._dropped()
+        else:
             await self._release()
 
 
