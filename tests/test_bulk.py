@@ -20,6 +20,7 @@ from helpers import (
     CountingConnection,
     as_str,
     assert_indexes_consistent,
+    connection_kwargs,
     dump_keyspace,
     sent_commands,
 )
@@ -77,7 +78,7 @@ class Recording(CountingConnection):
 def recorded(r: redis.Redis, redis_url: str) -> Iterator[tuple[redis.Redis, list[Any]]]:
     """A client in ``r``'s mode whose commands are logged as ``(write number, command)``."""
     log: list[tuple[int, list[bytes]]] = []
-    kwargs = r.connection_pool.connection_kwargs
+    kwargs = connection_kwargs(r)
     connection_class = type("Rec", (Recording,), {"log": log})
     client = redis.Redis.from_url(
         redis_url,
@@ -126,6 +127,9 @@ def assert_consistent(r: redis.Redis) -> None:
     assert report.ok, report.problems
 
 
+@pytest.mark.single_server(
+    reason="logs one server's connection; a cluster's chunks: tests/test_bulk_shards.py"
+)
 def test_each_chunk_is_one_multi_exec_in_two_round_trips(recorded: Any) -> None:
     client, log = recorded
     objs = users(12)
@@ -220,6 +224,9 @@ def test_an_existing_key_stops_its_chunk(r: redis.Redis) -> None:
     assert_consistent(r)
 
 
+@pytest.mark.single_server(
+    reason="logs one server's connection; a cluster's chunks: tests/test_bulk_shards.py"
+)
 def test_invalid_data_in_a_later_chunk_is_refused_before_that_chunk_is_sent(
     recorded: Any,
 ) -> None:
@@ -341,7 +348,7 @@ def test_a_bad_chunk_size_is_refused(r: redis.Redis, bad: Any) -> None:
 def test_a_chunk_ends_where_the_server_changes(r: redis.Redis, make_client: Any) -> None:
     """Objects bound to different clients go in different chunks: a chunk is one
     MULTI/EXEC, so it is written whole or not at all."""
-    kwargs = r.connection_pool.connection_kwargs
+    kwargs = connection_kwargs(r)
     other = make_client(decode_responses=kwargs["decode_responses"], protocol=kwargs["protocol"])
     calls: list[tuple[int, int | None]] = []
     session = Session(r, binds={Company: other})
@@ -360,7 +367,7 @@ def test_concurrent_commits_during_a_bulk_add_keep_uniques_and_indexes(
     from where it stopped, without the entity that lost. At the end every email has one
     owner, and ``check`` finds the indexes exactly as the hashes call for.
     """
-    kwargs = r.connection_pool.connection_kwargs
+    kwargs = connection_kwargs(r)
     mode = {"decode_responses": kwargs["decode_responses"], "protocol": kwargs["protocol"]}
     wanted = [User(email=f"c{i}@x.org", age=i % 90) for i in range(1000)]
     started, done = threading.Event(), threading.Event()

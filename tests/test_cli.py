@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
-from helpers import as_str, guard_key, stripe_key
+from helpers import CLUSTER, as_str, guard_key, stripe_key
 from models import Company, User, registry
 
 from redisca import Session
@@ -26,6 +26,14 @@ from redisca.flask import FlaskRedisca
 from redisca.flaskcli import cli as flask_cli
 
 TESTS = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def _cluster_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the suite's cluster mode the URLs name a cluster node: the commands are told so
+    as a user tells them (``$REDISCA_CLUSTER``, which the subprocesses inherit)."""
+    if CLUSTER:
+        monkeypatch.setenv("REDISCA_CLUSTER", "1")
 
 
 def seed(r: redis.Redis, n: int = 30) -> None:
@@ -220,6 +228,8 @@ class _Text:
 
 def make_app(redis_url: str, **config: Any) -> Flask:
     app = Flask("cli_test_app")
+    if CLUSTER:
+        app.config["REDISCA_CLUSTER"] = True
     app.config.update(config)
     if "REDISCA_URL" in config or "REDISCA" in config:
         FlaskRedisca(app)
@@ -308,6 +318,7 @@ def test_the_flask_command_itself(r: redis.Redis, redis_url: str, tmp_path: Path
         "from redisca.flask import FlaskRedisca\n"
         "app = Flask(__name__)\n"
         f"app.config['REDISCA_URL'] = {redis_url!r}\n"
+        f"app.config['REDISCA_CLUSTER'] = {CLUSTER!r}\n"
         "app.config['REDISCA_REGISTRY'] = 'models:registry'\n"
         "FlaskRedisca(app)\n"
     )

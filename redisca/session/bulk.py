@@ -85,18 +85,19 @@ def _chunks(session: Session, objs: Iterable[object], size: int) -> Iterator[lis
     """The input in lists of at most ``size``; a list also ends where the server (on a
     cluster, the slot group, or the sharded model) changes, so that a chunk is one
     ``MULTI``/``EXEC`` (a sharded model's: one per shard), all written or none."""
-    clients: dict[type, tuple[Any, Hashable]] = {}
+    clients: dict[type, tuple[Any, Hashable] | None] = {}
     chunk: list[object] = []
     current = None
     for obj in objs:
         kind = type(obj)
-        client = clients.get(kind)
-        if client is None:
-            client = clients[kind] = _target(session, kind)
-        if chunk and client != current:
-            yield chunk
-            chunk = []
-        current = client
+        if kind not in clients:
+            clients[kind] = _target(session, kind)
+        client = clients[kind]
+        if client is not None:  # an unmapped object stays in its chunk, which refuses it
+            if chunk and client != current:
+                yield chunk
+                chunk = []
+            current = client
         chunk.append(obj)
         if len(chunk) >= size:  # written before the next object is even asked for
             yield chunk
@@ -105,13 +106,15 @@ def _chunks(session: Session, objs: Iterable[object], size: int) -> Iterator[lis
         yield chunk
 
 
-def _target(session: Session, kind: type) -> tuple[Any, Hashable]:
+def _target(session: Session, kind: type) -> tuple[Any, Hashable] | None:
     """Where objects of ``kind`` commit: their client (on a cluster, and slot; for a
-    sharded model there, the model: its chunk is one transaction per shard)."""
-    client = session.bind_for(kind)
+    sharded model there, the model: its chunk is one transaction per shard). ``None``
+    for a class that is not mapped: nowhere, and the validation of its chunk says so
+    before the chunk is sent, whatever the servers."""
     mapper = kind.__dict__.get("__redisca_mapper__")
     if mapper is None:
-        return client, None
+        return None
+    client = session.bind_for(kind)
     if _sharded(client, mapper):
         return client, mapper
     return unitofwork.target(client, mapper)
