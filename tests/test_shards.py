@@ -415,13 +415,56 @@ def test_a_swap_between_shards_is_refused_before_anything_is_sent(cluster):
         client.close()
 
 
+def test_a_commit_sends_its_shards_transactions_at_once(cluster, monkeypatch):
+    """The shards a commit touches on a cluster are written side by side (one
+    ``Parallel`` request of one transaction per shard); a group of a model of one shard
+    between them ends the run, and goes alone, in the session's order."""
+    from redisca.session import executor, unitofwork
+
+    client = cluster.client()
+    ran: list[int] = []
+    original = executor._parallel
+
+    def spy(steps):
+        ran.append(len(steps))
+        return original(steps)
+
+    monkeypatch.setattr(executor, "_parallel", spy)
+    mapper = redisca.inspect(User)
+    try:
+        users = [User(name="n", age=i, id=f"p{i}") for i in range(40)]
+        touched = {mapper.shard_of(u.id) for u in users}
+        with Session(client) as session:
+            session.add_all(users)
+            session.commit()
+        assert ran == [len(touched)]
+        ran.clear()
+        with Session(client) as session:  # runs of shards, a one-shard model between
+            session.add_all([User(name="a", age=1, id="q1"), User(name="b", age=2, id="q2")])
+            session.add(One(name="x", id="o1"))
+            session.add_all([Tag(label=f"t{i}", id=f"t{i}") for i in range(12)])
+            groups = unitofwork.organize(session.states(), (), session.bind_for)
+            sizes = [len(batch) for batch in unitofwork.batches(groups)]
+            assert sizes[1] == 1 and sum(sizes) == len(groups)
+            assert [type(g.states[0].obj) for g in unitofwork.batches(groups)[1]] == [One]
+            session.commit()
+        assert ran == [n for n in sizes if n > 1]
+        with Session(client) as session:
+            assert session.query(User).count() == 42 and session.query(Tag).count() == 12
+            assert session.get(One, "o1") is not None
+        _assert_each_in_its_shard(client, [u.id for u in users] + ["q1", "q2"])
+    finally:
+        client.close()
+
+
 def test_a_commit_over_several_shards_fails_part_way_and_the_retry_commits_the_rest(
     cluster, monkeypatch
 ):
-    """Shard by shard: the connection dies at the third shard's transaction (before it
-    is sent, then after its EXEC ran): the shards before stay committed and leave the
-    session, the rest stay pending, ``outcome_unknown`` says whether that shard may have
-    been applied, and committing again writes the rest once."""
+    """The shards' transactions go out at once; the connection of one of them dies (the
+    third ``EXEC`` to go out: before it is sent, then after it ran): every other shard
+    commits and leaves the session, that shard's changes stay pending,
+    ``outcome_unknown`` says whether it may have been applied, and committing again
+    writes it once."""
     from redisca.session import executor
 
     client = cluster.client()
@@ -454,13 +497,15 @@ def test_a_commit_over_several_shards_fails_part_way_and_the_retry_commits_the_r
                 assert caught.value.outcome_unknown == (when == "after")
                 monkeypatch.undo()
                 stored = [u.id for u in users if client.exists(mapper.layout.entity(u.id))]
-                in_two = {mapper.shard_of(i) for i in stored}
-                assert len(in_two) == (3 if when == "after" else 2)  # whole shards
-                assert {u.id for u in users if mapper.shard_of(u.id) in in_two} == set(stored)
+                committed = {mapper.shard_of(i) for i in stored}
+                assert len(committed) == len(shards) - (0 if when == "after" else 1)
+                assert {u.id for u in users if mapper.shard_of(u.id) in committed} == set(
+                    stored
+                )  # whole shards
                 pending = {u.id for u in session.new}
-                assert pending == {u.id for u in users} - set(stored) or (
-                    when == "after" and pending >= {u.id for u in users} - set(stored)
-                )
+                (failed,) = {mapper.shard_of(i) for i in pending}  # that shard's, all of them
+                assert pending == {u.id for u in users if mapper.shard_of(u.id) == failed}
+                assert (failed in committed) == (when == "after")
                 session.commit()
             assert all(client.exists(mapper.layout.entity(u.id)) for u in users)
             _assert_each_in_its_shard(client, [u.id for u in users])

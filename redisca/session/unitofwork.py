@@ -21,7 +21,7 @@ from ..mapping.instrument import IN_STEP, MISSING
 from ..mapping.mapper import MappedField, Mapper
 from . import claims, executor, expiry, integrity, routing
 from .emit import vanished
-from .io import Steps
+from .io import Parallel, Steps
 from .plan import DELETE, INSERT, UPDATE, Command, CommitPlan, EntityChange
 from .state import InstanceState, member_changes, named
 
@@ -362,25 +362,88 @@ def commit_steps(session: Session) -> Steps[None]:
 
 
 def _organized_steps(session: Session) -> Steps[None]:
-    """Load the ``cascade`` referrers, organize, and run the groups."""
+    """Load the ``cascade`` referrers, organize, and run the groups: one after the
+    other, but the shards of sharded models on a cluster side by side (:func:`batches`)."""
     yield from integrity.cascade_steps(session, session.retries)
     groups = organize(session.states(), session._commands, session.bind_for)
     forget = functools.partial(session.forget, deleted=True)
     # A sharded model's unique values on a cluster are claimed first (claims).
     pending = claims.prepare(groups, session.retries)
-    if pending is None:
-        for group in groups:
-            yield from _group_steps(session, group, None, forget)
-        return
-    done = 0
+    left = list(groups)  # the groups not committed yet: a failure abandons their claims
     try:
-        yield from pending.claim()
-        for done, group in enumerate(groups):  # noqa: B007 (the except reads it)
-            yield from _group_steps(session, group, pending, forget)
-            yield from pending.release(group)
+        if pending is not None:
+            yield from pending.claim()
+        for batch in batches(groups):
+            if len(batch) == 1:
+                yield from _group_steps(session, batch[0], pending, forget)
+                yield from _committed(batch[0], pending, left)
+            else:
+                yield from _batch_steps(session, batch, pending, forget, left)
     except Exception:
-        yield from pending.abandon(groups[done:])
+        if pending is not None:
+            yield from pending.abandon(left)
         raise
+
+
+def batches(groups: list[Group]) -> list[list[Group]]:
+    """The groups in runs to send at once: each run of consecutive groups that are
+    shards of sharded models on a cluster (each its own slot's transaction, with no
+    ``on_delete`` work and no command of the user's: nothing in it waits for another
+    group) is one batch; every other group is a batch of its own, in order."""
+    out: list[list[Group]] = []
+    for group in groups:
+        if _side_by_side(group) and out and _side_by_side(out[-1][0]):
+            out[-1].append(group)
+        else:
+            out.append([group])
+    return out
+
+
+def _side_by_side(group: Group) -> bool:
+    return (
+        group.slot is not None
+        and not group.commands
+        and not group.referrers
+        and not group.targets
+        and all(state.mapper.shards > 1 for state in group.states)
+    )
+
+
+def _committed(group: Group, pending: claims.Pending | None, left: list[Group]) -> Steps[None]:
+    left.remove(group)
+    if pending is not None:
+        yield from pending.release(group)
+
+
+def _batch_steps(
+    session: Session,
+    batch: list[Group],
+    pending: claims.Pending | None,
+    forget: Callable[[InstanceState], None],
+    left: list[Group],
+) -> Steps[None]:
+    """Shards' transactions at once (threads, or ``asyncio.gather``), each run to its
+    end; then, in order, each committed one is finalized and leaves ``left``, and each
+    failed one stays pending (in doubt if its ``EXEC`` went out). Then the first
+    failure is raised, a cancellation before any other."""
+    seens: list[dict[bytes, Any]] = [{} for _ in batch]
+    outcomes = yield Parallel(
+        [
+            claims.execute(group, session.retries, seen, session.wait, pending)
+            for group, seen in zip(batch, seens, strict=True)
+        ]
+    )
+    failures: list[BaseException] = []
+    for group, seen, (ok, value) in zip(batch, seens, outcomes, strict=True):
+        if ok:
+            _finished(session, group, value, forget)
+            yield from _committed(group, pending, left)
+        else:
+            if getattr(value, "outcome_unknown", False):
+                in_doubt(group, seen)
+            failures.append(value)
+    if failures:
+        raise min(failures, key=lambda failure: isinstance(failure, Exception))
 
 
 def _group_steps(
@@ -407,6 +470,17 @@ def _group_steps(
         if getattr(exc, "outcome_unknown", False):
             in_doubt(group, seen)
         raise
+    _finished(session, group, executed, forget)
+
+
+def _finished(
+    session: Session,
+    group: Group,
+    executed: executor.Executed,
+    forget: Callable[[InstanceState], None],
+) -> None:
+    """After a group's ``EXEC``: its command results leave the queue, its states
+    take what Redis now holds."""
     session._commands = [c for c in session._commands if c[2] not in group.results]
     try:
         finalize(group, executed, forget)
