@@ -454,3 +454,38 @@ def test_a_cancelled_async_bulk_add_leaves_whole_entities_and_a_retry_completes(
     with Session(r) as session:
         assert session.bulk_add(rest, chunk_size=50) == len(rest)
     assert_clean(r, {o.id for o in objs})  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_commit_whose_shard_fails_keeps_only_that_shard_pending(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """An ordinary commit (not bulk_add) of entities over several shards, one shard's
+    transaction killed before it is sent or after it ran: on a cluster the other shards,
+    sent beside it, commit and leave the session, and that shard stays pending (in
+    doubt after); on one server the commit is one transaction. Committing again
+    completes it, with every claim its holder's."""
+    objs = members(60)
+    kill = Kill(nth=2 if CLUSTER else 1, when=when)
+    kill.install(monkeypatch)
+    session = Session(r)
+    session.add_all(objs)
+    with pytest.raises(redisca.OperationalError) as info:
+        session.commit()
+    monkeypatch.undo()
+    assert kill.fired and info.value.outcome_unknown == (when == "after")
+    mapper = redisca.inspect(Member)
+    pending = {o.id for o in session.new}
+    on_server = set(stored(r))
+    if CLUSTER:
+        (failed,) = {mapper.shard_of(i) for i in pending}  # type: ignore[arg-type]
+        assert pending == {o.id for o in objs if mapper.shard_of(o.id) == failed}  # type: ignore[arg-type]
+        others = {o.id for o in objs} - pending
+        assert on_server == others | (pending if when == "after" else set())
+    else:
+        assert pending == {o.id for o in objs}
+        assert on_server == (pending if when == "after" else set())
+    session.commit()
+    assert not session.new
+    assert_clean(r, {o.id for o in objs})  # type: ignore[misc]
+    session.close()
