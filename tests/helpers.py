@@ -211,8 +211,9 @@ class Counted:
         self.client.close()
 
 
-def counting_client(url: str, **kwargs: Any) -> Counted:
-    """A counting client for ``url`` (``kwargs`` go to ``Redis.from_url``).
+def counting_client(url: str, *, plain: bool = False, **kwargs: Any) -> Counted:
+    """A counting client for ``url`` (``kwargs`` go to ``Redis.from_url``): in cluster
+    mode a ``RedisCluster``, unless ``plain`` (a client of that one node).
 
     It is warmed up with one PING and then reset, so the connection handshake
     (HELLO, CLIENT SETINFO, SELECT) is not counted against the code under test.
@@ -220,7 +221,11 @@ def counting_client(url: str, **kwargs: Any) -> Counted:
     unix = urlsplit(url).scheme == "unix"
     connection_class = CountingUnixConnection if unix else CountingConnection
     counter = RoundTripCounter()
-    client = connect(url, connection_class=with_kwargs(connection_class, counter=counter), **kwargs)
+    counting = with_kwargs(connection_class, counter=counter)
+    if plain:
+        client = redis.Redis.from_url(url, connection_class=counting, **kwargs)
+    else:
+        client = connect(url, connection_class=counting, **kwargs)
     warm(client)
     counter.reset()
     return Counted(client=client, counter=counter)

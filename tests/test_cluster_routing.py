@@ -559,7 +559,7 @@ def test_a_refused_watch_is_never_followed_by_multi(cluster: EmbeddedCluster) ->
     while the reads that follow it succeed. Nothing more is sent on that connection."""
     node = cluster.node_for_slot(model_slot(Post))
     assert cluster.node_for_slot(model_slot(Tag)) is node and model_slot(Tag) != model_slot(Post)
-    counted = counting_client(node.url)
+    counted = counting_client(node.url, plain=True)
     try:
         seed = Session(counted.client)
         post, tag = Post(title="a"), Tag(label="x")
