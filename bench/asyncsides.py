@@ -190,9 +190,7 @@ class AsyncFloorSide(_OnLoop):
     def range(self) -> int:
         async def range_() -> None:
             for low, high in self.data.windows:
-                (ids,) = await self._run(
-                    [(b"ZRANGE", AGE, low, high, b"BYSCORE", b"LIMIT", 5, 10)]
-                )
+                (ids,) = await self._run([(b"ZRANGE", AGE, low, high, b"BYSCORE", b"LIMIT", 5, 10)])
                 replies = await self._run([(b"HGETALL", ENTITY + i) for i in ids])
                 [decode(i.decode(), as_dict(h)) for i, h in zip(ids, replies, strict=True)]
 

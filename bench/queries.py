@@ -128,9 +128,7 @@ def load_raw(
             (b"HSET", b"{itm}:" + ident, b"i", i, b"s", s, b"a", a, b"b", b, b"name", name)
         )
         if separate:
-            batch.append(
-                (b"ZADD", all_ids, 0, ident) if raw.STRIPED else (b"SADD", all_ids, ident)
-            )
+            batch.append((b"ZADD", all_ids, 0, ident) if raw.STRIPED else (b"SADD", all_ids, ident))
         batch += [
             (b"ZADD", b"{itm}#r:i", i, ident),
             (b"ZADD", b"{itm}#r:a", a, ident),

@@ -168,8 +168,10 @@ class Batch:
 
     def index(self, command: tuple[Any, ...]) -> None:
         name, key = command[0], command[1]
-        part = self.removals if name in (b"SREM", b"ZREM", b"HDEL", b"SET", b"DEL") else (
-            self.additions
+        part = (
+            self.removals
+            if name in (b"SREM", b"ZREM", b"HDEL", b"SET", b"DEL")
+            else (self.additions)
         )
         part.setdefault((name, key), []).extend(command[2:])
 

@@ -116,6 +116,8 @@ def bulk(cluster: EmbeddedCluster, shards: int, n: int, chunk: int, unique: bool
         f"commands {sum(commands)} per master [{shares}]  cpu {sum(cpu):.2f} s [{cpus}]  "
         f"{n / elapsed:,.0f} entities/s ({elapsed:.2f} s)"
     )
+
+
 def paged(masters: list[int], n: int, binary: str | None) -> None:
     """``--paged``: the cluster phase's paged query (``order_by(age).limit(10)``, the
     first page or the one after an entity; bench/cluster.py) on ``n`` users, median and

@@ -471,9 +471,7 @@ def assert_indexes_consistent(client: redis.Redis, mapper: Any) -> None:
     try:
         expected = expected_indexes(raw, mapper)
         actual = {
-            key: value
-            for key, value in dump_keyspace(raw).items()
-            if key.startswith(prefix + b"#")
+            key: value for key, value in dump_keyspace(raw).items() if key.startswith(prefix + b"#")
         }
     finally:
         raw.close()

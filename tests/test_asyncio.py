@@ -311,5 +311,3 @@ def test_the_loop_keeps_ticking_during_a_large_commit_and_get_many(r: redis.Redi
 
     during_commit, during_load = arun(r, body)
     assert during_commit > 0 and during_load > 0
-
-

@@ -70,9 +70,9 @@ def answers(client: Any, shape: Shape) -> dict[str, Any]:
             "first": None if (first := query.first()) is None else first.id,
         }
         if shape.after is not None:
-            out["after instance"] = build(s, attrs.evolve(shape, after=None)).after(
-                s.get(Item, shape.after)
-            ).ids()
+            out["after instance"] = (
+                build(s, attrs.evolve(shape, after=None)).after(s.get(Item, shape.after)).ids()
+            )
     return out
 
 
@@ -135,10 +135,7 @@ def test_drawn_shapes_answer_alike(pair: tuple[redis.Redis, RedisCluster], data:
 def test_get_many_across_three_masters_answers_alike(
     pair: tuple[redis.Redis, RedisCluster], redis_cluster: EmbeddedCluster
 ) -> None:
-    masters = {
-        redis_cluster.node_for_slot(model_slot(cls)).port
-        for cls in MODELS
-    }
+    masters = {redis_cluster.node_for_slot(model_slot(cls)).port for cls in MODELS}
     assert len(masters) == 3  # the three models are on three masters
     flush(*pair)
     for client in pair:

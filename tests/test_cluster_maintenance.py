@@ -52,7 +52,6 @@ class Note:
 MODELS = (Company, User, Note)
 
 
-
 @pytest.fixture(params=["bytes-resp3", "str-resp2"])
 def rc(request: pytest.FixtureRequest, cluster: EmbeddedCluster) -> Iterator[RedisCluster]:
     mode = {"bytes-resp3": {"protocol": 3}, "str-resp2": {"decode_responses": True, "protocol": 2}}

@@ -88,7 +88,6 @@ def test_two_processes_claiming_one_email_on_the_cluster(
     assert [m.entities for m in report.models] == [ROUNDS]
 
 
-
 def test_check_on_the_cluster_finds_what_is_broken(rc: RedisCluster) -> None:
     s = Session(rc)
     s.add_all(User(f"u{i}@x.org", age=i % 150) for i in range(300))

@@ -82,7 +82,6 @@ class Line:
 MODELS = (Company, Post, User)
 
 
-
 # -- a cluster client whose connections count, and can be made to wait ---------
 
 

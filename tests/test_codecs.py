@@ -44,8 +44,21 @@ def round_trip(tp, value):
 
 @pytest.mark.parametrize(
     "text",
-    ["1.10", "-0", "0E-7", "NaN", "-NaN", "sNaN", "Infinity", "-Infinity", "1E+2", "1e-7",
-     "123456789012345678901234567890.123456789", "-0.000", "7"],
+    [
+        "1.10",
+        "-0",
+        "0E-7",
+        "NaN",
+        "-NaN",
+        "sNaN",
+        "Infinity",
+        "-Infinity",
+        "1E+2",
+        "1e-7",
+        "123456789012345678901234567890.123456789",
+        "-0.000",
+        "7",
+    ],
 )
 def test_decimal_round_trips_exactly(text):
     value = Decimal(text)
@@ -205,8 +218,23 @@ def test_equal_decimals_share_an_index_key_and_different_ones_do_not():
     assert key("1.10") == key("1.1") == key("1.100000")
     assert key("100") == key("1E+2") == key("100.00")
     assert key("0") == key("-0") == key("0.000") == key("0E+5")
-    assert len({key(t) for t in ("1.1", "1.01", "11", "-1.1", "1.1000000000000000000000000001",
-                                 "Infinity", "-Infinity")}) == 7
+    assert (
+        len(
+            {
+                key(t)
+                for t in (
+                    "1.1",
+                    "1.01",
+                    "11",
+                    "-1.1",
+                    "1.1000000000000000000000000001",
+                    "Infinity",
+                    "-Infinity",
+                )
+            }
+        )
+        == 7
+    )
 
 
 def test_scores():

@@ -108,21 +108,42 @@ class Every:
 
 VALUES = {
     "typical": dict(
-        text="héllo ✓", number=42, real=0.1, flag=True,
-        moment=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC), day=date(2024, 2, 29),
-        money=Decimal("1.10"), uid=uuid.UUID("12345678-1234-5678-1234-567812345678"),
-        blob=b"\x00\xff\xfe", color=Color.RED, size=Size.L, email="Ann@Example.COM",
+        text="héllo ✓",
+        number=42,
+        real=0.1,
+        flag=True,
+        moment=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+        day=date(2024, 2, 29),
+        money=Decimal("1.10"),
+        uid=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        blob=b"\x00\xff\xfe",
+        color=Color.RED,
+        size=Size.L,
+        email="Ann@Example.COM",
         owner=Owner("Acme", id="o1"),
     ),
     "edge": dict(
-        text="", number=-(2**70), real=-0.0, flag=False, moment=datetime(1960, 1, 1, tzinfo=UTC),
-        day=date(1, 1, 1), money=Decimal("-0"), uid=uuid.UUID(int=0), blob=b"",
-        color=Color.GREEN, size=Size.S, email="x@y",
+        text="",
+        number=-(2**70),
+        real=-0.0,
+        flag=False,
+        moment=datetime(1960, 1, 1, tzinfo=UTC),
+        day=date(1, 1, 1),
+        money=Decimal("-0"),
+        uid=uuid.UUID(int=0),
+        blob=b"",
+        color=Color.GREEN,
+        size=Size.S,
+        email="x@y",
     ),
     "extreme": dict(
-        text="line\nbreak\r\n\t\x00 🙂 日本", number=2**63, real=1e308,
-        moment=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), day=date(9999, 12, 31),
-        money=Decimal("1E+2"), blob=bytes(range(256)),
+        text="line\nbreak\r\n\t\x00 🙂 日本",
+        number=2**63,
+        real=1e308,
+        moment=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        day=date(9999, 12, 31),
+        money=Decimal("1E+2"),
+        blob=bytes(range(256)),
     ),
     "special": dict(real=float("inf"), money=Decimal("-Infinity")),
 }
@@ -176,9 +197,18 @@ def test_stored_formats(r):
         session.add(Every(**fresh("typical"), id="e1"))
         session.commit()
     expected = {
-        "text": "héllo ✓", "number": "42", "real": "0.1", "flag": "1", "moment": "1714979289",
-        "day": "2024-02-29", "money": "1.10", "uid": "12345678-1234-5678-1234-567812345678",
-        "color": "RED", "size": "L", "email": "Ann@Example.COM", "owner": "o1",
+        "text": "héllo ✓",
+        "number": "42",
+        "real": "0.1",
+        "flag": "1",
+        "moment": "1714979289",
+        "day": "2024-02-29",
+        "money": "1.10",
+        "uid": "12345678-1234-5678-1234-567812345678",
+        "color": "RED",
+        "size": "L",
+        "email": "Ann@Example.COM",
+        "owner": "o1",
     }
     # (the blob is not UTF-8, so a decode_responses client cannot read it: HSTRLEN instead)
     assert [as_str(v) for v in r.hmget("{every}:e1", list(expected))] == list(expected.values())
@@ -186,10 +216,22 @@ def test_stored_formats(r):
 
 
 GARBAGE = [
-    ("text", b"\xff\xfe"), ("number", b"x"), ("number", b"1.5"), ("real", b"abc"),
-    ("flag", b"2"), ("flag", b"true"), ("moment", b"yesterday"), ("moment", b"1.5"),
-    ("day", b"2024-13-01"), ("money", b"abc"), ("uid", b"nope"), ("color", b"red"),
-    ("color", b"PURPLE"), ("size", b"1"), ("email", b"\xc3"), ("owner", b"\xff"),
+    ("text", b"\xff\xfe"),
+    ("number", b"x"),
+    ("number", b"1.5"),
+    ("real", b"abc"),
+    ("flag", b"2"),
+    ("flag", b"true"),
+    ("moment", b"yesterday"),
+    ("moment", b"1.5"),
+    ("day", b"2024-13-01"),
+    ("money", b"abc"),
+    ("uid", b"nope"),
+    ("color", b"red"),
+    ("color", b"PURPLE"),
+    ("size", b"1"),
+    ("email", b"\xc3"),
+    ("owner", b"\xff"),
 ]
 
 

@@ -225,9 +225,7 @@ class Note:
     id: str | None = None
 
 
-def test_inserts_with_nothing_to_check_are_one_round_trip(
-    r: redis.Redis, counted: Counted
-) -> None:
+def test_inserts_with_nothing_to_check_are_one_round_trip(r: redis.Redis, counted: Counted) -> None:
     s = Session(counted.client)
     s.add_all(Note(f"n{i}", rank=i) for i in range(50))
     s.commit()  # hexid() ids are unique by construction, no unique field: nothing to watch

@@ -48,9 +48,7 @@ def _answers(url: str) -> bool:
 def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as status:
-            return not any(
-                line.startswith("State:") and "Z" in line.split()[1] for line in status
-            )
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
     except FileNotFoundError:
         return False
 

@@ -737,9 +737,7 @@ def test_paginate_by_keyset_follows_next_after(
     def listing() -> Any:
         query = ext.session.query(Member).filter_by(name="even").order_by(Member.age.desc())
         page = ext.paginate(query, per_page=5)
-        return jsonify(
-            ages=[m.age for m in page.items], after=page.next_after, more=page.has_next
-        )
+        return jsonify(ages=[m.age for m in page.items], after=page.next_after, more=page.has_next)
 
     client = app.test_client()
     seen, url = [], "/"

@@ -125,8 +125,29 @@ def test_inspect_prefix_and_key():
 # -- injectivity ------------------------------------------------------------------------------
 
 AWKWARD = [
-    "", ":", "::", "{", "}", "{x}", "*", "#", "\n", "line\nbreak", "ünï", "🙂", "all", "#all",
-    "x#i:f:v", "i:eml:a", "{usr}:1", "{usr}#all", "#u:eml:x", "r:age", "t:00", ":all", "a:b",
+    "",
+    ":",
+    "::",
+    "{",
+    "}",
+    "{x}",
+    "*",
+    "#",
+    "\n",
+    "line\nbreak",
+    "ünï",
+    "🙂",
+    "all",
+    "#all",
+    "x#i:f:v",
+    "i:eml:a",
+    "{usr}:1",
+    "{usr}#all",
+    "#u:eml:x",
+    "r:age",
+    "t:00",
+    ":all",
+    "a:b",
 ]
 NAMES = st.sampled_from(["usr", "co", "usr.x", "u", "usr-", "a.b", "all", "i", "t"]) | (
     st.from_regex(NAME_RE, fullmatch=True).filter(lambda s: len(s) < 12)
@@ -139,9 +160,7 @@ SHARDS = st.sampled_from([2, 3, 16, 64, 1024]).flatmap(
 PREFIXES = st.tuples(NAMES, st.none() | NAMES) | st.tuples(NAMES, SHARDS)
 FIELDS = st.sampled_from(["eml", "age", "tag", "all", "i", "u", "r", "a.b", "company"])
 TEXT = (
-    st.sampled_from(AWKWARD)
-    | st.text(alphabet=":{}*#\nia é🙂.", max_size=8)
-    | st.text(max_size=8)
+    st.sampled_from(AWKWARD) | st.text(alphabet=":{}*#\nia é🙂.", max_size=8) | st.text(max_size=8)
 )
 VALUES = TEXT.map(str.encode) | st.binary(max_size=8)
 
@@ -442,7 +461,10 @@ def test_awkward_ids_and_values_on_redis(r):
         for original, copy in zip(users, loaded, strict=True):
             assert copy is not original
             assert (copy.id, copy.email, copy.age, copy.tag) == (
-                original.id, original.email, original.age, original.tag
+                original.id,
+                original.email,
+                original.age,
+                original.tag,
             )
             assert copy.company.id == original.company.id
             assert copy.company.name == original.company.name
@@ -463,6 +485,4 @@ def test_deleting_an_awkward_id_touches_only_its_own_keys(r, ident):
     assert {as_str(m) for m in r.zrange("{usr}#r:age", 0, -1)} == {u.id for u in rest}
     with Session(r) as session:
         assert session.get(User, ident) is None
-        assert [u.id for u in session.get_many(User, [u.id for u in rest])] == [
-            u.id for u in rest
-        ]
+        assert [u.id for u in session.get_many(User, [u.id for u in rest])] == [u.id for u in rest]

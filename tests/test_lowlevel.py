@@ -76,9 +76,7 @@ def test_hash_is_a_mutable_mapping(r: redis.Redis) -> None:
         h["z"]
 
 
-def test_first_read_loads_everything_in_one_round_trip(
-    r: redis.Redis, counted: Counted
-) -> None:
+def test_first_read_loads_everything_in_one_round_trip(r: redis.Redis, counted: Counted) -> None:
     r.hset("h", mapping={"a": "1", "b": "2"})
     h = Hash("h", db=counted.client)
     assert counted.round_trips == 0

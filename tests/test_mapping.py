@@ -127,8 +127,19 @@ class UnmappedAttrs:
 
 @pytest.mark.parametrize(
     "annotation",
-    [list[int], dict, object, int | str, Unmapped, UnmappedAttrs, UnmappedAttrs | None,
-     typing.Any, int | str | None, tuple, None],
+    [
+        list[int],
+        dict,
+        object,
+        int | str,
+        Unmapped,
+        UnmappedAttrs,
+        UnmappedAttrs | None,
+        typing.Any,
+        int | str | None,
+        tuple,
+        None,
+    ],
     ids=repr,
 )
 def test_unmappable_annotation_names_class_and_attribute(annotation):
@@ -295,7 +306,7 @@ def test_an_annotation_of_the_class_itself_is_a_self_reference():
         Folder("x", parent="r")  # type: ignore[arg-type]
 
 
-FUTURE_SOURCE = '''
+FUTURE_SOURCE = """
 from __future__ import annotations
 
 import enum
@@ -336,7 +347,7 @@ class Pet:
     owner: Owner | None = None
     best_friend: typing.Optional[Owner] = None
     id: str | None = None
-'''
+"""
 
 
 @pytest.fixture

@@ -226,9 +226,7 @@ def test_update_of_unindexed_field_reads_nothing() -> None:
     committed(s)
     user.nickname = None
     user.city = "paris"  # unchanged: still nothing indexed in the change
-    assert emit(plan_of(s), Observed()) == [
-        (b"EVAL", GUARDED_WRITE, 1, KEY, 0, 1, b"nickname")
-    ]
+    assert emit(plan_of(s), Observed()) == [(b"EVAL", GUARDED_WRITE, 1, KEY, 0, 1, b"nickname")]
 
 
 def test_range_update_and_field_to_none() -> None:
@@ -447,9 +445,12 @@ def call(
         limit=limit,
     )
     args = list(done.args)
-    assert args[:4] == [mode, offset, -1 if limit is None else limit, int(
-        order is not None and order.descending
-    )] and args[5] == mapper.layout.entity_of(b"")
+    assert args[:4] == [
+        mode,
+        offset,
+        -1 if limit is None else limit,
+        int(order is not None and order.descending),
+    ] and args[5] == mapper.layout.entity_of(b"")
     assert args[4] == int(done.keys[0] != mapper.layout.all_set)  # byscore: not P#all
     return list(done.keys), args[6:], list(done.types)
 

@@ -9,8 +9,17 @@ import pytest
 import redisca
 
 HELPERS = [
-    "String", "Email", "Integer", "Float", "Boolean", "DateTime", "Date", "Reference",
-    "MD5Pass", "Password", "Field",
+    "String",
+    "Email",
+    "Integer",
+    "Float",
+    "Boolean",
+    "DateTime",
+    "Date",
+    "Reference",
+    "MD5Pass",
+    "Password",
+    "Field",
 ]
 ERRORS = {
     "RediscaError": Exception,

@@ -214,9 +214,10 @@ def test_range_operators_at_the_boundary(
 
 
 def test_fractional_bounds_on_an_integer_index(r: redis.Redis, people: dict[str, User]) -> None:
-    assert q(r).filter(User.age > 24.5, User.age <= 30.0).ids() == q(r).filter(
-        User.age.between(25, 30)
-    ).ids()
+    assert (
+        q(r).filter(User.age > 24.5, User.age <= 30.0).ids()
+        == q(r).filter(User.age.between(25, 30)).ids()
+    )
     assert q(r).filter(User.age.between(25.5, 29.9)).all() == []
 
 

@@ -378,7 +378,8 @@ def test_unique_values_of_a_sharded_model_on_a_cluster(cluster):
             session.commit()
         assert_one_owner_each(client)
         registrations = [  # no claim left in flight
-            k for layout in mapper.shard_layouts()
+            k
+            for layout in mapper.shard_layouts()
             for k in client.scan_iter(match=layout.head + b"#c:*")
         ]
         assert registrations == []

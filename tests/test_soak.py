@@ -243,9 +243,7 @@ def test_soak_acknowledged_commits_hold(redis_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     start, out = context.Event(), context.Queue()
     workers = [
-        context.Process(
-            target=soak_worker, args=(redis_url, MODES[w % len(MODES)], w, start, out)
-        )
+        context.Process(target=soak_worker, args=(redis_url, MODES[w % len(MODES)], w, start, out))
         for w in range(WORKERS)
     ]
     for process in workers:

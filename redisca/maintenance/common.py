@@ -177,9 +177,7 @@ def run(client: Client, commands: Sequence[Command]) -> list[Any]:
     return executor.run(client, commands)
 
 
-def scan(
-    client: Client, pattern: bytes, batch: int, pool: Any = None
-) -> Iterator[list[bytes]]:
+def scan(client: Client, pattern: bytes, batch: int, pool: Any = None) -> Iterator[list[bytes]]:
     """Pages of at most ``batch`` keys matching ``pattern`` (a key may come twice), from
     one server: the client's, or the cluster master of ``pool``. A task scans through
     :class:`~redisca.maintenance.placement.Keyspace`, which picks the masters."""

@@ -247,9 +247,7 @@ def _reads(mapper: Mapper, suspect: Suspect) -> list[Command]:
         (b"HGET", layout.unique_stripe(hf, value), value),
         (b"HGET", layout.claim_tokens(hf, value), value),
     ]
-    return reads + [
-        (b"HGET", layout.for_id(i).entity(i), hf) for i in _candidates(suspect)
-    ]
+    return reads + [(b"HGET", layout.for_id(i).entity(i), hf) for i in _candidates(suspect)]
 
 
 def _reread(mapper: Mapper, suspect: Suspect, replies: Any) -> Suspect | None:
@@ -397,16 +395,24 @@ def _repair_on_cluster(client: Client, mapper: Mapper, suspect: Suspect) -> int:
     if suspect.registration is not None:
         key, name = suspect.registration
         slot = routing.slot_of(key)
-        return _if_unchanged(client, slot, [key], [(b"HGET", key, name)], [suspect.token],
-                             [(b"HDEL", key, name)])
+        return _if_unchanged(
+            client, slot, [key], [(b"HGET", key, name)], [suspect.token], [(b"HDEL", key, name)]
+        )
     layout = mapper.layout
     if suspect.kind == "stale_token":
-        stripe, tokens = layout.unique_stripe(field.hash_field, value), layout.claim_tokens(
-            field.hash_field, value
+        stripe, tokens = (
+            layout.unique_stripe(field.hash_field, value),
+            layout.claim_tokens(field.hash_field, value),
         )
         reads: list[Command] = [(b"HGET", stripe, value), (b"HGET", tokens, value)]
-        return _if_unchanged(client, routing.slot_of(stripe), [stripe, tokens], reads,
-                             [None, suspect.token], [(b"HDEL", tokens, value)])
+        return _if_unchanged(
+            client,
+            routing.slot_of(stripe),
+            [stripe, tokens],
+            reads,
+            [None, suspect.token],
+            [(b"HDEL", tokens, value)],
+        )
     pending = protocol.Pending([])
     if suspect.kind == "dangling_unique":
         assert suspect.owner is not None
@@ -443,8 +449,13 @@ def _settle(client: Client, mapper: Mapper, claim: Any) -> bool:
     guard, entity = layout.guard(ident), layout.for_id(claim.id).entity(claim.id)
 
     def attempt(server: Any) -> Steps[bool | None]:
-        got = yield Send([(b"WATCH", guard, key), (b"HGET", entity, claim.field.hash_field),
-                          (b"HGET", key, name)])
+        got = yield Send(
+            [
+                (b"WATCH", guard, key),
+                (b"HGET", entity, claim.field.hash_field),
+                (b"HGET", key, name),
+            ]
+        )
         executor.check_watch(got[0])
         raw, registered = got[1], got[2]
         if registered is None or bytes(registered) != claim.token:

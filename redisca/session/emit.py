@@ -43,7 +43,8 @@ from .rebuild import ALL_IDS, RELEASE_BUILT, Rebuild
 #: KEYS: the entities; ARGV, per key in order: the number of field/value pairs, the
 #: number of fields to remove, the pairs, the fields. Returns the positions (from 1) of
 #: the keys that no longer existed.
-GUARDED_WRITE = b"""\
+GUARDED_WRITE = (
+    b"""\
 local gone = {}
 local a = 1
 local i, total = 1, #KEYS
@@ -69,15 +70,20 @@ while i <= total do
   i = j + 1
 end
 return gone
-""" % EXISTS_FIELD
+"""
+    % EXISTS_FIELD
+)
 
 #: Removes fields from a hash without ever removing the hash: another client's commit
 #: may have removed the fields this session still sees, so only the server knows
 #: whether these were the last ones (then the ``#e`` marker keeps the entity).
-REMOVE_FIELDS = b"""\
+REMOVE_FIELDS = (
+    b"""\
 redis.call('HDEL', KEYS[1], unpack(ARGV))
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '%s', '') end
-""" % EXISTS_FIELD
+"""
+    % EXISTS_FIELD
+)
 
 
 class ClaimRevoked(ConflictError):
@@ -206,8 +212,10 @@ class _Emitter:
         the change writes)."""
         for field in change.mapper.indexed:
             if field.scored:
-                raw = change.values[field] if field in change.values else current.get(
-                    field.hash_field
+                raw = (
+                    change.values[field]
+                    if field in change.values
+                    else current.get(field.hash_field)
                 )
                 if raw is not None:
                     self.scored_add(change, field.hash_field, _eq_key(change, field, raw))

@@ -268,9 +268,7 @@ def by_node(client: Any, slots: Sequence[int]) -> list[list[int]]:
 
 
 #: Per cluster client: its slot map (as redis-py holds it) and slot -> pool from it.
-_pools: weakref.WeakKeyDictionary[Any, tuple[Any, dict[int, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_pools: weakref.WeakKeyDictionary[Any, tuple[Any, dict[int, Any]]] = weakref.WeakKeyDictionary()
 
 
 #: Per cluster client, slot -> the node the last ``MOVED`` for it named (until the map
