@@ -205,6 +205,37 @@ def test_every_kind_is_reported_and_repaired_but_duplicates(client: Any) -> None
     assert held == claimed
 
 
+def test_several_passes_find_and_repair_what_one_pass_does(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more claims than ``PASS_CLAIMS``, check and reindex walk the model in passes,
+    each holding the values of some stripes only: the problems are the same as in one
+    pass, and so are the repairs."""
+    _commit(client, *(Account(email=f"u{i}@x.org", id=f"a{i}") for i in range(30)))
+    _hurt(client)
+    one_pass = maintenance.check(Account, client).problems
+    assert shardclaims.passes_for(client, MAPPER) == 1
+    monkeypatch.setattr(shardclaims, "PASS_CLAIMS", 4)
+    passes = shardclaims.passes_for(client, MAPPER)
+    assert passes >= 7  # about 30 claims, 4 a pass
+    held: list[int] = []
+    gather = shardclaims.gather
+
+    def spy(*args: Any) -> Any:
+        found = gather(*args)
+        held.append(len(found.holders))
+        return found
+
+    monkeypatch.setattr(shardclaims, "gather", spy)
+    several = maintenance.check(Account, client).problems
+    assert sorted(several) == sorted(one_pass)
+    assert len(held) == passes and sum(held) >= 29 and max(held) < 15
+    fixed = maintenance.reindex(Account, client, fields=["email"])
+    assert kinds_of(fixed) == {"duplicate_unique"}
+    assert fixed.models[0].claims_repaired == 6
+    assert kinds_of(maintenance.check(Account, client)) == {"duplicate_unique"}
+
+
 def raw_owners(raw: Any) -> tuple[dict[bytes, str], dict[bytes, str]]:
     held: dict[bytes, str] = {}
     claimed: dict[bytes, str] = {}

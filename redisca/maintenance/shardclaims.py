@@ -29,7 +29,9 @@ every shard is on the server: each repair is one ``WATCH``/``MULTI``/``EXEC``.
 
 from __future__ import annotations
 
+import math
 import time
+import zlib
 from typing import Any
 
 import attrs
@@ -37,6 +39,7 @@ from redis.exceptions import ResponseError
 
 from ..conf import Client
 from ..errors import ConflictError, RediscaError
+from ..mapping.keys import UNIQUE_STRIPES
 from ..mapping.mapper import MappedField, Mapper
 from ..session import claims as protocol
 from ..session import executor, routing
@@ -52,6 +55,28 @@ LINGER = 1.0
 
 #: A claimed value: (hash field, index form of the value).
 Value = tuple[bytes, bytes]
+
+#: Most claims one pass of check or reindex holds in memory: every value's holders
+#: (from every entity's hash) and claim. A model with more claims is walked in several
+#: passes, each taking the values of every ``passes``-th stripe (``n % passes``) and
+#: reading every entity's unique fields again, so memory stays bounded where time grows
+#: by a walk of the entities per pass (at most :data:`~redisca.mapping.keys.
+#: UNIQUE_STRIPES` passes).
+PASS_CLAIMS = 1_000_000
+
+
+@attrs.frozen
+class Part:
+    """The values one pass takes: those of the stripes ``n`` with ``n % passes == index``."""
+
+    index: int = 0
+    passes: int = 1
+
+    def takes(self, stripe: int) -> bool:
+        return stripe % self.passes == self.index
+
+    def holds(self, value: bytes) -> bool:
+        return self.passes == 1 or self.takes(zlib.crc32(value) % UNIQUE_STRIPES)
 
 
 def covers(mapper: Mapper) -> bool:
@@ -116,20 +141,24 @@ def verdict(holders: list[str], owner: str | None, token: bytes | None) -> str |
     return "stale_token" if token is not None else None
 
 
-def gather(client: Client, mapper: Mapper, batch: int) -> Found:
-    """Every shard's holders, claims, tokens and registrations (shards in parallel)."""
+def gather(client: Client, mapper: Mapper, batch: int, part: Part | None = None) -> Found:
+    """Every shard's holders, claims, tokens and registrations (shards in parallel): of
+    the values ``part`` takes (all by default); the registrations in its first pass."""
     fields = [f for f in mapper.indexed if f.unique]
+    taken = Part() if part is None else part
 
     def one(k: int, view: Mapper, progress: Any) -> Found:
-        return _gather_shard(client, view, fields, batch)
+        return _gather_shard(client, view, fields, batch, taken)
 
     found = Found()
-    for part in each_shard(mapper, one, None):
-        found.add(part)
+    for shard in each_shard(mapper, one, None):
+        found.add(shard)
     return found
 
 
-def _gather_shard(client: Client, view: Mapper, fields: list[MappedField], batch: int) -> Found:
+def _gather_shard(
+    client: Client, view: Mapper, fields: list[MappedField], batch: int, part: Part
+) -> Found:
     found = Found()
     layout = view.layout
     space = Keyspace(client, view, "check")
@@ -148,11 +177,21 @@ def _gather_shard(client: Client, view: Mapper, fields: list[MappedField], batch
                     continue
                 for field, raw in zip(fields, reply, strict=True):
                     value = _index_key(field, raw)
-                    if value is not None:
+                    if value is not None and part.holds(value):
                         found.holders.setdefault((field.hash_field, value), []).append(holder)
-        stripes = [(f, k) for f in fields for k in layout.unique_stripes(f.hash_field)]
-        tokens = [(f, k) for f in fields for k in layout.claim_token_stripes(f.hash_field)]
-        registries = layout.registries()
+        stripes = [
+            (f, k)
+            for f in fields
+            for n, k in enumerate(layout.unique_stripes(f.hash_field))
+            if part.takes(n)
+        ]
+        tokens = [
+            (f, k)
+            for f in fields
+            for n, k in enumerate(layout.claim_token_stripes(f.hash_field))
+            if part.takes(n)
+        ]
+        registries = layout.registries() if part.index == 0 else []
         keys = [k for _, k in stripes] + [k for _, k in tokens] + registries
         replies = run(client, [(b"HGETALL", key) for key in keys])
     finally:
@@ -271,10 +310,32 @@ def _reread(mapper: Mapper, suspect: Suspect, replies: Any) -> Suspect | None:
     return attrs.evolve(suspect, kind=kind, holders=tuple(holders), owner=owner_id, token=token)
 
 
-def confirmed(client: Client, mapper: Mapper, batch: int) -> tuple[Found, list[Suspect]]:
-    """Every shard read, and what it shows wrong that lasts :data:`LINGER` seconds."""
-    found = gather(client, mapper, batch)
-    return found, confirm(client, mapper, suspects(mapper, found))
+def confirmed(client: Client, mapper: Mapper, batch: int) -> tuple[list[bytes], list[Suspect]]:
+    """Every shard read, in as many passes as :data:`PASS_CLAIMS` asks: the claim keys
+    of a wrong type, and what the shards show wrong that lasts :data:`LINGER` seconds."""
+    passes = passes_for(client, mapper)
+    wrong: list[bytes] = []
+    still: list[Suspect] = []
+    for index in range(passes):
+        found = gather(client, mapper, batch, Part(index, passes))
+        wrong += found.wrong_types
+        still += confirm(client, mapper, suspects(mapper, found))
+    return wrong, still
+
+
+def passes_for(client: Client, mapper: Mapper) -> int:
+    """How many passes keep a pass within :data:`PASS_CLAIMS` claims (``HLEN`` of every
+    stripe: the claims there now; a pass may hold more holders where values are held
+    but not claimed, which check reports)."""
+    keys = [
+        k
+        for layout in mapper.shard_layouts()
+        for f in mapper.indexed
+        if f.unique
+        for k in layout.unique_stripes(f.hash_field)
+    ]
+    claims = sum(n for n in run(client, [(b"HLEN", k) for k in keys]) if isinstance(n, int))
+    return max(1, min(UNIQUE_STRIPES, math.ceil(claims / max(1, PASS_CLAIMS))))
 
 
 # -- check ------------------------------------------------------------------------------
@@ -282,11 +343,11 @@ def confirmed(client: Client, mapper: Mapper, batch: int) -> tuple[Found, list[S
 
 def check(client: Client, mapper: Mapper, batch: int) -> list[Problem]:
     """The problems of a sharded model's unique claims (see the module's docstring)."""
-    found, still = confirmed(client, mapper, batch)
+    wrong, still = confirmed(client, mapper, batch)
     name = model_name(mapper)
     problems = [
         Problem("wrong_type", name, show(key), None, "a claim key that is not a hash")
-        for key in found.wrong_types
+        for key in wrong
     ]
     problems += [problem(mapper, s) for s in still]
     return sorted(problems, key=lambda p: (p.key, p.kind, p.detail))
