@@ -761,9 +761,11 @@ local function branch()
     work = work + #ids
     return ids, raw, nums, prefix
   end
-  -- A keyset page (a cursor's score and id), no term, no window: the cursor placed as
-  -- the engine's position() places it (its rank, or a binary search among its score's
-  -- ties), then one ZRANGE WITHSCORES by rank.
+  -- A keyset page (a cursor's score and id), no term, no window. Mostly one command:
+  -- the entries from the cursor's score on, by score, with room for SLACK ties of that
+  -- score that the cursor's id is past (dropped here, byte order). More such ties than
+  -- that: the cursor placed as the engine's position() places it (its rank, or a
+  -- binary search among its score's ties), then one ZRANGE WITHSCORES by rank.
   if ARGV[b + 11] == 's' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'
       and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then
     local okey, prefix = K[ki], ARGV[b + 5]
@@ -772,6 +774,35 @@ local function branch()
     ai, ki = b + 15, ki + 1
     local ids, raw, nums = {}, {}, {}
     if limit == 0 then return ids, raw, nums, prefix end
+    if limit > 0 then
+      local SLACK, want, cnum = 8, offset + limit, num(cscore)
+      local from, far = cscore, '+inf'
+      if cnum == math.huge then from = '+inf' elseif cnum == -math.huge then from = '-inf' end
+      local cmd = 'ZRANGEBYSCORE'
+      if desc then cmd, far = 'ZREVRANGEBYSCORE', '-inf' end
+      local found = redis.call(cmd, okey, from, far, 'WITHSCORES', 'LIMIT', 0, want + SLACK)
+      local n, past = #found / 2, 0
+      while past < n do
+        local m, sc = found[2 * past + 1], num(found[2 * past + 2])
+        if sc ~= cnum then break end
+        if desc then
+          if lt(m, cid) then break end
+        elseif lt(cid, m) then
+          break
+        end
+        past = past + 1
+      end
+      if past <= SLACK or n < want + SLACK then
+        local stop = math.min(n, past + want)
+        for i = past + offset + 1, stop do
+          local k = #ids + 1
+          ids[k], raw[k], nums[k] = found[2 * i - 1], found[2 * i], num(found[2 * i])
+        end
+        work = work + #ids
+        return ids, raw, nums, prefix
+      end
+      work = work + n
+    end
     local below, member
     local s = redis.call('ZSCORE', okey, cid)
     if s and num(s) == num(cscore) then
