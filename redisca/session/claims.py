@@ -80,20 +80,12 @@ class Claim:
         return self.change.mapper.layout.claim_tokens(self.field.hash_field, self.value)
 
     def value_slot(self) -> int:
-        return tag_slot(self.change.mapper.layout.for_value(self.value).hashtag)
+        return routing.tag_slot(self.change.mapper.layout.for_value(self.value).hashtag)
 
     def owner_slot(self, owner: str) -> int:
         if owner == self.change.id:  # the claimant: its change knows its shard
-            return tag_slot(self.change.layout.hashtag)
-        return tag_slot(self.change.mapper.layout.for_id(owner).hashtag)
-
-
-@functools.lru_cache(maxsize=4096)
-def tag_slot(hashtag: bytes) -> int:
-    """The slot of a shard's tag (:func:`routing.layout_slot`), kept: a sharded model has
-    a few tags, and a bulk load asks for one per claim and per entity (CRC16 in Python,
-    about 3 µs each)."""
-    return routing.slot_of(hashtag)
+            return routing.tag_slot(self.change.layout.hashtag)
+        return routing.tag_slot(self.change.mapper.layout.for_id(owner).hashtag)
 
 
 def registration(field: MappedField, owner: str) -> tuple[bytes, bytes]:

@@ -672,8 +672,21 @@ def _nodes(script: bytes) -> bytes:
     prelude = _swap(
         prelude,
         b"local function key() local k = KEYS[ki]; ki = ki + 1; return k end",
-        b"local K = KEYS  -- the keys of the shard being read: KEYS, or read from ARGV\n"
+        b"local K = KEYS  -- the keys of the shard being read: KEYS, or made from them\n"
         b"local function key() local k = K[ki]; ki = ki + 1; return k end",
+    )
+    prelude = _swap(
+        prelude,
+        b"local function arg() local a = ARGV[ai]; ai = ai + 1; return a end",
+        b"-- Every shard reads the first shard's arguments, its own entity prefix P in\n"
+        b"-- place of the one at PAT.\n"
+        b"local PAT, P = 0, nil\n"
+        b"local function arg()\n"
+        b"  local a = ARGV[ai]\n"
+        b"  if ai == PAT then a = P end\n"
+        b"  ai = ai + 1\n"
+        b"  return a\n"
+        b"end",
     )
     # Byte order, 8 bytes per two string.byte calls instead of two a byte (ties of a
     # merge compare ids: most of its cost).
@@ -747,7 +760,7 @@ local function branch()
       lo = (ARGV[b + 8] == '1' and '(' or '') .. ARGV[b + 7]
       hi = (ARGV[b + 10] == '1' and '(' or '') .. ARGV[b + 9]
     end
-    local okey, prefix = K[ki], ARGV[b + 5]
+    local okey, prefix = K[ki], P
     ai, ki = b + 15, ki + 1
     local ids, raw, nums = {}, {}, {}
     if ARGV[b + 2] == '0' then return ids, raw, nums, prefix end
@@ -768,7 +781,7 @@ local function branch()
   -- binary search among its score's ties), then one ZRANGE WITHSCORES by rank.
   if ARGV[b + 11] == 's' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'
       and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then
-    local okey, prefix = K[ki], ARGV[b + 5]
+    local okey, prefix = K[ki], P
     local offset, limit = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
     local desc, cscore, cid = ARGV[b + 3] == '1', ARGV[b + 12], ARGV[b + 13]
     ai, ki = b + 15, ki + 1
@@ -869,14 +882,23 @@ end
         + b"""end
 
 local mode, skip, take = arg(), tonumber(arg()), tonumber(arg())
-local desc, ns, nk = arg() == '1', tonumber(arg()), tonumber(arg())
+local desc, ns, nk, head = arg() == '1', tonumber(arg()), tonumber(arg()), tonumber(arg())
+local tags = {}
+for s = 2, ns do tags[s] = arg() end
+local first = ai  -- the first shard's engine arguments, which every shard reads
+PAT = first + 5
+local prefix1 = ARGV[PAT]
 local total, runs = 0, {}
 for s = 1, ns do
   if s > 1 then  -- undeclared: the client sends only shards whose slot this node serves
+    local tag = tags[s]
     K = {}
-    for j = 1, nk do K[j] = arg() end
+    for j = 1, nk do K[j] = tag .. string.sub(KEYS[j], head + 1) end
+    P = tag .. string.sub(prefix1, head + 1)
+  else
+    P = prefix1
   end
-  ki = 1
+  ki, ai = 1, first
   local ids, raw, nums, prefix = branch()
   if type(ids) == 'table' and ids.err then return ids end  -- an after() id in no index
   if mode == 'count' then
@@ -955,8 +977,11 @@ return {ids, hashes, work, scores}
 #: the node; counts are summed. So a page of 16 shards costs one script run per node,
 #: not per shard. KEYS: the first shard's keys (they route the call). ARGV: mode
 #: (``ids``, ``load``, ``count``), skip, take (-1: none), desc, number of shards, keys
-#: per shard, then the first shard's engine arguments, then for each other shard its
-#: keys and its engine arguments. The other shards' keys are not declared: Redis 7.0
+#: per shard, the length of the first shard's hash tag, each other shard's hash tag, then
+#: the first shard's engine arguments. The shards' calls differ only in the tag that
+#: heads every key and the entity prefix (``mapping/keys.py`` builds them all so), so
+#: each other shard's are made here from the first's: a shard costs the call its tag,
+#: not its keys and arguments. The other shards' keys are not declared: Redis 7.0
 #: refuses declared keys of several slots in one call (allow-cross-slot-keys or not),
 #: and a script may read undeclared keys of slots its node serves (6.2, 7.0, Valkey).
 NODES = _nodes(SCRIPT)
@@ -1376,27 +1401,29 @@ def run_many_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any]]:
 
 
 def nodes_call(
-    calls: list[ScriptCall], mode: bytes, skip: int, take: int | None, descending: bool
+    first: ScriptCall,
+    tags: list[bytes],
+    mode: bytes,
+    skip: int,
+    take: int | None,
+    descending: bool,
 ) -> ScriptCall:
-    """One :data:`NODES` call for the shards of ``calls`` (the engine's calls of shards
-    one node serves, each asking for its first ``skip + take`` ids): the first shard's
-    keys declared, the others' passed with their arguments."""
+    """One :data:`NODES` call for shards one node serves: ``first`` the engine's call of
+    the first of them (asking for its first ``skip + take`` ids), ``tags`` their hash
+    tags, the first one's first (each the head of its shard's keys and entity prefix)."""
     shard_mode = b"count" if mode == b"count" else b"ids"
-    first = calls[0]
     args: list[bytes | int] = [
         mode,
         skip,
         -1 if take is None else take,
         int(descending),
-        len(calls),
+        len(tags),
         len(first.keys),
+        len(tags[0]),
+        *tags[1:],
         shard_mode,
         *first.args[1:],
     ]
-    for call in calls[1:]:
-        args += call.keys
-        args.append(shard_mode)
-        args += call.args[1:]
     return ScriptCall(first.keys, tuple(args), first.types)
 
 

@@ -68,23 +68,25 @@ def run_steps(
             )
         )
     need = None if limit is None else offset + limit
-    calls = _calls(mapper, conditions, by, mode, descending, need, cursor)
+    call = _first_call(mapper, conditions, by, mode, descending, need, cursor)
+    tags = [layout.hashtag for layout in layouts]
     replies, skipped = None, -1
     if PER_NODE:
-        replies, skipped = yield from _per_node(client, calls, mode, descending, offset, need)
+        replies, skipped = yield from _per_node(client, call, tags, mode, descending, offset, need)
     if replies is None:
+        calls = [call] + [_moved(call, tags[0], tag) for tag in tags[1:]]
         replies = yield from queryscript.run_many_steps(client, calls)
     if mode == b"count":
         total = sum(int(r[0]) for r in replies)
         work = sum(int(r[1]) for r in replies)
-        return [_cut(total, offset, limit), work], calls[0]
+        return [_cut(total, offset, limit), work], call
     scored = skipped >= 0 or by is not None
     skipped = max(skipped, 0)
     page = _merged(
         replies, scored, descending, offset - skipped, None if need is None else need - skipped
     )
     work = sum(int(r[2]) for r in replies)
-    return [[row[1] for row in page], [row[2] for row in page], work], calls[0]
+    return [[row[1] for row in page], [row[2] for row in page], work], call
 
 
 #: Run a query of a sharded model once per node (:data:`~redisca.session.queryscript.
@@ -95,7 +97,8 @@ PER_NODE = True
 
 def _per_node(
     client: Any,
-    calls: list[ScriptCall],
+    call: ScriptCall,
+    tags: list[bytes],
     mode: bytes,
     descending: bool,
     offset: int,
@@ -106,22 +109,26 @@ def _per_node(
     rows of the merged order the nodes skipped already (-1: not run). One node (one
     server, or one master serving every shard) skips the offset itself; several give
     their first ``need`` each and the client merges them. ``None`` when a node failed
-    its call: then the query asks shard by shard."""
+    its call: then the query asks shard by shard. ``call`` is the first shard's,
+    ``tags`` every shard's hash tag: a node's call is its first shard's call and the
+    tags of the others (:data:`~redisca.session.queryscript.NODES`)."""
     try:
-        groups = routing.by_node(client, [routing.slot_of(c.keys[0]) for c in calls])
+        groups = routing.by_node(client, [routing.tag_slot(tag) for tag in tags])
     except routing.Redirected:  # a slot not covered (yet): the shard path waits for it
         return None, -1
     skip = offset if len(groups) == 1 and mode != b"count" else 0
     take = None if need is None else need - skip
-    node_calls = [
-        queryscript.nodes_call([calls[i] for i in group], mode, skip, take, descending)
-        for group in groups
-    ]
+    node_calls = []
+    for group in groups:
+        head = call if group[0] == 0 else _moved(call, tags[0], tags[group[0]])
+        node_calls.append(
+            queryscript.nodes_call(head, [tags[i] for i in group], mode, skip, take, descending)
+        )
     replies = yield from queryscript.run_nodes_steps(client, node_calls)
     return replies, (skip if replies is not None else -1)
 
 
-def _calls(
+def _first_call(
     mapper: Mapper,
     conditions: tuple[Condition, ...],
     by: MappedField | None,
@@ -129,14 +136,14 @@ def _calls(
     descending: bool,
     need: int | None,
     cursor: Cursor,
-) -> list[ScriptCall]:
-    """One script call per shard, each asking for the first ``need`` ids (with their
-    scores when a range index orders the query and ids are asked for)."""
+) -> ScriptCall:
+    """The first shard's script call, asking for its first ``need`` ids (with their
+    scores when a range index orders the query and ids are asked for); every other
+    shard's is this one :func:`_moved` to its tag."""
     if by is not None and mode != b"count":
         mode = b"s" + mode
-    layouts = mapper.shard_layouts()
-    first = layouts[0]
-    call = compile_query(
+    first = mapper.shard_layouts()[0]
+    return compile_query(
         mapper,
         sort_filters(mapper, conditions, first),
         by,
@@ -146,7 +153,6 @@ def _calls(
         cursor=cursor,
         layout=first,
     )
-    return [call] + [_moved(call, first.hashtag, layout.hashtag) for layout in layouts[1:]]
 
 
 def _moved(call: ScriptCall, head: bytes, other: bytes) -> ScriptCall:

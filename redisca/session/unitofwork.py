@@ -67,7 +67,7 @@ def shard_target(client: Any, change: EntityChange) -> tuple[Any, int | None]:
     transaction holds them all)."""
     if not routing.is_cluster(client):
         return client, None
-    return client, claims.tag_slot(change.layout.hashtag)
+    return client, routing.tag_slot(change.layout.hashtag)
 
 
 def cascade(
