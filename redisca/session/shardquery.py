@@ -159,7 +159,9 @@ def _moved(call: ScriptCall, head: bytes, other: bytes) -> ScriptCall:
     """Shard 0's call for another shard: the calls differ only in the head of every key
     and of the entity prefix (``args[5]``), which are built the same way from the
     shard's tag (``mapping/keys.py``), so this costs a few µs where compiling again
-    costs tens (a query of 16 shards makes 15)."""
+    costs tens. The per-node path needs it for the first shard of each node alone (the
+    node's script makes the others' keys from their tags the same way); the shard path
+    for every shard."""
     cut = len(head)
     keys = tuple(other + key[cut:] for key in call.keys)
     args = list(call.args)
