@@ -81,28 +81,33 @@ def url_and_client(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any]]:
 
 
 class Writer(threading.Thread):
-    """Commits with the new mapping while a reshard runs: inserts, then updates."""
+    """Commits with the new mapping while a reshard runs: an insert per commit, and the
+    entity before it changed (:meth:`step`), until stopped and at least 20 commits."""
 
     def __init__(self, make: Any, cls: type, tag: str) -> None:
         super().__init__(daemon=True)
         self.client, self.cls, self.tag = make(), cls, tag
         self.stop = threading.Event()
-        self.written: dict[str, int] = {}
+        self.written: dict[str, Any] = {}
         self.errors: list[BaseException] = []
+
+    def step(self, s: Session, n: int) -> dict[str, Any]:
+        """Commit number ``n``'s changes, added to ``s``: what each id now holds."""
+        ident, before = f"{self.tag}{n}", f"{self.tag}{n - 1}"
+        s.add(self.cls(name=f"n{n % 5}", age=n, id=ident))
+        if not n:
+            return {ident: n}
+        s.get(self.cls, before).age = -n
+        return {ident: n, before: -n}
 
     def run(self) -> None:
         n = 0
         try:
             while not self.stop.is_set() or n < 20:
                 with Session(self.client) as s:
-                    ident = f"{self.tag}{n}"
-                    s.add(self.cls(name=f"n{n % 5}", age=n, id=ident))
-                    if n:
-                        s.get(self.cls, f"{self.tag}{n - 1}").age = -n
+                    done = self.step(s, n)
                     s.commit()
-                self.written[ident] = n
-                if n:
-                    self.written[f"{self.tag}{n - 1}"] = -n
+                self.written.update(done)
                 n += 1
         except BaseException as exc:  # reported by the test
             self.errors.append(exc)
@@ -253,35 +258,17 @@ def test_check_reports_the_keys_of_another_shard_count_until_reshard(
     assert check(REG8, client).ok
 
 
-class EmailWriter(threading.Thread):
-    """Commits with the new mapping while a reshard runs: accounts with fresh emails, and
-    the previous one's email changed (a value claimed, another released, each commit)."""
+class EmailWriter(Writer):
+    """A :class:`Writer` of accounts with fresh emails, the previous one's email changed
+    (a value claimed, another released, each commit); ``written``: id -> email."""
 
-    def __init__(self, make: Any, cls: type, tag: str) -> None:
-        super().__init__(daemon=True)
-        self.client, self.cls, self.tag = make(), cls, tag
-        self.stop = threading.Event()
-        self.emails: dict[str, str] = {}
-        self.errors: list[BaseException] = []
-
-    def run(self) -> None:
-        n = 0
-        try:
-            while not self.stop.is_set() or n < 20:
-                with Session(self.client) as s:
-                    ident = f"{self.tag}{n}"
-                    s.add(self.cls(email=f"{ident}@x.org", age=n, id=ident))
-                    if n:
-                        s.get(self.cls, f"{self.tag}{n - 1}").email = f"{self.tag}{n - 1}b@x.org"
-                    s.commit()
-                self.emails[ident] = f"{ident}@x.org"
-                if n:
-                    self.emails[f"{self.tag}{n - 1}"] = f"{self.tag}{n - 1}b@x.org"
-                n += 1
-        except BaseException as exc:  # reported by the test
-            self.errors.append(exc)
-        finally:
-            self.client.close()
+    def step(self, s: Session, n: int) -> dict[str, Any]:
+        ident, before = f"{self.tag}{n}", f"{self.tag}{n - 1}"
+        s.add(self.cls(email=f"{ident}@x.org", age=n, id=ident))
+        if not n:
+            return {ident: f"{ident}@x.org"}
+        s.get(self.cls, before).email = f"{before}b@x.org"
+        return {ident: f"{ident}@x.org", before: f"{before}b@x.org"}
 
 
 def claims_from_raw(raw: Any, cls: type) -> tuple[dict[str, str], dict[str, str]]:
@@ -324,7 +311,7 @@ def test_reshard_of_a_model_with_a_unique_field_under_a_concurrent_writer(
             writer.join(60)
         assert not writer.errors, writer.errors
         assert done.ok, done.problems
-        emails.update(writer.emails)
+        emails.update(writer.written)
         held, claimed = claims_from_raw(client, cls)
         assert held == {email: ident for ident, email in emails.items()}
         assert claimed == held  # each value claimed for its holder, no claim left over
