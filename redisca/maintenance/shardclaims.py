@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 from redis.exceptions import ResponseError
@@ -52,6 +53,8 @@ from .problems import Problem, Snapshot
 #: Seconds a suspicion must last to be reported or repaired: a commit in flight goes
 #: from its registration to its entity's transaction in far less.
 LINGER = 1.0
+
+T = TypeVar("T")
 
 #: A claimed value: (hash field, index form of the value).
 Value = tuple[bytes, bytes]
@@ -418,11 +421,21 @@ def _repair_on_server(client: Client, mapper: Mapper, suspect: Suspect) -> int:
     """One server: the suspect read again under ``WATCH`` and repaired in one
     ``MULTI``/``EXEC`` if it is still the same; tried again when a commit touched what
     it watches (a stripe holds many values: a writer claiming another one is enough)."""
+    return _retried(
+        lambda: _repair_once_on_server(client, mapper, suspect),
+        "the value's keys kept changing while reindex repaired its claim",
+    )
+
+
+def _retried(once: Callable[[], T | None], what: str) -> T:
+    """``once()``'s result, asked again while it is ``None`` (a commit touched the keys
+    it watches between its read and its ``EXEC``), up to the commits' number of tries;
+    then :class:`~redisca.ConflictError` saying ``what``."""
     for _ in range(executor.DEFAULT_RETRIES + 1):
-        done = _repair_once_on_server(client, mapper, suspect)
+        done = once()
         if done is not None:
             return done
-    raise ConflictError("the value's keys kept changing while reindex repaired its claim")
+    raise ConflictError(what)
 
 
 def _repair_once_on_server(client: Client, mapper: Mapper, suspect: Suspect) -> int | None:
@@ -529,11 +542,10 @@ def _settle(client: Client, mapper: Mapper, claim: Any) -> bool:
         return None if done is None else True
 
     slot = routing.slot_of(key)
-    for _ in range(executor.DEFAULT_RETRIES + 1):
-        result = executor.drive(executor.on_slot(client, slot, "a claim's repair", attempt))
-        if result is not None:
-            return result
-    raise ConflictError("the holder kept changing while reindex claimed its value")
+    return _retried(
+        lambda: executor.drive(executor.on_slot(client, slot, "a claim's repair", attempt)),
+        "the holder kept changing while reindex claimed its value",
+    )
 
 
 def _if_unchanged(
@@ -558,11 +570,10 @@ def _if_unchanged(
             return 0
         return None if (yield from executor.transaction_steps(writes)) is None else 1
 
-    for _ in range(executor.DEFAULT_RETRIES + 1):
-        done = executor.drive(executor.on_slot(client, slot, "a claim's repair", attempt))
-        if done is not None:
-            return int(done)
-    raise ConflictError("the claim's keys kept changing while reindex repaired it")
+    return _retried(
+        lambda: executor.drive(executor.on_slot(client, slot, "a claim's repair", attempt)),
+        "the claim's keys kept changing while reindex repaired it",
+    )
 
 
 # -- stats ------------------------------------------------------------------------------

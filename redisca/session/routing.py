@@ -156,7 +156,7 @@ def _node_pool(client: Any, node: Any) -> Any:
 
 def layout_slot(layout: Any) -> int:
     """The slot of every key of a key layout (``layout.hashtag`` is ``{tag}``)."""
-    return key_slot(layout.hashtag)
+    return tag_slot(layout.hashtag)
 
 
 def slot_of(key: bytes) -> int:
