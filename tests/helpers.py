@@ -417,26 +417,30 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
 def set_instants(client: Any, model: type, instants: dict[str, float]) -> None:
     """Set raw expiry instants (ms) of entities of an expiring model, as if time had
     moved: in ``P#exp`` and in the scores of their equality index entries (sorted sets
-    scored by the instant, docs/keylayout.rst), as a commit would write them. Each id
-    in one transaction that watches its hash, so writers racing it leave no stray
-    entry. On a cluster the transaction runs on the master of the model's slot: a
-    ``RedisCluster`` of redis-py before 6.1 has no ``transaction``."""
+    scored by the instant, docs/keylayout.rst), as a commit would write them (in the
+    id's shard, on a sharded model). Each id in one transaction that watches its hash,
+    so writers racing it leave no stray entry. On a cluster the transaction runs on the
+    master of the id's slot: a ``RedisCluster`` of redis-py before 6.1 has no
+    ``transaction``."""
     mapper = model.__dict__["__redisca_mapper__"]
-    server = server_for(client, model)
-    prefix = head(mapper.prefix, mapper.slot_group)
     for ident, at in instants.items():
-        entity = prefix + b":" + ident.encode()
+        layout = mapper.layout.for_id(ident)
+        entity = layout.entity(ident)
+        server = client
+        if isinstance(client, RedisCluster):
+            node = client.nodes_manager.get_node_from_slot(key_slot(entity))
+            server = client.get_redis_connection(node)
 
-        def write(pipe: Any, ident: str = ident, at: float = at, entity: bytes = entity) -> None:
-            stored = pipe.hgetall(entity)
+        def write(pipe: Any, ident: str = ident, at: float = at, layout: Any = layout) -> None:
+            stored = pipe.hgetall(layout.entity(ident))
             pipe.multi()
-            pipe.zadd(prefix + b"#exp", {ident: at})
+            pipe.zadd(layout.expiry, {ident: at})
             for field in mapper.fields:
                 value = stored.get(field.hash_field, stored.get(field.hash_field.decode()))
                 if field.index == "eq" and value is not None:
                     if isinstance(value, str):
                         value = value.encode()
-                    key = prefix + b"#i:" + field.hash_field + b":" + field.index_key(value)
+                    key = layout.eq_index(field.hash_field, field.index_key(value))
                     pipe.zadd(key, {ident: at})
 
         server.transaction(write, entity)

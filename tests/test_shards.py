@@ -272,7 +272,8 @@ def test_a_commit_is_one_transaction_per_shard_on_a_cluster(cluster):
 def test_maintenance_tasks_refuse_what_they_do_not_cover_clearly(redis_server):
     """check, reindex and stats cover sharded models (tests/test_shard_maintenance.py),
     with a unique field too (tests/test_shard_claims_maintenance.py); sweep passes over
-    them (a sharded model cannot expire); migrate refuses every sharded model."""
+    them when they do not expire (tests/test_shard_expiry.py sweeps one that does);
+    migrate refuses every sharded model."""
     raw = redis_server.client()
     try:
         assert sweep([Account], raw).models == []

@@ -8,7 +8,6 @@ page, and whatever is read about a page goes out as one pipelined round trip.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -85,15 +84,8 @@ def shard_views(mapper: Mapper) -> list[Mapper]:
     """The mapper once per shard, each with its shard's key layout: a task runs on each
     as on a model of one slot (every key of an entity without unique fields is in its
     id's shard), on the master serving that shard. ``[mapper]`` for a model of one
-    shard."""
-    if mapper.shards == 1:
-        return [mapper]
-    views = []
-    for layout in mapper.shard_layouts():
-        view = copy.copy(mapper)
-        view.layout = layout
-        views.append(view)
-    return views
+    shard (:meth:`Mapper.shard_views`)."""
+    return mapper.shard_views()
 
 
 T = TypeVar("T")

@@ -213,8 +213,39 @@ class _Move:
         self.done.moved += len(gone)
         gone += self.resumed(busy)
         if gone:
+            self.companions(gone)
             run(self.client, [(b"DEL", key) for key in gone])
         self.ticker.add(len(hashes))
+
+    def companions(self, moved: list[bytes]) -> None:
+        """What goes with each entity moved, before its old hash is deleted: its
+        collections' keys (``H#m:<field>:<id>``, restored unless the new key exists)
+        and, on an expiring model, its instant (into the new shard's ``H#exp``: the
+        reindex then scores its equality entries by it). An interrupted run leaves
+        the old copies in place, and the next one moves them again."""
+        mapper = self.mapper
+        pairs = []
+        for old in moved:
+            head, ident = self.old_head(old) or b"", self.old_entity(old) or b""
+            pairs += [
+                (
+                    head + b"#m:" + f.hash_field + b":" + ident,
+                    mapper.layout.members(f.hash_field, ident),
+                )
+                for f in mapper.collections
+            ]
+        if pairs:
+            dumps = run(self.client, [(b"DUMP", old) for old, _ in pairs])
+            restores = [(b"RESTORE", new, 0, d) for (_, new), d in zip(pairs, dumps, strict=True)]
+            _run_some(self.client, [c for c in restores if c[3]])
+        if mapper.expiring:
+            heads = [(self.old_head(k) or b"", self.old_entity(k) or b"") for k in moved]
+            scores = run(self.client, [(b"ZSCORE", h + b"#exp", i) for h, i in heads])
+            adds = [
+                (b"ZADD", mapper.layout.expiry_of(i.decode()), at, i)
+                for (_, i), at in zip(heads, scores, strict=True)
+            ]
+            _run_some(self.client, [c for c in adds if c[2] is not None])
 
     def resumed(self, busy: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
         """Of the entities whose new key exists already, those it holds as they are in
@@ -247,6 +278,14 @@ class _Move:
         if keys:
             run(self.client, [(b"UNLINK", key) for key in keys])
             self.done.dropped += len(keys)
+
+
+def _run_some(client: Client, commands: list[Any]) -> None:
+    """``commands`` in one round trip, none for none; an error reply raises, but a
+    ``RESTORE`` onto a key that exists (moved by a run before this one)."""
+    for reply in run(client, commands) if commands else []:
+        if isinstance(reply, Exception) and not str(reply).startswith("BUSYKEY"):
+            raise reply
 
 
 __all__ = ["ModelReshard", "ReshardReport", "reshard"]

@@ -30,6 +30,7 @@ from .common import (
     Progress,
     Ticker,
     UnknownName,
+    each_shard,
     model_name,
     resolve_client,
     run,
@@ -84,9 +85,29 @@ def sweep(
     expire are left out (naming one is an error)."""
     client = resolve_client(client)
     report = SweepReport()
+    size = max(1, batch)
     for mapper in _expiring(registry_or_classes, models):
-        report.models.append(_ModelSweep(client, mapper, max(1, batch), progress, report).run())
+        # A sharded model: each shard's H#exp swept on its own, the shards side by side.
+        shards = each_shard(
+            mapper,
+            lambda _k, view, shown: _ModelSweep(client, view, size, shown, report).run(),
+            progress,
+        )
+        report.models.append(_merged(shards))
     return report
+
+
+def _merged(shards: list[ModelSweep]) -> ModelSweep:
+    """A model's sweep from its shards' (the one of a model of one shard as it is)."""
+    if len(shards) == 1:
+        return shards[0]
+    return attrs.evolve(
+        shards[0],
+        removed=sum(s.removed for s in shards),
+        skipped=sum(s.skipped for s in shards),
+        batches=sum(s.batches for s in shards),
+        seconds=max(s.seconds for s in shards),
+    )
 
 
 def _expiring(registry_or_classes: Any, models: Iterable[Any] | None) -> list[Mapper]:

@@ -332,6 +332,11 @@ class KeyLayout:
         a sweep: this one key is what readers consult, and what sweeps walk."""
         return self._expiry
 
+    def expiry_of(self, id: str) -> bytes:
+        """The :attr:`expiry` key that holds the instant of the entity ``id``: the one of
+        its shard on a sharded model."""
+        return self._expiry
+
     def unique_stripe(self, field: bytes, value: bytes) -> bytes:
         """The hash that maps a unique field's ``value`` (index form) to its owner's id."""
         return self._unique + field + b":%d" % (zlib.crc32(value) % UNIQUE_STRIPES)
@@ -537,6 +542,9 @@ class ShardedLayout(KeyLayout):
 
     def claim_tokens(self, field: bytes, value: bytes) -> bytes:
         return self.for_value(value).claim_tokens(field, value)
+
+    def expiry_of(self, id: str) -> bytes:
+        return self.layout_of_shard(shard_of(id.encode(), self.shards))._expiry
 
     def unique_stripe(self, field: bytes, value: bytes) -> bytes:
         return self.for_value(value).unique_stripe(field, value)

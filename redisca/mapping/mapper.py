@@ -6,6 +6,7 @@ bytes) so that encoding, diffing and hydration do no lookups on the hot path.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -455,6 +456,28 @@ class Mapper:
     def shard_layouts(self) -> list[KeyLayout]:
         """Every shard's key layout, in shard order: where queries and maintenance look."""
         return self.layout.shard_layouts()
+
+    def shard_views(self) -> list[Mapper]:
+        """The mapper once per shard, each with its shard's key layout (``[self]`` for a
+        model of one shard, and for a view): code written for a model of one slot runs
+        on a view as on that model, for the keys of the shard's entities (an entity's
+        unique claims are in its values' shards, not its own). Made once, on first use."""
+        views: list[Mapper] | None = self.__dict__.get("_shard_views")
+        if views is None:
+            views = [self] if self.shards == 1 else [self._view(k) for k in range(self.shards)]
+            self._shard_views = views
+        return views
+
+    def shard_view(self, id: str) -> Mapper:
+        """The view of the shard holding the entity ``id`` (see :meth:`shard_views`)."""
+        views = self.shard_views()
+        return views[0] if len(views) == 1 else views[self.layout.shard_of(id)]
+
+    def _view(self, shard: int) -> Mapper:
+        view = copy.copy(self)
+        view.layout = self.layout.layout_of_shard(shard)
+        view._shard_views = [view]
+        return view
 
     def blank(self, ident: str) -> Any:
         """An instance with only its id set, without running ``__init__``."""

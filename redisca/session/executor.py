@@ -694,17 +694,18 @@ def _expired_owners(plan: CommitPlan, reads: Reads, observed: Observed) -> Steps
         return
     claimants = {(f, raw): c.id for c in plan.changes for f, raw in c.values.items() if f.unique}
     owners: dict[tuple[bytes, str], list[Slot]] = {}
+    guards: dict[bytes, None] = {}
     for field, raw, slot, owner in held:
         if owner != claimants.get((field, raw)):  # held by another entity
-            owners.setdefault((field.mapper.layout.expiry, owner), []).append(slot)
+            layout = field.mapper.layout
+            owners.setdefault((layout.expiry_of(owner), owner), []).append(slot)
+            guards[layout.guard(owner.encode())] = None
     if not owners:
         return
-    mappers = {f.mapper.layout.expiry: f.mapper for (f, _raw) in reads.slots}
-    guards = [mappers[key].layout.guard(ident.encode()) for key, ident in owners]
     by_key: dict[bytes, list[str]] = {}
     for key, ident in owners:
         by_key.setdefault(key, []).append(ident)
-    commands: list[Command] = [(b"WATCH", *dict.fromkeys(guards))]
+    commands: list[Command] = [(b"WATCH", *guards)]
     commands += [expiry.read_command(key, ids) for key, ids in by_key.items()]
     # The stripes again: an owner that expired may have been created again since the
     # first read, and released the value then (its stripe is watched since, so the

@@ -42,6 +42,8 @@ class Referrers:
     field: MappedField
     target: EntityChange
     sets: tuple[bytes, ...]
+    #: The ``H#exp`` of each set's shard (read only for an expiring referrer model).
+    expiries: tuple[bytes, ...]
 
 
 @attrs.frozen
@@ -91,7 +93,8 @@ def plan_group(
                 for layout in layouts:
                     _same_slot(slot, layout, field, "its index")
                 sets = tuple(lay.eq_index(field.hash_field, value) for lay in layouts)
-                referrers.append(Referrers(field, change, sets))
+                expiries = tuple(lay.expiry for lay in layouts)
+                referrers.append(Referrers(field, change, sets, expiries))
             continue
         for field, raw in _new_references(change):
             target = _target(field, change, raw, slot, deleted, inserted)
@@ -275,7 +278,7 @@ def cascade_steps(session: Any, retries: int) -> Steps[None]:
     visited: set[bytes] = set()
     level = [s for s in session.states() if s.deleted]
     while level:
-        reads: list[tuple[MappedField, bytes]] = []
+        reads: list[tuple[MappedField, bytes, bytes]] = []
         for state in level:
             visited.add(state.key)
             fields = incoming.get(state.mapper)
@@ -285,25 +288,26 @@ def cascade_steps(session: Any, retries: int) -> Steps[None]:
             value = state.id.encode()
             for field in fields:
                 for layout in field.mapper.layout.shard_layouts():
-                    reads.append((field, layout.eq_index(field.hash_field, value)))
+                    index = layout.eq_index(field.hash_field, value)
+                    reads.append((field, index, layout.expiry))
         level = []
-        by_client: dict[int, tuple[Any, list[tuple[MappedField, bytes]]]] = {}
-        for field, index in reads:
-            client = session.bind_for(field.mapper)
-            by_client.setdefault(id(client), (client, []))[1].append((field, index))
+        by_client: dict[int, tuple[Any, list[tuple[MappedField, bytes, bytes]]]] = {}
+        for read in reads:
+            client = session.bind_for(read[0].mapper)
+            by_client.setdefault(id(client), (client, []))[1].append(read)
         for client, wanted in by_client.values():
             replies = yield from executor.run_steps(
                 client,
                 [
                     # An expiring referrer's index: its live referrers (expired ones
                     # refer to nothing), read as the commit reads them.
-                    expiry.live_members(index, f.mapper.layout.expiry)
+                    expiry.live_members(index, instants)
                     if f.mapper.expiring
                     else (b"SMEMBERS", index)
-                    for f, index in wanted
+                    for f, index, instants in wanted
                 ],
             )
-            for (field, _), members in zip(wanted, replies, strict=True):
+            for (field, _, _), members in zip(wanted, replies, strict=True):
                 for member in sorted(members):
                     ident = member.decode() if isinstance(member, bytes) else member
                     obj = session.reference(field.mapper.class_, ident)

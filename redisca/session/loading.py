@@ -143,9 +143,10 @@ def _with_members(
     # The instants first: an entity expired then is missing even if its id is reused
     # by the time its hash is read (the other way round, a new entity's instant could
     # make the old one's hash look alive).
-    commands: list[Command] = (
-        [expiry.read_command(mapper.layout.expiry, ids)] if mapper.expiring else []
-    )
+    instants = _instant_groups(mapper, ids, range(len(ids))) if mapper.expiring else {}
+    commands: list[Command] = [
+        expiry.read_command(key, [ids[i] for i in at]) for key, at in instants.items()
+    ]
     skip = len(commands)
     commands += [(b"HGETALL", key) for key in keys]
     for ident in ids:
@@ -158,9 +159,22 @@ def _with_members(
             reply = next(rest)
             if raw:  # a missing entity has no collections either
                 raw[MEMBERS + field.hash_field] = reply
-    if mapper.expiring:
-        unexpired(hashes, mapper.layout.expiry, replies[0])
+    for (key, at), reply in zip(instants.items(), replies, strict=False):
+        unexpired([hashes[i] for i in at], key, reply)
     return hashes
+
+
+def _instant_groups(mapper: Mapper, ids: list[str], at: Iterable[int]) -> dict[bytes, list[int]]:
+    """The positions ``at`` of entities of an expiring model by the ``H#exp`` holding their
+    instants: one key for a model of one shard, a key per shard touched on a sharded model
+    (one ``expiry.READ`` each)."""
+    layout = mapper.layout
+    if layout.shards == 1:
+        return {layout.expiry: list(at)}
+    groups: dict[bytes, list[int]] = {}
+    for i in at:
+        groups.setdefault(layout.expiry_of(ids[i]), []).append(i)
+    return groups
 
 
 def unexpired(hashes: list[dict[bytes, Any]], key: bytes, reply: Any) -> None:
@@ -422,13 +436,16 @@ def _states_with_members(
 ) -> Steps[list[dict[bytes, bytes]]]:
     """HGETALL of the states' keys and their collections' reads in one round trip, with
     the instants of the expiring models' entities (one ``expiry.READ`` per model)."""
-    expiring: dict[Mapper, list[int]] = {}
+    by_model: dict[Mapper, list[int]] = {}
     for i, state in enumerate(states):
         if state.mapper.expiring:
-            expiring.setdefault(state.mapper, []).append(i)
+            by_model.setdefault(state.mapper, []).append(i)
+    ids: list[str] = [state.id for state in states]  # type: ignore[misc]
+    expiring: dict[bytes, list[int]] = {}
+    for mapper, at in by_model.items():
+        expiring.update(_instant_groups(mapper, ids, at))
     commands: list[Command] = [  # the instants first, as in _with_members
-        expiry.read_command(mapper.layout.expiry, [states[i].id for i in at])  # type: ignore[misc]
-        for mapper, at in expiring.items()
+        expiry.read_command(key, [ids[i] for i in at]) for key, at in expiring.items()
     ]
     skip = len(commands)
     commands += [(b"HGETALL", key) for key in keys]
@@ -442,8 +459,8 @@ def _states_with_members(
             reply = next(rest)
             if raw:
                 raw[MEMBERS + field.hash_field] = reply
-    for (mapper, at), reply in zip(expiring.items(), replies, strict=False):
-        unexpired([hashes[i] for i in at], mapper.layout.expiry, reply)
+    for (key, at), reply in zip(expiring.items(), replies, strict=False):
+        unexpired([hashes[i] for i in at], key, reply)
     return hashes
 
 

@@ -335,7 +335,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
     for found in plan.referrers:
         members.update(dict.fromkeys(found.sets))
         if found.field.mapper.expiring:  # expired referrers refer to nothing
-            reads.live.update(dict.fromkeys(found.sets, found.field.mapper.layout.expiry))
+            reads.live.update(zip(found.sets, found.expiries, strict=True))
     exists = dict.fromkeys(reads.exists)
     for target in plan.targets:
         exists[target.key] = None
@@ -343,7 +343,7 @@ def collect_reads(plan: CommitPlan) -> Reads:
         mapper = target.field.target_mapper()
         if mapper.expiring:
             ident = target.referrer.values[target.field].decode()
-            _read_expiry(reads, mapper.layout.expiry, ident, target.key)
+            _read_expiry(reads, mapper.layout.expiry_of(ident), ident, target.key)
     reads.exists = list(exists)
     reads.members = list(members)
     reads.owners = list(owners)
@@ -351,7 +351,9 @@ def collect_reads(plan: CommitPlan) -> Reads:
     reads.guards = list(guards)
     reads.counters = list(counters)
     if reads:  # a round trip of reads goes out anyway: sweep with it
-        reads.sweeps = [m for m in dict.fromkeys(c.mapper for c in plan.changes) if m.expiring]
+        # (A sharded model sweeps the shards the commit writes: a view per shard.)
+        views = dict.fromkeys(c.mapper.shard_view(c.id) for c in plan.changes if c.mapper.expiring)
+        reads.sweeps = list(views)
     return reads
 
 

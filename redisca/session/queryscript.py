@@ -1285,6 +1285,67 @@ LOOKUP_X = _with_instants(_expiring_lookup(LOOKUP))
 LOOKUP_X_SHA = hashlib.sha1(LOOKUP_X).hexdigest().encode()
 
 
+def _nodes_expiring(text: bytes) -> bytes:
+    """:data:`NODES` made from the expiring engine: each shard's ``H#exp`` is its last
+    key, so the engine's ``xkey`` and its count of expired ids ``nexp`` are set again
+    for every shard (the server's now is read once, for all of them); the fast paths of
+    a shard are taken only when it has no expired id (else the engine skips them);
+    and each id of the page is read with its instant from its own shard's ``H#exp``."""
+    text = _swap(
+        text,
+        b"-- redisca query engine, the shards one node serves ",
+        b"-- redisca query engine, the shards one node serves, expiring model ",
+    )
+    for fast in (
+        b"  if ARGV[b + 11] == '' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'\n"
+        b"      and ARGV[b] ~= 'count' then\n",
+        b"  if ARGV[b + 11] == 's' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'\n"
+        b"      and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then\n",
+    ):
+        text = _swap(text, fast, fast.replace(b" then\n", b" and nexp == 0 then\n"))
+    text = _swap(
+        text,
+        b"  ki, ai = 1, first\n",
+        b"  xkey = K[nk]\n"
+        b"  nexp = redis.call('ZCOUNT', xkey, '-inf', nowarg)\n"
+        b"  ki, ai = 1, first\n",
+    )
+    text = _swap(
+        text,
+        b"prefix = prefix, at = 1}",
+        b"prefix = prefix, at = 1, xkey = xkey}",
+    )
+    text = _swap(
+        text,
+        b"    prefixes[#prefixes + 1] = run.prefix\n",
+        b"    prefixes[#prefixes + 1] = run.prefix\n    xkeys[#xkeys + 1] = run.xkey\n",
+    )
+    text = _swap(
+        text,
+        b"local ids, scores, prefixes, n = {}, {}, {}, 0\n",
+        b"local ids, scores, prefixes, n = {}, {}, {}, 0\nlocal xkeys = {}\n",
+    )
+    return _swap(
+        text,
+        b"  for i, id in ipairs(ids) do hashes[i] = redis.pcall('HGETALL', prefixes[i] .. id)"
+        b" end\n",
+        b"  for i, id in ipairs(ids) do\n"
+        b"    local h = redis.pcall('HGETALL', prefixes[i] .. id)\n"
+        b"    if type(h) == 'table' and h[1] then\n"
+        b"      local s = redis.call('ZSCORE', xkeys[i], id)\n"
+        b"      if s then h[#h + 1] = '#exp'; h[#h + 1] = s end\n"
+        b"    end\n"
+        b"    hashes[i] = h\n"
+        b"  end\n",
+    )
+
+
+#: :data:`NODES` for a sharded model whose entities may expire (each shard's keys end
+#: with its ``H#exp``).
+NODES_X = _nodes_expiring(_nodes(_ENGINE_X))
+NODES_X_SHA = hashlib.sha1(NODES_X).hexdigest().encode()
+
+
 #: Per connection pool, the scripts its server has run: the others are sent with
 #: EVAL at once, so a first query is one round trip too.
 _KNOWN: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
@@ -1374,26 +1435,16 @@ def run_many_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any]]:
     """The replies of several script calls (a sharded model's shards), sent together:
     one round trip on one server, one per master on a cluster (two where a server had
     forgotten the script). Each reply is checked as :func:`run_steps` checks its one."""
-    cluster = routing.is_cluster(client)
-    knowns = [
-        _known(
-            client,
-            routing.pool(client, routing.slot_of(c.keys[0])) if cluster else client.connection_pool,
-        )
-        for c in calls
-    ]
-    commands = [
-        _command(c, (LOOKUP_SHA if c.lookup else SHA) in k)
-        for c, k in zip(calls, knowns, strict=True)
-    ]
+    prepared = [_commands(client, c) for c in calls]
+    commands = [by_digest if sha in known else whole for sha, by_digest, whole, known in prepared]
     replies = yield from executor.run_steps(client, commands)
     again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if again:
-        resent = yield from executor.run_steps(client, [_command(calls[i], False) for i in again])
+        resent = yield from executor.run_steps(client, [prepared[i][2] for i in again])
         for i, reply in zip(again, resent, strict=True):
             replies[i] = reply
-    for call, known in zip(calls, knowns, strict=True):
-        known.add(LOOKUP_SHA if call.lookup else SHA)
+    for sha, _, _, known in prepared:
+        known.add(sha)
     for reply, call in zip(replies, calls, strict=True):
         if isinstance(reply, Exception):
             yield from _failed(client, reply, call)  # raises
@@ -1424,7 +1475,7 @@ def nodes_call(
         shard_mode,
         *first.args[1:],
     ]
-    return ScriptCall(first.keys, tuple(args), first.types)
+    return ScriptCall(first.keys, tuple(args), first.types, expiring=first.expiring)
 
 
 def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | None]:
@@ -1444,7 +1495,9 @@ def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | N
             )
             for c in calls
         ]
-        commands = [_nodes_command(c, NODES_SHA in k) for c, k in zip(calls, knowns, strict=True)]
+        commands = [
+            _nodes_command(c, _nodes_sha(c) in k) for c, k in zip(calls, knowns, strict=True)
+        ]
         replies = yield from executor.run_steps(client, commands)
         again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if again:
@@ -1455,8 +1508,8 @@ def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | N
                 replies[i] = reply
     except (OperationalError, routing.Redirected):
         return None
-    for known in knowns:
-        known.add(NODES_SHA)
+    for call, known in zip(calls, knowns, strict=True):
+        known.add(_nodes_sha(call))
     if any(isinstance(reply, Exception) for reply in replies):
         return None
     for reply in replies:  # a hash that failed to load (a key moved off a migrating slot)
@@ -1468,8 +1521,12 @@ def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | N
 def _nodes_command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
     keys, args = call.keys, call.args
     if sha_known:
-        return (b"EVALSHA", NODES_SHA, len(keys), *keys, *args)
-    return (b"EVAL", NODES, len(keys), *keys, *args)
+        return (b"EVALSHA", _nodes_sha(call), len(keys), *keys, *args)
+    return (b"EVAL", NODES_X if call.expiring else NODES, len(keys), *keys, *args)
+
+
+def _nodes_sha(call: ScriptCall) -> bytes:
+    return NODES_X_SHA if call.expiring else NODES_SHA
 
 
 def _command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:

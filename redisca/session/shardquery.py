@@ -166,7 +166,7 @@ def _moved(call: ScriptCall, head: bytes, other: bytes) -> ScriptCall:
     keys = tuple(other + key[cut:] for key in call.keys)
     args = list(call.args)
     args[5] = other + args[5][cut:]  # type: ignore[index]
-    return ScriptCall(keys, tuple(args), call.types, call.lookup)
+    return ScriptCall(keys, tuple(args), call.types, call.lookup, expiring=call.expiring)
 
 
 def _merged(

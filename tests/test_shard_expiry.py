@@ -1,0 +1,268 @@
+"""Expiry of a sharded model (``registry.mapped(shards=N, ttl=...)``): each shard keeps
+its entities' instants in its own ``H#exp``, and every reader, commit, sweep and
+maintenance task reads the shard of the entity it touches. Checked against the same
+model with one shard, on one server and on the 3-master cluster, with the async session
+too: an expired entity is gone for every reader before any sweep; its unique value can
+be claimed; ``check`` tells expired leftovers from drift; ``sweep`` removes them all;
+``reindex`` and ``reshard`` keep every live entity's instant."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+from helpers import set_instants
+from redis.cluster import RedisCluster
+
+import redisca
+from redisca import Integer, MappingError, Registry, Session, Set, String
+from redisca.embedded import EmbeddedCluster, EmbeddedServer
+from redisca.maintenance import check, reindex, reshard, stats, sweep
+
+#: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
+pytestmark = pytest.mark.usefixtures("driver")
+
+
+def _token(shards: int, prefix: str) -> tuple[Registry, type]:
+    registry = Registry()
+
+    @registry.mapped(prefix=prefix, shards=shards, ttl=600)
+    @attrs.define
+    class Token:
+        owner: str = String(index=True)
+        score: int | None = Integer(index=True, default=None)
+        tags: set[str] = Set(str, index=True)
+        id: str | None = None
+
+    return registry, Token
+
+
+#: The same model with one shard and with 8, in their own key spaces.
+(REG1, T1), (REG8, T8) = _token(1, "xe1"), _token(8, "xe8")
+#: The model of the reshard test, as deployed with 1, then 8, then 3 shards.
+RESHARDED = {n: _token(n, "xer") for n in (1, 8, 3)}
+
+N = 120
+#: Ids made expired (instant 1 ms after the epoch): about half, in every shard.
+EXPIRED = [f"t{i:03d}" for i in range(N) if i % 3 == 0 or i % 7 == 0]
+LIVE = [f"t{i:03d}" for i in range(N) if f"t{i:03d}" not in EXPIRED]
+
+
+def flush(client: Any) -> None:
+    if isinstance(client, RedisCluster):
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.flushall()
+
+
+@pytest.fixture(params=["one server", "cluster"])
+def client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "cluster":
+        cluster: EmbeddedCluster = request.getfixturevalue("cluster")
+        made: Any = RedisCluster.from_url(cluster.url)
+    else:
+        server: EmbeddedServer = request.getfixturevalue("redis_server")
+        made = server.client()
+    flush(made)
+    yield made
+    flush(made)
+    made.close()
+
+
+def fill(client: Any, *models: type) -> None:
+    with Session(client) as s:
+        for cls in models:
+            s.add_all(
+                cls(
+                    owner=f"o{i % 5}",
+                    score=i % 17 or None,
+                    tags={f"g{i % 3}", f"h{i % 4}"},
+                    id=f"t{i:03d}",
+                )
+                for i in range(N)
+            )
+        s.commit()
+
+
+def expire(client: Any, *models: type) -> None:
+    for cls in models:
+        set_instants(client, cls, dict.fromkeys(EXPIRED, 1))
+
+
+def seen(client: Any, cls: type) -> dict[str, Any]:
+    """What readers of ``cls`` see, in forms that do not depend on the shard count."""
+    out: dict[str, Any] = {}
+    with Session(client) as s:
+        found = s.get_many(cls, [f"t{i:03d}" for i in range(N)])
+        out["get_many"] = [x.id for x in found if x is not None]
+        out["expires_at set"] = all(redisca.inspect(x).expires_at for x in found if x)
+        q = s.query(cls)
+        out["count"] = q.count()
+        out["eq count"] = q.filter_by(owner="o1").count()
+        out["range count"] = q.filter(cls.score >= 5).count()
+        out["contains count"] = q.filter(cls.tags.contains("g1")).count()
+        out["page"] = q.order_by(cls.score).offset(7).limit(10).ids()
+        out["page desc"] = q.order_by(cls.score.desc()).offset(3).limit(12).ids()
+        out["eq page"] = q.filter_by(owner="o2").order_by(cls.score).limit(9).ids()
+        out["eq range"] = q.filter(cls.owner == "o4", cls.score.between(2, 11)).ids()
+        out["contains and eq"] = q.filter(cls.tags.contains("h1"), cls.owner == "o0").ids()
+        out["all ids"] = q.ids()
+        loaded = q.order_by(cls.score).limit(15).all()
+        out["loaded instants"] = [
+            redisca.inspect(x).expires_at == redisca.inspect(s.get(cls, x.id)).expires_at
+            for x in loaded
+        ]
+        walked, last = [], None
+        while True:
+            page = q.order_by(cls.score).limit(13)
+            page = page.after(last) if last is not None else page
+            got = page.all()
+            walked += [x.id for x in got]
+            if len(got) < 13:
+                break
+            last = got[-1]
+        out["keyset walk"] = walked
+    return out
+
+
+def test_readers_of_a_sharded_model_never_see_an_expired_entity(client: Any) -> None:
+    fill(client, T1, T8)
+    before = seen(client, T8)
+    assert before == seen(client, T1)
+    assert before["count"] == N and before["get_many"] == [f"t{i:03d}" for i in range(N)]
+    expire(client, T1, T8)
+    after = seen(client, T8)
+    assert after == seen(client, T1)
+    assert after["get_many"] == LIVE and after["count"] == len(LIVE)
+    assert sorted(after["all ids"]) == LIVE and sorted(after["keyset walk"]) == LIVE
+    assert after["eq count"] == len([i for i in LIVE if int(i[1:]) % 5 == 1])
+    assert after["expires_at set"] and all(after["loaded instants"])
+    # Nothing was swept: the expired entities' hashes are all still there.
+    mapper = redisca.inspect(T8)
+    assert sum(client.exists(mapper.layout.entity(i)) for i in EXPIRED) == len(EXPIRED)
+
+
+def test_a_sharded_model_that_expires_cannot_have_unique_fields() -> None:
+    with pytest.raises(MappingError, match=r"Code: a sharded model whose entities expire "
+                       r"cannot have unique fields yet \(value\)"):  # fmt: skip
+
+        @Registry().mapped(shards=4, ttl=60)
+        @attrs.define
+        class Code:
+            value: str = String(unique=True)
+            id: str | None = None
+
+    for fine in ({"shards": 4}, {"ttl": 60}, {"shards": 1, "ttl": 60}):
+
+        @Registry().mapped(**fine)
+        @attrs.define
+        class Kept:
+            value: str = String(unique=True)
+            id: str | None = None
+
+
+def test_session_expire_moves_an_entity_in_its_own_shard(client: Any) -> None:
+    fill(client, T8)
+    mapper = redisca.inspect(T8)
+    with Session(client) as s:
+        token = s.get(T8, "t010")
+        s.expire(token, 3600)
+        s.commit()
+        at = redisca.inspect(token).expires_at
+        assert at is not None
+    ms = client.zscore(mapper.layout.expiry_of("t010"), "t010")
+    assert math.isclose(ms / 1000, at.timestamp(), abs_tol=0.002)
+    eq = mapper.layout.for_id("t010").eq_index(b"owner", b"o0")
+    assert client.zscore(eq, "t010") == ms  # its equality entry scored by the instant
+    with Session(client) as s:
+        token = s.get(T8, "t010")
+        assert redisca.inspect(token).expires_at == at
+        s.expire(token, None)  # never
+        s.commit()
+    assert client.zscore(mapper.layout.expiry_of("t010"), "t010") is None
+    with Session(client) as s:
+        assert redisca.inspect(s.get(T8, "t010")).expires_at is None
+        assert "t010" in s.query(T8).filter_by(owner="o0").ids()
+
+
+def test_check_stats_and_sweep_of_a_sharded_model(client: Any) -> None:
+    fill(client, T1, T8)
+    expire(client, T1, T8)
+    for registry in (REG1, REG8):
+        report = check(registry, client)
+        assert report.ok, report.problems
+        (model,) = report.models
+        assert (model.entities, model.expired) == (N, len(EXPIRED))
+        assert stats(registry, client).models[0].expired == len(EXPIRED)
+    one, eight = check(REG1, client).models[0], check(REG8, client).models[0]
+    assert one.expired_entries == eight.expired_entries > 0
+    swept = sweep(REG8, client)
+    assert swept.ok and swept.models[0].removed == len(EXPIRED)
+    assert sweep(REG1, client).models[0].removed == len(EXPIRED)
+    report = check(REG8, client)
+    assert report.ok and report.models[0].entities == len(LIVE)
+    assert report.models[0].expired == 0
+    assert stats(REG8, client).models[0].expired == 0
+    mapper = redisca.inspect(T8)
+    assert not any(client.exists(mapper.layout.entity(i)) for i in EXPIRED)
+    for ident in EXPIRED:  # no member key, no instant, no index entry left
+        layout = mapper.layout.for_id(ident)
+        assert client.zscore(layout.expiry, ident) is None
+        assert not client.exists(layout.members(b"tags", ident.encode()))
+        assert client.zscore(layout.range_index(b"score"), ident) is None
+    assert seen(client, T8) == seen(client, T1)
+
+
+def test_a_commit_sweeps_the_shards_it_writes(client: Any) -> None:
+    fill(client, T8)
+    expire(client, T8)
+    mapper = redisca.inspect(T8)
+    target = mapper.layout.shard_of("t001")
+    in_shard = [i for i in EXPIRED if mapper.layout.shard_of(i) == target]
+    elsewhere = [i for i in EXPIRED if mapper.layout.shard_of(i) != target]
+    with Session(client) as s:
+        s.get(T8, "t001").owner = "moved"  # an indexed change: its reads go out
+        s.commit()
+    assert not any(client.exists(mapper.layout.entity(i)) for i in in_shard)
+    assert all(client.exists(mapper.layout.entity(i)) for i in elsewhere)
+    assert check(REG8, client).ok
+
+
+def test_reindex_keeps_the_instants_and_skips_nothing_live(client: Any) -> None:
+    fill(client, T8)
+    expire(client, T8)
+    before = seen(client, T8)
+    mapper = redisca.inspect(T8)
+    for layout in mapper.shard_layouts():  # lose every equality index of every shard
+        for key in client.scan_iter(match=layout.hashtag + b"#i:*"):
+            client.delete(key)
+    done = reindex(REG8, client)
+    assert done.ok, done.problems
+    assert seen(client, T8) == before
+    assert check(REG8, client).ok
+
+
+def test_reshard_moves_the_instants_and_collections_with_the_entities(client: Any) -> None:
+    registry, cls = RESHARDED[1]
+    fill(client, cls)
+    expire(client, cls)
+    with Session(client) as s:
+        s.expire(s.get(cls, "t001"), 7200)
+        s.commit()
+    before = seen(client, cls)
+    waiting = check(registry, client).models[0].expired  # (that commit swept a few)
+    assert 0 < waiting < len(EXPIRED)
+    for shards in (8, 3):
+        registry, cls = RESHARDED[shards]
+        done = reshard(registry, "Token", shards, client)
+        assert done.ok, done.problems
+        assert seen(client, cls) == before
+        report = check(registry, client)
+        assert report.ok, report.problems
+        assert report.models[0].expired == waiting
+    assert sweep(registry, client).models[0].removed == waiting
+    assert seen(client, cls) == before
+    assert check(registry, client).ok
