@@ -145,6 +145,41 @@ def test_readers_of_a_sharded_model_never_see_an_expired_entity(client: Any) -> 
     assert sum(client.exists(mapper.layout.entity(i)) for i in EXPIRED) == len(EXPIRED)
 
 
+def test_pages_skip_long_runs_of_expired_ids_in_every_shard(client: Any) -> None:
+    """Most of each shard's window expired, at its start: a shard's slice reads its
+    window in chunks (16 ids, then doubling) until it has the page's live ids."""
+    with Session(client) as s:
+        for cls in (T1, T8):
+            s.add_all(cls(owner=f"o{i % 2}", score=i, id=f"p{i:04d}") for i in range(800))
+        s.commit()
+    gone = {f"p{i:04d}": 1 for i in range(800) if i < 600 or i % 5 == 0}
+    for cls in (T1, T8):
+        set_instants(client, cls, gone)
+    live = [f"p{i:04d}" for i in range(800) if f"p{i:04d}" not in gone]
+    with Session(client) as s:
+        for offset, limit in ((0, 5), (3, 7), (150, 10), (0, 400)):
+            for cls in (T1, T8):
+                q = s.query(cls).order_by(cls.score).offset(offset).limit(limit)
+                assert q.ids() == live[offset : offset + limit], (cls, offset, limit)
+                low = s.query(cls).filter(cls.score.between(590, 700)).order_by(cls.score)
+                assert low.limit(6).ids() == [i for i in live if int(i[1:]) <= 700][:6]
+            desc = s.query(T8).order_by(T8.score.desc()).offset(offset).limit(limit).ids()
+            assert desc == live[::-1][offset : offset + limit]
+    # Live ids scattered (one in four) in one shard, so its chunks make the page: they
+    # end on live ids too, each read once.
+    layout = redisca.inspect(T8).layout
+    ids = [i for i in (f"q{n:05d}" for n in range(8000)) if layout.shard_of(i) == 5][:400]
+    with Session(client) as s:
+        s.add_all(T8(owner="q", score=1000 + n, id=i) for n, i in enumerate(ids))
+        s.commit()
+    set_instants(client, T8, {i: 1 for n, i in enumerate(ids) if n % 4 != 3})
+    scattered = [i for n, i in enumerate(ids) if n % 4 == 3]
+    with Session(client) as s:
+        window = s.query(T8).filter(T8.score >= 1000).order_by(T8.score)
+        for offset, limit in ((0, 30), (10, 45), (0, 200)):
+            assert window.offset(offset).limit(limit).ids() == scattered[offset : offset + limit]
+
+
 def test_a_sharded_model_that_expires_cannot_have_unique_fields() -> None:
     with pytest.raises(MappingError, match=r"Code: a sharded model whose entities expire "
                        r"cannot have unique fields yet \(value\)"):  # fmt: skip

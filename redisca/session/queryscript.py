@@ -1285,24 +1285,72 @@ LOOKUP_X = _with_instants(_expiring_lookup(LOOKUP))
 LOOKUP_X_SHA = hashlib.sha1(LOOKUP_X).hexdigest().encode()
 
 
+#: The per-node SLICE's read of a shard's window (:data:`NODES`)...
+_SLICE_READ = b"""\
+    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', ARGV[b + 1], ARGV[b + 2])
+    for i = 1, #found - 1, 2 do
+      local n = #ids + 1
+      ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
+    end
+"""
+#: ... and an expiring shard's (:data:`NODES_X`): the same command where the shard has no
+#: expired id; else the window read in chunks (twice as many ids as the page needs, then
+#: doubling up to 512), each chunk's instants in one ZMSCORE, until the page has its
+#: offset + limit live ids. A shard whose expired ids are not swept yet costs a page a
+#: ZMSCORE, not the engine's walk.
+_SLICE_READ_X = b"""\
+    if nexp == 0 then
+      local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', ARGV[b + 1], ARGV[b + 2])
+      for i = 1, #found - 1, 2 do
+        local n = #ids + 1
+        ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
+      end
+    else
+      local skip, want = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+      local from, size, live = 0, 512, 0
+      if want >= 0 then size = math.min(512, math.max(16, 2 * (skip + want))) end
+      while true do
+        local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', from, size)
+        local n = #found / 2
+        if n == 0 then break end
+        local members = {}
+        for i = 1, n do members[i] = found[2 * i - 1] end
+        local s = redis.call('ZMSCORE', xkey, unpack(members))
+        work = work + n
+        for i = 1, n do
+          if (want < 0 or #ids < want) and (not s[i] or num(s[i]) > now) then
+            live = live + 1
+            if live > skip then
+              local k = #ids + 1
+              ids[k], raw[k], nums[k] = found[2 * i - 1], found[2 * i], num(found[2 * i])
+            end
+          end
+        end
+        if (want >= 0 and #ids >= want) or n < size then break end
+        from, size = from + n, math.min(512, size * 2)
+      end
+    end
+"""
+
+
 def _nodes_expiring(text: bytes) -> bytes:
     """:data:`NODES` made from the expiring engine: each shard's ``H#exp`` is its last
     key, so the engine's ``xkey`` and its count of expired ids ``nexp`` are set again
-    for every shard (the server's now is read once, for all of them); the fast paths of
-    a shard are taken only when it has no expired id (else the engine skips them);
-    and each id of the page is read with its instant from its own shard's ``H#exp``."""
+    for every shard (the server's now is read once, for all of them); a shard's slice
+    skips its expired ids (:data:`_SLICE_READ_X`), its keyset fast path is taken only
+    when it has none (else the engine skips them); and each id of the page is read
+    with its instant from its own shard's ``H#exp``."""
     text = _swap(
         text,
         b"-- redisca query engine, the shards one node serves ",
         b"-- redisca query engine, the shards one node serves, expiring model ",
     )
-    for fast in (
-        b"  if ARGV[b + 11] == '' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'\n"
-        b"      and ARGV[b] ~= 'count' then\n",
+    keyset = (
         b"  if ARGV[b + 11] == 's' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'\n"
-        b"      and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then\n",
-    ):
-        text = _swap(text, fast, fast.replace(b" then\n", b" and nexp == 0 then\n"))
+        b"      and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then\n"
+    )
+    text = _swap(text, keyset, keyset.replace(b" then\n", b" and nexp == 0 then\n"))
+    text = _swap(text, _SLICE_READ, _SLICE_READ_X)
     text = _swap(
         text,
         b"  ki, ai = 1, first\n",
