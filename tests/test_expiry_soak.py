@@ -54,6 +54,22 @@ class Token:
     id: str | None = None
 
 
+@registry.mapped(prefix="xsh", ttl=0.3, shards=8)
+@attrs.define
+class Sharded:
+    """The same over 8 shards: each shard keeps its own instants, and a claim lives in
+    its value's shard (on a cluster, claimed and released with the claim protocol)."""
+
+    serial: str
+    email: str | None = Email(unique=True, default=None)
+    color: str | None = String(index=True, default=None)
+    rank: int | None = Integer(index=True, default=None)
+    id: str | None = None
+
+
+MODELS = {"one shard": Token, "8 shards": Sharded}
+
+
 def now_ms(raw: redis.Redis) -> int:
     seconds, micros = raw.time()
     return int(seconds) * 1000 + int(micros) // 1000
@@ -65,7 +81,8 @@ def instant_ms(obj: Any) -> int:
     return round(expires_at.timestamp() * 1000)
 
 
-def _writer(url: str, worker: int, start: Any, out: Any) -> None:
+def _writer(url: str, name: str, worker: int, start: Any, out: Any) -> None:
+    Token = MODELS[name]
     rng = random.Random(worker)
     client = connect(url)
     created: list[tuple[str, str, int]] = []  # (serial, id, instant)
@@ -104,7 +121,8 @@ def _writer(url: str, worker: int, start: Any, out: Any) -> None:
     client.close()
 
 
-def _reader(url: str, start: Any, out: Any) -> None:
+def _reader(url: str, name: str, start: Any, out: Any) -> None:
+    Token = MODELS[name]
     rng = random.Random(99)
     client = connect(url)
     seen: list[tuple[int, list[str]]] = []
@@ -130,7 +148,8 @@ def _reader(url: str, start: Any, out: Any) -> None:
     client.close()
 
 
-def _sweeper(url: str, start: Any, out: Any) -> None:
+def _sweeper(url: str, name: str, start: Any, out: Any) -> None:
+    Token = MODELS[name]
     client = connect(url)
     runs = 0
     start.wait()
@@ -156,29 +175,31 @@ def reported(body: Any) -> Any:
     return run
 
 
-def writer(url: str, worker: int, start: Any, out: Any) -> None:
-    reported(_writer)(url, worker, start, out)
+def writer(url: str, name: str, worker: int, start: Any, out: Any) -> None:
+    reported(_writer)(url, name, worker, start, out)
 
 
-def reader(url: str, start: Any, out: Any) -> None:
-    reported(_reader)(url, start, out)
+def reader(url: str, name: str, start: Any, out: Any) -> None:
+    reported(_reader)(url, name, start, out)
 
 
-def sweeper(url: str, start: Any, out: Any) -> None:
-    reported(_sweeper)(url, start, out)
+def sweeper(url: str, name: str, start: Any, out: Any) -> None:
+    reported(_sweeper)(url, name, start, out)
 
 
 @pytest.mark.slow
-def test_expiry_soak_no_ghost_no_blocked_value_check_clean(redis_url: str) -> None:
+@pytest.mark.parametrize("name", list(MODELS))
+def test_expiry_soak_no_ghost_no_blocked_value_check_clean(redis_url: str, name: str) -> None:
+    Token = MODELS[name]
     raw = connect(redis_url)
     raw.flushall()
     context = multiprocessing.get_context("spawn")
     start, out = context.Event(), context.Queue()
     processes = [
-        context.Process(target=writer, args=(redis_url, 0, start, out)),
-        context.Process(target=writer, args=(redis_url, 1, start, out)),
-        context.Process(target=reader, args=(redis_url, start, out)),
-        context.Process(target=sweeper, args=(redis_url, start, out)),
+        context.Process(target=writer, args=(redis_url, name, 0, start, out)),
+        context.Process(target=writer, args=(redis_url, name, 1, start, out)),
+        context.Process(target=reader, args=(redis_url, name, start, out)),
+        context.Process(target=sweeper, args=(redis_url, name, start, out)),
     ]
     for process in processes:
         process.start()
@@ -229,14 +250,19 @@ def test_expiry_soak_no_ghost_no_blocked_value_check_clean(redis_url: str) -> No
     # Every instant passes; a last sweep leaves nothing but the guard counters.
     time.sleep(max(0.0, (max(instants.values()) - now_ms(raw)) / 1000) + 0.05)
     maintenance_sweep([Token], raw)
-    layout = redisca.inspect(Token).layout
-    left = [k for k in raw.scan_iter(match=layout.pattern) if layout.parse(k).kind != "guard"]
+    left = [
+        k
+        for layout in redisca.inspect(Token).shard_layouts()
+        for k in raw.scan_iter(match=layout.pattern)
+        if layout.parse(k).kind != "guard"
+    ]
     assert left == []
     report = maintenance_check([Token], raw)
     assert report.ok, report.problems
     returned = sum(len(serials) for _, serials in seen)
     print(
-        f"\nexpiry soak: {tally['created']} created ({tally['recreate']} ids created again), "
+        f"\nexpiry soak ({name}): {tally['created']} created "
+        f"({tally['recreate']} ids created again), "
         f"{tally['blocked']} claims refused by live holders, {len(seen)} queries returned "
         f"{returned} entities and no ghost, {sweeps} sweeps"
     )

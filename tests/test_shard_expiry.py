@@ -18,7 +18,7 @@ from helpers import set_instants
 from redis.cluster import RedisCluster
 
 import redisca
-from redisca import Integer, MappingError, Registry, Session, Set, String
+from redisca import Integer, Registry, Session, Set, String, UniqueViolation
 from redisca.embedded import EmbeddedCluster, EmbeddedServer
 from redisca.maintenance import check, reindex, reshard, stats, sweep
 
@@ -26,7 +26,7 @@ from redisca.maintenance import check, reindex, reshard, stats, sweep
 pytestmark = pytest.mark.usefixtures("driver")
 
 
-def _token(shards: int, prefix: str) -> tuple[Registry, type]:
+def _token(shards: int, prefix: str, unique: bool = True) -> tuple[Registry, type]:
     registry = Registry()
 
     @registry.mapped(prefix=prefix, shards=shards, ttl=600)
@@ -34,6 +34,7 @@ def _token(shards: int, prefix: str) -> tuple[Registry, type]:
     class Token:
         owner: str = String(index=True)
         score: int | None = Integer(index=True, default=None)
+        code: str | None = String(unique=unique, default=None)
         tags: set[str] = Set(str, index=True)
         id: str | None = None
 
@@ -42,6 +43,8 @@ def _token(shards: int, prefix: str) -> tuple[Registry, type]:
 
 #: The same model with one shard and with 8, in their own key spaces.
 (REG1, T1), (REG8, T8) = _token(1, "xe1"), _token(8, "xe8")
+#: The model with 8 shards and no unique field.
+REGV, V8 = _token(8, "xev", unique=False)
 #: The model of the reshard test, as deployed with 1, then 8, then 3 shards.
 RESHARDED = {n: _token(n, "xer") for n in (1, 8, 3)}
 
@@ -79,6 +82,7 @@ def fill(client: Any, *models: type) -> None:
                 cls(
                     owner=f"o{i % 5}",
                     score=i % 17 or None,
+                    code=f"c{i}",
                     tags={f"g{i % 3}", f"h{i % 4}"},
                     id=f"t{i:03d}",
                 )
@@ -125,6 +129,10 @@ def seen(client: Any, cls: type) -> dict[str, Any]:
                 break
             last = got[-1]
         out["keyset walk"] = walked
+        out["by code"] = {
+            c: getattr(q.filter_by(code=c).first(), "id", None)
+            for c in ("c0", "c1", "c3", "c7", "c8", "c100")
+        }
     return out
 
 
@@ -139,6 +147,8 @@ def test_readers_of_a_sharded_model_never_see_an_expired_entity(client: Any) -> 
     assert after["get_many"] == LIVE and after["count"] == len(LIVE)
     assert sorted(after["all ids"]) == LIVE and sorted(after["keyset walk"]) == LIVE
     assert after["eq count"] == len([i for i in LIVE if int(i[1:]) % 5 == 1])
+    assert after["by code"] == {"c0": None, "c1": "t001", "c3": None, "c7": None, "c8": "t008",
+                                "c100": "t100"}  # fmt: skip
     assert after["expires_at set"] and all(after["loaded instants"])
     # Nothing was swept: the expired entities' hashes are all still there.
     mapper = redisca.inspect(T8)
@@ -180,23 +190,41 @@ def test_pages_skip_long_runs_of_expired_ids_in_every_shard(client: Any) -> None
             assert window.offset(offset).limit(limit).ids() == scattered[offset : offset + limit]
 
 
-def test_a_sharded_model_that_expires_cannot_have_unique_fields() -> None:
-    with pytest.raises(MappingError, match=r"Code: a sharded model whose entities expire "
-                       r"cannot have unique fields yet \(value\)"):  # fmt: skip
+def test_a_value_an_expired_entity_holds_in_another_shard_is_claimed(client: Any) -> None:
+    fill(client, T8)
+    mapper = redisca.inspect(T8)
+    # t003 holds c3 and expires; the claim of "c3" lives in another shard (the value's).
+    assert mapper.layout.shard_of("t003") != mapper.layout.for_value(b"c3").shard_of("")
+    expire(client, T8)
+    with Session(client) as s:
+        s.add(T8(owner="new", code="c3", id="n1"))
+        s.commit()
+    with Session(client) as s:
+        s.add(T8(owner="new", code="c1", id="n2"))  # c1's holder t001 is live
+        with pytest.raises(UniqueViolation, match="'c1' is already taken by id 't001'"):
+            s.commit()
+        s.rollback()
+        assert s.query(T8).filter_by(code="c3").one().id == "n1"
+        assert s.get(T8, "t003") is None
+    assert claimed(client, T8, "c3") == "n1"
+    report = check(REG8, client)  # t003 still holds c3, expired: no problem
+    assert report.ok, report.problems
+    with Session(client) as s:  # t003's id again: a new entity, claiming c3 back fails
+        s.add(T8(owner="again", code="c3", id="t003"))
+        with pytest.raises(UniqueViolation, match="taken by id 'n1'"):
+            s.commit()
+        s.rollback()
+        s.add(T8(owner="again", code="c12", id="t003"))  # t012 expired: c12 is free
+        s.commit()
+    assert claimed(client, T8, "c12") == "t003"
+    assert check(REG8, client).ok
 
-        @Registry().mapped(shards=4, ttl=60)
-        @attrs.define
-        class Code:
-            value: str = String(unique=True)
-            id: str | None = None
 
-    for fine in ({"shards": 4}, {"ttl": 60}, {"shards": 1, "ttl": 60}):
-
-        @Registry().mapped(**fine)
-        @attrs.define
-        class Kept:
-            value: str = String(unique=True)
-            id: str | None = None
+def claimed(client: Any, cls: type, value: str) -> str | None:
+    """The owner a unique value's claim names, from raw Redis (in the value's shard)."""
+    stripe = redisca.inspect(cls).layout.unique_stripe(b"code", value.encode())
+    owner = client.hget(stripe, value)
+    return None if owner is None else owner.decode()
 
 
 def test_session_expire_moves_an_entity_in_its_own_shard(client: Any) -> None:
@@ -249,21 +277,39 @@ def test_check_stats_and_sweep_of_a_sharded_model(client: Any) -> None:
         assert not client.exists(layout.members(b"tags", ident.encode()))
         assert client.zscore(layout.range_index(b"score"), ident) is None
     assert seen(client, T8) == seen(client, T1)
+    for ident in EXPIRED:  # every swept entity's claim released
+        assert claimed(client, T8, f"c{int(ident[1:])}") is None
+    with Session(client) as s:  # so every expired value is free: claimed in one commit
+        s.add_all(T8(owner="x", code=f"c{int(i[1:])}") for i in EXPIRED)
+        s.commit()
+    assert check(REG8, client).ok
 
 
-def test_a_commit_sweeps_the_shards_it_writes(client: Any) -> None:
-    fill(client, T8)
-    expire(client, T8)
-    mapper = redisca.inspect(T8)
+@pytest.mark.parametrize("model", ["no unique field", "a unique field"])
+def test_a_commit_sweeps_the_shards_it_writes(client: Any, model: str) -> None:
+    """Up to 16 expired entities of each shard a commit writes, in that shard's
+    transaction. On a cluster, a model with a unique field is left to ``sweep``: its
+    entities' claims are in other shards, which the transaction cannot reach."""
+    registry, cls = (REGV, V8) if model == "no unique field" else (REG8, T8)
+    fill(client, cls)
+    expire(client, cls)
+    mapper = redisca.inspect(cls)
     target = mapper.layout.shard_of("t001")
     in_shard = [i for i in EXPIRED if mapper.layout.shard_of(i) == target]
     elsewhere = [i for i in EXPIRED if mapper.layout.shard_of(i) != target]
+    assert 0 < len(in_shard) <= 16
     with Session(client) as s:
-        s.get(T8, "t001").owner = "moved"  # an indexed change: its reads go out
+        s.get(cls, "t001").owner = "moved"  # an indexed change: its reads go out
         s.commit()
-    assert not any(client.exists(mapper.layout.entity(i)) for i in in_shard)
+    swept = not (isinstance(client, RedisCluster) and mapper.uniques)
+    left = [i for i in in_shard if client.exists(mapper.layout.entity(i))]
+    assert left == ([] if swept else in_shard)
     assert all(client.exists(mapper.layout.entity(i)) for i in elsewhere)
-    assert check(REG8, client).ok
+    if mapper.uniques and swept:
+        assert not any(claimed(client, cls, f"c{int(i[1:])}") for i in in_shard)
+    assert check(registry, client).ok
+    assert sweep(registry, client).models[0].removed == len(EXPIRED) - swept * len(in_shard)
+    assert check(registry, client).ok
 
 
 def test_reindex_keeps_the_instants_and_skips_nothing_live(client: Any) -> None:

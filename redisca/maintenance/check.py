@@ -186,9 +186,10 @@ def check(
         assert summary is not None
         if covers(mapper):  # its unique claims: the whole model at once (shardclaims)
             started = time.monotonic()
-            claims = check_claims(client, mapper, max(1, batch))
+            claims, leftovers = check_claims(client, mapper, max(1, batch))
             report.problems += claims
             summary.problems += len(claims)
+            summary.expired_entries += leftovers
             summary.seconds = round(summary.seconds + time.monotonic() - started, 3)
         report.models.append(summary)
     return report

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
@@ -43,7 +43,7 @@ from ..errors import ConflictError, RediscaError
 from ..mapping.keys import UNIQUE_STRIPES
 from ..mapping.mapper import MappedField, Mapper
 from ..session import claims as protocol
-from ..session import executor, routing
+from ..session import executor, expiry, routing
 from ..session.io import Send, Steps
 from ..session.plan import UPDATE, Command, EntityChange
 from .common import each_shard, in_shard, model_name, run, show
@@ -99,6 +99,9 @@ class Found:
 
     #: value → the ids of the entities holding it (in their own shard).
     holders: dict[Value, list[str]] = attrs.field(factory=dict)
+    #: value → the ids of expired entities holding it, not swept yet: a claim naming
+    #: one is a leftover the sweep releases, no problem (an expiring model's).
+    expired: dict[Value, list[str]] = attrs.field(factory=dict)
     #: value → (owner id, token or None), as the value's stripe holds it.
     claims: dict[Value, tuple[str, bytes | None]] = attrs.field(factory=dict)
     #: value → token, as the token stripe holds it.
@@ -111,6 +114,8 @@ class Found:
     def add(self, other: Found) -> None:
         for value, ids in other.holders.items():
             self.holders.setdefault(value, []).extend(ids)
+        for value, ids in other.expired.items():
+            self.expired.setdefault(value, []).extend(ids)
         self.claims.update(other.claims)
         self.tokens.update(other.tokens)
         self.registrations.update(other.registrations)
@@ -131,8 +136,13 @@ class Suspect:
     registration: tuple[bytes, bytes] | None = None
 
 
-def verdict(holders: list[str], owner: str | None, token: bytes | None) -> str | None:
-    """The problem of one value, from who holds it and what its shard holds for it."""
+def verdict(
+    holders: list[str], owner: str | None, token: bytes | None, expired: Iterable[str] = ()
+) -> str | None:
+    """The problem of one value, from who holds it (live entities; ``expired``: the
+    expired ones, not swept yet) and what its shard holds for it."""
+    if not holders and owner is not None and owner in expired:
+        return None  # an expired entity's claim: a leftover the sweep releases
     if len(holders) > 1:
         return "duplicate_unique"
     if holders:
@@ -170,6 +180,7 @@ def _gather_shard(
     try:
         for keys in space.scan(layout.entity_pattern, batch):
             replies = run(client, [(b"HMGET", key, *names) for key in keys])
+            gone = _expired(client, view, [key[start:] for key in keys])
             for key, reply in zip(keys, replies, strict=True):
                 ident = key[start:]
                 if isinstance(reply, ResponseError) or not in_shard(view, ident):
@@ -178,10 +189,11 @@ def _gather_shard(
                     holder = ident.decode()
                 except UnicodeDecodeError:
                     continue
+                into = found.expired if ident in gone else found.holders
                 for field, raw in zip(fields, reply, strict=True):
                     value = _index_key(field, raw)
                     if value is not None and part.holds(value):
-                        found.holders.setdefault((field.hash_field, value), []).append(holder)
+                        into.setdefault((field.hash_field, value), []).append(holder)
         stripes = [
             (f, k)
             for f in fields
@@ -222,6 +234,17 @@ def _gather_shard(
     return found
 
 
+def _expired(client: Client, view: Mapper, ids: list[bytes]) -> set[bytes]:
+    """Of a shard's ``ids``, those expired by the server's clock (an expiring model's)."""
+    if not view.expiring or not ids:
+        return set()
+    texts = [i.decode(errors="replace") for i in ids]
+    key = view.layout.expiry
+    reply = run(client, [expiry.read_command(key, texts)])[0]
+    instants = expiry.instants(reply, key, len(ids))
+    return {i for i, at in zip(ids, instants, strict=True) if at == 0}
+
+
 def _bad(found: Found, key: bytes, reply: Any) -> bool:
     if isinstance(reply, ResponseError):
         found.wrong_types.append(key)
@@ -245,7 +268,7 @@ def suspects(mapper: Mapper, found: Found) -> list[Suspect]:
     for value in dict.fromkeys([*found.holders, *found.claims, *found.tokens]):
         holders = found.holders.get(value, [])
         owner, tok = found.claims.get(value, (None, found.tokens.get(value)))
-        kind = verdict(holders, owner, tok)
+        kind = verdict(holders, owner, tok, found.expired.get(value, ()))
         if kind is not None:
             out.append(Suspect(kind, fields[value[0]], value[1], tuple(holders), owner, tok))
     for (key, name), tok in found.registrations.items():
@@ -289,7 +312,11 @@ def _reads(mapper: Mapper, suspect: Suspect) -> list[Command]:
         (b"HGET", layout.unique_stripe(hf, value), value),
         (b"HGET", layout.claim_tokens(hf, value), value),
     ]
-    return reads + [(b"HGET", layout.for_id(i).entity(i), hf) for i in _candidates(suspect)]
+    for ident in _candidates(suspect):
+        reads.append((b"HGET", layout.for_id(ident).entity(ident), hf))
+        if mapper.expiring:
+            reads.append(expiry.read_command(layout.expiry_of(ident), [ident]))
+    return reads
 
 
 def _reread(mapper: Mapper, suspect: Suspect, replies: Any) -> Suspect | None:
@@ -298,32 +325,50 @@ def _reread(mapper: Mapper, suspect: Suspect, replies: Any) -> Suspect | None:
         tok = next(replies)
         return suspect if tok is not None and bytes(tok) == suspect.token else None
     owner, tok = next(replies), next(replies)
-    holders = []
+    holders: list[str] = []
+    expired: list[str] = []
     for ident in _candidates(suspect):
         raw = next(replies)
+        gone = mapper.expiring and _gone(mapper, ident, next(replies))
         if not isinstance(raw, ResponseError) and _index_key(suspect.field, raw) == suspect.value:
-            holders.append(ident)
+            (expired if gone else holders).append(ident)
     if isinstance(owner, ResponseError) or isinstance(tok, ResponseError):
         return None
     owner_id = None if owner is None else show(bytes(owner))
     token = None if tok is None else bytes(tok)
-    kind = verdict(holders, owner_id, token)
+    kind = verdict(holders, owner_id, token, expired)
     if kind is None:
         return None
     return attrs.evolve(suspect, kind=kind, holders=tuple(holders), owner=owner_id, token=token)
 
 
-def confirmed(client: Client, mapper: Mapper, batch: int) -> tuple[list[bytes], list[Suspect]]:
+def _gone(mapper: Mapper, ident: str, reply: Any) -> bool:
+    """Whether ``expiry.READ``'s ``reply`` shows ``ident`` expired (unreadable: no)."""
+    try:
+        return expiry.instants(reply, mapper.layout.expiry_of(ident), 1)[0] == 0
+    except RediscaError:
+        return False
+
+
+def confirmed(client: Client, mapper: Mapper, batch: int) -> tuple[list[bytes], list[Suspect], int]:
     """Every shard read, in as many passes as :data:`PASS_CLAIMS` asks: the claim keys
-    of a wrong type, and what the shards show wrong that lasts :data:`LINGER` seconds."""
+    of a wrong type, what the shards show wrong that lasts :data:`LINGER` seconds, and
+    how many claims name an expired entity that still holds the value (leftovers a
+    sweep releases)."""
     passes = passes_for(client, mapper)
     wrong: list[bytes] = []
     still: list[Suspect] = []
+    leftovers = 0
     for index in range(passes):
         found = gather(client, mapper, batch, Part(index, passes))
         wrong += found.wrong_types
         still += confirm(client, mapper, suspects(mapper, found))
-    return wrong, still
+        leftovers += sum(
+            1
+            for value, (owner, _) in found.claims.items()
+            if not found.holders.get(value) and owner in found.expired.get(value, ())
+        )
+    return wrong, still, leftovers
 
 
 def passes_for(client: Client, mapper: Mapper) -> int:
@@ -344,16 +389,17 @@ def passes_for(client: Client, mapper: Mapper) -> int:
 # -- check ------------------------------------------------------------------------------
 
 
-def check(client: Client, mapper: Mapper, batch: int) -> list[Problem]:
-    """The problems of a sharded model's unique claims (see the module's docstring)."""
-    wrong, still = confirmed(client, mapper, batch)
+def check(client: Client, mapper: Mapper, batch: int) -> tuple[list[Problem], int]:
+    """The problems of a sharded model's unique claims (see the module's docstring),
+    and its claims of expired entities not swept yet (no problem)."""
+    wrong, still, leftovers = confirmed(client, mapper, batch)
     name = model_name(mapper)
     problems = [
         Problem("wrong_type", name, show(key), None, "a claim key that is not a hash")
         for key in wrong
     ]
     problems += [problem(mapper, s) for s in still]
-    return sorted(problems, key=lambda p: (p.key, p.kind, p.detail))
+    return sorted(problems, key=lambda p: (p.key, p.kind, p.detail)), leftovers
 
 
 def problem(mapper: Mapper, suspect: Suspect) -> Problem:
@@ -397,7 +443,7 @@ class Repaired:
 
 def repair(client: Client, mapper: Mapper, batch: int) -> Repaired:
     """Repair what :func:`check` would report, each with the protocol's own steps."""
-    _, still = confirmed(client, mapper, batch)
+    _, still, _ = confirmed(client, mapper, batch)
     out = Repaired()
     cluster = routing.is_cluster(client)
     for suspect in still:

@@ -22,7 +22,7 @@ from ..conf import Client
 from ..errors import OperationalError
 from ..mapping.mapper import Mapper
 from ..mapping.registry import Registry
-from ..session import routing
+from ..session import claims, executor, routing
 from ..session import sweep as sweeping
 from ..session.plan import Command
 from .common import (
@@ -143,6 +143,9 @@ class _ModelSweep:
         self.report = report
         self.out = ModelSweep(model_name(mapper), mapper.prefix)
         self.ticker = Ticker(progress, self.out.model, "sweep")
+        #: A sharded model's unique claims on a cluster are in their values' shards, out
+        #: of a removal's reach: they are released after it (claims.vacate_held).
+        self.claims = not (routing.is_cluster(client) and mapper.shards > 1 and mapper.uniques)
 
     def run(self) -> ModelSweep:
         started = time.monotonic()
@@ -192,7 +195,7 @@ class _ModelSweep:
             self.problem("undecodable", key, f"holds the id {raw[:60]!r}, which is not UTF-8")
         try:
             return list(batch.expired), sweeping.removal(
-                self.mapper, list(batch.expired), batch.rebuild
+                self.mapper, list(batch.expired), batch.rebuild, claims=self.claims
             )
         except NotImplementedError:
             raise  # not the data's fault
@@ -201,7 +204,7 @@ class _ModelSweep:
         good = []
         for item in batch.expired:
             try:
-                sweeping.removal(self.mapper, [item], batch.rebuild)
+                sweeping.removal(self.mapper, [item], batch.rebuild, claims=self.claims)
             except NotImplementedError:
                 raise
             except Exception as exc:
@@ -221,15 +224,25 @@ class _ModelSweep:
         others sent again (the script removes all of a batch or nothing)."""
         skipped: tuple[str, ...] = ()
         while items:
-            keys, args = sweeping.removal_call(self.mapper, batch, items, commands)
+            keys, args = sweeping.removal_call(
+                self.mapper, batch, items, commands, claims=self.claims
+            )
             reply = _script(self.client, *sweeping.removal_calls(keys, args))
             removal = sweeping.parse_removal(reply)
             if removal.marker_changed or not removal.skipped:
+                if not self.claims and not removal.marker_changed:
+                    self.release(items)
                 return attrs.evolve(removal, skipped=skipped)
             skipped += removal.skipped
             failed = set(removal.skipped)
             items, commands = [i for i in items if i.id not in failed], None
         return sweeping.Removal(0, skipped)
+
+    def release(self, removed: list[sweeping.Expired]) -> None:
+        """The claims of the unique values the removed entities held, released."""
+        held = sweeping.claims_of(self.mapper, removed)
+        if held:
+            executor.drive(claims.vacate_held(self.client, self.mapper.whole, held))
 
     def problem(self, kind: str, key: str, detail: str) -> None:
         found = Problem(kind, self.out.model, key, None, detail)

@@ -473,10 +473,18 @@ class Mapper:
         views = self.shard_views()
         return views[0] if len(views) == 1 else views[self.layout.shard_of(id)]
 
+    @property
+    def whole(self) -> Mapper:
+        """The model's own mapper: ``self``, or the one a shard view was made from
+        (what a unique claim, in its value's shard, needs)."""
+        found: Mapper = self.__dict__.get("_whole", self)
+        return found
+
     def _view(self, shard: int) -> Mapper:
         view = copy.copy(self)
         view.layout = self.layout.layout_of_shard(shard)
         view._shard_views = [view]
+        view.__dict__["_whole"] = self
         return view
 
     def blank(self, ident: str) -> Any:

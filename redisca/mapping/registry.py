@@ -133,15 +133,6 @@ class Registry:
         mapper = Mapper(self, cls, prefix, id, versioned, slot_group, shards)
         mapper.ttl_ms, mapper.expiring = ttl_ms, expiring
         mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
-        if expiring and shards > 1 and mapper.uniques:
-            # A swept entity's claims are in its values' shards, which no sweep step
-            # reaches on a cluster (docs/expiry.rst, "Sharded models").
-            unique = ", ".join(f.name for f in mapper.uniques)
-            raise MappingError(
-                f"{name}: a sharded model whose entities expire cannot have unique fields "
-                f"yet ({unique}): keep shards=1, or the values unique in a model that does "
-                "not expire"
-            )
         mapper.instrument()
         if earlier is not None:
             self._replace(earlier, mapper)

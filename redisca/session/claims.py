@@ -40,8 +40,8 @@ import attrs
 
 from ..errors import ConflictError, OperationalError, RediscaError, UniqueViolation
 from ..mapping.keys import decode_id
-from ..mapping.mapper import MappedField
-from . import executor, routing
+from ..mapping.mapper import MappedField, Mapper
+from . import executor, expiry, routing
 from .emit import RELEASE_OWNED, ClaimRevoked
 from .io import Parallel, Send, Steps
 from .plan import DELETE, INSERT, UPDATE, Command, EntityChange
@@ -271,7 +271,8 @@ class Pending:
 
     def _revoke(self, batch: list[Stale], claiming: bool, server: Any) -> Steps[bool]:
         """One attempt in an owner's shard: ``False`` when a watched key changed."""
-        layout = batch[0][0].change.mapper.layout
+        mapper = batch[0][0].change.mapper
+        layout = mapper.layout
         watched: dict[bytes, None] = {}
         reads: list[Command] = []
         for claim, owner, _ in batch:
@@ -279,12 +280,25 @@ class Pending:
             watched[layout.guard(owner.encode())] = None
             watched[key] = None
             reads += [(b"HGET", layout.entity(owner), claim.field.hash_field), (b"HGET", key, name)]
+        # An expired owner holds nothing: its instant read with the rest (a change of it
+        # moves the owner's guard stripe, watched).
+        instants: dict[bytes, list[str]] = {}
+        if mapper.expiring:
+            for _, owner, _ in batch:
+                instants.setdefault(layout.expiry_of(owner), []).append(owner)
+        reads += [expiry.read_command(key, ids) for key, ids in instants.items()]
         got = yield Send([(b"WATCH", *watched), *reads])
         executor.check_watch(got[0])
+        expired: set[str] = set()
+        for (key, ids), reply in zip(instants.items(), got[1 + 2 * len(batch) :], strict=True):
+            found = expiry.instants(reply, key, len(ids))
+            expired.update(ident for ident, at in zip(ids, found, strict=True) if at == 0)
         kills: list[Command] = []
         for n, (claim, owner, tok) in enumerate(batch):
             raw, registered = _reply(got[1 + 2 * n]), _reply(got[2 + 2 * n])
             proof = (claim.field.hash_field, claim.value, owner, tok)
+            if owner in expired:
+                raw = None
             if raw is not None and claim.field.index_key(raw) == claim.value:
                 if claiming and owner != claim.id:
                     yield Send([(b"UNWATCH",)])
@@ -492,6 +506,21 @@ def _refuse_collisions(claims: list[Claim], releases: list[Claim]) -> None:
                 "first, then the claim",
             )
             raise error
+
+
+def vacate_held(
+    client: Any, mapper: Mapper, held: list[tuple[str, MappedField, bytes]]
+) -> Steps[None]:
+    """Release the claims of values entities let go outside a commit (``held``: id,
+    field, raw value; a sweep's removed entities): each where its value's shard still
+    names the id and the claim is proven stale in the id's shard. A failure raises; a
+    claim left is a stale claim, which the next claimant takes over."""
+    releases = []
+    for ident, field, raw in held:
+        change = EntityChange(mapper, ident, UPDATE)
+        change.tokens = {}
+        releases.append(Claim(client, change, field, raw, field.index_key(raw)))
+    yield from Pending([]).vacate(client, releases)
 
 
 def execute(

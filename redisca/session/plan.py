@@ -351,8 +351,14 @@ def collect_reads(plan: CommitPlan) -> Reads:
     reads.guards = list(guards)
     reads.counters = list(counters)
     if reads:  # a round trip of reads goes out anyway: sweep with it
-        # (A sharded model sweeps the shards the commit writes: a view per shard.)
-        views = dict.fromkeys(c.mapper.shard_view(c.id) for c in plan.changes if c.mapper.expiring)
+        # (A sharded model sweeps the shards the commit writes: a view per shard. One
+        # with unique fields on a cluster (its changes carry claim tokens) does not: the
+        # claims of what it would sweep are in other shards; `sweep` releases them.)
+        views = dict.fromkeys(
+            c.mapper.shard_view(c.id)
+            for c in plan.changes
+            if c.mapper.expiring and c.tokens is None
+        )
         reads.sweeps = list(views)
     return reads
 

@@ -29,6 +29,7 @@ does not know them yet.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -244,19 +245,25 @@ def parse_batch(mapper: Mapper, reply: Any) -> Batch:
     return Batch(int(now), parse_marker(marker), tuple(expired), tuple(undecodable))
 
 
-def removal(mapper: Mapper, items: list[Expired], rebuild: Rebuild | None = None) -> list[Command]:
+def removal(
+    mapper: Mapper, items: list[Expired], rebuild: Rebuild | None = None, *, claims: bool = True
+) -> list[Command]:
     """The commands a commit deleting ``items``' entities sends, given what was read of
     them, as the commit's emitter builds them (see :mod:`redisca.session.emit`): their
     hashes and collection keys, their index entries (and those of their collections'
     members), the releases of the unique values a stripe still names them for, the build
     keys of a running reindex, their guard stripes' ``INCR``, the ``ZREM`` of their
-    ``H#exp`` members. Raises what the emitter raises on a value it cannot index."""
+    ``H#exp`` members. Raises what the emitter raises on a value it cannot index.
+    ``claims=False``: the unique values' claims are left alone, as a commit on a cluster
+    leaves a sharded model's (they are in the values' shards: :func:`claims_of`)."""
     changes = []
     observed = Observed()
     if rebuild is not None:
         observed.rebuilds[mapper.layout.marker] = rebuild
     for item in items:
         change = EntityChange(mapper, item.id, DELETE, needs_read=True, was_loaded=False)
+        if not claims:
+            change.tokens = {}  # the emitter leaves their stripes to the claim protocol
         change.members = {field: (members, None) for field, members in item.members.items()}
         observed.exists[change.key] = True
         observed.fields[change.key] = dict(item.fields)
@@ -269,6 +276,19 @@ def removal(mapper: Mapper, items: list[Expired], rebuild: Rebuild | None = None
     em.settle_claims()
     # (The emitter's delete of an expiring entity removes its H#exp member too.)
     return [*em.commands(), *em.build_dirs(), *emit.guard_bumps(CommitPlan(tuple(changes)))]
+
+
+def claims_of(mapper: Mapper, items: Iterable[Expired]) -> list[tuple[str, MappedField, bytes]]:
+    """The unique values ``items`` held, as stored: (id, field, raw value). A swept
+    entity of a sharded model on a cluster lets them go after its removal, with the
+    claim protocol's release (:meth:`redisca.session.claims.Pending.vacate`)."""
+    return [
+        (item.id, field, raw)
+        for item in items
+        for field in mapper.uniques
+        for raw in (item.fields.get(field.hash_field),)
+        if raw is not None
+    ]
 
 
 def batch_or_none(mapper: Mapper, reply: Any) -> Batch | None:
@@ -335,6 +355,8 @@ def removal_call(
     batch: Batch,
     items: list[Expired] | None = None,
     commands: list[Command] | None = None,
+    *,
+    claims: bool = True,
 ) -> tuple[list[bytes], list[Any]]:
     """The keys and arguments of :data:`REMOVE` for ``items`` (default: the batch's), the
     removal computed by :func:`removal` under the batch's reindex run (``commands``: that
@@ -343,7 +365,7 @@ def removal_call(
     keys = _Keys([layout.expiry, layout.marker])
     items = list(batch.expired) if items is None else items
     if commands is None:
-        commands = removal(mapper, items, batch.rebuild)
+        commands = removal(mapper, items, batch.rebuild, claims=claims)
     args: list[Any] = [batch.rebuild.run if batch.rebuild is not None else b"", len(items)]
     for item in items:
         args += (item.id.encode(), keys(layout.entity(item.id)), len(item.fields))
