@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -412,6 +413,28 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
         if instants:
             expected[prefix + b"#exp"] = ("zset", instants)
     return {k: (kind, frozenset(v) if kind == "set" else v) for k, (kind, v) in expected.items()}
+
+
+def flush(client: Any) -> None:
+    """``FLUSHALL`` on the server, or on every master of a cluster client."""
+    if isinstance(client, RedisCluster):
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.flushall()
+
+
+def server_or_cluster(request: Any) -> Iterator[Any]:
+    """The body of a fixture parametrized ``["one server", "cluster"]``: a client of the
+    suite's server or of its 3-master cluster, flushed before and after the test (the
+    suites of sharded models check both)."""
+    if request.param == "cluster":
+        made: Any = RedisCluster.from_url(request.getfixturevalue("cluster").url)
+    else:
+        made = request.getfixturevalue("redis_server").client()
+    flush(made)
+    yield made
+    flush(made)
+    made.close()
 
 
 def set_instants(client: Any, model: type, instants: dict[str, float]) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from redis.cluster import RedisCluster
+from helpers import server_or_cluster
 from test_shard_uniques import (
     CASES,
     VALUES,
@@ -31,7 +31,7 @@ from test_shard_uniques import (
 
 import redisca
 from redisca import OperationalError, Session, maintenance
-from redisca.embedded import EmbeddedCluster, EmbeddedServer
+from redisca.embedded import EmbeddedCluster
 from redisca.maintenance import shardclaims
 from redisca.session import claims
 
@@ -81,17 +81,7 @@ def short_linger(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(params=["one server", "cluster"])
 def client(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "cluster":
-        cluster: EmbeddedCluster = request.getfixturevalue("cluster")
-        made: Any = RedisCluster.from_url(cluster.url)
-    else:
-        server: EmbeddedServer = request.getfixturevalue("redis_server")
-        made = server.client()
-        made.flushall()
-    yield made
-    if not isinstance(made, RedisCluster):
-        made.flushall()
-    made.close()
+    yield from server_or_cluster(request)
 
 
 def _dead(self: Any, *args: Any) -> Any:  # the failed commit's process died: no clean-up

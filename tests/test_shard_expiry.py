@@ -14,12 +14,11 @@ from typing import Any
 
 import attrs
 import pytest
-from helpers import set_instants
+from helpers import server_or_cluster, set_instants
 from redis.cluster import RedisCluster
 
 import redisca
 from redisca import Integer, Registry, Session, Set, String, UniqueViolation
-from redisca.embedded import EmbeddedCluster, EmbeddedServer
 from redisca.maintenance import check, reindex, reshard, stats, sweep
 
 #: Each test runs with the sync Session and with an AsyncSession (conftest: driver).
@@ -54,25 +53,9 @@ EXPIRED = [f"t{i:03d}" for i in range(N) if i % 3 == 0 or i % 7 == 0]
 LIVE = [f"t{i:03d}" for i in range(N) if f"t{i:03d}" not in EXPIRED]
 
 
-def flush(client: Any) -> None:
-    if isinstance(client, RedisCluster):
-        client.flushall(target_nodes=RedisCluster.PRIMARIES)
-    else:
-        client.flushall()
-
-
 @pytest.fixture(params=["one server", "cluster"])
 def client(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "cluster":
-        cluster: EmbeddedCluster = request.getfixturevalue("cluster")
-        made: Any = RedisCluster.from_url(cluster.url)
-    else:
-        server: EmbeddedServer = request.getfixturevalue("redis_server")
-        made = server.client()
-    flush(made)
-    yield made
-    flush(made)
-    made.close()
+    yield from server_or_cluster(request)
 
 
 def fill(client: Any, *models: type) -> None:

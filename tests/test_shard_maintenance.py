@@ -12,7 +12,14 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import CountingConnection, RoundTripCounter, sent_commands, with_kwargs
+from helpers import (
+    CountingConnection,
+    RoundTripCounter,
+    flush,
+    sent_commands,
+    server_or_cluster,
+    with_kwargs,
+)
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -50,25 +57,9 @@ def fill(client: Any) -> None:
         s.commit()
 
 
-def flush(client: Any) -> None:
-    if isinstance(client, RedisCluster):
-        client.flushall(target_nodes=RedisCluster.PRIMARIES)
-    else:
-        client.flushall()
-
-
 @pytest.fixture(params=["one server", "cluster"])
 def client(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "cluster":
-        cluster: EmbeddedCluster = request.getfixturevalue("cluster")
-        made: Any = RedisCluster.from_url(cluster.url)
-    else:
-        server: EmbeddedServer = request.getfixturevalue("redis_server")
-        made = server.client()
-    flush(made)
-    yield made
-    flush(made)
-    made.close()
+    yield from server_or_cluster(request)
 
 
 def shard_key(cls: type, ident: str, kind: str = "entity") -> bytes:

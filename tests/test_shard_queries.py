@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from helpers import CountingConnection, RoundTripCounter, with_kwargs
+from helpers import CountingConnection, RoundTripCounter, flush, with_kwargs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.cluster import RedisCluster
@@ -96,13 +96,6 @@ def fill(client: Any, classes: list[type], rows: dict[str, Row]) -> None:
         for cls in classes:
             s.add_all(cls(id=i, **row) for i, row in rows.items())
         s.commit()
-
-
-def flush(client: Any) -> None:
-    if isinstance(client, RedisCluster):
-        client.flushall(target_nodes=RedisCluster.PRIMARIES)
-    else:
-        client.flushall()
 
 
 def same(client: Any, classes: list[type], rows: dict[str, Row], shape: Shape) -> None:

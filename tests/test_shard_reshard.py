@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import pytest
+from helpers import flush
 from redis.cluster import RedisCluster
 
 import redisca
@@ -56,13 +57,6 @@ def _account(shards: int) -> tuple[Registry, type]:
 
 
 ACCOUNTS = {n: _account(n) for n in (1, 8, 3)}
-
-
-def flush(client: Any) -> None:
-    if isinstance(client, RedisCluster):
-        client.flushall(target_nodes=RedisCluster.PRIMARIES)
-    else:
-        client.flushall()
 
 
 @pytest.fixture(params=["one server", "cluster"])

@@ -242,10 +242,11 @@ class _Move:
             heads = [(self.old_head(k) or b"", self.old_entity(k) or b"") for k in moved]
             scores = run(self.client, [(b"ZSCORE", h + b"#exp", i) for h, i in heads])
             adds = [
-                (b"ZADD", mapper.layout.expiry_of(i.decode()), at, i)
+                (b"ZADD", mapper.layout.expiry_of(i.decode()), _score(at), i)
                 for (_, i), at in zip(heads, scores, strict=True)
+                if at is not None
             ]
-            _run_some(self.client, [c for c in adds if c[2] is not None])
+            _run_some(self.client, adds)
 
     def resumed(self, busy: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
         """Of the entities whose new key exists already, those it holds as they are in
@@ -278,6 +279,11 @@ class _Move:
         if keys:
             run(self.client, [(b"UNLINK", key) for key in keys])
             self.done.dropped += len(keys)
+
+
+def _score(reply: Any) -> Any:
+    """A ``ZSCORE`` reply as ``ZADD`` takes it again: RESP3 gives a double (``inf`` too)."""
+    return repr(reply) if isinstance(reply, float) else reply
 
 
 def _run_some(client: Client, commands: list[Any]) -> None:

@@ -1568,9 +1568,13 @@ def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | N
 
 def _nodes_command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
     keys, args = call.keys, call.args
+    if call.expiring:
+        if sha_known:
+            return (b"EVALSHA", NODES_X_SHA, len(keys), *keys, *args)
+        return (b"EVAL", NODES_X, len(keys), *keys, *args)
     if sha_known:
-        return (b"EVALSHA", _nodes_sha(call), len(keys), *keys, *args)
-    return (b"EVAL", NODES_X if call.expiring else NODES, len(keys), *keys, *args)
+        return (b"EVALSHA", NODES_SHA, len(keys), *keys, *args)
+    return (b"EVAL", NODES, len(keys), *keys, *args)
 
 
 def _nodes_sha(call: ScriptCall) -> bytes:
