@@ -395,3 +395,50 @@ def test_ids_merged_in_byte_order_across_shards(one: redis.Redis, per_shard: Any
             assert s.query(cls).filter(cls.city == "a").offset(7).limit(20).ids() == expected[7:27]
     with Session(one) as s:
         assert per_shard(lambda: s.query(TAG16).offset(3).limit(30).ids()) == expected[3:33]
+
+
+@pytest.mark.parametrize("where", ["one server", "cluster"])
+def test_a_page_reads_a_few_rows_of_each_shard_and_more_where_it_needs_them(
+    request: pytest.FixtureRequest, per_shard: Any, where: str
+) -> None:
+    """A page of 10 over 16 shards (no term) asks each shard for 10 // 16 + 3 = 3 rows,
+    not 10, and a shard the page uses up for the rest of it: here one shard holds the
+    whole first page (ages 0), so it is asked again for 7 (and the answers stay one
+    shard's)."""
+    from test_query_engine import work
+
+    client = request.getfixturevalue("one" if where == "one server" else "many")
+    shard = redisca.inspect(SIXTEEN)
+    rows: dict[str, Row] = {
+        f"i{k:03d}": {"email": f"i{k}@ex.com", "age": 1 + k % 9, "score": float(k), "city": "x"}
+        for k in range(320)
+    }
+    crowded = shard.layout.for_id("i000").hashtag
+    mine = [i for i in rows if shard.layout.for_id(i).hashtag == crowded][:12]
+    assert len(mine) == 12
+    for i in mine:
+        rows[i]["age"] = 0
+    fill(client, [ONE, EIGHT, SIXTEEN], rows)
+    for shape in (Shape(order="age", limit=10), Shape(order="age", desc=True, limit=10)):
+        alike(client, per_shard, rows, shape)
+    tags = _tags(SIXTEEN)
+    groups = routing.by_node(client, [routing.tag_slot(t) for t in tags])
+    # Each node merges its shards' first rows: a node of g shards asks each for
+    # 10 // g + 3 of them (all 10 when that is not fewer), and the crowded shard for the
+    # rest of its node's page.
+    first_round = sum(len(g) * (min(10, 10 // len(g) + 3) if len(g) > 1 else 10) for g in groups)
+    (home,) = [g for g in groups if tags.index(crowded) in g]
+    k = min(10, 10 // len(home) + 3) if len(home) > 1 else 10
+    with Session(client) as s:
+        page = s.query(SIXTEEN).order_by(SIXTEEN.age).limit(10)
+        assert set(page.ids()) == set(sorted(mine)[:10])
+        assert work(page) == first_round + (10 - k)
+        assert work(page) < 16 * 10  # each shard's 10, before
+        spread = s.query(SIXTEEN).order_by(SIXTEEN.score).limit(10)
+        assert first_round <= work(spread) <= first_round + 10 * len(groups)
+    if len(groups) == 1:
+        assert first_round + (10 - k) == 16 * 3 + 7
+
+
+def _tags(cls: type) -> list[bytes]:
+    return [layout.hashtag for layout in redisca.inspect(cls).shard_layouts()]

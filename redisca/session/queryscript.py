@@ -679,11 +679,18 @@ def _nodes(script: bytes) -> bytes:
         prelude,
         b"local function arg() local a = ARGV[ai]; ai = ai + 1; return a end",
         b"-- Every shard reads the first shard's arguments, its own entity prefix P in\n"
-        b"-- place of the one at PAT.\n"
-        b"local PAT, P = 0, nil\n"
+        b"-- place of the one at PAT, and OFF, LIM in place of its offset and limit\n"
+        b"-- (PAT - 4, PAT - 3) when they are set (a round of the merge's: see below).\n"
+        b"local PAT, P, OFF, LIM = 0, nil, nil, nil\n"
         b"local function arg()\n"
         b"  local a = ARGV[ai]\n"
-        b"  if ai == PAT then a = P end\n"
+        b"  if ai == PAT then\n"
+        b"    a = P\n"
+        b"  elseif OFF and ai == PAT - 4 then\n"
+        b"    a = OFF\n"
+        b"  elseif OFF and ai == PAT - 3 then\n"
+        b"    a = LIM\n"
+        b"  end\n"
         b"  ai = ai + 1\n"
         b"  return a\n"
         b"end",
@@ -753,6 +760,8 @@ local function branch()
   -- all of it), no term, no cursor: one ZRANGEBYSCORE, before any of the engine's
   -- functions and tables are made (their cost, paid per shard, is most of a page's).
   local b = ai
+  local o1, o2 = ARGV[b + 1], ARGV[b + 2]  -- the shard's offset and limit
+  if OFF then o1, o2 = OFF, LIM end
   if ARGV[b + 11] == '' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'
       and ARGV[b] ~= 'count' then
     local lo, hi = '-inf', '+inf'
@@ -763,10 +772,10 @@ local function branch()
     local okey, prefix = K[ki], P
     ai, ki = b + 15, ki + 1
     local ids, raw, nums = {}, {}, {}
-    if ARGV[b + 2] == '0' then return ids, raw, nums, prefix end
+    if o2 == '0' then return ids, raw, nums, prefix end
     local cmd, x, y = 'ZRANGEBYSCORE', lo, hi
     if ARGV[b + 3] == '1' then cmd, x, y = 'ZREVRANGEBYSCORE', hi, lo end
-    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', ARGV[b + 1], ARGV[b + 2])
+    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', o1, o2)
     for i = 1, #found - 1, 2 do
       local n = #ids + 1
       ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
@@ -782,7 +791,7 @@ local function branch()
   if ARGV[b + 11] == 's' and ARGV[b + 14] == '0' and ARGV[b + 4] == '1'
       and ARGV[b + 6] == '0' and ARGV[b] ~= 'count' then
     local okey, prefix = K[ki], P
-    local offset, limit = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+    local offset, limit = tonumber(o1), tonumber(o2)
     local desc, cscore, cid = ARGV[b + 3] == '1', ARGV[b + 12], ARGV[b + 13]
     ai, ki = b + 15, ki + 1
     local ids, raw, nums = {}, {}, {}
@@ -889,29 +898,50 @@ local first = ai  -- the first shard's engine arguments, which every shard reads
 PAT = first + 5
 local prefix1 = ARGV[PAT]
 local total, runs = 0, {}
-for s = 1, ns do
+-- Make the shard s the one branch() reads: its keys, its entity prefix (and, for an
+-- expiring model, its H#exp).
+local function enter(s)
   if s > 1 then  -- undeclared: the client sends only shards whose slot this node serves
     local tag = tags[s]
     K = {}
     for j = 1, nk do K[j] = tag .. string.sub(KEYS[j], head + 1) end
     P = tag .. string.sub(prefix1, head + 1)
   else
-    P = prefix1
+    K, P = KEYS, prefix1
   end
   ki, ai = 1, first
+end
+-- A page (a limit, several shards) whose shards answer with a window or a keyset page
+-- (no term): each shard gives its first k of the page's `stop` rows, k = stop / shards
+-- + 3, not all `stop`; the merge asks a shard for more only when the page uses up the
+-- k it gave (a page of 10 over 16 shards: 48 rows read, not 160, and a shard asked
+-- again in about one page of three). A shard's answer with a term costs more to start
+-- again than it saves: it gives `stop` rows at once.
+local stop = math.huge
+if take >= 0 then stop = skip + take end
+local k = stop
+if take > 0 and ns > 1 and mode ~= 'count' and ARGV[first + 14] == '0'
+    and ARGV[first + 4] == '1' and (ARGV[first + 11] == ''
+    or (ARGV[first + 11] == 's' and ARGV[first + 6] == '0')) then
+  k = math.floor(stop / ns) + 3
+end
+if k < stop then OFF, LIM = '0', tostring(k) end
+for s = 1, ns do
+  enter(s)
   local ids, raw, nums, prefix = branch()
   if type(ids) == 'table' and ids.err then return ids end  -- an after() id in no index
   if mode == 'count' then
     total = total + ids
   elseif #ids > 0 then
-    runs[#runs + 1] = {ids = ids, raw = raw, nums = nums, prefix = prefix, at = 1}
+    runs[#runs + 1] = {s = s, open = k < stop and #ids >= k, ids = ids, raw = raw, nums = nums,
+      prefix = prefix, at = 1}
   end
 end
 if mode == 'count' then return {total, work} end
 
 -- The run whose next row comes first: by (score, id), or its exact reverse; nil for
 -- none (a run that is nil or used up loses).
-local function first(a, b)
+local function ahead(a, b)
   if a == nil or a.at > #a.ids then return b end
   if b == nil or b.at > #b.ids then return a end
   local x, y = a.nums[a.at], b.nums[b.at]
@@ -926,23 +956,23 @@ local function first(a, b)
   end
   return b
 end
--- The k-way merge, a tournament: leaves P..2P-1 hold the runs, each inner node the
+-- The k-way merge, a tournament: leaves W..2W-1 hold the runs, each inner node the
 -- winner of its two children, so taking a row and replaying its leaf's path to the
 -- root costs log2(P) comparisons (a comparison of tied scores compares ids byte by
--- byte, in Lua: the merge's main cost).
-local P = 1
-while P < #runs do P = P * 2 end
+-- byte, in Lua: the merge's main cost). A first round's run that the page uses up while
+-- it may hold more is asked for the rest of the page there and then, before its path is
+-- replayed: its leaf is only on that path.
+local W = 1
+while W < #runs do W = W * 2 end
 local tree = {}
 local function at(node)
-  if node >= P then return runs[node - P + 1] end
+  if node >= W then return runs[node - W + 1] end
   return tree[node]
 end
-for node = P - 1, 1, -1 do tree[node] = first(at(2 * node), at(2 * node + 1)) end
-if P == 1 then tree[1] = runs[1] end
+for node = W - 1, 1, -1 do tree[node] = ahead(at(2 * node), at(2 * node + 1)) end
+if W == 1 then tree[1] = runs[1] end
 local leaf = {}
-for r, run in ipairs(runs) do leaf[run] = P + r - 1 end
-local stop = math.huge
-if take >= 0 then stop = skip + take end
+for r, run in ipairs(runs) do leaf[run] = W + r - 1 end
 local ids, scores, prefixes, n = {}, {}, {}, 0
 while n < stop do
   local run = tree[1]
@@ -954,9 +984,20 @@ while n < stop do
     prefixes[#prefixes + 1] = run.prefix
   end
   run.at = run.at + 1
+  if run.open and run.at > #run.ids and n < stop then
+    run.open = false
+    enter(run.s)
+    OFF, LIM = tostring(#run.ids), tostring(stop - n)
+    local more, raw, nums = branch()
+    if type(more) == 'table' and more.err then return more end
+    for i = 1, #more do
+      local m = #run.ids + 1
+      run.ids[m], run.raw[m], run.nums[m] = more[i], raw[i], nums[i]
+    end
+  end
   local node = math.floor(leaf[run] / 2)
   while node >= 1 do
-    tree[node] = first(at(2 * node), at(2 * node + 1))
+    tree[node] = ahead(at(2 * node), at(2 * node + 1))
     node = math.floor(node / 2)
   end
 end
@@ -974,11 +1015,14 @@ return {ids, hashes, work, scores}
 #: first ``skip + take`` ids in the query's order with their scores in its ordering index
 #: (a count: its count); then a k-way merge of the shards' runs by (score, id), cut to
 #: ``[skip, skip + take)``, and only those ids' hashes read, all in one atomic step of
-#: the node; counts are summed. So a page of 16 shards costs one script run per node,
-#: not per shard. KEYS: the first shard's keys (they route the call). ARGV: mode
-#: (``ids``, ``load``, ``count``), skip, take (-1: none), desc, number of shards, keys
-#: per shard, the length of the first shard's hash tag, each other shard's hash tag, then
-#: the first shard's engine arguments. The shards' calls differ only in the tag that
+#: the node. A page with no term reads fewer: each shard's first ``(skip + take) //
+#: shards + 3`` ids, and the rest of the page from a shard only when the merge uses up
+#: what it gave (most of a page's cost on a node is reading and merging rows). Counts
+#: are summed. So a page of 16 shards costs one script run per node, not per shard.
+#: KEYS: the first shard's keys (they route the call). ARGV: mode (``ids``, ``load``,
+#: ``count``), skip, take (-1: none), desc, number of shards, keys per shard, the length
+#: of the first shard's hash tag, each other shard's hash tag, then the first shard's
+#: engine arguments. The shards' calls differ only in the tag that
 #: heads every key and the entity prefix (``mapping/keys.py`` builds them all so), so
 #: each other shard's are made here from the first's: a shard costs the call its tag,
 #: not its keys and arguments. The other shards' keys are not declared: Redis 7.0
@@ -1287,7 +1331,7 @@ LOOKUP_X_SHA = hashlib.sha1(LOOKUP_X).hexdigest().encode()
 
 #: The per-node SLICE's read of a shard's window (:data:`NODES`)...
 _SLICE_READ = b"""\
-    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', ARGV[b + 1], ARGV[b + 2])
+    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', o1, o2)
     for i = 1, #found - 1, 2 do
       local n = #ids + 1
       ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
@@ -1300,13 +1344,13 @@ _SLICE_READ = b"""\
 #: ZMSCORE, not the engine's walk.
 _SLICE_READ_X = b"""\
     if nexp == 0 then
-      local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', ARGV[b + 1], ARGV[b + 2])
+      local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', o1, o2)
       for i = 1, #found - 1, 2 do
         local n = #ids + 1
         ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
       end
     else
-      local skip, want = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+      local skip, want = tonumber(o1), tonumber(o2)
       local from, size, live = 0, 512, 0
       if want >= 0 then size = math.min(512, math.max(16, 2 * (skip + want))) end
       while true do
