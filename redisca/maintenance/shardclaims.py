@@ -45,7 +45,7 @@ from ..mapping.mapper import MappedField, Mapper
 from ..session import claims as protocol
 from ..session import executor, expiry, routing
 from ..session.io import Send, Steps
-from ..session.plan import UPDATE, Command, EntityChange
+from ..session.plan import Command
 from .common import each_shard, in_shard, model_name, run, show
 from .placement import Keyspace
 from .problems import Problem, Snapshot
@@ -555,9 +555,7 @@ def _repair_on_cluster(client: Client, mapper: Mapper, suspect: Suspect) -> int:
 
 
 def _claim(client: Client, mapper: Mapper, ident: str, field: MappedField, value: bytes) -> Any:
-    change = EntityChange(mapper, ident, UPDATE)
-    change.tokens = {}
-    return protocol.Claim(client, change, field, value, value)
+    return protocol.standalone(client, mapper, ident, field, value, value)
 
 
 def _settle(client: Client, mapper: Mapper, claim: Any) -> bool:

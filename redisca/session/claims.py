@@ -515,12 +515,19 @@ def vacate_held(
     field, raw value; a sweep's removed entities): each where its value's shard still
     names the id and the claim is proven stale in the id's shard. A failure raises; a
     claim left is a stale claim, which the next claimant takes over."""
-    releases = []
-    for ident, field, raw in held:
-        change = EntityChange(mapper, ident, UPDATE)
-        change.tokens = {}
-        releases.append(Claim(client, change, field, raw, field.index_key(raw)))
+    releases = [standalone(client, mapper, i, f, raw, f.index_key(raw)) for i, f, raw in held]
     yield from Pending([]).vacate(client, releases)
+
+
+def standalone(
+    client: Any, mapper: Mapper, ident: str, field: MappedField, raw: bytes, value: bytes
+) -> Claim:
+    """A claim of ``ident``'s ``value`` made outside a commit (a sweep's release, a
+    repair's claim): the protocol's steps need a change, and this one carries no tokens
+    of a commit's own claims."""
+    change = EntityChange(mapper, ident, UPDATE)
+    change.tokens = {}
+    return Claim(client, change, field, raw, value)
 
 
 def execute(
