@@ -268,7 +268,7 @@ def _migrating(
 ) -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
     """``slot`` MIGRATING from its master to another (IMPORTING there), ``move``'s keys
     moved already; stable on its master again afterwards, with those keys moved back
-    (``clusterhelpers.slot_moved(finish=False)`` leaves a moved key on the target)."""
+    (as ``clusterhelpers.slot_moved(finish=False)`` ends; this one chooses the keys)."""
     src = cluster.node_for_slot(slot)
     dst = next(n for n in cluster.masters if n is not src)
     with node_client(src) as s, node_client(dst) as d:
