@@ -753,6 +753,22 @@ def _nodes(script: bytes) -> bytes:
         b"(see redisca/session/queryscript.py).\n"
         + prelude
         + b"""
+-- A window's entries from rank `from` on, at most `size` of them (a negative size: all),
+-- with their scores: by rank when the window is the whole index (the same entries,
+-- fewer arguments to convert: about a microsecond a shard on Redis 7.0).
+local function slice(okey, desc, lo, hi, from, size)
+  if tonumber(size) == 0 then return {} end
+  if lo == '-inf' and hi == '+inf' then
+    local last = -1
+    if tonumber(size) > 0 then last = from + size - 1 end
+    return redis.call(desc and 'ZREVRANGE' or 'ZRANGE', okey, from, last, 'WITHSCORES')
+  end
+  if desc then
+    return redis.call('ZREVRANGEBYSCORE', okey, hi, lo, 'WITHSCORES', 'LIMIT', from, size)
+  end
+  return redis.call('ZRANGEBYSCORE', okey, lo, hi, 'WITHSCORES', 'LIMIT', from, size)
+end
+
 -- One shard's first ids in its order, their scores (as Redis writes them, and as
 -- numbers) and its entity key prefix; a count for mode 'count'.
 local function branch()
@@ -773,9 +789,8 @@ local function branch()
     ai, ki = b + 15, ki + 1
     local ids, raw, nums = {}, {}, {}
     if o2 == '0' then return ids, raw, nums, prefix end
-    local cmd, x, y = 'ZRANGEBYSCORE', lo, hi
-    if ARGV[b + 3] == '1' then cmd, x, y = 'ZREVRANGEBYSCORE', hi, lo end
-    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', o1, o2)
+    local sdesc = ARGV[b + 3] == '1'
+    local found = slice(okey, sdesc, lo, hi, o1, o2)
     for i = 1, #found - 1, 2 do
       local n = #ids + 1
       ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
@@ -1331,7 +1346,7 @@ LOOKUP_X_SHA = hashlib.sha1(LOOKUP_X).hexdigest().encode()
 
 #: The per-node SLICE's read of a shard's window (:data:`NODES`)...
 _SLICE_READ = b"""\
-    local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', o1, o2)
+    local found = slice(okey, sdesc, lo, hi, o1, o2)
     for i = 1, #found - 1, 2 do
       local n = #ids + 1
       ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
@@ -1344,7 +1359,7 @@ _SLICE_READ = b"""\
 #: ZMSCORE, not the engine's walk.
 _SLICE_READ_X = b"""\
     if nexp == 0 then
-      local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', o1, o2)
+      local found = slice(okey, sdesc, lo, hi, o1, o2)
       for i = 1, #found - 1, 2 do
         local n = #ids + 1
         ids[n], raw[n], nums[n] = found[i], found[i + 1], num(found[i + 1])
@@ -1354,7 +1369,7 @@ _SLICE_READ_X = b"""\
       local from, size, live = 0, 512, 0
       if want >= 0 then size = math.min(512, math.max(16, 2 * (skip + want))) end
       while true do
-        local found = redis.call(cmd, okey, x, y, 'WITHSCORES', 'LIMIT', from, size)
+        local found = slice(okey, sdesc, lo, hi, from, size)
         local n = #found / 2
         if n == 0 then break end
         local members = {}

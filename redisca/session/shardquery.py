@@ -80,12 +80,13 @@ def run_steps(
         total = sum(int(r[0]) for r in replies)
         work = sum(int(r[1]) for r in replies)
         return [_cut(total, offset, limit), work], call
-    scored = skipped >= 0 or by is not None
-    skipped = max(skipped, 0)
-    page = _merged(
-        replies, scored, descending, offset - skipped, None if need is None else need - skipped
-    )
     work = sum(int(r[2]) for r in replies)
+    done = max(skipped, 0)  # rows the nodes skipped already
+    start, stop = offset - done, None if need is None else need - done
+    if len(replies) == 1:  # one node merged every shard: its reply is in order already
+        ids, hashes = replies[0][0], replies[0][1] or [None] * len(replies[0][0])
+        return [ids[start:stop], hashes[start:stop], work], call
+    page = _merged(replies, skipped >= 0 or by is not None, descending, start, stop)
     return [[row[1] for row in page], [row[2] for row in page], work], call
 
 
