@@ -75,6 +75,9 @@ def phase(n: int, binary: str | None, log: Callable[[str], None]) -> dict[str, A
                         "shards": shards,
                         **run,
                     }
+                log(f"cluster phase: {masters} master(s), paged query, 16 shards and 1 in turns")
+                client.flushall(target_nodes=RedisCluster.PRIMARIES)
+                out.setdefault("turns", {})[str(masters)] = side_by_side(client, n)
             finally:
                 client.close()
                 for node in nodes:
@@ -188,6 +191,67 @@ def _latency(client: Any, cls: type) -> dict[str, float]:
     return {"median": statistics.median(times), "p90": times[int(len(times) * 0.9)]}
 
 
+def side_by_side(client: Any, n: int) -> dict[str, float]:
+    """The paged query with ``shards=16`` against ``shards=1``, both models holding the
+    same ``n`` users at once (their keys apart: ``{cu}``, ``{cu@16.k}``) and their
+    queries taken in turns: see :func:`turns`."""
+    one, many = both(client, n)
+    turns(client, one, many)  # warm: scripts loaded, pools filled
+    return turns(client, one, many)
+
+
+def both(client: Any, n: int) -> tuple[type, type]:
+    """The model with ``shards=1`` and with ``shards=16``, each loaded with the same
+    ``n`` users."""
+    ids = [f"u{i:07d}" for i in range(n)]
+    one, many = model(1), model(16)
+    for cls in (one, many):
+        _insert(client, cls, ids, random.Random(7))
+        with Session(client) as s:
+            assert s.query(cls).count() == n, "the two layouts must not share keys"
+    return one, many
+
+
+#: :func:`turns`: queries of one model in a row, and the first ones of each row left
+#: out (the other model's run just before leaves the caches to it).
+TURN, TURN_WARM = 30, 5
+
+
+def turns(client: Any, one: type, many: type) -> dict[str, float]:
+    """The paged query on ``one`` and on ``many`` in turns of :data:`TURN` queries (the
+    same queries on each; which model goes first alternates), ``QUERIES`` of each, so
+    that both meet the machine as it is at that moment: on a shared machine one
+    model's median alone moves by half between runs a few seconds apart. A turn's
+    first :data:`TURN_WARM` queries are left out: taken one query each in turn, the
+    models slow each other down (one shard's query by half: each finds the caches
+    full of the other's work). Each model's median in µs, and the median and quartiles
+    of the ratios of each pair of turns (``many`` over ``one``)."""
+    times: dict[type, list[float]] = {one: [], many: []}
+    ratios = []
+    for turn in range(max(1, QUERIES // TURN)):
+        got: dict[type, list[float]] = {one: [], many: []}
+        for cls in (one, many) if turn % 2 else (many, one):
+            for q in range(TURN):
+                with Session(client) as s:
+                    query = _query(s, cls, random.Random(turn * TURN + q), "page")
+                    began = time.perf_counter()
+                    query.all()
+                    if q >= TURN_WARM:
+                        got[cls].append((time.perf_counter() - began) * 1e6)
+        ratios.append(statistics.median(got[many]) / statistics.median(got[one]))
+        for cls in (one, many):
+            times[cls] += got[cls]
+    ratios.sort()
+    quarter = len(ratios) // 4
+    return {
+        "one": statistics.median(times[one]),
+        "many": statistics.median(times[many]),
+        "ratio": statistics.median(ratios),
+        "q1": ratios[quarter],
+        "q3": ratios[-1 - quarter],
+    }
+
+
 def _reset(node: redis.Redis) -> float:
     node.config_resetstat()
     return _cpu(node)
@@ -235,11 +299,23 @@ def render(figures: dict[str, Any]) -> str:
         ]
         for key, run in figures["runs"].items()
     ]
-    return (
+    side = [
+        [
+            f"{masters} master(s)",
+            f"{got['many']:.0f} / {got['one']:.0f}",
+            f"{got['ratio']:.2f} ({got['q1']:.2f} to {got['q3']:.2f})",
+        ]
+        for masters, got in figures.get("turns", {}).items()
+    ]
+    out = (
         table(header, rows)
         + "\n\nPaged query (limit 10, loaded), µs:\n\n"
         + table(["masters x shards", "median", "p90"], lat)
     )
+    if side:  # figures saved before the turns were taken have none
+        out += "\n\nThe same, 16 shards and 1 in turns (medians, and the turns' ratio):\n\n"
+        out += table(["where", "16 / 1 shard µs", "ratio (quartiles)"], side)
+    return out
 
 
 def _shares(values: list[float]) -> str:
@@ -250,7 +326,12 @@ def _shares(values: list[float]) -> str:
 
 
 def latency_ratio(figures: dict[str, Any], masters: int) -> float | None:
-    """The paged query's median latency on 16 shards over one shard's."""
+    """The paged query's latency on 16 shards over one shard's: the median of the
+    turns' ratios (:func:`turns`), or for figures saved before it, of the two runs'
+    medians."""
+    taken = figures.get("turns", {}).get(str(masters))
+    if taken:
+        return float(taken["ratio"])
     one, many = figures["runs"].get(f"{masters}x1"), figures["runs"].get(f"{masters}x16")
     if not one or not many:
         return None

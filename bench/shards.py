@@ -12,16 +12,15 @@ alike) and its CPU time (``INFO cpu``), and the commits per second. Not a timed 
 ``--chunk``, 5,000 by default): for a sharded model, each chunk is one transaction per
 shard, run in parallel after the chunk's unique values are claimed (with ``--unique``).
 
-``--paged``: instead, the latency of a paged query (limit 10) with ``shards=1`` and with
-``shards=16``, the latter run once per node (the default) and shard by shard, on clusters
-of ``--masters`` (1 and 3; 0: one plain server).
+``--paged``: instead, the latency of a paged query (limit 10) with ``shards=16``, run
+once per node (the default) and shard by shard, against ``shards=1``, the two models'
+queries taken in turns, on clusters of ``--masters`` (1 and 3; 0: one plain server).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import random
 import time
 from typing import Any
 
@@ -120,10 +119,16 @@ def bulk(cluster: EmbeddedCluster, shards: int, n: int, chunk: int, unique: bool
 
 def paged(masters: list[int], n: int, binary: str | None) -> None:
     """``--paged``: the cluster phase's paged query (``order_by(age).limit(10)``, the
-    first page or the one after an entity; bench/cluster.py) on ``n`` users, median and
-    90th percentile in µs, with ``shards=1`` and with ``shards=16`` run once per node
-    (``shardquery.PER_NODE``, the default) and shard by shard; ``masters`` 0: one plain
-    server (not a cluster)."""
+    first page or the one after an entity; bench/cluster.py) on ``n`` users, with
+    ``shards=16`` run once per node (``shardquery.PER_NODE``, the default) and shard by
+    shard, against ``shards=1``; ``masters`` 0: one plain server (not a cluster).
+
+    Both models hold the same users at once (their keys apart: ``{cu}`` and
+    ``{cu@16.k}``), and their queries are taken in turns, the same query on each (which
+    one goes first alternates), so that both meet the machine as it is at that moment:
+    on a shared machine one model's median alone moves by half between runs. Printed:
+    each model's median and the median of the turns' own ratios (16 shards over one),
+    and its first and third quartiles."""
     import redis
 
     from redisca.embedded import EmbeddedServer
@@ -131,8 +136,6 @@ def paged(masters: list[int], n: int, binary: str | None) -> None:
 
     from . import cluster as phase
 
-    rng = random.Random(7)
-    ids = [f"u{i:07d}" for i in range(n)]
     for count in masters:
         where = f"{count} master(s)" if count else "one server"
         with contextlib.ExitStack() as stack:
@@ -144,20 +147,19 @@ def paged(masters: list[int], n: int, binary: str | None) -> None:
             else:
                 server = stack.enter_context(EmbeddedServer(binary=binary))
                 client = stack.enter_context(redis.Redis.from_url(server.url))
-            for shards in (1, 16):
-                cls = phase.model(shards)
-                _flush(client)
-                phase._insert(client, cls, ids, rng)
-                for per_node in (True, False) if shards > 1 else (True,):
-                    shardquery.PER_NODE = per_node
-                    phase._latency(client, cls)  # warm: scripts loaded, pools filled
-                    got = phase._latency(client, cls)
-                    how = ("per node" if per_node else "per shard") if shards > 1 else ""
-                    print(
-                        f"{where:<12} shards={shards:<3} {how:<9}  paged query "
-                        f"median {got['median']:,.0f} µs  p90 {got['p90']:,.0f} µs",
-                        flush=True,
-                    )
+            _flush(client)
+            one, many = phase.both(client, n)
+            for per_node in (True, False):
+                shardquery.PER_NODE = per_node
+                phase.turns(client, one, many)  # warm: scripts loaded, pools filled
+                got = phase.turns(client, one, many)
+                how = "per node" if per_node else "per shard"
+                print(
+                    f"{where:<12} paged query, shards=16 {how:<9} / shards=1: "
+                    f"{got['many']:,.0f} / {got['one']:,.0f} µs, ratio {got['ratio']:.2f} "
+                    f"(quartiles {got['q1']:.2f} to {got['q3']:.2f})",
+                    flush=True,
+                )
             shardquery.PER_NODE = True
 
 
