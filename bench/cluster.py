@@ -18,17 +18,20 @@ Redis 7.0 counts a command run inside ``MULTI``/``EXEC`` or a script twice in
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 import redis
 from redis.cluster import RedisCluster
 
-from redisca import Integer, Registry, Session, String
+from redisca import Integer, Registry, Session, String, inspect
 from redisca.embedded import EmbeddedCluster
 
 SHARDS = (1, 16)
@@ -165,7 +168,7 @@ def _query(s: Session, cls: Any, rng: random.Random, kind: str) -> Any:
     # A page of 10 by age: the first one, or the one after an entity the session holds
     # (keyset pagination, what every page after the first should use: docs/queries.rst).
     query = s.query(cls).order_by(cls.age).limit(10)
-    if rng.randrange(2):
+    if kind == "first" or rng.randrange(2):
         return query
     return query.after(s.get(cls, f"u{rng.randrange(1000):07d}"))
 
@@ -196,8 +199,8 @@ def side_by_side(client: Any, n: int) -> dict[str, float]:
     same ``n`` users at once (their keys apart: ``{cu}``, ``{cu@16.k}``) and their
     queries taken in turns: see :func:`turns`."""
     one, many = both(client, n)
-    turns(client, one, many)  # warm: scripts loaded, pools filled
-    return turns(client, one, many)
+    turns(paged(client, one), paged(client, many))  # warm: scripts loaded, pools filled
+    return turns(paged(client, one), paged(client, many))
 
 
 def both(client: Any, n: int) -> tuple[type, type]:
@@ -217,35 +220,78 @@ def both(client: Any, n: int) -> tuple[type, type]:
 TURN, TURN_WARM = 30, 5
 
 
-def turns(client: Any, one: type, many: type) -> dict[str, float]:
-    """The paged query on ``one`` and on ``many`` in turns of :data:`TURN` queries (the
-    same queries on each; which model goes first alternates), ``QUERIES`` of each, so
-    that both meet the machine as it is at that moment: on a shared machine one
-    model's median alone moves by half between runs a few seconds apart. A turn's
-    first :data:`TURN_WARM` queries are left out: taken one query each in turn, the
-    models slow each other down (one shard's query by half: each finds the caches
-    full of the other's work). Each model's median in µs, and the median and quartiles
-    of the ratios of each pair of turns (``many`` over ``one``)."""
-    times: dict[type, list[float]] = {one: [], many: []}
+#: One side of :func:`turns`: given a seed, a context whose value runs one query.
+Side = Callable[[int], contextlib.AbstractContextManager[Callable[[], Any]]]
+
+
+def paged(client: Any, cls: type, kind: str = "page") -> Side:
+    """The phase's paged query on ``cls`` (``kind`` "first": the first page only), a
+    session of its own each time (the previous page's entity read before the clock
+    starts)."""
+
+    @contextlib.contextmanager
+    def side(seed: int) -> Iterator[Callable[[], Any]]:
+        with Session(client) as s:
+            yield _query(s, cls, random.Random(seed), kind).all
+
+    return side
+
+
+def raw_first(client: Any, cls: type) -> Side:
+    """The first page of ``order_by(age).limit(10)`` as a user would write it by hand
+    with redis-py: every shard's first 10 entries of the age index with their scores
+    (one pipeline: a round trip per master), merged by (score, id), then the page's
+    hashes (a second pipeline). The plain floor of that query: no check that an id's
+    hash still holds its score, no entities built."""
+    indexes = [layout.range_index(b"age") for layout in inspect(cls).shard_layouts()]
+    entity = inspect(cls).layout.entity_of
+
+    def run() -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for key in indexes:
+            pipe.zrange(key, 0, 9, withscores=True)
+        rows = heapq.merge(*pipe.execute(), key=lambda row: (row[1], row[0]))
+        pipe = client.pipeline(transaction=False)
+        for member, _ in itertools.islice(rows, 10):
+            pipe.hgetall(entity(member))
+        return pipe.execute()  # type: ignore[no-any-return]
+
+    @contextlib.contextmanager
+    def side(seed: int) -> Iterator[Callable[[], Any]]:
+        yield run
+
+    return side
+
+
+def turns(one: Side, many: Side) -> dict[str, float]:
+    """Two queries (``one``, ``many``: two models, or redisca and a hand-written floor)
+    in turns of :data:`TURN` (the same seeds on each; which side goes first
+    alternates), ``QUERIES`` of each, so that both meet the machine as it is at that
+    moment: on a shared machine one model's median alone moves by half between runs a
+    few seconds apart. A turn's first :data:`TURN_WARM` queries are left out: taken one
+    query each in turn, the sides slow each other down (one shard's query by half:
+    each finds the caches full of the other's work). Each side's median in µs, and the
+    median and quartiles of the ratios of each pair of turns (``many`` over ``one``)."""
+    times: dict[str, list[float]] = {"one": [], "many": []}
     ratios = []
     for turn in range(max(1, QUERIES // TURN)):
-        got: dict[type, list[float]] = {one: [], many: []}
-        for cls in (one, many) if turn % 2 else (many, one):
+        got: dict[str, list[float]] = {"one": [], "many": []}
+        for name in ("one", "many") if turn % 2 else ("many", "one"):
+            side = one if name == "one" else many
             for q in range(TURN):
-                with Session(client) as s:
-                    query = _query(s, cls, random.Random(turn * TURN + q), "page")
+                with side(turn * TURN + q) as run:
                     began = time.perf_counter()
-                    query.all()
+                    run()
                     if q >= TURN_WARM:
-                        got[cls].append((time.perf_counter() - began) * 1e6)
-        ratios.append(statistics.median(got[many]) / statistics.median(got[one]))
-        for cls in (one, many):
-            times[cls] += got[cls]
+                        got[name].append((time.perf_counter() - began) * 1e6)
+        ratios.append(statistics.median(got["many"]) / statistics.median(got["one"]))
+        for name in got:
+            times[name] += got[name]
     ratios.sort()
     quarter = len(ratios) // 4
     return {
-        "one": statistics.median(times[one]),
-        "many": statistics.median(times[many]),
+        "one": statistics.median(times["one"]),
+        "many": statistics.median(times["many"]),
         "ratio": statistics.median(ratios),
         "q1": ratios[quarter],
         "q3": ratios[-1 - quarter],

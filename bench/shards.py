@@ -14,7 +14,8 @@ shard, run in parallel after the chunk's unique values are claimed (with ``--uni
 
 ``--paged``: instead, the latency of a paged query (limit 10) with ``shards=16``, run
 once per node (the default) and shard by shard, against ``shards=1``, the two models'
-queries taken in turns, on clusters of ``--masters`` (1 and 3; 0: one plain server).
+queries taken in turns, on clusters of ``--masters`` (1 and 3; 0: one plain server);
+then the first page against the one a user would write by hand with redis-py.
 """
 
 from __future__ import annotations
@@ -126,9 +127,11 @@ def paged(masters: list[int], n: int, binary: str | None) -> None:
     Both models hold the same users at once (their keys apart: ``{cu}`` and
     ``{cu@16.k}``), and their queries are taken in turns, the same query on each (which
     one goes first alternates), so that both meet the machine as it is at that moment:
-    on a shared machine one model's median alone moves by half between runs. Printed:
-    each model's median and the median of the turns' own ratios (16 shards over one),
-    and its first and third quartiles."""
+    on a shared machine one model's median alone moves by half between runs. Then the
+    first page alone against the floor a user would write by hand with redis-py
+    (``cluster.raw_first``), on each model, and that floor's own 16 shards against one.
+    Printed: each side's median and the median of the turns' own ratios, and its first
+    and third quartiles."""
     import redis
 
     from redisca.embedded import EmbeddedServer
@@ -151,16 +154,38 @@ def paged(masters: list[int], n: int, binary: str | None) -> None:
             one, many = phase.both(client, n)
             for per_node in (True, False):
                 shardquery.PER_NODE = per_node
-                phase.turns(client, one, many)  # warm: scripts loaded, pools filled
-                got = phase.turns(client, one, many)
                 how = "per node" if per_node else "per shard"
-                print(
-                    f"{where:<12} paged query, shards=16 {how:<9} / shards=1: "
-                    f"{got['many']:,.0f} / {got['one']:,.0f} µs, ratio {got['ratio']:.2f} "
-                    f"(quartiles {got['q1']:.2f} to {got['q3']:.2f})",
-                    flush=True,
+                _print(
+                    f"{where:<12} paged query, shards=16 {how:<9} / shards=1",
+                    phase.paged(client, one),
+                    phase.paged(client, many),
                 )
             shardquery.PER_NODE = True
+            # The first page against the floor a user would write by hand (bench/cluster.py,
+            # raw_first): redisca over the floor on each model, and the floor's own cost
+            # of 16 shards.
+            floors = {1: phase.raw_first(client, one), 16: phase.raw_first(client, many)}
+            for shards, cls in ((1, one), (16, many)):
+                _print(
+                    f"{where:<12} first page, shards={shards}: redisca / floor",
+                    floors[shards],
+                    phase.paged(client, cls, "first"),
+                )
+            label = f"{where:<12} first page, the floor: shards=16 / shards=1"
+            _print(label, floors[1], floors[16])
+
+
+def _print(label: str, one: Any, many: Any) -> None:
+    """``many`` against ``one`` in turns (:func:`bench.cluster.turns`), on a line."""
+    from . import cluster as phase
+
+    phase.turns(one, many)  # warm: scripts loaded, pools filled
+    got = phase.turns(one, many)
+    print(
+        f"{label}: {got['many']:,.0f} / {got['one']:,.0f} µs, ratio {got['ratio']:.2f} "
+        f"(quartiles {got['q1']:.2f} to {got['q3']:.2f})",
+        flush=True,
+    )
 
 
 def _flush(client: Any) -> None:
