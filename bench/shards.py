@@ -176,11 +176,10 @@ def paged(masters: list[int], n: int, binary: str | None) -> None:
 
 
 def _print(label: str, one: Any, many: Any) -> None:
-    """``many`` against ``one`` in turns (:func:`bench.cluster.turns`), on a line."""
+    """``many`` against ``one`` in turns (:func:`bench.cluster.compared`), on a line."""
     from . import cluster as phase
 
-    phase.turns(one, many)  # warm: scripts loaded, pools filled
-    got = phase.turns(one, many)
+    got = phase.compared(one, many)
     print(
         f"{label}: {got['many']:,.0f} / {got['one']:,.0f} µs, ratio {got['ratio']:.2f} "
         f"(quartiles {got['q1']:.2f} to {got['q3']:.2f})",
