@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from ..errors import DetachedInstanceError
@@ -251,3 +251,54 @@ __all__ = [
     "install_repr",
     "state_of",
 ]
+
+
+class Attributes:
+    """A mapped class's query attributes by name: ``redisca.inspect(User).attrs.age``.
+
+    It is the same object as ``User.age``, typed for a type checker. A checker reads
+    ``User.age`` as the attribute's annotation (``int``), so ``User.age >= 18`` is a
+    ``bool`` to it and ``User.age.between(1, 9)`` an error, and mypy refuses class access
+    to a slotted attribute outright. Here every name is a ``FieldAttribute``, whose
+    operators are typed as the conditions and orderings they are, so typed code builds
+    queries without casts or ``# type: ignore``, as ``attrs.fields(User).age`` does for
+    attrs' own attributes.
+    """
+
+    __slots__ = ("_by_name", "_owner")
+
+    def __init__(self, owner: type, by_name: dict[str, FieldAttribute]) -> None:
+        self._owner = owner
+        self._by_name = by_name
+
+    def __getattr__(self, name: str) -> FieldAttribute:
+        if name in Attributes.__slots__:  # unset: a copy being made (no recursion)
+            raise AttributeError(name)
+        try:
+            return self._by_name[name]
+        except KeyError:
+            mapped = ", ".join(self._by_name)
+            raise AttributeError(
+                f"{self._owner.__name__} has no mapped attribute {name!r} (mapped: {mapped})",
+                name=name,
+                obj=self,
+            ) from None
+
+    def __getitem__(self, name: str) -> FieldAttribute:
+        """``attrs["age"]``: for a name held in a variable (a KeyError if unmapped)."""
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[FieldAttribute]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __dir__(self) -> list[str]:
+        return [*self._by_name, *super().__dir__()]
+
+    def __repr__(self) -> str:
+        return f"<Attributes of {self._owner.__name__}: {', '.join(self._by_name)}>"

@@ -15,7 +15,7 @@ import attrs
 from ..errors import MappingError, ValidationError
 from .codecs import Codec, decoder, encoder, holds_immutable
 from .generated import Encoder, Filler, build_encoder, build_filler
-from .instrument import MISSING, FieldAttribute, inner_descriptor, install_repr
+from .instrument import MISSING, Attributes, FieldAttribute, inner_descriptor, install_repr
 from .keys import KeyLayout, model_layout
 
 if TYPE_CHECKING:
@@ -283,6 +283,10 @@ class Mapper:
         #: gives the order of queries with no order and no range condition.
         self.default_order: MappedField | None = None
         self.id_attribute: FieldAttribute = None  # type: ignore[assignment]
+        #: The class's query attributes by name, typed for a type checker
+        #: (``redisca.inspect(User).attrs.age >= 18``): the id, the fields, the
+        #: collections (see :class:`~redisca.mapping.instrument.Attributes`).
+        self.attrs = Attributes(cls, {})
         self._filler: Filler | None = None
         self._encoder: Encoder | None = None
 
@@ -326,6 +330,7 @@ class Mapper:
         cls.__redisca_mapper__ = self
         attributes = {f.name: f.attribute for f in (*self.fields, *self.collections)}
         attributes[self.id_attr] = self.id_attribute
+        self.attrs = Attributes(cls, {self.id_attr: self.id_attribute, **attributes})
         install_repr(
             cls, [(a.name, attributes[a.name], a.repr) for a in attrs.fields(cls) if a.repr]
         )
