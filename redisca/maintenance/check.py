@@ -64,7 +64,7 @@ from .common import (
     type_of,
 )
 from .placement import Keyspace
-from .problems import Problem, ProblemReport, Snapshot
+from .problems import PlainSummary, Problem, ProblemReport, Snapshot
 from .shardclaims import check as check_claims
 from .shardclaims import covers, owned_kind
 from .untagged import fate
@@ -122,7 +122,7 @@ _SIZE["expiry"] = _SIZE["all"]
 
 
 @attrs.define
-class ModelSummary:
+class ModelSummary(PlainSummary):
     """What check saw of one model."""
 
     model: str
@@ -143,9 +143,6 @@ class ModelSummary:
     #: entries and unique claims they still hold: what they left, not problems.
     expired: int = 0
     expired_entries: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 @attrs.define

@@ -41,13 +41,13 @@ from .common import (
     type_of,
 )
 from .placement import Keyspace
-from .problems import Problem, ProblemReport
+from .problems import FollowedByReindex, PlainSummary, Problem
 from .reindex import ReindexReport, reindex
 from .untagged import fate
 
 
 @attrs.define
-class ModelMigration:
+class ModelMigration(PlainSummary):
     """What a run did to one model."""
 
     model: str
@@ -60,22 +60,14 @@ class ModelMigration:
     dropped: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
 
 @attrs.define
-class MigrateReport(ProblemReport):
+class MigrateReport(FollowedByReindex):
     """The moves, the reindex that followed, and what could not be moved or indexed."""
 
     models: list[ModelMigration] = attrs.field(factory=list)
     problems: list[Problem] = attrs.field(factory=list)
     reindex: ReindexReport | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        done = super().as_dict()
-        done["reindex"] = None if self.reindex is None else self.reindex.as_dict()
-        return done
 
 
 def migrate(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
+
+import attrs
 
 from ..session import executor, routing
 from ..session.plan import Command
@@ -114,4 +116,26 @@ class ProblemReport:
         }
 
 
-__all__ = ["KINDS", "Problem", "ProblemReport", "Snapshot"]
+class PlainSummary:
+    """A mixin for a report's attrs part that is plain data as it stands: its fields are
+    its ``--json`` form."""
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(cast(attrs.AttrsInstance, self))
+
+
+class FollowedByReindex(ProblemReport):
+    """A report whose run ends with a reindex (migrate, reshard): the reindex's own report
+    is nested in the ``--json`` form, or ``None`` when it did not run."""
+
+    reindex: ProblemReport | None
+
+    def as_dict(self) -> dict[str, Any]:
+        done = super().as_dict()
+        done["reindex"] = None if self.reindex is None else self.reindex.as_dict()
+        return done
+
+
+__all__ = ["KINDS", "FollowedByReindex", "PlainSummary", "Problem", "ProblemReport", "Snapshot"]

@@ -57,7 +57,7 @@ from .common import (
     show,
 )
 from .placement import Keyspace, send
-from .problems import Problem, ProblemReport
+from .problems import PlainSummary, Problem, ProblemReport
 from .shardclaims import covers, repair
 
 #: Seconds a marker outlives the last sign of life of its run.
@@ -109,7 +109,7 @@ class RunLost(MaintenanceError):
 
 
 @attrs.define
-class ModelReindex:
+class ModelReindex(PlainSummary):
     """What a run did to one model."""
 
     model: str
@@ -129,9 +129,6 @@ class ModelReindex:
     #: A sharded model with a unique field: claims repaired (created, taken down, their
     #: leftover tokens and registrations removed) by the protocol's own steps.
     claims_repaired: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 @attrs.define

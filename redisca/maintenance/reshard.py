@@ -54,12 +54,12 @@ from .common import (
     show,
 )
 from .placement import Keyspace
-from .problems import Problem, ProblemReport
+from .problems import FollowedByReindex, PlainSummary, Problem
 from .reindex import ReindexReport, reindex
 
 
 @attrs.define
-class ModelReshard:
+class ModelReshard(PlainSummary):
     """What a reshard did to one model."""
 
     model: str
@@ -78,22 +78,14 @@ class ModelReshard:
     found_layouts: list[int] = attrs.field(factory=list)
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
 
 @attrs.define
-class ReshardReport(ProblemReport):
+class ReshardReport(FollowedByReindex):
     """The move, the reindex that followed, and what could not be moved."""
 
     models: list[ModelReshard] = attrs.field(factory=list)
     problems: list[Problem] = attrs.field(factory=list)
     reindex: ReindexReport | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        done = super().as_dict()
-        done["reindex"] = None if self.reindex is None else self.reindex.as_dict()
-        return done
 
 
 def reshard(
