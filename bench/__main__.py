@@ -184,7 +184,7 @@ def estimate_minutes(args: argparse.Namespace, n_servers: int) -> float:
     if args.client_memory:
         phases += sum(args.n) * 3 * _PHASE_S
     query = max(args.query_sizes, default=0) * _QUERY_S + _QUERY_FIXED_S * len(args.query_sizes)
-    seconds = phases + query + args.ping_n * _PROBE_S + args.bulk_n * _BULK_S + 5
+    seconds: float = phases + query + args.ping_n * _PROBE_S + args.bulk_n * _BULK_S + 5
     seconds += args.expiry_n * _EXPIRY_S
     return n_servers * seconds / 60
 
@@ -244,22 +244,22 @@ def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock)
         phases: dict[str, Any] = {}
         for n in args.n:
             rounds = args.rounds if n < LARGE else args.rounds_large
-            figures = clock.step(
-                steps,
-                f"phases N={n:,}",
-                lambda n=n, rounds=rounds: runner.timed(server, n, tuple(args.phases), rounds),
-            )
+
+            def timed(n: int = n, rounds: int = rounds) -> dict[str, Any]:
+                return runner.timed(server, n, tuple(args.phases), rounds)
+
+            figures = clock.step(steps, f"phases N={n:,}", timed)
             if figures is not None:
                 phases[str(n)] = figures
             servers.recover(server)
         out["phases"] = phases
         async_phases: dict[str, Any] = {}
         for n in args.n[:1] if not args.async_all else args.n:
-            figures = clock.step(
-                steps,
-                f"async phases N={n:,}",
-                lambda n=n: runner.async_timed(server, n, tuple(args.phases), args.rounds),
-            )
+
+            def async_timed(n: int = n) -> dict[str, Any]:
+                return runner.async_timed(server, n, tuple(args.phases), args.rounds)
+
+            figures = clock.step(steps, f"async phases N={n:,}", async_timed)
             if figures is not None:
                 async_phases[str(n)] = figures
             servers.recover(server)
@@ -267,11 +267,11 @@ def run_server(spec: servers.ServerSpec, args: argparse.Namespace, clock: Clock)
         if args.client_memory:
             memory = {}
             for n in args.n:
-                peaks = clock.step(
-                    steps,
-                    f"client memory N={n:,}",
-                    lambda n=n: runner.memory(server.url, n, tuple(args.phases)),
-                )
+
+                def peaks_of(n: int = n) -> dict[str, dict[str, float]]:
+                    return runner.memory(server.url, n, tuple(args.phases))
+
+                peaks = clock.step(steps, f"client memory N={n:,}", peaks_of)
                 if peaks is not None:
                     memory[str(n)] = peaks
             out["client_memory"] = memory

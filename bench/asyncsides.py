@@ -20,7 +20,7 @@ from redisca import hexid
 from redisca.asyncio import AsyncSession
 
 from .floor import AGE, EMAILS, ENTITY
-from .model import Company, DataSet, User, company_ids
+from .model import Company, DataSet, U, User, company_ids
 from .raw import as_dict, decode
 
 
@@ -92,7 +92,7 @@ class AsyncOrmSide(_OnLoop):
         async def find() -> None:
             async with AsyncSession(self.aclient) as session:
                 for email in self.data.lookups:
-                    await session.query(User).filter(User.email == email).one()
+                    await session.query(User).filter(U.email == email).one()
                     session.expunge_all()
 
         self.run(find())
@@ -102,7 +102,7 @@ class AsyncOrmSide(_OnLoop):
         async def range_() -> None:
             async with AsyncSession(self.aclient) as session:
                 for low, high in self.data.windows:
-                    q = session.query(User).filter(User.age.between(low, high))
+                    q = session.query(User).filter(U.age.between(low, high))
                     await q.offset(5).limit(10).all()
                     session.expunge_all()
 
@@ -149,7 +149,10 @@ class AsyncFloorSide(_OnLoop):
 
     async def _run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         pool = self.aclient.connection_pool
-        conn = await pool.get_connection()
+        try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except TypeError:  # redis-py < 5.3 wants a command name (as raw.connection does)
+            conn = await pool.get_connection("MULTI")  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(conn.pack_commands(commands))
             return [await conn.read_response() for _ in commands]

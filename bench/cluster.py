@@ -153,6 +153,7 @@ def _update(client: Any, cls: type, ids: list[str], rng: random.Random) -> int:
     for start in range(0, len(ids), BATCH):
         with Session(client) as s:
             for user in s.get_many(cls, ids[start : start + BATCH]):
+                assert user is not None  # the phases' ids all exist
                 user.age = rng.randrange(100)
             s.commit()
     return len(ids)

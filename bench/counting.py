@@ -48,12 +48,12 @@ class CountingConnection(redis.Connection):
 
     def __init__(self, *args: Any, counter: Counter, **kwargs: Any) -> None:
         self.counter = counter
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         self.counter.round_trips += 1
         self.counter.commands += count_commands(command)
-        super().send_packed_command(command, check_health)
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 def counting_client(url: str, **kwargs: Any) -> tuple[redis.Redis, Counter]:

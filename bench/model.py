@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import attrs
 
-from redisca import DateTime, Email, Integer, Reference, Registry, String
+from redisca import DateTime, Email, Integer, Reference, Registry, String, inspect
 
 registry = Registry()
 
@@ -37,6 +37,9 @@ class User:
     company: Company | None = Reference(Company, index=True, default=None)
     id: str | None = None
 
+
+#: ``User``'s query attributes, typed for mypy (``U.age.between(1, 9)``).
+U = inspect(User).attrs
 
 COMPANIES = 10
 START = datetime(2024, 1, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ import redis
 
 from redisca import Session
 
-from .model import Company, DataSet, User, company_ids
+from .model import Company, DataSet, U, User, company_ids
 
 
 class OrmSide:
@@ -79,14 +79,14 @@ class OrmSide:
     def find(self) -> int:
         with Session(self.client) as session:
             for email in self.data.lookups:
-                session.query(User).filter(User.email == email).one()
+                session.query(User).filter(U.email == email).one()
                 session.expunge_all()
         return len(self.data.lookups)
 
     def range(self) -> int:
         with Session(self.client) as session:
             for low, high in self.data.windows:
-                session.query(User).filter(User.age.between(low, high)).offset(5).limit(10).all()
+                session.query(User).filter(U.age.between(low, high)).offset(5).limit(10).all()
                 session.expunge_all()
         return len(self.data.windows)
 

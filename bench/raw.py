@@ -192,7 +192,7 @@ def connection(client: redis.Redis) -> Iterator[Any]:
     try:
         conn = pool.get_connection()
     except TypeError:  # redis-py < 5.3 wants a command name
-        conn = pool.get_connection("MULTI")  # type: ignore[call-arg]
+        conn = pool.get_connection("MULTI")
     try:
         yield conn
     finally:
@@ -349,7 +349,7 @@ class RawSide:
         keys = [ENTITY + r["id"].encode() for r in self.records]
         slots = [email_slot(r["email"]) for r in self.records]
         with connection(self.client) as conn:
-            reads = [(b"EXISTS", k) for k in keys]
+            reads: list[tuple[bytes, ...]] = [(b"EXISTS", k) for k in keys]
             reads += [(b"HMGET", k, b"eml", b"age", b"company") for k in keys]
             reads += [_owner_read(s) for s in slots]
             replies = roundtrip(conn, [(b"WATCH", *self._watched(keys)), *reads])

@@ -211,7 +211,7 @@ def query_table(server: dict[str, Any]) -> str:
         if len(sizes) > 1:
             a, b = figs[0], figs[-1]
             ok = a and b and a.get("server_us") and "server_us" in b
-            row.append(f"{b['server_us'] / a['server_us']:.2f}" if ok else "-")  # type: ignore[index]
+            row.append(f"{b['server_us'] / a['server_us']:.2f}" if ok else "-")
         row += [f"{f['wall_ms']:.2f}" if f and "wall_ms" in f else "-" for f in figs]
         row.append(str(figs[-1].get("round_trips", "-")) if figs[-1] else "-")
         row.append(" / ".join(_results(f) for f in figs))

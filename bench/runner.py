@@ -352,7 +352,7 @@ def verify(url: str, n: int = 200) -> None:
                 client.flushall()
                 side.setup()
                 for step in steps[: steps.index(upto) + 1]:
-                    if side is not orm and step == "insert":
+                    if not isinstance(side, OrmSide) and step == "insert":
                         side.insert(ids=orm.ids)
                     else:
                         getattr(side, step)()
@@ -375,7 +375,9 @@ def _floor_view(dump: frozenset[tuple[bytes, Any]]) -> frozenset[tuple[bytes, An
     fields redisca keeps for itself), one hash of emails, the ages of users with one."""
     from .floor import AGE, EMAILS, ENTITY
 
-    hashes, emails, ages = [], set(), set()
+    hashes: list[tuple[bytes, Any]] = []
+    emails: set[tuple[Any, bytes]] = set()
+    ages: set[tuple[bytes, float]] = set()
     for key, value in dump:
         if not key.startswith(ENTITY):
             continue
@@ -386,7 +388,7 @@ def _floor_view(dump: frozenset[tuple[bytes, Any]]) -> frozenset[tuple[bytes, An
         emails.add((found[b"eml"].lower(), ident))
         if b"age" in found:
             ages.add((ident, float(found[b"age"])))
-    extra = [(EMAILS, frozenset(emails))] if emails else []
+    extra: list[tuple[bytes, Any]] = [(EMAILS, frozenset(emails))] if emails else []
     extra += [(AGE, frozenset(ages))] if ages else []
     return frozenset(hashes + extra)
 

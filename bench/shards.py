@@ -71,7 +71,9 @@ def run(cluster: EmbeddedCluster, shards: int, commits: int, unique: bool) -> No
             session.add(cls(name=f"n{n}", age=n % 90, id=f"id{n}"))
             session.commit()
         for n in range(commits - half):
-            session.get(cls, f"id{n % half}").age += 1
+            user = session.get(cls, f"id{n % half}")
+            assert user is not None  # added above
+            user.age += 1
             session.commit()
     elapsed = time.perf_counter() - start
     after = stats(cluster)

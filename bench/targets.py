@@ -157,7 +157,7 @@ def _commit(servers: dict[str, Any]) -> list[Target]:
 
 
 def _memory(servers: dict[str, Any]) -> list[Target]:
-    out = []
+    out: list[Target] = []
     server = servers.get(FLOOR_SERVER) or next(iter(servers.values()), None)
     if server is None:
         return out
