@@ -1503,30 +1503,34 @@ def run_steps(client: Any, call: ScriptCall, sent: Any = _UNSENT) -> Steps[Any]:
 def _commands(client: Any, call: ScriptCall) -> tuple[bytes, Command, Command, set[bytes]]:
     """The script's digest, the call by digest and whole, and the scripts the server
     that runs it is known to have."""
-    script, sha = _script_of(call)
-    by_digest, whole = _call(call, script, sha, True), _call(call, script, sha, False)
-    pool = None
-    if routing.is_cluster(client):
-        pool = routing.pool(client, routing.slot_of(call.keys[0]))
+    keys, args = call.keys, call.args
+    if call.expiring and call.union:
+        sha = UNION_X_SHA
+        by_digest = (b"EVALSHA", UNION_X_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", UNION_X, len(keys), *keys, *args)
+    elif call.expiring and call.lookup:
+        sha = LOOKUP_X_SHA
+        by_digest = (b"EVALSHA", LOOKUP_X_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", LOOKUP_X, len(keys), *keys, *args)
+    elif call.expiring:
+        sha = SHA_X
+        by_digest = (b"EVALSHA", SHA_X, len(keys), *keys, *args)
+        whole = (b"EVAL", SCRIPT_X, len(keys), *keys, *args)
+    elif call.union:
+        sha = UNION_SHA
+        by_digest = (b"EVALSHA", UNION_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", UNION, len(keys), *keys, *args)
+    elif call.lookup:
+        sha = LOOKUP_SHA
+        by_digest = (b"EVALSHA", LOOKUP_SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", LOOKUP, len(keys), *keys, *args)
+    else:
+        sha = SHA
+        by_digest = (b"EVALSHA", SHA, len(keys), *keys, *args)
+        whole = (b"EVAL", SCRIPT, len(keys), *keys, *args)
+    pool = routing.pool(client, routing.slot_of(keys[0])) if routing.is_cluster(client) else None
     pool = client.connection_pool if pool is None else pool
     return sha, by_digest, whole, _known(client, pool)
-
-
-def _script_of(call: ScriptCall) -> tuple[bytes, bytes]:
-    """The script that answers ``call``, and its digest."""
-    if call.expiring:
-        if call.union:
-            return UNION_X, UNION_X_SHA
-        return (LOOKUP_X, LOOKUP_X_SHA) if call.lookup else (SCRIPT_X, SHA_X)
-    if call.union:
-        return UNION, UNION_SHA
-    return (LOOKUP, LOOKUP_SHA) if call.lookup else (SCRIPT, SHA)
-
-
-def _call(call: ScriptCall, script: bytes, sha: bytes, by_digest: bool) -> Command:
-    """``call`` as ``EVALSHA`` (the server is known to have the script) or ``EVAL``."""
-    head = (b"EVALSHA", sha) if by_digest else (b"EVAL", script)
-    return (*head, len(call.keys), *call.keys, *call.args)
 
 
 def run_many(client: Any, calls: list[ScriptCall]) -> list[Any]:
@@ -1621,10 +1625,15 @@ def run_nodes_steps(client: Any, calls: list[ScriptCall]) -> Steps[list[Any] | N
     return replies
 
 
-def _nodes_command(call: ScriptCall, sha_known: bool) -> Command:
+def _nodes_command(call: ScriptCall, sha_known: bool) -> tuple[Any, ...]:
+    keys, args = call.keys, call.args
     if call.expiring:
-        return _call(call, NODES_X, NODES_X_SHA, sha_known)
-    return _call(call, NODES, NODES_SHA, sha_known)
+        if sha_known:
+            return (b"EVALSHA", NODES_X_SHA, len(keys), *keys, *args)
+        return (b"EVAL", NODES_X, len(keys), *keys, *args)
+    if sha_known:
+        return (b"EVALSHA", NODES_SHA, len(keys), *keys, *args)
+    return (b"EVAL", NODES, len(keys), *keys, *args)
 
 
 def _nodes_sha(call: ScriptCall) -> bytes:
