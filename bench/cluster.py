@@ -259,6 +259,52 @@ def raw_first(client: Any, cls: type) -> Side:
     return lambda seed: contextlib.nullcontext(run)
 
 
+def same_work(client: Any, cls: type) -> Side:
+    """The first page of ``order_by(age).limit(10)`` as the same Redis work sent by hand:
+    the commands redisca sends for it (its script calls, by digest), recorded once and
+    replayed with redis-py (``execute_command``, or a pipeline where redisca sent several
+    at once: one round trip per master), replies parsed and nothing more. What redisca
+    adds to that is its client side: compiling the query, merging the nodes' pages,
+    building the entities."""
+    from redisca.session import executor
+
+    sent: list[list[Any]] = []
+    real_steps, real_run = executor.run_steps, executor.run
+
+    def steps(client: Any, commands: Any) -> Any:
+        sent.append(list(commands))
+        return (yield from real_steps(client, commands))
+
+    def run_(client: Any, commands: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(list(commands))  # the one-server fast path (queryscript.run)
+        return real_run(client, commands, *args, **kwargs)
+
+    with Session(client) as s:
+        query = _query(s, cls, random.Random(0), "first")
+        query.all()  # the scripts loaded: the recorded calls are the steady state's
+        executor.run_steps, executor.run = steps, run_
+        try:
+            query.all()
+        finally:
+            executor.run_steps, executor.run = real_steps, real_run
+    assert sent and all(c[0] == b"EVALSHA" for group in sent for c in group), sent
+    sent = [[("EVALSHA", *c[1:]) for c in group] for group in sent]  # RedisCluster: str
+
+    def run() -> list[Any]:
+        out = []
+        for group in sent:
+            if len(group) == 1:
+                out.append(client.execute_command(*group[0]))
+                continue
+            pipe = client.pipeline(transaction=False)
+            for command in group:
+                pipe.execute_command(*command)
+            out.append(pipe.execute())
+        return out
+
+    return lambda seed: contextlib.nullcontext(run)
+
+
 def compared(one: Side, many: Side) -> dict[str, float]:
     """:func:`turns` once to warm up (scripts loaded, pools filled), then measured."""
     turns(one, many)

@@ -15,7 +15,8 @@ shard, run in parallel after the chunk's unique values are claimed (with ``--uni
 ``--paged``: instead, the latency of a paged query (limit 10) with ``shards=16``, run
 once per node (the default) and shard by shard, against ``shards=1``, the two models'
 queries taken in turns, on clusters of ``--masters`` (1 and 3; 0: one plain server);
-then the first page against the one a user would write by hand with redis-py.
+then the first page against the one a user would write by hand with redis-py, and
+against redisca's own script calls replayed with redis-py (the same Redis work).
 """
 
 from __future__ import annotations
@@ -175,6 +176,14 @@ def paged(masters: list[int], n: int, binary: str | None) -> None:
                 )
             label = f"{where:<12} first page, the floor: shards=16 / shards=1"
             _print(label, floors[1], floors[16])
+            # The same Redis work (bench/cluster.py, same_work): redisca's own script
+            # calls replayed with redis-py, so what remains is redisca's client side.
+            for shards, cls in ((1, one), (16, many)):
+                _print(
+                    f"{where:<12} first page, shards={shards}: redisca / same work",
+                    phase.same_work(client, cls),
+                    phase.paged(client, cls, "first"),
+                )
 
 
 def _print(label: str, one: Any, many: Any) -> None:
