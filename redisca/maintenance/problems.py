@@ -123,7 +123,7 @@ class PlainSummary:
     __slots__ = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(cast(attrs.AttrsInstance, self))
+        return attrs.asdict(cast("attrs.AttrsInstance", self))
 
 
 class FollowedByReindex(ProblemReport):
