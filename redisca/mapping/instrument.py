@@ -237,22 +237,6 @@ def install_repr(cls: type, attributes: list[tuple[str, FieldAttribute, Any]]) -
     setattr(cls, "__repr__", __repr__)  # noqa: B010 (mypy refuses assigning a method)
 
 
-__all__ = [
-    "IN_STEP",
-    "MISSING",
-    "NOT_LOADED",
-    "FieldAttribute",
-    "Loadable",
-    "attach",
-    "detach",
-    "detach_states",
-    "generated_repr",
-    "inner_descriptor",
-    "install_repr",
-    "state_of",
-]
-
-
 class Attributes:
     """A mapped class's query attributes by name: ``redisca.inspect(User).attrs.age``.
 
@@ -302,3 +286,20 @@ class Attributes:
 
     def __repr__(self) -> str:
         return f"<Attributes of {self._owner.__name__}: {', '.join(self._by_name)}>"
+
+
+__all__ = [
+    "IN_STEP",
+    "MISSING",
+    "NOT_LOADED",
+    "Attributes",
+    "FieldAttribute",
+    "Loadable",
+    "attach",
+    "detach",
+    "detach_states",
+    "generated_repr",
+    "inner_descriptor",
+    "install_repr",
+    "state_of",
+]

@@ -328,9 +328,9 @@ class Mapper:
         self.id_attribute = FieldAttribute(cls, self.id_attr, inner, self._coerce_id, self)
         setattr(cls, self.id_attr, self.id_attribute)
         cls.__redisca_mapper__ = self
-        attributes = {f.name: f.attribute for f in (*self.fields, *self.collections)}
-        attributes[self.id_attr] = self.id_attribute
-        self.attrs = Attributes(cls, {self.id_attr: self.id_attribute, **attributes})
+        attributes = {self.id_attr: self.id_attribute}
+        attributes.update((f.name, f.attribute) for f in (*self.fields, *self.collections))
+        self.attrs = Attributes(cls, attributes)
         install_repr(
             cls, [(a.name, attributes[a.name], a.repr) for a in attrs.fields(cls) if a.repr]
         )
