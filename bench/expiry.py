@@ -2,14 +2,22 @@
 removes them.
 
 Two expiring models hold the same N entities (a unique ``code``, an eq-indexed ``kind`` of
-10 values, a range-indexed ``rank``, an indexed ``Set`` of tags): in ``live`` every
-entity's instant is an hour ahead, in ``half`` every other one's is long past (written by
-a raw ``ZADD`` of ``H#exp`` and of the scores of ``kind``'s equality entries, as a sweep
-finds them after their TTL ran out). Each query
+10 values, an eq-indexed ``owner`` of 3 entities a value, a range-indexed ``rank``, an
+indexed ``Set`` of tags): in ``live`` every entity's instant is an hour ahead, in ``half``
+every other one's is long past (written by a raw ``ZADD`` of ``H#exp`` and of the scores
+of the equality entries, as a sweep finds them after their TTL ran out). Each query
 shape runs on both, and the ratio is half's time over live's (client wall time, the
 median of the repetitions): the price a query pays for the expired entities it must skip.
 Then ``redisca.maintenance.sweep`` removes half's expired entities: entities per second,
 and the keys left checked against what the live half should leave.
+
+Memory, measured first: the same N entities loaded alone into the emptied server, once
+in the model without expiry and once in the expiring one. What an entity costs in each
+(``INFO used_memory`` before and after the load), and what each equality index and
+``H#exp`` cost (``MEMORY USAGE ... SAMPLES 0`` of their keys), show what expiry adds per
+entity against the one sorted-set entry (``H#exp``'s) it may add. ``kind``'s values hold
+more entities than a sorted set keeps compact (``zset-max-listpack-entries``, 128 by
+default) and ``owner``'s fewer: the two cases of what scoring an equality index costs.
 
 """
 
@@ -18,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import redis
@@ -30,19 +38,27 @@ from redisca.maintenance import sweep
 #: Repetitions per shape (a count reads every id: fewer).
 REPEATS = {"limit 10": 200, "eq + limit 10": 200, "count": 20, "eq count": 20}
 KINDS = 10
+#: Entities per value of ``owner``: few, as for tokens of one user.
+PER_OWNER = 3
+#: The equality-indexed fields, and the value of each for entity i.
+EQ_FIELDS: dict[str, Callable[[int], str]] = {
+    "kind": lambda i: f"k{i % KINDS}",
+    "owner": lambda i: f"o{i // PER_OWNER}",
+}
 #: One hour ahead, and one second after the epoch (ms).
 AHEAD_MS = 3_600_000
 PAST_MS = 1_000
 
 
-def model(prefix: str) -> type:
+def model(prefix: str, expiring: bool = True) -> type:
     registry = Registry()
 
-    @registry.mapped(prefix=prefix, expiring=True)
+    @registry.mapped(prefix=prefix, expiring=expiring)
     @attrs.define
     class Token:
         code: str = String(unique=True)
         kind: str = String(index=True)
+        owner: str = String(index=True)
         rank: int = Integer(index=True)
         tags: set[str] = Set(str, index=True)
         id: str | None = None
@@ -50,16 +66,24 @@ def model(prefix: str) -> type:
     return Token
 
 
-def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool]) -> float:
-    """The entities, then their instants (by a raw ``ZADD``, which can put them in the
-    past), in ``H#exp`` and as the scores of their equality index entries (``kind``'s
-    sorted sets), as a commit of ``session.expire`` writes them; the seconds it took."""
+def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] | None) -> float:
+    """The entities, then (``expired`` given) their instants (by a raw ``ZADD``, which can
+    put them in the past), in ``H#exp`` and as the scores of their equality index entries
+    (sorted sets), as a commit of ``session.expire`` writes them; the seconds it took."""
     started = time.perf_counter()
     with Session(client) as s:
         s.bulk_add(
-            cls(code=f"c{i}", kind=f"k{i % KINDS}", rank=i, tags={f"t{i % 7}"}, id=f"{i:07d}")
+            cls(
+                code=f"c{i}",
+                **{name: value(i) for name, value in EQ_FIELDS.items()},
+                rank=i,
+                tags={f"t{i % 7}"},
+                id=f"{i:07d}",
+            )
             for i in range(n)
         )
+    if expired is None:
+        return time.perf_counter() - started
     now_ms = int(client.time()[0]) * 1000
     layout = redisca.inspect(cls).layout
     key = layout.expiry
@@ -70,14 +94,66 @@ def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool])
             for i in range(start, min(n, start + 5_000))
         }
         pipe.zadd(key, scores)
-        by_kind: dict[bytes, dict[str, int]] = {}
+        by_key: dict[bytes, dict[str, int]] = {}
         for i in range(start, min(n, start + 5_000)):
-            eq = layout.eq_index(b"kind", f"k{i % KINDS}".encode())
-            by_kind.setdefault(eq, {})[f"{i:07d}"] = scores[f"{i:07d}"]
-        for eq, pairs in by_kind.items():
+            for name, value in EQ_FIELDS.items():
+                eq = layout.eq_index(name.encode(), value(i).encode())
+                by_key.setdefault(eq, {})[f"{i:07d}"] = scores[f"{i:07d}"]
+        for eq, pairs in by_key.items():
             pipe.zadd(eq, pairs)
-    pipe.execute()
+        pipe.execute()
     return time.perf_counter() - started
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def key_bytes(client: redis.Redis, keys: list[bytes]) -> int:
+    """What ``MEMORY USAGE`` counts for the keys, every element of each (``SAMPLES 0``)."""
+    total = 0
+    for start in range(0, len(keys), 1_000):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start : start + 1_000]:
+            pipe.memory_usage(key, samples=0)
+        total += sum(int(b or 0) for b in pipe.execute())
+    return total
+
+
+def measure(
+    client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] | None
+) -> dict[str, float]:
+    """Bytes per entity of ``cls`` loaded alone into an empty server (so that neither
+    model pays for the keyspace's growth more than the other), then of its indexes."""
+    flush_now(client)
+    before = used_memory(client)
+    load(client, cls, n, expired)
+    out = {"entity": (used_memory(client) - before) / n, **index_bytes(client, cls, n)}
+    flush_now(client)
+    return out
+
+
+def flush_now(client: redis.Redis) -> None:
+    """``FLUSHALL SYNC``: a server that frees a flush in the background (Valkey) would
+    still count its remains in the next ``used_memory``."""
+    cast(Any, client).execute_command("FLUSHALL", "SYNC")
+
+
+def index_bytes(client: redis.Redis, cls: type, n: int) -> dict[str, float]:
+    """Bytes per entity of each equality index of ``cls`` (and of ``H#exp`` when the
+    model expires)."""
+    layout = redisca.inspect(cls).layout
+    out = {
+        name: key_bytes(
+            client,
+            sorted({layout.eq_index(name.encode(), value(i).encode()) for i in range(n)}),
+        )
+        / n
+        for name, value in EQ_FIELDS.items()
+    }
+    if redisca.inspect(cls).expiring:
+        out["H#exp"] = key_bytes(client, [layout.expiry]) / n
+    return out
 
 
 def shapes(cls: Any) -> dict[str, Callable[[Session], Any]]:
@@ -122,6 +198,11 @@ def phase(url: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
     try:
         client.flushall()
         live, half = model("exl"), model("exh")
+        log(f"expiry phase: memory of {n:,} entities, with expiry and without")
+        memory = {
+            "plain": measure(client, model("exn", expiring=False), n, None),
+            "expiring": measure(client, model("exe"), n, lambda i: False),
+        }
         log(f"expiry phase: loading 2 x {n:,} entities")
         seconds = load(client, live, n, lambda i: False)
         seconds += load(client, half, n, lambda i: i % 2 == 0)
@@ -135,6 +216,7 @@ def phase(url: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
             "n": n,
             "load_seconds": seconds,
             "queries": queries,
+            "memory": memory,
             "sweep": {
                 "removed": swept.removed,
                 "skipped": swept.skipped,
@@ -172,7 +254,34 @@ def render(figures: dict[str, Any], table: Callable[[list[str], list[list[str]]]
             f"{s['removed']:,} removed, {s['per_s']:,.0f}/s ({'ok' if s['ok'] else 'WRONG'})",
         ]
     )
-    return table(header, rows)
+    return table(header, rows) + "\n\n" + render_memory(figures["memory"], table)
+
+
+def render_memory(
+    memory: dict[str, dict[str, float]], table: Callable[[list[str], list[list[str]]], str]
+) -> str:
+    """Bytes per entity, the expiring model against the same without expiry; the last
+    column is what expiry adds, where the issue allows one ``H#exp`` entry."""
+    exp, plain = memory["expiring"], memory["plain"]
+    rows = [
+        [
+            f"equality index {name} ({label})",
+            f"{plain[name]:,.1f}",
+            f"{exp[name]:,.1f}",
+            f"{exp[name] - plain[name]:+,.1f}",
+        ]
+        for name, label in (("kind", f"{KINDS} values"), ("owner", f"{PER_OWNER} a value"))
+    ]
+    rows.append(["H#exp (one sorted-set entry)", "", f"{exp['H#exp']:,.1f}", ""])
+    rows.append(
+        [
+            "entity, all keys (used_memory)",
+            f"{plain['entity']:,.1f}",
+            f"{exp['entity']:,.1f}",
+            f"{exp['entity'] - plain['entity']:+,.1f}",
+        ]
+    )
+    return table(["bytes per entity", "no expiry", "expiring", "added"], rows)
 
 
 __all__ = ["phase", "render"]

@@ -52,8 +52,35 @@ def ratio(mine: dict[str, Any], base: dict[str, Any]) -> float | None:
 def check(result: dict[str, Any]) -> list[Target]:
     servers = result["servers"]
     out = _floor(servers) + _growth(servers) + _commit(servers)
-    out += _memory(servers) + _queries(servers) + _ping(servers)
+    out += _memory(servers) + _queries(servers) + _ping(servers) + _expiry(servers)
     return out + _cluster(result.get("cluster"))
+
+
+#: Half expired and not swept, against nothing expired: each query within this factor.
+EXPIRY_RATIO = 1.5
+#: The expiry targets are judged at this many entities.
+EXPIRY_N = 100_000
+
+
+def _expiry(servers: dict[str, Any]) -> list[Target]:
+    """Issue 17's two bars: what unswept expired entities cost queries, and what expiry
+    costs in memory (at most one sorted-set entry, ``H#exp``'s, per entity)."""
+    out = []
+    for server in servers.values():
+        figures = server.get("expiry")
+        label = server["label"]
+        if not figures or figures["n"] < EXPIRY_N:
+            out.append(Target(f"{label}, expiry phase at N={EXPIRY_N:,}", "-", None))
+            continue
+        for name, q in figures["queries"].items():
+            what = f"{label}, {name}, half expired / none <= {EXPIRY_RATIO}"
+            out.append(Target(what, f"{q['ratio']:.2f}", q["ratio"] <= EXPIRY_RATIO))
+        exp, plain = figures["memory"]["expiring"], figures["memory"]["plain"]
+        added = exp["entity"] - plain["entity"]
+        what = f"{label}, bytes an expiring entity adds <= one H#exp entry"
+        value = f"{added:.0f} / {exp['H#exp']:.0f} B"
+        out.append(Target(what, value, added <= exp["H#exp"]))
+    return out
 
 
 #: shards=16 on 3 masters: no master above this share of commands or server CPU.
