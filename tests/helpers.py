@@ -388,8 +388,8 @@ def expected_indexes(raw: redis.Redis, mapper: Any) -> dict[bytes, tuple[str, An
                 expected.setdefault(name, ("zset", {}))[1][ident] = score
             if value is None:
                 continue
-            if field.index == "eq" and mapper.expiring:
-                # An expiring model's equality index: a sorted set scored by the
+            if field.scored:
+                # An equality index of scored_indexes=True: a sorted set scored by the
                 # entity's instant in P#exp (+inf: none).
                 name = prefix + b"#i:" + field.hash_field + b":" + field.index_key(value)
                 at = raw.zscore(prefix + b"#exp", ident)
@@ -439,8 +439,8 @@ def server_or_cluster(request: Any) -> Iterator[Any]:
 
 def set_instants(client: Any, model: type, instants: dict[str, float]) -> None:
     """Set raw expiry instants (ms) of entities of an expiring model, as if time had
-    moved: in ``P#exp`` and in the scores of their equality index entries (sorted sets
-    scored by the instant, docs/keylayout.rst), as a commit would write them (in the
+    moved: in ``P#exp`` and, on a model of ``scored_indexes=True``, in the scores of
+    their equality index entries (docs/keylayout.rst), as a commit would write them (in the
     id's shard, on a sharded model). Each id in one transaction that watches its hash,
     so writers racing it leave no stray entry. On a cluster the transaction runs on the
     master of the id's slot: a ``RedisCluster`` of redis-py before 6.1 has no
@@ -460,7 +460,7 @@ def set_instants(client: Any, model: type, instants: dict[str, float]) -> None:
             pipe.zadd(layout.expiry, {ident: at})
             for field in mapper.fields:
                 value = stored.get(field.hash_field, stored.get(field.hash_field.decode()))
-                if field.index == "eq" and value is not None:
+                if field.scored and value is not None:
                     if isinstance(value, str):
                         value = value.encode()
                     key = layout.eq_index(field.hash_field, field.index_key(value))

@@ -11,6 +11,7 @@ import math
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 import pytest
@@ -49,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("driver")
 registry = Registry()
 
 
-@registry.mapped(prefix="tok", ttl=60, slot_group="exp")
+@registry.mapped(prefix="tok", ttl=60, slot_group="exp", scored_indexes=True)
 @attrs.define
 class Token:
     owner: str = String(index=True)
@@ -73,7 +74,7 @@ class Versioned:
     id: str | None = None
 
 
-@registry.mapped(prefix="chn", slot_group="exp", expiring=True)
+@registry.mapped(prefix="chn", slot_group="exp", expiring=True, scored_indexes=True)
 @attrs.define
 class Chain:
     """An expiring referrer whose target's delete cascades to it."""
@@ -82,7 +83,7 @@ class Chain:
     id: str | None = None
 
 
-@registry.mapped(prefix="lbl", slot_group="exp", expiring=True)
+@registry.mapped(prefix="lbl", slot_group="exp", expiring=True, scored_indexes=True)
 @attrs.define
 class Label:
     """Expiring, no ttl: its equality entries score +inf until an expire."""
@@ -133,6 +134,16 @@ class Link:
 @attrs.define
 class Pin:
     token: Token | None = Reference(Token, index=True, on_delete="set_null", default=None)
+    id: str | None = None
+
+
+@registry.mapped(prefix="bdg", slot_group="exp", expiring=True)
+@attrs.define
+class Badge:
+    """The default layout: equality indexes are sets (Token and Label are scored)."""
+
+    color: str = String(index=True)
+    size: str | None = String(index=True, default=None)
     id: str | None = None
 
 
@@ -407,6 +418,78 @@ def test_equality_counts_and_pages_leave_out_expired_ids_before_any_sweep(
     assert s.query(Label).filter(Label.color.in_(["red", "blue"])).count() == 4
     assert r.zcard(LBL + b"#i:color:red") == 6  # nothing swept: the entries are there
     s.close()
+
+
+# -- equality index entries of the default layout: sets ----------------------------------
+
+BDG = head("bdg", "exp")
+
+
+def members(r: redis.Redis, key: bytes) -> set[str]:
+    """An equality index key of the default layout: a set of ids."""
+    assert r.type(key) in (b"set", "set"), r.type(key)
+    return {as_str(m) for m in r.smembers(key)}
+
+
+def test_equality_entries_are_sets_by_default_and_an_instant_leaves_them_be(
+    r: redis.Redis, counted: Counted
+) -> None:
+    persist(r, Badge("red", size="s", id="b1"), Badge("red", id="b2"), Visit("x", id="v1"))
+    assert members(r, BDG + b"#i:color:red") == {"b1", "b2"}
+    sent = []
+    s = Session(counted.client)
+    for model, ident in ((Badge, "b1"), (Visit, "v1")):
+        s.expire(s.get(model, ident), 60)
+        counted.reset()
+        s.commit()
+        sent.append((counted.round_trips, counted.commands))
+    # No entry to rescore: the same commands as a model with no equality index.
+    assert sent[0] == sent[1]
+    assert instant(r, Badge, "b1") is not None
+    assert members(r, BDG + b"#i:color:red") == {"b1", "b2"}
+    assert members(r, BDG + b"#i:size:s") == {"b1"}
+    s.close()
+    consistent(r, Badge)
+
+
+def test_set_counts_and_pages_leave_out_expired_ids_before_any_sweep(r: redis.Redis) -> None:
+    persist(r, *[Badge("red", id=f"b{i}") for i in range(6)], Badge("blue", id="x1"))
+    for i in range(3):
+        expire_now(r, Badge, f"b{i}")
+    with Session(r) as s:
+        red = s.query(Badge).filter(Badge.color == "red")
+        assert red.count() == 3
+        assert sorted(red.ids()) == ["b3", "b4", "b5"]
+        either = s.query(Badge).filter((Badge.color == "red") | (Badge.color == "blue"))
+        assert either.count() == 4
+        assert s.query(Badge).filter(Badge.color.in_(["red", "blue"])).count() == 4
+    assert r.scard(BDG + b"#i:color:red") == 6  # nothing swept: the entries are there
+    persist(r, Badge("blue", id="b0"))  # an insert over an expired id moves its entry,
+    # and its commit (which reads first) sweeps the model's other expired entities.
+    assert members(r, BDG + b"#i:color:red") == {"b3", "b4", "b5"}
+    assert members(r, BDG + b"#i:color:blue") == {"b0", "x1"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"scored_indexes": True}, "needs ttl= or expiring=True"),
+        ({"expiring": False, "scored_indexes": True}, "needs ttl= or expiring=True"),
+        ({"ttl": 60, "scored_indexes": "yes"}, "scored_indexes= takes True or False"),
+        ({"ttl": 60, "expiring": False}, "contradict"),
+        ({"expiring": "yes"}, "expiring= takes True or False"),
+        ({"ttl": 0}, "ttl"),
+    ],
+)
+def test_expiry_options_are_checked_when_mapping(options: dict[str, Any], message: str) -> None:
+    mapping = Registry()
+    with pytest.raises(redisca.MappingError, match=message):
+
+        @mapping.mapped(prefix="bad", **options)
+        @attrs.define
+        class Bad:
+            name: str = String(index=True)
+            id: str | None = None
 
 
 # -- loads -------------------------------------------------------------------------------

@@ -54,11 +54,12 @@ class Token:
     id: str | None = None
 
 
-@registry.mapped(prefix="xsh", ttl=0.3, shards=8)
+@registry.mapped(prefix="xsh", ttl=0.3, shards=8, scored_indexes=True)
 @attrs.define
 class Sharded:
     """The same over 8 shards: each shard keeps its own instants, and a claim lives in
-    its value's shard (on a cluster, claimed and released with the claim protocol)."""
+    its value's shard (on a cluster, claimed and released with the claim protocol). Its
+    equality indexes are sorted sets scored by the instants (the other layout)."""
 
     serial: str
     email: str | None = Email(unique=True, default=None)

@@ -681,7 +681,7 @@ def test_a_marker_of_another_type_is_refused(r: redis.Redis) -> None:
 expiring = Registry()
 
 
-@expiring.mapped(prefix="pass", ttl=3600)
+@expiring.mapped(prefix="pass", ttl=3600, scored_indexes=True)
 @attrs.define
 class Pass:
     color: str = redisca.String(index=True)
@@ -714,8 +714,9 @@ def test_check_reports_a_wrong_score_and_reindex_rescores_it(r: redis.Redis) -> 
 
 
 def test_reindex_migrates_equality_sets_to_sorted_sets(r: redis.Redis) -> None:
-    """The layout before: an expiring model's equality index as a plain set. check calls
-    it wrong_type; reindex rebuilds it as a sorted set scored by the instants."""
+    """``scored_indexes=True`` given to a model with data: its equality indexes are
+    plain sets (the default layout). check calls them wrong_type; reindex rebuilds them
+    as sorted sets scored by the instants."""
     with Session(r) as s:
         s.add_all(Pass("red" if i % 2 else "blue", id=str(i)) for i in range(6))
         s.commit()
@@ -743,3 +744,38 @@ def test_reindex_migrates_equality_sets_to_sorted_sets(r: redis.Redis) -> None:
     assert_indexes_consistent(r, redisca.inspect(Pass))
     with Session(r) as s:
         assert s.query(Pass).filter(Pass.color == "red").count() == 3
+
+
+#: The same keys mapped with the default layout (sets), as after scored_indexes=True is
+#: taken away from Pass.
+unscored = Registry()
+
+
+@unscored.mapped(prefix="pass", ttl=3600)
+@attrs.define
+class PassSets:
+    color: str = redisca.String(index=True)
+    id: str | None = None
+
+
+def test_reindex_turns_sorted_sets_back_into_sets(r: redis.Redis) -> None:
+    """Taking ``scored_indexes=True`` away: check calls each sorted set wrong_type, and
+    reindex rebuilds it as a set, leaving an expired entity's entry for the sweep."""
+    with Session(r) as s:
+        s.add_all(Pass("red" if i % 2 else "blue", id=str(i)) for i in range(6))
+        s.commit()
+    layout = redisca.inspect(PassSets).layout
+    r.zadd(layout.expiry, {"3": 1})  # expired, not swept
+    problems = check(unscored, r).problems
+    assert sorted((p.kind, p.key) for p in problems) == [
+        ("wrong_type", "{pass}#i:color:blue"),
+        ("wrong_type", "{pass}#i:color:red"),
+    ]
+    assert reindex(unscored, r).ok
+    red = layout.eq_index(b"color", b"red")
+    assert r.type(red) in (b"set", "set")
+    assert {as_str(m) for m in r.smembers(red)} == {"1", "3", "5"}
+    assert check(unscored, r).ok
+    assert_indexes_consistent(r, redisca.inspect(PassSets))
+    with Session(r) as s:
+        assert sorted(s.query(PassSets).filter(PassSets.color == "red").ids()) == ["1", "5"]

@@ -25,10 +25,12 @@ from redisca.maintenance import check, reindex, reshard, stats, sweep
 pytestmark = pytest.mark.usefixtures("driver")
 
 
-def _token(shards: int, prefix: str, unique: bool = True) -> tuple[Registry, type]:
+def _token(
+    shards: int, prefix: str, unique: bool = True, scored: bool = False
+) -> tuple[Registry, type]:
     registry = Registry()
 
-    @registry.mapped(prefix=prefix, shards=shards, ttl=600)
+    @registry.mapped(prefix=prefix, shards=shards, ttl=600, scored_indexes=scored)
     @attrs.define
     class Token:
         owner: str = String(index=True)
@@ -42,8 +44,8 @@ def _token(shards: int, prefix: str, unique: bool = True) -> tuple[Registry, typ
 
 #: The same model with one shard and with 8, in their own key spaces.
 (REG1, T1), (REG8, T8) = _token(1, "xe1"), _token(8, "xe8")
-#: The model with 8 shards and no unique field.
-REGV, V8 = _token(8, "xev", unique=False)
+#: The model with 8 shards and no unique field, its equality indexes scored.
+REGV, V8 = _token(8, "xev", unique=False, scored=True)
 #: The model of the reshard test, as deployed with 1, then 8, then 3 shards.
 RESHARDED = {n: _token(n, "xer") for n in (1, 8, 3)}
 
@@ -211,7 +213,7 @@ def claimed(client: Any, cls: type, value: str) -> str | None:
 
 
 def test_session_expire_moves_an_entity_in_its_own_shard(client: Any) -> None:
-    fill(client, T8)
+    fill(client, T8, V8)
     mapper = redisca.inspect(T8)
     with Session(client) as s:
         token = s.get(T8, "t010")
@@ -222,7 +224,14 @@ def test_session_expire_moves_an_entity_in_its_own_shard(client: Any) -> None:
     ms = client.zscore(mapper.layout.expiry_of("t010"), "t010")
     assert math.isclose(ms / 1000, at.timestamp(), abs_tol=0.002)
     eq = mapper.layout.for_id("t010").eq_index(b"owner", b"o0")
-    assert client.zscore(eq, "t010") == ms  # its equality entry scored by the instant
+    assert client.sismember(eq, "t010")  # a set entry: the instant is in H#exp alone
+    scored = redisca.inspect(V8).layout.for_id("t010").eq_index(b"owner", b"o0")
+    with Session(client) as s:  # scored_indexes=True: the entry is rescored too
+        s.expire(s.get(V8, "t010"), 3600)
+        s.commit()
+    assert client.zscore(scored, "t010") == client.zscore(
+        redisca.inspect(V8).layout.expiry_of("t010"), "t010"
+    )
     with Session(client) as s:
         token = s.get(T8, "t010")
         assert redisca.inspect(token).expires_at == at

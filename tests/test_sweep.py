@@ -89,9 +89,8 @@ def b(x: Any) -> bytes:
 
 
 def dump(r: redis.Redis) -> dict[bytes, Any]:
-    """Every key of the models but the guard stripes, with its contents (``H#exp`` and
-    the equality indexes scored by it: their members only, whose instants depend on the
-    clock)."""
+    """Every key of the models but the guard stripes, with its contents (``H#exp``: its
+    members only, whose instants depend on the clock)."""
     out: dict[bytes, Any] = {}
     for key in r.keys("{tok}*") + r.keys("{kept}*"):
         key = b(key)
@@ -210,7 +209,7 @@ def test_a_writer_recreating_the_id_keeps_its_data(r: redis.Redis) -> None:
     assert dump(r) == before
     assert not r.exists(layout().entity("4"))
     assert b(r.hget(layout().entity("1"), "code")) == b"new"
-    assert r.zscore(layout().eq_index(b"kind", b"z"), "1") == PAST  # scored by its instant
+    assert r.sismember(layout().eq_index(b"kind", b"z"), "1")
     assert r.zscore(layout().range_index(b"rank"), "1") == 99
     assert r.smembers(layout().members(b"tags", b"1")) in ({b"y"}, {"y"})
     assert r.zscore(layout().expiry, "1") is not None  # left for a later sweep
@@ -336,8 +335,8 @@ def test_stats_counts_pending_expired_entities(r: redis.Redis) -> None:
     instants = r.zcard(layout().expiry)  # commits write theirs (ttl=) once they do
     token = next(m for m in stats(registry, r).models if m.model == "Token")
     assert (token.expired, token.expiring) == (len(EXPIRED), instants)
-    # Its equality index entries (sorted sets, scored by the instants) are counted.
-    eq = sum(r.zcard(layout().eq_index(b"kind", v)) for v in (b"a", b"b"))
+    # Its equality index entries are counted, expired ones included.
+    eq = sum(r.scard(layout().eq_index(b"kind", v)) for v in (b"a", b"b"))
     assert eq == N
     assert token.index_keys["eq"] == 2 and token.index_entries == eq + N + N  # rank, code
     sweep(registry, r)
@@ -406,12 +405,12 @@ def test_a_running_reindex_build_keys_lose_the_entries_too(r: redis.Redis) -> No
     r.rpush(layout().marker, run_token, b"kind", b"code")
     live = layout().eq_index(b"kind", b"a")
     built = layout().build(run_token, live)
-    r.zadd(built, {"4": PAST, "2": 2**50})  # what the run built so far (scored)
+    r.sadd(built, "4", "2")  # what the run built so far
     stripe = layout().unique_stripe(b"code", b"c4")
     built_stripe = layout().build(run_token, stripe)
     r.hset(built_stripe, mapping={"c4": "4", "c2": "2"})
     assert sweep(registry, r).models[0].removed == 1
-    assert {b(m) for m in r.zrange(built, 0, -1)} == {b"2"}
+    assert {b(m) for m in r.smembers(built)} == {b"2"}
     assert {b(k) for k in r.hkeys(built_stripe)} == {b"c2"}
     directory = {b(k): b(v) for k, v in r.hgetall(layout().build_dir(run_token)).items()}
     assert directory[built] == live and directory[built_stripe] == stripe

@@ -114,11 +114,13 @@ class MappedField:
     @property
     def scored(self) -> bool:
         """Whether its equality index keys are sorted sets scored by each entity's expiry
-        instant (``+inf``: none), not sets: a field of an expiring model with an equality
-        index (a collection's member index stays a set). A query then counts and lists
-        the live ids of a value in one command (``ZCOUNT``, ``ZRANGEBYSCORE`` from the
-        server's now), with no probe of ``H#exp`` per id."""
-        return self.index == "eq" and self.collection is None and self.mapper.expiring
+        instant (``+inf``: none), not sets: a field with an equality index of a model
+        mapped with ``scored_indexes=True`` (a collection's member index stays a set). A
+        query then counts and lists the live ids of a value in one command (``ZCOUNT``,
+        ``ZRANGEBYSCORE`` from the server's now), with no probe of ``H#exp`` per id, however
+        many expired ids wait for a sweep; a set costs less memory per entry, and its
+        expired ids are found in ``H#exp`` (the smaller side of the two is probed)."""
+        return self.index == "eq" and self.collection is None and self.mapper.scored_indexes
 
     def __repr__(self) -> str:
         return f"<MappedField {self.mapper.class_.__name__}.{self.name}>"
@@ -257,6 +259,9 @@ class Mapper:
         self.expiring = False
         #: The time to live of new entities in milliseconds (``mapped(ttl=...)``), or None.
         self.ttl_ms: int | None = None
+        #: Whether an expiring model's equality indexes are sorted sets scored by the
+        #: instants (``mapped(scored_indexes=True)``), not sets: see ``MappedField.scored``.
+        self.scored_indexes = False
         #: The mapped attributes, in declaration order (the id is not one).
         self.fields: tuple[MappedField, ...] = ()
         #: The mapped attributes by attribute name.

@@ -56,6 +56,7 @@ class Registry:
         shards: int = 1,
         ttl: float | timedelta | None = None,
         expiring: bool | None = None,
+        scored_indexes: bool = False,
     ) -> Callable[[T], T]: ...
 
     def mapped(  # type: ignore[misc]
@@ -70,6 +71,7 @@ class Registry:
         shards: int = 1,
         ttl: float | timedelta | None = None,
         expiring: bool | None = None,
+        scored_indexes: bool = False,
     ) -> T | Callable[[T], T]:
         """Class decorator (use it above ``@attrs.define``); returns the class unchanged.
 
@@ -80,7 +82,12 @@ class Registry:
         ``ttl``: new entities expire this long (seconds, or a timedelta) after the commit
         that adds them. ``expiring``: whether entities of the model may expire at all
         (default: whether a ``ttl`` is given); ``session.expire`` works on such models
-        only, since their reads are the ones that consult the expiry instants."""
+        only, since their reads are the ones that consult the expiry instants.
+        ``scored_indexes``: an expiring model's equality indexes become sorted sets
+        scored by each entity's instant, so a value's live entities are counted in
+        O(log N) however many expired ones wait for a sweep, at some memory per entry
+        (default: sets, whose expired members a query finds in ``H#exp``; see the
+        Expiry page)."""
 
         def decorate(klass: T) -> T:
             self.map(
@@ -92,6 +99,7 @@ class Registry:
                 shards=shards,
                 ttl=ttl,
                 expiring=expiring,
+                scored_indexes=scored_indexes,
             )
             return klass
 
@@ -109,6 +117,7 @@ class Registry:
         shards: int = 1,
         ttl: float | timedelta | None = None,
         expiring: bool | None = None,
+        scored_indexes: bool = False,
     ) -> Mapper:
         """Map a class imperatively; ``fields`` gives helpers for attributes you can't edit."""
         name = cls.__name__
@@ -129,9 +138,10 @@ class Registry:
                 f"{name}: a model of a slot group shares the group's one slot, so it "
                 f"cannot have shards={shards}"
             )
-        ttl_ms, expiring = _expiry_options(name, ttl, expiring)
+        ttl_ms, expiring = _expiry_options(name, ttl, expiring, scored_indexes)
         mapper = Mapper(self, cls, prefix, id, versioned, slot_group, shards)
         mapper.ttl_ms, mapper.expiring = ttl_ms, expiring
+        mapper.scored_indexes = scored_indexes
         mapper.set_fields(self._build_fields(mapper, dict(fields or {})))
         mapper.instrument()
         if earlier is not None:
@@ -431,9 +441,11 @@ def _annotation(cls: type, attribute: Any, registry: Registry) -> Any:
             return tp
 
 
-def _expiry_options(name: str, ttl: object, expiring: bool | None) -> tuple[int | None, bool]:
-    """``mapped(ttl=, expiring=)`` checked: the default TTL in ms, and whether the
-    model's entities may expire."""
+def _expiry_options(
+    name: str, ttl: object, expiring: bool | None, scored: object
+) -> tuple[int | None, bool]:
+    """``mapped(ttl=, expiring=, scored_indexes=)`` checked: the default TTL in ms, and
+    whether the model's entities may expire."""
     ms = None if ttl is None else ttl_ms(ttl, f"{name}: ttl", mapping=True)
     if expiring is None:
         expiring = ms is not None
@@ -441,7 +453,13 @@ def _expiry_options(name: str, ttl: object, expiring: bool | None) -> tuple[int 
         raise MappingError(f"{name}: expiring= takes True or False, not {expiring!r}")
     if ms is not None and not expiring:
         raise MappingError(f"{name}: ttl={ttl!r} with expiring=False contradict each other")
-
+    if not isinstance(scored, bool):
+        raise MappingError(f"{name}: scored_indexes= takes True or False, not {scored!r}")
+    if scored and not expiring:
+        raise MappingError(
+            f"{name}: scored_indexes=True scores entries by expiry instants: it needs "
+            "ttl= or expiring=True"
+        )
     return ms, expiring
 
 
