@@ -503,7 +503,8 @@ def failures(result: dict[str, Any]) -> list[str]:
                 out.append(f"{key} PING probe, {name}: {figures['error']}")
         if "error" in server.get("big_commit", {}):
             out.append(f"{key} big commit: {server['big_commit']['error']}")
-        if server.get("expiry") and not server["expiry"]["sweep"]["ok"]:
+        sweeps = [v for k, v in (server.get("expiry") or {}).items() if k.startswith("sweep")]
+        if not all(s["ok"] for s in sweeps):
             out.append(f"{key} expiry phase: the sweep left the wrong keys")
         if "error" in server.get("bulk", {}):
             out.append(f"{key} bulk load: {server['bulk']['error']}")

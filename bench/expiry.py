@@ -1,19 +1,21 @@
-"""The expiry phase: what expired entities not yet swept cost queries, and how fast a sweep
-removes them.
+"""The expiry phase: what expired entities not yet swept cost queries, what expiry costs
+in memory, and how fast a sweep removes the leftovers; for each layout of an expiring
+model's equality indexes (sets, the default, and ``scored_indexes=True``).
 
-Two expiring models hold the same N entities (a unique ``code``, an eq-indexed ``kind`` of
-10 values, an eq-indexed ``owner`` of 3 entities a value, a range-indexed ``rank``, an
-indexed ``Set`` of tags): in ``live`` every entity's instant is an hour ahead, in ``half``
-every other one's is long past (written by a raw ``ZADD`` of ``H#exp`` and of the scores
-of the equality entries, as a sweep finds them after their TTL ran out). Each query
-shape runs on both, and the ratio is half's time over live's (client wall time, the
-median of the repetitions): the price a query pays for the expired entities it must skip.
-Then ``redisca.maintenance.sweep`` removes half's expired entities: entities per second,
-and the keys left checked against what the live half should leave.
+Per layout, two expiring models hold the same N entities (a unique ``code``, an
+eq-indexed ``kind`` of 10 values, an eq-indexed ``owner`` of 3 entities a value, a
+range-indexed ``rank``, an indexed ``Set`` of tags): in ``live`` every entity's instant
+is an hour ahead, in ``half`` every other one's is long past (written by a raw ``ZADD`` of
+``H#exp``, and of the scores of the equality entries where they are scored, as a sweep
+finds them after their TTL ran out). Each query shape runs on both, and the ratio is
+half's time over live's (client wall time, the median of the repetitions): the price a
+query pays for the expired entities it must skip. Then ``redisca.maintenance.sweep``
+removes each half's expired entities: entities per second, and the keys left checked
+against what the live half should leave.
 
-Memory, measured first: the same N entities loaded alone into the emptied server, once
-in the model without expiry and once in the expiring one. What an entity costs in each
-(``INFO used_memory`` before and after the load), and what each equality index and
+Memory, measured first: the same N entities loaded alone into the emptied server, in the
+model without expiry and in the expiring one of each layout. What an entity costs in
+each (``INFO used_memory`` before and after the load), and what each equality index and
 ``H#exp`` cost (``MEMORY USAGE ... SAMPLES 0`` of their keys), show what expiry adds per
 entity against the one sorted-set entry (``H#exp``'s) it may add. ``kind``'s values hold
 more entities than a sorted set keeps compact (``zset-max-listpack-entries``, 128 by
@@ -50,10 +52,14 @@ AHEAD_MS = 3_600_000
 PAST_MS = 1_000
 
 
-def model(prefix: str, expiring: bool = True) -> type:
+#: The layouts of an expiring model's equality indexes: ``mapped(scored_indexes=...)``.
+LAYOUTS = {"sets": False, "scored": True}
+
+
+def model(prefix: str, expiring: bool = True, scored: bool = False) -> type:
     registry = Registry()
 
-    @registry.mapped(prefix=prefix, expiring=expiring)
+    @registry.mapped(prefix=prefix, expiring=expiring, scored_indexes=scored)
     @attrs.define
     class Token:
         code: str = String(unique=True)
@@ -68,8 +74,9 @@ def model(prefix: str, expiring: bool = True) -> type:
 
 def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] | None) -> float:
     """The entities, then (``expired`` given) their instants (by a raw ``ZADD``, which can
-    put them in the past), in ``H#exp`` and as the scores of their equality index entries
-    (sorted sets), as a commit of ``session.expire`` writes them; the seconds it took."""
+    put them in the past), in ``H#exp`` and, on a scored model, as the scores of its
+    equality index entries, as a commit of ``session.expire`` writes them; the seconds it
+    took."""
     started = time.perf_counter()
     with Session(client) as s:
         s.bulk_add(
@@ -85,7 +92,9 @@ def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] 
     if expired is None:
         return time.perf_counter() - started
     now_ms = int(client.time()[0]) * 1000
-    layout = redisca.inspect(cls).layout
+    mapper = redisca.inspect(cls)
+    layout = mapper.layout
+    scored = [f for f in mapper.fields if f.scored]
     key = layout.expiry
     pipe = client.pipeline(transaction=False)
     for start in range(0, n, 5_000):
@@ -96,8 +105,9 @@ def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] 
         pipe.zadd(key, scores)
         by_key: dict[bytes, dict[str, int]] = {}
         for i in range(start, min(n, start + 5_000)):
-            for name, value in EQ_FIELDS.items():
-                eq = layout.eq_index(name.encode(), value(i).encode())
+            for field in scored:
+                value = EQ_FIELDS[field.name]
+                eq = layout.eq_index(field.hash_field, value(i).encode())
                 by_key.setdefault(eq, {})[f"{i:07d}"] = scores[f"{i:07d}"]
         for eq, pairs in by_key.items():
             pipe.zadd(eq, pairs)
@@ -195,90 +205,111 @@ def timed(client: redis.Redis, mine: type, base: type) -> dict[str, dict[str, An
 
 
 def phase(url: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The figures of each layout: ``queries``, ``sweep`` (sets, the default) and
+    ``queries_scored``, ``sweep_scored``; ``memory`` of the plain model and of both."""
     client = redis.Redis.from_url(url)
     try:
         client.flushall()
-        live, half = model("exl"), model("exh")
         log(f"expiry phase: memory of {n:,} entities, with expiry and without")
-        memory = {
-            "plain": measure(client, model("exn", expiring=False), n, None),
-            "expiring": measure(client, live, n, lambda i: False),
-        }
-        log(f"expiry phase: loading 2 x {n:,} entities")
-        seconds = load(client, live, n, lambda i: False)
-        seconds += load(client, half, n, lambda i: i % 2 == 0)
-        log("expiry phase: queries")
-        queries = timed(client, half, live)
-        log(f"expiry phase: sweeping {n - n // 2:,} expired entities")
-        report = sweep([half], client, batch=500)
-        [swept] = report.models
-        left = int(client.zcard(redisca.inspect(half).layout.expiry))
-        return {
-            "n": n,
-            "load_seconds": seconds,
-            "queries": queries,
-            "memory": memory,
-            "sweep": {
-                "removed": swept.removed,
-                "skipped": swept.skipped,
-                "batches": swept.batches,
-                "seconds": swept.seconds,
-                "per_s": swept.per_second,
-                "left_in_expiry": left,
-                "ok": report.ok and swept.removed == n - n // 2 and left == n // 2,
-            },
-        }
+        memory = {"plain": measure(client, model("exn", expiring=False), n, None)}
+        out: dict[str, Any] = {"n": n, "load_seconds": 0.0, "memory": memory}
+        for name, scored in LAYOUTS.items():
+            live = model(f"exl{name[:2]}", scored=scored)
+            half = model(f"exh{name[:2]}", scored=scored)
+            memory["expiring" if name == "sets" else name] = measure(
+                client, live, n, lambda i: False
+            )
+            log(f"expiry phase ({name}): loading 2 x {n:,} entities")
+            out["load_seconds"] += load(client, live, n, lambda i: False)
+            out["load_seconds"] += load(client, half, n, lambda i: i % 2 == 0)
+            log(f"expiry phase ({name}): queries")
+            suffix = "" if name == "sets" else f"_{name}"
+            out["queries" + suffix] = timed(client, half, live)
+            log(f"expiry phase ({name}): sweeping {n - n // 2:,} expired entities")
+            out["sweep" + suffix] = swept(client, half, n)
+            flush_now(client)
+        return out
     finally:
         client.flushall()
         client.close()
 
 
+def swept(client: redis.Redis, half: type, n: int) -> dict[str, Any]:
+    """Sweeps ``half``'s expired entities; the rate, and whether the live half is left."""
+    report = sweep([half], client, batch=500)
+    [done] = report.models
+    left = int(client.zcard(redisca.inspect(half).layout.expiry))
+    return {
+        "removed": done.removed,
+        "skipped": done.skipped,
+        "batches": done.batches,
+        "seconds": done.seconds,
+        "per_s": done.per_second,
+        "left_in_expiry": left,
+        "ok": report.ok and done.removed == n - n // 2 and left == n // 2,
+    }
+
+
 def render(figures: dict[str, Any], table: Callable[[list[str], list[list[str]]], str]) -> str:
+    """One table of queries and sweep per layout measured, then the memory table (runs
+    saved before a layout or the memory were measured have none of it)."""
     header = ["query", "live µs", "half expired µs", "x", "results: live / half expired"]
-    rows = [
-        [
-            name,
-            f"{q['live_us']:,.0f}",
-            f"{q['half_expired_us']:,.0f}",
-            f"{q['ratio']:.2f}",
-            f"{q['live_result']:,} / {q['half_expired_result']:,}",
+    out = []
+    for layout, suffix in (("sets", ""), ("scored_indexes=True", "_scored")):
+        if "queries" + suffix not in figures:
+            continue
+        rows = [
+            [
+                f"{name} ({layout})",
+                f"{q['live_us']:,.0f}",
+                f"{q['half_expired_us']:,.0f}",
+                f"{q['ratio']:.2f}",
+                f"{q['live_result']:,} / {q['half_expired_result']:,}",
+            ]
+            for name, q in figures["queries" + suffix].items()
         ]
-        for name, q in figures["queries"].items()
-    ]
-    s = figures["sweep"]
-    rows.append(
-        [
-            "sweep",
-            "",
-            f"{s['seconds'] * 1e6 / max(1, s['removed']):,.1f} /entity",
-            "",
-            f"{s['removed']:,} removed, {s['per_s']:,.0f}/s ({'ok' if s['ok'] else 'WRONG'})",
-        ]
-    )
-    out = table(header, rows)
-    if "memory" in figures:  # runs saved before the phase measured it have none
-        out += "\n\n" + render_memory(figures["memory"], table)
-    return out
+        s = figures["sweep" + suffix]
+        rows.append(
+            [
+                f"sweep ({layout})",
+                "",
+                f"{s['seconds'] * 1e6 / max(1, s['removed']):,.1f} /entity",
+                "",
+                f"{s['removed']:,} removed, {s['per_s']:,.0f}/s ({'ok' if s['ok'] else 'WRONG'})",
+            ]
+        )
+        out.append(table(header, rows))
+    if "memory" in figures:
+        out.append(render_memory(figures["memory"], table))
+    return "\n\n".join(out)
 
 
 def render_memory(
     memory: dict[str, dict[str, float]], table: Callable[[list[str], list[list[str]]], str]
 ) -> str:
-    """Bytes per entity, the expiring model against the same without expiry; the last
-    column is what expiry adds, where the issue allows one ``H#exp`` entry."""
-    exp, plain = memory["expiring"], memory["plain"]
+    """Bytes per entity, each expiring layout against the same model without expiry,
+    with what it adds (the issue allows one ``H#exp`` entry)."""
+    plain = memory["plain"]
+    sides = [(k, memory[k]) for k in ("expiring", "scored") if k in memory]
 
     def row(label: str, key: str) -> list[str]:
-        added = exp[key] - plain[key]
-        return [label, f"{plain[key]:,.1f}", f"{exp[key]:,.1f}", f"{added:+,.1f}"]
+        cells = [label, f"{plain[key]:,.1f}"]
+        for _, exp in sides:
+            cells += [f"{exp[key]:,.1f}", f"{exp[key] - plain[key]:+,.1f}"]
+        return cells
 
     rows = [
         row(f"equality index kind ({KINDS} values)", "kind"),
         row(f"equality index owner ({PER_OWNER} a value)", "owner"),
-        ["H#exp (one sorted-set entry)", "", f"{exp['H#exp']:,.1f}", ""],
+        ["H#exp (one sorted-set entry)", ""]
+        + [c for _, exp in sides for c in (f"{exp['H#exp']:,.1f}", "")],
         row("entity, all keys (used_memory)", "entity"),
     ]
-    return table(["bytes per entity", "no expiry", "expiring", "added"], rows)
+    names = {"expiring": "sets", "scored": "scored"}
+    header = ["bytes per entity", "no expiry"]
+    for key, _ in sides:
+        header += [f"expiring ({names[key]})", "added"]
+    return table(header, rows)
 
 
 __all__ = ["phase", "render"]
