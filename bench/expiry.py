@@ -16,8 +16,10 @@ against what the live half should leave.
 Memory, measured first: the same N entities loaded alone into the emptied server, in the
 model without expiry and in the expiring one of each layout. What an entity costs in
 each (``INFO used_memory`` before and after the load), and what each equality index and
-``H#exp`` cost (``MEMORY USAGE ... SAMPLES 0`` of their keys), show what expiry adds per
-entity against the one sorted-set entry (``H#exp``'s) it may add. ``kind``'s values hold
+``H#exp`` cost (``MEMORY USAGE ... SAMPLES 0`` of their keys; ``used_memory`` around
+the instants' write too, since Redis 7.0's ``MEMORY USAGE`` counts a sorted-set entry's
+dict entry as 24 bytes where the allocator gives it 32), show what expiry adds per entity
+against the one sorted-set entry (``H#exp``'s) it may add. ``kind``'s values hold
 more entities than a sorted set keeps compact (``zset-max-listpack-entries``, 128 by
 default) and ``owner``'s fewer: the two cases of what scoring an equality index costs.
 
@@ -72,11 +74,17 @@ def model(prefix: str, expiring: bool = True, scored: bool = False) -> type:
     return Token
 
 
-def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] | None) -> float:
+def load(
+    client: redis.Redis,
+    cls: type,
+    n: int,
+    expired: Callable[[int], bool] | None,
+    between: Callable[[], None] | None = None,
+) -> float:
     """The entities, then (``expired`` given) their instants (by a raw ``ZADD``, which can
     put them in the past), in ``H#exp`` and, on a scored model, as the scores of its
     equality index entries, as a commit of ``session.expire`` writes them; the seconds it
-    took."""
+    took. ``between`` runs after the entities, before their instants."""
     started = time.perf_counter()
     with Session(client) as s:
         s.bulk_add(
@@ -89,6 +97,8 @@ def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] 
             )
             for i in range(n)
         )
+    if between is not None:
+        between()
     if expired is None:
         return time.perf_counter() - started
     now_ms = int(client.time()[0]) * 1000
@@ -134,11 +144,17 @@ def measure(
     client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] | None
 ) -> dict[str, float]:
     """Bytes per entity of ``cls`` loaded alone into an empty server (so that neither
-    model pays for the keyspace's growth more than the other), then of its indexes."""
+    model pays for the keyspace's growth more than the other), then of its indexes; and
+    of an expiring model, what writing the instants added (``H#exp used``: all of it is
+    ``H#exp`` unless the equality entries are scored, whose rescoring adds nothing)."""
     flush_now(client)
     before = used_memory(client)
-    load(client, cls, n, expired)
-    out = {"entity": (used_memory(client) - before) / n, **index_bytes(client, cls, n)}
+    marks: list[int] = []
+    load(client, cls, n, expired, lambda: marks.append(used_memory(client)))
+    after = used_memory(client)
+    out = {"entity": (after - before) / n, **index_bytes(client, cls, n)}
+    if expired is not None:
+        out["H#exp used"] = (after - marks[0]) / n
     flush_now(client)
     return out
 
@@ -214,8 +230,10 @@ def phase(url: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
         memory = {"plain": measure(client, model("exn", expiring=False), n, None)}
         out: dict[str, Any] = {"n": n, "load_seconds": 0.0, "memory": memory}
         for name, scored in LAYOUTS.items():
-            live = model(f"exl{name[:2]}", scored=scored)
-            half = model(f"exh{name[:2]}", scored=scored)
+            # Prefixes of one length: a longer key name can cost each key 8 bytes more
+            # (an allocator size class), which would be taken for expiry's.
+            first = "ey" if scored else "ex"
+            live, half = model(f"{first}l", scored=scored), model(f"{first}h", scored=scored)
             memory["expiring" if name == "sets" else name] = measure(
                 client, live, n, lambda i: False
             )
@@ -292,6 +310,9 @@ def render_memory(
     plain = memory["plain"]
     sides = [(k, memory[k]) for k in ("expiring", "scored") if k in memory]
 
+    def used_row(side: str, exp: dict[str, float]) -> str:
+        return f"{exp['H#exp used']:,.1f}" if side == "expiring" and "H#exp used" in exp else ""
+
     def row(label: str, key: str) -> list[str]:
         cells = [label, f"{plain[key]:,.1f}"]
         for _, exp in sides:
@@ -301,8 +322,10 @@ def render_memory(
     rows = [
         row(f"equality index kind ({KINDS} values)", "kind"),
         row(f"equality index owner ({PER_OWNER} a value)", "owner"),
-        ["H#exp (one sorted-set entry)", ""]
+        ["H#exp entry (MEMORY USAGE)", ""]
         + [c for _, exp in sides for c in (f"{exp['H#exp']:,.1f}", "")],
+        # Of the sets layout only: a scored model's instants rewrite its entries too.
+        ["H#exp entry (used_memory)", ""] + [c for k, exp in sides for c in (used_row(k, exp), "")],
         row("entity, all keys (used_memory)", "entity"),
     ]
     names = {"expiring": "sets", "scored": "scored"}

@@ -60,6 +60,10 @@ def check(result: dict[str, Any]) -> list[Target]:
 EXPIRY_RATIO = 1.5
 #: The expiry targets are judged at this many entities.
 EXPIRY_N = 100_000
+#: Bytes per entity two loads of the same model differ by in ``used_memory`` (3.1 B
+#: between repeated loads of 100,000 entities on Redis 7.0, 3.0 on Valkey): the memory
+#: bar allows it.
+EXPIRY_MEMORY_NOISE = 3.0
 
 
 def _expiry(servers: dict[str, Any]) -> list[Target]:
@@ -87,8 +91,9 @@ def _expiry(servers: dict[str, Any]) -> list[Target]:
             continue
         exp, plain = figures["memory"]["expiring"], figures["memory"]["plain"]
         added = exp["entity"] - plain["entity"]
-        value = f"{added:.0f} / {exp['H#exp']:.0f} B"
-        out.append(Target(what, value, added <= exp["H#exp"]))
+        entry = exp.get("H#exp used", exp["H#exp"])
+        value = f"{added:.1f} / {entry:.1f} B"
+        out.append(Target(what, value, added <= entry + EXPIRY_MEMORY_NOISE))
     return out
 
 

@@ -107,8 +107,9 @@ end
 #: A referrer index's members without the expired ones (a commit deleting their
 #: target reads it: an expired referrer refers to nothing, so it never stops the
 #: delete, nor is it nulled). KEYS: the index, the referrer model's ``H#exp``. A
-#: ``Reference``'s index is scored by the instants (one ``ZRANGEBYSCORE``); a
-#: ``References`` member index is a set, whose ids are each probed in ``H#exp``.
+#: ``Reference``'s index of a model of ``scored_indexes=True`` is scored by the
+#: instants (one ``ZRANGEBYSCORE``); a set (the default layout, and a ``References``
+#: member index) has its ids each probed in ``H#exp``.
 LIVE_MEMBERS = b"""\
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -235,7 +235,7 @@ def _set_null(field: MappedField, ident: str, index: bytes, value: bytes) -> lis
         removal: Command = (b"SREM", layout.members(field.hash_field, raw), value)
     else:
         removal = (b"EVAL", SET_NULL, 1, layout.entity(ident), field.hash_field)
-    # An expiring referrer model's Reference index is scored by the instants (a sorted set).
+    # A Reference index of scored_indexes=True is a sorted set scored by the instants.
     unindex: Command = (b"ZREM" if field.scored else b"SREM", index, raw)
     return [removal, unindex, (b"INCR", layout.guard(raw))]
 
