@@ -54,8 +54,10 @@ AHEAD_MS = 3_600_000
 PAST_MS = 1_000
 
 
-#: The layouts of an expiring model's equality indexes: ``mapped(scored_indexes=...)``.
-LAYOUTS = {"sets": False, "scored": True}
+#: The layouts of an expiring model's equality indexes, by the suffix of their figures'
+#: keys (``queries``, ``sweep``, ``memory["expiring"]`` for the default), with their
+#: ``mapped(scored_indexes=...)`` and a label.
+LAYOUTS = {"": (False, "sets"), "_scored": (True, "scored_indexes=True")}
 
 
 def model(prefix: str, expiring: bool = True, scored: bool = False) -> type:
@@ -74,17 +76,9 @@ def model(prefix: str, expiring: bool = True, scored: bool = False) -> type:
     return Token
 
 
-def load(
-    client: redis.Redis,
-    cls: type,
-    n: int,
-    expired: Callable[[int], bool] | None,
-    between: Callable[[], None] | None = None,
-) -> float:
-    """The entities, then (``expired`` given) their instants (by a raw ``ZADD``, which can
-    put them in the past), in ``H#exp`` and, on a scored model, as the scores of its
-    equality index entries, as a commit of ``session.expire`` writes them; the seconds it
-    took. ``between`` runs after the entities, before their instants."""
+def load(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool] | None) -> float:
+    """The entities, then (``expired`` given) their instants (:func:`write_instants`); the
+    seconds it took."""
     started = time.perf_counter()
     with Session(client) as s:
         s.bulk_add(
@@ -97,10 +91,15 @@ def load(
             )
             for i in range(n)
         )
-    if between is not None:
-        between()
-    if expired is None:
-        return time.perf_counter() - started
+    if expired is not None:
+        write_instants(client, cls, n, expired)
+    return time.perf_counter() - started
+
+
+def write_instants(client: redis.Redis, cls: type, n: int, expired: Callable[[int], bool]) -> None:
+    """The entities' instants, by a raw ``ZADD`` (which can put them in the past), in
+    ``H#exp`` and, on a scored model, as the scores of its equality index entries, as a
+    commit of ``session.expire`` writes them."""
     now_ms = int(client.time()[0]) * 1000
     mapper = redisca.inspect(cls)
     layout = mapper.layout
@@ -122,7 +121,6 @@ def load(
         for eq, pairs in by_key.items():
             pipe.zadd(eq, pairs)
         pipe.execute()
-    return time.perf_counter() - started
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -149,12 +147,14 @@ def measure(
     ``H#exp`` unless the equality entries are scored, whose rescoring adds nothing)."""
     flush_now(client)
     before = used_memory(client)
-    marks: list[int] = []
-    load(client, cls, n, expired, lambda: marks.append(used_memory(client)))
+    load(client, cls, n, None)
+    loaded = used_memory(client)
+    if expired is not None:
+        write_instants(client, cls, n, expired)
     after = used_memory(client)
     out = {"entity": (after - before) / n, **index_bytes(client, cls, n)}
     if expired is not None:
-        out["H#exp used"] = (after - marks[0]) / n
+        out["H#exp used"] = (after - loaded) / n
     flush_now(client)
     return out
 
@@ -221,27 +221,25 @@ def timed(client: redis.Redis, mine: type, base: type) -> dict[str, dict[str, An
 
 
 def phase(url: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The figures of each layout: ``queries``, ``sweep`` (sets, the default) and
-    ``queries_scored``, ``sweep_scored``; ``memory`` of the plain model and of both."""
+    """The figures of each layout (:data:`LAYOUTS`): ``queries``, ``sweep`` and
+    ``memory["expiring"]`` (sets, the default), the same keys with ``_scored``; and
+    ``memory["plain"]``, the model without expiry."""
     client = redis.Redis.from_url(url)
     try:
         client.flushall()
         log(f"expiry phase: memory of {n:,} entities, with expiry and without")
         memory = {"plain": measure(client, model("exn", expiring=False), n, None)}
         out: dict[str, Any] = {"n": n, "load_seconds": 0.0, "memory": memory}
-        for name, scored in LAYOUTS.items():
+        for suffix, (scored, name) in LAYOUTS.items():
             # Prefixes of one length: a longer key name can cost each key 8 bytes more
             # (an allocator size class), which would be taken for expiry's.
             first = "ey" if scored else "ex"
             live, half = model(f"{first}l", scored=scored), model(f"{first}h", scored=scored)
-            memory["expiring" if name == "sets" else name] = measure(
-                client, live, n, lambda i: False
-            )
+            memory["expiring" + suffix] = measure(client, live, n, lambda i: False)
             log(f"expiry phase ({name}): loading 2 x {n:,} entities")
             out["load_seconds"] += load(client, live, n, lambda i: False)
             out["load_seconds"] += load(client, half, n, lambda i: i % 2 == 0)
             log(f"expiry phase ({name}): queries")
-            suffix = "" if name == "sets" else f"_{name}"
             out["queries" + suffix] = timed(client, half, live)
             log(f"expiry phase ({name}): sweeping {n - n // 2:,} expired entities")
             out["sweep" + suffix] = swept(client, half, n)
@@ -273,7 +271,7 @@ def render(figures: dict[str, Any], table: Callable[[list[str], list[list[str]]]
     saved before a layout or the memory were measured have none of it)."""
     header = ["query", "live µs", "half expired µs", "x", "results: live / half expired"]
     out = []
-    for layout, suffix in (("sets", ""), ("scored_indexes=True", "_scored")):
+    for suffix, (_, layout) in LAYOUTS.items():
         if "queries" + suffix not in figures:
             continue
         rows = [
@@ -308,10 +306,10 @@ def render_memory(
     """Bytes per entity, each expiring layout against the same model without expiry,
     with what it adds (the issue allows one ``H#exp`` entry)."""
     plain = memory["plain"]
-    sides = [(k, memory[k]) for k in ("expiring", "scored") if k in memory]
+    sides = [(s, memory["expiring" + s]) for s in LAYOUTS if "expiring" + s in memory]
 
-    def used_row(side: str, exp: dict[str, float]) -> str:
-        return f"{exp['H#exp used']:,.1f}" if side == "expiring" and "H#exp used" in exp else ""
+    def used_row(suffix: str, exp: dict[str, float]) -> str:
+        return f"{exp['H#exp used']:,.1f}" if not suffix and "H#exp used" in exp else ""
 
     def row(label: str, key: str) -> list[str]:
         cells = [label, f"{plain[key]:,.1f}"]
@@ -328,10 +326,9 @@ def render_memory(
         ["H#exp entry (used_memory)", ""] + [c for k, exp in sides for c in (used_row(k, exp), "")],
         row("entity, all keys (used_memory)", "entity"),
     ]
-    names = {"expiring": "sets", "scored": "scored"}
     header = ["bytes per entity", "no expiry"]
-    for key, _ in sides:
-        header += [f"expiring ({names[key]})", "added"]
+    for suffix, _ in sides:
+        header += [f"expiring ({LAYOUTS[suffix][1]})", "added"]
     return table(header, rows)
 
 
